@@ -1,0 +1,34 @@
+# Each target makes/refreshes its own virtualenv, so a fresh machine needs only python3.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test unit integration bench install clean
+
+$(STAMP): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q '.[test]'
+	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+	touch $(STAMP)
+
+# Reinstall the package (not editable: twistd must see twisted/plugins/).
+install: $(STAMP)
+	$(BIN)/pip install -q --no-deps --force-reinstall .
+	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+
+test: install
+	cd /tmp && $(abspath $(BIN))/trial -j2 dragonfly
+
+unit: install
+	cd /tmp && $(abspath $(BIN))/trial -j2 dragonfly.test
+
+demo: install
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python demo/demo.py
+
+bench: install
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) build *.egg-info _trial_temp

@@ -1,0 +1,93 @@
+"""The seams between dragonfly's parts."""
+from dataclasses import dataclass
+
+from zope.interface import Attribute, Interface
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """Where a node's piece port can be reached."""
+
+    peer_id: str
+    host: str
+    port: int
+
+    def to_json(self):
+        return {"peer_id": self.peer_id, "host": self.host, "port": self.port}
+
+    @classmethod
+    def from_json(cls, obj):
+        from dragonfly.taskid import validate_peer_id
+
+        if not isinstance(obj, dict):
+            raise ValueError("peer must be an object")
+        port = obj.get("port")
+        host = obj.get("host")
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError("peer port must be an integer 1-65535")
+        if not isinstance(host, str) or not host or len(host) > 255:
+            raise ValueError("peer host must be a non-empty string")
+        return cls(validate_peer_id(obj.get("peer_id")), host, port)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Fetch piece C{index} (C{size} bytes, sha256 C{digest}) from C{source}."""
+
+    index: int
+    size: int
+    digest: str
+    source: PeerInfo
+
+    def to_json(self):
+        return {"index": self.index, "size": self.size, "digest": self.digest,
+                "source": self.source.to_json()}
+
+
+class IPieceStore(Interface):
+    """On-disk pieces of tasks, with quota and TTL."""
+
+    def get(task_id):
+        """The TaskFile of C{task_id}, or None."""
+
+    def create(task_id, url, length, piece_size, etag=None, last_modified=None):
+        """A new (or reset) TaskFile."""
+
+    def remove(task_id):
+        """Forget a task and delete its files."""
+
+    def gc():
+        """Evict expired then least-recently-used unpinned tasks; return bytes freed."""
+
+
+class IRunner(Interface):
+    """Runs blocking work somewhere that is not the reactor thread."""
+
+    def run(f, *args, **kwargs):
+        """Return a Deferred firing with f(*args, **kwargs)."""
+
+
+class IScheduler(Interface):
+    """Decides which peer fetches which piece from whom."""
+
+    def assign(task_id, peer_id, want):
+        """Up to C{want} Assignments for C{peer_id}."""
+
+    def report(task_id, peer_id, have=(), failed=()):
+        """Record finished pieces and failed sources."""
+
+
+class IOrigin(Interface):
+    """Fetches a URL from where it really lives."""
+
+    def get(url, headers, offset=0, etag=None, last_modified=None):
+        """A Deferred OriginResponse."""
+
+
+class IPieceSource(Interface):
+    """Fetches one piece from a remote node."""
+
+    def fetch(source, task_id, index, length):
+        """A Deferred firing with the piece's bytes."""
+
+    peer_id = Attribute("our own peer id")

@@ -1,0 +1,62 @@
+"""Prometheus metrics, each service with its own registry."""
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from twisted.web.resource import Resource
+
+
+class SupernodeMetrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.origin_bytes = Counter("dragonfly_supernode_origin_bytes", "Bytes read from origins", registry=r)
+        self.upload_bytes = Counter("dragonfly_supernode_upload_bytes", "Piece bytes served to peers", registry=r)
+        self.origin_fetches = Counter("dragonfly_supernode_origin_fetches", "Origin fetches started", registry=r)
+        self.api_requests = Counter("dragonfly_supernode_api_requests", "Peer API requests", ["endpoint"], registry=r)
+        self.assignments = Counter("dragonfly_supernode_assignments", "Piece assignments made", ["source"], registry=r)
+        self.tasks = Gauge("dragonfly_supernode_tasks", "Tasks known", registry=r)
+        self.peers = Gauge("dragonfly_supernode_peers", "Peers in swarms", registry=r)
+
+    def render(self):
+        return generate_latest(self.registry)
+
+
+class PeerMetrics:
+    SOURCES = ("peer", "supernode", "origin")
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.download_bytes = Counter(
+            "dragonfly_peer_download_bytes", "Bytes downloaded by source", ["source"], registry=r)
+        for s in self.SOURCES:
+            self.download_bytes.labels(source=s)
+        self.upload_bytes = Counter("dragonfly_peer_upload_bytes", "Piece bytes served to other peers", registry=r)
+        self.piece_failures = Counter(
+            "dragonfly_peer_piece_failures", "Pieces that failed to fetch or verify", ["reason"], registry=r)
+        self.downloads = Counter("dragonfly_peer_downloads", "Downloads finished", ["result"], registry=r)
+        self.cache_bytes = Gauge("dragonfly_peer_cache_bytes", "Bytes held in the piece store", registry=r)
+        # dfdaemon mirror counters live here too: the dfdaemon is a peer.
+        self.mirror_requests = Counter(
+            "dragonfly_mirror_requests", "Registry mirror requests", ["kind", "code"], registry=r)
+        self.mirror_blob_bytes = Counter(
+            "dragonfly_mirror_blob_bytes", "Blob bytes sent to clients through P2P", registry=r)
+
+    def render(self):
+        return generate_latest(self.registry)
+
+
+class MetricsResource(Resource):
+    isLeaf = True
+
+    def __init__(self, metrics):
+        Resource.__init__(self)
+        self._metrics = metrics
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return self._metrics.render()
+
+
+def sample(metrics, name, labels=None):
+    """Current value of one sample (tests and demo)."""
+    return metrics.registry.get_sample_value(name, labels or {}) or 0.0

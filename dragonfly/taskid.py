@@ -1,0 +1,46 @@
+"""Task and peer identifiers: how a URL (or an OCI digest) names one task."""
+import hashlib
+import os
+import re
+import socket
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+_ID_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9:._-]{0,127}\Z")
+_OCI_DIGEST_RE = re.compile(r"\A(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})\Z")
+
+
+def validate_task_id(value):
+    """Return C{value} if it is a well-formed task or peer id, else raise ValueError."""
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise ValueError(f"malformed id: {value!r}")
+    return value
+
+
+validate_peer_id = validate_task_id
+
+
+def is_oci_digest(value):
+    return isinstance(value, str) and bool(_OCI_DIGEST_RE.match(value))
+
+
+def strip_query(url, filters=()):
+    """Remove the query parameters named in C{filters} from C{url}."""
+    if not filters:
+        return url
+    parts = urlsplit(url)
+    drop = set(filters)
+    kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in drop]
+    return urlunsplit(parts._replace(query=urlencode(kept)))
+
+
+def task_id_for_url(url, filters=(), tag=""):
+    """The task id of C{url}: sha256 of the URL without filtered params, plus the tag."""
+    key = strip_query(url, filters)
+    if tag:
+        key += "\0" + tag
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def new_peer_id():
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:48] or "host"
+    return f"{host}-{os.getpid()}-{os.urandom(4).hex()}"
