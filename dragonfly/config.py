@@ -3,18 +3,28 @@
 A flag on the command line beats the TOML file given by ``--config``; the file
 beats the built-in default.
 """
+import ipaddress
 import os
 import re
 import tomllib
+from fractions import Fraction
 
 from twisted.python import usage
 
-_SIZE_RE = re.compile(r"\A\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*\Z", re.IGNORECASE)
+_SIZE_RE = re.compile(
+    r"\A\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:i?B)?|B)?\s*\Z", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_PORT_RE = re.compile(r"\A[0-9]{1,5}\Z")
+_BAD_HOST_RE = re.compile(r"[\s/\\@\[\]?#,]")
 
 
 def parse_size(value):
-    """'4M' -> 4194304. K/M/G/T are powers of 1024; a plain integer is bytes."""
+    """'4M' -> 4194304. K/M/G/T are powers of 1024; a plain integer is bytes.
+
+    Accepts C{4M}, C{4MB}, C{4MiB}, C{1.5G}, C{512} and C{512B}
+    (case-insensitive); fractions of a byte are dropped. Raises
+    L{usage.UsageError} for anything else, including negative numbers.
+    """
     if isinstance(value, bool):
         raise usage.UsageError(f"not a size: {value!r}")
     if isinstance(value, int):
@@ -24,7 +34,7 @@ def parse_size(value):
     m = _SIZE_RE.match(str(value))
     if not m:
         raise usage.UsageError(f"not a size: {value!r} (use e.g. 4M, 512K, 1G)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    return int(Fraction(m.group(1)) * _UNITS[(m.group(2) or "").upper()])
 
 
 def parse_rate(value):
@@ -33,31 +43,58 @@ def parse_rate(value):
 
 
 def parse_hostport(value, default_port=None):
-    value = value.strip()
-    if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
+    """'host:port' or '[v6]:port' -> (host, port).
+
+    Without a port, C{default_port} is used (or L{usage.UsageError} raised
+    when there is none). An IPv6 address with a port needs brackets; a bare
+    IPv6 address is accepted only when C{default_port} supplies the port.
+    """
+    text = str(value).strip()
+    if text.startswith("["):
+        host, close, rest = text[1:].partition("]")
+        if not close:
+            raise usage.UsageError(f"missing ']' in {value!r}")
+        if rest and not rest.startswith(":"):
+            raise usage.UsageError(f"junk after ']' in {value!r} (want [HOST]:PORT)")
+        port = rest[1:]
+        if rest == ":":
+            raise usage.UsageError(f"empty port in {value!r}")
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            raise usage.UsageError(f"not an IPv6 address in brackets: {value!r}")
+    elif text.count(":") > 1:
+        # A bare IPv6 address: no room for a port (say [v6]:port for that).
+        try:
+            ipaddress.IPv6Address(text.split("%", 1)[0])
+        except ValueError:
+            raise usage.UsageError(
+                f"too many colons in {value!r} (write IPv6 as [ADDR]:PORT)")
+        host, port = text, ""
     else:
-        host, sep, port = value.rpartition(":")
+        host, sep, port = text.rpartition(":")
         if not sep:
-            host, port = value, ""
+            host, port = text, ""
+        elif not port:
+            raise usage.UsageError(f"empty port in {value!r}")
     if not port:
         if default_port is None:
             raise usage.UsageError(f"missing port in {value!r} (want HOST:PORT)")
         port = default_port
-    try:
-        port = int(port)
-    except ValueError:
+    elif not _PORT_RE.match(port):
         raise usage.UsageError(f"bad port in {value!r}")
-    if not host or not 0 < port < 65536:
+    port = int(port)
+    if not host or _BAD_HOST_RE.search(host) and not text.startswith("["):
         raise usage.UsageError(f"bad address {value!r} (want HOST:PORT)")
+    if not 0 < port < 65536:
+        raise usage.UsageError(f"port out of range in {value!r} (1-65535)")
     return host, port
 
 
 def parse_hostports(value, default_port=None):
-    """'a:1,b:2' -> [('a', 1), ('b', 2)]."""
+    """'a:1,b:2' (or a list of such items) -> [('a', 1), ('b', 2)]."""
     if isinstance(value, (list, tuple)):
-        items = list(value)
+        items = [str(v) for v in value]
     else:
         items = [v for v in str(value).split(",") if v.strip()]
     return [parse_hostport(v, default_port) for v in items]
@@ -80,42 +117,95 @@ def from_string(text):
         raise usage.UsageError(f"bad TOML: {e}")
 
 
+def _norm(name):
+    return name.replace("-", "_")
+
+
+class _RecordingCoerce(usage.CoerceParameter):
+    """A CoerceParameter that notes that its option was given on the command line."""
+
+    def __init__(self, inner, given):
+        usage.CoerceParameter.__init__(self, inner.options, inner.coerce)
+        self.doc = inner.doc
+        self.inner = inner
+        self._given = given
+
+    def dispatch(self, parameterName, value):
+        self.inner.dispatch(parameterName, value)
+        self._given.add(_norm(parameterName))
+
+
 class ConfigOptions(usage.Options):
     """usage.Options that also reads a TOML file.
 
-    Subclasses list ``optParameters`` as usual and set ``role``. Keys in the
-    file use the long flag name with ``-`` or ``_``. In ``postOptions`` call
-    ``self.applyConfig()`` first; then validate.
+    Subclasses list ``optParameters``/``optFlags`` as usual and set ``role``.
+    Keys in the file use the long flag name with ``-`` or ``_``; a value from
+    the file goes through the parameter's coerce function like a flag would,
+    a list value for a parameter is joined with ``,`` (so
+    ``supernodes = ["a:1", "b:2"]`` works), flags take booleans.
+
+    ``listOptions`` names repeatable flags (``--allow-registry A
+    --allow-registry B``); their values are collected into a list stored under
+    the name with ``_`` (``self["allow_registry"]``). A subclass may define its
+    own ``opt_<name>`` for one; otherwise one that appends is provided. The
+    file gives them as a string or a list of strings.
+
+    In ``postOptions`` call ``self.applyConfig()`` first; then validate.
     """
 
     role = "dragonfly"
     listOptions = ()  # flags that may repeat: collected into lists
 
+    _notFromFile = frozenset({"config", "help", "version"})
+
     def __init__(self):
-        usage.Options.__init__(self)
         self._given = set()
+        usage.Options.__init__(self)
         self["config"] = None
         for name in self.listOptions:
-            self[name.replace("-", "_")] = []
+            key = _norm(name)
+            self[key] = []
+            long = name.replace("_", "-")
+            if long not in self._dispatch:
+                self._addListOption(long, key)
+        self._handlers = dict(self._dispatch)
+        for long, handler in list(self._dispatch.items()):
+            if long == "config":
+                continue
+            if isinstance(handler, usage.CoerceParameter):
+                self._dispatch[long] = _RecordingCoerce(handler, self._given)
+            else:
+                self._dispatch[long] = self._recording(long, handler)
+
+    def _addListOption(self, long, key):
+        def append(name, value):
+            if value is None:
+                raise usage.UsageError(f"--{long} requires an argument")
+            self[key].append(value)
+
+        self.longOpt.append(long + "=")
+        self.synonyms[long] = long
+        self.synonyms[key] = long
+        self.docs.setdefault(long, f"(repeatable) {long.replace('-', ' ')}")
+        self._dispatch[long] = append
+
+    def _recording(self, long, handler):
+        given = self._given
+
+        def wrapped(name, value=None):
+            result = handler(name, value)
+            given.add(_norm(long))
+            return result
+
+        return wrapped
 
     def opt_config(self, path):
         """TOML file of settings (default /etc/dragonfly/<role>.toml if it exists)."""
         self["config"] = path
 
-    def __getattribute__(self, name):
-        # Record which flags appear on the command line, so the file never beats them.
-        if name.startswith("opt_") and name != "opt_config":
-            attr = object.__getattribute__(self, name)
-            given = object.__getattribute__(self, "_given")
-            flag = name[4:]
-
-            def wrapped(*args):
-                given.add(flag.replace("-", "_"))
-                return attr(*args)
-
-            wrapped.__doc__ = attr.__doc__
-            return wrapped
-        return object.__getattribute__(self, name)
+    def wasGiven(self, name):
+        """True if option C{name} appeared on the command line."""
+        return _norm(name) in self._given
 
     def applyConfig(self):
         path = self["config"]
@@ -127,23 +217,73 @@ class ConfigOptions(usage.Options):
         data = load_toml(path)
         self.applyMapping(data, source=path)
 
+    def _known(self):
+        """normalized name -> (kind, key in self or handler)."""
+        known = {}
+        for long, handler in self._handlers.items():
+            n = _norm(long)
+            if n in self._notFromFile:
+                continue
+            if isinstance(handler, usage.CoerceParameter):
+                known[n] = ("param", long, handler.coerce)
+            elif getattr(handler, "__func__", None) is usage.Options._generic_flag:
+                known[n] = ("flag", long, None)
+            elif f"{long}=" in self.longOpt:
+                known[n] = ("handler", long, handler)
+            else:
+                known[n] = ("switch", long, handler)
+        for name in self.listOptions:
+            known[_norm(name)] = ("list", _norm(name), None)
+        return known
+
     def applyMapping(self, data, source="config"):
-        known = {p[0].replace("-", "_") for p in self.optParameters}
-        known |= {f[0].replace("-", "_") for f in getattr(self, "optFlags", [])}
-        known |= {n.replace("-", "_") for n in self.listOptions}
+        """Apply settings from C{data} (a dict, e.g. parsed TOML) unless the
+        command line already gave them. Unknown keys raise UsageError."""
+        if not isinstance(data, dict):
+            raise usage.UsageError(f"{source}: settings must be a table")
+        known = self._known()
         for key, value in data.items():
-            k = key.replace("-", "_")
+            k = _norm(key)
             if k not in known:
                 raise usage.UsageError(f"{source}: unknown setting {key!r}")
             if k in self._given:
                 continue
-            if k in {n.replace("-", "_") for n in self.listOptions}:
+            kind, target, extra = known[k]
+            if kind == "list":
                 if isinstance(value, str):
                     value = [value]
-                if not isinstance(value, list):
-                    raise usage.UsageError(f"{source}: {key} must be a list")
-                self[k] = [str(v) for v in value]
-            elif isinstance(value, bool):
-                self[k] = value
+                if not isinstance(value, list) or not all(
+                        isinstance(v, (str, int, float)) and not isinstance(v, bool)
+                        for v in value):
+                    raise usage.UsageError(f"{source}: {key} must be a list of strings")
+                self[target] = [str(v) for v in value]
+            elif kind in ("flag", "switch"):
+                if not isinstance(value, bool):
+                    raise usage.UsageError(f"{source}: {key} must be true or false")
+                if kind == "flag":
+                    self[target] = 1 if value else 0
+                elif value:
+                    extra(target, None)
             else:
-                self[k] = value if isinstance(value, str) else str(value)
+                text = self._scalar(value, key, source)
+                if kind == "param":
+                    try:
+                        self[target] = extra(text)
+                    except ValueError as e:
+                        raise usage.UsageError(f"{source}: bad value for {key}: {e}")
+                else:
+                    try:
+                        extra(target, text)
+                    except ValueError as e:
+                        raise usage.UsageError(f"{source}: bad value for {key}: {e}")
+
+    @staticmethod
+    def _scalar(value, key, source):
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (str, int, float)):
+            return str(value)
+        if isinstance(value, list) and all(
+                isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
+            return ",".join(str(v) for v in value)
+        raise usage.UsageError(f"{source}: {key} must be a string, number or list")

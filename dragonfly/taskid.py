@@ -3,7 +3,7 @@ import hashlib
 import os
 import re
 import socket
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 _ID_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9:._-]{0,127}\Z")
 _OCI_DIGEST_RE = re.compile(r"\A(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})\Z")
@@ -24,13 +24,22 @@ def is_oci_digest(value):
 
 
 def strip_query(url, filters=()):
-    """Remove the query parameters named in C{filters} from C{url}."""
+    """Remove the query parameters named in C{filters} from C{url}.
+
+    The other parameters are kept byte for byte, in their order (names are
+    compared after percent-decoding).
+    """
     if not filters:
         return url
     parts = urlsplit(url)
-    drop = set(filters)
-    kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in drop]
-    return urlunsplit(parts._replace(query=urlencode(kept)))
+    if not parts.query:
+        return url
+    if isinstance(filters, str):  # "a,b" as given to --filter
+        filters = filters.split(",")
+    drop = {f.strip() for f in filters if f.strip()}
+    kept = [seg for seg in parts.query.split("&")
+            if unquote_plus(seg.partition("=")[0]) not in drop]
+    return urlunsplit(parts._replace(query="&".join(kept)))
 
 
 def task_id_for_url(url, filters=(), tag=""):
@@ -42,5 +51,6 @@ def task_id_for_url(url, filters=(), tag=""):
 
 
 def new_peer_id():
-    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:48] or "host"
+    # The id must start with a letter or digit (see validate_peer_id).
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()).lstrip(".-")[:48] or "host"
     return f"{host}-{os.getpid()}-{os.urandom(4).hex()}"
