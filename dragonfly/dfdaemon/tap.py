@@ -1,0 +1,94 @@
+"""``twistd dfdaemon``: a peer plus a registry mirror.
+
+The options are the peer's (L{dragonfly.peer.tap.PeerOptions}, the same code
+as ``twistd peer``) plus the mirror's; the service is the peer's service with
+the mirror attached (L{dragonfly.dfdaemon.service.attach_mirror}).
+
+Only this module touches the global reactor, and only when C{makeService}
+is not given one.
+"""
+from twisted.python import usage
+
+from dragonfly.dfdaemon.service import MirrorConfig, attach_mirror
+from dragonfly.dfdaemon.upstream import DEFAULT_REGISTRY, UpstreamError, Upstreams
+from dragonfly.peer.service import PeerConfig, make_peer_service
+from dragonfly.peer.tap import PeerOptions, check_endpoint
+
+__all__ = ["Options", "makeService"]
+
+
+def _peer_parameters():
+    out = []
+    for p in PeerOptions.optParameters:
+        if p[0] == "port-file":
+            p = ["port-file", None, None,
+                 'Write {"api": PORT, "piece": PORT, "mirror": PORT} (JSON) here once listening.']
+        out.append(p)
+    return out
+
+
+class Options(PeerOptions):
+    """twistd dfdaemon [options]"""
+
+    role = "dfdaemon"
+    default_data_dir = "/var/lib/dragonfly/dfdaemon"
+    synopsis = "[options]"
+    longdesc = (
+        "The dragonfly dfdaemon: a peer plus an OCI/Docker registry mirror on --listen. "
+        "Image blobs are pulled through the P2P swarm (task id = the blob's digest); "
+        "everything else passes through to the upstream registry unchanged. Only "
+        "--registry and --allow-registry upstreams are ever contacted (containerd's "
+        "?ns= picks among them); it is never an open proxy.")
+
+    optParameters = _peer_parameters() + [
+        ["listen", None, "tcp:65001",
+         "Registry mirror endpoint: tcp:65001, "
+         "ssl:65001:privateKey=KEY.pem:certKey=CERT.pem, unix:/path, ..."],
+        ["registry", None, DEFAULT_REGISTRY,
+         "The default upstream registry (https://HOST[:PORT]; http:// only with "
+         "--insecure-registry)."],
+        ["upstream-timeout", None, "60",
+         "Seconds to wait for an upstream registry's response headers."],
+    ]
+    listOptions = tuple(PeerOptions.listOptions) + ("allow-registry", "insecure-registry")
+
+    def opt_allow_registry(self, value):
+        """Another upstream the mirror may use: HOST[:PORT] (HTTPS) or a URL; repeatable. containerd's ?ns= picks among them."""  # noqa: E501
+        self["allow_registry"].extend(v.strip() for v in value.split(",") if v.strip())
+
+    def opt_insecure_registry(self, value):
+        """Opt-in: reach upstream HOST[:PORT] over plain HTTP or unverified TLS; repeatable."""
+        self["insecure_registry"].extend(v.strip() for v in value.split(",") if v.strip())
+
+    def postOptions(self):
+        self.applyConfig()
+        self.config = self.build_config(PeerConfig())
+        self.mirror_config = self.build_mirror_config(MirrorConfig())
+
+    def build_mirror_config(self, m):
+        check_endpoint("listen", self["listen"])
+        m.listen = self["listen"]
+        m.registry = str(self["registry"] or DEFAULT_REGISTRY).strip()
+        m.allow_registry = [str(v) for v in self["allow_registry"]]
+        m.insecure_registry = [str(v) for v in self["insecure_registry"]]
+        try:
+            Upstreams.from_options(m.registry, m.allow_registry, m.insecure_registry)
+        except UpstreamError as e:
+            raise usage.UsageError(f"registry upstreams: {e}")
+        try:
+            m.upstream_timeout = float(self["upstream-timeout"])
+        except (TypeError, ValueError):
+            raise usage.UsageError(
+                f"--upstream-timeout must be a number of seconds, not {self['upstream-timeout']!r}")
+        if not 0 < m.upstream_timeout <= 3600:
+            raise usage.UsageError("--upstream-timeout must be between 0 and 3600 seconds")
+        return m
+
+
+def makeService(options, reactor=None):
+    """The dfdaemon's service: the peer's, with the registry mirror attached."""
+    if reactor is None:
+        from twisted.internet import reactor
+    svc, node, metrics = make_peer_service(options, reactor)
+    attach_mirror(svc, reactor, options.mirror_config, node, metrics)
+    return svc

@@ -1,0 +1,453 @@
+"""Fetching files from where they really live: HTTP(S) origins, streamed.
+
+L{OriginClient} wraps an injected treq-like C{HTTPClient}. A response body is
+never buffered whole: L{OriginResponse.deliver} hands chunks to a consumer
+whose C{write(data)} may return a Deferred; while that Deferred is pending the
+TCP transport is paused, so memory stays bounded by what the consumer holds
+(about one piece for the CDN) plus one socket read.
+
+Semantics, in HTTP terms:
+
+  - non-2xx (after redirects, which are followed) -> L{OriginError}(status);
+  - C{offset > 0} sends C{Range: bytes=offset-} (plus C{If-Range} with a strong
+    ETag or Last-Modified when known); a 206 must carry a matching
+    C{Content-Range}; a 200 means "starting from 0" (C{response.offset == 0});
+  - C{offset == 0} with C{etag}/C{last_modified} sends C{If-None-Match} /
+    C{If-Modified-Since}; a 304 comes back as C{response.status == 304};
+  - user headers (e.g. C{Authorization}) are passed on, except hop-by-hop,
+    range and conditional headers, which this client owns. Twisted's redirect
+    agent drops C{Authorization}/C{Cookie} when a redirect leaves the origin.
+"""
+import re
+from collections import deque
+
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import UNKNOWN_LENGTH
+
+__all__ = ["OriginError", "OriginResponse", "OriginClient", "make_http_client"]
+
+# Headers a caller may not pass through to the origin: hop-by-hop, framing,
+# and the range/conditional headers this client sets itself.
+_DROP_HEADERS = frozenset(h.lower() for h in (
+    "Host", "Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authorization",
+    "TE", "Trailer", "Transfer-Encoding", "Upgrade", "Content-Length",
+    "Range", "If-Range", "If-None-Match", "If-Modified-Since", "If-Match",
+    "If-Unmodified-Since", "Accept-Encoding", "Expect",
+))
+_TOKEN_RE = re.compile(r"\A[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_CONTENT_RANGE_RE = re.compile(r"\A\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*\Z", re.IGNORECASE)
+_ERROR_BODY_CAP = 64 * 1024
+
+
+class OriginError(Exception):
+    """The origin could not give us the file.
+
+    C{status} is the HTTP status the origin answered with, or None when no
+    usable answer came (connection refused, reset, timeout, truncated body).
+    """
+
+    def __init__(self, status=None, message=None):
+        self.status = status
+        if message is None:
+            message = f"origin answered {status}" if status is not None else "origin unreachable"
+        self.message = message
+        Exception.__init__(self, message)
+
+    @property
+    def retryable(self):
+        """Worth trying again: network trouble or a 5xx/429, not a 4xx verdict."""
+        return self.status is None or self.status >= 500 or self.status in (408, 429)
+
+    def __repr__(self):
+        return f"OriginError({self.status!r}, {self.message!r})"
+
+
+def clean_headers(headers):
+    """Validate and filter user headers for the origin: {name: value} of str.
+
+    Raises ValueError on names/values that are not legal HTTP (CR/LF injection).
+    """
+    out = {}
+    for name, value in (headers or {}).items():
+        if not isinstance(name, str) or not _TOKEN_RE.match(name):
+            raise ValueError(f"bad header name {name!r}")
+        if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
+            raise ValueError(f"bad value for header {name}")
+        if name.lower() in _DROP_HEADERS:
+            continue
+        out[name] = value
+    return out
+
+
+def make_http_client(reactor, pool=None, context_factory=None):
+    """A treq HTTPClient over a plain Agent (HTTPS verified by default).
+
+    Pass your own C{HTTPConnectionPool} so its lifetime is yours to end.
+    """
+    from http.cookiejar import CookieJar, DefaultCookiePolicy
+
+    from treq.client import HTTPClient
+
+    if context_factory is None:
+        agent = Agent(reactor, pool=pool)
+    else:
+        agent = Agent(reactor, contextFactory=context_factory, pool=pool)
+    # One origin client fetches for many users: never keep or replay cookies.
+    jar = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
+    return HTTPClient(agent, cookiejar=jar)
+
+
+def _header(response, name):
+    values = response.headers.getRawHeaders(name)
+    if not values:
+        return None
+    v = values[-1]
+    return v.decode("latin-1") if isinstance(v, bytes) else v
+
+
+class _BodyReceiver(Protocol):
+    """Feeds a response body to a consumer, pausing the transport while it is busy."""
+
+    def __init__(self, consumer, expected, clock, limiter=None, idle_timeout=None,
+                 on_bytes=None):
+        self._consumer = consumer
+        self._expected = expected
+        self._clock = clock
+        self._limiter = limiter
+        self._idle_timeout = idle_timeout
+        self._on_bytes = on_bytes
+        self._queue = deque()
+        self._busy = False
+        self._pumping = False
+        self._paused = False
+        self._lost = None
+        self._failed = False
+        self._idle_call = None
+        self.received = 0
+        self.done = Deferred(self._cancel)
+
+    # Transport side -----------------------------------------------------
+
+    def connectionMade(self):
+        self._arm_idle()
+
+    def dataReceived(self, data):
+        if self._failed:
+            return
+        self.received += len(data)
+        if self._on_bytes is not None:
+            try:
+                self._on_bytes(len(data))
+            except Exception:
+                Logger().failure("on_bytes callback failed")
+        if self._expected is not None and self.received > self._expected:
+            self._fail(OriginError(None, f"origin sent more than the {self._expected} bytes announced"))
+            return
+        self._queue.append(data)
+        self._pump()
+        if not self._busy:
+            self._arm_idle()
+
+    def connectionLost(self, reason=None):
+        self._disarm_idle()
+        self._lost = reason if reason is not None else Failure(ResponseDone())
+        if not self._busy:
+            self._pump()
+
+    # Consumer side ------------------------------------------------------
+
+    def _pump(self):
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while self._queue and not self._busy and not self._failed:
+                data = self._queue.popleft()
+                waits = []
+                try:
+                    r = self._consumer.write(data)
+                except Exception:
+                    self._fail(Failure())
+                    return
+                if isinstance(r, Deferred):
+                    waits.append(r)
+                if self._limiter is not None:
+                    waits.append(self._limiter.wait(len(data)))
+                if waits:
+                    self._busy = True
+                    self._wait(waits)
+            if not self._busy and not self._queue and self._lost is not None and not self._failed:
+                self._finish()
+        finally:
+            self._pumping = False
+
+    def _wait(self, waits):
+        remaining = [len(waits)]
+
+        def ok(_):
+            remaining[0] -= 1
+            if remaining[0] == 0 and not self._failed:
+                self._busy = False
+                self._resume()
+                self._pump()
+                if not self._busy and self._lost is None:
+                    self._arm_idle()
+
+        def bad(f):
+            self._fail(f)
+
+        for d in waits:
+            d.addCallbacks(ok, bad)
+        if self._busy and not self._failed:
+            self._disarm_idle()
+            self._pause()
+
+    def _pause(self):
+        if not self._paused and self._lost is None and self.transport is not None:
+            self._paused = True
+            self.transport.pauseProducing()
+
+    def _resume(self):
+        if self._paused:
+            self._paused = False
+            if self._lost is None and self.transport is not None:
+                self.transport.resumeProducing()
+
+    def _finish(self):
+        reason = self._lost
+        if reason.check(ResponseDone) or (reason.check(PotentialDataLoss) and self._expected is None):
+            if self._expected is not None and self.received != self._expected:
+                self._fail(OriginError(
+                    None, f"body ended after {self.received} of {self._expected} bytes"), abort=False)
+                return
+            self._failed = True  # no further events
+            self.done.callback(self.received)
+        else:
+            self._fail(OriginError(
+                None, f"connection lost after {self.received} bytes: {_describe(reason)}"), abort=False)
+
+    def _fail(self, why, abort=True):
+        if self._failed:
+            return
+        self._failed = True
+        self._queue.clear()
+        self._disarm_idle()
+        if abort and self._lost is None and self.transport is not None:
+            self.transport.stopProducing()
+        if self.done.called:
+            return
+        if not isinstance(why, Failure):
+            why = Failure(why)
+        self.done.errback(why)
+
+    def _cancel(self, d):
+        # Deferred cancellation: stop reading, drop the connection.
+        self._failed = True
+        self._queue.clear()
+        self._disarm_idle()
+        if self._lost is None and self.transport is not None:
+            self.transport.stopProducing()
+
+    # Idle timeout ---------------------------------------------------------
+
+    def _arm_idle(self):
+        if not self._idle_timeout or self._failed:
+            return
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.reset(self._idle_timeout)
+        else:
+            self._idle_call = self._clock.callLater(self._idle_timeout, self._idle)
+
+    def _disarm_idle(self):
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
+
+    def _idle(self):
+        self._idle_call = None
+        self._fail(OriginError(None, f"origin sent nothing for {self._idle_timeout:g}s"))
+
+
+class _Discard(Protocol):
+    """Reads (and drops) at most a small error body, then hangs up."""
+
+    def __init__(self):
+        self.seen = 0
+        self.done = Deferred()
+
+    def dataReceived(self, data):
+        self.seen += len(data)
+        if self.seen > _ERROR_BODY_CAP and self.transport is not None:
+            self.transport.stopProducing()
+
+    def connectionLost(self, reason=None):
+        if not self.done.called:
+            self.done.callback(None)
+
+
+def _describe(failure):
+    v = failure.value
+    reasons = getattr(v, "reasons", None)
+    if reasons:
+        return "; ".join(_describe(r) if isinstance(r, Failure) else str(r) for r in reasons)
+    return f"{type(v).__name__}: {v}" if str(v) else type(v).__name__
+
+
+class OriginResponse:
+    """Headers of an origin answer; the body is pulled with L{deliver}.
+
+    @ivar status: 200, 206 (resumed) or 304 (revalidated: no body).
+    @ivar offset: the byte of the file the body starts at (0 unless a 206).
+    @ivar length: the whole file's length, or None when the origin did not say.
+    @ivar body_length: bytes this body will carry, or None when unknown.
+    """
+
+    def __init__(self, response, status, offset, length, body_length, etag, last_modified,
+                 clock, limiter=None, idle_timeout=None, on_bytes=None):
+        self._response = response
+        self.status = status
+        self.offset = offset
+        self.length = length
+        self.body_length = body_length
+        self.etag = etag
+        self.last_modified = last_modified
+        self._clock = clock
+        self._limiter = limiter
+        self._idle_timeout = idle_timeout
+        self._on_bytes = on_bytes
+        self._delivered = False
+
+    def deliver(self, consumer):
+        """Stream the body into C{consumer.write(data) -> Deferred|None}.
+
+        Returns a Deferred firing with the byte count once the body ended
+        cleanly, or failing with L{OriginError} (status None) when the
+        connection broke, stalled, or carried a different length. Cancelling
+        it drops the connection.
+        """
+        if self._delivered:
+            raise RuntimeError("body already delivered")
+        self._delivered = True
+        receiver = _BodyReceiver(consumer, self.body_length, self._clock, self._limiter,
+                                 self._idle_timeout, self._on_bytes)
+        self._response.deliverBody(receiver)
+        return receiver.done
+
+    def discard(self):
+        """Throw the body away (bounded), freeing the connection."""
+        if self._delivered:
+            return
+        self._delivered = True
+        p = _Discard()
+        self._response.deliverBody(p)
+        return p.done
+
+
+class OriginClient:
+    """Gets files from origins over an injected treq-like HTTP client.
+
+    @param reactor: an IReactorTime (timeouts, rate-limit waits).
+    @param http_client: has C{get(url, headers=, unbuffered=, allow_redirects=, reactor=)}.
+    @param download_limiter: a L{dragonfly.ratelimit.TokenBucket} or None.
+    @param on_bytes: called with each chunk's size (metrics).
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, http_client, download_limiter=None, connect_timeout=60.0,
+                 idle_timeout=120.0, on_bytes=None, user_agent="dragonfly-supernode"):
+        self._reactor = reactor
+        self._http = http_client
+        self._limiter = download_limiter
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.on_bytes = on_bytes
+        self.user_agent = user_agent
+
+    def get(self, url, headers=None, offset=0, etag=None, last_modified=None):
+        """A Deferred L{OriginResponse} (see the module docstring)."""
+        return Deferred.fromCoroutine(self._get(url, headers, offset, etag, last_modified))
+
+    def request_headers(self, headers, offset=0, etag=None, last_modified=None):
+        h = clean_headers(headers)
+        if self.user_agent and not any(k.lower() == "user-agent" for k in h):
+            h["User-Agent"] = self.user_agent
+        # treq adds "gzip" (and decodes it transparently, length unknown):
+        # we prefer the bytes as stored.
+        h["Accept-Encoding"] = "identity"
+        if offset > 0:
+            h["Range"] = f"bytes={offset}-"
+            if etag and not etag.startswith("W/"):
+                h["If-Range"] = etag
+            elif last_modified:
+                h["If-Range"] = last_modified
+        else:
+            if etag:
+                h["If-None-Match"] = etag
+            if last_modified:
+                h["If-Modified-Since"] = last_modified
+        return {k: [v] for k, v in h.items()}
+
+    async def _get(self, url, headers, offset, etag, last_modified):
+        if not isinstance(url, str) or not re.match(r"\Ahttps?://", url, re.IGNORECASE):
+            raise OriginError(None, f"unsupported URL {url!r} (http or https only)")
+        conditional = offset == 0 and bool(etag or last_modified)
+        hdrs = self.request_headers(headers, offset, etag, last_modified)
+        d = self._http.get(url, headers=hdrs, unbuffered=True, allow_redirects=True,
+                           reactor=self._reactor)
+        if self.connect_timeout:
+            d.addTimeout(self.connect_timeout, self._reactor)
+        try:
+            response = await d
+        except OriginError:
+            raise
+        except (TimeoutError, CancelledError):
+            raise OriginError(None, f"no answer from origin within {self.connect_timeout:g}s")
+        except Exception as e:
+            raise OriginError(None, f"cannot reach origin: {_describe(Failure(e))}")
+
+        status = response.code
+        etag_out = _header(response, "ETag")
+        lm_out = _header(response, "Last-Modified")
+        raw_length = response.length
+        body_length = None if raw_length is UNKNOWN_LENGTH or raw_length is None else int(raw_length)
+
+        def make(status, offset, length, body_length):
+            return OriginResponse(response, status, offset, length, body_length, etag_out, lm_out,
+                                  self._reactor, self._limiter, self.idle_timeout, self.on_bytes)
+
+        if status == 304 and conditional:
+            r = make(304, 0, None, 0)
+            r.discard()
+            return r
+        if status == 206:
+            cr = _header(response, "Content-Range") or ""
+            m = _CONTENT_RANGE_RE.match(cr)
+            if not m or int(m.group(1)) != offset or int(m.group(2)) < int(m.group(1)):
+                make(status, 0, None, None).discard()
+                raise OriginError(206, f"origin answered a range we did not ask for: {cr!r}")
+            start, end = int(m.group(1)), int(m.group(2))
+            total = None if m.group(3) == "*" else int(m.group(3))
+            if total is not None and end >= total:
+                make(status, 0, None, None).discard()
+                raise OriginError(206, f"bad Content-Range {cr!r}")
+            span = end - start + 1
+            if body_length is not None and body_length != span:
+                make(status, 0, None, None).discard()
+                raise OriginError(206, f"Content-Length {body_length} disagrees with {cr!r}")
+            if total is not None and end != total - 1:
+                # Partial tail: we asked for everything from offset on.
+                make(status, 0, None, None).discard()
+                raise OriginError(206, f"origin sent a short range {cr!r}")
+            return make(206, start, total, span)
+        if 200 <= status < 300:
+            if status == 204:
+                body_length = 0
+            return make(status, 0, body_length, body_length)
+        make(status, 0, None, None).discard()
+        raise OriginError(status)

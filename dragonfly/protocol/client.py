@@ -1,0 +1,531 @@
+"""The piece client: fetches pieces from other nodes' piece servers.
+
+L{PieceClientPool} keeps one connection per (source, task), pipelines
+requests on it (the server answers them in order), receives each piece into
+one preallocated buffer and fails every outstanding request of a connection
+that breaks, times out or misbehaves with L{PieceFetchError}.
+"""
+from collections import deque
+
+from twisted.internet import defer
+from twisted.internet.abstract import isIPv6Address
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from dragonfly.interfaces import IPieceSource
+from dragonfly.protocol import codec
+
+#: Requests sent ahead on one connection; more wait locally.
+MAX_PIPELINE = 16
+#: Bytes asked of the socket per read on piece connections (Twisted's default is 64 KiB).
+READ_SIZE = 256 * 1024
+
+
+class PieceFetchError(Exception):
+    """Fetching piece C{index} from C{source} failed for C{reason}.
+
+    C{code} is the server's error code (codec.NOT_FOUND, BUSY, ...) when the
+    server answered with an Error, else None (network, timeout, protocol).
+    """
+
+    def __init__(self, source, index, reason, code=None):
+        super().__init__(source, index, reason, code)
+        self.source = source
+        self.index = index
+        self.reason = reason
+        self.code = code
+
+    def __str__(self):
+        src = self.source
+        where = f"{src.peer_id}@{src.host}:{src.port}" if hasattr(src, "peer_id") else str(src)
+        return f"piece {self.index} from {where}: {self.reason}"
+
+
+# Request states.
+_PENDING = "pending"        # waiting locally for a pipeline slot
+_SENT = "sent"              # on the wire; the server owes an answer
+_RECEIVING = "receiving"    # its body is arriving
+_CANCELLED = "cancelled"    # caller gave up; Cancel sent, the server may still answer
+_DISCARD = "discard"        # caller gave up; its answer will be read and dropped
+_DONE = "done"
+
+
+class _Request:
+    __slots__ = ("index", "length", "deferred", "state", "timer")
+
+    def __init__(self, index, length):
+        self.index = index
+        self.length = length
+        self.deferred = None
+        self.state = _PENDING
+        self.timer = None
+
+
+class PieceClientProtocol(Protocol):
+    """One connection to one source for one task."""
+
+    log = Logger()
+
+    def __init__(self, pool, source, task_id):
+        self.pool = pool
+        self.source = source
+        self.task_id = task_id
+        self.version = None
+        self.ready = False
+        self.closed = False
+        self.connecting = None  # the endpoint's connect Deferred, until connected
+        self._pending = deque()  # _Request not yet sent
+        self._sent = deque()     # _Request sent, in the order answers come
+        self._decoder = codec.FrameDecoder(max_piece=pool.max_piece)
+        self._recv = None        # _Request whose body is arriving
+        self._buffer = None
+        self._view = None
+        self._pos = 0
+        self._idle_call = None
+        self._resume_call = None
+        self._paused = False
+        self._close_reason = None
+        self._gone = []
+
+    # -- API used by the pool -------------------------------------------------
+
+    def fetch(self, index, length):
+        req = _Request(index, length)
+        req.deferred = defer.Deferred(lambda d: self._cancelled(req))
+        if self.closed:
+            req.state = _DONE
+            req.deferred.errback(PieceFetchError(
+                self.source, index, self._close_reason or "connection closed"))
+            return req.deferred
+        self._cancel_idle()
+        self._pending.append(req)
+        if self.ready:
+            self._send_more()
+        self._arm_head()
+        return req.deferred
+
+    def close(self, reason="pool closed"):
+        """Drop the connection; the Deferred fires once it is gone."""
+        d = defer.Deferred()
+        if self.closed and self.connecting is None and self.transport is None:
+            return defer.succeed(None)
+        self._gone.append(d)
+        self._shutdown(reason)
+        return d
+
+    # -- connection events --------------------------------------------------
+
+    def connectionMade(self):
+        self.connecting = None
+        if self.closed:
+            self.transport.abortConnection()
+            return
+        transport = self.transport
+        nodelay = getattr(transport, "setTcpNoDelay", None)
+        if nodelay is not None:
+            try:
+                nodelay(True)
+            except OSError:
+                pass
+        if hasattr(transport, "bufferSize"):
+            transport.bufferSize = READ_SIZE
+        transport.write(codec.encode_hello(
+            codec.Hello(codec.VERSION, self.task_id, self.pool.peer_id)))
+
+    def connect_failed(self, failure):
+        self.connecting = None
+        self.closed = True
+        reason = "connect cancelled" if self.closed else f"connect failed: {failure.getErrorMessage()}"
+        self._fail_all(self._close_reason or reason)
+        self._gone_now()
+
+    def connectionLost(self, reason=None):
+        if self._resume_call is not None and self._resume_call.active():
+            self._resume_call.cancel()
+        self._resume_call = None
+        if self._close_reason is None:
+            if reason is None or reason.check(ConnectionDone):
+                self._close_reason = "connection closed by the source"
+            else:
+                self._close_reason = f"connection lost: {reason.getErrorMessage()}"
+        self.closed = True
+        self.ready = False
+        self._fail_all(self._close_reason)
+        self._gone_now()
+
+    def dataReceived(self, data):
+        if self.closed:
+            return
+        limiter = self.pool.download_limiter
+        if limiter is not None:
+            delay = limiter.consume(len(data))
+            if delay > 0 and not self._paused:
+                self._paused = True
+                self.transport.pauseProducing()
+                self._resume_call = self.pool.clock.callLater(delay, self._resume)
+        try:
+            for event in self._decoder.feed(data):
+                if type(event) is codec.PieceData:
+                    self._body(event)
+                else:
+                    self._message(event)
+                if self.closed:
+                    return
+        except codec.ProtocolError as e:
+            self.log.info("dropping piece connection to {source}: {error}",
+                          source=self.source, error=e)
+            self._shutdown(f"protocol error: {e}")
+
+    def _resume(self):
+        self._resume_call = None
+        self._paused = False
+        if not self.closed:
+            self.transport.resumeProducing()
+
+    # -- incoming -------------------------------------------------------------
+
+    def _message(self, msg):
+        kind = type(msg)
+        if not self.ready:
+            if kind is codec.HelloAck:
+                if not codec.MIN_VERSION <= msg.version <= codec.VERSION:
+                    raise codec.ProtocolError(f"server chose unsupported version {msg.version}")
+                self.version = msg.version
+                self.ready = True
+                self._send_more()
+                self._arm_head()
+                self._check_idle()
+            elif kind is codec.Error and msg.index is None:
+                self._shutdown(f"handshake refused: {msg.name}: {msg.message}", msg.code)
+            else:
+                raise codec.ProtocolError(f"expected HelloAck, got {kind.__name__}")
+        elif kind is codec.Piece:
+            req = self._answer_for(msg.index)
+            if req.state == _SENT:
+                if msg.length != req.length:
+                    self._fail(req, f"server sent {msg.length} bytes, expected {req.length}")
+                    self._shutdown(f"piece {msg.index} length mismatch")
+                    return
+                req.state = _RECEIVING
+                self._buffer = bytearray(msg.length)
+                self._view = memoryview(self._buffer)
+            else:
+                req.state = _DISCARD
+                self._buffer = self._view = None
+            self._recv = req
+            self._pos = 0
+        elif kind is codec.Error:
+            if msg.index is None:
+                self._shutdown(f"{msg.name}: {msg.message}", msg.code)
+                return
+            req = self._answer_for(msg.index)
+            self._sent.popleft()
+            if req.state == _SENT:
+                self._fail(req, f"{msg.name}: {msg.message}", msg.code)
+            self._advance()
+        else:
+            raise codec.ProtocolError(f"unexpected {kind.__name__} from a server")
+
+    def _answer_for(self, index):
+        """The sent request that an answer for C{index} belongs to.
+
+        Answers come in request order; a cancelled request may have been
+        dropped by the server without an answer, so skip those.
+        """
+        if self._recv is not None:
+            raise codec.ProtocolError("answer inside a piece body")
+        sent = self._sent
+        while sent:
+            head = sent[0]
+            if head.index == index:
+                return head
+            if head.state != _CANCELLED:
+                break
+            sent.popleft()
+        raise codec.ProtocolError(f"unexpected answer for piece {index}")
+
+    def _body(self, event):
+        req = self._recv
+        data = event.data
+        if req.state == _RECEIVING:
+            pos = self._pos
+            end = pos + len(data)
+            self._view[pos:end] = data
+            self._pos = end
+        if not event.last:
+            return
+        self._recv = None
+        self._sent.popleft()
+        if req.state == _RECEIVING:
+            self._view.release()
+            piece = bytes(self._buffer)
+            self._buffer = self._view = None
+            req.state = _DONE
+            self._stop_timer(req)
+            req.deferred.callback(piece)
+        else:
+            self._buffer = self._view = None
+            req.state = _DONE
+        self._advance()
+
+    def _advance(self):
+        if self.closed:
+            return
+        self._send_more()
+        self._arm_head()
+        self._check_idle()
+
+    # -- outgoing -------------------------------------------------------------
+
+    def _send_more(self):
+        if not self.ready or self.closed:
+            return
+        limit = self.pool.max_pipeline
+        out = []
+        sent = self._sent
+        while self._pending and len(sent) < limit:
+            req = self._pending.popleft()
+            req.state = _SENT
+            sent.append(req)
+            out.append(codec.encode_request(codec.Request(req.index)))
+        if out:
+            self.transport.write(b"".join(out))
+
+    # -- timeouts, cancellation, failure --------------------------------------
+
+    def _head(self):
+        for req in self._sent:
+            if req.state in (_SENT, _RECEIVING):
+                return req
+        if not self._sent and self._pending:
+            return self._pending[0]
+        return None
+
+    def _arm_head(self):
+        """Start the piece timer of the request the server works on now."""
+        timeout = self.pool.piece_timeout
+        req = self._head()
+        if req is not None and req.timer is None and timeout:
+            req.timer = self.pool.clock.callLater(timeout, self._timed_out, req)
+
+    def _stop_timer(self, req):
+        if req.timer is not None:
+            if req.timer.active():
+                req.timer.cancel()
+            req.timer = None
+
+    def _timed_out(self, req):
+        req.timer = None
+        if req.state in (_DONE, _CANCELLED, _DISCARD):
+            return
+        timeout = self.pool.piece_timeout
+        self._fail(req, f"timed out after {timeout:g}s")
+        # The source is stalled: everything queued behind it would be too.
+        self._shutdown(f"piece {req.index} timed out after {timeout:g}s")
+
+    def _cancelled(self, req):
+        """The caller cancelled C{req}'s Deferred (it then fails with CancelledError)."""
+        self._stop_timer(req)
+        if req.state == _PENDING:
+            req.state = _DONE
+            try:
+                self._pending.remove(req)
+            except ValueError:
+                pass
+        elif req.state == _RECEIVING:
+            req.state = _DISCARD  # read the rest of its body and drop it
+        elif req.state == _SENT:
+            if self._owed_before(req):
+                # Still queued at the server: it will drop it without an answer.
+                req.state = _CANCELLED
+                self.transport.write(codec.encode_cancel(codec.Cancel(req.index)))
+            else:
+                # The server may be sending it already; a Cancel would make it
+                # close the connection. Read its answer and drop it instead.
+                req.state = _DISCARD
+        if not self.closed:
+            self._arm_head()
+            self._check_idle()
+
+    def _owed_before(self, req):
+        """True when the server owes an answer to a request sent before C{req}."""
+        for other in self._sent:
+            if other is req:
+                return False
+            if other.state != _CANCELLED:
+                return True
+        return False
+
+    def _fail(self, req, reason, code=None):
+        self._stop_timer(req)
+        if req.state in (_DONE, _CANCELLED, _DISCARD):
+            return
+        req.state = _DONE
+        req.deferred.errback(Failure(PieceFetchError(self.source, req.index, reason, code)))
+
+    def _fail_all(self, reason, code=None):
+        reqs = list(self._sent) + list(self._pending)
+        self._sent.clear()
+        self._pending.clear()
+        self._recv = None
+        self._buffer = self._view = None
+        self._cancel_idle()
+        for req in reqs:
+            self._fail(req, reason, code)
+
+    def _shutdown(self, reason, code=None):
+        """Fail everything outstanding with C{reason} and drop the connection."""
+        if self._close_reason is None:
+            self._close_reason = reason
+        self.closed = True
+        self.ready = False
+        self.pool._forget(self)
+        self._fail_all(reason, code)
+        if self.transport is not None:
+            self.transport.abortConnection()
+        elif self.connecting is not None:
+            self.connecting.cancel()
+
+    def _gone_now(self):
+        self.transport = None
+        self.pool._forget(self)
+        gone, self._gone = self._gone, []
+        for d in gone:
+            d.callback(None)
+
+    # -- idle -----------------------------------------------------------------
+
+    def _check_idle(self):
+        if self.closed or self._pending or self._sent or self._idle_call is not None:
+            return
+        timeout = self.pool.idle_timeout
+        if timeout:
+            self._idle_call = self.pool.clock.callLater(timeout, self._idle)
+
+    def _cancel_idle(self):
+        if self._idle_call is not None:
+            if self._idle_call.active():
+                self._idle_call.cancel()
+            self._idle_call = None
+
+    def _idle(self):
+        self._idle_call = None
+        if not self._pending and not self._sent:
+            self._shutdown("idle")
+
+
+class _OneShotFactory(Factory):
+    """Hands the endpoint our prebuilt protocol exactly once."""
+
+    def __init__(self, proto):
+        self._proto = proto
+
+    def buildProtocol(self, addr):
+        proto, self._proto = self._proto, None
+        return proto
+
+
+def default_endpoint(reactor, host, port, timeout):
+    if isIPv6Address(host):
+        return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+    if all(part.isdigit() for part in host.split(".")):
+        return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    return HostnameEndpoint(reactor, host, port, timeout=timeout)
+
+
+@implementer(IPieceSource)
+class PieceClientPool:
+    """Fetches pieces over one connection per (source, task).
+
+    @param reactor: IReactorTCP + IReactorTime (connections, timers).
+    @param peer_id: our own peer id, sent in every Hello.
+    @param download_limiter: optional TokenBucket; when it runs dry the
+        connection's transport is paused until the debt is paid.
+    @param piece_timeout: seconds a piece may take from the moment the
+        source is due to serve it (connecting counts) until its last byte.
+    @param endpoint_factory: C{(host, port) -> IStreamClientEndpoint}
+        (tests wire the pool to an in-memory server with it).
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, peer_id, download_limiter=None, piece_timeout=30,
+                 connect_timeout=10, idle_timeout=30, max_pipeline=MAX_PIPELINE,
+                 max_piece=codec.MAX_PIECE, endpoint_factory=None):
+        self.reactor = reactor
+        self.clock = reactor
+        self.peer_id = peer_id
+        self.download_limiter = download_limiter
+        self.piece_timeout = piece_timeout
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.max_pipeline = max_pipeline
+        self.max_piece = max_piece
+        if endpoint_factory is None:
+            def endpoint_factory(host, port):
+                return default_endpoint(reactor, host, port, connect_timeout)
+        self._endpoint_factory = endpoint_factory
+        self._conns = {}
+        self._all = set()
+        self._closed = False
+
+    def fetch(self, source, task_id, index, length):
+        """A Deferred firing with piece C{index} of C{task_id} (C{length}
+        bytes) from C{source}, or failing with L{PieceFetchError}."""
+        if self._closed:
+            return defer.fail(PieceFetchError(source, index, "pool closed"))
+        if not isinstance(index, int) or not 0 <= index <= codec.MAX_INDEX:
+            return defer.fail(PieceFetchError(source, index, "bad piece index"))
+        if not isinstance(length, int) or not 0 <= length <= self.max_piece:
+            return defer.fail(PieceFetchError(source, index, f"bad piece length {length!r}"))
+        key = (source, task_id)
+        proto = self._conns.get(key)
+        if proto is None or proto.closed:
+            try:
+                codec.Hello(codec.VERSION, task_id, self.peer_id)
+            except ValueError as e:
+                return defer.fail(PieceFetchError(source, index, str(e)))
+            proto = self._connect(source, task_id)
+        return proto.fetch(index, length)
+
+    def _connect(self, source, task_id):
+        proto = PieceClientProtocol(self, source, task_id)
+        self._conns[(source, task_id)] = proto
+        self._all.add(proto)
+        try:
+            endpoint = self._endpoint_factory(source.host, source.port)
+            d = endpoint.connect(_OneShotFactory(proto))
+        except Exception:
+            d = defer.fail()
+        if not d.called:
+            proto.connecting = d
+        d.addCallbacks(lambda _: None, proto.connect_failed)
+        return proto
+
+    def _forget(self, proto):
+        key = (proto.source, proto.task_id)
+        if self._conns.get(key) is proto:
+            del self._conns[key]
+        if proto.transport is None and proto.connecting is None and proto.closed:
+            self._all.discard(proto)
+
+    @property
+    def connections(self):
+        """Open (or opening) connections."""
+        return len(self._conns)
+
+    def close(self):
+        """Fail everything outstanding, drop every connection.
+
+        @return: a Deferred that fires once all connections are gone.
+        """
+        self._closed = True
+        protos = list(self._all)
+        self._all.clear()
+        self._conns.clear()
+        waits = [p.close() for p in protos]
+        return defer.DeferredList(waits).addCallback(lambda _: None)

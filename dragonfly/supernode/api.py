@@ -1,0 +1,477 @@
+"""The supernode's HTTP API (Klein), per docs/design.md "Supernode HTTP API".
+
+Every answer is JSON; every error is C{{"error": "..."}} with a 4xx/5xx status
+(never an HTML page or a traceback). Request bodies are JSON objects of at
+most C{max_body} bytes: L{LimitedRequest} (the request factory of L{api_site})
+stops storing a body as soon as it passes the cap, and the handlers refuse it
+with 413 before parsing; under other sites (StubTreq in tests) the cap is
+enforced on Content-Length and on the bytes read.
+"""
+import json
+import math
+from urllib.parse import urlsplit
+
+from klein import Klein
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from twisted.internet.defer import CancelledError, TimeoutError
+from twisted.logger import Logger
+from twisted.web import server
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+
+from dragonfly.interfaces import PeerInfo
+from dragonfly.origin import OriginError, clean_headers
+from dragonfly.supernode.cdn import CacheFull, CDNError, NotReady
+from dragonfly.supernode.scheduler import UnknownPeer, UnknownTask
+from dragonfly.taskid import validate_peer_id, validate_task_id
+
+__all__ = ["SupernodeAPI", "ApiError", "LimitedRequest", "api_site"]
+
+MAX_BODY = 1 << 20
+MAX_WAIT = 30.0
+MAX_WANT = 256
+MAX_LIST = 1 << 16          # have/failed entries in one report
+MAX_URL = 8192
+MAX_HEADERS = 64
+MAX_HEADER_BYTES = 32 * 1024
+
+
+class ApiError(Exception):
+    """An answer other than 200: C{status} and C{{"error": message, **extra}}."""
+
+    def __init__(self, status, message, headers=None, **extra):
+        Exception.__init__(self, message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+        self.extra = extra
+
+
+class LimitedRequest(server.Request):
+    """A Request that stops keeping its body once it passes C{max_body} bytes.
+
+    The connection keeps reading (HTTP framing) but nothing more is stored;
+    C{body_too_large} tells the handler to answer 413.
+    """
+
+    max_body = MAX_BODY
+    body_too_large = False
+    _body_seen = 0
+
+    def gotLength(self, length):
+        if length is not None and length > self.max_body:
+            self.body_too_large = True
+            length = 0  # a BytesIO, which we will never fill
+        server.Request.gotLength(self, length)
+
+    def handleContentChunk(self, data):
+        if self.body_too_large:
+            return
+        self._body_seen += len(data)
+        if self._body_seen > self.max_body:
+            self.body_too_large = True
+            self.content.seek(0)
+            self.content.truncate()
+            return
+        server.Request.handleContentChunk(self, data)
+
+
+def api_site(api, max_body=MAX_BODY):
+    """A Site serving C{api} whose requests cap their bodies at C{max_body}."""
+
+    class _Request(LimitedRequest):
+        pass
+
+    _Request.max_body = max_body
+    site = server.Site(api.resource())
+    site.requestFactory = _Request
+    site.displayTracebacks = False
+    return site
+
+
+def _json(request, obj, status=200):
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(obj, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def _int(value, name, lo, hi):
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ApiError(400, f"{name} must be an integer from {lo} to {hi}")
+    return value
+
+
+def check_url(url):
+    """An absolute http(s) URL we are willing to fetch, else ApiError(400)."""
+    if not isinstance(url, str) or not url:
+        raise ApiError(400, "url must be a non-empty string")
+    if len(url) > MAX_URL:
+        raise ApiError(400, f"url longer than {MAX_URL} characters")
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        raise ApiError(400, "url contains whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as e:
+        raise ApiError(400, f"bad url: {e}")
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ApiError(400, "url must be http or https")
+    if not parts.hostname:
+        raise ApiError(400, "url has no host")
+    return url
+
+
+def check_headers(headers):
+    """{name: value} for the origin, else ApiError(400)."""
+    if headers is None:
+        return {}
+    if not isinstance(headers, dict):
+        raise ApiError(400, "headers must be an object of strings")
+    if len(headers) > MAX_HEADERS:
+        raise ApiError(400, f"more than {MAX_HEADERS} headers")
+    if sum(len(str(k)) + len(str(v)) for k, v in headers.items()) > MAX_HEADER_BYTES:
+        raise ApiError(400, f"headers larger than {MAX_HEADER_BYTES} bytes")
+    try:
+        return clean_headers(headers)
+    except ValueError as e:
+        raise ApiError(400, str(e))
+
+
+def _task_id(value):
+    try:
+        return validate_task_id(value)
+    except ValueError:
+        raise ApiError(400, "bad task_id")
+
+
+def _peer_id(value):
+    try:
+        return validate_peer_id(value)
+    except ValueError:
+        raise ApiError(400, "bad peer_id")
+
+
+class SupernodeAPI:
+    """Routes of the supernode API; state lives in the injected parts.
+
+    @param clock: IReactorTime for long-poll timeouts.
+    @param cdn: L{dragonfly.supernode.cdn.CDN}.
+    @param scheduler: L{dragonfly.supernode.scheduler.Scheduler}.
+    @param metrics: L{dragonfly.metrics.SupernodeMetrics}.
+    @param cluster: L{dragonfly.supernode.cluster.Cluster} or None (single node).
+    @param preheater: L{dragonfly.supernode.preheat.Preheater} or None.
+    """
+
+    app = Klein()
+    log = Logger()
+
+    def __init__(self, clock, cdn, scheduler, metrics, cluster=None, preheater=None,
+                 max_body=MAX_BODY, max_wait=MAX_WAIT):
+        self.clock = clock
+        self.cdn = cdn
+        self.scheduler = scheduler
+        self.metrics = metrics
+        self.cluster = cluster
+        self.preheater = preheater
+        self.max_body = max_body
+        self.max_wait = max_wait
+
+    def resource(self):
+        return self.app.resource()
+
+    # -- plumbing ------------------------------------------------------------
+
+    def read_json(self, request):
+        """The request's JSON object body, capped at max_body before parsing."""
+        if getattr(request, "body_too_large", False):
+            raise ApiError(413, f"request body larger than {self.max_body} bytes")
+        cl = request.getHeader(b"content-length")
+        if cl is not None:
+            try:
+                n = int(cl)
+            except ValueError:
+                raise ApiError(400, "bad Content-Length")
+            if n > self.max_body:
+                raise ApiError(413, f"request body larger than {self.max_body} bytes")
+        content = request.content
+        if content is None:
+            raw = b""
+        else:
+            content.seek(0)
+            raw = content.read(self.max_body + 1)
+        if len(raw) > self.max_body:
+            raise ApiError(413, f"request body larger than {self.max_body} bytes")
+        if not raw.strip():
+            raise ApiError(400, "request body must be a JSON object")
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise ApiError(400, f"malformed JSON: {e}")
+        except RecursionError:
+            raise ApiError(400, "malformed JSON: nested too deeply")
+        if not isinstance(obj, dict):
+            raise ApiError(400, "request body must be a JSON object")
+        return obj
+
+    def _count(self, endpoint):
+        if self.metrics is not None:
+            self.metrics.api_requests.labels(endpoint=endpoint).inc()
+
+    def _redirect_if_not_owner(self, request, task_id, body, path):
+        if self.cluster is None or body.get("redirected") is True:
+            return
+        owner = self.cluster.owner(task_id)
+        if owner is None:
+            return
+        raise ApiError(307, f"task {task_id} belongs to supernode {owner}",
+                       headers={b"location": f"http://{owner}{path}".encode("ascii", "replace")},
+                       owner=owner)
+
+    # -- error mapping -------------------------------------------------------
+
+    @app.handle_errors(ApiError)
+    def _api_error(self, request, failure):
+        e = failure.value
+        for k, v in e.headers.items():
+            request.setHeader(k, v)
+        return _json(request, {"error": e.message, **e.extra}, e.status)
+
+    @app.handle_errors(OriginError)
+    def _origin_error(self, request, failure):
+        e = failure.value
+        body = {"error": e.message}
+        if e.status is not None:
+            body["origin_status"] = e.status
+        return _json(request, body, 502)
+
+    @app.handle_errors(NotReady)
+    def _not_ready(self, request, failure):
+        request.setHeader(b"retry-after", b"1")
+        return _json(request, {"error": str(failure.value)}, 503)
+
+    @app.handle_errors(CacheFull)
+    def _cache_full(self, request, failure):
+        return _json(request, {"error": str(failure.value)}, 507)
+
+    @app.handle_errors(UnknownTask, UnknownPeer)
+    def _unknown(self, request, failure):
+        return _json(request, {"error": str(failure.value)}, 404)
+
+    @app.handle_errors(NotFound)
+    def _not_found(self, request, failure):
+        return _json(request, {"error": "no such endpoint"}, 404)
+
+    @app.handle_errors(MethodNotAllowed)
+    def _bad_method(self, request, failure):
+        allowed = getattr(failure.value, "valid_methods", None) or []
+        if allowed:
+            request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
+        return _json(request, {"error": "method not allowed"}, 405)
+
+    @app.handle_errors(HTTPException)
+    def _http_exception(self, request, failure):
+        e = failure.value
+        new_url = getattr(e, "new_url", None)   # werkzeug RequestRedirect (slashes)
+        if new_url:
+            request.setHeader(b"location", new_url.encode("utf-8", "replace"))
+        return _json(request, {"error": e.description or e.name}, e.code or 400)
+
+    @app.handle_errors(CDNError)
+    def _cdn_error(self, request, failure):
+        return _json(request, {"error": str(failure.value)}, 503)
+
+    @app.handle_errors(Exception)
+    def _internal(self, request, failure):
+        self.log.failure("API request {method} {uri} failed", failure,
+                         method=request.method, uri=request.uri)
+        return _json(request, {"error": "internal error"}, 500)
+
+    # -- tasks -----------------------------------------------------------------
+
+    @app.route("/api/v1/tasks", methods=["POST"])
+    async def register(self, request):
+        """Register a peer for a task; start (or reuse) the CDN fetch."""
+        self._count("register")
+        body = self.read_json(request)
+        task_id = _task_id(body.get("task_id"))
+        url = check_url(body.get("url"))
+        headers = check_headers(body.get("headers"))
+        peer = None
+        if body.get("peer") is not None:
+            try:
+                peer = PeerInfo.from_json(body.get("peer"))
+            except ValueError as e:
+                raise ApiError(400, f"bad peer: {e}")
+        self._redirect_if_not_owner(request, task_id, body, "/api/v1/tasks")
+        tf = await self.cdn.ensure(task_id, url, headers)
+        seed = self.cdn.seed
+        if peer is not None:
+            if peer.peer_id == seed.peer_id:
+                raise ApiError(400, "peer_id is the supernode's own")
+            self.scheduler.join(task_id, peer)
+        return _json(request, {
+            "task_id": task_id, "length": tf.length, "piece_size": tf.piece_size,
+            "piece_count": tf.piece_count, "seed": seed.to_json(),
+        })
+
+    @app.route("/api/v1/tasks/<task_id>/schedule", methods=["POST"])
+    async def schedule(self, request, task_id):
+        """Batched reports plus a request for up to C{want} assignments (long-poll)."""
+        self._count("schedule")
+        task_id = _task_id(task_id)
+        body = self.read_json(request)
+        peer_id = _peer_id(body.get("peer_id"))
+        have = body.get("have", [])
+        if not isinstance(have, list) or len(have) > MAX_LIST:
+            raise ApiError(400, f"have must be a list of at most {MAX_LIST} piece indexes")
+        for i in have:
+            _int(i, "have entries", 0, 1 << 31)
+        failed_in = body.get("failed", [])
+        if not isinstance(failed_in, list) or len(failed_in) > MAX_LIST:
+            raise ApiError(400, f"failed must be a list of at most {MAX_LIST} entries")
+        failed = []
+        for f in failed_in:
+            if not isinstance(f, dict):
+                raise ApiError(400, 'failed entries must be {"index", "source"} objects')
+            failed.append((_int(f.get("index"), "failed index", 0, 1 << 31),
+                           _peer_id(f.get("source"))))
+        want = _int(body.get("want", 0), "want", 0, MAX_WANT)
+        wait = body.get("wait", 0)
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not math.isfinite(wait) or wait < 0:
+            raise ApiError(400, "wait must be a non-negative number of seconds")
+        wait = min(float(wait), self.max_wait)
+
+        if not self.scheduler.has_task(task_id):
+            self._raise_cdn_failure(task_id)
+            raise ApiError(404, f"unknown task {task_id!r} (register first)")
+        try:
+            self.scheduler.report(task_id, peer_id, have=have, failed=failed)
+        except ValueError as e:
+            raise ApiError(400, str(e))
+        deadline = self.clock.seconds() + wait
+        while True:
+            assignments = self.scheduler.assign(task_id, peer_id, want)
+            done = self.scheduler.is_done(task_id, peer_id)
+            remaining = deadline - self.clock.seconds()
+            if assignments or done or want == 0 or remaining <= 0:
+                break
+            self._raise_cdn_failure(task_id)
+            if not await self._wait_change(request, task_id, remaining):
+                continue  # timed out: one last assign() above, then answer
+        if self.metrics is not None:
+            for a in assignments:
+                kind = "supernode" if a.source.peer_id == self.cdn.seed.peer_id else "peer"
+                self.metrics.assignments.labels(source=kind).inc()
+        return _json(request, {"assignments": [a.to_json() for a in assignments], "done": done})
+
+    def _raise_cdn_failure(self, task_id):
+        e = self.cdn.failure(task_id)
+        if e is None:
+            return
+        body = {}
+        if isinstance(e, OriginError) and e.status is not None:
+            body["origin_status"] = e.status
+        raise ApiError(502, f"the supernode could not fetch the file: {e}", **body)
+
+    async def _wait_change(self, request, task_id, timeout):
+        """Wait for a change of C{task_id}, C{timeout} seconds at most.
+
+        Returns False on timeout. When the client goes away the wait is
+        cancelled at once (the scheduler forgets the waiter).
+        """
+        d = self.scheduler.changed(task_id)
+        d.addTimeout(timeout, self.clock)
+
+        def gone(f):
+            if not d.called:
+                d.cancel()
+
+        finished = request.notifyFinish()
+        finished.addErrback(gone)
+        try:
+            await d
+        except TimeoutError:
+            return False
+        except CancelledError:
+            raise
+        return True
+
+    @app.route("/api/v1/tasks/<task_id>/leave", methods=["POST"])
+    def leave(self, request, task_id):
+        """A peer is done with the task (idempotent)."""
+        self._count("leave")
+        task_id = _task_id(task_id)
+        body = self.read_json(request)
+        peer_id = _peer_id(body.get("peer_id"))
+        self.scheduler.leave(task_id, peer_id)
+        return _json(request, {})
+
+    @app.route("/api/v1/tasks/<task_id>", methods=["GET"])
+    def task_info(self, request, task_id):
+        self._count("task")
+        task_id = _task_id(task_id)
+        status = self.cdn.status(task_id)
+        tf = self.cdn.store.get(task_id)
+        stats = self.scheduler.task_stats(task_id) if self.scheduler.has_task(task_id) else None
+        if status is None and tf is None and stats is None:
+            raise ApiError(404, f"unknown task {task_id!r}")
+        out = {"task_id": task_id, "url": None, "length": None, "piece_size": None,
+               "piece_count": None, "seeded": 0, "peers": 0, "state": "unknown"}
+        if status is not None:
+            out.update({k: v for k, v in status.items() if k in (
+                "url", "length", "piece_count", "seeded", "state", "error", "origin_status")})
+        if tf is not None:
+            out.update(url=tf.url, length=tf.length, piece_size=tf.piece_size,
+                       piece_count=tf.piece_count, seeded=len(tf.completed()))
+        if stats is not None:
+            out.update(peers=stats["peers"], done_peers=stats["done"], seeded=stats["seeded"])
+        return _json(request, out)
+
+    # -- preheat -----------------------------------------------------------------
+
+    @app.route("/api/v1/preheat", methods=["POST"])
+    def preheat(self, request):
+        self._count("preheat")
+        if self.preheater is None:
+            raise ApiError(404, "preheat is not enabled")
+        body = self.read_json(request)
+        spec = self.preheater.parse(body)
+        if spec.task_id is not None:
+            self._redirect_if_not_owner(request, spec.task_id, body, "/api/v1/preheat")
+        job = self.preheater.start(spec)
+        return _json(request, job.to_json(), 202)
+
+    @app.route("/api/v1/preheat/<job_id>", methods=["GET"])
+    def preheat_status(self, request, job_id):
+        self._count("preheat_status")
+        if self.preheater is None:
+            raise ApiError(404, "preheat is not enabled")
+        job = self.preheater.get(job_id)
+        if job is None:
+            raise ApiError(404, "no such preheat job")
+        return _json(request, job.to_json())
+
+    # -- health and metrics ------------------------------------------------------
+
+    @app.route("/healthz", methods=["GET", "HEAD"])
+    def healthz(self, request):
+        seed = self.cdn.seed
+        body = {"status": "ok" if seed is not None else "starting", "role": "supernode"}
+        if seed is not None:
+            body["seed"] = seed.to_json()
+        if self.cluster is not None:
+            body["cluster"] = self.cluster.status()
+        return _json(request, body, 200 if seed is not None else 503)
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics_page(self, request):
+        if self.metrics is None:
+            raise ApiError(404, "metrics are not enabled")
+        try:
+            stats = self.scheduler.stats()
+            self.metrics.tasks.set(stats["tasks"])
+            self.metrics.peers.set(stats["peers"])
+        except Exception:
+            self.log.failure("collecting scheduler stats")
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        return self.metrics.render()

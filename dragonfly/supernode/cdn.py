@@ -1,0 +1,625 @@
+"""The supernode's CDN seed: fetch each file from its origin once, cut it into pieces.
+
+One L{_Job} per task in flight. Whatever the number of concurrent
+L{CDN.ensure} callers, a task has at most one job and so one origin download.
+The job streams the origin body through a L{_PieceCutter} (hashes each chunk as
+it arrives, so no whole-piece hashing on the reactor; writes whole pieces with
+C{TaskFile.write_piece} in the runner; the origin transport is paused while a
+write is pending, so memory stays at about one piece per task) and tells the
+scheduler about each piece as soon as it is on disk, so peers start on the
+first pieces while the rest still arrives.
+
+Life of a job (see docs/design.md, "CDN"):
+
+  1. the store already holds the task complete: revalidate once per process
+     with If-None-Match / If-Modified-Since. 304 -> reuse; 200 -> the file
+     changed: replace it with this very response;
+  2. the store holds some pieces (a previous run, or a failed job): resume with
+     ``Range: bytes=<first missing piece>-`` (+ If-Range). A 200 restarts from
+     byte 0: pieces already held are re-hashed and must match, else the origin
+     changed under us and the task fails (L{ContentChanged});
+  3. otherwise a plain GET. Without Content-Length the body is spooled to a
+     temporary file first; the task is published once it is complete.
+
+A broken or stalled body is resumed from the first missing piece with bounded
+retries and exponential backoff on the injected clock; 4xx answers are final.
+A failed job leaves its pieces in the store and the next ensure() starts a new
+job (which resumes).
+"""
+import hashlib
+import os
+import tempfile
+
+from twisted.internet.defer import (
+    CancelledError, Deferred, fail, succeed)
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from dragonfly.origin import OriginError
+
+__all__ = ["CDN", "CDNError", "ContentChanged", "CacheFull", "NotReady"]
+
+_SPOOL_FLUSH = 1 << 20
+
+
+class CDNError(Exception):
+    """The CDN could not provide a task (not an origin verdict)."""
+
+
+class NotReady(CDNError):
+    """The supernode's piece port is not listening yet (no seed address)."""
+
+
+class CacheFull(CDNError):
+    """The file does not fit in the cache (--cache-size)."""
+
+
+class ContentChanged(OriginError):
+    """The origin's file changed while we were downloading it."""
+
+    def __init__(self, message="origin content changed during the download"):
+        OriginError.__init__(self, None, message)
+
+    @property
+    def retryable(self):
+        return False
+
+
+def _piece_sizes(tf):
+    return [tf.piece_range(i)[1] for i in range(tf.piece_count)]
+
+
+def _prefix_pieces(tf):
+    """How many pieces from 0 on are held (we resume after them)."""
+    n = 0
+    while n < tf.piece_count and tf.has(n):
+        n += 1
+    return n
+
+
+def _same_entity(tf, resp):
+    """Could C{resp} (a 200) be the same file as C{tf}?"""
+    if resp.length is not None and resp.length != tf.length:
+        return False
+    if tf.etag and resp.etag and tf.etag != resp.etag:
+        return False
+    if tf.last_modified and resp.last_modified and tf.last_modified != resp.last_modified:
+        return False
+    return True
+
+
+class _Observers:
+    """A one-shot result many Deferreds can wait for (each cancellable alone)."""
+
+    def __init__(self):
+        self._waiting = []
+        self._result = None
+        self._fired = False
+
+    @property
+    def fired(self):
+        return self._fired
+
+    def when(self):
+        if self._fired:
+            r = self._result
+            return fail(r) if isinstance(r, Failure) else succeed(r)
+        d = Deferred(lambda d: self._waiting.remove(d) if d in self._waiting else None)
+        self._waiting.append(d)
+        return d
+
+    def fire(self, result):
+        if self._fired:
+            return
+        self._fired = True
+        self._result = result
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
+
+
+class _PieceCutter:
+    """Consumer for OriginResponse.deliver: bytes -> hashed, written pieces."""
+
+    def __init__(self, cdn, job, tf, start):
+        self._cdn = cdn
+        self._job = job
+        self._tf = tf
+        if start % tf.piece_size:
+            raise ValueError(f"start {start} is not on a piece boundary")
+        self.index = start // tf.piece_size
+        self._buf = []
+        self._buflen = 0
+        self._hasher = hashlib.sha256()
+        self.received = 0
+
+    def _need(self):
+        return self._tf.piece_range(self.index)[1] - self._buflen
+
+    def write(self, data):
+        self.received += len(data)
+        self._cdn._count_bytes(len(data))
+        return self._feed(memoryview(data))
+
+    def _feed(self, view):
+        """Cut C{view} into the current piece; at most one piece write in
+        flight: the rest of a large chunk waits for it."""
+        while view.nbytes:
+            if self.index >= self._tf.piece_count:
+                raise ContentChanged(f"origin sent more than the {self._tf.length} bytes announced")
+            need = self._need()
+            chunk = view[:need]
+            view = view[need:]
+            self._hasher.update(chunk)
+            self._buf.append(bytes(chunk))
+            self._buflen += chunk.nbytes
+            if self._buflen == self._tf.piece_range(self.index)[1]:
+                d = self._complete()
+                if d is not None:
+                    if view.nbytes:
+                        rest = view
+                        return d.addCallback(lambda _: self._feed(rest))
+                    return d
+        return None
+
+    def _complete(self):
+        index = self.index
+        data = b"".join(self._buf)
+        digest = self._hasher.hexdigest()
+        self._buf = []
+        self._buflen = 0
+        self._hasher = hashlib.sha256()
+        self.index += 1
+        tf = self._tf
+        if tf.has(index):
+            if tf.digest(index) != digest:
+                raise ContentChanged(f"origin content changed: piece {index} differs from the copy held")
+            return None
+        d = tf.write_piece(index, data, digest)
+        d.addCallback(lambda _: self._cdn._piece_done(self._job, tf, index, digest))
+        return d
+
+    def finish(self):
+        """The body ended: every piece must be complete."""
+        if self._buflen or self.index != self._tf.piece_count:
+            got = self.index * self._tf.piece_size + self._buflen
+            raise OriginError(None, f"origin body ended at byte {got} of {self._tf.length}")
+
+
+class _Spool:
+    """Consumer that appends a body of unknown length to a temporary file."""
+
+    def __init__(self, cdn, runner, directory, max_bytes=0):
+        self._cdn = cdn
+        self._runner = runner
+        fd, self.path = tempfile.mkstemp(prefix="spool-", dir=directory)
+        self._fd = fd
+        self._buf = []
+        self._buflen = 0
+        self.length = 0
+        self._max = max_bytes
+
+    def write(self, data):
+        self._cdn._count_bytes(len(data))
+        self.length += len(data)
+        if self._max and self.length > self._max:
+            raise CacheFull(f"file without Content-Length grew past the cache size ({self._max} bytes)")
+        self._buf.append(data)
+        self._buflen += len(data)
+        if self._buflen >= _SPOOL_FLUSH:
+            return self.flush()
+        return None
+
+    def flush(self):
+        data = b"".join(self._buf)
+        self._buf = []
+        self._buflen = 0
+        if not data:
+            return succeed(None)
+        return self._runner.run(_write_all, self._fd, data)
+
+    def close(self):
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def discard(self):
+        self.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _read_piece_and_hash(path, offset, length):
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read(length)
+    if len(data) != length:
+        raise CDNError(f"spool file {path} is short")
+    return data, hashlib.sha256(data).hexdigest()
+
+
+class _Job:
+    """One task being fetched (or revalidated) from its origin."""
+
+    def __init__(self, task_id, url, headers):
+        self.task_id = task_id
+        self.url = url
+        self.headers = dict(headers or {})
+        self.state = "pending"          # pending | running | done | failed
+        self.error = None               # Failure when failed
+        self.tf = None
+        self.ready = _Observers()       # length known (published to the scheduler)
+        self.complete = _Observers()    # every piece in the store
+        self.attempts = 0
+        self.current = None             # the Deferred of the running body/request
+        self.pinned = None
+        self.counted = False
+        self.finished = None
+
+    def status(self):
+        s = {"state": self.state, "url": self.url}
+        tf = self.tf
+        if tf is not None:
+            s.update(length=tf.length, piece_count=tf.piece_count,
+                     seeded=len(tf.completed()) if not tf.is_complete else tf.piece_count)
+        if self.error is not None:
+            e = self.error.value
+            s["error"] = str(e)
+            if isinstance(e, OriginError) and e.status is not None:
+                s["origin_status"] = e.status
+        return s
+
+
+class CDN:
+    """Seeds tasks from origins into the store and tells the scheduler.
+
+    @param reactor: IReactorTime (retry backoff).
+    @param store: a L{dragonfly.storage.store.PieceStore}.
+    @param origin: an L{dragonfly.origin.OriginClient} (IOrigin).
+    @param scheduler: has C{add_task(task_id, piece_sizes, seed)} and
+        C{seed_has(task_id, index, digest)}.
+    @param piece_size: bytes per piece of new tasks.
+    @param metrics: L{dragonfly.metrics.SupernodeMetrics} (or None).
+    @param runner: IRunner for spool-file work.
+    @param seed: our own L{PeerInfo}; may be set later (when the piece port is
+        bound) with L{set_seed}. ensure() fails with L{NotReady} until then.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, store, origin, scheduler, piece_size, metrics, runner,
+                 seed=None, max_retries=5, retry_delay=1.0, max_retry_delay=30.0,
+                 spool_dir=None, max_spool=0):
+        self._reactor = reactor
+        self.store = store
+        self.origin = origin
+        self.scheduler = scheduler
+        self.piece_size = int(piece_size)
+        self.metrics = metrics
+        self.runner = runner
+        self.seed = seed
+        self.max_retries = max_retries
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+        self.spool_dir = spool_dir
+        self.max_spool = max_spool
+        self._jobs = {}
+        self._published = {}   # task_id -> TaskFile object the scheduler knows
+        self._stopping = False
+        self.failure_ttl = 600.0
+
+    def set_seed(self, seed):
+        self.seed = seed
+
+    # -- public ------------------------------------------------------------
+
+    def ensure(self, task_id, url, headers=None):
+        """A Deferred TaskFile, fired once its length is known (published).
+
+        Fails with L{OriginError} (origin verdict or unreachable), L{CacheFull},
+        L{NotReady}. Concurrent callers share one job; a later call after a
+        failure starts a new one.
+        """
+        return self._job_for(task_id, url, headers).ready.when() if self._can_start() else fail(
+            NotReady("supernode is not ready (piece port not bound yet)"))
+
+    def ensure_complete(self, task_id, url, headers=None):
+        """Like ensure(), but fires only when every piece is in the store."""
+        if not self._can_start():
+            return fail(NotReady("supernode is not ready (piece port not bound yet)"))
+        return self._job_for(task_id, url, headers).complete.when()
+
+    def status(self, task_id):
+        """{"state", "url", "length", ..., "error"?, "origin_status"?} or None."""
+        job = self._jobs.get(task_id)
+        if job is not None:
+            return job.status()
+        tf = self.store.get(task_id)
+        if tf is None:
+            return None
+        return {"state": "cached" if tf.is_complete else "partial", "url": tf.url,
+                "length": tf.length, "piece_count": tf.piece_count,
+                "seeded": len(tf.completed())}
+
+    def failure(self, task_id):
+        """The error of a failed job, or None."""
+        job = self._jobs.get(task_id)
+        if job is not None and job.state == "failed":
+            return job.error.value
+        return None
+
+    def forget_missing(self):
+        """Unpublish tasks whose files the store no longer holds (GC, removal).
+
+        Their swarms are dropped from the scheduler (peers re-register and the
+        next ensure() fetches the file again). Returns the task ids dropped.
+        """
+        dropped = []
+        for task_id, tf in list(self._published.items()):
+            job = self._jobs.get(task_id)
+            if job is not None and job.state in ("pending", "running"):
+                continue
+            if self.store.get(task_id) is not tf or tf.removed:
+                self._forget_in_scheduler(task_id)
+                if job is not None and job.state == "done":
+                    del self._jobs[task_id]
+                dropped.append(task_id)
+        # Failures stay visible (API, preheat) for a while, then are forgotten.
+        now = self._reactor.seconds()
+        for task_id, job in list(self._jobs.items()):
+            if job.state == "failed" and now - job.finished >= self.failure_ttl:
+                del self._jobs[task_id]
+        return dropped
+
+    def stop(self):
+        """Service shutdown: drop origin connections, let jobs fail quietly."""
+        self._stopping = True
+        for job in list(self._jobs.values()):
+            if job.current is not None and not job.current.called:
+                job.current.cancel()
+
+    # -- jobs -----------------------------------------------------------------
+
+    def _can_start(self):
+        return self.seed is not None and not self._stopping
+
+    def _job_for(self, task_id, url, headers):
+        job = self._jobs.get(task_id)
+        if job is not None and job.state in ("pending", "running"):
+            return job
+        if job is not None and job.state == "done":
+            tf = self.store.get(task_id)
+            if tf is job.tf and tf is not None and tf.is_complete and not tf.removed:
+                tf.touch()
+                if self._published.get(task_id) is not tf:
+                    self._publish(job, tf)
+                return job
+            # The store lost it (GC, removal): fetch again.
+        job = _Job(task_id, url, headers)
+        self._jobs[task_id] = job
+        d = Deferred.fromCoroutine(self._run(job))
+        d.addErrback(lambda f: self.log.failure("CDN job {task_id} crashed", f, task_id=task_id))
+        return job
+
+    async def _run(self, job):
+        job.state = "running"
+        failures = 0
+        try:
+            while True:
+                before = job.tf.completed_bytes if job.tf is not None else -1
+                try:
+                    await self._attempt(job)
+                    break
+                except Exception as e:
+                    if self._stopping:
+                        raise CDNError("supernode is shutting down")
+                    if not isinstance(e, OriginError) or not e.retryable:
+                        raise
+                    after = job.tf.completed_bytes if job.tf is not None else -1
+                    failures = 0 if after > before else failures + 1
+                    if failures > self.max_retries or job.attempts > self.max_retries * 20:
+                        raise
+                    delay = min(self.retry_delay * (2 ** max(failures - 1, 0)), self.max_retry_delay)
+                    self.log.warn("origin fetch of {task_id} broke ({err}); retry {n} in {delay:g}s",
+                                  task_id=job.task_id, err=str(e), n=failures, delay=delay)
+                    job.current = deferLater(self._reactor, delay, lambda: None)
+                    try:
+                        await job.current
+                    except CancelledError:
+                        raise CDNError("supernode is shutting down")
+        except Exception:
+            f = Failure()
+            self._failed(job, f)
+        else:
+            self._done(job)
+        finally:
+            job.current = None
+            if job.pinned is not None:
+                job.pinned.unpin()
+                job.pinned = None
+
+    def _done(self, job):
+        job.state = "done"
+        tf = job.tf
+        self.log.info("task {task_id} seeded: {length} bytes, {pieces} pieces",
+                      task_id=job.task_id, length=tf.length, pieces=tf.piece_count)
+        job.ready.fire(tf)
+        job.complete.fire(tf)
+
+    def _failed(self, job, f):
+        job.state = "failed"
+        job.finished = self._reactor.seconds()
+        job.error = f
+        self.log.warn("task {task_id} from {url} failed: {err}",
+                      task_id=job.task_id, url=job.url, err=str(f.value))
+        if f.check(ContentChanged):
+            # Do not keep (or serve) a mix of two versions of the file.
+            self.store.remove(job.task_id)
+            self._forget_in_scheduler(job.task_id)
+        if not job.ready.fired:
+            job.ready.fire(f)
+        job.complete.fire(f)
+
+    def _forget_in_scheduler(self, task_id):
+        self._published.pop(task_id, None)
+        remove = getattr(self.scheduler, "remove_task", None)
+        if remove is not None:
+            try:
+                remove(task_id)
+            except Exception:
+                self.log.failure("scheduler.remove_task({task_id})", task_id=task_id)
+
+    def _pin(self, job, tf):
+        if job.pinned is tf:
+            return
+        if job.pinned is not None:
+            job.pinned.unpin()
+        tf.pin()
+        job.pinned = tf
+
+    def _create(self, job, length, resp):
+        if length > 0 and not self.store.reserve(length):
+            raise CacheFull(f"{length} bytes do not fit in the cache")
+        tf = self.store.create(job.task_id, job.url, length, self.piece_size,
+                               etag=resp.etag, last_modified=resp.last_modified)
+        self._pin(job, tf)
+        return tf
+
+    def _publish(self, job, tf):
+        """Tell the scheduler about the task and the pieces held; fire ready."""
+        job.tf = tf
+        if self._published.get(job.task_id) is not tf:
+            self.scheduler.add_task(job.task_id, _piece_sizes(tf), self.seed)
+            self._published[job.task_id] = tf
+            for i in tf.completed():
+                self.scheduler.seed_has(job.task_id, i, tf.digest(i))
+        job.ready.fire(tf)
+
+    def _piece_done(self, job, tf, index, digest):
+        if self._published.get(job.task_id) is tf:
+            self.scheduler.seed_has(job.task_id, index, digest)
+
+    def _count_bytes(self, n):
+        if self.metrics is not None:
+            self.metrics.origin_bytes.inc(n)
+
+    def _count_fetch(self, job):
+        if self.metrics is not None and not job.counted:
+            job.counted = True
+            self.metrics.origin_fetches.inc()
+
+    async def _request(self, job, offset=0, etag=None, last_modified=None):
+        job.attempts += 1
+        job.current = self.origin.get(job.url, job.headers, offset, etag, last_modified)
+        try:
+            return await job.current
+        finally:
+            job.current = None
+
+    async def _attempt(self, job):
+        tf = job.tf
+        if tf is None:
+            tf = self.store.get(job.task_id)
+            if tf is not None and tf.removed:
+                tf = None
+        if tf is not None and tf.is_complete:
+            if self._published.get(job.task_id) is tf:
+                # Fetched or revalidated earlier in this process.
+                self._publish(job, tf)
+                return
+            resp = await self._request(job, 0, tf.etag, tf.last_modified)
+            if resp.status == 304:
+                self.log.info("task {task_id}: cached copy still valid (304)", task_id=job.task_id)
+                if resp.etag and resp.etag != tf.etag or resp.last_modified and resp.last_modified != tf.last_modified:
+                    tf.set_validators(resp.etag or tf.etag, resp.last_modified or tf.last_modified)
+                tf.touch()
+                self._publish(job, tf)
+                return
+            self.log.info("task {task_id}: origin has a new version; refetching", task_id=job.task_id)
+            await self._stream(job, resp, None)
+            return
+        if tf is not None and tf.completed_bytes > 0:
+            start = _prefix_pieces(tf) * tf.piece_size
+            resp = await self._request(job, start, tf.etag, tf.last_modified)
+            if resp.status == 206 and resp.length in (None, tf.length):
+                await self._stream(job, resp, tf)
+                return
+            if resp.status == 206:
+                resp.discard()
+                raise ContentChanged(f"origin length changed from {tf.length} to {resp.length}")
+            if _same_entity(tf, resp):
+                # No Range support (or If-Range said "changed" without new
+                # validators): read from 0, re-verifying the pieces we hold.
+                await self._stream(job, resp, tf)
+                return
+            if self._published.get(job.task_id) is tf:
+                resp.discard()
+                raise ContentChanged()
+            await self._stream(job, resp, None)
+            return
+        resp = await self._request(job)
+        if tf is not None and self._published.get(job.task_id) is tf:
+            # Published but nothing written yet: only the same length will do.
+            if resp.length is not None and resp.length != tf.length:
+                resp.discard()
+                raise ContentChanged(f"origin length changed from {tf.length} to {resp.length}")
+            await self._stream(job, resp, tf)
+            return
+        await self._stream(job, resp, None)
+
+    async def _stream(self, job, resp, tf):
+        """Read C{resp}'s body into C{tf} (None: a new TaskFile from resp)."""
+        self._count_fetch(job)
+        if tf is None:
+            if resp.length is None:
+                await self._spool(job, resp)
+                return
+            tf = self._create(job, resp.length, resp)
+        self._pin(job, tf)
+        self._publish(job, tf)
+        cutter = _PieceCutter(self, job, tf, resp.offset)
+        job.current = resp.deliver(cutter)
+        try:
+            await job.current
+        finally:
+            job.current = None
+        cutter.finish()
+        if resp.etag != tf.etag and resp.etag or resp.last_modified != tf.last_modified and resp.last_modified:
+            tf.set_validators(resp.etag or tf.etag, resp.last_modified or tf.last_modified)
+
+    async def _spool(self, job, resp):
+        """Origin without Content-Length: download all, then publish."""
+        directory = self.spool_dir or tempfile.gettempdir()
+        os.makedirs(directory, exist_ok=True)
+        spool = _Spool(self, self.runner, directory, self.max_spool)
+        try:
+            job.current = resp.deliver(spool)
+            try:
+                await job.current
+            finally:
+                job.current = None
+            await spool.flush()
+            spool.close()
+            length = spool.length
+            tf = self._create(job, length, resp)
+            for index in range(tf.piece_count):
+                offset, size = tf.piece_range(index)
+                data, digest = await self.runner.run(_read_piece_and_hash, spool.path, offset, size)
+                await tf.write_piece(index, data, digest)
+                del data
+            self._publish(job, tf)
+        finally:
+            spool.discard()

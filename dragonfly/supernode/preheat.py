@@ -1,0 +1,297 @@
+"""Preheat: make the supernode's CDN fetch a file (or an image's blobs) ahead of demand.
+
+``POST /api/v1/preheat`` with one of
+
+  - ``{"url": URL, "headers": {...}, "task_id"?, "filter"?: [...], "tag"?}``
+    (a file; the task id is derived from the URL like dfget does);
+  - ``{"type": "image", "url": "https://REG/v2/NAME/manifests/REF", "headers"}``
+    or ``{"image": "REG[:PORT]/NAME[:TAG|@DIGEST]", "insecure"?: bool,
+    "platform"?: "linux/amd64"}`` (an OCI/Docker image: its config and layer
+    blobs, each a task named by its digest, as the dfdaemon names them)
+
+answers 202 ``{"id", "state", ...}``; ``GET /api/v1/preheat/<id>`` gives
+``{"state": "pending|running|done|failed", ...}``. A job simply runs
+L{dragonfly.supernode.cdn.CDN.ensure_complete} to completion for each task.
+Jobs live in memory (the newest C{max_jobs}).
+"""
+import json
+import os
+import re
+from collections import OrderedDict
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import Logger
+
+from dragonfly.origin import OriginError
+from dragonfly.supernode.api import ApiError, check_headers, check_url
+from dragonfly.taskid import is_oci_digest, task_id_for_url, validate_task_id
+
+__all__ = ["Preheater", "PreheatSpec", "PreheatJob", "parse_image_reference"]
+
+MAX_MANIFEST = 4 << 20
+MANIFEST_ACCEPT = ", ".join((
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+))
+_INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
+                "application/vnd.docker.distribution.manifest.list.v2+json")
+_NAME_RE = re.compile(r"\A[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*\Z")
+_TAG_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+_MANIFEST_URL_RE = re.compile(r"\A(https?://[^/]+)/v2/(.+)/manifests/([^/]+)\Z")
+
+
+def parse_image_reference(ref, insecure=False):
+    """'reg:5000/name:tag' -> (registry base URL, name, reference).
+
+    The registry part is required (a supernode has no default registry).
+    """
+    if not isinstance(ref, str) or not ref or len(ref) > 1024:
+        raise ValueError("image must be a string like registry.example:5000/name:tag")
+    first, sep, rest = ref.partition("/")
+    if not sep or not ("." in first or ":" in first or first == "localhost"):
+        raise ValueError("image reference must start with its registry host (REG[:PORT]/NAME:TAG)")
+    if "@" in rest:
+        name, _, reference = rest.partition("@")
+        if not is_oci_digest(reference):
+            raise ValueError(f"bad digest in {ref!r}")
+    else:
+        name, colon, reference = rest.rpartition(":")
+        if not colon or "/" in reference:
+            name, reference = rest, "latest"
+        if not _TAG_RE.match(reference):
+            raise ValueError(f"bad tag in {ref!r}")
+    if not _NAME_RE.match(name):
+        raise ValueError(f"bad repository name in {ref!r}")
+    scheme = "http" if insecure else "https"
+    return f"{scheme}://{first}", name, reference
+
+
+class PreheatSpec:
+    def __init__(self, kind, url, headers, task_id=None, platform="linux/amd64"):
+        self.kind = kind            # "file" or "image"
+        self.url = url
+        self.headers = headers
+        self.task_id = task_id
+        self.platform = platform
+
+
+class PreheatJob:
+    def __init__(self, job_id, spec, now):
+        self.id = job_id
+        self.spec = spec
+        self.state = "pending"
+        self.created = now
+        self.finished = None
+        self.error = None
+        self.origin_status = None
+        self.length = None
+        self.tasks = OrderedDict()   # task_id -> {"task_id","url","state","length"?}
+
+    def to_json(self):
+        out = {"id": self.id, "state": self.state, "type": self.spec.kind, "url": self.spec.url,
+               "created": self.created}
+        if self.spec.task_id is not None:
+            out["task_id"] = self.spec.task_id
+        if self.length is not None:
+            out["length"] = self.length
+        if self.spec.kind == "image":
+            out["tasks"] = list(self.tasks.values())
+        if self.finished is not None:
+            out["finished"] = self.finished
+        if self.error is not None:
+            out["error"] = self.error
+        if self.origin_status is not None:
+            out["origin_status"] = self.origin_status
+        return out
+
+
+class _Collector:
+    """Consumer that keeps a small body (a manifest) in memory, capped."""
+
+    def __init__(self, cap):
+        self.cap = cap
+        self.parts = []
+        self.size = 0
+
+    def write(self, data):
+        self.size += len(data)
+        if self.size > self.cap:
+            raise OriginError(None, f"manifest larger than {self.cap} bytes")
+        self.parts.append(data)
+
+    def value(self):
+        return b"".join(self.parts)
+
+
+class Preheater:
+    """Runs preheat jobs against the CDN.
+
+    @param clock: IReactorTime (job timestamps).
+    @param cdn: has C{ensure_complete(task_id, url, headers)} and C{origin}.
+    """
+
+    log = Logger()
+
+    def __init__(self, clock, cdn, max_jobs=1024, new_id=None):
+        self.clock = clock
+        self.cdn = cdn
+        self.max_jobs = max_jobs
+        self._new_id = new_id or (lambda: os.urandom(8).hex())
+        self._jobs = OrderedDict()
+
+    def parse(self, body):
+        """A L{PreheatSpec} from a request body, else L{ApiError} 400."""
+        headers = check_headers(body.get("headers"))
+        kind = body.get("type", "file")
+        if "image" in body:
+            kind = "image"
+        if kind == "file":
+            url = check_url(body.get("url"))
+            task_id = body.get("task_id")
+            if task_id is not None:
+                try:
+                    validate_task_id(task_id)
+                except ValueError:
+                    raise ApiError(400, "bad task_id")
+            else:
+                filters = body.get("filter", [])
+                tag = body.get("tag", "")
+                if isinstance(filters, str):
+                    filters = [f for f in filters.split(",") if f]
+                if not isinstance(filters, list) or not all(isinstance(f, str) for f in filters):
+                    raise ApiError(400, "filter must be a list of query parameter names")
+                if not isinstance(tag, str) or len(tag) > 1024:
+                    raise ApiError(400, "tag must be a string")
+                task_id = task_id_for_url(url, filters, tag)
+            return PreheatSpec("file", url, headers, task_id)
+        if kind != "image":
+            raise ApiError(400, 'type must be "file" or "image"')
+        platform = body.get("platform", "linux/amd64")
+        if not isinstance(platform, str) or platform.count("/") not in (1, 2):
+            raise ApiError(400, "platform must look like os/arch[/variant]")
+        if "image" in body:
+            try:
+                base, name, ref = parse_image_reference(body["image"], body.get("insecure") is True)
+            except ValueError as e:
+                raise ApiError(400, str(e))
+            url = f"{base}/v2/{name}/manifests/{ref}"
+        else:
+            url = check_url(body.get("url"))
+            if not _MANIFEST_URL_RE.match(url):
+                raise ApiError(400, "an image url must look like https://REG/v2/NAME/manifests/REF")
+        return PreheatSpec("image", url, headers, None, platform)
+
+    def start(self, spec):
+        job = PreheatJob(self._new_id(), spec, self.clock.seconds())
+        self._jobs[job.id] = job
+        self._trim()
+        d = Deferred.fromCoroutine(self._run(job))
+        d.addErrback(lambda f: self.log.failure("preheat job {id} crashed", f, id=job.id))
+        return job
+
+    def get(self, job_id):
+        if not isinstance(job_id, str):
+            return None
+        return self._jobs.get(job_id)
+
+    def jobs(self):
+        return list(self._jobs.values())
+
+    def _trim(self):
+        while len(self._jobs) > self.max_jobs:
+            for jid, j in self._jobs.items():
+                if j.state in ("done", "failed"):
+                    del self._jobs[jid]
+                    break
+            else:
+                self._jobs.popitem(last=False)
+
+    async def _run(self, job):
+        job.state = "running"
+        self.log.info("preheat {id}: {kind} {url}", id=job.id, kind=job.spec.kind, url=job.spec.url)
+        try:
+            if job.spec.kind == "file":
+                tf = await self.cdn.ensure_complete(job.spec.task_id, job.spec.url, job.spec.headers)
+                job.length = tf.length
+            else:
+                await self._run_image(job)
+        except Exception as e:
+            job.state = "failed"
+            job.error = str(e)
+            if isinstance(e, OriginError) and e.status is not None:
+                job.origin_status = e.status
+            self.log.warn("preheat {id} failed: {err}", id=job.id, err=str(e))
+        else:
+            job.state = "done"
+            self.log.info("preheat {id} done", id=job.id)
+        job.finished = self.clock.seconds()
+
+    async def _manifest(self, url, headers):
+        h = dict(headers)
+        h["Accept"] = MANIFEST_ACCEPT
+        resp = await self.cdn.origin.get(url, h)
+        if resp.body_length is not None and resp.body_length > MAX_MANIFEST:
+            resp.discard()
+            raise OriginError(None, f"manifest larger than {MAX_MANIFEST} bytes")
+        c = _Collector(MAX_MANIFEST)
+        await resp.deliver(c)
+        try:
+            doc = json.loads(c.value())
+        except ValueError as e:
+            raise OriginError(None, f"manifest is not JSON: {e}")
+        if not isinstance(doc, dict):
+            raise OriginError(None, "manifest is not a JSON object")
+        return doc
+
+    async def _run_image(self, job):
+        m = _MANIFEST_URL_RE.match(job.spec.url)
+        base, name = m.group(1), m.group(2)
+        doc = await self._manifest(job.spec.url, job.spec.headers)
+        if doc.get("mediaType") in _INDEX_TYPES or "manifests" in doc:
+            want = job.spec.platform.split("/")
+            chosen = None
+            for entry in doc.get("manifests") or []:
+                if not isinstance(entry, dict):
+                    continue
+                p = entry.get("platform") or {}
+                if not isinstance(p, dict):
+                    continue
+                have = [p.get("os"), p.get("architecture")] + ([p.get("variant")] if len(want) > 2 else [])
+                if have == want and is_oci_digest(entry.get("digest")):
+                    chosen = entry["digest"]
+                    break
+            if chosen is None:
+                raise OriginError(None, f"image has no manifest for {job.spec.platform}")
+            doc = await self._manifest(f"{base}/v2/{name}/manifests/{chosen}", job.spec.headers)
+        blobs = []
+        config = doc.get("config")
+        for entry in ([config] if isinstance(config, dict) else []) + list(doc.get("layers") or []):
+            digest = entry.get("digest") if isinstance(entry, dict) else None
+            if not is_oci_digest(digest):
+                raise OriginError(None, f"manifest lists a bad blob digest {digest!r}")
+            if digest not in job.tasks:
+                job.tasks[digest] = {"task_id": digest, "url": f"{base}/v2/{name}/blobs/{digest}",
+                                     "state": "running"}
+                blobs.append(digest)
+        if not blobs:
+            raise OriginError(None, "manifest lists no blobs")
+
+        def ok(tf, digest):
+            job.tasks[digest].update(state="done", length=tf.length)
+
+        def bad(f, digest):
+            job.tasks[digest].update(state="failed", error=str(f.value))
+            return f
+
+        ds = []
+        for digest in blobs:
+            d = self.cdn.ensure_complete(digest, job.tasks[digest]["url"], job.spec.headers)
+            d.addCallbacks(ok, bad, callbackArgs=(digest,), errbackArgs=(digest,))
+            ds.append(d)
+        results = await DeferredList(ds, consumeErrors=True)
+        failures = [r for success, r in results if not success]
+        job.length = sum(t.get("length", 0) for t in job.tasks.values())
+        if failures:
+            raise failures[0].value

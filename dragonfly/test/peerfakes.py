@@ -1,0 +1,225 @@
+"""Fakes shared by the peer tests: a scripted supernode and an in-memory piece pool."""
+import hashlib
+import json
+
+from klein import Klein
+from twisted.internet.defer import Deferred, fail, succeed
+
+from dragonfly.interfaces import PeerInfo
+
+SEED = PeerInfo("supernode-127.0.0.1:8001", "127.0.0.1", 8001)
+PEER_A = PeerInfo("hosta-1-aaaaaaaa", "127.0.0.2", 65000)
+PEER_B = PeerInfo("hostb-1-bbbbbbbb", "127.0.0.3", 65000)
+
+
+def pieces_of(data, piece_size):
+    return [data[i:i + piece_size] for i in range(0, len(data), piece_size)]
+
+
+class FakeSupernode:
+    """A supernode API with a trivially simple scheduler.
+
+    Assigns each piece the asker lacks from C{sources} in turn, never from a
+    source reported failing for that piece. Records every request body.
+    """
+
+    app = Klein()
+
+    def __init__(self, data, piece_size=4, sources=(SEED,), seed=SEED):
+        self.data = data
+        self.piece_size = piece_size
+        self.pieces = pieces_of(data, piece_size)
+        self.sources = list(sources)
+        self.seed = seed
+        self.registrations = []
+        self.schedules = []
+        self.leaves = []
+        self.have = set()
+        self.assigned = set()
+        self.bad = set()          # (index, source peer id)
+        self.register_answer = None   # (code, body) overriding the normal answer
+        self.schedule_answer = None   # (code, body) overriding the normal answer
+        self.schedule_script = []     # one-shot (code, body) answers, first first
+        self.hold = False             # schedule answers nothing (as if long-polling)
+        self.per_source_limit = None  # pieces one source serves us at once
+        self.defer_polls = False      # hold empty answers to wait>0 polls until news
+        self.held_polls = []          # (body, Deferred)
+        self.assigned_from = {}       # index -> source peer id
+        self._turn = 0
+
+    def resource(self):
+        return self.app.resource()
+
+    def _json(self, request, code, body):
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(body).encode()
+
+    @app.route("/api/v1/tasks", methods=["POST"])
+    def register(self, request):
+        body = json.loads(request.content.read())
+        self.registrations.append(body)
+        self.assigned.clear()   # a (re-)registered peer starts with no assignments
+        if self.register_answer is not None:
+            code, answer = self.register_answer
+            return self._json(request, code, answer)
+        return self._json(request, 200, {
+            "task_id": body["task_id"], "length": len(self.data),
+            "piece_size": self.piece_size, "piece_count": len(self.pieces),
+            "seed": self.seed.to_json()})
+
+    @app.route("/api/v1/tasks/<task_id>/schedule", methods=["POST"])
+    def schedule(self, request, task_id):
+        body = json.loads(request.content.read())
+        self.schedules.append(body)
+        if self.schedule_script:
+            code, answer = self.schedule_script.pop(0)
+            return self._json(request, code, answer)
+        if self.schedule_answer is not None:
+            code, answer = self.schedule_answer
+            return self._json(request, code, answer)
+        self.have.update(body["have"])
+        for i in body["have"]:
+            self.assigned_from.pop(i, None)
+        for f in body["failed"]:
+            self.bad.add((f["index"], f["source"]))
+            self.assigned.discard(f["index"])
+            self.assigned_from.pop(f["index"], None)
+        out = self._assign(body)
+        if body["have"] or body["failed"]:
+            self._wake_polls()
+        if not out and self.defer_polls and body["wait"] > 0:
+            from twisted.internet.defer import Deferred
+
+            d = Deferred()
+            self.held_polls.append((body, d))
+            request.setHeader(b"content-type", b"application/json")
+            return d
+        done = len(self.have) == len(self.pieces)
+        return self._json(request, 200, {"assignments": out, "done": done})
+
+    def _wake_polls(self):
+        held, self.held_polls = self.held_polls, []
+        for body, d in held:
+            out = self._assign(body)
+            if out:
+                d.callback(json.dumps({"assignments": out, "done": False}).encode())
+            else:
+                self.held_polls.append((body, d))
+
+    def release_polls(self):
+        held, self.held_polls = self.held_polls, []
+        for body, d in held:
+            d.callback(json.dumps({"assignments": [], "done": False}).encode())
+
+    def _assign(self, body):
+        out = []
+        if not self.hold:
+            for i in range(len(self.pieces)):
+                if len(out) >= body["want"]:
+                    break
+                if i in self.have or i in self.assigned:
+                    continue
+                src = self._pick(i)
+                if src is None:
+                    continue
+                self.assigned.add(i)
+                self.assigned_from[i] = src.peer_id
+                out.append({"index": i, "size": len(self.pieces[i]),
+                            "digest": hashlib.sha256(self.pieces[i]).hexdigest(),
+                            "source": src.to_json()})
+        return out
+
+    def _pick(self, index):
+        for k in range(len(self.sources)):
+            src = self.sources[(self._turn + k) % len(self.sources)]
+            busy = sum(1 for s in self.assigned_from.values() if s == src.peer_id)
+            if self.per_source_limit is not None and busy >= self.per_source_limit:
+                continue
+            if (index, src.peer_id) not in self.bad:
+                self._turn += 1
+                return src
+        return None
+
+    @app.route("/api/v1/tasks/<task_id>/leave", methods=["POST"])
+    def leave(self, request, task_id):
+        self.leaves.append((task_id, json.loads(request.content.read())))
+        return self._json(request, 200, {})
+
+
+class FakePiecePool:
+    """IPieceSource serving from memory; some sources lie, some never answer."""
+
+    peer_id = "me-1-00000000"
+
+    def __init__(self, data, piece_size):
+        self.pieces = pieces_of(data, piece_size)
+        self.corrupt = set()   # source peer ids answering wrong bytes
+        self.broken = set()    # source peer ids failing
+        self.manual = False    # hold fetches until release()
+        self.fetches = []      # (source peer id, task_id, index)
+        self.held = []         # (Deferred, bytes)
+
+    def fetch(self, source, task_id, index, length):
+        self.fetches.append((source.peer_id, task_id, index))
+        if source.peer_id in self.broken:
+            return fail(ConnectionError(f"{source.peer_id} refused"))
+        data = self.pieces[index]
+        if source.peer_id in self.corrupt:
+            data = bytes(b ^ 0xFF for b in data)
+        if self.manual:
+            d = Deferred()
+            self.held.append((d, data))
+            return d
+        return succeed(data)
+
+    def release(self, n=None):
+        held, self.held = self.held, []
+        if n is not None:
+            self.held = held[n:]
+            held = held[:n]
+        for d, data in held:
+            if not d.called:
+                d.callback(data)
+
+
+class FakeOrigin:
+    """IOrigin over bytes in memory (or an error), recording calls."""
+
+    def __init__(self, data=None, error=None, chunk=3, unknown_length=False):
+        self.data = data
+        self.error = error
+        self.chunk = chunk
+        self.unknown_length = unknown_length
+        self.calls = []
+
+    def get(self, url, headers=None, offset=0, etag=None, last_modified=None):
+        self.calls.append((url, dict(headers or {}), offset))
+        if self.error is not None:
+            return fail(self.error)
+        r = _FakeOriginResponse(self.data, offset, self.chunk)
+        if self.unknown_length:
+            r.length = r.body_length = None
+        return succeed(r)
+
+
+class _FakeOriginResponse:
+    def __init__(self, data, offset, chunk):
+        self.status = 206 if offset else 200
+        self.offset = offset
+        self.length = len(data)
+        self.body_length = len(data) - offset
+        self.etag = '"e1"'
+        self.last_modified = None
+        self._data = data
+        self._chunk = chunk
+
+    async def _pump(self, consumer):
+        for i in range(self.offset, len(self._data), self._chunk):
+            r = consumer.write(self._data[i:i + self._chunk])
+            if r is not None:
+                await r
+        return len(self._data) - self.offset
+
+    def deliver(self, consumer):
+        return Deferred.fromCoroutine(self._pump(consumer))

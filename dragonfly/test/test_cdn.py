@@ -1,0 +1,282 @@
+"""Tests for dragonfly.supernode.cdn: one origin fetch per task, cut into pieces."""
+import hashlib
+import os
+
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from dragonfly.interfaces import PeerInfo
+from dragonfly.metrics import SupernodeMetrics, sample
+from dragonfly.origin import OriginClient, OriginError
+from dragonfly.storage.store import PieceStore
+from dragonfly.supernode.cdn import CDN, NotReady
+from dragonfly.supernode.scheduler import Scheduler
+from dragonfly.test.fakeorigin import FakeOrigin
+from dragonfly.threads import SyncRunner
+
+PIECE = 4096
+DATA = os.urandom(PIECE * 5 + 1000)   # 6 pieces, the last one short
+URL = "http://origin.test/f"
+TASK = "t" * 64
+SEED = PeerInfo("supernode-127.0.0.1:8001", "127.0.0.1", 8001)
+
+
+def digests(data, size=PIECE):
+    return [hashlib.sha256(data[i:i + size]).hexdigest() for i in range(0, len(data), size)]
+
+
+class DeferredRunner:
+    """A runner whose calls wait until the test runs them (one at a time)."""
+
+    def __init__(self):
+        self.calls = []
+        self.max_pending = 0
+
+    def run(self, f, *a, **kw):
+        d = Deferred()
+        self.calls.append((d, f, a, kw))
+        self.max_pending = max(self.max_pending, len(self.calls))
+        return d
+
+    def run_all(self):
+        while self.calls:
+            d, f, a, kw = self.calls.pop(0)
+            d.callback(f(*a, **kw))
+
+
+class CDNTestMixin:
+    def setUp(self):
+        self.clock = Clock()
+        self.root = self.mktemp()
+        self.origin = FakeOrigin()
+        self.origin.add("/f", DATA, etag='"v1"', last_modified="Mon, 01 Jan 2024 00:00:00 GMT")
+        self.stub = StubTreq(self.origin)
+        self.start()
+
+    def start(self, runner=None, **kw):
+        """(Re)start a supernode's CDN over the same data directory."""
+        self.runner = runner or SyncRunner()
+        self.store = PieceStore(self.root, clock=self.clock, runner=self.runner)
+        self.store.load()
+        self.scheduler = Scheduler(self.clock)
+        self.metrics = SupernodeMetrics()
+        self.cdn = CDN(self.clock, self.store, OriginClient(self.clock, self.stub), self.scheduler,
+                       PIECE, self.metrics, self.runner, seed=SEED,
+                       spool_dir=os.path.join(self.root + "-spool"), **kw)
+
+    def assertSeeded(self, data=DATA):
+        tf = self.store.get(TASK)
+        self.assertTrue(tf.is_complete)
+        self.assertEqual([tf.digest(i) for i in range(tf.piece_count)], digests(data))
+        with open(tf.path, "rb") as f:
+            self.assertEqual(f.read(), data)
+        self.assertEqual(self.scheduler.task_stats(TASK)["seeded"], tf.piece_count)
+
+    def fetches(self):
+        return sample(self.metrics, "dragonfly_supernode_origin_fetches_total")
+
+    def origin_bytes(self):
+        return sample(self.metrics, "dragonfly_supernode_origin_bytes_total")
+
+
+class CDNTests(CDNTestMixin, SynchronousTestCase):
+    def test_single_fetch_for_concurrent_callers(self):
+        """When several callers ensure() the same task at once, the origin is
+        asked once and every caller gets the same TaskFile."""
+        self.origin.hold.add("/f")
+        ds = [self.cdn.ensure(TASK, URL, {}) for _ in range(3)]
+        for d in ds:
+            self.assertNoResult(d)
+        self.assertEqual(len(self.origin.gets("/f")), 1)
+        self.origin.release()
+        self.stub.flush()
+        tfs = [self.successResultOf(d) for d in ds]
+        self.assertTrue(all(tf is tfs[0] for tf in tfs))
+        self.assertEqual((tfs[0].length, tfs[0].piece_count), (len(DATA), 6))
+        self.assertSeeded()
+        self.assertEqual(self.fetches(), 1)
+        self.assertEqual(self.origin_bytes(), len(DATA))
+        # Later callers reuse it without asking the origin again.
+        self.assertIs(self.successResultOf(self.cdn.ensure(TASK, URL, {})), tfs[0])
+        self.assertEqual(len(self.origin.gets("/f")), 1)
+
+    def test_passes_headers(self):
+        """The caller's headers (Authorization) reach the origin."""
+        self.successResultOf(self.cdn.ensure(TASK, URL, {"Authorization": "Bearer x"}))
+        self.assertEqual(self.origin.gets("/f")[0][2]["authorization"], "Bearer x")
+
+    def test_one_piece_in_flight(self):
+        """While a piece write is pending no other piece is written: memory
+        stays at about one piece whatever the file size."""
+        self.start(runner=DeferredRunner())
+        d = self.cdn.ensure(TASK, URL, {})
+        tf = self.successResultOf(d)
+        done = self.cdn.ensure_complete(TASK, URL, {})
+        while self.runner.calls:
+            self.assertEqual(len(self.runner.calls), 1)
+            self.runner.run_all()
+        self.assertIs(self.successResultOf(done), tf)
+        self.assertEqual(self.runner.max_pending, 1)
+        self.assertSeeded()
+
+    def test_pieces_published_as_they_arrive(self):
+        """When the body breaks after some pieces, those are already
+        assignable and ensure() has fired; the rest is fetched with a Range
+        request from the first missing piece after a backoff."""
+        self.origin.breaks["/f"] = [2 * PIECE + 100]
+        tf = self.successResultOf(self.cdn.ensure(TASK, URL, {}))
+        self.assertEqual(tf.completed(), [0, 1])
+        self.assertEqual(self.scheduler.task_stats(TASK)["seeded"], 2)
+        done = self.cdn.ensure_complete(TASK, URL, {})
+        self.assertNoResult(done)
+        self.clock.advance(self.cdn.retry_delay)
+        self.successResultOf(done)
+        gets = self.origin.gets("/f")
+        self.assertEqual(len(gets), 2)
+        self.assertEqual(gets[1][2]["range"], f"bytes={2 * PIECE}-")
+        self.assertEqual(gets[1][2]["if-range"], '"v1"')
+        self.assertSeeded()
+        self.assertEqual(self.fetches(), 1)
+        self.assertEqual(self.origin_bytes(), 2 * PIECE + 100 + len(DATA) - 2 * PIECE)
+
+    def test_restart_from_zero_when_range_ignored(self):
+        """When the origin answers a resume with 200, the body is read from
+        byte 0 and the pieces already held are verified, not rewritten."""
+        self.origin.breaks["/f"] = [PIECE * 3]
+        self.origin.no_range.add("/f")
+        self.cdn.ensure(TASK, URL, {})
+        done = self.cdn.ensure_complete(TASK, URL, {})
+        self.clock.advance(self.cdn.retry_delay)
+        self.successResultOf(done)
+        self.assertSeeded()
+
+    def test_origin_error(self):
+        """When the origin answers 404, ensure() fails with OriginError(404)
+        and no task is published; a later ensure() tries again."""
+        self.origin.status["/f"] = 404
+        f = self.failureResultOf(self.cdn.ensure(TASK, URL, {}), OriginError)
+        self.assertEqual(f.value.status, 404)
+        self.assertEqual(self.cdn.status(TASK)["state"], "failed")
+        self.assertEqual(self.cdn.status(TASK)["origin_status"], 404)
+        self.assertIsNone(self.store.get(TASK))
+        self.assertFalse(self.scheduler.has_task(TASK))
+        del self.origin.status["/f"]
+        self.successResultOf(self.cdn.ensure(TASK, URL, {}))
+        self.assertSeeded()
+
+    def test_bounded_retries(self):
+        """When the origin keeps failing with 5xx, the CDN retries a bounded
+        number of times with backoff, then fails."""
+        self.origin.status["/f"] = 503
+        self.start(max_retries=3)
+        d = self.cdn.ensure(TASK, URL, {})
+        for _ in range(10):
+            self.clock.advance(60)
+        f = self.failureResultOf(d, OriginError)
+        self.assertEqual(f.value.status, 503)
+        self.assertEqual(len(self.origin.gets("/f")), 4)
+
+    def test_no_content_length(self):
+        """When the origin sends no Content-Length, the file is downloaded
+        whole (spooled), then published."""
+        self.origin.chunked.add("/f")
+        tf = self.successResultOf(self.cdn.ensure(TASK, URL, {}))
+        self.assertTrue(tf.is_complete)
+        self.assertSeeded()
+        self.assertEqual(os.listdir(self.root + "-spool"), [])
+
+    def test_not_ready_without_seed(self):
+        """Until the piece port is bound (no seed), ensure() fails with NotReady."""
+        self.cdn.seed = None
+        self.failureResultOf(self.cdn.ensure(TASK, URL, {}), NotReady)
+        self.assertEqual(self.origin.requests, [])
+
+    def test_empty_file(self):
+        """A zero-length file is a task with no pieces."""
+        self.origin.add("/empty", b"")
+        tf = self.successResultOf(self.cdn.ensure(TASK, "http://origin.test/empty", {}))
+        self.assertEqual((tf.length, tf.piece_count), (0, 0))
+
+
+class CDNRestartTests(CDNTestMixin, SynchronousTestCase):
+    def test_revalidate_304(self):
+        """When a restarted supernode holds a complete task, it revalidates it
+        with If-None-Match; a 304 reuses the cache without downloading."""
+        self.successResultOf(self.cdn.ensure(TASK, URL, {}))
+        self.start()
+        self.successResultOf(self.cdn.ensure(TASK, URL, {}))
+        gets = self.origin.gets("/f")
+        self.assertEqual(len(gets), 2)
+        self.assertEqual(gets[1][2]["if-none-match"], '"v1"')
+        self.assertEqual(self.fetches(), 0)
+        self.assertEqual(self.origin_bytes(), 0)
+        self.assertSeeded()
+        # Revalidated once per process.
+        self.successResultOf(self.cdn.ensure(TASK, URL, {}))
+        self.assertEqual(len(self.origin.gets("/f")), 2)
+
+    def test_revalidate_changed(self):
+        """When the origin's file changed, the restarted supernode refetches it."""
+        self.successResultOf(self.cdn.ensure(TASK, URL, {}))
+        new = os.urandom(PIECE * 2)
+        self.origin.add("/f", new, etag='"v2"')
+        self.start()
+        tf = self.successResultOf(self.cdn.ensure(TASK, URL, {}))
+        self.assertEqual(tf.length, len(new))
+        self.assertEqual(tf.etag, '"v2"')
+        self.assertEqual(len(self.origin.gets("/f")), 2)
+        self.assertSeeded(new)
+
+    def test_resume_partial_cache(self):
+        """When a restarted supernode holds part of a task, it resumes with a
+        Range request from the first missing piece."""
+        self.origin.breaks["/f"] = [3 * PIECE + 10]
+        self.start(max_retries=0)
+        self.failureResultOf(self.cdn.ensure_complete(TASK, URL, {}), OriginError)
+        self.store.flush()
+        self.start()
+        self.assertEqual(self.store.get(TASK).completed(), [0, 1, 2])
+        self.successResultOf(self.cdn.ensure_complete(TASK, URL, {}))
+        self.assertEqual(self.origin.gets("/f")[-1][2]["range"], f"bytes={3 * PIECE}-")
+        self.assertSeeded()
+
+    def test_content_changed_mid_download(self):
+        """When the origin's file changes between a break and the resume,
+        the mixed task is dropped (never served as one file) and the next
+        ensure() fetches the new version."""
+        self.origin.breaks["/f"] = [2 * PIECE]
+        self.successResultOf(self.cdn.ensure(TASK, URL, {}))
+        done = self.cdn.ensure_complete(TASK, URL, {})
+        new = os.urandom(len(DATA))
+        self.origin.add("/f", new, etag='"v2"')
+        self.clock.advance(self.cdn.retry_delay)
+        self.failureResultOf(done, OriginError)
+        self.assertIsNone(self.store.get(TASK))
+        self.assertFalse(self.scheduler.has_task(TASK))
+        self.successResultOf(self.cdn.ensure_complete(TASK, URL, {}))
+        self.assertSeeded(new)
+
+
+class CDNForgetTests(CDNTestMixin, SynchronousTestCase):
+    def test_forget_missing(self):
+        """When the store drops a published task (GC), forget_missing()
+        removes its swarm and the next ensure() fetches it again."""
+        self.successResultOf(self.cdn.ensure(TASK, URL, {}))
+        self.store.remove(TASK)
+        self.assertEqual(self.cdn.forget_missing(), [TASK])
+        self.assertFalse(self.scheduler.has_task(TASK))
+        self.successResultOf(self.cdn.ensure(TASK, URL, {}))
+        self.assertEqual(len(self.origin.gets("/f")), 2)
+        self.assertSeeded()
+
+    def test_failures_expire(self):
+        """A failed job is reported for failure_ttl seconds, then forgotten."""
+        self.origin.status["/f"] = 404
+        self.failureResultOf(self.cdn.ensure(TASK, URL, {}), OriginError)
+        self.cdn.forget_missing()
+        self.assertEqual(self.cdn.status(TASK)["state"], "failed")
+        self.clock.advance(self.cdn.failure_ttl)
+        self.cdn.forget_missing()
+        self.assertIsNone(self.cdn.status(TASK))

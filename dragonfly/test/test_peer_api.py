@@ -1,0 +1,159 @@
+"""The peer's local API, driven through StubTreq."""
+import json
+
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from dragonfly.metrics import PeerMetrics
+from dragonfly.peer.api import PeerAPI
+from dragonfly.peer.node import PeerNode
+from dragonfly.storage.store import PieceStore
+from dragonfly.taskid import task_id_for_url
+from dragonfly.test.peerfakes import FakeOrigin, FakePiecePool, FakeSupernode
+from dragonfly.test.test_peer_node import ME, PIECE, URL, _Hosts
+from dragonfly.threads import SyncRunner
+
+DATA = b"0123456789abcdef" * 40  # 640 bytes, 10 pieces
+
+
+class APITests(SynchronousTestCase):
+
+    def setUp(self):
+        self.clock = Clock()
+        self.store = PieceStore(self.mktemp(), clock=self.clock, runner=SyncRunner())
+        self.supernode = FakeSupernode(DATA, PIECE)
+        self.pool = FakePiecePool(DATA, PIECE)
+        self.metrics = PeerMetrics()
+        self.origin = FakeOrigin(DATA)
+        self.node = PeerNode(self.clock, self.store, [("sn.test", 8002)],
+                             _Hosts({"sn.test:8002": self.supernode}), self.pool, ME,
+                             self.metrics, SyncRunner(), origin=self.origin)
+        self.api = PeerAPI(self.node, self.store, self.metrics, self.clock)
+        self.http = StubTreq(self.api.resource())
+
+    def request(self, method, path, **kw):
+        d = self.http.request(method, "http://127.0.0.1:65002" + path, **kw)
+        self.http.flush()
+        response = self.successResultOf(d)
+        body = self.successResultOf(self.http.content(response))
+        return response, body
+
+    def download(self, obj):
+        r, body = self.request("POST", "/api/v1/download", data=json.dumps(obj).encode())
+        return r, [json.loads(x) for x in body.splitlines()]
+
+    def test_healthz(self):
+        """GET /healthz answers 200 with a JSON status naming the peer."""
+        r, body = self.request("GET", "/healthz")
+        self.assertEqual(r.code, 200)
+        obj = json.loads(body)
+        self.assertEqual(obj["status"], "ok")
+        self.assertEqual(obj["peer_id"], ME.peer_id)
+
+    def test_metrics(self):
+        """GET /metrics renders the peer counters in Prometheus text format."""
+        r, body = self.request("GET", "/metrics")
+        self.assertEqual(r.code, 200)
+        self.assertIn(b'dragonfly_peer_download_bytes_total{source="peer"}', body)
+        self.assertIn(b"dragonfly_peer_upload_bytes_total", body)
+
+    def test_download_ndjson(self):
+        """POST /api/v1/download streams progress lines, then a done line with the path."""
+        self.pool.manual = True
+        d = self.http.post("http://127.0.0.1:65002/api/v1/download",
+                           data=json.dumps({"url": URL}).encode())
+        self.http.flush()
+        while self.pool.held:
+            self.pool.release(1)
+            self.clock.advance(1)
+            self.http.flush()
+        r = self.successResultOf(d)
+        self.assertEqual(r.headers.getRawHeaders(b"content-type"), [b"application/x-ndjson"])
+        lines = [json.loads(x) for x in self.successResultOf(self.http.content(r)).splitlines()]
+        final = lines[-1]
+        self.assertEqual(final["state"], "done")
+        self.assertEqual(final["length"], len(DATA))
+        self.assertEqual(final["task_id"], task_id_for_url(URL))
+        with open(final["path"], "rb") as f:
+            self.assertEqual(f.read(), DATA)
+        progress = [x["completed"] for x in lines[:-1]]
+        self.assertGreater(len(progress), 2)
+        self.assertEqual(progress, sorted(progress))
+        self.assertEqual(progress[-1], len(DATA))
+
+    def test_download_filter_and_tag(self):
+        """filter and tag in the request shape the task id like dfget's."""
+        r, lines = self.download({"url": URL + "?sig=1&x=2", "filter": ["sig"], "tag": "t"})
+        self.assertEqual(lines[-1]["task_id"], task_id_for_url(URL + "?x=2", [], "t"))
+
+    def test_download_failed_line(self):
+        """A failed download ends with a {"state": "failed", "error"} line."""
+        self.supernode.register_answer = (502, {"error": "origin answered 404",
+                                                "origin_status": 404})
+        r, lines = self.download({"url": URL})
+        self.assertEqual(r.code, 200)
+        self.assertEqual(lines[-1], {"state": "failed", "error": "origin answered 404"})
+
+    def test_malformed_requests(self):
+        """Malformed download requests get a 4xx JSON error and start nothing."""
+        cases = [b"not json", b"[1]", json.dumps({"url": "file:///etc/passwd"}).encode(),
+                 json.dumps({"url": URL, "headers": {"a": 1}}).encode(),
+                 json.dumps({"url": URL, "headers": {"a": "x\r\nEvil: 1"}}).encode(),
+                 json.dumps({"url": URL, "task_id": "../x"}).encode(),
+                 json.dumps({"url": URL, "pattern": "x"}).encode(),
+                 json.dumps({"url": URL, "back_source": "no"}).encode()]
+        for body in cases:
+            r, raw = self.request("POST", "/api/v1/download", data=body)
+            self.assertEqual(r.code, 400, body)
+            self.assertIn("error", json.loads(raw))
+        self.assertEqual(self.supernode.registrations, [])
+
+    def test_body_cap(self):
+        """A request body over the cap is refused with 413."""
+        r, raw = self.request("POST", "/api/v1/download",
+                              data=json.dumps({"url": URL, "tag": "x" * 70000}).encode())
+        self.assertEqual(r.code, 413)
+        self.assertIn("error", json.loads(raw))
+
+    def test_not_found_json(self):
+        """Unknown paths and wrong methods answer JSON errors."""
+        r, raw = self.request("GET", "/nope")
+        self.assertEqual(r.code, 404)
+        self.assertIn("error", json.loads(raw))
+        r, raw = self.request("GET", "/api/v1/download")
+        self.assertEqual(r.code, 405)
+        self.assertIn("error", json.loads(raw))
+
+    def test_task_data(self):
+        """GET /api/v1/tasks/<id>/data streams a held task, whole or a range."""
+        self.download({"url": URL})
+        tid = task_id_for_url(URL)
+        r, body = self.request("GET", f"/api/v1/tasks/{tid}/data")
+        self.assertEqual(r.code, 200)
+        self.assertEqual(body, DATA)
+        r, body = self.request("GET", f"/api/v1/tasks/{tid}/data",
+                               headers={"Range": "bytes=100-199"})
+        self.assertEqual(r.code, 206)
+        self.assertEqual(body, DATA[100:200])
+        r, body = self.request("GET", f"/api/v1/tasks/{tid}/data",
+                               headers={"Range": "bytes=99999-"})
+        self.assertEqual(r.code, 416)
+        self.assertFalse(self.store.get(tid).pinned)
+
+    def test_task_data_large(self):
+        """A task larger than one read chunk streams completely, in order."""
+        big = bytes(range(256)) * 4096  # 1 MiB
+        self.supernode.__init__(big, 64 * 1024)
+        self.pool.__init__(big, 64 * 1024)
+        self.download({"url": URL})
+        r, body = self.request("GET", f"/api/v1/tasks/{task_id_for_url(URL)}/data")
+        self.assertEqual(body, big)
+
+    def test_task_data_not_held(self):
+        """Data of a task not held (or a malformed id) is a 4xx JSON error."""
+        r, raw = self.request("GET", "/api/v1/tasks/abc/data")
+        self.assertEqual(r.code, 404)
+        self.assertIn("error", json.loads(raw))
+        r, raw = self.request("GET", "/api/v1/tasks/..%2Fx/data")
+        self.assertIn(r.code, (400, 404))

@@ -1,0 +1,357 @@
+"""Tests for dragonfly.supernode.api (Klein) through StubTreq."""
+import hashlib
+import io
+import json
+import os
+
+from treq.testing import StubTreq
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionLost
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyRequest
+
+from dragonfly.interfaces import PeerInfo
+from dragonfly.metrics import SupernodeMetrics
+from dragonfly.origin import OriginClient
+from dragonfly.storage.store import PieceStore
+from dragonfly.supernode.api import LimitedRequest, SupernodeAPI
+from dragonfly.supernode.cdn import CDN
+from dragonfly.supernode.cluster import Cluster
+from dragonfly.supernode.preheat import Preheater
+from dragonfly.supernode.scheduler import Scheduler
+from dragonfly.taskid import task_id_for_url
+from dragonfly.test.fakeorigin import FakeOrigin
+from dragonfly.threads import SyncRunner
+
+PIECE = 4096
+DATA = os.urandom(PIECE * 2 + 10)     # 3 pieces
+URL = "http://origin.test/f"
+TASK = task_id_for_url(URL)
+SEED = PeerInfo("supernode-127.0.0.1:8001", "127.0.0.1", 8001)
+PEER = {"peer_id": "host-1-abcdef01", "host": "127.0.0.1", "port": 65000}
+
+
+class APITestBase(SynchronousTestCase):
+    cluster = None
+
+    def setUp(self):
+        self.clock = Clock()
+        self.origin = FakeOrigin()
+        self.origin.add("/f", DATA, etag='"v1"')
+        self.origin_stub = StubTreq(self.origin)
+        self.store = PieceStore(self.mktemp(), clock=self.clock, runner=SyncRunner())
+        self.scheduler = Scheduler(self.clock)
+        self.metrics = SupernodeMetrics()
+        self.cdn = CDN(self.clock, self.store, OriginClient(self.clock, self.origin_stub),
+                       self.scheduler, PIECE, self.metrics, SyncRunner(), seed=SEED)
+        self.preheater = Preheater(self.clock, self.cdn, new_id=iter(f"job{i}" for i in range(99)).__next__)
+        self.api = SupernodeAPI(self.clock, self.cdn, self.scheduler, self.metrics,
+                                cluster=self.make_cluster(), preheater=self.preheater)
+        self.client = StubTreq(self.api.resource())
+
+    def make_cluster(self):
+        return None
+
+    def request(self, method, path, body=None, raw=None, headers=None):
+        if raw is None and body is not None:
+            raw = json.dumps(body).encode()
+        d = self.client.request(method, "http://supernode.test" + path, data=raw,
+                                headers=headers or {}, allow_redirects=False)
+        self.client.flush()
+        return self.successResultOf(d)
+
+    def json(self, response):
+        self.assertEqual(response.headers.getRawHeaders("content-type"), ["application/json"])
+        return self.successResultOf(self.client.json_content(response))
+
+    def call(self, method, path, body=None, raw=None, status=200):
+        r = self.request(method, path, body, raw)
+        obj = self.json(r)
+        self.assertEqual(r.code, status, obj)
+        return obj
+
+    def register(self, peer=PEER, task=TASK, url=URL):
+        return self.call("POST", "/api/v1/tasks",
+                         {"task_id": task, "url": url, "headers": {}, "peer": peer})
+
+
+class RegisterTests(APITestBase):
+    def test_register(self):
+        """When a peer registers a task, the answer carries the length, piece
+        geometry and the seed, and the peer joins the swarm."""
+        obj = self.register()
+        self.assertEqual(obj, {"task_id": TASK, "length": len(DATA), "piece_size": PIECE,
+                               "piece_count": 3, "seed": SEED.to_json()})
+        self.assertEqual(self.scheduler.task_stats(TASK)["peers"], 1)
+        self.assertEqual(len(self.origin.gets("/f")), 1)
+
+    def test_origin_error(self):
+        """When the origin answers 404, registering answers 502 with origin_status."""
+        self.origin.status["/f"] = 404
+        r = self.request("POST", "/api/v1/tasks", {"task_id": TASK, "url": URL, "peer": PEER})
+        self.assertEqual(r.code, 502)
+        obj = self.json(r)
+        self.assertEqual(obj["origin_status"], 404)
+        self.assertIn("404", obj["error"])
+
+    def assertBad(self, body=None, raw=None, status=400, path="/api/v1/tasks", method="POST"):
+        r = self.request(method, path, body, raw)
+        self.assertEqual(r.code, status)
+        obj = self.json(r)
+        self.assertIsInstance(obj["error"], str)
+        return obj
+
+    def test_malformed_bodies(self):
+        """Every malformed request gets a 4xx JSON error, never a 500."""
+        ok = {"task_id": TASK, "url": URL, "peer": PEER}
+        self.assertBad(raw=b"{not json")
+        self.assertBad(raw=b"")
+        self.assertBad(raw=b"\xff\xfe")
+        self.assertBad(raw=b"[1, 2]")
+        self.assertBad(raw=b"[" * 100000 + b"]" * 100000)
+        self.assertBad(dict(ok, task_id="../../etc/passwd"))
+        self.assertBad(dict(ok, task_id=5))
+        self.assertBad(dict(ok, url="ftp://origin.test/f"))
+        self.assertBad(dict(ok, url="http:///nohost"))
+        self.assertBad(dict(ok, url="http://origin.test/a b"))
+        self.assertBad(dict(ok, url=None))
+        self.assertBad(dict(ok, headers={"X": "a\r\nB: c"}))
+        self.assertBad(dict(ok, headers=["x"]))
+        self.assertBad(dict(ok, peer={"peer_id": "p", "host": "h", "port": 0}))
+        self.assertBad(dict(ok, peer="x"))
+        self.assertEqual(self.origin.requests, [])
+
+    def test_oversized_body(self):
+        """A body over 1 MiB is refused with 413 before parsing."""
+        obj = self.assertBad(raw=b" " * (1 << 20) + b"{}", status=413)
+        self.assertIn("larger", obj["error"])
+
+    def test_limited_request_stops_storing(self):
+        """The API site's request class stops keeping a body past the cap."""
+        req = LimitedRequest.__new__(LimitedRequest)
+        req.max_body = 10
+        req.content = io.BytesIO()
+        req.body_too_large = False
+        req._body_seen = 0
+        req.handleContentChunk(b"12345")
+        req.handleContentChunk(b"678901")
+        self.assertTrue(req.body_too_large)
+        self.assertEqual(req.content.getvalue(), b"")
+
+    def test_unknown_endpoint_and_method(self):
+        """Unknown paths answer 404 JSON; wrong methods 405 JSON."""
+        self.assertBad(path="/nope", method="GET", status=404)
+        self.assertBad(path="/api/v1/tasks", method="GET", status=405)
+
+    def test_task_info(self):
+        """GET /api/v1/tasks/<id> describes a known task; unknown -> 404; bad id -> 400."""
+        self.register()
+        obj = self.call("GET", f"/api/v1/tasks/{TASK}")
+        self.assertEqual((obj["task_id"], obj["url"], obj["length"], obj["piece_count"],
+                          obj["seeded"], obj["peers"]), (TASK, URL, len(DATA), 3, 3, 1))
+        self.assertBad(path="/api/v1/tasks/" + "a" * 64, method="GET", status=404)
+        self.assertBad(path="/api/v1/tasks/-bad", method="GET", status=400)
+
+    def test_healthz_and_metrics(self):
+        """/healthz answers 200 JSON once the seed is known (503 before);
+        /metrics renders the SPEC counters."""
+        self.assertEqual(self.call("GET", "/healthz")["status"], "ok")
+        self.register()
+        r = self.request("GET", "/metrics")
+        self.assertEqual(r.code, 200)
+        text = self.successResultOf(self.client.content(r)).decode()
+        self.assertIn(f"dragonfly_supernode_origin_bytes_total {float(len(DATA))}", text)
+        self.assertIn("dragonfly_supernode_upload_bytes_total", text)
+        self.cdn.seed = None
+        self.assertEqual(self.call("GET", "/healthz", status=503)["status"], "starting")
+
+    def test_not_ready(self):
+        """Before the piece port is bound, registering answers 503."""
+        self.cdn.seed = None
+        r = self.request("POST", "/api/v1/tasks", {"task_id": TASK, "url": URL, "peer": PEER})
+        self.assertEqual(r.code, 503)
+
+
+class ScheduleTests(APITestBase):
+    def schedule(self, body, status=200, task=TASK):
+        return self.call("POST", f"/api/v1/tasks/{task}/schedule", body, status=status)
+
+    def test_assign_and_done(self):
+        """A registered peer gets assignments from the seed with sizes and
+        digests, reports them, and is then done."""
+        self.register()
+        obj = self.schedule({"peer_id": PEER["peer_id"], "want": 5})
+        got = sorted(a["index"] for a in obj["assignments"])
+        self.assertEqual(got, [0, 1, 2])
+        for a in obj["assignments"]:
+            i = a["index"]
+            chunk = DATA[i * PIECE:(i + 1) * PIECE]
+            self.assertEqual(a["size"], len(chunk))
+            self.assertEqual(a["digest"], hashlib.sha256(chunk).hexdigest())
+            self.assertEqual(a["source"], SEED.to_json())
+        self.assertFalse(obj["done"])
+        obj = self.schedule({"peer_id": PEER["peer_id"], "have": [0, 1, 2], "want": 5})
+        self.assertEqual(obj, {"assignments": [], "done": True})
+        self.call("POST", f"/api/v1/tasks/{TASK}/leave", {"peer_id": PEER["peer_id"]})
+        self.assertEqual(self.scheduler.task_stats(TASK)["peers"], 0)
+
+    def test_bad_schedule_requests(self):
+        """Unknown task or peer -> 404; malformed reports -> 400."""
+        self.schedule({"peer_id": PEER["peer_id"], "want": 1}, status=404)
+        self.register()
+        self.schedule({"peer_id": "other-1-00000000", "want": 1}, status=404)
+        pid = PEER["peer_id"]
+        for body in ({"peer_id": pid, "have": "x"}, {"peer_id": pid, "have": [-1]},
+                     {"peer_id": pid, "have": [99]}, {"peer_id": pid, "want": -1},
+                     {"peer_id": pid, "want": True}, {"peer_id": pid, "wait": "soon"},
+                     {"peer_id": pid, "wait": float("inf")} if False else {"peer_id": pid, "wait": -1},
+                     {"peer_id": pid, "failed": [{"index": 0}]}, {"peer_id": pid, "failed": [1]},
+                     {"peer_id": None}):
+            self.schedule(body, status=400)
+        self.call("POST", "/api/v1/tasks/bad%20id/schedule", {"peer_id": pid}, status=400)
+
+    def test_long_poll_wakes_on_new_piece(self):
+        """When nothing is assignable, schedule waits until the CDN seeds a
+        new piece, then answers with it."""
+        self.origin.breaks["/f"] = [PIECE + 5]
+        self.register()
+        pid = PEER["peer_id"]
+        obj = self.schedule({"peer_id": pid, "want": 3})
+        self.assertEqual([a["index"] for a in obj["assignments"]], [0])
+        d = self.client.post(f"http://supernode.test/api/v1/tasks/{TASK}/schedule",
+                             json={"peer_id": pid, "have": [0], "want": 3, "wait": 20})
+        self.client.flush()
+        self.assertNoResult(d)
+        self.clock.advance(self.cdn.retry_delay)   # the CDN resumes and seeds 1 and 2
+        self.client.flush()
+        obj = self.json(self.successResultOf(d))
+        # Woken by the first new piece; piece 2 may come with it or next time.
+        self.assertEqual(obj["assignments"][0]["index"], 1)
+
+    def test_long_poll_times_out(self):
+        """When nothing becomes assignable, schedule answers empty after `wait` seconds."""
+        self.register()
+        pid = PEER["peer_id"]
+        self.schedule({"peer_id": pid, "want": 3})
+        d = self.client.post(f"http://supernode.test/api/v1/tasks/{TASK}/schedule",
+                             json={"peer_id": pid, "want": 3, "wait": 5})
+        self.client.flush()
+        self.assertNoResult(d)
+        self.clock.advance(4.9)
+        self.client.flush()
+        self.assertNoResult(d)
+        self.clock.advance(0.2)
+        self.client.flush()
+        self.assertEqual(self.json(self.successResultOf(d)), {"assignments": [], "done": False})
+        self.assertEqual(self.scheduler.stats()["waiting"], 0)
+
+    def test_wait_is_capped(self):
+        """A wait above the maximum is cut to max_wait (30 s)."""
+        self.register()
+        pid = PEER["peer_id"]
+        self.schedule({"peer_id": pid, "want": 3})
+        d = self.client.post(f"http://supernode.test/api/v1/tasks/{TASK}/schedule",
+                             json={"peer_id": pid, "want": 3, "wait": 10000})
+        self.client.flush()
+        self.clock.advance(30.1)
+        self.client.flush()
+        self.successResultOf(d)
+
+    def test_disconnect_cancels_long_poll(self):
+        """When the client goes away during a long-poll, the wait is
+        cancelled at once: no scheduler waiter, no timer left."""
+        self.register()
+        pid = PEER["peer_id"]
+        self.schedule({"peer_id": pid, "want": 3})
+        request = DummyRequest([])
+        d = Deferred.fromCoroutine(self.api._wait_change(request, TASK, 20))
+        self.assertEqual(self.scheduler.stats()["waiting"], 1)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        request.processingFailed(Failure(ConnectionLost()))
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(self.scheduler.stats()["waiting"], 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_cdn_failure_reported(self):
+        """When the CDN's fetch failed for good, schedule answers 502 so the
+        peer can go back to the origin instead of waiting."""
+        self.origin.breaks["/f"] = [PIECE + 5]
+        self.cdn.max_retries = 0
+        self.register()
+        pid = PEER["peer_id"]
+        self.schedule({"peer_id": pid, "want": 3})
+        obj = self.schedule({"peer_id": pid, "have": [0], "want": 3, "wait": 5}, status=502)
+        self.assertIn("could not fetch", obj["error"])
+
+
+class PreheatTests(APITestBase):
+    def test_preheat_file(self):
+        """POST /api/v1/preheat answers 202 with an id; the job fetches the
+        file into the CDN and GET shows it done."""
+        obj = self.call("POST", "/api/v1/preheat", {"url": URL, "headers": {"Authorization": "x"}},
+                        status=202)
+        self.assertEqual(obj["id"], "job0")
+        self.assertEqual(obj["task_id"], TASK)
+        obj = self.call("GET", "/api/v1/preheat/job0")
+        self.assertEqual(obj["state"], "done")
+        self.assertEqual(obj["length"], len(DATA))
+        self.assertTrue(self.store.get(TASK).is_complete)
+        self.assertEqual(self.origin.gets("/f")[0][2]["authorization"], "x")
+
+    def test_preheat_failure_and_errors(self):
+        """A failing preheat shows state failed with the origin status; bad
+        requests -> 400, unknown ids -> 404."""
+        self.origin.status["/f"] = 403
+        self.call("POST", "/api/v1/preheat", {"url": URL}, status=202)
+        obj = self.call("GET", "/api/v1/preheat/job0")
+        self.assertEqual((obj["state"], obj["origin_status"]), ("failed", 403))
+        self.call("POST", "/api/v1/preheat", {"url": "gopher://x/"}, status=400)
+        self.call("POST", "/api/v1/preheat", {"type": "video", "url": URL}, status=400)
+        self.call("GET", "/api/v1/preheat/nope", status=404)
+
+    def test_preheat_image(self):
+        """An image preheat fetches the manifest and then every blob, each
+        as a task named by its digest."""
+        layer = os.urandom(5000)
+        config = b'{"architecture":"amd64"}'
+        ld = "sha256:" + hashlib.sha256(layer).hexdigest()
+        cd = "sha256:" + hashlib.sha256(config).hexdigest()
+        manifest = json.dumps({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"digest": cd, "size": len(config)},
+            "layers": [{"digest": ld, "size": len(layer)}]}).encode()
+        self.origin.add("/v2/lib/app/manifests/1.0", manifest)
+        self.origin.add(f"/v2/lib/app/blobs/{ld}", layer)
+        self.origin.add(f"/v2/lib/app/blobs/{cd}", config)
+        self.call("POST", "/api/v1/preheat", {"image": "reg.test:5000/lib/app:1.0"}, status=202)
+        obj = self.call("GET", "/api/v1/preheat/job0")
+        self.assertEqual(obj["state"], "done", obj)
+        self.assertEqual(sorted(t["task_id"] for t in obj["tasks"]), sorted([ld, cd]))
+        self.assertTrue(self.store.get(ld).is_complete)
+        self.assertIn("application/vnd.oci.image.manifest.v1+json",
+                      self.origin.gets("/v2/lib/app/manifests/1.0")[0][2]["accept"])
+
+
+class ClusterRedirectTests(APITestBase):
+    def make_cluster(self):
+        c = Cluster(self.clock, None, ["10.0.0.2:8002", "10.0.0.3:8002"], self_name="10.0.0.1:8002")
+        return c
+
+    def test_non_owner_redirects(self):
+        """A supernode that does not own a task answers 307 with the owner;
+        a request marked redirected is served anyway."""
+        cluster = self.api.cluster
+        task = next(t for t in (f"task{i}" for i in range(100)) if cluster.owner(t) is not None)
+        r = self.request("POST", "/api/v1/tasks", {"task_id": task, "url": URL, "peer": PEER})
+        self.assertEqual(r.code, 307)
+        owner = cluster.owner(task)
+        self.assertEqual(self.json(r), {"error": f"task {task} belongs to supernode {owner}",
+                                        "owner": owner})
+        self.assertEqual(r.headers.getRawHeaders("location"), [f"http://{owner}/api/v1/tasks"])
+        self.assertEqual(self.origin.requests, [])
+        self.call("POST", "/api/v1/tasks",
+                  {"task_id": task, "url": URL, "peer": PEER, "redirected": True})
+        mine = next(t for t in (f"task{i}" for i in range(100)) if cluster.owner(t) is None)
+        self.register(task=mine)
