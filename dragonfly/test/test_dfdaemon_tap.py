@@ -6,13 +6,13 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from dragonfly.test import source_file
 from dragonfly.dfdaemon import tap
 from dragonfly.dfdaemon.mirror import RegistryMirror
 from dragonfly.dfdaemon.service import MirrorSite, UpstreamPoolService
 from dragonfly.dfdaemon.upstream import Upstreams
 from dragonfly.metrics import PeerMetrics
 
-SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "etc", "dfdaemon.toml")
 
 
 class OptionsTests(SynchronousTestCase):
@@ -86,7 +86,7 @@ class OptionsTests(SynchronousTestCase):
 
     def test_sample_config_parses(self):
         """The shipped etc/dfdaemon.toml is valid and gives the documented values."""
-        o = self.options("--config", SAMPLE)
+        o = self.options("--config", source_file("etc", "dfdaemon.toml"))
         self.assertEqual(o.mirror_config.listen, "tcp:65001")
         self.assertEqual(o.mirror_config.registry, "https://registry-1.docker.io")
         self.assertIn("ghcr.io", o.mirror_config.allow_registry)

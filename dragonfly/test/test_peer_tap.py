@@ -12,6 +12,7 @@ from dragonfly.interfaces import PeerInfo
 from dragonfly.peer.node import PeerNode
 from dragonfly.peer.service import PeerConfig, PeerService
 from dragonfly.peer.tap import PeerOptions, makeService, make_peer_service
+from dragonfly.test import source_file
 
 
 class OptionsTests(SynchronousTestCase):
@@ -185,3 +186,27 @@ class ServiceTests(SynchronousTestCase):
         c = PeerConfig(data_dir=os.path.abspath(self.mktemp()))
         svc, node, metrics = make_peer_service(c, MemoryReactorClock())
         self.assertIsInstance(node.peer_info, PeerInfo)
+
+
+class SampleConfigTests(SynchronousTestCase):
+
+    def test_sample_documents_the_defaults(self):
+        """etc/peer.toml, with its commented settings switched on, is valid and
+        gives exactly the built-in defaults it claims to show."""
+        import re
+        import dragonfly.peer.tap as tap
+        self.patch(tap, "check_writable_dir", lambda flag, path: None)
+        with open(source_file("etc", "peer.toml")) as f:
+            text = f.read()
+        # Every commented setting but port-file, which is an example, not a default.
+        enabled = re.sub(r"(?m)^# ((?!port-file)[a-z][a-z_-]* = )", r"\1", text)
+        self.assertNotEqual(enabled, text)
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(enabled)
+        documented, default = PeerOptions(), PeerOptions()
+        documented.parseOptions(["--config", path])
+        empty = self.mktemp()
+        open(empty, "w").close()
+        default.parseOptions(["--config", empty])
+        self.assertEqual(documented.config, default.config)

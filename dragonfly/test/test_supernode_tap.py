@@ -9,6 +9,7 @@ from twisted.logger import ILogObserver
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from dragonfly.test import source_file
 from dragonfly.interfaces import PeerInfo
 from dragonfly.supernode import tap
 from dragonfly.supernode.service import SupernodeService, safe_timer
@@ -86,10 +87,7 @@ class OptionsTests(SynchronousTestCase):
 
     def test_sample_config_parses(self):
         """etc/supernode.toml is a valid config for these options."""
-        here = os.path.dirname(os.path.abspath(__file__))
-        sample = os.path.join(here, "..", "..", "etc", "supernode.toml")
-        if not os.path.exists(sample):
-            self.skipTest("no etc/supernode.toml in this tree")
+        sample = source_file("etc", "supernode.toml")
         o = tap.Options()
         o.parseOptions(["--config", sample, "--data-dir", self.mktemp()])
         self.assertEqual(o.config.piece_size, 4 << 20)

@@ -18,6 +18,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.trial import unittest
 
+from dragonfly.test import source_file
 from dragonfly.test.integration import registry_fixtures as rf
 from dragonfly.test.integration.harness import HTTP, LOOPBACK, Swarm, metric, with_logs
 
@@ -67,10 +68,7 @@ class DocsTests(unittest.SynchronousTestCase):
     def test_registries_conf_is_the_documented_one(self):
         """The registries.conf the tests pull with is, byte for byte, the drop-in
         docs/mirror.md shows (only the addresses are substituted)."""
-        docs = os.path.join(os.path.dirname(__file__), "..", "..", "..", "docs", "mirror.md")
-        if not os.path.exists(docs):
-            raise unittest.SkipTest("docs/mirror.md not found (running from an installed package)")
-        with open(docs) as f:
+        with open(source_file("docs", "mirror.md")) as f:
             text = f.read()
         self.assertIn("```toml\n" + rf.DOCS_REGISTRIES_CONF + "```", text)
 
