@@ -5,6 +5,8 @@ requests on it (the server answers them in order), receives each piece into
 one preallocated buffer and fails every outstanding request of a connection
 that breaks, times out or misbehaves with L{PieceFetchError}.
 """
+import ctypes
+import platform
 from collections import deque
 
 from twisted.internet import defer
@@ -23,6 +25,34 @@ from dragonfly.protocol import codec
 MAX_PIPELINE = 16
 #: Bytes asked of the socket per read on piece connections (Twisted's default is 64 KiB).
 READ_SIZE = 256 * 1024
+#: Body slices shorter than this are copied together rather than kept one by one.
+_MIN_PART = 32 * 1024
+
+
+_allocator_tuned = False
+
+
+def tune_allocator():
+    """Make glibc keep multi-MiB piece buffers on its heap (once per process).
+
+    By default glibc serves each piece-sized allocation with a fresh mmap and
+    returns it on free, so every piece received costs a page fault per 4 KiB
+    (measured: about half the client's CPU at 500 MB/s). Raising the mmap and
+    trim thresholds lets freed piece buffers be reused. Harmless elsewhere.
+    """
+    global _allocator_tuned
+    if _allocator_tuned:
+        return
+    _allocator_tuned = True
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 32 * 1024 * 1024)  # glibc's maximum on 64-bit
+    mallopt(m_trim_threshold, 128 * 1024 * 1024)
 
 
 class PieceFetchError(Exception):
@@ -82,9 +112,8 @@ class PieceClientProtocol(Protocol):
         self._sent = deque()     # _Request sent, in the order answers come
         self._decoder = codec.FrameDecoder(max_piece=pool.max_piece)
         self._recv = None        # _Request whose body is arriving
-        self._buffer = None
-        self._view = None
-        self._pos = 0
+        self._parts = []         # its body so far: slices of what the socket gave us
+        self._small = bytearray()  # small slices, coalesced
         self._idle_call = None
         self._resume_call = None
         self._paused = False
@@ -139,8 +168,9 @@ class PieceClientProtocol(Protocol):
     def connect_failed(self, failure):
         self.connecting = None
         self.closed = True
-        reason = "connect cancelled" if self.closed else f"connect failed: {failure.getErrorMessage()}"
-        self._fail_all(self._close_reason or reason)
+        if self._close_reason is None:
+            self._close_reason = f"connect failed: {failure.getErrorMessage()}"
+        self._fail_all(self._close_reason)
         self._gone_now()
 
     def connectionLost(self, reason=None):
@@ -211,13 +241,9 @@ class PieceClientProtocol(Protocol):
                     self._shutdown(f"piece {msg.index} length mismatch")
                     return
                 req.state = _RECEIVING
-                self._buffer = bytearray(msg.length)
-                self._view = memoryview(self._buffer)
             else:
                 req.state = _DISCARD
-                self._buffer = self._view = None
             self._recv = req
-            self._pos = 0
         elif kind is codec.Error:
             if msg.index is None:
                 self._shutdown(f"{msg.name}: {msg.message}", msg.code)
@@ -236,8 +262,6 @@ class PieceClientProtocol(Protocol):
         Answers come in request order; a cancelled request may have been
         dropped by the server without an answer, so skip those.
         """
-        if self._recv is not None:
-            raise codec.ProtocolError("answer inside a piece body")
         sent = self._sent
         while sent:
             head = sent[0]
@@ -249,26 +273,38 @@ class PieceClientProtocol(Protocol):
         raise codec.ProtocolError(f"unexpected answer for piece {index}")
 
     def _body(self, event):
+        # The body is kept as the slices the socket delivered (no copy, no
+        # zero-filled buffer) and joined once at the end: one copy per piece
+        # into a bytes object of exactly the right size. Small slices are
+        # coalesced so a trickling sender cannot make the list huge.
         req = self._recv
-        data = event.data
         if req.state == _RECEIVING:
-            pos = self._pos
-            end = pos + len(data)
-            self._view[pos:end] = data
-            self._pos = end
+            data = event.data
+            if len(data) >= _MIN_PART:
+                if self._small:
+                    self._parts.append(self._small)
+                    self._small = bytearray()
+                self._parts.append(data)
+            else:
+                small = self._small
+                small += data
+                if len(small) >= _MIN_PART:
+                    self._parts.append(small)
+                    self._small = bytearray()
         if not event.last:
             return
         self._recv = None
         self._sent.popleft()
         if req.state == _RECEIVING:
-            self._view.release()
-            piece = bytes(self._buffer)
-            self._buffer = self._view = None
+            if self._small:
+                self._parts.append(self._small)
+                self._small = bytearray()
+            piece = b"".join(self._parts)
+            self._parts = []
             req.state = _DONE
             self._stop_timer(req)
             req.deferred.callback(piece)
         else:
-            self._buffer = self._view = None
             req.state = _DONE
         self._advance()
 
@@ -338,6 +374,8 @@ class PieceClientProtocol(Protocol):
                 pass
         elif req.state == _RECEIVING:
             req.state = _DISCARD  # read the rest of its body and drop it
+            self._parts = []
+            self._small = bytearray()
         elif req.state == _SENT:
             if self._owed_before(req):
                 # Still queued at the server: it will drop it without an answer.
@@ -372,7 +410,8 @@ class PieceClientProtocol(Protocol):
         self._sent.clear()
         self._pending.clear()
         self._recv = None
-        self._buffer = self._view = None
+        self._parts = []
+        self._small = bytearray()
         self._cancel_idle()
         for req in reqs:
             self._fail(req, reason, code)
@@ -421,6 +460,8 @@ class PieceClientProtocol(Protocol):
 class _OneShotFactory(Factory):
     """Hands the endpoint our prebuilt protocol exactly once."""
 
+    noisy = False
+
     def __init__(self, proto):
         self._proto = proto
 
@@ -430,6 +471,9 @@ class _OneShotFactory(Factory):
 
 
 def default_endpoint(reactor, host, port, timeout):
+    """A TCP endpoint for an IPv4/IPv6 literal (no resolver involved) or a name."""
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
     if isIPv6Address(host):
         return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
     if all(part.isdigit() for part in host.split(".")):
@@ -456,6 +500,7 @@ class PieceClientPool:
     def __init__(self, reactor, peer_id, download_limiter=None, piece_timeout=30,
                  connect_timeout=10, idle_timeout=30, max_pipeline=MAX_PIPELINE,
                  max_piece=codec.MAX_PIECE, endpoint_factory=None):
+        tune_allocator()
         self.reactor = reactor
         self.clock = reactor
         self.peer_id = peer_id

@@ -86,17 +86,16 @@ class _PieceUpload:
     more.
     """
 
-    def __init__(self, proto, index, fd, offset, length, release):
+    def __init__(self, proto, task, index, fd, offset, length):
         self.proto = proto
+        self.task = task
         self.index = index
         self.length = length
-        self.header_sent = False
         self.done = False
         self._fd = fd
         self._pos = offset
         self._left = length
-        self._release = release
-        factory = proto.factory
+        factory = self._factory = proto.factory
         self._limiter = factory.upload_limiter
         self._clock = factory.clock
         self._on_upload = factory.on_upload
@@ -110,12 +109,11 @@ class _PieceUpload:
             self._limiter = None
             self._sock = _sendfile_socket(proto.transport) if factory.use_sendfile else None
         self._delayed = None
-        self._calls = 0
+        self._first = True
 
     def start(self):
         transport = self.proto.transport
         transport.write(codec.encode_piece(codec.Piece(self.index, self.length)))
-        self.header_sent = True
         if self._left == 0:
             self._finish()
             return
@@ -125,12 +123,15 @@ class _PieceUpload:
     def resumeProducing(self):
         if self.done or self._delayed is not None:
             return
-        self._calls += 1
         self.proto._timer.touch()
         try:
-            if self._sock is not None and self._calls > 1:
+            if self._sock is not None and not self._first:
                 self._send_file()
             else:
+                # The first call comes from registerProducer, while the
+                # header may still sit in the transport's buffer: only the
+                # ordinary write path keeps the bytes in order.
+                self._first = False
                 self._send_chunk()
         except OSError as e:
             self.proto.log.warn(
@@ -195,6 +196,7 @@ class _PieceUpload:
             self._finish()
 
     def _cleanup(self):
+        """Release the file, the upload slot and the pin, once."""
         if self.done:
             return False
         self.done = True
@@ -206,12 +208,13 @@ class _PieceUpload:
             os.close(self._fd)
         except OSError:
             pass
-        self._release()
+        self._factory.active_uploads -= 1
+        self.task.unpin()
         return True
 
     def _finish(self):
         if self._cleanup():
-            if self.header_sent and self.proto.transport.producer is self:
+            if getattr(self.proto.transport, "producer", None) is self:
                 self.proto.transport.unregisterProducer()
             self.proto._upload_finished(self)
 
@@ -362,15 +365,7 @@ class PieceServerProtocol(Protocol):
                 continue
             task.pin()
             factory.active_uploads += 1
-            released = []
-
-            def release(task=task):
-                if not released:
-                    released.append(True)
-                    factory.active_uploads -= 1
-                    task.unpin()
-
-            upload = self._current = _PieceUpload(self, index, fd, offset, length, release)
+            upload = self._current = _PieceUpload(self, task, index, fd, offset, length)
             upload.start()
         if self._current is None:
             if self._draining and not self._closing:
@@ -438,6 +433,7 @@ class PieceServerFactory(Factory):
     """
 
     protocol = PieceServerProtocol
+    noisy = False
     log = Logger()
 
     def __init__(self, store, clock, upload_limiter=None, max_uploads=8,

@@ -280,6 +280,10 @@ class SupernodeService(service.MultiService):
             if s.running:
                 ds.append(s.stopService())
         ds.append(service.MultiService.stopService(self))
+        # Let pieces in flight finish, refuse new requests, drop the connections.
+        close_pieces = getattr(self.piece_factory, "close", None)
+        if close_pieces is not None:
+            ds.append(close_pieces())
         for close in self._closers:
             try:
                 ds.append(close())
