@@ -18,6 +18,11 @@ are waited for by polling with deadlines, never sleeps.
   and reads its request log (method, path, status, bytes written).
 - :func:`skopeo` runs one skopeo command to completion; :func:`start_dfdaemon`
   adds a dfdaemon to a harness ``Swarm``.
+- :class:`Containerd`, :class:`Dockerd` and :class:`Podman` run the container
+  engines with private state (own root, state dirs and socket; vfs/native
+  storage, no networking set-up); :func:`daemon_json`, :func:`hosts_toml` and
+  :func:`registries_conf` write the engines' mirror settings exactly as
+  docs/mirror.md shows them, addresses substituted.
 """
 import base64
 import datetime
@@ -26,9 +31,12 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
+import signal
 import socket
 import tarfile
+import tempfile
 import time
 import uuid
 
@@ -439,3 +447,361 @@ def skopeo_env(home):
             "REGISTRY_AUTH_FILE": os.path.join(home, "auth.json")}, policy
 
 
+
+
+# ---------------------------------------------------------------- container engines
+#
+# docker, containerd and podman, each run with private state (own root, state
+# and socket, vfs/native storage so nothing is mounted) and each configured
+# with the very snippet docs/mirror.md shows (the tests check the two stay
+# identical; only the addresses are substituted).
+
+# docs/mirror.md, Docker: /etc/docker/daemon.json.
+DOCS_DAEMON_JSON = """\
+{
+  "registry-mirrors": ["http://127.0.0.1:65001"]
+}
+"""
+
+# docs/mirror.md, containerd: the hosts.toml of a registry other than Docker Hub.
+DOCS_HOSTS_TOML = """\
+server = "https://ghcr.io"
+
+[host."http://127.0.0.1:65001"]
+  capabilities = ["pull", "resolve"]
+"""
+
+DOCS_MIRROR_URL = "http://127.0.0.1:65001"
+
+
+def daemon_json(path, mirror_url, extra=None):
+    """The documented daemon.json with the mirror at C{mirror_url}; C{extra}
+    settings (a dict) are added to its object when given."""
+    text = DOCS_DAEMON_JSON.replace(f'"{DOCS_MIRROR_URL}"', f'"{mirror_url}"')
+    if extra:
+        obj = json.loads(text)
+        obj.update(extra)
+        text = json.dumps(obj, indent=2) + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def hosts_toml(hosts_dir, registry_url, mirror_url):
+    """The documented hosts.toml for the registry at C{registry_url} (its server)
+    mirrored by C{mirror_url}, at ``HOSTS_DIR/HOST:PORT/hosts.toml`` as
+    containerd looks it up. Returns its path."""
+    host = registry_url.split("://", 1)[1].rstrip("/")
+    text = (DOCS_HOSTS_TOML
+            .replace('"https://ghcr.io"', f'"{registry_url}"')
+            .replace(f'"{DOCS_MIRROR_URL}"', f'"{mirror_url}"'))
+    os.makedirs(os.path.join(hosts_dir, host), exist_ok=True)
+    path = os.path.join(hosts_dir, host, "hosts.toml")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def docker_client():
+    """The Docker CLI of the docker.io package (else the first one on PATH)."""
+    return which("/usr/bin/docker") or which("docker")
+
+
+def engine_binaries(engine):
+    """{name: path or None} of the binaries an engine's test needs."""
+    if engine == "containerd":
+        return {"containerd": which("containerd", "/usr/bin/containerd"),
+                "ctr": which("ctr", "/usr/bin/ctr")}
+    if engine == "podman":
+        return {"podman": which("podman", "/usr/bin/podman")}
+    if engine == "docker":
+        return {"dockerd": which("dockerd", "/usr/sbin/dockerd"), "docker": docker_client()}
+    raise ValueError(engine)
+
+
+def short_tempdir(prefix):
+    """A fresh directory under /tmp: unix socket paths must stay under 108
+    bytes, which trial's nested temp directories easily exceed."""
+    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+
+
+def _unescape_mountinfo(field):
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mounts_under(path):
+    """Mount points at or below C{path} (deepest first), from /proc/self/mountinfo."""
+    path = os.path.realpath(path)
+    found = []
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4:
+                    point = _unescape_mountinfo(fields[4])
+                    if point == path or point.startswith(path + os.sep):
+                        found.append(point)
+    except OSError:
+        return []
+    return sorted(set(found), key=lambda p: (-p.count(os.sep), p))
+
+
+def unmount_under(path):
+    """Detach (umount2 MNT_DETACH) every mount at or below C{path}; return them."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    points = mounts_under(path)
+    for point in points:
+        if libc.umount2(point.encode(), 2) != 0:  # MNT_DETACH
+            err = ctypes.get_errno()
+            raise OSError(err, f"umount {point}: {os.strerror(err)}")
+    return points
+
+
+def remove_tree(path):
+    """Unmount anything left below C{path}, then delete it."""
+    if not os.path.lexists(path):
+        return
+    unmount_under(path)
+    shutil.rmtree(path)
+
+
+async def run_command(clock, workdir, name, argv, env=None, timeout=60):
+    """Run C{argv} to completion (output in C{workdir}/NAME.log and .stderr);
+    (exit code, stdout, stderr). Killed, with HarnessError, after C{timeout}."""
+    proc = Proc(name, argv, workdir, env=child_env(env), separate_stderr=True)
+    try:
+        await proc.wait(clock, timeout)
+    except HarnessError:
+        proc.kill_now()
+        await proc.wait(clock, 10)
+        raise HarnessError(f"{' '.join(argv)} did not finish in {timeout}s:\n{proc.tail()}")
+    return proc.returncode, proc.read_log(), proc.read_log(err=True)
+
+
+def _unix_http_ok(path, request=b"GET /_ping HTTP/1.0\r\n\r\n", timeout=1.0):
+    """True when a unix-socket HTTP server at C{path} answers 2xx."""
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+        s.sendall(request)
+        head = s.recv(64)
+        return head.startswith(b"HTTP/1.") and head[9:10] == b"2"
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def _unix_connects(path):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(0.5)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+class _Engine:
+    """A daemon (containerd, dockerd) with private directories; C{stop} ends it,
+    unmounts anything it left and deletes its directories."""
+
+    name = "engine"
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.proc = None
+        self.dirs = []  # removed on stop
+
+    def _dir(self, path):
+        os.makedirs(path, exist_ok=True)
+        self.dirs.append(path)
+        return path
+
+    def logs(self, lines=40):
+        if self.proc is None:
+            return ""
+        return (f"----- {self.proc.name} (pid {self.proc.pid}, exit {self.proc.returncode}) "
+                f"{self.proc.log_path}\n{self.proc.tail(lines)}")
+
+    def _orphans(self):
+        """Pids of helper processes that may outlive the daemon (by pid file)."""
+        return []
+
+    async def stop(self, clock):
+        if self.proc is not None:
+            await self.proc.stop(clock, grace=20)
+        for pid in self._orphans():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for path in reversed(self.dirs):
+            remove_tree(path)
+
+
+class Containerd(_Engine):
+    """A private ``containerd`` (own root, state and socket; the CRI plugin and
+    the mounting snapshotters disabled, so images unpack with ``native``)."""
+
+    name = "containerd"
+    DISABLED = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.overlayfs",
+                "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
+                "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs"]
+
+    def __init__(self, workdir, binary=None, ctr=None):
+        _Engine.__init__(self, workdir)
+        self.binary = binary or which("containerd", "/usr/bin/containerd")
+        self.ctr_binary = ctr or which("ctr", "/usr/bin/ctr")
+        self.root = self._dir(os.path.join(workdir, "containerd-root"))
+        self.run = self._dir(short_tempdir("df-ctd-"))
+        self.state = os.path.join(self.run, "state")
+        self.socket = os.path.join(self.run, "containerd.sock")
+        self.config_path = os.path.join(self.run, "config.toml")
+        with open(self.config_path, "w") as f:
+            f.write("\n".join([
+                "version = 2",
+                f'root = "{self.root}"',
+                f'state = "{self.state}"',
+                "disabled_plugins = [" + ", ".join(f'"{p}"' for p in self.DISABLED) + "]",
+                "[grpc]",
+                f'  address = "{self.socket}"',
+                "[ttrpc]",
+                f'  address = "{self.socket}.ttrpc"',
+                "[debug]",
+                '  address = ""',
+                "[metrics]",
+                '  address = ""',
+            ]) + "\n")
+
+    async def start(self, clock, timeout=30):
+        self.proc = Proc("containerd", [self.binary, "--config", self.config_path], self.workdir)
+        try:
+            await poll_until(clock, lambda: _unix_connects(self.socket), timeout,
+                             "containerd to listen", check=self.proc.check_alive)
+        except BaseException:
+            self.proc.kill_now()
+            raise
+
+    async def ctr(self, clock, name, args, timeout=60):
+        """``ctr --address SOCKET ARGS`` (``native`` snapshotter by default):
+        (exit code, stdout, stderr)."""
+        return await run_command(clock, self.workdir, name,
+                                 [self.ctr_binary, "--address", self.socket] + list(args),
+                                 env={"CONTAINERD_SNAPSHOTTER": "native"}, timeout=timeout)
+
+
+class Dockerd(_Engine):
+    """A private ``dockerd``: own data-root, exec-root, pid file, trust key and
+    unix socket; no bridge, no iptables, no IP forwarding, the vfs storage
+    driver (nothing mounted but the data-root's own propagation bind, which
+    dockerd undoes on a clean stop and L{stop} undoes otherwise).
+
+    Its ``--config-file`` is the documented daemon.json (L{daemon_json}) with
+    the mirror at C{mirror_url}, plus ``deprecated-key-path``: dockerd 20.10
+    has no flag for its trust key and would otherwise create
+    /etc/docker/key.json. Everything else is given as flags."""
+
+    name = "dockerd"
+
+    def __init__(self, workdir, mirror_url, binary=None, client=None):
+        _Engine.__init__(self, workdir)
+        self.binary = binary or which("dockerd", "/usr/sbin/dockerd")
+        self.client = client or docker_client()
+        self.data_root = self._dir(os.path.join(workdir, "docker-data"))
+        self.run = self._dir(short_tempdir("df-dkd-"))
+        self.exec_root = os.path.join(self.run, "exec")
+        self.socket = os.path.join(self.run, "docker.sock")
+        self.cli_config = self._dir(os.path.join(workdir, "docker-cli"))
+        self.config_file = daemon_json(
+            os.path.join(workdir, "daemon.json"), mirror_url,
+            extra={"deprecated-key-path": os.path.join(self.run, "key.json")})
+
+    async def start(self, clock, timeout=45):
+        argv = [self.binary, "--config-file", self.config_file,
+                "--data-root", self.data_root, "--exec-root", self.exec_root,
+                "--pidfile", os.path.join(self.run, "docker.pid"),
+                "-H", "unix://" + self.socket,
+                "--bridge", "none", "--iptables=false", "--ip6tables=false",
+                "--ip-forward=false", "--ip-masq=false",
+                "--storage-driver", "vfs"]
+        self.proc = Proc("dockerd", argv, self.workdir)
+        try:
+            await poll_until(clock, lambda: _unix_http_ok(self.socket), timeout,
+                             "dockerd to answer /_ping", interval=0.1, check=self.proc.check_alive)
+        except BaseException:
+            self.proc.kill_now()
+            raise
+
+    def _orphans(self):
+        # dockerd starts its own containerd (in its own process group); on a
+        # clean stop dockerd ends it, after a SIGKILL it would linger.
+        pids = []
+        path = os.path.join(self.exec_root, "containerd", "containerd.pid")
+        try:
+            with open(path) as f:
+                pid = int(f.read().strip())
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if self.exec_root.encode() in f.read():
+                    pids.append(pid)
+        except (OSError, ValueError):
+            pass
+        return pids
+
+    async def docker(self, clock, name, args, timeout=60):
+        """``docker -H unix://SOCKET ARGS`` with a private client config."""
+        return await run_command(clock, self.workdir, name,
+                                 [self.client, "-H", "unix://" + self.socket] + list(args),
+                                 env={"DOCKER_CONFIG": self.cli_config}, timeout=timeout)
+
+
+class Podman(_Engine):
+    """Rootful ``podman`` with private storage (vfs, own --root/--runroot,
+    storage.conf and containers.conf), libpod tmpdir, network config dir, no
+    events; pulls use the given registries.conf (CONTAINERS_REGISTRIES_CONF)."""
+
+    name = "podman"
+
+    def __init__(self, workdir, binary=None):
+        _Engine.__init__(self, workdir)
+        self.binary = binary or which("podman", "/usr/bin/podman")
+        base = self._dir(os.path.join(workdir, "podman"))
+        self.root = self._dir(os.path.join(base, "root"))
+        # podman refuses a runroot longer than 50 characters.
+        self.runroot = self._dir(short_tempdir("df-podman-"))
+        self.tmpdir = self._dir(os.path.join(base, "tmp"))
+        self.netdir = self._dir(os.path.join(base, "networks"))
+        self.home = self._dir(os.path.join(base, "home"))
+        self.storage_conf = os.path.join(base, "storage.conf")
+        with open(self.storage_conf, "w") as f:
+            f.write(f'[storage]\ndriver = "vfs"\nrunroot = "{self.runroot}"\n'
+                    f'graphroot = "{self.root}"\n')
+        # podman insists that REGISTRY_AUTH_FILE exists.
+        self.auth_file = auth_file(os.path.join(self.home, "auth.json"), {})
+        self.containers_conf = os.path.join(base, "containers.conf")
+        with open(self.containers_conf, "w") as f:
+            # CNI, not netavark: rootful netavark keeps its state in
+            # /run/containers/networks whatever the flags say; CNI keeps its
+            # config in --network-config-dir and needs nothing for a pull.
+            f.write(f'[engine]\nimage_copy_tmp_dir = "{self.tmpdir}"\n'
+                    '[network]\nnetwork_backend = "cni"\n')
+
+    async def start(self, clock):
+        """podman has no daemon."""
+
+    async def podman(self, clock, name, args, registries_conf=None, timeout=60):
+        env = {"HOME": self.home, "XDG_RUNTIME_DIR": self.home, "TMPDIR": self.tmpdir,
+               "REGISTRY_AUTH_FILE": self.auth_file,
+               "CONTAINERS_STORAGE_CONF": self.storage_conf,
+               "CONTAINERS_CONF": self.containers_conf}
+        if registries_conf:
+            env["CONTAINERS_REGISTRIES_CONF"] = registries_conf
+        argv = [self.binary, "--root", self.root, "--runroot", self.runroot,
+                "--storage-driver", "vfs", "--tmpdir", self.tmpdir,
+                "--network-config-dir", self.netdir, "--events-backend", "none",
+                "--cgroup-manager", "cgroupfs"] + list(args)
+        return await run_command(clock, self.workdir, name, argv, env=env, timeout=timeout)
