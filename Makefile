@@ -28,6 +28,7 @@ demo: install
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python demo/demo.py
 
 bench: install
+	$(BIN)/pip install -q -r bench/requirements.txt
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.run
 
 clean:

@@ -1,0 +1,367 @@
+"""Process plumbing for the benchmarks: start, watch and always stop real processes.
+
+Every process the bench starts is registered here and killed (its whole
+process group) by ``cleanup()``, which ``bench.run`` calls on every exit path
+(normal end, exception, Ctrl-C, SIGTERM). Nothing here runs inside the
+dragonfly services; this is a driver script, so plain ``subprocess`` and
+``time.sleep`` polling are fine.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+_LIVE = []          # Proc objects not yet reaped
+
+
+class BenchError(Exception):
+    """A benchmark step could not run; the message says why."""
+
+
+def tool(name):
+    """Path of a console script from the running virtualenv, else from PATH."""
+    here = os.path.join(os.path.dirname(sys.executable), name)
+    if os.path.exists(here):
+        return here
+    found = shutil.which(name)
+    if not found:
+        raise BenchError("%s not found (install the package: make install)" % (name,))
+    return found
+
+
+def netns_prefix(ns):
+    return ["ip", "netns", "exec", ns] if ns else []
+
+
+class Proc:
+    """One child process in its own process group, output to a log file."""
+
+    def __init__(self, argv, log_path, ns=None, env=None, cwd=None, name=None):
+        self.name = name or os.path.basename(argv[0])
+        self.argv = netns_prefix(ns) + list(argv)
+        self.ns = ns
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self.started = time.monotonic()
+        self.ended = None
+        self.rusage = None
+        self.popen = subprocess.Popen(
+            self.argv, stdout=self._log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+            env=env, cwd=cwd)
+        # `ip netns exec` execs the command in place: the pid is the command's.
+        self.pid = self.popen.pid
+        _LIVE.append(self)
+
+    # -- observation -------------------------------------------------
+    def poll(self):
+        """Exit status if the process ended (reaping it with wait4), else None."""
+        if self.popen.returncode is not None:
+            return self.popen.returncode
+        try:
+            pid, status, rusage = os.wait4(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            return self.popen.poll()
+        if pid == 0:
+            return None
+        self.ended = time.monotonic()
+        self.rusage = rusage
+        self.popen.returncode = os.waitstatus_to_exitcode(status)
+        self._close()
+        return self.popen.returncode
+
+    def wait(self, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            rc = self.poll()
+            if rc is not None:
+                return rc
+            if time.monotonic() > deadline:
+                raise BenchError("%s did not finish within %ss (log: %s)"
+                                 % (self.name, timeout, self.log_path))
+            time.sleep(0.02)
+
+    @property
+    def elapsed(self):
+        return (self.ended or time.monotonic()) - self.started
+
+    def status(self):
+        """Fields of /proc/<pid>/status as a dict of strings (empty once gone)."""
+        try:
+            with open("/proc/%d/status" % self.pid) as f:
+                return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+        except OSError:
+            return {}
+
+    def hwm_bytes(self):
+        """Peak resident set (VmHWM) in bytes, or None once the process is gone."""
+        v = self.status().get("VmHWM")
+        return int(v.split()[0]) * 1024 if v else None
+
+    def cpu_seconds(self):
+        """utime + stime of the live process from /proc/<pid>/stat."""
+        try:
+            with open("/proc/%d/stat" % self.pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        tick = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    def tail(self, n=20):
+        try:
+            with open(self.log_path, "rb") as f:
+                return b"\n".join(f.read().splitlines()[-n:]).decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    # -- stopping ----------------------------------------------------
+    def stop(self, timeout=10):
+        """SIGTERM the process group, SIGKILL after ``timeout``; always reaps."""
+        if self.poll() is None:
+            self._signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while self.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if self.poll() is None:
+                self._signal(signal.SIGKILL)
+                try:
+                    self.wait(10)
+                except BenchError:
+                    pass
+        else:
+            # The leader is gone; make sure nothing else of its group lingers.
+            self._signal(signal.SIGKILL)
+        self._close()
+
+    def _signal(self, sig):
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _close(self):
+        if self in _LIVE and self.popen.returncode is not None:
+            _LIVE.remove(self)
+        if not self._log.closed:
+            self._log.close()
+
+
+def cleanup():
+    """Stop every process the bench started and has not reaped yet."""
+    for p in list(reversed(_LIVE)):
+        try:
+            p.stop(timeout=5)
+        except Exception:   # noqa: BLE001 - best effort on the way out
+            pass
+        if p in _LIVE:
+            _LIVE.remove(p)
+
+
+def wait_for_file(path, timeout, proc=None):
+    """Parsed JSON of ``path`` once it exists and parses (port files)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise BenchError("%s exited with %s before writing %s:\n%s"
+                             % (proc.name, proc.popen.returncode, path, proc.tail()))
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            time.sleep(0.05)
+    raise BenchError("%s not written within %ss%s" % (
+        path, timeout, (":\n" + proc.tail()) if proc else ""))
+
+
+def http_get(url, ns=None, timeout=10):
+    """Body of a small GET; inside a namespace it goes through curl there."""
+    if ns:
+        out = subprocess.run(netns_prefix(ns) + ["curl", "-sS", "-f", "--max-time", str(timeout), url],
+                             capture_output=True, timeout=timeout + 5)
+        if out.returncode != 0:
+            raise BenchError("GET %s in %s failed: %s" % (url, ns, out.stderr.decode().strip()))
+        return out.stdout
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read()
+
+
+def parse_prometheus(text):
+    """{(name, frozenset(labels)): value} from Prometheus text format."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        try:
+            key, value = line.rsplit(" ", 1)
+            value = float(value)
+        except ValueError:
+            continue
+        labels = {}
+        if "{" in key:
+            name, rest = key.split("{", 1)
+            for part in rest.rstrip("}").split(","):
+                if "=" in part:
+                    k, v = part.split("=", 1)
+                    labels[k.strip()] = v.strip().strip('"')
+        else:
+            name = key
+        out[(name, frozenset(labels.items()))] = value
+    return out
+
+
+def metric(samples, name, **labels):
+    """Sum of the samples named ``name`` whose labels include ``labels``."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
+
+
+def scrape(host, port, ns=None):
+    """Parsed /metrics of a service; {} when it does not answer."""
+    try:
+        return parse_prometheus(http_get("http://%s:%d/metrics" % (host, port), ns=ns))
+    except Exception:   # noqa: BLE001 - a missing metric must not abort the bench
+        return {}
+
+
+def make_file(path, size, seed=0):
+    """Create (or reuse) a file of ``size`` bytes whose every MiB is distinct."""
+    if os.path.exists(path) and os.path.getsize(path) == size:
+        return path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    block = os.urandom(8 << 20)
+    tmp = path + ".tmp"
+    mib = 1 << 20
+    with open(tmp, "wb") as f:
+        written = 0
+        i = 0
+        while written < size:
+            off = (i * 4099 * 4096) % (len(block) - mib)
+            chunk = bytearray(block[off:off + mib])
+            chunk[:16] = (b"%016x" % (i + (seed << 40)))
+            n = min(mib, size - written)
+            f.write(chunk[:n])
+            written += n
+            i += 1
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
+
+
+def sha256_file(path):
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(8 << 20)
+            if not b:
+                return h.hexdigest()
+            h.update(b)
+
+
+def drop_file(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class Profiler:
+    """py-spy sampling of some live processes while a block runs (``--profile``).
+
+    ``with Profiler(ctx_dir, {"peer": proc}) as prof: ...`` then ``prof.summary``
+    = {name: {"samples", "self": [(pct, frame)], "total": [(pct, frame)]}}.
+    Without py-spy it does nothing and the summary stays empty.
+    """
+
+    def __init__(self, outdir, procs, enabled=True, rate=100):
+        self.outdir = outdir
+        self.procs = procs
+        self.enabled = enabled and _which_pyspy() is not None
+        self.rate = rate
+        self.running = {}
+        self.summary = {}
+
+    def __enter__(self):
+        if not self.enabled:
+            return self
+        for name, p in self.procs.items():
+            out = os.path.join(self.outdir, "profile-%s-%d.raw" % (name, p.pid))
+            argv = [_which_pyspy(), "record", "--pid", str(p.pid), "--format", "raw", "-o", out,
+                    "--nonblocking", "--rate", str(self.rate)]
+            self.running[name] = (Proc(argv, out + ".log", name="py-spy"), out)
+        return self
+
+    def __exit__(self, *exc):
+        for name, (proc, out) in self.running.items():
+            if proc.poll() is None:
+                try:
+                    os.kill(proc.pid, signal.SIGINT)      # py-spy writes its output on SIGINT
+                except ProcessLookupError:
+                    pass
+            try:
+                proc.wait(30)
+            except BenchError:
+                proc.stop()
+            self.summary[name] = summarise_raw(out)
+        self.running = {}
+
+
+def _which_pyspy():
+    try:
+        return tool("py-spy")
+    except BenchError:
+        return None
+
+
+def summarise_raw(path, top=15):
+    """Self and inclusive time per frame from a py-spy raw (collapsed) file."""
+    import collections
+    own, incl, n = collections.Counter(), collections.Counter(), 0
+    try:
+        with open(path) as f:
+            for line in f:
+                try:
+                    stack, c = line.rstrip("\n").rsplit(" ", 1)
+                    c = int(c)
+                except ValueError:
+                    continue
+                n += c
+                frames = stack.split(";")
+                own[frames[-1]] += c
+                for fr in set(frames):
+                    incl[fr] += c
+    except OSError:
+        return {"samples": 0}
+    if not n:
+        return {"samples": 0}
+    skip = ("twisted/python/context.py", "twisted/python/log.py", "twisted/application/", "twistd",
+            "twisted/scripts/", "twisted/internet/base.py", "epollreactor.py:", "<module>",
+            "posixbase.py", "_twistd_unix")
+    return {
+        "samples": n,
+        "self": [(round(100.0 * c / n, 1), fr) for fr, c in own.most_common(top)],
+        "total": [(round(100.0 * c / n, 1), fr) for fr, c in incl.most_common(top * 4)
+                  if not any(s in fr for s in skip)][:top * 2],
+    }
+
+
+def cpu_times():
+    """Machine-wide CPU jiffies from /proc/stat: dict of user/nice/system/idle/iowait/irq/softirq."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:8]
+    names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq")
+    return dict(zip(names, (int(x) for x in fields)))
+
+
+def cpu_usage(before, after):
+    """Share of all CPUs' time per state between two cpu_times() readings."""
+    d = {k: after[k] - before[k] for k in before}
+    total = sum(d.values()) or 1
+    return {k: round(v / total, 3) for k, v in d.items()}

@@ -1,0 +1,262 @@
+"""Turn bench/results/*.json into summary.md (tables + target check) and PNG plots."""
+import json
+import os
+
+MB = 1e6
+MiB = 1 << 20
+
+
+def _load(d, name):
+    try:
+        with open(os.path.join(d, name + ".json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _size(n):
+    if n >= 1 << 30:
+        return "%.3g GiB" % (n / (1 << 30))
+    return "%.3g MiB" % (n / MiB)
+
+
+def _f(x, fmt="%.2f", none="-"):
+    return none if x is None else fmt % x
+
+
+def _single_order(runs):
+    order = ["curl", "dfget_cold", "dfget_warm", "dfget_cached"]
+    return [k for k in order if k in runs] + sorted(k for k in runs if k not in order)
+
+
+def _loadavg(v):
+    return "/".join("%.1f" % x for x in v) if v else "?"
+
+
+def _status(ok):
+    return "n/a" if ok is None else ("MET" if ok else "MISSED")
+
+
+def targets(res):
+    """[(target, measured, ok)] for the issue's targets, from whatever ran."""
+    out = []
+    single, swarm, memory, sim = (res.get(k) for k in ("single", "swarm", "memory", "sim"))
+    if single and "runs" in single and "dfget_warm" in single["runs"]:
+        w = single["runs"]["dfget_warm"]["ratio_to_curl"]
+        c = single["runs"]["dfget_cold"]["ratio_to_curl"]
+        out.append(("Single stream warm >= 0.6x curl", "%.2fx" % w, w >= 0.6))
+        out.append(("Single stream cold >= 0.5x curl", "%.2fx" % c, c >= 0.5))
+    else:
+        out.append(("Single stream warm >= 0.6x / cold >= 0.5x curl", "not measured", None))
+    p2p = [r for r in (swarm or {}).get("runs", []) if r["kind"] == "p2p"]
+    direct = [r for r in (swarm or {}).get("runs", []) if r["kind"] == "direct"]
+    if p2p:
+        ratios = [r["origin_ratio"] for r in p2p]
+        out.append(("Origin bytes = 1.00x file for every N (P2P)",
+                    ", ".join("N=%d %.2fx" % (r["n"], r["origin_ratio"]) for r in p2p),
+                    all(abs(x - 1.0) < 0.005 for x in ratios)))
+        by_n = {r["n"]: r for r in p2p}
+        lo, hi = min(by_n), max(by_n)
+        if lo != hi:
+            g = by_n[hi]["max_s"] / by_n[lo]["max_s"]
+            out.append(("P2P time N=%d <= 1.5x N=%d (%s)" % (hi, lo, swarm.get("mode")),
+                        "%.2fx (%.1fs vs %.1fs)" % (g, by_n[hi]["max_s"], by_n[lo]["max_s"]), g <= 1.5))
+        fr = by_n[hi]["mean_link_fraction"]
+        out.append(("Mean per-host rate >= 70%% of link (P2P, N=%d)" % hi, "%.0f%%" % (100 * fr), fr >= 0.7))
+        su = by_n[hi]["supernode_upload_bytes"] / swarm["file_bytes"]
+        out.append(("Supernode upload <= 2x file at N=%d" % hi, "%.2fx" % su, su <= 2.0))
+        if direct:
+            d = {r["n"]: r for r in direct}
+            if lo in d and hi in d and lo != hi:
+                out.append(("(context) direct time N=%d / N=%d, ~N expected" % (hi, lo),
+                            "%.1fx" % (d[hi]["max_s"] / d[lo]["max_s"]), None))
+    else:
+        out.append(("Swarm targets (P2P)", "not measured", None))
+    if memory and memory.get("cases"):
+        for case, r in memory["cases"].items():
+            for who in ("peer", "dfget"):
+                v = r["peak_rss_bytes"].get(who)
+                if v:
+                    out.append(("%s RSS < 100 MiB on %s (%s)" % (who, _size(memory["file_bytes"]), case),
+                                "%.0f MiB" % (v / MiB), v < 100 * MiB))
+    else:
+        out.append(("Peer and dfget RSS < 100 MiB on 4 GiB", "not measured", None))
+    if sim and sim.get("runs"):
+        for r in sim["runs"]:
+            if r.get("bound_ratio") is not None and r.get("n") == 1000:
+                out.append(("Simulator N=1,000 within 1.25x of lower bound", "%.2fx" % r["bound_ratio"],
+                            r["bound_ratio"] <= 1.25))
+        eg = [r for r in sim["runs"] if r.get("supernode_egress_ratio") is not None]
+        if eg:
+            out.append(("Simulator supernode egress < 3x file, N=100..10,000",
+                        ", ".join("N=%d %.2fx" % (r["n"], r["supernode_egress_ratio"]) for r in eg),
+                        all(r["supernode_egress_ratio"] < 3 for r in eg)))
+    else:
+        out.append(("Simulator targets", "not measured", None))
+    return out
+
+
+def markdown(res, results_dir):
+    L = ["# Benchmark results", ""]
+    any_quick = any(r.get("quick") for r in res.values())
+    if any_quick:
+        L += ["**Quick (smoke) run: small files; not comparable to the targets.**", ""]
+    L += ["## Targets", "", "| target | measured | status |", "|---|---|---|"]
+    L += ["| %s | %s | %s |" % (t, m, _status(ok)) for t, m, ok in targets(res)]
+    L.append("")
+    for name, r in res.items():
+        if r.get("error"):
+            lines = [x.strip() for x in r["error"].splitlines() if x.strip()]
+            why = lines[0][:300] + ("; ... " + lines[-1][:300] if len(lines) > 1 else "")
+            L += ["**%s failed:** `%s`" % (name, why), ""]
+
+    s = res.get("single")
+    if s and s.get("runs"):
+        L += ["## 1. Single stream (loopback, %s, median of %d)" % (_size(s["file_bytes"]), s["repeats"]), "",
+              "| client | median s | MB/s | x curl |", "|---|---|---|---|"]
+        for k in _single_order(s["runs"]):
+            v = s["runs"][k]
+            L.append("| %s | %.2f | %.0f | %s |" % (k, v["median_s"], v["mb_s"], _f(v.get("ratio_to_curl"))))
+        if s.get("bytes"):
+            b = s["bytes"][0]
+            L += ["", "Origin bytes (cold) %.2fx file; warm download by source: %s. dfget start-up (`--help`) %.2fs."
+                  % (b["origin_bytes"] / s["file_bytes"],
+                     ", ".join("%s %.0f MiB" % (k, v / MiB) for k, v in b["warm_from"].items()),
+                     s.get("dfget_startup_s") or 0)]
+        L.append("")
+
+    w = res.get("swarm")
+    if w and w.get("runs"):
+        L += ["## 2. Swarm (%s mode, %.0f MiB file, %d Mbit/s links; lower bound %.1fs)" % (
+            w["mode"], w["file_bytes"] / MiB, w["link_mbit"], w["lower_bound_s"]), "",
+            "| kind | N | max s | median s | mean rate / link | origin x file | supernode upload x file "
+            "| p2p share | supernode CPU s | peers CPU s | API req/s | machine busy |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted(w["runs"], key=lambda r: (r["kind"], r["n"])):
+            busy = (1 - r["machine_cpu"]["idle"] - r["machine_cpu"]["iowait"]) if r.get("machine_cpu") else None
+            L.append("| %s | %d | %.1f | %.1f | %.0f%% | %.2f | %s | %s | %s | %s | %s | %s |" % (
+                r["kind"], r["n"], r["max_s"], r["median_s"], 100 * r["mean_link_fraction"],
+                r["origin_ratio"],
+                _f(r["supernode_upload_bytes"] / w["file_bytes"]) if r["kind"] == "p2p" else "-",
+                ("%.0f%%" % (100 * r["p2p_share"])) if r["kind"] == "p2p" else "-",
+                _f(r.get("supernode_cpu_s"), "%.1f"),
+                _f(sum(r["peer_cpu_s"]) if r.get("peer_cpu_s") else None, "%.1f"),
+                _f(r.get("api_requests_per_s"), "%.0f"), _f(busy and 100 * busy, "%.0f%%")))
+        L += ["", "Machine busy = share of all %s CPUs not idle during the run (whatever ran, the bench "
+              "or anything else on the box); load average before/after the bench: %s / %s." % (
+                  (w.get("host") or {}).get("cpus", "?"), _loadavg(w.get("loadavg_before")),
+                  _loadavg(w.get("loadavg_after"))),
+              "", "![time vs N](swarm_time.png)", ""]
+
+    m = res.get("memory")
+    if m and m.get("cases"):
+        L += ["## 3. Memory (%s file, peak RSS)" % _size(m["file_bytes"]), "",
+              "| case | process | peak RSS MiB |", "|---|---|---|"]
+        for case, r in m["cases"].items():
+            for who, v in sorted(r["peak_rss_bytes"].items()):
+                L.append("| %s | %s | %.0f |" % (case, who, (v or 0) / MiB))
+        L.append("")
+
+    c = res.get("control")
+    if c and (c.get("load") or c.get("during_swarm")):
+        L += ["## 4. Control plane", ""]
+        d = c.get("during_swarm")
+        if d:
+            L += ["While %d peers download (%s, %s): supernode CPU %s s over %s s wall (%s of one core), "
+                  "%s API requests/s, peak RSS %s MiB." % (
+                      d["n"], d["source"], d["mode"], _f(d["supernode_cpu_s"], "%.1f"), _f(d["wall_s"], "%.1f"),
+                      _f(d["supernode_cpu_fraction"] and 100 * d["supernode_cpu_fraction"], "%.0f%%"),
+                      _f(d["api_requests_per_s"], "%.1f"),
+                      _f(d.get("supernode_rss_bytes") and d["supernode_rss_bytes"] / MiB, "%.0f")), ""]
+        lr = c.get("load")
+        if lr:
+            L += ["Load run: %d simulated peers over %d keep-alive connections, %d requests in %.1fs = "
+                  "**%.0f req/s**; supernode CPU %s s (%s ms/request); %d/%d peers done; errors %s." % (
+                      lr["simulated_peers"], lr["connections"], lr["requests"], lr["wall_s"],
+                      lr["requests_per_s"] or 0, _f(lr["supernode_cpu_s"], "%.1f"),
+                      _f(lr["supernode_cpu_s"] and 1000 * lr["supernode_cpu_s"] / max(lr["requests"], 1)),
+                      lr["peers_done"], lr["simulated_peers"], lr["errors"] or "none"), "",
+                  "| endpoint | requests | p50 ms | p90 ms | p99 ms | max ms |", "|---|---|---|---|---|---|"]
+            for ep in ("register", "schedule", "leave", "all"):
+                q = lr["latency_ms"].get(ep)
+                if not q:
+                    continue
+                L.append("| %s | %s | %s | %s | %s | %s |" % (
+                    ep, lr["by_endpoint"].get(ep, lr["requests"]), _f(q["p50"], "%.1f"), _f(q["p90"], "%.1f"),
+                    _f(q["p99"], "%.1f"), _f(q["max"], "%.1f")))
+            L.append("")
+
+    sim = res.get("sim")
+    if sim and sim.get("runs"):
+        L += ["## Simulator (dragonfly.sim, real scheduler, simulated clock)", "",
+              "| N | completion s | lower bound s | x bound | supernode egress x file |", "|---|---|---|---|---|"]
+        for r in sim["runs"]:
+            L.append("| %d | %s | %s | %s | %s |" % (r["n"], _f(r.get("completion_s"), "%.1f"),
+                                                 _f(r.get("lower_bound_s"), "%.1f"), _f(r.get("bound_ratio")),
+                                                 _f(r.get("supernode_egress_ratio"))))
+        L.append("")
+    elif sim and sim.get("skipped"):
+        L += ["## Simulator", "", sim["skipped"], ""]
+    return "\n".join(L) + "\n"
+
+
+def plots(res, results_dir):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    made = []
+    w = res.get("swarm")
+    if w and w.get("runs"):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for kind, color in (("direct", "tab:red"), ("p2p", "tab:blue")):
+            rs = sorted((r for r in w["runs"] if r["kind"] == kind), key=lambda r: r["n"])
+            if not rs:
+                continue
+            ns = [r["n"] for r in rs]
+            ax.plot(ns, [r["max_s"] for r in rs], "o-", color=color, label="%s max" % kind)
+            ax.plot(ns, [r["median_s"] for r in rs], "s--", color=color, alpha=0.6, label="%s median" % kind)
+        ax.axhline(w["lower_bound_s"], color="gray", lw=0.8, ls=":", label="file / link")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({r["n"] for r in w["runs"]}))
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel("hosts downloading at once (N)")
+        ax.set_ylabel("completion time (s)")
+        ax.set_title("%.0f MiB to N hosts, %d Mbit/s links (%s)" % (w["file_bytes"] / MiB, w["link_mbit"], w["mode"]))
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        p = os.path.join(results_dir, "swarm_time.png")
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        made.append(p)
+    s = res.get("single")
+    if s and s.get("runs"):
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        names = _single_order(s["runs"])
+        ax.bar(names, [s["runs"][k]["mb_s"] for k in names], color="tab:blue")
+        ax.set_ylabel("MB/s")
+        ax.set_title("Single stream, %.0f MiB on loopback" % (s["file_bytes"] / MiB))
+        fig.tight_layout()
+        p = os.path.join(results_dir, "single.png")
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        made.append(p)
+    return made
+
+
+def write(results_dir):
+    res = {}
+    for name in ("single", "swarm", "memory", "control", "sim"):
+        r = _load(results_dir, name)
+        if r is not None:
+            res[name] = r
+    made = plots(res, results_dir)
+    text = markdown(res, results_dir)
+    if any(p.endswith("single.png") for p in made) and "## 1." in text:
+        text = text.replace("\n## 2.", "\n![single stream](single.png)\n\n## 2.", 1) if "## 2." in text else text
+    with open(os.path.join(results_dir, "summary.md"), "w") as f:
+        f.write(text)
+    return text

@@ -1,0 +1,121 @@
+"""Bench 1: one stream of one big file on loopback.
+
+curl <- nginx (to a file) is the baseline. dfget *cold*: a fresh supernode
+fetches the file from nginx while peer A takes pieces from it. dfget *warm*:
+peer B (empty store) takes the pieces from peer A. *cached*: peer A again,
+the task already in its store (copy out only). Every figure is the wall time
+of the client process, start to exit, output verified afterwards.
+"""
+import os
+import statistics
+import time
+
+from bench.cluster import Peer, Supernode, curl
+from bench.nginx import Nginx
+from bench.procs import BenchError, Profiler, drop_file, make_file, metric, sha256_file, tool
+
+MB = 1e6
+
+
+def _timed(proc, timeout):
+    rc = proc.wait(timeout)
+    if rc != 0:
+        raise BenchError("%s exited %s:\n%s" % (proc.name, rc, proc.tail()))
+    return proc.elapsed
+
+
+def _settle():
+    os.sync()        # flush the previous run's dirty pages outside the timed part
+    time.sleep(0.5)
+
+
+def run(ctx):
+    size = (128 << 20) if ctx.quick else (1 << 30)
+    repeats = 1 if ctx.quick else 3
+    src = make_file(os.path.join(ctx.files, "single-%d.bin" % size), size, seed=1)
+    digest = ctx.digest(src)
+    timeout = 60 + size / (20 * MB)       # generous: 20 MB/s floor
+    work = ctx.tempdir("single")
+    out = os.path.join(work, "out.bin")
+    result = {"file_bytes": size, "repeats": repeats, "runs": {}}
+
+    nginx = Nginx(ctx.files, workdir=work).start()
+    ctx.on_close(nginx.close)
+    url = nginx.url(os.path.basename(src))
+
+    def check(name):
+        if os.path.getsize(out) != size or sha256_file(out) != digest:
+            raise BenchError("%s: output differs from the origin file" % name)
+        drop_file(out)
+
+    # curl baseline
+    times = []
+    for _ in range(repeats):
+        _settle()
+        t = _timed(curl(url, out, log=os.path.join(work, "curl.log")), timeout)
+        check("curl")
+        times.append(t)
+    result["runs"]["curl"] = _summ(times, size)
+    ctx.log("single: curl %.0f MB/s" % result["runs"]["curl"]["mb_s"])
+    ctx.save_partial("single", result)
+
+    # dfget cold / warm / cached; a fresh cluster per repeat so cold is cold.
+    cold, warm, cached = [], [], []
+    sources = []
+    for i in range(repeats):
+        sn = Supernode(work, name="supernode%d" % i, extra=ctx.supernode_args).start()
+        a = Peer(work, sn.address, name="peerA%d" % i, extra=ctx.peer_args).start()
+        b = Peer(work, sn.address, name="peerB%d" % i, extra=ctx.peer_args).start()
+        try:
+            a.wait_ready()
+            b.wait_ready()
+            off = nginx.log_offset()
+            _settle()
+            prof = ctx.profile and i == 0
+            with Profiler(work, {"supernode": sn.proc, "peerA": a.proc}, enabled=prof) as p1:
+                cold.append(_timed(a.dfget(url, out), timeout))
+            check("dfget cold")
+            origin = nginx.bytes_sent(since=off)
+            _settle()
+            with Profiler(work, {"peerA_serving": a.proc, "peerB": b.proc}, enabled=prof) as p2:
+                warm.append(_timed(b.dfget(url, out), timeout))
+            check("dfget warm")
+            if prof:
+                result["profiles"] = {"cold": p1.summary, "warm": p2.summary}
+            _settle()
+            cached.append(_timed(a.dfget(url, out), timeout))
+            check("dfget cached")
+            mb = b.metrics()
+            sources.append({
+                "origin_bytes": origin,
+                "supernode_origin_bytes": metric(sn.metrics(), "dragonfly_supernode_origin_bytes_total"),
+                "warm_from": {s: metric(mb, "dragonfly_peer_download_bytes_total", source=s)
+                              for s in ("peer", "supernode", "origin")},
+            })
+        finally:
+            for p in (b, a, sn):
+                p.close()
+    for name, ts in (("dfget_cold", cold), ("dfget_warm", warm), ("dfget_cached", cached)):
+        result["runs"][name] = _summ(ts, size)
+        result["runs"][name]["ratio_to_curl"] = result["runs"][name]["mb_s"] / result["runs"]["curl"]["mb_s"]
+        ctx.log("single: %s %.0f MB/s (%.2fx curl)" % (
+            name, result["runs"][name]["mb_s"], result["runs"][name]["ratio_to_curl"]))
+    result["bytes"] = sources
+    result["dfget_startup_s"] = _startup()
+    nginx.close()
+    return result
+
+
+def _summ(times, size):
+    t = statistics.median(times)
+    return {"seconds": times, "median_s": t, "mb_s": size / t / MB}
+
+
+def _startup():
+    """Wall time of `dfget --help`: interpreter + imports, part of every dfget figure."""
+    from bench.procs import Proc
+    import tempfile
+    with tempfile.NamedTemporaryFile() as log:
+        p = Proc([tool("dfget"), "--help"], log.name, name="dfget")
+        p.wait(60)
+        return p.elapsed

@@ -1,0 +1,265 @@
+"""Bench 2: N hosts fetch one file at once, P2P vs straight from the origin.
+
+netns mode (default when we may create namespaces): origin, supernode and
+every peer host each sit in their own network namespace on one bridge, every
+link a full-duplex 100 Mbit/s port (tbf on both directions). Each host runs
+a `twistd peer` plus `dfget --daemon` (P2P) or `curl` (direct).
+
+loopback mode (fallback): everything on 127.0.0.1; links emulated with the
+product's own limits (supernode --upload-limit/--origin-limit, peer
+--upload-limit/--download-limit) and, for direct, nginx `limit_rate` set to
+link/N per connection (a fair share of the origin's uplink).
+"""
+import os
+import statistics
+import time
+
+from bench import netns
+from bench.cluster import Peer, Supernode, curl
+from bench.nginx import Nginx
+from bench.procs import BenchError, Profiler, cpu_times, cpu_usage, drop_file, make_file, metric, sha256_file
+
+MB = 1e6
+
+
+def run(ctx, mode=None, counts=None, size=None, kinds=("direct", "p2p"), rate_mbit=100):
+    if mode is None:
+        ok, why = netns.available()
+        mode = "netns" if ok else "loopback"
+        if not ok:
+            ctx.log("swarm: namespaces unavailable (%s); loopback fallback" % why)
+    counts = counts or ([1, 2, 4] if ctx.quick else [1, 2, 4, 8, 16])
+    size = size or ((32 << 20) if ctx.quick else (256 << 20))
+    src = make_file(os.path.join(ctx.files, "swarm-%d.bin" % size), size, seed=2)
+    digest = ctx.digest(src)
+    link = rate_mbit * 1e6 / 8
+    result = {"mode": mode, "file_bytes": size,
+              "supernode_args": ctx.supernode_args, "peer_args": ctx.peer_args,
+              "link_mbit": rate_mbit, "link_bytes_s": link,
+              "lower_bound_s": size / link, "runs": []}
+    work = ctx.tempdir("swarm")
+    swarm = (_NetnsSwarm if mode == "netns" else _LoopSwarm)(ctx, work, max(counts), rate_mbit)
+    ctx.on_close(swarm.close)
+    try:
+        swarm.setup(src)
+        for n in counts:
+            for kind in kinds:
+                r = swarm.direct(n, size) if kind == "direct" else swarm.p2p(n, size)
+                _verify(r, size, digest)
+                _derive(r, size, link)
+                result["runs"].append(r)
+                ctx.log("swarm %s N=%d %s: max %.1fs median %.1fs, %.0f%% of link, origin %.2fx%s" % (
+                    mode, n, kind, r["max_s"], r["median_s"], 100 * r["mean_link_fraction"],
+                    r["origin_bytes"] / size,
+                    "" if kind == "direct" else ", supernode upload %.2fx, p2p share %.0f%%" % (
+                        r["supernode_upload_bytes"] / size, 100 * r["p2p_share"])))
+                ctx.save_partial("swarm", result)
+    finally:
+        swarm.close()
+    return result
+
+
+def _verify(r, size, digest):
+    bad = []
+    for out in r.pop("outputs"):
+        if not os.path.exists(out) or os.path.getsize(out) != size or sha256_file(out) != digest:
+            bad.append(out)
+        drop_file(out)
+    r["outputs_ok"] = not bad
+    if bad:
+        raise BenchError("%s N=%d: %d outputs differ from the origin file" % (r["kind"], r["n"], len(bad)))
+
+
+def _derive(r, size, link):
+    t = r["seconds"]
+    r["max_s"] = max(t)
+    r["median_s"] = statistics.median(t)
+    fr = [size / x / link for x in t]
+    r["link_fractions"] = fr
+    r["mean_link_fraction"] = sum(fr) / len(fr)
+    r["origin_ratio"] = r["origin_bytes"] / size
+
+
+def _wait_all(procs, timeout, what):
+    """Seconds from the common start to each process's exit; raises on a failure."""
+    deadline = time.monotonic() + timeout
+    pending = set(range(len(procs)))
+    while pending:
+        for i in list(pending):
+            rc = procs[i].poll()
+            if rc is not None:
+                pending.discard(i)
+                if rc != 0:
+                    raise BenchError("%s #%d exited %s:\n%s" % (what, i, rc, procs[i].tail()))
+        if time.monotonic() > deadline:
+            raise BenchError("%s: %d of %d not done after %.0fs" % (what, len(pending), len(procs), timeout))
+        time.sleep(0.02)
+    return [p.elapsed for p in procs]
+
+
+class _Swarm:
+    def __init__(self, ctx, work, max_n, rate_mbit):
+        self.ctx = ctx
+        self.work = work
+        self.max_n = max_n
+        self.rate_mbit = rate_mbit
+        self.link = rate_mbit * 1e6 / 8
+        self.nginx = None
+
+    def timeout(self, n, size):
+        return 120 + 3 * n * size / self.link
+
+    def close(self):
+        if self.nginx:
+            self.nginx.close()
+            self.nginx = None
+
+    # Topology hooks
+    def host(self, role, i=0):             # -> (ns, address)
+        raise NotImplementedError
+
+    def direct(self, n, size):
+        nginx = self.origin_for(n)
+        off = nginx.log_offset()
+        outs = [os.path.join(self.work, "direct-%d.bin" % i) for i in range(n)]
+        procs = []
+        box0 = cpu_times()
+        for i in range(n):
+            ns, _addr = self.host("peer", i)
+            procs.append(curl(self.url, outs[i], ns=ns, log=os.path.join(self.work, "curl-%d.log" % i)))
+        secs = _wait_all(procs, self.timeout(n, size), "curl")
+        return {"kind": "direct", "n": n, "seconds": secs, "outputs": outs,
+                "machine_cpu": cpu_usage(box0, cpu_times()),
+                "origin_bytes": nginx.bytes_sent(since=off),
+                "supernode_upload_bytes": 0, "p2p_share": 0.0}
+
+    def p2p(self, n, size):
+        nginx = self.origin_for(None)
+        off = nginx.log_offset()
+        ns, addr = self.host("supernode")
+        sn = Supernode(self.work, host=addr, ns=ns, extra=self.supernode_limits() + self.ctx.supernode_args)
+        peers = []
+        try:
+            sn.start()
+            for i in range(n):
+                pns, paddr = self.host("peer", i)
+                peers.append(Peer(self.work, sn.address, host=paddr, ns=pns,
+                                  extra=self.peer_limits() + self.ctx.peer_args, name="peer%d" % i).start())
+            for p in peers:
+                p.wait_ready()
+            before = sn.metrics()
+            cpu0 = sn.proc.cpu_seconds()
+            peer_cpu0 = [p.proc.cpu_seconds() for p in peers]
+            box0 = cpu_times()
+            t0 = time.monotonic()
+            outs = [os.path.join(self.work, "p2p-%d.bin" % i) for i in range(n)]
+            prof = Profiler(self.work, {"supernode": sn.proc, "peer0": peers[0].proc},
+                            enabled=self.ctx.profile and n == self.max_n)
+            with prof:
+                procs = [p.dfget(self.url, outs[i], log=os.path.join(self.work, "dfget-%d.log" % i))
+                         for i, p in enumerate(peers)]
+                secs = _wait_all(procs, self.timeout(n, size), "dfget")
+            wall = time.monotonic() - t0
+            box = cpu_usage(box0, cpu_times())
+            cpu1 = sn.proc.cpu_seconds()
+            after = sn.metrics()
+            peer_cpu = [p.proc.cpu_seconds() - c for p, c in zip(peers, peer_cpu0)]
+            by_src = {"peer": 0.0, "supernode": 0.0, "origin": 0.0}
+            uploads = []
+            for p in peers:
+                m = p.metrics()
+                for s in by_src:
+                    by_src[s] += metric(m, "dragonfly_peer_download_bytes_total", source=s)
+                uploads.append(metric(m, "dragonfly_peer_upload_bytes_total"))
+            total = sum(by_src.values()) or 1.0
+            reqs = _api_requests(after, before)
+            return {
+                "kind": "p2p", "n": n, "seconds": secs, "outputs": outs,
+                "origin_bytes": nginx.bytes_sent(since=off),
+                "supernode_origin_bytes": metric(after, "dragonfly_supernode_origin_bytes_total"),
+                "supernode_upload_bytes": metric(after, "dragonfly_supernode_upload_bytes_total"),
+                "peer_download_bytes": by_src,
+                "peer_upload_bytes": uploads,
+                "p2p_share": by_src["peer"] / total,
+                "supernode_cpu_s": (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None,
+                "supernode_rss_bytes": sn.proc.hwm_bytes(),
+                "wall_s": wall,
+                "api_requests": reqs,
+                "api_requests_per_s": sum(reqs.values()) / wall if wall else None,
+                "profiles": prof.summary or None,
+                "machine_cpu": box,
+                "peer_cpu_s": peer_cpu,
+            }
+        finally:
+            for p in peers:
+                p.close()
+            sn.close()
+
+
+def _api_requests(after, before):
+    out = {}
+    for (name, labels), v in after.items():
+        if name == "dragonfly_supernode_api_requests_total":
+            ep = dict(labels).get("endpoint", "")
+            out[ep] = v - before.get((name, labels), 0.0)
+    return out
+
+
+class _NetnsSwarm(_Swarm):
+    """h0 origin, h1 supernode, h2.. peers; every link tbf-limited both ways."""
+
+    def setup(self, src):
+        self.lab = netns.NetLab(2 + self.max_n, rate_mbit=self.rate_mbit).create()
+        self.ctx.on_close(self.lab.close)
+        self.nginx = Nginx(os.path.dirname(src), host=self.lab.addr(0), ns=self.lab.hosts[0],
+                           workdir=self.work).start()
+        self.url = self.nginx.url(os.path.basename(src))
+
+    def origin_for(self, n):
+        return self.nginx
+
+    def host(self, role, i=0):
+        k = 1 if role == "supernode" else 2 + i
+        return self.lab.hosts[k], self.lab.addr(k)
+
+    def supernode_limits(self):
+        return []
+
+    def peer_limits(self):
+        return []
+
+    def close(self):
+        super().close()
+        lab = getattr(self, "lab", None)
+        if lab:
+            lab.close()
+
+
+class _LoopSwarm(_Swarm):
+    """Everything on 127.0.0.1; links emulated with the product's rate limits."""
+
+    def setup(self, src):
+        self.root = os.path.dirname(src)
+        self.name = os.path.basename(src)
+        self._limit = None
+
+    def origin_for(self, n):
+        # direct: each of n connections gets link/n (the origin's uplink, shared);
+        # p2p: the supernode's one origin connection gets the whole link.
+        limit = int(self.link / n) if n else int(self.link)
+        if self.nginx is None or self._limit != limit:
+            if self.nginx:
+                self.nginx.close()
+            self.nginx = Nginx(self.root, workdir=self.work, limit_rate=limit).start()
+            self._limit = limit
+            self.url = self.nginx.url(self.name)
+        return self.nginx
+
+    def host(self, role, i=0):
+        return None, "127.0.0.1"
+
+    def supernode_limits(self):
+        return ["--upload-limit", str(int(self.link)), "--origin-limit", str(int(self.link))]
+
+    def peer_limits(self):
+        return ["--upload-limit", str(int(self.link)), "--download-limit", str(int(self.link))]
