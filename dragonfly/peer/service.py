@@ -254,7 +254,7 @@ def build_peer(reactor, c, runner=None):
                                        max_uploads=c.max_uploads,
                                        on_upload=metrics.upload_bytes.inc)
     api = PeerAPI(node, store, metrics, reactor)
-    site = Site(api.resource())
+    site = Site(api.resource(), parsePOSTFormSubmission=False)  # JSON bodies only
     site.displayTracebacks = False
     observer = make_observer("json") if c.log_format == "json" else None
     svc = PeerService(reactor, c, store, node, site, piece_factory,

@@ -82,10 +82,25 @@ def api_site(api, max_body=MAX_BODY):
         pass
 
     _Request.max_body = max_body
-    site = server.Site(api.resource())
+    site = ApiSite(api.resource(), parsePOSTFormSubmission=False)
     site.requestFactory = _Request
     site.displayTracebacks = False
     return site
+
+
+class ApiSite(server.Site):
+    """The supernode API's Site.
+
+    Bodies are JSON, never forms: Twisted's form parsing (a MIME parse of every
+    POST's Content-Type) is switched off. Successful schedule calls, the bulk
+    of the traffic (every peer, every few pieces), stay out of the access log;
+    everything else, and every error, is logged.
+    """
+
+    def log(self, request):
+        if request.code < 400 and request.path.endswith(b"/schedule"):
+            return
+        server.Site.log(self, request)
 
 
 def _json(request, obj, status=200):

@@ -355,3 +355,23 @@ class ClusterRedirectTests(APITestBase):
                   {"task_id": task, "url": URL, "peer": PEER, "redirected": True})
         mine = next(t for t in (f"task{i}" for i in range(100)) if cluster.owner(t) is None)
         self.register(task=mine)
+
+
+class ApiSiteTests(SynchronousTestCase):
+
+    def test_access_log_skips_successful_schedules(self):
+        """Successful schedule calls stay out of the access log; failed ones
+        and every other request are logged."""
+        from twisted.web import server
+        from dragonfly.supernode.api import ApiSite
+        logged = []
+        self.patch(server.Site, "log", lambda site, request: logged.append(
+            (request.path, request.code)))
+        site = ApiSite(None, parsePOSTFormSubmission=False)
+        for path, code in [(b"/api/v1/tasks/t/schedule", 200),
+                           (b"/api/v1/tasks/t/schedule", 404),
+                           (b"/api/v1/tasks", 200)]:
+            request = DummyRequest([])
+            request.path, request.code = path, code
+            site.log(request)
+        self.assertEqual(logged, [(b"/api/v1/tasks/t/schedule", 404), (b"/api/v1/tasks", 200)])

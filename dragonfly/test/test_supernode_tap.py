@@ -128,7 +128,7 @@ class MakeServiceTests(SynchronousTestCase):
         s = self.make("--advertise", "192.0.2.7")
         s.startService()
         ports = [(port, factory.__class__.__name__) for port, factory, _, _ in self.reactor.tcpServers]
-        self.assertEqual([name for _, name in ports], ["PieceServerFactory", "Site"])
+        self.assertEqual([name for _, name in ports], ["PieceServerFactory", "ApiSite"])
         self.assertEqual(self.reactor.tcpServers[1][3], "127.0.0.1")
         self.assertEqual(s.cdn.seed, PeerInfo("supernode-192.0.2.7:0", "192.0.2.7", 0))
         with open(self.dir + ".ports") as f:
