@@ -49,9 +49,10 @@ def _first(pair):
 
 class _Host:
     __slots__ = ("hid", "up", "down", "uploads", "downloads", "info",
-                 "uploaded", "downloaded", "want_waiting", "poll_version",
+                 "uploaded", "downloaded",
                  "waiter", "done_at", "pieces", "is_seed", "pending_have",
-                 "pending_failed", "scheduled_poll")
+                 "pending_failed", "scheduled_poll", "wait_deadline",
+                 "timeout_pending")
 
     def __init__(self, hid, up, down, info, is_seed=False):
         self.hid = hid
@@ -62,7 +63,6 @@ class _Host:
         self.info = info
         self.uploaded = 0
         self.downloaded = 0
-        self.poll_version = 0
         self.waiter = None
         self.done_at = None
         self.pieces = 0
@@ -70,6 +70,8 @@ class _Host:
         self.pending_have = []
         self.pending_failed = []
         self.scheduled_poll = False
+        self.wait_deadline = 0.0
+        self.timeout_pending = False
 
 
 class _Transfer:
@@ -163,28 +165,29 @@ class Swarm:
         n = len(ups)
         if not n:
             return
-        up = sender.up
-        if n == 1:
-            t = ups[0]
+        share = sender.up / n
+        caps = []
+        limited = False
+        for t in ups:
             r = t.dst
             cap = r.down / len(r.downloads)
-            self._set_rate(t, cap if cap < up else up, now)
+            caps.append(cap)
+            if cap < share:
+                limited = True
+        if not limited:
+            # no upload is held back by its receiver: equal shares
+            for t in ups:
+                if t.rate != share:
+                    self._set_rate(t, share, now)
             return
-        caps = [(t.dst.down / len(t.dst.downloads), t) for t in ups]
-        share = up / n
-        if all(c >= share for c, _ in caps):
-            # nobody is receiver-limited: equal shares
-            for _c, t in caps:
-                self._set_rate(t, share, now)
-            return
-        caps.sort(key=_first)
-        left = up
-        for cap, t in caps:
+        left = sender.up
+        for cap, t in sorted(zip(caps, ups), key=_first):
             share = left / n
             rate = cap if cap < share else share
             left -= rate
             n -= 1
-            self._set_rate(t, rate, now)
+            if t.rate != rate:
+                self._set_rate(t, rate, now)
 
     def _set_rate(self, t, rate, now):
         if rate == t.rate:
@@ -247,10 +250,9 @@ class Swarm:
             self._wait(host)
 
     def _wait(self, host):
-        d = self.scheduler.changed(TASK)
+        d = self.scheduler.changed(TASK, host.info.peer_id)
         host.waiter = d
-        host.poll_version += 1
-        version = host.poll_version
+        host.wait_deadline = self.clock.seconds() + self.poll_wait
 
         def woke(_):
             if host.waiter is d:
@@ -258,7 +260,11 @@ class Swarm:
                 self._schedule_poll(host)
 
         d.addCallbacks(woke, lambda f: None)
-        self._push(self.clock.seconds() + self.poll_wait, _POLL, host, version)
+        # One pending timeout event per host at most (re-armed when it fires
+        # early), so waiting does not fill the heap.
+        if not host.timeout_pending:
+            host.timeout_pending = True
+            self._push(host.wait_deadline, _POLL, host, 0)
 
     def _schedule_poll(self, host):
         if not host.scheduled_poll:
@@ -317,9 +323,16 @@ class Swarm:
                 if version == -1:
                     if obj.scheduled_poll:
                         self._poll(obj)
-                elif version == obj.poll_version and obj.waiter is not None:
-                    # long-poll timed out: ask again
-                    self._poll(obj)
+                else:
+                    obj.timeout_pending = False
+                    if obj.waiter is None:
+                        continue
+                    if when >= obj.wait_deadline:
+                        # long-poll timed out: ask again
+                        self._poll(obj)
+                    else:
+                        obj.timeout_pending = True
+                        self._push(obj.wait_deadline, _POLL, obj, 0)
             else:
                 sched.seed_has(TASK, obj, digest)
         return self._result(time.perf_counter() - wall)

@@ -371,7 +371,7 @@ class SupernodeAPI:
             if assignments or done or want == 0 or remaining <= 0:
                 break
             self._raise_cdn_failure(task_id)
-            if not await self._wait_change(request, task_id, remaining):
+            if not await self._wait_change(request, task_id, remaining, peer_id):
                 continue  # timed out: one last assign() above, then answer
         if self.metrics is not None:
             for a in assignments:
@@ -388,13 +388,13 @@ class SupernodeAPI:
             body["origin_status"] = e.status
         raise ApiError(502, f"the supernode could not fetch the file: {e}", **body)
 
-    async def _wait_change(self, request, task_id, timeout):
+    async def _wait_change(self, request, task_id, timeout, peer_id=None):
         """Wait for a change of C{task_id}, C{timeout} seconds at most.
 
         Returns False on timeout. When the client goes away the wait is
         cancelled at once (the scheduler forgets the waiter).
         """
-        d = self.scheduler.changed(task_id)
+        d = self.scheduler.changed(task_id, peer_id)
         d.addTimeout(timeout, self.clock)
 
         def gone(f):

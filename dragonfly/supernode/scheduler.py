@@ -64,6 +64,7 @@ _SCAN_HOLDERS = 24
 _SAMPLE_HOLDERS = 12
 # Look for sources among the peers with free upload slots when they are few.
 _SMALL_FREE = 64
+_POOL_SAMPLE = 32
 # Failed source look-ups per assign() before only sure candidates are tried.
 _MAX_MISSES = 8
 
@@ -78,14 +79,12 @@ def _bits(x):
 
 def _random_bits(x, n, rng):
     """The set bits of C{x} (all below C{n}) in random order."""
+    rand = rng.random
     k = x.bit_count()
     if k <= 16 or k * 16 < n:
-        order = list(_bits(x))
-        rng.shuffle(order)
-        yield from order
+        yield from _draw(list(_bits(x)), rand)
         return
-    # Dense: rejection-sample positions, then shuffle whatever is left.
-    rand = rng.random
+    # Dense: rejection-sample positions, then draw from whatever is left.
     misses = 0
     while x and misses < 64:
         i = int(rand() * n)
@@ -96,9 +95,17 @@ def _random_bits(x, n, rng):
             yield i
         else:
             misses += 1
-    order = list(_bits(x))
-    rng.shuffle(order)
-    yield from order
+    yield from _draw(list(_bits(x)), rand)
+
+
+def _draw(items, rand):
+    """Yield C{items} in random order, drawing lazily (callers often stop early)."""
+    while items:
+        j = int(rand() * len(items))
+        item = items[j]
+        items[j] = items[-1]
+        items.pop()
+        yield item
 
 
 class _Seed:
@@ -123,7 +130,7 @@ class _Fetch:
 
 class _Peer:
     __slots__ = ("info", "id", "have", "fetching", "fetch_mask", "uploads",
-                 "seed_fetches", "free_pos", "last_seen", "failed", "failed_mask",
+                 "seed_fetches", "seed_got", "free_pos", "last_seen", "failed", "failed_mask",
                  "fail_reporters", "bad", "alive", "joined")
 
     def __init__(self, info, now):
@@ -134,6 +141,7 @@ class _Peer:
         self.fetch_mask = 0
         self.uploads = 0                # in-flight assignments with us as source
         self.seed_fetches = 0           # our in-flight assignments from the seed
+        self.seed_got = 0               # assignments from the seed so far
         self.free_pos = -1              # index in _Task.free, -1 when absent
         self.last_seen = now
         self.failed = {}                # index -> set of source ids that failed us
@@ -156,6 +164,7 @@ class _Task:
         self.digest_mask = 0
         self.seed_mask = 0          # pieces the seed holds
         self.seed_uploads = 0
+        self.seed_given = 0         # seed assignments to current peers
         self.seed_inflight = [0] * n
         self.seed_busy = 0          # pieces at their seed copy limit
         self.count = [0] * n        # live peer holders
@@ -163,6 +172,8 @@ class _Task:
         self.held = 0               # count > 0
         self.held_good = 0          # count_good > 0
         self.few = 0                # 0 < count <= _SCAN_HOLDERS
+        self.free_holders = [0] * n # of a few-holder piece: holders in self.free
+        self.few_free = 0           # few-holder pieces with a free holder
         self.inflight = [0] * n
         self.holders = [[] for _ in range(n)]   # _Peer lists, dead removed lazily
         self.holders_dead = [0] * n
@@ -171,8 +182,10 @@ class _Task:
         self.keys = [0] if n else []
         self.peers = {}
         self.done = 0               # peers holding every piece
-        self.free = []              # peers with a free upload slot, not bad
+        self.sources = 0            # peers holding a piece, not bad
+        self.free = []              # peers holding pieces with a free upload slot, not bad
         self.expiry = deque()       # (deadline, asker, _Fetch) in creation order
+        self.n_inflight = 0         # live entries of expiry
         self.waiters = {}           # Deferred -> None, oldest first
         self.assigned = {"peer": 0, "supernode": 0}
         self.failures = 0
@@ -219,7 +232,7 @@ class Scheduler:
         sends it to at most this many askers at a time.
     """
 
-    def __init__(self, clock, max_uploads_per_peer=4, seed_max_uploads=32,
+    def __init__(self, clock, max_uploads_per_peer=4, seed_max_uploads=8,
                  assignment_timeout=60.0, peer_timeout=120.0, rng=None,
                  bad_peer_failures=3, seed_piece_copies=1):
         if max_uploads_per_peer < 1 or seed_max_uploads < 1:
@@ -253,6 +266,12 @@ class Scheduler:
         sizes = [int(s) for s in piece_sizes]
         if any(s <= 0 for s in sizes):
             raise ValueError("piece sizes must be positive")
+        if digests is not None:
+            digests = list(digests)
+            if len(digests) != len(sizes):
+                raise ValueError("one digest per piece")
+            if not all(d is None or (isinstance(d, str) and d) for d in digests):
+                raise ValueError("digests must be non-empty strings or None")
         task = self._tasks.get(task_id)
         if task is not None and task.sizes == sizes:
             task.seed = seed
@@ -261,8 +280,6 @@ class Scheduler:
                 self.remove_task(task_id)
             task = self._tasks[task_id] = _Task(task_id, sizes, seed, self.clock.seconds())
         if digests is not None:
-            if len(digests) != task.n:
-                raise ValueError("one digest per piece")
             for i, d in enumerate(digests):
                 if d is not None:
                     self.seed_has(task_id, i, d)
@@ -299,18 +316,30 @@ class Scheduler:
         return index
 
     def seed_has(self, task_id, index, digest):
-        """The CDN holds piece C{index} (sha256 hex C{digest}): assignable now."""
+        """The CDN holds piece C{index} (sha256 hex C{digest}): assignable now.
+
+        A digest different from the one known for that piece means the file
+        changed: the task starts afresh (peers must join again).
+        """
         task = self._task(task_id)
         i = self._index(task, index)
         if not isinstance(digest, str) or not digest:
             raise ValueError("digest must be a non-empty string")
         bit = 1 << i
-        if task.seed_mask & bit and task.digests[i] == digest:
-            return
+        known = task.digests[i]
+        if known == digest:
+            if task.seed_mask & bit:
+                return
+        elif known is not None:
+            # The content changed under the same task id: what the swarm
+            # holds is stale. Start the task afresh.
+            sizes, seed = task.sizes, task.seed
+            self.remove_task(task_id)
+            task = self._tasks[task_id] = _Task(task_id, sizes, seed, self.clock.seconds())
         task.digests[i] = digest
         task.digest_mask |= bit
         task.seed_mask |= bit
-        self._wake(task, self.seed_piece_copies + 1)
+        self._wake(task, self.seed_piece_copies + 1, bit)
 
     # -- peers -------------------------------------------------------------
 
@@ -327,8 +356,7 @@ class Scheduler:
             p.info = peer
             p.last_seen = now
             return
-        p = task.peers[peer.peer_id] = _Peer(peer, now)
-        self._free_add(task, p)
+        task.peers[peer.peer_id] = _Peer(peer, now)
 
     def leave(self, task_id, peer_id):
         """C{peer_id} is gone: its slots are freed and its pieces forgotten."""
@@ -338,18 +366,22 @@ class Scheduler:
         p = task.peers.get(peer_id)
         if p is None:
             return
-        released = self._remove_peer(task, p)
-        self._wake(task, 2 * released + 1)
+        released, offered = self._remove_peer(task, p)
+        self._wake(task, released + 1, offered)
 
     def _remove_peer(self, task, p):
         released = 0
+        offered = 0
         for f in list(p.fetching.values()):
-            self._release(task, p, f)
+            offered |= self._release(task, p, f)
             released += 1
         p.alive = False
         self._free_remove(task, p)
         if p.have == task.full:
             task.done -= 1
+        if p.have and not p.bad:
+            task.sources -= 1
+        task.seed_given -= p.seed_got
         for i in _bits(p.have):
             c = task.count[i] = task.count[i] - 1
             task.move(i, -1)
@@ -358,6 +390,10 @@ class Scheduler:
                 task.few &= ~(1 << i)
             elif c == _SCAN_HOLDERS:
                 task.few |= 1 << i
+                fh = task.free_holders[i] = sum(
+                    1 for h in task.holders[i] if h.alive and h.free_pos >= 0)
+                if fh:
+                    task.few_free |= 1 << i
             if not p.bad:
                 task.count_good[i] -= 1
                 if task.count_good[i] == 0:
@@ -368,12 +404,19 @@ class Scheduler:
                 task.holders[i] = [h for h in hl if h.alive]
                 task.holders_dead[i] = 0
         del task.peers[p.id]
-        return released
+        return released, offered
 
     def _free_add(self, task, p):
-        if p.free_pos < 0 and p.alive and not p.bad and p.uploads < self.max_uploads_per_peer:
+        if (p.free_pos < 0 and p.have and p.alive and not p.bad
+                and p.uploads < self.max_uploads_per_peer):
             p.free_pos = len(task.free)
             task.free.append(p)
+            few = p.have & task.few
+            if few:
+                fh = task.free_holders
+                for i in _bits(few):
+                    fh[i] += 1
+                task.few_free |= few
 
     def _free_remove(self, task, p):
         pos = p.free_pos
@@ -384,6 +427,13 @@ class Scheduler:
             task.free[pos] = last
             last.free_pos = pos
         p.free_pos = -1
+        few = p.have & task.few
+        if few:
+            fh = task.free_holders
+            for i in _bits(few):
+                fh[i] -= 1
+                if not fh[i]:
+                    task.few_free &= ~(1 << i)
 
     # -- reports -----------------------------------------------------------
 
@@ -402,21 +452,26 @@ class Scheduler:
                 raise ValueError("failed source must be a peer id")
         p.last_seen = self.clock.seconds()
         opportunities = 0
+        offered = 0     # pieces that freed slots or new holders can now serve
         for i, s in failed:
             f = p.fetching.get(i)
             if f is not None and self._source_id(task, f.source) == s:
-                self._release(task, p, f)
+                offered |= self._release(task, p, f)
                 opportunities += 1
             self._record_failure(task, p, i, s)
+        new = 0
         for i in have:
             f = p.fetching.get(i)
             if f is not None:
-                self._release(task, p, f)
+                offered |= self._release(task, p, f)
                 opportunities += 1
             if self._add_have(task, p, i):
-                opportunities += self.max_uploads_per_peer
+                new |= 1 << i
+        if new and not p.bad:
+            offered |= p.have
+            opportunities += max(0, self.max_uploads_per_peer - p.uploads)
         if opportunities:
-            self._wake(task, 2 * opportunities)
+            self._wake(task, opportunities + 1, offered)
 
     def _source_id(self, task, source):
         return task.seed.peer_id if source is _SEED else source.id
@@ -434,6 +489,8 @@ class Scheduler:
         src.fail_reporters.add(asker.id)
         if len(src.fail_reporters) >= self.bad_peer_failures:
             src.bad = True
+            if src.have:
+                task.sources -= 1
             self._free_remove(task, src)
             for j in _bits(src.have):
                 task.count_good[j] -= 1
@@ -444,6 +501,9 @@ class Scheduler:
         bit = 1 << i
         if p.have & bit:
             return False
+        first = not p.have
+        if first and not p.bad:
+            task.sources += 1
         p.have |= bit
         if p.have == task.full:
             task.done += 1
@@ -452,6 +512,13 @@ class Scheduler:
             task.few |= bit
         elif c == _SCAN_HOLDERS + 1:
             task.few &= ~bit
+            task.few_free &= ~bit
+            task.free_holders[i] = 0
+        if first:
+            self._free_add(task, p)
+        elif p.free_pos >= 0 and task.few & bit:
+            task.free_holders[i] += 1
+            task.few_free |= bit
         task.move(i, 1)
         task.held |= bit
         if not p.bad:
@@ -464,10 +531,14 @@ class Scheduler:
         return True
 
     def _release(self, task, asker, f):
-        """End in-flight assignment C{f} of C{asker}: free its slot."""
+        """End in-flight assignment C{f} of C{asker}: free its slot.
+
+        Returns the pieces the freed source can serve.
+        """
         i = f.index
         del asker.fetching[i]
         asker.fetch_mask &= ~(1 << i)
+        task.n_inflight -= 1
         task.inflight[i] -= 1
         task.move(i, -1)
         src = f.source
@@ -477,9 +548,13 @@ class Scheduler:
             task.seed_inflight[i] -= 1
             if task.seed_inflight[i] < self.seed_piece_copies:
                 task.seed_busy &= ~(1 << i)
-        elif src.alive:
+            return task.seed_mask
+        if src.alive:
             src.uploads -= 1
             self._free_add(task, src)
+            if not src.bad:
+                return src.have
+        return 0
 
     # -- assignment --------------------------------------------------------
 
@@ -494,6 +569,13 @@ class Scheduler:
             return []
         need = task.avail & ~a.have & ~a.fetch_mask
         if not need:
+            return []
+        # Fair share of the swarm's upload slots: when there are fewer slots
+        # than askers want, nobody hoards them (and early pieces spread wide).
+        active = max(1, len(task.peers) - task.done)
+        slots = task.sources * self.max_uploads_per_peer + self.seed_max_uploads
+        want = min(want, max(1, -(-slots // active)) - len(a.fetching))
+        if want <= 0:
             return []
         # Candidate sources: every peer with a free upload slot when they are
         # few, else a random sample of them; pieces with few holders are
@@ -511,22 +593,23 @@ class Scheduler:
         else:
             exact = False
             rand = rng.random
-            pool = [free[int(rand() * nfree)] for _ in range(_SMALL_FREE)]
+            pool = [free[int(rand() * nfree)] for _ in range(_POOL_SAMPLE)]
         union = 0
         for q in pool:
             union |= q.have
-        # The seed's slots are shared fairly among the peers still downloading.
-        active = max(1, len(task.peers) - task.done)
+        # The seed is shared fairly among the peers still downloading: at
+        # once (its slots) and over time (no asker far above the average).
         seed_share = -(-self.seed_max_uploads // active)
         seed_ok = (task.seed_uploads < self.seed_max_uploads
-                   and a.seed_fetches < seed_share)
+                   and a.seed_fetches < seed_share
+                   and a.seed_got * active <= task.seed_given + active)
         if seed_ok:
             union |= task.seed_mask & ~task.held_good & ~task.seed_busy
         # Pieces some candidate can serve, plus (when sampling) the pieces
         # with few holders, which are looked up exactly but may all be busy:
         # stop trying those after a few misses.
         sure = need & (union | a.failed_mask)
-        need = sure | (need & task.few) if not exact else sure
+        need = sure | (need & task.few_free) if not exact else sure
         if not need:
             return []
         out = []
@@ -544,7 +627,8 @@ class Scheduler:
             out.append(self._start(task, a, i, src, now))
             if src is _SEED:
                 seed_ok = (task.seed_uploads < self.seed_max_uploads
-                           and a.seed_fetches < seed_share)
+                           and a.seed_fetches < seed_share
+                           and a.seed_got * active <= task.seed_given + active)
             if len(out) >= want:
                 break
         return out
@@ -630,8 +714,16 @@ class Scheduler:
         task.inflight[i] += 1
         task.move(i, 1)
         task.expiry.append((f.deadline, a, f))
+        task.n_inflight += 1
+        if len(task.expiry) > 2 * task.n_inflight + 64:
+            # Reported assignments linger in the queue: drop them now and
+            # then so it stays proportional to what is really in flight.
+            task.expiry = deque(e for e in task.expiry
+                                if e[1].alive and e[1].fetching.get(e[2].index) is e[2])
         if src is _SEED:
             a.seed_fetches += 1
+            a.seed_got += 1
+            task.seed_given += 1
             task.seed_uploads += 1
             task.seed_inflight[i] += 1
             if task.seed_inflight[i] >= self.seed_piece_copies:
@@ -659,36 +751,55 @@ class Scheduler:
         task = self._task(task_id)
         return list(_bits(self._peer(task, peer_id).have))
 
-    def changed(self, task_id):
+    def changed(self, task_id, peer_id=None):
         """A Deferred that fires (with None) on a later change of C{task_id}.
 
-        Changes are: pieces reaching the seed, reports, peers leaving,
-        assignments expiring, the task being removed. To avoid waking every
-        waiting peer for one freed slot, a change wakes at most a few waiters
-        (about twice the number of new assignment chances it created), oldest
-        first; a waiter that then finds nothing to do simply waits again.
+        Changes are: pieces reaching the seed, reports (new holders, freed
+        upload slots, failures), peers leaving, assignments expiring, the
+        task being removed. To avoid waking every waiting peer for one freed
+        slot, a change wakes only about as many waiters as it created
+        assignment chances, oldest first; when C{peer_id} is given, only if
+        the change offers a piece that peer still needs. A waiter that then
+        finds nothing to do simply waits again (long-poll loop).
         Cancel the Deferred (e.g. through C{addTimeout}) to stop waiting;
         cancelled waiters are forgotten at once.
         """
         task = self._task(task_id)
         waiters = task.waiters
+        peer = task.peers.get(peer_id) if peer_id is not None else None
 
         def cancel(d):
             waiters.pop(d, None)
 
         d = defer.Deferred(cancel)
-        waiters[d] = None
+        waiters[d] = peer
         return d
 
-    def _wake(self, task, count):
+    def _wake(self, task, count, offered=None):
+        """Fire up to C{count} waiters that need one of the C{offered} pieces."""
         waiters = task.waiters
         if not waiters or count <= 0:
             return
         ds = []
-        for d in waiters:
-            ds.append(d)
-            if len(ds) >= count:
-                break
+        if offered is None:
+            for d in waiters:
+                ds.append(d)
+                if len(ds) >= count:
+                    break
+        else:
+            offered &= task.avail
+            if not offered:
+                return
+            budget = max(32, 8 * count)
+            for d, p in waiters.items():
+                if (p is None or not p.alive
+                        or offered & ~p.have & ~p.fetch_mask):
+                    ds.append(d)
+                    if len(ds) >= count:
+                        break
+                budget -= 1
+                if not budget:
+                    break
         for d in ds:
             del waiters[d]
         for d in ds:
@@ -698,25 +809,28 @@ class Scheduler:
         """Drop timed-out assignments and peers silent for C{peer_timeout}."""
         now = self.clock.seconds()
         for task in list(self._tasks.values()):
-            released = self._expire_assignments(task, now, wake=False)
+            released, offered = self._expire_assignments(task, now, wake=False)
             for p in list(task.peers.values()):
                 if p.last_seen + self.peer_timeout <= now:
-                    released += self._remove_peer(task, p) + 1
+                    r, o = self._remove_peer(task, p)
+                    released += r
+                    offered |= o
             if released:
-                self._wake(task, 2 * released)
+                self._wake(task, released + 1, offered)
 
     def _expire_assignments(self, task, now, wake=True):
         q = task.expiry
         released = 0
+        offered = 0
         while q and q[0][0] <= now:
             _deadline, a, f = q.popleft()
             if a.alive and a.fetching.get(f.index) is f:
-                self._release(task, a, f)
+                offered |= self._release(task, a, f)
                 task.expired += 1
                 released += 1
         if wake and released:
-            self._wake(task, 2 * released)
-        return released
+            self._wake(task, released + 1, offered)
+        return released, offered
 
     def stats(self):
         """Counters for metrics: tasks, peers, assignments by source kind."""
@@ -747,3 +861,84 @@ class Scheduler:
             "assigned": dict(task.assigned),
             "failures": task.failures, "expired": task.expired,
         }
+
+    def _verify(self, task_id):
+        """Recompute every derived count of C{task_id} and assert it matches.
+
+        A debugging and test aid: O(peers * pieces).
+        """
+        task = self._task(task_id)
+        n = task.n
+        count = [0] * n
+        good = [0] * n
+        inflight = [0] * n
+        seed_inflight = [0] * n
+        uploads = {}
+        seed_uploads = 0
+        done = sources = seed_given = 0
+        for pid, p in task.peers.items():
+            assert p.id == pid and p.alive
+            if p.have == task.full:
+                done += 1
+            if p.have and not p.bad:
+                sources += 1
+            seed_given += p.seed_got
+            for i in _bits(p.have):
+                count[i] += 1
+                if not p.bad:
+                    good[i] += 1
+            mask = 0
+            seed_fetches = 0
+            for i, f in p.fetching.items():
+                assert f.index == i and not p.have >> i & 1
+                mask |= 1 << i
+                inflight[i] += 1
+                if f.source is _SEED:
+                    seed_uploads += 1
+                    seed_fetches += 1
+                    seed_inflight[i] += 1
+                elif f.source.alive:
+                    assert f.source is not p
+                    uploads[f.source.id] = uploads.get(f.source.id, 0) + 1
+            assert mask == p.fetch_mask
+            assert seed_fetches == p.seed_fetches
+        assert (done, sources, seed_given) == (task.done, task.sources, task.seed_given)
+        assert count == task.count and good == task.count_good
+        assert inflight == task.inflight and seed_inflight == task.seed_inflight
+        assert seed_uploads == task.seed_uploads <= self.seed_max_uploads
+        assert sum(inflight) == task.n_inflight <= len(task.expiry)
+        held = held_good = few = busy = 0
+        for i in range(n):
+            if count[i]:
+                held |= 1 << i
+                if count[i] <= _SCAN_HOLDERS:
+                    few |= 1 << i
+            if good[i]:
+                held_good |= 1 << i
+            if seed_inflight[i] >= self.seed_piece_copies:
+                busy |= 1 << i
+            assert task.key[i] == count[i] + inflight[i]
+            assert task.buckets[task.key[i]] >> i & 1
+            assert {h.id for h in task.holders[i] if h.alive} == {
+                p.id for p in task.peers.values() if p.have >> i & 1}
+        assert (held, held_good, few, busy) == (task.held, task.held_good, task.few, task.seed_busy)
+        few_free = 0
+        for i in _bits(few):
+            fh = sum(1 for p in task.peers.values() if p.have >> i & 1 and p.free_pos >= 0)
+            assert task.free_holders[i] == fh, (i, task.free_holders[i], fh)
+            if fh:
+                few_free |= 1 << i
+        assert few_free == task.few_free
+        assert task.keys == sorted(task.buckets) and all(task.buckets.values())
+        allbits = 0
+        for m in task.buckets.values():
+            assert not allbits & m
+            allbits |= m
+        assert allbits == task.full
+        for p in task.peers.values():
+            assert p.uploads == uploads.get(p.id, 0) <= self.max_uploads_per_peer
+            in_free = p.free_pos >= 0
+            assert in_free == bool(p.have and not p.bad and p.uploads < self.max_uploads_per_peer)
+            if in_free:
+                assert task.free[p.free_pos] is p
+        assert len(task.free) == sum(1 for p in task.peers.values() if p.free_pos >= 0)

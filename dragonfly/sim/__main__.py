@@ -1,0 +1,112 @@
+"""python -m dragonfly.sim --hosts 100,1000,10000 --size 1G --link 1Gbit --json out.json
+
+Runs the swarm simulator (dragonfly.sim.swarm) once per host count and prints
+completion time (max, median) against the lower bound
+max(F/u_seed, F/d, N*F/(u_seed + N*u)) and the seed's egress as a multiple of
+the file size F.
+"""
+import json
+import re
+import sys
+
+from twisted.python import usage
+
+from dragonfly.config import parse_size
+from dragonfly.sim.swarm import simulate
+
+_BITS_RE = re.compile(r"\A\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(?:bit|bps|b)(?:/s)?\s*\Z")
+_DECIMAL = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+
+
+def parse_link(value):
+    """Bytes per second from '1Gbit' (decimal bits) or '125M' (bytes, K=1024)."""
+    m = _BITS_RE.match(value)
+    if m:
+        rate = float(m.group(1)) * _DECIMAL[m.group(2).upper()] / 8
+    else:
+        rate = float(parse_size(value))
+    return rate
+
+
+def parse_hosts(value):
+    try:
+        hosts = [int(h) for h in value.split(",") if h.strip()]
+    except ValueError:
+        raise usage.UsageError(f"--hosts wants integers like 100,1000: {value!r}")
+    if not hosts or any(h < 1 for h in hosts):
+        raise usage.UsageError("--hosts wants positive integers")
+    return hosts
+
+
+class Options(usage.Options):
+    synopsis = "python -m dragonfly.sim [options]"
+    optParameters = [
+        ["hosts", None, "100,1000,10000", "Comma-separated peer host counts, one run each."],
+        ["size", None, "1G", "File size (K/M/G = powers of 1024)."],
+        ["piece-size", None, "4M", "Piece size."],
+        ["link", None, "1Gbit", "Every host's uplink and downlink (e.g. 1Gbit, 100Mbit, 125M bytes/s)."],
+        ["uplink", None, None, "Peer uplink, overriding --link."],
+        ["downlink", None, None, "Peer downlink, overriding --link."],
+        ["seed-link", None, None, "The seed's (supernode's) uplink; default --link."],
+        ["origin", None, "0", "Origin-to-seed rate; 0 = the seed already holds the file."],
+        ["concurrency", None, 4, "Pieces each peer downloads at once.", int],
+        ["max-uploads", None, 4, "Scheduler: uploads per peer.", int],
+        ["seed-slots", None, 8, "Scheduler: uploads of the seed.", int],
+        ["seed", None, 1, "Random seed.", int],
+        ["json", None, None, "Write the results as JSON to this file."],
+    ]
+
+    def postOptions(self):
+        self["hosts"] = parse_hosts(self["hosts"])
+        try:
+            self["size"] = parse_size(self["size"])
+            self["piece-size"] = parse_size(self["piece-size"])
+            link = parse_link(self["link"])
+            self["uplink"] = parse_link(self["uplink"]) if self["uplink"] else link
+            self["downlink"] = parse_link(self["downlink"]) if self["downlink"] else link
+            self["seed-link"] = parse_link(self["seed-link"]) if self["seed-link"] else link
+            self["origin"] = parse_link(self["origin"])
+        except (ValueError, KeyError) as e:
+            raise usage.UsageError(str(e))
+        if self["size"] < 1 or self["piece-size"] < 1:
+            raise usage.UsageError("--size and --piece-size must be positive")
+        if min(self["uplink"], self["downlink"], self["seed-link"]) <= 0:
+            raise usage.UsageError("link rates must be positive")
+        for k in ("concurrency", "max-uploads", "seed-slots"):
+            if self[k] < 1:
+                raise usage.UsageError(f"--{k} must be at least 1")
+
+
+def main(argv=None, out=sys.stdout, err=sys.stderr):
+    opts = Options()
+    try:
+        opts.parseOptions(argv if argv is not None else sys.argv[1:])
+    except usage.UsageError as e:
+        print(f"{opts}\nerror: {e}", file=err)
+        return 2
+    results = []
+    print(f"{'hosts':>7} {'max s':>8} {'median s':>9} {'bound s':>8} {'max/bound':>9} "
+          f"{'med/bound':>9} {'seed egress':>11} {'wall s':>7}", file=out)
+    for n in opts["hosts"]:
+        r = simulate(
+            n, opts["size"], piece_size=opts["piece-size"], up=opts["uplink"],
+            down=opts["downlink"], seed_up=opts["seed-link"],
+            origin_rate=opts["origin"], concurrency=opts["concurrency"],
+            seed=opts["seed"],
+            scheduler_args={"max_uploads_per_peer": opts["max-uploads"],
+                            "seed_max_uploads": opts["seed-slots"]})
+        results.append(dict(r))
+        print(f"{n:>7} {r['max_time']:>8.3f} {r['median_time']:>9.3f} {r['lower_bound']:>8.3f} "
+              f"{r['ratio_max']:>9.3f} {r['ratio_median']:>9.3f} {r['seed_egress_x']:>10.2f}F "
+              f"{r['wall_seconds']:>7.1f}", file=out, flush=True)
+        if r["completed"] != n:
+            print(f"  only {r['completed']} of {n} hosts completed", file=out)
+    if opts["json"]:
+        with open(opts["json"], "w") as f:
+            json.dump({"argv": list(argv if argv is not None else sys.argv[1:]),
+                       "results": results}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
