@@ -70,8 +70,9 @@ class IRunner(Interface):
 class IScheduler(Interface):
     """Decides which peer fetches which piece from whom."""
 
-    def assign(task_id, peer_id, want):
-        """Up to C{want} Assignments for C{peer_id}."""
+    def assign(task_id, peer_id, want, cursor=None):
+        """Up to C{want} Assignments for C{peer_id}; C{cursor}: it streams in
+        order and holds every piece below that index (None: no preference)."""
 
     def report(task_id, peer_id, have=(), failed=()):
         """Record finished pieces and failed sources."""

@@ -355,17 +355,24 @@ class SupernodeAPI:
         if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not math.isfinite(wait) or wait < 0:
             raise ApiError(400, "wait must be a non-negative number of seconds")
         wait = min(float(wait), self.max_wait)
+        # A streaming peer holds every piece below its cursor and wants the
+        # next ones soonest; absent (or null) = no preference.
+        cursor = body.get("cursor")
+        if cursor is not None:
+            _int(cursor, "cursor", 0, 1 << 31)
 
         if not self.scheduler.has_task(task_id):
             self._raise_cdn_failure(task_id)
             raise ApiError(404, f"unknown task {task_id!r} (register first)")
+        if cursor is not None and cursor > self.scheduler.piece_count(task_id):
+            raise ApiError(400, "cursor is beyond the last piece")
         try:
             self.scheduler.report(task_id, peer_id, have=have, failed=failed)
         except ValueError as e:
             raise ApiError(400, str(e))
         deadline = self.clock.seconds() + wait
         while True:
-            assignments = self.scheduler.assign(task_id, peer_id, want)
+            assignments = self.scheduler.assign(task_id, peer_id, want, cursor=cursor)
             done = self.scheduler.is_done(task_id, peer_id)
             remaining = deadline - self.clock.seconds()
             if assignments or done or want == 0 or remaining <= 0:

@@ -17,6 +17,10 @@ Policy (docs/design.md "Scheduler"):
 
   - rarest-first among the pieces the asker lacks and is not fetching, random
     tie-break;
+  - an asker that streams the file in order passes a C{cursor} (it holds
+    every piece below it): part of its slots go to the lowest pieces from
+    the cursor on that it still needs (a small window), in order, the rest
+    stay rarest-first so the swarm keeps spreading pieces;
   - the source is the least-loaded eligible holder peer under its upload limit;
     eligible = alive, not marked bad, not reported failing by this asker for
     this piece;
@@ -67,6 +71,37 @@ _SMALL_FREE = 64
 _POOL_SAMPLE = 32
 # Failed source look-ups per assign() before only sure candidates are tried.
 _MAX_MISSES = 8
+# Streaming askers (a cursor): the in-order window is this many times their
+# want (at least _MIN_WINDOW pieces) of the pieces they still need.
+_WINDOW_FACTOR = 2
+_MIN_WINDOW = 4
+# Bits examined per step when looking for the lowest set bits of a big bitset.
+_CHUNK = 1024
+_CHUNK_MASK = (1 << _CHUNK) - 1
+
+
+def _lowest_bits(x, k):
+    """The (at most) C{k} lowest set bits of C{x}, lowest first.
+
+    Works on bounded slices of C{x}, so the cost grows with C{k} and with the
+    gaps skipped, not with C{x}'s width per bit found.
+    """
+    out = []
+    base = 0
+    while x and len(out) < k:
+        chunk = x & _CHUNK_MASK
+        if not chunk:
+            skip = (x & -x).bit_length() - 1
+            x >>= skip
+            base += skip
+            continue
+        while chunk and len(out) < k:
+            low = chunk & -chunk
+            out.append(base + low.bit_length() - 1)
+            chunk ^= low
+        x >>= _CHUNK
+        base += _CHUNK
+    return out
 
 
 def _bits(x):
@@ -131,7 +166,7 @@ class _Fetch:
 class _Peer:
     __slots__ = ("info", "id", "have", "fetching", "fetch_mask", "uploads",
                  "seed_fetches", "seed_got", "free_pos", "last_seen", "failed", "failed_mask",
-                 "fail_reporters", "bad", "alive", "joined")
+                 "fail_reporters", "bad", "alive", "joined", "seq_turn")
 
     def __init__(self, info, now):
         self.info = info
@@ -150,6 +185,7 @@ class _Peer:
         self.bad = False
         self.alive = True
         self.joined = now
+        self.seq_turn = True            # streaming, want 1: in-order next (else rarest)
 
 
 class _Task:
@@ -558,10 +594,25 @@ class Scheduler:
 
     # -- assignment --------------------------------------------------------
 
-    def assign(self, task_id, peer_id, want):
-        """Up to C{want} new L{Assignment}s for C{peer_id}, rarest pieces first."""
+    def piece_count(self, task_id):
+        """The number of pieces of C{task_id}."""
+        return self._task(task_id).n
+
+    def assign(self, task_id, peer_id, want, cursor=None):
+        """Up to C{want} new L{Assignment}s for C{peer_id}, rarest pieces first.
+
+        @param cursor: None, or the index (0 to piece count) up to which the
+            asker streams the file in order and holds every piece: it then
+            gets, for part of C{want}, the lowest pieces from C{cursor} on
+            that it needs, lowest first in the answer (see L{_sequential}).
+        @raise ValueError: for a cursor that is not an int in that range
+            (nothing is changed).
+        """
         task = self._task(task_id)
         a = self._peer(task, peer_id)
+        if cursor is not None and (isinstance(cursor, bool) or not isinstance(cursor, int)
+                                   or not 0 <= cursor <= task.n):
+            raise ValueError(f"cursor out of range: {cursor!r}")
         now = self.clock.seconds()
         a.last_seen = now
         self._expire_assignments(task, now)
@@ -608,11 +659,33 @@ class Scheduler:
         # Pieces some candidate can serve, plus (when sampling) the pieces
         # with few holders, which are looked up exactly but may all be busy:
         # stop trying those after a few misses.
+        wanted = need
         sure = need & (union | a.failed_mask)
         need = sure | (need & task.few_free) if not exact else sure
         if not need:
             return []
         out = []
+        streaming = cursor is not None and cursor < task.n
+        if streaming:
+            # The next pieces in order first, for part of want; unused
+            # in-order slots go to rarest-first below.
+            window, quota = self._sequential(task, a, cursor, want, wanted, need)
+            for i in window:
+                if len(out) >= quota:
+                    break
+                src = self._pick_source(task, a, i, pool, exact, seed_ok)
+                if src is None:
+                    continue
+                out.append(self._start(task, a, i, src, now))
+                need &= ~(1 << i)
+                if src is _SEED:
+                    seed_ok = (task.seed_uploads < self.seed_max_uploads
+                               and a.seed_fetches < seed_share
+                               and a.seed_got * active <= task.seed_given + active)
+            if want == 1 and out:
+                a.seq_turn = False
+            if len(out) >= want or not need:
+                return out
         misses = 0
         for i in self._rarest(task, need):
             bit = 1 << i
@@ -631,7 +704,37 @@ class Scheduler:
                            and a.seed_got * active <= task.seed_given + active)
             if len(out) >= want:
                 break
+        if streaming and want == 1 and out:
+            a.seq_turn = True
         return out
+
+    def _sequential(self, task, a, cursor, want, wanted, need):
+        """C{(window, quota)}: the in-order candidates of streaming asker C{a}.
+
+        C{window} is, lowest first, those of the first C{_WINDOW_FACTOR *
+        want} (at least C{_MIN_WINDOW}) pieces from C{cursor} on that C{a}
+        could be assigned (C{wanted}: available, not held, not being fetched)
+        that some candidate source can serve (C{need}). C{quota} is how many
+        of them to assign: half of C{want}, rounded down, so rarest-first
+        keeps the rest; for C{want} 1, every other assignment (C{seq_turn})
+        unless the stream is blocked: the lowest piece from the cursor on
+        that C{a} lacks is not in flight, which always gets the slot.
+        """
+        if want >= 2:
+            quota = want // 2
+        elif a.seq_turn:
+            quota = 1
+        else:
+            lacking = (task.full & ~a.have) >> cursor
+            low = lacking & -lacking
+            blocked = bool(low) and not a.fetch_mask >> (cursor + low.bit_length() - 1) & 1
+            quota = 1 if blocked else 0
+        if not quota:
+            return (), 0
+        size = max(_WINDOW_FACTOR * want, _MIN_WINDOW)
+        window = [cursor + i for i in _lowest_bits(wanted >> cursor, size)
+                  if need >> (cursor + i) & 1]
+        return window, quota
 
     def _rarest(self, task, need):
         """The pieces in C{need}, lowest rarity key first, ties in random order."""

@@ -1,4 +1,5 @@
 """Tests for dragonfly.supernode.scheduler."""
+import hashlib
 import random
 
 from hypothesis import HealthCheck, given, settings
@@ -192,6 +193,173 @@ class RarestFirstTests(SchedulerMixin, SynchronousTestCase):
         self.assertNotIn(0, first | second)
         self.assertFalse(first & second)
         self.assertEqual(first | second, {1, 2, 3})
+
+
+class StreamingTests(SchedulerMixin, SynchronousTestCase):
+    """An asker streaming the file in order passes a cursor."""
+
+    def indices(self, assignments):
+        return [a.index for a in assignments]
+
+    def test_first_assignments_in_order(self):
+        """When a streaming peer asks with a cursor, its first assignments are the
+        lowest pieces from the cursor on that it neither holds nor fetches."""
+        s = self.make(pieces=64, seed_max_uploads=64)
+        self.join(1)
+        got = s.assign(T, "peer-1", 8, cursor=0)
+        self.assertEqual(self.indices(got)[:4], [0, 1, 2, 3])
+        self.join(2)
+        self.give(2, *range(10), 12)
+        got = s.assign(T, "peer-2", 6, cursor=10)
+        self.assertEqual(self.indices(got)[:3], [10, 11, 13])
+
+    def test_rarest_share_kept(self):
+        """When a streaming peer asks for several pieces, about half of them are still
+        the rarest ones (here: the pieces beyond its window), not the next in order."""
+        s = self.make(pieces=16, max_uploads_per_peer=8)
+        self.join(*range(1, 8))
+        for n in range(1, 7):
+            self.give(n, *range(8))       # 0-7: six holders each
+        self.give(7, *range(8, 16))       # 8-15: one holder
+        self.join(8)
+        got = self.indices(s.assign(T, "peer-8", 4, cursor=0))
+        self.assertEqual(got[:2], [0, 1])
+        self.assertEqual(len(got), 4)
+        self.assertTrue(all(i >= 8 for i in got[2:]), got)
+        # Without a cursor the same asker would get only rare pieces.
+        self.join(9)
+        got = self.indices(s.assign(T, "peer-9", 4))
+        self.assertTrue(all(i >= 8 for i in got), got)
+
+    def test_window_exhausted(self):
+        """When no source can serve the pieces in the window (busy holders), the
+        in-order slots go to rarest-first instead of waiting or using the seed."""
+        s = self.make(pieces=16, max_uploads_per_peer=1, seed_max_uploads=16)
+        self.join(1, 2, 3, 4)
+        self.give(1, *range(6))
+        self.give(4, *range(6))
+        [a] = s.assign(T, "peer-2", 1, cursor=0)   # takes one holder's only slot
+        [b] = s.assign(T, "peer-3", 1, cursor=0)   # and the other's
+        self.assertEqual((a.index, b.index), (0, 0))
+        self.assertEqual({a.source, b.source}, {peer(1), peer(4)})
+        # Window 1-4: held, but by busy peers (and so not from the seed).
+        got = s.assign(T, "peer-3", 2, cursor=0)
+        self.assertEqual(len(got), 2)
+        for x in got:
+            self.assertEqual(x.source, SEED)
+            self.assertGreaterEqual(x.index, 6)
+
+    def test_want_one_alternates(self):
+        """When a streaming peer asks for one piece at a time, in-order and
+        rarest-first assignments alternate while its next piece is in flight."""
+        s = self.make(pieces=64, max_uploads_per_peer=64)
+        self.join(1, 2, 3, 4)
+        self.give(2, *range(64))
+        self.give(3, *range(64))
+        self.give(4, *range(32))         # pieces 32-63 are rarer
+        got = [s.assign(T, "peer-1", 1, cursor=0) for _ in range(8)]
+        self.assertEqual([self.indices(g) for g in got[::2]], [[0], [1], [2], [3]])
+        for g in got[1::2]:
+            [a] = g
+            self.assertGreaterEqual(a.index, 32)
+
+    def test_blocked_stream_gets_the_slot(self):
+        """When a streaming peer's next piece is not in flight (its fetch failed),
+        the next single assignment is that piece, whoever's turn it was."""
+        s = self.make(pieces=32, seed_max_uploads=64)
+        self.join(1, 2)
+        self.give(2, *range(32))
+        [a] = s.assign(T, "peer-1", 1, cursor=0)
+        self.assertEqual(a.index, 0)
+        s.report(T, "peer-1", failed=[(0, "peer-2")])   # peer 2 failed it: the seed next
+        [b] = s.assign(T, "peer-1", 1, cursor=0)
+        self.assertEqual((b.index, b.source), (0, SEED))
+
+    def test_cursor_beyond_held_prefix(self):
+        """The cursor only says where to start: pieces below it are never assigned
+        first, and a cursor at the piece count means no preference."""
+        s = self.make(pieces=8, seed_max_uploads=64)
+        self.join(1)
+        got = self.indices(s.assign(T, "peer-1", 2, cursor=6))
+        self.assertEqual(got[0], 6)
+        results = []
+        for cursor in (None, 8):
+            s = self.make(pieces=8, seed_max_uploads=64, rng=random.Random(2))
+            self.join(1)
+            results.append(self.indices(s.assign(T, "peer-1", 8, cursor=cursor)))
+        self.assertEqual(len(results[0]), 8)
+        self.assertEqual(results[0], results[1])
+        self.assertNotEqual(results[0], sorted(results[0]))   # rarest-first, random ties
+
+    def test_bad_cursor(self):
+        """When the cursor is not an int from 0 to the piece count, assign raises
+        ValueError and changes nothing."""
+        s = self.make(pieces=4)
+        self.join(1)
+        for bad in (-1, 5, True, 1.0, "0"):
+            self.assertRaises(ValueError, s.assign, T, "peer-1", 2, cursor=bad)
+        self.assertEqual(s.task_stats(T)["inflight"], 0)
+        self.assertEqual(s.piece_count(T), 4)
+
+    def test_large_swarm(self):
+        """With sampled sources, in-order assignments still come from holders under
+        their limit."""
+        s = self.make(pieces=32, max_uploads_per_peer=2)
+        self.join(*range(1, 200))
+        r = random.Random(3)
+        for n in range(1, 100):
+            self.give(n, *r.sample(range(32), 16))
+        for n in range(100, 200):
+            got = s.assign(T, f"peer-{n}", 4, cursor=0)
+            for a in got:
+                if a.source != SEED:
+                    self.assertIn(a.index, s.holds(T, a.source.peer_id))
+        s._verify(T)
+
+    def test_no_cursor_unchanged(self):
+        """Without a cursor the scheduler decides exactly as before streaming hints
+        existed: a fixed random workload gives the recorded assignment sequence
+        (recorded with the scheduler of commit d5bb52c)."""
+        log = _workload(Scheduler)
+        self.assertEqual(len(log), 628)
+        self.assertEqual(hashlib.sha256(repr(log).encode()).hexdigest(),
+                         "85b7eb651da185fd662b9d2aece40ebaf67c0255469798a46cc7f6ee579d4ef3")
+
+
+def _workload(scheduler_class, steps=600):
+    """Join, assign, finish, fail and expire at random: the assignments made."""
+    clock = Clock()
+    s = scheduler_class(clock, max_uploads_per_peer=2, seed_max_uploads=3,
+                        assignment_timeout=30, rng=random.Random(5))
+    s.add_task("t", [100] * 24, SEED)
+    r = random.Random(11)
+    for i in range(12):
+        s.seed_has("t", i, f"{i:064x}")
+    inflight = {}
+    log = []
+    for step in range(steps):
+        if step == 50:
+            for i in range(12, 24):
+                s.seed_has("t", i, f"{i:064x}")
+        pid = f"peer-{r.randrange(40)}"
+        if pid not in inflight:
+            s.join("t", PeerInfo(pid, "h", 1))
+            inflight[pid] = []
+        for a in s.assign("t", pid, r.randrange(1, 5)):
+            inflight[pid].append((a.index, a.source.peer_id))
+            log.append((pid, a.index, a.source.peer_id))
+        owner = r.choice(sorted(inflight))
+        q = inflight[owner]
+        if q:
+            i, src = q.pop(r.randrange(len(q)))
+            if r.random() < 0.9:
+                s.report("t", owner, have=[i])
+            else:
+                s.report("t", owner, failed=[(i, src)])
+        clock.advance(r.random())
+        if step % 40 == 39:
+            s.expire()
+    return log
 
 
 class SourceTests(SchedulerMixin, SynchronousTestCase):
@@ -572,6 +740,7 @@ ops = st.lists(
     st.one_of(
         st.tuples(st.just("join"), st.integers(0, 7)),
         st.tuples(st.just("assign"), st.integers(0, 7), st.integers(1, 6)),
+        st.tuples(st.just("stream"), st.integers(0, 7), st.integers(1, 6)),
         st.tuples(st.just("finish"), st.integers(0, 7), st.integers(0, 100)),
         st.tuples(st.just("fail"), st.integers(0, 7), st.integers(0, 100)),
         st.tuples(st.just("leave"), st.integers(0, 7)),
@@ -650,8 +819,11 @@ class PropertyTests(SynchronousTestCase):
                 del have[pid]
                 del inflight[pid]
                 generation[op[1]] = generation.get(op[1], 0) + 1
-            elif kind == "assign":
-                got = s.assign(T, pid, op[2])
+            elif kind in ("assign", "stream"):
+                cursor = None
+                if kind == "stream":
+                    cursor = min(set(range(n)) - have[pid], default=n)
+                got = s.assign(T, pid, op[2], cursor=cursor)
                 self.assertLessEqual(len(got), op[2])
                 for a in got:
                     src = a.source.peer_id

@@ -212,6 +212,32 @@ class ScheduleTests(APITestBase):
             self.schedule(body, status=400)
         self.call("POST", "/api/v1/tasks/bad%20id/schedule", {"peer_id": pid}, status=400)
 
+    def test_cursor(self):
+        """When a streaming peer sends a cursor, its first assignment is the lowest
+        piece from the cursor on; a null cursor means no preference."""
+        self.register()
+        pid = PEER["peer_id"]
+        obj = self.schedule({"peer_id": pid, "want": 2, "cursor": 1})
+        self.assertEqual(obj["assignments"][0]["index"], 1)
+        self.assertEqual(len(obj["assignments"]), 2)
+        obj = self.schedule({"peer_id": pid, "have": [1], "want": 2, "cursor": None})
+        self.assertEqual(len(obj["assignments"]), 1)
+        obj = self.schedule({"peer_id": pid, "have": [0, 2], "want": 0, "cursor": 3})
+        self.assertEqual(obj, {"assignments": [], "done": True})
+
+    def test_bad_cursor(self):
+        """When the cursor is not an integer from 0 to the piece count, schedule
+        answers 400 and records nothing of the request's report."""
+        self.register()
+        pid = PEER["peer_id"]
+        for cursor in (-1, 4, True, 1.5, "0", [0], {}):
+            obj = self.schedule({"peer_id": pid, "have": [0], "want": 1, "cursor": cursor},
+                                status=400)
+            self.assertIn("cursor", obj["error"])
+        self.assertEqual(self.scheduler.holds(TASK, pid), [])
+        self.assertEqual(self.scheduler.task_stats(TASK)["inflight"], 0)
+        self.schedule({"peer_id": pid, "want": 1, "cursor": 99}, status=404, task="other-task")
+
     def test_long_poll_wakes_on_new_piece(self):
         """When nothing is assignable, schedule waits until the CDN seeds a
         new piece, then answers with it."""
