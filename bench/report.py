@@ -93,7 +93,75 @@ def targets(res):
                         all(r["supernode_egress_ratio"] < 3 for r in eg)))
     else:
         out.append(("Simulator targets", "not measured", None))
+    out += _mirror_targets(res.get("mirror"))
     return out
+
+
+def _mirror_targets(mirror):
+    """Issue 3's speed targets from bench/mirror.py's result."""
+    if not (mirror and mirror.get("runs", {}).get("mirror_warm") and mirror.get("small", {}).get("warm")):
+        return [("Mirror: warm TTFB < 0.5 s / layer >= 0.5x registry", "not measured", None)]
+    t = mirror.get("targets", {})
+    limit, speed = t.get("ttfb_s", 0.5), t.get("speed_ratio", 0.5)
+    out = []
+    sw = mirror["small"]["warm"]
+    ttfb = sw.get("first_body_median_s")
+    out.append(("Mirror TTFB, warm swarm, %s layer < %.1f s (first body byte)"
+                % (_size(mirror["small_layer_bytes"]), limit),
+                "%.3f s (headers %.3f s)" % (ttfb, sw["headers_median_s"]) if ttfb is not None else "-",
+                None if ttfb is None else ttfb < limit))
+    bt = mirror["runs"]["mirror_warm"]["ttfb_median_s"]
+    out.append(("Mirror TTFB, warm swarm, %s layer < %.1f s (curl)" % (_size(mirror["layer_bytes"]), limit),
+                "%.3f s" % bt, bt < limit))
+    for k, label in (("mirror_warm", "warm"), ("mirror_cold", "cold")):
+        r = mirror["runs"].get(k)
+        if r and r.get("ratio_to_registry") is not None:
+            out.append(("Mirror %s %s layer >= %.1fx registry" % (label, _size(mirror["layer_bytes"]), speed),
+                        "%.2fx (%.0f vs %.0f MB/s)" % (r["ratio_to_registry"], r["mb_s"],
+                                                     mirror["runs"]["registry"]["mb_s"]),
+                        r["ratio_to_registry"] >= speed))
+    return out
+
+
+def _mirror_section(m):
+    L = ["## Registry mirror (loopback, %s layer, median of %d)" % (_size(m["layer_bytes"]), m["repeats"]), "",
+         "| path | median s | MB/s | x registry | TTFB s (curl) | supernode fetched at s | "
+         "dfdaemon downloaded at s |", "|---|---|---|---|---|---|---|"]
+
+    def _at(v, key):
+        xs = sorted(x for x in (v.get("reached_s") or {}).get(key, []) if x is not None)
+        return "%.1f" % xs[len(xs) // 2] if xs else "-"
+    for k in ("registry", "mirror_cold", "mirror_warm", "mirror_cached"):
+        v = m["runs"].get(k)
+        if v:
+            L.append("| %s | %.2f | %.0f | %s | %.3f | %s | %s |" % (
+                k, v["median_s"], v["mb_s"], _f(v.get("ratio_to_registry")), v["ttfb_median_s"],
+                _at(v, "supernode_fetched"), _at(v, "dfdaemon_downloaded")))
+    L += ["", "\"fetched at\" / \"downloaded at\": when (from the client's start) the supernode had read the "
+          "whole blob from the registry / the serving dfdaemon had every piece in its store; the rest of the "
+          "client's time is the mirror streaming the store to the client."]
+    if m.get("small"):
+        L += ["", "%s layer, raw-socket client, median s:" % _size(m["small_layer_bytes"]), "",
+              "| path | headers | first body byte | complete |", "|---|---|---|---|"]
+        for k in ("registry", "cold", "warm", "cached"):
+            v = m["small"].get(k)
+            if v:
+                L.append("| %s | %s | %s | %s |" % (k, _f(v.get("headers_median_s"), "%.3f"),
+                                                   _f(v.get("first_body_median_s"), "%.3f"),
+                                                   _f(v.get("total_median_s"), "%.3f")))
+    bad = [c for c in m.get("cycles", []) if c.get("problems")]
+    if bad:
+        L += ["", "**%d of %d cycles not counted** (not the P2P path): %s" % (
+            len(bad), len(m["cycles"]), "; ".join(bad[0]["problems"]))]
+    good = [c for c in m.get("cycles", []) if not c.get("problems")]
+    if good:
+        c = good[0]
+        L += ["", "Registry blob GETs per cycle (cold + warm + cached): big %d (%.2fx layer), small %d; "
+              "dfdaemon 2 (warm) bytes by source: %s." % (
+                  c["registry_big_gets"], c["registry_big_bytes"] / m["layer_bytes"], c["registry_small_gets"],
+                  ", ".join("%s %.0f MiB" % (k, v / MiB) for k, v in c["dfdaemon2_big_from"].items()))]
+    L.append("")
+    return L
 
 
 def markdown(res, results_dir):
@@ -197,6 +265,10 @@ def markdown(res, results_dir):
         L.append("")
     elif sim and sim.get("skipped"):
         L += ["## Simulator", "", sim["skipped"], ""]
+
+    mi = res.get("mirror")
+    if mi and mi.get("runs", {}).get("registry"):
+        L += _mirror_section(mi)
     return "\n".join(L) + "\n"
 
 
@@ -249,7 +321,7 @@ def plots(res, results_dir):
 
 def write(results_dir):
     res = {}
-    for name in ("single", "swarm", "memory", "control", "sim"):
+    for name in ("single", "swarm", "memory", "control", "sim", "mirror"):
         r = _load(results_dir, name)
         if r is not None:
             res[name] = r
