@@ -36,11 +36,15 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from dragonfly.interfaces import Assignment, PeerInfo
+from dragonfly.storage.store import DigestMismatch, PieceBuffer
 from dragonfly.taskid import task_id_for_url, validate_task_id
 
 __all__ = ["PeerNode", "DownloadError", "StreamStopped", "DEFAULT_PIECE_SIZE"]
 
 DEFAULT_PIECE_SIZE = 4 * 1024 * 1024
+#: Piece bytes one download may hold in memory (being received or waiting for
+#: the disk): the fetches in flight are capped at max_buffered // piece size.
+DEFAULT_MAX_BUFFERED = 32 * 1024 * 1024
 _JSON_CAP = 1024 * 1024
 _HEX64 = re.compile(r"\A[0-9a-f]{64}\Z")
 
@@ -172,6 +176,8 @@ class PeerNode:
     @param metrics: a L{dragonfly.metrics.PeerMetrics}.
     @param runner: an L{IRunner} for hashing.
     @param concurrency: pieces fetched at once.
+    @param max_buffered: piece bytes a download may hold in memory; caps the
+        fetches in flight at C{max_buffered // piece size} (0 = no cap).
     @param origin: an L{IOrigin} for back-to-source; by default an
         L{dragonfly.origin.OriginClient} over C{http_client}.
     """
@@ -183,7 +189,8 @@ class PeerNode:
                  piece_size=DEFAULT_PIECE_SIZE, schedule_wait=20.0, busy_wait=2.0,
                  min_poll_interval=0.5, api_timeout=15.0, register_timeout=120.0,
                  stall_timeout=120.0, piece_timeout=120.0, schedule_retries=3,
-                 max_piece_failures=8, max_registrations=4, spool_dir=None):
+                 max_piece_failures=8, max_registrations=4, spool_dir=None,
+                 max_buffered=DEFAULT_MAX_BUFFERED):
         self._clock = reactor
         self._store = store
         self.supernodes = list(supernodes)
@@ -193,6 +200,7 @@ class PeerNode:
         self._metrics = metrics
         self._runner = runner
         self.concurrency = max(1, int(concurrency))
+        self.max_buffered = max(0, int(max_buffered))
         self._origin = origin
         self.queue_depth = queue_depth
         self.piece_size = piece_size
@@ -721,17 +729,25 @@ class _Spooler:
 class _StoreWriter:
     """Consumer cutting an origin body (starting at a piece boundary) into pieces.
 
-    C{write} returns a Deferred while a finished piece is being hashed and
-    written, so the origin connection pauses: at most about one piece is
-    buffered. Pieces the store already holds are skipped, not rewritten.
+    Each chunk is hashed as it arrives (on the reactor: about 0.1 ms per
+    256 KiB, and hashlib drops the GIL) and kept as it came; a finished piece
+    is handed to C{write_piece} as that chunk list (no join, no copy). At most
+    C{max_writes} pieces are being written at once; while at that limit
+    C{write} returns a Deferred, so the origin connection pauses: memory is
+    bounded by about C{max_writes + 1} pieces. Pieces the store already holds
+    are skipped, not rewritten.
     """
 
-    def __init__(self, node, dl, tf, offset, runner):
+    def __init__(self, node, dl, tf, offset, runner, max_writes=2):
         self._node = node
         self._dl = dl
         self._tf = tf
         self._runner = runner
-        self._buf = bytearray()
+        self._piece = PieceBuffer(hashed=False)   # hashed in the runner, with the write
+        self._max_writes = max(1, max_writes)
+        self._writes = set()
+        self._room = None       # Deferred given to the origin while at the limit
+        self._error = None
         if tf.piece_count == 0:
             self._index = 0
         else:
@@ -740,34 +756,71 @@ class _StoreWriter:
                 raise DownloadError(f"origin resumed at {offset}, not a piece boundary")
 
     def write(self, data):
-        self._buf += data
-        pending = None
-        while self._index < self._tf.piece_count:
-            _, size = self._tf.piece_range(self._index)
-            if len(self._buf) < size:
-                break
-            piece = bytes(self._buf[:size])
-            del self._buf[:size]
-            index, self._index = self._index, self._index + 1
-            d = self._store_piece(index, piece)
-            pending = d if pending is None else pending.addCallback(lambda _, d=d: d)
-        if self._index >= self._tf.piece_count and self._buf:
-            raise DownloadError("origin sent more bytes than the task's length")
-        return pending
+        return self._feed(memoryview(data))
 
-    def _store_piece(self, index, piece):
+    def _feed(self, view):
+        if self._error is not None:
+            raise self._error
+        tf = self._tf
+        while view.nbytes:
+            if self._index >= tf.piece_count:
+                raise DownloadError("origin sent more bytes than the task's length")
+            size = tf.piece_range(self._index)[1]
+            need = size - self._piece.nbytes
+            self._piece.add(view[:need])
+            view = view[need:]
+            if self._piece.nbytes == size:
+                chunks, _ = self._piece.take()
+                index, self._index = self._index, self._index + 1
+                self._store_piece(index, chunks, size)
+                if view.nbytes and len(self._writes) >= self._max_writes:
+                    # The rest of a large chunk waits for a write to finish.
+                    rest = view
+                    return self._wait_room().addCallback(lambda _: self._feed(rest))
+        if self._error is not None:
+            raise self._error
+        if len(self._writes) >= self._max_writes:
+            return self._wait_room()
+        return None
+
+    def _wait_room(self):
+        self._room = Deferred()
+        return self._room
+
+    def _store_piece(self, index, chunks, size):
         tf = self._tf
         if tf.has(index):
             # Already verified and held (resumed download).
-            self._node._metrics.download_bytes.labels(source="origin").inc(len(piece))
+            self._node._metrics.download_bytes.labels(source="origin").inc(size)
+            return
+        d = tf.write_new_piece(index, chunks)
+        self._writes.add(d)
+
+        def written(_):
+            self._node._piece_arrived(self._dl, index, size, "origin")
+
+        def failed(f):
+            if self._error is None:
+                self._error = f.value
             return None
-        d = self._runner.run(sha256_hex, piece)
-        d.addCallback(lambda digest: tf.write_piece(index, piece, digest))
-        d.addCallback(lambda _: self._node._piece_arrived(self._dl, index, len(piece), "origin"))
-        return d
+
+        def settled(_):
+            self._writes.discard(d)
+            room, self._room = self._room, None
+            if room is not None:
+                if self._error is not None:
+                    room.errback(self._error)
+                else:
+                    room.callback(None)
+        d.addCallbacks(written, failed)
+        d.addBoth(settled)
 
     async def close(self):
-        if self._buf or self._index < self._tf.piece_count:
+        while self._writes:
+            await next(iter(self._writes))
+        if self._error is not None:
+            raise self._error
+        if self._piece.nbytes or self._index < self._tf.piece_count:
             missing = self._tf.piece_count - self._index
             raise DownloadError(f"origin body ended {missing} piece(s) short")
 
@@ -797,6 +850,11 @@ class _Session:
         self.errors = 0
         self.polling = False         # a long-poll is outstanding
         self.reporting = None        # the Deferred of a report-only call in flight
+        # Fetches at once: --concurrency, but never more piece bytes in memory
+        # than max_buffered (each fetch holds at most about one piece).
+        self.slots = node.concurrency
+        if node.max_buffered:
+            self.slots = max(1, min(self.slots, node.max_buffered // max(1, tf.piece_size)))
 
     def _complete(self):
         return self.tf.is_complete
@@ -827,7 +885,7 @@ class _Session:
             if self._complete():
                 return
             self._start_fetches()
-            want = max(0, node.concurrency + node.queue_depth - len(self.in_flight) - len(self.queue))
+            want = max(0, self.slots + node.queue_depth - len(self.in_flight) - len(self.queue))
             # Never ask for more than is left unassigned: with everything in
             # flight, a long-poll would only delay our reports and our end.
             unassigned = (self.tf.piece_count - len(self.tf.completed())
@@ -956,7 +1014,7 @@ class _Session:
         return added
 
     def _start_fetches(self):
-        while self.queue and len(self.in_flight) < self.node.concurrency:
+        while self.queue and len(self.in_flight) < self.slots:
             a = self.queue.pop(0)
             if self.tf.has(a.index) or a.index in self.in_flight:
                 continue
@@ -970,30 +1028,48 @@ class _Session:
         tf = self.tf
         reason = None
         try:
-            d = node._pool.fetch(a.source, self.dl.task_id, a.index, a.size)
+            pool = node._pool
+            fetch_piece = getattr(pool, "fetch_piece", None)
+            if fetch_piece is not None:
+                # The body as the chunks received (no join, no copy); hashed
+                # and written in one runner call, which writes nothing unless
+                # the sha256 matches.
+                d = fetch_piece(a.source, self.dl.task_id, a.index, a.size, hashed=False)
+            else:
+                d = pool.fetch(a.source, self.dl.task_id, a.index, a.size)
             d.addTimeout(node.piece_timeout, self.clock)
             try:
-                data = await d
+                got = await d
             except DeferredTimeoutError:
                 reason = "timeout"
                 raise
-            if len(data) != a.size:
+            if fetch_piece is not None:
+                data, size = got.chunks, got.nbytes
+            else:
+                data, size = got, len(got)
+            if size != a.size:
                 reason = "short"
-                raise ValueError(f"got {len(data)} bytes, want {a.size}")
-            digest = await node._runner.run(sha256_hex, bytes(data))
-            if digest != a.digest:
-                reason = "digest"
-                raise ValueError(f"sha256 {digest[:12]}... is not {a.digest[:12]}...")
+                raise ValueError(f"got {size} bytes, want {a.size}")
             try:
-                await tf.write_piece(a.index, data, digest)
+                if fetch_piece is not None:
+                    await tf.write_piece(a.index, data, a.digest, verify=True)
+                else:
+                    digest = await node._runner.run(sha256_hex, data)
+                    if digest != a.digest:
+                        raise DigestMismatch(a.digest, digest)
+                    await tf.write_piece(a.index, data, digest)
+            except DigestMismatch:
+                reason = "digest"
+                raise
             except Exception as e:
                 self.fatal = DownloadError(f"cannot store piece {a.index}: {_describe(e)}")
                 return
+            del data, got
             source = "supernode" if a.source.peer_id == self.seed_id else "peer"
             self.have.append(a.index)
             self.last_progress = self.clock.seconds()
             self.registrations = 1
-            node._piece_arrived(self.dl, a.index, len(data), source)
+            node._piece_arrived(self.dl, a.index, size, source)
         except CancelledError:
             raise
         except Exception as e:

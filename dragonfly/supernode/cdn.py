@@ -3,9 +3,11 @@
 One L{_Job} per task in flight. Whatever the number of concurrent
 L{CDN.ensure} callers, a task has at most one job and so one origin download.
 The job streams the origin body through a L{_PieceCutter} (hashes each chunk as
-it arrives, so no whole-piece hashing on the reactor; writes whole pieces with
-C{TaskFile.write_piece} in the runner; the origin transport is paused while a
-write is pending, so memory stays at about one piece per task) and tells the
+it arrives, so no whole-piece hashing on the reactor; hands each finished
+piece to C{TaskFile.write_piece} as the list of chunks received, without
+joining or copying them; at most two piece writes run at once and the origin
+transport is paused while at that limit, so memory stays at about three
+pieces per task while the network and the disk both keep busy) and tells the
 scheduler about each piece as soon as it is on disk, so peers start on the
 first pieces while the rest still arrives.
 
@@ -37,6 +39,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dragonfly.origin import OriginError
+from dragonfly.storage.store import PieceBuffer
 
 __all__ = ["CDN", "CDNError", "ContentChanged", "CacheFull", "NotReady"]
 
@@ -123,22 +126,25 @@ class _Observers:
 
 
 class _PieceCutter:
-    """Consumer for OriginResponse.deliver: bytes -> hashed, written pieces."""
+    """Consumer for OriginResponse.deliver: bytes -> hashed, written pieces.
 
-    def __init__(self, cdn, job, tf, start):
+    At most C{max_writes} pieces are written at once; while at that limit
+    C{write} returns a Deferred (the origin pauses until a write is done).
+    """
+
+    def __init__(self, cdn, job, tf, start, max_writes=2):
         self._cdn = cdn
         self._job = job
         self._tf = tf
         if start % tf.piece_size:
             raise ValueError(f"start {start} is not on a piece boundary")
         self.index = start // tf.piece_size
-        self._buf = []
-        self._buflen = 0
-        self._hasher = hashlib.sha256()
+        self._piece = PieceBuffer(hashed=False)   # hashed in the runner, with the write
+        self._max_writes = max(1, max_writes)
+        self._writes = set()
+        self._room = None
+        self._error = None
         self.received = 0
-
-    def _need(self):
-        return self._tf.piece_range(self.index)[1] - self._buflen
 
     def write(self, data):
         self.received += len(data)
@@ -146,48 +152,89 @@ class _PieceCutter:
         return self._feed(memoryview(data))
 
     def _feed(self, view):
-        """Cut C{view} into the current piece; at most one piece write in
-        flight: the rest of a large chunk waits for it."""
+        if self._error is not None:
+            raise self._error
+        tf = self._tf
         while view.nbytes:
-            if self.index >= self._tf.piece_count:
-                raise ContentChanged(f"origin sent more than the {self._tf.length} bytes announced")
-            need = self._need()
-            chunk = view[:need]
+            if self.index >= tf.piece_count:
+                raise ContentChanged(f"origin sent more than the {tf.length} bytes announced")
+            size = tf.piece_range(self.index)[1]
+            need = size - self._piece.nbytes
+            self._piece.add(view[:need])
             view = view[need:]
-            self._hasher.update(chunk)
-            self._buf.append(bytes(chunk))
-            self._buflen += chunk.nbytes
-            if self._buflen == self._tf.piece_range(self.index)[1]:
-                d = self._complete()
-                if d is not None:
-                    if view.nbytes:
-                        rest = view
-                        return d.addCallback(lambda _: self._feed(rest))
-                    return d
+            if self._piece.nbytes == size:
+                self._complete()
+                if view.nbytes and len(self._writes) >= self._max_writes:
+                    # The rest of a large chunk waits for a write to finish.
+                    rest = view
+                    return self._wait_room().addCallback(lambda _: self._feed(rest))
+        if self._error is not None:
+            raise self._error
+        if len(self._writes) >= self._max_writes:
+            return self._wait_room()
         return None
+
+    def _wait_room(self):
+        self._room = Deferred()
+        return self._room
 
     def _complete(self):
         index = self.index
-        data = b"".join(self._buf)
-        digest = self._hasher.hexdigest()
-        self._buf = []
-        self._buflen = 0
-        self._hasher = hashlib.sha256()
+        chunks, _ = self._piece.take()
         self.index += 1
         tf = self._tf
         if tf.has(index):
-            if tf.digest(index) != digest:
-                raise ContentChanged(f"origin content changed: piece {index} differs from the copy held")
-            return None
-        d = tf.write_piece(index, data, digest)
-        d.addCallback(lambda _: self._cdn._piece_done(self._job, tf, index, digest))
-        return d
+            # Re-reading from byte 0: what we hold must be what the origin sends.
+            held = tf.digest(index)
+            d = self._cdn.runner.run(_sha256_of, chunks)
 
-    def finish(self):
-        """The body ended: every piece must be complete."""
-        if self._buflen or self.index != self._tf.piece_count:
-            got = self.index * self._tf.piece_size + self._buflen
+            def written(digest):
+                if digest != held:
+                    raise ContentChanged(
+                        f"origin content changed: piece {index} differs from the copy held")
+        else:
+            d = tf.write_new_piece(index, chunks)
+
+            def written(digest):
+                self._cdn._piece_done(self._job, tf, index, digest)
+        self._writes.add(d)
+
+        def failed(f):
+            if self._error is None:
+                self._error = f.value
+            return None
+
+        def settled(_):
+            self._writes.discard(d)
+            room, self._room = self._room, None
+            if room is not None:
+                if self._error is not None:
+                    room.errback(self._error)
+                else:
+                    room.callback(None)
+        d.addCallbacks(written, failed)
+        d.addBoth(settled)
+
+    async def drain(self):
+        """Wait for the piece writes in flight (their errors are kept, not raised)."""
+        while self._writes:
+            await next(iter(self._writes))
+
+    async def finish(self):
+        """The body ended: wait for the writes; every piece must be complete."""
+        await self.drain()
+        if self._error is not None:
+            raise self._error
+        if self._piece.nbytes or self.index != self._tf.piece_count:
+            got = self.index * self._tf.piece_size + self._piece.nbytes
             raise OriginError(None, f"origin body ended at byte {got} of {self._tf.length}")
+
+
+def _sha256_of(chunks):
+    h = hashlib.sha256()
+    for c in chunks:
+        h.update(c)
+    return h.hexdigest()
 
 
 class _Spool:
@@ -594,9 +641,14 @@ class CDN:
         job.current = resp.deliver(cutter)
         try:
             await job.current
+        except BaseException:
+            # A retry resumes from the first piece not held: let the pieces
+            # being written land first (or fail) so none is written twice.
+            await cutter.drain()
+            raise
         finally:
             job.current = None
-        cutter.finish()
+        await cutter.finish()
         if resp.etag != tf.etag and resp.etag or resp.last_modified != tf.last_modified and resp.last_modified:
             tf.set_validators(resp.etag or tf.etag, resp.last_modified or tf.last_modified)
 

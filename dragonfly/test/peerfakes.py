@@ -160,6 +160,16 @@ class FakePiecePool:
         self.fetches = []      # (source peer id, task_id, index)
         self.held = []         # (Deferred, bytes)
 
+    def fetch_piece(self, source, task_id, index, length, hashed=True):
+        """Like PieceClientPool.fetch_piece: the body in chunks, hashed as received."""
+        from dragonfly.protocol.client import ReceivedPiece
+
+        def wrap(data):
+            chunks = [data[i:i + 3] for i in range(0, len(data), 3)] or [b""]
+            digest = hashlib.sha256(data).hexdigest() if hashed else None
+            return ReceivedPiece(index, chunks, len(data), digest)
+        return self.fetch(source, task_id, index, length).addCallback(wrap)
+
     def fetch(self, source, task_id, index, length):
         self.fetches.append((source.peer_id, task_id, index))
         if source.peer_id in self.broken:

@@ -129,21 +129,41 @@ class DownloadTests(NodeMixin, SynchronousTestCase):
         self.assertEqual(sample(self.metrics, "dragonfly_peer_download_bytes_total",
                                 {"source": "peer"}), len(DATA))
 
+    def test_buffered_bytes_capped(self):
+        """When max_buffered holds fewer pieces than --concurrency, no more
+        fetches than fit in it are in flight at once: memory is bounded by
+        max_buffered whatever the concurrency."""
+        node = self.make(sources=(PEER_A, PEER_B), max_buffered=2 * PIECE + PIECE // 2)
+        self.pool.manual = True
+        d = node.download(URL)
+        self.assertEqual(len(self.pool.held), 2)
+        while self.pool.held:
+            self.pool.release(1)
+            self.assertLessEqual(len(self.pool.held), 2)
+        tf = self.successResultOf(d)
+        self.assertEqual(self.read_all(tf), DATA)
+
     def test_bad_digest_never_written(self):
         """When a source answers bytes with the wrong sha256, the piece is not written, the
         source is reported failed for it, and the piece is fetched from another source."""
         node = self.make(sources=(PEER_A, PEER_B))
         self.pool.corrupt.add(PEER_A.peer_id)
-        writes = []
+        writes = []          # (index, bytes match the digest) of the writes that happened
+        unverified_bad = []  # bad bytes handed to the store without verify=True
         orig_create = self.store.create
 
         def create(*a, **kw):
             tf = orig_create(*a, **kw)
             real = tf.write_piece
 
-            def write_piece(index, data, digest):
-                writes.append((index, hashlib.sha256(data).hexdigest() == digest))
-                return real(index, data, digest)
+            def write_piece(index, data, digest, verify=False):
+                body = b"".join(data) if isinstance(data, list) else bytes(data)
+                ok = hashlib.sha256(body).hexdigest() == digest
+                if not ok and not verify:
+                    unverified_bad.append(index)
+                d = real(index, data, digest, verify=verify)
+                d.addCallback(lambda r: writes.append((index, ok)) or r)
+                return d
             tf.write_piece = write_piece
             return tf
         self.store.create = create
@@ -151,6 +171,7 @@ class DownloadTests(NodeMixin, SynchronousTestCase):
         self.assertEqual(self.read_all(tf), DATA)
         self.assertTrue(writes)
         self.assertTrue(all(ok for _, ok in writes))
+        self.assertEqual(unverified_bad, [])
         failed = [f for s in self.supernode.schedules for f in s["failed"]]
         self.assertTrue(failed)
         self.assertTrue(all(f["source"] == PEER_A.peer_id for f in failed))
@@ -289,6 +310,46 @@ class SupernodeFailureTests(NodeMixin, SynchronousTestCase):
         self.assertEqual(self.origin.calls, [(URL, {"X-A": "1"}, 0)])
         self.assertEqual(sample(self.metrics, "dragonfly_peer_download_bytes_total",
                                 {"source": "origin"}), len(DATA))
+
+    def test_back_to_source_bounded_writes(self):
+        """When the origin body streams faster than the disk, at most two piece
+        writes are pending at once and the origin waits for one to finish:
+        memory stays at a few pieces whatever the file size."""
+        from twisted.internet.defer import Deferred as D
+
+        class Manual:
+            def __init__(self):
+                self.calls, self.max = [], 0
+
+            def run(self, f, *a, **kw):
+                d = D()
+                self.calls.append((d, f, a, kw))
+                self.max = max(self.max, len(self.calls))
+                return d
+
+        node = self.make(client=_RefusingClient(), origin=FakeOrigin(DATA, chunk=200),
+                         piece_size=PIECE)
+        runner = Manual()
+        self.store.runner = runner
+        d = node.download(URL)
+        while runner.calls:
+            self.assertLessEqual(len(runner.calls), 2)
+            rd, f, a, kw = runner.calls.pop(0)
+            rd.callback(f(*a, **kw))
+        tf = self.successResultOf(d)
+        self.assertEqual(self.read_all(tf), DATA)
+        self.assertEqual(runner.max, 2)
+
+    def test_pool_without_fetch_piece(self):
+        """When the piece pool only offers fetch (whole bytes), pieces are still
+        verified before they are written and bad ones are fetched elsewhere."""
+        node = self.make(sources=(PEER_A, PEER_B))
+        self.pool.fetch_piece = None
+        self.pool.corrupt.add(PEER_A.peer_id)
+        tf = self.successResultOf(node.download(URL))
+        self.assertEqual(self.read_all(tf), DATA)
+        self.assertGreater(sample(self.metrics, "dragonfly_peer_piece_failures_total",
+                                  {"reason": "digest"}), 0)
 
     def test_no_back_source_fails(self):
         """When no supernode answers and back-to-source is off, the download fails with a

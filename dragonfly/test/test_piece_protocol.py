@@ -1,4 +1,5 @@
 """Tests for the piece server and client (dragonfly.protocol.server/client)."""
+import hashlib
 import os
 
 from twisted.internet import defer
@@ -13,7 +14,7 @@ from zope.interface.verify import verifyObject
 
 from dragonfly.interfaces import IPieceSource, PeerInfo
 from dragonfly.protocol import codec
-from dragonfly.protocol.client import PieceClientPool, PieceFetchError
+from dragonfly.protocol.client import PieceClientPool, PieceFetchError, ReceivedPiece
 from dragonfly.protocol.codec import (
     Cancel, Error, FrameDecoder, Hello, HelloAck, Piece, PieceData, Request, encode,
 )
@@ -520,6 +521,28 @@ class ClientTests(ClientTestMixin, SynchronousTestCase):
         result = self.successResultOf(d)
         self.assertIsInstance(result, bytes)
         self.assertEqual(result, body)
+
+    def test_fetch_piece_chunks(self):
+        """When fetched with fetch_piece, the piece comes as the chunks received
+        (not joined) with its sha256, computed as they arrived; with
+        hashed=False the digest is left to the caller."""
+        pool = self.make_pool()
+        d1 = pool.fetch_piece(SOURCE, TASK, 1, 100000)
+        d2 = pool.fetch_piece(SOURCE, TASK, 2, 5000, hashed=False)
+        proto, tr = self.handshake()
+        b1, b2 = pattern(100000), pattern(5000, 7)
+        stream = encode(Piece(1, 100000)) + b1 + encode(Piece(2, 5000)) + b2
+        for i in range(0, len(stream), 40000):
+            proto.dataReceived(stream[i:i + 40000])
+        p1, p2 = self.successResultOf(d1), self.successResultOf(d2)
+        self.assertIsInstance(p1, ReceivedPiece)
+        self.assertEqual((p1.index, p1.nbytes, len(p1)), (1, 100000, 100000))
+        self.assertGreater(len(p1.chunks), 1)
+        self.assertEqual(b"".join(bytes(c) for c in p1.chunks), b1)
+        self.assertEqual(p1.tobytes(), b1)
+        self.assertEqual(p1.digest, hashlib.sha256(b1).hexdigest())
+        self.assertEqual(p2.tobytes(), b2)
+        self.assertIsNone(p2.digest)
 
     def test_small_slices(self):
         """When the body trickles in tiny slices, the piece is still reassembled exactly."""

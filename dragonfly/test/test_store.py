@@ -10,8 +10,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from dragonfly.interfaces import IPieceStore
+from dragonfly.storage import store as store_module
 from dragonfly.storage.store import (
-    MAX_READ, PieceNotHeld, PieceStore, TaskRemoved, task_key)
+    MAX_READ, DigestMismatch, PieceBuffer, PieceNotHeld, PieceStore, TaskRemoved, task_key)
 from dragonfly.threads import SyncRunner, ThreadRunner
 
 TID = "a" * 64
@@ -118,6 +119,66 @@ class RoundTripTests(StoreMixin, SynchronousTestCase):
         self.assertEqual(os.pread(t.fileno(), 5, 2), data[2:7])
         self.assertIs(self.store.get(TID), t)
         self.assertEqual(self.store.tasks(), [t])
+
+    def test_chunk_list(self):
+        """When a piece is given as a list of chunks (bytes, memoryviews,
+        bytearrays), they are written in order, in slices of at most
+        WRITE_SLICE bytes per pwrite."""
+        data = blob(4096)
+        t = self.store.create(TID, "u", 4096, 4096)
+        self.patch(store_module, "WRITE_SLICE", 100)
+        sizes = []
+        real = os.pwrite
+
+        def pwrite(fd, buf, offset):
+            sizes.append(len(buf))
+            return real(fd, buf, offset)
+        self.patch(store_module.os, "pwrite", pwrite)
+        chunks = [data[:1000], memoryview(data)[1000:1001], bytearray(data[1001:4096])]
+        self.successResultOf(t.write_piece(0, chunks, sha(data)))
+        self.assertEqual(t.read(0, 4096), data)
+        self.assertTrue(sizes)
+        self.assertLessEqual(max(sizes), 100)
+        self.assertEqual(sum(sizes), 4096)
+
+    def test_chunk_list_wrong_length(self):
+        """When a chunk list does not add up to the piece length, write_piece fails
+        with ValueError and nothing is held."""
+        t = self.store.create(TID, "u", 8, 4)
+        self.failureResultOf(t.write_piece(0, [b"ab", b"c"], sha(b"abc")), ValueError)
+        self.failureResultOf(t.write_piece(0, [b"ab", "cd"], sha(b"abcd")), TypeError)
+        self.assertEqual(t.completed(), [])
+
+    def test_verify(self):
+        """With verify=True, data hashing to the digest is written and held; data
+        that does not fails with DigestMismatch (a ValueError) and not a byte of it
+        reaches the data file."""
+        t = self.store.create(TID, "u", 8, 4)
+        f = self.failureResultOf(t.write_piece(0, [b"ab", b"cX"], sha(b"abcd"), verify=True),
+                                 DigestMismatch)
+        self.assertIsInstance(f.value, ValueError)
+        self.assertEqual(f.value.got, sha(b"abcX"))
+        self.assertFalse(t.has(0))
+        with open(t.path, "rb") as fh:
+            self.assertEqual(fh.read(), b"\0" * 8)
+        self.successResultOf(t.write_piece(0, [b"ab", b"cd"], sha(b"abcd"), verify=True))
+        self.assertEqual(t.read(0, 4), b"abcd")
+        self.assertEqual(t.digest(0), sha(b"abcd"))
+
+    def test_write_new_piece(self):
+        """write_new_piece hashes and writes a piece in one runner call and fires
+        with its digest, recorded as held; a piece already held is refused."""
+        runner = ManualRunner()
+        store = self.make_store(root=self.mktemp(), runner=runner)
+        t = store.create(TID, "u", 8, 4)
+        d = t.write_new_piece(1, [b"ef", bytearray(b"gh")])
+        self.assertEqual(len(runner.pending), 1)
+        self.assertNoResult(d)
+        runner.run_all()
+        self.assertEqual(self.successResultOf(d), sha(b"efgh"))
+        self.assertEqual((t.completed(), t.digest(1)), ([1], sha(b"efgh")))
+        self.failureResultOf(t.write_new_piece(1, b"efgh"), ValueError)
+        self.failureResultOf(t.write_new_piece(0, b"abc"), ValueError)
 
     def test_out_of_order(self):
         """When pieces arrive out of order, only the written ones are held."""
@@ -806,3 +867,33 @@ class ReadRangeTests(StoreMixin, SynchronousTestCase):
         self.failureResultOf(t.read_range(0, 65 << 20), ValueError)
         self.store.remove(TID)
         self.failureResultOf(t.read_range(0, 4), TaskRemoved)
+
+
+class PieceBufferTests(SynchronousTestCase):
+    def test_collects_and_hashes(self):
+        """When chunks are added, take() returns them in order (small ones
+        coalesced, big ones as given) with the sha256 of all of them, and the
+        buffer starts afresh."""
+        big = blob(PieceBuffer.MIN_PART, b"b")
+        buf = PieceBuffer()
+        for part in (b"a", b"bc", big, b"", memoryview(b"xyz")):
+            buf.add(part)
+        self.assertEqual(buf.nbytes, 3 + len(big) + 3)
+        chunks, digest = buf.take()
+        body = b"abc" + big + b"xyz"
+        self.assertEqual(b"".join(bytes(c) for c in chunks), body)
+        self.assertEqual(digest, sha(body))
+        self.assertIs(chunks[1], big)
+        self.assertEqual(len(chunks), 3)
+        self.assertEqual(buf.nbytes, 0)
+        self.assertEqual(buf.take(), ([], sha(b"")))
+
+    def test_small_chunks_bounded(self):
+        """When many tiny chunks arrive, they are merged into chunks of at least
+        MIN_PART bytes, so the list stays short."""
+        buf = PieceBuffer()
+        for _ in range(3 * PieceBuffer.MIN_PART // 10):
+            buf.add(b"0123456789")
+        chunks, digest = buf.take()
+        self.assertLessEqual(len(chunks), 4)
+        self.assertEqual(sum(len(c) for c in chunks), 3 * PieceBuffer.MIN_PART // 10 * 10)
