@@ -156,6 +156,7 @@ class _Download:
         self.ready = []          # on_start callables / Deferreds waiting for the TaskFile
         self.callers = []        # Deferreds handed to download() callers
         self.streams = 0         # active stream() users
+        self.readers = set()     # their _OrderedProducers: the schedule cursor
         self.on_failure = []     # called with the Failure when the download fails
         self.run = None          # the Deferred of the coroutine
         self.result = None
@@ -306,8 +307,9 @@ class PeerNode:
         dl = self._downloads.get(task_file.task_id)
         if dl is not None:
             dl.streams += 1
+            dl.readers.add(producer)
             dl.on_failure.append(producer.download_failed)
-            producer.done.addBoth(self._stream_ended, dl)
+            producer.done.addBoth(self._stream_ended, dl, producer)
         producer.start()
         return producer.done
 
@@ -366,8 +368,9 @@ class PeerNode:
             self.log.info("download of {task} abandoned by every caller", task=dl.task_id)
             dl.run.cancel()
 
-    def _stream_ended(self, result, dl):
+    def _stream_ended(self, result, dl, producer):
         dl.streams -= 1
+        dl.readers.discard(producer)
         if not dl.callers and not dl.streams and dl.run is not None and not dl.run.called:
             dl.run.cancel()
         return result
@@ -969,6 +972,10 @@ class _Session:
         body = {"peer_id": node.peer_info.peer_id, "have": have,
                 "failed": [{"index": i, "source": s} for i, s in failed],
                 "want": want, "wait": wait}
+        if self.dl.readers:
+            # Someone streams this task in order: the lowest piece a stream
+            # waits for; the supernode hands out the next pieces from there first.
+            body["cursor"] = min(r.cursor for r in self.dl.readers)
         try:
             code, obj = await node._call(
                 self.addr, f"/api/v1/tasks/{self.dl.task_id}/schedule", body,
@@ -1133,13 +1140,14 @@ def _parse_assignment(item, tf):
 class _OrderedProducer:
     """Push producer writing a task's bytes in order, waiting for missing pieces.
 
-    Reads one bounded chunk at a time through the runner and writes it; stops
-    while the consumer has paused it (transport back-pressure). A push
+    Reads bounded chunks through the runner, the next one while the current
+    one is written (one chunk of read-ahead), and stops while the consumer has
+    paused it (transport back-pressure). A push
     producer rather than a pull one: twisted.web drives pull producers with a
     cooperator that would spin while we wait for a piece to arrive.
     """
 
-    chunk = 256 * 1024
+    chunk = 1024 * 1024
     log = Logger()
 
     def __init__(self, node, tf, consumer, start, end):
@@ -1152,7 +1160,13 @@ class _OrderedProducer:
         self._resumed = None
         self._stopped = False
         self._current = None
+        self._ahead = None       # (offset, length, Deferred) of the read-ahead
         self.done = Deferred(lambda d: self._abort(Failure(CancelledError()), unregister=True))
+
+    @property
+    def cursor(self):
+        """The piece this stream writes (or waits for) now."""
+        return self._offset // self._tf.piece_size
 
     def start(self):
         if self._offset >= self._end:
@@ -1183,6 +1197,10 @@ class _OrderedProducer:
         self._stopped = True
         if self._current is not None:
             self._current.cancel()
+        if self._ahead is not None:
+            ahead, self._ahead = self._ahead[2], None
+            ahead.addErrback(lambda f: None)
+            ahead.cancel()
         if self._resumed is not None:
             d, self._resumed = self._resumed, None
             d.cancel()
@@ -1220,20 +1238,39 @@ class _OrderedProducer:
                                         "and no download is running")
                 await self._wait(w)
                 continue
-            p_off, p_len = tf.piece_range(index)
-            n = min(self.chunk, p_off + p_len - self._offset, self._end - self._offset)
-            data = await self._wait(tf.read_range(self._offset, n))
+            n = self._chunk_at(self._offset)
+            ahead, self._ahead = self._ahead, None
+            if ahead is not None and ahead[:2] == (self._offset, n):
+                read = ahead[2]
+            else:
+                if ahead is not None:
+                    ahead[2].addErrback(lambda f: None)  # not needed after all
+                read = tf.read_range(self._offset, n)
+            data = await self._wait(read)
             if self._stopped:
                 return
             if len(data) != n:
                 raise DownloadError(f"short read from the store at {self._offset}")
             self._offset += n
+            self._read_ahead()
             self._consumer.write(data)
         if not self._stopped:
             self._stopped = True
             self._consumer.unregisterProducer()
             if not self.done.called:
                 self.done.callback(None)
+
+    def _chunk_at(self, offset):
+        p_off, p_len = self._tf.piece_range(offset // self._tf.piece_size)
+        return min(self.chunk, p_off + p_len - offset, self._end - offset)
+
+    def _read_ahead(self):
+        """Start reading the next chunk now if its piece is held already."""
+        offset = self._offset
+        if offset >= self._end or not self._tf.has(offset // self._tf.piece_size):
+            return
+        n = self._chunk_at(offset)
+        self._ahead = (offset, n, self._tf.read_range(offset, n))
 
     def _error(self, f):
         if self._stopped:

@@ -2,7 +2,7 @@
 import hashlib
 
 from treq.testing import StubTreq
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -523,6 +523,33 @@ class _PausingConsumer:
 
 
 class StreamTests(NodeMixin, SynchronousTestCase):
+
+    def test_stream_sends_cursor(self):
+        """While a stream reads a task (started from on_start, as the dfdaemon
+        mirror does), every schedule call carries the piece the stream is at as
+        "cursor"; without a stream there is no cursor."""
+        from twisted.internet.testing import StringTransport
+
+        node = self.make(sources=(PEER_A,))
+        self.pool.manual = True
+        consumer = StringTransport()
+        streams = []
+        started = Deferred()
+        started.addCallback(lambda tf: streams.append(node.stream(tf, consumer)))
+        d = node.download(URL, on_start=started)
+        self.assertEqual(self.supernode.schedules[0].get("cursor"), 0)
+        self.pool.release()      # piece 0 (or whichever came first)
+        while self.pool.held:
+            self.pool.release()
+        self.successResultOf(d)
+        self.successResultOf(streams[0])
+        cursors = [s["cursor"] for s in self.supernode.schedules if "cursor" in s]
+        self.assertEqual(cursors, sorted(cursors))
+        n = len(self.supernode.schedules)
+        node2 = self.make()
+        self.successResultOf(node2.download(URL))
+        self.assertTrue(all("cursor" not in s for s in self.supernode.schedules[n:]))
+
 
     def test_stream_in_order_as_pieces_arrive(self):
         """stream() writes bytes in order, waiting for pieces still being fetched, and
