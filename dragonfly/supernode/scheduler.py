@@ -601,6 +601,11 @@ class Scheduler:
     def assign(self, task_id, peer_id, want, cursor=None):
         """Up to C{want} new L{Assignment}s for C{peer_id}, rarest pieces first.
 
+        An asker with nothing in flight never leaves empty-handed while the
+        seed has a piece it needs and a free upload slot (L{_rescue}): the
+        fairness rules below must not starve a peer, e.g. when the holders of
+        what it lacks died silently and are not timed out yet.
+
         @param cursor: None, or the index (0 to piece count) up to which the
             asker streams the file in order and holds every piece: it then
             gets, for part of C{want}, the lowest pieces from C{cursor} on
@@ -608,6 +613,33 @@ class Scheduler:
         @raise ValueError: for a cursor that is not an int in that range
             (nothing is changed).
         """
+        out = self._assign(task_id, peer_id, want, cursor)
+        if out or not isinstance(want, int) or want <= 0:
+            return out
+        task = self._task(task_id)
+        a = self._peer(task, peer_id)
+        if a.fetching:
+            return out
+        return self._rescue(task, a)
+
+    def _rescue(self, task, a):
+        """At most one piece for an idle asker that got nothing.
+
+        The seed's fair share over time (no asker far above the average) is
+        waived here: peers that stopped asking (dead, not timed out yet) must
+        not hold the others back. Every other rule stands: free holders
+        first, busy live holders mean waiting, the seed's slot and copy limits.
+        """
+        if task.seed_uploads >= self.seed_max_uploads:
+            return []
+        lacking = task.avail & ~a.have & ~a.fetch_mask
+        for i in self._rarest(task, lacking) if lacking else ():
+            src = self._pick_source(task, a, i, task.free, True, True)
+            if src is not None:
+                return [self._start(task, a, i, src, self.clock.seconds())]
+        return []
+
+    def _assign(self, task_id, peer_id, want, cursor):
         task = self._task(task_id)
         a = self._peer(task, peer_id)
         if cursor is not None and (isinstance(cursor, bool) or not isinstance(cursor, int)

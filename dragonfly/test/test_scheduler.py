@@ -519,6 +519,41 @@ class FailureTests(SchedulerMixin, SynchronousTestCase):
         self.assertEqual(s.stats()["inflight"], 1)
 
 
+class SilentPeerTests(SchedulerMixin, SynchronousTestCase):
+
+    def test_dead_peer_does_not_starve_the_others(self):
+        """When a peer dies silently (no leave, not yet timed out) after taking
+        few pieces from the seed, the seed's fairness over time does not keep
+        the survivors waiting: once the dead peer's pieces fail for them, they
+        get every piece they lack, without any clock advance."""
+        s = self.make(pieces=16, rng=random.Random(1))
+        self.join(0, 1, 2)
+        first = {n: s.assign(T, peer(n).peer_id, 8) for n in (0, 1, 2)}
+        victim = first[0]
+        self.give(0, *[a.index for a in victim[: len(victim) // 2]])
+        for n in (1, 2):
+            self.give(n, *[a.index for a in first[n]])
+        for _ in range(40):
+            for n in (1, 2):
+                pid = peer(n).peer_id
+                got = s.assign(T, pid, 8)
+                s.report(T, pid, have=[a.index for a in got if a.source.peer_id != "peer-0"],
+                         failed=[(a.index, "peer-0") for a in got if a.source.peer_id == "peer-0"])
+        # Only pieces still promised to the dead peer by the seed (super-seeding)
+        # wait for that assignment to expire.
+        promised = {a.index for a in victim[len(victim) // 2:] if a.source == SEED}
+        for n in (1, 2):
+            missing = set(range(16)) - set(s.holds(T, peer(n).peer_id))
+            self.assertLessEqual(missing, promised)
+        self.clock.advance(61)
+        for _ in range(10):
+            for n in (1, 2):
+                pid = peer(n).peer_id
+                got = s.assign(T, pid, 8)
+                s.report(T, pid, have=[a.index for a in got])
+        self.assertTrue(s.is_done(T, "peer-1") and s.is_done(T, "peer-2"))
+
+
 class TimeoutTests(SchedulerMixin, SynchronousTestCase):
     def test_assignment_expires(self):
         """When an assignment is not reported within assignment_timeout, its slot is
