@@ -43,8 +43,10 @@ __all__ = ["PeerNode", "DownloadError", "StreamStopped", "DEFAULT_PIECE_SIZE"]
 
 DEFAULT_PIECE_SIZE = 4 * 1024 * 1024
 #: Piece bytes one download may hold in memory (being received or waiting for
-#: the disk): the fetches in flight are capped at max_buffered // piece size.
-DEFAULT_MAX_BUFFERED = 32 * 1024 * 1024
+#: the disk): the fetches in flight are capped at max_buffered // piece size
+#: (4 with 4 MiB pieces). Measured on a 4 GiB download: peer peak RSS 81 MiB
+#: (96 MiB with 32 MiB), and no throughput change on loopback.
+DEFAULT_MAX_BUFFERED = 16 * 1024 * 1024
 _JSON_CAP = 1024 * 1024
 _HEX64 = re.compile(r"\A[0-9a-f]{64}\Z")
 
