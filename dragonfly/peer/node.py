@@ -322,6 +322,33 @@ class PeerNode:
             return succeed(None)
         return self._leave(sn, task_id)
 
+    async def heartbeat(self):
+        """Tell each supernode which of its tasks we still hold and serve.
+
+        Finished tasks stay in the swarm (we keep serving their pieces); a
+        supernode drops peers it has not heard from, so the node calls this
+        periodically. Tasks a supernode no longer knows us for are forgotten
+        (we register again on the next download of them).
+        """
+        by_sn = {}
+        for task_id, sn in self._joined.items():
+            if task_id not in self._downloads and self._store.get(task_id) is not None:
+                by_sn.setdefault(sn, []).append(task_id)
+        for sn, tasks in by_sn.items():
+            try:
+                code, obj = await self._call(sn, "/api/v1/heartbeat", {
+                    "peer_id": self.peer_info.peer_id, "tasks": tasks}, self.api_timeout)
+            except Exception as e:
+                self.log.info("heartbeat to {sn} failed: {why}",
+                              sn=f"{sn[0]}:{sn[1]}", why=_describe(e))
+                continue
+            if code != 200:
+                self.log.info("heartbeat to {sn} answered {code}", sn=f"{sn[0]}:{sn[1]}", code=code)
+                continue
+            for task_id in obj.get("unknown") or ():
+                if self._joined.get(task_id) == sn:
+                    del self._joined[task_id]
+
     def forget_missing(self):
         """Leave the swarms of tasks the store no longer holds (after GC)."""
         ds = []

@@ -29,6 +29,10 @@ from dragonfly.interfaces import PeerInfo
 from dragonfly.supernode.service import ListeningService, safe_timer
 from dragonfly.taskid import new_peer_id
 
+#: Seconds between heartbeats for finished tasks; well under the supernode's
+#: peer timeout (120 s), so a live peer is never dropped as silent.
+HEARTBEAT_INTERVAL = 30.0
+
 __all__ = ["PeerConfig", "PeerService", "make_peer_service", "build_peer"]
 
 
@@ -83,6 +87,9 @@ class PeerService(service.MultiService):
             s.parent = self      # started by hand, in order
         safe_timer(config.gc_interval, self.gc, reactor, "store-gc", self.log) \
             .setServiceParent(self)
+        # Keep finished tasks in their swarms (supernodes drop silent peers).
+        safe_timer(HEARTBEAT_INTERVAL, lambda: Deferred.fromCoroutine(node.heartbeat()),
+                   reactor, "heartbeat", self.log).setServiceParent(self)
 
     def add_listener(self, name, endpoint, factory, label=None):
         """Listen on C{endpoint} too (after the API); its port goes in the port file

@@ -159,6 +159,10 @@ def _task_id(value):
         raise ApiError(400, "bad task_id")
 
 
+#: Task ids one heartbeat may name (the 1 MiB body cap allows ~8,000 anyway).
+MAX_HEARTBEAT_TASKS = 10000
+
+
 def _peer_id(value):
     try:
         return validate_peer_id(value)
@@ -427,6 +431,25 @@ class SupernodeAPI:
         peer_id = _peer_id(body.get("peer_id"))
         self.scheduler.leave(task_id, peer_id)
         return _json(request, {})
+
+    @app.route("/api/v1/heartbeat", methods=["POST"])
+    def heartbeat(self, request):
+        """A peer still serves these tasks: ``{"peer_id", "tasks": [ids]}`` ->
+        ``{"unknown": [ids]}`` (tasks it is no longer a member of here)."""
+        self._count("heartbeat")
+        body = self.read_json(request)
+        peer_id = _peer_id(body.get("peer_id"))
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list) or len(tasks) > MAX_HEARTBEAT_TASKS:
+            raise ApiError(400, f"tasks must be a list of at most {MAX_HEARTBEAT_TASKS} task ids")
+        unknown = []
+        for t in tasks:
+            if not isinstance(t, str):
+                raise ApiError(400, "tasks must be task id strings")
+            task_id = _task_id(t)
+            if not self.scheduler.touch(task_id, peer_id):
+                unknown.append(task_id)
+        return _json(request, {"unknown": unknown})
 
     @app.route("/api/v1/tasks/<task_id>", methods=["GET"])
     def task_info(self, request, task_id):

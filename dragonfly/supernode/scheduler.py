@@ -394,6 +394,19 @@ class Scheduler:
             return
         task.peers[peer.peer_id] = _Peer(peer, now)
 
+    def touch(self, task_id, peer_id):
+        """C{peer_id} is still there (a heartbeat): True if it is a member of the task.
+
+        Peers that finished a task keep serving it; they stop calling
+        L{assign}, so without this they would be dropped as silent.
+        """
+        task = self._tasks.get(task_id)
+        p = task.peers.get(peer_id) if task is not None else None
+        if p is None:
+            return False
+        p.last_seen = self.clock.seconds()
+        return True
+
     def leave(self, task_id, peer_id):
         """C{peer_id} is gone: its slots are freed and its pieces forgotten."""
         task = self._tasks.get(task_id)

@@ -34,6 +34,8 @@ class FakeSupernode:
         self.registrations = []
         self.schedules = []
         self.leaves = []
+        self.heartbeats = []
+        self.forgotten = set()   # task ids the heartbeat answers as unknown
         self.have = set()
         self.assigned = set()
         self.bad = set()          # (index, source peer id)
@@ -145,6 +147,13 @@ class FakeSupernode:
     def leave(self, request, task_id):
         self.leaves.append((task_id, json.loads(request.content.read())))
         return self._json(request, 200, {})
+
+    @app.route("/api/v1/heartbeat", methods=["POST"])
+    def heartbeat(self, request):
+        body = json.loads(request.content.read())
+        self.heartbeats.append(body)
+        return self._json(request, 200, {"unknown": [t for t in body["tasks"]
+                                                     if t in self.forgotten]})
 
 
 class FakePiecePool:

@@ -277,6 +277,25 @@ class DownloadTests(NodeMixin, SynchronousTestCase):
         self.assertTrue(tf.is_complete)
 
 
+class HeartbeatTests(NodeMixin, SynchronousTestCase):
+
+    def test_heartbeat_names_finished_tasks(self):
+        """After a download, heartbeat() tells the supernode the node still
+        holds the task; a task the supernode answers as unknown is forgotten
+        (no more heartbeats, no leave for it)."""
+        node = self.make()
+        tf = self.successResultOf(node.download(URL))
+        self.successResultOf(Deferred.fromCoroutine(node.heartbeat()))
+        self.assertEqual(self.supernode.heartbeats,
+                         [{"peer_id": ME.peer_id, "tasks": [tf.task_id]}])
+        self.supernode.forgotten.add(tf.task_id)
+        self.successResultOf(Deferred.fromCoroutine(node.heartbeat()))
+        self.successResultOf(Deferred.fromCoroutine(node.heartbeat()))
+        self.assertEqual(len(self.supernode.heartbeats), 2)
+        self.successResultOf(node.leave(tf.task_id))
+        self.assertEqual(self.supernode.leaves, [])
+
+
 class SupernodeFailureTests(NodeMixin, SynchronousTestCase):
 
     def test_follows_owner_redirect(self):

@@ -312,6 +312,27 @@ class ScheduleTests(APITestBase):
         self.assertIn("could not fetch", obj["error"])
 
 
+class HeartbeatTests(APITestBase):
+    def test_heartbeat_keeps_a_finished_peer(self):
+        """A peer that heartbeats its tasks is not dropped as silent after the
+        peer timeout; one that doesn't is, and the heartbeat then names the task
+        as unknown. Malformed heartbeats get 400."""
+        self.register()
+        pid = PEER["peer_id"]
+        for _ in range(4):
+            self.clock.advance(self.scheduler.peer_timeout / 2)
+            obj = self.call("POST", "/api/v1/heartbeat", {"peer_id": pid, "tasks": [TASK]})
+            self.assertEqual(obj, {"unknown": []})
+            self.scheduler.expire()
+        self.clock.advance(self.scheduler.peer_timeout + 1)
+        self.scheduler.expire()
+        obj = self.call("POST", "/api/v1/heartbeat", {"peer_id": pid, "tasks": [TASK]})
+        self.assertEqual(obj, {"unknown": [TASK]})
+        for bad in ({"peer_id": pid, "tasks": "x"}, {"peer_id": pid, "tasks": [1]},
+                    {"peer_id": pid, "tasks": ["../x"]}, {"tasks": []}):
+            self.assertIn("error", self.call("POST", "/api/v1/heartbeat", bad, status=400))
+
+
 class PreheatTests(APITestBase):
     def test_preheat_file(self):
         """POST /api/v1/preheat answers 202 with an id; the job fetches the
