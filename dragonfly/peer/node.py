@@ -36,7 +36,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from dragonfly.interfaces import Assignment, PeerInfo
-from dragonfly.storage.store import DigestMismatch, PieceBuffer
+from dragonfly.storage.cutter import PieceCutter
+from dragonfly.storage.store import DigestMismatch
 from dragonfly.taskid import task_id_for_url, validate_task_id
 
 __all__ = ["PeerNode", "DownloadError", "StreamStopped", "DEFAULT_PIECE_SIZE"]
@@ -697,10 +698,10 @@ class PeerNode:
                                     tf.piece_size if tf is not None else self.piece_size,
                                     etag=response.etag, last_modified=response.last_modified)
         self._set_tf(dl, tf)
-        writer = _StoreWriter(self, dl, tf, response.offset, self._runner)
+        writer = _StoreWriter(self, dl, tf, response.offset)
         try:
             await response.deliver(writer)
-            await writer.close()
+            await writer.finish()
         except OriginError as e:
             raise DownloadError(f"origin: {e.message}")
         if not tf.is_complete:
@@ -758,103 +759,37 @@ class _Spooler:
         return self._runner.run(os.pwrite, self._f.fileno(), data, off)
 
 
-class _StoreWriter:
+class _StoreWriter(PieceCutter):
     """Consumer cutting an origin body (starting at a piece boundary) into pieces.
 
-    Each chunk is hashed as it arrives (on the reactor: about 0.1 ms per
-    256 KiB, and hashlib drops the GIL) and kept as it came; a finished piece
-    is handed to C{write_piece} as that chunk list (no join, no copy). At most
-    C{max_writes} pieces are being written at once; while at that limit
-    C{write} returns a Deferred, so the origin connection pauses: memory is
-    bounded by about C{max_writes + 1} pieces. Pieces the store already holds
-    are skipped, not rewritten.
+    L{PieceCutter} keeps the window of piece writes bounded (the origin
+    connection pauses at the limit); each piece is hashed and written by
+    C{write_new_piece} in the runner. Pieces the store already holds are
+    skipped, not rewritten.
     """
 
-    def __init__(self, node, dl, tf, offset, runner, max_writes=2):
+    def __init__(self, node, dl, tf, offset, max_writes=2):
         self._node = node
         self._dl = dl
-        self._tf = tf
-        self._runner = runner
-        self._piece = PieceBuffer(hashed=False)   # hashed in the runner, with the write
-        self._max_writes = max(1, max_writes)
-        self._writes = set()
-        self._room = None       # Deferred given to the origin while at the limit
-        self._error = None
-        if tf.piece_count == 0:
-            self._index = 0
-        else:
-            self._index = offset // tf.piece_size
-            if offset % tf.piece_size:
-                raise DownloadError(f"origin resumed at {offset}, not a piece boundary")
+        PieceCutter.__init__(self, tf, offset, max_writes)
 
-    def write(self, data):
-        return self._feed(memoryview(data))
+    def misaligned(self, start):
+        return DownloadError(f"origin resumed at {start}, not a piece boundary")
 
-    def _feed(self, view):
-        if self._error is not None:
-            raise self._error
-        tf = self._tf
-        while view.nbytes:
-            if self._index >= tf.piece_count:
-                raise DownloadError("origin sent more bytes than the task's length")
-            size = tf.piece_range(self._index)[1]
-            need = size - self._piece.nbytes
-            self._piece.add(view[:need])
-            view = view[need:]
-            if self._piece.nbytes == size:
-                chunks, _ = self._piece.take()
-                index, self._index = self._index, self._index + 1
-                self._store_piece(index, chunks, size)
-                if view.nbytes and len(self._writes) >= self._max_writes:
-                    # The rest of a large chunk waits for a write to finish.
-                    rest = view
-                    return self._wait_room().addCallback(lambda _: self._feed(rest))
-        if self._error is not None:
-            raise self._error
-        if len(self._writes) >= self._max_writes:
-            return self._wait_room()
-        return None
+    def overflow(self):
+        return DownloadError("origin sent more bytes than the task's length")
 
-    def _wait_room(self):
-        self._room = Deferred()
-        return self._room
+    def short(self, got):
+        missing = self._tf.piece_count - self.index
+        return DownloadError(f"origin body ended {missing} piece(s) short")
 
-    def _store_piece(self, index, chunks, size):
-        tf = self._tf
-        if tf.has(index):
+    def store_piece(self, index, chunks, size):
+        if self._tf.has(index):
             # Already verified and held (resumed download).
             self._node._metrics.download_bytes.labels(source="origin").inc(size)
-            return
-        d = tf.write_new_piece(index, chunks)
-        self._writes.add(d)
-
-        def written(_):
-            self._node._piece_arrived(self._dl, index, size, "origin")
-
-        def failed(f):
-            if self._error is None:
-                self._error = f.value
             return None
-
-        def settled(_):
-            self._writes.discard(d)
-            room, self._room = self._room, None
-            if room is not None:
-                if self._error is not None:
-                    room.errback(self._error)
-                else:
-                    room.callback(None)
-        d.addCallbacks(written, failed)
-        d.addBoth(settled)
-
-    async def close(self):
-        while self._writes:
-            await next(iter(self._writes))
-        if self._error is not None:
-            raise self._error
-        if self._piece.nbytes or self._index < self._tf.piece_count:
-            missing = self._tf.piece_count - self._index
-            raise DownloadError(f"origin body ended {missing} piece(s) short")
+        return self._tf.write_new_piece(index, chunks).addCallback(
+            lambda _: self._node._piece_arrived(self._dl, index, size, "origin"))
 
 
 # ---------------------------------------------------------------------------

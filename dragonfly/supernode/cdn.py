@@ -39,7 +39,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dragonfly.origin import OriginError
-from dragonfly.storage.store import PieceBuffer
+from dragonfly.storage.cutter import PieceCutter
 
 __all__ = ["CDN", "CDNError", "ContentChanged", "CacheFull", "NotReady"]
 
@@ -125,109 +125,42 @@ class _Observers:
                 d.callback(result)
 
 
-class _PieceCutter:
-    """Consumer for OriginResponse.deliver: bytes -> hashed, written pieces.
+class _PieceCutter(PieceCutter):
+    """The CDN's origin body -> hashed, written pieces (L{PieceCutter}).
 
-    At most C{max_writes} pieces are written at once; while at that limit
-    C{write} returns a Deferred (the origin pauses until a write is done).
+    A piece already held (re-reading from byte 0) is hashed and compared
+    instead of rewritten: a difference means the origin content changed.
     """
 
     def __init__(self, cdn, job, tf, start, max_writes=2):
         self._cdn = cdn
         self._job = job
-        self._tf = tf
-        if start % tf.piece_size:
-            raise ValueError(f"start {start} is not on a piece boundary")
-        self.index = start // tf.piece_size
-        self._piece = PieceBuffer(hashed=False)   # hashed in the runner, with the write
-        self._max_writes = max(1, max_writes)
-        self._writes = set()
-        self._room = None
-        self._error = None
         self.received = 0
+        PieceCutter.__init__(self, tf, start, max_writes)
 
     def write(self, data):
         self.received += len(data)
         self._cdn._count_bytes(len(data))
-        return self._feed(memoryview(data))
+        return PieceCutter.write(self, data)
 
-    def _feed(self, view):
-        if self._error is not None:
-            raise self._error
-        tf = self._tf
-        while view.nbytes:
-            if self.index >= tf.piece_count:
-                raise ContentChanged(f"origin sent more than the {tf.length} bytes announced")
-            size = tf.piece_range(self.index)[1]
-            need = size - self._piece.nbytes
-            self._piece.add(view[:need])
-            view = view[need:]
-            if self._piece.nbytes == size:
-                self._complete()
-                if view.nbytes and len(self._writes) >= self._max_writes:
-                    # The rest of a large chunk waits for a write to finish.
-                    rest = view
-                    return self._wait_room().addCallback(lambda _: self._feed(rest))
-        if self._error is not None:
-            raise self._error
-        if len(self._writes) >= self._max_writes:
-            return self._wait_room()
-        return None
+    def overflow(self):
+        return ContentChanged(f"origin sent more than the {self._tf.length} bytes announced")
 
-    def _wait_room(self):
-        self._room = Deferred()
-        return self._room
+    def short(self, got):
+        return OriginError(None, f"origin body ended at byte {got} of {self._tf.length}")
 
-    def _complete(self):
-        index = self.index
-        chunks, _ = self._piece.take()
-        self.index += 1
+    def store_piece(self, index, chunks, size):
         tf = self._tf
         if tf.has(index):
-            # Re-reading from byte 0: what we hold must be what the origin sends.
             held = tf.digest(index)
-            d = self._cdn.runner.run(_sha256_of, chunks)
 
-            def written(digest):
+            def compare(digest):
                 if digest != held:
                     raise ContentChanged(
                         f"origin content changed: piece {index} differs from the copy held")
-        else:
-            d = tf.write_new_piece(index, chunks)
-
-            def written(digest):
-                self._cdn._piece_done(self._job, tf, index, digest)
-        self._writes.add(d)
-
-        def failed(f):
-            if self._error is None:
-                self._error = f.value
-            return None
-
-        def settled(_):
-            self._writes.discard(d)
-            room, self._room = self._room, None
-            if room is not None:
-                if self._error is not None:
-                    room.errback(self._error)
-                else:
-                    room.callback(None)
-        d.addCallbacks(written, failed)
-        d.addBoth(settled)
-
-    async def drain(self):
-        """Wait for the piece writes in flight (their errors are kept, not raised)."""
-        while self._writes:
-            await next(iter(self._writes))
-
-    async def finish(self):
-        """The body ended: wait for the writes; every piece must be complete."""
-        await self.drain()
-        if self._error is not None:
-            raise self._error
-        if self._piece.nbytes or self.index != self._tf.piece_count:
-            got = self.index * self._tf.piece_size + self._piece.nbytes
-            raise OriginError(None, f"origin body ended at byte {got} of {self._tf.length}")
+            return self._cdn.runner.run(_sha256_of, chunks).addCallback(compare)
+        return tf.write_new_piece(index, chunks).addCallback(
+            lambda digest: self._cdn._piece_done(self._job, tf, index, digest))
 
 
 def _sha256_of(chunks):
