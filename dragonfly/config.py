@@ -287,3 +287,30 @@ class ConfigOptions(usage.Options):
                 isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
             return ",".join(str(v) for v in value)
         raise usage.UsageError(f"{source}: {key} must be a string, number or list")
+
+
+def check_endpoint(flag, value, example="tcp:8002"):
+    """Raise UsageError unless C{value} is a server endpoint string (not bound here)."""
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    if not isinstance(value, str) or not value.strip():
+        raise usage.UsageError(f"--{flag} must be an endpoint like {example}")
+    try:
+        serverFromString(MemoryReactor(), value)
+    except Exception as e:
+        raise usage.UsageError(f"--{flag}: bad endpoint {value!r}: {e}")
+
+
+def check_writable_dir(flag, path):
+    """The dir exists and is writable, or its closest existing parent is."""
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise usage.UsageError(f"--{flag}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise usage.UsageError(f"--{flag}: {probe} is not writable")

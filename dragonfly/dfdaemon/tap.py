@@ -66,7 +66,7 @@ class Options(PeerOptions):
         self.mirror_config = self.build_mirror_config(MirrorConfig())
 
     def build_mirror_config(self, m):
-        check_endpoint("listen", self["listen"])
+        check_endpoint("listen", self["listen"], example="tcp:65001")
         m.listen = self["listen"]
         m.registry = str(self["registry"] or DEFAULT_REGISTRY).strip()
         m.allow_registry = [str(v) for v in self["allow_registry"]]

@@ -12,11 +12,10 @@ import ipaddress
 import os
 import re
 
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
 
-from dragonfly.config import ConfigOptions, parse_hostports, parse_rate, parse_size
+from dragonfly.config import (
+    ConfigOptions, check_endpoint, check_writable_dir, parse_hostports, parse_rate, parse_size)
 from dragonfly.peer.service import PeerConfig, make_peer_service
 
 __all__ = ["PeerOptions", "Options", "makeService", "make_peer_service"]
@@ -64,7 +63,7 @@ class PeerOptions(ConfigOptions):
         except usage.UsageError as e:
             raise usage.UsageError(f"--supernodes: {e}")
         for name in ("piece-listen", "api-listen"):
-            check_endpoint(name, self[name])
+            check_endpoint(name, self[name], example="tcp:65000")
         c.piece_listen = self["piece-listen"]
         c.api_listen = self["api-listen"]
         c.advertise = check_host("advertise", self["advertise"])
@@ -100,15 +99,6 @@ def makeService(options, reactor=None):
     return svc
 
 
-def check_endpoint(flag, value):
-    if not isinstance(value, str) or not value.strip():
-        raise usage.UsageError(f"--{flag} must be an endpoint like tcp:65000")
-    try:
-        serverFromString(MemoryReactor(), value)
-    except Exception as e:
-        raise usage.UsageError(f"--{flag}: bad endpoint {value!r}: {e}")
-
-
 def check_host(flag, value):
     text = str(value or "").strip()
     if text.startswith("[") and text.endswith("]"):
@@ -121,20 +111,6 @@ def check_host(flag, value):
     if not _HOST_RE.match(text):
         raise usage.UsageError(f"--{flag}: not a host name or address: {value!r}")
     return text
-
-
-def check_writable_dir(flag, path):
-    """The dir exists and is writable, or its closest existing parent is."""
-    probe = path
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    if not os.path.isdir(probe):
-        raise usage.UsageError(f"--{flag}: {probe} is not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise usage.UsageError(f"--{flag}: {probe} is not writable")
 
 
 def _size(flag, value, parse=parse_size):

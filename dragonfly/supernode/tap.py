@@ -6,10 +6,10 @@ import os
 import re
 
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
 
-from dragonfly.config import ConfigOptions, parse_hostports, parse_rate, parse_size
+from dragonfly.config import (
+    ConfigOptions, check_endpoint, check_writable_dir, parse_hostports, parse_rate, parse_size)
 from dragonfly.supernode.service import SupernodeConfig
 
 MIN_PIECE = 1024
@@ -51,7 +51,7 @@ class Options(ConfigOptions):
         self.applyConfig()
         c = SupernodeConfig()
         for name in ("listen", "piece-listen"):
-            _check_endpoint(name, self[name])
+            check_endpoint(name, self[name])
         c.listen = self["listen"]
         c.piece_listen = self["piece-listen"]
         adv = self["advertise"]
@@ -64,7 +64,7 @@ class Options(ConfigOptions):
         if not data_dir or not str(data_dir).strip():
             raise usage.UsageError("--data-dir must not be empty")
         c.data_dir = os.path.abspath(str(data_dir))
-        _check_writable_dir(c.data_dir)
+        check_writable_dir("data-dir", c.data_dir)
         cluster = self["cluster"] or ""
         c.cluster = parse_hostports(cluster) if str(cluster).strip() else []
         c.piece_size = _size("piece-size", self["piece-size"])
@@ -111,29 +111,6 @@ def _size(flag, value, parse=parse_size):
         return parse(value)
     except usage.UsageError as e:
         raise usage.UsageError(f"--{flag}: {e}")
-
-
-def _check_endpoint(flag, value):
-    if not isinstance(value, str) or not value.strip():
-        raise usage.UsageError(f"--{flag} must be an endpoint like tcp:8002")
-    try:
-        serverFromString(MemoryReactor(), value)
-    except Exception as e:
-        raise usage.UsageError(f"--{flag}: bad endpoint {value!r}: {e}")
-
-
-def _check_writable_dir(path):
-    """The dir exists and is writable, or its closest existing parent is."""
-    probe = path
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    if not os.path.isdir(probe):
-        raise usage.UsageError(f"--data-dir: {probe} is not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise usage.UsageError(f"--data-dir: {probe} is not writable")
 
 
 def makeService(options, reactor=None):
