@@ -22,11 +22,11 @@ import os
 from dataclasses import dataclass, field
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
+from dragonfly.daemon import ListeningService, release, safe_timer
 from dragonfly.interfaces import PeerInfo
-from dragonfly.supernode.service import ListeningService, safe_timer
 from dragonfly.taskid import new_peer_id
 
 #: Seconds between heartbeats for finished tasks; well under the supernode's
@@ -197,21 +197,7 @@ class PeerService(service.MultiService):
         ds.append(service.MultiService.stopService(self))
         if self.piece_pool is not None:
             ds.append(self.piece_pool.close())
-        for closer in self._closers:
-            try:
-                ds.append(closer())
-            except Exception:
-                self.log.failure("closing")
-        try:
-            self.store.close()
-        except Exception:
-            self.log.failure("closing the store")
-        if self.config.port_file:
-            try:
-                os.unlink(self.config.port_file)
-            except OSError:
-                pass
-        return DeferredList([d for d in ds if isinstance(d, Deferred)], consumeErrors=True)
+        return release(self.log, ds, self._closers, self.store, self.config.port_file)
 
 
 def make_peer_service(options, reactor=None):

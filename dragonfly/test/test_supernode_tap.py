@@ -12,7 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from dragonfly.test import source_file
 from dragonfly.interfaces import PeerInfo
 from dragonfly.supernode import tap
-from dragonfly.supernode.service import SupernodeService, safe_timer
+from dragonfly.daemon import safe_timer
+from dragonfly.supernode.service import SupernodeService
 
 
 class OptionsTests(SynchronousTestCase):

@@ -1,0 +1,104 @@
+"""Pieces every dragonfly daemon (supernode, peer, dfdaemon) is built from."""
+import os
+
+from twisted.application import service
+from twisted.application.internet import TimerService
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.logger import Logger
+
+
+def safe_timer(interval, f, clock, name, log):
+    """A TimerService calling C{f} whose failures are logged, never fatal."""
+
+    def body():
+        try:
+            d = f()
+        except Exception:
+            log.failure("timer {name} failed", name=name)
+            return None
+        if isinstance(d, Deferred):
+            d.addErrback(lambda fl: log.failure("timer {name} failed", fl, name=name))
+        return d
+
+    s = TimerService(interval, body)
+    s.clock = clock
+    s.setName(name)
+    return s
+
+
+class ListeningService(service.Service):
+    """Listens on an endpoint; remembers the port; stops listening on stop.
+
+    Unlike StreamServerEndpointService, the bound port is public
+    (L{whenListening}), which an ephemeral C{tcp:0} listener needs.
+    """
+
+    log = Logger()
+
+    def __init__(self, endpoint, factory, name):
+        self.endpoint = endpoint
+        self.factory = factory
+        self.setName(name)
+        self.port = None
+        self._waiting = []
+        self._listening = None
+
+    def startService(self):
+        service.Service.startService(self)
+        d = self.endpoint.listen(self.factory)
+        self._listening = d
+
+        def bound(port):
+            self.port = port
+            waiting, self._waiting = self._waiting, []
+            for w in waiting:
+                w.callback(port)
+            return port
+
+        def failed(f):
+            waiting, self._waiting = self._waiting, []
+            for w in waiting:
+                w.errback(f)
+            self.log.failure("cannot listen for {name}", f, name=self.name)
+            return None
+
+        d.addCallbacks(bound, failed)
+
+    def whenListening(self):
+        """A Deferred firing with the IListeningPort once bound."""
+        if self.port is not None:
+            return succeed(self.port)
+        d = Deferred()
+        self._waiting.append(d)
+        return d
+
+    def stopService(self):
+        service.Service.stopService(self)
+        port, self.port = self.port, None
+        if port is not None:
+            return port.stopListening()
+        if self._listening is not None and not self._listening.called:
+            self._listening.cancel()
+        return None
+
+
+def release(log, ds, closers, store, port_file):
+    """The end of a daemon's stopService: run C{closers}, close C{store},
+    remove C{port_file}; a DeferredList over those and the Deferreds in C{ds}.
+    A failing closer is logged and does not stop the others."""
+    ds = list(ds)
+    for close in closers:
+        try:
+            ds.append(close())
+        except Exception:
+            log.failure("closing")
+    try:
+        store.close()
+    except Exception:
+        log.failure("closing the store")
+    if port_file:
+        try:
+            os.unlink(port_file)
+        except OSError:
+            pass
+    return DeferredList([d for d in ds if isinstance(d, Deferred)], consumeErrors=True)
