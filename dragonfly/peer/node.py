@@ -638,6 +638,12 @@ class PeerNode:
         return tf
 
     async def _p2p(self, dl):
+        stale = self._joined.pop(dl.task_id, None)
+        if stale is not None:
+            # We finished this task once and the store has lost it since (GC,
+            # a file edited through a hard link): the supernode still counts
+            # us as holding its pieces until we leave.
+            await self._leave(stale, dl.task_id)
         addr, info = await self._register(dl)
         tf = self._prepare(dl, info, dl.url)
         session = _Session(self, dl, tf, addr, info["seed"])

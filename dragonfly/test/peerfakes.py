@@ -146,6 +146,7 @@ class FakeSupernode:
     @app.route("/api/v1/tasks/<task_id>/leave", methods=["POST"])
     def leave(self, request, task_id):
         self.leaves.append((task_id, json.loads(request.content.read())))
+        self.have.clear()   # like the scheduler: a peer that leaves holds nothing
         return self._json(request, 200, {})
 
     @app.route("/api/v1/heartbeat", methods=["POST"])

@@ -152,6 +152,59 @@ class DaemonTests(RunMixin, SynchronousTestCase):
         self.assertEqual(self.listing(), ["file.bin"])
         self.assertEqual(len(daemon.supernode.registrations), 1)
 
+    def test_output_linked_to_store(self):
+        """On the store's filesystem the output is a hard link to the store's
+        file (or a reflink): no bytes are copied."""
+        from dragonfly.dfget import cli
+        self.patch(cli, "_reflink", lambda fin, fout: False)   # whatever /tmp is
+        daemon = _Daemon(self)
+        self.ok(URL, "-O", self.out, http=daemon.http)
+        task = daemon.store.get(task_id_for_url(URL))
+        self.assertTrue(os.path.samefile(self.out, task.path))
+        self.assertEqual(self.listing(), ["file.bin"])
+
+    def test_edited_output_not_served_again(self):
+        """Editing a linked output in place costs the store that task: the next
+        dfget downloads it again instead of handing out the edited bytes."""
+        daemon = _Daemon(self)
+        self.ok(URL, "-O", self.out, http=daemon.http)
+        with open(self.out, "r+b") as f:
+            f.write(b"EDITED")
+        os.utime(self.out, ns=(0, 0))   # coarse kernel clocks may not tick in a test
+        second = os.path.join(self.dir, "again.bin")
+        self.ok(URL, "-O", second, http=daemon.http)
+        with open(second, "rb") as f:
+            self.assertEqual(f.read(), DATA)
+        self.assertEqual(len(daemon.supernode.registrations), 2)
+
+    def test_copy_when_link_refused(self):
+        """Where the kernel refuses the link (another filesystem, protected_hardlinks),
+        the output is a copy."""
+        from dragonfly.dfget import cli
+
+        def refuse(src, dst):
+            raise PermissionError(1, "Operation not permitted")
+        self.patch(cli, "_reflink", lambda fin, fout: False)
+        self.patch(os, "link", refuse)
+        daemon = _Daemon(self)
+        self.ok(URL, "-O", self.out, "--digest", "sha256:" + SHA, http=daemon.http)
+        task = daemon.store.get(task_id_for_url(URL))
+        self.assertFalse(os.path.samefile(self.out, task.path))
+        with open(self.out, "rb") as f:
+            self.assertEqual(f.read(), DATA)
+        self.assertEqual(self.listing(), ["file.bin"])
+
+    def test_place_without_sharing(self):
+        """_place(share=False) never links: a private copy, digest of what was written."""
+        from dragonfly.dfget.cli import _place
+        src = os.path.join(self.dir, "src")
+        with open(src, "wb") as f:
+            f.write(DATA)
+        how, got = _place(src, self.out, "sha256", share=False)
+        self.assertIn(how, ("copy", "reflink"))
+        self.assertFalse(os.path.samefile(src, self.out))
+        self.assertEqual(got, SHA)
+
     def test_output_directory(self):
         """-O DIR puts the URL's basename in DIR."""
         daemon = _Daemon(self)

@@ -681,6 +681,121 @@ class CorruptionTests(StoreMixin, SynchronousTestCase):
         self.assertEqual(store.get("bad").last_access, 100)
 
 
+class SealTests(StoreMixin, SynchronousTestCase):
+    """A complete task's data file is sealed: if it changes (dfget may hard-link
+    its output to it, and users edit outputs), the task is dropped, never served."""
+
+    def setUp(self):
+        self.root = self.mktemp()
+        self.clock = Clock()
+        self.store = self.make_store()
+        self.data = blob(10)
+        self.task = self.store.create(TID, "u", 10, 4)
+        self.write_all(self.task, self.data)
+
+    def edit(self, path, data=b"Z", offset=0):
+        before = os.stat(path).st_mtime_ns
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, data, offset)
+        finally:
+            os.close(fd)
+        st = os.stat(path)
+        if st.st_mtime_ns == before:
+            # A kernel with coarse timestamps may not tick between two writes
+            # this close together; a user's edit comes much later.
+            os.utime(path, ns=(st.st_atime_ns, before + 10**9))
+
+    def test_seal_saved(self):
+        """Completing a task records the data file's size and mtime in meta.json."""
+        st = os.stat(self.task.path)
+        self.assertEqual(self.read_meta(self.task)["sealed"], [10, st.st_mtime_ns])
+        self.assertTrue(self.task.intact())
+
+    def test_unchanged_task_kept(self):
+        """A hard link to the file (what dfget makes) does not break the seal."""
+        os.link(self.task.path, self.mktemp())
+        self.assertIs(self.store.get(TID), self.task)
+
+    def test_edited_through_a_link_dropped(self):
+        """A write through another name for the file: get() drops the task and its directory."""
+        out = self.mktemp()
+        os.link(self.task.path, out)
+        self.edit(out)
+        self.assertIsNone(self.store.get(TID))
+        self.assertTrue(self.task.removed)
+        self.assertFalse(os.path.exists(self.task.directory))
+        with open(out, "rb") as f:   # the user's file is theirs: untouched
+            self.assertEqual(f.read(), b"Z" + self.data[1:])
+
+    def test_truncated_dropped(self):
+        """Truncating the file of a complete task drops the task."""
+        os.truncate(self.task.path, 3)
+        self.assertIsNone(self.store.get(TID))
+
+    def test_partial_task_not_sealed(self):
+        """A task still downloading is not sealed: its own writes change the file."""
+        task = self.store.create("partial", "u", 8, 4)
+        self.successResultOf(task.write_piece(0, b"abcd", sha(b"abcd")))
+        self.edit(task.path, offset=6)
+        self.assertIs(self.store.get("partial"), task)
+        self.assertIsNone(self.read_meta(task)["sealed"])
+
+    def test_edited_while_stopped_dropped_at_load(self):
+        """A file changed while no daemon ran: load() drops the entry."""
+        self.store.close()
+        self.edit(self.task.path, offset=9)
+        store = self.make_store()
+        store.load()
+        self.assertEqual(store.tasks(), [])
+        self.assertFalse(os.path.exists(self.task.directory))
+
+    def test_reload_keeps_seal(self):
+        """After a restart the seal still guards the file."""
+        self.store.close()
+        store = self.make_store()
+        store.load()
+        task = store.get(TID)
+        self.assertTrue(task.is_complete)
+        self.edit(task.path)
+        self.assertIsNone(store.get(TID))
+
+    def test_old_meta_sealed_at_load(self):
+        """A complete entry saved without a seal (older meta.json) is sealed at load."""
+        self.store.close()
+        meta = self.read_meta(self.task)
+        del meta["sealed"]
+        with open(self.task.meta_path, "w") as f:
+            json.dump(meta, f)
+        store = self.make_store()
+        store.load()
+        task = store.get(TID)
+        self.assertTrue(task.intact())
+        self.edit(task.path)
+        self.assertIsNone(store.get(TID))
+
+    def test_bad_seal_is_corrupt(self):
+        """A seal that is not two integers makes the entry corrupt."""
+        self.store.close()
+        for bad in ("x", [1], [1, "2"], [True, 2]):
+            meta = self.read_meta(self.task)
+            meta["sealed"] = bad
+            with open(self.task.meta_path, "w") as f:
+                json.dump(meta, f)
+            store = self.make_store()
+            store.load()
+            self.assertEqual(store.tasks(), [], bad)
+            self.assertFalse(os.path.exists(self.task.directory))
+            self.recreate()
+
+    def recreate(self):
+        store = self.make_store()
+        store.load()
+        task = store.create(TID, "u", 10, 4)
+        self.write_all(task, self.data)
+        store.close()
+
+
 class EvictionTests(StoreMixin, SynchronousTestCase):
     def setUp(self):
         self.root = self.mktemp()
