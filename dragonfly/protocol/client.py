@@ -10,6 +10,7 @@ that breaks, times out or misbehaves with L{PieceFetchError}.
 import ctypes
 import hashlib
 import platform
+import socket
 from collections import deque
 
 from twisted.internet import defer
@@ -146,6 +147,8 @@ class PieceClientProtocol(Protocol):
         self._idle_call = None
         self._resume_call = None
         self._paused = False
+        self._sock = None      # the socket, where SO_RCVLOWAT can be set
+        self._lowat = 1
         self._close_reason = None
         self._gone = []
 
@@ -191,6 +194,9 @@ class PieceClientProtocol(Protocol):
                 pass
         if hasattr(transport, "bufferSize"):
             transport.bufferSize = READ_SIZE
+        handle = getattr(transport, "getHandle", lambda: None)()
+        if isinstance(handle, socket.socket) and hasattr(socket, "SO_RCVLOWAT"):
+            self._sock = handle
         transport.write(codec.encode_hello(
             codec.Hello(codec.VERSION, self.task_id, self.pool.peer_id)))
 
@@ -234,10 +240,26 @@ class PieceClientProtocol(Protocol):
                     self._message(event)
                 if self.closed:
                     return
+            self._set_lowat(min(self._decoder.body_left, READ_SIZE) or 1)
         except codec.ProtocolError as e:
             self.log.info("dropping piece connection to {source}: {error}",
                           source=self.source, error=e)
             self._shutdown(f"protocol error: {e}")
+
+    def _set_lowat(self, nbytes):
+        # Inside a piece body the server owes us body_left more bytes: wake
+        # up only once min(body_left, READ_SIZE) of them are here (SO_RCVLOWAT;
+        # Linux grows the receive buffer to fit), so each read, and each trip
+        # through the reactor and the decoder, moves ~READ_SIZE instead of
+        # whatever loopback delivered (~64 KiB). Outside a body: any byte.
+        if nbytes == self._lowat or self._sock is None:
+            return
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, nbytes)
+        except OSError:
+            self._sock = None   # not supported here: leave it
+            return
+        self._lowat = nbytes
 
     def _resume(self):
         self._resume_call = None

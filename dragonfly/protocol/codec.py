@@ -362,6 +362,11 @@ class FrameDecoder:
         return self._body_left > 0
 
     @property
+    def body_left(self):
+        """Bytes of the current piece body still to come (0 outside a body)."""
+        return self._body_left
+
+    @property
     def buffered(self):
         """Bytes of an incomplete frame held until more data arrives."""
         return len(self._buf)

@@ -137,6 +137,8 @@ def build_supernode(reactor, c):
     from dragonfly.supernode.service import SupernodeService
     from dragonfly.threads import ThreadRunner
 
+    from dragonfly.protocol.client import tune_allocator
+    tune_allocator()   # origin bodies arrive as piece-sized runs of chunks too
     runner = ThreadRunner(reactor, max_threads=4, name="supernode-io")
     metrics = SupernodeMetrics()
     store = PieceStore(os.path.join(c.data_dir, "pieces"), quota=c.cache_size, ttl=c.cache_ttl,

@@ -544,6 +544,46 @@ class ClientTests(ClientTestMixin, SynchronousTestCase):
         self.assertEqual(p2.tobytes(), b2)
         self.assertIsNone(p2.digest)
 
+    def test_rcvlowat_follows_the_body(self):
+        """Inside a piece body the socket's SO_RCVLOWAT is min(body left, READ_SIZE),
+        so a read waits for a big slice; between pieces it is back to 1 byte."""
+        import socket
+
+        from dragonfly.protocol.client import READ_SIZE
+
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+
+        def lowat():
+            return a.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)
+
+        class SocketTransport(StringTransport):
+            def getHandle(self):
+                return a
+
+        self.endpoint.connect = lambda factory: self._connect_with(factory, SocketTransport())
+        pool = self.make_pool()
+        size = READ_SIZE * 2 + 1000
+        d = pool.fetch(SOURCE, TASK, 1, size)
+        proto, tr = self.handshake()
+        self.assertEqual(lowat(), 1)
+        body = pattern(size)
+        proto.dataReceived(encode(Piece(1, size)) + body[:1000])
+        self.assertEqual(lowat(), READ_SIZE)
+        proto.dataReceived(body[1000:READ_SIZE * 2])
+        self.assertEqual(lowat(), 1000)
+        proto.dataReceived(body[READ_SIZE * 2:])
+        self.assertEqual(lowat(), 1)
+        self.assertEqual(self.successResultOf(d), body)
+
+    def _connect_with(self, factory, tr):
+        proto = factory.buildProtocol(None)
+        proto.makeConnection(tr)
+        self.endpoint.transports.append(tr)
+        self.endpoint.protocols.append(proto)
+        return defer.succeed(proto)
+
     def test_small_slices(self):
         """When the body trickles in tiny slices, the piece is still reassembled exactly."""
         pool = self.make_pool()
