@@ -801,6 +801,10 @@ class _StoreWriter(PieceCutter):
 # ---------------------------------------------------------------------------
 # The swarm session: registration done, schedule and fetch until complete.
 
+#: Pieces a busy session gathers before a report-only call (see _Session._report_now).
+REPORT_BATCH = 2
+
+
 class _Session:
     log = Logger()
 
@@ -864,7 +868,8 @@ class _Session:
             unassigned = (self.tf.piece_count - len(self.tf.completed())
                           - len(self.in_flight) - len(self.queue))
             want = min(want, max(0, unassigned))
-            if want == 0 and not self.have and not self.failed:
+            if want == 0 and not self.have and not self.failed or (
+                    want < REPORT_BATCH and self._may_gather()):
                 await self.event.wait(node.stall_timeout)
                 self._check_stall()
                 continue
@@ -1064,6 +1069,8 @@ class _Session:
         """
         if not self.polling or self.reporting is not None or not (self.have or self.failed):
             return
+        if self._may_gather():
+            return
         d = self.reporting = Deferred.fromCoroutine(self._schedule(0, 0))
 
         def done(result):
@@ -1077,6 +1084,17 @@ class _Session:
             self._report_now()
             return None
         d.addBoth(done)
+
+    def _may_gather(self):
+        """True when the news so far (one piece landed) can wait for the next.
+
+        Reporting each piece alone costs two round trips per piece while a
+        long-poll is out (the report frees one source slot, then the poll
+        answers with one assignment) and one otherwise. Pairs halve that.
+        Failures, two pieces, or a pipeline about to run dry: report now.
+        """
+        return (not self.failed and len(self.have) < REPORT_BATCH
+                and len(self.in_flight) + len(self.queue) > 1)
 
     def _failed(self, a, reason, why):
         node = self.node

@@ -519,6 +519,54 @@ class LongPollTests(NodeMixin, SynchronousTestCase):
         self.assertEqual(self.clock.seconds(), 0)
 
 
+    def test_reports_pairs_while_busy(self):
+        """With more pieces in flight, a lone landed piece waits for the next one:
+        the report-only call carries two pieces (half the round trips), and the
+        download still never waits for a poll to time out."""
+        node = self.make(sources=(PEER_A,))
+        node.concurrency = 8
+        node.queue_depth = 0
+        self.pool.manual = True
+        self.supernode.per_source_limit = 4
+        self.supernode.defer_polls = True
+        d = node.download(URL)
+        self.assertEqual(len(self.pool.held), 4)
+        self.assertEqual(len(self.supernode.held_polls), 1)
+        n = len(self.supernode.schedules)
+        self.pool.release(1)
+        self.assertEqual(len(self.supernode.schedules), n)   # one piece: no call yet
+        self.pool.release(1)
+        report = self.supernode.schedules[n]
+        self.assertEqual((report["want"], report["wait"]), (0, 0))
+        self.assertEqual(len(report["have"]), 2)
+        while not d.called:
+            self.pool.release()
+            self.hosts.flush()
+        self.assertEqual(self.read_all(self.successResultOf(d)), DATA)
+        self.assertEqual(self.clock.seconds(), 0)
+
+    def test_gathers_without_a_poll(self):
+        """Without a long-poll out (every slot taken), one landed piece also waits
+        for a second before the next schedule call; the end is not delayed."""
+        node = self.make()
+        node.concurrency = 4
+        node.queue_depth = 0
+        self.pool.manual = True
+        d = node.download(URL)
+        self.assertEqual(len(self.pool.held), 4)
+        n = len(self.supernode.schedules)
+        self.pool.release(1)
+        self.assertEqual(len(self.supernode.schedules), n)
+        self.pool.release(1)
+        self.assertEqual(len(self.supernode.schedules), n + 1)
+        self.assertEqual(len(self.supernode.schedules[n]["have"]), 2)
+        while not d.called:
+            self.pool.release()
+            self.hosts.flush()
+        self.assertEqual(self.read_all(self.successResultOf(d)), DATA)
+        self.assertEqual(self.clock.seconds(), 0)
+
+
 class _PausingConsumer:
     """A consumer whose buffer is "full" after every write: it pauses its producer."""
 
@@ -630,7 +678,7 @@ class StreamTests(NodeMixin, SynchronousTestCase):
         consumer = StringTransport()
         sd = node.stream(started[0], consumer)
         self.supernode.schedule_answer = (400, {"error": "nope"})
-        self.pool.release(1)
+        self.pool.release(2)   # the next schedule call (a pair of pieces to report) fails
         self.failureResultOf(d, DownloadError)
         self.failureResultOf(sd, DownloadError)
         self.assertIsNone(consumer.producer)
