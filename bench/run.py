@@ -132,6 +132,9 @@ def main(argv=None):
     ap.add_argument("--peer-args", default="", help="extra flags for every peer (experiments)")
     ap.add_argument("--keep", action="store_true", help="keep the run's temp dir (logs) for debugging")
     ap.add_argument("--report-only", action="store_true", help="only rebuild summary.md and plots")
+    ap.add_argument("--no-warm-memory", action="store_true",
+                    help="skip writing (then deleting) a scratch file as big as free memory "
+                         "before the first bench (see bench/README.md)")
     args = ap.parse_args(argv)
 
     only = [b.strip() for b in args.only.split(",") if b.strip()]
@@ -153,6 +156,9 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGHUP, _on_sigterm)
     failed = []
+    ctx.warm_memory = None
+    if not args.no_warm_memory:
+        ctx.warm_memory = procs.warm_page_cache(args.workdir, log=ctx.log)
     try:
         for name in only:
             ctx.log("=== %s%s ===" % (name, " (quick)" if args.quick else ""))
@@ -172,6 +178,7 @@ def main(argv=None):
             result["bench_wall_s"] = time.monotonic() - t0
             result["loadavg_before"] = load0
             result["loadavg_after"] = os.getloadavg()
+            result["warm_memory"] = ctx.warm_memory
             ctx.save(name, result)
             procs.cleanup()
             netns.cleanup()

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 from urllib.parse import unquote, urlsplit
@@ -212,8 +213,10 @@ def _place(src, dst, algo, share=True):
     The cheapest way that works wins, and no bytes pass through Python:
       - "reflink": a copy-on-write clone (FICLONE: btrfs, XFS, bcachefs); a
         private copy that shares the disk blocks until either side changes.
-      - "link": a hard link (same filesystem; fs.protected_hardlinks lets
-        us link only a file we own or may write).
+      - "link": a hard link, only to a file we own whose mode gives no more
+        than a file we would create (0666 & ~umask): FILE then has the owner
+        and the permissions a copy would have, and nobody else (the
+        daemon's user, when dfget runs as root) can change it later.
         The store never writes to a complete task's file again and drops a
         task whose file changed (dragonfly.storage.store: the seal), so a user
         editing FILE in place costs the cache that task, never other users
@@ -229,7 +232,7 @@ def _place(src, dst, algo, share=True):
         # Unlink + link, not link + rename over dst: ext4 (auto_da_alloc) starts
         # writing back the whole file when a rename replaces an existing one.
         os.unlink(dst)
-        if share:
+        if share and _may_share(os.fstat(fin.fileno())):
             try:
                 os.link(src, dst)
                 return "link", _digest(dst, algo)
@@ -241,6 +244,34 @@ def _place(src, dst, algo, share=True):
             else:
                 _copy_sliced(fin, fout)
     return "copy", _digest(dst, algo)
+
+
+def _may_share(st):
+    """True if a hard link to the file of C{st} is as private as a new file."""
+    return (st.st_uid == os.geteuid()
+            and not stat.S_IMODE(st.st_mode) & ~(0o666 & ~_umask()))
+
+
+def _umask():
+    """The process umask, read without changing it (os.umask would, for all threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return _STARTUP_UMASK
+
+
+def _read_umask_once():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: Read at import (one thread then) for systems without /proc/self/status.
+_STARTUP_UMASK = _read_umask_once()
 
 
 def _digest(path, algo):

@@ -157,6 +157,7 @@ class DaemonTests(RunMixin, SynchronousTestCase):
         file (or a reflink): no bytes are copied."""
         from dragonfly.dfget import cli
         self.patch(cli, "_reflink", lambda fin, fout: False)   # whatever /tmp is
+        self.patch(cli, "_umask", lambda: 0o022)   # the store's 0644 is then no wider
         daemon = _Daemon(self)
         self.ok(URL, "-O", self.out, http=daemon.http)
         task = daemon.store.get(task_id_for_url(URL))
@@ -166,6 +167,9 @@ class DaemonTests(RunMixin, SynchronousTestCase):
     def test_edited_output_not_served_again(self):
         """Editing a linked output in place costs the store that task: the next
         dfget downloads it again instead of handing out the edited bytes."""
+        from dragonfly.dfget import cli
+        self.patch(cli, "_reflink", lambda fin, fout: False)
+        self.patch(cli, "_umask", lambda: 0o022)
         daemon = _Daemon(self)
         self.ok(URL, "-O", self.out, http=daemon.http)
         with open(self.out, "r+b") as f:
@@ -193,6 +197,41 @@ class DaemonTests(RunMixin, SynchronousTestCase):
         with open(self.out, "rb") as f:
             self.assertEqual(f.read(), DATA)
         self.assertEqual(self.listing(), ["file.bin"])
+
+    def test_copy_when_link_would_be_less_private(self):
+        """A store file readable by others is copied, not linked, for a user
+        whose umask makes new files private (077): FILE gets that user's mode."""
+        from dragonfly.dfget import cli
+        self.patch(cli, "_reflink", lambda fin, fout: False)
+        self.patch(cli, "_umask", lambda: 0o077)
+        daemon = _Daemon(self)
+        self.ok(URL, "-O", self.out, http=daemon.http)
+        task = daemon.store.get(task_id_for_url(URL))
+        self.assertFalse(os.path.samefile(self.out, task.path))
+        with open(self.out, "rb") as f:
+            self.assertEqual(f.read(), DATA)
+
+    def test_copy_when_not_the_owner(self):
+        """A store file owned by another user (dfget run by root, the daemon by
+        its own user) is copied: FILE must not stay writable by the daemon's user."""
+        from dragonfly.dfget import cli
+        self.patch(cli, "_reflink", lambda fin, fout: False)
+        uid = os.geteuid()
+        self.patch(os, "geteuid", lambda: uid + 1)
+        daemon = _Daemon(self)
+        self.ok(URL, "-O", self.out, http=daemon.http)
+        task = daemon.store.get(task_id_for_url(URL))
+        self.assertFalse(os.path.samefile(self.out, task.path))
+
+    def test_umask_read_without_changing_it(self):
+        """_umask() reports the process umask and leaves it as it was."""
+        from dragonfly.dfget.cli import _umask
+        old = os.umask(0o027)
+        try:
+            self.assertEqual(_umask(), 0o027)
+            self.assertEqual(os.umask(0o027), 0o027)
+        finally:
+            os.umask(old)
 
     def test_place_without_sharing(self):
         """_place(share=False) never links: a private copy, digest of what was written."""
