@@ -180,6 +180,8 @@ class PeerNode:
     @param metrics: a L{dragonfly.metrics.PeerMetrics}.
     @param runner: an L{IRunner} for hashing.
     @param concurrency: pieces fetched at once.
+    @param queue_depth: assignments asked for beyond the free fetch slots,
+        kept until a slot frees (0: none; each holds a slot of its source).
     @param max_buffered: piece bytes a download may hold in memory; caps the
         fetches in flight at C{max_buffered // piece size} (0 = no cap).
     @param origin: an L{IOrigin} for back-to-source; by default an
@@ -189,7 +191,7 @@ class PeerNode:
     log = Logger()
 
     def __init__(self, reactor, store, supernodes, http_client, piece_pool, peer_info,
-                 metrics, runner, concurrency=8, origin=None, *, queue_depth=4,
+                 metrics, runner, concurrency=8, origin=None, *, queue_depth=0,
                  piece_size=DEFAULT_PIECE_SIZE, schedule_wait=20.0, busy_wait=2.0,
                  min_poll_interval=0.5, api_timeout=15.0, register_timeout=120.0,
                  stall_timeout=120.0, piece_timeout=120.0, schedule_retries=3,
