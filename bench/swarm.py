@@ -12,6 +12,7 @@ link/N per connection (a fair share of the origin's uplink).
 """
 import os
 import statistics
+import threading
 import time
 
 from bench import netns
@@ -155,7 +156,8 @@ class _Swarm:
             outs = [os.path.join(self.work, "p2p-%d.bin" % i) for i in range(n)]
             prof = Profiler(self.work, {"supernode": sn.proc, "peer0": peers[0].proc},
                             enabled=self.ctx.profile and n == self.max_n)
-            with prof:
+            timeline = _Timeline(sn, t0)
+            with prof, timeline:
                 procs = [p.dfget(self.url, outs[i], log=os.path.join(self.work, "dfget-%d.log" % i))
                          for i, p in enumerate(peers)]
                 secs = _wait_all(procs, self.timeout(n, size), "dfget")
@@ -189,11 +191,53 @@ class _Swarm:
                 "profiles": prof.summary or None,
                 "machine_cpu": box,
                 "peer_cpu_s": peer_cpu,
+                "supernode_timeline": timeline.samples,
+                "origin_done_s": timeline.first_at(0, size),
             }
         finally:
             for p in peers:
                 p.close()
             sn.close()
+
+
+class _Timeline:
+    """Samples the supernode's origin and upload byte counters about every
+    0.5 s while the block runs (a thread: scrapes inside a namespace are
+    subprocesses): [t, origin_bytes, upload_bytes] from t0. Shows when the
+    origin fetch ended and how busy the seed's uplink was."""
+
+    def __init__(self, sn, t0, interval=0.5):
+        self.sn = sn
+        self.t0 = t0
+        self.interval = interval
+        self.samples = []
+        self._stop = threading.Event()
+        self._thread = None
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._run, name="timeline", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self):
+        while not self._stop.is_set():
+            m = self.sn.metrics()
+            if m:
+                self.samples.append([round(time.monotonic() - self.t0, 2),
+                                     metric(m, "dragonfly_supernode_origin_bytes_total"),
+                                     metric(m, "dragonfly_supernode_upload_bytes_total")])
+            self._stop.wait(self.interval)
+
+    def first_at(self, column, value):
+        """Time of the first sample whose column (0 origin, 1 upload) reached value."""
+        for t, *vals in self.samples:
+            if vals[column] >= value:
+                return t
+        return None
 
 
 def _api_requests(after, before):
