@@ -198,15 +198,17 @@ def markdown(res, results_dir):
         L += ["## 2. Swarm (%s mode, %.0f MiB file, %d Mbit/s links; lower bound %.1fs)" % (
             w["mode"], w["file_bytes"] / MiB, w["link_mbit"], w["lower_bound_s"]), "",
             "| kind | N | max s | median s | mean rate / link | origin x file | supernode upload x file "
-            "| p2p share | supernode CPU s | peers CPU s | API req/s | machine busy |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| p2p share | supernode has the file at s | supernode CPU s | peers CPU s | API req/s "
+            "| machine busy |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(w["runs"], key=lambda r: (r["kind"], r["n"])):
             busy = (1 - r["machine_cpu"]["idle"] - r["machine_cpu"]["iowait"]) if r.get("machine_cpu") else None
-            L.append("| %s | %d | %.1f | %.1f | %.0f%% | %.2f | %s | %s | %s | %s | %s | %s |" % (
+            L.append("| %s | %d | %.1f | %.1f | %.0f%% | %.2f | %s | %s | %s | %s | %s | %s | %s |" % (
                 r["kind"], r["n"], r["max_s"], r["median_s"], 100 * r["mean_link_fraction"],
                 r["origin_ratio"],
                 _f(r["supernode_upload_bytes"] / w["file_bytes"]) if r["kind"] == "p2p" else "-",
                 ("%.0f%%" % (100 * r["p2p_share"])) if r["kind"] == "p2p" else "-",
+                _f(r.get("origin_done_s"), "%.1f"),
                 _f(r.get("supernode_cpu_s"), "%.1f"),
                 _f(sum(r["peer_cpu_s"]) if r.get("peer_cpu_s") else None, "%.1f"),
                 _f(r.get("api_requests_per_s"), "%.0f"), _f(busy and 100 * busy, "%.0f%%")))
