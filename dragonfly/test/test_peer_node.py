@@ -493,17 +493,29 @@ class SupernodeFailureTests(NodeMixin, SynchronousTestCase):
 
 class LongPollTests(NodeMixin, SynchronousTestCase):
 
+    def start(self, concurrency, per_source_limit=None, polls=True):
+        """A download from PEER_A whose fetches wait for pool.release()."""
+        node = self.make(sources=(PEER_A,))
+        node.concurrency = concurrency
+        node.queue_depth = 0
+        self.pool.manual = True
+        self.supernode.per_source_limit = per_source_limit
+        self.supernode.defer_polls = polls
+        return node.download(URL)
+
+    def finish(self, d):
+        """Release every fetch; the download ends without the clock moving."""
+        while not d.called:
+            self.pool.release()
+            self.hosts.flush()
+        self.assertEqual(self.read_all(self.successResultOf(d)), DATA)
+        self.assertEqual(self.clock.seconds(), 0)
+
     def test_reports_while_long_polling(self):
         """When a piece lands while the node's long-poll is outstanding, the node reports
         it at once in a separate call (want 0, wait 0), which lets the supernode answer
         the poll: the download never waits for a poll to time out."""
-        node = self.make(sources=(PEER_A,))
-        node.concurrency = 2
-        node.queue_depth = 0
-        self.pool.manual = True
-        self.supernode.per_source_limit = 1
-        self.supernode.defer_polls = True
-        d = node.download(URL)
+        d = self.start(concurrency=2, per_source_limit=1)
         self.assertEqual(len(self.pool.held), 1)
         self.assertEqual(len(self.supernode.held_polls), 1)
         n = len(self.supernode.schedules)
@@ -512,24 +524,13 @@ class LongPollTests(NodeMixin, SynchronousTestCase):
         self.assertEqual((report["want"], report["wait"], report["have"]), (0, 0, [0]))
         self.hosts.flush()
         self.assertEqual(len(self.pool.held), 1)
-        while not d.called:
-            self.pool.release()
-            self.hosts.flush()
-        self.assertEqual(self.read_all(self.successResultOf(d)), DATA)
-        self.assertEqual(self.clock.seconds(), 0)
-
+        self.finish(d)
 
     def test_reports_pairs_while_busy(self):
         """With more pieces in flight, a lone landed piece waits for the next one:
         the report-only call carries two pieces (half the round trips), and the
         download still never waits for a poll to time out."""
-        node = self.make(sources=(PEER_A,))
-        node.concurrency = 8
-        node.queue_depth = 0
-        self.pool.manual = True
-        self.supernode.per_source_limit = 4
-        self.supernode.defer_polls = True
-        d = node.download(URL)
+        d = self.start(concurrency=8, per_source_limit=4)
         self.assertEqual(len(self.pool.held), 4)
         self.assertEqual(len(self.supernode.held_polls), 1)
         n = len(self.supernode.schedules)
@@ -539,20 +540,12 @@ class LongPollTests(NodeMixin, SynchronousTestCase):
         report = self.supernode.schedules[n]
         self.assertEqual((report["want"], report["wait"]), (0, 0))
         self.assertEqual(len(report["have"]), 2)
-        while not d.called:
-            self.pool.release()
-            self.hosts.flush()
-        self.assertEqual(self.read_all(self.successResultOf(d)), DATA)
-        self.assertEqual(self.clock.seconds(), 0)
+        self.finish(d)
 
     def test_gathers_without_a_poll(self):
         """Without a long-poll out (every slot taken), one landed piece also waits
         for a second before the next schedule call; the end is not delayed."""
-        node = self.make()
-        node.concurrency = 4
-        node.queue_depth = 0
-        self.pool.manual = True
-        d = node.download(URL)
+        d = self.start(concurrency=4, polls=False)
         self.assertEqual(len(self.pool.held), 4)
         n = len(self.supernode.schedules)
         self.pool.release(1)
@@ -560,11 +553,7 @@ class LongPollTests(NodeMixin, SynchronousTestCase):
         self.pool.release(1)
         self.assertEqual(len(self.supernode.schedules), n + 1)
         self.assertEqual(len(self.supernode.schedules[n]["have"]), 2)
-        while not d.called:
-            self.pool.release()
-            self.hosts.flush()
-        self.assertEqual(self.read_all(self.successResultOf(d)), DATA)
-        self.assertEqual(self.clock.seconds(), 0)
+        self.finish(d)
 
 
 class _PausingConsumer:
