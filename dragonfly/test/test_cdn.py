@@ -261,6 +261,26 @@ class CDNRestartTests(CDNTestMixin, SynchronousTestCase):
         self.assertSeeded(new)
 
 
+    def test_held_piece_differs_on_reread(self):
+        """When a resume is answered with 200 (Range ignored) under the same
+        validators but a piece already held now hashes differently, the job
+        fails with ContentChanged: the task is dropped and unpublished, never
+        served as a mix of two versions."""
+        from dragonfly.supernode.cdn import ContentChanged
+        self.origin.breaks["/f"] = [2 * PIECE + 10]
+        self.origin.no_range.add("/f")
+        self.successResultOf(self.cdn.ensure(TASK, URL, {}))
+        done = self.cdn.ensure_complete(TASK, URL, {})
+        self.assertEqual(self.store.get(TASK).completed(), [0, 1])
+        changed = b"X" + DATA[1:]   # piece 0 differs; same length, same ETag
+        self.origin.add("/f", changed, etag='"v1"', last_modified="Mon, 01 Jan 2024 00:00:00 GMT")
+        self.clock.advance(self.cdn.retry_delay)
+        f = self.failureResultOf(done, ContentChanged)
+        self.assertIn("piece 0", str(f.value))
+        self.assertIsNone(self.store.get(TASK))
+        self.assertFalse(self.scheduler.has_task(TASK))
+
+
 class CDNForgetTests(CDNTestMixin, SynchronousTestCase):
     def test_forget_missing(self):
         """When the store drops a published task (GC), forget_missing()
