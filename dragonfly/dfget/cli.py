@@ -10,7 +10,9 @@ peers can fetch from it while it runs).
 
 The output appears only complete and verified: it is written under
 C{FILE.dfget-tmp-<random>} in the output directory, checked against
-C{--digest}, then renamed. A failure prints one line, C{dfget: error: ...},
+C{--digest}, then renamed. Through a daemon, that temporary file is a reflink
+or a hard link to the daemon's copy where the filesystem and the file's owner
+and mode allow it (see L{_place}), else a copy. A failure prints one line, C{dfget: error: ...},
 on stderr, exits non-zero and leaves nothing under FILE.
 """
 import hashlib
