@@ -29,7 +29,7 @@ from twisted.web.client import Agent, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-__all__ = ["OriginError", "OriginResponse", "OriginClient", "make_http_client"]
+__all__ = ["OriginError", "OriginResponse", "OriginClient", "make_http_client", "collect_capped"]
 
 # Headers a caller may not pass through to the origin: hop-by-hop, framing,
 # and the range/conditional headers this client sets itself.
@@ -105,6 +105,23 @@ def make_http_client(reactor, pool=None, context_factory=None):
     # One origin client fetches for many users: never keep or replay cookies.
     jar = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
     return HTTPClient(agent, cookiejar=jar)
+
+
+def collect_capped(response, cap, what="body"):
+    """A Deferred firing with the whole body of a treq C{response} (bytes), or
+    failing with ValueError("<what> too large") once it passes C{cap} bytes.
+    Cancel it (e.g. C{addTimeout}) to stop reading."""
+    from treq import collect
+
+    parts = []
+    size = [0]
+
+    def got(data):
+        size[0] += len(data)
+        if size[0] > cap:
+            raise ValueError(f"{what} too large")
+        parts.append(data)
+    return collect(response, got).addCallback(lambda _: b"".join(parts))
 
 
 def _header(response, name):

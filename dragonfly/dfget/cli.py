@@ -209,7 +209,7 @@ def default_output(url):
 # ---------------------------------------------------------------------------
 # Blocking helpers (they run in the runner's threads).
 
-def _place(src, dst, algo, share=True):
+def _place(src, dst, algo):
     """Make the new file dst hold src's bytes; return (how, hex digest or None).
 
     The cheapest way that works wins, and no bytes pass through Python:
@@ -224,8 +224,8 @@ def _place(src, dst, algo, share=True):
         editing FILE in place costs the cache that task, never other users
         their bytes (receivers verify every piece anyway).
       - "copy": the kernel copies (sendfile).
-    C{share=False} skips the hard link. The digest, when asked for, is
-    computed by reading dst back, so it covers the bytes FILE will hold.
+    The digest, when asked for, is computed by reading dst back, so it covers
+    the bytes FILE will hold.
     """
     with open(src, "rb") as fin:
         with open(dst, "xb") as fout:
@@ -234,7 +234,7 @@ def _place(src, dst, algo, share=True):
         # Unlink + link, not link + rename over dst: ext4 (auto_da_alloc) starts
         # writing back the whole file when a rename replaces an existing one.
         os.unlink(dst)
-        if share and _may_share(os.fstat(fin.fileno())):
+        if _may_share(os.fstat(fin.fileno())):
             try:
                 os.link(src, dst)
                 return "link", _digest(dst, algo)
@@ -825,20 +825,11 @@ def _is_ip(text):
 
 
 async def _limited_body(response, cap, clock, timeout):
-    from treq import collect
+    from dragonfly.origin import collect_capped
 
-    parts = []
-    size = [0]
-
-    def got(data):
-        size[0] += len(data)
-        if size[0] > cap:
-            raise ValueError("body too large")
-        parts.append(data)
-    d = collect(response, got)
+    d = collect_capped(response, cap)
     d.addTimeout(timeout, clock)
-    await d
-    return b"".join(parts)
+    return await d
 
 
 def _one_line(text):

@@ -528,18 +528,8 @@ class PeerNode:
         response = await self._http.post(
             _hostport_url(addr, path), json=body, allow_redirects=False, unbuffered=True,
             reactor=self._clock)
-        parts = []
-        size = [0]
-
-        def collect(data):
-            size[0] += len(data)
-            if size[0] > _JSON_CAP:
-                raise ValueError("supernode answer too large")
-            parts.append(data)
-
-        from treq import collect as treq_collect
-        await treq_collect(response, collect)
-        raw = b"".join(parts)
+        from dragonfly.origin import collect_capped
+        raw = await collect_capped(response, _JSON_CAP, "supernode answer")
         try:
             obj = json.loads(raw) if raw else {}
         except ValueError:
@@ -870,8 +860,8 @@ class _Session:
             unassigned = (self.tf.piece_count - len(self.tf.completed())
                           - len(self.in_flight) - len(self.queue))
             want = min(want, max(0, unassigned))
-            if want == 0 and not self.have and not self.failed or (
-                    want < REPORT_BATCH and self._may_gather()):
+            nothing_to_say = want == 0 and not self.have and not self.failed
+            if nothing_to_say or (want < REPORT_BATCH and self._may_gather()):
                 await self.event.wait(node.stall_timeout)
                 self._check_stall()
                 continue

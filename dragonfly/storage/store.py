@@ -155,6 +155,11 @@ def _pwrite_all(fd, data, offset, lock):
                 offset += n
 
 
+def _stamp(st):
+    """What a complete task's seal records of its data file's stat."""
+    return (st.st_size, st.st_mtime_ns)
+
+
 _COMPUTE = object()   # write_piece: hash the data in the runner
 
 
@@ -513,7 +518,7 @@ class TaskFile:
         except OSError as e:
             self.log.warn("cannot stat {path}: {err}", path=self.path, err=e)
             return
-        self._sealed = (st.st_size, st.st_mtime_ns)
+        self._sealed = _stamp(st)
 
     def intact(self):
         """False when the data file of this complete task changed since it was sealed."""
@@ -523,7 +528,7 @@ class TaskFile:
             st = os.fstat(self._fd) if self._fd is not None else os.stat(self.path)
         except OSError:
             return False
-        return (st.st_size, st.st_mtime_ns) == self._sealed
+        return _stamp(st) == self._sealed
 
     def _check_readable(self, offset, length):
         if self._removed:
@@ -944,7 +949,7 @@ class PieceStore:
             if not (isinstance(sealed, list) and len(sealed) == 2
                     and all(_is_int(v) for v in sealed)):
                 raise _Corrupt("bad seal")
-            if (st.st_size, st.st_mtime_ns) != tuple(sealed):
+            if _stamp(st) != tuple(sealed):
                 raise _Corrupt("data file changed after the task was complete")
             sealed = tuple(sealed)
         now = self.clock.seconds()
@@ -952,7 +957,7 @@ class PieceStore:
                         created=min(created, now), last_access=min(last_access, now),
                         digests=digests, held=held, sealed=sealed)
         if task.is_complete and sealed is None:
-            task._sealed = (st.st_size, st.st_mtime_ns)   # from an older meta.json
+            task._sealed = _stamp(st)   # from an older meta.json
         return task
 
     # -- open file descriptors -------------------------------------------------

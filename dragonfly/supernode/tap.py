@@ -126,6 +126,7 @@ def build_supernode(reactor, c):
     from dragonfly.logsetup import make_observer
     from dragonfly.metrics import SupernodeMetrics
     from dragonfly.origin import OriginClient, make_http_client
+    from dragonfly.protocol.client import tune_allocator
     from dragonfly.protocol.server import PieceServerFactory
     from dragonfly.ratelimit import TokenBucket
     from dragonfly.storage.store import PieceStore
@@ -137,7 +138,6 @@ def build_supernode(reactor, c):
     from dragonfly.supernode.service import SupernodeService
     from dragonfly.threads import ThreadRunner
 
-    from dragonfly.protocol.client import tune_allocator
     tune_allocator()   # origin bodies arrive as piece-sized runs of chunks too
     runner = ThreadRunner(reactor, max_threads=4, name="supernode-io")
     metrics = SupernodeMetrics()
