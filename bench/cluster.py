@@ -15,8 +15,10 @@ from bench.procs import Proc, scrape, tool, wait_for_file
 ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 
 
-class Supernode:
-    def __init__(self, workdir, host="127.0.0.1", ns=None, extra=(), name="supernode"):
+class _Node:
+    """A twistd process of ours: its directory, data dir, port file, log."""
+
+    def __init__(self, workdir, host, ns, extra, name):
         self.host = host
         self.ns = ns
         self.name = name
@@ -28,22 +30,12 @@ class Supernode:
         self.proc = None
         self.api = self.piece = None
 
-    def start(self, timeout=60):
-        ep = "tcp:0:interface=%s" % self.host
-        argv = [tool("twistd"), "-n", "--pidfile=", "supernode",
-                "--listen", ep, "--piece-listen", ep, "--advertise", self.host,
-                "--data-dir", self.data, "--port-file", self.port_file] + self.extra
+    def _spawn(self, argv):
         self.proc = Proc(argv, os.path.join(self.dir, "log.txt"), ns=self.ns, env=ENV, name=self.name)
+
+    def _read_ports(self, timeout):
         ports = wait_for_file(self.port_file, timeout, self.proc)
         self.api, self.piece = int(ports["api"]), int(ports["piece"])
-        return self
-
-    @property
-    def address(self):
-        return "%s:%d" % (self.host, self.api)
-
-    def metrics(self):
-        return scrape(self.host, self.api, ns=self.ns)
 
     def stop(self):
         if self.proc:
@@ -54,33 +46,42 @@ class Supernode:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class Peer:
-    def __init__(self, workdir, supernodes, host="127.0.0.1", ns=None, extra=(), name="peer"):
-        self.host = host
-        self.ns = ns
-        self.name = name
-        self.supernodes = supernodes
-        self.dir = os.path.join(workdir, name)
-        self.data = os.path.join(self.dir, "data")
-        os.makedirs(self.data, exist_ok=True)
-        self.port_file = os.path.join(self.dir, "ports.json")
-        self.extra = list(extra)
-        self.proc = None
-        self.api = self.piece = None
+class Supernode(_Node):
+    def __init__(self, workdir, host="127.0.0.1", ns=None, extra=(), name="supernode"):
+        _Node.__init__(self, workdir, host, ns, extra, name)
 
     def start(self, timeout=60):
-        argv = [tool("twistd"), "-n", "--pidfile=", "peer",
-                "--supernodes", self.supernodes,
-                "--piece-listen", "tcp:0:interface=%s" % self.host,
-                "--api-listen", "tcp:0:interface=127.0.0.1",
-                "--advertise", self.host,
-                "--data-dir", self.data, "--port-file", self.port_file] + self.extra
-        self.proc = Proc(argv, os.path.join(self.dir, "log.txt"), ns=self.ns, env=ENV, name=self.name)
+        ep = "tcp:0:interface=%s" % self.host
+        self._spawn([tool("twistd"), "-n", "--pidfile=", "supernode",
+                     "--listen", ep, "--piece-listen", ep, "--advertise", self.host,
+                     "--data-dir", self.data, "--port-file", self.port_file] + self.extra)
+        self._read_ports(timeout)
+        return self
+
+    @property
+    def address(self):
+        return "%s:%d" % (self.host, self.api)
+
+    def metrics(self):
+        return scrape(self.host, self.api, ns=self.ns)
+
+
+class Peer(_Node):
+    def __init__(self, workdir, supernodes, host="127.0.0.1", ns=None, extra=(), name="peer"):
+        _Node.__init__(self, workdir, host, ns, extra, name)
+        self.supernodes = supernodes
+
+    def start(self, timeout=60):
+        self._spawn([tool("twistd"), "-n", "--pidfile=", "peer",
+                     "--supernodes", self.supernodes,
+                     "--piece-listen", "tcp:0:interface=%s" % self.host,
+                     "--api-listen", "tcp:0:interface=127.0.0.1",
+                     "--advertise", self.host,
+                     "--data-dir", self.data, "--port-file", self.port_file] + self.extra)
         return self
 
     def wait_ready(self, timeout=60):
-        ports = wait_for_file(self.port_file, timeout, self.proc)
-        self.api, self.piece = int(ports["api"]), int(ports["piece"])
+        self._read_ports(timeout)
         return self
 
     @property
@@ -93,14 +94,6 @@ class Peer:
     def dfget(self, url, output, extra=(), log=None):
         return dfget(url, output, self.supernodes, daemon=self.daemon_url, ns=self.ns,
                      extra=extra, log=log or os.path.join(self.dir, "dfget.log"))
-
-    def stop(self):
-        if self.proc:
-            self.proc.stop()
-
-    def close(self):
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def dfget(url, output, supernodes, daemon=None, ns=None, extra=(), log=None):
