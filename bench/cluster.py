@@ -15,7 +15,7 @@ from bench.procs import Proc, scrape, tool, wait_for_file
 ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 
 
-class _Node:
+class Node:
     """A twistd process of ours: its directory, data dir, port file, log."""
 
     def __init__(self, workdir, host, ns, extra, name):
@@ -36,6 +36,7 @@ class _Node:
     def _read_ports(self, timeout):
         ports = wait_for_file(self.port_file, timeout, self.proc)
         self.api, self.piece = int(ports["api"]), int(ports["piece"])
+        return ports
 
     def stop(self):
         if self.proc:
@@ -46,9 +47,9 @@ class _Node:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class Supernode(_Node):
+class Supernode(Node):
     def __init__(self, workdir, host="127.0.0.1", ns=None, extra=(), name="supernode"):
-        _Node.__init__(self, workdir, host, ns, extra, name)
+        Node.__init__(self, workdir, host, ns, extra, name)
 
     def start(self, timeout=60):
         ep = "tcp:0:interface=%s" % self.host
@@ -66,9 +67,9 @@ class Supernode(_Node):
         return scrape(self.host, self.api, ns=self.ns)
 
 
-class Peer(_Node):
+class Peer(Node):
     def __init__(self, workdir, supernodes, host="127.0.0.1", ns=None, extra=(), name="peer"):
-        _Node.__init__(self, workdir, host, ns, extra, name)
+        Node.__init__(self, workdir, host, ns, extra, name)
         self.supernodes = supernodes
 
     def start(self, timeout=60):

@@ -37,10 +37,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from bench.cluster import ENV, Supernode
+from bench.cluster import Node, Supernode
 from bench.nginx import free_port
-from bench.procs import (BenchError, Proc, Profiler, drop_file, metric, parse_prometheus, sha256_file, tool,
-                         wait_for_file)
+from bench.procs import (BenchError, Proc, Profiler, drop_file, metric, parse_prometheus, sha256_file,
+                         tool)
 
 MB = 1e6
 MiB = 1 << 20
@@ -239,34 +239,27 @@ class Registry:
 
 # ---------------------------------------------------------------- dfdaemon
 
-class DfDaemon:
+class DfDaemon(Node):
     """``twistd -n --pidfile= dfdaemon`` on 127.0.0.1 with every port ephemeral."""
 
     def __init__(self, workdir, supernodes, registry, extra=(), name="dfdaemon"):
-        self.name = name
-        self.dir = os.path.join(workdir, name)
-        self.data = os.path.join(self.dir, "data")
-        os.makedirs(self.data, exist_ok=True)
-        self.port_file = os.path.join(self.dir, "ports.json")
+        Node.__init__(self, workdir, "127.0.0.1", None, extra, name)
         self.supernodes = supernodes
         self.registry = registry
-        self.extra = list(extra)
-        self.proc = None
-        self.api = self.piece = self.mirror = None
+        self.mirror = None
 
     def start(self):
         ep = "tcp:0:interface=127.0.0.1"
-        argv = [tool("twistd"), "-n", "--pidfile=", "dfdaemon",
-                "--supernodes", self.supernodes,
-                "--listen", ep, "--piece-listen", ep, "--api-listen", ep,
-                "--advertise", "127.0.0.1", "--data-dir", self.data, "--port-file", self.port_file,
-                "--registry", self.registry.url, "--insecure-registry", self.registry.hostport] + self.extra
-        self.proc = Proc(argv, os.path.join(self.dir, "log.txt"), env=ENV, name=self.name)
+        self._spawn([tool("twistd"), "-n", "--pidfile=", "dfdaemon",
+                     "--supernodes", self.supernodes,
+                     "--listen", ep, "--piece-listen", ep, "--api-listen", ep,
+                     "--advertise", "127.0.0.1", "--data-dir", self.data, "--port-file", self.port_file,
+                     "--registry", self.registry.url,
+                     "--insecure-registry", self.registry.hostport] + self.extra)
         return self
 
     def wait_ready(self, timeout=60):
-        ports = wait_for_file(self.port_file, timeout, self.proc)
-        self.api, self.piece, self.mirror = int(ports["api"]), int(ports["piece"]), int(ports["mirror"])
+        self.mirror = int(self._read_ports(timeout)["mirror"])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -291,13 +284,6 @@ class DfDaemon:
         except Exception:   # noqa: BLE001 - a missing metric must not abort the bench
             return {}
 
-    def stop(self):
-        if self.proc is not None:
-            self.proc.stop()
-
-    def close(self):
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _from(samples):
