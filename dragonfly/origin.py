@@ -29,6 +29,8 @@ from twisted.web.client import Agent, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH
 
+from dragonfly.idle import IdleTimer
+
 __all__ = ["OriginError", "OriginResponse", "OriginClient", "make_http_client", "collect_capped"]
 
 # Headers a caller may not pass through to the origin: hop-by-hop, framing,
@@ -149,7 +151,7 @@ class _BodyReceiver(Protocol):
         self._paused = False
         self._lost = None
         self._failed = False
-        self._idle_call = None
+        self._idle = IdleTimer(clock, self._idled)
         self.received = 0
         self.done = Deferred(self._cancel)
 
@@ -287,18 +289,15 @@ class _BodyReceiver(Protocol):
     def _arm_idle(self):
         if not self._idle_timeout or self._failed:
             return
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.reset(self._idle_timeout)
+        if self._idle.running:
+            self._idle.touch()   # every chunk: an attribute store, not a reschedule
         else:
-            self._idle_call = self._clock.callLater(self._idle_timeout, self._idle)
+            self._idle.start(self._idle_timeout)
 
     def _disarm_idle(self):
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.cancel()
-        self._idle_call = None
+        self._idle.stop()
 
-    def _idle(self):
-        self._idle_call = None
+    def _idled(self):
         self._fail(OriginError(None, f"origin sent nothing for {self._idle_timeout:g}s"))
 
 

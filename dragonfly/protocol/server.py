@@ -15,6 +15,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from dragonfly.idle import IdleTimer
 from dragonfly.protocol import codec
 
 CHUNK_SIZE = 256 * 1024
@@ -22,40 +23,6 @@ CHUNK_SIZE = 256 * 1024
 SENDFILE_BUDGET = 2 * 1024 * 1024
 #: A client may have at most this many requests queued on one connection.
 MAX_QUEUE = 64
-
-
-class _Timeout:
-    """A cheap inactivity timer: C{touch()} is an attribute store, not a reschedule."""
-
-    def __init__(self, clock, on_timeout):
-        self._clock = clock
-        self._on_timeout = on_timeout
-        self._call = None
-        self._timeout = None
-        self.last = clock.seconds()
-
-    def touch(self):
-        self.last = self._clock.seconds()
-
-    def start(self, timeout):
-        self.stop()
-        self._timeout = timeout
-        self.last = self._clock.seconds()
-        if timeout:
-            self._call = self._clock.callLater(timeout, self._check)
-
-    def stop(self):
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-
-    def _check(self):
-        self._call = None
-        left = self.last + self._timeout - self._clock.seconds()
-        if left > 0:
-            self._call = self._clock.callLater(left, self._check)
-        else:
-            self._on_timeout()
 
 
 def _sendfile_socket(transport):
@@ -242,7 +209,7 @@ class PieceServerProtocol(Protocol):
         self._current = None
         self._closing = False
         self._draining = False
-        self._timer = _Timeout(factory.clock, self._timed_out)
+        self._timer = IdleTimer(factory.clock, self._timed_out)
         self.lost = defer.Deferred()
 
     # -- connection events --------------------------------------------------
