@@ -3,101 +3,29 @@
 A flag on the command line beats the TOML file given by ``--config``; the file
 beats the built-in default.
 """
-import ipaddress
+import functools
 import os
-import re
 import tomllib
-from fractions import Fraction
 
 from twisted.python import usage
 
-_SIZE_RE = re.compile(
-    r"\A\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:i?B)?|B)?\s*\Z", re.IGNORECASE)
-_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-_PORT_RE = re.compile(r"\A[0-9]{1,5}\Z")
-_BAD_HOST_RE = re.compile(r"[\s/\\@\[\]?#,]")
+from dragonfly import units
 
-
-def parse_size(value):
-    """'4M' -> 4194304. K/M/G/T are powers of 1024; a plain integer is bytes.
-
-    Accepts C{4M}, C{4MB}, C{4MiB}, C{1.5G}, C{512} and C{512B}
-    (case-insensitive); fractions of a byte are dropped. Raises
-    L{usage.UsageError} for anything else, including negative numbers.
-    """
-    if isinstance(value, bool):
-        raise usage.UsageError(f"not a size: {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise usage.UsageError(f"size must not be negative: {value}")
-        return value
-    m = _SIZE_RE.match(str(value))
-    if not m:
-        raise usage.UsageError(f"not a size: {value!r} (use e.g. 4M, 512K, 1G)")
-    return int(Fraction(m.group(1)) * _UNITS[(m.group(2) or "").upper()])
-
-
-def parse_rate(value):
-    """Bytes per second with K/M/G suffixes; 0 means unlimited."""
-    return parse_size(value)
-
-
-def parse_hostport(value, default_port=None):
-    """'host:port' or '[v6]:port' -> (host, port).
-
-    Without a port, C{default_port} is used (or L{usage.UsageError} raised
-    when there is none). An IPv6 address with a port needs brackets; a bare
-    IPv6 address is accepted only when C{default_port} supplies the port.
-    """
-    text = str(value).strip()
-    if text.startswith("["):
-        host, close, rest = text[1:].partition("]")
-        if not close:
-            raise usage.UsageError(f"missing ']' in {value!r}")
-        if rest and not rest.startswith(":"):
-            raise usage.UsageError(f"junk after ']' in {value!r} (want [HOST]:PORT)")
-        port = rest[1:]
-        if rest == ":":
-            raise usage.UsageError(f"empty port in {value!r}")
+def _usage_errors(parse):
+    """C{parse}, raising L{usage.UsageError} (what twistd reports) for a bad value."""
+    @functools.wraps(parse)
+    def wrapper(*args, **kw):
         try:
-            ipaddress.IPv6Address(host.split("%", 1)[0])
-        except ValueError:
-            raise usage.UsageError(f"not an IPv6 address in brackets: {value!r}")
-    elif text.count(":") > 1:
-        # A bare IPv6 address: no room for a port (say [v6]:port for that).
-        try:
-            ipaddress.IPv6Address(text.split("%", 1)[0])
-        except ValueError:
-            raise usage.UsageError(
-                f"too many colons in {value!r} (write IPv6 as [ADDR]:PORT)")
-        host, port = text, ""
-    else:
-        host, sep, port = text.rpartition(":")
-        if not sep:
-            host, port = text, ""
-        elif not port:
-            raise usage.UsageError(f"empty port in {value!r}")
-    if not port:
-        if default_port is None:
-            raise usage.UsageError(f"missing port in {value!r} (want HOST:PORT)")
-        port = default_port
-    elif not _PORT_RE.match(port):
-        raise usage.UsageError(f"bad port in {value!r}")
-    port = int(port)
-    if not host or _BAD_HOST_RE.search(host) and not text.startswith("["):
-        raise usage.UsageError(f"bad address {value!r} (want HOST:PORT)")
-    if not 0 < port < 65536:
-        raise usage.UsageError(f"port out of range in {value!r} (1-65535)")
-    return host, port
+            return parse(*args, **kw)
+        except units.BadValue as e:
+            raise usage.UsageError(str(e)) from None
+    return wrapper
 
 
-def parse_hostports(value, default_port=None):
-    """'a:1,b:2' (or a list of such items) -> [('a', 1), ('b', 2)]."""
-    if isinstance(value, (list, tuple)):
-        items = [str(v) for v in value]
-    else:
-        items = [v for v in str(value).split(",") if v.strip()]
-    return [parse_hostport(v, default_port) for v in items]
+parse_size = _usage_errors(units.parse_size)
+parse_rate = _usage_errors(units.parse_rate)
+parse_hostport = _usage_errors(units.parse_hostport)
+parse_hostports = _usage_errors(units.parse_hostports)
 
 
 def load_toml(path):
