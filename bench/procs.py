@@ -367,6 +367,65 @@ def cpu_usage(before, after):
     return {k: round(v / total, 3) for k, v in d.items()}
 
 
+#: Linux free page reporting (virtio-balloon): how long a free page stays in
+#: the guest before it is reported, that is handed back, to the host.
+PAGE_REPORTING_DELAY = "/sys/module/page_reporting/parameters/min_free_ms"
+
+
+class HeldMemory:
+    """While the benches run, keep the memory the guest frees in the guest.
+
+    With free page reporting, every page the guest frees (a deleted output
+    file's page cache, an exited process) goes back to the host at once
+    (C{min_free_ms} 0 on these VMs), and the next write into it is slow again
+    (~300 MB/s instead of ~4 GB/s). That undid the memory warm-up within a
+    minute and made each run's speed depend on how much memory the previous
+    one freed. C{enter()} raises the delay to the first of C{hold_ms} the
+    kernel takes (it caps it; 300000 is accepted here) where the knob exists
+    and is writable (root), C{exit()} restores it; C{record} says what happened.
+    """
+
+    def __init__(self, hold_ms=(3_600_000, 300_000, 60_000), path=PAGE_REPORTING_DELAY,
+                 log=print):
+        self.hold_ms = hold_ms
+        self.path = path
+        self.log = log
+        self.previous = None
+        self.record = {"knob": path, "held_ms": None, "was_ms": None}
+
+    def enter(self):
+        try:
+            with open(self.path) as f:
+                previous = f.read().strip()
+        except OSError as e:
+            self.record["error"] = e.strerror or str(e)
+            return self
+        for ms in self.hold_ms:
+            try:
+                with open(self.path, "w") as f:
+                    f.write(str(ms))
+            except OSError as e:
+                self.record["error"] = e.strerror or str(e)
+                continue
+            self.previous = previous
+            self.record.pop("error", None)
+            self.record.update(held_ms=ms, was_ms=int(previous))
+            self.log("holding freed memory in the guest: %s %s -> %d" % (
+                self.path, previous, ms))
+            break
+        return self
+
+    def exit(self):
+        if self.previous is None:
+            return
+        try:
+            with open(self.path, "w") as f:
+                f.write(self.previous)
+        except OSError as e:
+            self.log("could not restore %s to %s: %s" % (self.path, self.previous, e))
+        self.previous = None
+
+
 def warm_page_cache(workdir, reserve=4 << 30, cap=32 << 30, log=print):
     """Write, then delete, one big scratch file so the guest's free memory has
     been used once before anything is timed.

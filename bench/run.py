@@ -135,6 +135,9 @@ def main(argv=None):
     ap.add_argument("--no-warm-memory", action="store_true",
                     help="skip writing (then deleting) a scratch file as big as free memory "
                          "before the first bench (see bench/README.md)")
+    ap.add_argument("--no-hold-memory", action="store_true",
+                    help="leave the VM's free page reporting as it is while the benches run "
+                         "(see bench/README.md)")
     args = ap.parse_args(argv)
 
     only = [b.strip() for b in args.only.split(",") if b.strip()]
@@ -156,10 +159,13 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGHUP, _on_sigterm)
     failed = []
+    held = procs.HeldMemory(log=ctx.log)
+    if not args.no_hold_memory:
+        held.enter()
     ctx.warm_memory = None
-    if not args.no_warm_memory:
-        ctx.warm_memory = procs.warm_page_cache(args.workdir, log=ctx.log)
     try:
+        if not args.no_warm_memory:
+            ctx.warm_memory = procs.warm_page_cache(args.workdir, log=ctx.log)
         for name in only:
             ctx.log("=== %s%s ===" % (name, " (quick)" if args.quick else ""))
             t0 = time.monotonic()
@@ -179,6 +185,7 @@ def main(argv=None):
             result["loadavg_before"] = load0
             result["loadavg_after"] = os.getloadavg()
             result["warm_memory"] = ctx.warm_memory
+            result["held_memory"] = held.record
             ctx.save(name, result)
             procs.cleanup()
             netns.cleanup()
@@ -186,6 +193,7 @@ def main(argv=None):
         ctx.log("interrupted; cleaning up")
         return 130
     finally:
+        held.exit()
         ctx.close()
         try:
             report.write(results_dir)
