@@ -10,7 +10,7 @@ Process contract (SPEC.md + docs/design.md):
 import os
 import shutil
 
-from bench.procs import Proc, scrape, tool, wait_for_file
+from bench.procs import Proc, peak_rss_argv, scrape, tool, wait_for_file
 
 ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 
@@ -92,17 +92,24 @@ class Peer(Node):
     def metrics(self):
         return scrape("127.0.0.1", self.api, ns=self.ns)
 
-    def dfget(self, url, output, extra=(), log=None):
+    def dfget(self, url, output, extra=(), log=None, rss_file=None):
         return dfget(url, output, self.supernodes, daemon=self.daemon_url, ns=self.ns,
-                     extra=extra, log=log or os.path.join(self.dir, "dfget.log"))
+                     extra=extra, log=log or os.path.join(self.dir, "dfget.log"),
+                     rss_file=rss_file)
 
 
-def dfget(url, output, supernodes, daemon=None, ns=None, extra=(), log=None):
-    """Start one dfget; returns its Proc (``wait``/``poll`` it)."""
+def dfget(url, output, supernodes, daemon=None, ns=None, extra=(), log=None, rss_file=None):
+    """Start one dfget; returns its Proc (``wait``/``poll`` it).
+
+    ``rss_file``: run it under GNU time, which writes dfget's own peak RSS
+    there (see ``procs.peak_rss_argv``).
+    """
     argv = [tool("dfget"), url, "-O", output, "--supernodes", supernodes]
     if daemon:
         argv += ["--daemon", daemon]
     argv += list(extra)
+    if rss_file:
+        argv = peak_rss_argv(argv, rss_file)
     return Proc(argv, log or output + ".log", ns=ns, env=ENV, name="dfget")
 
 

@@ -216,6 +216,34 @@ def parse_prometheus(text):
     return out
 
 
+GNU_TIME = "/usr/bin/time"
+
+
+def peak_rss_argv(argv, out_path):
+    """``argv`` under GNU time, which writes the command's peak RSS (KiB) to ``out_path``.
+
+    ru_maxrss from wait4() cannot measure a short-lived child of the bench:
+    exec records the replaced address space's high-water mark, and the child
+    was forked (vfork: shared) from the bench runner, so a child's ru_maxrss
+    is at least the runner's own RSS (measured: `dfget --help` "210 MiB"
+    under a 200 MiB parent, 16 MiB under GNU time). GNU time is a small
+    process; the command it forks inherits only that. Without GNU time
+    the command runs as is and ``read_peak_rss`` returns None.
+    """
+    if not os.access(GNU_TIME, os.X_OK):
+        return list(argv)
+    return [GNU_TIME, "-f", "%M", "-o", out_path] + list(argv)
+
+
+def read_peak_rss(out_path):
+    """Bytes written by ``peak_rss_argv``'s GNU time, or None."""
+    try:
+        with open(out_path) as f:
+            return int(f.read().split()[-1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def metric(samples, name, **labels):
     """Sum of the samples named ``name`` whose labels include ``labels``."""
     want = set(labels.items())

@@ -20,7 +20,7 @@ from dragonfly.dfget import files
 from dragonfly.dfget.options import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, DfgetError,
                                      default_output, error_line)
 
-__all__ = ["Dfget", "main"]
+__all__ = ["Dfget", "main", "run"]
 
 
 class Dfget:
