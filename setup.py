@@ -16,6 +16,7 @@ setup(
         "prometheus-client>=0.20",
         "pyOpenSSL",
         "service-identity",
+        "blake3>=1.0",   # piece digests (dragonfly/digest.py)
     ],
     extras_require={"test": ["hypothesis"]},
     entry_points={"console_scripts": ["dfget = dragonfly.dfget.cli:run"]},

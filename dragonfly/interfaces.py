@@ -32,7 +32,7 @@ class PeerInfo:
 
 @dataclass(frozen=True)
 class Assignment:
-    """Fetch piece C{index} (C{size} bytes, sha256 C{digest}) from C{source}."""
+    """Fetch piece C{index} (C{size} bytes, piece digest C{digest}) from C{source}."""
 
     index: int
     size: int

@@ -11,7 +11,7 @@ A L{PeerNode} downloads a task (one file) like this:
     C{want} more assignments (free fetch slots plus a small queue); the
     supernode long-polls when it has nothing yet.
  4. Fetch assigned pieces concurrently, each from its assigned source, through
-    the L{dragonfly.protocol.client.PieceClientPool}. A piece's sha256 is
+    the L{dragonfly.protocol.client.PieceClientPool}. A piece's digest (L{dragonfly.digest}) is
     checked *before* it is written; a mismatch is never written and is
     reported as a failure of that source, so the scheduler reassigns it.
  5. When every piece is held the download is finished; the piece server keeps
@@ -22,7 +22,6 @@ from its origin directly and streamed into the store ("back-to-source"),
 unless the caller forbade it. A supernode verdict about the URL itself (the
 origin answered 4xx) is final: the origin is not asked again.
 """
-import hashlib
 import json
 import os
 import re
@@ -35,6 +34,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
+from dragonfly.digest import piece_digest
 from dragonfly.interfaces import Assignment, PeerInfo
 from dragonfly.storage.cutter import PieceCutter
 from dragonfly.storage.store import DigestMismatch
@@ -66,10 +67,6 @@ class _SupernodeUnavailable(Exception):
 
 class _NotRegistered(Exception):
     """The supernode forgot us (404 on schedule): register again."""
-
-
-def sha256_hex(data):
-    return hashlib.sha256(data).hexdigest()
 
 
 def _describe(exc):
@@ -603,6 +600,10 @@ class PeerNode:
         expected = -(-length // piece_size)
         if count is not None and count != expected:
             raise ValueError("piece_count")
+        algorithm = obj.get("piece_digest", "sha256")   # older supernodes: sha256
+        if algorithm != DIGEST_ALGORITHM:
+            raise ValueError(f"the supernode digests pieces with {algorithm!r}, this peer "
+                             f"checks {DIGEST_ALGORITHM!r} (run the same dragonfly version)")
         seed = PeerInfo.from_json(obj.get("seed"))
         return {"length": length, "piece_size": piece_size, "piece_count": expected,
                 "seed": seed}
@@ -722,7 +723,7 @@ class PeerNode:
             for index in range(tf.piece_count):
                 off, n = tf.piece_range(index)
                 data = await self._runner.run(_pread, f, off, n)
-                digest = await self._runner.run(sha256_hex, data)
+                digest = await self._runner.run(piece_digest, data)
                 await tf.write_piece(index, data, digest)
                 self._piece_arrived(dl, index, 0, "origin")
             return tf
@@ -1007,7 +1008,7 @@ class _Session:
             if fetch_piece is not None:
                 # The body as the chunks received (no join, no copy); hashed
                 # and written in one runner call, which writes nothing unless
-                # the sha256 matches.
+                # the digest matches.
                 d = fetch_piece(a.source, self.dl.task_id, a.index, a.size, hashed=False)
             else:
                 d = pool.fetch(a.source, self.dl.task_id, a.index, a.size)
@@ -1028,7 +1029,7 @@ class _Session:
                 if fetch_piece is not None:
                     await tf.write_piece(a.index, data, a.digest, verify=True)
                 else:
-                    digest = await node._runner.run(sha256_hex, data)
+                    digest = await node._runner.run(piece_digest, data)
                     if digest != a.digest:
                         raise DigestMismatch(a.digest, digest)
                     await tf.write_piece(a.index, data, digest)
@@ -1109,7 +1110,7 @@ def _parse_assignment(item, tf):
     if size != tf.piece_range(index)[1]:
         raise ValueError(f"piece {index} size {size!r} is not {tf.piece_range(index)[1]}")
     if not isinstance(digest, str) or not _HEX64.match(digest):
-        raise ValueError(f"piece {index} digest is not sha256 hex")
+        raise ValueError(f"piece {index} digest is not 64 hex digits")
     return Assignment(index, size, digest, PeerInfo.from_json(item["source"]))
 
 

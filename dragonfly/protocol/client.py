@@ -8,7 +8,6 @@ joining or copying it), and fails every outstanding request of a connection
 that breaks, times out or misbehaves with L{PieceFetchError}.
 """
 import ctypes
-import hashlib
 import platform
 import socket
 from collections import deque
@@ -22,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from dragonfly.digest import piece_hasher
 from dragonfly.interfaces import IPieceSource
 from dragonfly.protocol import codec
 
@@ -92,7 +92,7 @@ _DONE = "done"
 class ReceivedPiece:
     """A piece as received: its body in order as a list of bytes-like chunks.
 
-    C{digest} is the sha256 hex digest of the body, computed while it arrived.
+    C{digest} is the hex piece digest (L{dragonfly.digest}) of the body, computed while it arrived.
     Pass C{chunks} to L{dragonfly.storage.store.TaskFile.write_piece} as they
     are; C{tobytes()} joins them (one copy) for callers that need one object.
     """
@@ -122,7 +122,7 @@ class _Request:
         self.state = _PENDING
         self.timer = None
         self.chunks = chunks    # answer with a ReceivedPiece (else one bytes object)
-        self.hasher = hashlib.sha256() if hashed else None
+        self.hasher = piece_hasher() if hashed else None
 
 
 class PieceClientProtocol(Protocol):
@@ -583,7 +583,7 @@ class PieceClientPool:
 
     def fetch_piece(self, source, task_id, index, length, hashed=True):
         """Like L{fetch}, but fires with a L{ReceivedPiece}: the body as the
-        chunks received (not joined) and its sha256, hashed as it arrived
+        chunks received (not joined) and its piece digest, hashed as it arrived
         (C{digest} is None with C{hashed=False}: the caller hashes it)."""
         return self._fetch(source, task_id, index, length, True, hashed)
 

@@ -10,8 +10,10 @@ ever becomes part of a path. Removed entries are first renamed to
 ``root/.trash-<random>`` (atomic, so a new entry for the same task can be made
 at once) and then deleted in the runner.
 
-``meta.json`` holds ``task_id``, ``url``, ``length``, ``piece_size``, the sha256
-hex digest of each piece (``null`` until known), a bitmap of the pieces held
+``meta.json`` holds ``version`` (2: BLAKE3 piece digests; a version 1 file,
+sha256 digests, counts as corrupt and its task is dropped), ``task_id``,
+``url``, ``length``, ``piece_size``, the hex digest of each piece
+(L{dragonfly.digest}) (``null`` until known), a bitmap of the pieces held
 (hex, piece 0 is the top bit of the first byte), ``etag``, ``last_modified``,
 ``created`` and ``last_access`` (the clock's seconds). It is written to
 ``meta.json.tmp`` and renamed over ``meta.json``.
@@ -51,10 +53,12 @@ from twisted.internet.defer import fail, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from dragonfly.digest import piece_hasher
 from dragonfly.interfaces import IPieceStore
 from dragonfly.threads import SyncRunner
 
-META_VERSION = 1
+#: 2: BLAKE3 piece digests (1 had sha256; such a task is dropped at load).
+META_VERSION = 2
 META_NAME = "meta.json"
 DATA_NAME = "data"
 MAX_READ = 1 << 20          # read(): small, synchronous, bounded
@@ -84,7 +88,7 @@ class DigestMismatch(ValueError):
     """write_piece(verify=True): the data does not hash to the digest given."""
 
     def __init__(self, expected, got):
-        super().__init__(f"sha256 {got[:12]}... is not {expected[:12]}...")
+        super().__init__(f"digest {got[:12]}... is not {expected[:12]}...")
         self.expected = expected
         self.got = got
 
@@ -164,26 +168,26 @@ _COMPUTE = object()   # write_piece: hash the data in the runner
 
 
 def _hash_and_write(fd, views, offset, lock):
-    h = hashlib.sha256()
+    h = piece_hasher()
     for view in views:
         h.update(view)
     _pwrite_all(fd, views, offset, lock)
     return h.hexdigest()
 
 
-def _verify_and_write(fd, views, offset, digest, lock):
-    h = hashlib.sha256()
+def _verify_and_write(fd, views, offset, expected, lock):
+    h = piece_hasher()
     for view in views:
         h.update(view)
     got = h.hexdigest()
-    if got != digest:
-        raise DigestMismatch(digest, got)
+    if got != expected:
+        raise DigestMismatch(expected, got)
     _pwrite_all(fd, views, offset, lock)
 
 
 class PieceBuffer:
     """One piece's bytes as they arrive: chunks kept as given (small ones
-    coalesced), sha256 updated per chunk unless C{hashed=False} (then hash
+    coalesced), the piece digest updated per chunk unless C{hashed=False} (then hash
     them in the runner: L{TaskFile.write_new_piece}). C{take()} hands over
     C{(chunks, digest)} for L{TaskFile.write_piece} without joining them.
 
@@ -200,7 +204,7 @@ class PieceBuffer:
         self.nbytes = 0
         self._small = None
         self._hashed = hashed
-        self._hash = hashlib.sha256() if hashed else None
+        self._hash = piece_hasher() if hashed else None
 
     def add(self, data):
         n = len(data)
@@ -223,7 +227,7 @@ class PieceBuffer:
                 self._small = None
 
     def take(self):
-        """C{(chunks, sha256 hex)} (digest None when made with hashed=False);
+        """C{(chunks, hex digest)} (digest None when made with hashed=False);
         the buffer starts afresh."""
         if self._small is not None:
             self.chunks.append(self._small)
@@ -232,7 +236,7 @@ class PieceBuffer:
         self.chunks = []
         self.nbytes = 0
         self._small = None
-        self._hash = hashlib.sha256() if self._hashed else None
+        self._hash = piece_hasher() if self._hashed else None
         return chunks, digest
 
 
@@ -345,7 +349,7 @@ class TaskFile:
         return self._pins > 0
 
     def digest(self, index):
-        """The sha256 hex digest of piece C{index}, or None while unknown."""
+        """The hex digest of piece C{index}, or None while unknown."""
         self._check_index(index)
         return self._digests[index]
 
@@ -421,7 +425,7 @@ class TaskFile:
 
         C{data} is a bytes-like object, or a list/tuple of them (the chunks as
         received, written in order without joining them first). C{digest} is
-        the piece's sha256 hex digest, verified by the caller, or, with
+        the piece's hex digest, verified by the caller, or, with
         C{verify=True}, by this call: the runner hashes C{data} first and
         fails with L{DigestMismatch} (a ValueError) without writing a byte
         when it differs (one thread hop for hashing and writing).
@@ -444,7 +448,7 @@ class TaskFile:
                 if self.has(index):
                     raise ValueError(f"piece {index} of {self.task_id!r} is already held")
             elif not isinstance(digest, str) or not _HEX64.match(digest.lower()):
-                raise ValueError(f"bad sha256 digest {digest!r}")
+                raise ValueError(f"bad piece digest {digest!r}")
             else:
                 digest = digest.lower()
             if self.has(index):
@@ -489,7 +493,7 @@ class TaskFile:
         mark it held with that digest (for bytes straight from the origin,
         which come with no digest to check). Same rules as L{write_piece},
         except that a piece already held fails with ValueError. Returns a
-        Deferred firing with the sha256 hex digest."""
+        Deferred firing with the piece's hex digest."""
         return self.write_piece(index, data, _COMPUTE)
 
     def _mark_held(self, index, digest):
@@ -907,7 +911,8 @@ class PieceStore:
         except (OSError, ValueError) as e:
             raise _Corrupt(f"unreadable meta.json: {e}")
         if not isinstance(meta, dict) or meta.get("version") != META_VERSION:
-            raise _Corrupt("not a version 1 meta.json")
+            raise _Corrupt(f"not a version {META_VERSION} meta.json (an older store's "
+                           "digests are of another algorithm)")
         task_id = meta.get("task_id")
         if not _good_task_id(task_id) or task_key(task_id) != key:
             raise _Corrupt("task id does not match the directory")

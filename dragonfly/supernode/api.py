@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.web import server
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
+from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
 from dragonfly.interfaces import PeerInfo
 from dragonfly.origin import OriginError, clean_headers
 from dragonfly.supernode.cdn import CacheFull, CDNError, NotReady
@@ -331,6 +332,7 @@ class SupernodeAPI:
         return _json(request, {
             "task_id": task_id, "length": tf.length, "piece_size": tf.piece_size,
             "piece_count": tf.piece_count, "seed": seed.to_json(),
+            "piece_digest": DIGEST_ALGORITHM,
         })
 
     @app.route("/api/v1/tasks/<task_id>/schedule", methods=["POST"])

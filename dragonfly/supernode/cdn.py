@@ -28,7 +28,6 @@ retries and exponential backoff on the injected clock; 4xx answers are final.
 A failed job leaves its pieces in the store and the next ensure() starts a new
 job (which resumes).
 """
-import hashlib
 import os
 import tempfile
 
@@ -38,6 +37,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from dragonfly.digest import piece_digest, piece_hasher
 from dragonfly.origin import OriginError
 from dragonfly.storage.cutter import PieceCutter
 
@@ -158,13 +158,13 @@ class _PieceCutter(PieceCutter):
                 if digest != held:
                     raise ContentChanged(
                         f"origin content changed: piece {index} differs from the copy held")
-            return self._cdn.runner.run(_sha256_of, chunks).addCallback(compare)
+            return self._cdn.runner.run(_digest_of, chunks).addCallback(compare)
         return tf.write_new_piece(index, chunks).addCallback(
             lambda digest: self._cdn._piece_done(self._job, tf, index, digest))
 
 
-def _sha256_of(chunks):
-    h = hashlib.sha256()
+def _digest_of(chunks):
+    h = piece_hasher()
     for c in chunks:
         h.update(c)
     return h.hexdigest()
@@ -228,7 +228,7 @@ def _read_piece_and_hash(path, offset, length):
         data = f.read(length)
     if len(data) != length:
         raise CDNError(f"spool file {path} is short")
-    return data, hashlib.sha256(data).hexdigest()
+    return data, piece_digest(data)
 
 
 class _Job:

@@ -293,7 +293,7 @@ class Scheduler:
 
         @param piece_sizes: the size of every piece, in order.
         @param seed: the L{PeerInfo} of the supernode's piece port.
-        @param digests: optional sha256 hex per piece the seed already holds
+        @param digests: optional hex piece digest per piece the seed already holds
             (None entries for pieces it does not); same as calling
             L{seed_has} for each.
         """
@@ -352,7 +352,7 @@ class Scheduler:
         return index
 
     def seed_has(self, task_id, index, digest):
-        """The CDN holds piece C{index} (sha256 hex C{digest}): assignable now.
+        """The CDN holds piece C{index} (hex piece digest C{digest}): assignable now.
 
         A digest different from the one known for that piece means the file
         changed: the task starts afresh (peers must join again).

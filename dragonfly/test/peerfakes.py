@@ -1,10 +1,10 @@
 """Fakes shared by the peer tests: a scripted supernode and an in-memory piece pool."""
-import hashlib
 import json
 
 from klein import Klein
 from twisted.internet.defer import Deferred, fail, succeed
 
+from dragonfly.digest import ALGORITHM, piece_digest
 from dragonfly.interfaces import PeerInfo
 
 SEED = PeerInfo("supernode-127.0.0.1:8001", "127.0.0.1", 8001)
@@ -68,7 +68,7 @@ class FakeSupernode:
         return self._json(request, 200, {
             "task_id": body["task_id"], "length": len(self.data),
             "piece_size": self.piece_size, "piece_count": len(self.pieces),
-            "seed": self.seed.to_json()})
+            "seed": self.seed.to_json(), "piece_digest": ALGORITHM})
 
     @app.route("/api/v1/tasks/<task_id>/schedule", methods=["POST"])
     def schedule(self, request, task_id):
@@ -128,7 +128,7 @@ class FakeSupernode:
                 self.assigned.add(i)
                 self.assigned_from[i] = src.peer_id
                 out.append({"index": i, "size": len(self.pieces[i]),
-                            "digest": hashlib.sha256(self.pieces[i]).hexdigest(),
+                            "digest": piece_digest(self.pieces[i]),
                             "source": src.to_json()})
         return out
 
@@ -176,7 +176,7 @@ class FakePiecePool:
 
         def wrap(data):
             chunks = [data[i:i + 3] for i in range(0, len(data), 3)] or [b""]
-            digest = hashlib.sha256(data).hexdigest() if hashed else None
+            digest = piece_digest(data) if hashed else None
             return ReceivedPiece(index, chunks, len(data), digest)
         return self.fetch(source, task_id, index, length).addCallback(wrap)
 

@@ -1,5 +1,4 @@
 """Tests for dragonfly.supernode.cdn: one origin fetch per task, cut into pieces."""
-import hashlib
 import os
 
 from treq.testing import StubTreq
@@ -7,6 +6,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from dragonfly.digest import piece_digest
 from dragonfly.interfaces import PeerInfo
 from dragonfly.metrics import SupernodeMetrics, sample
 from dragonfly.origin import OriginClient, OriginError
@@ -24,7 +24,7 @@ SEED = PeerInfo("supernode-127.0.0.1:8001", "127.0.0.1", 8001)
 
 
 def digests(data, size=PIECE):
-    return [hashlib.sha256(data[i:i + size]).hexdigest() for i in range(0, len(data), size)]
+    return [piece_digest(data[i:i + size]) for i in range(0, len(data), size)]
 
 
 class DeferredRunner:

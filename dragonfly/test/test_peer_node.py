@@ -1,11 +1,11 @@
 """PeerNode against a fake supernode (Klein over StubTreq) and an in-memory piece pool."""
-import hashlib
 
 from treq.testing import StubTreq
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from dragonfly.digest import piece_digest
 from dragonfly.interfaces import PeerInfo
 from dragonfly.metrics import PeerMetrics, sample
 from dragonfly.origin import OriginError
@@ -144,7 +144,7 @@ class DownloadTests(NodeMixin, SynchronousTestCase):
         self.assertEqual(self.read_all(tf), DATA)
 
     def test_bad_digest_never_written(self):
-        """When a source answers bytes with the wrong sha256, the piece is not written, the
+        """When a source answers bytes with the wrong digest, the piece is not written, the
         source is reported failed for it, and the piece is fetched from another source."""
         node = self.make(sources=(PEER_A, PEER_B))
         self.pool.corrupt.add(PEER_A.peer_id)
@@ -158,7 +158,7 @@ class DownloadTests(NodeMixin, SynchronousTestCase):
 
             def write_piece(index, data, digest, verify=False):
                 body = b"".join(data) if isinstance(data, list) else bytes(data)
-                ok = hashlib.sha256(body).hexdigest() == digest
+                ok = piece_digest(body) == digest
                 if not ok and not verify:
                     unverified_bad.append(index)
                 d = real(index, data, digest, verify=verify)
@@ -318,6 +318,20 @@ class SupernodeFailureTests(NodeMixin, SynchronousTestCase):
         tf = self.successResultOf(node.download(URL))
         self.assertEqual(self.read_all(tf), DATA)
         self.assertEqual(self.origin.calls, [])
+
+    def test_other_digest_algorithm_not_used(self):
+        """A supernode whose registration names another piece digest algorithm
+        (or none: an older supernode, sha256) is not used: no piece is fetched,
+        and the file comes from the origin."""
+        for extra in ({"piece_digest": "sha256"}, {}):
+            node = self.make()
+            answer = {"task_id": "t", "length": len(DATA), "piece_size": PIECE,
+                      "piece_count": -(-len(DATA) // PIECE), "seed": SEED.to_json(), **extra}
+            self.supernode.register_answer = (200, answer)
+            tf = self.successResultOf(node.download(URL))
+            self.assertEqual(self.read_all(tf), DATA)
+            self.assertEqual(self.supernode.schedules, [])
+            self.assertEqual(self.origin.calls, [(URL, {}, 0)])
 
     def test_back_to_source_when_no_supernode(self):
         """When no supernode answers, the file comes straight from the origin."""

@@ -1,5 +1,4 @@
 """Tests for the piece server and client (dragonfly.protocol.server/client)."""
-import hashlib
 import os
 
 from twisted.internet import defer
@@ -12,6 +11,7 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
+from dragonfly.digest import piece_digest
 from dragonfly.interfaces import IPieceSource, PeerInfo
 from dragonfly.protocol import codec
 from dragonfly.protocol.client import PieceClientPool, PieceFetchError, ReceivedPiece
@@ -524,7 +524,7 @@ class ClientTests(ClientTestMixin, SynchronousTestCase):
 
     def test_fetch_piece_chunks(self):
         """When fetched with fetch_piece, the piece comes as the chunks received
-        (not joined) with its sha256, computed as they arrived; with
+        (not joined) with its piece digest, computed as they arrived; with
         hashed=False the digest is left to the caller."""
         pool = self.make_pool()
         d1 = pool.fetch_piece(SOURCE, TASK, 1, 100000)
@@ -540,7 +540,7 @@ class ClientTests(ClientTestMixin, SynchronousTestCase):
         self.assertGreater(len(p1.chunks), 1)
         self.assertEqual(b"".join(bytes(c) for c in p1.chunks), b1)
         self.assertEqual(p1.tobytes(), b1)
-        self.assertEqual(p1.digest, hashlib.sha256(b1).hexdigest())
+        self.assertEqual(p1.digest, piece_digest(b1))
         self.assertEqual(p2.tobytes(), b2)
         self.assertIsNone(p2.digest)
 

@@ -9,6 +9,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
+from dragonfly.digest import piece_digest
 from dragonfly.interfaces import IPieceStore
 from dragonfly.storage import store as store_module
 from dragonfly.storage.store import (
@@ -18,8 +19,8 @@ from dragonfly.threads import SyncRunner, ThreadRunner
 TID = "a" * 64
 
 
-def sha(data):
-    return hashlib.sha256(data).hexdigest()
+def pdigest(data):
+    return piece_digest(data)
 
 
 def blob(length, seed=b"x"):
@@ -65,7 +66,7 @@ class StoreMixin:
         for i in range(task.piece_count):
             off, n = task.piece_range(i)
             chunk = data[off:off + n]
-            self.successResultOf(task.write_piece(i, chunk, sha(chunk)))
+            self.successResultOf(task.write_piece(i, chunk, pdigest(chunk)))
 
     def read_meta(self, task):
         with open(task.meta_path) as f:
@@ -113,7 +114,7 @@ class RoundTripTests(StoreMixin, SynchronousTestCase):
         self.assertEqual(t.read(1000, 100), data[1000:1100])
         self.assertEqual(t.read(len(data), 0), b"")
         self.assertEqual(self.successResultOf(t.read_piece(10)), data[10240:])
-        self.assertEqual(t.digest(3), sha(data[3072:4096]))
+        self.assertEqual(t.digest(3), pdigest(data[3072:4096]))
         with open(t.path, "rb") as f:
             self.assertEqual(f.read(), data)
         self.assertEqual(os.pread(t.fileno(), 5, 2), data[2:7])
@@ -135,7 +136,7 @@ class RoundTripTests(StoreMixin, SynchronousTestCase):
             return real(fd, buf, offset)
         self.patch(store_module.os, "pwrite", pwrite)
         chunks = [data[:1000], memoryview(data)[1000:1001], bytearray(data[1001:4096])]
-        self.successResultOf(t.write_piece(0, chunks, sha(data)))
+        self.successResultOf(t.write_piece(0, chunks, pdigest(data)))
         self.assertEqual(t.read(0, 4096), data)
         self.assertTrue(sizes)
         self.assertLessEqual(max(sizes), 100)
@@ -145,8 +146,8 @@ class RoundTripTests(StoreMixin, SynchronousTestCase):
         """When a chunk list does not add up to the piece length, write_piece fails
         with ValueError and nothing is held."""
         t = self.store.create(TID, "u", 8, 4)
-        self.failureResultOf(t.write_piece(0, [b"ab", b"c"], sha(b"abc")), ValueError)
-        self.failureResultOf(t.write_piece(0, [b"ab", "cd"], sha(b"abcd")), TypeError)
+        self.failureResultOf(t.write_piece(0, [b"ab", b"c"], pdigest(b"abc")), ValueError)
+        self.failureResultOf(t.write_piece(0, [b"ab", "cd"], pdigest(b"abcd")), TypeError)
         self.assertEqual(t.completed(), [])
 
     def test_verify(self):
@@ -154,16 +155,16 @@ class RoundTripTests(StoreMixin, SynchronousTestCase):
         that does not fails with DigestMismatch (a ValueError) and not a byte of it
         reaches the data file."""
         t = self.store.create(TID, "u", 8, 4)
-        f = self.failureResultOf(t.write_piece(0, [b"ab", b"cX"], sha(b"abcd"), verify=True),
+        f = self.failureResultOf(t.write_piece(0, [b"ab", b"cX"], pdigest(b"abcd"), verify=True),
                                  DigestMismatch)
         self.assertIsInstance(f.value, ValueError)
-        self.assertEqual(f.value.got, sha(b"abcX"))
+        self.assertEqual(f.value.got, pdigest(b"abcX"))
         self.assertFalse(t.has(0))
         with open(t.path, "rb") as fh:
             self.assertEqual(fh.read(), b"\0" * 8)
-        self.successResultOf(t.write_piece(0, [b"ab", b"cd"], sha(b"abcd"), verify=True))
+        self.successResultOf(t.write_piece(0, [b"ab", b"cd"], pdigest(b"abcd"), verify=True))
         self.assertEqual(t.read(0, 4), b"abcd")
-        self.assertEqual(t.digest(0), sha(b"abcd"))
+        self.assertEqual(t.digest(0), pdigest(b"abcd"))
 
     def test_write_new_piece(self):
         """write_new_piece hashes and writes a piece in one runner call and fires
@@ -175,8 +176,8 @@ class RoundTripTests(StoreMixin, SynchronousTestCase):
         self.assertEqual(len(runner.pending), 1)
         self.assertNoResult(d)
         runner.run_all()
-        self.assertEqual(self.successResultOf(d), sha(b"efgh"))
-        self.assertEqual((t.completed(), t.digest(1)), ([1], sha(b"efgh")))
+        self.assertEqual(self.successResultOf(d), pdigest(b"efgh"))
+        self.assertEqual((t.completed(), t.digest(1)), ([1], pdigest(b"efgh")))
         self.failureResultOf(t.write_new_piece(1, b"efgh"), ValueError)
         self.failureResultOf(t.write_new_piece(0, b"abc"), ValueError)
 
@@ -184,7 +185,7 @@ class RoundTripTests(StoreMixin, SynchronousTestCase):
         """When pieces arrive out of order, only the written ones are held."""
         data = blob(4096)
         t = self.store.create(TID, "u", 4096, 1024)
-        self.successResultOf(t.write_piece(2, data[2048:3072], sha(data[2048:3072])))
+        self.successResultOf(t.write_piece(2, data[2048:3072], pdigest(data[2048:3072])))
         self.assertEqual(t.completed(), [2])
         self.assertEqual(t.completed_bytes, 1024)
         self.assertIsNone(t.digest(0))
@@ -211,7 +212,7 @@ class RoundTripTests(StoreMixin, SynchronousTestCase):
         """When a piece has the wrong length, write_piece fails and nothing is held or written."""
         t = self.store.create(TID, "u", 10, 4)
         for index, data in [(0, b"abc"), (0, b"abcde"), (2, b"abc"), (2, b"a"), (1, b"")]:
-            f = self.failureResultOf(t.write_piece(index, data, sha(data)), ValueError)
+            f = self.failureResultOf(t.write_piece(index, data, pdigest(data)), ValueError)
             self.assertIn("bytes", str(f.value))
         self.assertEqual(t.completed(), [])
         with open(t.path, "rb") as fh:
@@ -220,27 +221,27 @@ class RoundTripTests(StoreMixin, SynchronousTestCase):
     def test_bad_index_or_digest_refused(self):
         """When the index or digest is malformed, write_piece fails with ValueError."""
         t = self.store.create(TID, "u", 10, 4)
-        self.failureResultOf(t.write_piece(3, b"ab", sha(b"ab")), ValueError)
-        self.failureResultOf(t.write_piece(-1, b"abcd", sha(b"abcd")), ValueError)
+        self.failureResultOf(t.write_piece(3, b"ab", pdigest(b"ab")), ValueError)
+        self.failureResultOf(t.write_piece(-1, b"abcd", pdigest(b"abcd")), ValueError)
         self.failureResultOf(t.write_piece(0, b"abcd", "nothex"), ValueError)
         self.failureResultOf(t.write_piece(0, b"abcd", None), ValueError)
-        self.failureResultOf(t.write_piece(0, "abcd", sha(b"abcd")), TypeError)
+        self.failureResultOf(t.write_piece(0, "abcd", pdigest(b"abcd")), TypeError)
         self.assertEqual(t.completed(), [])
 
     def test_uppercase_digest_normalised(self):
         """When the digest is upper-case hex, it is stored lower-case."""
         t = self.store.create(TID, "u", 4, 4)
-        self.successResultOf(t.write_piece(0, b"abcd", sha(b"abcd").upper()))
-        self.assertEqual(t.digest(0), sha(b"abcd"))
+        self.successResultOf(t.write_piece(0, b"abcd", pdigest(b"abcd").upper()))
+        self.assertEqual(t.digest(0), pdigest(b"abcd"))
 
     def test_rewrite_held_piece(self):
         """When a held piece is written again, the same digest is a no-op and another is refused."""
         t = self.store.create(TID, "u", 8, 4)
-        self.successResultOf(t.write_piece(0, b"abcd", sha(b"abcd")))
-        self.successResultOf(t.write_piece(0, b"abcd", sha(b"abcd")))
-        self.failureResultOf(t.write_piece(0, b"wxyz", sha(b"wxyz")), ValueError)
+        self.successResultOf(t.write_piece(0, b"abcd", pdigest(b"abcd")))
+        self.successResultOf(t.write_piece(0, b"abcd", pdigest(b"abcd")))
+        self.failureResultOf(t.write_piece(0, b"wxyz", pdigest(b"wxyz")), ValueError)
         self.assertEqual(t.read(0, 4), b"abcd")
-        self.assertEqual(t.digest(0), sha(b"abcd"))
+        self.assertEqual(t.digest(0), pdigest(b"abcd"))
 
     def test_read_limits(self):
         """When a read is too large, negative or past the end, it is refused."""
@@ -257,15 +258,15 @@ class RoundTripTests(StoreMixin, SynchronousTestCase):
     def test_memoryview_and_bytearray(self):
         """When data is a bytearray or memoryview, it is written like bytes."""
         t = self.store.create(TID, "u", 8, 4)
-        self.successResultOf(t.write_piece(0, bytearray(b"abcd"), sha(b"abcd")))
-        self.successResultOf(t.write_piece(1, memoryview(b"--efgh--")[2:6], sha(b"efgh")))
+        self.successResultOf(t.write_piece(0, bytearray(b"abcd"), pdigest(b"abcd")))
+        self.successResultOf(t.write_piece(1, memoryview(b"--efgh--")[2:6], pdigest(b"efgh")))
         self.assertEqual(t.read(0, 8), b"abcdefgh")
 
     def test_usage_counts_allocated_lengths(self):
         """usage() counts the full length of every task; held_bytes() only what is written."""
         a = self.store.create("a", "u", 1000, 100)
         self.store.create("b", "u", 500, 100)
-        self.successResultOf(a.write_piece(0, b"x" * 100, sha(b"x" * 100)))
+        self.successResultOf(a.write_piece(0, b"x" * 100, pdigest(b"x" * 100)))
         self.assertEqual(self.store.usage(), 1500)
         self.assertEqual(self.store.held_bytes(), 100)
 
@@ -282,7 +283,7 @@ class RoundTripTests(StoreMixin, SynchronousTestCase):
     def test_create_replaces(self):
         """When create() is called for a known task, the old entry is dropped and a fresh one made."""
         old = self.store.create(TID, "http://o/old", 8, 4, etag='"1"')
-        self.successResultOf(old.write_piece(0, b"abcd", sha(b"abcd")))
+        self.successResultOf(old.write_piece(0, b"abcd", pdigest(b"abcd")))
         new = self.store.create(TID, "http://o/new", 12, 4, etag='"2"')
         self.assertIsNot(old, new)
         self.assertTrue(old.removed)
@@ -292,7 +293,7 @@ class RoundTripTests(StoreMixin, SynchronousTestCase):
         with open(new.path, "rb") as f:
             self.assertEqual(f.read(), b"\0" * 12)
         self.assertEqual(self.read_meta(new)["url"], "http://o/new")
-        self.failureResultOf(old.write_piece(1, b"efgh", sha(b"efgh")), TaskRemoved)
+        self.failureResultOf(old.write_piece(1, b"efgh", pdigest(b"efgh")), TaskRemoved)
         self.assertRaises(TaskRemoved, old.read, 0, 4)
         self.assertEqual(self.store.usage(), 12)
 
@@ -343,7 +344,7 @@ class PathSafetyTests(StoreMixin, SynchronousTestCase):
                    "meta.json", ".trash-0000", "x" * 1024]
         for tid in hostile:
             t = self.store.create(tid, "http://o/" + str(len(tid)), 5, 4)
-            self.successResultOf(t.write_piece(1, b"z", sha(b"z")))
+            self.successResultOf(t.write_piece(1, b"z", pdigest(b"z")))
             key = task_key(tid)
             self.assertEqual(t.directory, os.path.join(os.path.abspath(self.root), key[:2], key))
             for p in (t.path, t.meta_path, t.directory):
@@ -373,8 +374,8 @@ class PersistenceTests(StoreMixin, SynchronousTestCase):
         store = self.make_store()
         data = blob(10)
         t = store.create(TID, "http://o/f", 10, 4, etag='"e"', last_modified="Mon")
-        self.successResultOf(t.write_piece(0, data[:4], sha(data[:4])))
-        self.successResultOf(t.write_piece(2, data[8:], sha(data[8:])))
+        self.successResultOf(t.write_piece(0, data[:4], pdigest(data[:4])))
+        self.successResultOf(t.write_piece(2, data[8:], pdigest(data[8:])))
         self.clock.advance(7)
         t.touch()
         store.close()
@@ -387,11 +388,11 @@ class PersistenceTests(StoreMixin, SynchronousTestCase):
                          ("http://o/f", 10, 4, '"e"', "Mon"))
         self.assertEqual(u.completed(), [0, 2])
         self.assertEqual(u.completed_bytes, 6)
-        self.assertEqual((u.digest(0), u.digest(1), u.digest(2)), (sha(data[:4]), None, sha(data[8:])))
+        self.assertEqual((u.digest(0), u.digest(1), u.digest(2)), (pdigest(data[:4]), None, pdigest(data[8:])))
         self.assertEqual(u.read(0, 4), data[:4])
         self.assertEqual(self.successResultOf(u.read_piece(2)), data[8:])
         self.assertEqual((u.created, u.last_access), (5000, 5007))
-        self.successResultOf(u.write_piece(1, data[4:8], sha(data[4:8])))
+        self.successResultOf(u.write_piece(1, data[4:8], pdigest(data[4:8])))
         self.assertTrue(u.is_complete)
         self.assertEqual(u.read(0, 10), data)
 
@@ -414,10 +415,10 @@ class PersistenceTests(StoreMixin, SynchronousTestCase):
             real_save()
         t._save = counting_save
         for i in range(9):
-            self.successResultOf(t.write_piece(i, b"abcd", sha(b"abcd")))
+            self.successResultOf(t.write_piece(i, b"abcd", pdigest(b"abcd")))
         self.assertEqual(writes, [4, 8])
         self.assertEqual(self.meta_held(t), list(range(8)))
-        self.successResultOf(t.write_piece(9, b"abcd", sha(b"abcd")))
+        self.successResultOf(t.write_piece(9, b"abcd", pdigest(b"abcd")))
         self.assertEqual(writes, [4, 8, 10])
         self.assertEqual(self.meta_held(t), list(range(10)))
 
@@ -425,7 +426,7 @@ class PersistenceTests(StoreMixin, SynchronousTestCase):
         """When fewer than persist_pieces pieces arrive, meta.json is saved after persist_interval."""
         store = self.make_store(persist_pieces=100, persist_interval=2)
         t = store.create(TID, "u", 16, 4)
-        self.successResultOf(t.write_piece(0, b"abcd", sha(b"abcd")))
+        self.successResultOf(t.write_piece(0, b"abcd", pdigest(b"abcd")))
         self.assertEqual(self.meta_held(t), [])
         self.clock.advance(1.9)
         self.assertEqual(self.meta_held(t), [])
@@ -437,9 +438,9 @@ class PersistenceTests(StoreMixin, SynchronousTestCase):
         """When the last piece arrives, meta.json is saved at once."""
         store = self.make_store(persist_pieces=100, persist_interval=60)
         t = store.create(TID, "u", 8, 4)
-        self.successResultOf(t.write_piece(1, b"efgh", sha(b"efgh")))
+        self.successResultOf(t.write_piece(1, b"efgh", pdigest(b"efgh")))
         self.assertEqual(self.meta_held(t), [])
-        self.successResultOf(t.write_piece(0, b"abcd", sha(b"abcd")))
+        self.successResultOf(t.write_piece(0, b"abcd", pdigest(b"abcd")))
         self.assertEqual(self.meta_held(t), [0, 1])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
@@ -447,7 +448,7 @@ class PersistenceTests(StoreMixin, SynchronousTestCase):
         """When the store is closed, pending metadata is saved and no timer is left."""
         store = self.make_store(persist_pieces=100, persist_interval=60)
         t = store.create(TID, "u", 8, 4)
-        self.successResultOf(t.write_piece(1, b"efgh", sha(b"efgh")))
+        self.successResultOf(t.write_piece(1, b"efgh", pdigest(b"efgh")))
         store.close()
         self.assertEqual(self.meta_held(t), [1])
         self.assertEqual(self.clock.getDelayedCalls(), [])
@@ -459,10 +460,10 @@ class PersistenceTests(StoreMixin, SynchronousTestCase):
         runner = ManualRunner()
         store = self.make_store(runner=runner, persist_pieces=1)
         t = store.create(TID, "u", 12, 4)
-        d0 = t.write_piece(0, b"abcd", sha(b"abcd"))
+        d0 = t.write_piece(0, b"abcd", pdigest(b"abcd"))
         runner.run_all()
         self.successResultOf(d0)
-        d1 = t.write_piece(1, b"efgh", sha(b"efgh"))
+        d1 = t.write_piece(1, b"efgh", pdigest(b"efgh"))
         self.assertNoResult(d1)
         self.assertFalse(t.has(1))
         self.assertEqual(self.meta_held(t), [0])
@@ -479,7 +480,7 @@ class PersistenceTests(StoreMixin, SynchronousTestCase):
         store = self.make_store(persist_pieces=2, persist_interval=60)
         t = store.create(TID, "u", 16, 4)
         for i in range(3):
-            self.successResultOf(t.write_piece(i, b"abcd", sha(b"abcd")))
+            self.successResultOf(t.write_piece(i, b"abcd", pdigest(b"abcd")))
         again = self.make_store()
         again.load()
         self.assertEqual(again.get(TID).completed(), [0, 1])
@@ -489,10 +490,10 @@ class PersistenceTests(StoreMixin, SynchronousTestCase):
         runner = ManualRunner()
         store = self.make_store(runner=runner)
         t = store.create(TID, "u", 8, 4)
-        d = t.write_piece(0, b"abcd", sha(b"abcd"))
+        d = t.write_piece(0, b"abcd", pdigest(b"abcd"))
         self.assertFalse(t.has(0))
         self.assertRaises(PieceNotHeld, t.read, 0, 4)
-        self.failureResultOf(t.write_piece(0, b"abcd", sha(b"abcd")), ValueError)
+        self.failureResultOf(t.write_piece(0, b"abcd", pdigest(b"abcd")), ValueError)
         runner.run_all()
         self.assertIsNone(self.successResultOf(d))
         self.assertTrue(t.has(0))
@@ -502,14 +503,14 @@ class PersistenceTests(StoreMixin, SynchronousTestCase):
         runner = ManualRunner()
         store = self.make_store(runner=runner)
         t = store.create(TID, "u", 8, 4)
-        d = t.write_piece(0, b"abcd", sha(b"abcd"))
+        d = t.write_piece(0, b"abcd", pdigest(b"abcd"))
         f, args, kw, rd = runner.pending.pop()
         rd.errback(OSError(28, "No space left on device"))
         self.failureResultOf(d, OSError)
         self.assertFalse(t.has(0))
         self.assertEqual(t._inflight, 0)
         # and it may be retried
-        d = t.write_piece(0, b"abcd", sha(b"abcd"))
+        d = t.write_piece(0, b"abcd", pdigest(b"abcd"))
         runner.run_all()
         self.successResultOf(d)
         self.assertTrue(t.has(0))
@@ -519,7 +520,7 @@ class PersistenceTests(StoreMixin, SynchronousTestCase):
         runner = ManualRunner()
         store = self.make_store(runner=runner)
         t = store.create(TID, "u", 8, 4)
-        d = t.write_piece(0, b"abcd", sha(b"abcd"))
+        d = t.write_piece(0, b"abcd", pdigest(b"abcd"))
         store.remove(TID)
         self.assertIsNotNone(t._fd)
         runner.run_all()  # the pwrite, then the trash deletion
@@ -532,7 +533,7 @@ class PersistenceTests(StoreMixin, SynchronousTestCase):
         """When a pinned task is removed, its fileno() stays valid until unpin()."""
         store = self.make_store()
         t = store.create(TID, "u", 4, 4)
-        self.successResultOf(t.write_piece(0, b"abcd", sha(b"abcd")))
+        self.successResultOf(t.write_piece(0, b"abcd", pdigest(b"abcd")))
         t.pin()
         fd = t.fileno()
         store.remove(TID)
@@ -546,7 +547,7 @@ class PersistenceTests(StoreMixin, SynchronousTestCase):
         store = self.make_store(max_open_files=2)
         ts = [store.create(str(i), "u", 4, 4) for i in range(3)]
         for t in ts:
-            self.successResultOf(t.write_piece(0, b"abcd", sha(b"abcd")))
+            self.successResultOf(t.write_piece(0, b"abcd", pdigest(b"abcd")))
         fd = ts[2].fileno()
         ts[2].read(0, 4)
         self.assertEqual(ts[2].fileno(), fd)
@@ -569,9 +570,9 @@ class CorruptionTests(StoreMixin, SynchronousTestCase):
         self.clock.advance(100)
         store = self.make_store()
         self.good = store.create("good", "u", 8, 4)
-        self.successResultOf(self.good.write_piece(0, b"abcd", sha(b"abcd")))
+        self.successResultOf(self.good.write_piece(0, b"abcd", pdigest(b"abcd")))
         self.bad = store.create("bad", "u", 8, 4)
-        self.successResultOf(self.bad.write_piece(0, b"abcd", sha(b"abcd")))
+        self.successResultOf(self.bad.write_piece(0, b"abcd", pdigest(b"abcd")))
         store.close()
 
     def reload_without_bad(self):
@@ -628,10 +629,16 @@ class CorruptionTests(StoreMixin, SynchronousTestCase):
         self.edit_meta(digests=[None, None])
         self.reload_without_bad()
 
+    def test_older_digest_algorithm(self):
+        """A version 1 meta.json (sha256 piece digests) is dropped: its digests
+        would never match what a supernode now sends."""
+        self.edit_meta(version=1)
+        self.reload_without_bad()
+
     def test_bad_fields(self):
         """When any field has the wrong type or size, the entry is dropped."""
-        cases = [dict(version=2), dict(length="8"), dict(length=-1), dict(piece_size=0),
-                 dict(digests=[sha(b"abcd")]), dict(digests=["zz", None]), dict(held="c0c0"),
+        cases = [dict(version=3), dict(length="8"), dict(length=-1), dict(piece_size=0),
+                 dict(digests=[pdigest(b"abcd")]), dict(digests=["zz", None]), dict(held="c0c0"),
                  dict(held="nothex"), dict(held="ff"), dict(etag=5), dict(created=None),
                  dict(last_access="now"), dict(url=None)]
         with open(self.bad.meta_path) as f:
@@ -736,7 +743,7 @@ class SealTests(StoreMixin, SynchronousTestCase):
     def test_partial_task_not_sealed(self):
         """A task still downloading is not sealed: its own writes change the file."""
         task = self.store.create("partial", "u", 8, 4)
-        self.successResultOf(task.write_piece(0, b"abcd", sha(b"abcd")))
+        self.successResultOf(task.write_piece(0, b"abcd", pdigest(b"abcd")))
         self.edit(task.path, offset=6)
         self.assertIs(self.store.get("partial"), task)
         self.assertIsNone(self.read_meta(task)["sealed"])
@@ -825,7 +832,7 @@ class EvictionTests(StoreMixin, SynchronousTestCase):
         store = self.make_store(ttl=100)
         t = store.create("a", "u", 8, 4)
         self.clock.advance(90)
-        self.successResultOf(t.write_piece(0, b"abcd", sha(b"abcd")))
+        self.successResultOf(t.write_piece(0, b"abcd", pdigest(b"abcd")))
         self.clock.advance(90)
         t.read(0, 4)
         self.clock.advance(90)
@@ -908,7 +915,7 @@ class EvictionTests(StoreMixin, SynchronousTestCase):
         runner = ManualRunner()
         store = self.make_store(runner=runner, ttl=10)
         t = store.create("busy", "u", 8, 4)
-        d = t.write_piece(0, b"abcd", sha(b"abcd"))
+        d = t.write_piece(0, b"abcd", pdigest(b"abcd"))
         self.clock.advance(100)
         self.assertEqual(store.gc(), 0)
         runner.run_all()
@@ -941,7 +948,7 @@ class ThreadRunnerTests(TestCase):
         async def go():
             for i in range(t.piece_count):
                 off, n = t.piece_range(i)
-                await t.write_piece(i, data[off:off + n], sha(data[off:off + n]))
+                await t.write_piece(i, data[off:off + n], pdigest(data[off:off + n]))
             got = [await t.read_piece(i) for i in range(t.piece_count)]
             self.assertEqual(b"".join(got), data)
             self.assertTrue(t.is_complete)
@@ -961,7 +968,7 @@ class ReadRangeTests(StoreMixin, SynchronousTestCase):
         store = self.make_store(root=self.mktemp(), runner=runner)
         t = store.create(TID, "u", 10, 4)
         for i, chunk in enumerate([b"abcd", b"efgh", b"ij"]):
-            d = t.write_piece(i, chunk, sha(chunk))
+            d = t.write_piece(i, chunk, pdigest(chunk))
             runner.run_all()
             self.successResultOf(d)
         d = t.read_range(2, 7)
@@ -974,7 +981,7 @@ class ReadRangeTests(StoreMixin, SynchronousTestCase):
     def test_read_range_checks(self):
         """When read_range() touches an unheld piece or goes past the end, it fails."""
         t = self.store.create(TID, "u", 10, 4)
-        self.successResultOf(t.write_piece(0, b"abcd", sha(b"abcd")))
+        self.successResultOf(t.write_piece(0, b"abcd", pdigest(b"abcd")))
         self.assertEqual(self.successResultOf(t.read_range(1, 3)), b"bcd")
         self.assertEqual(self.successResultOf(t.read_range(4, 0)), b"")
         self.failureResultOf(t.read_range(3, 2), PieceNotHeld)
@@ -987,7 +994,7 @@ class ReadRangeTests(StoreMixin, SynchronousTestCase):
 class PieceBufferTests(SynchronousTestCase):
     def test_collects_and_hashes(self):
         """When chunks are added, take() returns them in order (small ones
-        coalesced, big ones as given) with the sha256 of all of them, and the
+        coalesced, big ones as given) with the piece digest of all of them, and the
         buffer starts afresh."""
         big = blob(PieceBuffer.MIN_PART, b"b")
         buf = PieceBuffer()
@@ -997,11 +1004,11 @@ class PieceBufferTests(SynchronousTestCase):
         chunks, digest = buf.take()
         body = b"abc" + big + b"xyz"
         self.assertEqual(b"".join(bytes(c) for c in chunks), body)
-        self.assertEqual(digest, sha(body))
+        self.assertEqual(digest, pdigest(body))
         self.assertIs(chunks[1], big)
         self.assertEqual(len(chunks), 3)
         self.assertEqual(buf.nbytes, 0)
-        self.assertEqual(buf.take(), ([], sha(b"")))
+        self.assertEqual(buf.take(), ([], pdigest(b"")))
 
     def test_small_chunks_bounded(self):
         """When many tiny chunks arrive, they are merged into chunks of at least

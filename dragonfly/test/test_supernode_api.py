@@ -12,6 +12,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
+from dragonfly.digest import piece_digest
 from dragonfly.interfaces import PeerInfo
 from dragonfly.metrics import SupernodeMetrics
 from dragonfly.origin import OriginClient
@@ -80,10 +81,11 @@ class APITestBase(SynchronousTestCase):
 class RegisterTests(APITestBase):
     def test_register(self):
         """When a peer registers a task, the answer carries the length, piece
-        geometry and the seed, and the peer joins the swarm."""
+        geometry, the seed and the piece digest algorithm, and the peer joins the swarm."""
         obj = self.register()
         self.assertEqual(obj, {"task_id": TASK, "length": len(DATA), "piece_size": PIECE,
-                               "piece_count": 3, "seed": SEED.to_json()})
+                               "piece_count": 3, "seed": SEED.to_json(),
+                               "piece_digest": "blake3"})
         self.assertEqual(self.scheduler.task_stats(TASK)["peers"], 1)
         self.assertEqual(len(self.origin.gets("/f")), 1)
 
@@ -189,7 +191,7 @@ class ScheduleTests(APITestBase):
             i = a["index"]
             chunk = DATA[i * PIECE:(i + 1) * PIECE]
             self.assertEqual(a["size"], len(chunk))
-            self.assertEqual(a["digest"], hashlib.sha256(chunk).hexdigest())
+            self.assertEqual(a["digest"], piece_digest(chunk))
             self.assertEqual(a["source"], SEED.to_json())
         self.assertFalse(obj["done"])
         obj = self.schedule({"peer_id": PEER["peer_id"], "have": [0, 1, 2], "want": 5})
