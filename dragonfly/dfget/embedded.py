@@ -124,15 +124,7 @@ class Dfget:
 
     def cleanup_now(self):
         """Synchronous last-resort cleanup (reactor shutting down: Ctrl-C)."""
-        for path in list(self._temp_paths):
-            try:
-                files.remove(path)
-            except OSError:
-                pass
-        for d in list(self._temp_dirs):
-            shutil.rmtree(d, ignore_errors=True)
-        self._temp_paths.clear()
-        self._temp_dirs.clear()
+        files.remove_temps(self._temp_paths, self._temp_dirs)
 
     # -- embedded peer -----------------------------------------------------------
 

@@ -6,6 +6,7 @@ Standard library only (see L{dragonfly.dfget.options}). The daemon path
 """
 import hashlib
 import os
+import shutil
 import stat
 import sys
 
@@ -183,6 +184,20 @@ def write_to(path, stream):
                 break
             stream.write(chunk)
     stream.flush()
+
+
+def remove_temps(paths, dirs):
+    """Remove the temporary files in the set C{paths} and the directories in
+    C{dirs}, ignoring what is already gone; both sets end up empty."""
+    for path in list(paths):
+        try:
+            remove(path)
+        except OSError:
+            pass
+    paths.clear()
+    for d in list(dirs):
+        shutil.rmtree(d, ignore_errors=True)
+    dirs.clear()
 
 
 def remove(path):

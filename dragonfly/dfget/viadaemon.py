@@ -18,7 +18,6 @@ import hashlib
 import http.client
 import json
 import os
-import shutil
 import tempfile
 import time
 from urllib.parse import urlsplit
@@ -296,12 +295,4 @@ class _Job:
         return getattr(self.stdout, "buffer", self.stdout)
 
     def cleanup(self):
-        for path in list(self.temp_paths):
-            try:
-                files.remove(path)
-            except OSError:
-                pass
-        self.temp_paths.clear()
-        for d in list(self.temp_dirs):
-            shutil.rmtree(d, ignore_errors=True)
-        self.temp_dirs.clear()
+        files.remove_temps(self.temp_paths, self.temp_dirs)
