@@ -110,7 +110,10 @@ class DaemonClient:
 
     def data(self, task_id):
         """(connection, response) streaming the bytes of a task the daemon holds."""
-        validate_task_id(task_id)
+        try:
+            validate_task_id(task_id)
+        except ValueError:
+            raise DfgetError(f"the peer daemon named a malformed task id {task_id!r}")
         try:
             conn, _, response = self._request("GET", f"/api/v1/tasks/{task_id}/data")
         except (OSError, http.client.HTTPException) as e:

@@ -567,8 +567,10 @@ class ScriptedDaemonTests(DaemonMixin, TestCase):
         """A malformed task id from the daemon never becomes a request path."""
         url = self.serve(**{"/api/v1/download": lambda r: _ndjson(
             {"state": "done", "path": "/nonexistent/x", "length": 3, "task_id": "../x"})})
-        self.assertNotEqual(await self.run_dfget(url, URL, "-O", self.out), 0)
+        line = await self.fails(url, URL, "-O", self.out)
+        self.assertEqual(line, "dfget: error: the peer daemon named a malformed task id '../x'")
         self.assertEqual([p for p in self.daemon.paths if "tasks" in p], [])
+        self.assertEqual(self.listing(), [])
 
     async def test_progress_bar_only_on_tty(self):
         """A progress bar on stderr when it is a terminal (unless -q)."""
