@@ -208,8 +208,8 @@ class Dfget:
         algo = spec[0] if spec else None
         if out == "-":
             if spec:
-                self._check_digest(await self.runner.run(files.hash_file, path, algo))
-            await self.runner.run(files.write_to, path, self._stdout_binary())
+                files.check_digest(spec, await self.runner.run(files.hash_file, path, algo))
+            await self.runner.run(files.write_to, path, self.stdout)
             return
         tmp = files.temp_name(out)
         self._temp_paths.add(tmp)
@@ -226,18 +226,11 @@ class Dfget:
         if size != length:
             raise DfgetError(f"downloaded {size} bytes, expected {length}")
         if spec:
-            self._check_digest(got)
+            files.check_digest(spec, got)
         await self.runner.run(os.replace, tmp, out)
         self._temp_paths.discard(tmp)
         self.result_path = out
 
-    def _check_digest(self, got):
-        algo, want = self.opts["digest_spec"]
-        if got != want:
-            raise DfgetError(f"{algo} digest mismatch: expected {want}, got {got}")
-
-    def _stdout_binary(self):
-        return getattr(self.stdout, "buffer", self.stdout)
 
 
 def _is_ip(text):

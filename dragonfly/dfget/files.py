@@ -176,7 +176,16 @@ def hash_file(path, algo):
     return h.hexdigest()
 
 
+def check_digest(spec, got):
+    """Raise L{DfgetError} unless C{got} is the hex digest C{spec} = (algo, hex) wants."""
+    algo, want = spec
+    if got != want:
+        raise DfgetError(f"{algo} digest mismatch: expected {want}, got {got}")
+
+
 def write_to(path, stream):
+    """Copy the file at C{path} to C{stream} (a text stream's binary buffer if it has one)."""
+    stream = getattr(stream, "buffer", stream)
     with open(path, "rb") as f:
         while True:
             chunk = f.read(COPY_CHUNK)

@@ -205,8 +205,8 @@ class _Job:
         self.on_progress = lambda completed, length: None
         self.temp_paths = set()
         self.temp_dirs = set()
-        spec = opts["digest_spec"]
-        self.algo = spec[0] if spec else None
+        self.spec = opts["digest_spec"]
+        self.algo = self.spec[0] if self.spec else None
 
     def run(self, out):
         o = self.opts
@@ -230,8 +230,8 @@ class _Job:
     def deliver_copy(self, src, out, length):
         if out == "-":
             if self.algo:
-                self.check_digest(files.hash_file(src, self.algo))
-            files.write_to(src, self._stdout_binary())
+                files.check_digest(self.spec, files.hash_file(src, self.algo))
+            files.write_to(src, self.stdout)
             return
         tmp = self.new_temp(out)
         how, got = files.place(src, tmp, self.algo)
@@ -240,7 +240,7 @@ class _Job:
         if isinstance(length, int) and size != length:
             raise DfgetError(f"copied {size} bytes, expected {length}")
         if self.algo:
-            self.check_digest(got)
+            files.check_digest(self.spec, got)
         self.publish(tmp, out)
 
     def deliver_stream(self, task_id, out, length):
@@ -274,9 +274,9 @@ class _Job:
         if isinstance(length, int) and received != length:
             raise DfgetError(f"got {received} bytes from the daemon, expected {length}")
         if h is not None:
-            self.check_digest(h.hexdigest())
+            files.check_digest(self.spec, h.hexdigest())
         if out == "-":
-            files.write_to(tmp, self._stdout_binary())
+            files.write_to(tmp, self.stdout)
         else:
             self.publish(tmp, out)
 
@@ -285,17 +285,9 @@ class _Job:
         self.temp_paths.add(tmp)
         return tmp
 
-    def check_digest(self, got):
-        algo, want = self.opts["digest_spec"]
-        if got != want:
-            raise DfgetError(f"{algo} digest mismatch: expected {want}, got {got}")
-
     def publish(self, tmp, out):
         os.replace(tmp, out)
         self.temp_paths.discard(tmp)
-
-    def _stdout_binary(self):
-        return getattr(self.stdout, "buffer", self.stdout)
 
     def cleanup(self):
         files.remove_temps(self.temp_paths, self.temp_dirs)
