@@ -15,7 +15,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from dragonfly.dfdaemon.mirror import BlobSink, RegistryMirror, parse_range
+from dragonfly.dfdaemon.mirror import BlobSink, RegistryMirror
+from dragonfly.httpio import parse_range
 from dragonfly.dfdaemon.upstream import (
     Refused, UpstreamError, Upstreams, UpstreamTLSPolicy, parse_upstream)
 from dragonfly.metrics import PeerMetrics, sample
@@ -688,7 +689,7 @@ class RealPeerTests(MirrorTestMixin, SynchronousTestCase):
         from dragonfly.peer.node import PeerNode
         from dragonfly.storage.store import PieceStore
         from dragonfly.test.peerfakes import FakeOrigin, FakePiecePool, FakeSupernode
-        from dragonfly.threads import SyncRunner
+        from dragonfly.runtime.threads import SyncRunner
 
         self.store = PieceStore(self.mktemp(), clock=self.clock, runner=SyncRunner())
         self.supernode = FakeSupernode(BLOB, piece_size=100)
