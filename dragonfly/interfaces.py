@@ -85,6 +85,19 @@ class IOrigin(Interface):
         """A Deferred OriginResponse."""
 
 
+class IDownloader(Interface):
+    """What the registry mirror asks of the peer: get a task, then its bytes in order."""
+
+    def download(url, headers=None, task_id=None, on_start=None):
+        """Fetch C{url} (as task C{task_id}) into the store; a Deferred firing with its
+        TaskFile. C{on_start}, a Deferred, fires with the TaskFile once its length is
+        known, before the pieces arrive."""
+
+    def stream(task_file, consumer, start=0, end=None):
+        """Write the task's bytes [start, end) to C{consumer} in order as pieces
+        arrive, registering a producer with it; a Deferred fired when all are written."""
+
+
 class IPieceSource(Interface):
     """Fetches one piece from a remote node."""
 

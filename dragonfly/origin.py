@@ -29,6 +29,7 @@ from twisted.web.client import Agent, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH
 
+from dragonfly.httpio import describe as _describe
 from dragonfly.runtime.idle import IdleTimer
 
 __all__ = ["OriginError", "OriginResponse", "OriginClient", "make_http_client", "collect_capped"]
@@ -316,14 +317,6 @@ class _Discard(Protocol):
     def connectionLost(self, reason=None):
         if not self.done.called:
             self.done.callback(None)
-
-
-def _describe(failure):
-    v = failure.value
-    reasons = getattr(v, "reasons", None)
-    if reasons:
-        return "; ".join(_describe(r) if isinstance(r, Failure) else str(r) for r in reasons)
-    return f"{type(v).__name__}: {v}" if str(v) else type(v).__name__
 
 
 class OriginResponse:

@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from dragonfly.httpio import RangeNotSatisfiable, content_range, error_body, json_body, parse_range
 from dragonfly.metrics import MetricsResource
 from dragonfly.peer.node import DownloadError, StreamStopped
 from dragonfly.taskid import task_id_for_url, validate_task_id
@@ -26,20 +27,12 @@ from dragonfly.taskid import task_id_for_url, validate_task_id
 __all__ = ["PeerAPI", "MAX_BODY"]
 
 MAX_BODY = 64 * 1024
-_RANGE_RE = re.compile(r"\Abytes=(\d*)-(\d*)\Z")
 
 
 class BadRequest(Exception):
     def __init__(self, message, code=400):
         Exception.__init__(self, message)
         self.code = code
-
-
-def _json(request, code, obj):
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(obj).encode() + b"\n"
 
 
 def _read_json(request, cap=MAX_BODY):
@@ -121,21 +114,21 @@ class PeerAPI:
 
     @app.handle_errors(BadRequest)
     def _bad_request(self, request, failure):
-        return _json(request, failure.value.code, {"error": str(failure.value)})
+        return error_body(request, failure.value.code, str(failure.value))
 
     @app.handle_errors(NotFound)
     def _not_found(self, request, failure):
-        return _json(request, 404, {"error": "not found"})
+        return error_body(request, 404, "not found")
 
     @app.handle_errors(MethodNotAllowed)
     def _not_allowed(self, request, failure):
-        return _json(request, 405, {"error": "method not allowed"})
+        return error_body(request, 405, "method not allowed")
 
     # -- routes ---------------------------------------------------------------
 
     @app.route("/healthz", methods=["GET", "HEAD"])
     def healthz(self, request):
-        return _json(request, 200, {
+        return json_body(request, 200, {
             "status": "ok", "role": "peer", "peer_id": self._node.peer_info.peer_id,
             "downloads": len(self._node.active()), "tasks": len(self._store.tasks())})
 
@@ -188,19 +181,17 @@ class PeerAPI:
             raise BadRequest("malformed task id")
         tf = self._store.get(task_id)
         if tf is None or not tf.is_complete:
-            return _json(request, 404, {"error": "task not held"})
+            return error_body(request, 404, "task not held")
+        try:
+            window = parse_range(request.getHeader(b"range"), tf.length)
+        except RangeNotSatisfiable:
+            request.setHeader(b"content-range", content_range(None, tf.length))
+            return error_body(request, 416, "range not satisfiable")
         start, end = 0, tf.length
-        rng = request.getHeader(b"range")
-        if rng is not None:
-            parsed = _parse_range(rng.decode("latin-1"), tf.length)
-            if parsed is None:
-                request.setHeader(b"content-range", f"bytes */{tf.length}".encode())
-                return _json(request, 416, {"error": "range not satisfiable"})
-            if parsed is not False:
-                start, end = parsed
-                request.setResponseCode(206)
-                request.setHeader(b"content-range",
-                                  f"bytes {start}-{end - 1}/{tf.length}".encode())
+        if window is not None:
+            start, end = window[0], window[1] + 1
+            request.setResponseCode(206)
+            request.setHeader(b"content-range", content_range(window, tf.length))
         request.setHeader(b"content-type", b"application/octet-stream")
         request.setHeader(b"accept-ranges", b"bytes")
         request.setHeader(b"content-length", str(end - start).encode())
@@ -221,23 +212,3 @@ class PeerAPI:
         d.addErrback(stopped)
         return d
 
-
-def _parse_range(value, length):
-    """(start, end) for one byte range; False to ignore the header; None if unsatisfiable."""
-    m = _RANGE_RE.match(value.strip())
-    if not m or (not m.group(1) and not m.group(2)):
-        return False
-    a, b = m.group(1), m.group(2)
-    if a:
-        start = int(a)
-        end = min(int(b) + 1, length) if b else length
-        if b and int(b) < start:
-            return False
-    else:
-        n = int(b)
-        if n == 0:
-            return None
-        start, end = max(0, length - n), length
-    if start >= length:
-        return None
-    return start, end

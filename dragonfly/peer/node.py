@@ -36,7 +36,8 @@ from zope.interface import implementer
 
 from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
 from dragonfly.digest import piece_digest
-from dragonfly.interfaces import Assignment, PeerInfo
+from dragonfly.httpio import describe as _describe
+from dragonfly.interfaces import Assignment, IDownloader, PeerInfo
 from dragonfly.storage.cutter import PieceCutter
 from dragonfly.storage.store import DigestMismatch
 from dragonfly.taskid import task_id_for_url, validate_task_id
@@ -67,25 +68,6 @@ class _SupernodeUnavailable(Exception):
 
 class _NotRegistered(Exception):
     """The supernode forgot us (404 on schedule): register again."""
-
-
-def _describe(exc):
-    if isinstance(exc, Failure):
-        exc = exc.value
-    reasons = getattr(exc, "reasons", None)
-    if reasons:
-        return "; ".join(_describe(r) for r in reasons)
-    if isinstance(exc, (DeferredTimeoutError, CancelledError)):
-        return "timed out"
-    from twisted.internet import error as neterr
-    if isinstance(exc, neterr.ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, neterr.DNSLookupError):
-        return "cannot resolve the host name"
-    if isinstance(exc, (neterr.TimeoutError, neterr.TCPTimedOutError)):
-        return "connection timed out"
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _hostport_url(addr, path):
@@ -163,6 +145,7 @@ class _Download:
         self.sources = {"peer": 0, "supernode": 0, "origin": 0}
 
 
+@implementer(IDownloader)
 class PeerNode:
     """Downloads tasks through the swarm (or from their origin) into a piece store.
 

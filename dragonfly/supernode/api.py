@@ -19,6 +19,7 @@ from twisted.web import server
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
+from dragonfly.httpio import error_body, json_body
 from dragonfly.interfaces import PeerInfo
 from dragonfly.origin import OriginError, clean_headers
 from dragonfly.supernode.cdn import CacheFull, CDNError, NotReady
@@ -102,13 +103,6 @@ class ApiSite(server.Site):
         if request.code < 400 and request.path.endswith(b"/schedule"):
             return
         server.Site.log(self, request)
-
-
-def _json(request, obj, status=200):
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(obj, separators=(",", ":")).encode("utf-8") + b"\n"
 
 
 def _int(value, name, lo, hi):
@@ -254,7 +248,7 @@ class SupernodeAPI:
         e = failure.value
         for k, v in e.headers.items():
             request.setHeader(k, v)
-        return _json(request, {"error": e.message, **e.extra}, e.status)
+        return json_body(request, e.status, {"error": e.message, **e.extra}, compact=True)
 
     @app.handle_errors(OriginError)
     def _origin_error(self, request, failure):
@@ -262,31 +256,31 @@ class SupernodeAPI:
         body = {"error": e.message}
         if e.status is not None:
             body["origin_status"] = e.status
-        return _json(request, body, 502)
+        return json_body(request, 502, body, compact=True)
 
     @app.handle_errors(NotReady)
     def _not_ready(self, request, failure):
         request.setHeader(b"retry-after", b"1")
-        return _json(request, {"error": str(failure.value)}, 503)
+        return error_body(request, 503, str(failure.value), compact=True)
 
     @app.handle_errors(CacheFull)
     def _cache_full(self, request, failure):
-        return _json(request, {"error": str(failure.value)}, 507)
+        return error_body(request, 507, str(failure.value), compact=True)
 
     @app.handle_errors(UnknownTask, UnknownPeer)
     def _unknown(self, request, failure):
-        return _json(request, {"error": str(failure.value)}, 404)
+        return error_body(request, 404, str(failure.value), compact=True)
 
     @app.handle_errors(NotFound)
     def _not_found(self, request, failure):
-        return _json(request, {"error": "no such endpoint"}, 404)
+        return error_body(request, 404, "no such endpoint", compact=True)
 
     @app.handle_errors(MethodNotAllowed)
     def _bad_method(self, request, failure):
         allowed = getattr(failure.value, "valid_methods", None) or []
         if allowed:
             request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
-        return _json(request, {"error": "method not allowed"}, 405)
+        return error_body(request, 405, "method not allowed", compact=True)
 
     @app.handle_errors(HTTPException)
     def _http_exception(self, request, failure):
@@ -294,17 +288,17 @@ class SupernodeAPI:
         new_url = getattr(e, "new_url", None)   # werkzeug RequestRedirect (slashes)
         if new_url:
             request.setHeader(b"location", new_url.encode("utf-8", "replace"))
-        return _json(request, {"error": e.description or e.name}, e.code or 400)
+        return error_body(request, e.code or 400, e.description or e.name, compact=True)
 
     @app.handle_errors(CDNError)
     def _cdn_error(self, request, failure):
-        return _json(request, {"error": str(failure.value)}, 503)
+        return error_body(request, 503, str(failure.value), compact=True)
 
     @app.handle_errors(Exception)
     def _internal(self, request, failure):
         self.log.failure("API request {method} {uri} failed", failure,
                          method=request.method, uri=request.uri)
-        return _json(request, {"error": "internal error"}, 500)
+        return error_body(request, 500, "internal error", compact=True)
 
     # -- tasks -----------------------------------------------------------------
 
@@ -329,11 +323,11 @@ class SupernodeAPI:
             if peer.peer_id == seed.peer_id:
                 raise ApiError(400, "peer_id is the supernode's own")
             self.scheduler.join(task_id, peer)
-        return _json(request, {
+        return json_body(request, 200, {
             "task_id": task_id, "length": tf.length, "piece_size": tf.piece_size,
             "piece_count": tf.piece_count, "seed": seed.to_json(),
             "piece_digest": DIGEST_ALGORITHM,
-        })
+        }, compact=True)
 
     @app.route("/api/v1/tasks/<task_id>/schedule", methods=["POST"])
     async def schedule(self, request, task_id):
@@ -390,7 +384,8 @@ class SupernodeAPI:
             for a in assignments:
                 kind = "supernode" if a.source.peer_id == self.cdn.seed.peer_id else "peer"
                 self.metrics.assignments.labels(source=kind).inc()
-        return _json(request, {"assignments": [a.to_json() for a in assignments], "done": done})
+        return json_body(request, 200, {"assignments": [a.to_json() for a in assignments],
+                                        "done": done}, compact=True)
 
     def _raise_cdn_failure(self, task_id):
         e = self.cdn.failure(task_id)
@@ -432,7 +427,7 @@ class SupernodeAPI:
         body = self.read_json(request)
         peer_id = _peer_id(body.get("peer_id"))
         self.scheduler.leave(task_id, peer_id)
-        return _json(request, {})
+        return json_body(request, 200, {}, compact=True)
 
     @app.route("/api/v1/heartbeat", methods=["POST"])
     def heartbeat(self, request):
@@ -451,7 +446,7 @@ class SupernodeAPI:
             task_id = _task_id(t)
             if not self.scheduler.touch(task_id, peer_id):
                 unknown.append(task_id)
-        return _json(request, {"unknown": unknown})
+        return json_body(request, 200, {"unknown": unknown}, compact=True)
 
     @app.route("/api/v1/tasks/<task_id>", methods=["GET"])
     def task_info(self, request, task_id):
@@ -472,7 +467,7 @@ class SupernodeAPI:
                        piece_count=tf.piece_count, seeded=len(tf.completed()))
         if stats is not None:
             out.update(peers=stats["peers"], done_peers=stats["done"], seeded=stats["seeded"])
-        return _json(request, out)
+        return json_body(request, 200, out, compact=True)
 
     # -- preheat -----------------------------------------------------------------
 
@@ -486,7 +481,7 @@ class SupernodeAPI:
         if spec.task_id is not None:
             self._redirect_if_not_owner(request, spec.task_id, body, "/api/v1/preheat")
         job = self.preheater.start(spec)
-        return _json(request, job.to_json(), 202)
+        return json_body(request, 202, job.to_json(), compact=True)
 
     @app.route("/api/v1/preheat/<job_id>", methods=["GET"])
     def preheat_status(self, request, job_id):
@@ -496,7 +491,7 @@ class SupernodeAPI:
         job = self.preheater.get(job_id)
         if job is None:
             raise ApiError(404, "no such preheat job")
-        return _json(request, job.to_json())
+        return json_body(request, 200, job.to_json(), compact=True)
 
     # -- health and metrics ------------------------------------------------------
 
@@ -508,7 +503,7 @@ class SupernodeAPI:
             body["seed"] = seed.to_json()
         if self.cluster is not None:
             body["cluster"] = self.cluster.status()
-        return _json(request, body, 200 if seed is not None else 503)
+        return json_body(request, 200 if seed is not None else 503, body, compact=True)
 
     @app.route("/metrics", methods=["GET"])
     def metrics_page(self, request):

@@ -1,0 +1,287 @@
+"""The mirror's blobs: a layer sent from the peer, verified against its digest on the way.
+
+``GET /v2/<name>/blobs/<digest>`` goes through P2P. The task id is the
+content digest; the registry is asked first (a ``HEAD`` with the client's
+own headers, redirects not followed) whether this client may read that
+blob, so a layer held by the swarm is never handed to a client the registry
+would refuse. Bytes are streamed to the client in order as the pieces
+arrive, with ``Content-Length`` and ``Docker-Content-Digest``, through a
+L{BlobSink} that is the peer's consumer and the request's push producer (the
+client's socket paces the swarm; memory does not grow with the blob). The
+whole blob is hashed on the way and a mismatch aborts the connection (the
+client sees a truncated transfer, never a clean finish). If P2P fails before
+the first byte, the blob is relayed straight from the upstream.
+"""
+import hashlib
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from dragonfly.dfdaemon.passthrough import NOT_FOR_ACCESS_CHECK, Discard, forward_headers
+from dragonfly.dfdaemon.routes import MirrorError
+from dragonfly.httpio import (
+    RangeNotSatisfiable, abort, content_range, describe, parse_range, unregister)
+
+
+@implementer(IConsumer, IPushProducer)
+class BlobSink:
+    """Receives a blob's bytes in order, hashes all of them, writes a window to the request.
+
+    To the blob source it is a consumer; to the request it is a push
+    producer, so the client's socket paces the swarm end to end. A pull
+    producer (one chunk per C{resumeProducing}, like the peer's ordered
+    stream) is driven here directly -- one chunk asked for after each chunk
+    written, none while the client's socket is full -- rather than by
+    Twisted's C{_PullToPush}, whose cooperator would spin while the producer
+    waits for pieces from the network.
+    """
+
+    def __init__(self, request, digest, length, first=0, last=None, on_bytes=None):
+        algo, _, self.expected = digest.partition(":")
+        self._hash = hashlib.new(algo)
+        self.request = request
+        self.length = length
+        self.first = first
+        self.last = length - 1 if last is None else last
+        self.offset = 0
+        self.producer = None
+        self.streaming = False
+        self._registered = False
+        self._paused = False
+        self._pulling = False
+        self._again = False
+        self._on_bytes = on_bytes or (lambda n: None)
+        self.overflow = False
+        self.closed = False
+        self._held = None
+
+    # IConsumer, for the blob source
+
+    def registerProducer(self, producer, streaming):
+        if self.closed:
+            producer.stopProducing()
+            return
+        self.producer = producer
+        self.streaming = bool(streaming)
+        if not self._registered and self.request.channel is not None:
+            self.request.registerProducer(self, True)
+            self._registered = True
+        if self.streaming:
+            if self._paused:
+                producer.pauseProducing()
+        else:
+            self._pull()
+
+    def unregisterProducer(self):
+        self.producer = None
+        if self._registered:
+            self._registered = False
+            unregister(self.request)
+
+    def write(self, data):
+        if self.closed:
+            return
+        n = len(data)
+        end = self.offset + n
+        if end > self.length:
+            self.overflow = True
+            self.close()
+            return
+        self._hash.update(data)
+        lo = max(self.first, self.offset)
+        hi = min(self.last + 1, end)
+        if hi > lo:
+            chunk = data if (lo == self.offset and hi == end) else bytes(
+                memoryview(data)[lo - self.offset:hi - self.offset])
+            if hi == self.last + 1:
+                # The window's final bytes wait for the digest: a client must
+                # never receive a complete response for a corrupt blob.
+                self._held = chunk
+            else:
+                self.request.write(chunk)
+                self._on_bytes(len(chunk))
+        self.offset = end
+        if self.producer is not None and not self.streaming:
+            self._pull()
+
+    # IPushProducer, for the request
+
+    def pauseProducing(self):
+        self._paused = True
+        if self.producer is not None and self.streaming:
+            self.producer.pauseProducing()
+
+    def resumeProducing(self):
+        self._paused = False
+        if self.producer is None:
+            return
+        if self.streaming:
+            self.producer.resumeProducing()
+        else:
+            self._pull()
+
+    def stopProducing(self):
+        self.close()
+
+    def _pull(self):
+        """Ask a pull producer for its next chunk, without recursing per chunk."""
+        if self._pulling:
+            self._again = True
+            return
+        self._pulling = True
+        try:
+            while not (self._paused or self.closed or self.producer is None):
+                self._again = False
+                self.producer.resumeProducing()
+                if not self._again:
+                    break
+        finally:
+            self._pulling = False
+
+    def verified(self):
+        return (not self.overflow and self.offset == self.length
+                and self._hash.hexdigest() == self.expected)
+
+    def release(self):
+        """Write the held-back final bytes (call only once verified())."""
+        held, self._held = self._held, None
+        if held:
+            self.request.write(held)
+            self._on_bytes(len(held))
+
+    def close(self):
+        """Stop accepting bytes and stop the producer (client gone, or an error)."""
+        if self.closed:
+            return
+        self.closed = True
+        producer, self.producer = self.producer, None
+        self.unregisterProducer()
+        if producer is not None:
+            try:
+                producer.stopProducing()
+            except Exception:  # noqa: BLE001 - already stopped is fine
+                pass
+
+
+class Blobs:
+    """Answers blob GETs from the peer, after the registry said the client may read them.
+
+    @param peer: the blob source, an L{dragonfly.interfaces.IDownloader} (the
+        peer node).
+    @param passthrough: the L{dragonfly.dfdaemon.passthrough.Passthrough} that
+        asks the registry and relays its answer when P2P is refused or fails.
+    @param metrics: a L{dragonfly.metrics.PeerMetrics}.
+    @param check_access: ask the registry before serving a blob.
+    """
+
+    log = Logger()
+
+    def __init__(self, peer, passthrough, metrics, check_access=True):
+        self.peer = peer
+        self.passthrough = passthrough
+        self.metrics = metrics
+        self.check_access = check_access
+
+    async def get(self, ex, target):
+        """Answer the exchange C{ex}, a GET of the blob C{target.digest}."""
+        request = ex.request
+        url = target.url
+        digest = target.digest
+        if self.check_access:
+            # May this client read this blob? The registry decides, not the swarm.
+            response = await self.passthrough.upstream(
+                b"HEAD", url, forward_headers(request, drop=NOT_FOR_ACCESS_CHECK))
+            response.deliverBody(Discard())
+            if not 200 <= response.code < 400:
+                # Hand the client the registry's own answer (challenge, 404, ...), body and all.
+                ex.kind = "blob-denied"
+                return await self.passthrough.relay(ex, url)
+            if ex.gone:
+                return
+        headers = {}
+        auth = request.getHeader(b"authorization")
+        if auth:
+            headers["Authorization"] = auth.decode("latin-1")
+        blob_url = target.upstream.blob_url(target.name, digest)
+        started = defer.Deferred()
+        download = self.peer.download(blob_url, headers=headers, task_id=digest,
+                                      on_start=started)
+        # The download goes on if this client leaves (it will likely retry);
+        # its outcome reaches us through `started` and the stream.
+        download.addErrback(lambda f: None if started.called else started.errback(f))
+        try:
+            task_file = await started
+        except Exception as e:  # noqa: BLE001 - anything: fall back to the registry
+            if ex.gone:
+                return
+            self.log.warn("P2P failed for {digest} ({error}); relaying from {upstream}",
+                          digest=digest, error=describe(e), upstream=target.upstream.base)
+            ex.kind = "blob-direct"
+            return await self.passthrough.relay(ex, url)
+        if ex.gone:
+            return
+        await self._send(ex, task_file, digest)
+
+    @staticmethod
+    def _headers(request, digest, length):
+        """Set the blob answer's headers; return the window (first, last) to send."""
+        try:
+            window = parse_range(request.getHeader(b"range"), length)
+        except RangeNotSatisfiable:
+            request.setHeader(b"content-range", content_range(None, length))
+            raise MirrorError(416, "BLOB_UNKNOWN", "requested range not satisfiable")
+        first, last = window if window else (0, length - 1)
+        request.setHeader(b"content-type", b"application/octet-stream")
+        request.setHeader(b"docker-content-digest", digest.encode())
+        request.setHeader(b"etag", b'"%s"' % digest.encode())
+        request.setHeader(b"accept-ranges", b"bytes")
+        request.setHeader(b"cache-control", b"max-age=31536000")
+        if window:
+            request.setResponseCode(206)
+            request.setHeader(b"content-range", content_range(window, length))
+        request.setHeader(b"content-length", b"%d" % (last - first + 1 if length else 0))
+        return first, last
+
+    async def _send(self, ex, task_file, digest):
+        request = ex.request
+        length = task_file.length
+        first, last = self._headers(request, digest, length)
+        if length == 0:
+            if hashlib.new(digest.partition(":")[0]).hexdigest() != digest.partition(":")[2]:
+                self.log.error("empty blob does not match {digest}", digest=digest)
+                abort(request)
+                return
+            request.finish()
+            return
+        sink = BlobSink(request, digest, length, first, last,
+                        on_bytes=self.metrics.mirror_blob_bytes.inc)
+        stream = self.peer.stream(task_file, sink, 0)
+        ex.on_gone.append(sink.close)
+        ex.on_gone.append(stream.cancel)
+        try:
+            await stream
+        except Exception as e:  # noqa: BLE001
+            sink.close()
+            if not ex.gone:
+                self.log.warn("P2P stream of {digest} failed after {offset} bytes: {error}",
+                              digest=digest, offset=sink.offset, error=describe(e))
+                if request.startedWriting:
+                    abort(request)
+                else:
+                    raise MirrorError(502, "UNAVAILABLE", f"P2P download failed: {describe(e)}")
+            return
+        sink.unregisterProducer()
+        if ex.gone:
+            return
+        if not sink.verified():
+            self.log.error(
+                "blob {digest} failed verification ({offset} of {length} bytes): aborting",
+                digest=digest, offset=sink.offset, length=length)
+            ex.kind = "blob-corrupt"
+            request.setResponseCode(502)  # for the metrics label; headers are long gone
+            abort(request)
+            return
+        sink.release()
+        request.finish()

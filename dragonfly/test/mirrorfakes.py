@@ -1,0 +1,247 @@
+"""Fakes for the registry mirror's tests: an upstream registry, a blob source
+(the peer, as an L{IDownloader}), a recording agent, and the mixin that wires a
+L{RegistryMirror} to them behind a StubTreq client."""
+import hashlib
+import json
+
+from treq.testing import RequestTraversalAgent, StubTreq
+from twisted.internet import defer
+from twisted.internet.interfaces import IPullProducer
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from zope.interface import implementer
+
+from dragonfly.dfdaemon.mirror import RegistryMirror
+from dragonfly.dfdaemon.upstream import Upstreams
+from dragonfly.interfaces import IDownloader
+from dragonfly.metrics import PeerMetrics
+
+BLOB = b"layer-bytes-" * 100
+DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
+OTHER = b"another layer" * 7
+OTHER_DIGEST = "sha256:" + hashlib.sha256(OTHER).hexdigest()
+MANIFEST = json.dumps({"schemaVersion": 2, "layers": [{"digest": DIGEST}]}).encode()
+MANIFEST_TYPE = b"application/vnd.oci.image.manifest.v1+json"
+REALM = b'Bearer realm="https://auth.example/token",service="registry.example"'
+MIRROR = "http://mirror.local:65001"
+
+
+class FakeRegistry(Resource):
+    """An upstream registry: records each request, answers like distribution.
+
+    With C{token} set, every request lacking ``Authorization: Bearer <token>``
+    gets a 401 challenge.
+    """
+
+    isLeaf = True
+
+    def __init__(self):
+        Resource.__init__(self)
+        self.requests = []
+        self.token = None
+        self.blobs = {DIGEST: BLOB, OTHER_DIGEST: OTHER}
+        self.redirect_manifests = False
+
+    def seen(self, method=None):
+        return [r for r in self.requests if method is None or r["method"] == method]
+
+    def render(self, request):
+        self.requests.append({
+            "method": request.method.decode(), "uri": request.uri.decode(),
+            "headers": {k.lower(): list(v) for k, v in request.requestHeaders.getAllRawHeaders()},
+        })
+        if self.token and request.getHeader(b"authorization") != b"Bearer " + self.token:
+            request.setResponseCode(401)
+            request.setHeader(b"www-authenticate", REALM)
+            request.setHeader(b"content-type", b"application/json")
+            return b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}'
+        path = request.path
+        if path == b"/v2/":
+            request.setHeader(b"docker-distribution-api-version", b"registry/2.0")
+            request.setHeader(b"content-type", b"application/json")
+            return b"{}"
+        if b"/manifests/" in path:
+            if self.redirect_manifests:
+                request.setResponseCode(307)
+                request.setHeader(b"location", b"https://storage.example/m")
+                return b""
+            accepts = request.requestHeaders.getRawHeaders(b"accept") or []
+            if not any(MANIFEST_TYPE in a for a in accepts):
+                request.setResponseCode(404)
+                return b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}'
+            request.setHeader(b"content-type", MANIFEST_TYPE)
+            request.setHeader(b"docker-content-digest",
+                              b"sha256:" + hashlib.sha256(MANIFEST).hexdigest().encode())
+            return MANIFEST
+        if b"/tags/list" in path:
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps({"uri": request.uri.decode()}).encode()
+        if b"/blobs/" in path:
+            digest = path.rsplit(b"/", 1)[1].decode()
+            data = self.blobs.get(digest)
+            if data is None:
+                request.setResponseCode(404)
+                request.setHeader(b"content-type", b"application/json")
+                return b'{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown"}]}'
+            request.setHeader(b"content-type", b"application/octet-stream")
+            request.setHeader(b"docker-content-digest", digest.encode())
+            return data
+        request.setResponseCode(404)
+        return b"{}"
+
+
+class FakeTaskFile:
+    def __init__(self, task_id, url, length):
+        self.task_id = task_id
+        self.url = url
+        self.length = length
+
+
+@implementer(IPullProducer)
+class _FakeStream:
+    """One chunk per resumeProducing, like the peer's ordered stream; C{hold}
+    makes bytes past C{available} wait for release()."""
+
+    def __init__(self, peer, data, consumer, start):
+        self.peer = peer
+        self.data = data
+        self.consumer = consumer
+        self.offset = start
+        self.done = defer.Deferred()
+        self.stopped = False
+        self.resumes = 0
+        self.waiting = False
+
+    def resumeProducing(self):
+        self.resumes += 1
+        if self.stopped or self.done.called:
+            return
+        if self.offset >= self.peer.available:
+            self.waiting = True
+            return
+        n = min(self.peer.chunk, self.peer.available - self.offset, len(self.data) - self.offset)
+        chunk = self.data[self.offset:self.offset + n]
+        self.offset += n
+        last = self.offset >= len(self.data)
+        if last:
+            self.consumer.unregisterProducer()
+        self.consumer.write(chunk)
+        if last:
+            self.done.callback(None)
+
+    def stopProducing(self):
+        self.stopped = True
+        if not self.done.called:
+            self.done.errback(Exception("consumer stopped reading"))
+
+
+@implementer(IDownloader)
+class FakePeer:
+    """The blob source: PeerNode.download(on_start=...) and PeerNode.stream()."""
+
+    def __init__(self, blobs):
+        self.blobs = dict(blobs)
+        self.downloads = []
+        self.streams = []
+        self.fail = None
+        self.chunk = 100
+        self.available = 1 << 60
+        self.serve = {}  # digest -> bytes served instead (corruption)
+
+    def download(self, url, headers=None, task_id=None, on_start=None, **kw):
+        self.downloads.append({"url": url, "headers": dict(headers or {}), "task_id": task_id})
+        if self.fail is not None:
+            e = self.fail
+            if on_start is not None:
+                on_start.errback(e)
+            return defer.fail(e)
+        data = self.serve.get(task_id, self.blobs[task_id])
+        tf = FakeTaskFile(task_id, url, len(self.blobs[task_id]) if task_id not in self.serve
+                          else len(data))
+        if on_start is not None:
+            on_start.callback(tf)
+        return defer.succeed(tf)
+
+    def stream(self, task_file, consumer, start=0, end=None):
+        data = self.serve.get(task_file.task_id, self.blobs.get(task_file.task_id))
+        s = _FakeStream(self, data, consumer, start)
+        self.streams.append(s)
+        consumer.registerProducer(s, False)
+        return s.done
+
+    def release(self, available=1 << 60):
+        self.available = available
+        for s in self.streams:
+            if s.waiting:
+                s.waiting = False
+                s.resumeProducing()
+
+
+class _RecordingAgent:
+    """Wraps an agent, recording the URLs asked for; can fail or hang instead."""
+
+    def __init__(self, agent):
+        self.agent = agent
+        self.urls = []
+        self.fail = None
+        self.hang = False
+
+    def request(self, method, uri, headers=None, bodyProducer=None):
+        self.urls.append((method, uri))
+        if self.fail is not None:
+            return defer.fail(self.fail)
+        if self.hang:
+            return defer.Deferred()
+        return self.agent.request(method, uri, headers, bodyProducer)
+
+
+class MirrorTestMixin:
+    registry_url = "http://registry.example:5000"
+    allow = ("https://other.example",)
+    insecure = ("registry.example:5000",)
+
+    def setUp(self):
+        self.clock = Clock()
+        self.registry = FakeRegistry()
+        self.upstream_agent = RequestTraversalAgent(self.registry)
+        self.agent = _RecordingAgent(self.upstream_agent)
+        self.peer = FakePeer({DIGEST: BLOB, OTHER_DIGEST: OTHER})
+        self.metrics = PeerMetrics()
+        self.upstreams = Upstreams.from_options(self.registry_url, self.allow, self.insecure)
+        self.mirror = RegistryMirror(self.clock, self.agent, self.peer, self.upstreams,
+                                     self.metrics, header_timeout=30)
+        self.client = StubTreq(self.mirror.resource())
+
+    def pump(self):
+        for _ in range(20):
+            self.upstream_agent.flush()
+            self.client.flush()
+
+    def get(self, path, method="GET", headers=None, unbuffered=False):
+        d = self.client.request(method, MIRROR + path, headers=headers, unbuffered=unbuffered,
+                                allow_redirects=False)
+        self.pump()
+        return self.successResultOf(d)
+
+    def body(self, response):
+        d = response.content()
+        self.pump()
+        return self.successResultOf(d)
+
+    def error_of(self, response):
+        obj = json.loads(self.body(response))
+        self.assertIn("error", obj)
+        return obj["errors"][0]["code"]
+
+    def raw(self, data):
+        """Send raw bytes to the mirror's Site; return what it wrote back."""
+        site = Site(self.mirror.resource())
+        proto = site.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(data)
+        self.pump()
+        proto.connectionLost(None)
+        return transport.value()
