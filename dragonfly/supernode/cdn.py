@@ -2,14 +2,14 @@
 
 One L{_Job} per task in flight. Whatever the number of concurrent
 L{CDN.ensure} callers, a task has at most one job and so one origin download.
-The job streams the origin body through a L{_PieceCutter} (hashes each chunk as
-it arrives, so no whole-piece hashing on the reactor; hands each finished
-piece to C{TaskFile.write_piece} as the list of chunks received, without
-joining or copying them; at most two piece writes run at once and the origin
-transport is paused while at that limit, so memory stays at about three
-pieces per task while the network and the disk both keep busy) and tells the
-scheduler about each piece as soon as it is on disk, so peers start on the
-first pieces while the rest still arrives.
+The job streams the origin body through the ingest pipeline
+(L{dragonfly.ingest.pipeline}: at most two piece writes in flight, the origin
+connection paused at that limit, so memory stays at about three pieces per
+task while the network and the disk both keep busy) and tells the scheduler
+about each piece as soon as it is on disk (L{_JobEvents}), so peers start on
+the first pieces while the rest still arrives. This module holds only the
+policy: jobs, revalidation, resumption, retries, content-changed detection,
+publishing.
 
 Life of a job (see docs/design.md, "CDN"):
 
@@ -28,8 +28,6 @@ retries and exponential backoff on the injected clock; 4xx answers are final.
 A failed job leaves its pieces in the store and the next ensure() starts a new
 job (which resumes).
 """
-import tempfile
-
 from twisted.internet.defer import (
     CancelledError, Deferred, fail, succeed)
 from twisted.internet.task import deferLater
@@ -502,6 +500,6 @@ class CDN:
     async def _spool(self, job, resp):
         """Origin without Content-Length: download all, then publish."""
         tf = await spool_into(resp, lambda length: self._create(job, length, resp), self.runner,
-                              self.spool_dir or tempfile.gettempdir(), _JobEvents(self, job),
+                              self.spool_dir, _JobEvents(self, job),
                               self.max_spool, track=lambda d: setattr(job, "current", d))
         self._publish(job, tf)
