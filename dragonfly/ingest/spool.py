@@ -36,18 +36,11 @@ def _pwrite_all(fd, data, offset):
         offset += n
 
 
-def _read_and_hash(fd, offset, length):
-    data = os.pread(fd, length, offset)
-    parts = [data]
-    got = len(data)
-    while got < length:
-        more = os.pread(fd, length - got, offset + got)
-        if not more:
-            raise IngestError(f"spool file is short at byte {offset + got}")
-        parts.append(more)
-        got += len(more)
-    if len(parts) > 1:
-        data = b"".join(parts)
+def _read_and_hash(f, offset, length):
+    f.seek(offset)
+    data = f.read(length)   # buffered: reads until length or end of file
+    if len(data) != length:
+        raise IngestError(f"spool file is short at byte {offset + len(data)}")
     return data, digest_of([data])
 
 
@@ -101,7 +94,7 @@ class Spool:
         tf = writer.tf
         for index in range(tf.piece_count):
             offset, size = tf.piece_range(index)
-            data, digest = await self._runner.run(_read_and_hash, self._f.fileno(), offset, size)
+            data, digest = await self._runner.run(_read_and_hash, self._f, offset, size)
             await writer.spooled(index, data, digest)
             del data
 

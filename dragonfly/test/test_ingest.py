@@ -2,14 +2,19 @@
 import os
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import ResponseDone
 
 from dragonfly.digest import piece_digest
 from dragonfly.ingest import spool as spool_module
 from dragonfly.ingest.cutter import PieceCutter
 from dragonfly.ingest.events import IngestError, IngestEvents
 from dragonfly.ingest.pipeline import spool_into, stream_into
+from dragonfly.ingest.receiver import BodyError, BodyReceiver
 from dragonfly.ingest.spool import Spool
 from dragonfly.ingest.writer import StoreWriter
 from dragonfly.storage.store import PieceStore
@@ -258,3 +263,84 @@ class PipelineTests(StoreMixin, SynchronousTestCase):
             FakeResponse(DATA), make, Recording(), d, self.events)), IngestError)
         self.assertEqual(calls[-1], "close")
         self.assertEqual(os.listdir(d), [])
+
+
+class BusyConsumer:
+    """write() returns a pending Deferred until the test releases it."""
+
+    def __init__(self):
+        self.data = []
+        self.waiting = None
+
+    def write(self, data):
+        self.data.append(data)
+        self.waiting = Deferred()
+        return self.waiting
+
+    def release(self):
+        d, self.waiting = self.waiting, None
+        d.callback(None)
+
+
+class BodyReceiverTests(SynchronousTestCase):
+    def make(self, expected=None, idle=None, broken=None):
+        self.clock = Clock()
+        self.consumer = BusyConsumer()
+        self.transport = StringTransport()   # the fake producer: records pause/resume
+        r = BodyReceiver(self.consumer, expected, self.clock, idle_timeout=idle, broken=broken)
+        r.makeConnection(self.transport)
+        return r
+
+    def test_back_pressure(self):
+        """While the consumer's write is pending the producer is paused and
+        later chunks queue in order; each release feeds the next chunk, and
+        the producer resumes once the queue is empty."""
+        r = self.make(expected=6)
+        r.dataReceived(b"ab")
+        self.assertEqual(self.transport.producerState, "paused")
+        r.dataReceived(b"cd")
+        r.dataReceived(b"ef")
+        self.assertEqual(self.consumer.data, [b"ab"])
+        self.consumer.release()
+        self.assertEqual(self.consumer.data, [b"ab", b"cd"])
+        self.consumer.release()
+        self.consumer.release()
+        self.assertEqual(self.transport.producerState, "producing")
+        r.connectionLost(Failure(ResponseDone()))
+        self.assertEqual(self.successResultOf(r.done), 6)
+
+    def test_short_body_default_error(self):
+        """A body ending before its announced length fails with BodyError."""
+        r = self.make(expected=10)
+        r.dataReceived(b"ab")
+        self.consumer.release()
+        r.connectionLost(Failure(ResponseDone()))
+        f = self.failureResultOf(r.done, BodyError)
+        self.assertIn("2 of 10", str(f.value))
+
+    def test_broken_factory(self):
+        """A lost connection fails done with broken(message, reason)."""
+        seen = []
+
+        def broken(message, reason=None):
+            seen.append((message, reason))
+            return IngestError(message)
+        r = self.make(broken=broken)
+        r.dataReceived(b"ab")
+        self.consumer.release()
+        r.connectionLost(Failure(ConnectionLost()))
+        self.failureResultOf(r.done, IngestError)
+        self.assertEqual(seen[0][0], "connection lost after 2 bytes")
+        self.assertTrue(seen[0][1].check(ConnectionLost))
+
+    def test_idle_only_while_producing(self):
+        """The idle timeout runs while the producer is not paused, not while
+        the consumer holds it up."""
+        r = self.make(idle=5)
+        r.dataReceived(b"ab")
+        self.clock.advance(10)
+        self.assertNoResult(r.done)
+        self.consumer.release()
+        self.clock.advance(5)
+        self.failureResultOf(r.done, BodyError)
+        self.assertTrue(self.transport.disconnecting or self.transport.producerState == "stopped")
