@@ -2,14 +2,14 @@
 
 One L{_Job} per task in flight. Whatever the number of concurrent
 L{CDN.ensure} callers, a task has at most one job and so one origin download.
-The job streams the origin body through a L{_PieceCutter} (hashes each chunk as
-it arrives, so no whole-piece hashing on the reactor; hands each finished
-piece to C{TaskFile.write_piece} as the list of chunks received, without
-joining or copying them; at most two piece writes run at once and the origin
-transport is paused while at that limit, so memory stays at about three
-pieces per task while the network and the disk both keep busy) and tells the
-scheduler about each piece as soon as it is on disk, so peers start on the
-first pieces while the rest still arrives.
+The job streams the origin body through the ingest pipeline
+(L{dragonfly.ingest.pipeline}: at most two piece writes in flight, the origin
+connection paused at that limit, so memory stays at about three pieces per
+task while the network and the disk both keep busy) and tells the scheduler
+about each piece as soon as it is on disk (L{_JobEvents}), so peers start on
+the first pieces while the rest still arrives. This module holds only the
+policy: jobs, revalidation, resumption, retries, content-changed detection,
+publishing.
 
 Life of a job (see docs/design.md, "CDN"):
 
@@ -28,22 +28,17 @@ retries and exponential backoff on the injected clock; 4xx answers are final.
 A failed job leaves its pieces in the store and the next ensure() starts a new
 job (which resumes).
 """
-import os
-import tempfile
-
 from twisted.internet.defer import (
     CancelledError, Deferred, fail, succeed)
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from dragonfly.digest import piece_digest, piece_hasher
+from dragonfly.ingest.events import IngestEvents
+from dragonfly.ingest.pipeline import spool_into, stream_into
 from dragonfly.origin import OriginError
-from dragonfly.storage.cutter import PieceCutter
 
 __all__ = ["CDN", "CDNError", "ContentChanged", "CacheFull", "NotReady"]
-
-_SPOOL_FLUSH = 1 << 20
 
 
 class CDNError(Exception):
@@ -125,110 +120,35 @@ class _Observers:
                 d.callback(result)
 
 
-class _PieceCutter(PieceCutter):
-    """The CDN's origin body -> hashed, written pieces (L{PieceCutter}).
+class _JobEvents(IngestEvents):
+    """How the ingest pipeline reports to the CDN for one job.
 
-    A piece already held (re-reading from byte 0) is hashed and compared
-    instead of rewritten: a difference means the origin content changed.
+    Every body byte is counted (origin_bytes); each new piece is announced to
+    the scheduler; a body that does not fit the task, or a held piece that
+    hashes differently when re-read, means the origin content changed.
     """
 
-    def __init__(self, cdn, job, tf, start, max_writes=2):
+    def __init__(self, cdn, job):
         self._cdn = cdn
         self._job = job
-        self.received = 0
-        PieceCutter.__init__(self, tf, start, max_writes)
 
-    def write(self, data):
-        self.received += len(data)
-        self._cdn._count_bytes(len(data))
-        return PieceCutter.write(self, data)
+    def received(self, nbytes):
+        self._cdn._count_bytes(nbytes)
 
-    def overflow(self):
-        return ContentChanged(f"origin sent more than the {self._tf.length} bytes announced")
+    def stored(self, tf, index, size, digest):
+        self._cdn._piece_done(self._job, tf, index, digest)
 
-    def short(self, got):
-        return OriginError(None, f"origin body ended at byte {got} of {self._tf.length}")
+    def overflow(self, tf):
+        return ContentChanged(f"origin sent more than the {tf.length} bytes announced")
 
-    def store_piece(self, index, chunks, size):
-        tf = self._tf
-        if tf.has(index):
-            held = tf.digest(index)
+    def short(self, tf, got):
+        return OriginError(None, f"origin body ended at byte {got} of {tf.length}")
 
-            def compare(digest):
-                if digest != held:
-                    raise ContentChanged(
-                        f"origin content changed: piece {index} differs from the copy held")
-            return self._cdn.runner.run(_digest_of, chunks).addCallback(compare)
-        return tf.write_new_piece(index, chunks).addCallback(
-            lambda digest: self._cdn._piece_done(self._job, tf, index, digest))
+    def changed(self, index):
+        return ContentChanged(f"origin content changed: piece {index} differs from the copy held")
 
-
-def _digest_of(chunks):
-    h = piece_hasher()
-    for c in chunks:
-        h.update(c)
-    return h.hexdigest()
-
-
-class _Spool:
-    """Consumer that appends a body of unknown length to a temporary file."""
-
-    def __init__(self, cdn, runner, directory, max_bytes=0):
-        self._cdn = cdn
-        self._runner = runner
-        fd, self.path = tempfile.mkstemp(prefix="spool-", dir=directory)
-        self._fd = fd
-        self._buf = []
-        self._buflen = 0
-        self.length = 0
-        self._max = max_bytes
-
-    def write(self, data):
-        self._cdn._count_bytes(len(data))
-        self.length += len(data)
-        if self._max and self.length > self._max:
-            raise CacheFull(f"file without Content-Length grew past the cache size ({self._max} bytes)")
-        self._buf.append(data)
-        self._buflen += len(data)
-        if self._buflen >= _SPOOL_FLUSH:
-            return self.flush()
-        return None
-
-    def flush(self):
-        data = b"".join(self._buf)
-        self._buf = []
-        self._buflen = 0
-        if not data:
-            return succeed(None)
-        return self._runner.run(_write_all, self._fd, data)
-
-    def close(self):
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)
-
-    def discard(self):
-        self.close()
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
-
-
-def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _read_piece_and_hash(path, offset, length):
-    with open(path, "rb") as f:
-        f.seek(offset)
-        data = f.read(length)
-    if len(data) != length:
-        raise CDNError(f"spool file {path} is short")
-    return data, piece_digest(data)
+    def too_large(self, limit):
+        return CacheFull(f"file without Content-Length grew past the cache size ({limit} bytes)")
 
 
 class _Job:
@@ -570,41 +490,16 @@ class CDN:
             tf = self._create(job, resp.length, resp)
         self._pin(job, tf)
         self._publish(job, tf)
-        cutter = _PieceCutter(self, job, tf, resp.offset)
-        job.current = resp.deliver(cutter)
-        try:
-            await job.current
-        except BaseException:
-            # A retry resumes from the first piece not held: let the pieces
-            # being written land first (or fail) so none is written twice.
-            await cutter.drain()
-            raise
-        finally:
-            job.current = None
-        await cutter.finish()
+        # On a broken body the pieces in flight land (or fail) before this
+        # raises: a retry resumes from the first piece not held, none twice.
+        await stream_into(resp, tf, self.runner, _JobEvents(self, job), recheck_held=True,
+                          track=lambda d: setattr(job, "current", d))
         if resp.etag != tf.etag and resp.etag or resp.last_modified != tf.last_modified and resp.last_modified:
             tf.set_validators(resp.etag or tf.etag, resp.last_modified or tf.last_modified)
 
     async def _spool(self, job, resp):
         """Origin without Content-Length: download all, then publish."""
-        directory = self.spool_dir or tempfile.gettempdir()
-        os.makedirs(directory, exist_ok=True)
-        spool = _Spool(self, self.runner, directory, self.max_spool)
-        try:
-            job.current = resp.deliver(spool)
-            try:
-                await job.current
-            finally:
-                job.current = None
-            await spool.flush()
-            spool.close()
-            length = spool.length
-            tf = self._create(job, length, resp)
-            for index in range(tf.piece_count):
-                offset, size = tf.piece_range(index)
-                data, digest = await self.runner.run(_read_piece_and_hash, spool.path, offset, size)
-                await tf.write_piece(index, data, digest)
-                del data
-            self._publish(job, tf)
-        finally:
-            spool.discard()
+        tf = await spool_into(resp, lambda length: self._create(job, length, resp), self.runner,
+                              self.spool_dir, _JobEvents(self, job),
+                              self.max_spool, track=lambda d: setattr(job, "current", d))
+        self._publish(job, tf)

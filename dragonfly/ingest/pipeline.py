@@ -1,0 +1,74 @@
+"""Run the ingest pipeline on one origin response: body -> pieces in the store.
+
+Two paths, for the two kinds of origin answer:
+
+  - L{stream_into}: the task's length is known (Content-Length or a 206's
+    Content-Range) and its L{TaskFile} exists: the body goes through a
+    L{PieceCutter} into a L{StoreWriter} from C{response.offset} on, with at
+    most C{max_writes} piece writes in flight (the connection pauses at the
+    limit), so pieces land and are announced while the rest still arrives;
+  - L{spool_into}: no length: the body goes to a L{Spool}, then
+    C{make_task(length)} creates the task and the spool is cut into it.
+
+Both take C{track}, called with the Deferred a caller may cancel to drop the
+origin connection (the body being delivered) and with None once it is not
+cancellable any more; the CDN keeps it to stop jobs at shutdown.
+"""
+from dragonfly.ingest.cutter import PieceCutter
+from dragonfly.ingest.events import IngestEvents
+from dragonfly.ingest.spool import Spool
+from dragonfly.ingest.writer import StoreWriter
+
+__all__ = ["stream_into", "spool_into"]
+
+
+def _ignore(_):
+    pass
+
+
+async def stream_into(response, tf, runner, events=None, max_writes=2, recheck_held=False,
+                      track=_ignore):
+    """Cut C{response}'s body into C{tf}'s pieces (see the module docstring).
+
+    Held pieces are skipped, or with C{recheck_held} hashed and compared
+    (C{events.changed} on a difference). Fails with what the body's delivery
+    failed with (after the pieces in flight landed, so a retry writes none
+    twice), or with C{events.short}/C{overflow} when the body does not fill
+    C{tf} exactly.
+    """
+    events = events if events is not None else IngestEvents()
+    writer = StoreWriter(tf, runner, events, recheck_held)
+    cutter = PieceCutter(tf, response.offset, max_writes, writer, events)
+    delivering = response.deliver(cutter)
+    track(delivering)
+    try:
+        await delivering
+    except BaseException:
+        await cutter.drain()
+        raise
+    finally:
+        track(None)
+    await cutter.finish()
+
+
+async def spool_into(response, make_task, runner, directory, events=None, max_bytes=0,
+                     track=_ignore):
+    """Spool C{response}'s body, then C{make_task(length)} -> TaskFile and fill it.
+
+    Returns that TaskFile. C{max_bytes} caps the body (C{events.too_large}).
+    The temporary file is gone when this returns or fails.
+    """
+    events = events if events is not None else IngestEvents()
+    spool = await Spool.open(runner, directory, events, max_bytes)
+    try:
+        delivering = response.deliver(spool)
+        track(delivering)
+        try:
+            await delivering
+        finally:
+            track(None)
+        tf = make_task(spool.length)
+        await spool.cut_into(StoreWriter(tf, runner, events))
+        return tf
+    finally:
+        await spool.close()
