@@ -15,7 +15,7 @@ from dragonfly.dfget.options import DfgetError, default_output
 COPY_CHUNK = 1 << 20
 #: Bytes per write() to the output: large writes make the kernel allocate
 #: large page-cache folios, which are much slower to fill on some VMs
-#: (see dragonfly.storage.store.WRITE_SLICE).
+#: (see dragonfly.storage.fileio.WRITE_SLICE).
 WRITE_SLICE = 128 * 1024
 
 

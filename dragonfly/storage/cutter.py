@@ -1,7 +1,7 @@
 """Cut a byte stream (an origin body) into a task's pieces, with a bounded write window."""
 from twisted.internet.defer import Deferred
 
-from dragonfly.storage.store import PieceBuffer
+from dragonfly.storage.buffer import PieceBuffer
 
 
 class PieceCutter:

@@ -4,7 +4,7 @@ One L{_Job} per task in flight. Whatever the number of concurrent
 L{CDN.ensure} callers, a task has at most one job and so one origin download.
 The job streams the origin body through a L{_PieceCutter} (hashes each chunk as
 it arrives, so no whole-piece hashing on the reactor; hands each finished
-piece to C{TaskFile.write_piece} as the list of chunks received, without
+piece to C{TaskFile.write_new_piece} as the list of chunks received, without
 joining or copying them; at most two piece writes run at once and the origin
 transport is paused while at that limit, so memory stays at about three
 pieces per task while the network and the disk both keep busy) and tells the
@@ -603,7 +603,7 @@ class CDN:
             for index in range(tf.piece_count):
                 offset, size = tf.piece_range(index)
                 data, digest = await self.runner.run(_read_piece_and_hash, spool.path, offset, size)
-                await tf.write_piece(index, data, digest)
+                await tf.write_trusted_piece(index, data, digest)
                 del data
             self._publish(job, tf)
         finally:
