@@ -76,7 +76,7 @@ class TaskFileTests(StoreMixin, SynchronousTestCase):
         self.assertEqual(sum(sizes), 4096)
 
     def test_chunk_list_wrong_length(self):
-        """When a chunk list does not add up to the piece length, write_piece fails
+        """When a chunk list does not add up to the piece length, a write fails
         with ValueError and nothing is held."""
         t = self.store.create(TID, "u", 8, 4)
         self.failureResultOf(t.write_trusted_piece(0, [b"ab", b"c"], pdigest(b"abc")), ValueError)
@@ -84,7 +84,7 @@ class TaskFileTests(StoreMixin, SynchronousTestCase):
         self.assertEqual(t.completed(), [])
 
     def test_verify(self):
-        """With verify=True, data hashing to the digest is written and held; data
+        """With write_verified_piece, data hashing to the digest is written and held; data
         that does not fails with DigestMismatch (a ValueError) and not a byte of it
         reaches the data file."""
         t = self.store.create(TID, "u", 8, 4)
@@ -142,7 +142,7 @@ class TaskFileTests(StoreMixin, SynchronousTestCase):
         self.assertEqual(self.meta_held(t), [])
 
     def test_wrong_length_refused(self):
-        """When a piece has the wrong length, write_piece fails and nothing is held or written."""
+        """When a piece has the wrong length, a write fails and nothing is held or written."""
         t = self.store.create(TID, "u", 10, 4)
         for index, data in [(0, b"abc"), (0, b"abcde"), (2, b"abc"), (2, b"a"), (1, b"")]:
             f = self.failureResultOf(t.write_trusted_piece(index, data, pdigest(data)), ValueError)
@@ -152,7 +152,7 @@ class TaskFileTests(StoreMixin, SynchronousTestCase):
             self.assertEqual(fh.read(), b"\0" * 10)
 
     def test_bad_index_or_digest_refused(self):
-        """When the index or digest is malformed, write_piece fails with ValueError."""
+        """When the index or digest is malformed, a write fails with ValueError."""
         t = self.store.create(TID, "u", 10, 4)
         self.failureResultOf(t.write_trusted_piece(3, b"ab", pdigest(b"ab")), ValueError)
         self.failureResultOf(t.write_trusted_piece(-1, b"abcd", pdigest(b"abcd")), ValueError)
@@ -175,6 +175,40 @@ class TaskFileTests(StoreMixin, SynchronousTestCase):
         self.failureResultOf(t.write_trusted_piece(0, b"wxyz", pdigest(b"wxyz")), ValueError)
         self.assertEqual(t.read(0, 4), b"abcd")
         self.assertEqual(t.digest(0), pdigest(b"abcd"))
+
+    def test_verified_checks_like_trusted(self):
+        """write_verified_piece refuses a malformed index, digest or length
+        like write_trusted_piece, and is a no-op on a piece held with the same
+        digest (not verified again) but refuses another digest."""
+        t = self.store.create(TID, "u", 10, 4)
+        self.failureResultOf(t.write_verified_piece(3, b"ab", pdigest(b"ab")), ValueError)
+        self.failureResultOf(t.write_verified_piece(0, b"abcd", "nothex"), ValueError)
+        self.failureResultOf(t.write_verified_piece(0, b"abcd", None), ValueError)
+        self.failureResultOf(t.write_verified_piece(0, b"abc", pdigest(b"abc")), ValueError)
+        self.successResultOf(t.write_verified_piece(0, b"abcd", pdigest(b"abcd").upper()))
+        self.assertEqual(t.digest(0), pdigest(b"abcd"))
+        self.successResultOf(t.write_verified_piece(0, b"abcd", pdigest(b"abcd")))
+        self.failureResultOf(t.write_verified_piece(0, b"wxyz", pdigest(b"wxyz")), ValueError)
+        self.assertEqual(t.read(0, 4), b"abcd")
+
+    def test_trusted_does_not_hash(self):
+        """write_trusted_piece records the digest it is given without hashing
+        the bytes: the caller vouches for it (one runner call, a plain write)."""
+        runner = ManualRunner()
+        store = self.make_store(root=self.mktemp(), runner=runner)
+        t = store.create(TID, "u", 4, 4)
+        d = t.write_trusted_piece(0, b"abcd", pdigest(b"other"))
+        self.assertEqual([f for f, _, _, _ in runner.pending], [fileio.pwrite_all])
+        runner.run_all()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(t.digest(0), pdigest(b"other"))
+
+    def test_new_piece_on_removed_task(self):
+        """write_new_piece on a removed task fails with TaskRemoved and writes nothing."""
+        t = self.store.create(TID, "u", 4, 4)
+        self.store.remove(TID)
+        self.failureResultOf(t.write_new_piece(0, b"abcd"), TaskRemoved)
+        self.failureResultOf(t.write_verified_piece(0, b"abcd", pdigest(b"abcd")), TaskRemoved)
 
     def test_read_limits(self):
         """When a read is too large, negative or past the end, it is refused."""
