@@ -248,17 +248,7 @@ class TaskFile:
         with the same digest is a no-op (not even verified); with another
         digest, a ValueError.
         """
-        try:
-            digest = _checked_digest(digest)
-            job = self._claim(index, data, digest)
-        except Exception as e:
-            return fail(e)
-        if job is None:
-            return succeed(None)
-        fd, views, offset = job
-        d = self._run_write(index, fileio.verify_and_write, fd, views, offset, digest,
-                            self._write_lock)
-        return d.addCallback(lambda _: self._mark_held(index, digest))
+        return self._write_known(index, data, digest, check=True)
 
     def write_trusted_piece(self, index, data, digest):
         """Write piece C{index} and record C{digest} for it without hashing C{data}.
@@ -268,6 +258,9 @@ class TaskFile:
         None. A piece already held with the same digest is a no-op; with
         another digest, a ValueError.
         """
+        return self._write_known(index, data, digest, check=False)
+
+    def _write_known(self, index, data, digest, check):
         try:
             digest = _checked_digest(digest)
             job = self._claim(index, data, digest)
@@ -276,7 +269,11 @@ class TaskFile:
         if job is None:
             return succeed(None)
         fd, views, offset = job
-        d = self._run_write(index, fileio.pwrite_all, fd, views, offset, self._write_lock)
+        if check:
+            d = self._run_write(index, fileio.verify_and_write, fd, views, offset, digest,
+                                self._write_lock)
+        else:
+            d = self._run_write(index, fileio.pwrite_all, fd, views, offset, self._write_lock)
         return d.addCallback(lambda _: self._mark_held(index, digest))
 
     def write_new_piece(self, index, data):
