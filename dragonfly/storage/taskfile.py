@@ -15,9 +15,9 @@ Crash safety: a piece is marked held only after its ``pwrite`` completed, and
 meta.json only ever lists pieces marked held, so a restart after a crash never
 claims a piece that was not fully written (the page cache survives a process
 crash; surviving power loss would need fsync, which we do not do). Saving is
-debounced: at the latest after ``persist_pieces`` new pieces or
-``persist_interval`` seconds (a timer on the injected clock), and at once when
-the task completes, on ``flush()``/``close()``, and when validators change.
+debounced (L{dragonfly.storage.saver}): at the latest after ``persist_pieces``
+new pieces or ``persist_interval`` seconds, and at once when the task
+completes, on ``flush()``/``close()``, and when validators change.
 Last-access times are saved with the next save.
 
 The task keeps one fd open (opened lazily, within the store's
@@ -41,7 +41,8 @@ from dragonfly.storage import fileio
 from dragonfly.storage.errors import PieceNotHeld, TaskRemoved
 from dragonfly.storage.layout import (
     DATA_NAME, META_NAME, entry_dir, is_hex_digest, is_int, task_key)
-from dragonfly.storage.meta import TaskMeta, is_held, serialize
+from dragonfly.storage.meta import TaskMeta, is_held
+from dragonfly.storage.saver import MetaSaver
 
 MAX_READ = 1 << 20          # read(): small, synchronous, bounded
 MAX_RANGE = 64 << 20        # read_range()/read_piece(): in the runner
@@ -90,10 +91,8 @@ class TaskFile:
         self._writing = set()
         self._fd = None
         self._removed = False
-        self._dirty = False
-        self._unsaved = 0
-        self._last_saved = now
-        self._flush_call = None
+        self._saver = MetaSaver(self.meta_path, self.to_meta, store.clock, store.persist_pieces,
+                                store.persist_interval, task_id, store.can_schedule)
         #: (st_size, st_mtime_ns) of the data file when it became complete.
         self._sealed = sealed
         self._write_lock = threading.Lock()   # held by a runner thread while it writes
@@ -170,14 +169,13 @@ class TaskFile:
     def touch(self):
         """Record an access now (for TTL and LRU); saved with the next meta write."""
         self.last_access = self._store.clock.seconds()
-        self._dirty = True
+        self._saver.dirty = True
 
     def set_validators(self, etag=None, last_modified=None):
         """Record new origin validators (e.g. after a 304) and save them."""
         self.etag = etag
         self.last_modified = last_modified
-        self._dirty = True
-        self._save()
+        self._saver.changed(now=True)
 
     # -- file descriptor -----------------------------------------------------
 
@@ -339,7 +337,7 @@ class TaskFile:
         self.last_access = self._store.clock.seconds()
         if self.is_complete:
             self._seal()
-        self._changed(pieces=1)
+        self._saver.changed(pieces=1, now=self.is_complete)
 
     # -- the seal (see the module docstring) -----------------------------------
 
@@ -394,7 +392,7 @@ class TaskFile:
             return b""
         data = fileio.pread_all(self._open_fd(), length, offset)
         self.last_access = self._store.clock.seconds()
-        self._dirty = True
+        self._saver.dirty = True
         return data
 
     def read_piece(self, index):
@@ -437,56 +435,20 @@ class TaskFile:
                         tuple(self._digests), bytes(self._held), self.etag,
                         self.last_modified, self.created, self.last_access, self._sealed)
 
-    def _changed(self, pieces=0):
-        self._dirty = True
-        self._unsaved += pieces
-        store = self._store
-        if (self.is_complete or self._unsaved >= store.persist_pieces
-                or store.clock.seconds() - self._last_saved >= store.persist_interval):
-            self._save()
-        elif self._flush_call is None and store.can_schedule:
-            self._flush_call = store.clock.callLater(store.persist_interval, self._timed_save)
-
-    def _timed_save(self):
-        self._flush_call = None
-        self._save()
-
-    def cancel_timer(self):
-        """Drop the pending debounced save, if any."""
-        if self._flush_call is not None:
-            if self._flush_call.active():
-                self._flush_call.cancel()
-            self._flush_call = None
-
-    def _save(self):
-        """Write meta.json now (temp file + rename). Errors are logged, not raised;
-        returns True when saved."""
-        self.cancel_timer()
-        if self._removed:
-            return False
-        try:
-            fileio.replace_file(self.meta_path, serialize(self.to_meta()))
-        except OSError as e:
-            self.log.error("cannot save metadata of {task_id} in {path}: {err}",
-                           task_id=self.task_id, path=self.directory, err=e)
-            return False
-        self._dirty = False
-        self._unsaved = 0
-        self._last_saved = self._store.clock.seconds()
-        return True
-
     def save_now(self):
         """Write meta.json now, changed or not; True when saved."""
-        self._dirty = True
-        return self._save()
+        return self._saver.save()
 
     def flush(self):
         """Write meta.json now if anything changed since the last save."""
-        if self._dirty:
-            self._save()
+        self._saver.flush()
+
+    def cancel_timer(self):
+        """Drop the pending debounced save, if any."""
+        self._saver.cancel()
 
     def detach(self):
         """Forget this task: no more saves, fd closed once idle."""
         self._removed = True
-        self.cancel_timer()
+        self._saver.stop()
         self._maybe_close()

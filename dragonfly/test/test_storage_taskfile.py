@@ -249,12 +249,12 @@ class TaskFileSaveTests(StoreMixin, SynchronousTestCase):
         store = self.make_store(persist_pieces=4, persist_interval=60)
         t = store.create(TID, "u", 10 * 4, 4)
         writes = []
-        real_save = t._save
+        real_save = t._saver.save
 
         def counting_save():
             writes.append(t._held_count)
             real_save()
-        t._save = counting_save
+        t._saver.save = counting_save
         for i in range(9):
             self.successResultOf(t.write_trusted_piece(i, b"abcd", pdigest(b"abcd")))
         self.assertEqual(writes, [4, 8])
