@@ -60,7 +60,7 @@ def place(src, dst, algo):
         and the permissions a copy would have, and nobody else (the
         daemon's user, when dfget runs as root) can change it later.
         The store never writes to a complete task's file again and drops a
-        task whose file changed (dragonfly.storage.store: the seal), so a user
+        task whose file changed (dragonfly.storage.taskfile: the seal), so a user
         editing FILE in place costs the cache that task, never other users
         their bytes (receivers verify every piece anyway).
       - "copy": the kernel copies (sendfile).

@@ -78,10 +78,6 @@ class PieceStore:
         self._tasks = {}
         os.makedirs(self.root, exist_ok=True)
 
-    @property
-    def max_open_files(self):
-        return self.fds.max_open
-
     # -- lookup ----------------------------------------------------------------
 
     def get(self, task_id):
