@@ -15,7 +15,7 @@ from dragonfly.dfget.options import DfgetError, default_output
 COPY_CHUNK = 1 << 20
 #: Bytes per write() to the output: large writes make the kernel allocate
 #: large page-cache folios, which are much slower to fill on some VMs
-#: (see dragonfly.storage.store.WRITE_SLICE).
+#: (see dragonfly.storage.fileio.WRITE_SLICE).
 WRITE_SLICE = 128 * 1024
 
 
@@ -60,7 +60,7 @@ def place(src, dst, algo):
         and the permissions a copy would have, and nobody else (the
         daemon's user, when dfget runs as root) can change it later.
         The store never writes to a complete task's file again and drops a
-        task whose file changed (dragonfly.storage.store: the seal), so a user
+        task whose file changed (dragonfly.storage.taskfile: the seal), so a user
         editing FILE in place costs the cache that task, never other users
         their bytes (receivers verify every piece anyway).
       - "copy": the kernel copies (sendfile).

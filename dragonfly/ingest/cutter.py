@@ -7,7 +7,7 @@ pauses the origin connection: that is the pipeline's back-pressure.
 from twisted.internet.defer import Deferred
 
 from dragonfly.ingest.events import IngestEvents
-from dragonfly.storage.store import PieceBuffer
+from dragonfly.storage.buffer import PieceBuffer
 
 __all__ = ["PieceCutter"]
 

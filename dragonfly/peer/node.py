@@ -39,7 +39,7 @@ from dragonfly.digest import piece_digest
 from dragonfly.httpio import describe as _describe
 from dragonfly.interfaces import Assignment, IDownloader, PeerInfo
 from dragonfly.storage.cutter import PieceCutter
-from dragonfly.storage.store import DigestMismatch
+from dragonfly.storage.errors import DigestMismatch
 from dragonfly.taskid import task_id_for_url, validate_task_id
 
 __all__ = ["PeerNode", "DownloadError", "StreamStopped", "DEFAULT_PIECE_SIZE"]
@@ -707,7 +707,7 @@ class PeerNode:
                 off, n = tf.piece_range(index)
                 data = await self._runner.run(_pread, f, off, n)
                 digest = await self._runner.run(piece_digest, data)
-                await tf.write_piece(index, data, digest)
+                await tf.write_trusted_piece(index, data, digest)
                 self._piece_arrived(dl, index, 0, "origin")
             return tf
         finally:
@@ -1010,12 +1010,12 @@ class _Session:
                 raise ValueError(f"got {size} bytes, want {a.size}")
             try:
                 if fetch_piece is not None:
-                    await tf.write_piece(a.index, data, a.digest, verify=True)
+                    await tf.write_verified_piece(a.index, data, a.digest)
                 else:
                     digest = await node._runner.run(piece_digest, data)
                     if digest != a.digest:
                         raise DigestMismatch(a.digest, digest)
-                    await tf.write_piece(a.index, data, digest)
+                    await tf.write_trusted_piece(a.index, data, digest)
             except DigestMismatch:
                 reason = "digest"
                 raise

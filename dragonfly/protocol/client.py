@@ -93,7 +93,7 @@ class ReceivedPiece:
     """A piece as received: its body in order as a list of bytes-like chunks.
 
     C{digest} is the hex piece digest (L{dragonfly.digest}) of the body, computed while it arrived.
-    Pass C{chunks} to L{dragonfly.storage.store.TaskFile.write_piece} as they
+    Pass C{chunks} to a L{dragonfly.storage.taskfile.TaskFile} write method as they
     are; C{tobytes()} joins them (one copy) for callers that need one object.
     """
 
