@@ -14,7 +14,8 @@ from zope.interface.verify import verifyObject
 from dragonfly.digest import piece_digest
 from dragonfly.interfaces import IPieceSource, PeerInfo
 from dragonfly.protocol import codec
-from dragonfly.protocol.client import PieceClientPool, PieceFetchError, ReceivedPiece
+from dragonfly.protocol.clientstate import PieceFetchError, ReceivedPiece
+from dragonfly.protocol.pool import PieceClientPool
 from dragonfly.protocol.codec import (
     Cancel, Error, FrameDecoder, Hello, HelloAck, Piece, PieceData, Request, encode,
 )
