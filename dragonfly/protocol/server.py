@@ -389,8 +389,7 @@ class PieceServerProtocol(Protocol):
 class PieceServerFactory(Factory):
     """Builds piece server connections for one store.
 
-    @param store: a PieceStore: C{get(task_id)} -> TaskFile (C{has},
-        C{piece_range}, C{piece_count}, C{path}, C{pin}, C{unpin}) or None.
+    @param store: an L{IServedStore}: C{get(task_id)} -> L{IServedTask} or None.
     @param clock: IReactorTime for timeouts and the upload limiter's waits.
     @param upload_limiter: optional TokenBucket shared by all uploads.
     @param max_uploads: pieces streamed at once over all connections; past
