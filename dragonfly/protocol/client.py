@@ -17,8 +17,7 @@ from twisted.python.failure import Failure
 
 from dragonfly.protocol import codec
 from dragonfly.protocol.clientstate import (
-    Close, ConnectionState, Deliver, Fail, PieceFetchError, PieceRequest, ReceivedPiece,
-    RequestQueue, Send,
+    Close, Deliver, Fail, PieceFetchError, PieceRequest, ReceivedPiece, RequestQueue, Send,
 )
 from dragonfly.runtime.tuning import tune_receiver
 
@@ -53,15 +52,8 @@ class PieceClientProtocol(Protocol):
 
     @property
     def closed(self):
+        """True once the connection failed its requests and accepts no more."""
         return self.requests.closed
-
-    @property
-    def ready(self):
-        return self.requests.state is ConnectionState.READY
-
-    @property
-    def version(self):
-        return self.requests.version
 
     # -- API used by the pool -------------------------------------------------
 

@@ -157,6 +157,8 @@ class RequestQueue:
         self.peer_id = peer_id
         self.max_pipeline = max_pipeline
         self.state = ConnectionState.HANDSHAKING
+        #: C{state is CLOSED}, as a plain attribute: the glue reads it per chunk.
+        self.closed = False
         self.version = None
         self.close_reason = None
         self._pending = deque()  # PieceRequest not yet sent
@@ -166,10 +168,6 @@ class RequestQueue:
         self._small = bytearray()  # small slices, coalesced
 
     # -- state ----------------------------------------------------------------
-
-    @property
-    def closed(self):
-        return self.state is ConnectionState.CLOSED
 
     @property
     def outstanding(self):
@@ -387,6 +385,7 @@ class RequestQueue:
         if self.close_reason is None:
             self.close_reason = reason
         self.state = ConnectionState.CLOSED
+        self.closed = True
         reqs = list(self._sent) + list(self._pending)
         self._sent.clear()
         self._pending.clear()
