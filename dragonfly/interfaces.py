@@ -99,9 +99,38 @@ class IDownloader(Interface):
 
 
 class IPieceSource(Interface):
-    """Fetches one piece from a remote node."""
+    """Fetches one piece from a remote node: what the peer's download calls."""
 
     def fetch(source, task_id, index, length):
         """A Deferred firing with the piece's bytes."""
 
-    peer_id = Attribute("our own peer id")
+    def fetch_piece(source, task_id, index, length, hashed=True):
+        """A Deferred firing with the piece as received: an object with
+        C{index}, C{chunks} (the body as bytes-like slices, in order),
+        C{nbytes} and C{digest} (None unless C{hashed})."""
+
+
+class IServedTask(Interface):
+    """A task's pieces as the piece server reads them."""
+
+    path = Attribute("the task's data file; each piece is read from it at its range")
+    piece_count = Attribute("how many pieces the task has")
+
+    def has(index):
+        """True when piece C{index} is complete on disk."""
+
+    def piece_range(index):
+        """C{(offset, length)} of piece C{index} in the data file."""
+
+    def pin():
+        """Keep the task (and its file) from eviction while a piece is served."""
+
+    def unpin():
+        """Undo one L{pin}."""
+
+
+class IServedStore(Interface):
+    """Where the piece server finds the tasks it may serve."""
+
+    def get(task_id):
+        """The L{IServedTask} of C{task_id}, or None when it is not held."""

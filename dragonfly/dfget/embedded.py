@@ -136,7 +136,7 @@ class Dfget:
         from dragonfly.metrics import PeerMetrics
         from dragonfly.origin import OriginClient
         from dragonfly.peer.node import PeerNode
-        from dragonfly.protocol.client import PieceClientPool
+        from dragonfly.protocol.pool import PieceClientPool
         from dragonfly.protocol.server import PieceServerFactory
         from dragonfly.runtime.ratelimit import TokenBucket
         from dragonfly.storage.store import PieceStore

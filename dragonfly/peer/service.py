@@ -219,7 +219,7 @@ def build_peer(reactor, c, runner=None):
     from dragonfly.origin import OriginClient, make_http_client
     from dragonfly.peer.api import PeerAPI
     from dragonfly.peer.node import PeerNode
-    from dragonfly.protocol.client import PieceClientPool
+    from dragonfly.protocol.pool import PieceClientPool
     from dragonfly.protocol.server import PieceServerFactory
     from dragonfly.runtime.ratelimit import TokenBucket
     from dragonfly.storage.store import PieceStore

@@ -126,7 +126,7 @@ def build_supernode(reactor, c):
     from dragonfly.logsetup import make_observer
     from dragonfly.metrics import SupernodeMetrics
     from dragonfly.origin import OriginClient, make_http_client
-    from dragonfly.protocol.client import tune_allocator
+    from dragonfly.runtime.tuning import tune_allocator
     from dragonfly.protocol.server import PieceServerFactory
     from dragonfly.runtime.ratelimit import TokenBucket
     from dragonfly.storage.store import PieceStore

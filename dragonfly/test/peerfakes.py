@@ -172,7 +172,7 @@ class FakePiecePool:
 
     def fetch_piece(self, source, task_id, index, length, hashed=True):
         """Like PieceClientPool.fetch_piece: the body in chunks, hashed as received."""
-        from dragonfly.protocol.client import ReceivedPiece
+        from dragonfly.protocol.clientstate import ReceivedPiece
 
         def wrap(data):
             chunks = [data[i:i + 3] for i in range(0, len(data), 3)] or [b""]
