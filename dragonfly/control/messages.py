@@ -125,6 +125,17 @@ class RegisterAnswer(_Message):
         seed = peer_info(obj.get("seed"), "seed")
         return cls(task_id, length, piece_size, expected, seed, algorithm)
 
+    def check_assignment(self, assignment):
+        """C{assignment} if it names a piece of this task with that piece's size,
+        else L{MessageError}."""
+        index, size = assignment.index, assignment.size
+        if not 0 <= index < self.piece_count:
+            raise MessageError("index", f"piece index {index!r} out of range")
+        expected = min(self.piece_size, self.length - index * self.piece_size)
+        if size != expected:
+            raise MessageError("size", f"piece {index} size {size!r} is not {expected}")
+        return assignment
+
 
 # -- scheduling ----------------------------------------------------------------------
 

@@ -96,6 +96,18 @@ class RoundTripTests(SynchronousTestCase):
                          ("image", "http://reg.test:5000/v2/lib/app/manifests/1.0"))
         self.assertEqual(m.parse_image_reference("reg.io/a/b")[1:], ("a/b", "latest"))
 
+    def test_assignment_fits_the_task(self):
+        """A registration answer accepts an assignment of one of its pieces with
+        that piece's size (the last one short), and refuses any other."""
+        answer = m.RegisterAnswer(TASK, 10, 4, 3, SEED)
+        for index, size in ((0, 4), (1, 4), (2, 2)):
+            a = Assignment(index, size, DIGEST, SEED)
+            self.assertIs(answer.check_assignment(a), a)
+        for index, size, field in ((3, 4, "index"), (2, 4, "size"), (0, 2, "size")):
+            with self.assertRaises(MessageError) as cm:
+                answer.check_assignment(Assignment(index, size, DIGEST, SEED))
+            self.assertEqual(cm.exception.field, field)
+
     def test_bad_assignments_set_aside(self):
         """A schedule answer keeps its good assignments and sets each bad one
         aside with the error naming its field."""
