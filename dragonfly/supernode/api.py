@@ -8,8 +8,6 @@ with 413 before parsing; under other sites (StubTreq in tests) the cap is
 enforced on Content-Length and on the bytes read.
 """
 import json
-import math
-from urllib.parse import urlsplit
 
 from klein import Klein
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -18,23 +16,19 @@ from twisted.logger import Logger
 from twisted.web import server
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
+from dragonfly.control.messages import (
+    ErrorAnswer, HeartbeatAnswer, HeartbeatRequest, LeaveAnswer, LeaveRequest, MessageError,
+    RegisterAnswer, RegisterRequest, ScheduleAnswer, ScheduleRequest, TaskInfo, check_task_id)
 from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
 from dragonfly.httpio import error_body, json_body
-from dragonfly.interfaces import PeerInfo
-from dragonfly.origin import OriginError, clean_headers
+from dragonfly.origin import OriginError
 from dragonfly.supernode.cdn import CacheFull, CDNError, NotReady
 from dragonfly.supernode.scheduler import UnknownPeer, UnknownTask
-from dragonfly.taskid import validate_peer_id, validate_task_id
 
 __all__ = ["SupernodeAPI", "ApiError", "LimitedRequest", "api_site"]
 
 MAX_BODY = 1 << 20
 MAX_WAIT = 30.0
-MAX_WANT = 256
-MAX_LIST = 1 << 16          # have/failed entries in one report
-MAX_URL = 8192
-MAX_HEADERS = 64
-MAX_HEADER_BYTES = 32 * 1024
 
 
 class ApiError(Exception):
@@ -105,64 +99,19 @@ class ApiSite(server.Site):
         server.Site.log(self, request)
 
 
-def _int(value, name, lo, hi):
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ApiError(400, f"{name} must be an integer from {lo} to {hi}")
-    return value
-
-
-def check_url(url):
-    """An absolute http(s) URL we are willing to fetch, else ApiError(400)."""
-    if not isinstance(url, str) or not url:
-        raise ApiError(400, "url must be a non-empty string")
-    if len(url) > MAX_URL:
-        raise ApiError(400, f"url longer than {MAX_URL} characters")
-    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
-        raise ApiError(400, "url contains whitespace or control characters")
+def _parse(message, obj):
+    """C{message.parse(obj)}; a body that does not follow the schema is a 400."""
     try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as e:
-        raise ApiError(400, f"bad url: {e}")
-    if parts.scheme.lower() not in ("http", "https"):
-        raise ApiError(400, "url must be http or https")
-    if not parts.hostname:
-        raise ApiError(400, "url has no host")
-    return url
-
-
-def check_headers(headers):
-    """{name: value} for the origin, else ApiError(400)."""
-    if headers is None:
-        return {}
-    if not isinstance(headers, dict):
-        raise ApiError(400, "headers must be an object of strings")
-    if len(headers) > MAX_HEADERS:
-        raise ApiError(400, f"more than {MAX_HEADERS} headers")
-    if sum(len(str(k)) + len(str(v)) for k, v in headers.items()) > MAX_HEADER_BYTES:
-        raise ApiError(400, f"headers larger than {MAX_HEADER_BYTES} bytes")
-    try:
-        return clean_headers(headers)
-    except ValueError as e:
+        return message.parse(obj)
+    except MessageError as e:
         raise ApiError(400, str(e))
 
 
 def _task_id(value):
     try:
-        return validate_task_id(value)
-    except ValueError:
-        raise ApiError(400, "bad task_id")
-
-
-#: Task ids one heartbeat may name (the 1 MiB body cap allows ~8,000 anyway).
-MAX_HEARTBEAT_TASKS = 10000
-
-
-def _peer_id(value):
-    try:
-        return validate_peer_id(value)
-    except ValueError:
-        raise ApiError(400, "bad peer_id")
+        return check_task_id(value)
+    except MessageError as e:
+        raise ApiError(400, str(e))
 
 
 class SupernodeAPI:
@@ -231,15 +180,16 @@ class SupernodeAPI:
         if self.metrics is not None:
             self.metrics.api_requests.labels(endpoint=endpoint).inc()
 
-    def _redirect_if_not_owner(self, request, task_id, body, path):
-        if self.cluster is None or body.get("redirected") is True:
+    def _redirect_if_not_owner(self, request, task_id, redirected, path):
+        if self.cluster is None or redirected:
             return
         owner = self.cluster.owner(task_id)
         if owner is None:
             return
-        raise ApiError(307, f"task {task_id} belongs to supernode {owner}",
+        answer = ErrorAnswer.owner_redirect(task_id, owner)
+        raise ApiError(307, answer.error,
                        headers={b"location": f"http://{owner}{path}".encode("ascii", "replace")},
-                       owner=owner)
+                       owner=answer.owner)
 
     # -- error mapping -------------------------------------------------------
 
@@ -306,68 +256,37 @@ class SupernodeAPI:
     async def register(self, request):
         """Register a peer for a task; start (or reuse) the CDN fetch."""
         self._count("register")
-        body = self.read_json(request)
-        task_id = _task_id(body.get("task_id"))
-        url = check_url(body.get("url"))
-        headers = check_headers(body.get("headers"))
-        peer = None
-        if body.get("peer") is not None:
-            try:
-                peer = PeerInfo.from_json(body.get("peer"))
-            except ValueError as e:
-                raise ApiError(400, f"bad peer: {e}")
-        self._redirect_if_not_owner(request, task_id, body, "/api/v1/tasks")
-        tf = await self.cdn.ensure(task_id, url, headers)
+        req = _parse(RegisterRequest, self.read_json(request))
+        task_id, peer = req.task_id, req.peer
+        self._redirect_if_not_owner(request, task_id, req.redirected, "/api/v1/tasks")
+        tf = await self.cdn.ensure(task_id, req.url, req.headers)
         seed = self.cdn.seed
         if peer is not None:
             if peer.peer_id == seed.peer_id:
                 raise ApiError(400, "peer_id is the supernode's own")
             self.scheduler.join(task_id, peer)
-        return json_body(request, 200, {
-            "task_id": task_id, "length": tf.length, "piece_size": tf.piece_size,
-            "piece_count": tf.piece_count, "seed": seed.to_json(),
-            "piece_digest": DIGEST_ALGORITHM,
-        }, compact=True)
+        return json_body(request, 200, RegisterAnswer(
+            task_id, tf.length, tf.piece_size, tf.piece_count, seed, DIGEST_ALGORITHM).to_json(),
+            compact=True)
 
     @app.route("/api/v1/tasks/<task_id>/schedule", methods=["POST"])
     async def schedule(self, request, task_id):
         """Batched reports plus a request for up to C{want} assignments (long-poll)."""
         self._count("schedule")
         task_id = _task_id(task_id)
-        body = self.read_json(request)
-        peer_id = _peer_id(body.get("peer_id"))
-        have = body.get("have", [])
-        if not isinstance(have, list) or len(have) > MAX_LIST:
-            raise ApiError(400, f"have must be a list of at most {MAX_LIST} piece indexes")
-        for i in have:
-            _int(i, "have entries", 0, 1 << 31)
-        failed_in = body.get("failed", [])
-        if not isinstance(failed_in, list) or len(failed_in) > MAX_LIST:
-            raise ApiError(400, f"failed must be a list of at most {MAX_LIST} entries")
-        failed = []
-        for f in failed_in:
-            if not isinstance(f, dict):
-                raise ApiError(400, 'failed entries must be {"index", "source"} objects')
-            failed.append((_int(f.get("index"), "failed index", 0, 1 << 31),
-                           _peer_id(f.get("source"))))
-        want = _int(body.get("want", 0), "want", 0, MAX_WANT)
-        wait = body.get("wait", 0)
-        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not math.isfinite(wait) or wait < 0:
-            raise ApiError(400, "wait must be a non-negative number of seconds")
-        wait = min(float(wait), self.max_wait)
+        req = _parse(ScheduleRequest, self.read_json(request))
+        peer_id, want, cursor = req.peer_id, req.want, req.cursor
+        wait = min(float(req.wait), self.max_wait)
         # A streaming peer holds every piece below its cursor and wants the
         # next ones soonest; absent (or null) = no preference.
-        cursor = body.get("cursor")
-        if cursor is not None:
-            _int(cursor, "cursor", 0, 1 << 31)
-
         if not self.scheduler.has_task(task_id):
             self._raise_cdn_failure(task_id)
             raise ApiError(404, f"unknown task {task_id!r} (register first)")
         if cursor is not None and cursor > self.scheduler.piece_count(task_id):
             raise ApiError(400, "cursor is beyond the last piece")
         try:
-            self.scheduler.report(task_id, peer_id, have=have, failed=failed)
+            self.scheduler.report(task_id, peer_id, have=list(req.have),
+                                  failed=[tuple(f) for f in req.failed])
         except ValueError as e:
             raise ApiError(400, str(e))
         deadline = self.clock.seconds() + wait
@@ -384,8 +303,8 @@ class SupernodeAPI:
             for a in assignments:
                 kind = "supernode" if a.source.peer_id == self.cdn.seed.peer_id else "peer"
                 self.metrics.assignments.labels(source=kind).inc()
-        return json_body(request, 200, {"assignments": [a.to_json() for a in assignments],
-                                        "done": done}, compact=True)
+        return json_body(request, 200, ScheduleAnswer(tuple(assignments), done).to_json(),
+                         compact=True)
 
     def _raise_cdn_failure(self, task_id):
         e = self.cdn.failure(task_id)
@@ -424,29 +343,18 @@ class SupernodeAPI:
         """A peer is done with the task (idempotent)."""
         self._count("leave")
         task_id = _task_id(task_id)
-        body = self.read_json(request)
-        peer_id = _peer_id(body.get("peer_id"))
-        self.scheduler.leave(task_id, peer_id)
-        return json_body(request, 200, {}, compact=True)
+        req = _parse(LeaveRequest, self.read_json(request))
+        self.scheduler.leave(task_id, req.peer_id)
+        return json_body(request, 200, LeaveAnswer().to_json(), compact=True)
 
     @app.route("/api/v1/heartbeat", methods=["POST"])
     def heartbeat(self, request):
         """A peer still serves these tasks: ``{"peer_id", "tasks": [ids]}`` ->
         ``{"unknown": [ids]}`` (tasks it is no longer a member of here)."""
         self._count("heartbeat")
-        body = self.read_json(request)
-        peer_id = _peer_id(body.get("peer_id"))
-        tasks = body.get("tasks")
-        if not isinstance(tasks, list) or len(tasks) > MAX_HEARTBEAT_TASKS:
-            raise ApiError(400, f"tasks must be a list of at most {MAX_HEARTBEAT_TASKS} task ids")
-        unknown = []
-        for t in tasks:
-            if not isinstance(t, str):
-                raise ApiError(400, "tasks must be task id strings")
-            task_id = _task_id(t)
-            if not self.scheduler.touch(task_id, peer_id):
-                unknown.append(task_id)
-        return json_body(request, 200, {"unknown": unknown}, compact=True)
+        req = _parse(HeartbeatRequest, self.read_json(request))
+        unknown = tuple(t for t in req.tasks if not self.scheduler.touch(t, req.peer_id))
+        return json_body(request, 200, HeartbeatAnswer(unknown).to_json(), compact=True)
 
     @app.route("/api/v1/tasks/<task_id>", methods=["GET"])
     def task_info(self, request, task_id):
@@ -467,7 +375,7 @@ class SupernodeAPI:
                        piece_count=tf.piece_count, seeded=len(tf.completed()))
         if stats is not None:
             out.update(peers=stats["peers"], done_peers=stats["done"], seeded=stats["seeded"])
-        return json_body(request, 200, out, compact=True)
+        return json_body(request, 200, TaskInfo(**out).to_json(), compact=True)
 
     # -- preheat -----------------------------------------------------------------
 
@@ -476,10 +384,9 @@ class SupernodeAPI:
         self._count("preheat")
         if self.preheater is None:
             raise ApiError(404, "preheat is not enabled")
-        body = self.read_json(request)
-        spec = self.preheater.parse(body)
+        spec = _parse(self.preheater, self.read_json(request))
         if spec.task_id is not None:
-            self._redirect_if_not_owner(request, spec.task_id, body, "/api/v1/preheat")
+            self._redirect_if_not_owner(request, spec.task_id, spec.redirected, "/api/v1/preheat")
         job = self.preheater.start(spec)
         return json_body(request, 202, job.to_json(), compact=True)
 

@@ -16,15 +16,15 @@ Jobs live in memory (the newest C{max_jobs}).
 """
 import json
 import os
-import re
 from collections import OrderedDict
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
+from dragonfly.control.messages import (
+    MANIFEST_URL_RE, PreheatRequest, PreheatStatus, parse_image_reference)
 from dragonfly.origin import OriginError
-from dragonfly.supernode.api import ApiError, check_headers, check_url
-from dragonfly.taskid import is_oci_digest, task_id_for_url, validate_task_id
+from dragonfly.taskid import is_oci_digest
 
 __all__ = ["Preheater", "PreheatSpec", "PreheatJob", "parse_image_reference"]
 
@@ -37,44 +37,9 @@ MANIFEST_ACCEPT = ", ".join((
 ))
 _INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
                 "application/vnd.docker.distribution.manifest.list.v2+json")
-_NAME_RE = re.compile(r"\A[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*\Z")
-_TAG_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
-_MANIFEST_URL_RE = re.compile(r"\A(https?://[^/]+)/v2/(.+)/manifests/([^/]+)\Z")
 
-
-def parse_image_reference(ref, insecure=False):
-    """'reg:5000/name:tag' -> (registry base URL, name, reference).
-
-    The registry part is required (a supernode has no default registry).
-    """
-    if not isinstance(ref, str) or not ref or len(ref) > 1024:
-        raise ValueError("image must be a string like registry.example:5000/name:tag")
-    first, sep, rest = ref.partition("/")
-    if not sep or not ("." in first or ":" in first or first == "localhost"):
-        raise ValueError("image reference must start with its registry host (REG[:PORT]/NAME:TAG)")
-    if "@" in rest:
-        name, _, reference = rest.partition("@")
-        if not is_oci_digest(reference):
-            raise ValueError(f"bad digest in {ref!r}")
-    else:
-        name, colon, reference = rest.rpartition(":")
-        if not colon or "/" in reference:
-            name, reference = rest, "latest"
-        if not _TAG_RE.match(reference):
-            raise ValueError(f"bad tag in {ref!r}")
-    if not _NAME_RE.match(name):
-        raise ValueError(f"bad repository name in {ref!r}")
-    scheme = "http" if insecure else "https"
-    return f"{scheme}://{first}", name, reference
-
-
-class PreheatSpec:
-    def __init__(self, kind, url, headers, task_id=None, platform="linux/amd64"):
-        self.kind = kind            # "file" or "image"
-        self.url = url
-        self.headers = headers
-        self.task_id = task_id
-        self.platform = platform
+#: What a preheat asks for: the request, parsed (see L{PreheatRequest}).
+PreheatSpec = PreheatRequest
 
 
 class PreheatJob:
@@ -90,21 +55,11 @@ class PreheatJob:
         self.tasks = OrderedDict()   # task_id -> {"task_id","url","state","length"?}
 
     def to_json(self):
-        out = {"id": self.id, "state": self.state, "type": self.spec.kind, "url": self.spec.url,
-               "created": self.created}
-        if self.spec.task_id is not None:
-            out["task_id"] = self.spec.task_id
-        if self.length is not None:
-            out["length"] = self.length
-        if self.spec.kind == "image":
-            out["tasks"] = list(self.tasks.values())
-        if self.finished is not None:
-            out["finished"] = self.finished
-        if self.error is not None:
-            out["error"] = self.error
-        if self.origin_status is not None:
-            out["origin_status"] = self.origin_status
-        return out
+        spec = self.spec
+        return PreheatStatus(
+            self.id, self.state, spec.kind, spec.url, self.created, spec.task_id, self.length,
+            list(self.tasks.values()) if spec.kind == "image" else None, self.finished,
+            self.error, self.origin_status).to_json()
 
 
 class _Collector:
@@ -142,46 +97,8 @@ class Preheater:
         self._jobs = OrderedDict()
 
     def parse(self, body):
-        """A L{PreheatSpec} from a request body, else L{ApiError} 400."""
-        headers = check_headers(body.get("headers"))
-        kind = body.get("type", "file")
-        if "image" in body:
-            kind = "image"
-        if kind == "file":
-            url = check_url(body.get("url"))
-            task_id = body.get("task_id")
-            if task_id is not None:
-                try:
-                    validate_task_id(task_id)
-                except ValueError:
-                    raise ApiError(400, "bad task_id")
-            else:
-                filters = body.get("filter", [])
-                tag = body.get("tag", "")
-                if isinstance(filters, str):
-                    filters = [f for f in filters.split(",") if f]
-                if not isinstance(filters, list) or not all(isinstance(f, str) for f in filters):
-                    raise ApiError(400, "filter must be a list of query parameter names")
-                if not isinstance(tag, str) or len(tag) > 1024:
-                    raise ApiError(400, "tag must be a string")
-                task_id = task_id_for_url(url, filters, tag)
-            return PreheatSpec("file", url, headers, task_id)
-        if kind != "image":
-            raise ApiError(400, 'type must be "file" or "image"')
-        platform = body.get("platform", "linux/amd64")
-        if not isinstance(platform, str) or platform.count("/") not in (1, 2):
-            raise ApiError(400, "platform must look like os/arch[/variant]")
-        if "image" in body:
-            try:
-                base, name, ref = parse_image_reference(body["image"], body.get("insecure") is True)
-            except ValueError as e:
-                raise ApiError(400, str(e))
-            url = f"{base}/v2/{name}/manifests/{ref}"
-        else:
-            url = check_url(body.get("url"))
-            if not _MANIFEST_URL_RE.match(url):
-                raise ApiError(400, "an image url must look like https://REG/v2/NAME/manifests/REF")
-        return PreheatSpec("image", url, headers, None, platform)
+        """A L{PreheatSpec} from a request body, else L{MessageError}."""
+        return PreheatRequest.parse(body)
 
     def start(self, spec):
         job = PreheatJob(self._new_id(), spec, self.clock.seconds())
@@ -246,7 +163,7 @@ class Preheater:
         return doc
 
     async def _run_image(self, job):
-        m = _MANIFEST_URL_RE.match(job.spec.url)
+        m = MANIFEST_URL_RE.match(job.spec.url)
         base, name = m.group(1), m.group(2)
         doc = await self._manifest(job.spec.url, job.spec.headers)
         if doc.get("mediaType") in _INDEX_TYPES or "manifests" in doc:

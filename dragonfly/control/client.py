@@ -1,0 +1,295 @@
+"""The peer's supernode client: every call a peer makes on a supernode.
+
+L{SupernodeClient} owns the list of supernodes (the one that answered last is
+tried first, then the others in order), registration across them (an owner
+redirect, 307 C{{"owner"}}, is followed to the supernode owning the task; an
+unreachable or failing supernode makes it try the next), the calls of a
+registered peer (schedule, report, heartbeat, leave) with their timeouts, and
+the peer's memberships (which supernode counts us in which task's swarm).
+Requests are built and answers parsed with L{dragonfly.control.messages}.
+
+What an answer means for the download is said with three exceptions:
+L{SupernodeUnavailable} (no supernode can serve the task: go to the origin),
+L{NotRegistered} (the supernode forgot us: register again) and L{TaskRefused}
+(a final verdict on the task itself, e.g. the origin answered 404: do not ask
+the origin either). Transport failures and timeouts of a schedule call are
+raised as they are (the caller retries them).
+"""
+import json
+
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.logger import Logger
+
+from dragonfly.control.messages import (
+    ErrorAnswer, HeartbeatAnswer, HeartbeatRequest, LeaveRequest, MessageError, RegisterAnswer,
+    ScheduleAnswer, ScheduleRequest)
+from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
+from dragonfly.origin import collect_capped
+from dragonfly.httpio import describe as _describe
+
+__all__ = ["SupernodeClient", "SupernodeUnavailable", "NotRegistered", "TaskRefused",
+           "MAX_ANSWER"]
+
+#: Bytes of a supernode answer we read at most.
+MAX_ANSWER = 1024 * 1024
+#: Owner redirects one registration follows at one supernode of the list.
+MAX_REDIRECTS = 4
+
+
+class SupernodeUnavailable(Exception):
+    """No supernode could (or would any longer) schedule this task: go to the origin."""
+
+
+class NotRegistered(Exception):
+    """The supernode forgot us (404 on schedule): register again."""
+
+
+class TaskRefused(Exception):
+    """A supernode's final verdict on the task (bad request, origin 4xx); C{str()}
+    is a one-line reason fit for a user."""
+
+
+def _name(addr):
+    return f"{addr[0]}:{addr[1]}"
+
+
+def _url(addr, path):
+    host, port = addr
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}{path}"
+
+
+def _error_of(code, obj):
+    """The error body of an answer, as tolerant of a malformed one as the peer has been."""
+    try:
+        answer = ErrorAnswer.parse(obj)
+    except MessageError:
+        owner = obj.get("owner")
+        return ErrorAnswer(f"HTTP {code}", None, None if owner is None else str(owner))
+    if not answer.error:
+        return ErrorAnswer(f"HTTP {code}", answer.origin_status, answer.owner)
+    return answer
+
+
+class SupernodeClient:
+    """A peer's calls on its supernodes.
+
+    @param clock: IReactorTime for the calls' timeouts.
+    @param http_client: a treq-like HTTPClient (C{post(url, json=, ...)}).
+    @param supernodes: [(host, port), ...], tried in order.
+    @param api_timeout: seconds for a heartbeat or leave, and for a schedule
+        call beyond the long-poll wait it asks for.
+    @param register_timeout: seconds for one registration (the supernode may
+        first fetch the file's head from its origin).
+    @ivar members: {task_id: (host, port)}: the supernode that counts us in
+        the task's swarm (set it with L{joined}; L{heartbeat} and L{leave} use it).
+    """
+
+    log = Logger()
+
+    def __init__(self, clock, http_client, supernodes, *, api_timeout=15.0,
+                 register_timeout=120.0, max_answer=MAX_ANSWER):
+        self._clock = clock
+        self._http = http_client
+        self.supernodes = list(supernodes)
+        self.api_timeout = api_timeout
+        self.register_timeout = register_timeout
+        self.max_answer = max_answer
+        self.members = {}
+        self._preferred = 0        # index of the supernode that answered last
+
+    # -- one call ----------------------------------------------------------------
+
+    async def call(self, addr, path, body, timeout):
+        """POST the JSON object C{body} to a supernode: (status, answer object).
+
+        An answer that is not a JSON object reads as C{{"error": ...}}. Raises
+        on transport trouble, and L{DeferredTimeoutError} after C{timeout} seconds.
+        """
+        d = Deferred.fromCoroutine(self._post(addr, path, body))
+        d.addTimeout(timeout, self._clock)
+        return await d
+
+    async def _post(self, addr, path, body):
+        response = await self._http.post(
+            _url(addr, path), json=body, allow_redirects=False, unbuffered=True,
+            reactor=self._clock)
+        raw = await collect_capped(response, self.max_answer, "supernode answer")
+        try:
+            obj = json.loads(raw) if raw else {}
+        except ValueError:
+            obj = None
+        if not isinstance(obj, dict):
+            obj = {"error": f"unparseable answer ({len(raw)} bytes)"}
+        return response.code, obj
+
+    # -- registration ----------------------------------------------------------------
+
+    async def register(self, request):
+        """Register with a supernode: (addr, L{RegisterAnswer}).
+
+        C{request} is a L{dragonfly.control.messages.RegisterRequest}. Raises
+        L{TaskRefused} on a verdict about the task, L{SupernodeUnavailable}
+        when no supernode registered us (every reason, one per supernode).
+        """
+        if not self.supernodes:
+            raise SupernodeUnavailable("no supernodes configured")
+        errors = []
+        n = len(self.supernodes)
+        for first in [self.supernodes[(self._preferred + i) % n] for i in range(n)]:
+            answer = await self._register_at(first, request, errors)
+            if answer is not None:
+                if first in self.supernodes:
+                    self._preferred = self.supernodes.index(first)
+                return answer
+        raise SupernodeUnavailable("; ".join(errors) or "no supernode answered")
+
+    async def _register_at(self, addr, request, errors):
+        """(addr, answer) from C{addr} or the owner it redirects to; None (with
+        the reason in C{errors}) to try the next supernode."""
+        body = request.to_json()
+        seen = set()
+        while True:
+            seen.add(addr)
+            try:
+                code, obj = await self.call(addr, "/api/v1/tasks", body, self.register_timeout)
+            except CancelledError:
+                raise
+            except Exception as e:
+                errors.append(f"{_name(addr)}: {_describe(e)}")
+                return None
+            if code == 200:
+                try:
+                    return addr, self._registration(obj)
+                except MessageError as e:
+                    errors.append(f"{_name(addr)}: bad registration answer: {e}")
+                    return None
+            error = _error_of(code, obj)
+            if code != 307:
+                self._refused(code, error)
+                errors.append(f"{_name(addr)}: {error.error}")
+                return None
+            try:
+                nxt = error.owner_address()
+            except MessageError:
+                errors.append(f"{_name(addr)}: redirect without a usable owner")
+                return None
+            if nxt in seen or len(seen) > MAX_REDIRECTS:
+                errors.append(f"{_name(addr)}: redirect loop to {error.owner}")
+                return None
+            self.log.debug("task {task} owned by {owner}", task=request.task_id, owner=error.owner)
+            addr = nxt
+
+    @staticmethod
+    def _registration(obj):
+        answer = RegisterAnswer.parse(obj)
+        if answer.piece_digest != DIGEST_ALGORITHM:
+            raise MessageError(
+                "piece_digest", f"the supernode digests pieces with {answer.piece_digest!r}, "
+                f"this peer checks {DIGEST_ALGORITHM!r} (run the same dragonfly version)")
+        return answer
+
+    @staticmethod
+    def _refused(code, error):
+        """Raise L{TaskRefused} when an answer is a verdict about the task itself."""
+        status = error.origin_status
+        if code == 502 and status is not None and 400 <= status < 500 and status not in (408, 429):
+            raise TaskRefused(f"origin answered {status}")
+        if 400 <= code < 500 and code not in (404, 408, 429):
+            raise TaskRefused(f"supernode refused the task: {error.error}")
+
+    # -- a registered peer's calls ------------------------------------------------------
+
+    async def schedule(self, addr, task_id, request):
+        """One schedule call at C{addr}: L{ScheduleAnswer}.
+
+        C{request} is a L{ScheduleRequest}; the call may take its C{wait} plus
+        C{api_timeout} seconds. Raises L{NotRegistered} (404),
+        L{SupernodeUnavailable} (5xx), L{TaskRefused} (another refusal), or
+        the transport's error. An answer whose envelope does not parse counts
+        as no assignments (C{rejected} says why).
+        """
+        code, obj = await self.call(addr, f"/api/v1/tasks/{task_id}/schedule",
+                                    request.to_json(), request.wait + self.api_timeout)
+        if code == 404:
+            raise NotRegistered()
+        if code != 200:
+            if code >= 500:
+                raise SupernodeUnavailable(f"HTTP {code}: {obj.get('error', '')}")
+            raise TaskRefused(f"supernode refused to schedule: {obj.get('error') or code}")
+        try:
+            return ScheduleAnswer.parse(obj)
+        except MessageError as e:
+            self.log.warn("bad schedule answer for {task} from {sn}: {why}",
+                          task=task_id, sn=_name(addr), why=str(e))
+            return ScheduleAnswer((), False, (e,))
+
+    def report(self, addr, task_id, peer_id, have=(), failed=(), cursor=None):
+        """Report pieces held and sources failed without asking for any (want
+        and wait 0): a Deferred L{ScheduleAnswer}, failing like L{schedule}."""
+        request = ScheduleRequest(peer_id, tuple(have), tuple(failed), 0, 0, cursor)
+        return Deferred.fromCoroutine(self.schedule(addr, task_id, request))
+
+    # -- memberships ----------------------------------------------------------------------
+
+    def joined(self, task_id, addr):
+        """We are a member of C{task_id}'s swarm at C{addr}."""
+        self.members[task_id] = addr
+
+    def leave(self, task_id, peer_id):
+        """Tell the supernode we no longer serve C{task_id} (best effort): a Deferred
+        that never fails (None at once when we are no member)."""
+        addr = self.members.pop(task_id, None)
+        if addr is None:
+            return succeed(None)
+        return self.leave_at(addr, task_id, peer_id)
+
+    def leave_at(self, addr, task_id, peer_id):
+        """Leave C{task_id} at C{addr} (best effort): a Deferred that never fails."""
+        d = Deferred.fromCoroutine(self.call(
+            addr, f"/api/v1/tasks/{task_id}/leave", LeaveRequest(peer_id).to_json(),
+            self.api_timeout))
+
+        def failed(f):
+            self.log.debug("leave {task} at {sn} failed: {why}", task=task_id,
+                           sn=_name(addr), why=_describe(f))
+        d.addCallbacks(lambda _: None, failed)
+        return d
+
+    async def heartbeat(self, peer_id, serving=lambda task_id: True):
+        """Tell each supernode which of its tasks we still serve.
+
+        C{serving(task_id)} picks the member tasks to name. A supernode that
+        answers a task as unknown no longer counts us in it: the task is no
+        longer a membership (no more heartbeats, no leave for it). Failures
+        are logged, never raised. Returns the task ids forgotten so.
+        """
+        by_sn = {}
+        for task_id, sn in self.members.items():
+            if serving(task_id):
+                by_sn.setdefault(sn, []).append(task_id)
+        forgotten = []
+        for sn, tasks in by_sn.items():
+            answer = await self._heartbeat_at(sn, HeartbeatRequest(peer_id, tuple(tasks)))
+            for task_id in answer.unknown if answer is not None else ():
+                if self.members.get(task_id) == sn:
+                    del self.members[task_id]
+                    forgotten.append(task_id)
+        return forgotten
+
+    async def _heartbeat_at(self, sn, request):
+        try:
+            code, obj = await self.call(sn, "/api/v1/heartbeat", request.to_json(),
+                                        self.api_timeout)
+        except Exception as e:
+            self.log.info("heartbeat to {sn} failed: {why}", sn=_name(sn), why=_describe(e))
+            return None
+        if code != 200:
+            self.log.info("heartbeat to {sn} answered {code}", sn=_name(sn), code=code)
+            return None
+        try:
+            return HeartbeatAnswer.parse(obj)
+        except MessageError as e:
+            self.log.info("bad heartbeat answer from {sn}: {why}", sn=_name(sn), why=str(e))
+            return None

@@ -1,0 +1,136 @@
+"""Field checks shared by the control messages: ids, URLs, origin headers, numbers.
+
+Each check returns the value (or its cleaned form) or raises L{MessageError}
+naming the field; L{dragonfly.control.messages} builds every message from them.
+"""
+import re
+from urllib.parse import urlsplit
+
+from dragonfly.digest import HEX_LENGTH
+from dragonfly.interfaces import PeerInfo
+from dragonfly.origin import clean_headers
+from dragonfly.taskid import validate_peer_id, validate_task_id
+
+__all__ = ["MessageError", "check_task_id", "check_peer_id", "check_url", "check_headers",
+           "MAX_URL", "MAX_HEADERS", "MAX_HEADER_BYTES", "MAX_INDEX", "MAX_PIECE_SIZE",
+           "MAX_LENGTH"]
+
+MAX_URL = 8192
+MAX_HEADERS = 64
+MAX_HEADER_BYTES = 32 * 1024
+MAX_INDEX = 1 << 31         # piece indexes (and cursors) are 0..MAX_INDEX
+MAX_PIECE_SIZE = 1 << 31
+MAX_LENGTH = (1 << 63) - 1
+HEX_RE = re.compile(r"\A[0-9a-f]{%d}\Z" % HEX_LENGTH)
+
+
+class MessageError(ValueError):
+    """A body that does not follow its message's schema; C{field} names the culprit."""
+
+    def __init__(self, field, message):
+        ValueError.__init__(self, message)
+        self.field = field
+
+
+# -- field checks ----------------------------------------------------------------
+
+def object_of(obj, what):
+    if not isinstance(obj, dict):
+        raise MessageError("", f"{what} must be a JSON object")
+    return obj
+
+
+def integer(value, name, lo, hi, field=None):
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise MessageError(field or name, f"{name} must be an integer from {lo} to {hi}")
+    return value
+
+
+def optional_integer(obj, name, lo, hi):
+    value = obj.get(name)
+    return None if value is None else integer(value, name, lo, hi)
+
+
+def string(value, name, max_len=MAX_URL, optional=False):
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or len(value) > max_len:
+        raise MessageError(name, f"{name} must be a string of at most {max_len} characters")
+    return value
+
+
+def boolean(obj, name, default=False):
+    value = obj.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise MessageError(name, f"{name} must be true or false")
+    return value
+
+
+def check_task_id(value, field="task_id"):
+    """C{value} if it is a well-formed task id, else L{MessageError}."""
+    try:
+        return validate_task_id(value)
+    except ValueError:
+        raise MessageError(field, f"bad {field}")
+
+
+def check_peer_id(value, field="peer_id"):
+    try:
+        return validate_peer_id(value)
+    except ValueError:
+        raise MessageError(field, f"bad {field}")
+
+
+def peer_info(value, field):
+    try:
+        return PeerInfo.from_json(value)
+    except ValueError as e:
+        raise MessageError(field, f"bad {field}: {e}")
+
+
+def check_url(url):
+    """An absolute http(s) URL we are willing to fetch, else L{MessageError}."""
+    if not isinstance(url, str) or not url:
+        raise MessageError("url", "url must be a non-empty string")
+    if len(url) > MAX_URL:
+        raise MessageError("url", f"url longer than {MAX_URL} characters")
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        raise MessageError("url", "url contains whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as e:
+        raise MessageError("url", f"bad url: {e}")
+    if parts.scheme.lower() not in ("http", "https"):
+        raise MessageError("url", "url must be http or https")
+    if not parts.hostname:
+        raise MessageError("url", "url has no host")
+    return url
+
+
+def check_headers(headers):
+    """{name: value} for the origin (hop-by-hop names dropped), else L{MessageError}."""
+    if headers is None:
+        return {}
+    if not isinstance(headers, dict):
+        raise MessageError("headers", "headers must be an object of strings")
+    if len(headers) > MAX_HEADERS:
+        raise MessageError("headers", f"more than {MAX_HEADERS} headers")
+    if sum(len(str(k)) + len(str(v)) for k, v in headers.items()) > MAX_HEADER_BYTES:
+        raise MessageError("headers", f"headers larger than {MAX_HEADER_BYTES} bytes")
+    try:
+        return clean_headers(headers)
+    except ValueError as e:
+        raise MessageError("headers", f"headers: {e}")
+
+
+def task_ids(value, name, limit):
+    if not isinstance(value, list) or len(value) > limit:
+        raise MessageError(name, f"{name} must be a list of at most {limit} task ids")
+    for t in value:
+        if not isinstance(t, str):
+            raise MessageError(name, f"{name} must be task id strings")
+        check_task_id(t, name)
+    return tuple(value)

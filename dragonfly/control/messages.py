@@ -1,0 +1,538 @@
+"""Every peer<->supernode JSON message: one typed definition each, parsed and built here.
+
+The supernode API parses what peers send and builds its answers with these
+classes; the peer's supernode client (L{dragonfly.control.client}) builds its
+requests and parses the answers with the same ones. No one else builds or
+checks these bodies. Each message is a frozen dataclass with C{parse(obj)}
+(the decoded JSON object -> the message; every field checked for type, range
+and length, raising one L{MessageError} naming the field) and C{to_json()} /
+C{serialize()} (-> the JSON object / compact UTF-8 bytes). Constructors do not
+validate: a message is checked where it is received, by C{parse}. The wire
+format (field names, optional fields, limits) is the one the supernode has
+always spoken; see docs/design.md "Supernode HTTP API".
+"""
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from dragonfly.control.fields import (
+    HEX_RE, MAX_INDEX, MAX_LENGTH, MAX_PIECE_SIZE, MAX_URL, MessageError, boolean,
+    check_headers, check_peer_id, check_task_id, check_url, integer, object_of,
+    optional_integer, peer_info, string, task_ids)
+from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
+from dragonfly.digest import HEX_LENGTH
+from dragonfly.interfaces import Assignment, PeerInfo
+from dragonfly.taskid import is_oci_digest, task_id_for_url
+from dragonfly.units import BadValue, parse_hostport
+
+__all__ = [
+    "MessageError", "RegisterRequest", "RegisterAnswer", "ScheduleRequest", "FailedPiece",
+    "ScheduleAnswer", "HeartbeatRequest", "HeartbeatAnswer", "LeaveRequest", "LeaveAnswer",
+    "TaskInfo", "PreheatRequest", "PreheatStatus", "ErrorAnswer", "parse_assignment",
+    "parse_image_reference", "MAX_WANT", "MAX_LIST", "MAX_HEARTBEAT_TASKS",
+    # the field checks, for the supernode's own path segments and preheat
+    "check_task_id", "check_url", "check_headers",
+]
+
+MAX_WANT = 256              # assignments one schedule call may ask for
+MAX_LIST = 1 << 16          # have/failed entries in one report
+#: Task ids one heartbeat may name (the 1 MiB body cap allows ~8,000 anyway).
+MAX_HEARTBEAT_TASKS = 10000
+MAX_TAG = 1024
+MANIFEST_URL_RE = re.compile(r"\A(https?://[^/]+)/v2/(.+)/manifests/([^/]+)\Z")
+_NAME_RE = re.compile(r"\A[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*\Z")
+_TAG_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+
+
+class _Message:
+    """Serialisation shared by every message."""
+
+    def serialize(self):
+        """The message as compact JSON bytes."""
+        return json.dumps(self.to_json(), separators=(",", ":")).encode("utf-8")
+
+
+# -- registration ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RegisterRequest(_Message):
+    """C{POST /api/v1/tasks}: join C{task_id} (fetching C{url} if new) as C{peer}.
+
+    C{redirected}: the sender follows an owner redirect; any supernode then
+    serves the task itself. C{peer} None only asks for the task to be seeded.
+    """
+
+    task_id: str
+    url: str
+    headers: dict
+    peer: PeerInfo = None
+    redirected: bool = False
+
+    def to_json(self):
+        out = {"task_id": self.task_id, "url": self.url, "headers": dict(self.headers)}
+        if self.peer is not None:
+            out["peer"] = self.peer.to_json()
+        if self.redirected:
+            out["redirected"] = True
+        return out
+
+    @classmethod
+    def parse(cls, obj):
+        obj = object_of(obj, "a registration")
+        task_id = check_task_id(obj.get("task_id"))
+        url = check_url(obj.get("url"))
+        headers = check_headers(obj.get("headers"))
+        peer = obj.get("peer")
+        if peer is not None:
+            peer = peer_info(peer, "peer")
+        return cls(task_id, url, headers, peer, boolean(obj, "redirected"))
+
+
+@dataclass(frozen=True)
+class RegisterAnswer(_Message):
+    """The answer to a registration: the task's geometry and the seed's address.
+
+    C{piece_digest} names the piece digest algorithm; an answer without one
+    comes from an older supernode, which used sha256.
+    """
+
+    task_id: str
+    length: int
+    piece_size: int
+    piece_count: int
+    seed: PeerInfo
+    piece_digest: str = DIGEST_ALGORITHM
+
+    def to_json(self):
+        return {"task_id": self.task_id, "length": self.length, "piece_size": self.piece_size,
+                "piece_count": self.piece_count, "seed": self.seed.to_json(),
+                "piece_digest": self.piece_digest}
+
+    @classmethod
+    def parse(cls, obj):
+        obj = object_of(obj, "a registration answer")
+        task_id = check_task_id(obj.get("task_id"))
+        length = integer(obj.get("length"), "length", 0, MAX_LENGTH)
+        piece_size = integer(obj.get("piece_size"), "piece_size", 1, MAX_PIECE_SIZE)
+        expected = -(-length // piece_size)
+        count = obj.get("piece_count")
+        if count is not None and (isinstance(count, bool) or count != expected):
+            raise MessageError("piece_count", f"piece_count {count!r} is not {expected}")
+        algorithm = obj.get("piece_digest", "sha256")
+        string(algorithm, "piece_digest", 64)
+        seed = peer_info(obj.get("seed"), "seed")
+        return cls(task_id, length, piece_size, expected, seed, algorithm)
+
+    def check_assignment(self, assignment):
+        """C{assignment} if it names a piece of this task with that piece's size,
+        else L{MessageError}."""
+        index, size = assignment.index, assignment.size
+        if not 0 <= index < self.piece_count:
+            raise MessageError("index", f"piece index {index!r} out of range")
+        expected = min(self.piece_size, self.length - index * self.piece_size)
+        if size != expected:
+            raise MessageError("size", f"piece {index} size {size!r} is not {expected}")
+        return assignment
+
+
+# -- scheduling ----------------------------------------------------------------------
+
+class FailedPiece(NamedTuple):
+    """Fetching piece C{index} from the peer C{source} failed."""
+
+    index: int
+    source: str
+
+
+@dataclass(frozen=True)
+class ScheduleRequest(_Message):
+    """C{POST /api/v1/tasks/<id>/schedule}: report C{have} and C{failed}, ask for
+    up to C{want} assignments, waiting up to C{wait} seconds for some.
+
+    C{cursor}: the sender streams the task in order and holds every piece
+    below it (None: no preference). A report alone has C{want} 0.
+    """
+
+    peer_id: str
+    have: tuple = ()
+    failed: tuple = ()           # FailedPiece
+    want: int = 0
+    wait: float = 0
+    cursor: int = None
+
+    def to_json(self):
+        out = {"peer_id": self.peer_id, "have": list(self.have),
+               "failed": [{"index": i, "source": s} for i, s in self.failed],
+               "want": self.want, "wait": self.wait}
+        if self.cursor is not None:
+            out["cursor"] = self.cursor
+        return out
+
+    @classmethod
+    def parse(cls, obj):
+        obj = object_of(obj, "a schedule request")
+        peer_id = check_peer_id(obj.get("peer_id"))
+        have = obj.get("have", [])
+        if not isinstance(have, list) or len(have) > MAX_LIST:
+            raise MessageError("have", f"have must be a list of at most {MAX_LIST} piece indexes")
+        for i in have:
+            integer(i, "have entries", 0, MAX_INDEX, "have")
+        failed_in = obj.get("failed", [])
+        if not isinstance(failed_in, list) or len(failed_in) > MAX_LIST:
+            raise MessageError("failed", f"failed must be a list of at most {MAX_LIST} entries")
+        failed = []
+        for f in failed_in:
+            if not isinstance(f, dict):
+                raise MessageError("failed", 'failed entries must be {"index", "source"} objects')
+            failed.append(FailedPiece(integer(f.get("index"), "failed index", 0, MAX_INDEX, "failed"),
+                                      check_peer_id(f.get("source"), "failed source")))
+        want = integer(obj.get("want", 0), "want", 0, MAX_WANT)
+        wait = obj.get("wait", 0)
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) \
+                or not math.isfinite(wait) or wait < 0:
+            raise MessageError("wait", "wait must be a non-negative number of seconds")
+        cursor = optional_integer(obj, "cursor", 0, MAX_INDEX)
+        return cls(peer_id, tuple(have), tuple(failed), want, wait, cursor)
+
+
+def parse_assignment(obj):
+    """An L{Assignment} from its JSON object, else L{MessageError}."""
+    obj = object_of(obj, "an assignment")
+    index = integer(obj.get("index"), "index", 0, MAX_INDEX)
+    size = integer(obj.get("size"), "size", 1, MAX_PIECE_SIZE)
+    digest = obj.get("digest")
+    if not isinstance(digest, str) or not HEX_RE.match(digest):
+        raise MessageError("digest", f"piece {index} digest is not {HEX_LENGTH} hex digits")
+    return Assignment(index, size, digest, peer_info(obj.get("source"), "source"))
+
+
+@dataclass(frozen=True)
+class ScheduleAnswer(_Message):
+    """The answer to a schedule call: new C{assignments}; C{done} when the peer holds all.
+
+    C{parse} sets an assignment that does not parse aside in C{rejected} (its
+    L{MessageError}) instead of failing the answer: one bad entry costs only itself.
+    """
+
+    assignments: tuple = ()      # Assignment
+    done: bool = False
+    rejected: tuple = ()         # MessageError, parse only
+
+    def to_json(self):
+        return {"assignments": [a.to_json() for a in self.assignments], "done": self.done}
+
+    @classmethod
+    def parse(cls, obj):
+        obj = object_of(obj, "a schedule answer")
+        raw = obj.get("assignments")
+        if not isinstance(raw, list) or len(raw) > MAX_LIST:
+            raise MessageError("assignments", f"assignments must be a list of at most {MAX_LIST}")
+        done = obj.get("done")
+        if not isinstance(done, bool):
+            raise MessageError("done", "done must be true or false")
+        good, bad = [], []
+        for item in raw:
+            try:
+                good.append(parse_assignment(item))
+            except MessageError as e:
+                bad.append(e)
+        return cls(tuple(good), done, tuple(bad))
+
+
+# -- membership ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class HeartbeatRequest(_Message):
+    """C{POST /api/v1/heartbeat}: the peer still serves C{tasks}."""
+
+    peer_id: str
+    tasks: tuple = ()
+
+    def to_json(self):
+        return {"peer_id": self.peer_id, "tasks": list(self.tasks)}
+
+    @classmethod
+    def parse(cls, obj):
+        obj = object_of(obj, "a heartbeat")
+        peer_id = check_peer_id(obj.get("peer_id"))
+        return cls(peer_id, task_ids(obj.get("tasks"), "tasks", MAX_HEARTBEAT_TASKS))
+
+
+@dataclass(frozen=True)
+class HeartbeatAnswer(_Message):
+    """The tasks of a heartbeat the supernode no longer counts the peer in."""
+
+    unknown: tuple = ()
+
+    def to_json(self):
+        return {"unknown": list(self.unknown)}
+
+    @classmethod
+    def parse(cls, obj):
+        obj = object_of(obj, "a heartbeat answer")
+        return cls(task_ids(obj.get("unknown"), "unknown", MAX_HEARTBEAT_TASKS))
+
+
+@dataclass(frozen=True)
+class LeaveRequest(_Message):
+    """C{POST /api/v1/tasks/<id>/leave}: the peer no longer serves the task."""
+
+    peer_id: str
+
+    def to_json(self):
+        return {"peer_id": self.peer_id}
+
+    @classmethod
+    def parse(cls, obj):
+        return cls(check_peer_id(object_of(obj, "a leave request").get("peer_id")))
+
+
+@dataclass(frozen=True)
+class LeaveAnswer(_Message):
+    """The (empty) answer to a leave."""
+
+    def to_json(self):
+        return {}
+
+    @classmethod
+    def parse(cls, obj):
+        object_of(obj, "a leave answer")
+        return cls()
+
+
+# -- task info and errors ------------------------------------------------------------
+
+_TASK_INFO_INTS = ("length", "piece_size", "piece_count")
+
+
+@dataclass(frozen=True)
+class TaskInfo(_Message):
+    """C{GET /api/v1/tasks/<id>}: what the supernode knows of a task.
+
+    C{error} and C{origin_status} describe a failed fetch; C{done_peers} is
+    present while the task has a swarm.
+    """
+
+    task_id: str
+    url: str = None
+    length: int = None
+    piece_size: int = None
+    piece_count: int = None
+    seeded: int = 0
+    peers: int = 0
+    state: str = "unknown"
+    error: str = None
+    origin_status: int = None
+    done_peers: int = None
+
+    def to_json(self):
+        out = {"task_id": self.task_id, "url": self.url, "length": self.length,
+               "piece_size": self.piece_size, "piece_count": self.piece_count,
+               "seeded": self.seeded, "peers": self.peers, "state": self.state}
+        for name in ("error", "origin_status", "done_peers"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
+
+    @classmethod
+    def parse(cls, obj):
+        obj = object_of(obj, "a task description")
+        ints = {n: optional_integer(obj, n, 0, MAX_LENGTH) for n in _TASK_INFO_INTS}
+        return cls(check_task_id(obj.get("task_id")), string(obj.get("url"), "url", optional=True),
+                   seeded=integer(obj.get("seeded", 0), "seeded", 0, MAX_INDEX),
+                   peers=integer(obj.get("peers", 0), "peers", 0, MAX_LENGTH),
+                   state=string(obj.get("state", "unknown"), "state", 64),
+                   error=string(obj.get("error"), "error", MAX_URL, optional=True),
+                   origin_status=optional_integer(obj, "origin_status", 100, 599),
+                   done_peers=optional_integer(obj, "done_peers", 0, MAX_LENGTH), **ints)
+
+
+@dataclass(frozen=True)
+class ErrorAnswer(_Message):
+    """Every answer other than 200/202: C{{"error": text}}, plus C{origin_status}
+    (the origin's HTTP status, on 502) or C{owner} (the ``host:port`` of the
+    supernode owning the task, on a 307 owner redirect)."""
+
+    error: str
+    origin_status: int = None
+    owner: str = None
+
+    @classmethod
+    def owner_redirect(cls, task_id, owner):
+        return cls(f"task {task_id} belongs to supernode {owner}", owner=owner)
+
+    def owner_address(self):
+        """The owner as (host, port), else L{MessageError}."""
+        try:
+            return parse_hostport(str(self.owner))
+        except BadValue:
+            raise MessageError("owner", "redirect without a usable owner")
+
+    def to_json(self):
+        out = {"error": self.error}
+        if self.origin_status is not None:
+            out["origin_status"] = self.origin_status
+        if self.owner is not None:
+            out["owner"] = self.owner
+        return out
+
+    @classmethod
+    def parse(cls, obj):
+        obj = object_of(obj, "an error answer")
+        error = string(obj.get("error"), "error", 1 << 16)
+        status = optional_integer(obj, "origin_status", 100, 599)
+        owner = string(obj.get("owner"), "owner", 1024, optional=True)
+        answer = cls(error, status, owner)
+        if owner is not None:
+            answer.owner_address()
+        return answer
+
+
+# -- preheat ---------------------------------------------------------------------------
+
+def parse_image_reference(ref, insecure=False):
+    """'reg:5000/name:tag' -> (registry base URL, name, reference).
+
+    The registry part is required (a supernode has no default registry).
+    """
+    if not isinstance(ref, str) or not ref or len(ref) > 1024:
+        raise ValueError("image must be a string like registry.example:5000/name:tag")
+    first, sep, rest = ref.partition("/")
+    if not sep or not ("." in first or ":" in first or first == "localhost"):
+        raise ValueError("image reference must start with its registry host (REG[:PORT]/NAME:TAG)")
+    if "@" in rest:
+        name, _, reference = rest.partition("@")
+        if not is_oci_digest(reference):
+            raise ValueError(f"bad digest in {ref!r}")
+    else:
+        name, colon, reference = rest.rpartition(":")
+        if not colon or "/" in reference:
+            name, reference = rest, "latest"
+        if not _TAG_RE.match(reference):
+            raise ValueError(f"bad tag in {ref!r}")
+    if not _NAME_RE.match(name):
+        raise ValueError(f"bad repository name in {ref!r}")
+    scheme = "http" if insecure else "https"
+    return f"{scheme}://{first}", name, reference
+
+
+def _file_task_id(obj, url):
+    task_id = obj.get("task_id")
+    if task_id is not None:
+        return check_task_id(task_id)
+    filters = obj.get("filter", [])
+    tag = obj.get("tag", "")
+    if isinstance(filters, str):
+        filters = [f for f in filters.split(",") if f]
+    if not isinstance(filters, list) or not all(isinstance(f, str) for f in filters):
+        raise MessageError("filter", "filter must be a list of query parameter names")
+    if not isinstance(tag, str) or len(tag) > MAX_TAG:
+        raise MessageError("tag", "tag must be a string")
+    return task_id_for_url(url, filters, tag)
+
+
+def _image_url(obj):
+    if "image" in obj:
+        try:
+            base, name, ref = parse_image_reference(obj["image"], obj.get("insecure") is True)
+        except ValueError as e:
+            raise MessageError("image", f"bad image: {e}")
+        return f"{base}/v2/{name}/manifests/{ref}"
+    url = check_url(obj.get("url"))
+    if not MANIFEST_URL_RE.match(url):
+        raise MessageError("url", "an image url must look like https://REG/v2/NAME/manifests/REF")
+    return url
+
+
+@dataclass(frozen=True)
+class PreheatRequest(_Message):
+    """C{POST /api/v1/preheat}, normalised: a file (C{kind} "file", its C{task_id}
+    given or derived from the URL, C{filter} and C{tag} like dfget) or an image
+    (C{kind} "image", C{url} its manifest's, from C{image} "REG/NAME:TAG" or given)."""
+
+    kind: str
+    url: str
+    headers: dict
+    task_id: str = None
+    platform: str = "linux/amd64"
+    redirected: bool = False
+
+    def to_json(self):
+        out = {"type": self.kind, "url": self.url, "headers": dict(self.headers)}
+        if self.kind == "file":
+            out["task_id"] = self.task_id
+        else:
+            out["platform"] = self.platform
+        if self.redirected:
+            out["redirected"] = True
+        return out
+
+    @classmethod
+    def parse(cls, obj):
+        obj = object_of(obj, "a preheat request")
+        headers = check_headers(obj.get("headers"))
+        kind = "image" if "image" in obj else obj.get("type", "file")
+        redirected = obj.get("redirected") is True
+        if kind == "file":
+            url = check_url(obj.get("url"))
+            return cls("file", url, headers, _file_task_id(obj, url), redirected=redirected)
+        if kind != "image":
+            raise MessageError("type", 'type must be "file" or "image"')
+        platform = obj.get("platform", "linux/amd64")
+        if not isinstance(platform, str) or len(platform) > 256 or platform.count("/") not in (1, 2):
+            raise MessageError("platform", "platform must look like os/arch[/variant]")
+        return cls("image", _image_url(obj), headers, None, platform, redirected)
+
+
+@dataclass(frozen=True)
+class PreheatStatus(_Message):
+    """A preheat job: the 202 answer to a preheat and C{GET /api/v1/preheat/<id>}.
+
+    C{tasks} (image jobs only) lists C{{"task_id", "url", "state", ...}} per blob.
+    """
+
+    id: str
+    state: str
+    type: str
+    url: str
+    created: float
+    task_id: str = None
+    length: int = None
+    tasks: list = None
+    finished: float = None
+    error: str = None
+    origin_status: int = None
+
+    def to_json(self):
+        out = {"id": self.id, "state": self.state, "type": self.type, "url": self.url,
+               "created": self.created}
+        for name in ("task_id", "length", "tasks", "finished", "error", "origin_status"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = list(value) if name == "tasks" else value
+        return out
+
+    @classmethod
+    def parse(cls, obj):
+        obj = object_of(obj, "a preheat job")
+        tasks = obj.get("tasks")
+        if tasks is not None and (not isinstance(tasks, list)
+                                  or not all(isinstance(t, dict) for t in tasks)):
+            raise MessageError("tasks", "tasks must be a list of objects")
+        times = {}
+        for name in ("created", "finished"):
+            value = obj.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise MessageError(name, f"{name} must be a number")
+            times[name] = value
+        if times["created"] is None:
+            raise MessageError("created", "created must be a number")
+        task_id = obj.get("task_id")
+        return cls(string(obj.get("id"), "id", 128), string(obj.get("state"), "state", 64),
+                   string(obj.get("type"), "type", 64), check_url(obj.get("url")), times["created"],
+                   None if task_id is None else check_task_id(task_id),
+                   optional_integer(obj, "length", 0, MAX_LENGTH), tasks, times["finished"],
+                   string(obj.get("error"), "error", 1 << 16, optional=True),
+                   optional_integer(obj, "origin_status", 100, 599))

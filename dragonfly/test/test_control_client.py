@@ -1,0 +1,368 @@
+"""Tests for dragonfly.control.client: against the real supernode API (StubTreq)
+and against scripted supernodes (registration failover, redirects, verdicts)."""
+import json
+import os
+from urllib.parse import urlsplit
+
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web._newclient import ResponseNeverReceived
+from twisted.web.server import NOT_DONE_YET
+
+from dragonfly.control.client import (
+    _describe, NotRegistered, SupernodeClient, SupernodeUnavailable, TaskRefused)
+from dragonfly.control.messages import (
+    FailedPiece, HeartbeatRequest, LeaveRequest, RegisterRequest, ScheduleAnswer,
+    ScheduleRequest)
+from dragonfly.digest import ALGORITHM, piece_digest
+from dragonfly.interfaces import PeerInfo
+from dragonfly.metrics import SupernodeMetrics
+from dragonfly.origin import OriginClient
+from dragonfly.runtime.threads import SyncRunner
+from dragonfly.storage.store import PieceStore
+from dragonfly.supernode.api import SupernodeAPI
+from dragonfly.supernode.cdn import CDN
+from dragonfly.supernode.scheduler import Scheduler
+from dragonfly.taskid import task_id_for_url
+from dragonfly.test.fakeorigin import FakeOrigin
+
+PIECE = 4096
+DATA = os.urandom(PIECE * 2 + 10)     # 3 pieces
+URL = "http://origin.test/f"
+TASK = task_id_for_url(URL)
+SEED = PeerInfo("supernode-127.0.0.1:8001", "127.0.0.1", 8001)
+ME = PeerInfo("me-1-00000000", "127.0.0.1", 65000)
+SN1, SN2, SN3 = ("sn1.test", 8002), ("sn2.test", 8002), ("sn3.test", 8002)
+REGISTER = RegisterRequest(TASK, URL, {}, ME)
+GOOD = {"task_id": TASK, "length": 10, "piece_size": 4, "piece_count": 3,
+        "seed": SEED.to_json(), "piece_digest": ALGORITHM}
+
+
+class _Hosts:
+    """An HTTP client sending each request to the resource named by its host;
+    connections to any other host are refused."""
+
+    def __init__(self, by_host):
+        self.by_host = by_host
+        self._stubs = {}
+
+    def post(self, url, **kw):
+        netloc = urlsplit(url).netloc
+        resource = self.by_host.get(netloc)
+        if resource is None:
+            return fail(ConnectionRefusedError(url))
+        if self._stubs.get(netloc, (None,))[0] is not resource:
+            self._stubs[netloc] = (resource, StubTreq(resource))
+        return self._stubs[netloc][1].post(url, **kw)
+
+    def flush(self):
+        for _, stub in self._stubs.values():
+            stub.flush()
+
+
+class _Scripted(Resource):
+    """A supernode answering each endpoint (the last path segment) from a script:
+    C{answers[name]} is (code, body) or a list of them used in turn; None hangs."""
+
+    isLeaf = True
+
+    def __init__(self, **answers):
+        Resource.__init__(self)
+        self.answers = answers
+        self.requests = []
+
+    def render_POST(self, request):
+        name = request.path.decode().rsplit("/", 1)[-1]
+        self.requests.append((request.path.decode(), json.loads(request.content.read())))
+        answer = self.answers.get(name)
+        if isinstance(answer, list):
+            answer = answer.pop(0)
+        if answer is None:
+            return NOT_DONE_YET
+        code, body = answer
+        request.setResponseCode(code)
+        return body if isinstance(body, bytes) else json.dumps(body).encode()
+
+
+class RealSupernodeTests(SynchronousTestCase):
+    """The client against the real supernode API resource."""
+
+    def setUp(self):
+        self.clock = Clock()
+        origin = FakeOrigin()
+        origin.add("/f", DATA)
+        store = PieceStore(self.mktemp(), clock=self.clock, runner=SyncRunner())
+        self.scheduler = Scheduler(self.clock)
+        metrics = SupernodeMetrics()
+        cdn = CDN(self.clock, store, OriginClient(self.clock, StubTreq(origin)), self.scheduler,
+                  PIECE, metrics, SyncRunner(), seed=SEED)
+        self.api = SupernodeAPI(self.clock, cdn, self.scheduler, metrics)
+        self.hosts = _Hosts({"sn1.test:8002": self.api.resource()})
+        self.client = SupernodeClient(self.clock, self.hosts, [SN1])
+
+    def run_(self, d):
+        if not isinstance(d, Deferred):
+            d = Deferred.fromCoroutine(d)
+        self.hosts.flush()
+        return self.successResultOf(d)
+
+    def test_register_schedule_report_leave(self):
+        """A peer registers, is assigned every piece from the seed with its size
+        and digest, reports them and is done, heartbeats and leaves."""
+        addr, answer = self.run_(self.client.register(REGISTER))
+        self.assertEqual(addr, SN1)
+        self.assertEqual((answer.task_id, answer.length, answer.piece_size, answer.piece_count,
+                          answer.seed, answer.piece_digest),
+                         (TASK, len(DATA), PIECE, 3, SEED, ALGORITHM))
+        got = self.run_(self.client.schedule(addr, TASK, ScheduleRequest(ME.peer_id, want=5)))
+        self.assertEqual(sorted(a.index for a in got.assignments), [0, 1, 2])
+        for a in got.assignments:
+            chunk = DATA[a.index * PIECE:(a.index + 1) * PIECE]
+            self.assertEqual((a.size, a.digest, a.source), (len(chunk), piece_digest(chunk), SEED))
+        self.assertFalse(got.done)
+        done = self.run_(self.client.report(addr, TASK, ME.peer_id, have=[0, 1, 2]))
+        self.assertEqual(done, ScheduleAnswer((), True))
+        self.client.joined(TASK, addr)
+        self.assertEqual(self.run_(self.client.heartbeat(ME.peer_id)), [])
+        self.assertIsNone(self.run_(self.client.leave(TASK, ME.peer_id)))
+        self.assertEqual(self.scheduler.task_stats(TASK)["peers"], 0)
+        self.assertEqual(self.client.members, {})
+
+    def test_report_failures(self):
+        """A report of failed sources reaches the scheduler; the piece is
+        assigned again from another source (none here: from nobody)."""
+        addr, _ = self.run_(self.client.register(REGISTER))
+        self.run_(self.client.schedule(addr, TASK, ScheduleRequest(ME.peer_id, want=1)))
+        got = self.run_(self.client.report(addr, TASK, ME.peer_id,
+                                           failed=[FailedPiece(0, SEED.peer_id)]))
+        self.assertEqual(got.assignments, ())
+
+    def test_forgotten_peer(self):
+        """A schedule call of a peer the supernode does not know raises NotRegistered;
+        a heartbeat of it forgets the membership."""
+        self.run_(self.client.register(REGISTER))
+        self.assertRaises(NotRegistered, self.failureResultOf(Deferred.fromCoroutine(
+            self.client.schedule(SN1, TASK, ScheduleRequest("other-1-0", want=1)))).raiseException)
+        self.client.joined(TASK, SN1)
+        self.assertEqual(self.run_(self.client.heartbeat("other-1-0")), [TASK])
+        self.assertEqual(self.client.members, {})
+
+    def test_bad_request_is_refused(self):
+        """A registration the supernode refuses as malformed is a final TaskRefused."""
+        bad = RegisterRequest(TASK, "ftp://origin.test/f", {}, ME)
+        f = self.failureResultOf(Deferred.fromCoroutine(self.client.register(bad)), TaskRefused)
+        self.assertEqual(str(f.value), "supernode refused the task: url must be http or https")
+
+
+class RegisterTests(SynchronousTestCase):
+    """Registration across a scripted cluster."""
+
+    def make(self, supernodes=(SN1,), **by_host):
+        self.clock = Clock()
+        self.hosts = _Hosts({f"{h}:8002": r for h, r in by_host.items()})
+        self.client = SupernodeClient(self.clock, self.hosts, list(supernodes))
+        return self.client
+
+    def register(self, request=REGISTER):
+        d = Deferred.fromCoroutine(self.client.register(request))
+        self.hosts.flush()
+        return d
+
+    def test_body(self):
+        """The registration body is the message's JSON, as the supernode expects it."""
+        sn = _Scripted(tasks=(200, GOOD))
+        self.make(**{"sn1.test": sn})
+        self.successResultOf(self.register())
+        self.assertEqual(sn.requests, [("/api/v1/tasks", REGISTER.to_json())])
+
+    def test_follows_owner_redirect(self):
+        """A 307 {"owner"} sends the registration to the owner; the answer is the
+        owner's address; the list's preference is unchanged."""
+        sn1 = _Scripted(tasks=(307, {"error": "not mine", "owner": "sn2.test:8002"}))
+        sn2 = _Scripted(tasks=(200, GOOD))
+        self.make(**{"sn1.test": sn1, "sn2.test": sn2})
+        addr, answer = self.successResultOf(self.register())
+        self.assertEqual((addr, answer.piece_count), (SN2, 3))
+        self.assertEqual(len(sn2.requests), 1)
+
+    def test_redirect_loop_and_bad_owner(self):
+        """A redirect loop, or a redirect without a usable owner, moves on to the
+        next supernode; when none is left the reasons of each are given."""
+        sn1 = _Scripted(tasks=(307, {"error": "x", "owner": "sn2.test:8002"}))
+        sn2 = _Scripted(tasks=(307, {"error": "x", "owner": "sn1.test:8002"}))
+        sn3 = _Scripted(tasks=(307, {"error": "x", "owner": "nowhere"}))
+        self.make((SN1, SN3), **{"sn1.test": sn1, "sn2.test": sn2, "sn3.test": sn3})
+        f = self.failureResultOf(self.register(), SupernodeUnavailable)
+        self.assertEqual(str(f.value), "sn2.test:8002: redirect loop to sn1.test:8002; "
+                                       "sn3.test:8002: redirect without a usable owner")
+
+    def test_redirect_chain_is_bounded(self):
+        """Owner redirects followed from one supernode are bounded."""
+        hosts = {f"r{i}.test": _Scripted(tasks=(307, {"error": "x", "owner": f"r{i + 1}.test:8002"}))
+                 for i in range(10)}
+        self.make((("r0.test", 8002),), **hosts)
+        f = self.failureResultOf(self.register(), SupernodeUnavailable)
+        self.assertIn("redirect loop to r5.test:8002", str(f.value))
+
+    def test_next_supernode_and_preference(self):
+        """When the first supernode is unreachable the next one registers us, and is
+        asked first from then on."""
+        sn2 = _Scripted(tasks=[(200, GOOD), (200, GOOD)])
+        self.make((SN1, SN2), **{"sn2.test": sn2})
+        self.assertEqual(self.successResultOf(self.register())[0], SN2)
+        self.hosts.by_host["sn1.test:8002"] = sn1 = _Scripted(tasks=(200, GOOD))
+        self.assertEqual(self.successResultOf(self.register())[0], SN2)
+        self.assertEqual(sn1.requests, [])
+
+    def test_unavailable(self):
+        """Unreachable supernodes, 5xx, 404, 408, 429, unparseable answers, a
+        malformed registration answer or another digest algorithm: the next
+        supernode, then SupernodeUnavailable naming each reason."""
+        for answer, why in [
+                ((500, {"error": "boom"}), "boom"),
+                ((503, {}), "HTTP 503"),
+                ((404, {"error": "gone"}), "gone"),
+                ((429, {"error": "slow down"}), "slow down"),
+                ((502, {"error": "origin answered 429", "origin_status": 429}), "answered 429"),
+                ((200, b"<html>"), "bad registration answer"),
+                ((200, dict(GOOD, piece_count=9)), "bad registration answer: piece_count"),
+                ((200, dict(GOOD, piece_digest="sha256")), "digests pieces with 'sha256'"),
+                ((200, {k: v for k, v in GOOD.items() if k != "piece_digest"}), "'sha256'"),
+                ((502, b"x" * 2000000), "supernode answer too large")]:
+            self.make((SN1, SN2), **{"sn1.test": _Scripted(tasks=answer)})
+            f = self.failureResultOf(self.register(), SupernodeUnavailable)
+            self.assertIn(f"sn1.test:8002: ", str(f.value))
+            self.assertIn(why, str(f.value))
+            self.assertIn("sn2.test:8002: connection refused", str(f.value))
+        self.make(())
+        f = self.failureResultOf(self.register(), SupernodeUnavailable)
+        self.assertEqual(str(f.value), "no supernodes configured")
+
+    def test_verdicts(self):
+        """An origin 4xx relayed by the supernode, or a refusal of the request, is
+        final: TaskRefused, and the next supernode is not asked."""
+        for answer, text in [
+                ((502, {"error": "origin answered 404", "origin_status": 404}),
+                 "origin answered 404"),
+                ((400, {"error": "bad url"}), "supernode refused the task: bad url"),
+                ((403, {}), "supernode refused the task: HTTP 403")]:
+            sn2 = _Scripted(tasks=(200, GOOD))
+            self.make((SN1, SN2), **{"sn1.test": _Scripted(tasks=answer), "sn2.test": sn2})
+            f = self.failureResultOf(self.register(), TaskRefused)
+            self.assertEqual(str(f.value), text)
+            self.assertEqual(sn2.requests, [])
+
+    def test_timeout(self):
+        """A registration that gets no answer within register_timeout moves on."""
+        self.make((SN1,), **{"sn1.test": _Scripted(tasks=None)})
+        self.client.register_timeout = 30
+        d = self.register()
+        self.clock.advance(29)
+        self.assertNoResult(d)
+        self.clock.advance(1)
+        f = self.failureResultOf(d, SupernodeUnavailable)
+        self.assertEqual(str(f.value), "sn1.test:8002: timed out")
+
+
+class ScheduleTests(SynchronousTestCase):
+    """Schedule, report, heartbeat and leave against a scripted supernode."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.sn = _Scripted()
+        self.hosts = _Hosts({"sn1.test:8002": self.sn})
+        self.client = SupernodeClient(self.clock, self.hosts, [SN1], api_timeout=10)
+
+    def schedule(self, request=ScheduleRequest(ME.peer_id, (1,), (FailedPiece(2, "x-1"),), 3, 5)):
+        d = Deferred.fromCoroutine(self.client.schedule(SN1, TASK, request))
+        self.hosts.flush()
+        return d
+
+    def test_request_body(self):
+        """The schedule body is the message's JSON at the task's schedule path."""
+        self.sn.answers["schedule"] = (200, {"assignments": [], "done": False})
+        self.successResultOf(self.schedule())
+        self.assertEqual(self.sn.requests, [(f"/api/v1/tasks/{TASK}/schedule", {
+            "peer_id": ME.peer_id, "have": [1], "failed": [{"index": 2, "source": "x-1"}],
+            "want": 3, "wait": 5})])
+
+    def test_errors(self):
+        """404 is NotRegistered, 5xx SupernodeUnavailable, another refusal TaskRefused."""
+        for answer, exc, text in [
+                ((404, {"error": "unknown peer"}), NotRegistered, ""),
+                ((503, {"error": "overloaded"}), SupernodeUnavailable, "HTTP 503: overloaded"),
+                ((502, {}), SupernodeUnavailable, "HTTP 502: "),
+                ((400, {"error": "bad cursor"}), TaskRefused,
+                 "supernode refused to schedule: bad cursor"),
+                ((409, {}), TaskRefused, "supernode refused to schedule: 409")]:
+            self.sn.answers["schedule"] = answer
+            f = self.failureResultOf(self.schedule(), exc)
+            self.assertEqual(str(f.value), text)
+
+    def test_bad_answers(self):
+        """A malformed assignment is set aside; an answer whose envelope does not
+        parse counts as no assignments."""
+        good = {"index": 0, "size": 4, "digest": "0" * 64, "source": SEED.to_json()}
+        self.sn.answers["schedule"] = (200, {"assignments": [good, {"index": 1}], "done": False})
+        answer = self.successResultOf(self.schedule())
+        self.assertEqual([a.index for a in answer.assignments], [0])
+        self.assertEqual(len(answer.rejected), 1)
+        for body in ({"assignments": "x", "done": False}, b"not json"):
+            self.sn.answers["schedule"] = (200, body)
+            answer = self.successResultOf(self.schedule())
+            self.assertEqual((answer.assignments, len(answer.rejected)), ((), 1))
+
+    def test_timeout_is_wait_plus_api_timeout(self):
+        """A schedule call gives up after its long-poll wait plus api_timeout (the
+        request is cancelled: as the HTTP client says it, never a result)."""
+        d = self.schedule()
+        self.clock.advance(14.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        f = self.failureResultOf(d, DeferredTimeoutError, ResponseNeverReceived)
+        self.assertEqual(_describe(f), "timed out")
+
+    def test_report(self):
+        """report() sends want 0 and wait 0 with the news and the cursor."""
+        self.sn.answers["schedule"] = (200, {"assignments": [], "done": True})
+        d = self.client.report(SN1, TASK, ME.peer_id, have=[3], cursor=2)
+        self.hosts.flush()
+        self.assertTrue(self.successResultOf(d).done)
+        self.assertEqual(self.sn.requests[0][1], ScheduleRequest(
+            ME.peer_id, (3,), (), 0, 0, 2).to_json())
+
+    def test_heartbeat(self):
+        """Each supernode is told the member tasks we serve there; tasks it answers
+        as unknown are forgotten; a failing supernode is logged, not raised."""
+        sn2 = _Scripted(heartbeat=(200, {"unknown": ["t2"]}))
+        self.hosts.by_host["sn2.test:8002"] = sn2
+        self.sn.answers["heartbeat"] = (500, {"error": "boom"})
+        for task, sn in (("t1", SN1), ("t2", SN2), ("t3", SN2), ("t4", SN2), ("t5", SN3)):
+            self.client.joined(task, sn)
+        d = Deferred.fromCoroutine(self.client.heartbeat(ME.peer_id, lambda t: t != "t4"))
+        self.hosts.flush()
+        self.assertEqual(self.successResultOf(d), ["t2"])
+        self.assertEqual(self.sn.requests, [("/api/v1/heartbeat",
+                                             HeartbeatRequest(ME.peer_id, ("t1",)).to_json())])
+        self.assertEqual(sn2.requests[0][1], {"peer_id": ME.peer_id, "tasks": ["t2", "t3"]})
+        self.assertEqual(self.client.members, {"t1": SN1, "t3": SN2, "t4": SN2, "t5": SN3})
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    def test_leave(self):
+        """leave() forgets the membership and tells its supernode; it never fails,
+        and does nothing for a task we are no member of."""
+        self.sn.answers["leave"] = (500, {})
+        self.client.joined(TASK, SN1)
+        d = self.client.leave(TASK, ME.peer_id)
+        self.hosts.flush()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(self.sn.requests, [(f"/api/v1/tasks/{TASK}/leave",
+                                             LeaveRequest(ME.peer_id).to_json())])
+        self.assertIsNone(self.successResultOf(self.client.leave(TASK, ME.peer_id)))
+        self.assertEqual(len(self.sn.requests), 1)
+        self.assertIsNone(self.successResultOf(self.client.leave_at(SN3, TASK, ME.peer_id)))
