@@ -7,6 +7,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from dragonfly.interfaces import PeerInfo
+from dragonfly.supernode import policy, swarmstate
 from dragonfly.supernode.scheduler import Scheduler
 from dragonfly.test.scheduler_invariants import SEED, T, SchedulerMixin, digest, peer, verify
 
@@ -361,3 +362,69 @@ class LargeSwarmTests(SchedulerMixin, SynchronousTestCase):
                 if a.source != SEED:
                     self.assertIn(a.index, s.holds(T, a.source.peer_id))
         verify(s, T)
+
+
+# -- the policy functions on their own ---------------------------------------
+
+def _swarm(n_pieces=4, holders=()):
+    """A Task seeded with every piece; C{holders}: (peer number, pieces) pairs."""
+    task = swarmstate.Task(T, [100] * n_pieces, SEED, now=0.0)
+    task.digest_mask = task.seed_mask = task.full
+    peers = {}
+    for n, pieces in holders:
+        p = peers[n] = swarmstate.Peer(peer(n), now=0.0)
+        task.peers[p.id] = p
+        for i in pieces:
+            swarmstate.add_have(task, p, i, 4)
+    return task, peers
+
+
+class PolicyFunctionTests(SynchronousTestCase):
+    def test_candidates_small(self):
+        """With few free peers, all of them are candidates (a rotation) and the
+        look-up is exact."""
+        free = list(range(10))
+        pool, exact = policy.candidates(free, random.Random(1))
+        self.assertTrue(exact)
+        self.assertEqual(sorted(pool), free)
+        self.assertEqual(policy.candidates([], random.Random(1)), ([], True))
+
+    def test_candidates_sampled(self):
+        """With many free peers, a sample of them is drawn and the look-up is not exact."""
+        free = list(range(1000))
+        pool, exact = policy.candidates(free, random.Random(1))
+        self.assertFalse(exact)
+        self.assertEqual(len(pool), 32)
+        self.assertTrue(set(pool) <= set(free))
+
+    def test_rarest(self):
+        """rarest() yields the pieces asked for, lowest rarity key first."""
+        task, _ = _swarm(4, [(1, [0, 1, 2]), (2, [0, 1]), (3, [0])])
+        self.assertEqual(list(policy.rarest(task, 0b1111, random.Random(1))), [3, 2, 1, 0])
+        self.assertEqual(list(policy.rarest(task, 0b0101, random.Random(1))), [2, 0])
+
+    def test_sequential_quota(self):
+        """An asker wanting several pieces gets half of them in order; wanting one,
+        every other time unless its next piece is not in flight."""
+        task, peers = _swarm(8, [(1, [])])
+        a = peers[1]
+        window, quota = policy.sequential(task, a, 2, 4, task.full, task.full)
+        self.assertEqual((window, quota), ([2, 3, 4, 5, 6, 7], 2))
+        a.seq_turn = False
+        a.fetch_mask = 0b100
+        self.assertEqual(policy.sequential(task, a, 2, 1, task.full, task.full), ((), 0))
+        a.fetch_mask = 0
+        self.assertEqual(policy.sequential(task, a, 2, 1, task.full, task.full)[1], 1)
+
+    def test_pick_source(self):
+        """pick_source() prefers a free holder, else None while holders are busy,
+        else the seed when it may serve."""
+        task, peers = _swarm(2, [(1, [0]), (2, [])])
+        asker = peers[2]
+        args = ([], True, True, random.Random(1), 1, 1)
+        self.assertIs(policy.pick_source(task, asker, 0, *args), peers[1])
+        peers[1].uploads = 1
+        self.assertIsNone(policy.pick_source(task, asker, 0, *args))
+        self.assertIs(policy.pick_source(task, asker, 1, *args), swarmstate.SEED)
+        no_seed = ([], True, False, random.Random(1), 1, 1)
+        self.assertIsNone(policy.pick_source(task, asker, 1, *no_seed))

@@ -95,3 +95,26 @@ class ChangedTests(SchedulerMixin, SynchronousTestCase):
         d.addCallback(lambda _: got.extend(s.assign(T, "peer-1", 1)))
         s.seed_has(T, 0, digest(0))
         self.assertEqual([a.index for a in got], [0])
+
+
+class PureSchedulerTests(SchedulerMixin, SynchronousTestCase):
+    def test_no_deferreds(self):
+        """The plain Scheduler has no long-poll: no changed(), no waiting count,
+        and none of its modules imports Deferreds; changes need no waiters."""
+        from dragonfly.supernode import bitset, policy, scheduler, swarmstate
+        for module in (bitset, policy, scheduler, swarmstate):
+            self.assertNotIn("defer", vars(module))
+            self.assertNotIn("Deferred", vars(module))
+        s = self.make(pieces=2, seeded=False)
+        self.assertFalse(hasattr(s, "changed"))
+        s.seed_has(T, 0, digest(0))
+        s.remove_task(T)
+        self.assertNotIn("waiting", s.stats())
+
+    def test_same_decisions(self):
+        """LongPollScheduler is a Scheduler and decides exactly the same: a fixed
+        random workload gives the same assignments."""
+        from dragonfly.supernode.scheduler import Scheduler
+        from dragonfly.test.test_policy import _workload
+        self.assertTrue(issubclass(LongPollScheduler, Scheduler))
+        self.assertEqual(_workload(LongPollScheduler, steps=200), _workload(Scheduler, steps=200))
