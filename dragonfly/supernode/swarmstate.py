@@ -56,6 +56,8 @@ class Fetch:
 
 
 class Peer:
+    """One member of a task's swarm: what it holds, fetches and serves."""
+
     __slots__ = ("info", "id", "have", "fetching", "fetch_mask", "uploads",
                  "seed_fetches", "seed_got", "free_pos", "last_seen", "failed", "failed_mask",
                  "fail_reporters", "bad", "alive", "joined", "seq_turn")
@@ -81,6 +83,8 @@ class Peer:
 
 
 class Task:
+    """One scheduled file: its pieces, its swarm and the counts derived from them."""
+
     def __init__(self, task_id, piece_sizes, seed, now):
         self.id = task_id
         self.sizes = list(piece_sizes)
