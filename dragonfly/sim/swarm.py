@@ -19,7 +19,7 @@ Model
   transfer starts or ends at one of the hosts involved.
 - The control plane is instant: a peer reports a finished piece and asks for
   more in the same step (like one C{/schedule} round trip with no latency);
-  a peer with nothing to do waits on C{Scheduler.changed}, with a long-poll
+  a peer with nothing to do waits on C{LongPollScheduler.changed}, with a long-poll
   timeout like the API's, then asks again.
 
 Time is a L{twisted.internet.task.Clock} that the scheduler reads; the
@@ -35,7 +35,7 @@ import time
 from twisted.internet.task import Clock
 
 from dragonfly.interfaces import PeerInfo
-from dragonfly.supernode.scheduler import Scheduler
+from dragonfly.supernode.wakeups import LongPollScheduler
 
 TASK = "sim-task"
 
@@ -132,7 +132,7 @@ class Swarm:
         self.clock = Clock()
         args = {"rng": random.Random(seed + 1)}
         args.update(scheduler_args or {})
-        self.scheduler = Scheduler(self.clock, **args)
+        self.scheduler = LongPollScheduler(self.clock, **args)
         n = -(-size // piece_size)
         self.piece_sizes = [piece_size] * (n - 1) + [size - piece_size * (n - 1)]
         self.max_time = max_time

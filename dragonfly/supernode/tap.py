@@ -134,7 +134,7 @@ def build_supernode(reactor, c):
     from dragonfly.supernode.cdn import CDN
     from dragonfly.supernode.cluster import Cluster
     from dragonfly.supernode.preheat import Preheater
-    from dragonfly.supernode.scheduler import Scheduler
+    from dragonfly.supernode.wakeups import LongPollScheduler
     from dragonfly.supernode.service import SupernodeService
     from dragonfly.runtime.threads import ThreadRunner
 
@@ -143,7 +143,7 @@ def build_supernode(reactor, c):
     metrics = SupernodeMetrics()
     store = PieceStore(os.path.join(c.data_dir, "pieces"), quota=c.cache_size, ttl=c.cache_ttl,
                        clock=reactor, runner=runner)
-    scheduler = Scheduler(reactor, seed_max_uploads=c.max_uploads)
+    scheduler = LongPollScheduler(reactor, seed_max_uploads=c.max_uploads)
 
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 4

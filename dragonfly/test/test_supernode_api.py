@@ -21,7 +21,7 @@ from dragonfly.supernode.api import LimitedRequest, SupernodeAPI
 from dragonfly.supernode.cdn import CDN
 from dragonfly.supernode.cluster import Cluster
 from dragonfly.supernode.preheat import Preheater
-from dragonfly.supernode.scheduler import Scheduler
+from dragonfly.supernode.wakeups import LongPollScheduler
 from dragonfly.taskid import task_id_for_url
 from dragonfly.test.fakeorigin import FakeOrigin
 from dragonfly.runtime.threads import SyncRunner
@@ -43,7 +43,7 @@ class APITestBase(SynchronousTestCase):
         self.origin.add("/f", DATA, etag='"v1"')
         self.origin_stub = StubTreq(self.origin)
         self.store = PieceStore(self.mktemp(), clock=self.clock, runner=SyncRunner())
-        self.scheduler = Scheduler(self.clock)
+        self.scheduler = LongPollScheduler(self.clock)
         self.metrics = SupernodeMetrics()
         self.cdn = CDN(self.clock, self.store, OriginClient(self.clock, self.origin_stub),
                        self.scheduler, PIECE, self.metrics, SyncRunner(), seed=SEED)

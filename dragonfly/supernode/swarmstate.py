@@ -1,0 +1,356 @@
+"""The scheduler's swarm state: who holds, fetches and serves which piece.
+
+One L{Task} per scheduled file, one L{Peer} per member of its swarm, one
+L{Fetch} per in-flight assignment, and the counts derived from them kept in
+step on every change (holders and in-flight copies per piece, rarity buckets,
+the list of peers with a free upload slot, the pieces with few holders).
+The functions here are the only writers of that bookkeeping; they take the
+task and the limits it is kept against. Pure data: no I/O, no clock, no
+Deferreds; choosing pieces and sources is L{dragonfly.supernode.policy}'s.
+"""
+from bisect import bisect_left, insort
+from collections import deque
+
+from dragonfly.interfaces import Assignment
+from dragonfly.supernode.bitset import bits
+
+__all__ = ["UnknownTask", "UnknownPeer", "SEED", "SCAN_HOLDERS", "Fetch", "Peer", "Task"]
+
+
+class UnknownTask(KeyError):
+    """The scheduler does not know this task (never added, or removed)."""
+
+    def __str__(self):
+        return f"unknown task {self.args[0]!r}"
+
+
+class UnknownPeer(KeyError):
+    """The peer is not (or no longer) in this task's swarm: it must join again."""
+
+    def __str__(self):
+        return f"unknown peer {self.args[0]!r}"
+
+
+# Scan every holder of a piece when it has at most this many; sample above.
+SCAN_HOLDERS = 24
+
+
+class _Seed:
+    """Marker for the supernode's own copy as a source."""
+
+    __slots__ = ()
+
+
+SEED = _Seed()
+
+
+class Fetch:
+    """One in-flight assignment: asker fetches C{index} from C{source}."""
+
+    __slots__ = ("index", "source", "deadline")
+
+    def __init__(self, index, source, deadline):
+        self.index = index
+        self.source = source        # Peer or SEED
+        self.deadline = deadline
+
+
+class Peer:
+    """One member of a task's swarm: what it holds, fetches and serves."""
+
+    __slots__ = ("info", "id", "have", "fetching", "fetch_mask", "uploads",
+                 "seed_fetches", "seed_got", "free_pos", "last_seen", "failed", "failed_mask",
+                 "fail_reporters", "bad", "alive", "joined", "seq_turn")
+
+    def __init__(self, info, now):
+        self.info = info
+        self.id = info.peer_id
+        self.have = 0                   # bitset of held pieces
+        self.fetching = {}              # index -> Fetch
+        self.fetch_mask = 0
+        self.uploads = 0                # in-flight assignments with us as source
+        self.seed_fetches = 0           # our in-flight assignments from the seed
+        self.seed_got = 0               # assignments from the seed so far
+        self.free_pos = -1              # index in Task.free, -1 when absent
+        self.last_seen = now
+        self.failed = {}                # index -> set of source ids that failed us
+        self.failed_mask = 0
+        self.fail_reporters = set()     # askers that saw us fail
+        self.bad = False
+        self.alive = True
+        self.joined = now
+        self.seq_turn = True            # streaming, want 1: in-order next (else rarest)
+
+
+class Task:
+    """One scheduled file: its pieces, its swarm and the counts derived from them."""
+
+    def __init__(self, task_id, piece_sizes, seed, now):
+        self.id = task_id
+        self.sizes = list(piece_sizes)
+        n = self.n = len(self.sizes)
+        self.full = (1 << n) - 1
+        self.seed = seed
+        self.created = now
+        self.digests = [None] * n
+        self.digest_mask = 0
+        self.seed_mask = 0          # pieces the seed holds
+        self.seed_uploads = 0
+        self.seed_given = 0         # seed assignments to current peers
+        self.seed_inflight = [0] * n
+        self.seed_busy = 0          # pieces at their seed copy limit
+        self.count = [0] * n        # live peer holders
+        self.count_good = [0] * n   # live holders not marked bad
+        self.held = 0               # count > 0
+        self.held_good = 0          # count_good > 0
+        self.few = 0                # 0 < count <= SCAN_HOLDERS
+        self.free_holders = [0] * n # of a few-holder piece: holders in self.free
+        self.few_free = 0           # few-holder pieces with a free holder
+        self.inflight = [0] * n
+        self.holders = [[] for _ in range(n)]   # Peer lists, dead removed lazily
+        self.holders_dead = [0] * n
+        self.key = [0] * n          # count + inflight: the rarity key
+        self.buckets = {0: self.full} if n else {}
+        self.keys = [0] if n else []
+        self.peers = {}
+        self.done = 0               # peers holding every piece
+        self.sources = 0            # peers holding a piece, not bad
+        self.free = []              # peers holding pieces with a free upload slot, not bad
+        self.expiry = deque()       # (deadline, asker, Fetch) in creation order
+        self.n_inflight = 0         # live entries of expiry
+        self.assigned = {"peer": 0, "supernode": 0}
+        self.failures = 0
+        self.expired = 0
+
+    @property
+    def avail(self):
+        return self.digest_mask & (self.seed_mask | self.held)
+
+    def move(self, i, delta):
+        """Change piece C{i}'s rarity key by C{delta}."""
+        old = self.key[i]
+        new = old + delta
+        self.key[i] = new
+        bit = 1 << i
+        m = self.buckets[old] ^ bit
+        if m:
+            self.buckets[old] = m
+        else:
+            del self.buckets[old]
+            del self.keys[bisect_left(self.keys, old)]
+        m = self.buckets.get(new)
+        if m is None:
+            self.buckets[new] = bit
+            insort(self.keys, new)
+        else:
+            self.buckets[new] = m | bit
+
+
+def source_id(task, source):
+    """The peer id of C{source} (a L{Peer} or L{SEED}) in C{task}."""
+    return task.seed.peer_id if source is SEED else source.id
+
+
+def remove_peer(task, p, max_uploads, seed_copies):
+    """Drop C{p} from C{task}: C{(released, offered)} as for L{release}."""
+    released = 0
+    offered = 0
+    for f in list(p.fetching.values()):
+        offered |= release(task, p, f, max_uploads, seed_copies)
+        released += 1
+    p.alive = False
+    free_remove(task, p)
+    if p.have == task.full:
+        task.done -= 1
+    if p.have and not p.bad:
+        task.sources -= 1
+    task.seed_given -= p.seed_got
+    for i in bits(p.have):
+        c = task.count[i] = task.count[i] - 1
+        task.move(i, -1)
+        if c == 0:
+            task.held &= ~(1 << i)
+            task.few &= ~(1 << i)
+        elif c == SCAN_HOLDERS:
+            task.few |= 1 << i
+            fh = task.free_holders[i] = sum(
+                1 for h in task.holders[i] if h.alive and h.free_pos >= 0)
+            if fh:
+                task.few_free |= 1 << i
+        if not p.bad:
+            task.count_good[i] -= 1
+            if task.count_good[i] == 0:
+                task.held_good &= ~(1 << i)
+        task.holders_dead[i] += 1
+        hl = task.holders[i]
+        if task.holders_dead[i] * 2 > len(hl):
+            task.holders[i] = [h for h in hl if h.alive]
+            task.holders_dead[i] = 0
+    del task.peers[p.id]
+    return released, offered
+
+
+def free_add(task, p, max_uploads):
+    """Put C{p} on C{task}'s free list if it can serve now."""
+    if (p.free_pos < 0 and p.have and p.alive and not p.bad
+            and p.uploads < max_uploads):
+        p.free_pos = len(task.free)
+        task.free.append(p)
+        few = p.have & task.few
+        if few:
+            fh = task.free_holders
+            for i in bits(few):
+                fh[i] += 1
+            task.few_free |= few
+
+
+def free_remove(task, p):
+    """Take C{p} off C{task}'s free list (if on it)."""
+    pos = p.free_pos
+    if pos < 0:
+        return
+    last = task.free.pop()
+    if last is not p:
+        task.free[pos] = last
+        last.free_pos = pos
+    p.free_pos = -1
+    few = p.have & task.few
+    if few:
+        fh = task.free_holders
+        for i in bits(few):
+            fh[i] -= 1
+            if not fh[i]:
+                task.few_free &= ~(1 << i)
+
+
+def record_failure(task, asker, i, source_id, bad_failures):
+    """C{asker} failed to get piece C{i} from C{source_id}; mark the source
+    bad once C{bad_failures} different askers said so."""
+    task.failures += 1
+    s = asker.failed.get(i)
+    if s is None:
+        s = asker.failed[i] = set()
+    s.add(source_id)
+    asker.failed_mask |= 1 << i
+    src = task.peers.get(source_id)
+    if src is None or src is asker or src.bad:
+        return
+    src.fail_reporters.add(asker.id)
+    if len(src.fail_reporters) >= bad_failures:
+        src.bad = True
+        if src.have:
+            task.sources -= 1
+        free_remove(task, src)
+        for j in bits(src.have):
+            task.count_good[j] -= 1
+            if task.count_good[j] == 0:
+                task.held_good &= ~(1 << j)
+
+
+def add_have(task, p, i, max_uploads):
+    """C{p} holds piece C{i} now: True if that is new."""
+    bit = 1 << i
+    if p.have & bit:
+        return False
+    first = not p.have
+    if first and not p.bad:
+        task.sources += 1
+    p.have |= bit
+    if p.have == task.full:
+        task.done += 1
+    c = task.count[i] = task.count[i] + 1
+    if c == 1:
+        task.few |= bit
+    elif c == SCAN_HOLDERS + 1:
+        task.few &= ~bit
+        task.few_free &= ~bit
+        task.free_holders[i] = 0
+    if first:
+        free_add(task, p, max_uploads)
+    elif p.free_pos >= 0 and task.few & bit:
+        task.free_holders[i] += 1
+        task.few_free |= bit
+    task.move(i, 1)
+    task.held |= bit
+    if not p.bad:
+        task.count_good[i] += 1
+        task.held_good |= bit
+    task.holders[i].append(p)
+    if i in p.failed:
+        del p.failed[i]
+        p.failed_mask &= ~bit
+    return True
+
+
+def release(task, asker, f, max_uploads, seed_copies):
+    """End in-flight assignment C{f} of C{asker}: free its slot.
+
+    Returns the pieces the freed source can serve.
+    """
+    i = f.index
+    del asker.fetching[i]
+    asker.fetch_mask &= ~(1 << i)
+    task.n_inflight -= 1
+    task.inflight[i] -= 1
+    task.move(i, -1)
+    src = f.source
+    if src is SEED:
+        asker.seed_fetches -= 1
+        task.seed_uploads -= 1
+        task.seed_inflight[i] -= 1
+        if task.seed_inflight[i] < seed_copies:
+            task.seed_busy &= ~(1 << i)
+        return task.seed_mask
+    if src.alive:
+        src.uploads -= 1
+        free_add(task, src, max_uploads)
+        if not src.bad:
+            return src.have
+    return 0
+
+
+def start(task, a, i, src, deadline, max_uploads, seed_copies):
+    """C{a} fetches piece C{i} from C{src} until C{deadline}: its L{Assignment}."""
+    f = Fetch(i, src, deadline)
+    a.fetching[i] = f
+    a.fetch_mask |= 1 << i
+    task.inflight[i] += 1
+    task.move(i, 1)
+    task.expiry.append((f.deadline, a, f))
+    task.n_inflight += 1
+    if len(task.expiry) > 2 * task.n_inflight + 64:
+        # Reported assignments linger in the queue: drop them now and
+        # then so it stays proportional to what is really in flight.
+        task.expiry = deque(e for e in task.expiry
+                            if e[1].alive and e[1].fetching.get(e[2].index) is e[2])
+    if src is SEED:
+        a.seed_fetches += 1
+        a.seed_got += 1
+        task.seed_given += 1
+        task.seed_uploads += 1
+        task.seed_inflight[i] += 1
+        if task.seed_inflight[i] >= seed_copies:
+            task.seed_busy |= 1 << i
+        task.assigned["supernode"] += 1
+        info = task.seed
+    else:
+        src.uploads += 1
+        if src.uploads >= max_uploads:
+            free_remove(task, src)
+        task.assigned["peer"] += 1
+        info = src.info
+    return Assignment(i, task.sizes[i], task.digests[i], info)
+
+
+def expire_assignments(task, now, max_uploads, seed_copies):
+    """Release the assignments of C{task} due by C{now}: C{(released, offered)}."""
+    q = task.expiry
+    released = 0
+    offered = 0
+    while q and q[0][0] <= now:
+        _deadline, a, f = q.popleft()
+        if a.alive and a.fetching.get(f.index) is f:
+            offered |= release(task, a, f, max_uploads, seed_copies)
+            task.expired += 1
+            released += 1
+    return released, offered

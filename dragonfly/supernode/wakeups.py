@@ -1,0 +1,94 @@
+"""Long-poll wake-ups: the Deferreds peers wait on until a task changes.
+
+L{LongPollScheduler} is the L{Scheduler} with waiters: C{changed()} hands out
+a Deferred per waiting peer, and the scheduler's change hooks fire as few of
+them as the change can serve (oldest first, only waiters that still need an
+offered piece). The API's long-poll and the simulator wait through it; the
+scheduler itself stays free of Deferreds.
+"""
+from twisted.internet import defer
+
+from dragonfly.supernode.scheduler import Scheduler
+
+__all__ = ["LongPollScheduler"]
+
+
+class LongPollScheduler(Scheduler):
+    """A L{Scheduler} whose changes wake the peers waiting on C{changed()}.
+
+    Takes the same arguments as L{Scheduler}.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._waiters = {}      # task id -> {Deferred: Peer or None}, oldest first
+
+    def changed(self, task_id, peer_id=None):
+        """A Deferred that fires (with None) on a later change of C{task_id}.
+
+        Changes are: pieces reaching the seed, reports (new holders, freed
+        upload slots, failures), peers leaving, assignments expiring, the
+        task being removed. To avoid waking every waiting peer for one freed
+        slot, a change wakes only about as many waiters as it created
+        assignment chances, oldest first; when C{peer_id} is given, only if
+        the change offers a piece that peer still needs. A waiter that then
+        finds nothing to do simply waits again (long-poll loop).
+        Cancel the Deferred (e.g. through C{addTimeout}) to stop waiting;
+        cancelled waiters are forgotten at once.
+        """
+        task = self._task(task_id)
+        waiters = self._waiters.get(task_id)
+        if waiters is None:
+            waiters = self._waiters[task_id] = {}
+        peer = task.peers.get(peer_id) if peer_id is not None else None
+
+        def cancel(d):
+            waiters.pop(d, None)
+
+        d = defer.Deferred(cancel)
+        waiters[d] = peer
+        return d
+
+    def _removed(self, task):
+        waiters = self._waiters.pop(task.id, None)
+        if waiters:
+            self._fire(waiters, list(waiters))
+
+    def _wake(self, task, count, offered=None):
+        """Fire up to C{count} waiters that need one of the C{offered} pieces."""
+        waiters = self._waiters.get(task.id)
+        if not waiters or count <= 0:
+            return
+        ds = []
+        if offered is None:
+            for d in waiters:
+                ds.append(d)
+                if len(ds) >= count:
+                    break
+        else:
+            offered &= task.avail
+            if not offered:
+                return
+            budget = max(32, 8 * count)
+            for d, p in waiters.items():
+                if (p is None or not p.alive
+                        or offered & ~p.have & ~p.fetch_mask):
+                    ds.append(d)
+                    if len(ds) >= count:
+                        break
+                budget -= 1
+                if not budget:
+                    break
+        self._fire(waiters, ds)
+
+    def _fire(self, waiters, ds):
+        for d in ds:
+            del waiters[d]
+        for d in ds:
+            d.callback(None)
+
+    def stats(self):
+        """L{Scheduler.stats}, plus C{waiting}: the pending long-polls."""
+        stats = super().stats()
+        stats["waiting"] = sum(len(w) for w in self._waiters.values())
+        return stats

@@ -1,0 +1,120 @@
+"""Tests for dragonfly.supernode.wakeups: long-poll waiters of the scheduler."""
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase
+
+from dragonfly.supernode.scheduler import UnknownTask
+from dragonfly.supernode.wakeups import LongPollScheduler
+from dragonfly.test.scheduler_invariants import T, SchedulerMixin, digest
+
+
+class ChangedTests(SchedulerMixin, SynchronousTestCase):
+    scheduler_class = LongPollScheduler
+
+    def test_unknown_task(self):
+        """When the task is unknown, changed raises UnknownTask."""
+        s = self.make()
+        self.assertRaises(UnknownTask, s.changed, "nope")
+
+    def test_remove_task(self):
+        """When a task is removed, its waiters fire and it is unknown afterwards."""
+        s = self.make()
+        d = s.changed(T)
+        s.remove_task(T)
+        self.assertIsNone(self.successResultOf(d))
+        self.assertRaises(UnknownTask, s.changed, T)
+        self.assertEqual(s.stats()["waiting"], 0)
+
+    def test_fires_on_seed_has(self):
+        """When the seed gets a piece, a waiting peer is woken."""
+        s = self.make(pieces=2, seeded=False)
+        self.join(1)
+        d = s.changed(T, "peer-1")
+        self.assertNoResult(d)
+        s.seed_has(T, 0, digest(0))
+        self.assertIsNone(self.successResultOf(d))
+
+    def test_fires_on_report(self):
+        """When a peer reports a new piece, a peer waiting for it is woken."""
+        s = self.make(pieces=1, max_uploads_per_peer=1)
+        self.join(1, 2, 3)
+        self.give(1, 0)
+        s.assign(T, "peer-2", 1)
+        self.assertEqual(s.assign(T, "peer-3", 1), [])
+        d = s.changed(T, "peer-3")
+        self.assertNoResult(d)
+        self.give(2, 0)
+        self.successResultOf(d)
+        self.assertEqual(len(s.assign(T, "peer-3", 1)), 1)
+
+    def test_not_woken_for_nothing(self):
+        """When a change offers only pieces a waiter already holds, it keeps waiting."""
+        s = self.make(pieces=2, seeded=False)
+        self.join(1, 2)
+        self.give(1, 0)
+        d = s.changed(T, "peer-1")
+        s.seed_has(T, 0, digest(0))
+        self.assertNoResult(d)
+        s.seed_has(T, 1, digest(1))
+        self.successResultOf(d)
+
+    def test_woken_in_order_and_bounded(self):
+        """When one change creates one chance, only the oldest few waiters fire."""
+        s = self.make(pieces=1, seeded=False)
+        self.join(*range(1, 11))
+        ds = [s.changed(T, f"peer-{n}") for n in range(1, 11)]
+        s.seed_has(T, 0, digest(0))
+        fired = [d.called for d in ds]
+        self.assertTrue(fired[0])
+        self.assertLess(sum(fired), 10)
+        self.assertEqual(fired, sorted(fired, reverse=True))
+
+    def test_cancel(self):
+        """When a waiter is cancelled, it is forgotten (no leak)."""
+        s = self.make()
+        d = s.changed(T)
+        self.assertEqual(s.stats()["waiting"], 1)
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(s.stats()["waiting"], 0)
+
+    def test_timeout(self):
+        """When a long-poll times out (addTimeout on the clock), the waiter is forgotten."""
+        s = self.make()
+        d = s.changed(T)
+        d.addTimeout(30, self.clock)
+        self.clock.advance(30)
+        self.failureResultOf(d, defer.TimeoutError)
+        self.assertEqual(s.stats()["waiting"], 0)
+
+    def test_callback_may_reenter(self):
+        """When a woken waiter calls back into the scheduler at once, state is consistent."""
+        s = self.make(pieces=1, seeded=False)
+        self.join(1)
+        got = []
+        d = s.changed(T, "peer-1")
+        d.addCallback(lambda _: got.extend(s.assign(T, "peer-1", 1)))
+        s.seed_has(T, 0, digest(0))
+        self.assertEqual([a.index for a in got], [0])
+
+
+class PureSchedulerTests(SchedulerMixin, SynchronousTestCase):
+    def test_no_deferreds(self):
+        """The plain Scheduler has no long-poll: no changed(), no waiting count,
+        and none of its modules imports Deferreds; changes need no waiters."""
+        from dragonfly.supernode import bitset, policy, scheduler, swarmstate
+        for module in (bitset, policy, scheduler, swarmstate):
+            self.assertNotIn("defer", vars(module))
+            self.assertNotIn("Deferred", vars(module))
+        s = self.make(pieces=2, seeded=False)
+        self.assertFalse(hasattr(s, "changed"))
+        s.seed_has(T, 0, digest(0))
+        s.remove_task(T)
+        self.assertNotIn("waiting", s.stats())
+
+    def test_same_decisions(self):
+        """LongPollScheduler is a Scheduler and decides exactly the same: a fixed
+        random workload gives the same assignments."""
+        from dragonfly.supernode.scheduler import Scheduler
+        from dragonfly.test.test_policy import _workload
+        self.assertTrue(issubclass(LongPollScheduler, Scheduler))
+        self.assertEqual(_workload(LongPollScheduler, steps=200), _workload(Scheduler, steps=200))
