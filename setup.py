@@ -11,7 +11,6 @@ setup(
         "twisted[tls]>=24.7",
         "klein>=24.8",
         "treq>=24.9",
-        "attrs",
         "zope.interface",
         "prometheus-client>=0.20",
         "pyOpenSSL",

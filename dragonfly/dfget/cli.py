@@ -22,7 +22,6 @@ line, C{dfget: error: ...}, on stderr, exits non-zero and leaves nothing
 under FILE.
 """
 import contextlib
-import signal
 import sys
 import time
 import traceback
@@ -30,16 +29,9 @@ import traceback
 from dragonfly.dfget import files
 from dragonfly.dfget.options import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
                                      DfgetError, OptionsError, ShowText, error_line, parse)
+from dragonfly.runtime.signals import Interrupted, TimedOut, raising_signals
 
 __all__ = ["main", "run"]
-
-
-class _Interrupted(BaseException):
-    """SIGTERM (SIGINT is KeyboardInterrupt)."""
-
-
-class _TimedOut(BaseException):
-    """--timeout ran out (SIGALRM)."""
 
 
 def run():
@@ -77,16 +69,16 @@ def main(argv, stdout=None, stderr=None, isatty=None, signals=True, embedded=Non
     timeout = opts["timeout_s"]
     started = time.monotonic()
     try:
-        with _signals(timeout if signals else None):
+        with raising_signals(timeout if signals else None):
             out = files.output_path(opts)
             files.check_output(out)
             if _via_daemon(opts, out, stdout, stderr, isatty, log):
                 return EXIT_OK
     except DfgetError as e:
         return _fail(stderr, e, e.code)
-    except _TimedOut:
+    except TimedOut:
         return _fail(stderr, f"timed out after {timeout:g} seconds")
-    except (KeyboardInterrupt, _Interrupted):
+    except (KeyboardInterrupt, Interrupted):
         return _fail(stderr, "interrupted", EXIT_INTERRUPTED)
     except Exception as e:
         if opts["verbose"]:
@@ -135,35 +127,3 @@ def _logger(stderr):
         stderr.write(f"{stamp} [dfget] {msg}\n")
         stderr.flush()
     return log
-
-
-@contextlib.contextmanager
-def _signals(timeout):
-    """SIGTERM -> _Interrupted and, after C{timeout} seconds, SIGALRM -> _TimedOut.
-
-    C{timeout} None: touch no signals (not the main thread, or a test).
-    """
-    if timeout is None:
-        yield
-        return
-
-    over = []
-
-    def interrupted(signum, frame):
-        if not over:
-            raise _Interrupted()
-
-    def timed_out(signum, frame):
-        if not over:
-            raise _TimedOut()
-    old_term = signal.signal(signal.SIGTERM, interrupted)
-    old_alarm = signal.signal(signal.SIGALRM, timed_out)
-    if timeout:
-        signal.setitimer(signal.ITIMER_REAL, timeout)
-    try:
-        yield
-    finally:
-        over.append(True)  # a signal from here on must not undo a finished run
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old_alarm)
-        signal.signal(signal.SIGTERM, old_term)

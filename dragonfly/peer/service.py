@@ -17,16 +17,12 @@ Start-up order (L{PeerService.startService}):
 Stopping leaves every swarm (best effort), drains the piece server, closes
 connection pools and saves the store's metadata.
 """
-import json
-import os
 from dataclasses import dataclass, field
 
-from twisted.application import service
-from twisted.internet.defer import Deferred, succeed
-from twisted.logger import Logger
+from twisted.internet.defer import Deferred
 
-from dragonfly.runtime.daemon import ListeningService, release, safe_timer
 from dragonfly.interfaces import PeerInfo
+from dragonfly.runtime.nodeservice import NodeService
 from dragonfly.taskid import new_peer_id
 
 #: Seconds between heartbeats for finished tasks; well under the supernode's
@@ -56,148 +52,62 @@ class PeerConfig:
     threads: int = 4
 
 
-class PeerService(service.MultiService):
-    """Every part of a peer; see the module docstring for the start-up order."""
+class PeerService(NodeService):
+    """Every part of a peer; see the module docstring for the start-up order.
 
-    log = Logger()
+    The listeners, port file, readiness and stop order are L{NodeService}'s;
+    this class adds the node's advertised address, the peer id in the port
+    file, the heartbeat and what stops around the listeners.
+    """
+
+    role = "peer"
 
     def __init__(self, reactor, config, store, node, api_site, piece_factory,
                  piece_endpoint, api_endpoint, metrics, piece_pool=None, runner=None,
                  closers=(), log_observer=None):
-        service.MultiService.__init__(self)
-        self.reactor = reactor
-        self.config = config
-        self.store = store
+        NodeService.__init__(self, reactor, config, store, metrics, runner=runner,
+                             closers=closers, log_observer=log_observer)
         self.node = node
         self.api_site = api_site
         self.piece_factory = piece_factory
-        self.metrics = metrics
         self.piece_pool = piece_pool
-        self.runner = runner
-        self.log_observer = log_observer
-        self._closers = list(closers)
-        self.addresses = {}
-        self._ready = []
-        self._failed = None
-        self.piece_service = ListeningService(piece_endpoint, piece_factory, "piece")
-        self.api_service = ListeningService(api_endpoint, api_site, "api")
-        self._listeners = [("piece", "pieces", self.piece_service),
-                           ("api", "api", self.api_service)]
-        for _, _, s in self._listeners:
-            s.parent = self      # started by hand, in order
-        safe_timer(config.gc_interval, self.gc, reactor, "store-gc", self.log) \
-            .setServiceParent(self)
+        self.piece_service = self.add_listener("piece", piece_endpoint, piece_factory, "pieces")
+        self.api_service = self.add_listener("api", api_endpoint, api_site)
+        self.add_timer(config.gc_interval, self.gc, "store-gc")
         # Keep finished tasks in their swarms (supernodes drop silent peers).
-        safe_timer(HEARTBEAT_INTERVAL, lambda: Deferred.fromCoroutine(node.heartbeat()),
-                   reactor, "heartbeat", self.log).setServiceParent(self)
-
-    def add_listener(self, name, endpoint, factory, label=None):
-        """Listen on C{endpoint} too (after the API); its port goes in the port file
-        under C{name} and is logged as "peer <label> listening on ..."."""
-        if self.running:
-            raise RuntimeError("add listeners before the service starts")
-        s = ListeningService(endpoint, factory, name)
-        s.parent = self
-        self._listeners.append((name, label or name, s))
-        return s
-
-    def setServiceParent(self, parent):
-        # Under twistd the parent is the Application: offer our log observer
-        # (--log-format json) as its ILogObserver component.
-        service.MultiService.setServiceParent(self, parent)
-        if self.log_observer is not None and hasattr(parent, "setComponent"):
-            from twisted.logger import ILogObserver
-
-            parent.setComponent(ILogObserver, self.log_observer)
-
-    def whenReady(self):
-        """A Deferred firing with {name: (host, port)} once every listener is bound."""
-        if self._failed is not None:
-            from twisted.internet.defer import fail
-            return fail(self._failed)
-        if len(self.addresses) == len(self._listeners):
-            return succeed(dict(self.addresses))
-        d = Deferred()
-        self._ready.append(d)
-        return d
+        self.add_timer(HEARTBEAT_INTERVAL, lambda: Deferred.fromCoroutine(node.heartbeat()),
+                       "heartbeat")
 
     def gc(self):
-        freed = self.store.gc()
-        if freed:
-            self.log.info("store gc freed {freed} bytes", freed=freed)
+        freed = NodeService.gc(self)
         self.node.forget_missing()
         held = getattr(self.store, "held_bytes", None)
         if held is not None:
             self.metrics.cache_bytes.set(held())
+        return freed
 
-    def startService(self):
-        try:
-            self.store.load()
-        except Exception:
-            self.log.failure("loading the piece store at {root}", root=self.store.root)
-            raise
-        service.MultiService.startService(self)
-        Deferred.fromCoroutine(self._listen()).addErrback(self._start_failed)
+    def listener_bound(self, name, host, port):
+        if name == "piece":
+            self.node.peer_info = PeerInfo(self.node.peer_info.peer_id,
+                                           self.config.advertise, port)
+            self.log.info("peer id {peer_id}, advertised as {host}:{port}",
+                          peer_id=self.node.peer_info.peer_id,
+                          host=self.config.advertise, port=port)
 
-    async def _listen(self):
-        for name, label, s in self._listeners:
-            s.privilegedStartService()
-            s.startService()
-            port = await s.whenListening()
-            addr = port.getHost()
-            host, bound = getattr(addr, "host", None) or "127.0.0.1", getattr(addr, "port", 0)
-            self.addresses[name] = (host, bound)
-            if name == "piece":
-                self.node.peer_info = PeerInfo(self.node.peer_info.peer_id,
-                                               self.config.advertise, bound)
-                self.log.info("peer id {peer_id}, advertised as {host}:{port}",
-                              peer_id=self.node.peer_info.peer_id,
-                              host=self.config.advertise, port=bound)
-            self.log.info("peer " + label + " listening on {address}",
-                          address=f"{host}:{bound}")
-        self._write_port_file()
-        ready, self._ready = self._ready, []
-        for d in ready:
-            d.callback(dict(self.addresses))
-
-    def _write_port_file(self):
-        path = self.config.port_file
-        if not path:
-            return
-        body = {name: addr[1] for name, addr in self.addresses.items()}
-        body["pid"] = os.getpid()
+    def port_file_body(self):
+        body = NodeService.port_file_body(self)
         body["peer_id"] = self.node.peer_info.peer_id
-        tmp = f"{path}.tmp-{os.getpid()}"
-        try:
-            with open(tmp, "w") as f:
-                f.write(json.dumps(body) + "\n")
-            os.replace(tmp, path)
-        except OSError as e:
-            self.log.error("cannot write port file {path}: {err}", path=path, err=e)
+        return body
 
-    def _start_failed(self, f):
-        # Without its ports a peer is useless: say why and stop the process.
-        self._failed = f.value
-        self.log.failure("peer failed to start", f)
-        ready, self._ready = self._ready, []
-        for d in ready:
-            d.errback(f)
-        stop = getattr(self.reactor, "stop", None)
-        if stop is not None and getattr(self.reactor, "running", False):
-            self.reactor.callLater(0, stop)
-
-    def stopService(self):
+    def before_unlisten(self):
         ds = [self.node.shutdown()]
         close = getattr(self.piece_factory, "close", None)
         if close is not None:
             ds.append(close())
-        for _, _, s in reversed(self._listeners):
-            if s.running:
-                ds.append(s.stopService())
-        ds.append(service.MultiService.stopService(self))
-        if self.piece_pool is not None:
-            ds.append(self.piece_pool.close())
-        return release(self.log, ds, self._closers, self.store, self.config.port_file)
+        return ds
+
+    def after_unlisten(self):
+        return [self.piece_pool.close()] if self.piece_pool is not None else []
 
 
 def make_peer_service(options, reactor=None):

@@ -1,9 +1,9 @@
-"""Pieces every dragonfly daemon (supernode, peer, dfdaemon) is built from."""
-import os
-
+"""Pieces every dragonfly daemon is built from: timers that survive a failing
+body (L{safe_timer}) and a listener that exposes its bound port
+(L{ListeningService}); L{dragonfly.runtime.nodeservice} assembles them."""
 from twisted.application import service
 from twisted.application.internet import TimerService
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 
@@ -81,24 +81,3 @@ class ListeningService(service.Service):
             self._listening.cancel()
         return None
 
-
-def release(log, ds, closers, store, port_file):
-    """The end of a daemon's stopService: run C{closers}, close C{store},
-    remove C{port_file}; a DeferredList over those and the Deferreds in C{ds}.
-    A failing closer is logged and does not stop the others."""
-    ds = list(ds)
-    for close in closers:
-        try:
-            ds.append(close())
-        except Exception:
-            log.failure("closing")
-    try:
-        store.close()
-    except Exception:
-        log.failure("closing the store")
-    if port_file:
-        try:
-            os.unlink(port_file)
-        except OSError:
-            pass
-    return DeferredList([d for d in ds if isinstance(d, Deferred)], consumeErrors=True)

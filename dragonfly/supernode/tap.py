@@ -1,20 +1,18 @@
-"""``twistd supernode``: options and service construction.
+"""``twistd supernode``: the options (validated into a L{SupernodeConfig}) and
+a C{makeService} that hands them to L{dragonfly.supernode.assembly}.
 
 Only this module touches the global reactor (when makeService is not given one).
 """
-import os
-import re
-
-from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from dragonfly.config import (
-    ConfigOptions, check_endpoint, check_writable_dir, parse_hostports, parse_rate, parse_size)
+from dragonfly.config import ConfigOptions, check_endpoint, parse_hostports, parse_rate
+from dragonfly.nodeoptions import (
+    CACHE_SIZE, CACHE_TTL, LOG_FORMAT, PORT_FILE, check_data_dir, check_host, check_log_format,
+    check_port_file, flag_seconds, flag_size)
 from dragonfly.supernode.service import SupernodeConfig
 
 MIN_PIECE = 1024
 MAX_PIECE = 64 << 20     # the piece protocol's largest piece
-_HOST_RE = re.compile(r"\A(\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*|[A-Za-z0-9_.-]+)\Z")
 
 
 class Options(ConfigOptions):
@@ -38,11 +36,10 @@ class Options(ConfigOptions):
         ["download-limit", None, "0",
          "Bytes/s downloaded (from origins, for a supernode); 0 = unlimited. "
          "With --origin-limit too, the lower one applies."],
-        ["cache-size", None, "0", "Disk quota for cached tasks (K/M/G/T); 0 = no quota."],
-        ["cache-ttl", None, "0", "Seconds an unused task stays cached; 0 = forever."],
-        ["log-format", None, "text", "text or json."],
-        ["port-file", None, None,
-         'Write {"api": PORT, "piece": PORT} (JSON) here once listening.'],
+        CACHE_SIZE,
+        CACHE_TTL,
+        LOG_FORMAT,
+        PORT_FILE,
         ["max-uploads", None, "32", "Pieces the seed serves at once."],
         ["cluster-check-interval", None, "5", "Seconds between cluster health checks."],
     ]
@@ -54,43 +51,23 @@ class Options(ConfigOptions):
             check_endpoint(name, self[name])
         c.listen = self["listen"]
         c.piece_listen = self["piece-listen"]
-        adv = self["advertise"]
-        if adv is not None:
-            adv = str(adv).strip()
-            if not adv or not _HOST_RE.match(adv):
-                raise usage.UsageError(f"--advertise: not a host name or address: {self['advertise']!r}")
-            c.advertise = adv.strip("[]")
-        data_dir = self["data-dir"]
-        if not data_dir or not str(data_dir).strip():
-            raise usage.UsageError("--data-dir must not be empty")
-        c.data_dir = os.path.abspath(str(data_dir))
-        check_writable_dir("data-dir", c.data_dir)
+        if self["advertise"] is not None:
+            c.advertise = check_host("advertise", self["advertise"])
+        c.data_dir = check_data_dir(self["data-dir"])
         cluster = self["cluster"] or ""
         c.cluster = parse_hostports(cluster) if str(cluster).strip() else []
-        c.piece_size = _size("piece-size", self["piece-size"])
+        c.piece_size = flag_size("piece-size", self["piece-size"])
         if not MIN_PIECE <= c.piece_size <= MAX_PIECE:
             raise usage.UsageError(f"--piece-size must be between 1K and 64M, not {self['piece-size']}")
-        c.origin_limit = _size("origin-limit", self["origin-limit"], parse_rate)
-        c.upload_limit = _size("upload-limit", self["upload-limit"], parse_rate)
-        c.download_limit = _size("download-limit", self["download-limit"], parse_rate)
-        c.cache_size = _size("cache-size", self["cache-size"])
+        c.origin_limit = flag_size("origin-limit", self["origin-limit"], parse_rate)
+        c.upload_limit = flag_size("upload-limit", self["upload-limit"], parse_rate)
+        c.download_limit = flag_size("download-limit", self["download-limit"], parse_rate)
+        c.cache_size = flag_size("cache-size", self["cache-size"])
         if c.cache_size and c.cache_size < c.piece_size:
             raise usage.UsageError("--cache-size is smaller than one piece")
-        try:
-            c.cache_ttl = float(self["cache-ttl"])
-        except (TypeError, ValueError):
-            raise usage.UsageError(f"--cache-ttl must be a number of seconds, not {self['cache-ttl']!r}")
-        if not c.cache_ttl >= 0 or c.cache_ttl == float("inf"):
-            raise usage.UsageError("--cache-ttl must be a non-negative number of seconds")
-        fmt = str(self["log-format"]).lower()
-        if fmt not in ("text", "json"):
-            raise usage.UsageError(f"--log-format must be text or json, not {self['log-format']!r}")
-        c.log_format = fmt
-        if self["port-file"]:
-            c.port_file = os.path.abspath(str(self["port-file"]))
-            parent = os.path.dirname(c.port_file)
-            if not os.path.isdir(parent):
-                raise usage.UsageError(f"--port-file: directory {parent} does not exist")
+        c.cache_ttl = flag_seconds("cache-ttl", self["cache-ttl"])
+        c.log_format = check_log_format(self["log-format"])
+        c.port_file = check_port_file(self["port-file"])
         try:
             c.max_uploads = int(self["max-uploads"])
         except (TypeError, ValueError):
@@ -106,72 +83,11 @@ class Options(ConfigOptions):
         self.config = c
 
 
-def _size(flag, value, parse=parse_size):
-    try:
-        return parse(value)
-    except usage.UsageError as e:
-        raise usage.UsageError(f"--{flag}: {e}")
-
-
 def makeService(options, reactor=None):
     """The supernode's MultiService, built from parsed L{Options}."""
+    from dragonfly.supernode.assembly import build_supernode
+
     if reactor is None:
         from twisted.internet import reactor
     return build_supernode(reactor, options.config)
 
-
-def build_supernode(reactor, c):
-    from twisted.web.client import HTTPConnectionPool
-
-    from dragonfly.logsetup import make_observer
-    from dragonfly.metrics import SupernodeMetrics
-    from dragonfly.origin import OriginClient, make_http_client
-    from dragonfly.runtime.tuning import tune_allocator
-    from dragonfly.protocol.server import PieceServerFactory
-    from dragonfly.runtime.ratelimit import TokenBucket
-    from dragonfly.storage.store import PieceStore
-    from dragonfly.supernode.api import SupernodeAPI, api_site
-    from dragonfly.supernode.cdn import CDN
-    from dragonfly.supernode.cluster import Cluster
-    from dragonfly.supernode.preheat import Preheater
-    from dragonfly.supernode.wakeups import LongPollScheduler
-    from dragonfly.supernode.service import SupernodeService
-    from dragonfly.runtime.threads import ThreadRunner
-
-    tune_allocator()   # origin bodies arrive as piece-sized runs of chunks too
-    runner = ThreadRunner(reactor, max_threads=4, name="supernode-io")
-    metrics = SupernodeMetrics()
-    store = PieceStore(os.path.join(c.data_dir, "pieces"), quota=c.cache_size, ttl=c.cache_ttl,
-                       clock=reactor, runner=runner)
-    scheduler = LongPollScheduler(reactor, seed_max_uploads=c.max_uploads)
-
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = 4
-    pool.retryAutomatically = False
-    rates = [r for r in (c.origin_limit, c.download_limit) if r > 0]
-    origin_limiter = TokenBucket(reactor, min(rates)) if rates else None
-    origin = OriginClient(reactor, make_http_client(reactor, pool), origin_limiter)
-    cdn = CDN(reactor, store, origin, scheduler, c.piece_size, metrics, runner,
-              spool_dir=os.path.join(c.data_dir, "spool"), max_spool=c.cache_size)
-    closers = [pool.closeCachedConnections]
-
-    cluster = None
-    if c.cluster:
-        cpool = HTTPConnectionPool(reactor, persistent=False)
-        cluster = Cluster(reactor, make_http_client(reactor, cpool), c.cluster,
-                          interval=c.cluster_interval)
-        closers.append(cpool.closeCachedConnections)
-    preheater = Preheater(reactor, cdn)
-    api = SupernodeAPI(reactor, cdn, scheduler, metrics, cluster=cluster, preheater=preheater)
-    site = api_site(api)
-
-    upload_limiter = TokenBucket(reactor, c.upload_limit) if c.upload_limit > 0 else None
-    piece_factory = PieceServerFactory(store, reactor, upload_limiter=upload_limiter,
-                                       max_uploads=c.max_uploads,
-                                       on_upload=metrics.upload_bytes.inc)
-    observer = make_observer("json") if c.log_format == "json" else None
-    return SupernodeService(
-        reactor, c, store, scheduler, cdn, site, piece_factory,
-        serverFromString(reactor, c.listen), serverFromString(reactor, c.piece_listen),
-        metrics, preheater=preheater, cluster=cluster, runner=runner, closers=closers,
-        log_observer=observer)

@@ -24,8 +24,8 @@ class OptionsTests(SynchronousTestCase):
 
     def test_defaults(self):
         """Without flags the peer uses the SPEC defaults."""
-        import dragonfly.peer.tap as tap
-        self.patch(tap, "check_writable_dir", lambda flag, path: None)
+        import dragonfly.nodeoptions as nodeoptions
+        self.patch(nodeoptions, "check_writable_dir", lambda flag, path: None)
         o = PeerOptions()
         o.parseOptions(["--config", self._empty_config()])
         c = o.config
@@ -101,8 +101,8 @@ class OptionsTests(SynchronousTestCase):
                 PeerOptions.postOptions(self)
                 self.config.listen = self["listen"]
 
-        import dragonfly.peer.tap as tap
-        self.patch(tap, "check_writable_dir", lambda flag, path: None)
+        import dragonfly.nodeoptions as nodeoptions
+        self.patch(nodeoptions, "check_writable_dir", lambda flag, path: None)
         o = DaemonOptions()
         o.parseOptions(["--listen", "tcp:1", "--supernodes", "x:1",
                         "--config", self._empty_config()])
@@ -194,8 +194,8 @@ class SampleConfigTests(SynchronousTestCase):
         """etc/peer.toml, with its commented settings switched on, is valid and
         gives exactly the built-in defaults it claims to show."""
         import re
-        import dragonfly.peer.tap as tap
-        self.patch(tap, "check_writable_dir", lambda flag, path: None)
+        import dragonfly.nodeoptions as nodeoptions
+        self.patch(nodeoptions, "check_writable_dir", lambda flag, path: None)
         with open(source_file("etc", "peer.toml")) as f:
             text = f.read()
         # Every commented setting but port-file, which is an example, not a default.

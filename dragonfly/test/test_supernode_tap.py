@@ -12,7 +12,6 @@ from twisted.trial.unittest import SynchronousTestCase
 from dragonfly.test import source_file
 from dragonfly.interfaces import PeerInfo
 from dragonfly.supernode import tap
-from dragonfly.runtime.daemon import safe_timer
 from dragonfly.supernode.service import SupernodeService
 
 
@@ -147,25 +146,3 @@ class MakeServiceTests(SynchronousTestCase):
         s.setServiceParent(app)
         self.assertIs(app.getComponent(ILogObserver), s.log_observer)
 
-
-class SafeTimerTests(SynchronousTestCase):
-    def test_exceptions_do_not_stop_the_timer(self):
-        """A timer body that raises is logged and the timer keeps running."""
-        from twisted.internet.task import Clock
-        from twisted.logger import Logger
-
-        clock = Clock()
-        calls = []
-
-        def body():
-            calls.append(1)
-            raise RuntimeError("boom")
-
-        t = safe_timer(10, body, clock, "boom", Logger())
-        t.startService()
-        clock.advance(10)
-        clock.advance(10)
-        self.assertEqual(len(calls), 3)
-        self.assertTrue(t.running)
-        t.stopService()
-        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)

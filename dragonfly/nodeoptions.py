@@ -1,0 +1,100 @@
+"""What the daemons' twistd options share: the flag rows they have in common
+and the checks that turn a flag's text into a config value.
+
+The supernode's and the peer's (hence the dfdaemon's) C{Options} list these
+rows in their C{optParameters} and validate with these functions, so a shared
+flag has one help text and one error message, each naming the flag. Imports
+no role.
+"""
+import ipaddress
+import os
+import re
+
+from twisted.python import usage
+
+from dragonfly.config import check_writable_dir, parse_size
+
+__all__ = ["CACHE_SIZE", "CACHE_TTL", "LOG_FORMAT", "PORT_FILE", "check_data_dir",
+           "check_host", "check_log_format", "check_port_file", "flag_int", "flag_seconds",
+           "flag_size"]
+
+CACHE_SIZE = ["cache-size", None, "0", "Disk quota for cached tasks (K/M/G/T); 0 = no quota."]
+CACHE_TTL = ["cache-ttl", None, "0", "Seconds an unused task stays cached; 0 = forever."]
+LOG_FORMAT = ["log-format", None, "text", "text or json."]
+PORT_FILE = ["port-file", None, None,
+             'Write {"api": PORT, "piece": PORT} (JSON) here once listening.']
+
+_HOST_RE = re.compile(r"\A[A-Za-z0-9_.-]{1,253}\Z")
+
+
+def check_host(flag, value):
+    """An IP address (brackets removed) or a host name, else UsageError."""
+    text = str(value or "").strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        ipaddress.ip_address(text)
+        return text
+    except ValueError:
+        pass
+    if not _HOST_RE.match(text):
+        raise usage.UsageError(f"--{flag}: not a host name or address: {value!r}")
+    return text
+
+
+def flag_size(flag, value, parse=parse_size):
+    """C{parse(value)}, its UsageError prefixed with the flag."""
+    try:
+        return parse(value)
+    except usage.UsageError as e:
+        raise usage.UsageError(f"--{flag}: {e}")
+
+
+def flag_seconds(flag, value):
+    """A finite, non-negative number of seconds."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise usage.UsageError(f"--{flag} must be a number of seconds, not {value!r}")
+    if not v >= 0 or v == float("inf"):
+        raise usage.UsageError(f"--{flag} must be a non-negative number of seconds")
+    return v
+
+
+def flag_int(flag, value, lo, hi):
+    """An integer from C{lo} to C{hi}."""
+    try:
+        v = int(value)
+    except (TypeError, ValueError):
+        raise usage.UsageError(f"--{flag} must be an integer, not {value!r}")
+    if not lo <= v <= hi:
+        raise usage.UsageError(f"--{flag} must be from {lo} to {hi}")
+    return v
+
+
+def check_data_dir(value):
+    """The absolute --data-dir, which must be non-empty and writable (or creatable)."""
+    if not value or not str(value).strip():
+        raise usage.UsageError("--data-dir must not be empty")
+    path = os.path.abspath(str(value))
+    check_writable_dir("data-dir", path)
+    return path
+
+
+def check_log_format(value):
+    """C{"text"} or C{"json"} (any case)."""
+    fmt = str(value).lower()
+    if fmt not in ("text", "json"):
+        raise usage.UsageError(f"--log-format must be text or json, not {value!r}")
+    return fmt
+
+
+def check_port_file(value):
+    """The absolute --port-file, whose directory must exist; None when not given."""
+    if not value:
+        return None
+    path = os.path.abspath(str(value))
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        raise usage.UsageError(f"--port-file: directory {parent} does not exist")
+    return path

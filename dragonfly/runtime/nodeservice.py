@@ -1,0 +1,206 @@
+"""L{NodeService}: the service plumbing a supernode and a peer share.
+
+It owns the listeners (started by hand, one after another, in the order they
+were added, each awaited before the next), the log line for each bound port
+("<role> <label> listening on HOST:PORT", the address inside the format string
+so it is greppable in text and JSON logs), the port file (written atomically
+once every listener is bound, removed on stop), readiness (L{whenReady}),
+start failure (logged, waiters errbacked, the reactor stopped: without its
+ports a node is useless), the store's load and GC timer, the twistd log
+observer, and the order of stopping. A role subclasses it and fills in the
+hooks: what a bound port means to it, what goes in the port file besides the
+ports, and what it stops before and after its listeners close.
+"""
+import json
+import os
+
+from twisted.application import service
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.logger import Logger
+
+from dragonfly.runtime.daemon import ListeningService, safe_timer
+
+__all__ = ["NodeService", "bound_address", "hostport"]
+
+
+def bound_address(port, default_host="127.0.0.1"):
+    """(host, port) of a listening port; C{default_host} when it has no host."""
+    addr = port.getHost()
+    host = getattr(addr, "host", None) or default_host
+    return host, getattr(addr, "port", 0)
+
+
+def hostport(host, port):
+    """C{HOST:PORT}, with an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class NodeService(service.MultiService):
+    """A daemon's MultiService: listeners in order, port file, readiness, stop.
+
+    C{config} needs C{port_file}; C{store} needs C{load}, C{gc}, C{close}
+    and C{root}. Subclasses set L{role} and add their
+    listeners with L{add_listener} in the order they must come up.
+    """
+
+    log = Logger()
+    role = "node"
+
+    def __init__(self, reactor, config, store, metrics=None, runner=None, closers=(),
+                 log_observer=None):
+        service.MultiService.__init__(self)
+        self.reactor = reactor
+        self.config = config
+        self.store = store
+        self.metrics = metrics
+        self.runner = runner
+        self.log_observer = log_observer
+        self._closers = list(closers)
+        self.addresses = {}
+        self._listeners = []
+        self._ready = []
+        self._failed = None
+
+    def add_timer(self, interval, f, name):
+        """A child L{safe_timer} calling C{f} every C{interval} seconds on our reactor."""
+        return safe_timer(interval, f, self.reactor, name, self.log).setServiceParent(self)
+
+    def add_listener(self, name, endpoint, factory, label=None):
+        """Listen on C{endpoint} after the listeners added before; its port goes
+        in the port file under C{name} and is logged as "<role> <label> listening
+        on ..."."""
+        if self.running:
+            raise RuntimeError("add listeners before the service starts")
+        s = ListeningService(endpoint, factory, name)
+        s.parent = self      # started by hand, in order; not a child
+        self._listeners.append((name, label or name, s))
+        return s
+
+    def setServiceParent(self, parent):
+        # Under twistd the parent is the Application: offer our log observer
+        # (--log-format json) the supported way, as its ILogObserver component.
+        service.MultiService.setServiceParent(self, parent)
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            from twisted.logger import ILogObserver
+
+            parent.setComponent(ILogObserver, self.log_observer)
+
+    def whenReady(self):
+        """A Deferred firing with L{ready_result} once every listener is bound,
+        failing with the reason if the start failed."""
+        if self._failed is not None:
+            return fail(self._failed)
+        if len(self.addresses) == len(self._listeners):
+            return succeed(self.ready_result())
+        d = Deferred()
+        self._ready.append(d)
+        return d
+
+    def ready_result(self):
+        """What L{whenReady} fires with: C{{name: (host, port)}}."""
+        return dict(self.addresses)
+
+    def gc(self):
+        """Drop what the store's quota and TTL say must go; returns bytes freed."""
+        freed = self.store.gc()
+        if freed:
+            self.log.info("store gc freed {freed} bytes", freed=freed)
+        return freed
+
+    def before_listening(self):
+        """Hook: runs after the store loaded, before the children start."""
+
+    def listener_bound(self, name, host, port):
+        """Hook: listener C{name} is bound (before its "listening on" line)."""
+
+    def port_file_body(self):
+        """The port file's JSON object: C{{name: port, ..., "pid": pid}}."""
+        body = {name: addr[1] for name, addr in self.addresses.items()}
+        body["pid"] = os.getpid()
+        return body
+
+    def startService(self):
+        try:
+            self.store.load()
+        except Exception:
+            self.log.failure("loading the piece store at {root}", root=self.store.root)
+            raise
+        self.before_listening()
+        service.MultiService.startService(self)
+        Deferred.fromCoroutine(self._listen()).addErrback(self._start_failed)
+
+    async def _listen(self):
+        for name, label, s in self._listeners:
+            s.privilegedStartService()
+            s.startService()
+            port = await s.whenListening()
+            host, bound = bound_address(port)
+            self.addresses[name] = (host, bound)
+            self.listener_bound(name, host, bound)
+            addr = hostport(host, bound)
+            self.log.info(f"{self.role} {label} listening on " + addr, address=addr)
+        self._write_port_file()
+        ready, self._ready = self._ready, []
+        for d in ready:
+            d.callback(self.ready_result())
+
+    def _write_port_file(self):
+        path = self.config.port_file
+        if not path:
+            return
+        tmp = f"{path}.tmp-{os.getpid()}"
+        try:
+            with open(tmp, "w") as f:
+                f.write(json.dumps(self.port_file_body()) + "\n")
+            os.replace(tmp, path)
+        except OSError as e:
+            self.log.error("cannot write port file {path}: {err}", path=path, err=e)
+
+    def _start_failed(self, f):
+        # Without its ports a node is useless: say why and stop the process.
+        self._failed = f.value
+        self.log.failure(f"{self.role} failed to start", f)
+        ready, self._ready = self._ready, []
+        for d in ready:
+            d.errback(f)
+        stop = getattr(self.reactor, "stop", None)
+        if stop is not None and getattr(self.reactor, "running", False):
+            self.reactor.callLater(0, stop)
+
+    def before_unlisten(self):
+        """Hook: Deferreds of role work started before the listeners close."""
+        return []
+
+    def after_unlisten(self):
+        """Hook: Deferreds of role work started once the listeners and the
+        children stopped."""
+        return []
+
+    def stopService(self):
+        ds = list(self.before_unlisten())
+        for _, _, s in reversed(self._listeners):
+            if s.running:
+                ds.append(s.stopService())
+        ds.append(service.MultiService.stopService(self))
+        ds.extend(self.after_unlisten())
+        return self._release(ds)
+
+    def _release(self, ds):
+        """Run the closers, close the store, remove the port file; a
+        DeferredList over those and C{ds}. A failing closer is logged and
+        does not stop the others."""
+        for close in self._closers:
+            try:
+                ds.append(close())
+            except Exception:
+                self.log.failure("closing")
+        try:
+            self.store.close()
+        except Exception:
+            self.log.failure("closing the store")
+        if self.config.port_file:
+            try:
+                os.unlink(self.config.port_file)
+            except OSError:
+                pass
+        return DeferredList([d for d in ds if isinstance(d, Deferred)], consumeErrors=True)

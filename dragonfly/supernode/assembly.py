@@ -1,0 +1,67 @@
+"""The supernode's object graph, built from a L{SupernodeConfig}: thread pool,
+store, scheduler, origin client and CDN, cluster, API, piece server, and the
+L{SupernodeService} that runs them. The tap only parses options and calls
+L{build_supernode}.
+"""
+import os
+
+from twisted.internet.endpoints import serverFromString
+from twisted.web.client import HTTPConnectionPool
+
+from dragonfly.logsetup import make_observer
+from dragonfly.metrics import SupernodeMetrics
+from dragonfly.origin import OriginClient, make_http_client
+from dragonfly.runtime.tuning import tune_allocator
+from dragonfly.protocol.server import PieceServerFactory
+from dragonfly.runtime.ratelimit import TokenBucket
+from dragonfly.runtime.threads import ThreadRunner
+from dragonfly.storage.store import PieceStore
+from dragonfly.supernode.api import SupernodeAPI, api_site
+from dragonfly.supernode.cdn import CDN
+from dragonfly.supernode.cluster import Cluster
+from dragonfly.supernode.preheat import Preheater
+from dragonfly.supernode.wakeups import LongPollScheduler
+from dragonfly.supernode.service import SupernodeService
+
+__all__ = ["build_supernode"]
+
+
+def build_supernode(reactor, c):
+    """The L{SupernodeService} for config C{c}, on C{reactor}."""
+    tune_allocator()   # origin bodies arrive as piece-sized runs of chunks too
+    runner = ThreadRunner(reactor, max_threads=4, name="supernode-io")
+    metrics = SupernodeMetrics()
+    store = PieceStore(os.path.join(c.data_dir, "pieces"), quota=c.cache_size, ttl=c.cache_ttl,
+                       clock=reactor, runner=runner)
+    scheduler = LongPollScheduler(reactor, seed_max_uploads=c.max_uploads)
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 4
+    pool.retryAutomatically = False
+    rates = [r for r in (c.origin_limit, c.download_limit) if r > 0]
+    origin_limiter = TokenBucket(reactor, min(rates)) if rates else None
+    origin = OriginClient(reactor, make_http_client(reactor, pool), origin_limiter)
+    cdn = CDN(reactor, store, origin, scheduler, c.piece_size, metrics, runner,
+              spool_dir=os.path.join(c.data_dir, "spool"), max_spool=c.cache_size)
+    closers = [pool.closeCachedConnections]
+
+    cluster = None
+    if c.cluster:
+        cpool = HTTPConnectionPool(reactor, persistent=False)
+        cluster = Cluster(reactor, make_http_client(reactor, cpool), c.cluster,
+                          interval=c.cluster_interval)
+        closers.append(cpool.closeCachedConnections)
+    preheater = Preheater(reactor, cdn)
+    api = SupernodeAPI(reactor, cdn, scheduler, metrics, cluster=cluster, preheater=preheater)
+    site = api_site(api)
+
+    upload_limiter = TokenBucket(reactor, c.upload_limit) if c.upload_limit > 0 else None
+    piece_factory = PieceServerFactory(store, reactor, upload_limiter=upload_limiter,
+                                       max_uploads=c.max_uploads,
+                                       on_upload=metrics.upload_bytes.inc)
+    observer = make_observer("json") if c.log_format == "json" else None
+    return SupernodeService(
+        reactor, c, store, scheduler, cdn, site, piece_factory,
+        serverFromString(reactor, c.listen), serverFromString(reactor, c.piece_listen),
+        metrics, preheater=preheater, cluster=cluster, runner=runner, closers=closers,
+        log_observer=observer)
