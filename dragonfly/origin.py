@@ -29,7 +29,7 @@ from twisted.web.client import Agent, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from dragonfly.idle import IdleTimer
+from dragonfly.runtime.idle import IdleTimer
 
 __all__ = ["OriginError", "OriginResponse", "OriginClient", "make_http_client", "collect_capped"]
 
@@ -381,7 +381,7 @@ class OriginClient:
 
     @param reactor: an IReactorTime (timeouts, rate-limit waits).
     @param http_client: has C{get(url, headers=, unbuffered=, allow_redirects=, reactor=)}.
-    @param download_limiter: a L{dragonfly.ratelimit.TokenBucket} or None.
+    @param download_limiter: a L{dragonfly.runtime.ratelimit.TokenBucket} or None.
     @param on_bytes: called with each chunk's size (metrics).
     """
 

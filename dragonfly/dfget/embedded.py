@@ -50,7 +50,7 @@ class Dfget:
     @property
     def runner(self):
         if self._runner is None:
-            from dragonfly.threads import ThreadRunner
+            from dragonfly.runtime.threads import ThreadRunner
 
             self._runner = ThreadRunner(self.reactor, max_threads=2, name="dfget-io")
         return self._runner
@@ -138,7 +138,7 @@ class Dfget:
         from dragonfly.peer.node import PeerNode
         from dragonfly.protocol.client import PieceClientPool
         from dragonfly.protocol.server import PieceServerFactory
-        from dragonfly.ratelimit import TokenBucket
+        from dragonfly.runtime.ratelimit import TokenBucket
         from dragonfly.storage.store import PieceStore
         from dragonfly.taskid import new_peer_id
 

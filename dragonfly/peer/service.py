@@ -25,7 +25,7 @@ from twisted.application import service
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from dragonfly.daemon import ListeningService, release, safe_timer
+from dragonfly.runtime.daemon import ListeningService, release, safe_timer
 from dragonfly.interfaces import PeerInfo
 from dragonfly.taskid import new_peer_id
 
@@ -221,9 +221,9 @@ def build_peer(reactor, c, runner=None):
     from dragonfly.peer.node import PeerNode
     from dragonfly.protocol.client import PieceClientPool
     from dragonfly.protocol.server import PieceServerFactory
-    from dragonfly.ratelimit import TokenBucket
+    from dragonfly.runtime.ratelimit import TokenBucket
     from dragonfly.storage.store import PieceStore
-    from dragonfly.threads import ThreadRunner
+    from dragonfly.runtime.threads import ThreadRunner
 
     if runner is None:
         runner = ThreadRunner(reactor, max_threads=c.threads, name="peer-io")

@@ -15,7 +15,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from dragonfly.idle import IdleTimer
+from dragonfly.runtime.idle import IdleTimer
 from dragonfly.protocol import codec
 
 CHUNK_SIZE = 256 * 1024

@@ -55,7 +55,7 @@ from zope.interface import implementer
 
 from dragonfly.digest import piece_hasher
 from dragonfly.interfaces import IPieceStore
-from dragonfly.threads import SyncRunner
+from dragonfly.runtime.threads import SyncRunner
 
 #: 2: BLAKE3 piece digests (1 had sha256; such a task is dropped at load).
 META_VERSION = 2

@@ -20,7 +20,7 @@ from twisted.application import service
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from dragonfly.daemon import ListeningService, release, safe_timer
+from dragonfly.runtime.daemon import ListeningService, release, safe_timer
 from dragonfly.interfaces import PeerInfo
 
 __all__ = ["SupernodeConfig", "SupernodeService"]

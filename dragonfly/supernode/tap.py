@@ -128,7 +128,7 @@ def build_supernode(reactor, c):
     from dragonfly.origin import OriginClient, make_http_client
     from dragonfly.protocol.client import tune_allocator
     from dragonfly.protocol.server import PieceServerFactory
-    from dragonfly.ratelimit import TokenBucket
+    from dragonfly.runtime.ratelimit import TokenBucket
     from dragonfly.storage.store import PieceStore
     from dragonfly.supernode.api import SupernodeAPI, api_site
     from dragonfly.supernode.cdn import CDN
@@ -136,7 +136,7 @@ def build_supernode(reactor, c):
     from dragonfly.supernode.preheat import Preheater
     from dragonfly.supernode.scheduler import Scheduler
     from dragonfly.supernode.service import SupernodeService
-    from dragonfly.threads import ThreadRunner
+    from dragonfly.runtime.threads import ThreadRunner
 
     tune_allocator()   # origin bodies arrive as piece-sized runs of chunks too
     runner = ThreadRunner(reactor, max_threads=4, name="supernode-io")

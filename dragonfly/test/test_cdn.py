@@ -14,7 +14,7 @@ from dragonfly.storage.store import PieceStore
 from dragonfly.supernode.cdn import CDN, NotReady
 from dragonfly.supernode.scheduler import Scheduler
 from dragonfly.test.fakeorigin import FakeOrigin
-from dragonfly.threads import SyncRunner
+from dragonfly.runtime.threads import SyncRunner
 
 PIECE = 4096
 DATA = os.urandom(PIECE * 5 + 1000)   # 6 pieces, the last one short

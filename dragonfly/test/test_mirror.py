@@ -688,7 +688,7 @@ class RealPeerTests(MirrorTestMixin, SynchronousTestCase):
         from dragonfly.peer.node import PeerNode
         from dragonfly.storage.store import PieceStore
         from dragonfly.test.peerfakes import FakeOrigin, FakePiecePool, FakeSupernode
-        from dragonfly.threads import SyncRunner
+        from dragonfly.runtime.threads import SyncRunner
 
         self.store = PieceStore(self.mktemp(), clock=self.clock, runner=SyncRunner())
         self.supernode = FakeSupernode(BLOB, piece_size=100)

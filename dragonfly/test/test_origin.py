@@ -8,7 +8,7 @@ from twisted.web.client import ResponseDone
 from twisted.python.failure import Failure
 
 from dragonfly.origin import OriginClient, OriginError, OriginResponse, clean_headers
-from dragonfly.ratelimit import TokenBucket
+from dragonfly.runtime.ratelimit import TokenBucket
 from dragonfly.test.fakeorigin import FakeOrigin
 
 DATA = bytes(range(256)) * 40  # 10240 bytes

@@ -12,7 +12,7 @@ from dragonfly.storage.store import PieceStore
 from dragonfly.taskid import task_id_for_url
 from dragonfly.test.peerfakes import FakeOrigin, FakePiecePool, FakeSupernode
 from dragonfly.test.test_peer_node import ME, PIECE, URL, _Hosts
-from dragonfly.threads import SyncRunner
+from dragonfly.runtime.threads import SyncRunner
 
 DATA = b"0123456789abcdef" * 40  # 640 bytes, 10 pieces
 

@@ -14,7 +14,7 @@ from dragonfly.storage.store import PieceStore
 from dragonfly.taskid import task_id_for_url
 from dragonfly.test.peerfakes import (
     PEER_A, PEER_B, SEED, FakeOrigin, FakePiecePool, FakeSupernode)
-from dragonfly.threads import SyncRunner
+from dragonfly.runtime.threads import SyncRunner
 
 URL = "http://origin.test/files/blob.bin"
 DATA = bytes(range(256)) * 3 + b"tail"  # 772 bytes

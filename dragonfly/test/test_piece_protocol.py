@@ -19,7 +19,7 @@ from dragonfly.protocol.codec import (
     Cancel, Error, FrameDecoder, Hello, HelloAck, Piece, PieceData, Request, encode,
 )
 from dragonfly.protocol.server import PieceServerFactory
-from dragonfly.ratelimit import TokenBucket
+from dragonfly.runtime.ratelimit import TokenBucket
 
 TASK = "a" * 64
 OTHER_TASK = "b" * 64

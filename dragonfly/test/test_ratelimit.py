@@ -1,9 +1,9 @@
-"""Tests for dragonfly.ratelimit.TokenBucket."""
+"""Tests for dragonfly.runtime.ratelimit.TokenBucket."""
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from dragonfly.ratelimit import TokenBucket
+from dragonfly.runtime.ratelimit import TokenBucket
 
 
 class TokenBucketTests(SynchronousTestCase):

@@ -14,7 +14,7 @@ from dragonfly.interfaces import IPieceStore
 from dragonfly.storage import store as store_module
 from dragonfly.storage.store import (
     MAX_READ, DigestMismatch, PieceBuffer, PieceNotHeld, PieceStore, TaskRemoved, task_key)
-from dragonfly.threads import SyncRunner, ThreadRunner
+from dragonfly.runtime.threads import SyncRunner, ThreadRunner
 
 TID = "a" * 64
 

@@ -24,7 +24,7 @@ from dragonfly.supernode.preheat import Preheater
 from dragonfly.supernode.scheduler import Scheduler
 from dragonfly.taskid import task_id_for_url
 from dragonfly.test.fakeorigin import FakeOrigin
-from dragonfly.threads import SyncRunner
+from dragonfly.runtime.threads import SyncRunner
 
 PIECE = 4096
 DATA = os.urandom(PIECE * 2 + 10)     # 3 pieces

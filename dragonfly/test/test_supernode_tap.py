@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from dragonfly.test import source_file
 from dragonfly.interfaces import PeerInfo
 from dragonfly.supernode import tap
-from dragonfly.daemon import safe_timer
+from dragonfly.runtime.daemon import safe_timer
 from dragonfly.supernode.service import SupernodeService
 
 
