@@ -135,7 +135,7 @@ class Dfget:
         from dragonfly.interfaces import PeerInfo
         from dragonfly.metrics import PeerMetrics
         from dragonfly.origin import OriginClient
-        from dragonfly.peer.node import PeerNode
+        from dragonfly.peer.node import NodeDeps, NodeSettings, PeerNode
         from dragonfly.protocol.client import PieceClientPool
         from dragonfly.protocol.server import PieceServerFactory
         from dragonfly.runtime.ratelimit import TokenBucket
@@ -155,9 +155,10 @@ class Dfget:
         endpoint = (TCP6ServerEndpoint(reactor, 0, interface=interface) if ":" in interface
                     else TCP4ServerEndpoint(reactor, 0, interface=interface))
         origin = OriginClient(reactor, self.http, limiter, user_agent="dfget")
-        node = PeerNode(reactor, store, o["supernode_list"], self.http, pool,
-                        PeerInfo(peer_id, advertise, 0), metrics, self.runner,
-                        origin=origin, spool_dir=data_dir)
+        node = PeerNode(NodeDeps(reactor, store, self.http, pool, metrics, self.runner,
+                                 origin=origin),
+                        o["supernode_list"], PeerInfo(peer_id, advertise, 0),
+                        NodeSettings(spool_dir=data_dir))
         state = {}
 
         async def start():

@@ -218,7 +218,7 @@ def build_peer(reactor, c, runner=None):
     from dragonfly.metrics import PeerMetrics
     from dragonfly.origin import OriginClient, make_http_client
     from dragonfly.peer.api import PeerAPI
-    from dragonfly.peer.node import PeerNode
+    from dragonfly.peer.node import NodeDeps, NodeSettings, PeerNode
     from dragonfly.protocol.client import PieceClientPool
     from dragonfly.protocol.server import PieceServerFactory
     from dragonfly.runtime.ratelimit import TokenBucket
@@ -239,10 +239,9 @@ def build_peer(reactor, c, runner=None):
     http = make_http_client(reactor, pool)
     origin = OriginClient(reactor, http, download_limiter, user_agent="dragonfly-peer")
     piece_pool = PieceClientPool(reactor, peer_id, download_limiter=download_limiter)
-    node = PeerNode(reactor, store, c.supernodes, http, piece_pool,
-                    PeerInfo(peer_id, c.advertise, 0), metrics, runner,
-                    concurrency=c.concurrency, origin=origin,
-                    spool_dir=c.data_dir)
+    node = PeerNode(NodeDeps(reactor, store, http, piece_pool, metrics, runner, origin=origin),
+                    c.supernodes, PeerInfo(peer_id, c.advertise, 0),
+                    NodeSettings(concurrency=c.concurrency, spool_dir=c.data_dir))
     piece_factory = PieceServerFactory(store, reactor, upload_limiter=upload_limiter,
                                        max_uploads=c.max_uploads,
                                        on_upload=metrics.upload_bytes.inc)

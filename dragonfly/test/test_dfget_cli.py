@@ -24,7 +24,7 @@ from dragonfly.dfget.options import DfgetError, OptionsError, ShowText, default_
 from dragonfly.dfget.progress import ProgressBar
 from dragonfly.metrics import PeerMetrics
 from dragonfly.peer.api import PeerAPI
-from dragonfly.peer.node import PeerNode
+from dragonfly.peer.node import NodeDeps, NodeSettings, PeerNode
 from dragonfly.storage.store import PieceStore
 from dragonfly.taskid import task_id_for_url
 from dragonfly.test.peerfakes import FakeOrigin, FakePiecePool, FakeSupernode
@@ -144,10 +144,11 @@ class _Daemon:
         self.store = PieceStore(case.mktemp(), clock=self.clock, runner=SyncRunner())
         self.supernode = FakeSupernode(data, PIECE)
         self.origin = FakeOrigin(data)
-        self.node = PeerNode(self.clock, self.store, [("sn.test", 8002)],
-                             _Hosts({"sn.test:8002": self.supernode}),
-                             FakePiecePool(data, PIECE), ME, PeerMetrics(), SyncRunner(),
-                             origin=self.origin)
+        self.node = PeerNode(NodeDeps(self.clock, self.store,
+                                      _Hosts({"sn.test:8002": self.supernode}),
+                                      FakePiecePool(data, PIECE), PeerMetrics(), SyncRunner(),
+                                      origin=self.origin),
+                             [("sn.test", 8002)], ME)
         self.api = PeerAPI(self.node, self.store, PeerMetrics(), self.clock)
         self.http = StubTreq(self.api.resource())
 
@@ -657,9 +658,10 @@ class EmbeddedTests(RunMixin, SynchronousTestCase):
             clock = Clock()
             store = PieceStore(data_dir, clock=clock, runner=SyncRunner())
             supernode = FakeSupernode(data, PIECE)
-            node = PeerNode(clock, store, [("sn.test", 8002)],
-                            _Hosts({"sn.test:8002": supernode}), FakePiecePool(data, PIECE),
-                            ME, PeerMetrics(), SyncRunner(), origin=FakeOrigin(data), **kw)
+            node = PeerNode(NodeDeps(clock, store, _Hosts({"sn.test:8002": supernode}),
+                                     FakePiecePool(data, PIECE), PeerMetrics(), SyncRunner(),
+                                     origin=FakeOrigin(data)),
+                            [("sn.test", 8002)], ME, NodeSettings(**kw))
             made.update(node=node, store=store, data_dir=data_dir, supernode=supernode,
                         stopped=False)
 

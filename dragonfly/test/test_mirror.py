@@ -685,7 +685,7 @@ class RealPeerTests(MirrorTestMixin, SynchronousTestCase):
     def setUp(self):
         MirrorTestMixin.setUp(self)
         from dragonfly.interfaces import PeerInfo
-        from dragonfly.peer.node import PeerNode
+        from dragonfly.peer.node import NodeDeps, NodeSettings, PeerNode
         from dragonfly.storage.store import PieceStore
         from dragonfly.test.peerfakes import FakeOrigin, FakePiecePool, FakeSupernode
         from dragonfly.runtime.threads import SyncRunner
@@ -694,10 +694,10 @@ class RealPeerTests(MirrorTestMixin, SynchronousTestCase):
         self.supernode = FakeSupernode(BLOB, piece_size=100)
         self.pool = FakePiecePool(BLOB, 100)
         self.sn_client = _SupernodeClient(self.supernode)
-        self.node = PeerNode(self.clock, self.store, [("sn.test", 8002)], self.sn_client,
-                             self.pool, PeerInfo("me-1-00000000", "127.0.0.1", 65000),
-                             self.metrics, SyncRunner(), concurrency=3,
-                             origin=FakeOrigin(BLOB))
+        self.node = PeerNode(NodeDeps(self.clock, self.store, self.sn_client, self.pool,
+                                      self.metrics, SyncRunner(), origin=FakeOrigin(BLOB)),
+                             [("sn.test", 8002)], PeerInfo("me-1-00000000", "127.0.0.1", 65000),
+                             NodeSettings(concurrency=3))
         self.mirror.peer = self.node
         self.addCleanup(self.store.close)
 
