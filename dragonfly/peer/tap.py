@@ -16,7 +16,8 @@ from twisted.python import usage
 
 from dragonfly.config import (
     ConfigOptions, check_endpoint, check_writable_dir, parse_hostports, parse_rate, parse_size)
-from dragonfly.peer.service import PeerConfig, make_peer_service
+from dragonfly.peer.assembly import make_peer_service
+from dragonfly.peer.service import PeerConfig
 
 __all__ = ["PeerOptions", "Options", "makeService", "make_peer_service"]
 
