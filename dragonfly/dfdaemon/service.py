@@ -1,6 +1,6 @@
 """The dfdaemon's mirror side assembled: upstream agent, mirror, listening Site.
 
-A dfdaemon is a peer (built by ``dragonfly.peer.service.make_peer_service``,
+A dfdaemon is a peer (built by ``dragonfly.peer.assembly.make_peer_service``,
 the same code as ``twistd peer``) plus the mirror: :func:`attach_mirror` adds
 its Site as one more listener of the peer's service (``--listen``, any
 endpoint string: ``tcp:65001``, ``ssl:65001:privateKey=...:certKey=...``,

@@ -11,7 +11,8 @@ from twisted.python import usage
 
 from dragonfly.dfdaemon.service import MirrorConfig, attach_mirror
 from dragonfly.dfdaemon.upstream import DEFAULT_REGISTRY, UpstreamError, Upstreams
-from dragonfly.peer.service import PeerConfig, make_peer_service
+from dragonfly.peer.assembly import make_peer_service
+from dragonfly.peer.service import PeerConfig
 from dragonfly.peer.tap import PeerOptions, check_endpoint
 
 __all__ = ["Options", "makeService"]

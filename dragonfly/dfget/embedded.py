@@ -129,54 +129,19 @@ class Dfget:
     # -- embedded peer -----------------------------------------------------------
 
     def _make_embedded(self, data_dir):
-        """(node, stop) for an embedded peer keeping its pieces in C{data_dir}."""
-        from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-
-        from dragonfly.interfaces import PeerInfo
-        from dragonfly.metrics import PeerMetrics
-        from dragonfly.origin import OriginClient
-        from dragonfly.peer.node import PeerNode
-        from dragonfly.protocol.pool import PieceClientPool
-        from dragonfly.protocol.server import PieceServerFactory
-        from dragonfly.runtime.ratelimit import TokenBucket
-        from dragonfly.storage.store import PieceStore
-        from dragonfly.taskid import new_peer_id
+        """(node, start, stop) for an embedded peer keeping its pieces in C{data_dir}:
+        the peer of L{dragonfly.peer.assembly.build_peer}, without its API, with a
+        piece port on an ephemeral port of the advertised address."""
+        from dragonfly.peer.assembly import PeerConfig, build_peer, ephemeral_listen
 
         o = self.opts
-        reactor = self.reactor
         advertise = o["advertise"] or self.environ.get("DFGET_ADVERTISE") or "127.0.0.1"
-        limiter = TokenBucket(reactor, o["limit_bps"]) if o["limit_bps"] > 0 else None
-        store = PieceStore(data_dir, clock=reactor, runner=self.runner)
-        peer_id = new_peer_id()
-        pool = PieceClientPool(reactor, peer_id, download_limiter=limiter)
-        metrics = PeerMetrics()
-        factory = PieceServerFactory(store, reactor, on_upload=metrics.upload_bytes.inc)
-        interface = advertise if _is_ip(advertise) else "0.0.0.0"
-        endpoint = (TCP6ServerEndpoint(reactor, 0, interface=interface) if ":" in interface
-                    else TCP4ServerEndpoint(reactor, 0, interface=interface))
-        origin = OriginClient(reactor, self.http, limiter, user_agent="dfget")
-        node = PeerNode(reactor, store, o["supernode_list"], self.http, pool,
-                        PeerInfo(peer_id, advertise, 0), metrics, self.runner,
-                        origin=origin, spool_dir=data_dir)
-        state = {}
-
-        async def start():
-            port = await endpoint.listen(factory)
-            state["port"] = port
-            node.peer_info = PeerInfo(peer_id, advertise, port.getHost().port)
-            self.log.info("embedded peer {peer} serving pieces on {host}:{port}",
-                          peer=peer_id, host=interface, port=port.getHost().port)
-
-        async def stop():
-            await node.shutdown()
-            await factory.close(grace=1.0)
-            port = state.pop("port", None)
-            if port is not None:
-                await port.stopListening()
-            await pool.close()
-            store.close()
-
-        return node, start, stop
+        config = PeerConfig(supernodes=o["supernode_list"], advertise=advertise,
+                            piece_listen=ephemeral_listen(advertise), data_dir=data_dir,
+                            download_limit=o["limit_bps"])
+        peer = build_peer(self.reactor, config, runner=self.runner, http_client=self.http,
+                          api=False, user_agent="dfget")
+        return peer.node, peer.start, peer.stop
 
     async def _via_embedded(self, out):
         o = self.opts
@@ -231,15 +196,6 @@ class Dfget:
         self._temp_paths.discard(tmp)
         self.result_path = out
 
-
-
-def _is_ip(text):
-    import ipaddress
-    try:
-        ipaddress.ip_address(text)
-        return True
-    except ValueError:
-        return False
 
 
 def describe(failure):

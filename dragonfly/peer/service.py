@@ -1,6 +1,6 @@
 """A peer assembled: store, piece server, piece client pool, node, local API.
 
-L{make_peer_service} builds everything from a L{PeerConfig} and returns
+L{dragonfly.peer.assembly.make_peer_service} builds everything from a L{PeerConfig} and returns
 C{(PeerService, PeerNode, PeerMetrics)}; the dfdaemon reuses it and adds its
 mirror listener with L{PeerService.add_listener}.
 
@@ -23,13 +23,12 @@ from twisted.internet.defer import Deferred
 
 from dragonfly.interfaces import PeerInfo
 from dragonfly.runtime.nodeservice import NodeService
-from dragonfly.taskid import new_peer_id
 
 #: Seconds between heartbeats for finished tasks; well under the supernode's
 #: peer timeout (120 s), so a live peer is never dropped as silent.
 HEARTBEAT_INTERVAL = 30.0
 
-__all__ = ["PeerConfig", "PeerService", "make_peer_service", "build_peer"]
+__all__ = ["PeerConfig", "PeerService"]
 
 
 @dataclass
@@ -109,60 +108,3 @@ class PeerService(NodeService):
     def after_unlisten(self):
         return [self.piece_pool.close()] if self.piece_pool is not None else []
 
-
-def make_peer_service(options, reactor=None):
-    """(PeerService, PeerNode, PeerMetrics) from parsed L{dragonfly.peer.tap.PeerOptions}
-    (or anything with a C{.config} L{PeerConfig}, or a PeerConfig itself)."""
-    if reactor is None:
-        from twisted.internet import reactor
-    config = options if isinstance(options, PeerConfig) else options.config
-    return build_peer(reactor, config)
-
-
-def build_peer(reactor, c, runner=None):
-    from twisted.internet.endpoints import serverFromString
-    from twisted.web.client import HTTPConnectionPool
-    from twisted.web.server import Site
-
-    from dragonfly.logsetup import make_observer
-    from dragonfly.metrics import PeerMetrics
-    from dragonfly.origin import OriginClient, make_http_client
-    from dragonfly.peer.api import PeerAPI
-    from dragonfly.peer.node import PeerNode
-    from dragonfly.protocol.pool import PieceClientPool
-    from dragonfly.protocol.server import PieceServerFactory
-    from dragonfly.runtime.ratelimit import TokenBucket
-    from dragonfly.storage.store import PieceStore
-    from dragonfly.runtime.threads import ThreadRunner
-
-    if runner is None:
-        runner = ThreadRunner(reactor, max_threads=c.threads, name="peer-io")
-    metrics = PeerMetrics()
-    store = PieceStore(c.data_dir, quota=c.cache_size, ttl=c.cache_ttl, clock=reactor,
-                       runner=runner)
-    peer_id = c.peer_id or new_peer_id()
-    download_limiter = TokenBucket(reactor, c.download_limit) if c.download_limit > 0 else None
-    upload_limiter = TokenBucket(reactor, c.upload_limit) if c.upload_limit > 0 else None
-
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.retryAutomatically = False
-    http = make_http_client(reactor, pool)
-    origin = OriginClient(reactor, http, download_limiter, user_agent="dragonfly-peer")
-    piece_pool = PieceClientPool(reactor, peer_id, download_limiter=download_limiter)
-    node = PeerNode(reactor, store, c.supernodes, http, piece_pool,
-                    PeerInfo(peer_id, c.advertise, 0), metrics, runner,
-                    concurrency=c.concurrency, origin=origin,
-                    spool_dir=c.data_dir)
-    piece_factory = PieceServerFactory(store, reactor, upload_limiter=upload_limiter,
-                                       max_uploads=c.max_uploads,
-                                       on_upload=metrics.upload_bytes.inc)
-    api = PeerAPI(node, store, metrics, reactor)
-    site = Site(api.resource(), parsePOSTFormSubmission=False)  # JSON bodies only
-    site.displayTracebacks = False
-    observer = make_observer("json") if c.log_format == "json" else None
-    svc = PeerService(reactor, c, store, node, site, piece_factory,
-                      serverFromString(reactor, c.piece_listen),
-                      serverFromString(reactor, c.api_listen), metrics,
-                      piece_pool=piece_pool, runner=runner,
-                      closers=[pool.closeCachedConnections], log_observer=observer)
-    return svc, node, metrics

@@ -14,7 +14,8 @@ from dragonfly.config import ConfigOptions, check_endpoint, parse_hostports, par
 from dragonfly.nodeoptions import (
     CACHE_SIZE, CACHE_TTL, LOG_FORMAT, PORT_FILE, check_data_dir, check_host, check_log_format,
     check_port_file, flag_int, flag_seconds, flag_size)
-from dragonfly.peer.service import PeerConfig, make_peer_service
+from dragonfly.peer.assembly import make_peer_service
+from dragonfly.peer.service import PeerConfig
 
 __all__ = ["PeerOptions", "Options", "makeService", "make_peer_service"]
 

@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from dragonfly.dfget import embedded, files
 from dragonfly.dfget.options import parse
 from dragonfly.metrics import PeerMetrics
-from dragonfly.peer.node import PeerNode
+from dragonfly.peer.node import NodeDeps, NodeSettings, PeerNode
 from dragonfly.runtime.threads import SyncRunner
 from dragonfly.storage.store import PieceStore
 from dragonfly.test.dfgetsupport import DATA, SHA, RunMixin
@@ -40,9 +40,10 @@ class EmbeddedTests(RunMixin, SynchronousTestCase):
             clock = Clock()
             store = PieceStore(data_dir, clock=clock, runner=SyncRunner())
             supernode = FakeSupernode(data, PIECE)
-            node = PeerNode(clock, store, [("sn.test", 8002)],
-                            _Hosts({"sn.test:8002": supernode}), FakePiecePool(data, PIECE),
-                            ME, PeerMetrics(), SyncRunner(), origin=FakeOrigin(data), **kw)
+            node = PeerNode(NodeDeps(clock, store, _Hosts({"sn.test:8002": supernode}),
+                                     FakePiecePool(data, PIECE), PeerMetrics(), SyncRunner(),
+                                     origin=FakeOrigin(data)),
+                            [("sn.test", 8002)], ME, NodeSettings(**kw))
             made.update(node=node, store=store, data_dir=data_dir, supernode=supernode,
                         stopped=False)
 

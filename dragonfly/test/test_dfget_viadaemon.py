@@ -12,7 +12,7 @@ from twisted.web.server import NOT_DONE_YET
 from dragonfly.dfget import cli, files, viadaemon
 from dragonfly.metrics import PeerMetrics
 from dragonfly.peer.api import PeerAPI
-from dragonfly.peer.node import PeerNode
+from dragonfly.peer.node import NodeDeps, PeerNode
 from dragonfly.runtime.threads import SyncRunner
 from dragonfly.storage.store import PieceStore
 from dragonfly.taskid import task_id_for_url
@@ -30,10 +30,11 @@ class _Daemon:
         self.store = PieceStore(case.mktemp(), clock=self.clock, runner=SyncRunner())
         self.supernode = FakeSupernode(data, PIECE)
         self.origin = FakeOrigin(data)
-        self.node = PeerNode(self.clock, self.store, [("sn.test", 8002)],
-                             _Hosts({"sn.test:8002": self.supernode}),
-                             FakePiecePool(data, PIECE), ME, PeerMetrics(), SyncRunner(),
-                             origin=self.origin)
+        self.node = PeerNode(NodeDeps(self.clock, self.store,
+                                      _Hosts({"sn.test:8002": self.supernode}),
+                                      FakePiecePool(data, PIECE), PeerMetrics(), SyncRunner(),
+                                      origin=self.origin),
+                             [("sn.test", 8002)], ME)
         self.api = PeerAPI(self.node, self.store, PeerMetrics(), self.clock)
         self.http = StubTreq(self.api.resource())
 

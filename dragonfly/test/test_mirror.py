@@ -28,7 +28,7 @@ class RealPeerTests(MirrorTestMixin, SynchronousTestCase):
     def setUp(self):
         MirrorTestMixin.setUp(self)
         from dragonfly.interfaces import PeerInfo
-        from dragonfly.peer.node import PeerNode
+        from dragonfly.peer.node import NodeDeps, NodeSettings, PeerNode
         from dragonfly.storage.store import PieceStore
         from dragonfly.test.peerfakes import FakeOrigin, FakePiecePool, FakeSupernode
         from dragonfly.runtime.threads import SyncRunner
@@ -37,10 +37,10 @@ class RealPeerTests(MirrorTestMixin, SynchronousTestCase):
         self.supernode = FakeSupernode(BLOB, piece_size=100)
         self.pool = FakePiecePool(BLOB, 100)
         self.sn_client = _SupernodeClient(self.supernode)
-        self.node = PeerNode(self.clock, self.store, [("sn.test", 8002)], self.sn_client,
-                             self.pool, PeerInfo("me-1-00000000", "127.0.0.1", 65000),
-                             self.metrics, SyncRunner(), concurrency=3,
-                             origin=FakeOrigin(BLOB))
+        self.node = PeerNode(NodeDeps(self.clock, self.store, self.sn_client, self.pool,
+                                      self.metrics, SyncRunner(), origin=FakeOrigin(BLOB)),
+                             [("sn.test", 8002)], PeerInfo("me-1-00000000", "127.0.0.1", 65000),
+                             NodeSettings(concurrency=3))
         self.mirror.peer = self.node
         self.addCleanup(self.store.close)
 
@@ -90,7 +90,7 @@ class DownloaderInterfaceTests(SynchronousTestCase):
         """A PeerNode provides IDownloader, with the methods the mirror calls."""
         from dragonfly.interfaces import PeerInfo
         from dragonfly.metrics import PeerMetrics
-        from dragonfly.peer.node import PeerNode
+        from dragonfly.peer.node import NodeDeps, PeerNode
         from dragonfly.runtime.threads import SyncRunner
         from dragonfly.storage.store import PieceStore
         from dragonfly.test.peerfakes import FakeOrigin, FakePiecePool, FakeSupernode
@@ -99,10 +99,11 @@ class DownloaderInterfaceTests(SynchronousTestCase):
         clock = Clock()
         store = PieceStore(self.mktemp(), clock=clock, runner=SyncRunner())
         self.addCleanup(store.close)
-        node = PeerNode(clock, store, [("sn.test", 8002)],
-                        _SupernodeClient(FakeSupernode(BLOB, piece_size=100)),
-                        FakePiecePool(BLOB, 100), PeerInfo("me-1-00000000", "127.0.0.1", 65000),
-                        PeerMetrics(), SyncRunner(), origin=FakeOrigin(BLOB))
+        node = PeerNode(NodeDeps(clock, store,
+                                 _SupernodeClient(FakeSupernode(BLOB, piece_size=100)),
+                                 FakePiecePool(BLOB, 100), PeerMetrics(), SyncRunner(),
+                                 origin=FakeOrigin(BLOB)),
+                        [("sn.test", 8002)], PeerInfo("me-1-00000000", "127.0.0.1", 65000))
         self.assertTrue(verifyObject(IDownloader, node))
 
     def test_fake_peer_provides_downloader(self):

@@ -7,7 +7,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from dragonfly.metrics import PeerMetrics
 from dragonfly.peer.api import PeerAPI
-from dragonfly.peer.node import PeerNode
+from dragonfly.peer.node import NodeDeps, PeerNode
 from dragonfly.storage.store import PieceStore
 from dragonfly.taskid import task_id_for_url
 from dragonfly.test.peerfakes import FakeOrigin, FakePiecePool, FakeSupernode
@@ -26,9 +26,10 @@ class APITests(SynchronousTestCase):
         self.pool = FakePiecePool(DATA, PIECE)
         self.metrics = PeerMetrics()
         self.origin = FakeOrigin(DATA)
-        self.node = PeerNode(self.clock, self.store, [("sn.test", 8002)],
-                             _Hosts({"sn.test:8002": self.supernode}), self.pool, ME,
-                             self.metrics, SyncRunner(), origin=self.origin)
+        self.node = PeerNode(NodeDeps(self.clock, self.store,
+                                      _Hosts({"sn.test:8002": self.supernode}), self.pool,
+                                      self.metrics, SyncRunner(), origin=self.origin),
+                             [("sn.test", 8002)], ME)
         self.api = PeerAPI(self.node, self.store, self.metrics, self.clock)
         self.http = StubTreq(self.api.resource())
 

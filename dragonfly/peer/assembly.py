@@ -1,0 +1,179 @@
+"""One peer, assembled in one place: L{build_peer}.
+
+Every peer of the product is built here from a L{PeerConfig}: the piece
+store, the piece client pool, the L{PeerNode}, the piece server, and
+(optionally) the local API Site. C{twistd peer} and C{twistd dfdaemon} wrap
+the result in a L{PeerService} (L{make_peer_service}); dfget's embedded mode
+runs the same object graph for the length of one download with
+L{Peer.start} / L{Peer.stop}. What differs in embedded mode is said with
+parameters, not with a second wiring: no API (C{api=False}), the caller's
+runner and HTTP client, its own user agent, a temporary C{data_dir} and a
+piece port on an ephemeral port (L{ephemeral_listen}).
+"""
+import ipaddress
+from dataclasses import dataclass, field
+
+from twisted.internet.defer import maybeDeferred
+from twisted.logger import Logger
+
+from dragonfly.interfaces import PeerInfo
+from dragonfly.peer.service import PeerConfig, PeerService
+from dragonfly.taskid import new_peer_id
+
+__all__ = ["Peer", "PeerConfig", "build_peer", "make_peer_service", "ephemeral_listen"]
+
+
+@dataclass
+class Peer:
+    """The parts of one peer, as L{build_peer} wired them.
+
+    @ivar api_site: the local API's Site, or None (built with C{api=False}).
+    @ivar closers: callables run when the peer stops (its own HTTP pool).
+    """
+
+    reactor: object
+    config: PeerConfig
+    node: object
+    store: object
+    metrics: object
+    runner: object
+    piece_pool: object
+    piece_factory: object
+    piece_endpoint: object
+    api_site: object = None
+    api_endpoint: object = None
+    closers: list = field(default_factory=list)
+    log_observer: object = None
+    _port: object = field(default=None, init=False, repr=False)
+
+    log = Logger()
+
+    def service(self):
+        """The daemon's lifecycle: a L{PeerService} over these parts."""
+        return PeerService(self.reactor, self.config, self.store, self.node, self.api_site,
+                           self.piece_factory, self.piece_endpoint, self.api_endpoint,
+                           self.metrics, piece_pool=self.piece_pool, runner=self.runner,
+                           closers=self.closers, log_observer=self.log_observer)
+
+    async def start(self):
+        """A peer for one download (no daemon): listen on the piece port and
+        advertise it. Nothing is loaded and no timer runs."""
+        port = await self.piece_endpoint.listen(self.piece_factory)
+        self._port = port
+        addr = port.getHost()
+        self.node.peer_info = PeerInfo(self.node.peer_info.peer_id, self.config.advertise,
+                                       addr.port)
+        self.log.info("embedded peer {peer} serving pieces on {host}:{port}",
+                      peer=self.node.peer_info.peer_id, host=addr.host, port=addr.port)
+
+    async def stop(self, grace=1.0):
+        """End what L{start} began: leave the swarms, drain the piece server
+        (C{grace} seconds), stop listening, close the pools, save the store."""
+        await self.node.shutdown()
+        await self.piece_factory.close(grace=grace)
+        port, self._port = self._port, None
+        if port is not None:
+            await maybeDeferred(port.stopListening)
+        await self.piece_pool.close()
+        for close in self.closers:
+            await maybeDeferred(close)
+        self.store.close()
+
+
+def build_peer(reactor, config, *, runner=None, http_client=None, api=True,
+               user_agent="dragonfly-peer"):
+    """Every part of a peer from a L{PeerConfig}: a L{Peer}.
+
+    @param runner: the IRunner for disk and hashing work; by default a
+        thread pool of C{config.threads} threads.
+    @param http_client: a treq-like HTTPClient for the supernodes and the
+        origin; by default one over a pool of its own, closed on stop.
+    @param api: build the local API (on C{config.api_listen}).
+    @param user_agent: what the origin client calls itself.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    from dragonfly.metrics import PeerMetrics
+    from dragonfly.origin import OriginClient
+    from dragonfly.peer.node import NodeDeps, NodeSettings, PeerNode
+    from dragonfly.protocol.pool import PieceClientPool
+    from dragonfly.protocol.server import PieceServerFactory
+    from dragonfly.runtime.ratelimit import TokenBucket
+    from dragonfly.storage.store import PieceStore
+
+    c = config
+    if runner is None:
+        from dragonfly.runtime.threads import ThreadRunner
+        runner = ThreadRunner(reactor, max_threads=c.threads, name="peer-io")
+    closers = []
+    if http_client is None:
+        http_client = _own_http_client(reactor, closers)
+    metrics = PeerMetrics()
+    store = PieceStore(c.data_dir, quota=c.cache_size, ttl=c.cache_ttl, clock=reactor,
+                       runner=runner)
+    peer_id = c.peer_id or new_peer_id()
+    download_limiter = TokenBucket(reactor, c.download_limit) if c.download_limit > 0 else None
+    upload_limiter = TokenBucket(reactor, c.upload_limit) if c.upload_limit > 0 else None
+    origin = OriginClient(reactor, http_client, download_limiter, user_agent=user_agent)
+    piece_pool = PieceClientPool(reactor, peer_id, download_limiter=download_limiter)
+    node = PeerNode(NodeDeps(reactor, store, http_client, piece_pool, metrics, runner,
+                             origin=origin),
+                    c.supernodes, PeerInfo(peer_id, c.advertise, 0),
+                    NodeSettings(concurrency=c.concurrency, spool_dir=c.data_dir))
+    piece_factory = PieceServerFactory(store, reactor, upload_limiter=upload_limiter,
+                                       max_uploads=c.max_uploads,
+                                       on_upload=metrics.upload_bytes.inc)
+    peer = Peer(reactor, c, node, store, metrics, runner, piece_pool, piece_factory,
+                serverFromString(reactor, c.piece_listen), closers=closers)
+    if api:
+        peer.api_site = _api_site(node, store, metrics, reactor)
+        peer.api_endpoint = serverFromString(reactor, c.api_listen)
+    if c.log_format == "json":
+        from dragonfly.logsetup import make_observer
+        peer.log_observer = make_observer("json")
+    return peer
+
+
+def _own_http_client(reactor, closers):
+    from twisted.web.client import HTTPConnectionPool
+
+    from dragonfly.origin import make_http_client
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.retryAutomatically = False
+    closers.append(pool.closeCachedConnections)
+    return make_http_client(reactor, pool)
+
+
+def _api_site(node, store, metrics, reactor):
+    from twisted.web.server import Site
+
+    from dragonfly.peer.api import PeerAPI
+
+    site = Site(PeerAPI(node, store, metrics, reactor).resource(),
+                parsePOSTFormSubmission=False)  # JSON bodies only
+    site.displayTracebacks = False
+    return site
+
+
+def make_peer_service(options, reactor=None):
+    """(PeerService, PeerNode, PeerMetrics) from parsed L{dragonfly.peer.tap.PeerOptions}
+    (or anything with a C{.config} L{PeerConfig}, or a PeerConfig itself)."""
+    if reactor is None:
+        from twisted.internet import reactor
+    config = options if isinstance(options, PeerConfig) else options.config
+    peer = build_peer(reactor, config)
+    return peer.service(), peer.node, peer.metrics
+
+
+def ephemeral_listen(advertise):
+    """An endpoint string for a piece port on an ephemeral port of the address
+    C{advertise} (of every IPv4 address when it is a host name)."""
+    try:
+        ipaddress.ip_address(advertise)
+        interface = advertise
+    except ValueError:
+        interface = "0.0.0.0"
+    if ":" in interface:
+        return "tcp6:0:interface=" + interface.replace(":", "\\:")
+    return f"tcp:0:interface={interface}"

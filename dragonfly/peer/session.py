@@ -1,0 +1,388 @@
+"""The swarm path of a download: register, then schedule and fetch until complete.
+
+L{join_swarm} leaves a stale membership, registers the task at a supernode
+(L{dragonfly.peer.supernodes.SupernodeClient}), prepares the task file and
+runs a L{SwarmSession}: it loops on schedule calls (reporting the pieces it
+got and the sources that failed it, asking for as many assignments as it has
+free fetch slots plus a small queue), fetches assigned pieces concurrently
+through the piece pool, checks each piece's digest I{before} it is written
+(a mismatch is never written and is reported as a failure of its source),
+and registers again when the supernode forgot it. It raises
+L{SupernodeUnavailable} when the swarm cannot finish the task (the caller
+then goes to the origin).
+"""
+import re
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from dragonfly.digest import piece_digest
+from dragonfly.interfaces import Assignment, PeerInfo
+from dragonfly.peer.errors import DownloadError, NotRegistered, SupernodeUnavailable, describe
+from dragonfly.peer.wakeup import Signal
+from dragonfly.storage.errors import DigestMismatch
+
+__all__ = ["join_swarm", "SwarmSession", "parse_assignment", "REPORT_BATCH"]
+
+_HEX64 = re.compile(r"\A[0-9a-f]{64}\Z")
+_log = Logger()
+
+
+async def join_swarm(dl, deps, settings, client):
+    """Download C{dl} through its swarm: the complete task file.
+
+    @param deps: the node's L{NodeDeps} (store, piece pool, runner, metrics, clock).
+    @param client: the node's L{SupernodeClient}.
+    """
+    if dl.task_id in client.joined:
+        # We finished this task once and the store has lost it since (GC,
+        # a file edited through a hard link): the supernode still counts
+        # us as holding its pieces until we leave.
+        await client.leave(dl.task_id)
+    addr, info = await client.register(dl.task_id, dl.url, dl.headers)
+    tf = _prepare(deps.store, dl, info)
+    session = SwarmSession(dl, tf, addr, info["seed"], client=client, pool=deps.piece_pool,
+                           runner=deps.runner, metrics=deps.metrics, clock=deps.clock,
+                           settings=settings)
+    client.joined[dl.task_id] = addr
+    try:
+        await session.run()
+    except BaseException:
+        # We failed or were stopped: stop being listed as a source.
+        client.leave(dl.task_id)
+        raise
+    return tf
+
+
+def _prepare(store, dl, info):
+    tf = store.get(dl.task_id)
+    if tf is None or tf.length != info["length"] or tf.piece_size != info["piece_size"]:
+        if tf is not None:
+            _log.info("task {task} changed shape; starting it afresh", task=dl.task_id)
+        tf = store.create(dl.task_id, dl.url, info["length"], info["piece_size"])
+    dl.set_task_file(tf)
+    return tf
+
+
+#: Pieces a busy session gathers before a report-only call (see SwarmSession._report_now).
+REPORT_BATCH = 2
+
+
+class SwarmSession:
+    """One task's swarm download after registration: schedule, fetch, report.
+
+    It works through exactly what it is handed: the L{Download} (task id,
+    URL, stream cursors, C{piece_arrived}), the task file, the supernode
+    C{client} (schedule, register again, C{joined}), the piece C{pool}, the
+    C{runner} (digests when the pool has no C{fetch_piece}), C{metrics},
+    the C{clock} and the node's L{NodeSettings}.
+    """
+
+    log = Logger()
+
+    def __init__(self, dl, tf, addr, seed, *, client, pool, runner, metrics, clock, settings):
+        self.dl = dl
+        self.tf = tf
+        self.addr = addr
+        self.seed_id = seed.peer_id
+        self.client = client
+        self.pool = pool
+        self.runner = runner
+        self.metrics = metrics
+        self.clock = clock
+        self.settings = settings
+        self.in_flight = {}          # index -> (Assignment, Deferred)
+        self.queue = []              # Assignments not started yet
+        self.have = list(tf.completed())
+        self.failed = []             # (index, source peer id)
+        self.failures = {}           # index -> count
+        self.fatal = None
+        self.event = Signal(self.clock)
+        self.last_progress = self.clock.seconds()
+        self.registrations = 1
+        self.errors = 0
+        self.polling = False         # a long-poll is outstanding
+        self.reporting = None        # the Deferred of a report-only call in flight
+        # Fetches at once: --concurrency, but never more piece bytes in memory
+        # than max_buffered (each fetch holds at most about one piece).
+        self.slots = settings.concurrency
+        if settings.max_buffered:
+            self.slots = max(1, min(self.slots, settings.max_buffered // max(1, tf.piece_size)))
+
+    def _complete(self):
+        return self.tf.is_complete
+
+    async def run(self):
+        try:
+            await self._loop()
+        finally:
+            if self.reporting is not None:
+                self.reporting.cancel()
+            for a, d in list(self.in_flight.values()):
+                d.cancel()
+            self.in_flight.clear()
+            self.queue.clear()
+        # Tell the supernode what we hold now (best effort): it makes us a source.
+        if self.have or self.failed:
+            try:
+                await self._schedule(0, 0)
+            except Exception as e:
+                self.log.debug("final report for {task} failed: {why}",
+                               task=self.dl.task_id, why=describe(e))
+
+    async def _loop(self):
+        settings = self.settings
+        while True:
+            if self.fatal is not None:
+                raise self.fatal
+            if self._complete():
+                return
+            self._start_fetches()
+            want = max(0, self.slots + settings.queue_depth - len(self.in_flight) - len(self.queue))
+            # Never ask for more than is left unassigned: with everything in
+            # flight, a long-poll would only delay our reports and our end.
+            unassigned = (self.tf.piece_count - len(self.tf.completed())
+                          - len(self.in_flight) - len(self.queue))
+            want = min(want, max(0, unassigned))
+            nothing_to_say = want == 0 and not self.have and not self.failed
+            if nothing_to_say or (want < REPORT_BATCH and self._may_gather()):
+                await self.event.wait(self.settings.stall_timeout)
+                self._check_stall()
+                continue
+            if want == 0:
+                wait = 0
+            elif self.in_flight or self.queue:
+                wait = settings.busy_wait
+            else:
+                wait = settings.schedule_wait
+            started = self.clock.seconds()
+            try:
+                self.polling = wait > 0
+                try:
+                    answer = await self._schedule(want, wait)
+                finally:
+                    self.polling = False
+            except NotRegistered:
+                await self._reregister("the supernode forgot this peer")
+                continue
+            except (DownloadError, CancelledError):
+                raise
+            except Exception as e:
+                self.errors += 1
+                self.log.warn("schedule for {task} at {sn} failed ({n}): {why}",
+                              task=self.dl.task_id, sn=f"{self.addr[0]}:{self.addr[1]}",
+                              n=self.errors, why=describe(e))
+                if self.errors >= settings.schedule_retries:
+                    await self._reregister(f"scheduling failed: {describe(e)}")
+                else:
+                    await self.event.wait(min(8.0, 0.5 * 2 ** self.errors))
+                continue
+            self.errors = 0
+            added = self._accept(answer)
+            if self.fatal is not None:
+                raise self.fatal
+            if self._complete():
+                return
+            if added:
+                self.last_progress = self.clock.seconds()
+                continue
+            self._check_stall()
+            # Nothing new for us: don't hammer a supernode that answered at once.
+            elapsed = self.clock.seconds() - started
+            if elapsed < settings.min_poll_interval:
+                await self.event.wait(settings.min_poll_interval - elapsed)
+
+    def _check_stall(self):
+        if self.in_flight:
+            return
+        idle = self.clock.seconds() - self.last_progress
+        if idle >= self.settings.stall_timeout:
+            raise SupernodeUnavailable(f"no piece arrived for {idle:.0f}s")
+
+    async def _reregister(self, why):
+        if self.registrations >= self.settings.max_registrations:
+            raise SupernodeUnavailable(why)
+        self.registrations += 1
+        self.log.info("registering {task} again: {why}", task=self.dl.task_id, why=why)
+        dl = self.dl
+        addr, info = await self.client.register(dl.task_id, dl.url, dl.headers)
+        if info["length"] != self.tf.length or info["piece_size"] != self.tf.piece_size:
+            raise SupernodeUnavailable("the task changed while we downloaded it")
+        self.addr = addr
+        self.client.joined[dl.task_id] = addr
+        self.seed_id = info["seed"].peer_id
+        self.errors = 0
+        # Everything we hold is news to a (possibly different) supernode.
+        self.have = list(self.tf.completed())
+        self.queue.clear()
+
+    async def _schedule(self, want, wait):
+        have, self.have = self.have, []
+        failed, self.failed = self.failed, []
+        cursor = None
+        if self.dl.readers:
+            # Someone streams this task in order: the lowest piece a stream
+            # waits for; the supernode hands out the next pieces from there first.
+            cursor = min(r.cursor for r in self.dl.readers)
+        try:
+            return await self.client.schedule(self.addr, self.dl.task_id, have, failed,
+                                              want, wait, cursor)
+        except NotRegistered:
+            raise
+        except BaseException:
+            # Not delivered (as far as we know), or refused: send again next time.
+            self.have = have + self.have
+            self.failed = failed + self.failed
+            raise
+
+    def _accept(self, answer):
+        tf = self.tf
+        raw = answer.get("assignments")
+        if not isinstance(raw, list):
+            raw = []
+        added = 0
+        taken = set(self.in_flight) | {a.index for a in self.queue}
+        for item in raw:
+            try:
+                a = parse_assignment(item, tf)
+            except (ValueError, TypeError, KeyError) as e:
+                self.log.warn("ignoring a bad assignment for {task}: {why}",
+                              task=self.dl.task_id, why=str(e))
+                continue
+            if tf.has(a.index):
+                self.have.append(a.index)
+                continue
+            if a.index in taken:
+                continue
+            taken.add(a.index)
+            self.queue.append(a)
+            added += 1
+        self._start_fetches()
+        return added
+
+    def _start_fetches(self):
+        while self.queue and len(self.in_flight) < self.slots:
+            a = self.queue.pop(0)
+            if self.tf.has(a.index) or a.index in self.in_flight:
+                continue
+            d = Deferred.fromCoroutine(self._fetch(a))
+            d.addErrback(lambda f: f.trap(CancelledError) and None)
+            if not d.called:
+                self.in_flight[a.index] = (a, d)
+
+    async def _fetch(self, a):
+        tf = self.tf
+        reason = None
+        try:
+            pool = self.pool
+            fetch_piece = getattr(pool, "fetch_piece", None)
+            if fetch_piece is not None:
+                # The body as the chunks received (no join, no copy); hashed
+                # and written in one runner call, which writes nothing unless
+                # the digest matches.
+                d = fetch_piece(a.source, self.dl.task_id, a.index, a.size, hashed=False)
+            else:
+                d = pool.fetch(a.source, self.dl.task_id, a.index, a.size)
+            d.addTimeout(self.settings.piece_timeout, self.clock)
+            try:
+                got = await d
+            except DeferredTimeoutError:
+                reason = "timeout"
+                raise
+            if fetch_piece is not None:
+                data, size = got.chunks, got.nbytes
+            else:
+                data, size = got, len(got)
+            if size != a.size:
+                reason = "short"
+                raise ValueError(f"got {size} bytes, want {a.size}")
+            try:
+                if fetch_piece is not None:
+                    await tf.write_verified_piece(a.index, data, a.digest)
+                else:
+                    digest = await self.runner.run(piece_digest, data)
+                    if digest != a.digest:
+                        raise DigestMismatch(a.digest, digest)
+                    await tf.write_trusted_piece(a.index, data, digest)
+            except DigestMismatch:
+                reason = "digest"
+                raise
+            except Exception as e:
+                self.fatal = DownloadError(f"cannot store piece {a.index}: {describe(e)}")
+                return
+            del data, got
+            source = "supernode" if a.source.peer_id == self.seed_id else "peer"
+            self.have.append(a.index)
+            self.last_progress = self.clock.seconds()
+            self.registrations = 1
+            self.dl.piece_arrived(a.index, size, source)
+        except CancelledError:
+            raise
+        except Exception as e:
+            self._failed(a, reason or "fetch", describe(e))
+        finally:
+            self.in_flight.pop(a.index, None)
+            self.event.fire()
+            self._report_now()
+
+    def _report_now(self):
+        """While our long-poll is out, report news in a separate call at once.
+
+        The supernode may be waiting for exactly this report (a source freed,
+        a piece we now hold) before it can answer the long-poll.
+        """
+        if not self.polling or self.reporting is not None or not (self.have or self.failed):
+            return
+        if self._may_gather():
+            return
+        d = self.reporting = Deferred.fromCoroutine(self._schedule(0, 0))
+
+        def done(result):
+            self.reporting = None
+            if isinstance(result, Failure):
+                if result.check(CancelledError):
+                    return None
+                self.log.debug("report for {task} failed: {why}",
+                               task=self.dl.task_id, why=describe(result))
+                return None
+            self._report_now()
+            return None
+        d.addBoth(done)
+
+    def _may_gather(self):
+        """True when the news so far (one piece landed) can wait for the next.
+
+        Reporting each piece alone costs two round trips per piece while a
+        long-poll is out (the report frees one source slot, then the poll
+        answers with one assignment) and one otherwise. Pairs halve that.
+        Failures, two pieces, or a pipeline about to run dry: report now.
+        """
+        return (not self.failed and len(self.have) < REPORT_BATCH
+                and len(self.in_flight) + len(self.queue) > 1)
+
+    def _failed(self, a, reason, why):
+        self.metrics.piece_failures.labels(reason=reason).inc()
+        self.log.warn("piece {index} of {task} from {source} failed: {why}",
+                      index=a.index, task=self.dl.task_id, source=a.source.peer_id, why=why)
+        self.failed.append((a.index, a.source.peer_id))
+        n = self.failures[a.index] = self.failures.get(a.index, 0) + 1
+        if n >= self.settings.max_piece_failures:
+            self.fatal = SupernodeUnavailable(
+                f"piece {a.index} failed from {n} sources (last: {why})")
+
+
+def parse_assignment(item, tf):
+    """One checked L{Assignment} of a schedule answer for C{tf}; ValueError if bad."""
+    if not isinstance(item, dict):
+        raise ValueError("not an object")
+    index, size, digest = item["index"], item["size"], item["digest"]
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < tf.piece_count:
+        raise ValueError(f"piece index {index!r} out of range")
+    if size != tf.piece_range(index)[1]:
+        raise ValueError(f"piece {index} size {size!r} is not {tf.piece_range(index)[1]}")
+    if not isinstance(digest, str) or not _HEX64.match(digest):
+        raise ValueError(f"piece {index} digest is not 64 hex digits")
+    return Assignment(index, size, digest, PeerInfo.from_json(item["source"]))
+

@@ -1,0 +1,82 @@
+"""Back-to-source: the origin body cut into pieces in the store (or spooled first)."""
+from twisted.trial.unittest import SynchronousTestCase
+
+from dragonfly.metrics import sample
+from dragonfly.origin import OriginError
+from dragonfly.peer.node import DownloadError
+from dragonfly.taskid import task_id_for_url
+from dragonfly.test.peerfakes import FakeOrigin
+from dragonfly.test.peernodes import DATA, PIECE, URL, NodeMixin, _RefusingClient
+
+
+class BackSourceTests(NodeMixin, SynchronousTestCase):
+
+    def test_back_to_source_bounded_writes(self):
+        """When the origin body streams faster than the disk, at most two piece
+        writes are pending at once and the origin waits for one to finish:
+        memory stays at a few pieces whatever the file size."""
+        from twisted.internet.defer import Deferred as D
+
+        class Manual:
+            def __init__(self):
+                self.calls, self.max = [], 0
+
+            def run(self, f, *a, **kw):
+                d = D()
+                self.calls.append((d, f, a, kw))
+                self.max = max(self.max, len(self.calls))
+                return d
+
+        node = self.make(client=_RefusingClient(), origin=FakeOrigin(DATA, chunk=200),
+                         piece_size=PIECE)
+        runner = Manual()
+        self.store.runner = runner
+        d = node.download(URL)
+        while runner.calls:
+            self.assertLessEqual(len(runner.calls), 2)
+            rd, f, a, kw = runner.calls.pop(0)
+            rd.callback(f(*a, **kw))
+        tf = self.successResultOf(d)
+        self.assertEqual(self.read_all(tf), DATA)
+        self.assertEqual(runner.max, 2)
+
+    def test_origin_error_reported(self):
+        """When back-to-source meets an origin error, the download fails with it."""
+        node = self.make(client=_RefusingClient(), origin=FakeOrigin(error=OriginError(403)))
+        f = self.failureResultOf(node.download(URL), DownloadError)
+        self.assertEqual(str(f.value), "origin answered 403")
+        self.assertIsNone(self.store.get(task_id_for_url(URL)))
+
+    def test_origin_without_length(self):
+        """When the origin gives no length, the body is spooled, then cut into pieces."""
+        node = self.make(client=_RefusingClient(), origin=FakeOrigin(DATA, unknown_length=True))
+        tf = self.successResultOf(node.download(URL))
+        self.assertEqual(self.read_all(tf), DATA)
+        self.assertTrue(tf.is_complete)
+        self.assertEqual(sample(self.metrics, "dragonfly_peer_download_bytes_total",
+                                {"source": "origin"}), len(DATA))
+
+    def test_origin_short_body(self):
+        """When the origin's body ends early, the download fails and is not complete."""
+        origin = FakeOrigin(DATA)
+        real = origin.get
+
+        def short(*a, **kw):
+            d = real(*a, **kw)
+
+            def cut(r):
+                r._data = r._data[:-10]
+                return r
+            return d.addCallback(cut)
+        origin.get = short
+        node = self.make(client=_RefusingClient(), origin=origin)
+        f = self.failureResultOf(node.download(URL), DownloadError)
+        self.assertIn("short", str(f.value))
+        self.assertFalse(self.store.get(task_id_for_url(URL)).is_complete)
+
+    def test_pattern_source(self):
+        """pattern="source" always fetches from the origin, never the supernode."""
+        node = self.make()
+        tf = self.successResultOf(node.download(URL, pattern="source"))
+        self.assertEqual(self.read_all(tf), DATA)
+        self.assertEqual(self.supernode.registrations, [])

@@ -1,0 +1,250 @@
+"""The swarm session: fetch slots, verified pieces, reports, long-polls, giving up."""
+from twisted.trial.unittest import SynchronousTestCase
+
+from dragonfly.digest import piece_digest
+from dragonfly.metrics import sample
+from dragonfly.test.peerfakes import PEER_A, PEER_B
+from dragonfly.test.peernodes import DATA, PIECE, URL, NodeMixin
+
+
+class FetchTests(NodeMixin, SynchronousTestCase):
+
+    def test_want_bounded_by_slots(self):
+        """When fetches are slow, the node never asks for more than its free slots plus
+        a small queue, and fetches at most `concurrency` pieces at once."""
+        node = self.make(sources=(PEER_A, PEER_B))
+        self.pool.manual = True
+        d = node.download(URL)
+        self.assertNoResult(d)
+        self.assertEqual(len(self.pool.held), 3)
+        first = self.supernode.schedules[0]
+        self.assertEqual(first["want"], 3 + node.settings.queue_depth)
+        while self.pool.held:
+            self.pool.release(1)
+            self.assertLessEqual(len(self.pool.held), 3)
+            for s in self.supernode.schedules:
+                self.assertLessEqual(s["want"], 3 + node.settings.queue_depth)
+        tf = self.successResultOf(d)
+        self.assertEqual(self.read_all(tf), DATA)
+        self.assertEqual(sample(self.metrics, "dragonfly_peer_download_bytes_total",
+                                {"source": "peer"}), len(DATA))
+
+    def test_buffered_bytes_capped(self):
+        """When max_buffered holds fewer pieces than --concurrency, no more
+        fetches than fit in it are in flight at once: memory is bounded by
+        max_buffered whatever the concurrency."""
+        node = self.make(sources=(PEER_A, PEER_B), max_buffered=2 * PIECE + PIECE // 2)
+        self.pool.manual = True
+        d = node.download(URL)
+        self.assertEqual(len(self.pool.held), 2)
+        while self.pool.held:
+            self.pool.release(1)
+            self.assertLessEqual(len(self.pool.held), 2)
+        tf = self.successResultOf(d)
+        self.assertEqual(self.read_all(tf), DATA)
+
+    def test_bad_digest_never_written(self):
+        """When a source answers bytes with the wrong digest, the piece is not written, the
+        source is reported failed for it, and the piece is fetched from another source."""
+        node = self.make(sources=(PEER_A, PEER_B))
+        self.pool.corrupt.add(PEER_A.peer_id)
+        writes = []          # (index, bytes match the digest) of the writes that happened
+        unverified_bad = []  # bad bytes handed to the store without verify=True
+        orig_create = self.store.create
+
+        def create(*a, **kw):
+            tf = orig_create(*a, **kw)
+            real = {True: tf.write_verified_piece, False: tf.write_trusted_piece}
+
+            def write_piece(index, data, digest, verify=False):
+                body = b"".join(data) if isinstance(data, list) else bytes(data)
+                ok = piece_digest(body) == digest
+                if not ok and not verify:
+                    unverified_bad.append(index)
+                d = real[verify](index, data, digest)
+                d.addCallback(lambda r: writes.append((index, ok)) or r)
+                return d
+            tf.write_verified_piece = lambda i, data, digest: write_piece(i, data, digest, True)
+            tf.write_trusted_piece = write_piece
+            return tf
+        self.store.create = create
+        tf = self.successResultOf(node.download(URL))
+        self.assertEqual(self.read_all(tf), DATA)
+        self.assertTrue(writes)
+        self.assertTrue(all(ok for _, ok in writes))
+        self.assertEqual(unverified_bad, [])
+        failed = [f for s in self.supernode.schedules for f in s["failed"]]
+        self.assertTrue(failed)
+        self.assertTrue(all(f["source"] == PEER_A.peer_id for f in failed))
+        refetched = {i for (src, _, i) in self.pool.fetches if src == PEER_B.peer_id}
+        self.assertTrue({f["index"] for f in failed} <= refetched)
+        self.assertGreater(sample(self.metrics, "dragonfly_peer_piece_failures_total",
+                                  {"reason": "digest"}), 0)
+
+    def test_only_bad_sources_falls_back_to_origin(self):
+        """When every source of the pieces fails and the supernode has no other, the node
+        gives up on the swarm after its stall timeout and fetches the file from its
+        origin instead."""
+        node = self.make(sources=(PEER_A,), stall_timeout=60)
+        self.pool.broken.add(PEER_A.peer_id)
+        d = node.download(URL)
+        self.clock.advance(59)
+        self.assertNoResult(d)
+        for _ in range(10):
+            self.clock.advance(1)
+        tf = self.successResultOf(d)
+        self.assertEqual(self.read_all(tf), DATA)
+        self.assertEqual(len(self.origin.calls), 1)
+        self.assertEqual(sample(self.metrics, "dragonfly_peer_download_bytes_total",
+                                {"source": "origin"}), len(DATA))
+
+    def test_pool_without_fetch_piece(self):
+        """When the piece pool only offers fetch (whole bytes), pieces are still
+        verified before they are written and bad ones are fetched elsewhere."""
+        node = self.make(sources=(PEER_A, PEER_B))
+        self.pool.fetch_piece = None
+        self.pool.corrupt.add(PEER_A.peer_id)
+        tf = self.successResultOf(node.download(URL))
+        self.assertEqual(self.read_all(tf), DATA)
+        self.assertGreater(sample(self.metrics, "dragonfly_peer_piece_failures_total",
+                                  {"reason": "digest"}), 0)
+
+
+class ScheduleFailureTests(NodeMixin, SynchronousTestCase):
+
+    def test_schedule_404_registers_again(self):
+        """When scheduling answers 404 (the supernode forgot us), the node registers again
+        and carries on."""
+        node = self.make()
+        self.pool.manual = True
+        d = node.download(URL)
+        self.supernode.schedule_script.append((404, {"error": "unknown peer"}))
+        self.pool.release(1)
+        while self.pool.held:
+            self.pool.release()
+        self.assertEqual(self.read_all(self.successResultOf(d)), DATA)
+        self.assertEqual(len(self.supernode.registrations), 2)
+
+    def test_schedule_failures_go_to_origin(self):
+        """When scheduling keeps failing with 5xx, the node retries with back-off, then
+        finishes from the origin, keeping the pieces it already has."""
+        node = self.make()
+        self.pool.manual = True
+        d = node.download(URL)
+        self.pool.release(2)
+        self.supernode.schedule_answer = (503, {"error": "overloaded"})
+        self.supernode.register_answer = (503, {"error": "overloaded"})
+        while not d.called:
+            self.pool.release()
+            self.clock.advance(10)
+        tf = self.successResultOf(d)
+        self.assertEqual(self.read_all(tf), DATA)
+        self.assertEqual(len(self.origin.calls), 1)
+        self.assertGreater(self.origin.calls[0][2], 0)
+
+    def test_stall_goes_to_origin(self):
+        """When the supernode keeps answering no assignments, the node polls no faster
+        than its minimum interval and after the stall timeout goes to the origin."""
+        node = self.make(stall_timeout=30)
+        self.supernode.hold = True
+        d = node.download(URL)
+        self.assertNoResult(d)
+        for _ in range(60):
+            self.clock.advance(1)
+        tf = self.successResultOf(d)
+        self.assertEqual(self.read_all(tf), DATA)
+        self.assertLessEqual(len(self.supernode.schedules), 2 * 31 + 2)
+        self.assertGreater(len(self.supernode.schedules), 5)
+
+
+class LongPollTests(NodeMixin, SynchronousTestCase):
+
+    def start(self, concurrency, per_source_limit=None, polls=True):
+        """A download from PEER_A whose fetches wait for pool.release()."""
+        node = self.make(sources=(PEER_A,), concurrency=concurrency, queue_depth=0)
+        self.pool.manual = True
+        self.supernode.per_source_limit = per_source_limit
+        self.supernode.defer_polls = polls
+        return node.download(URL)
+
+    def finish(self, d):
+        """Release every fetch; the download ends without the clock moving."""
+        while not d.called:
+            self.pool.release()
+            self.hosts.flush()
+        self.assertEqual(self.read_all(self.successResultOf(d)), DATA)
+        self.assertEqual(self.clock.seconds(), 0)
+
+    def test_reports_while_long_polling(self):
+        """When a piece lands while the node's long-poll is outstanding, the node reports
+        it at once in a separate call (want 0, wait 0), which lets the supernode answer
+        the poll: the download never waits for a poll to time out."""
+        d = self.start(concurrency=2, per_source_limit=1)
+        self.assertEqual(len(self.pool.held), 1)
+        self.assertEqual(len(self.supernode.held_polls), 1)
+        n = len(self.supernode.schedules)
+        self.pool.release(1)
+        report = self.supernode.schedules[n]
+        self.assertEqual((report["want"], report["wait"], report["have"]), (0, 0, [0]))
+        self.hosts.flush()
+        self.assertEqual(len(self.pool.held), 1)
+        self.finish(d)
+
+    def test_reports_pairs_while_busy(self):
+        """With more pieces in flight, a lone landed piece waits for the next one:
+        the report-only call carries two pieces (half the round trips), and the
+        download still never waits for a poll to time out."""
+        d = self.start(concurrency=8, per_source_limit=4)
+        self.assertEqual(len(self.pool.held), 4)
+        self.assertEqual(len(self.supernode.held_polls), 1)
+        n = len(self.supernode.schedules)
+        self.pool.release(1)
+        self.assertEqual(len(self.supernode.schedules), n)   # one piece: no call yet
+        self.pool.release(1)
+        report = self.supernode.schedules[n]
+        self.assertEqual((report["want"], report["wait"]), (0, 0))
+        self.assertEqual(len(report["have"]), 2)
+        self.finish(d)
+
+    def test_gathers_without_a_poll(self):
+        """Without a long-poll out (every slot taken), one landed piece also waits
+        for a second before the next schedule call; the end is not delayed."""
+        d = self.start(concurrency=4, polls=False)
+        self.assertEqual(len(self.pool.held), 4)
+        n = len(self.supernode.schedules)
+        self.pool.release(1)
+        self.assertEqual(len(self.supernode.schedules), n)
+        self.pool.release(1)
+        self.assertEqual(len(self.supernode.schedules), n + 1)
+        self.assertEqual(len(self.supernode.schedules[n]["have"]), 2)
+        self.finish(d)
+
+
+class ParseAssignmentTests(SynchronousTestCase):
+
+    class TF:
+        piece_count = 3
+
+        def piece_range(self, index):
+            return index * 64, (64 if index < 2 else 10)
+
+    def item(self, **kw):
+        body = {"index": 2, "size": 10, "digest": "ab" * 32, "source": PEER_A.to_json()}
+        body.update(kw)
+        return body
+
+    def test_good(self):
+        """A well-formed assignment becomes an Assignment from its source."""
+        from dragonfly.peer.session import parse_assignment
+        a = parse_assignment(self.item(), self.TF())
+        self.assertEqual((a.index, a.size, a.digest, a.source), (2, 10, "ab" * 32, PEER_A))
+
+    def test_bad(self):
+        """An index out of range, a wrong size or a digest not 64 hex digits is refused."""
+        from dragonfly.peer.session import parse_assignment
+        for kw in ({"index": 3}, {"index": True}, {"size": 64}, {"digest": "AB" * 32},
+                   {"digest": "ab"}):
+            with self.assertRaises(ValueError):
+                parse_assignment(self.item(**kw), self.TF())
+        with self.assertRaises(ValueError):
+            parse_assignment([], self.TF())

@@ -1,0 +1,132 @@
+"""PeerNode.stream: the in-order push producer, its cursor and its back-pressure."""
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
+
+from dragonfly.peer.node import DownloadError, StreamStopped
+from dragonfly.peer.stream import OrderedPushProducer
+from dragonfly.test.peerfakes import PEER_A
+from dragonfly.test.peernodes import DATA, PIECE, URL, NodeMixin
+
+
+class _PausingConsumer:
+    """A consumer whose buffer is "full" after every write: it pauses its producer."""
+
+    def __init__(self):
+        self.data = []
+        self.producer = None
+        self.streaming = None
+
+    def registerProducer(self, producer, streaming):
+        self.producer, self.streaming = producer, streaming
+
+    def unregisterProducer(self):
+        self.producer = None
+
+    def write(self, data):
+        self.data.append(data)
+        self.producer.pauseProducing()
+
+    def value(self):
+        return b"".join(self.data)
+
+
+class StreamTests(NodeMixin, SynchronousTestCase):
+
+    def test_stream_sends_cursor(self):
+        """While a stream reads a task (started from on_start, as the dfdaemon
+        mirror does), every schedule call carries the piece the stream is at as
+        "cursor"; without a stream there is no cursor."""
+        from twisted.internet.testing import StringTransport
+
+        node = self.make(sources=(PEER_A,))
+        self.pool.manual = True
+        consumer = StringTransport()
+        streams = []
+        started = Deferred()
+        started.addCallback(lambda tf: streams.append(node.stream(tf, consumer)))
+        d = node.download(URL, on_start=started)
+        self.assertEqual(self.supernode.schedules[0].get("cursor"), 0)
+        self.pool.release()      # piece 0 (or whichever came first)
+        while self.pool.held:
+            self.pool.release()
+        self.successResultOf(d)
+        self.successResultOf(streams[0])
+        cursors = [s["cursor"] for s in self.supernode.schedules if "cursor" in s]
+        self.assertEqual(cursors, sorted(cursors))
+        n = len(self.supernode.schedules)
+        node2 = self.make()
+        self.successResultOf(node2.download(URL))
+        self.assertTrue(all("cursor" not in s for s in self.supernode.schedules[n:]))
+
+    def test_stream_in_order_as_pieces_arrive(self):
+        """stream() writes bytes in order, waiting for pieces still being fetched, and
+        fires when the last byte is out."""
+        from twisted.internet.testing import StringTransport
+
+        node = self.make(sources=(PEER_A,))
+        self.pool.manual = True
+        started = []
+        d = node.download(URL, on_start=started.append)
+        tf = started[0]
+        consumer = StringTransport()
+        sd = node.stream(tf, consumer, start=10)
+        self.assertTrue(consumer.streaming)
+        self.assertEqual(consumer.value(), b"")
+        # Release pieces out of order: nothing beyond a gap is written.
+        held = self.pool.held
+        self.pool.held = []
+        held[1][0].callback(held[1][1])
+        self.assertEqual(consumer.value(), b"")
+        held[0][0].callback(held[0][1])
+        self.assertEqual(consumer.value(), DATA[10:2 * PIECE])
+        for d_, data in held[2:]:
+            d_.callback(data)
+        while self.pool.held:
+            self.pool.release()
+        self.successResultOf(sd)
+        self.successResultOf(d)
+        self.assertEqual(consumer.value(), DATA[10:])
+        self.assertIsNone(consumer.producer)
+
+    def test_back_pressure(self):
+        """While the consumer has paused the stream, nothing more is written."""
+        node = self.make()
+        node.download(URL)
+        tf = self.successResultOf(node.download(URL))
+        self.patch(OrderedPushProducer, "chunk", 16)
+        consumer = _PausingConsumer()
+        sd = node.stream(tf, consumer, start=5, end=200)
+        n = len(consumer.data)
+        self.assertEqual(n, 1)
+        while not sd.called:
+            self.assertEqual(len(consumer.data), n)
+            consumer.producer.resumeProducing()
+            n += 1
+        self.successResultOf(sd)
+        self.assertEqual(consumer.value(), DATA[5:200])
+        self.assertTrue(all(len(c) <= 16 for c in consumer.data))
+
+    def test_stream_fails_with_download(self):
+        """When the download fails, a waiting stream fails with DownloadError."""
+        from twisted.internet.testing import StringTransport
+
+        node = self.make(sources=(PEER_A,))
+        self.pool.manual = True
+        started = []
+        d = node.download(URL, back_source=False, on_start=started.append)
+        consumer = StringTransport()
+        sd = node.stream(started[0], consumer)
+        self.supernode.schedule_answer = (400, {"error": "nope"})
+        self.pool.release(2)   # the next schedule call (a pair of pieces to report) fails
+        self.failureResultOf(d, DownloadError)
+        self.failureResultOf(sd, DownloadError)
+        self.assertIsNone(consumer.producer)
+
+    def test_consumer_stops(self):
+        """When the consumer stops the producer, the stream fails with StreamStopped."""
+        node = self.make()
+        tf = self.successResultOf(node.download(URL))
+        consumer = _PausingConsumer()
+        sd = node.stream(tf, consumer)
+        consumer.producer.stopProducing()
+        self.failureResultOf(sd, StreamStopped)
