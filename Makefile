@@ -14,7 +14,9 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 # Reinstall the package (not editable: twistd must see twisted/plugins/).
+# build/ is removed first: setuptools would ship stale copies of moved modules from it.
 install: $(STAMP)
+	rm -rf build
 	$(BIN)/pip install -q --no-deps --force-reinstall .
 	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 
