@@ -2,23 +2,68 @@
 
 When no supernode can serve a task (or the caller asked for
 C{pattern="source"}), L{BackSource.fetch} gets the file from its origin (an
-L{dragonfly.interfaces.IOrigin}), resuming after the pieces already held.
-A body with a length streams straight into the store (L{StoreWriter}: a
-bounded window of piece writes, the origin connection paused at the limit);
-a body without one is spooled to a temporary file first (L{Spooler}), then
-cut into pieces. Every piece is hashed when it is written; the download's
-L{dragonfly.peer.joining.Download} hears of each one.
+L{dragonfly.interfaces.IOrigin}), resuming after the pieces already held, and
+runs the body through the shared ingest pipeline (L{dragonfly.ingest}): a body
+with a length streams straight into the store (C{stream_into}: a bounded
+window of piece writes, the origin connection paused at the limit); a body
+without one is spooled to a temporary file first (C{spool_into}), then cut
+into pieces. L{OriginEvents} tells the download of every piece stored
+(L{dragonfly.peer.joining.Download}), counts origin bytes and words the
+pipeline's errors as L{DownloadError}s.
 """
-import os
 import tempfile
 
 from twisted.logger import Logger
 
-from dragonfly.digest import piece_digest
+from dragonfly.ingest.events import IngestEvents
+from dragonfly.ingest.pipeline import spool_into, stream_into
 from dragonfly.peer.errors import DownloadError, describe
-from dragonfly.storage.cutter import PieceCutter
 
-__all__ = ["BackSource", "Spooler", "StoreWriter"]
+__all__ = ["BackSource", "OriginEvents", "SpoolEvents"]
+
+
+class OriginEvents(IngestEvents):
+    """How the ingest pipeline reports to a peer download (C{dl}) fed by its origin.
+
+    A new piece is announced with its bytes (C{dl.piece_arrived}); a piece
+    already held (resumed download) only counts its bytes in C{metrics}; a
+    body that does not fit the task fails the download with a L{DownloadError}.
+    """
+
+    def __init__(self, metrics, dl):
+        self._metrics = metrics
+        self._dl = dl
+
+    def stored(self, tf, index, size, digest):
+        self._dl.piece_arrived(index, size, "origin")
+
+    def skipped(self, index, size):
+        self._metrics.download_bytes.labels(source="origin").inc(size)
+
+    def misaligned(self, start):
+        return DownloadError(f"origin resumed at {start}, not a piece boundary")
+
+    def overflow(self, tf):
+        return DownloadError("origin sent more bytes than the task's length")
+
+    def short(self, tf, got):
+        missing = tf.piece_count - got // tf.piece_size
+        return DownloadError(f"origin body ended {missing} piece(s) short")
+
+
+class SpoolEvents(OriginEvents):
+    """L{OriginEvents} for a spooled body: bytes are counted as they arrive.
+
+    The task does not exist yet while the body is spooled, so every chunk is
+    counted on receipt and the pieces cut from the spool later add no bytes.
+    """
+
+    def received(self, nbytes):
+        self._metrics.download_bytes.labels(source="origin").inc(nbytes)
+        self._dl.sources["origin"] += nbytes
+
+    def stored(self, tf, index, size, digest):
+        self._dl.piece_arrived(index, 0, "origin")
 
 
 class BackSource:
@@ -85,10 +130,9 @@ class BackSource:
                               tf.piece_size if tf is not None else self._settings.piece_size,
                               etag=response.etag, last_modified=response.last_modified)
         dl.set_task_file(tf)
-        writer = StoreWriter(self._deps.metrics, dl, tf, response.offset)
         try:
-            await response.deliver(writer)
-            await writer.finish()
+            await stream_into(response, tf, self._deps.runner,
+                              OriginEvents(self._deps.metrics, dl))
         except OriginError as e:
             raise DownloadError(f"origin: {e.message}")
         if not tf.is_complete:
@@ -97,80 +141,20 @@ class BackSource:
 
     async def _spool(self, dl, response):
         """Origin without a length: spool to a temp file, then cut into pieces."""
-        store, runner = self._deps.store, self._deps.runner
+        from dragonfly.origin import OriginError
+
+        store = self._deps.store
         spool_dir = (self._settings.spool_dir or getattr(store, "root", None)
                      or tempfile.gettempdir())
-        f = await runner.run(tempfile.TemporaryFile, dir=spool_dir, prefix=".spool-")
-        try:
-            spooler = Spooler(f, runner, self._deps.metrics, dl)
-            try:
-                total = await response.deliver(spooler)
-            except Exception as e:
-                raise DownloadError(f"origin: {describe(e)}")
-            tf = store.create(dl.task_id, dl.url, total, self._settings.piece_size,
+
+        def make_task(length):
+            tf = store.create(dl.task_id, dl.url, length, self._settings.piece_size,
                               etag=response.etag, last_modified=response.last_modified)
             dl.set_task_file(tf)
-            for index in range(tf.piece_count):
-                off, n = tf.piece_range(index)
-                data = await runner.run(_pread, f, off, n)
-                digest = await runner.run(piece_digest, data)
-                await tf.write_trusted_piece(index, data, digest)
-                dl.piece_arrived(index, 0, "origin")
             return tf
-        finally:
-            await runner.run(f.close)
 
-
-def _pread(f, offset, length):
-    return os.pread(f.fileno(), length, offset)
-
-
-class Spooler:
-    """Consumer writing an origin body to a temp file through the runner."""
-
-    def __init__(self, f, runner, metrics, dl):
-        self._f = f
-        self._runner = runner
-        self._metrics = metrics
-        self._dl = dl
-        self._offset = 0
-
-    def write(self, data):
-        off = self._offset
-        self._offset += len(data)
-        self._metrics.download_bytes.labels(source="origin").inc(len(data))
-        self._dl.sources["origin"] += len(data)
-        return self._runner.run(os.pwrite, self._f.fileno(), data, off)
-
-
-class StoreWriter(PieceCutter):
-    """Consumer cutting an origin body (starting at a piece boundary) into pieces.
-
-    L{PieceCutter} keeps the window of piece writes bounded (the origin
-    connection pauses at the limit); each piece is hashed and written by
-    C{write_new_piece} in the runner. Pieces the store already holds are
-    skipped, not rewritten.
-    """
-
-    def __init__(self, metrics, dl, tf, offset, max_writes=2):
-        self._metrics = metrics
-        self._dl = dl
-        PieceCutter.__init__(self, tf, offset, max_writes)
-
-    def misaligned(self, start):
-        return DownloadError(f"origin resumed at {start}, not a piece boundary")
-
-    def overflow(self):
-        return DownloadError("origin sent more bytes than the task's length")
-
-    def short(self, got):
-        missing = self._tf.piece_count - self.index
-        return DownloadError(f"origin body ended {missing} piece(s) short")
-
-    def store_piece(self, index, chunks, size):
-        if self._tf.has(index):
-            # Already verified and held (resumed download).
-            self._metrics.download_bytes.labels(source="origin").inc(size)
-            return None
-        return self._tf.write_new_piece(index, chunks).addCallback(
-            lambda _: self._dl.piece_arrived(index, size, "origin"))
+        try:
+            return await spool_into(response, make_task, self._deps.runner, spool_dir,
+                                    SpoolEvents(self._deps.metrics, dl))
+        except (OriginError, OSError) as e:
+            raise DownloadError(f"origin: {describe(e)}")

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from twisted.internet.defer import Deferred
 
 from dragonfly.interfaces import PeerInfo
+from dragonfly.runtime.nodeconfig import NodeConfig
 from dragonfly.runtime.nodeservice import NodeService
 
 #: Seconds between heartbeats for finished tasks; well under the supernode's
@@ -32,23 +33,16 @@ __all__ = ["PeerConfig", "PeerService"]
 
 
 @dataclass
-class PeerConfig:
-    supernodes: list = field(default_factory=lambda: [("127.0.0.1", 8002)])
-    piece_listen: str = "tcp:65000"
-    api_listen: str = "tcp:65002:interface=127.0.0.1"
-    advertise: str = "127.0.0.1"
+class PeerConfig(NodeConfig):
+    """A peer's settings: L{NodeConfig}'s, with the peer's defaults, and its own."""
+
     data_dir: str = "/var/lib/dragonfly/peer"
-    cache_size: int = 0
-    cache_ttl: float = 0
-    upload_limit: int = 0
-    download_limit: int = 0
-    log_format: str = "text"
-    port_file: str = None
+    piece_listen: str = "tcp:65000"
+    advertise: str = "127.0.0.1"
+    supernodes: list = field(default_factory=lambda: [("127.0.0.1", 8002)])
+    api_listen: str = "tcp:65002:interface=127.0.0.1"
     concurrency: int = 8
-    max_uploads: int = 8
-    gc_interval: float = 60.0
     peer_id: str = None
-    threads: int = 4
 
 
 class PeerService(NodeService):

@@ -29,7 +29,7 @@ __all__ = ["build_supernode"]
 def build_supernode(reactor, c):
     """The L{SupernodeService} for config C{c}, on C{reactor}."""
     tune_allocator()   # origin bodies arrive as piece-sized runs of chunks too
-    runner = ThreadRunner(reactor, max_threads=4, name="supernode-io")
+    runner = ThreadRunner(reactor, max_threads=c.threads, name="supernode-io")
     metrics = SupernodeMetrics()
     store = PieceStore(os.path.join(c.data_dir, "pieces"), quota=c.cache_size, ttl=c.cache_ttl,
                        clock=reactor, runner=runner)

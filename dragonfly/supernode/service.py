@@ -16,28 +16,23 @@ import shutil
 from dataclasses import dataclass, field
 
 from dragonfly.interfaces import PeerInfo
+from dragonfly.runtime.nodeconfig import NodeConfig
 from dragonfly.runtime.nodeservice import NodeService
 
 __all__ = ["SupernodeConfig", "SupernodeService"]
 
 
 @dataclass
-class SupernodeConfig:
-    listen: str = "tcp:8002"
-    piece_listen: str = "tcp:8001"
-    advertise: str = None
+class SupernodeConfig(NodeConfig):
+    """A supernode's settings: L{NodeConfig}'s, with the supernode's defaults, and its own."""
+
     data_dir: str = "/var/lib/dragonfly/supernode"
+    piece_listen: str = "tcp:8001"
+    max_uploads: int = 32
+    listen: str = "tcp:8002"
     cluster: list = field(default_factory=list)     # [(host, port)]
     piece_size: int = 4 << 20
     origin_limit: int = 0
-    upload_limit: int = 0
-    download_limit: int = 0
-    cache_size: int = 0
-    cache_ttl: float = 0
-    log_format: str = "text"
-    port_file: str = None
-    max_uploads: int = 32
-    gc_interval: float = 60.0
     expire_interval: float = 5.0
     cluster_interval: float = 5.0
 

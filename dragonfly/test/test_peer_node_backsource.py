@@ -3,6 +3,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from dragonfly.metrics import sample
 from dragonfly.origin import OriginError
+from dragonfly.peer.backsource import OriginEvents, SpoolEvents
 from dragonfly.peer.node import DownloadError
 from dragonfly.taskid import task_id_for_url
 from dragonfly.test.peerfakes import FakeOrigin
@@ -80,3 +81,72 @@ class BackSourceTests(NodeMixin, SynchronousTestCase):
         tf = self.successResultOf(node.download(URL, pattern="source"))
         self.assertEqual(self.read_all(tf), DATA)
         self.assertEqual(self.supernode.registrations, [])
+
+
+class _Counter:
+    def __init__(self):
+        self.value = 0
+
+    def labels(self, **kw):
+        self.labelled = kw
+        return self
+
+    def inc(self, n):
+        self.value += n
+
+
+class _Metrics:
+    def __init__(self):
+        self.download_bytes = _Counter()
+
+
+class _Download:
+    def __init__(self):
+        self.arrived = []
+        self.sources = {"origin": 0}
+
+    def piece_arrived(self, index, nbytes, source):
+        self.arrived.append((index, nbytes, source))
+
+
+class _Task:
+    piece_count = 4
+    piece_size = 10
+    length = 35
+
+
+class OriginEventsTests(SynchronousTestCase):
+    """The ingest pipeline's reports, as a peer download hears them."""
+
+    def test_stored_and_skipped(self):
+        """A new piece is announced with its bytes; a held one only counts them."""
+        metrics, dl = _Metrics(), _Download()
+        events = OriginEvents(metrics, dl)
+        events.received(7)
+        events.stored(_Task(), 2, 10, "d")
+        events.skipped(1, 10)
+        self.assertEqual(dl.arrived, [(2, 10, "origin")])
+        self.assertEqual(metrics.download_bytes.value, 10)
+        self.assertEqual(metrics.download_bytes.labelled, {"source": "origin"})
+        self.assertEqual(dl.sources["origin"], 0)
+
+    def test_spool_counts_on_receipt(self):
+        """A spooled body counts every chunk as it arrives; its pieces add no bytes."""
+        metrics, dl = _Metrics(), _Download()
+        events = SpoolEvents(metrics, dl)
+        events.received(7)
+        events.stored(_Task(), 0, 10, "d")
+        self.assertEqual(dl.arrived, [(0, 0, "origin")])
+        self.assertEqual(metrics.download_bytes.value, 7)
+        self.assertEqual(dl.sources["origin"], 7)
+
+    def test_errors(self):
+        """A body that does not fit the task fails the download with a plain reason."""
+        events = OriginEvents(_Metrics(), _Download())
+        tf = _Task()
+        self.assertIsInstance(events.misaligned(5), DownloadError)
+        self.assertEqual(str(events.misaligned(5)), "origin resumed at 5, not a piece boundary")
+        self.assertEqual(str(events.overflow(tf)),
+                         "origin sent more bytes than the task's length")
+        self.assertEqual(str(events.short(tf, 20)), "origin body ended 2 piece(s) short")
+        self.assertEqual(str(events.short(tf, 15)), "origin body ended 3 piece(s) short")

@@ -1,0 +1,34 @@
+"""L{NodeConfig}: the settings a supernode and a peer share.
+
+Where the node keeps its data, how it logs, where it writes its port file,
+its piece port and advertised host, the cache (quota and TTL), the transfer
+limits, the upload slots, the store's GC interval and the I/O thread pool.
+Each role's config (C{SupernodeConfig}, C{PeerConfig}) is a dataclass
+subclass adding its own fields and giving its own defaults where they differ
+(a field redeclared in a subclass keeps its place and takes the new default).
+"""
+from dataclasses import dataclass
+
+__all__ = ["NodeConfig"]
+
+
+@dataclass
+class NodeConfig:
+    """Settings every node has; a role subclass sets the role defaults.
+
+    Sizes and rates are bytes (0: no limit), durations seconds (C{cache_ttl}
+    0: no expiry).
+    """
+
+    data_dir: str = None            # set by each role
+    piece_listen: str = None        # endpoint string; set by each role
+    advertise: str = None           # host other nodes reach us at
+    cache_size: int = 0
+    cache_ttl: float = 0
+    upload_limit: int = 0
+    download_limit: int = 0
+    log_format: str = "text"
+    port_file: str = None
+    max_uploads: int = 8
+    gc_interval: float = 60.0
+    threads: int = 4                # I/O thread pool (store reads and writes)
