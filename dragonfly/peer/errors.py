@@ -1,16 +1,15 @@
 """What goes wrong in a peer download, and how it is said in one line.
 
 L{DownloadError} and L{StreamStopped} are the peer's public errors (the API,
-the mirror and dfget catch them). L{SupernodeUnavailable} and
-L{NotRegistered} never leave the peer package: the first sends a download
-back to its origin, the second makes a swarm session register again.
+the mirror and dfget catch them). What a supernode's answer means for a
+download (go to the origin, register again, a final verdict) is said by the
+exceptions of L{dragonfly.control.client}.
 L{describe} (L{dragonfly.httpio.describe}, re-exported) turns any exception or
 Failure into a short reason for logs and error messages.
 """
 from dragonfly.httpio import describe
 
-__all__ = ["DownloadError", "StreamStopped", "SupernodeUnavailable", "NotRegistered",
-           "describe"]
+__all__ = ["DownloadError", "StreamStopped", "describe"]
 
 
 class DownloadError(Exception):
@@ -20,10 +19,3 @@ class DownloadError(Exception):
 class StreamStopped(Exception):
     """The consumer of L{dragonfly.peer.node.PeerNode.stream} stopped reading."""
 
-
-class SupernodeUnavailable(Exception):
-    """No supernode could (or would any longer) schedule this task: go to the origin."""
-
-
-class NotRegistered(Exception):
-    """The supernode forgot us (404 on schedule): register again."""

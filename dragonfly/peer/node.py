@@ -6,7 +6,7 @@ A L{PeerNode} downloads a task (one file) like this:
  2. Otherwise one L{dragonfly.peer.joining.Download} is shared by every
     caller and stream of the task; the node runs it once.
  3. The swarm path (L{dragonfly.peer.session}): register with a supernode
-    (L{dragonfly.peer.supernodes}: owner redirects, fail-over), then
+    (L{dragonfly.control.client}: owner redirects, fail-over), then
     schedule and fetch verified pieces through the piece pool until the task
     is complete; the piece server keeps serving it from the store.
  4. When no supernode answers, or scheduling keeps failing, the file is
@@ -25,14 +25,14 @@ from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from dragonfly.control.client import SupernodeClient, SupernodeUnavailable
 from dragonfly.interfaces import IDownloader
 from dragonfly.peer.backsource import BackSource
-from dragonfly.peer.errors import DownloadError, StreamStopped, SupernodeUnavailable
+from dragonfly.peer.errors import DownloadError, StreamStopped
 from dragonfly.peer.joining import Download, call_progress, call_start
 from dragonfly.peer.session import join_swarm
 from dragonfly.peer.settings import DEFAULT_PIECE_SIZE, NodeDeps, NodeSettings
 from dragonfly.peer.stream import OrderedPushProducer
-from dragonfly.peer.supernodes import SupernodeClient
 from dragonfly.taskid import task_id_for_url, validate_task_id
 
 __all__ = ["PeerNode", "NodeDeps", "NodeSettings", "DownloadError", "StreamStopped",
@@ -57,19 +57,13 @@ class PeerNode:
         self.deps = deps
         self.settings = settings if settings is not None else NodeSettings()
         self._store = deps.store
-        self._supernodes = SupernodeClient(deps.clock, deps.http, supernodes, peer_info,
-                                           self.settings)
+        self.peer_info = peer_info
+        self._supernodes = SupernodeClient(
+            deps.clock, deps.http, supernodes, api_timeout=self.settings.api_timeout,
+            register_timeout=self.settings.register_timeout)
         self._back_source = BackSource(deps, self.settings)
         self._downloads = {}
         self._stopping = False
-
-    @property
-    def peer_info(self):
-        return self._supernodes.peer_info
-
-    @peer_info.setter
-    def peer_info(self, info):
-        self._supernodes.peer_info = info
 
     # ------------------------------------------------------------------ public
 
@@ -157,7 +151,7 @@ class PeerNode:
 
     def leave(self, task_id):
         """Tell the supernode we no longer serve C{task_id} (best effort)."""
-        return self._supernodes.leave(task_id)
+        return self._supernodes.leave(task_id, self.peer_info.peer_id)
 
     async def heartbeat(self):
         """Tell each supernode which of its tasks we still hold and serve.
@@ -167,7 +161,7 @@ class PeerNode:
         periodically. Tasks a supernode no longer knows us for are forgotten
         (we register again on the next download of them).
         """
-        await self._supernodes.heartbeat(self._serving)
+        await self._supernodes.heartbeat(self.peer_info.peer_id, self._serving)
 
     def _serving(self, task_id):
         return task_id not in self._downloads and self._store.get(task_id) is not None
@@ -175,7 +169,7 @@ class PeerNode:
     def forget_missing(self):
         """Leave the swarms of tasks the store no longer holds (after GC)."""
         ds = []
-        for task_id in list(self._supernodes.joined):
+        for task_id in list(self._supernodes.members):
             if task_id not in self._downloads and self._store.get(task_id) is None:
                 ds.append(self.leave(task_id))
         return ds
@@ -186,7 +180,7 @@ class PeerNode:
         for dl in list(self._downloads.values()):
             if dl.run is not None and not dl.run.called:
                 dl.run.cancel()
-        ds = [self.leave(t) for t in list(self._supernodes.joined)]
+        ds = [self.leave(t) for t in list(self._supernodes.members)]
         return DeferredList(ds, consumeErrors=True).addCallback(lambda _: None)
 
     # ---------------------------------------------------------------- the run
@@ -196,7 +190,8 @@ class PeerNode:
             tf = await self._back_source.fetch(dl, "pattern=source")
         else:
             try:
-                tf = await join_swarm(dl, self.deps, self.settings, self._supernodes)
+                tf = await join_swarm(dl, self.deps, self.settings, self._supernodes,
+                                      lambda: self.peer_info)
             except SupernodeUnavailable as e:
                 if not dl.back_source:
                     raise DownloadError(f"no supernode could serve the task ({e}) "

@@ -1,7 +1,7 @@
 """The swarm path of a download: register, then schedule and fetch until complete.
 
 L{join_swarm} leaves a stale membership, registers the task at a supernode
-(L{dragonfly.peer.supernodes.SupernodeClient}), prepares the task file and
+(L{dragonfly.control.client.SupernodeClient}), prepares the task file and
 runs a L{SwarmSession}: it loops on schedule calls (reporting the pieces it
 got and the sources that failed it, asking for as many assignments as it has
 free fetch slots plus a small queue), fetches assigned pieces concurrently
@@ -9,59 +9,73 @@ through the piece pool, checks each piece's digest I{before} it is written
 (a mismatch is never written and is reported as a failure of its source),
 and registers again when the supernode forgot it. It raises
 L{SupernodeUnavailable} when the swarm cannot finish the task (the caller
-then goes to the origin).
+then goes to the origin) and L{DownloadError} on a supernode's verdict about
+the task (L{TaskRefused}: final, the origin is not asked either). Requests
+and answers are the L{dragonfly.control.messages} classes; an assignment is
+accepted only if the registration answer says it names a piece of the task.
 """
-import re
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from dragonfly.control.client import NotRegistered, SupernodeUnavailable, TaskRefused
+from dragonfly.control.messages import MessageError, RegisterRequest, ScheduleRequest
 from dragonfly.digest import piece_digest
-from dragonfly.interfaces import Assignment, PeerInfo
-from dragonfly.peer.errors import DownloadError, NotRegistered, SupernodeUnavailable, describe
+from dragonfly.peer.errors import DownloadError, describe
 from dragonfly.peer.wakeup import Signal
 from dragonfly.storage.errors import DigestMismatch
 
-__all__ = ["join_swarm", "SwarmSession", "parse_assignment", "REPORT_BATCH"]
+__all__ = ["join_swarm", "SwarmSession", "REPORT_BATCH"]
 
-_HEX64 = re.compile(r"\A[0-9a-f]{64}\Z")
 _log = Logger()
 
 
-async def join_swarm(dl, deps, settings, client):
+async def join_swarm(dl, deps, settings, client, me):
     """Download C{dl} through its swarm: the complete task file.
 
     @param deps: the node's L{NodeDeps} (store, piece pool, runner, metrics, clock).
     @param client: the node's L{SupernodeClient}.
+    @param me: a callable returning this peer's current L{PeerInfo}.
     """
-    if dl.task_id in client.joined:
+    if dl.task_id in client.members:
         # We finished this task once and the store has lost it since (GC,
         # a file edited through a hard link): the supernode still counts
         # us as holding its pieces until we leave.
-        await client.leave(dl.task_id)
-    addr, info = await client.register(dl.task_id, dl.url, dl.headers)
+        await client.leave(dl.task_id, me().peer_id)
+    addr, info = await register(client, dl, me())
     tf = _prepare(deps.store, dl, info)
-    session = SwarmSession(dl, tf, addr, info["seed"], client=client, pool=deps.piece_pool,
+    session = SwarmSession(dl, tf, addr, info, client=client, me=me, pool=deps.piece_pool,
                            runner=deps.runner, metrics=deps.metrics, clock=deps.clock,
                            settings=settings)
-    client.joined[dl.task_id] = addr
+    client.joined(dl.task_id, addr)
     try:
         await session.run()
     except BaseException:
         # We failed or were stopped: stop being listed as a source.
-        client.leave(dl.task_id)
+        client.leave(dl.task_id, me().peer_id)
         raise
     return tf
 
 
+async def register(client, dl, peer):
+    """Register C{dl}'s task as C{peer}: (addr, L{RegisterAnswer}).
+
+    A supernode's verdict about the task (L{TaskRefused}) is final: L{DownloadError}.
+    """
+    try:
+        return await client.register(RegisterRequest(dl.task_id, dl.url, dl.headers, peer))
+    except TaskRefused as e:
+        raise DownloadError(str(e)) from e
+
+
 def _prepare(store, dl, info):
     tf = store.get(dl.task_id)
-    if tf is None or tf.length != info["length"] or tf.piece_size != info["piece_size"]:
+    if tf is None or tf.length != info.length or tf.piece_size != info.piece_size:
         if tf is not None:
             _log.info("task {task} changed shape; starting it afresh", task=dl.task_id)
-        tf = store.create(dl.task_id, dl.url, info["length"], info["piece_size"])
+        tf = store.create(dl.task_id, dl.url, info.length, info.piece_size)
     dl.set_task_file(tf)
     return tf
 
@@ -74,20 +88,25 @@ class SwarmSession:
     """One task's swarm download after registration: schedule, fetch, report.
 
     It works through exactly what it is handed: the L{Download} (task id,
-    URL, stream cursors, C{piece_arrived}), the task file, the supernode
-    C{client} (schedule, register again, C{joined}), the piece C{pool}, the
+    URL, stream cursors, C{piece_arrived}), the task file, the supernode at
+    C{addr} and its L{RegisterAnswer} C{info}, the supernode C{client}
+    (schedule, register again, C{joined}), C{me} (a callable returning this
+    peer's L{PeerInfo}), the piece C{pool}, the
     C{runner} (digests when the pool has no C{fetch_piece}), C{metrics},
     the C{clock} and the node's L{NodeSettings}.
     """
 
     log = Logger()
 
-    def __init__(self, dl, tf, addr, seed, *, client, pool, runner, metrics, clock, settings):
+    def __init__(self, dl, tf, addr, info, *, client, me, pool, runner, metrics, clock,
+                 settings):
         self.dl = dl
         self.tf = tf
         self.addr = addr
-        self.seed_id = seed.peer_id
+        self.info = info
+        self.seed_id = info.seed.peer_id
         self.client = client
+        self.me = me
         self.pool = pool
         self.runner = runner
         self.metrics = metrics
@@ -167,6 +186,8 @@ class SwarmSession:
             except NotRegistered:
                 await self._reregister("the supernode forgot this peer")
                 continue
+            except TaskRefused as e:
+                raise DownloadError(str(e)) from e
             except (DownloadError, CancelledError):
                 raise
             except Exception as e:
@@ -207,12 +228,13 @@ class SwarmSession:
         self.registrations += 1
         self.log.info("registering {task} again: {why}", task=self.dl.task_id, why=why)
         dl = self.dl
-        addr, info = await self.client.register(dl.task_id, dl.url, dl.headers)
-        if info["length"] != self.tf.length or info["piece_size"] != self.tf.piece_size:
+        addr, info = await register(self.client, dl, self.me())
+        if info.length != self.tf.length or info.piece_size != self.tf.piece_size:
             raise SupernodeUnavailable("the task changed while we downloaded it")
         self.addr = addr
-        self.client.joined[dl.task_id] = addr
-        self.seed_id = info["seed"].peer_id
+        self.info = info
+        self.client.joined(dl.task_id, addr)
+        self.seed_id = info.seed.peer_id
         self.errors = 0
         # Everything we hold is news to a (possibly different) supernode.
         self.have = list(self.tf.completed())
@@ -227,8 +249,9 @@ class SwarmSession:
             # waits for; the supernode hands out the next pieces from there first.
             cursor = min(r.cursor for r in self.dl.readers)
         try:
-            return await self.client.schedule(self.addr, self.dl.task_id, have, failed,
-                                              want, wait, cursor)
+            request = ScheduleRequest(self.me().peer_id, tuple(have), tuple(failed),
+                                      want, wait, cursor)
+            return await self.client.schedule(self.addr, self.dl.task_id, request)
         except NotRegistered:
             raise
         except BaseException:
@@ -239,15 +262,15 @@ class SwarmSession:
 
     def _accept(self, answer):
         tf = self.tf
-        raw = answer.get("assignments")
-        if not isinstance(raw, list):
-            raw = []
+        for e in answer.rejected:
+            self.log.warn("ignoring a bad assignment for {task}: {why}",
+                          task=self.dl.task_id, why=str(e))
         added = 0
         taken = set(self.in_flight) | {a.index for a in self.queue}
-        for item in raw:
+        for a in answer.assignments:
             try:
-                a = parse_assignment(item, tf)
-            except (ValueError, TypeError, KeyError) as e:
+                self.info.check_assignment(a)
+            except MessageError as e:
                 self.log.warn("ignoring a bad assignment for {task}: {why}",
                               task=self.dl.task_id, why=str(e))
                 continue
@@ -371,18 +394,4 @@ class SwarmSession:
         if n >= self.settings.max_piece_failures:
             self.fatal = SupernodeUnavailable(
                 f"piece {a.index} failed from {n} sources (last: {why})")
-
-
-def parse_assignment(item, tf):
-    """One checked L{Assignment} of a schedule answer for C{tf}; ValueError if bad."""
-    if not isinstance(item, dict):
-        raise ValueError("not an object")
-    index, size, digest = item["index"], item["size"], item["digest"]
-    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < tf.piece_count:
-        raise ValueError(f"piece index {index!r} out of range")
-    if size != tf.piece_range(index)[1]:
-        raise ValueError(f"piece {index} size {size!r} is not {tf.piece_range(index)[1]}")
-    if not isinstance(digest, str) or not _HEX64.match(digest):
-        raise ValueError(f"piece {index} digest is not 64 hex digits")
-    return Assignment(index, size, digest, PeerInfo.from_json(item["source"]))
 

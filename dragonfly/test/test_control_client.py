@@ -257,6 +257,29 @@ class RegisterTests(SynchronousTestCase):
             self.assertEqual(str(f.value), text)
             self.assertEqual(sn2.requests, [])
 
+    def test_registration_answer(self):
+        """A well-formed registration answer gives length, piece size, count and
+        the seed."""
+        answer = {"task_id": TASK, "length": 100, "piece_size": 64, "piece_count": 2,
+                  "seed": SEED.to_json(), "piece_digest": ALGORITHM}
+        self.make((SN1,), **{"sn1.test": _Scripted(tasks=(200, answer))})
+        _, got = self.successResultOf(self.register())
+        self.assertEqual((got.length, got.piece_size, got.piece_count, got.seed),
+                         (100, 64, 2, SEED))
+
+    def test_bad_registration_fields(self):
+        """A bad length, piece size, piece count or digest algorithm makes the
+        answer unusable: the supernode is passed over, naming the culprit."""
+        answer = {"task_id": TASK, "length": 100, "piece_size": 64, "piece_count": 2,
+                  "seed": SEED.to_json(), "piece_digest": ALGORITHM}
+        for kw, why in (({"length": -1}, "length"), ({"length": True}, "length"),
+                        ({"piece_size": 0}, "piece_size"), ({"piece_count": 3}, "piece_count"),
+                        ({"piece_digest": "md5"}, "'md5'")):
+            self.make((SN1,), **{"sn1.test": _Scripted(tasks=(200, dict(answer, **kw)))})
+            f = self.failureResultOf(self.register(), SupernodeUnavailable)
+            self.assertIn("bad registration answer", str(f.value))
+            self.assertIn(why, str(f.value))
+
     def test_timeout(self):
         """A registration that gets no answer within register_timeout moves on."""
         self.make((SN1,), **{"sn1.test": _Scripted(tasks=None)})
@@ -290,6 +313,17 @@ class ScheduleTests(SynchronousTestCase):
         self.assertEqual(self.sn.requests, [(f"/api/v1/tasks/{TASK}/schedule", {
             "peer_id": ME.peer_id, "have": [1], "failed": [{"index": 2, "source": "x-1"}],
             "want": 3, "wait": 5})])
+
+    def test_request_body_with_cursor(self):
+        """have, failed (as index/source objects), want, wait, the cursor and our
+        peer id, as the peer's session sends them; the answer's assignments."""
+        self.sn.answers["schedule"] = (200, {"assignments": [], "done": False})
+        answer = self.successResultOf(self.schedule(
+            ScheduleRequest(ME.peer_id, [1], [(2, "p")], 3, 0, 4)))
+        self.assertEqual(answer.assignments, ())
+        self.assertEqual(self.sn.requests, [(f"/api/v1/tasks/{TASK}/schedule", {
+            "peer_id": ME.peer_id, "have": [1], "failed": [{"index": 2, "source": "p"}],
+            "want": 3, "wait": 0, "cursor": 4})])
 
     def test_errors(self):
         """404 is NotRegistered, 5xx SupernodeUnavailable, another refusal TaskRefused."""

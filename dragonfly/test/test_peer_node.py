@@ -167,7 +167,24 @@ class NodeSettingsTests(SynchronousTestCase):
         other = PeerInfo(ME.peer_id, "192.0.2.1", 4000)
         node.peer_info = other
         self.assertIs(node.peer_info, other)
-        self.assertIs(node._supernodes.peer_info, other)
+
+
+class PeerInfoTests(NodeMixin, SynchronousTestCase):
+
+    def test_calls_carry_current_peer_info(self):
+        """After node.peer_info is replaced, registration names the new
+        PeerInfo and schedule, heartbeat and leave calls its peer id."""
+        from dragonfly.interfaces import PeerInfo
+        node = self.make()
+        other = PeerInfo("other-2-00000000", "192.0.2.1", 4000)
+        node.peer_info = other
+        tf = self.successResultOf(node.download(URL))
+        self.assertEqual([r["peer"] for r in self.supernode.registrations], [other.to_json()])
+        self.assertEqual({b["peer_id"] for b in self.supernode.schedules}, {other.peer_id})
+        self.successResultOf(Deferred.fromCoroutine(node.heartbeat()))
+        self.assertEqual(self.supernode.heartbeats[-1]["peer_id"], other.peer_id)
+        self.successResultOf(node.leave(tf.task_id))
+        self.assertEqual(self.supernode.leaves[-1], (tf.task_id, {"peer_id": other.peer_id}))
 
 
 class JoiningTests(SynchronousTestCase):

@@ -1,6 +1,7 @@
 """The swarm session: fetch slots, verified pieces, reports, long-polls, giving up."""
 from twisted.trial.unittest import SynchronousTestCase
 
+from dragonfly.control.messages import RegisterAnswer, parse_assignment
 from dragonfly.digest import piece_digest
 from dragonfly.metrics import sample
 from dragonfly.test.peerfakes import PEER_A, PEER_B
@@ -220,13 +221,15 @@ class LongPollTests(NodeMixin, SynchronousTestCase):
         self.finish(d)
 
 
-class ParseAssignmentTests(SynchronousTestCase):
+class AssignmentCheckTests(SynchronousTestCase):
+    """What the session accepts from a schedule answer: an assignment that
+    parses (L{parse_assignment}) and fits the registered task
+    (L{RegisterAnswer.check_assignment})."""
 
-    class TF:
-        piece_count = 3
+    INFO = RegisterAnswer("t", 138, 64, 3, PEER_A)   # pieces of 64, 64 and 10 bytes
 
-        def piece_range(self, index):
-            return index * 64, (64 if index < 2 else 10)
+    def accept(self, item):
+        return self.INFO.check_assignment(parse_assignment(item))
 
     def item(self, **kw):
         body = {"index": 2, "size": 10, "digest": "ab" * 32, "source": PEER_A.to_json()}
@@ -235,16 +238,30 @@ class ParseAssignmentTests(SynchronousTestCase):
 
     def test_good(self):
         """A well-formed assignment becomes an Assignment from its source."""
-        from dragonfly.peer.session import parse_assignment
-        a = parse_assignment(self.item(), self.TF())
+        a = self.accept(self.item())
         self.assertEqual((a.index, a.size, a.digest, a.source), (2, 10, "ab" * 32, PEER_A))
 
     def test_bad(self):
         """An index out of range, a wrong size or a digest not 64 hex digits is refused."""
-        from dragonfly.peer.session import parse_assignment
         for kw in ({"index": 3}, {"index": True}, {"size": 64}, {"digest": "AB" * 32},
                    {"digest": "ab"}):
             with self.assertRaises(ValueError):
-                parse_assignment(self.item(**kw), self.TF())
+                self.accept(self.item(**kw))
         with self.assertRaises(ValueError):
-            parse_assignment([], self.TF())
+            self.accept([])
+
+
+class BadAssignmentTests(NodeMixin, SynchronousTestCase):
+
+    def test_bad_assignments_ignored(self):
+        """When a schedule answer holds assignments that do not parse or do not
+        fit the task, the session ignores them and finishes from the good ones."""
+        node = self.make()
+        bad = [{"index": 0, "size": PIECE + 1, "digest": "ab" * 32, "source": PEER_A.to_json()},
+               {"index": 99, "size": PIECE, "digest": "ab" * 32, "source": PEER_A.to_json()},
+               {"index": 1}, "x"]
+        self.supernode.schedule_script.append((200, {"assignments": bad, "done": False}))
+        d = node.download(URL)
+        self.clock.advance(node.settings.min_poll_interval)
+        self.assertEqual(self.read_all(self.successResultOf(d)), DATA)
+        self.assertEqual(self.origin.calls, [])

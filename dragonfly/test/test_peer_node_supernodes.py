@@ -1,12 +1,12 @@
-"""The peer's supernode calls (registration, redirects, fail-over, verdicts) through a PeerNode."""
-from twisted.internet.defer import Deferred
+"""The peer's supernode calls (registration, redirects, fail-over, verdicts) through a
+PeerNode: what the client's answers and exceptions mean for a download. The client
+itself is tested in test_control_client."""
 from twisted.trial.unittest import SynchronousTestCase
 
 from dragonfly.metrics import sample
 from dragonfly.peer.node import DownloadError
 from dragonfly.test.peerfakes import SEED, FakeSupernode
-from dragonfly.test.peernodes import (
-    DATA, ME, PIECE, SN1, SN2, URL, NodeMixin, _Hosts, _RefusingClient)
+from dragonfly.test.peernodes import DATA, PIECE, SN1, SN2, URL, NodeMixin, _RefusingClient
 
 
 class RegistrationTests(NodeMixin, SynchronousTestCase):
@@ -92,60 +92,11 @@ class RegistrationTests(NodeMixin, SynchronousTestCase):
         self.assertIn("bad url", str(f.value))
         self.assertEqual(self.origin.calls, [])
 
-
-class ParseRegistrationTests(SynchronousTestCase):
-
-    def answer(self, **kw):
-        from dragonfly.digest import ALGORITHM
-        body = {"length": 100, "piece_size": 64, "piece_count": 2, "seed": SEED.to_json(),
-                "piece_digest": ALGORITHM}
-        body.update(kw)
-        return body
-
-    def test_good(self):
-        """A well-formed answer gives length, piece size, count and the seed."""
-        from dragonfly.peer.supernodes import parse_registration
-        info = parse_registration(self.answer())
-        self.assertEqual(info, {"length": 100, "piece_size": 64, "piece_count": 2,
-                                "seed": SEED})
-
-    def test_bad_fields(self):
-        """A bad length, piece size, piece count or digest algorithm is a ValueError."""
-        from dragonfly.peer.supernodes import parse_registration
-        for kw in ({"length": -1}, {"length": True}, {"piece_size": 0},
-                   {"piece_count": 3}, {"piece_digest": "md5"}):
-            with self.assertRaises(ValueError):
-                parse_registration(self.answer(**kw))
-
-
-class ScheduleCallTests(SynchronousTestCase):
-    """SupernodeClient.schedule: the body it sends and how it reads the verdict."""
-
-    def make(self):
-        from twisted.internet.task import Clock
-
-        from dragonfly.peer.settings import NodeSettings
-        from dragonfly.peer.supernodes import SupernodeClient
-        self.supernode = FakeSupernode(DATA, PIECE)
-        hosts = _Hosts({"sn1.test:8002": self.supernode})
-        return SupernodeClient(Clock(), hosts, [SN1], ME, NodeSettings())
-
-    def test_body(self):
-        """have, failed (as index/source objects), want, wait, the cursor and our peer id."""
-        client = self.make()
-        obj = self.successResultOf(Deferred.fromCoroutine(
-            client.schedule(SN1, "t", [1], [(2, "p")], 3, 0, cursor=4)))
-        self.assertIn("assignments", obj)
-        self.assertEqual(self.supernode.schedules, [
-            {"peer_id": ME.peer_id, "have": [1], "failed": [{"index": 2, "source": "p"}],
-             "want": 3, "wait": 0, "cursor": 4}])
-
-    def test_verdicts(self):
-        """404: not registered; 5xx: supernode unavailable; other 4xx: a final error."""
-        from dragonfly.peer.errors import NotRegistered, SupernodeUnavailable
-        client = self.make()
-        for code, exc in ((404, NotRegistered), (503, SupernodeUnavailable),
-                          (400, DownloadError)):
-            self.supernode.schedule_answer = (code, {"error": "x"})
-            self.failureResultOf(Deferred.fromCoroutine(
-                client.schedule(SN1, "t", [], [], 1, 0)), exc)
+    def test_schedule_refusal_is_final(self):
+        """When the supernode refuses a schedule call with a 4xx other than 404
+        (TaskRefused), the download fails with its reason and no back-to-source."""
+        node = self.make()
+        self.supernode.schedule_answer = (400, {"error": "x"})
+        f = self.failureResultOf(node.download(URL), DownloadError)
+        self.assertEqual(str(f.value), "supernode refused to schedule: x")
+        self.assertEqual(self.origin.calls, [])
