@@ -8,7 +8,8 @@
   When the client hangs up, its interest in the download ends (the download
   stops if nobody else wants it).
 - C{GET /api/v1/tasks/<task_id>/data}: the bytes of a task held complete
-  (single C{Range: bytes=a-b} honoured), streamed by a pull producer.
+  (single C{Range: bytes=a-b} honoured), written by the node's push producer
+  (L{dragonfly.peer.stream.OrderedPushProducer}).
 - C{GET /healthz}, C{GET /metrics}.
 """
 import json

@@ -6,6 +6,7 @@ write), C{saver} (when a task's meta.json is written), C{meta} (the pure,
 versioned meta.json codec), C{fdbudget} (the bound on open data files),
 C{fileio} (the blocking file operations the runner threads do), C{layout}
 (names on disk and value checks), C{buffer} (a piece gathered as it
-arrives), C{cutter} (a byte stream cut into pieces) and C{errors}. Storage
-imports neither the protocol nor a role.
+arrives) and C{errors}. Cutting a byte stream into pieces is the ingest
+pipeline's job (L{dragonfly.ingest.cutter}). Storage imports neither the
+protocol nor a role.
 """
