@@ -85,6 +85,18 @@ class IOrigin(Interface):
         """A Deferred OriginResponse."""
 
 
+class IBodySink(Interface):
+    """Where a streamed body goes (an origin body into pieces, or into a spool).
+
+    The one back-pressure rule of every body path: while the Deferred that
+    C{write} returned is pending, the producer feeding it stays paused.
+    """
+
+    def write(data):
+        """Take C{data} (bytes-like; not kept past the call unless copied). Returns
+        None when ready for more, or a Deferred that fires when it is."""
+
+
 class IDownloader(Interface):
     """What the registry mirror asks of the peer: get a task, then its bytes in order."""
 

@@ -26,8 +26,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent
 from twisted.web.iweb import UNKNOWN_LENGTH
+from zope.interface import implementer
 
 from dragonfly.httpio import describe as _describe
+from dragonfly.interfaces import IOrigin
 from dragonfly.ingest.receiver import BodyReceiver
 
 __all__ = ["OriginError", "OriginResponse", "OriginClient", "make_http_client", "collect_capped"]
@@ -202,6 +204,7 @@ class OriginResponse:
         return p.done
 
 
+@implementer(IOrigin)
 class OriginClient:
     """Gets files from origins over an injected treq-like HTTP client.
 

@@ -6,12 +6,16 @@ pauses the origin connection: that is the pipeline's back-pressure.
 """
 from twisted.internet.defer import Deferred
 
+from zope.interface import implementer
+
 from dragonfly.ingest.events import IngestEvents
+from dragonfly.interfaces import IBodySink
 from dragonfly.storage.buffer import PieceBuffer
 
 __all__ = ["PieceCutter"]
 
 
+@implementer(IBodySink)
 class PieceCutter:
     """Consumer for C{OriginResponse.deliver}: bytes -> whole pieces of C{tf}.
 

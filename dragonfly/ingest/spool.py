@@ -14,7 +14,10 @@ import tempfile
 
 from twisted.internet.defer import succeed
 
+from zope.interface import implementer
+
 from dragonfly.ingest.events import IngestError, IngestEvents
+from dragonfly.interfaces import IBodySink
 from dragonfly.ingest.writer import digest_of
 
 __all__ = ["Spool", "FLUSH"]
@@ -44,6 +47,7 @@ def _read_and_hash(f, offset, length):
     return data, digest_of([data])
 
 
+@implementer(IBodySink)
 class Spool:
     """Consumer for C{OriginResponse.deliver}: a body into a temporary file.
 

@@ -19,7 +19,7 @@ import time
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from dragonfly.interfaces import IPieceStore
+from dragonfly.interfaces import IPieceStore, IServedStore
 from dragonfly.runtime.threads import SyncRunner
 from dragonfly.storage import fileio
 from dragonfly.storage.errors import CorruptEntry, StoreError
@@ -52,7 +52,7 @@ def _check_create_args(task_id, url, length, piece_size, etag, last_modified):
             raise ValueError(f"bad {name} {v!r}")
 
 
-@implementer(IPieceStore)
+@implementer(IPieceStore, IServedStore)
 class PieceStore:
     """Tasks on disk under C{root}, with a quota (bytes) and TTL (seconds); 0 = none.
 

@@ -36,6 +36,9 @@ import threading
 
 from twisted.internet.defer import fail, succeed
 from twisted.logger import Logger
+from zope.interface import implementer
+
+from dragonfly.interfaces import IServedTask
 
 from dragonfly.storage import fileio
 from dragonfly.storage.errors import PieceNotHeld, TaskRemoved
@@ -55,6 +58,7 @@ def _checked_digest(digest):
     return digest.lower()
 
 
+@implementer(IServedTask)
 class TaskFile:
     """One task in the store. Made by L{PieceStore}; do not construct directly."""
 

@@ -184,6 +184,18 @@ class SpoolTests(StoreMixin, SynchronousTestCase):
         self.dir = self.mktemp()
         return self.successResultOf(Spool.open(self.runner, self.dir, self.events, max_bytes))
 
+    def test_provides_body_sink(self):
+        """A spool and a piece cutter are both L{IBodySink}s: what an origin body
+        is delivered into."""
+        from zope.interface.verify import verifyObject
+
+        from dragonfly.interfaces import IBodySink
+        s = self.open()
+        self.addCleanup(s.close)
+        self.assertTrue(verifyObject(IBodySink, s))
+        self.assertTrue(verifyObject(IBodySink, PieceCutter(self.tf, 0, 2, FakeWriter(),
+                                                            self.events)))
+
     def test_spool_and_cut(self):
         """Chunks are gathered, spooled, then cut into the task's pieces;
         closing leaves no file behind."""

@@ -45,6 +45,13 @@ class OriginClientTests(SynchronousTestCase):
     def get(self, *a, **kw):
         return self.successResultOf(self.client.get(*a, **kw))
 
+    def test_provides_origin(self):
+        """The origin client is the L{IOrigin} the CDN and the peer fetch through."""
+        from zope.interface.verify import verifyObject
+
+        from dragonfly.interfaces import IOrigin
+        self.assertTrue(verifyObject(IOrigin, self.client))
+
     def test_streams_whole_body(self):
         """When the origin answers 200, the response carries length and
         validators and deliver() streams the exact bytes."""
