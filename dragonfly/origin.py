@@ -32,7 +32,8 @@ from dragonfly.httpio import describe as _describe
 from dragonfly.interfaces import IOrigin
 from dragonfly.ingest.receiver import BodyReceiver
 
-__all__ = ["OriginError", "OriginResponse", "OriginClient", "make_http_client", "collect_capped"]
+__all__ = ["OriginError", "OriginRefused", "OriginResponse", "OriginClient", "make_http_client",
+           "collect_capped"]
 
 # Headers a caller may not pass through to the origin: hop-by-hop, framing,
 # and the range/conditional headers this client sets itself.
@@ -70,6 +71,23 @@ class OriginError(Exception):
         return f"OriginError({self.status!r}, {self.message!r})"
 
 
+class OriginRefused(OriginError):
+    """The egress policy forbids connecting to the origin (it was never contacted).
+
+    The message starts with C{origin not allowed: } and names the address and
+    the C{--allow-origin} entry that would allow it; the APIs answer it with 403.
+    """
+
+    http_status = 403
+
+    def __init__(self, message):
+        OriginError.__init__(self, None, message)
+
+    @property
+    def retryable(self):
+        return False
+
+
 def clean_headers(headers):
     """Validate and filter user headers for the origin: {name: value} of str.
 
@@ -87,16 +105,24 @@ def clean_headers(headers):
     return out
 
 
-def make_http_client(reactor, pool=None, context_factory=None):
+def make_http_client(reactor, pool=None, context_factory=None, egress=None):
     """A treq HTTPClient over a plain Agent (HTTPS verified by default).
 
-    Pass your own C{HTTPConnectionPool} so its lifetime is yours to end.
+    Pass your own C{HTTPConnectionPool} so its lifetime is yours to end. With
+    C{egress} (an L{dragonfly.egress.EgressPolicy}) every connection, redirect
+    hops included, goes only to addresses the policy allows (see
+    L{dragonfly.egressguard}); never share that pool with an unguarded client.
     """
     from http.cookiejar import CookieJar, DefaultCookiePolicy
 
     from treq.client import HTTPClient
 
-    if context_factory is None:
+    if egress is not None:
+        from dragonfly.egressguard import EgressGuard, GuardedEndpointFactory
+        agent = Agent.usingEndpointFactory(
+            reactor, GuardedEndpointFactory(reactor, EgressGuard(reactor, egress), context_factory),
+            pool=pool)
+    elif context_factory is None:
         agent = Agent(reactor, pool=pool)
     else:
         agent = Agent(reactor, contextFactory=context_factory, pool=pool)
