@@ -13,10 +13,11 @@ import re
 from twisted.python import usage
 
 from dragonfly.config import check_writable_dir, parse_size
+from dragonfly.egress import BadEntry, parse_entries
 
-__all__ = ["CACHE_SIZE", "CACHE_TTL", "LOG_FORMAT", "PORT_FILE", "check_data_dir",
-           "check_host", "check_log_format", "check_port_file", "flag_int", "flag_seconds",
-           "flag_size"]
+__all__ = ["CACHE_SIZE", "CACHE_TTL", "LOG_FORMAT", "PORT_FILE", "EGRESS_LISTS", "EgressFlags",
+           "check_data_dir", "check_egress", "check_host", "check_log_format", "check_port_file",
+           "flag_int", "flag_seconds", "flag_size"]
 
 CACHE_SIZE = ["cache-size", None, "0", "Disk quota for cached tasks (K/M/G/T); 0 = no quota."]
 CACHE_TTL = ["cache-ttl", None, "0", "Seconds an unused task stays cached; 0 = forever."]
@@ -24,7 +25,36 @@ LOG_FORMAT = ["log-format", None, "text", "text or json."]
 PORT_FILE = ["port-file", None, None,
              'Write {"api": PORT, "piece": PORT} (JSON) here once listening.']
 
+#: The repeatable egress flags (C{listOptions} of a ConfigOptions; see L{EgressFlags}).
+EGRESS_LISTS = ("allow-origin", "deny-origin")
+
 _HOST_RE = re.compile(r"\A[A-Za-z0-9_.-]{1,253}\Z")
+
+
+class EgressFlags:
+    """Mix-in of the C{--allow-origin}/C{--deny-origin} handlers for a
+    L{dragonfly.config.ConfigOptions} that lists L{EGRESS_LISTS} in its
+    C{listOptions}; C{postOptions} reads them with L{check_egress}."""
+
+    def opt_allow_origin(self, value):
+        """Origins this node may fetch from although the default denies them (loopback, link-local, metadata, multicast...): HOST, HOST:PORT or CIDR, comma-separated; repeatable."""  # noqa: E501
+        self["allow_origin"].append(value)
+
+    def opt_deny_origin(self, value):
+        """Origins this node never fetches from (wins over --allow-origin): HOST, HOST:PORT or CIDR, comma-separated; repeatable."""  # noqa: E501
+        self["deny_origin"].append(value)
+
+
+def check_egress(options):
+    """(allow, deny): the checked entry texts of --allow-origin and --deny-origin."""
+    out = []
+    for flag in EGRESS_LISTS:
+        try:
+            entries = parse_entries(options[flag.replace("-", "_")])
+        except BadEntry as e:
+            raise usage.UsageError(f"--{flag}: {e}")
+        out.append([e.text for e in entries])
+    return tuple(out)
 
 
 def check_host(flag, value):

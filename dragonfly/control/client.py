@@ -24,11 +24,12 @@ from dragonfly.control.messages import (
     ErrorAnswer, HeartbeatAnswer, HeartbeatRequest, LeaveRequest, MessageError, RegisterAnswer,
     ScheduleAnswer, ScheduleRequest)
 from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
+from dragonfly.egress import REFUSAL_PREFIX
 from dragonfly.origin import collect_capped
 from dragonfly.httpio import describe as _describe
 
 __all__ = ["SupernodeClient", "SupernodeUnavailable", "NotRegistered", "TaskRefused",
-           "MAX_ANSWER"]
+           "EgressRefused", "MAX_ANSWER"]
 
 #: Bytes of a supernode answer we read at most.
 MAX_ANSWER = 1024 * 1024
@@ -47,6 +48,11 @@ class NotRegistered(Exception):
 class TaskRefused(Exception):
     """A supernode's final verdict on the task (bad request, origin 4xx); C{str()}
     is a one-line reason fit for a user."""
+
+
+class EgressRefused(TaskRefused):
+    """The supernode's egress policy forbids the origin (403); C{str()} is its
+    line, starting with C{origin not allowed: }."""
 
 
 def _name(addr):
@@ -194,6 +200,8 @@ class SupernodeClient:
     def _refused(code, error):
         """Raise L{TaskRefused} when an answer is a verdict about the task itself."""
         status = error.origin_status
+        if code == 403 and error.error.startswith(REFUSAL_PREFIX):
+            raise EgressRefused(error.error)
         if code == 502 and status is not None and 400 <= status < 500 and status not in (408, 429):
             raise TaskRefused(f"origin answered {status}")
         if 400 <= code < 500 and code not in (404, 408, 429):

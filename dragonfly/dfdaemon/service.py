@@ -20,7 +20,7 @@ from dragonfly.dfdaemon.mirror import RegistryMirror
 from dragonfly.dfdaemon.upstream import DEFAULT_REGISTRY, Upstreams, UpstreamTLSPolicy
 
 __all__ = ["MirrorConfig", "UpstreamPoolService", "make_upstream_agent", "build_mirror",
-           "attach_mirror"]
+           "attach_mirror", "registry_origins"]
 
 
 @dataclass
@@ -34,11 +34,26 @@ class MirrorConfig:
     check_access: bool = True           # HEAD the registry before serving a blob from P2P
 
 
-def make_upstream_agent(reactor, upstreams, pool, connect_timeout=30.0):
+def make_upstream_agent(reactor, upstreams, pool, connect_timeout=30.0, egress=None):
     """An Agent for the upstreams: verified TLS except opted-in hosts; no
-    redirects, cookies or content decoding (bytes pass through as they are)."""
+    redirects, cookies or content decoding (bytes pass through as they are).
+    With C{egress} (an L{dragonfly.egress.EgressPolicy}) it connects only to
+    addresses the policy allows."""
+    if egress is not None:
+        from dragonfly.egressguard import EgressGuard, GuardedEndpointFactory
+        return Agent.usingEndpointFactory(reactor, GuardedEndpointFactory(
+            reactor, EgressGuard(reactor, egress), UpstreamTLSPolicy(upstreams),
+            connect_timeout), pool=pool)
     return Agent(reactor, contextFactory=UpstreamTLSPolicy(upstreams), pool=pool,
                  connectTimeout=connect_timeout)
+
+
+def registry_origins(config):
+    """The egress policy entries (HOST:PORT) of a L{MirrorConfig}'s registries."""
+    upstreams = Upstreams.from_options(config.registry, config.allow_registry,
+                                       config.insecure_registry)
+    return [f"[{u.host}]:{u.port}" if ":" in u.host else f"{u.host}:{u.port}"
+            for u in upstreams.all]
 
 
 class MirrorChannel(HTTPChannel):
@@ -84,7 +99,7 @@ class UpstreamPoolService(service.Service):
         return self.pool.closeCachedConnections()
 
 
-def build_mirror(reactor, config, peer, metrics, health=None):
+def build_mirror(reactor, config, peer, metrics, health=None, egress=None):
     """(RegistryMirror, Site, HTTPConnectionPool) in front of C{peer}.
 
     @param config: a L{MirrorConfig} (already validated).
@@ -96,7 +111,7 @@ def build_mirror(reactor, config, peer, metrics, health=None):
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 16
     pool.cachedConnectionTimeout = 60
-    agent = make_upstream_agent(reactor, upstreams, pool, config.connect_timeout)
+    agent = make_upstream_agent(reactor, upstreams, pool, config.connect_timeout, egress)
     mirror = RegistryMirror(reactor, agent, peer, upstreams, metrics,
                             header_timeout=config.upstream_timeout, health=health,
                             check_access=config.check_access)
@@ -104,7 +119,7 @@ def build_mirror(reactor, config, peer, metrics, health=None):
     return mirror, site, pool
 
 
-def attach_mirror(peer_service, reactor, config, node, metrics, endpoint=None):
+def attach_mirror(peer_service, reactor, config, node, metrics, endpoint=None, egress=None):
     """Add the mirror to a peer's service (L{dragonfly.peer.service.PeerService}).
 
     The mirror listens after the peer's piece and API ports, and its port is
@@ -112,7 +127,7 @@ def attach_mirror(peer_service, reactor, config, node, metrics, endpoint=None):
     """
     if endpoint is None:
         endpoint = serverFromString(reactor, config.listen)
-    mirror, site, pool = build_mirror(reactor, config, node, metrics)
+    mirror, site, pool = build_mirror(reactor, config, node, metrics, egress=egress)
     peer_service.add_listener("mirror", endpoint, site, label="registry mirror")
     UpstreamPoolService(pool).setServiceParent(peer_service)
     Logger().info("dfdaemon mirror upstreams: {upstreams}",

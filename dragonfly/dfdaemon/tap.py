@@ -9,7 +9,7 @@ is not given one.
 """
 from twisted.python import usage
 
-from dragonfly.dfdaemon.service import MirrorConfig, attach_mirror
+from dragonfly.dfdaemon.service import MirrorConfig, attach_mirror, registry_origins
 from dragonfly.dfdaemon.upstream import DEFAULT_REGISTRY, UpstreamError, Upstreams
 from dragonfly.peer.assembly import make_peer_service
 from dragonfly.peer.service import PeerConfig
@@ -65,6 +65,8 @@ class Options(PeerOptions):
         self.applyConfig()
         self.config = self.build_config(PeerConfig())
         self.mirror_config = self.build_mirror_config(MirrorConfig())
+        # The registries are origins this node may always reach (unless denied).
+        self.config.allow_origin = self.config.allow_origin + registry_origins(self.mirror_config)
 
     def build_mirror_config(self, m):
         check_endpoint("listen", self["listen"], example="tcp:65001")
@@ -90,6 +92,10 @@ def makeService(options, reactor=None):
     """The dfdaemon's service: the peer's, with the registry mirror attached."""
     if reactor is None:
         from twisted.internet import reactor
+    from dragonfly.egress import EgressPolicy
+
     svc, node, metrics = make_peer_service(options, reactor)
-    attach_mirror(svc, reactor, options.mirror_config, node, metrics)
+    c = options.config
+    attach_mirror(svc, reactor, options.mirror_config, node, metrics,
+                  egress=EgressPolicy(c.allow_origin, c.deny_origin))
     return svc

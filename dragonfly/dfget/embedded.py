@@ -138,7 +138,8 @@ class Dfget:
         advertise = o["advertise"] or self.environ.get("DFGET_ADVERTISE") or "127.0.0.1"
         config = PeerConfig(supernodes=o["supernode_list"], advertise=advertise,
                             piece_listen=ephemeral_listen(advertise), data_dir=data_dir,
-                            download_limit=o["limit_bps"])
+                            download_limit=o["limit_bps"], allow_origin=o["allow_origin"],
+                            deny_origin=o["deny_origin"])
         peer = build_peer(self.reactor, config, runner=self.runner, http_client=self.http,
                           api=False, user_agent="dfget")
         return peer.node, peer.start, peer.stop

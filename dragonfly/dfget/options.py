@@ -11,6 +11,7 @@ import textwrap
 from urllib.parse import unquote, urlsplit
 
 from dragonfly import __version__
+from dragonfly.egress import BadEntry, parse_entries
 from dragonfly.taskid import task_id_for_url
 from dragonfly.units import BadValue, parse_hostports, parse_rate
 
@@ -58,7 +59,15 @@ PARAMETERS = [
     ("pattern", None, "p2p", "p2p, or source (fetch from the origin directly)."),
     ("advertise", None, None,
      "Address other peers use to reach the embedded peer (default 127.0.0.1)."),
+    ("allow-origin", None, None,
+     "Origins the embedded peer may fetch from although the default denies them "
+     "(loopback, link-local, metadata...): HOST, HOST:PORT or CIDR, comma-separated; "
+     "repeatable. Through a daemon, the daemon's policy applies."),
+    ("deny-origin", None, None,
+     "Origins the embedded peer never fetches from (wins over --allow-origin); repeatable."),
 ]
+#: Parameters that may repeat: their values are collected into a list.
+REPEATABLE = ("allow-origin", "deny-origin")
 #: Short aliases that are not in the help table's own column.
 ALIASES = {"o": "output"}
 
@@ -110,8 +119,8 @@ def parse(argv):
     GNU style, like wget: options may follow the URL. Besides every flag and
     parameter by its long name, the dict holds the derived values the run
     uses: C{header_map}, C{digest_spec}, C{filters}, C{limit_bps},
-    C{timeout_s}, C{supernode_list}, C{daemon_url} (None: no daemon) and
-    C{task_id}. Raises L{OptionsError} or, for --help/--version, L{ShowText}.
+    C{timeout_s}, C{supernode_list}, C{daemon_url} (None: no daemon),
+    C{allow_origin}/C{deny_origin} (checked egress entries) and C{task_id}. Raises L{OptionsError} or, for --help/--version, L{ShowText}.
     """
     short, long_ = _tables()
     shortopts = "".join(letter + (":" if takes else "") for letter, (_, takes) in short.items())
@@ -122,6 +131,7 @@ def parse(argv):
         raise OptionsError(str(e))
     o = {name: False for name, _, _ in FLAGS}
     o.update({name: default for name, _, default, _ in PARAMETERS})
+    o.update({name: [] for name in REPEATABLE})
     headers = []
     for opt, arg in opts:
         name = short[opt[1]][0] if not opt.startswith("--") else opt[2:]
@@ -131,6 +141,8 @@ def parse(argv):
             raise ShowText(f"dfget (dragonfly) {__version__}\n")
         if name == "header":
             headers.append(_parse_header(arg))
+        elif name in REPEATABLE:
+            o[name].append(arg)
         elif long_[name]:
             o[name] = arg
         else:
@@ -202,6 +214,11 @@ def _derive(o):
         o["daemon_url"] = daemon.rstrip("/")
     if o["advertise"] is not None and not _HOST_RE.match(o["advertise"]):
         raise OptionsError(f"--advertise: not a host: {o['advertise']!r}")
+    for name in REPEATABLE:
+        try:
+            o[name.replace("-", "_")] = [e.text for e in parse_entries(o[name])]
+        except BadEntry as e:
+            raise OptionsError(f"--{name}: {e}")
     o["task_id"] = task_id_for_url(url, o["filters"], o["tag"] or "")
 
 

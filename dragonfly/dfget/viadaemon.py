@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from dragonfly.dfget import files
 from dragonfly.dfget.options import DfgetError, default_output
+from dragonfly.egress import REFUSAL_PREFIX
 from dragonfly.dfget.progress import ProgressBar
 from dragonfly.taskid import validate_task_id
 
@@ -100,8 +101,11 @@ class DaemonClient:
             raise DfgetError(f"cannot reach the peer daemon at {self.url}: {_reason(e)}")
         try:
             if response.status != 200:
+                error = _error_of(response)
+                if response.status == 403 and error and error.startswith(REFUSAL_PREFIX):
+                    raise DfgetError(error)   # the egress policy's own line
                 raise DfgetError("the peer daemon refused the download: "
-                                 f"{_error_of(response) or response.status}")
+                                 f"{error or response.status}")
             # The download may take any time; --timeout bounds the whole run.
             sock.settimeout(None)
             return _final_line(response, on_progress)

@@ -22,6 +22,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from dragonfly.httpio import RangeNotSatisfiable, content_range, error_body, json_body, parse_range
 from dragonfly.metrics import MetricsResource
+from dragonfly.peer.errors import OriginNotAllowed
 from dragonfly.peer.node import DownloadError, StreamStopped
 from dragonfly.taskid import task_id_for_url, validate_task_id
 
@@ -145,14 +146,17 @@ class PeerAPI:
         return Deferred.fromCoroutine(self._download(request, params))
 
     async def _download(self, request, params):
-        request.setResponseCode(200)
-        request.setHeader(b"content-type", b"application/x-ndjson")
-        request.setHeader(b"cache-control", b"no-store")
         gone = []
         request.notifyFinish().addBoth(gone.append)
         last = [None]
+        started = []
 
         def line(obj):
+            if not started:   # the status is 200 once a line is out
+                started.append(True)
+                request.setResponseCode(200)
+                request.setHeader(b"content-type", b"application/x-ndjson")
+                request.setHeader(b"cache-control", b"no-store")
             if not gone:
                 request.write(json.dumps(obj).encode() + b"\n")
 
@@ -168,6 +172,8 @@ class PeerAPI:
         try:
             tf = await self._node.download(on_progress=progress, **params)
         except DownloadError as e:
+            if isinstance(e, OriginNotAllowed) and not started:
+                return error_body(request, 403, str(e))
             line({"state": "failed", "error": str(e)})
             return None
         line({"completed": tf.length, "length": tf.length})

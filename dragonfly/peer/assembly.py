@@ -80,14 +80,17 @@ class Peer:
         self.store.close()
 
 
-def build_peer(reactor, config, *, runner=None, http_client=None, api=True,
+def build_peer(reactor, config, *, runner=None, http_client=None, origin_http=None, api=True,
                user_agent="dragonfly-peer"):
     """Every part of a peer from a L{PeerConfig}: a L{Peer}.
 
     @param runner: the IRunner for disk and hashing work; by default a
         thread pool of C{config.threads} threads.
-    @param http_client: a treq-like HTTPClient for the supernodes and the
-        origin; by default one over a pool of its own, closed on stop.
+    @param http_client: a treq-like HTTPClient for the supernodes; by
+        default one over a pool of its own, closed on stop.
+    @param origin_http: the HTTPClient for origins; by default one over a
+        pool of its own (closed on stop) that connects only where the
+        config's egress policy (C{allow_origin}/C{deny_origin}) allows.
     @param api: build the local API (on C{config.api_listen}).
     @param user_agent: what the origin client calls itself.
     """
@@ -108,13 +111,17 @@ def build_peer(reactor, config, *, runner=None, http_client=None, api=True,
     closers = []
     if http_client is None:
         http_client = _own_http_client(reactor, closers)
+    if origin_http is None:
+        from dragonfly.egress import EgressPolicy
+        origin_http = _own_http_client(reactor, closers,
+                                       EgressPolicy(c.allow_origin, c.deny_origin))
     metrics = PeerMetrics()
     store = PieceStore(c.data_dir, quota=c.cache_size, ttl=c.cache_ttl, clock=reactor,
                        runner=runner)
     peer_id = c.peer_id or new_peer_id()
     download_limiter = TokenBucket(reactor, c.download_limit) if c.download_limit > 0 else None
     upload_limiter = TokenBucket(reactor, c.upload_limit) if c.upload_limit > 0 else None
-    origin = OriginClient(reactor, http_client, download_limiter, user_agent=user_agent)
+    origin = OriginClient(reactor, origin_http, download_limiter, user_agent=user_agent)
     piece_pool = PieceClientPool(reactor, peer_id, download_limiter=download_limiter)
     node = PeerNode(NodeDeps(reactor, store, http_client, piece_pool, metrics, runner,
                              origin=origin),
@@ -134,7 +141,7 @@ def build_peer(reactor, config, *, runner=None, http_client=None, api=True,
     return peer
 
 
-def _own_http_client(reactor, closers):
+def _own_http_client(reactor, closers, egress=None):
     from twisted.web.client import HTTPConnectionPool
 
     from dragonfly.origin import make_http_client
@@ -142,7 +149,7 @@ def _own_http_client(reactor, closers):
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.retryAutomatically = False
     closers.append(pool.closeCachedConnections)
-    return make_http_client(reactor, pool)
+    return make_http_client(reactor, pool, egress=egress)
 
 
 def _api_site(node, store, metrics, reactor):

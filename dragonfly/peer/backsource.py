@@ -17,7 +17,7 @@ from twisted.logger import Logger
 
 from dragonfly.ingest.events import IngestEvents
 from dragonfly.ingest.pipeline import spool_into, stream_into
-from dragonfly.peer.errors import DownloadError, describe
+from dragonfly.peer.errors import DownloadError, OriginNotAllowed, describe
 
 __all__ = ["BackSource", "OriginEvents", "SpoolEvents"]
 
@@ -92,7 +92,7 @@ class BackSource:
 
     async def fetch(self, dl, why):
         """Download C{dl} from its origin (C{why}: for the log): the complete task file."""
-        from dragonfly.origin import OriginError
+        from dragonfly.origin import OriginError, OriginRefused
 
         store = self._deps.store
         origin = self._get_origin()
@@ -115,6 +115,8 @@ class BackSource:
                                         etag=getattr(tf, "etag", None) if offset else None,
                                         last_modified=getattr(tf, "last_modified", None)
                                         if offset else None)
+        except OriginRefused as e:
+            raise OriginNotAllowed(e.message)
         except OriginError as e:
             raise DownloadError(e.message if e.status is not None else f"origin: {e.message}")
         except ValueError as e:

@@ -9,11 +9,16 @@ Failure into a short reason for logs and error messages.
 """
 from dragonfly.httpio import describe
 
-__all__ = ["DownloadError", "StreamStopped", "describe"]
+__all__ = ["DownloadError", "OriginNotAllowed", "StreamStopped", "describe"]
 
 
 class DownloadError(Exception):
     """A download failed; C{str()} is a one-line reason fit for a user."""
+
+
+class OriginNotAllowed(DownloadError):
+    """The egress policy (ours or the supernode's) forbids the origin; C{str()}
+    starts with C{origin not allowed: }. The local API answers it with 403."""
 
 
 class StreamStopped(Exception):

@@ -20,10 +20,11 @@ from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from dragonfly.control.client import NotRegistered, SupernodeUnavailable, TaskRefused
+from dragonfly.control.client import (EgressRefused, NotRegistered, SupernodeUnavailable,
+                                      TaskRefused)
 from dragonfly.control.messages import MessageError, RegisterRequest, ScheduleRequest
 from dragonfly.digest import piece_digest
-from dragonfly.peer.errors import DownloadError, describe
+from dragonfly.peer.errors import DownloadError, OriginNotAllowed, describe
 from dragonfly.peer.wakeup import Signal
 from dragonfly.storage.errors import DigestMismatch
 
@@ -66,6 +67,8 @@ async def register(client, dl, peer):
     """
     try:
         return await client.register(RegisterRequest(dl.task_id, dl.url, dl.headers, peer))
+    except EgressRefused as e:
+        raise OriginNotAllowed(str(e)) from e
     except TaskRefused as e:
         raise DownloadError(str(e)) from e
 

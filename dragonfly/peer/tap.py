@@ -14,13 +14,14 @@ from dragonfly.config import ConfigOptions, check_endpoint, parse_hostports, par
 from dragonfly.nodeoptions import (
     CACHE_SIZE, CACHE_TTL, LOG_FORMAT, PORT_FILE, check_data_dir, check_host, check_log_format,
     check_port_file, flag_int, flag_seconds, flag_size)
+from dragonfly.nodeoptions import EGRESS_LISTS, EgressFlags, check_egress
 from dragonfly.peer.assembly import make_peer_service
 from dragonfly.peer.service import PeerConfig
 
 __all__ = ["PeerOptions", "Options", "makeService", "make_peer_service"]
 
 
-class PeerOptions(ConfigOptions):
+class PeerOptions(EgressFlags, ConfigOptions):
     """twistd peer [options]"""
 
     role = "peer"
@@ -48,6 +49,7 @@ class PeerOptions(ConfigOptions):
         ["concurrency", None, "8", "Pieces fetched at once per download."],
         ["max-uploads", None, "8", "Pieces served at once."],
     ]
+    listOptions = EGRESS_LISTS
 
     def postOptions(self):
         self.applyConfig()
@@ -73,6 +75,7 @@ class PeerOptions(ConfigOptions):
         c.port_file = check_port_file(self["port-file"])
         c.concurrency = flag_int("concurrency", self["concurrency"], 1, 256)
         c.max_uploads = flag_int("max-uploads", self["max-uploads"], 1, 4096)
+        c.allow_origin, c.deny_origin = check_egress(self)
         return c
 
 

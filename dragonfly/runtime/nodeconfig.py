@@ -2,12 +2,13 @@
 
 Where the node keeps its data, how it logs, where it writes its port file,
 its piece port and advertised host, the cache (quota and TTL), the transfer
-limits, the upload slots, the store's GC interval and the I/O thread pool.
+limits, the upload slots, the store's GC interval, the I/O thread pool and
+the egress policy's entries (C{--allow-origin}, C{--deny-origin}).
 Each role's config (C{SupernodeConfig}, C{PeerConfig}) is a dataclass
 subclass adding its own fields and giving its own defaults where they differ
 (a field redeclared in a subclass keeps its place and takes the new default).
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["NodeConfig"]
 
@@ -32,3 +33,5 @@ class NodeConfig:
     max_uploads: int = 8
     gc_interval: float = 60.0
     threads: int = 4                # I/O thread pool (store reads and writes)
+    allow_origin: list = field(default_factory=list)   # egress policy entries (text)
+    deny_origin: list = field(default_factory=list)

@@ -21,7 +21,7 @@ from dragonfly.control.messages import (
     RegisterAnswer, RegisterRequest, ScheduleAnswer, ScheduleRequest, TaskInfo, check_task_id)
 from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
 from dragonfly.httpio import error_body, json_body
-from dragonfly.origin import OriginError
+from dragonfly.origin import OriginError, OriginRefused
 from dragonfly.supernode.cdn import CacheFull, CDNError, NotReady
 from dragonfly.supernode.scheduler import UnknownPeer, UnknownTask
 
@@ -203,6 +203,8 @@ class SupernodeAPI:
     @app.handle_errors(OriginError)
     def _origin_error(self, request, failure):
         e = failure.value
+        if isinstance(e, OriginRefused):
+            return json_body(request, 403, {"error": e.message}, compact=True)
         body = {"error": e.message}
         if e.status is not None:
             body["origin_status"] = e.status
@@ -310,6 +312,8 @@ class SupernodeAPI:
         e = self.cdn.failure(task_id)
         if e is None:
             return
+        if isinstance(e, OriginRefused):
+            raise ApiError(403, e.message)
         body = {}
         if isinstance(e, OriginError) and e.status is not None:
             body["origin_status"] = e.status
@@ -380,13 +384,14 @@ class SupernodeAPI:
     # -- preheat -----------------------------------------------------------------
 
     @app.route("/api/v1/preheat", methods=["POST"])
-    def preheat(self, request):
+    async def preheat(self, request):
         self._count("preheat")
         if self.preheater is None:
             raise ApiError(404, "preheat is not enabled")
         spec = _parse(self.preheater, self.read_json(request))
         if spec.task_id is not None:
             self._redirect_if_not_owner(request, spec.task_id, spec.redirected, "/api/v1/preheat")
+        await self.preheater.check(spec)
         job = self.preheater.start(spec)
         return json_body(request, 202, job.to_json(), compact=True)
 

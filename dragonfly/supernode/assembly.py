@@ -8,8 +8,10 @@ import os
 from twisted.internet.endpoints import serverFromString
 from twisted.web.client import HTTPConnectionPool
 
+from dragonfly.egress import EgressPolicy
 from dragonfly.logsetup import make_observer
 from dragonfly.metrics import SupernodeMetrics
+from dragonfly.egressguard import EgressGuard
 from dragonfly.origin import OriginClient, make_http_client
 from dragonfly.runtime.tuning import tune_allocator
 from dragonfly.protocol.server import PieceServerFactory
@@ -40,7 +42,8 @@ def build_supernode(reactor, c):
     pool.retryAutomatically = False
     rates = [r for r in (c.origin_limit, c.download_limit) if r > 0]
     origin_limiter = TokenBucket(reactor, min(rates)) if rates else None
-    origin = OriginClient(reactor, make_http_client(reactor, pool), origin_limiter)
+    egress = EgressPolicy(c.allow_origin, c.deny_origin)
+    origin = OriginClient(reactor, make_http_client(reactor, pool, egress=egress), origin_limiter)
     cdn = CDN(reactor, store, origin, scheduler, c.piece_size, metrics, runner,
               spool_dir=os.path.join(c.data_dir, "spool"), max_spool=c.cache_size)
     closers = [pool.closeCachedConnections]
@@ -51,7 +54,7 @@ def build_supernode(reactor, c):
         cluster = Cluster(reactor, make_http_client(reactor, cpool), c.cluster,
                           interval=c.cluster_interval)
         closers.append(cpool.closeCachedConnections)
-    preheater = Preheater(reactor, cdn)
+    preheater = Preheater(reactor, cdn, egress=EgressGuard(reactor, egress))
     api = SupernodeAPI(reactor, cdn, scheduler, metrics, cluster=cluster, preheater=preheater)
     site = api_site(api)
 

@@ -18,7 +18,7 @@ import json
 import os
 from collections import OrderedDict
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 
 from dragonfly.control.messages import (
@@ -85,13 +85,16 @@ class Preheater:
 
     @param clock: IReactorTime (job timestamps).
     @param cdn: has C{ensure_complete(task_id, url, headers)} and C{origin}.
+    @param egress: an L{dragonfly.egressguard.EgressGuard} that L{check} asks
+        before a job starts (the fetches are checked again at connect time).
     """
 
     log = Logger()
 
-    def __init__(self, clock, cdn, max_jobs=1024, new_id=None):
+    def __init__(self, clock, cdn, max_jobs=1024, new_id=None, egress=None):
         self.clock = clock
         self.cdn = cdn
+        self.egress = egress
         self.max_jobs = max_jobs
         self._new_id = new_id or (lambda: os.urandom(8).hex())
         self._jobs = OrderedDict()
@@ -99,6 +102,13 @@ class Preheater:
     def parse(self, body):
         """A L{PreheatSpec} from a request body, else L{MessageError}."""
         return PreheatRequest.parse(body)
+
+    def check(self, spec):
+        """A Deferred that fails with L{dragonfly.origin.OriginRefused} when the
+        egress policy forbids the URL's host (so the API can answer 403 at once)."""
+        if self.egress is None:
+            return succeed(None)
+        return self.egress.check_url(spec.url)
 
     def start(self, spec):
         job = PreheatJob(self._new_id(), spec, self.clock.seconds())

@@ -9,13 +9,14 @@ from dragonfly.config import ConfigOptions, check_endpoint, parse_hostports, par
 from dragonfly.nodeoptions import (
     CACHE_SIZE, CACHE_TTL, LOG_FORMAT, PORT_FILE, check_data_dir, check_host, check_log_format,
     check_port_file, flag_seconds, flag_size)
+from dragonfly.nodeoptions import EGRESS_LISTS, EgressFlags, check_egress
 from dragonfly.supernode.service import SupernodeConfig
 
 MIN_PIECE = 1024
 MAX_PIECE = 64 << 20     # the piece protocol's largest piece
 
 
-class Options(ConfigOptions):
+class Options(EgressFlags, ConfigOptions):
     """twistd supernode [options]"""
 
     role = "supernode"
@@ -43,6 +44,7 @@ class Options(ConfigOptions):
         ["max-uploads", None, "32", "Pieces the seed serves at once."],
         ["cluster-check-interval", None, "5", "Seconds between cluster health checks."],
     ]
+    listOptions = EGRESS_LISTS
 
     def postOptions(self):
         self.applyConfig()
@@ -68,6 +70,7 @@ class Options(ConfigOptions):
         c.cache_ttl = flag_seconds("cache-ttl", self["cache-ttl"])
         c.log_format = check_log_format(self["log-format"])
         c.port_file = check_port_file(self["port-file"])
+        c.allow_origin, c.deny_origin = check_egress(self)
         try:
             c.max_uploads = int(self["max-uploads"])
         except (TypeError, ValueError):

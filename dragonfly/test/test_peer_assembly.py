@@ -20,15 +20,17 @@ class BuildPeerTests(SynchronousTestCase):
         return PeerConfig(data_dir=os.path.abspath(self.mktemp()), **kw)
 
     def test_daemon_parts(self):
-        """By default the peer has its API, its own HTTP pool (closed on stop) and
-        becomes a PeerService listening on the piece port, then the API port."""
+        """By default the peer has its API, its own HTTP pools (closed on stop): one
+        for the supernodes and one for origins, which the egress policy guards,
+        and becomes a PeerService listening on the piece port, then the API port."""
         reactor = MemoryReactorClock()
         peer = build_peer(reactor, self.config(piece_listen="tcp:4100",
                                                api_listen="tcp:4102:interface=127.0.0.1"),
                           runner=SyncRunner())
         self.assertIsInstance(peer.node, PeerNode)
         self.assertIsNotNone(peer.api_site)
-        self.assertEqual(len(peer.closers), 1)
+        self.assertEqual(len(peer.closers), 2)
+        self.assertIsNot(peer.node.deps.origin._http, peer.node.deps.http)
         svc = peer.service()
         self.assertIsInstance(svc, PeerService)
         svc.startService()
@@ -36,17 +38,19 @@ class BuildPeerTests(SynchronousTestCase):
         self.assertEqual([p[0] for p in reactor.tcpServers], [4100, 4102])
 
     def test_embedded_parts(self):
-        """With api=False and the caller's runner and HTTP client, there is no API
+        """With api=False and the caller's runner and HTTP clients, there is no API
         and nothing of the caller's is closed; the node uses what it was given."""
-        runner, http = SyncRunner(), _HTTP()
+        runner, http, origin_http = SyncRunner(), _HTTP(), _HTTP()
         peer = build_peer(MemoryReactorClock(), self.config(download_limit=1000),
-                          runner=runner, http_client=http, api=False, user_agent="dfget")
+                          runner=runner, http_client=http, origin_http=origin_http, api=False,
+                          user_agent="dfget")
         self.assertIsNone(peer.api_site)
         self.assertIsNone(peer.api_endpoint)
         self.assertEqual(peer.closers, [])
         self.assertIs(peer.node.deps.runner, runner)
         self.assertIs(peer.node.deps.http, http)
         self.assertEqual(peer.node.deps.origin.user_agent, "dfget")
+        self.assertIs(peer.node.deps.origin._http, origin_http)
 
     def test_start_and_stop(self):
         """start() listens on the piece endpoint only and advertises the bound port;
