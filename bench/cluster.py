@@ -13,6 +13,9 @@ import shutil
 from bench.procs import Proc, peak_rss_argv, scrape, tool, wait_for_file
 
 ENV = dict(os.environ, PYTHONUNBUFFERED="1")
+#: The benches' origins (nginx, registries) listen on loopback, which the egress
+#: policy denies by default; every node and dfget here allows it explicitly.
+ALLOW_LOOPBACK = ["--allow-origin", "127.0.0.1"]
 
 
 class Node:
@@ -55,7 +58,8 @@ class Supernode(Node):
         ep = "tcp:0:interface=%s" % self.host
         self._spawn([tool("twistd"), "-n", "--pidfile=", "supernode",
                      "--listen", ep, "--piece-listen", ep, "--advertise", self.host,
-                     "--data-dir", self.data, "--port-file", self.port_file] + self.extra)
+                     "--data-dir", self.data, "--port-file", self.port_file]
+                    + ALLOW_LOOPBACK + self.extra)
         self._read_ports(timeout)
         return self
 
@@ -78,7 +82,8 @@ class Peer(Node):
                      "--piece-listen", "tcp:0:interface=%s" % self.host,
                      "--api-listen", "tcp:0:interface=127.0.0.1",
                      "--advertise", self.host,
-                     "--data-dir", self.data, "--port-file", self.port_file] + self.extra)
+                     "--data-dir", self.data, "--port-file", self.port_file]
+                    + ALLOW_LOOPBACK + self.extra)
         return self
 
     def wait_ready(self, timeout=60):
@@ -104,7 +109,7 @@ def dfget(url, output, supernodes, daemon=None, ns=None, extra=(), log=None, rss
     ``rss_file``: run it under GNU time, which writes dfget's own peak RSS
     there (see ``procs.peak_rss_argv``).
     """
-    argv = [tool("dfget"), url, "-O", output, "--supernodes", supernodes]
+    argv = [tool("dfget"), url, "-O", output, "--supernodes", supernodes] + ALLOW_LOOPBACK
     if daemon:
         argv += ["--daemon", daemon]
     argv += list(extra)

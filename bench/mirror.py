@@ -37,7 +37,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from bench.cluster import Node, Supernode
+from bench.cluster import ALLOW_LOOPBACK, Node, Supernode
 from bench.nginx import free_port
 from bench.procs import (BenchError, Proc, Profiler, drop_file, metric, parse_prometheus, sha256_file,
                          tool)
@@ -255,7 +255,7 @@ class DfDaemon(Node):
                      "--listen", ep, "--piece-listen", ep, "--api-listen", ep,
                      "--advertise", "127.0.0.1", "--data-dir", self.data, "--port-file", self.port_file,
                      "--registry", self.registry.url,
-                     "--insecure-registry", self.registry.hostport] + self.extra)
+                     "--insecure-registry", self.registry.hostport] + ALLOW_LOOPBACK + self.extra)
         return self
 
     def wait_ready(self, timeout=60):

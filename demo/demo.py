@@ -211,14 +211,17 @@ def run(args, workdir, fleet):
                      [origin], fleet)["port"]
     origin_base = f"http://{HOST}:{oport}"
     url = origin_base + "/big.bin"
+    # The origin is on loopback, which the egress policy denies by default:
+    # allow exactly this one (HOST:PORT), as an operator would.
+    allow = ["--allow-origin", f"{HOST}:{oport}"]
 
     print("starting 1 supernode and %d peers ..." % args.peers, flush=True)
     sn_base, sn_ports = start_node(fleet, twistd, "supernode", "supernode",
                                    ["--listen", listen, "--piece-listen", listen,
-                                    "--piece-size", args.piece_size])
+                                    "--piece-size", args.piece_size] + allow)
     supernodes = f"{HOST}:{sn_ports['api']}"
     peers = [start_node(fleet, twistd, "peer", f"peer{i + 1}", [
-        "--supernodes", supernodes, "--piece-listen", listen, "--api-listen", listen])[0]
+        "--supernodes", supernodes, "--piece-listen", listen, "--api-listen", listen] + allow)[0]
         for i in range(args.peers)]
 
     print(f"running {args.peers} dfget at once: {url}", flush=True)
@@ -229,7 +232,7 @@ def run(args, workdir, fleet):
     for i, base in enumerate(peers):
         out = os.path.join(outdir, f"host{i + 1}.bin")
         p = fleet.spawn(f"dfget{i + 1}", [dfget, url, "-O", out, "--daemon", base,
-                                          "--supernodes", supernodes], stderr_apart=True)
+                                          "--supernodes", supernodes] + allow, stderr_apart=True)
         runs.append((p, out))
     finish = {}
 

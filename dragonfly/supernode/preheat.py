@@ -23,7 +23,7 @@ from twisted.logger import Logger
 
 from dragonfly.control.messages import (
     MANIFEST_URL_RE, PreheatRequest, PreheatStatus, parse_image_reference)
-from dragonfly.origin import OriginError
+from dragonfly.origin import OriginError, OriginRefused
 from dragonfly.taskid import is_oci_digest
 
 __all__ = ["Preheater", "PreheatSpec", "PreheatJob", "parse_image_reference"]
@@ -103,12 +103,20 @@ class Preheater:
         """A L{PreheatSpec} from a request body, else L{MessageError}."""
         return PreheatRequest.parse(body)
 
-    def check(self, spec):
+    def check(self, spec, timeout=5.0):
         """A Deferred that fails with L{dragonfly.origin.OriginRefused} when the
-        egress policy forbids the URL's host (so the API can answer 403 at once)."""
+        egress policy forbids the URL's host (so the API can answer 403 at once).
+        Any other trouble (no such name, a slow resolver) is left to the job."""
         if self.egress is None:
             return succeed(None)
-        return self.egress.check_url(spec.url)
+        d = self.egress.check_url(spec.url)
+        d.addTimeout(timeout, self.clock)
+
+        def other(f):
+            if f.check(OriginRefused):
+                return f
+            return None
+        return d.addErrback(other)
 
     def start(self, spec):
         job = PreheatJob(self._new_id(), spec, self.clock.seconds())

@@ -82,6 +82,12 @@ class SupernodeRefusalTests(SynchronousTestCase):
         self.assertEqual(self.preheater.jobs(), [])
         self.assertEqual(self.reactor.tcpClients, [])
 
+    def test_preheat_of_unknown_name_is_accepted(self):
+        """A name that does not resolve is not a refusal: the job starts (and
+        reports the failure itself)."""
+        code, obj = self.post("/api/v1/preheat", {"url": "http://nowhere.test/f"})
+        self.assertEqual(code, 202, obj)
+
 
 class _RefusingOrigin(FakeOrigin):
     """An origin client whose policy refuses every URL; counts the attempts."""

@@ -43,6 +43,9 @@ import dragonfly
 
 MiB = 1024 * 1024
 LOOPBACK = "127.0.0.1"
+#: The egress flags every node and dfget gets unless a test says otherwise: the
+#: origins here live on loopback, which the default policy denies.
+ALLOW_LOOPBACK = ("--allow-origin", LOOPBACK)
 BIN = os.path.dirname(os.path.abspath(sys.executable))
 # The directory that holds the ``dragonfly`` package the tests import: children
 # get it first on PYTHONPATH so they run the same code as the test process.
@@ -456,12 +459,12 @@ class Swarm:
 
     # -- nodes ---------------------------------------------------------------
 
-    async def _start_node(self, name, role, args):
+    async def _start_node(self, name, role, args, egress=ALLOW_LOOPBACK):
         data_dir = self.path(name + "-data")
         os.makedirs(data_dir, exist_ok=True)
         port_file = self.path(name + ".ports")
         argv = [executable("twistd"), "-n", "--pidfile=", role,
-                "--data-dir", data_dir, "--port-file", port_file] + list(args)
+                "--data-dir", data_dir, "--port-file", port_file] + list(egress) + list(args)
         node = Node(name, argv, self.workdir, port_file)
         node.data_dir = data_dir
         try:
@@ -473,14 +476,14 @@ class Swarm:
             raise
         return node
 
-    async def start_supernode(self, piece_size="1M", extra=()):
+    async def start_supernode(self, piece_size="1M", extra=(), egress=ALLOW_LOOPBACK):
         name = self._name("supernode")
         args = ["--listen", f"tcp:0:interface={LOOPBACK}",
                 "--piece-listen", f"tcp:0:interface={LOOPBACK}",
                 "--advertise", LOOPBACK]
         if piece_size:
             args += ["--piece-size", str(piece_size)]
-        node = await self._start_node(name, "supernode", args + list(extra))
+        node = await self._start_node(name, "supernode", args + list(extra), egress)
         self.supernodes.append(node)
         return node
 
@@ -488,23 +491,24 @@ class Swarm:
         nodes = self.supernodes if supernodes is None else supernodes
         return ",".join(n.api_hostport for n in nodes)
 
-    async def start_peer(self, supernodes=None, extra=()):
+    async def start_peer(self, supernodes=None, extra=(), egress=ALLOW_LOOPBACK):
         """A peer of ``supernodes`` (default: every supernode of the swarm; a
-        string is passed through as the --supernodes value)."""
+        string is passed through as the --supernodes value). ``egress``: its
+        --allow-origin/--deny-origin flags (default: loopback allowed)."""
         name = self._name("peer")
         sn = supernodes if isinstance(supernodes, str) else self.supernode_list(supernodes)
         args = ["--supernodes", sn,
                 "--piece-listen", f"tcp:0:interface={LOOPBACK}",
                 "--api-listen", f"tcp:0:interface={LOOPBACK}",
                 "--advertise", LOOPBACK]
-        node = await self._start_node(name, "peer", args + list(extra))
+        node = await self._start_node(name, "peer", args + list(extra), egress)
         self.peers.append(node)
         return node
 
     # -- dfget ---------------------------------------------------------------
 
     def start_dfget(self, url, output=None, peer=None, daemon=None, supernodes=None,
-                    args=(), name=None):
+                    args=(), name=None, egress=ALLOW_LOOPBACK):
         """Start one dfget (not waiting). ``peer`` sets --daemon to that peer's
         API; ``daemon`` overrides it (e.g. a dead address for the embedded
         peer). Returns the Proc, with ``.output`` set."""
@@ -519,7 +523,7 @@ class Swarm:
         argv = [executable("dfget"), url, "-O", output, "--daemon", daemon]
         if sn:
             argv += ["--supernodes", sn]
-        argv += list(args)
+        argv += list(egress) + list(args)
         proc = Proc(name, argv, self.workdir, separate_stderr=True)
         proc.output = output
         self.dfgets.append(proc)
