@@ -22,7 +22,7 @@ from zope.interface import implementer
 from dragonfly.egress import literal_address, normalize_host
 from dragonfly.origin import OriginRefused
 
-__all__ = ["EgressGuard", "GuardedEndpointFactory"]
+__all__ = ["EgressGuard", "GuardedEndpointFactory", "guarded_agent"]
 
 
 @implementer(IResolutionReceiver)
@@ -158,3 +158,13 @@ class GuardedEndpointFactory:
             return wrapClientTLS(creator, endpoint)
         from twisted.web.error import SchemeNotSupported
         raise SchemeNotSupported(f"unsupported scheme: {uri.scheme!r}")
+
+
+def guarded_agent(reactor, policy, tls_policy=None, pool=None, connect_timeout=30):
+    """An C{Agent} that connects only where the L{dragonfly.egress.EgressPolicy}
+    C{policy} allows (give it a pool no unguarded agent shares)."""
+    from twisted.web.client import Agent
+
+    factory = GuardedEndpointFactory(reactor, EgressGuard(reactor, policy), tls_policy,
+                                     connect_timeout)
+    return Agent.usingEndpointFactory(reactor, factory, pool=pool)

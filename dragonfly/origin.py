@@ -118,10 +118,8 @@ def make_http_client(reactor, pool=None, context_factory=None, egress=None):
     from treq.client import HTTPClient
 
     if egress is not None:
-        from dragonfly.egressguard import EgressGuard, GuardedEndpointFactory
-        agent = Agent.usingEndpointFactory(
-            reactor, GuardedEndpointFactory(reactor, EgressGuard(reactor, egress), context_factory),
-            pool=pool)
+        from dragonfly.egressguard import guarded_agent
+        agent = guarded_agent(reactor, egress, context_factory, pool)
     elif context_factory is None:
         agent = Agent(reactor, pool=pool)
     else:

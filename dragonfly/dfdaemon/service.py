@@ -40,10 +40,8 @@ def make_upstream_agent(reactor, upstreams, pool, connect_timeout=30.0, egress=N
     With C{egress} (an L{dragonfly.egress.EgressPolicy}) it connects only to
     addresses the policy allows."""
     if egress is not None:
-        from dragonfly.egressguard import EgressGuard, GuardedEndpointFactory
-        return Agent.usingEndpointFactory(reactor, GuardedEndpointFactory(
-            reactor, EgressGuard(reactor, egress), UpstreamTLSPolicy(upstreams),
-            connect_timeout), pool=pool)
+        from dragonfly.egressguard import guarded_agent
+        return guarded_agent(reactor, egress, UpstreamTLSPolicy(upstreams), pool, connect_timeout)
     return Agent(reactor, contextFactory=UpstreamTLSPolicy(upstreams), pool=pool,
                  connectTimeout=connect_timeout)
 

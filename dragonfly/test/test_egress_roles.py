@@ -237,3 +237,21 @@ class FlagTests(SynchronousTestCase):
         self.assertFalse(policy.decide("127.0.0.1", "127.0.0.1", 5001).allowed)
 
 
+
+
+class MirrorAgentTests(SynchronousTestCase):
+
+    def test_upstream_agent_is_guarded(self):
+        """The dfdaemon's upstream agent connects to its allowed registry and
+        refuses any other denied address."""
+        from dragonfly.dfdaemon.service import make_upstream_agent
+        from dragonfly.dfdaemon.upstream import Upstreams
+
+        reactor = _guarded_reactor()
+        upstreams = Upstreams.from_options("http://127.0.0.1:5000", [], ["127.0.0.1:5000"])
+        agent = make_upstream_agent(reactor, upstreams, None,
+                                    egress=EgressPolicy(["127.0.0.1:5000"]))
+        agent.request(b"GET", b"http://127.0.0.1:5000/v2/")
+        self.assertEqual([(h, p) for h, p, *_ in reactor.tcpClients], [("127.0.0.1", 5000)])
+        self.failureResultOf(agent.request(b"GET", b"http://127.0.0.1:5001/v2/"), OriginRefused)
+        self.assertEqual(len(reactor.tcpClients), 1)
