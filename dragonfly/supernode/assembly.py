@@ -8,7 +8,7 @@ import os
 from twisted.internet.endpoints import serverFromString
 from twisted.web.client import HTTPConnectionPool
 
-from dragonfly.logsetup import make_observer
+from dragonfly.logsetup import json_observer_for
 from dragonfly.metrics import SupernodeMetrics
 from dragonfly.origin import OriginClient, make_http_client
 from dragonfly.runtime.tuning import tune_allocator
@@ -59,7 +59,7 @@ def build_supernode(reactor, c):
     piece_factory = PieceServerFactory(store, reactor, upload_limiter=upload_limiter,
                                        max_uploads=c.max_uploads,
                                        on_upload=metrics.upload_bytes.inc)
-    observer = make_observer("json") if c.log_format == "json" else None
+    observer = json_observer_for(reactor, c)
     return SupernodeService(
         reactor, c, store, scheduler, cdn, site, piece_factory,
         serverFromString(reactor, c.listen), serverFromString(reactor, c.piece_listen),
