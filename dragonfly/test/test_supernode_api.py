@@ -24,6 +24,7 @@ from dragonfly.supernode.preheat import Preheater
 from dragonfly.supernode.wakeups import LongPollScheduler
 from dragonfly.taskid import task_id_for_url
 from dragonfly.test.fakeorigin import FakeOrigin
+from dragonfly.test.metricspec import assert_spec_metrics
 from dragonfly.runtime.threads import SyncRunner
 
 PIECE = 4096
@@ -168,6 +169,12 @@ class RegisterTests(APITestBase):
         self.assertIn("dragonfly_supernode_upload_bytes_total", text)
         self.cdn.seed = None
         self.assertEqual(self.call("GET", "/healthz", status=503)["status"], "starting")
+
+    def test_metrics_spec(self):
+        """/metrics has every SPEC supernode counter, before any traffic too."""
+        r = self.request("GET", "/metrics")
+        self.assertEqual(r.code, 200)
+        assert_spec_metrics(self, self.successResultOf(self.client.content(r)), "supernode")
 
     def test_not_ready(self):
         """Before the piece port is bound, registering answers 503."""
