@@ -4,6 +4,7 @@ import io
 import json
 import os
 import signal
+from importlib import import_module
 
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger, LogLevel, formatEvent
@@ -227,3 +228,36 @@ class ObserverForTests(SynchronousTestCase):
         """C{"-"} is stdout."""
         import sys
         self.assertIs(logsetup.open_log_file("-", self.reactor), sys.stdout)
+
+
+class RoleServiceTests(ObserverForTests):
+    """Through each role's twistd options and makeService, as twistd runs them."""
+
+    def check_role(self, role, *args):
+        from twisted.application.service import Application
+        from twisted.internet.testing import MemoryReactorClock
+        from twisted.logger import ILogObserver
+
+        path = os.path.abspath(self.mktemp())
+        opts = ServerOptions()
+        opts.parseOptions(["-n", "--logfile", path, role, "--log-format", "json",
+                           "--data-dir", self.mktemp()] + list(args))
+        tap = import_module(f"dragonfly.{role}.tap")
+        svc = tap.makeService(opts.subOptions, MemoryReactorClock())
+        app = Application(role)
+        svc.setServiceParent(app)
+        observer = app.getComponent(ILogObserver)
+        self.assertIs(observer, svc.log_observer)
+        emit(observer, fmt="hello from {role}", role=role)
+        with open(path) as f:
+            [rec] = [json.loads(line) for line in f]
+        self.assertEqual((rec["message"], rec["role"]), (f"hello from {role}", role))
+
+    def test_supernode(self):
+        self.check_role("supernode")
+
+    def test_peer(self):
+        self.check_role("peer", "--supernodes", "127.0.0.1:8002")
+
+    def test_dfdaemon(self):
+        self.check_role("dfdaemon", "--supernodes", "127.0.0.1:8002")
