@@ -71,7 +71,7 @@ class PeerOptions(ConfigOptions):
         c.upload_limit = flag_size("upload-limit", self["upload-limit"], parse_rate)
         c.download_limit = flag_size("download-limit", self["download-limit"], parse_rate)
         c.log_format = check_log_format(self["log-format"])
-        c.log_file = twistd_log_file(self)
+        c.log_file = twistd_log_file(self) if c.log_format == "json" else "-"
         c.port_file = check_port_file(self["port-file"])
         c.concurrency = flag_int("concurrency", self["concurrency"], 1, 256)
         c.max_uploads = flag_int("max-uploads", self["max-uploads"], 1, 4096)

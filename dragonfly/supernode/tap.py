@@ -68,7 +68,7 @@ class Options(ConfigOptions):
             raise usage.UsageError("--cache-size is smaller than one piece")
         c.cache_ttl = flag_seconds("cache-ttl", self["cache-ttl"])
         c.log_format = check_log_format(self["log-format"])
-        c.log_file = twistd_log_file(self)
+        c.log_file = twistd_log_file(self) if c.log_format == "json" else "-"
         c.port_file = check_port_file(self["port-file"])
         try:
             c.max_uploads = int(self["max-uploads"])
