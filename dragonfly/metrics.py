@@ -58,5 +58,9 @@ class MetricsResource(Resource):
 
 
 def sample(metrics, name, labels=None):
-    """Current value of one sample (tests and demo)."""
-    return metrics.registry.get_sample_value(name, labels or {}) or 0.0
+    """Current value of one sample (tests and demo); KeyError if the registry has
+    no such sample (a renamed metric or label must not read as 0)."""
+    value = metrics.registry.get_sample_value(name, labels or {})
+    if value is None:
+        raise KeyError(f"no sample {name}{labels or ''}")
+    return value

@@ -136,8 +136,8 @@ def build_peer(reactor, config, *, runner=None, http_client=None, origin_http=No
         peer.api_site = _api_site(node, store, metrics, reactor)
         peer.api_endpoint = serverFromString(reactor, c.api_listen)
     if c.log_format == "json":
-        from dragonfly.logsetup import make_observer
-        peer.log_observer = make_observer("json")
+        from dragonfly.logsetup import json_observer_for
+        peer.log_observer = json_observer_for(reactor, c)
     return peer
 
 

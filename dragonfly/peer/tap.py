@@ -11,6 +11,7 @@ C{makeService} is not given one.
 from twisted.python import usage
 
 from dragonfly.config import ConfigOptions, check_endpoint, parse_hostports, parse_rate
+from dragonfly.logsetup import twistd_log_file
 from dragonfly.nodeoptions import (
     CACHE_SIZE, CACHE_TTL, LOG_FORMAT, PORT_FILE, check_data_dir, check_host, check_log_format,
     check_port_file, flag_int, flag_seconds, flag_size)
@@ -72,6 +73,7 @@ class PeerOptions(EgressFlags, ConfigOptions):
         c.upload_limit = flag_size("upload-limit", self["upload-limit"], parse_rate)
         c.download_limit = flag_size("download-limit", self["download-limit"], parse_rate)
         c.log_format = check_log_format(self["log-format"])
+        c.log_file = twistd_log_file(self) if c.log_format == "json" else "-"
         c.port_file = check_port_file(self["port-file"])
         c.concurrency = flag_int("concurrency", self["concurrency"], 1, 256)
         c.max_uploads = flag_int("max-uploads", self["max-uploads"], 1, 4096)

@@ -29,6 +29,7 @@ class NodeConfig:
     upload_limit: int = 0
     download_limit: int = 0
     log_format: str = "text"
+    log_file: str = "-"             # where JSON logs go: "-" stdout, a path, None (syslog)
     port_file: str = None
     max_uploads: int = 8
     gc_interval: float = 60.0

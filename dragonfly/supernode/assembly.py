@@ -9,7 +9,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.web.client import HTTPConnectionPool
 
 from dragonfly.egress import EgressPolicy
-from dragonfly.logsetup import make_observer
+from dragonfly.logsetup import json_observer_for
 from dragonfly.metrics import SupernodeMetrics
 from dragonfly.egressguard import EgressGuard
 from dragonfly.origin import OriginClient, make_http_client
@@ -62,7 +62,7 @@ def build_supernode(reactor, c):
     piece_factory = PieceServerFactory(store, reactor, upload_limiter=upload_limiter,
                                        max_uploads=c.max_uploads,
                                        on_upload=metrics.upload_bytes.inc)
-    observer = make_observer("json") if c.log_format == "json" else None
+    observer = json_observer_for(reactor, c)
     return SupernodeService(
         reactor, c, store, scheduler, cdn, site, piece_factory,
         serverFromString(reactor, c.listen), serverFromString(reactor, c.piece_listen),

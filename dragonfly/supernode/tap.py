@@ -6,6 +6,7 @@ Only this module touches the global reactor (when makeService is not given one).
 from twisted.python import usage
 
 from dragonfly.config import ConfigOptions, check_endpoint, parse_hostports, parse_rate
+from dragonfly.logsetup import twistd_log_file
 from dragonfly.nodeoptions import (
     CACHE_SIZE, CACHE_TTL, LOG_FORMAT, PORT_FILE, check_data_dir, check_host, check_log_format,
     check_port_file, flag_seconds, flag_size)
@@ -69,6 +70,7 @@ class Options(EgressFlags, ConfigOptions):
             raise usage.UsageError("--cache-size is smaller than one piece")
         c.cache_ttl = flag_seconds("cache-ttl", self["cache-ttl"])
         c.log_format = check_log_format(self["log-format"])
+        c.log_file = twistd_log_file(self) if c.log_format == "json" else "-"
         c.port_file = check_port_file(self["port-file"])
         c.allow_origin, c.deny_origin = check_egress(self)
         try:

@@ -45,9 +45,11 @@ class DaemonMixin(RunMixin):
     def setUp(self):
         RunMixin.setUp(self)
         self.embedded_runs = []
+        self.embedded_timeouts = []
 
     def no_embedded(self, opts, out, timeout):
         self.embedded_runs.append(out)
+        self.embedded_timeouts.append(timeout)
         self.stderr.write("dfget: error: embedded peer\n")
         return 1
 
@@ -241,12 +243,19 @@ class ScriptedDaemonTests(DaemonMixin, TestCase):
         return _serve(self, self.daemon)
 
     async def test_no_daemon_runs_embedded(self):
-        """Nothing listening at --daemon: the embedded peer runs, with the whole
-        --timeout still to use when none was given."""
+        """Nothing listening at --daemon: the embedded peer runs, with no time
+        limit when no --timeout was given, and with what is left of --timeout
+        (the daemon check took almost none of it) when one was."""
         url = f"http://127.0.0.1:{_free_port()}"
         code = await self.run_dfget(url, URL, "-O", self.out)
         self.assertEqual(code, 1)
         self.assertEqual(self.embedded_runs, [self.out])
+        self.assertEqual(self.embedded_timeouts, [None])
+        await self.run_dfget(url, URL, "-O", self.out, "--timeout", "600")
+        self.assertEqual(self.embedded_runs, [self.out, self.out])
+        left = self.embedded_timeouts[1]
+        self.assertIsInstance(left, float)
+        self.assertTrue(540 < left <= 600, left)
 
     async def test_unhealthy_daemon_runs_embedded(self):
         """A /healthz that is not 200 with {"status": "ok"} means no daemon."""

@@ -5,6 +5,7 @@ import json
 from twisted.trial.unittest import SynchronousTestCase
 
 from dragonfly.metrics import sample
+from dragonfly.test.metricspec import assert_spec_metrics
 from dragonfly.test.mirrorfakes import DIGEST, MANIFEST_TYPE, MirrorTestMixin
 
 
@@ -52,6 +53,12 @@ class RoutesTests(MirrorTestMixin, SynchronousTestCase):
             self.assertEqual(response.code, code, path)
             self.error_of(response)
         self.assertEqual(self.agent.urls, [])
+
+    def test_metrics_spec(self):
+        """The dfdaemon's /metrics has every SPEC peer counter and source label."""
+        response = self.get("/metrics")
+        self.assertEqual(response.code, 200)
+        assert_spec_metrics(self, self.body(response), "dfdaemon")
 
     def test_healthz_and_metrics(self):
         """When asked on the mirror port, /healthz answers 200 JSON and /metrics

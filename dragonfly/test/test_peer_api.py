@@ -10,6 +10,7 @@ from dragonfly.peer.api import PeerAPI
 from dragonfly.peer.node import NodeDeps, PeerNode
 from dragonfly.storage.store import PieceStore
 from dragonfly.taskid import task_id_for_url
+from dragonfly.test.metricspec import assert_spec_metrics
 from dragonfly.test.peerfakes import FakeOrigin, FakePiecePool, FakeSupernode
 from dragonfly.test.test_peer_node import ME, PIECE, URL, _Hosts
 from dragonfly.runtime.threads import SyncRunner
@@ -58,6 +59,12 @@ class APITests(SynchronousTestCase):
         self.assertEqual(r.code, 200)
         self.assertIn(b'dragonfly_peer_download_bytes_total{source="peer"}', body)
         self.assertIn(b"dragonfly_peer_upload_bytes_total", body)
+
+    def test_metrics_spec(self):
+        """/metrics has every SPEC peer counter and source label, before any traffic."""
+        r, body = self.request("GET", "/metrics")
+        self.assertEqual(r.code, 200)
+        assert_spec_metrics(self, body, "peer")
 
     def test_download_ndjson(self):
         """POST /api/v1/download streams progress lines, then a done line with the path."""

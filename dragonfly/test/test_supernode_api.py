@@ -24,6 +24,7 @@ from dragonfly.supernode.preheat import Preheater
 from dragonfly.supernode.wakeups import LongPollScheduler
 from dragonfly.taskid import task_id_for_url
 from dragonfly.test.fakeorigin import FakeOrigin
+from dragonfly.test.metricspec import assert_spec_metrics
 from dragonfly.runtime.threads import SyncRunner
 
 PIECE = 4096
@@ -169,6 +170,12 @@ class RegisterTests(APITestBase):
         self.cdn.seed = None
         self.assertEqual(self.call("GET", "/healthz", status=503)["status"], "starting")
 
+    def test_metrics_spec(self):
+        """/metrics has every SPEC supernode counter, before any traffic too."""
+        r = self.request("GET", "/metrics")
+        self.assertEqual(r.code, 200)
+        assert_spec_metrics(self, self.successResultOf(self.client.content(r)), "supernode")
+
     def test_not_ready(self):
         """Before the piece port is bound, registering answers 503."""
         self.cdn.seed = None
@@ -208,10 +215,19 @@ class ScheduleTests(APITestBase):
         for body in ({"peer_id": pid, "have": "x"}, {"peer_id": pid, "have": [-1]},
                      {"peer_id": pid, "have": [99]}, {"peer_id": pid, "want": -1},
                      {"peer_id": pid, "want": True}, {"peer_id": pid, "wait": "soon"},
-                     {"peer_id": pid, "wait": float("inf")} if False else {"peer_id": pid, "wait": -1},
+                     {"peer_id": pid, "wait": -1},
                      {"peer_id": pid, "failed": [{"index": 0}]}, {"peer_id": pid, "failed": [1]},
                      {"peer_id": None}):
             self.schedule(body, status=400)
+        # A wait that is not a finite number: Python's json writes Infinity/NaN,
+        # and 1e999 is plain JSON that parses to infinity.
+        for raw, token in ((json.dumps({"peer_id": pid, "wait": float("inf")}), "Infinity"),
+                           (json.dumps({"peer_id": pid, "wait": float("nan")}), "NaN"),
+                           ('{"peer_id": "%s", "wait": 1e999}' % pid, "1e999")):
+            self.assertIn(f'"wait": {token}', raw)     # the case is really sent
+            obj = self.call("POST", f"/api/v1/tasks/{TASK}/schedule", raw=raw.encode(), status=400)
+            self.assertIn("wait must be a non-negative number", obj["error"])
+        self.assertEqual(self.scheduler.stats()["waiting"], 0)
         self.call("POST", "/api/v1/tasks/bad%20id/schedule", {"peer_id": pid}, status=400)
 
     def test_cursor(self):
@@ -276,16 +292,23 @@ class ScheduleTests(APITestBase):
         self.assertEqual(self.scheduler.stats()["waiting"], 0)
 
     def test_wait_is_capped(self):
-        """A wait above the maximum is cut to max_wait (30 s)."""
+        """A wait above the maximum is cut to max_wait (30 s): still waiting just
+        before 30 s, answered (empty) just after."""
+        self.assertEqual(self.api.max_wait, 30)
         self.register()
         pid = PEER["peer_id"]
         self.schedule({"peer_id": pid, "want": 3})
         d = self.client.post(f"http://supernode.test/api/v1/tasks/{TASK}/schedule",
                              json={"peer_id": pid, "want": 3, "wait": 10000})
         self.client.flush()
-        self.clock.advance(30.1)
+        self.clock.advance(29.9)
         self.client.flush()
-        self.successResultOf(d)
+        self.assertNoResult(d)
+        self.assertEqual(self.scheduler.stats()["waiting"], 1)
+        self.clock.advance(0.2)
+        self.client.flush()
+        self.assertEqual(self.json(self.successResultOf(d)), {"assignments": [], "done": False})
+        self.assertEqual(self.scheduler.stats()["waiting"], 0)
 
     def test_disconnect_cancels_long_poll(self):
         """When the client goes away during a long-poll, the wait is

@@ -205,13 +205,20 @@ def parse_metrics(text):
     return out
 
 
-def metric(metrics, name, **labels):
-    """Sum of the samples of ``name`` whose labels include ``labels`` (0 if none)."""
-    total = 0.0
-    for sample_labels, value in metrics.get(name, ()):
-        if all(sample_labels.get(k) == v for k, v in labels.items()):
-            total += value
-    return total
+def metric(metrics, name, missing=None, **labels):
+    """Sum of the samples of ``name`` whose labels include ``labels``. KeyError
+    if ``name`` has no sample (a renamed metric must not read as 0), or if none
+    has those labels, unless ``missing`` says what that counts as (a labelled
+    counter has no sample for a label value not seen yet)."""
+    if name not in metrics:
+        raise KeyError(f"no metric {name} (have: {sorted(metrics)})")
+    found = [value for sample_labels, value in metrics[name]
+             if all(sample_labels.get(k) == v for k, v in labels.items())]
+    if not found:
+        if missing is None:
+            raise KeyError(f"no sample {name}{labels}")
+        return missing
+    return sum(found)
 
 
 # ---------------------------------------------------------------------------

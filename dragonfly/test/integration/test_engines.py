@@ -224,7 +224,7 @@ class ContainerdTests(_EngineTest):
         self.assertGreaterEqual(metric(m, "dragonfly_mirror_requests_total",
                                        kind="refused", code="403"), 1)
         self.assertEqual(metric(m, "dragonfly_mirror_requests_total", code="200",
-                                kind="blob"), 0)
+                                kind="blob", missing=0), 0)
         self.assertEqual(metric(m, "dragonfly_mirror_blob_bytes_total"), 0)
         for digest, size in info["blobs"].items():
             gets = other.blob_gets(digest)
