@@ -27,10 +27,10 @@ install: $(STAMP)
 TRIAL = cd .trial && DRAGONFLY_SOURCE=$(CURDIR) $(abspath $(BIN))/python -m dragonfly.test.skipsummary
 
 test: install
-	mkdir -p .trial && $(TRIAL) -- $(abspath $(BIN))/trial -j2 dragonfly
+	mkdir -p .trial && $(TRIAL) $(if $(FAIL_ON_SKIP),--fail-on-skip) -- $(abspath $(BIN))/trial -j2 dragonfly
 
-test-all: install
-	mkdir -p .trial && $(TRIAL) --fail-on-skip -- $(abspath $(BIN))/trial -j2 dragonfly
+test-all:
+	$(MAKE) test FAIL_ON_SKIP=1
 
 demo: install
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python demo/demo.py
