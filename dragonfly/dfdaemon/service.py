@@ -13,10 +13,10 @@ from twisted.application import service
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.http import HTTPChannel
 from twisted.web.server import Site
 
 from dragonfly.dfdaemon.mirror import RegistryMirror
+from dragonfly.httpsite import JSONErrorChannel, harden_site
 from dragonfly.dfdaemon.upstream import DEFAULT_REGISTRY, Upstreams, UpstreamTLSPolicy
 
 __all__ = ["MirrorConfig", "UpstreamPoolService", "make_upstream_agent", "build_mirror",
@@ -41,7 +41,7 @@ def make_upstream_agent(reactor, upstreams, pool, connect_timeout=30.0):
                  connectTimeout=connect_timeout)
 
 
-class MirrorChannel(HTTPChannel):
+class MirrorChannel(JSONErrorChannel):
     """HTTP/1.1 channel that drops a connection opening with a TLS handshake.
 
     skopeo and podman try an ``insecure = true`` mirror over TLS first, then
@@ -59,7 +59,7 @@ class MirrorChannel(HTTPChannel):
             if data[:1] == b"\x16":  # TLS record type "handshake"
                 self.transport.abortConnection()
                 return
-        HTTPChannel.dataReceived(self, data)
+        JSONErrorChannel.dataReceived(self, data)
 
 
 class MirrorSite(Site):
@@ -70,6 +70,7 @@ class MirrorSite(Site):
 
     def __init__(self, resource, reactor=None):
         Site.__init__(self, resource, reactor=reactor)
+        harden_site(self, MirrorChannel)
 
 
 class UpstreamPoolService(service.Service):

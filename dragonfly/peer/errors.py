@@ -9,8 +9,8 @@ Failure into a short reason for logs and error messages.
 """
 from dragonfly.httpio import describe
 
-__all__ = ["DownloadError", "StreamStopped", "SupernodeUnavailable", "NotRegistered",
-           "describe"]
+__all__ = ["DownloadError", "StreamStopped", "SupernodeUnavailable", "SourceFailed",
+           "NotRegistered", "describe"]
 
 
 class DownloadError(Exception):
@@ -23,6 +23,11 @@ class StreamStopped(Exception):
 
 class SupernodeUnavailable(Exception):
     """No supernode could (or would any longer) schedule this task: go to the origin."""
+
+
+class SourceFailed(SupernodeUnavailable):
+    """The supernode gave up fetching the task from its origin (a 502 on
+    schedule): asking it again will not help, so go to the origin at once."""
 
 
 class NotRegistered(Exception):

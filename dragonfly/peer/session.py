@@ -20,7 +20,8 @@ from twisted.python.failure import Failure
 
 from dragonfly.digest import piece_digest
 from dragonfly.interfaces import Assignment, PeerInfo
-from dragonfly.peer.errors import DownloadError, NotRegistered, SupernodeUnavailable, describe
+from dragonfly.peer.errors import (DownloadError, NotRegistered, SourceFailed,
+                                   SupernodeUnavailable, describe)
 from dragonfly.peer.wakeup import Signal
 from dragonfly.storage.errors import DigestMismatch
 
@@ -167,7 +168,7 @@ class SwarmSession:
             except NotRegistered:
                 await self._reregister("the supernode forgot this peer")
                 continue
-            except (DownloadError, CancelledError):
+            except (DownloadError, CancelledError, SourceFailed):
                 raise
             except Exception as e:
                 self.errors += 1

@@ -16,7 +16,8 @@ from twisted.logger import Logger
 
 from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
 from dragonfly.interfaces import PeerInfo
-from dragonfly.peer.errors import DownloadError, NotRegistered, SupernodeUnavailable, describe
+from dragonfly.peer.errors import (DownloadError, NotRegistered, SourceFailed,
+                                   SupernodeUnavailable, describe)
 
 __all__ = ["SupernodeClient", "parse_registration"]
 
@@ -141,6 +142,8 @@ class SupernodeClient:
                                     wait + self._settings.api_timeout)
         if code == 404:
             raise NotRegistered()
+        if code == 502:
+            raise SourceFailed(obj.get("error") or "the supernode could not fetch the file")
         if code != 200:
             raise SupernodeUnavailable(f"HTTP {code}: {obj.get('error', '')}") \
                 if code >= 500 else DownloadError(
