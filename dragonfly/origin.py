@@ -31,7 +31,7 @@ from hyperlink import EncodedURL
 
 from dragonfly.httpio import describe as _describe
 from dragonfly.ingest.receiver import BodyReceiver
-from dragonfly.redact import has_userinfo, redact_url, userinfo_error
+from dragonfly.redact import has_userinfo, redact_text, redact_url, userinfo_error
 
 __all__ = ["OriginError", "BodyBroken", "OriginResponse", "OriginClient", "make_http_client", "collect_capped"]
 
@@ -147,7 +147,7 @@ def request_url(url):
     try:
         return _LiteralHostURL.from_text(url)
     except ValueError as e:
-        raise OriginError(None, f"bad URL {redact_url(url)}: {e}")
+        raise OriginError(None, f"bad URL {redact_url(url)}: {redact_text(str(e))}")
 
 
 def _header(response, name):

@@ -49,10 +49,14 @@ def redact_url(url):
     if netloc or url[len(out):].startswith("//"):
         out += "//" + netloc
     out += parts.path
-    if parts.query or "?" in url:
+    if parts.query:
         out += "?" + REDACTED
-    if parts.fragment or "#" in url:
+    elif "?" in url.partition("#")[0]:
+        out += "?"
+    if parts.fragment:
         out += "#" + REDACTED
+    elif "#" in url:
+        out += "#"
     return out
 
 

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from dragonfly.digest import piece_digest
 from dragonfly.peer.errors import DownloadError, describe
+from dragonfly.redact import redact_text
 from dragonfly.storage.cutter import PieceCutter
 
 __all__ = ["BackSource", "Spooler", "StoreWriter"]
@@ -64,7 +65,8 @@ class BackSource:
                 dl.set_task_file(tf)
                 return tf
             offset = tf.piece_range(missing[0])[0]
-        self.log.info("fetching {task} from its origin ({why})", task=dl.task_id, why=why)
+        self.log.info("fetching {task} from its origin ({why})", task=dl.task_id,
+                      why=redact_text(why))
         try:
             response = await origin.get(dl.url, dl.headers, offset=offset,
                                         etag=getattr(tf, "etag", None) if offset else None,

@@ -23,7 +23,7 @@ from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
 from dragonfly.httpio import error_body, json_body
 from dragonfly.httpsite import harden_site
 from dragonfly.origin import OriginError
-from dragonfly.redact import redact_text
+from dragonfly.redact import redact_text, redact_url
 from dragonfly.supernode.cdn import CacheFull, CDNError, NotReady
 from dragonfly.supernode.scheduler import UnknownPeer, UnknownTask
 
@@ -255,7 +255,7 @@ class SupernodeAPI:
     @app.handle_errors(Exception)
     def _internal(self, request, failure):
         self.log.failure("API request {method} {uri} failed", failure,
-                         method=request.method, uri=request.uri)
+                         method=request.method, uri=redact_url(request.uri))
         return error_body(request, 500, "internal error", compact=True)
 
     # -- tasks -----------------------------------------------------------------
