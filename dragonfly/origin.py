@@ -33,7 +33,8 @@ from dragonfly.httpio import describe as _describe
 from dragonfly.ingest.receiver import BodyReceiver
 from dragonfly.redact import has_userinfo, redact_text, redact_url, userinfo_error
 
-__all__ = ["OriginError", "BodyBroken", "OriginResponse", "OriginClient", "make_http_client", "collect_capped"]
+__all__ = ["OriginError", "BodyBroken", "OriginResponse", "OriginClient", "make_http_client",
+           "collect_capped", "request_url"]
 
 # Headers a caller may not pass through to the origin: hop-by-hop, framing,
 # and the range/conditional headers this client sets itself.

@@ -351,7 +351,8 @@ class CDN:
                         raise
                     delay = min(self.retry_delay * (2 ** max(failures - 1, 0)), self.max_retry_delay)
                     self.log.warn("origin fetch of {task_id} broke ({err}); retry {n} in {delay:g}s",
-                                  task_id=job.task_id, err=str(e), n=failures, delay=delay)
+                                  task_id=job.task_id, err=redact_text(str(e)), n=failures,
+                                  delay=delay)
                     job.current = deferLater(self._reactor, delay, lambda: None)
                     try:
                         await job.current

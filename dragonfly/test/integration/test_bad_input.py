@@ -24,6 +24,7 @@ FILE_SIZE = 2 * MiB + 321
 TOKEN = "QueryT0ken4711"
 PRESIGN = "PresignSig0815"
 PASSWORD = "Passw0rdZ9z"
+BEARER = "BearerCred777"
 
 
 def _files():
@@ -143,19 +144,21 @@ class BadInputTests(unittest.TestCase):
         return out
 
     def assert_no_secret(self, text, where):
-        for secret in (TOKEN, PRESIGN, PASSWORD):
+        for secret in (TOKEN, PRESIGN, PASSWORD, BEARER):
             self.assertNotIn(secret, text, f"{secret} appears in {where}")
 
     @with_logs()
     async def test_secrets_never_shown(self):
-        """After a dfget (-v) of a URL with a token in its query, a preheat of a
+        """After a dfget (-v, with Authorization and Cookie headers) of a URL
+        with a token in its query, a preheat of a
         URL with a presigned query, a GET of both tasks and a refused URL
         with a password, none of the secrets appears in any log line or API
         answer; the download itself used the real URL."""
         swarm = await self.swarm_()
         sn, peer = swarm.supernodes[0], swarm.peers[0]
         url = swarm.origin_url("b0.bin") + f"?token={TOKEN}"
-        r = await swarm.dfget(url, peer=peer, args=["-v"])
+        r = await swarm.dfget(url, peer=peer, args=["-v", "-H", f"Authorization: Bearer {BEARER}",
+                                                    "-H", f"Cookie: session={BEARER}"])
         self.assertEqual(r.code, 0, r)
         self.assertEqual(sha256_file(r.output), swarm.files["b0.bin"][1])
         self.assertIn("?<redacted>", r.stderr)
