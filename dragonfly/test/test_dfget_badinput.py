@@ -33,6 +33,12 @@ class IPv6Tests(SynchronousTestCase):
         o = parse([url])
         self.assertEqual(o["task_id"], task_id_for_url(url))
 
+    def test_filter_keeps_the_literal(self):
+        """--filter drops its parameters from an IPv6-literal URL and keeps the
+        bracketed host and port as they were."""
+        o = parse(["http://[::1]:8080/f?sig=1&x=2", "--filter", "sig"])
+        self.assertEqual(o["task_id"], task_id_for_url("http://[::1]:8080/f?x=2"))
+
     def test_malformed(self):
         """A malformed literal or port is a usage error, not a crash."""
         for url in ("http://[::1/f", "http://[::1]:port/f", "http://h.test:70000/f", "http:///f"):
