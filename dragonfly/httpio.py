@@ -18,6 +18,8 @@ from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet import error as neterr
 from twisted.python.failure import Failure
 
+from dragonfly.redact import redact_text
+
 __all__ = ["RangeNotSatisfiable", "parse_range", "content_range", "json_body",
            "error_body", "write_json", "abort", "unregister", "describe"]
 
@@ -83,8 +85,9 @@ def json_body(request, status, obj, compact=False):
 
 
 def error_body(request, status, message, compact=False, **extra):
-    """The house error answer: C{{"error": message, **extra}} with C{status}."""
-    return json_body(request, status, {"error": message, **extra}, compact)
+    """The house error answer: C{{"error": message, **extra}} with C{status}
+    (URLs quoted in C{message} are shown redacted)."""
+    return json_body(request, status, {"error": redact_text(message), **extra}, compact)
 
 
 def write_json(request, status, obj):

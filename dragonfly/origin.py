@@ -28,12 +28,15 @@ from twisted.web.client import Agent
 from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
+from hyperlink import EncodedURL
+
 from dragonfly.httpio import describe as _describe
 from dragonfly.interfaces import IOrigin
 from dragonfly.ingest.receiver import BodyReceiver
+from dragonfly.redact import has_userinfo, redact_text, redact_url, userinfo_error
 
-__all__ = ["OriginError", "OriginRefused", "OriginResponse", "OriginClient", "make_http_client",
-           "collect_capped"]
+__all__ = ["OriginError", "OriginRefused", "BodyBroken", "OriginResponse", "OriginClient",
+           "make_http_client", "collect_capped", "request_url"]
 
 # Headers a caller may not pass through to the origin: hop-by-hop, framing,
 # and the range/conditional headers this client sets itself.
@@ -86,6 +89,11 @@ class OriginRefused(OriginError):
     @property
     def retryable(self):
         return False
+
+
+class BodyBroken(OriginError):
+    """The origin's answer began but its body broke off (closed early, reset,
+    stalled, or carried another length than announced)."""
 
 
 def clean_headers(headers):
@@ -146,6 +154,28 @@ def collect_capped(response, cap, what="body"):
     return collect(response, got).addCallback(lambda _: b"".join(parts))
 
 
+class _LiteralHostURL(EncodedURL):
+    """A URL whose IPv6-literal host survives treq: hyperlink's C{to_uri}
+    would IDNA-encode C{::1} and fail; the other parts are encoded as usual."""
+
+    def to_uri(self):
+        host = self.host
+        if not host or ":" not in host:
+            return EncodedURL.to_uri(self)
+        return EncodedURL.to_uri(self.replace(host="ipv6-literal.invalid")).replace(host=host)
+
+
+def request_url(url):
+    """C{url} as the HTTP client should be given it (str, or a hyperlink URL
+    for an IPv6-literal host such as C{http://[::1]:8080/f})."""
+    if "://[" not in url:
+        return url
+    try:
+        return _LiteralHostURL.from_text(url)
+    except ValueError as e:
+        raise OriginError(None, f"bad URL {redact_url(url)}: {redact_text(str(e))}")
+
+
 def _header(response, name):
     values = response.headers.getRawHeaders(name)
     if not values:
@@ -175,7 +205,7 @@ def _broken(message, reason=None):
     """The error for a body that broke (see L{BodyReceiver})."""
     if reason is not None:
         message = f"{message}: {_describe(reason)}"
-    return OriginError(None, message)
+    return BodyBroken(None, message)
 
 
 class OriginResponse:
@@ -276,10 +306,12 @@ class OriginClient:
 
     async def _get(self, url, headers, offset, etag, last_modified):
         if not isinstance(url, str) or not re.match(r"\Ahttps?://", url, re.IGNORECASE):
-            raise OriginError(None, f"unsupported URL {url!r} (http or https only)")
+            raise OriginError(None, f"unsupported URL {redact_url(url)!r} (http or https only)")
+        if has_userinfo(url):
+            raise OriginError(400, userinfo_error(url))
         conditional = offset == 0 and bool(etag or last_modified)
         hdrs = self.request_headers(headers, offset, etag, last_modified)
-        d = self._http.get(url, headers=hdrs, unbuffered=True, allow_redirects=True,
+        d = self._http.get(request_url(url), headers=hdrs, unbuffered=True, allow_redirects=True,
                            reactor=self._reactor)
         if self.connect_timeout:
             d.addTimeout(self.connect_timeout, self._reactor)

@@ -28,8 +28,8 @@ from dragonfly.egress import REFUSAL_PREFIX
 from dragonfly.origin import collect_capped
 from dragonfly.httpio import describe as _describe
 
-__all__ = ["SupernodeClient", "SupernodeUnavailable", "NotRegistered", "TaskRefused",
-           "EgressRefused", "MAX_ANSWER"]
+__all__ = ["SupernodeClient", "SupernodeUnavailable", "SourceFailed", "NotRegistered",
+           "TaskRefused", "EgressRefused", "MAX_ANSWER"]
 
 #: Bytes of a supernode answer we read at most.
 MAX_ANSWER = 1024 * 1024
@@ -39,6 +39,11 @@ MAX_REDIRECTS = 4
 
 class SupernodeUnavailable(Exception):
     """No supernode could (or would any longer) schedule this task: go to the origin."""
+
+
+class SourceFailed(SupernodeUnavailable):
+    """The supernode gave up fetching the task from its origin (a 502 on
+    schedule): asking it again will not help, so go to the origin at once."""
 
 
 class NotRegistered(Exception):
@@ -214,7 +219,8 @@ class SupernodeClient:
 
         C{request} is a L{ScheduleRequest}; the call may take its C{wait} plus
         C{api_timeout} seconds. Raises L{NotRegistered} (404),
-        L{SupernodeUnavailable} (5xx), L{TaskRefused} (another refusal), or
+        L{SourceFailed} (502: the supernode's own origin fetch failed),
+        L{SupernodeUnavailable} (other 5xx), L{TaskRefused} (another refusal), or
         the transport's error. An answer whose envelope does not parse counts
         as no assignments (C{rejected} says why).
         """
@@ -222,6 +228,8 @@ class SupernodeClient:
                                     request.to_json(), request.wait + self.api_timeout)
         if code == 404:
             raise NotRegistered()
+        if code == 502:
+            raise SourceFailed(obj.get("error") or "the supernode could not fetch the file")
         if code != 200:
             if code >= 500:
                 raise SupernodeUnavailable(f"HTTP {code}: {obj.get('error', '')}")

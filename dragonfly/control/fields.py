@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from dragonfly.digest import HEX_LENGTH
 from dragonfly.interfaces import PeerInfo
 from dragonfly.origin import clean_headers
+from dragonfly.redact import has_userinfo, userinfo_error
 from dragonfly.taskid import validate_peer_id, validate_task_id
 
 __all__ = ["MessageError", "check_task_id", "check_peer_id", "check_url", "check_headers",
@@ -107,6 +108,8 @@ def check_url(url):
         raise MessageError("url", "url must be http or https")
     if not parts.hostname:
         raise MessageError("url", "url has no host")
+    if has_userinfo(url):
+        raise MessageError("url", userinfo_error(url))
     return url
 
 

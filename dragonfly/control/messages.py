@@ -24,6 +24,7 @@ from dragonfly.control.fields import (
 from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
 from dragonfly.digest import HEX_LENGTH
 from dragonfly.interfaces import Assignment, PeerInfo
+from dragonfly.redact import redact_text, redact_url
 from dragonfly.taskid import is_oci_digest, task_id_for_url
 from dragonfly.units import BadValue, parse_hostport
 
@@ -328,12 +329,14 @@ class TaskInfo(_Message):
     done_peers: int = None
 
     def to_json(self):
-        out = {"task_id": self.task_id, "url": self.url, "length": self.length,
+        out = {"task_id": self.task_id, "url": redact_url(self.url), "length": self.length,
                "piece_size": self.piece_size, "piece_count": self.piece_count,
                "seeded": self.seeded, "peers": self.peers, "state": self.state}
         for name in ("error", "origin_status", "done_peers"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
+        if self.error is not None:
+            out["error"] = redact_text(self.error)
         return out
 
     @classmethod
@@ -506,12 +509,17 @@ class PreheatStatus(_Message):
     origin_status: int = None
 
     def to_json(self):
-        out = {"id": self.id, "state": self.state, "type": self.type, "url": self.url,
-               "created": self.created}
+        out = {"id": self.id, "state": self.state, "type": self.type,
+               "url": redact_url(self.url), "created": self.created}
         for name in ("task_id", "length", "tasks", "finished", "error", "origin_status"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = list(value) if name == "tasks" else value
+        if self.tasks is not None:
+            out["tasks"] = [dict(t, url=redact_url(t["url"])) if t.get("url") else dict(t)
+                            for t in self.tasks]
+        if self.error is not None:
+            out["error"] = redact_text(self.error)
         return out
 
     @classmethod
@@ -531,7 +539,7 @@ class PreheatStatus(_Message):
             raise MessageError("created", "created must be a number")
         task_id = obj.get("task_id")
         return cls(string(obj.get("id"), "id", 128), string(obj.get("state"), "state", 64),
-                   string(obj.get("type"), "type", 64), check_url(obj.get("url")), times["created"],
+                   string(obj.get("type"), "type", 64), string(obj.get("url"), "url"), times["created"],
                    None if task_id is None else check_task_id(task_id),
                    optional_integer(obj, "length", 0, MAX_LENGTH), tasks, times["finished"],
                    string(obj.get("error"), "error", 1 << 16, optional=True),

@@ -23,6 +23,7 @@ from dragonfly.dfdaemon.passthrough import NOT_FOR_ACCESS_CHECK, Discard, forwar
 from dragonfly.dfdaemon.routes import MirrorError
 from dragonfly.httpio import (
     RangeNotSatisfiable, abort, content_range, describe, parse_range, unregister)
+from dragonfly.redact import redact_text, redact_url
 
 
 @implementer(IConsumer, IPushProducer)
@@ -217,7 +218,8 @@ class Blobs:
             if ex.gone:
                 return
             self.log.warn("P2P failed for {digest} ({error}); relaying from {upstream}",
-                          digest=digest, error=describe(e), upstream=target.upstream.base)
+                          digest=digest, error=redact_text(describe(e)),
+                          upstream=redact_url(target.upstream.base))
             ex.kind = "blob-direct"
             return await self.passthrough.relay(ex, url)
         if ex.gone:

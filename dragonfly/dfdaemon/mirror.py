@@ -18,6 +18,7 @@ from dragonfly.dfdaemon.passthrough import Passthrough
 from dragonfly.dfdaemon.routes import NAME_RE, Exchange, MirrorError, MirrorResource, Routes
 from dragonfly.dfdaemon.routes import write_error
 from dragonfly.httpio import abort
+from dragonfly.redact import redact_url
 
 __all__ = ["RegistryMirror", "MirrorError", "BlobSink", "NAME_RE"]
 
@@ -99,6 +100,6 @@ class RegistryMirror:
             self._error(ex.request, failure.value)
             return None
         self.log.failure("mirror request {uri} failed", failure,
-                         uri=ex.request.uri.decode("latin-1"))
+                         uri=redact_url(ex.request.uri))
         self._error(ex.request, MirrorError(500, "UNKNOWN", "internal error"))
         return None

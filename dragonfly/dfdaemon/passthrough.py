@@ -19,6 +19,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 
 from dragonfly.dfdaemon.routes import MirrorError
 from dragonfly.httpio import abort, describe, unregister
+from dragonfly.redact import redact_url
 
 # Never forwarded in either direction (RFC 9110 7.6.1), plus Host (the agent sets it).
 _HOP_BY_HOP = frozenset(h.lower() for h in (
@@ -102,7 +103,7 @@ class Passthrough:
         except MirrorError:
             raise
         except Exception as e:  # noqa: BLE001 - every connection failure is a 502
-            self.log.warn("upstream {url} failed: {error}", url=url.decode("latin-1"),
+            self.log.warn("upstream {url} failed: {error}", url=redact_url(url),
                           error=describe(e))
             raise MirrorError(502, "UNAVAILABLE", f"upstream registry unreachable: {describe(e)}")
         finally:
@@ -138,7 +139,7 @@ class Passthrough:
         except Exception as e:  # noqa: BLE001
             if not ex.gone:
                 self.log.warn("upstream body for {url} broke: {error}",
-                              url=url.decode("latin-1"), error=describe(e))
+                              url=redact_url(url), error=describe(e))
                 abort(request)
             return
         if not ex.gone:

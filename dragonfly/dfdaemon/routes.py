@@ -17,6 +17,7 @@ from twisted.web.resource import Resource
 
 from dragonfly.dfdaemon.upstream import Refused
 from dragonfly.httpio import write_json
+from dragonfly.redact import redact_text
 from dragonfly.taskid import is_oci_digest
 
 # The OCI distribution spec's repository name grammar.
@@ -40,7 +41,8 @@ class MirrorError(Exception):
 
 
 def oci_error(code, message):
-    """An error body in the OCI shape and the house shape at once."""
+    """An error body in the OCI shape and the house shape at once (URLs redacted)."""
+    message = redact_text(message)
     return {"errors": [{"code": code, "message": message, "detail": None}], "error": message}
 
 

@@ -13,10 +13,10 @@ from twisted.application import service
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.http import HTTPChannel
 from twisted.web.server import Site
 
 from dragonfly.dfdaemon.mirror import RegistryMirror
+from dragonfly.httpsite import JSONErrorChannel, harden_site
 from dragonfly.dfdaemon.upstream import DEFAULT_REGISTRY, Upstreams, UpstreamTLSPolicy
 
 __all__ = ["MirrorConfig", "UpstreamPoolService", "make_upstream_agent", "build_mirror",
@@ -54,7 +54,7 @@ def registry_origins(config):
             for u in upstreams.all]
 
 
-class MirrorChannel(HTTPChannel):
+class MirrorChannel(JSONErrorChannel):
     """HTTP/1.1 channel that drops a connection opening with a TLS handshake.
 
     skopeo and podman try an ``insecure = true`` mirror over TLS first, then
@@ -72,7 +72,7 @@ class MirrorChannel(HTTPChannel):
             if data[:1] == b"\x16":  # TLS record type "handshake"
                 self.transport.abortConnection()
                 return
-        HTTPChannel.dataReceived(self, data)
+        JSONErrorChannel.dataReceived(self, data)
 
 
 class MirrorSite(Site):
@@ -83,6 +83,7 @@ class MirrorSite(Site):
 
     def __init__(self, resource, reactor=None):
         Site.__init__(self, resource, reactor=reactor)
+        harden_site(self, MirrorChannel)
 
 
 class UpstreamPoolService(service.Service):

@@ -29,6 +29,7 @@ import traceback
 from dragonfly.dfget import files
 from dragonfly.dfget.options import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
                                      DfgetError, OptionsError, ShowText, error_line, parse)
+from dragonfly.redact import redact_text
 from dragonfly.runtime.signals import Interrupted, TimedOut, raising_signals
 
 __all__ = ["main", "run"]
@@ -124,6 +125,6 @@ def _fail(stderr, reason, code=EXIT_FAILED):
 def _logger(stderr):
     def log(msg):
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        stderr.write(f"{stamp} [dfget] {msg}\n")
+        stderr.write(f"{stamp} [dfget] {redact_text(msg)}\n")
         stderr.flush()
     return log

@@ -12,6 +12,7 @@ from urllib.parse import unquote, urlsplit
 
 from dragonfly import __version__
 from dragonfly.egress import BadEntry, parse_entries
+from dragonfly.redact import has_userinfo, redact_text, redact_url, userinfo_error
 from dragonfly.taskid import task_id_for_url
 from dragonfly.units import BadValue, parse_hostports, parse_rate
 
@@ -170,10 +171,16 @@ def _derive(o):
     url = o["url"]
     if not url:
         raise OptionsError("no URL given")
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc \
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as e:
+        raise OptionsError(f"not an http(s) URL: {redact_url(url)!r} ({e})")
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname \
             or any(c in url for c in " \r\n\0"):
-        raise OptionsError(f"not an http(s) URL: {url!r}")
+        raise OptionsError(f"not an http(s) URL: {redact_url(url)!r}")
+    if has_userinfo(url):
+        raise OptionsError(userinfo_error(url))
     headers = {}
     for name, val in o["headers"]:
         key = next((k for k in headers if k.lower() == name.lower()), name)
@@ -246,7 +253,7 @@ def default_output(url):
 
 def error_line(text):
     """The one line dfget prints on stderr for a failure."""
-    return "dfget: error: " + " ".join(str(text).split())[:500] + "\n"
+    return "dfget: error: " + " ".join(redact_text(str(text)).split())[:500] + "\n"
 
 
 def help_text(width=80):

@@ -14,6 +14,7 @@
 """
 import json
 import re
+from urllib.parse import urlsplit
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -24,6 +25,7 @@ from dragonfly.httpio import RangeNotSatisfiable, content_range, error_body, jso
 from dragonfly.metrics import MetricsResource
 from dragonfly.peer.errors import OriginNotAllowed
 from dragonfly.peer.node import DownloadError, StreamStopped
+from dragonfly.redact import has_userinfo, redact_text, redact_url, userinfo_error
 from dragonfly.taskid import task_id_for_url, validate_task_id
 
 __all__ = ["PeerAPI", "MAX_BODY"]
@@ -63,6 +65,12 @@ def parse_download_request(obj):
     if not isinstance(url, str) or not re.match(r"\Ahttps?://[^/\s]", url, re.I) \
             or len(url) > 8192 or any(c in url for c in "\r\n\0 "):
         raise BadRequest("url must be an http(s) URL")
+    try:
+        urlsplit(url).port  # noqa: B018 - raises ValueError on a bad port or IPv6 literal
+    except ValueError:
+        raise BadRequest("url must be an http(s) URL")
+    if has_userinfo(url):
+        raise BadRequest(userinfo_error(url))
     headers = obj.get("headers") or {}
     if not isinstance(headers, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
@@ -168,13 +176,14 @@ class PeerAPI:
             last[0] = now
             line({"completed": completed, "length": length})
 
-        self.log.info("download {url} ({task})", url=params["url"], task=params["task_id"])
+        self.log.info("download {url} ({task})", url=redact_url(params["url"]),
+                      task=params["task_id"])
         try:
             tf = await self._node.download(on_progress=progress, **params)
         except DownloadError as e:
             if isinstance(e, OriginNotAllowed) and not started:
                 return error_body(request, 403, str(e))
-            line({"state": "failed", "error": str(e)})
+            line({"state": "failed", "error": redact_text(str(e))})
             return None
         line({"completed": tf.length, "length": tf.length})
         line({"state": "done", "path": tf.path, "length": tf.length, "task_id": tf.task_id})

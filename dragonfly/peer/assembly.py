@@ -155,12 +155,13 @@ def _own_http_client(reactor, closers, egress=None):
 def _api_site(node, store, metrics, reactor):
     from twisted.web.server import Site
 
+    from dragonfly.httpsite import harden_site
     from dragonfly.peer.api import PeerAPI
 
     site = Site(PeerAPI(node, store, metrics, reactor).resource(),
                 parsePOSTFormSubmission=False)  # JSON bodies only
     site.displayTracebacks = False
-    return site
+    return harden_site(site)
 
 
 def make_peer_service(options, reactor=None):

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from dragonfly.ingest.events import IngestEvents
 from dragonfly.ingest.pipeline import spool_into, stream_into
 from dragonfly.peer.errors import DownloadError, OriginNotAllowed, describe
+from dragonfly.redact import redact_text
 
 __all__ = ["BackSource", "OriginEvents", "SpoolEvents"]
 
@@ -109,7 +110,8 @@ class BackSource:
                 dl.set_task_file(tf)
                 return tf
             offset = tf.piece_range(missing[0])[0]
-        self.log.info("fetching {task} from its origin ({why})", task=dl.task_id, why=why)
+        self.log.info("fetching {task} from its origin ({why})", task=dl.task_id,
+                      why=redact_text(why))
         try:
             response = await origin.get(dl.url, dl.headers, offset=offset,
                                         etag=getattr(tf, "etag", None) if offset else None,

@@ -33,6 +33,7 @@ from dragonfly.peer.joining import Download, call_progress, call_start
 from dragonfly.peer.session import join_swarm
 from dragonfly.peer.settings import DEFAULT_PIECE_SIZE, NodeDeps, NodeSettings
 from dragonfly.peer.stream import OrderedPushProducer
+from dragonfly.redact import has_userinfo, redact_text, redact_url, userinfo_error
 from dragonfly.taskid import task_id_for_url, validate_task_id
 
 __all__ = ["PeerNode", "NodeDeps", "NodeSettings", "DownloadError", "StreamStopped",
@@ -81,7 +82,9 @@ class PeerNode:
             if pattern not in ("p2p", "source"):
                 raise DownloadError(f"unknown pattern {pattern!r} (p2p or source)")
             if not isinstance(url, str) or not re.match(r"\Ahttps?://[^/\s]", url, re.I):
-                raise DownloadError(f"not an http(s) URL: {url!r}")
+                raise DownloadError(f"not an http(s) URL: {redact_url(url)!r}")
+            if has_userinfo(url):
+                raise DownloadError(userinfo_error(url))
             headers = dict(headers or {})
             for k, v in headers.items():
                 if not isinstance(k, str) or not isinstance(v, str):
@@ -196,7 +199,8 @@ class PeerNode:
                 if not dl.back_source:
                     raise DownloadError(f"no supernode could serve the task ({e}) "
                                         "and back-to-source is disabled")
-                self.log.warn("back to source for {task}: {why}", task=dl.task_id, why=str(e))
+                self.log.warn("back to source for {task}: {why}", task=dl.task_id,
+                              why=redact_text(str(e)))
                 tf = await self._back_source.fetch(dl, str(e))
         tf.touch()
         self.log.info("task {task} complete: {length} bytes (peer {p}, supernode {s}, origin {o})",

@@ -20,8 +20,8 @@ from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from dragonfly.control.client import (EgressRefused, NotRegistered, SupernodeUnavailable,
-                                      TaskRefused)
+from dragonfly.control.client import (
+    EgressRefused, NotRegistered, SourceFailed, SupernodeUnavailable, TaskRefused)
 from dragonfly.control.messages import MessageError, RegisterRequest, ScheduleRequest
 from dragonfly.digest import piece_digest
 from dragonfly.peer.errors import DownloadError, OriginNotAllowed, describe
@@ -191,7 +191,7 @@ class SwarmSession:
                 continue
             except TaskRefused as e:
                 raise DownloadError(str(e)) from e
-            except (DownloadError, CancelledError):
+            except (DownloadError, CancelledError, SourceFailed):
                 raise
             except Exception as e:
                 self.errors += 1

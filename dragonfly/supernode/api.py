@@ -11,7 +11,7 @@ import json
 
 from klein import Klein
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from twisted.internet.defer import CancelledError, TimeoutError
+from twisted.internet.defer import CancelledError, FailureGroup, TimeoutError, race
 from twisted.logger import Logger
 from twisted.web import server
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
@@ -21,7 +21,9 @@ from dragonfly.control.messages import (
     RegisterAnswer, RegisterRequest, ScheduleAnswer, ScheduleRequest, TaskInfo, check_task_id)
 from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
 from dragonfly.httpio import error_body, json_body
+from dragonfly.httpsite import harden_site
 from dragonfly.origin import OriginError, OriginRefused
+from dragonfly.redact import redact_text, redact_url
 from dragonfly.supernode.cdn import CacheFull, CDNError, NotReady
 from dragonfly.supernode.scheduler import UnknownPeer, UnknownTask
 
@@ -81,7 +83,7 @@ def api_site(api, max_body=MAX_BODY):
     site = ApiSite(api.resource(), parsePOSTFormSubmission=False)
     site.requestFactory = _Request
     site.displayTracebacks = False
-    return site
+    return harden_site(site)
 
 
 class ApiSite(server.Site):
@@ -97,6 +99,12 @@ class ApiSite(server.Site):
         if request.code < 400 and request.path.endswith(b"/schedule"):
             return
         server.Site.log(self, request)
+
+
+def _cancelled(failure):
+    """race() reports its cancellation as a FailureGroup: say CancelledError."""
+    failure.trap(FailureGroup)
+    raise CancelledError()
 
 
 def _parse(message, obj):
@@ -198,14 +206,14 @@ class SupernodeAPI:
         e = failure.value
         for k, v in e.headers.items():
             request.setHeader(k, v)
-        return json_body(request, e.status, {"error": e.message, **e.extra}, compact=True)
+        return error_body(request, e.status, e.message, compact=True, **e.extra)
 
     @app.handle_errors(OriginError)
     def _origin_error(self, request, failure):
         e = failure.value
         if isinstance(e, OriginRefused):
-            return json_body(request, 403, {"error": e.message}, compact=True)
-        body = {"error": e.message}
+            return json_body(request, 403, {"error": redact_text(e.message)}, compact=True)
+        body = {"error": redact_text(e.message)}
         if e.status is not None:
             body["origin_status"] = e.status
         return json_body(request, 502, body, compact=True)
@@ -249,7 +257,7 @@ class SupernodeAPI:
     @app.handle_errors(Exception)
     def _internal(self, request, failure):
         self.log.failure("API request {method} {uri} failed", failure,
-                         method=request.method, uri=request.uri)
+                         method=request.method, uri=redact_url(request.uri))
         return error_body(request, 500, "internal error", compact=True)
 
     # -- tasks -----------------------------------------------------------------
@@ -326,6 +334,10 @@ class SupernodeAPI:
         cancelled at once (the scheduler forgets the waiter).
         """
         d = self.scheduler.changed(task_id, peer_id)
+        ended = getattr(self.cdn, "fetch_ended", lambda task_id: None)(task_id)
+        if ended is not None:
+            # A failing CDN fetch ends the wait too: the answer is its 502.
+            d = race([d, ended]).addCallback(lambda _: None).addErrback(_cancelled)
         d.addTimeout(timeout, self.clock)
 
         def gone(f):

@@ -36,7 +36,8 @@ from twisted.python.failure import Failure
 
 from dragonfly.ingest.events import IngestEvents
 from dragonfly.ingest.pipeline import spool_into, stream_into
-from dragonfly.origin import OriginError
+from dragonfly.origin import BodyBroken, OriginError
+from dragonfly.redact import redact_text, redact_url
 
 __all__ = ["CDN", "CDNError", "ContentChanged", "CacheFull", "NotReady"]
 
@@ -196,13 +197,15 @@ class CDN:
     @param runner: IRunner for spool-file work.
     @param seed: our own L{PeerInfo}; may be set later (when the piece port is
         bound) with L{set_seed}. ensure() fails with L{NotReady} until then.
+    @param max_body_retries: a body that breaks off again without bringing a
+        new byte is retried this often, then the job fails (the origin's fault).
     """
 
     log = Logger()
 
     def __init__(self, reactor, store, origin, scheduler, piece_size, metrics, runner,
                  seed=None, max_retries=5, retry_delay=1.0, max_retry_delay=30.0,
-                 spool_dir=None, max_spool=0):
+                 spool_dir=None, max_spool=0, max_body_retries=1):
         self._reactor = reactor
         self.store = store
         self.origin = origin
@@ -212,6 +215,7 @@ class CDN:
         self.runner = runner
         self.seed = seed
         self.max_retries = max_retries
+        self.max_body_retries = max_body_retries
         self.retry_delay = retry_delay
         self.max_retry_delay = max_retry_delay
         self.spool_dir = spool_dir
@@ -253,6 +257,14 @@ class CDN:
         return {"state": "cached" if tf.is_complete else "partial", "url": tf.url,
                 "length": tf.length, "piece_count": tf.piece_count,
                 "seeded": len(tf.completed())}
+
+    def fetch_ended(self, task_id):
+        """A Deferred firing (with None) when the running fetch of C{task_id}
+        ends, either way; None when no fetch of it runs. Cancellable."""
+        job = self._jobs.get(task_id)
+        if job is None or job.state not in ("pending", "running"):
+            return None
+        return job.complete.when().addErrback(lambda f: None if not f.check(CancelledError) else f)
 
     def failure(self, task_id):
         """The error of a failed job, or None."""
@@ -316,7 +328,7 @@ class CDN:
 
     async def _run(self, job):
         job.state = "running"
-        failures = 0
+        failures = breaks = 0
         try:
             while True:
                 before = job.tf.completed_bytes if job.tf is not None else -1
@@ -330,11 +342,17 @@ class CDN:
                         raise
                     after = job.tf.completed_bytes if job.tf is not None else -1
                     failures = 0 if after > before else failures + 1
-                    if failures > self.max_retries or job.attempts > self.max_retries * 20:
+                    # A body that breaks off again with nothing new is the
+                    # origin's fault: give up soon, so peers learn it in seconds.
+                    broke = isinstance(e, BodyBroken) and after <= max(before, 0)
+                    breaks = breaks + 1 if broke else 0
+                    if failures > self.max_retries or job.attempts > self.max_retries * 20 \
+                            or breaks > self.max_body_retries:
                         raise
                     delay = min(self.retry_delay * (2 ** max(failures - 1, 0)), self.max_retry_delay)
                     self.log.warn("origin fetch of {task_id} broke ({err}); retry {n} in {delay:g}s",
-                                  task_id=job.task_id, err=str(e), n=failures, delay=delay)
+                                  task_id=job.task_id, err=redact_text(str(e)), n=failures,
+                                  delay=delay)
                     job.current = deferLater(self._reactor, delay, lambda: None)
                     try:
                         await job.current
@@ -364,7 +382,7 @@ class CDN:
         job.finished = self._reactor.seconds()
         job.error = f
         self.log.warn("task {task_id} from {url} failed: {err}",
-                      task_id=job.task_id, url=job.url, err=str(f.value))
+                      task_id=job.task_id, url=redact_url(job.url), err=redact_text(str(f.value)))
         if f.check(ContentChanged):
             # Do not keep (or serve) a mix of two versions of the file.
             self.store.remove(job.task_id)

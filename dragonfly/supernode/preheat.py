@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from dragonfly.control.messages import (
     MANIFEST_URL_RE, PreheatRequest, PreheatStatus, parse_image_reference)
 from dragonfly.origin import OriginError, OriginRefused
+from dragonfly.redact import redact_text, redact_url
 from dragonfly.taskid import is_oci_digest
 
 __all__ = ["Preheater", "PreheatSpec", "PreheatJob", "parse_image_reference"]
@@ -145,7 +146,8 @@ class Preheater:
 
     async def _run(self, job):
         job.state = "running"
-        self.log.info("preheat {id}: {kind} {url}", id=job.id, kind=job.spec.kind, url=job.spec.url)
+        self.log.info("preheat {id}: {kind} {url}", id=job.id, kind=job.spec.kind,
+                      url=redact_url(job.spec.url))
         try:
             if job.spec.kind == "file":
                 tf = await self.cdn.ensure_complete(job.spec.task_id, job.spec.url, job.spec.headers)
@@ -157,7 +159,7 @@ class Preheater:
             job.error = str(e)
             if isinstance(e, OriginError) and e.status is not None:
                 job.origin_status = e.status
-            self.log.warn("preheat {id} failed: {err}", id=job.id, err=str(e))
+            self.log.warn("preheat {id} failed: {err}", id=job.id, err=redact_text(str(e)))
         else:
             job.state = "done"
             self.log.info("preheat {id} done", id=job.id)

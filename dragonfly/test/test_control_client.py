@@ -15,7 +15,7 @@ from twisted.web._newclient import ResponseNeverReceived
 from twisted.web.server import NOT_DONE_YET
 
 from dragonfly.control.client import (
-    _describe, NotRegistered, SupernodeClient, SupernodeUnavailable, TaskRefused)
+    _describe, NotRegistered, SourceFailed, SupernodeClient, SupernodeUnavailable, TaskRefused)
 from dragonfly.control.messages import (
     FailedPiece, HeartbeatRequest, LeaveRequest, RegisterRequest, ScheduleAnswer,
     ScheduleRequest)
@@ -326,11 +326,15 @@ class ScheduleTests(SynchronousTestCase):
             "want": 3, "wait": 0, "cursor": 4})])
 
     def test_errors(self):
-        """404 is NotRegistered, 5xx SupernodeUnavailable, another refusal TaskRefused."""
+        """404 is NotRegistered, 502 SourceFailed (the supernode's origin fetch
+        failed: no use asking again), other 5xx SupernodeUnavailable, another
+        refusal TaskRefused."""
         for answer, exc, text in [
                 ((404, {"error": "unknown peer"}), NotRegistered, ""),
                 ((503, {"error": "overloaded"}), SupernodeUnavailable, "HTTP 503: overloaded"),
-                ((502, {}), SupernodeUnavailable, "HTTP 502: "),
+                ((502, {}), SourceFailed, "the supernode could not fetch the file"),
+                ((502, {"error": "origin broke off"}), SourceFailed, "origin broke off"),
+                ((500, {}), SupernodeUnavailable, "HTTP 500: "),
                 ((400, {"error": "bad cursor"}), TaskRefused,
                  "supernode refused to schedule: bad cursor"),
                 ((409, {}), TaskRefused, "supernode refused to schedule: 409")]:

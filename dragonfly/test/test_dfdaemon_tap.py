@@ -145,3 +145,8 @@ class MirrorSiteTests(SynchronousTestCase):
         proto.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 200"), transport.value())
         self.assertIn(b'"status": "ok"', transport.value())
+
+    def test_malformed_content_length_json(self):
+        """A malformed Content-Length gets the house JSON 400, not Twisted's empty one."""
+        from dragonfly.test.test_httpsite import assert_json_bad_request
+        assert_json_bad_request(self, self.site())

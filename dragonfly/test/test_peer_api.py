@@ -117,6 +117,36 @@ class APITests(SynchronousTestCase):
             self.assertIn("error", json.loads(raw))
         self.assertEqual(self.supernode.registrations, [])
 
+    def test_userinfo_refused(self):
+        """A URL with user:pass@ is refused at once with 400 naming the header
+        to use instead; the password is not echoed and nothing starts."""
+        r, raw = self.request("POST", "/api/v1/download",
+                              data=json.dumps({"url": "http://u:hunter2@origin.test/f"}).encode())
+        self.assertEqual(r.code, 400)
+        error = json.loads(raw)["error"]
+        self.assertIn("Authorization", error)
+        self.assertNotIn("hunter2", error)
+        self.assertEqual(self.supernode.registrations, [])
+
+    def test_bad_ipv6_literal_refused(self):
+        """A malformed IPv6 literal or port is a 400, never a 500."""
+        for url in ("http://[::1/f", "http://[::1]:x/f", "http://h.test:99999/f"):
+            r, raw = self.request("POST", "/api/v1/download", data=json.dumps({"url": url}).encode())
+            self.assertEqual(r.code, 400, url)
+
+    def test_failed_line_redacted(self):
+        """An error line quoting the URL shows its query string as <redacted>."""
+        self.supernode.register_answer = (502, {"error": "fetch of http://o.test/f?token=s3 failed"})
+        r, lines = self.download({"url": URL, "back_source": False})
+        self.assertEqual(lines[-1]["state"], "failed")
+        self.assertNotIn("token=s3", lines[-1]["error"])
+
+    def test_malformed_content_length_json(self):
+        """The peer API's site answers a malformed Content-Length with a JSON 400."""
+        from dragonfly.peer.assembly import _api_site
+        from dragonfly.test.test_httpsite import assert_json_bad_request
+        assert_json_bad_request(self, _api_site(self.node, self.store, self.metrics, self.clock))
+
     def test_body_cap(self):
         """A request body over the cap is refused with 413."""
         r, raw = self.request("POST", "/api/v1/download",
