@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 from dragonfly.ingest.events import IngestEvents
 from dragonfly.ingest.pipeline import spool_into, stream_into
 from dragonfly.origin import OriginError
+from dragonfly.supernode.swarmstate import PieceSizes
 
 __all__ = ["CDN", "CDNError", "ContentChanged", "CacheFull", "NotReady"]
 
@@ -65,7 +66,7 @@ class ContentChanged(OriginError):
 
 
 def _piece_sizes(tf):
-    return [tf.piece_range(i)[1] for i in range(tf.piece_count)]
+    return PieceSizes(tf.length, tf.piece_size)
 
 
 def _prefix_pieces(tf):

@@ -50,8 +50,8 @@ from dragonfly.interfaces import IScheduler, PeerInfo
 from dragonfly.supernode.bitset import bits
 from dragonfly.supernode.policy import MAX_MISSES, candidates, pick_source, rarest, sequential
 from dragonfly.supernode.swarmstate import (
-    SEED, Peer, Task, UnknownPeer, UnknownTask, add_have, expire_assignments, record_failure,
-    release, remove_peer, source_id, start)
+    SEED, Peer, PieceSizes, Task, UnknownPeer, UnknownTask, add_have, expire_assignments,
+    record_failure, release, remove_peer, source_id, start)
 
 __all__ = ["Scheduler", "UnknownTask", "UnknownPeer"]
 
@@ -117,9 +117,12 @@ class Scheduler:
         """
         if not isinstance(seed, PeerInfo):
             raise TypeError("seed must be a PeerInfo")
-        sizes = [int(s) for s in piece_sizes]
-        if any(s <= 0 for s in sizes):
-            raise ValueError("piece sizes must be positive")
+        if isinstance(piece_sizes, PieceSizes):
+            sizes = piece_sizes     # positive by construction; no per-piece list
+        else:
+            sizes = [int(s) for s in piece_sizes]
+            if any(s <= 0 for s in sizes):
+                raise ValueError("piece sizes must be positive")
         if digests is not None:
             digests = list(digests)
             if len(digests) != len(sizes):

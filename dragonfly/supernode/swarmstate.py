@@ -9,12 +9,13 @@ task and the limits it is kept against. Pure data: no I/O, no clock, no
 Deferreds; choosing pieces and sources is L{dragonfly.supernode.policy}'s.
 """
 from bisect import bisect_left, insort
-from collections import deque
+from collections import defaultdict, deque
 
 from dragonfly.interfaces import Assignment
 from dragonfly.supernode.bitset import bits
 
-__all__ = ["UnknownTask", "UnknownPeer", "SEED", "SCAN_HOLDERS", "Fetch", "Peer", "Task"]
+__all__ = ["UnknownTask", "UnknownPeer", "SEED", "SCAN_HOLDERS", "Fetch", "Peer", "PieceSizes",
+           "Task"]
 
 
 class UnknownTask(KeyError):
@@ -33,6 +34,44 @@ class UnknownPeer(KeyError):
 
 # Scan every holder of a piece when it has at most this many; sample above.
 SCAN_HOLDERS = 24
+
+
+class PieceSizes:
+    """The piece sizes of a file of C{length} bytes cut every C{piece_size}
+    bytes, as a read-only sequence of constant size (no per-piece list)."""
+
+    __slots__ = ("length", "piece_size", "n")
+
+    def __init__(self, length, piece_size):
+        if length < 0 or piece_size <= 0:
+            raise ValueError("bad length or piece size")
+        self.length = length
+        self.piece_size = piece_size
+        self.n = -(-length // piece_size)
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if i < 0:
+            i += self.n
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.piece_size if i < self.n - 1 else self.length - i * self.piece_size
+
+    def __eq__(self, other):
+        if isinstance(other, PieceSizes):
+            return self.length == other.length and (
+                self.piece_size == other.piece_size or self.n <= 1 and other.n <= 1)
+        try:
+            return len(other) == self.n and all(a == b for a, b in zip(self, other))
+        except TypeError:
+            return NotImplemented
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"PieceSizes({self.length}, {self.piece_size})"
 
 
 class _Seed:
@@ -87,7 +126,7 @@ class Task:
 
     def __init__(self, task_id, piece_sizes, seed, now):
         self.id = task_id
-        self.sizes = list(piece_sizes)
+        self.sizes = piece_sizes if isinstance(piece_sizes, PieceSizes) else list(piece_sizes)
         n = self.n = len(self.sizes)
         self.full = (1 << n) - 1
         self.seed = seed
@@ -107,7 +146,7 @@ class Task:
         self.free_holders = [0] * n # of a few-holder piece: holders in self.free
         self.few_free = 0           # few-holder pieces with a free holder
         self.inflight = [0] * n
-        self.holders = [[] for _ in range(n)]   # Peer lists, dead removed lazily
+        self.holders = defaultdict(list)   # index -> Peer list, dead removed lazily
         self.holders_dead = [0] * n
         self.key = [0] * n          # count + inflight: the rarity key
         self.buckets = {0: self.full} if n else {}
