@@ -77,6 +77,7 @@ class BackSource:
         if response.length is None:
             return await self._spool(dl, response)
         length = response.length
+        check_size(length, self._settings.max_file_size, store, lambda: response.discard())
         if tf is None or tf.length != length:
             # Nothing usable held: start afresh. (Held pieces of a file of the
             # same length are kept; a 200 to our Range restarts the body at 0
@@ -119,6 +120,21 @@ class BackSource:
             return tf
         finally:
             await runner.run(f.close)
+
+
+def check_size(length, max_file_size, store, discard=None):
+    """DownloadError (before anything is reserved) when C{length} is over
+    C{max_file_size} or could never fit the store's quota."""
+    if length > max_file_size:
+        why = (f"origin file of {length} bytes is larger than --max-file-size "
+               f"({max_file_size} bytes)")
+    elif not store.fits(length):
+        why = f"{length} bytes do not fit in the cache"
+    else:
+        return
+    if discard is not None:
+        discard()
+    raise DownloadError(why)
 
 
 def _pread(f, offset, length):

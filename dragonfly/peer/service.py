@@ -40,6 +40,7 @@ class PeerConfig:
     data_dir: str = "/var/lib/dragonfly/peer"
     cache_size: int = 0
     cache_ttl: float = 0
+    max_file_size: int = 1 << 40
     upload_limit: int = 0
     download_limit: int = 0
     log_format: str = "text"

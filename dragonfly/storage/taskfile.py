@@ -337,8 +337,10 @@ class TaskFile:
         self._held[index >> 3] |= 0x80 >> (index & 7)
         self._digests[index] = digest
         self._held_count += 1
-        self._held_bytes += self._piece_len(index)
+        size = self._piece_len(index)
+        self._held_bytes += size
         self.last_access = self._store.clock.seconds()
+        self._store.charged(self, size)
         if self.is_complete:
             self._seal()
         self._saver.changed(pieces=1, now=self.is_complete)

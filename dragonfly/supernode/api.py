@@ -22,7 +22,7 @@ from dragonfly.control.messages import (
 from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
 from dragonfly.httpio import error_body, json_body
 from dragonfly.origin import OriginError
-from dragonfly.supernode.cdn import CacheFull, CDNError, NotReady
+from dragonfly.supernode.cdn import CacheFull, CDNError, NotReady, TooLarge
 from dragonfly.supernode.scheduler import UnknownPeer, UnknownTask
 
 __all__ = ["SupernodeAPI", "ApiError", "LimitedRequest", "api_site"]
@@ -216,6 +216,10 @@ class SupernodeAPI:
     @app.handle_errors(CacheFull)
     def _cache_full(self, request, failure):
         return error_body(request, 507, str(failure.value), compact=True)
+
+    @app.handle_errors(TooLarge)
+    def _too_large(self, request, failure):
+        return error_body(request, 413, str(failure.value), compact=True)
 
     @app.handle_errors(UnknownTask, UnknownPeer)
     def _unknown(self, request, failure):

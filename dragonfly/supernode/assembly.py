@@ -42,7 +42,8 @@ def build_supernode(reactor, c):
     origin_limiter = TokenBucket(reactor, min(rates)) if rates else None
     origin = OriginClient(reactor, make_http_client(reactor, pool), origin_limiter)
     cdn = CDN(reactor, store, origin, scheduler, c.piece_size, metrics, runner,
-              spool_dir=os.path.join(c.data_dir, "spool"), max_spool=c.cache_size)
+              spool_dir=os.path.join(c.data_dir, "spool"), max_spool=c.cache_size,
+              max_file_size=c.max_file_size)
     closers = [pool.closeCachedConnections]
 
     cluster = None

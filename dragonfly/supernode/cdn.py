@@ -39,7 +39,7 @@ from dragonfly.ingest.pipeline import spool_into, stream_into
 from dragonfly.origin import OriginError
 from dragonfly.supernode.swarmstate import PieceSizes
 
-__all__ = ["CDN", "CDNError", "ContentChanged", "CacheFull", "NotReady"]
+__all__ = ["CDN", "CDNError", "ContentChanged", "CacheFull", "NotReady", "TooLarge"]
 
 
 class CDNError(Exception):
@@ -52,6 +52,10 @@ class NotReady(CDNError):
 
 class CacheFull(CDNError):
     """The file does not fit in the cache (--cache-size)."""
+
+
+class TooLarge(CDNError):
+    """The origin announced more than --max-file-size."""
 
 
 class ContentChanged(OriginError):
@@ -149,6 +153,8 @@ class _JobEvents(IngestEvents):
         return ContentChanged(f"origin content changed: piece {index} differs from the copy held")
 
     def too_large(self, limit):
+        if limit >= self._cdn.max_file_size:
+            return TooLarge(f"file without Content-Length grew past --max-file-size ({limit} bytes)")
         return CacheFull(f"file without Content-Length grew past the cache size ({limit} bytes)")
 
 
@@ -203,7 +209,7 @@ class CDN:
 
     def __init__(self, reactor, store, origin, scheduler, piece_size, metrics, runner,
                  seed=None, max_retries=5, retry_delay=1.0, max_retry_delay=30.0,
-                 spool_dir=None, max_spool=0):
+                 spool_dir=None, max_spool=0, max_file_size=1 << 40):
         self._reactor = reactor
         self.store = store
         self.origin = origin
@@ -216,7 +222,8 @@ class CDN:
         self.retry_delay = retry_delay
         self.max_retry_delay = max_retry_delay
         self.spool_dir = spool_dir
-        self.max_spool = max_spool
+        self.max_file_size = max_file_size
+        self.max_spool = min(max_spool, max_file_size) if max_spool else max_file_size
         self._jobs = {}
         self._published = {}   # task_id -> TaskFile object the scheduler knows
         self._stopping = False
@@ -392,7 +399,11 @@ class CDN:
         job.pinned = tf
 
     def _create(self, job, length, resp):
-        if length > 0 and not self.store.reserve(length):
+        if length > self.max_file_size:
+            raise TooLarge(f"origin file of {length} bytes is larger than --max-file-size "
+                           f"({self.max_file_size} bytes)")
+        if not self.store.fits(length):
+            # Refused without evicting anything for an unverified length.
             raise CacheFull(f"{length} bytes do not fit in the cache")
         tf = self.store.create(job.task_id, job.url, length, self.piece_size,
                                etag=resp.etag, last_modified=resp.last_modified)

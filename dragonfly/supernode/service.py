@@ -34,6 +34,7 @@ class SupernodeConfig:
     download_limit: int = 0
     cache_size: int = 0
     cache_ttl: float = 0
+    max_file_size: int = 1 << 40
     log_format: str = "text"
     port_file: str = None
     max_uploads: int = 32

@@ -7,8 +7,8 @@ from twisted.python import usage
 
 from dragonfly.config import ConfigOptions, check_endpoint, parse_hostports, parse_rate
 from dragonfly.nodeoptions import (
-    CACHE_SIZE, CACHE_TTL, LOG_FORMAT, PORT_FILE, check_data_dir, check_host, check_log_format,
-    check_port_file, flag_seconds, flag_size)
+    CACHE_SIZE, CACHE_TTL, LOG_FORMAT, MAX_FILE_SIZE, PORT_FILE, check_data_dir, check_host,
+    check_log_format, check_max_file_size, check_port_file, flag_seconds, flag_size)
 from dragonfly.supernode.service import SupernodeConfig
 
 MIN_PIECE = 1024
@@ -38,6 +38,7 @@ class Options(ConfigOptions):
          "With --origin-limit too, the lower one applies."],
         CACHE_SIZE,
         CACHE_TTL,
+        MAX_FILE_SIZE,
         LOG_FORMAT,
         PORT_FILE,
         ["max-uploads", None, "32", "Pieces the seed serves at once."],
@@ -66,6 +67,7 @@ class Options(ConfigOptions):
         if c.cache_size and c.cache_size < c.piece_size:
             raise usage.UsageError("--cache-size is smaller than one piece")
         c.cache_ttl = flag_seconds("cache-ttl", self["cache-ttl"])
+        c.max_file_size = check_max_file_size(self["max-file-size"])
         c.log_format = check_log_format(self["log-format"])
         c.port_file = check_port_file(self["port-file"])
         try:

@@ -125,6 +125,18 @@ class RegisterTests(APITestBase):
         self.assertBad(dict(ok, peer="x"))
         self.assertEqual(self.origin.requests, [])
 
+    def test_origin_over_max_file_size(self):
+        """When the origin announces more than --max-file-size, registering
+        answers 413 with a JSON error naming the flag, nothing is reserved,
+        and a registration that fits succeeds afterwards."""
+        self.cdn.max_file_size = len(DATA) - 1
+        obj = self.assertBad({"task_id": TASK, "url": URL, "peer": PEER}, status=413)
+        self.assertIn("--max-file-size", obj["error"])
+        self.assertIsNone(self.store.get(TASK))
+        self.assertFalse(self.scheduler.has_task(TASK))
+        self.cdn.max_file_size = len(DATA)
+        self.assertEqual(self.register()["length"], len(DATA))
+
     def test_oversized_body(self):
         """A body over 1 MiB is refused with 413 before parsing."""
         obj = self.assertBad(raw=b" " * (1 << 20) + b"{}", status=413)

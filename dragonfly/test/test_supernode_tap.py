@@ -66,6 +66,13 @@ class OptionsTests(SynchronousTestCase):
         self.assertUsage("--port-file", "/nonexistent-dir/x", match="--port-file")
         self.assertUsage("--cache-size", "1K", match="smaller than one piece")
 
+    def test_max_file_size(self):
+        """--max-file-size defaults to 1T, takes a size, and refuses 0 or junk naming the flag."""
+        self.assertEqual(self.parse().max_file_size, 1 << 40)
+        self.assertEqual(self.parse("--max-file-size", "10G").max_file_size, 10 << 30)
+        self.assertUsage("--max-file-size", "0", match="--max-file-size")
+        self.assertUsage("--max-file-size", "huge", match="--max-file-size")
+
     def test_unwritable_data_dir(self):
         """A data dir that cannot be created is refused up front."""
         f = self.mktemp()
