@@ -97,6 +97,10 @@ class PieceStore:
     def tasks(self):
         return list(self._tasks.values())
 
+    def count(self):
+        """How many tasks the store holds."""
+        return len(self._tasks)
+
     def usage(self):
         """Bytes charged against the quota: the pieces held by every task."""
         return self._used

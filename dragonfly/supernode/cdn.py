@@ -39,7 +39,12 @@ from dragonfly.ingest.pipeline import spool_into, stream_into
 from dragonfly.origin import OriginError
 from dragonfly.supernode.swarmstate import PieceSizes
 
-__all__ = ["CDN", "CDNError", "ContentChanged", "CacheFull", "NotReady", "TooLarge"]
+__all__ = ["CDN", "CDNError", "ContentChanged", "CacheFull", "NotReady", "TooLarge",
+           "TooManyTasks"]
+
+#: Origin fetches at once, and tasks held, before a new task is refused (429).
+MAX_FETCHES = 256
+MAX_TASKS = 100_000
 
 
 class CDNError(Exception):
@@ -56,6 +61,10 @@ class CacheFull(CDNError):
 
 class TooLarge(CDNError):
     """The origin announced more than --max-file-size."""
+
+
+class TooManyTasks(CDNError):
+    """Too many tasks are being fetched, or held, to take a new one now."""
 
 
 class ContentChanged(OriginError):
@@ -209,7 +218,8 @@ class CDN:
 
     def __init__(self, reactor, store, origin, scheduler, piece_size, metrics, runner,
                  seed=None, max_retries=5, retry_delay=1.0, max_retry_delay=30.0,
-                 spool_dir=None, max_spool=0, max_file_size=1 << 40):
+                 spool_dir=None, max_spool=0, max_file_size=1 << 40,
+                 max_fetches=MAX_FETCHES, max_tasks=MAX_TASKS):
         self._reactor = reactor
         self.store = store
         self.origin = origin
@@ -223,6 +233,9 @@ class CDN:
         self.max_retry_delay = max_retry_delay
         self.spool_dir = spool_dir
         self.max_file_size = max_file_size
+        self.max_fetches = max_fetches
+        self.max_tasks = max_tasks
+        self._fetching = 0      # jobs running
         self.max_spool = min(max_spool, max_file_size) if max_spool else max_file_size
         self._jobs = {}
         self._published = {}   # task_id -> TaskFile object the scheduler knows
@@ -241,14 +254,17 @@ class CDN:
         L{NotReady}. Concurrent callers share one job; a later call after a
         failure starts a new one.
         """
-        return self._job_for(task_id, url, headers).ready.when() if self._can_start() else fail(
-            NotReady("supernode is not ready (piece port not bound yet)"))
+        try:
+            return self._start(task_id, url, headers).ready.when()
+        except CDNError:
+            return fail()
 
     def ensure_complete(self, task_id, url, headers=None):
         """Like ensure(), but fires only when every piece is in the store."""
-        if not self._can_start():
-            return fail(NotReady("supernode is not ready (piece port not bound yet)"))
-        return self._job_for(task_id, url, headers).complete.when()
+        try:
+            return self._start(task_id, url, headers).complete.when()
+        except CDNError:
+            return fail()
 
     def status(self, task_id):
         """{"state", "url", "length", ..., "error"?, "origin_status"?} or None."""
@@ -304,6 +320,18 @@ class CDN:
     def _can_start(self):
         return self.seed is not None and not self._stopping
 
+    def _start(self, task_id, url, headers):
+        if not self._can_start():
+            raise NotReady("supernode is not ready (piece port not bound yet)")
+        return self._job_for(task_id, url, headers)
+
+    def _admit(self, task_id):
+        """TooManyTasks unless a new job for C{task_id} may start now."""
+        if self._fetching >= self.max_fetches:
+            raise TooManyTasks(f"{self._fetching} origin fetches in progress; retry later")
+        if self.store.count() >= self.max_tasks and self.store.get(task_id) is None:
+            raise TooManyTasks(f"{self.max_tasks} tasks held; retry later")
+
     def _job_for(self, task_id, url, headers):
         job = self._jobs.get(task_id)
         if job is not None and job.state in ("pending", "running"):
@@ -316,6 +344,7 @@ class CDN:
                     self._publish(job, tf)
                 return job
             # The store lost it (GC, removal): fetch again.
+        self._admit(task_id)
         job = _Job(task_id, url, headers)
         self._jobs[task_id] = job
         d = Deferred.fromCoroutine(self._run(job))
@@ -325,6 +354,7 @@ class CDN:
     async def _run(self, job):
         job.state = "running"
         failures = 0
+        self._fetching += 1
         try:
             while True:
                 before = job.tf.completed_bytes if job.tf is not None else -1
@@ -354,6 +384,7 @@ class CDN:
         else:
             self._done(job)
         finally:
+            self._fetching -= 1
             job.current = None
             if job.pinned is not None:
                 job.pinned.unpin()

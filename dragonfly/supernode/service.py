@@ -35,6 +35,7 @@ class SupernodeConfig:
     cache_size: int = 0
     cache_ttl: float = 0
     max_file_size: int = 1 << 40
+    max_peers_per_address: int = 1024
     log_format: str = "text"
     port_file: str = None
     max_uploads: int = 32

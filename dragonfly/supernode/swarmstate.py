@@ -15,7 +15,7 @@ from dragonfly.interfaces import Assignment
 from dragonfly.supernode.bitset import bits
 
 __all__ = ["UnknownTask", "UnknownPeer", "SEED", "SCAN_HOLDERS", "Fetch", "Peer", "PieceSizes",
-           "Task"]
+           "Task", "TooManyPeers"]
 
 
 class UnknownTask(KeyError):
@@ -30,6 +30,10 @@ class UnknownPeer(KeyError):
 
     def __str__(self):
         return f"unknown peer {self.args[0]!r}"
+
+
+class TooManyPeers(ValueError):
+    """One source address already has as many peers in this task as allowed."""
 
 
 # Scan every holder of a piece when it has at most this many; sample above.
@@ -152,6 +156,7 @@ class Task:
         self.buckets = {0: self.full} if n else {}
         self.keys = [0] if n else []
         self.peers = {}
+        self.hosts = {}             # advertised host -> peers of this task there
         self.done = 0               # peers holding every piece
         self.sources = 0            # peers holding a piece, not bad
         self.free = []              # peers holding pieces with a free upload slot, not bad
@@ -226,7 +231,17 @@ def remove_peer(task, p, max_uploads, seed_copies):
             task.holders[i] = [h for h in hl if h.alive]
             task.holders_dead[i] = 0
     del task.peers[p.id]
+    host_left(task, p.info.host)
     return released, offered
+
+
+def host_left(task, host):
+    """One peer of C{task} at C{host} is gone."""
+    n = task.hosts.get(host, 0) - 1
+    if n > 0:
+        task.hosts[host] = n
+    else:
+        task.hosts.pop(host, None)
 
 
 def free_add(task, p, max_uploads):

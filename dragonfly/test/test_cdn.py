@@ -11,7 +11,7 @@ from dragonfly.interfaces import PeerInfo
 from dragonfly.metrics import SupernodeMetrics, sample
 from dragonfly.origin import OriginClient, OriginError
 from dragonfly.storage.store import PieceStore
-from dragonfly.supernode.cdn import CDN, CacheFull, NotReady, TooLarge
+from dragonfly.supernode.cdn import CDN, CacheFull, NotReady, TooLarge, TooManyTasks
 from dragonfly.supernode.scheduler import Scheduler
 from dragonfly.test.fakeorigin import FakeOrigin
 from dragonfly.runtime.threads import SyncRunner
@@ -232,6 +232,16 @@ class CDNLimitTests(CDNTestMixin, SynchronousTestCase):
         tf = self.successResultOf(self.cdn.ensure("h" * 64, "http://origin.test/honest", {}))
         self.assertTrue(tf.is_complete)
         self.assertEqual(self.store.usage(), PIECE * 2)
+
+
+    def test_too_many_tasks_held(self):
+        """When the store holds max_tasks tasks, a new task is refused with
+        TooManyTasks while a held one is still served."""
+        self.origin.add("/g", DATA)
+        self.start(max_tasks=1)
+        self.successResultOf(self.cdn.ensure(TASK, URL, {}))
+        self.failureResultOf(self.cdn.ensure("g" * 64, "http://origin.test/g", {}), TooManyTasks)
+        self.assertIs(self.successResultOf(self.cdn.ensure(TASK, URL, {})), self.store.get(TASK))
 
 
 class CDNRestartTests(CDNTestMixin, SynchronousTestCase):

@@ -137,6 +137,34 @@ class RegisterTests(APITestBase):
         self.cdn.max_file_size = len(DATA)
         self.assertEqual(self.register()["length"], len(DATA))
 
+    def test_too_many_peers_from_one_address(self):
+        """When one address has as many peers in a task as the scheduler
+        allows, the next registration from it gets 429 with a JSON error."""
+        self.scheduler.max_peers_per_address = 1
+        self.register()
+        obj = self.assertBad({"task_id": TASK, "url": URL,
+                              "peer": dict(PEER, peer_id="host-1-abcdef02")}, status=429)
+        self.assertIn("127.0.0.1", obj["error"])
+
+    def test_too_many_fetches(self):
+        """When max_fetches origin fetches are in progress, a new task gets
+        429; a task already being fetched is still shared."""
+        self.cdn.max_fetches = 1
+        self.origin.hold.add("/f")
+        self.origin.add("/g", DATA)
+        first = self.client.request("POST", "http://supernode.test/api/v1/tasks",
+                                    data=json.dumps({"task_id": TASK, "url": URL}).encode())
+        self.client.flush()
+        self.assertNoResult(first)
+        obj = self.assertBad({"task_id": task_id_for_url("http://origin.test/g"),
+                              "url": "http://origin.test/g"}, status=429)
+        self.assertIn("retry later", obj["error"])
+        self.origin.release()
+        self.origin_stub.flush()
+        self.client.flush()
+        self.assertEqual(self.successResultOf(first).code, 200)
+        self.assertEqual(self.cdn._fetching, 0)
+
     def test_oversized_body(self):
         """A body over 1 MiB is refused with 413 before parsing."""
         obj = self.assertBad(raw=b" " * (1 << 20) + b"{}", status=413)
