@@ -15,8 +15,8 @@ from twisted.python import usage
 from dragonfly.config import check_writable_dir, parse_size
 
 __all__ = ["CACHE_SIZE", "CACHE_TTL", "LOG_FORMAT", "MAX_FILE_SIZE", "PORT_FILE", "check_data_dir",
-           "check_host", "check_log_format", "check_max_file_size", "check_port_file", "flag_int", "flag_seconds",
-           "flag_size"]
+           "check_host", "check_log_format", "check_max_file_size", "check_port_file", "flag_int",
+           "flag_seconds", "flag_size"]
 
 CACHE_SIZE = ["cache-size", None, "0", "Disk quota for cached tasks (K/M/G/T); 0 = no quota."]
 CACHE_TTL = ["cache-ttl", None, "0", "Seconds an unused task stays cached; 0 = forever."]
