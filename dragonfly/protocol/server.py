@@ -16,7 +16,11 @@ Limits against hostile clients (any host that reaches the port):
   - a stall check on a periodic tick (not per chunk): an upload that moved
     fewer than C{min_upload_rate} bytes/s over a whole C{stall_interval}
     (while not waiting for the upload limiter) loses its slot and its
-    connection, so clients that never read cannot keep others BUSY.
+    connection, so clients that never read cannot keep others BUSY;
+  - when every upload slot is taken, a request waits up to C{slot_wait}
+    seconds for one (BUSY after that), and a freed slot goes to the waiting
+    connection whose source address holds the fewest uploads: one address
+    cannot starve the others.
 """
 import os
 from collections import deque
@@ -33,6 +37,9 @@ from dragonfly.runtime.idle import IdleTimer
 MAX_QUEUE = 64
 #: Open piece connections from one source address (hosts behind one NAT share it).
 MAX_PER_ADDRESS = 64
+#: Seconds a request may wait for an upload slot before it is answered BUSY
+#: (long enough for the stall check to free the slots of readers that stall).
+SLOT_WAIT = 12.0
 #: Seconds between stall checks, and the slowest acceptable reader (bytes/s):
 #: a reader that takes less than 16 KiB/s over a whole interval loses its slot.
 STALL_INTERVAL = 5.0
@@ -175,6 +182,9 @@ class PieceServerProtocol(Protocol):
             task = None if self._draining else factory.store.get(self.task_id)
             refusal = self._refusal(task, index)
             if refusal is not None:
+                if refusal[0] == codec.BUSY and factory.park(self):
+                    self._queue.appendleft(index)   # served when a slot frees
+                    return
                 self._send_error(index, *refusal)
                 continue
             offset, length = task.piece_range(index)
@@ -186,9 +196,8 @@ class PieceServerProtocol(Protocol):
                 self._send_error(index, codec.INTERNAL, "cannot read piece")
                 continue
             task.pin()
-            factory.active_uploads += 1
+            factory.upload_started(self)
             upload = self._current = PieceUpload(self, task, index, fd, offset, length)
-            factory.watch_uploads()
             upload.start()
         if self._current is None:
             if self._draining and not self._closing:
@@ -222,6 +231,18 @@ class PieceServerProtocol(Protocol):
             current, self._current = self._current, None
             current.abort()
         self.transport.abortConnection()
+
+    def slot_free(self):
+        """The factory gives this (parked) connection a free upload slot."""
+        if not self._closing and self._current is None:
+            self._serve_next()
+
+    def slot_wait_over(self):
+        """Parked too long: answer the waiting request BUSY, go on with the rest."""
+        if self._closing or self._current is not None or not self._queue:
+            return
+        self._send_error(self._queue.popleft(), codec.BUSY, "too many uploads")
+        self._serve_next()
 
     def check_stall(self, min_bytes):
         """The stall tick: drop this connection if its upload is stalled."""
@@ -268,6 +289,8 @@ class PieceServerFactory(Factory):
     @param stall_interval: seconds between stall checks of the uploads (0: none).
     @param min_upload_rate: bytes/s below which an upload is stalled (with an
         upload limiter, at most half the limiter's rate shared by the uploads).
+    @param slot_wait: seconds a request may wait for an upload slot before
+        BUSY (0: BUSY at once).
     """
 
     protocol = PieceServerProtocol
@@ -280,7 +303,7 @@ class PieceServerFactory(Factory):
                  chunk_size=CHUNK_SIZE, use_sendfile=True,
                  max_frame=codec.MAX_FRAME, max_queue=MAX_QUEUE,
                  max_per_address=MAX_PER_ADDRESS, stall_interval=STALL_INTERVAL,
-                 min_upload_rate=MIN_UPLOAD_RATE):
+                 min_upload_rate=MIN_UPLOAD_RATE, slot_wait=SLOT_WAIT):
         self.store = store
         self.clock = clock
         self.upload_limiter = upload_limiter
@@ -296,10 +319,13 @@ class PieceServerFactory(Factory):
         self.max_per_address = max_per_address
         self.stall_interval = stall_interval
         self.min_upload_rate = min_upload_rate
+        self.slot_wait = slot_wait
         self.active_uploads = 0
         self.shutting_down = False
         self.connections = set()
         self._per_address = {}
+        self._uploads_by_address = {}
+        self._waiting = {}      # parked protocol -> deadline, oldest first
         self._stall_call = None
 
     def buildProtocol(self, addr):
@@ -320,6 +346,7 @@ class PieceServerFactory(Factory):
         return proto
 
     def _connection_lost(self, proto):
+        self._waiting.pop(proto, None)
         if proto in self.connections:
             self.connections.discard(proto)
             host = proto.source_host
@@ -328,6 +355,47 @@ class PieceServerFactory(Factory):
                 self._per_address[host] = n
             else:
                 self._per_address.pop(host, None)
+
+    # -- upload slots -------------------------------------------------------------
+
+    def upload_started(self, proto):
+        """C{proto} took an upload slot."""
+        self.active_uploads += 1
+        host = proto.source_host
+        self._uploads_by_address[host] = self._uploads_by_address.get(host, 0) + 1
+        self.watch_uploads()
+
+    def upload_ended(self, proto):
+        """C{proto} gave its upload slot back: a waiting connection gets it."""
+        self.active_uploads -= 1
+        host = proto.source_host
+        n = self._uploads_by_address.get(host, 1) - 1
+        if n > 0:
+            self._uploads_by_address[host] = n
+        else:
+            self._uploads_by_address.pop(host, None)
+        if self._waiting and not self.shutting_down:
+            by_address = self._uploads_by_address
+            nxt = min(self._waiting, key=lambda p: by_address.get(p.source_host, 0))
+            del self._waiting[nxt]
+            nxt.slot_free()
+        if not self.active_uploads:
+            self.uploads_idle()
+
+    def park(self, proto):
+        """C{proto}'s next request waits for a slot: True if it may (slot_wait)."""
+        if not self.slot_wait or not self.stall_interval or self.shutting_down:
+            return False
+        self._waiting.setdefault(proto, self.clock.seconds() + self.slot_wait)
+        self.watch_uploads()
+        return True
+
+    def _expire_waiting(self):
+        now = self.clock.seconds()
+        for proto, deadline in list(self._waiting.items()):
+            if deadline <= now and self._waiting.get(proto) == deadline:
+                del self._waiting[proto]
+                proto.slot_wait_over()
 
     # -- stalled uploads ----------------------------------------------------------
 
@@ -349,14 +417,16 @@ class PieceServerFactory(Factory):
             min_bytes = self._stall_min_bytes()
             for p in list(self.connections):
                 p.check_stall(min_bytes)
+            self._expire_waiting()
         except Exception:
             self.log.failure("checking uploads for stalls")
-        if self.active_uploads > 0:
+        if self.active_uploads > 0 or self._waiting:
             self.watch_uploads()
 
     def uploads_idle(self):
         """The last upload ended: no stall tick until the next one starts."""
-        self._stop_stall_tick()
+        if not self._waiting:
+            self._stop_stall_tick()
 
     def _stop_stall_tick(self):
         if self._stall_call is not None:
@@ -373,6 +443,7 @@ class PieceServerFactory(Factory):
         """
         self.shutting_down = True
         protos = list(self.connections)
+        self._waiting.clear()
         self._stop_stall_tick()
         waits = [p.lost for p in protos]
         for p in protos:

@@ -182,10 +182,8 @@ class PieceUpload:
             os.close(self._fd)
         except OSError:
             pass
-        self._factory.active_uploads -= 1
-        if not self._factory.active_uploads:
-            self._factory.uploads_idle()
         self.task.unpin()
+        self._factory.upload_ended(self.proto)
         return True
 
     def _finish(self):

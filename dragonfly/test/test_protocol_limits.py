@@ -82,7 +82,7 @@ class StallTests(LimitTestMixin, SynchronousTestCase):
     def test_non_reader_loses_its_slot(self):
         """When clients take every upload slot and never read, they lose
         their slots and connections within two stall intervals, and a
-        legitimate request is then served instead of BUSY."""
+        legitimate request waiting for a slot is then served, not BUSY."""
         factory = self.make_factory(max_uploads=2, stall_interval=5, min_upload_rate=1024)
         hogs = [self.open(factory, "10.0.0.66") for _ in range(2)]
         for proto, tr in hogs:
@@ -90,19 +90,46 @@ class StallTests(LimitTestMixin, SynchronousTestCase):
         self.assertEqual(factory.active_uploads, 2)
         good, good_tr = self.open(factory, "10.0.0.1")
         good.dataReceived(encode(Request(1)))
-        [busy] = decode(good_tr.value())
-        self.assertEqual(busy.code, codec.BUSY)
-        good_tr.clear()
+        self.assertEqual(good_tr.value(), b"")
         self.clock.advance(5)
         self.assertFalse(any(tr.disconnecting for _, tr in hogs))
         self.clock.advance(5)
         self.assertTrue(all(tr.disconnected for _, tr in hogs))
-        self.assertEqual((factory.active_uploads, self.task.pins), (0, 0))
-        good.dataReceived(encode(Request(1)))
+        self.assertEqual(factory.active_uploads, 1)
         self.drain(good_tr)
         self.assertEqual(decode(good_tr.value()),
                          [(Piece(1, PIECE), self.data[PIECE:2 * PIECE])])
         self.assertIsNone(factory._stall_call)
+
+    def test_slot_wait_then_busy(self):
+        """When no slot frees within slot_wait seconds, the waiting request
+        gets BUSY, and the connection goes on with its next request."""
+        factory = self.make_factory(max_uploads=1, stall_interval=5, slot_wait=8,
+                                    min_upload_rate=1)
+        holder, holder_tr = self.open(factory, "10.0.0.1")
+        holder.dataReceived(encode(Request(0)))
+        waiter, tr = self.open(factory, "10.0.0.2")
+        waiter.dataReceived(encode(Request(1)) + encode(Request(2)))
+        for _ in range(2):
+            holder_tr.producer.resumeProducing()    # a slow reader, not a stalled one
+            self.clock.advance(5)
+        [busy, not_held] = decode(tr.value())
+        self.assertEqual((busy.index, busy.code), (1, codec.BUSY))
+        self.assertEqual((not_held.index, not_held.code), (2, codec.NOT_FOUND))
+
+    def test_freed_slot_goes_to_the_least_served_address(self):
+        """When a slot frees, the waiting connection whose address holds the
+        fewest uploads gets it, whoever waited first."""
+        factory = self.make_factory(max_uploads=2, stall_interval=5)
+        busy_host = [self.open(factory, "10.0.0.66") for _ in range(3)]
+        for proto, _ in busy_host:
+            proto.dataReceived(encode(Request(0)))
+        other, other_tr = self.open(factory, "10.0.0.1")
+        other.dataReceived(encode(Request(1)))
+        self.assertEqual(other_tr.value(), b"")
+        self.drain(busy_host[0][1])
+        self.assertEqual(other_tr.value()[:13], codec.encode_piece(Piece(1, PIECE)))
+        self.assertEqual(busy_host[2][1].value(), b"")
 
     def test_slow_but_steady_reader_keeps_its_slot(self):
         """When a reader takes at least min_upload_rate, the stall check leaves it alone."""
