@@ -46,6 +46,15 @@ STALL_INTERVAL = 5.0
 MIN_UPLOAD_RATE = 16 * 1024
 
 
+def _count_down(counts, key):
+    """One less C{key} in C{counts} (a dict of positive counts)."""
+    n = counts.get(key, 1) - 1
+    if n > 0:
+        counts[key] = n
+    else:
+        counts.pop(key, None)
+
+
 class PieceServerProtocol(Protocol):
     """One client connection: handshake, then a queue of piece requests."""
 
@@ -349,12 +358,7 @@ class PieceServerFactory(Factory):
         self._waiting.pop(proto, None)
         if proto in self.connections:
             self.connections.discard(proto)
-            host = proto.source_host
-            n = self._per_address.get(host, 1) - 1
-            if n > 0:
-                self._per_address[host] = n
-            else:
-                self._per_address.pop(host, None)
+            _count_down(self._per_address, proto.source_host)
 
     # -- upload slots -------------------------------------------------------------
 
@@ -368,12 +372,7 @@ class PieceServerFactory(Factory):
     def upload_ended(self, proto):
         """C{proto} gave its upload slot back: a waiting connection gets it."""
         self.active_uploads -= 1
-        host = proto.source_host
-        n = self._uploads_by_address.get(host, 1) - 1
-        if n > 0:
-            self._uploads_by_address[host] = n
-        else:
-            self._uploads_by_address.pop(host, None)
+        _count_down(self._uploads_by_address, proto.source_host)
         if self._waiting and not self.shutting_down:
             by_address = self._uploads_by_address
             nxt = min(self._waiting, key=lambda p: by_address.get(p.source_host, 0))

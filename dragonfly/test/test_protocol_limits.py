@@ -1,14 +1,12 @@
 """Tests for the piece server's limits against hostile clients
 (dragonfly.protocol.server): the handshake deadline, connections per
 address, and the stall check that takes upload slots from readers too slow."""
-from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
-from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from dragonfly.protocol import codec
-from dragonfly.protocol.codec import Hello, HelloAck, Piece, Request, encode
+from dragonfly.protocol.codec import Hello, Piece, Request, encode
 from dragonfly.runtime.ratelimit import TokenBucket
 from dragonfly.test.protocolfakes import TASK, ServerTestMixin, decode
 
@@ -17,17 +15,8 @@ PIECE = 256 * 1024
 
 class LimitTestMixin(ServerTestMixin):
     def open(self, factory, host="10.0.0.1", hello=True):
-        """A connection from C{host} (None when the factory refuses it)."""
-        proto = factory.buildProtocol(IPv4Address("TCP", host, 40000))
-        if proto is None:
-            return None, None
-        tr = StringTransport()
-        proto.makeConnection(tr)
-        if hello:
-            proto.dataReceived(encode(Hello(codec.VERSION, TASK, "peer-1")))
-            self.assertEqual(decode(tr.value()), [HelloAck(codec.VERSION)])
-            tr.clear()
-        return proto, tr
+        """A connection from C{host} (None, None when the factory refuses it)."""
+        return self.connect(factory, hello=hello, host=host)
 
 
 class HandshakeDeadlineTests(LimitTestMixin, SynchronousTestCase):
