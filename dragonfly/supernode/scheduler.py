@@ -199,6 +199,8 @@ class Scheduler:
             sizes, seed = task.sizes, task.seed
             self.remove_task(task_id)
             task = self._tasks[task_id] = Task(task_id, sizes, seed, self.clock.seconds())
+        if task.cold:
+            task.warm()
         task.digests[i] = digest
         task.digest_mask |= bit
         task.seed_mask |= bit

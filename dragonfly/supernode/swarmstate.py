@@ -125,8 +125,56 @@ class Peer:
         self.seq_turn = True            # streaming, want 1: in-order next (else rarest)
 
 
+class _Unset:
+    """A per-piece array of a cold task (nobody holds a piece yet): every
+    index reads as C{value}, with no per-piece memory; the first write
+    warms the task (L{Task.warm}), which swaps in real lists."""
+
+    __slots__ = ("task", "name", "value")
+
+    def __init__(self, task, name, value):
+        self.task, self.name, self.value = task, name, value
+
+    def __len__(self):
+        return self.task.n
+
+    def __getitem__(self, i):
+        if not -self.task.n <= i < self.task.n:
+            raise IndexError(i)
+        return self.value
+
+    def __setitem__(self, i, v):
+        self.task.warm()
+        getattr(self.task, self.name)[i] = v
+
+    def __iter__(self):
+        return iter([self.value] * self.task.n)
+
+    def __eq__(self, other):
+        try:
+            return len(other) == self.task.n and all(x == self.value for x in other)
+        except TypeError:
+            return NotImplemented
+
+    __hash__ = None
+
+
+#: The per-piece arrays of a Task and what each starts as: digests (hex, per
+#: piece), seed_inflight (seed copies in flight), count (live peer holders),
+#: count_good (live holders not marked bad), free_holders (of a few-holder
+#: piece: its holders in Task.free), inflight (copies in flight), holders_dead
+#: (dead entries in Task.holders[i]) and key (count + inflight: the rarity key).
+_PER_PIECE = (("digests", None), ("seed_inflight", 0), ("count", 0), ("count_good", 0),
+              ("free_holders", 0), ("inflight", 0), ("holders_dead", 0), ("key", 0))
+
+
 class Task:
-    """One scheduled file: its pieces, its swarm and the counts derived from them."""
+    """One scheduled file: its pieces, its swarm and the counts derived from them.
+
+    A task is cold until the seed or a peer holds one of its pieces: its
+    per-piece arrays take no memory until then (L{warm}), so a task whose
+    origin announced a huge length and sent nothing costs next to nothing.
+    """
 
     def __init__(self, task_id, piece_sizes, seed, now):
         self.id = task_id
@@ -135,24 +183,19 @@ class Task:
         self.full = (1 << n) - 1
         self.seed = seed
         self.created = now
-        self.digests = [None] * n
+        self.cold = True
+        for name, value in _PER_PIECE:
+            setattr(self, name, _Unset(self, name, value))
         self.digest_mask = 0
         self.seed_mask = 0          # pieces the seed holds
         self.seed_uploads = 0
         self.seed_given = 0         # seed assignments to current peers
-        self.seed_inflight = [0] * n
         self.seed_busy = 0          # pieces at their seed copy limit
-        self.count = [0] * n        # live peer holders
-        self.count_good = [0] * n   # live holders not marked bad
         self.held = 0               # count > 0
         self.held_good = 0          # count_good > 0
         self.few = 0                # 0 < count <= SCAN_HOLDERS
-        self.free_holders = [0] * n # of a few-holder piece: holders in self.free
         self.few_free = 0           # few-holder pieces with a free holder
-        self.inflight = [0] * n
         self.holders = defaultdict(list)   # index -> Peer list, dead removed lazily
-        self.holders_dead = [0] * n
-        self.key = [0] * n          # count + inflight: the rarity key
         self.buckets = {0: self.full} if n else {}
         self.keys = [0] if n else []
         self.peers = {}
@@ -165,6 +208,14 @@ class Task:
         self.assigned = {"peer": 0, "supernode": 0}
         self.failures = 0
         self.expired = 0
+
+    def warm(self):
+        """Give the per-piece arrays real storage (once a piece is held)."""
+        if self.cold:
+            self.cold = False
+            n = self.n
+            for name, value in _PER_PIECE:
+                setattr(self, name, [value] * n)
 
     @property
     def avail(self):
@@ -303,6 +354,8 @@ def record_failure(task, asker, i, source_id, bad_failures):
 
 def add_have(task, p, i, max_uploads):
     """C{p} holds piece C{i} now: True if that is new."""
+    if task.cold:
+        task.warm()
     bit = 1 << i
     if p.have & bit:
         return False

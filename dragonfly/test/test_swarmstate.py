@@ -216,3 +216,22 @@ class PieceSizesTests(SynchronousTestCase):
         self.assertIsInstance(task.sizes, swarmstate.PieceSizes)
         self.assertEqual(len(task.holders), 0)
         self.assertEqual(task.sizes[task.n - 1], 4 << 20)
+
+    def test_cold_until_a_piece_is_held(self):
+        """When nobody holds a piece, a task's per-piece arrays read as their
+        defaults without per-piece lists; the first piece held (or any
+        write) gives them real storage, with the same values."""
+        task = Task("t", swarmstate.PieceSizes(1 << 40, 4 << 20), SEED_INFO, now=0.0)
+        self.assertTrue(task.cold)
+        self.assertNotIsInstance(task.count, list)
+        self.assertEqual((task.count[5], task.digests[task.n - 1], len(task.key)),
+                         (0, None, task.n))
+        self.assertRaises(IndexError, task.count.__getitem__, task.n)
+        p = join(task, 1)
+        add_have(task, p, 7, UP)
+        self.assertFalse(task.cold)
+        self.assertIsInstance(task.count, list)
+        self.assertEqual((task.count[7], task.count[6], task.key[7]), (1, 0, 1))
+        small = Task("s", [10] * 3, SEED_INFO, now=0.0)
+        small.inflight[1] = 2
+        self.assertEqual((small.cold, small.inflight, small.count), (False, [0, 2, 0], [0] * 3))
