@@ -103,7 +103,7 @@ class BackSource:
                      or tempfile.gettempdir())
         f = await runner.run(tempfile.TemporaryFile, dir=spool_dir, prefix=".spool-")
         try:
-            spooler = Spooler(f, runner, self._deps.metrics, dl)
+            spooler = Spooler(f, runner, self._deps.metrics, dl, self._settings.max_file_size)
             try:
                 total = await response.deliver(spooler)
             except Exception as e:
@@ -144,16 +144,19 @@ def _pread(f, offset, length):
 class Spooler:
     """Consumer writing an origin body to a temp file through the runner."""
 
-    def __init__(self, f, runner, metrics, dl):
+    def __init__(self, f, runner, metrics, dl, limit=1 << 40):
         self._f = f
         self._runner = runner
         self._metrics = metrics
         self._dl = dl
         self._offset = 0
+        self._limit = limit
 
     def write(self, data):
         off = self._offset
         self._offset += len(data)
+        if self._offset > self._limit:
+            raise DownloadError(f"origin file grew past --max-file-size ({self._limit} bytes)")
         self._metrics.download_bytes.labels(source="origin").inc(len(data))
         self._dl.sources["origin"] += len(data)
         return self._runner.run(os.pwrite, self._f.fileno(), data, off)

@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 
 from dragonfly.digest import piece_digest
 from dragonfly.interfaces import Assignment, PeerInfo
+from dragonfly.peer.backsource import check_size
 from dragonfly.peer.errors import DownloadError, NotRegistered, SupernodeUnavailable, describe
 from dragonfly.peer.wakeup import Signal
 from dragonfly.storage.errors import DigestMismatch
@@ -42,6 +43,7 @@ async def join_swarm(dl, deps, settings, client):
         # us as holding its pieces until we leave.
         await client.leave(dl.task_id)
     addr, info = await client.register(dl.task_id, dl.url, dl.headers)
+    check_size(info["length"], settings.max_file_size, deps.store)
     tf = _prepare(deps.store, dl, info)
     session = SwarmSession(dl, tf, addr, info["seed"], client=client, pool=deps.piece_pool,
                            runner=deps.runner, metrics=deps.metrics, clock=deps.clock,
