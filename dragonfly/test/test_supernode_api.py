@@ -400,6 +400,16 @@ class PreheatTests(APITestBase):
         self.call("POST", "/api/v1/preheat", {"type": "video", "url": URL}, status=400)
         self.call("GET", "/api/v1/preheat/nope", status=404)
 
+    def test_preheat_over_max_file_size(self):
+        """When a preheated file is larger than --max-file-size, the job fails
+        with an error naming the flag and nothing is stored."""
+        self.cdn.max_file_size = len(DATA) - 1
+        self.call("POST", "/api/v1/preheat", {"url": URL}, status=202)
+        obj = self.call("GET", "/api/v1/preheat/job0")
+        self.assertEqual(obj["state"], "failed", obj)
+        self.assertIn("--max-file-size", obj["error"])
+        self.assertIsNone(self.store.get(TASK))
+
     def test_preheat_image(self):
         """An image preheat fetches the manifest and then every blob, each
         as a task named by its digest."""
