@@ -56,6 +56,9 @@ class IPieceStore(Interface):
     def remove(task_id):
         """Forget a task and delete its files."""
 
+    def fits(length):
+        """True if a file of C{length} bytes could fit the quota at all (evicts nothing)."""
+
     def gc():
         """Evict expired then least-recently-used unpinned tasks; return bytes freed."""
 

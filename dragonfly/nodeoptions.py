@@ -15,12 +15,14 @@ from twisted.python import usage
 from dragonfly.config import check_writable_dir, parse_size
 from dragonfly.egress import BadEntry, parse_entries
 
-__all__ = ["CACHE_SIZE", "CACHE_TTL", "LOG_FORMAT", "PORT_FILE", "EGRESS_LISTS", "EgressFlags",
-           "check_data_dir", "check_egress", "check_host", "check_log_format", "check_port_file",
-           "flag_int", "flag_seconds", "flag_size"]
+__all__ = ["CACHE_SIZE", "CACHE_TTL", "LOG_FORMAT", "MAX_FILE_SIZE", "PORT_FILE", "EGRESS_LISTS",
+           "EgressFlags", "check_data_dir", "check_egress", "check_host", "check_log_format",
+           "check_max_file_size", "check_port_file", "flag_int", "flag_seconds", "flag_size"]
 
 CACHE_SIZE = ["cache-size", None, "0", "Disk quota for cached tasks (K/M/G/T); 0 = no quota."]
 CACHE_TTL = ["cache-ttl", None, "0", "Seconds an unused task stays cached; 0 = forever."]
+MAX_FILE_SIZE = ["max-file-size", None, "1T",
+                 "Largest origin file accepted (K/M/G/T); a larger one is refused with 413."]
 LOG_FORMAT = ["log-format", None, "text", "text or json."]
 PORT_FILE = ["port-file", None, None,
              'Write {"api": PORT, "piece": PORT} (JSON) here once listening.']
@@ -78,6 +80,14 @@ def flag_size(flag, value, parse=parse_size):
         return parse(value)
     except usage.UsageError as e:
         raise usage.UsageError(f"--{flag}: {e}")
+
+
+def check_max_file_size(value):
+    """The --max-file-size in bytes: a positive size."""
+    size = flag_size("max-file-size", value)
+    if size <= 0:
+        raise usage.UsageError("--max-file-size must be larger than 0")
+    return size
 
 
 def flag_seconds(flag, value):

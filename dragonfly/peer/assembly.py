@@ -126,7 +126,8 @@ def build_peer(reactor, config, *, runner=None, http_client=None, origin_http=No
     node = PeerNode(NodeDeps(reactor, store, http_client, piece_pool, metrics, runner,
                              origin=origin),
                     c.supernodes, PeerInfo(peer_id, c.advertise, 0),
-                    NodeSettings(concurrency=c.concurrency, spool_dir=c.data_dir))
+                    NodeSettings(concurrency=c.concurrency, spool_dir=c.data_dir,
+                                 max_file_size=c.max_file_size))
     piece_factory = PieceServerFactory(store, reactor, upload_limiter=upload_limiter,
                                        max_uploads=c.max_uploads,
                                        on_upload=metrics.upload_bytes.inc)

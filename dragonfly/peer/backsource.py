@@ -20,7 +20,22 @@ from dragonfly.ingest.pipeline import spool_into, stream_into
 from dragonfly.peer.errors import DownloadError, OriginNotAllowed, describe
 from dragonfly.redact import redact_text
 
-__all__ = ["BackSource", "OriginEvents", "SpoolEvents"]
+__all__ = ["BackSource", "OriginEvents", "SpoolEvents", "check_size"]
+
+
+def check_size(length, max_file_size, store, discard=None):
+    """DownloadError (before anything is reserved) when C{length} is over
+    C{max_file_size} or could never fit the store's quota."""
+    if length > max_file_size:
+        why = (f"origin file of {length} bytes is larger than --max-file-size "
+               f"({max_file_size} bytes)")
+    elif not store.fits(length):
+        why = f"{length} bytes do not fit in the cache"
+    else:
+        return
+    if discard is not None:
+        discard()
+    raise DownloadError(why)
 
 
 class OriginEvents(IngestEvents):
@@ -50,6 +65,9 @@ class OriginEvents(IngestEvents):
     def short(self, tf, got):
         missing = tf.piece_count - got // tf.piece_size
         return DownloadError(f"origin body ended {missing} piece(s) short")
+
+    def too_large(self, limit):
+        return DownloadError(f"origin file grew past --max-file-size ({limit} bytes)")
 
 
 class SpoolEvents(OriginEvents):
@@ -126,6 +144,7 @@ class BackSource:
         if response.length is None:
             return await self._spool(dl, response)
         length = response.length
+        check_size(length, self._settings.max_file_size, store, lambda: response.discard())
         if tf is None or tf.length != length:
             # Nothing usable held: start afresh. (Held pieces of a file of the
             # same length are kept; a 200 to our Range restarts the body at 0
@@ -152,6 +171,7 @@ class BackSource:
                      or tempfile.gettempdir())
 
         def make_task(length):
+            check_size(length, self._settings.max_file_size, store)
             tf = store.create(dl.task_id, dl.url, length, self._settings.piece_size,
                               etag=response.etag, last_modified=response.last_modified)
             dl.set_task_file(tf)
@@ -159,6 +179,7 @@ class BackSource:
 
         try:
             return await spool_into(response, make_task, self._deps.runner, spool_dir,
-                                    SpoolEvents(self._deps.metrics, dl))
+                                    SpoolEvents(self._deps.metrics, dl),
+                                    max_bytes=self._settings.max_file_size)
         except (OriginError, OSError) as e:
             raise DownloadError(f"origin: {describe(e)}")

@@ -24,6 +24,7 @@ from dragonfly.control.client import (
     EgressRefused, NotRegistered, SourceFailed, SupernodeUnavailable, TaskRefused)
 from dragonfly.control.messages import MessageError, RegisterRequest, ScheduleRequest
 from dragonfly.digest import piece_digest
+from dragonfly.peer.backsource import check_size
 from dragonfly.peer.errors import DownloadError, OriginNotAllowed, describe
 from dragonfly.peer.wakeup import Signal
 from dragonfly.storage.errors import DigestMismatch
@@ -46,6 +47,7 @@ async def join_swarm(dl, deps, settings, client, me):
         # us as holding its pieces until we leave.
         await client.leave(dl.task_id, me().peer_id)
     addr, info = await register(client, dl, me())
+    check_size(info.length, settings.max_file_size, deps.store)
     tf = _prepare(deps.store, dl, info)
     session = SwarmSession(dl, tf, addr, info, client=client, me=me, pool=deps.piece_pool,
                            runner=deps.runner, metrics=deps.metrics, clock=deps.clock,

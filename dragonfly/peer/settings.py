@@ -41,6 +41,8 @@ class NodeSettings:
     @ivar max_registrations: registrations without progress before giving up on the swarm.
     @ivar max_buffered: piece bytes a download may hold in memory; caps the
         fetches in flight at C{max_buffered // piece size} (0 = no cap).
+    @ivar max_file_size: largest file accepted (--max-file-size); a larger
+        one is refused before anything is reserved for it.
     @ivar spool_dir: where an origin body without a length is spooled
         (default: the store's root).
     """
@@ -60,6 +62,7 @@ class NodeSettings:
     max_registrations: int = 4
     max_buffered: int = DEFAULT_MAX_BUFFERED
     spool_dir: str = None
+    max_file_size: int = 1 << 40
 
     def __post_init__(self):
         object.__setattr__(self, "concurrency", max(1, int(self.concurrency)))

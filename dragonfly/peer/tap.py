@@ -13,8 +13,8 @@ from twisted.python import usage
 from dragonfly.config import ConfigOptions, check_endpoint, parse_hostports, parse_rate
 from dragonfly.logsetup import twistd_log_file
 from dragonfly.nodeoptions import (
-    CACHE_SIZE, CACHE_TTL, LOG_FORMAT, PORT_FILE, check_data_dir, check_host, check_log_format,
-    check_port_file, flag_int, flag_seconds, flag_size)
+    CACHE_SIZE, CACHE_TTL, LOG_FORMAT, MAX_FILE_SIZE, PORT_FILE, check_data_dir, check_host,
+    check_log_format, check_max_file_size, check_port_file, flag_int, flag_seconds, flag_size)
 from dragonfly.nodeoptions import EGRESS_LISTS, EgressFlags, check_egress
 from dragonfly.peer.assembly import make_peer_service
 from dragonfly.peer.service import PeerConfig
@@ -43,6 +43,7 @@ class PeerOptions(EgressFlags, ConfigOptions):
          "(default /var/lib/dragonfly/<role>)."],
         CACHE_SIZE,
         CACHE_TTL,
+        MAX_FILE_SIZE,
         ["upload-limit", None, "0", "Bytes/s of pieces served to others (K/M/G); 0 = unlimited."],
         ["download-limit", None, "0", "Bytes/s downloaded (K/M/G); 0 = unlimited."],
         LOG_FORMAT,
@@ -70,6 +71,7 @@ class PeerOptions(EgressFlags, ConfigOptions):
         c.data_dir = check_data_dir(self["data-dir"] or self.default_data_dir)
         c.cache_size = flag_size("cache-size", self["cache-size"])
         c.cache_ttl = flag_seconds("cache-ttl", self["cache-ttl"])
+        c.max_file_size = check_max_file_size(self["max-file-size"])
         c.upload_limit = flag_size("upload-limit", self["upload-limit"], parse_rate)
         c.download_limit = flag_size("download-limit", self["download-limit"], parse_rate)
         c.log_format = check_log_format(self["log-format"])

@@ -6,6 +6,21 @@ with an Error (not held, busy, shutting down), then streamed by a
 L{dragonfly.protocol.upload.PieceUpload}. The factory holds the limits shared
 by every connection and drains them all on close. What the server reads
 pieces through is L{dragonfly.interfaces.IServedStore}.
+
+Limits against hostile clients (any host that reaches the port):
+  - a handshake deadline that data cannot extend: the Hello must arrive
+    within C{handshake_timeout} of the connection, however its bytes trickle
+    in; after it, only complete messages count as activity;
+  - C{max_connections} over all addresses and C{max_per_address} from one
+    source address;
+  - a stall check on a periodic tick (not per chunk): an upload that moved
+    fewer than C{min_upload_rate} bytes/s over a whole C{stall_interval}
+    (while not waiting for the upload limiter) loses its slot and its
+    connection, so clients that never read cannot keep others BUSY;
+  - when every upload slot is taken, a request waits up to C{slot_wait}
+    seconds for one (BUSY after that), and a freed slot goes to the waiting
+    connection whose source address holds the fewest uploads: one address
+    cannot starve the others.
 """
 import os
 from collections import deque
@@ -20,6 +35,24 @@ from dragonfly.runtime.idle import IdleTimer
 
 #: A client may have at most this many requests queued on one connection.
 MAX_QUEUE = 64
+#: Open piece connections from one source address (hosts behind one NAT share it).
+MAX_PER_ADDRESS = 64
+#: Seconds a request may wait for an upload slot before it is answered BUSY
+#: (long enough for the stall check to free the slots of readers that stall).
+SLOT_WAIT = 12.0
+#: Seconds between stall checks, and the slowest acceptable reader (bytes/s):
+#: a reader that takes less than 16 KiB/s over a whole interval loses its slot.
+STALL_INTERVAL = 5.0
+MIN_UPLOAD_RATE = 16 * 1024
+
+
+def _count_down(counts, key):
+    """One less C{key} in C{counts} (a dict of positive counts)."""
+    n = counts.get(key, 1) - 1
+    if n > 0:
+        counts[key] = n
+    else:
+        counts.pop(key, None)
 
 
 class PieceServerProtocol(Protocol):
@@ -29,6 +62,7 @@ class PieceServerProtocol(Protocol):
 
     def __init__(self, factory):
         self.factory = factory
+        self.source_host = None
         self.task_id = None
         self.peer_id = None
         self.version = None
@@ -64,7 +98,6 @@ class PieceServerProtocol(Protocol):
     def dataReceived(self, data):
         if self._closing:
             return
-        self.timer.touch()
         try:
             for msg in self._decoder.feed(data):
                 self._dispatch(msg)
@@ -86,10 +119,14 @@ class PieceServerProtocol(Protocol):
     def _dispatch(self, msg):
         kind = type(msg)
         if self.task_id is None:
+            # The handshake deadline stands: data before the Hello never
+            # extends it. After the Hello, a complete message is activity.
             if kind is not codec.Hello:
                 raise codec.ProtocolError(f"expected Hello, got {kind.__name__}")
             self._hello(msg)
-        elif kind is codec.Request:
+            return
+        self.timer.touch()
+        if kind is codec.Request:
             if len(self._queue) >= self.factory.max_queue:
                 raise codec.ProtocolError(
                     f"more than {self.factory.max_queue} requests queued")
@@ -154,6 +191,9 @@ class PieceServerProtocol(Protocol):
             task = None if self._draining else factory.store.get(self.task_id)
             refusal = self._refusal(task, index)
             if refusal is not None:
+                if refusal[0] == codec.BUSY and factory.park(self):
+                    self._queue.appendleft(index)   # served when a slot frees
+                    return
                 self._send_error(index, *refusal)
                 continue
             offset, length = task.piece_range(index)
@@ -165,7 +205,7 @@ class PieceServerProtocol(Protocol):
                 self._send_error(index, codec.INTERNAL, "cannot read piece")
                 continue
             task.pin()
-            factory.active_uploads += 1
+            factory.upload_started(self)
             upload = self._current = PieceUpload(self, task, index, fd, offset, length)
             upload.start()
         if self._current is None:
@@ -201,6 +241,27 @@ class PieceServerProtocol(Protocol):
             current.abort()
         self.transport.abortConnection()
 
+    def slot_free(self):
+        """The factory gives this (parked) connection a free upload slot."""
+        if not self._closing and self._current is None:
+            self._serve_next()
+
+    def slot_wait_over(self):
+        """Parked too long: answer the waiting request BUSY, go on with the rest."""
+        if self._closing or self._current is not None or not self._queue:
+            return
+        self._send_error(self._queue.popleft(), codec.BUSY, "too many uploads")
+        self._serve_next()
+
+    def check_stall(self, min_bytes):
+        """The stall tick: drop this connection if its upload is stalled."""
+        upload = self._current
+        if upload is not None and upload.stalled(min_bytes):
+            self.log.info("piece {index} to {peer} at {addr} stalled (reader too slow); "
+                          "dropping the connection", index=upload.index, peer=self.peer_id,
+                          addr=self._addr())
+            self.abort_connection()
+
     def _timed_out(self):
         if self.task_id is None:
             self.log.info("no Hello from {addr} in time", addr=self._addr())
@@ -232,6 +293,13 @@ class PieceServerFactory(Factory):
         it a request is answered BUSY. 0 = unlimited.
     @param on_upload: called with the number of piece bytes handed to the
         network, as they go (metrics).
+    @param max_connections: open connections over all addresses (0: no cap).
+    @param max_per_address: open connections from one source address (0: no cap).
+    @param stall_interval: seconds between stall checks of the uploads (0: none).
+    @param min_upload_rate: bytes/s below which an upload is stalled (with an
+        upload limiter, at most half the limiter's rate shared by the uploads).
+    @param slot_wait: seconds a request may wait for an upload slot before
+        BUSY (0: BUSY at once).
     """
 
     protocol = PieceServerProtocol
@@ -242,7 +310,9 @@ class PieceServerFactory(Factory):
                  on_upload=lambda nbytes: None, idle_timeout=120.0,
                  handshake_timeout=30.0, max_connections=1024,
                  chunk_size=CHUNK_SIZE, use_sendfile=True,
-                 max_frame=codec.MAX_FRAME, max_queue=MAX_QUEUE):
+                 max_frame=codec.MAX_FRAME, max_queue=MAX_QUEUE,
+                 max_per_address=MAX_PER_ADDRESS, stall_interval=STALL_INTERVAL,
+                 min_upload_rate=MIN_UPLOAD_RATE, slot_wait=SLOT_WAIT):
         self.store = store
         self.clock = clock
         self.upload_limiter = upload_limiter
@@ -255,21 +325,113 @@ class PieceServerFactory(Factory):
         self.use_sendfile = use_sendfile
         self.max_frame = max_frame
         self.max_queue = max_queue
+        self.max_per_address = max_per_address
+        self.stall_interval = stall_interval
+        self.min_upload_rate = min_upload_rate
+        self.slot_wait = slot_wait
         self.active_uploads = 0
         self.shutting_down = False
         self.connections = set()
+        self._per_address = {}
+        self._uploads_by_address = {}
+        self._waiting = {}      # parked protocol -> deadline, oldest first
+        self._stall_call = None
 
     def buildProtocol(self, addr):
         if self.max_connections and len(self.connections) >= self.max_connections:
             self.log.warn("refusing piece connection from {addr}: {n} open",
                           addr=addr, n=len(self.connections))
             return None
+        host = getattr(addr, "host", None)
+        n = self._per_address.get(host, 0)
+        if self.max_per_address and n >= self.max_per_address:
+            self.log.warn("refusing piece connection from {host}: {n} open from that address",
+                          host=host, n=n)
+            return None
         proto = self.protocol(self)
+        proto.source_host = host
+        self._per_address[host] = n + 1
         self.connections.add(proto)
         return proto
 
     def _connection_lost(self, proto):
-        self.connections.discard(proto)
+        self._waiting.pop(proto, None)
+        if proto in self.connections:
+            self.connections.discard(proto)
+            _count_down(self._per_address, proto.source_host)
+
+    # -- upload slots -------------------------------------------------------------
+
+    def upload_started(self, proto):
+        """C{proto} took an upload slot."""
+        self.active_uploads += 1
+        host = proto.source_host
+        self._uploads_by_address[host] = self._uploads_by_address.get(host, 0) + 1
+        self.watch_uploads()
+
+    def upload_ended(self, proto):
+        """C{proto} gave its upload slot back: a waiting connection gets it."""
+        self.active_uploads -= 1
+        _count_down(self._uploads_by_address, proto.source_host)
+        if self._waiting and not self.shutting_down:
+            by_address = self._uploads_by_address
+            nxt = min(self._waiting, key=lambda p: by_address.get(p.source_host, 0))
+            del self._waiting[nxt]
+            nxt.slot_free()
+        if not self.active_uploads:
+            self.uploads_idle()
+
+    def park(self, proto):
+        """C{proto}'s next request waits for a slot: True if it may (slot_wait)."""
+        if not self.slot_wait or not self.stall_interval or self.shutting_down:
+            return False
+        self._waiting.setdefault(proto, self.clock.seconds() + self.slot_wait)
+        self.watch_uploads()
+        return True
+
+    def _expire_waiting(self):
+        now = self.clock.seconds()
+        for proto, deadline in list(self._waiting.items()):
+            if deadline <= now and self._waiting.get(proto) == deadline:
+                del self._waiting[proto]
+                proto.slot_wait_over()
+
+    # -- stalled uploads ----------------------------------------------------------
+
+    def watch_uploads(self):
+        """An upload started: make sure the stall tick runs while any does."""
+        if self._stall_call is None and self.stall_interval:
+            self._stall_call = self.clock.callLater(self.stall_interval, self._stall_tick)
+
+    def _stall_min_bytes(self):
+        rate = self.min_upload_rate
+        limiter = self.upload_limiter
+        if limiter is not None and getattr(limiter, "rate", 0) > 0:
+            rate = min(rate, limiter.rate / (2 * max(1, self.active_uploads)))
+        return rate * self.stall_interval
+
+    def _stall_tick(self):
+        self._stall_call = None
+        try:
+            min_bytes = self._stall_min_bytes()
+            for p in list(self.connections):
+                p.check_stall(min_bytes)
+            self._expire_waiting()
+        except Exception:
+            self.log.failure("checking uploads for stalls")
+        if self.active_uploads > 0 or self._waiting:
+            self.watch_uploads()
+
+    def uploads_idle(self):
+        """The last upload ended: no stall tick until the next one starts."""
+        if not self._waiting:
+            self._stop_stall_tick()
+
+    def _stop_stall_tick(self):
+        if self._stall_call is not None:
+            if self._stall_call.active():
+                self._stall_call.cancel()
+            self._stall_call = None
 
     def close(self, grace=5.0):
         """Stop serving: new handshakes and queued requests are answered
@@ -280,6 +442,8 @@ class PieceServerFactory(Factory):
         """
         self.shutting_down = True
         protos = list(self.connections)
+        self._waiting.clear()
+        self._stop_stall_tick()
         waits = [p.lost for p in protos]
         for p in protos:
             p.drain()

@@ -73,6 +73,7 @@ class PieceUpload:
             self._sock = _sendfile_socket(proto.transport) if factory.use_sendfile else None
         self._delayed = None
         self._first = True
+        self._mark = None       # bytes left at the last stall check
 
     def start(self):
         transport = self.proto.transport
@@ -158,6 +159,16 @@ class PieceUpload:
         else:
             self._finish()
 
+    def stalled(self, min_bytes):
+        """The stall tick (every stall interval): True when fewer than
+        C{min_bytes} went out since the previous tick while not waiting for
+        the upload limiter. The first tick only sets the mark (the upload
+        may have started just before it)."""
+        mark, self._mark = self._mark, self._left
+        if mark is None or self.done or self._delayed is not None:
+            return False
+        return mark - self._left < min(min_bytes, mark)
+
     def _cleanup(self):
         """Release the file, the upload slot and the pin, once."""
         if self.done:
@@ -171,8 +182,8 @@ class PieceUpload:
             os.close(self._fd)
         except OSError:
             pass
-        self._factory.active_uploads -= 1
         self.task.unpin()
+        self._factory.upload_ended(self.proto)
         return True
 
     def _finish(self):

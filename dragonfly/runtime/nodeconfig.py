@@ -1,8 +1,8 @@
 """L{NodeConfig}: the settings a supernode and a peer share.
 
 Where the node keeps its data, how it logs, where it writes its port file,
-its piece port and advertised host, the cache (quota and TTL), the transfer
-limits, the upload slots, the store's GC interval, the I/O thread pool and
+its piece port and advertised host, the cache (quota and TTL), the largest file
+it takes, the transfer limits, the upload slots, the store's GC interval, the I/O thread pool and
 the egress policy's entries (C{--allow-origin}, C{--deny-origin}).
 Each role's config (C{SupernodeConfig}, C{PeerConfig}) is a dataclass
 subclass adding its own fields and giving its own defaults where they differ
@@ -26,6 +26,7 @@ class NodeConfig:
     advertise: str = None           # host other nodes reach us at
     cache_size: int = 0
     cache_ttl: float = 0
+    max_file_size: int = 1 << 40    # larger origins are refused (413) before anything is reserved
     upload_limit: int = 0
     download_limit: int = 0
     log_format: str = "text"

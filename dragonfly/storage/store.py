@@ -8,9 +8,11 @@ start-up loads the entries it finds, dropping those that are not usable.
 Removed entries are first renamed to a trash name (atomic, so a new entry for
 the same task can be made at once) and then deleted in the runner.
 
-Quota and usage count *allocated* bytes: the full length of every task in the
-store, complete or not (the space the task will take once complete), so that
-admitting a new task can make room for all of it up front.
+Quota and usage count the bytes *held*: a task is charged as its pieces are
+written, never for the length its origin announced (an announcement is
+unverified: a lying Content-Length must not evict the cache). When written
+pieces take usage over the quota, least recently used tasks other than the
+one being written are evicted.
 """
 import os
 import shutil
@@ -76,6 +78,7 @@ class PieceStore:
         self.fds = FdBudget(max_open_files)
         self.can_schedule = callable(getattr(self.clock, "callLater", None))
         self._tasks = {}
+        self._used = 0          # sum of the tasks' completed_bytes
         os.makedirs(self.root, exist_ok=True)
 
     # -- lookup ----------------------------------------------------------------
@@ -94,13 +97,21 @@ class PieceStore:
     def tasks(self):
         return list(self._tasks.values())
 
+    def count(self):
+        """How many tasks the store holds."""
+        return len(self._tasks)
+
     def usage(self):
-        """Bytes allocated: the full length of every task in the store."""
-        return sum(t.length for t in self._tasks.values())
+        """Bytes charged against the quota: the pieces held by every task."""
+        return self._used
 
     def held_bytes(self):
         """Bytes of the pieces actually held."""
-        return sum(t.completed_bytes for t in self._tasks.values())
+        return self._used
+
+    def allocated(self):
+        """The full length of every task in the store (sparse files)."""
+        return sum(t.length for t in self._tasks.values())
 
     def path_for(self, task_id):
         """The directory a task id maps to (always directly under root/<2 hex>/)."""
@@ -111,10 +122,9 @@ class PieceStore:
     def create(self, task_id, url, length, piece_size, etag=None, last_modified=None):
         """A new, empty TaskFile; any entry for C{task_id} is removed first.
 
-        Makes room for C{length} bytes under the quota first (see reserve());
-        the task is created even when that is not possible (everything else
-        pinned, or the file alone is over the quota): call reserve() first to
-        refuse such tasks instead.
+        Evicts nothing: the task is charged against the quota as its pieces
+        are written (see charged()). Call fits() first to refuse a file that
+        could never fit the quota.
         """
         _check_create_args(task_id, url, length, piece_size, etag, last_modified)
         if task_id in self._tasks:
@@ -122,7 +132,6 @@ class PieceStore:
         directory = self.path_for(task_id)
         if os.path.lexists(directory):
             self._discard_dir(directory)
-        self.reserve(length)
         task = TaskFile(self, task_id, url, length, piece_size, etag, last_modified)
         try:
             os.makedirs(directory)
@@ -145,6 +154,7 @@ class PieceStore:
         task = self._tasks.pop(task_id, None)
         if task is None:
             return
+        self._used -= task.completed_bytes
         task.detach()
         self._discard_dir(task.directory)
 
@@ -168,8 +178,9 @@ class PieceStore:
     def _evictable(self, task):
         return not task.pinned and not task.busy
 
-    def _collect(self, target):
-        """Remove expired tasks, then LRU ones until usage <= target (if target is not None)."""
+    def _collect(self, target, keep=None):
+        """Remove expired tasks, then LRU ones until usage <= target (if target
+        is not None); never C{keep}."""
         freed = 0
         order = sorted(self._tasks.values(), key=lambda t: (t.last_access, t.created, t.key))
         if self.ttl > 0:
@@ -181,14 +192,12 @@ class PieceStore:
                     freed += t.length
                     self.remove(t.task_id)
         if target is not None:
-            used = self.usage()
             for t in order:
-                if used <= target:
+                if self._used <= target:
                     break
-                if self._tasks.get(t.task_id) is t and self._evictable(t):
+                if t is not keep and self._tasks.get(t.task_id) is t and self._evictable(t):
                     self.log.info("evicting {task_id}: over quota", task_id=t.task_id)
                     freed += t.length
-                    used -= t.length
                     self.remove(t.task_id)
         return freed
 
@@ -201,16 +210,27 @@ class PieceStore:
         return freed
 
     def reserve(self, nbytes):
-        """Make room for C{nbytes} more under the quota (GC as needed).
+        """Make room for C{nbytes} more held bytes under the quota (GC as needed).
 
         Returns True if usage() + nbytes now fits the quota (always True
-        without a quota). Nothing is set aside: create() calls this itself.
+        without a quota). Nothing is set aside.
         """
         if self.quota <= 0:
             return True
         if self.usage() + nbytes > self.quota or self.ttl > 0:
             self._collect(max(self.quota - nbytes, 0))
         return self.usage() + nbytes <= self.quota
+
+    def fits(self, length):
+        """True if a file of C{length} bytes could fit the quota at all; evicts nothing."""
+        return self.quota <= 0 or length <= self.quota
+
+    def charged(self, task, nbytes):
+        """C{task} now holds C{nbytes} more (a piece was written): charge
+        them, evicting other tasks (LRU) while usage is over the quota."""
+        self._used += nbytes
+        if 0 < self.quota < self._used:
+            self._collect(self.quota, keep=task)
 
     # -- persistence -----------------------------------------------------------
 
@@ -258,6 +278,7 @@ class PieceStore:
             self._discard_dir(entry)
             return
         self._tasks[task.task_id] = task
+        self._used += task.completed_bytes
 
     def _load_entry(self, directory, key):
         """The TaskFile saved in entry C{directory}; CorruptEntry if it is not usable."""

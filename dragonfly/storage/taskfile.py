@@ -82,14 +82,15 @@ class TaskFile:
         now = store.clock.seconds()
         self.created = now if created is None else created
         self.last_access = self.created if last_access is None else last_access
-        self._digests = list(digests) if digests is not None else [None] * self.piece_count
+        # Memory in proportion to what is held, not to the announced length:
+        # a bitmap of held pieces and the digests known, by index.
+        self._digests = {} if digests is None else {
+            i: d for i, d in enumerate(digests) if d is not None}
         self._held = bytearray(held) if held is not None else bytearray(-(-self.piece_count // 8))
-        self._held_count = 0
-        self._held_bytes = 0
-        for i in range(self.piece_count):
-            if self.has(i):
-                self._held_count += 1
-                self._held_bytes += self._piece_len(i)
+        self._held_count = int.from_bytes(self._held, "big").bit_count()
+        self._held_bytes = self._held_count * piece_size
+        if self._held_count and self.has(self.piece_count - 1):
+            self._held_bytes -= piece_size - self._piece_len(self.piece_count - 1)
         self._pins = 0
         self._inflight = 0
         self._writing = set()
@@ -131,8 +132,11 @@ class TaskFile:
         return is_held(self._held, index)
 
     def completed(self):
-        """Indexes of the pieces held, ascending."""
-        return [i for i in range(self.piece_count) if self.has(i)]
+        """Indexes of the pieces held, ascending (time in proportion to the
+        bitmap's bytes, not to the piece count)."""
+        held = self._held
+        return [(j << 3) + k for j in range(len(held)) if held[j]
+                for k in range(8) if held[j] & (0x80 >> k)]
 
     @property
     def completed_bytes(self):
@@ -158,7 +162,7 @@ class TaskFile:
     def digest(self, index):
         """The hex digest of piece C{index}, or None while unknown."""
         self._check_index(index)
-        return self._digests[index]
+        return self._digests.get(index)
 
     def pin(self):
         """Keep this task from being removed by GC until the matching unpin()."""
@@ -303,11 +307,11 @@ class TaskFile:
             raise ValueError(f"piece {index} of {self.task_id!r} is {length} bytes, "
                              f"got {nbytes}")
         if self.has(index):
-            if digest is not None and self._digests[index] == digest:
+            if digest is not None and self._digests.get(index) == digest:
                 self.touch()
                 return None
             raise ValueError(f"piece {index} of {self.task_id!r} is already held "
-                             f"with digest {self._digests[index]}")
+                             f"with digest {self._digests.get(index)}")
         if index in self._writing:
             raise ValueError(f"piece {index} of {self.task_id!r} is being written")
         return self._acquire(), views, offset
@@ -337,8 +341,10 @@ class TaskFile:
         self._held[index >> 3] |= 0x80 >> (index & 7)
         self._digests[index] = digest
         self._held_count += 1
-        self._held_bytes += self._piece_len(index)
+        size = self._piece_len(index)
+        self._held_bytes += size
         self.last_access = self._store.clock.seconds()
+        self._store.charged(self, size)
         if self.is_complete:
             self._seal()
         self._saver.changed(pieces=1, now=self.is_complete)
@@ -436,8 +442,14 @@ class TaskFile:
     def to_meta(self):
         """What meta.json records of this task now (a L{TaskMeta})."""
         return TaskMeta(self.task_id, self.url, self.length, self.piece_size,
-                        tuple(self._digests), bytes(self._held), self.etag,
+                        self._digest_tuple(), bytes(self._held), self.etag,
                         self.last_modified, self.created, self.last_access, self._sealed)
+
+    def _digest_tuple(self):
+        out = [None] * self.piece_count
+        for i, d in self._digests.items():
+            out[i] = d
+        return tuple(out)
 
     def save_now(self):
         """Write meta.json now, changed or not; True when saved."""

@@ -24,8 +24,8 @@ from dragonfly.httpio import error_body, json_body
 from dragonfly.httpsite import harden_site
 from dragonfly.origin import OriginError, OriginRefused
 from dragonfly.redact import redact_text, redact_url
-from dragonfly.supernode.cdn import CacheFull, CDNError, NotReady
-from dragonfly.supernode.scheduler import UnknownPeer, UnknownTask
+from dragonfly.supernode.cdn import CacheFull, CDNError, NotReady, TooLarge, TooManyTasks
+from dragonfly.supernode.scheduler import TooManyPeers, UnknownPeer, UnknownTask
 
 __all__ = ["SupernodeAPI", "ApiError", "LimitedRequest", "api_site"]
 
@@ -226,6 +226,15 @@ class SupernodeAPI:
     @app.handle_errors(CacheFull)
     def _cache_full(self, request, failure):
         return error_body(request, 507, str(failure.value), compact=True)
+
+    @app.handle_errors(TooManyPeers, TooManyTasks)
+    def _too_many(self, request, failure):
+        request.setHeader(b"retry-after", b"5")
+        return error_body(request, 429, str(failure.value), compact=True)
+
+    @app.handle_errors(TooLarge)
+    def _too_large(self, request, failure):
+        return error_body(request, 413, str(failure.value), compact=True)
 
     @app.handle_errors(UnknownTask, UnknownPeer)
     def _unknown(self, request, failure):

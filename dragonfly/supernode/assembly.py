@@ -35,7 +35,8 @@ def build_supernode(reactor, c):
     metrics = SupernodeMetrics()
     store = PieceStore(os.path.join(c.data_dir, "pieces"), quota=c.cache_size, ttl=c.cache_ttl,
                        clock=reactor, runner=runner)
-    scheduler = LongPollScheduler(reactor, seed_max_uploads=c.max_uploads)
+    scheduler = LongPollScheduler(reactor, seed_max_uploads=c.max_uploads,
+                                  max_peers_per_address=c.max_peers_per_address)
 
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 4
@@ -45,7 +46,8 @@ def build_supernode(reactor, c):
     egress = EgressPolicy(c.allow_origin, c.deny_origin)
     origin = OriginClient(reactor, make_http_client(reactor, pool, egress=egress), origin_limiter)
     cdn = CDN(reactor, store, origin, scheduler, c.piece_size, metrics, runner,
-              spool_dir=os.path.join(c.data_dir, "spool"), max_spool=c.cache_size)
+              spool_dir=os.path.join(c.data_dir, "spool"), max_spool=c.cache_size,
+              max_file_size=c.max_file_size)
     closers = [pool.closeCachedConnections]
 
     cluster = None

@@ -38,8 +38,14 @@ from dragonfly.ingest.events import IngestEvents
 from dragonfly.ingest.pipeline import spool_into, stream_into
 from dragonfly.origin import BodyBroken, OriginError
 from dragonfly.redact import redact_text, redact_url
+from dragonfly.supernode.swarmstate import PieceSizes
 
-__all__ = ["CDN", "CDNError", "ContentChanged", "CacheFull", "NotReady"]
+__all__ = ["CDN", "CDNError", "ContentChanged", "CacheFull", "NotReady", "TooLarge",
+           "TooManyTasks"]
+
+#: Origin fetches at once, and tasks held, before a new task is refused (429).
+MAX_FETCHES = 256
+MAX_TASKS = 100_000
 
 
 class CDNError(Exception):
@@ -54,6 +60,14 @@ class CacheFull(CDNError):
     """The file does not fit in the cache (--cache-size)."""
 
 
+class TooLarge(CDNError):
+    """The origin announced more than --max-file-size."""
+
+
+class TooManyTasks(CDNError):
+    """Too many tasks are being fetched, or held, to take a new one now."""
+
+
 class ContentChanged(OriginError):
     """The origin's file changed while we were downloading it."""
 
@@ -66,7 +80,7 @@ class ContentChanged(OriginError):
 
 
 def _piece_sizes(tf):
-    return [tf.piece_range(i)[1] for i in range(tf.piece_count)]
+    return PieceSizes(tf.length, tf.piece_size)
 
 
 def _prefix_pieces(tf):
@@ -149,6 +163,8 @@ class _JobEvents(IngestEvents):
         return ContentChanged(f"origin content changed: piece {index} differs from the copy held")
 
     def too_large(self, limit):
+        if limit >= self._cdn.max_file_size:
+            return TooLarge(f"file without Content-Length grew past --max-file-size ({limit} bytes)")
         return CacheFull(f"file without Content-Length grew past the cache size ({limit} bytes)")
 
 
@@ -205,7 +221,8 @@ class CDN:
 
     def __init__(self, reactor, store, origin, scheduler, piece_size, metrics, runner,
                  seed=None, max_retries=5, retry_delay=1.0, max_retry_delay=30.0,
-                 spool_dir=None, max_spool=0, max_body_retries=1):
+                 spool_dir=None, max_spool=0, max_body_retries=1, max_file_size=1 << 40,
+                 max_fetches=MAX_FETCHES, max_tasks=MAX_TASKS):
         self._reactor = reactor
         self.store = store
         self.origin = origin
@@ -219,7 +236,11 @@ class CDN:
         self.retry_delay = retry_delay
         self.max_retry_delay = max_retry_delay
         self.spool_dir = spool_dir
-        self.max_spool = max_spool
+        self.max_file_size = max_file_size
+        self.max_fetches = max_fetches
+        self.max_tasks = max_tasks
+        self._fetching = 0      # jobs running
+        self.max_spool = min(max_spool, max_file_size) if max_spool else max_file_size
         self._jobs = {}
         self._published = {}   # task_id -> TaskFile object the scheduler knows
         self._stopping = False
@@ -237,14 +258,17 @@ class CDN:
         L{NotReady}. Concurrent callers share one job; a later call after a
         failure starts a new one.
         """
-        return self._job_for(task_id, url, headers).ready.when() if self._can_start() else fail(
-            NotReady("supernode is not ready (piece port not bound yet)"))
+        try:
+            return self._start(task_id, url, headers).ready.when()
+        except CDNError:
+            return fail()
 
     def ensure_complete(self, task_id, url, headers=None):
         """Like ensure(), but fires only when every piece is in the store."""
-        if not self._can_start():
-            return fail(NotReady("supernode is not ready (piece port not bound yet)"))
-        return self._job_for(task_id, url, headers).complete.when()
+        try:
+            return self._start(task_id, url, headers).complete.when()
+        except CDNError:
+            return fail()
 
     def status(self, task_id):
         """{"state", "url", "length", ..., "error"?, "origin_status"?} or None."""
@@ -308,6 +332,18 @@ class CDN:
     def _can_start(self):
         return self.seed is not None and not self._stopping
 
+    def _start(self, task_id, url, headers):
+        if not self._can_start():
+            raise NotReady("supernode is not ready (piece port not bound yet)")
+        return self._job_for(task_id, url, headers)
+
+    def _admit(self, task_id):
+        """TooManyTasks unless a new job for C{task_id} may start now."""
+        if self._fetching >= self.max_fetches:
+            raise TooManyTasks(f"{self._fetching} origin fetches in progress; retry later")
+        if self.store.count() >= self.max_tasks and self.store.get(task_id) is None:
+            raise TooManyTasks(f"{self.max_tasks} tasks held; retry later")
+
     def _job_for(self, task_id, url, headers):
         job = self._jobs.get(task_id)
         if job is not None and job.state in ("pending", "running"):
@@ -320,6 +356,7 @@ class CDN:
                     self._publish(job, tf)
                 return job
             # The store lost it (GC, removal): fetch again.
+        self._admit(task_id)
         job = _Job(task_id, url, headers)
         self._jobs[task_id] = job
         d = Deferred.fromCoroutine(self._run(job))
@@ -329,6 +366,7 @@ class CDN:
     async def _run(self, job):
         job.state = "running"
         failures = breaks = 0
+        self._fetching += 1
         try:
             while True:
                 before = job.tf.completed_bytes if job.tf is not None else -1
@@ -364,6 +402,7 @@ class CDN:
         else:
             self._done(job)
         finally:
+            self._fetching -= 1
             job.current = None
             if job.pinned is not None:
                 job.pinned.unpin()
@@ -409,7 +448,11 @@ class CDN:
         job.pinned = tf
 
     def _create(self, job, length, resp):
-        if length > 0 and not self.store.reserve(length):
+        if length > self.max_file_size:
+            raise TooLarge(f"origin file of {length} bytes is larger than --max-file-size "
+                           f"({self.max_file_size} bytes)")
+        if not self.store.fits(length):
+            # Refused without evicting anything for an unverified length.
             raise CacheFull(f"{length} bytes do not fit in the cache")
         tf = self.store.create(job.task_id, job.url, length, self.piece_size,
                                etag=resp.etag, last_modified=resp.last_modified)

@@ -50,10 +50,14 @@ from dragonfly.interfaces import IScheduler, PeerInfo
 from dragonfly.supernode.bitset import bits
 from dragonfly.supernode.policy import MAX_MISSES, candidates, pick_source, rarest, sequential
 from dragonfly.supernode.swarmstate import (
-    SEED, Peer, Task, UnknownPeer, UnknownTask, add_have, expire_assignments, record_failure,
-    release, remove_peer, source_id, start)
+    SEED, Peer, PieceSizes, Task, TooManyPeers, UnknownPeer, UnknownTask, add_have,
+    expire_assignments, host_left, record_failure, release, remove_peer, source_id, start)
 
-__all__ = ["Scheduler", "UnknownTask", "UnknownPeer"]
+__all__ = ["Scheduler", "TooManyPeers", "UnknownTask", "UnknownPeer"]
+
+#: Peers one address may have in one task, by default in the supernode
+#: (--max-peers-per-address; every host behind one NAT shares an address).
+MAX_PEERS_PER_ADDRESS = 1024
 
 
 @implementer(IScheduler)
@@ -79,7 +83,8 @@ class Scheduler:
 
     def __init__(self, clock, max_uploads_per_peer=4, seed_max_uploads=8,
                  assignment_timeout=60.0, peer_timeout=120.0, rng=None,
-                 bad_peer_failures=3, seed_piece_copies=1):
+                 bad_peer_failures=3, seed_piece_copies=1,
+                 max_peers_per_address=0):
         if max_uploads_per_peer < 1 or seed_max_uploads < 1:
             raise ValueError("upload limits must be at least 1")
         if seed_piece_copies < 1 or bad_peer_failures < 1:
@@ -92,6 +97,7 @@ class Scheduler:
         self.rng = rng if rng is not None else random.Random()
         self.bad_peer_failures = bad_peer_failures
         self.seed_piece_copies = seed_piece_copies
+        self.max_peers_per_address = max_peers_per_address
         self._tasks = {}
         self._removed_assigned = {"peer": 0, "supernode": 0}
 
@@ -117,9 +123,12 @@ class Scheduler:
         """
         if not isinstance(seed, PeerInfo):
             raise TypeError("seed must be a PeerInfo")
-        sizes = [int(s) for s in piece_sizes]
-        if any(s <= 0 for s in sizes):
-            raise ValueError("piece sizes must be positive")
+        if isinstance(piece_sizes, PieceSizes):
+            sizes = piece_sizes     # positive by construction; no per-piece list
+        else:
+            sizes = [int(s) for s in piece_sizes]
+            if any(s <= 0 for s in sizes):
+                raise ValueError("piece sizes must be positive")
         if digests is not None:
             digests = list(digests)
             if len(digests) != len(sizes):
@@ -190,6 +199,8 @@ class Scheduler:
             sizes, seed = task.sizes, task.seed
             self.remove_task(task_id)
             task = self._tasks[task_id] = Task(task_id, sizes, seed, self.clock.seconds())
+        if task.cold:
+            task.warm()
         task.digests[i] = digest
         task.digest_mask |= bit
         task.seed_mask |= bit
@@ -207,9 +218,17 @@ class Scheduler:
         now = self.clock.seconds()
         p = task.peers.get(peer.peer_id)
         if p is not None:
+            if p.info.host != peer.host:
+                host_left(task, p.info.host)
+                task.hosts[peer.host] = task.hosts.get(peer.host, 0) + 1
             p.info = peer
             p.last_seen = now
             return
+        n = task.hosts.get(peer.host, 0)
+        if self.max_peers_per_address and n >= self.max_peers_per_address:
+            raise TooManyPeers(f"{n} peers of this task at {peer.host} already "
+                               f"(at most {self.max_peers_per_address})")
+        task.hosts[peer.host] = n + 1
         task.peers[peer.peer_id] = Peer(peer, now)
 
     def touch(self, task_id, peer_id):

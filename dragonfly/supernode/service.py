@@ -33,6 +33,7 @@ class SupernodeConfig(NodeConfig):
     cluster: list = field(default_factory=list)     # [(host, port)]
     piece_size: int = 4 << 20
     origin_limit: int = 0
+    max_peers_per_address: int = 1024
     expire_interval: float = 5.0
     cluster_interval: float = 5.0
 

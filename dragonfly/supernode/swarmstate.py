@@ -9,12 +9,13 @@ task and the limits it is kept against. Pure data: no I/O, no clock, no
 Deferreds; choosing pieces and sources is L{dragonfly.supernode.policy}'s.
 """
 from bisect import bisect_left, insort
-from collections import deque
+from collections import defaultdict, deque
 
 from dragonfly.interfaces import Assignment
 from dragonfly.supernode.bitset import bits
 
-__all__ = ["UnknownTask", "UnknownPeer", "SEED", "SCAN_HOLDERS", "Fetch", "Peer", "Task"]
+__all__ = ["UnknownTask", "UnknownPeer", "SEED", "SCAN_HOLDERS", "Fetch", "Peer", "PieceSizes",
+           "Task", "TooManyPeers"]
 
 
 class UnknownTask(KeyError):
@@ -31,8 +32,50 @@ class UnknownPeer(KeyError):
         return f"unknown peer {self.args[0]!r}"
 
 
+class TooManyPeers(ValueError):
+    """One source address already has as many peers in this task as allowed."""
+
+
 # Scan every holder of a piece when it has at most this many; sample above.
 SCAN_HOLDERS = 24
+
+
+class PieceSizes:
+    """The piece sizes of a file of C{length} bytes cut every C{piece_size}
+    bytes, as a read-only sequence of constant size (no per-piece list)."""
+
+    __slots__ = ("length", "piece_size", "n")
+
+    def __init__(self, length, piece_size):
+        if length < 0 or piece_size <= 0:
+            raise ValueError("bad length or piece size")
+        self.length = length
+        self.piece_size = piece_size
+        self.n = -(-length // piece_size)
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if i < 0:
+            i += self.n
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.piece_size if i < self.n - 1 else self.length - i * self.piece_size
+
+    def __eq__(self, other):
+        if isinstance(other, PieceSizes):
+            return self.length == other.length and (
+                self.piece_size == other.piece_size or self.n <= 1 and other.n <= 1)
+        try:
+            return len(other) == self.n and all(a == b for a, b in zip(self, other))
+        except TypeError:
+            return NotImplemented
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"PieceSizes({self.length}, {self.piece_size})"
 
 
 class _Seed:
@@ -82,37 +125,81 @@ class Peer:
         self.seq_turn = True            # streaming, want 1: in-order next (else rarest)
 
 
+class _Unset:
+    """A per-piece array of a cold task (nobody holds a piece yet): every
+    index reads as C{value}, with no per-piece memory; the first write
+    warms the task (L{Task.warm}), which swaps in real lists."""
+
+    __slots__ = ("task", "name", "value")
+
+    def __init__(self, task, name, value):
+        self.task, self.name, self.value = task, name, value
+
+    def __len__(self):
+        return self.task.n
+
+    def __getitem__(self, i):
+        if not -self.task.n <= i < self.task.n:
+            raise IndexError(i)
+        return self.value
+
+    def __setitem__(self, i, v):
+        self.task.warm()
+        getattr(self.task, self.name)[i] = v
+
+    def __iter__(self):
+        return iter([self.value] * self.task.n)
+
+    def __eq__(self, other):
+        try:
+            return len(other) == self.task.n and all(x == self.value for x in other)
+        except TypeError:
+            return NotImplemented
+
+    __hash__ = None
+
+
+#: The per-piece arrays of a Task and what each starts as: digests (hex, per
+#: piece), seed_inflight (seed copies in flight), count (live peer holders),
+#: count_good (live holders not marked bad), free_holders (of a few-holder
+#: piece: its holders in Task.free), inflight (copies in flight), holders_dead
+#: (dead entries in Task.holders[i]) and key (count + inflight: the rarity key).
+_PER_PIECE = (("digests", None), ("seed_inflight", 0), ("count", 0), ("count_good", 0),
+              ("free_holders", 0), ("inflight", 0), ("holders_dead", 0), ("key", 0))
+
+
 class Task:
-    """One scheduled file: its pieces, its swarm and the counts derived from them."""
+    """One scheduled file: its pieces, its swarm and the counts derived from them.
+
+    A task is cold until the seed or a peer holds one of its pieces: its
+    per-piece arrays take no memory until then (L{warm}), so a task whose
+    origin announced a huge length and sent nothing costs next to nothing.
+    """
 
     def __init__(self, task_id, piece_sizes, seed, now):
         self.id = task_id
-        self.sizes = list(piece_sizes)
+        self.sizes = piece_sizes if isinstance(piece_sizes, PieceSizes) else list(piece_sizes)
         n = self.n = len(self.sizes)
         self.full = (1 << n) - 1
         self.seed = seed
         self.created = now
-        self.digests = [None] * n
+        self.cold = True
+        for name, value in _PER_PIECE:
+            setattr(self, name, _Unset(self, name, value))
         self.digest_mask = 0
         self.seed_mask = 0          # pieces the seed holds
         self.seed_uploads = 0
         self.seed_given = 0         # seed assignments to current peers
-        self.seed_inflight = [0] * n
         self.seed_busy = 0          # pieces at their seed copy limit
-        self.count = [0] * n        # live peer holders
-        self.count_good = [0] * n   # live holders not marked bad
         self.held = 0               # count > 0
         self.held_good = 0          # count_good > 0
         self.few = 0                # 0 < count <= SCAN_HOLDERS
-        self.free_holders = [0] * n # of a few-holder piece: holders in self.free
         self.few_free = 0           # few-holder pieces with a free holder
-        self.inflight = [0] * n
-        self.holders = [[] for _ in range(n)]   # Peer lists, dead removed lazily
-        self.holders_dead = [0] * n
-        self.key = [0] * n          # count + inflight: the rarity key
+        self.holders = defaultdict(list)   # index -> Peer list, dead removed lazily
         self.buckets = {0: self.full} if n else {}
         self.keys = [0] if n else []
         self.peers = {}
+        self.hosts = {}             # advertised host -> peers of this task there
         self.done = 0               # peers holding every piece
         self.sources = 0            # peers holding a piece, not bad
         self.free = []              # peers holding pieces with a free upload slot, not bad
@@ -121,6 +208,14 @@ class Task:
         self.assigned = {"peer": 0, "supernode": 0}
         self.failures = 0
         self.expired = 0
+
+    def warm(self):
+        """Give the per-piece arrays real storage (once a piece is held)."""
+        if self.cold:
+            self.cold = False
+            n = self.n
+            for name, value in _PER_PIECE:
+                setattr(self, name, [value] * n)
 
     @property
     def avail(self):
@@ -187,7 +282,17 @@ def remove_peer(task, p, max_uploads, seed_copies):
             task.holders[i] = [h for h in hl if h.alive]
             task.holders_dead[i] = 0
     del task.peers[p.id]
+    host_left(task, p.info.host)
     return released, offered
+
+
+def host_left(task, host):
+    """One peer of C{task} at C{host} is gone."""
+    n = task.hosts.get(host, 0) - 1
+    if n > 0:
+        task.hosts[host] = n
+    else:
+        task.hosts.pop(host, None)
 
 
 def free_add(task, p, max_uploads):
@@ -249,6 +354,8 @@ def record_failure(task, asker, i, source_id, bad_failures):
 
 def add_have(task, p, i, max_uploads):
     """C{p} holds piece C{i} now: True if that is new."""
+    if task.cold:
+        task.warm()
     bit = 1 << i
     if p.have & bit:
         return False

@@ -8,8 +8,8 @@ from twisted.python import usage
 from dragonfly.config import ConfigOptions, check_endpoint, parse_hostports, parse_rate
 from dragonfly.logsetup import twistd_log_file
 from dragonfly.nodeoptions import (
-    CACHE_SIZE, CACHE_TTL, LOG_FORMAT, PORT_FILE, check_data_dir, check_host, check_log_format,
-    check_port_file, flag_seconds, flag_size)
+    CACHE_SIZE, CACHE_TTL, LOG_FORMAT, MAX_FILE_SIZE, PORT_FILE, check_data_dir, check_host,
+    check_log_format, check_max_file_size, check_port_file, flag_int, flag_seconds, flag_size)
 from dragonfly.nodeoptions import EGRESS_LISTS, EgressFlags, check_egress
 from dragonfly.supernode.service import SupernodeConfig
 
@@ -40,9 +40,12 @@ class Options(EgressFlags, ConfigOptions):
          "With --origin-limit too, the lower one applies."],
         CACHE_SIZE,
         CACHE_TTL,
+        MAX_FILE_SIZE,
         LOG_FORMAT,
         PORT_FILE,
         ["max-uploads", None, "32", "Pieces the seed serves at once."],
+        ["max-peers-per-address", None, "1024",
+         "Peers one source address may have in one task (0 = no cap)."],
         ["cluster-check-interval", None, "5", "Seconds between cluster health checks."],
     ]
     listOptions = EGRESS_LISTS
@@ -69,6 +72,9 @@ class Options(EgressFlags, ConfigOptions):
         if c.cache_size and c.cache_size < c.piece_size:
             raise usage.UsageError("--cache-size is smaller than one piece")
         c.cache_ttl = flag_seconds("cache-ttl", self["cache-ttl"])
+        c.max_file_size = check_max_file_size(self["max-file-size"])
+        c.max_peers_per_address = flag_int("max-peers-per-address",
+                                           self["max-peers-per-address"], 0, 1 << 20)
         c.log_format = check_log_format(self["log-format"])
         c.log_file = twistd_log_file(self) if c.log_format == "json" else "-"
         c.port_file = check_port_file(self["port-file"])

@@ -233,6 +233,10 @@ class _FakeOriginResponse:
         self.last_modified = None
         self._data = data
         self._chunk = chunk
+        self.discarded = False
+
+    def discard(self):
+        self.discarded = True
 
     async def _pump(self, consumer):
         for i in range(self.offset, len(self._data), self._chunk):

@@ -108,8 +108,11 @@ class ServerTestMixin:
         kw.setdefault("chunk_size", 64 * 1024)
         return PieceServerFactory(self.store, self.clock, **kw)
 
-    def connect(self, factory, hello=True, task_id=TASK):
-        proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    def connect(self, factory, hello=True, task_id=TASK, host="127.0.0.1"):
+        """A connection from C{host}; (None, None) when the factory refuses it."""
+        proto = factory.buildProtocol(IPv4Address("TCP", host, 40000))
+        if proto is None:
+            return None, None
         tr = StringTransport()
         proto.makeConnection(tr)
         if hello:

@@ -11,7 +11,7 @@ from dragonfly.interfaces import PeerInfo
 from dragonfly.metrics import SupernodeMetrics, sample
 from dragonfly.origin import OriginClient, OriginError
 from dragonfly.storage.store import PieceStore
-from dragonfly.supernode.cdn import CDN, NotReady
+from dragonfly.supernode.cdn import CDN, CacheFull, NotReady, TooLarge, TooManyTasks
 from dragonfly.supernode.scheduler import Scheduler
 from dragonfly.test.fakeorigin import FakeOrigin
 from dragonfly.runtime.threads import SyncRunner
@@ -200,6 +200,48 @@ class CDNTests(CDNTestMixin, SynchronousTestCase):
         self.origin.add("/empty", b"")
         tf = self.successResultOf(self.cdn.ensure(TASK, "http://origin.test/empty", {}))
         self.assertEqual((tf.length, tf.piece_count), (0, 0))
+
+
+class CDNLimitTests(CDNTestMixin, SynchronousTestCase):
+    def test_too_large_refused_before_reserving(self):
+        """When the origin announces more than max_file_size, ensure() fails
+        with TooLarge and nothing is created or told to the scheduler."""
+        self.start(max_file_size=len(DATA) - 1)
+        f = self.failureResultOf(self.cdn.ensure(TASK, URL, {}), TooLarge)
+        self.assertIn("--max-file-size", str(f.value))
+        self.assertIsNone(self.store.get(TASK))
+        self.assertFalse(self.scheduler.has_task(TASK))
+
+    def test_too_large_without_length(self):
+        """When a body without Content-Length grows past max_file_size, the job fails with TooLarge."""
+        self.origin.chunked.add("/f")
+        self.start(max_file_size=len(DATA) - 1)
+        self.failureResultOf(self.cdn.ensure(TASK, URL, {}), TooLarge)
+        self.assertIsNone(self.store.get(TASK))
+
+    def test_over_quota_refused_without_evicting(self):
+        """When the announced length cannot fit the quota, ensure() fails with
+        CacheFull, nothing is evicted, and a file that fits still succeeds."""
+        self.origin.add("/small", DATA[:PIECE])
+        self.successResultOf(self.cdn.ensure("s" * 64, "http://origin.test/small", {}))
+        self.store.quota = PIECE * 2
+        self.failureResultOf(self.cdn.ensure(TASK, URL, {}), CacheFull)
+        self.assertIsNotNone(self.store.get("s" * 64))
+        self.assertIsNone(self.store.get(TASK))
+        self.origin.add("/honest", DATA[:PIECE])
+        tf = self.successResultOf(self.cdn.ensure("h" * 64, "http://origin.test/honest", {}))
+        self.assertTrue(tf.is_complete)
+        self.assertEqual(self.store.usage(), PIECE * 2)
+
+
+    def test_too_many_tasks_held(self):
+        """When the store holds max_tasks tasks, a new task is refused with
+        TooManyTasks while a held one is still served."""
+        self.origin.add("/g", DATA)
+        self.start(max_tasks=1)
+        self.successResultOf(self.cdn.ensure(TASK, URL, {}))
+        self.failureResultOf(self.cdn.ensure("g" * 64, "http://origin.test/g", {}), TooManyTasks)
+        self.assertIs(self.successResultOf(self.cdn.ensure(TASK, URL, {})), self.store.get(TASK))
 
 
 class CDNRestartTests(CDNTestMixin, SynchronousTestCase):

@@ -48,6 +48,41 @@ class BackSourceTests(NodeMixin, SynchronousTestCase):
         self.assertEqual(str(f.value), "origin answered 403")
         self.assertIsNone(self.store.get(task_id_for_url(URL)))
 
+    def test_origin_over_max_file_size(self):
+        """When the origin announces more than max_file_size, back-to-source
+        fails naming --max-file-size and creates nothing in the store."""
+        node = self.make(client=_RefusingClient(), origin=FakeOrigin(DATA),
+                         max_file_size=len(DATA) - 1)
+        f = self.failureResultOf(node.download(URL), DownloadError)
+        self.assertIn("--max-file-size", str(f.value))
+        self.assertIsNone(self.store.get(task_id_for_url(URL)))
+
+    def test_origin_over_quota(self):
+        """When the announced length could never fit the cache quota, back-to-source
+        fails at once and evicts nothing."""
+        node = self.make(client=_RefusingClient(), origin=FakeOrigin(DATA))
+        self.store.quota = len(DATA) - 1
+        f = self.failureResultOf(node.download(URL), DownloadError)
+        self.assertIn("do not fit in the cache", str(f.value))
+        self.assertIsNone(self.store.get(task_id_for_url(URL)))
+
+    def test_origin_without_length_over_max_file_size(self):
+        """When an origin body without a length grows past max_file_size, the
+        spooled download fails naming the flag and nothing is stored."""
+        node = self.make(client=_RefusingClient(), origin=FakeOrigin(DATA, unknown_length=True),
+                         max_file_size=len(DATA) - 1)
+        f = self.failureResultOf(node.download(URL), DownloadError)
+        self.assertIn("--max-file-size", str(f.value))
+        self.assertIsNone(self.store.get(task_id_for_url(URL)))
+
+    def test_swarm_length_over_max_file_size(self):
+        """When the supernode announces a task larger than max_file_size, the
+        peer creates nothing for it and the download fails naming the flag."""
+        node = self.make(max_file_size=len(DATA) - 1)
+        f = self.failureResultOf(node.download(URL), DownloadError)
+        self.assertIn("--max-file-size", str(f.value))
+        self.assertIsNone(self.store.get(task_id_for_url(URL)))
+
     def test_origin_without_length(self):
         """When the origin gives no length, the body is spooled, then cut into pieces."""
         node = self.make(client=_RefusingClient(), origin=FakeOrigin(DATA, unknown_length=True))

@@ -61,6 +61,14 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(c.port_file, pf)
         self.assertEqual(c.advertise, "10.0.0.5")
 
+    def test_max_file_size(self):
+        """--max-file-size defaults to 1T and reaches the node's settings."""
+        self.assertEqual(self.parse().config.max_file_size, 1 << 40)
+        self.assertEqual(self.parse("--max-file-size", "2G").config.max_file_size, 2 << 30)
+        for bad in ("0", "huge"):
+            e = self.assertRaises(usage.UsageError, self.parse, "--max-file-size", bad)
+            self.assertIn("--max-file-size", str(e))
+
     def test_bad_flags(self):
         """Bad values are usage errors naming the flag."""
         for argv in (["--supernodes", "nohostport"], ["--piece-listen", "bogus:1"],

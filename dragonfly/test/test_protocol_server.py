@@ -220,7 +220,7 @@ class ServerServingTests(ServerTestMixin, SynchronousTestCase):
 
     def test_busy(self):
         """When max_uploads pieces are streaming, a further request gets BUSY; later ones are served again."""
-        factory = self.make_factory(max_uploads=1)
+        factory = self.make_factory(max_uploads=1, slot_wait=0)
         a, a_tr = self.connect(factory)
         b, b_tr = self.connect(factory)
         a.dataReceived(encode(Request(0)))
@@ -245,7 +245,7 @@ class ServerServingTests(ServerTestMixin, SynchronousTestCase):
 
     def test_stalled_upload_times_out(self):
         """When the client stops reading mid-piece for idle_timeout seconds, the connection is aborted."""
-        factory = self.make_factory(idle_timeout=30)
+        factory = self.make_factory(idle_timeout=30, stall_interval=0)
         proto, tr = self.connect(factory)
         proto.dataReceived(encode(Request(0)))
         tr.producer.resumeProducing()

@@ -421,3 +421,31 @@ class PropertyTests(SynchronousTestCase):
                     s.report(T, pid, failed=[(i, src)])
             verify(s, T)
         verify(s, T)
+
+
+class AdmissionTests(SynchronousTestCase):
+    def test_peers_per_address(self):
+        """When one address has max_peers_per_address peers in a task, its next
+        peer is refused with TooManyPeers; other addresses and other tasks
+        still join, and a peer that leaves frees its place."""
+        from dragonfly.supernode.scheduler import TooManyPeers
+        s = Scheduler(Clock(), max_peers_per_address=2)
+        s.add_task(T, [100], SEED)
+        s.add_task("other", [100], SEED)
+        s.join(T, PeerInfo("a1", "10.0.0.1", 1))
+        s.join(T, PeerInfo("a2", "10.0.0.1", 2))
+        s.join(T, PeerInfo("a2", "10.0.0.1", 2))    # a rejoin is not a new peer
+        self.assertRaises(TooManyPeers, s.join, T, PeerInfo("a3", "10.0.0.1", 3))
+        s.join(T, PeerInfo("b1", "10.0.0.2", 1))
+        s.join("other", PeerInfo("a3", "10.0.0.1", 3))
+        s.leave(T, "a1")
+        s.join(T, PeerInfo("a3", "10.0.0.1", 3))
+        self.assertEqual(s.task_stats(T)["peers"], 3)
+
+    def test_no_cap_by_default(self):
+        """A Scheduler built without max_peers_per_address (the simulator's) admits any number."""
+        s = Scheduler(Clock())
+        s.add_task(T, [100], SEED)
+        for i in range(100):
+            s.join(T, PeerInfo(f"p{i}", "10.0.0.1", 1000 + i))
+        self.assertEqual(s.task_stats(T)["peers"], 100)

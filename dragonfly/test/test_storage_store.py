@@ -23,13 +23,16 @@ class PieceStoreTests(StoreMixin, SynchronousTestCase):
         """PieceStore provides IPieceStore."""
         self.assertTrue(verifyObject(IPieceStore, self.store))
 
-    def test_usage_counts_allocated_lengths(self):
-        """usage() counts the full length of every task; held_bytes() only what is written."""
+    def test_usage_counts_held_bytes(self):
+        """usage() and held_bytes() count what is written; allocated() the full lengths."""
         a = self.store.create("a", "u", 1000, 100)
         self.store.create("b", "u", 500, 100)
         self.successResultOf(a.write_trusted_piece(0, b"x" * 100, pdigest(b"x" * 100)))
-        self.assertEqual(self.store.usage(), 1500)
+        self.assertEqual(self.store.usage(), 100)
         self.assertEqual(self.store.held_bytes(), 100)
+        self.assertEqual(self.store.allocated(), 1500)
+        self.store.remove("a")
+        self.assertEqual(self.store.usage(), 0)
 
     def test_create_validates(self):
         """When create() gets bad arguments, it raises ValueError and makes nothing."""
@@ -56,7 +59,8 @@ class PieceStoreTests(StoreMixin, SynchronousTestCase):
         self.assertEqual(self.read_meta(new)["url"], "http://o/new")
         self.failureResultOf(old.write_trusted_piece(1, b"efgh", pdigest(b"efgh")), TaskRemoved)
         self.assertRaises(TaskRemoved, old.read, 0, 4)
-        self.assertEqual(self.store.usage(), 12)
+        self.assertEqual(self.store.usage(), 0)
+        self.assertEqual(self.store.allocated(), 12)
 
     def test_create_over_leftover_directory(self):
         """When the task's directory exists on disk but is not loaded, create() starts afresh."""
@@ -478,12 +482,21 @@ class EvictionTests(StoreMixin, SynchronousTestCase):
         self.assertEqual(again.gc(), 8)
         self.assertEqual([t.task_id for t in again.tasks()], ["b"])
 
+    def fill(self, task):
+        """Write every piece of C{task}."""
+        for i in range(task.piece_count):
+            if task.has(i):
+                continue
+            data = bytes([i % 256]) * task.piece_range(i)[1]
+            self.successResultOf(task.write_trusted_piece(i, data, pdigest(data)))
+
     def test_lru_to_quota(self):
         """When usage is over quota, gc() removes least recently used tasks until it fits."""
         store = self.make_store(quota=1000)
         ts = {}
         for name in "abcd":
             ts[name] = store.create(name, "u", 250, 50)
+            self.fill(ts[name])
             self.clock.advance(1)
         ts["a"].touch()  # a is now the most recent; b the least
         self.assertEqual(store.gc(), 0)
@@ -492,22 +505,48 @@ class EvictionTests(StoreMixin, SynchronousTestCase):
         self.assertEqual(sorted(t.task_id for t in store.tasks()), ["a", "d"])
         self.assertLessEqual(store.usage(), 600)
 
-    def test_create_makes_room(self):
-        """When a new task would go over quota, creating it evicts LRU tasks first."""
+    def test_create_evicts_nothing(self):
+        """When a new task announces more than the free quota, creating it
+        evicts nothing; its pieces evict LRU tasks as they are written."""
         store = self.make_store(quota=1000)
         for name in "abcd":
-            store.create(name, "u", 250, 50)
+            self.fill(store.create(name, "u", 250, 50))
             self.clock.advance(1)
         store.get("a").touch()
-        store.create("e", "u", 400, 50)
+        e = store.create("e", "u", 400, 50)
+        self.assertEqual(sorted(t.task_id for t in store.tasks()), ["a", "b", "c", "d", "e"])
+        self.successResultOf(e.write_trusted_piece(0, b"e" * 50, pdigest(b"e" * 50)))
+        self.assertEqual(sorted(t.task_id for t in store.tasks()), ["a", "c", "d", "e"])
+        self.fill(e)
         self.assertEqual(sorted(t.task_id for t in store.tasks()), ["a", "d", "e"])
         self.assertLessEqual(store.usage(), 1000)
+
+    def test_writing_never_evicts_its_own_task(self):
+        """When one task alone is over the quota, writing it evicts the others, never itself."""
+        store = self.make_store(quota=100)
+        self.fill(store.create("a", "u", 100, 50))
+        self.clock.advance(1)
+        big = store.create("big", "u", 300, 50)
+        self.fill(big)
+        self.assertEqual([t.task_id for t in store.tasks()], ["big"])
+        self.assertTrue(big.is_complete)
+
+    def test_fits(self):
+        """fits() says whether a length could fit the quota at all, and evicts nothing."""
+        store = self.make_store(quota=1000)
+        self.fill(store.create("a", "u", 1000, 100))
+        self.assertTrue(store.fits(1000))
+        self.assertFalse(store.fits(1001))
+        self.assertFalse(store.fits(1 << 40))
+        self.assertIsNotNone(store.get("a"))
+        self.assertTrue(self.make_store(root=self.mktemp()).fits(10 ** 15))
 
     def test_reserve(self):
         """reserve() makes room when it can and says whether the bytes fit the quota."""
         store = self.make_store(quota=1000)
         self.assertTrue(store.reserve(1000))
         a = store.create("a", "u", 600, 100)
+        self.fill(a)
         a.pin()
         self.assertTrue(store.reserve(400))
         self.assertFalse(store.reserve(401))
@@ -521,11 +560,12 @@ class EvictionTests(StoreMixin, SynchronousTestCase):
         """When a task is pinned, neither TTL nor quota removes it; after unpin they do."""
         store = self.make_store(quota=100, ttl=10)
         t = store.create("p", "u", 500, 100)
+        self.fill(t)
         t.pin()
         t.pin()
         self.clock.advance(1000)
         self.assertEqual(store.gc(), 0)
-        store.create("q", "u", 50, 50)  # over quota already: still keeps p
+        self.fill(store.create("q", "u", 50, 50))  # over quota already: still keeps p
         self.assertIs(store.get("p"), t)
         t.unpin()
         self.assertEqual(store.gc(), 50)  # q, the only unpinned task, goes

@@ -21,6 +21,29 @@ class TaskFileTests(StoreMixin, SynchronousTestCase):
         self.clock.advance(1000)
         self.store = self.make_store()
 
+    def test_held_counts_from_bitmap(self):
+        """When a task is loaded, its held pieces and bytes (a short last piece
+        included) come from the held bitmap; digests are kept by index."""
+        t = self.store.create(TID, "http://o/f", 10, 4)
+        self.successResultOf(t.write_trusted_piece(2, b"ab", pdigest(b"ab")))
+        self.successResultOf(t.write_trusted_piece(0, b"abcd", pdigest(b"abcd")))
+        self.store.close()
+        again = self.make_store()
+        again.load()
+        t = again.get(TID)
+        self.assertEqual((t.completed(), t.completed_bytes, again.usage()), ([0, 2], 6, 6))
+        self.assertEqual([t.digest(i) for i in range(3)],
+                         [pdigest(b"abcd"), None, pdigest(b"ab")])
+        self.assertEqual(self.read_meta(t)["digests"][1], None)
+
+    def test_huge_task_is_cheap(self):
+        """When a task of 2^40 bytes is created, nothing per piece is built
+        beyond the held bitmap (no digest list, no per-piece loop)."""
+        t = self.store.create(TID, "http://o/f", 1 << 40, 4 << 20)
+        self.assertEqual(t.piece_count, 1 << 18)
+        self.assertEqual((t.completed(), t.completed_bytes, t._digests), ([], 0, {}))
+        self.assertEqual(len(t._held), (1 << 18) // 8)
+
     def test_geometry(self):
         """When a task is created, its pieces tile the length with a short last piece."""
         t = self.store.create(TID, "http://o/f", 10, 4)

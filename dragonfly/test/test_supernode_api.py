@@ -126,6 +126,46 @@ class RegisterTests(APITestBase):
         self.assertBad(dict(ok, peer="x"))
         self.assertEqual(self.origin.requests, [])
 
+    def test_origin_over_max_file_size(self):
+        """When the origin announces more than --max-file-size, registering
+        answers 413 with a JSON error naming the flag, nothing is reserved,
+        and a registration that fits succeeds afterwards."""
+        self.cdn.max_file_size = len(DATA) - 1
+        obj = self.assertBad({"task_id": TASK, "url": URL, "peer": PEER}, status=413)
+        self.assertIn("--max-file-size", obj["error"])
+        self.assertIsNone(self.store.get(TASK))
+        self.assertFalse(self.scheduler.has_task(TASK))
+        self.cdn.max_file_size = len(DATA)
+        self.assertEqual(self.register()["length"], len(DATA))
+
+    def test_too_many_peers_from_one_address(self):
+        """When one address has as many peers in a task as the scheduler
+        allows, the next registration from it gets 429 with a JSON error."""
+        self.scheduler.max_peers_per_address = 1
+        self.register()
+        obj = self.assertBad({"task_id": TASK, "url": URL,
+                              "peer": dict(PEER, peer_id="host-1-abcdef02")}, status=429)
+        self.assertIn("127.0.0.1", obj["error"])
+
+    def test_too_many_fetches(self):
+        """When max_fetches origin fetches are in progress, a new task gets
+        429; a task already being fetched is still shared."""
+        self.cdn.max_fetches = 1
+        self.origin.hold.add("/f")
+        self.origin.add("/g", DATA)
+        first = self.client.request("POST", "http://supernode.test/api/v1/tasks",
+                                    data=json.dumps({"task_id": TASK, "url": URL}).encode())
+        self.client.flush()
+        self.assertNoResult(first)
+        obj = self.assertBad({"task_id": task_id_for_url("http://origin.test/g"),
+                              "url": "http://origin.test/g"}, status=429)
+        self.assertIn("retry later", obj["error"])
+        self.origin.release()
+        self.origin_stub.flush()
+        self.client.flush()
+        self.assertEqual(self.successResultOf(first).code, 200)
+        self.assertEqual(self.cdn._fetching, 0)
+
     def test_oversized_body(self):
         """A body over 1 MiB is refused with 413 before parsing."""
         obj = self.assertBad(raw=b" " * (1 << 20) + b"{}", status=413)
@@ -382,6 +422,16 @@ class PreheatTests(APITestBase):
         self.call("POST", "/api/v1/preheat", {"url": "gopher://x/"}, status=400)
         self.call("POST", "/api/v1/preheat", {"type": "video", "url": URL}, status=400)
         self.call("GET", "/api/v1/preheat/nope", status=404)
+
+    def test_preheat_over_max_file_size(self):
+        """When a preheated file is larger than --max-file-size, the job fails
+        with an error naming the flag and nothing is stored."""
+        self.cdn.max_file_size = len(DATA) - 1
+        self.call("POST", "/api/v1/preheat", {"url": URL}, status=202)
+        obj = self.call("GET", "/api/v1/preheat/job0")
+        self.assertEqual(obj["state"], "failed", obj)
+        self.assertIn("--max-file-size", obj["error"])
+        self.assertIsNone(self.store.get(TASK))
 
     def test_preheat_image(self):
         """An image preheat fetches the manifest and then every blob, each

@@ -66,6 +66,19 @@ class OptionsTests(SynchronousTestCase):
         self.assertUsage("--port-file", "/nonexistent-dir/x", match="--port-file")
         self.assertUsage("--cache-size", "1K", match="smaller than one piece")
 
+    def test_max_file_size(self):
+        """--max-file-size defaults to 1T, takes a size, and refuses 0 or junk naming the flag."""
+        self.assertEqual(self.parse().max_file_size, 1 << 40)
+        self.assertEqual(self.parse("--max-file-size", "10G").max_file_size, 10 << 30)
+        self.assertUsage("--max-file-size", "0", match="--max-file-size")
+        self.assertUsage("--max-file-size", "huge", match="--max-file-size")
+
+    def test_max_peers_per_address(self):
+        """--max-peers-per-address defaults to 1024; 0 turns the cap off."""
+        self.assertEqual(self.parse().max_peers_per_address, 1024)
+        self.assertEqual(self.parse("--max-peers-per-address", "0").max_peers_per_address, 0)
+        self.assertUsage("--max-peers-per-address", "-1", match="--max-peers-per-address")
+
     def test_unwritable_data_dir(self):
         """A data dir that cannot be created is refused up front."""
         f = self.mktemp()

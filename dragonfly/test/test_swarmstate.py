@@ -193,3 +193,45 @@ class FailureAndRemovalTests(SynchronousTestCase):
         remove_peer(task, peers[0], UP, COPIES)
         self.assertEqual((task.few, task.few_free), (1, 1))
         self.assertEqual(task.free_holders[0], swarmstate.SCAN_HOLDERS)
+
+
+class PieceSizesTests(SynchronousTestCase):
+    def test_like_the_list(self):
+        """PieceSizes reads, compares and iterates like the list of piece sizes."""
+        ps = swarmstate.PieceSizes(25, 10)
+        self.assertEqual((len(ps), list(ps), ps[0], ps[-1]), (3, [10, 10, 5], 10, 5))
+        self.assertRaises(IndexError, ps.__getitem__, 3)
+        self.assertEqual(ps, [10, 10, 5])
+        self.assertEqual(ps, swarmstate.PieceSizes(25, 10))
+        self.assertNotEqual(ps, swarmstate.PieceSizes(26, 10))
+        self.assertNotEqual(ps, [10, 10, 6])
+        self.assertEqual(swarmstate.PieceSizes(5, 10), swarmstate.PieceSizes(5, 20))
+        self.assertEqual(len(swarmstate.PieceSizes(0, 10)), 0)
+
+    def test_huge_task_holds_no_per_piece_objects(self):
+        """When a task of 2^40 bytes is made, no per-piece size list or holder
+        list is built; holders appear only for pieces someone holds."""
+        task = Task("t", swarmstate.PieceSizes(1 << 40, 4 << 20), SEED_INFO, now=0.0)
+        self.assertEqual(task.n, 1 << 18)
+        self.assertIsInstance(task.sizes, swarmstate.PieceSizes)
+        self.assertEqual(len(task.holders), 0)
+        self.assertEqual(task.sizes[task.n - 1], 4 << 20)
+
+    def test_cold_until_a_piece_is_held(self):
+        """When nobody holds a piece, a task's per-piece arrays read as their
+        defaults without per-piece lists; the first piece held (or any
+        write) gives them real storage, with the same values."""
+        task = Task("t", swarmstate.PieceSizes(1 << 40, 4 << 20), SEED_INFO, now=0.0)
+        self.assertTrue(task.cold)
+        self.assertNotIsInstance(task.count, list)
+        self.assertEqual((task.count[5], task.digests[task.n - 1], len(task.key)),
+                         (0, None, task.n))
+        self.assertRaises(IndexError, task.count.__getitem__, task.n)
+        p = join(task, 1)
+        add_have(task, p, 7, UP)
+        self.assertFalse(task.cold)
+        self.assertIsInstance(task.count, list)
+        self.assertEqual((task.count[7], task.count[6], task.key[7]), (1, 0, 1))
+        small = Task("s", [10] * 3, SEED_INFO, now=0.0)
+        small.inflight[1] = 2
+        self.assertEqual((small.cold, small.inflight, small.count), (False, [0, 2, 0], [0] * 3))
