@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dragonfly.control.client import NotRegistered, SupernodeUnavailable, TaskRefused
-from dragonfly.control.messages import MessageError, RegisterRequest, ScheduleRequest
+from dragonfly.control.messages import FailedPiece, MessageError, RegisterRequest, ScheduleRequest
 from dragonfly.digest import piece_digest
 from dragonfly.peer.errors import DownloadError, describe
 from dragonfly.peer.wakeup import Signal
@@ -389,7 +389,7 @@ class SwarmSession:
         self.metrics.piece_failures.labels(reason=reason).inc()
         self.log.warn("piece {index} of {task} from {source} failed: {why}",
                       index=a.index, task=self.dl.task_id, source=a.source.peer_id, why=why)
-        self.failed.append((a.index, a.source.peer_id))
+        self.failed.append(FailedPiece(a.index, a.source.peer_id, reason))
         n = self.failures[a.index] = self.failures.get(a.index, 0) + 1
         if n >= self.settings.max_piece_failures:
             self.fatal = SupernodeUnavailable(

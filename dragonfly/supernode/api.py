@@ -21,8 +21,10 @@ from dragonfly.control.messages import (
     RegisterAnswer, RegisterRequest, ScheduleAnswer, ScheduleRequest, TaskInfo, check_task_id)
 from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
 from dragonfly.httpio import error_body, json_body
+from dragonfly.interfaces import PeerInfo
 from dragonfly.origin import OriginError
 from dragonfly.supernode.cdn import CacheFull, CDNError, NotReady
+from dragonfly.supernode.peerkeys import PeerKeys, WrongSecret
 from dragonfly.supernode.scheduler import UnknownPeer, UnknownTask
 
 __all__ = ["SupernodeAPI", "ApiError", "LimitedRequest", "api_site"]
@@ -123,13 +125,18 @@ class SupernodeAPI:
     @param metrics: L{dragonfly.metrics.SupernodeMetrics}.
     @param cluster: L{dragonfly.supernode.cluster.Cluster} or None (single node).
     @param preheater: L{dragonfly.supernode.preheat.Preheater} or None.
+    @param keys: L{dragonfly.supernode.peerkeys.PeerKeys} (a fresh one if None):
+        schedule, heartbeat and leave need the secret a peer got at registration.
+    @param trust_advertised: take a registering peer's advertised host as its
+        address; by default its address is the request's source address (the
+        advertised port stays the peer's).
     """
 
     app = Klein()
     log = Logger()
 
     def __init__(self, clock, cdn, scheduler, metrics, cluster=None, preheater=None,
-                 max_body=MAX_BODY, max_wait=MAX_WAIT):
+                 max_body=MAX_BODY, max_wait=MAX_WAIT, keys=None, trust_advertised=False):
         self.clock = clock
         self.cdn = cdn
         self.scheduler = scheduler
@@ -138,6 +145,8 @@ class SupernodeAPI:
         self.preheater = preheater
         self.max_body = max_body
         self.max_wait = max_wait
+        self.keys = keys if keys is not None else PeerKeys(clock)
+        self.trust_advertised = trust_advertised
 
     def resource(self):
         return self.app.resource()
@@ -217,6 +226,12 @@ class SupernodeAPI:
     def _cache_full(self, request, failure):
         return error_body(request, 507, str(failure.value), compact=True)
 
+    @app.handle_errors(WrongSecret)
+    def _wrong_secret(self, request, failure):
+        self.log.debug("refused a call for peer {peer}: wrong or missing secret",
+                       peer=failure.value.peer_id)
+        return error_body(request, 403, str(failure.value), compact=True)
+
     @app.handle_errors(UnknownTask, UnknownPeer)
     def _unknown(self, request, failure):
         return error_body(request, 404, str(failure.value), compact=True)
@@ -261,13 +276,26 @@ class SupernodeAPI:
         self._redirect_if_not_owner(request, task_id, req.redirected, "/api/v1/tasks")
         tf = await self.cdn.ensure(task_id, req.url, req.headers)
         seed = self.cdn.seed
+        secret = None
         if peer is not None:
             if peer.peer_id == seed.peer_id:
                 raise ApiError(400, "peer_id is the supernode's own")
-            self.scheduler.join(task_id, peer)
+            secret = self.keys.register(peer.peer_id, req.secret)
+            self.scheduler.join(task_id, self._bind_address(request, peer))
         return json_body(request, 200, RegisterAnswer(
-            task_id, tf.length, tf.piece_size, tf.piece_count, seed, DIGEST_ALGORITHM).to_json(),
-            compact=True)
+            task_id, tf.length, tf.piece_size, tf.piece_count, seed, DIGEST_ALGORITHM,
+            secret=secret).to_json(), compact=True)
+
+    def _bind_address(self, request, peer):
+        """C{peer} at the request's source address (unless advertised ones are trusted)."""
+        if self.trust_advertised:
+            return peer
+        host = getattr(request.getClientAddress(), "host", None)
+        if not host:
+            return peer
+        if host.startswith("::ffff:") and "." in host:
+            host = host[len("::ffff:"):]
+        return PeerInfo(peer.peer_id, host, peer.port)
 
     @app.route("/api/v1/tasks/<task_id>/schedule", methods=["POST"])
     async def schedule(self, request, task_id):
@@ -276,6 +304,8 @@ class SupernodeAPI:
         task_id = _task_id(task_id)
         req = _parse(ScheduleRequest, self.read_json(request))
         peer_id, want, cursor = req.peer_id, req.want, req.cursor
+        if self.keys.check(peer_id, req.secret) is None:
+            raise UnknownPeer(peer_id)
         wait = min(float(req.wait), self.max_wait)
         # A streaming peer holds every piece below its cursor and wants the
         # next ones soonest; absent (or null) = no preference.
@@ -344,7 +374,8 @@ class SupernodeAPI:
         self._count("leave")
         task_id = _task_id(task_id)
         req = _parse(LeaveRequest, self.read_json(request))
-        self.scheduler.leave(task_id, req.peer_id)
+        if self.keys.check(req.peer_id, req.secret):
+            self.scheduler.leave(task_id, req.peer_id)
         return json_body(request, 200, LeaveAnswer().to_json(), compact=True)
 
     @app.route("/api/v1/heartbeat", methods=["POST"])
@@ -353,7 +384,10 @@ class SupernodeAPI:
         ``{"unknown": [ids]}`` (tasks it is no longer a member of here)."""
         self._count("heartbeat")
         req = _parse(HeartbeatRequest, self.read_json(request))
-        unknown = tuple(t for t in req.tasks if not self.scheduler.touch(t, req.peer_id))
+        if self.keys.check(req.peer_id, req.secret) is None:
+            unknown = tuple(req.tasks)      # registered nowhere here (or long ago)
+        else:
+            unknown = tuple(t for t in req.tasks if not self.scheduler.touch(t, req.peer_id))
         return json_body(request, 200, HeartbeatAnswer(unknown).to_json(), compact=True)
 
     @app.route("/api/v1/tasks/<task_id>", methods=["GET"])

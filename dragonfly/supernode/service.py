@@ -35,6 +35,7 @@ class SupernodeConfig(NodeConfig):
     origin_limit: int = 0
     expire_interval: float = 5.0
     cluster_interval: float = 5.0
+    trust_advertised: bool = False
 
 
 def _advertised(configured, bound_host):

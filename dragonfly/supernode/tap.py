@@ -43,6 +43,11 @@ class Options(ConfigOptions):
         ["max-uploads", None, "32", "Pieces the seed serves at once."],
         ["cluster-check-interval", None, "5", "Seconds between cluster health checks."],
     ]
+    optFlags = [
+        ["trust-advertised", None,
+         "Dial peers at the host they advertise; by default a peer's address is the "
+         "source address of its registration (its advertised port is kept)."],
+    ]
 
     def postOptions(self):
         self.applyConfig()
@@ -68,6 +73,7 @@ class Options(ConfigOptions):
         c.cache_ttl = flag_seconds("cache-ttl", self["cache-ttl"])
         c.log_format = check_log_format(self["log-format"])
         c.port_file = check_port_file(self["port-file"])
+        c.trust_advertised = bool(self["trust-advertised"])
         try:
             c.max_uploads = int(self["max-uploads"])
         except (TypeError, ValueError):
