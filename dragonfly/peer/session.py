@@ -347,8 +347,17 @@ class SwarmSession:
             self._failed(a, reason or "fetch", describe(e))
         finally:
             self.in_flight.pop(a.index, None)
-            self.event.fire()
-            self._report_now()
+            if self.failed and self.clock is not None:
+                # Fetches failing together (one stalled source, or several
+                # timed out at once) go in one report: the supernode must not
+                # hand a failed piece to a source about to be reported too.
+                self.clock.callLater(0, self._after_piece)
+            else:
+                self._after_piece()
+
+    def _after_piece(self):
+        self.event.fire()
+        self._report_now()
 
     def _report_now(self):
         """While our long-poll is out, report news in a separate call at once.
