@@ -77,6 +77,8 @@ class FetchTests(NodeMixin, SynchronousTestCase):
         failed = [f for s in self.supernode.schedules for f in s["failed"]]
         self.assertTrue(failed)
         self.assertTrue(all(f["source"] == PEER_A.peer_id for f in failed))
+        # ... with the reason the scheduler counts as a bad piece of that source
+        self.assertTrue(all(f.get("reason") == "digest" for f in failed))
         refetched = {i for (src, _, i) in self.pool.fetches if src == PEER_B.peer_id}
         self.assertTrue({f["index"] for f in failed} <= refetched)
         self.assertGreater(sample(self.metrics, "dragonfly_peer_piece_failures_total",
