@@ -304,14 +304,14 @@ class SupernodeAPI:
         task_id = _task_id(task_id)
         req = _parse(ScheduleRequest, self.read_json(request))
         peer_id, want, cursor = req.peer_id, req.want, req.cursor
-        if self.keys.check(peer_id, req.secret) is None:
-            raise UnknownPeer(peer_id)
         wait = min(float(req.wait), self.max_wait)
         # A streaming peer holds every piece below its cursor and wants the
         # next ones soonest; absent (or null) = no preference.
         if not self.scheduler.has_task(task_id):
             self._raise_cdn_failure(task_id)
             raise ApiError(404, f"unknown task {task_id!r} (register first)")
+        if self.keys.check(peer_id, req.secret) is None:
+            raise UnknownPeer(peer_id)
         if cursor is not None and cursor > self.scheduler.piece_count(task_id):
             raise ApiError(400, "cursor is beyond the last piece")
         try:
