@@ -115,6 +115,7 @@ class SimPeer:
         self.peer_id = "simpeer-%d-%08x" % (i, random.getrandbits(32))
         self.info = {"peer_id": self.peer_id, "host": "10.%d.%d.%d" % (100 + i // 65536, (i // 256) % 256, i % 256),
                      "port": 65000}
+        self.secret = "simsecret-%016x" % random.getrandbits(64)   # sent with every call
         self.task_id = task_id
         self.url = url
         self.registered = False
@@ -144,12 +145,15 @@ async def _simulate(host, port, url, task_id, peers, connections, deadline_s):
                     return
                 if not s.registered:
                     ep, path, body = "register", "/api/v1/tasks", {
-                        "task_id": task_id, "url": url, "headers": {}, "peer": s.info}
+                        "task_id": task_id, "url": url, "headers": {}, "peer": s.info,
+                        "secret": s.secret}
                 elif not s.done:
                     ep, path, body = "schedule", "/api/v1/tasks/%s/schedule" % task_id, {
-                        "peer_id": s.peer_id, "have": s.pending, "failed": [], "want": 4, "wait": 0}
+                        "peer_id": s.peer_id, "have": s.pending, "failed": [], "want": 4, "wait": 0,
+                        "secret": s.secret}
                 else:
-                    ep, path, body = "leave", "/api/v1/tasks/%s/leave" % task_id, {"peer_id": s.peer_id}
+                    ep, path, body = "leave", "/api/v1/tasks/%s/leave" % task_id, {
+                        "peer_id": s.peer_id, "secret": s.secret}
                 t0 = time.perf_counter()
                 try:
                     status, payload = await conn.request("POST", path, body)

@@ -7,6 +7,8 @@ unreachable or failing supernode makes it try the next), the calls of a
 registered peer (schedule, report, heartbeat, leave) with their timeouts, and
 the peer's memberships (which supernode counts us in which task's swarm).
 Requests are built and answers parsed with L{dragonfly.control.messages}.
+It also keeps the peer's secret at each supernode (offered at registration,
+the answer's one kept) and adds it to every schedule, heartbeat and leave.
 
 What an answer means for the download is said with three exceptions:
 L{SupernodeUnavailable} (no supernode can serve the task: go to the origin),
@@ -16,6 +18,8 @@ the origin either). Transport failures and timeouts of a schedule call are
 raised as they are (the caller retries them).
 """
 import json
+import secrets
+from dataclasses import replace
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
@@ -95,6 +99,8 @@ class SupernodeClient:
         first fetch the file's head from its origin).
     @ivar members: {task_id: (host, port)}: the supernode that counts us in
         the task's swarm (set it with L{joined}; L{heartbeat} and L{leave} use it).
+    @ivar secrets: {(host, port): secret}: our secret at each supernode, from
+        its registration answers; L{secret} is the one we offer where we have none.
     """
 
     log = Logger()
@@ -108,6 +114,8 @@ class SupernodeClient:
         self.register_timeout = register_timeout
         self.max_answer = max_answer
         self.members = {}
+        self.secret = secrets.token_urlsafe(16)
+        self.secrets = {}
         self._preferred = 0        # index of the supernode that answered last
 
     # -- one call ----------------------------------------------------------------
@@ -159,10 +167,10 @@ class SupernodeClient:
     async def _register_at(self, addr, request, errors):
         """(addr, answer) from C{addr} or the owner it redirects to; None (with
         the reason in C{errors}) to try the next supernode."""
-        body = request.to_json()
         seen = set()
         while True:
             seen.add(addr)
+            body = replace(request, secret=self.secrets.get(addr, self.secret)).to_json()
             try:
                 code, obj = await self.call(addr, "/api/v1/tasks", body, self.register_timeout)
             except CancelledError:
@@ -172,7 +180,10 @@ class SupernodeClient:
                 return None
             if code == 200:
                 try:
-                    return addr, self._registration(obj)
+                    answer = self._registration(obj)
+                    if answer.secret is not None:
+                        self.secrets[addr] = answer.secret
+                    return addr, answer
                 except MessageError as e:
                     errors.append(f"{_name(addr)}: bad registration answer: {e}")
                     return None
@@ -224,6 +235,7 @@ class SupernodeClient:
         the transport's error. An answer whose envelope does not parse counts
         as no assignments (C{rejected} says why).
         """
+        request = replace(request, secret=self.secrets.get(addr, self.secret))
         code, obj = await self.call(addr, f"/api/v1/tasks/{task_id}/schedule",
                                     request.to_json(), request.wait + self.api_timeout)
         if code == 404:
@@ -264,7 +276,8 @@ class SupernodeClient:
     def leave_at(self, addr, task_id, peer_id):
         """Leave C{task_id} at C{addr} (best effort): a Deferred that never fails."""
         d = Deferred.fromCoroutine(self.call(
-            addr, f"/api/v1/tasks/{task_id}/leave", LeaveRequest(peer_id).to_json(),
+            addr, f"/api/v1/tasks/{task_id}/leave",
+            LeaveRequest(peer_id, self.secrets.get(addr, self.secret)).to_json(),
             self.api_timeout))
 
         def failed(f):
@@ -287,7 +300,8 @@ class SupernodeClient:
                 by_sn.setdefault(sn, []).append(task_id)
         forgotten = []
         for sn, tasks in by_sn.items():
-            answer = await self._heartbeat_at(sn, HeartbeatRequest(peer_id, tuple(tasks)))
+            answer = await self._heartbeat_at(
+                sn, HeartbeatRequest(peer_id, tuple(tasks), self.secrets.get(sn, self.secret)))
             for task_id in answer.unknown if answer is not None else ():
                 if self.members.get(task_id) == sn:
                     del self.members[task_id]

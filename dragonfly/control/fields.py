@@ -14,7 +14,7 @@ from dragonfly.taskid import validate_peer_id, validate_task_id
 
 __all__ = ["MessageError", "check_task_id", "check_peer_id", "check_url", "check_headers",
            "MAX_URL", "MAX_HEADERS", "MAX_HEADER_BYTES", "MAX_INDEX", "MAX_PIECE_SIZE",
-           "MAX_LENGTH"]
+           "MAX_LENGTH", "check_secret"]
 
 MAX_URL = 8192
 MAX_HEADERS = 64
@@ -137,3 +137,19 @@ def task_ids(value, name, limit):
             raise MessageError(name, f"{name} must be task id strings")
         check_task_id(t, name)
     return tuple(value)
+
+
+_SECRET_RE = re.compile(r"\A[A-Za-z0-9_-]{16,128}\Z")
+
+
+def check_secret(value, field="secret"):
+    """A peer secret (16-128 URL-safe base64 characters) or None, else L{MessageError}.
+
+    The supernode gives each registered peer one; the peer's schedule,
+    heartbeat and leave calls carry it (until mTLS authenticates peers).
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _SECRET_RE.match(value):
+        raise MessageError(field, f"{field} must be 16-128 URL-safe characters")
+    return value

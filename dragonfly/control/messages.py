@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 from dragonfly.control.fields import (
     HEX_RE, MAX_INDEX, MAX_LENGTH, MAX_PIECE_SIZE, MAX_URL, MessageError, boolean,
-    check_headers, check_peer_id, check_task_id, check_url, integer, object_of,
+    check_headers, check_peer_id, check_secret, check_task_id, check_url, integer, object_of,
     optional_integer, peer_info, string, task_ids)
 from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
 from dragonfly.digest import HEX_LENGTH
@@ -32,7 +32,8 @@ __all__ = [
     "MessageError", "RegisterRequest", "RegisterAnswer", "ScheduleRequest", "FailedPiece",
     "ScheduleAnswer", "HeartbeatRequest", "HeartbeatAnswer", "LeaveRequest", "LeaveAnswer",
     "TaskInfo", "PreheatRequest", "PreheatStatus", "ErrorAnswer", "parse_assignment",
-    "parse_image_reference", "MAX_WANT", "MAX_LIST", "MAX_HEARTBEAT_TASKS",
+    "parse_image_reference", "MAX_WANT", "MAX_LIST", "MAX_HEARTBEAT_TASKS", "FAILURE_REASONS",
+    "check_secret",
     # the field checks, for the supernode's own path segments and preheat
     "check_task_id", "check_url", "check_headers",
 ]
@@ -42,6 +43,11 @@ MAX_LIST = 1 << 16          # have/failed entries in one report
 #: Task ids one heartbeat may name (the 1 MiB body cap allows ~8,000 anyway).
 MAX_HEARTBEAT_TASKS = 10000
 MAX_TAG = 1024
+#: A failure report's reason: "digest" (the piece failed verification) counts
+#: as a bad piece of the source, "busy" (the source answered BUSY: all its
+#: upload slots taken) only rests the source a moment, anything else is a
+#: failed fetch.
+FAILURE_REASONS = ("fetch", "timeout", "short", "digest", "busy")
 MANIFEST_URL_RE = re.compile(r"\A(https?://[^/]+)/v2/(.+)/manifests/([^/]+)\Z")
 _NAME_RE = re.compile(r"\A[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*\Z")
 _TAG_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
@@ -53,6 +59,12 @@ class _Message:
     def serialize(self):
         """The message as compact JSON bytes."""
         return json.dumps(self.to_json(), separators=(",", ":")).encode("utf-8")
+
+
+def _with_secret(out, secret):
+    if secret is not None:
+        out["secret"] = secret
+    return out
 
 
 # -- registration ------------------------------------------------------------------
@@ -70,6 +82,7 @@ class RegisterRequest(_Message):
     headers: dict
     peer: PeerInfo = None
     redirected: bool = False
+    secret: str = None           # the peer's secret at this supernode, once it has one
 
     def to_json(self):
         out = {"task_id": self.task_id, "url": self.url, "headers": dict(self.headers)}
@@ -77,7 +90,7 @@ class RegisterRequest(_Message):
             out["peer"] = self.peer.to_json()
         if self.redirected:
             out["redirected"] = True
-        return out
+        return _with_secret(out, self.secret)
 
     @classmethod
     def parse(cls, obj):
@@ -88,7 +101,8 @@ class RegisterRequest(_Message):
         peer = obj.get("peer")
         if peer is not None:
             peer = peer_info(peer, "peer")
-        return cls(task_id, url, headers, peer, boolean(obj, "redirected"))
+        secret = check_secret(obj.get("secret"))
+        return cls(task_id, url, headers, peer, boolean(obj, "redirected"), secret=secret)
 
 
 @dataclass(frozen=True)
@@ -105,11 +119,13 @@ class RegisterAnswer(_Message):
     piece_count: int
     seed: PeerInfo
     piece_digest: str = DIGEST_ALGORITHM
+    secret: str = None           # the registered peer's secret for its later calls
 
     def to_json(self):
-        return {"task_id": self.task_id, "length": self.length, "piece_size": self.piece_size,
-                "piece_count": self.piece_count, "seed": self.seed.to_json(),
-                "piece_digest": self.piece_digest}
+        return _with_secret({
+            "task_id": self.task_id, "length": self.length, "piece_size": self.piece_size,
+            "piece_count": self.piece_count, "seed": self.seed.to_json(),
+            "piece_digest": self.piece_digest}, self.secret)
 
     @classmethod
     def parse(cls, obj):
@@ -124,7 +140,8 @@ class RegisterAnswer(_Message):
         algorithm = obj.get("piece_digest", "sha256")
         string(algorithm, "piece_digest", 64)
         seed = peer_info(obj.get("seed"), "seed")
-        return cls(task_id, length, piece_size, expected, seed, algorithm)
+        secret = check_secret(obj.get("secret"))
+        return cls(task_id, length, piece_size, expected, seed, algorithm, secret=secret)
 
     def check_assignment(self, assignment):
         """C{assignment} if it names a piece of this task with that piece's size,
@@ -141,10 +158,18 @@ class RegisterAnswer(_Message):
 # -- scheduling ----------------------------------------------------------------------
 
 class FailedPiece(NamedTuple):
-    """Fetching piece C{index} from the peer C{source} failed."""
+    """Fetching piece C{index} from the peer C{source} failed (C{reason}:
+    one of L{FAILURE_REASONS}; "digest": the piece it sent failed verification)."""
 
     index: int
     source: str
+    reason: str = "fetch"
+
+    def to_json(self):
+        out = {"index": self.index, "source": self.source}
+        if self.reason != "fetch":
+            out["reason"] = self.reason
+        return out
 
 
 @dataclass(frozen=True)
@@ -162,14 +187,15 @@ class ScheduleRequest(_Message):
     want: int = 0
     wait: float = 0
     cursor: int = None
+    secret: str = None
 
     def to_json(self):
         out = {"peer_id": self.peer_id, "have": list(self.have),
-               "failed": [{"index": i, "source": s} for i, s in self.failed],
+               "failed": [FailedPiece(*f).to_json() for f in self.failed],
                "want": self.want, "wait": self.wait}
         if self.cursor is not None:
             out["cursor"] = self.cursor
-        return out
+        return _with_secret(out, self.secret)
 
     @classmethod
     def parse(cls, obj):
@@ -187,15 +213,19 @@ class ScheduleRequest(_Message):
         for f in failed_in:
             if not isinstance(f, dict):
                 raise MessageError("failed", 'failed entries must be {"index", "source"} objects')
+            reason = f.get("reason", "fetch")
+            if reason not in FAILURE_REASONS:
+                raise MessageError("failed", f"failed reason must be one of {FAILURE_REASONS}")
             failed.append(FailedPiece(integer(f.get("index"), "failed index", 0, MAX_INDEX, "failed"),
-                                      check_peer_id(f.get("source"), "failed source")))
+                                      check_peer_id(f.get("source"), "failed source"), reason))
         want = integer(obj.get("want", 0), "want", 0, MAX_WANT)
         wait = obj.get("wait", 0)
         if isinstance(wait, bool) or not isinstance(wait, (int, float)) \
                 or not math.isfinite(wait) or wait < 0:
             raise MessageError("wait", "wait must be a non-negative number of seconds")
         cursor = optional_integer(obj, "cursor", 0, MAX_INDEX)
-        return cls(peer_id, tuple(have), tuple(failed), want, wait, cursor)
+        return cls(peer_id, tuple(have), tuple(failed), want, wait, cursor,
+                   check_secret(obj.get("secret")))
 
 
 def parse_assignment(obj):
@@ -250,15 +280,17 @@ class HeartbeatRequest(_Message):
 
     peer_id: str
     tasks: tuple = ()
+    secret: str = None
 
     def to_json(self):
-        return {"peer_id": self.peer_id, "tasks": list(self.tasks)}
+        return _with_secret({"peer_id": self.peer_id, "tasks": list(self.tasks)}, self.secret)
 
     @classmethod
     def parse(cls, obj):
         obj = object_of(obj, "a heartbeat")
         peer_id = check_peer_id(obj.get("peer_id"))
-        return cls(peer_id, task_ids(obj.get("tasks"), "tasks", MAX_HEARTBEAT_TASKS))
+        return cls(peer_id, task_ids(obj.get("tasks"), "tasks", MAX_HEARTBEAT_TASKS),
+                   check_secret(obj.get("secret")))
 
 
 @dataclass(frozen=True)
@@ -281,13 +313,15 @@ class LeaveRequest(_Message):
     """C{POST /api/v1/tasks/<id>/leave}: the peer no longer serves the task."""
 
     peer_id: str
+    secret: str = None
 
     def to_json(self):
-        return {"peer_id": self.peer_id}
+        return _with_secret({"peer_id": self.peer_id}, self.secret)
 
     @classmethod
     def parse(cls, obj):
-        return cls(check_peer_id(object_of(obj, "a leave request").get("peer_id")))
+        obj = object_of(obj, "a leave request")
+        return cls(check_peer_id(obj.get("peer_id")), check_secret(obj.get("secret")))
 
 
 @dataclass(frozen=True)

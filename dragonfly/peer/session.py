@@ -22,11 +22,12 @@ from twisted.python.failure import Failure
 
 from dragonfly.control.client import (
     EgressRefused, NotRegistered, SourceFailed, SupernodeUnavailable, TaskRefused)
-from dragonfly.control.messages import MessageError, RegisterRequest, ScheduleRequest
+from dragonfly.control.messages import FailedPiece, MessageError, RegisterRequest, ScheduleRequest
 from dragonfly.digest import piece_digest
 from dragonfly.peer.backsource import check_size
 from dragonfly.peer.errors import DownloadError, OriginNotAllowed, describe
 from dragonfly.peer.wakeup import Signal
+from dragonfly.protocol import codec
 from dragonfly.storage.errors import DigestMismatch
 
 __all__ = ["join_swarm", "SwarmSession", "REPORT_BATCH"]
@@ -349,11 +350,22 @@ class SwarmSession:
         except CancelledError:
             raise
         except Exception as e:
+            if reason is None and getattr(e, "code", None) == codec.BUSY:
+                reason = "busy"
             self._failed(a, reason or "fetch", describe(e))
         finally:
             self.in_flight.pop(a.index, None)
-            self.event.fire()
-            self._report_now()
+            if self.failed and self.clock is not None:
+                # Fetches failing together (one stalled source, or several
+                # timed out at once) go in one report: the supernode must not
+                # hand a failed piece to a source about to be reported too.
+                self.clock.callLater(0, self._after_piece)
+            else:
+                self._after_piece()
+
+    def _after_piece(self):
+        self.event.fire()
+        self._report_now()
 
     def _report_now(self):
         """While our long-poll is out, report news in a separate call at once.
@@ -394,7 +406,7 @@ class SwarmSession:
         self.metrics.piece_failures.labels(reason=reason).inc()
         self.log.warn("piece {index} of {task} from {source} failed: {why}",
                       index=a.index, task=self.dl.task_id, source=a.source.peer_id, why=why)
-        self.failed.append((a.index, a.source.peer_id))
+        self.failed.append(FailedPiece(a.index, a.source.peer_id, reason))
         n = self.failures[a.index] = self.failures.get(a.index, 0) + 1
         if n >= self.settings.max_piece_failures:
             self.fatal = SupernodeUnavailable(

@@ -5,7 +5,8 @@ and the decoded events to its L{RequestQueue} (the sans-IO request state
 machine in L{dragonfly.protocol.clientstate}), and carries out what the queue
 answers: writes, Deferreds fired, the connection dropped. What the glue owns
 itself is time and flow: the piece timer of the request at the head, the idle
-timer, back-pressure from the download limiter (the transport is paused until
+timer, the first-byte deadline (a source that has not begun to answer
+the request at the head within it is dropped), back-pressure from the download limiter (the transport is paused until
 the debt is paid) and the socket's receive low-water mark. The pool that
 opens these connections is L{dragonfly.protocol.pool}.
 """
@@ -44,6 +45,7 @@ class PieceClientProtocol(Protocol):
         self._decoder = codec.FrameDecoder(max_piece=pool.max_piece)
         self._timed = None       # the PieceRequest whose piece timer runs
         self._timer = None       # ... and that timer
+        self._first_byte = None  # ... and its first-byte timer
         self._idle_call = None
         self._resume_call = None
         self._paused = False
@@ -183,20 +185,36 @@ class PieceClientProtocol(Protocol):
     # -- timers -----------------------------------------------------------------
 
     def _arm_head(self):
-        """Run the piece timer of the request the server works on now (one at a time)."""
+        """Run the piece and first-byte timers of the request the server works
+        on now (one at a time)."""
         req = self.requests.head()
         if req is self._timed:
             return
         self._stop_piece_timer()
-        timeout = self.pool.piece_timeout
-        if req is not None and timeout:
-            self._timed = req
-            self._timer = self.pool.clock.callLater(timeout, self._timed_out, req)
+        if req is None:
+            return
+        pool = self.pool
+        self._timed = req
+        if pool.piece_timeout:
+            self._timer = pool.clock.callLater(pool.piece_timeout, self._timed_out, req)
+        if pool.first_byte_timeout:
+            self._first_byte = pool.clock.callLater(
+                pool.first_byte_timeout, self._first_byte_due, req)
 
     def _stop_piece_timer(self):
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = self._timed = None
+        for call in (self._timer, self._first_byte):
+            if call is not None and call.active():
+                call.cancel()
+        self._timer = self._timed = self._first_byte = None
+
+    def _first_byte_due(self, req):
+        self._first_byte = None
+        timeout = self.pool.first_byte_timeout
+        if self._paused:
+            # Our own download limit holds the bytes back: not the source's fault.
+            self._first_byte = self.pool.clock.callLater(timeout, self._first_byte_due, req)
+            return
+        self._apply(self.requests.no_first_byte(req, timeout))
 
     def _timed_out(self, req):
         self._timer = self._timed = None

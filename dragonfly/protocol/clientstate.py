@@ -230,6 +230,16 @@ class RequestQueue:
         out = [Fail(req, self._error(req, f"timed out after {seconds:g}s"))]
         return out + self.close(f"piece {req.index} timed out after {seconds:g}s")
 
+    def no_first_byte(self, req, seconds):
+        """C{req}'s first-byte timer fired: unless the server has begun to answer
+        it, it fails, and so does the connection (a source that accepts and
+        never answers must not hold anything else either)."""
+        if req.state is not _SENT and req.state is not _PENDING:
+            return []
+        req.state = _DONE
+        why = f"no answer within {seconds:g}s (first-byte deadline)"
+        return [Fail(req, self._error(req, why))] + self.close(f"piece {req.index}: {why}")
+
     def close(self, reason, code=None):
         """We drop the connection: everything outstanding fails with C{reason}."""
         return self._fail_all(reason, code) + [Close(reason)]

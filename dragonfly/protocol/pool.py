@@ -23,6 +23,9 @@ from dragonfly.protocol.client import MAX_PIPELINE, PieceClientProtocol
 from dragonfly.protocol.clientstate import PieceFetchError
 from dragonfly.runtime.tuning import tune_allocator
 
+#: Seconds a source due to serve a piece has to begin its answer.
+FIRST_BYTE_TIMEOUT = 3.0
+
 
 class _OneShotFactory(Factory):
     """Hands the endpoint our prebuilt protocol exactly once."""
@@ -58,6 +61,10 @@ class PieceClientPool:
         connection's transport is paused until the debt is paid.
     @param piece_timeout: seconds a piece may take from the moment the
         source is due to serve it (connecting counts) until its last byte.
+    @param first_byte_timeout: seconds within which a source due to serve a
+        piece (connecting counts) must begin its answer, else the piece and
+        the connection fail (a source that accepts and never answers costs
+        this long, not C{piece_timeout}); 0 = no such deadline.
     @param endpoint_factory: C{(host, port) -> IStreamClientEndpoint}
         (tests wire the pool to an in-memory server with it).
     """
@@ -66,13 +73,15 @@ class PieceClientPool:
 
     def __init__(self, reactor, peer_id, download_limiter=None, piece_timeout=30,
                  connect_timeout=10, idle_timeout=30, max_pipeline=MAX_PIPELINE,
-                 max_piece=codec.MAX_PIECE, endpoint_factory=None):
+                 max_piece=codec.MAX_PIECE, endpoint_factory=None,
+                 first_byte_timeout=FIRST_BYTE_TIMEOUT):
         tune_allocator()
         self.reactor = reactor
         self.clock = reactor
         self.peer_id = peer_id
         self.download_limiter = download_limiter
         self.piece_timeout = piece_timeout
+        self.first_byte_timeout = first_byte_timeout
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.max_pipeline = max_pipeline

@@ -37,9 +37,11 @@ from dragonfly.runtime.idle import IdleTimer
 MAX_QUEUE = 64
 #: Open piece connections from one source address (hosts behind one NAT share it).
 MAX_PER_ADDRESS = 64
-#: Seconds a request may wait for an upload slot before it is answered BUSY
-#: (long enough for the stall check to free the slots of readers that stall).
-SLOT_WAIT = 12.0
+#: Seconds a request may wait for an upload slot before it is answered BUSY.
+#: Under the clients' first-byte deadline (3 s), so a busy server is told
+#: apart from a tarpit: BUSY only rests a source a moment at the scheduler,
+#: a missed deadline counts against it.
+SLOT_WAIT = 2.0
 #: Seconds between stall checks, and the slowest acceptable reader (bytes/s):
 #: a reader that takes less than 16 KiB/s over a whole interval loses its slot.
 STALL_INTERVAL = 5.0
@@ -336,6 +338,7 @@ class PieceServerFactory(Factory):
         self._uploads_by_address = {}
         self._waiting = {}      # parked protocol -> deadline, oldest first
         self._stall_call = None
+        self._wait_call = None  # the next slot-wait deadline check
 
     def buildProtocol(self, addr):
         if self.max_connections and len(self.connections) >= self.max_connections:
@@ -387,7 +390,22 @@ class PieceServerFactory(Factory):
             return False
         self._waiting.setdefault(proto, self.clock.seconds() + self.slot_wait)
         self.watch_uploads()
+        if self._wait_call is None:
+            self._wait_call = self.clock.callLater(self.slot_wait, self._wait_tick)
         return True
+
+    def _wait_tick(self):
+        """A slot-wait deadline is due: answer BUSY to whoever waited that long
+        (on time, not at the next stall tick: under the clients' first-byte
+        deadline)."""
+        self._wait_call = None
+        try:
+            self._expire_waiting()
+        except Exception:
+            self.log.failure("expiring slot waits")
+        if self._waiting and not self.shutting_down:
+            delay = max(0.01, min(self._waiting.values()) - self.clock.seconds())
+            self._wait_call = self.clock.callLater(delay, self._wait_tick)
 
     def _expire_waiting(self):
         now = self.clock.seconds()
@@ -444,6 +462,9 @@ class PieceServerFactory(Factory):
         protos = list(self.connections)
         self._waiting.clear()
         self._stop_stall_tick()
+        if self._wait_call is not None and self._wait_call.active():
+            self._wait_call.cancel()
+        self._wait_call = None
         waits = [p.lost for p in protos]
         for p in protos:
             p.drain()

@@ -22,9 +22,11 @@ from dragonfly.control.messages import (
 from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
 from dragonfly.httpio import error_body, json_body
 from dragonfly.httpsite import harden_site
+from dragonfly.interfaces import PeerInfo
 from dragonfly.origin import OriginError, OriginRefused
 from dragonfly.redact import redact_text, redact_url
 from dragonfly.supernode.cdn import CacheFull, CDNError, NotReady, TooLarge, TooManyTasks
+from dragonfly.supernode.peerkeys import PeerKeys, WrongSecret
 from dragonfly.supernode.scheduler import TooManyPeers, UnknownPeer, UnknownTask
 
 __all__ = ["SupernodeAPI", "ApiError", "LimitedRequest", "api_site"]
@@ -131,13 +133,18 @@ class SupernodeAPI:
     @param metrics: L{dragonfly.metrics.SupernodeMetrics}.
     @param cluster: L{dragonfly.supernode.cluster.Cluster} or None (single node).
     @param preheater: L{dragonfly.supernode.preheat.Preheater} or None.
+    @param keys: L{dragonfly.supernode.peerkeys.PeerKeys} (a fresh one if None):
+        schedule, heartbeat and leave need the secret a peer got at registration.
+    @param trust_advertised: take a registering peer's advertised host as its
+        address; by default its address is the request's source address (the
+        advertised port stays the peer's).
     """
 
     app = Klein()
     log = Logger()
 
     def __init__(self, clock, cdn, scheduler, metrics, cluster=None, preheater=None,
-                 max_body=MAX_BODY, max_wait=MAX_WAIT):
+                 max_body=MAX_BODY, max_wait=MAX_WAIT, keys=None, trust_advertised=False):
         self.clock = clock
         self.cdn = cdn
         self.scheduler = scheduler
@@ -146,6 +153,8 @@ class SupernodeAPI:
         self.preheater = preheater
         self.max_body = max_body
         self.max_wait = max_wait
+        self.keys = keys if keys is not None else PeerKeys(clock)
+        self.trust_advertised = trust_advertised
 
     def resource(self):
         return self.app.resource()
@@ -235,6 +244,11 @@ class SupernodeAPI:
     @app.handle_errors(TooLarge)
     def _too_large(self, request, failure):
         return error_body(request, 413, str(failure.value), compact=True)
+    @app.handle_errors(WrongSecret)
+    def _wrong_secret(self, request, failure):
+        self.log.debug("refused a call for peer {peer}: wrong or missing secret",
+                       peer=failure.value.peer_id)
+        return error_body(request, 403, str(failure.value), compact=True)
 
     @app.handle_errors(UnknownTask, UnknownPeer)
     def _unknown(self, request, failure):
@@ -280,13 +294,26 @@ class SupernodeAPI:
         self._redirect_if_not_owner(request, task_id, req.redirected, "/api/v1/tasks")
         tf = await self.cdn.ensure(task_id, req.url, req.headers)
         seed = self.cdn.seed
+        secret = None
         if peer is not None:
             if peer.peer_id == seed.peer_id:
                 raise ApiError(400, "peer_id is the supernode's own")
-            self.scheduler.join(task_id, peer)
+            secret = self.keys.register(peer.peer_id, req.secret)
+            self.scheduler.join(task_id, self._bind_address(request, peer))
         return json_body(request, 200, RegisterAnswer(
-            task_id, tf.length, tf.piece_size, tf.piece_count, seed, DIGEST_ALGORITHM).to_json(),
-            compact=True)
+            task_id, tf.length, tf.piece_size, tf.piece_count, seed, DIGEST_ALGORITHM,
+            secret=secret).to_json(), compact=True)
+
+    def _bind_address(self, request, peer):
+        """C{peer} at the request's source address (unless advertised ones are trusted)."""
+        if self.trust_advertised:
+            return peer
+        host = getattr(request.getClientAddress(), "host", None)
+        if not host:
+            return peer
+        if host.startswith("::ffff:") and "." in host:
+            host = host[len("::ffff:"):]
+        return PeerInfo(peer.peer_id, host, peer.port)
 
     @app.route("/api/v1/tasks/<task_id>/schedule", methods=["POST"])
     async def schedule(self, request, task_id):
@@ -301,6 +328,8 @@ class SupernodeAPI:
         if not self.scheduler.has_task(task_id):
             self._raise_cdn_failure(task_id)
             raise ApiError(404, f"unknown task {task_id!r} (register first)")
+        if self.keys.check(peer_id, req.secret) is None:
+            raise UnknownPeer(peer_id)
         if cursor is not None and cursor > self.scheduler.piece_count(task_id):
             raise ApiError(400, "cursor is beyond the last piece")
         try:
@@ -369,7 +398,8 @@ class SupernodeAPI:
         self._count("leave")
         task_id = _task_id(task_id)
         req = _parse(LeaveRequest, self.read_json(request))
-        self.scheduler.leave(task_id, req.peer_id)
+        if self.keys.check(req.peer_id, req.secret):
+            self.scheduler.leave(task_id, req.peer_id)
         return json_body(request, 200, LeaveAnswer().to_json(), compact=True)
 
     @app.route("/api/v1/heartbeat", methods=["POST"])
@@ -378,7 +408,10 @@ class SupernodeAPI:
         ``{"unknown": [ids]}`` (tasks it is no longer a member of here)."""
         self._count("heartbeat")
         req = _parse(HeartbeatRequest, self.read_json(request))
-        unknown = tuple(t for t in req.tasks if not self.scheduler.touch(t, req.peer_id))
+        if self.keys.check(req.peer_id, req.secret) is None:
+            unknown = tuple(req.tasks)      # registered nowhere here (or long ago)
+        else:
+            unknown = tuple(t for t in req.tasks if not self.scheduler.touch(t, req.peer_id))
         return json_body(request, 200, HeartbeatAnswer(unknown).to_json(), compact=True)
 
     @app.route("/api/v1/tasks/<task_id>", methods=["GET"])

@@ -57,7 +57,8 @@ def build_supernode(reactor, c):
                           interval=c.cluster_interval)
         closers.append(cpool.closeCachedConnections)
     preheater = Preheater(reactor, cdn, egress=EgressGuard(reactor, egress))
-    api = SupernodeAPI(reactor, cdn, scheduler, metrics, cluster=cluster, preheater=preheater)
+    api = SupernodeAPI(reactor, cdn, scheduler, metrics, cluster=cluster, preheater=preheater,
+                       trust_advertised=c.trust_advertised)
     site = api_site(api)
 
     upload_limiter = TokenBucket(reactor, c.upload_limit) if c.upload_limit > 0 else None

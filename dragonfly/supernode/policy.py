@@ -4,7 +4,9 @@ Rarest-first among the pieces an asker still needs (random tie-break, by
 walking the rarity buckets of L{dragonfly.supernode.swarmstate.Task}), the
 in-order window of a streaming asker, the candidate sources of one request
 (the peers with a free upload slot, or a sample of them), and the source of
-one piece (the least-loaded eligible holder, else the seed when it may serve).
+one piece (the least-loaded eligible holder, else the seed when it may serve;
+eligible: alive, not bad, not failed this asker for this piece, not avoided
+by this asker).
 Read-only over the swarm state; randomness from the C{random.Random} given.
 """
 from dragonfly.supernode.bitset import bits, lowest_bits, random_bits
@@ -107,6 +109,7 @@ def pick_source(task, a, i, pool, exact, seed_ok, rng, max_uploads, seed_copies)
     """
     bit = 1 << i
     failed = a.failed.get(i)
+    avoid = a.avoid
     best = None
     best_load = max_uploads
     count = task.count[i]
@@ -116,7 +119,8 @@ def pick_source(task, a, i, pool, exact, seed_ok, rng, max_uploads, seed_copies)
         candidates = pool
     for q in candidates:
         if (q.uploads < best_load and q.have & bit and q.alive and not q.bad
-                and q is not a and not (failed and q.id in failed)):
+                and q is not a and not (failed and q.id in failed)
+                and not (avoid and q.id in avoid)):
             best, best_load = q, q.uploads
             if best_load == 0:
                 break
@@ -127,16 +131,19 @@ def pick_source(task, a, i, pool, exact, seed_ok, rng, max_uploads, seed_copies)
         for _ in range(_SAMPLE_HOLDERS):
             q = hl[int(rand() * n)]
             if (q.uploads < best_load and q.alive and not q.bad
-                    and q is not a and not (failed and q.id in failed)):
+                    and q is not a and not (failed and q.id in failed)
+                    and not (avoid and q.id in avoid)):
                 best, best_load = q, q.uploads
     if best is not None:
         return best
     # Nobody free can serve it. Busy eligible holders: try another piece.
     good = task.count_good[i]
     if good:
-        if not failed or good > len(failed):
+        # At most len(failed) + len(avoid) of them are not eligible for a.
+        if good > (len(failed) if failed else 0) + len(avoid):
             return None
-        if any(q.alive and not q.bad and q.id not in failed for q in task.holders[i]):
+        if any(q.alive and not q.bad and not (failed and q.id in failed) and q.id not in avoid
+               for q in task.holders[i]):
             return None
     if (seed_ok and task.seed_mask & bit
             and task.seed_inflight[i] < seed_copies

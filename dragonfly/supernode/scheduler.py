@@ -39,8 +39,14 @@ Policy (docs/design.md "Scheduler"):
   - in-flight assignments hold one upload slot of their source until the
     asker reports the piece (C{have}) or its failure (C{failed}), or until
     C{assignment_timeout} passes; peers silent for C{peer_timeout} are dropped;
-  - a source reported failing by C{bad_peer_failures} different askers is
-    never used again by anybody in that task.
+  - failure reports count only for the reporter's own in-flight assignment
+    of that piece from that source (others are ignored, and counted): an
+    asker that saw a source fail avoids it for every piece for
+    C{bad_peer_cooldown} seconds; a source reported failing by
+    C{bad_peer_failures} different askers is used by nobody for that long;
+  - a piece that failed verification (reason C{"digest"}) counts against its
+    source: the asker never uses it again, and once C{bad_piece_askers}
+    different askers got a bad piece from it nobody does in that task.
 """
 import random
 
@@ -50,8 +56,9 @@ from dragonfly.interfaces import IScheduler, PeerInfo
 from dragonfly.supernode.bitset import bits
 from dragonfly.supernode.policy import MAX_MISSES, candidates, pick_source, rarest, sequential
 from dragonfly.supernode.swarmstate import (
-    SEED, Peer, PieceSizes, Task, TooManyPeers, UnknownPeer, UnknownTask, add_have,
-    expire_assignments, host_left, record_failure, release, remove_peer, source_id, start)
+    INF, SEED, Peer, PieceSizes, Task, TooManyPeers, UnknownPeer, UnknownTask, add_have,
+    expire_assignments, forgive, host_left, mark_bad, record_failure, release, remove_peer,
+    restore_due, source_id, start)
 
 __all__ = ["Scheduler", "TooManyPeers", "UnknownTask", "UnknownPeer"]
 
@@ -76,19 +83,25 @@ class Scheduler:
     @param peer_timeout: seconds of silence after which a peer is dropped.
     @param rng: a C{random.Random} (tie-breaks and sampling).
     @param bad_peer_failures: a source reported failing by this many
-        different askers of a task is not used again in that task.
+        different askers of a task is not used in that task for
+        C{bad_peer_cooldown} seconds.
+    @param bad_peer_cooldown: seconds a failing source is skipped (by the
+        asker it failed, or by everyone once it is marked bad).
+    @param bad_piece_askers: a source that sent a piece failing verification
+        to this many different askers is not used again in that task.
     @param seed_piece_copies: while no eligible peer holds a piece, the seed
         sends it to at most this many askers at a time.
     """
 
     def __init__(self, clock, max_uploads_per_peer=4, seed_max_uploads=8,
                  assignment_timeout=60.0, peer_timeout=120.0, rng=None,
-                 bad_peer_failures=3, seed_piece_copies=1,
-                 max_peers_per_address=0):
+                 bad_peer_failures=3, seed_piece_copies=1, bad_peer_cooldown=60.0,
+                 bad_piece_askers=2, max_peers_per_address=0):
         if max_uploads_per_peer < 1 or seed_max_uploads < 1:
             raise ValueError("upload limits must be at least 1")
-        if seed_piece_copies < 1 or bad_peer_failures < 1:
-            raise ValueError("seed_piece_copies and bad_peer_failures must be at least 1")
+        if seed_piece_copies < 1 or bad_peer_failures < 1 or bad_piece_askers < 1:
+            raise ValueError(
+                "seed_piece_copies, bad_peer_failures and bad_piece_askers must be at least 1")
         self.clock = clock
         self.max_uploads_per_peer = max_uploads_per_peer
         self.seed_max_uploads = seed_max_uploads
@@ -98,6 +111,8 @@ class Scheduler:
         self.bad_peer_failures = bad_peer_failures
         self.seed_piece_copies = seed_piece_copies
         self.max_peers_per_address = max_peers_per_address
+        self.bad_peer_cooldown = bad_peer_cooldown
+        self.bad_piece_askers = bad_piece_askers
         self._tasks = {}
         self._removed_assigned = {"peer": 0, "supernode": 0}
 
@@ -229,7 +244,9 @@ class Scheduler:
             raise TooManyPeers(f"{n} peers of this task at {peer.host} already "
                                f"(at most {self.max_peers_per_address})")
         task.hosts[peer.host] = n + 1
-        task.peers[peer.peer_id] = Peer(peer, now)
+        p = task.peers[peer.peer_id] = Peer(peer, now)
+        if peer.peer_id in task.banned:
+            mark_bad(task, p, INF)
 
     def touch(self, task_id, peer_id):
         """C{peer_id} is still there (a heartbeat): True if it is a member of the task.
@@ -260,27 +277,33 @@ class Scheduler:
 
     def report(self, task_id, peer_id, have=(), failed=()):
         """C{peer_id} now holds the pieces in C{have}; C{failed} lists
-        C{(index, source_peer_id)} fetches that failed.
+        C{(index, source_peer_id)} or C{(index, source_peer_id, reason)}
+        fetches that failed (reason C{"digest"}: the piece failed verification).
 
-        Both free the upload slot of the matching in-flight assignment.
+        Both free the upload slot of the matching in-flight assignment. A
+        failure that names no in-flight assignment of C{peer_id} (that piece
+        from that source) is ignored: it is counted in C{task_stats}'s
+        C{ignored_failures}, and counts against nobody.
         """
         task = self._task(task_id)
         p = self._peer(task, peer_id)
         have = [self._index(task, i) for i in have]
-        failed = [(self._index(task, i), s) for i, s in failed]
-        for _i, s in failed:
+        failed = [(self._index(task, f[0]), f[1], f[2] if len(f) > 2 else None) for f in failed]
+        for _i, s, _r in failed:
             if not isinstance(s, str):
                 raise ValueError("failed source must be a peer id")
-        p.last_seen = self.clock.seconds()
+        now = p.last_seen = self.clock.seconds()
         max_uploads, copies = self.max_uploads_per_peer, self.seed_piece_copies
         opportunities = 0
         offered = 0     # pieces that freed slots or new holders can now serve
-        for i, s in failed:
+        for i, s, reason in failed:
             f = p.fetching.get(i)
-            if f is not None and source_id(task, f.source) == s:
-                offered |= release(task, p, f, max_uploads, copies)
-                opportunities += 1
-            record_failure(task, p, i, s, self.bad_peer_failures)
+            if f is None or source_id(task, f.source) != s:
+                task.ignored += 1
+                continue
+            offered |= release(task, p, f, max_uploads, copies)
+            opportunities += 1
+            record_failure(task, p, i, s, self, now, reason)
         new = 0
         for i in have:
             f = p.fetching.get(i)
@@ -356,6 +379,10 @@ class Scheduler:
         a.last_seen = now
         if task.expiry and task.expiry[0][0] <= now:
             self._expire_due(task, now)
+        if task.cooling and task.cooling[0][0] <= now:
+            self._restore_due(task, now)
+        if a.avoid_next <= now:
+            forgive(a, now)
         if not isinstance(want, int) or want <= 0:
             return []
         need = task.avail & ~a.have & ~a.fetch_mask
@@ -470,6 +497,8 @@ class Scheduler:
         max_uploads, copies = self.max_uploads_per_peer, self.seed_piece_copies
         for task in list(self._tasks.values()):
             released, offered = expire_assignments(task, now, max_uploads, copies)
+            if task.cooling and task.cooling[0][0] <= now:
+                self._restore_due(task, now)
             for p in list(task.peers.values()):
                 if p.last_seen + self.peer_timeout <= now:
                     r, o = remove_peer(task, p, max_uploads, copies)
@@ -484,11 +513,17 @@ class Scheduler:
         if released:
             self._wake(task, released + 1, offered)
 
+    def _restore_due(self, task, now):
+        offered = restore_due(task, now, self.max_uploads_per_peer)
+        if offered:
+            self._wake(task, self.max_uploads_per_peer + 1, offered)
+
     def stats(self):
         """Counters for metrics: tasks, peers, assignments by source kind."""
         assigned = dict(self._removed_assigned)
-        peers = inflight = seed_inflight = bad = 0
+        peers = inflight = seed_inflight = bad = ignored = 0
         for t in self._tasks.values():
+            ignored += t.ignored
             for k, v in t.assigned.items():
                 assigned[k] += v
             peers += len(t.peers)
@@ -497,7 +532,7 @@ class Scheduler:
             seed_inflight += t.seed_uploads
         return {"tasks": len(self._tasks), "peers": peers, "assigned": assigned,
                 "inflight": inflight, "seed_inflight": seed_inflight,
-                "bad_peers": bad}
+                "bad_peers": bad, "ignored_failures": ignored}
 
     def task_stats(self, task_id):
         """One task's state: C{seeded} pieces at the seed, peers, done peers."""
@@ -511,4 +546,5 @@ class Scheduler:
             "seed_inflight": task.seed_uploads,
             "assigned": dict(task.assigned),
             "failures": task.failures, "expired": task.expired,
+            "ignored_failures": task.ignored, "bad_pieces": task.bad_pieces,
         }

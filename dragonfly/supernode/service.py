@@ -36,6 +36,7 @@ class SupernodeConfig(NodeConfig):
     max_peers_per_address: int = 1024
     expire_interval: float = 5.0
     cluster_interval: float = 5.0
+    trust_advertised: bool = False
 
 
 def _advertised(configured, bound_host):

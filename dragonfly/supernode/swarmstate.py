@@ -14,8 +14,8 @@ from collections import defaultdict, deque
 from dragonfly.interfaces import Assignment
 from dragonfly.supernode.bitset import bits
 
-__all__ = ["UnknownTask", "UnknownPeer", "SEED", "SCAN_HOLDERS", "Fetch", "Peer", "PieceSizes",
-           "Task", "TooManyPeers"]
+__all__ = ["UnknownTask", "UnknownPeer", "SEED", "SCAN_HOLDERS", "DIGEST", "Fetch", "Peer",
+           "PieceSizes", "Task", "TooManyPeers"]
 
 
 class UnknownTask(KeyError):
@@ -38,6 +38,12 @@ class TooManyPeers(ValueError):
 
 # Scan every holder of a piece when it has at most this many; sample above.
 SCAN_HOLDERS = 24
+INF = float("inf")
+#: The reason of a failure report about a piece that failed verification.
+DIGEST = "digest"
+BUSY = "busy"
+#: Seconds an asker rests a source that answered BUSY (all its slots taken).
+BUSY_REST = 2.0
 
 
 class PieceSizes:
@@ -103,7 +109,8 @@ class Peer:
 
     __slots__ = ("info", "id", "have", "fetching", "fetch_mask", "uploads",
                  "seed_fetches", "seed_got", "free_pos", "last_seen", "failed", "failed_mask",
-                 "fail_reporters", "bad", "alive", "joined", "seq_turn")
+                 "fail_reporters", "bad", "alive", "joined", "seq_turn", "avoid", "avoid_next",
+                 "bad_pieces", "bad_until")
 
     def __init__(self, info, now):
         self.info = info
@@ -123,6 +130,10 @@ class Peer:
         self.alive = True
         self.joined = now
         self.seq_turn = True            # streaming, want 1: in-order next (else rarest)
+        self.avoid = {}                 # source id -> until: sources that failed us
+        self.avoid_next = INF           # the earliest until in avoid
+        self.bad_pieces = set()         # askers that got a bad piece from us
+        self.bad_until = None           # while bad: end of the cool-down (INF: for good)
 
 
 class _Unset:
@@ -207,7 +218,11 @@ class Task:
         self.n_inflight = 0         # live entries of expiry
         self.assigned = {"peer": 0, "supernode": 0}
         self.failures = 0
+        self.ignored = 0            # failure reports about no assignment of the reporter
+        self.bad_pieces = 0
         self.expired = 0
+        self.cooling = deque()      # (until, Peer): bad peers due back in the swarm
+        self.banned = set()         # ids of peers bad for good (bad pieces)
 
     def warm(self):
         """Give the per-piece arrays real storage (once a piece is held)."""
@@ -328,28 +343,95 @@ def free_remove(task, p):
                 task.few_free &= ~(1 << i)
 
 
-def record_failure(task, asker, i, source_id, bad_failures):
-    """C{asker} failed to get piece C{i} from C{source_id}; mark the source
-    bad once C{bad_failures} different askers said so."""
+def record_failure(task, asker, i, source_id, limits, now, reason=None):
+    """C{asker} failed to get piece C{i} from C{source_id} (an assignment of its own).
+
+    C{asker} avoids that source for every piece for a cool-down (for good
+    after a bad piece); the source is marked bad for everyone once
+    C{limits.bad_peer_failures} different askers saw it fail (for a
+    cool-down), or C{limits.bad_piece_askers} got a bad piece from it (for good).
+    C{limits} is the L{dragonfly.supernode.scheduler.Scheduler}.
+    """
     task.failures += 1
+    if reason == BUSY:
+        # Not a fault: the source is loaded. Rest it a moment for this asker
+        # only; the piece stays assignable from it.
+        if source_id in task.peers and task.peers[source_id] is not asker:
+            until = now + BUSY_REST
+            if asker.avoid.get(source_id, 0) < until:
+                asker.avoid[source_id] = until
+                asker.avoid_next = min(asker.avoid_next, until)
+        return
     s = asker.failed.get(i)
     if s is None:
         s = asker.failed[i] = set()
     s.add(source_id)
     asker.failed_mask |= 1 << i
     src = task.peers.get(source_id)
-    if src is None or src is asker or src.bad:
+    if src is None or src is asker:
+        return
+    digest = reason == DIGEST
+    until = INF if digest else now + limits.bad_peer_cooldown
+    if asker.avoid.get(source_id, 0) < until:
+        asker.avoid[source_id] = until
+        asker.avoid_next = min(asker.avoid_next, until)
+    if digest:
+        task.bad_pieces += 1
+        src.bad_pieces.add(asker.id)
+        if len(src.bad_pieces) >= limits.bad_piece_askers and src.bad_until != INF:
+            mark_bad(task, src, INF)
         return
     src.fail_reporters.add(asker.id)
-    if len(src.fail_reporters) >= bad_failures:
-        src.bad = True
-        if src.have:
-            task.sources -= 1
-        free_remove(task, src)
-        for j in bits(src.have):
-            task.count_good[j] -= 1
-            if task.count_good[j] == 0:
-                task.held_good &= ~(1 << j)
+    if not src.bad and len(src.fail_reporters) >= limits.bad_peer_failures:
+        mark_bad(task, src, until)
+
+
+def mark_bad(task, src, until):
+    """Nobody gets C{src} as a source until C{until} (INF: never again)."""
+    src.bad_until = until
+    if until == INF:
+        task.banned.add(src.id)
+    else:
+        task.cooling.append((until, src))
+    if src.bad:
+        return
+    src.bad = True
+    if src.have:
+        task.sources -= 1
+    free_remove(task, src)
+    for j in bits(src.have):
+        task.count_good[j] -= 1
+        if task.count_good[j] == 0:
+            task.held_good &= ~(1 << j)
+
+
+def restore_due(task, now, max_uploads):
+    """Peers whose cool-down ended by C{now} serve again: the pieces they offer."""
+    q = task.cooling
+    offered = 0
+    while q and q[0][0] <= now:
+        until, p = q.popleft()
+        if not (p.alive and p.bad and p.bad_until == until):
+            continue
+        p.bad = False
+        p.bad_until = None
+        p.fail_reporters.clear()
+        if p.have:
+            task.sources += 1
+        for j in bits(p.have):
+            task.count_good[j] += 1
+        task.held_good |= p.have
+        free_add(task, p, max_uploads)
+        offered |= p.have
+    return offered
+
+
+def forgive(asker, now):
+    """Drop the sources C{asker} avoids whose cool-down ended by C{now}."""
+    avoid = asker.avoid
+    for sid in [sid for sid, until in avoid.items() if until <= now]:
+        del avoid[sid]
+    asker.avoid_next = min(avoid.values(), default=INF)
 
 
 def add_have(task, p, i, max_uploads):

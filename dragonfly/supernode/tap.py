@@ -49,6 +49,11 @@ class Options(EgressFlags, ConfigOptions):
         ["cluster-check-interval", None, "5", "Seconds between cluster health checks."],
     ]
     listOptions = EGRESS_LISTS
+    optFlags = [
+        ["trust-advertised", None,
+         "Dial peers at the host they advertise; by default a peer's address is the "
+         "source address of its registration (its advertised port is kept)."],
+    ]
 
     def postOptions(self):
         self.applyConfig()
@@ -79,6 +84,7 @@ class Options(EgressFlags, ConfigOptions):
         c.log_file = twistd_log_file(self) if c.log_format == "json" else "-"
         c.port_file = check_port_file(self["port-file"])
         c.allow_origin, c.deny_origin = check_egress(self)
+        c.trust_advertised = bool(self["trust-advertised"])
         try:
             c.max_uploads = int(self["max-uploads"])
         except (TypeError, ValueError):

@@ -166,6 +166,7 @@ class FakePiecePool:
         self.pieces = pieces_of(data, piece_size)
         self.corrupt = set()   # source peer ids answering wrong bytes
         self.broken = set()    # source peer ids failing
+        self.busy = set()      # source peer ids answering BUSY (all slots taken)
         self.manual = False    # hold fetches until release()
         self.fetches = []      # (source peer id, task_id, index)
         self.held = []         # (Deferred, bytes)
@@ -184,6 +185,10 @@ class FakePiecePool:
         self.fetches.append((source.peer_id, task_id, index))
         if source.peer_id in self.broken:
             return fail(ConnectionError(f"{source.peer_id} refused"))
+        if source.peer_id in self.busy:
+            from dragonfly.protocol import codec
+            from dragonfly.protocol.clientstate import PieceFetchError
+            return fail(PieceFetchError(source, index, "server busy", codec.BUSY))
         data = self.pieces[index]
         if source.peer_id in self.corrupt:
             data = bytes(b ^ 0xFF for b in data)

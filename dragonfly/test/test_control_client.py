@@ -178,7 +178,8 @@ class RegisterTests(SynchronousTestCase):
         sn = _Scripted(tasks=(200, GOOD))
         self.make(**{"sn1.test": sn})
         self.successResultOf(self.register())
-        self.assertEqual(sn.requests, [("/api/v1/tasks", REGISTER.to_json())])
+        self.assertEqual(sn.requests, [("/api/v1/tasks", dict(REGISTER.to_json(),
+                                                              secret=self.client.secret))])
 
     def test_follows_owner_redirect(self):
         """A 307 {"owner"} sends the registration to the owner; the answer is the
@@ -312,7 +313,7 @@ class ScheduleTests(SynchronousTestCase):
         self.successResultOf(self.schedule())
         self.assertEqual(self.sn.requests, [(f"/api/v1/tasks/{TASK}/schedule", {
             "peer_id": ME.peer_id, "have": [1], "failed": [{"index": 2, "source": "x-1"}],
-            "want": 3, "wait": 5})])
+            "want": 3, "wait": 5, "secret": self.client.secret})])
 
     def test_request_body_with_cursor(self):
         """have, failed (as index/source objects), want, wait, the cursor and our
@@ -323,7 +324,7 @@ class ScheduleTests(SynchronousTestCase):
         self.assertEqual(answer.assignments, ())
         self.assertEqual(self.sn.requests, [(f"/api/v1/tasks/{TASK}/schedule", {
             "peer_id": ME.peer_id, "have": [1], "failed": [{"index": 2, "source": "p"}],
-            "want": 3, "wait": 0, "cursor": 4})])
+            "want": 3, "wait": 0, "cursor": 4, "secret": self.client.secret})])
 
     def test_errors(self):
         """404 is NotRegistered, 502 SourceFailed (the supernode's origin fetch
@@ -372,7 +373,7 @@ class ScheduleTests(SynchronousTestCase):
         self.hosts.flush()
         self.assertTrue(self.successResultOf(d).done)
         self.assertEqual(self.sn.requests[0][1], ScheduleRequest(
-            ME.peer_id, (3,), (), 0, 0, 2).to_json())
+            ME.peer_id, (3,), (), 0, 0, 2, self.client.secret).to_json())
 
     def test_heartbeat(self):
         """Each supernode is told the member tasks we serve there; tasks it answers
@@ -386,8 +387,10 @@ class ScheduleTests(SynchronousTestCase):
         self.hosts.flush()
         self.assertEqual(self.successResultOf(d), ["t2"])
         self.assertEqual(self.sn.requests, [("/api/v1/heartbeat",
-                                             HeartbeatRequest(ME.peer_id, ("t1",)).to_json())])
-        self.assertEqual(sn2.requests[0][1], {"peer_id": ME.peer_id, "tasks": ["t2", "t3"]})
+                                             HeartbeatRequest(ME.peer_id, ("t1",),
+                                                              self.client.secret).to_json())])
+        self.assertEqual(sn2.requests[0][1], {"peer_id": ME.peer_id, "tasks": ["t2", "t3"],
+                                              "secret": self.client.secret})
         self.assertEqual(self.client.members, {"t1": SN1, "t3": SN2, "t4": SN2, "t5": SN3})
         self.assertEqual(len(self.flushLoggedErrors()), 0)
 
@@ -400,7 +403,8 @@ class ScheduleTests(SynchronousTestCase):
         self.hosts.flush()
         self.assertIsNone(self.successResultOf(d))
         self.assertEqual(self.sn.requests, [(f"/api/v1/tasks/{TASK}/leave",
-                                             LeaveRequest(ME.peer_id).to_json())])
+                                             LeaveRequest(ME.peer_id,
+                                                          self.client.secret).to_json())])
         self.assertIsNone(self.successResultOf(self.client.leave(TASK, ME.peer_id)))
         self.assertEqual(len(self.sn.requests), 1)
         self.assertIsNone(self.successResultOf(self.client.leave_at(SN3, TASK, ME.peer_id)))

@@ -127,7 +127,8 @@ class HeartbeatTests(NodeMixin, SynchronousTestCase):
         tf = self.successResultOf(node.download(URL))
         self.successResultOf(Deferred.fromCoroutine(node.heartbeat()))
         self.assertEqual(self.supernode.heartbeats,
-                         [{"peer_id": ME.peer_id, "tasks": [tf.task_id]}])
+                         [{"peer_id": ME.peer_id, "tasks": [tf.task_id],
+                           "secret": node._supernodes.secret}])
         self.supernode.forgotten.add(tf.task_id)
         self.successResultOf(Deferred.fromCoroutine(node.heartbeat()))
         self.successResultOf(Deferred.fromCoroutine(node.heartbeat()))
@@ -184,7 +185,8 @@ class PeerInfoTests(NodeMixin, SynchronousTestCase):
         self.successResultOf(Deferred.fromCoroutine(node.heartbeat()))
         self.assertEqual(self.supernode.heartbeats[-1]["peer_id"], other.peer_id)
         self.successResultOf(node.leave(tf.task_id))
-        self.assertEqual(self.supernode.leaves[-1], (tf.task_id, {"peer_id": other.peer_id}))
+        self.assertEqual(self.supernode.leaves[-1], (tf.task_id, {
+            "peer_id": other.peer_id, "secret": node._supernodes.secret}))
 
 
 class JoiningTests(SynchronousTestCase):

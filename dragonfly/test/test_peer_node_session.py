@@ -77,10 +77,25 @@ class FetchTests(NodeMixin, SynchronousTestCase):
         failed = [f for s in self.supernode.schedules for f in s["failed"]]
         self.assertTrue(failed)
         self.assertTrue(all(f["source"] == PEER_A.peer_id for f in failed))
+        # ... with the reason the scheduler counts as a bad piece of that source
+        self.assertTrue(all(f.get("reason") == "digest" for f in failed))
         refetched = {i for (src, _, i) in self.pool.fetches if src == PEER_B.peer_id}
         self.assertTrue({f["index"] for f in failed} <= refetched)
         self.assertGreater(sample(self.metrics, "dragonfly_peer_piece_failures_total",
                                   {"reason": "digest"}), 0)
+
+    def test_busy_source_reported_as_busy(self):
+        """When a source answers BUSY, the failure is reported with reason
+        "busy" (the scheduler only rests a loaded source a moment) and the piece
+        comes from another source."""
+        node = self.make(sources=(PEER_A, PEER_B))
+        self.pool.busy.add(PEER_A.peer_id)
+        tf = self.successResultOf(node.download(URL))
+        self.assertEqual(self.read_all(tf), DATA)
+        failed = [f for s in self.supernode.schedules for f in s["failed"]]
+        self.assertTrue(failed)
+        self.assertTrue(all((f["source"], f.get("reason")) == (PEER_A.peer_id, "busy")
+                            for f in failed))
 
     def test_only_bad_sources_falls_back_to_origin(self):
         """When every source of the pieces fails and the supernode has no other, the node

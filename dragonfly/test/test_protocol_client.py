@@ -233,7 +233,7 @@ class ClientTimeoutTests(ClientTestMixin, SynchronousTestCase):
 
     def test_timer_starts_at_head(self):
         """When a piece waits behind another, its timeout runs from when the source is due to serve it."""
-        pool = self.make_pool(piece_timeout=30)
+        pool = self.make_pool(piece_timeout=30, first_byte_timeout=0)
         d1 = pool.fetch(SOURCE, TASK, 1, 1)
         d2 = pool.fetch(SOURCE, TASK, 2, 1)
         proto, tr = self.handshake()
@@ -248,7 +248,7 @@ class ClientTimeoutTests(ClientTestMixin, SynchronousTestCase):
     def test_connect_timeout_counts(self):
         """When the connection never completes, the first fetch times out and the attempt is cancelled."""
         endpoint = FakeEndpoint("hang")
-        pool = self.make_pool(endpoint_factory=endpoint, piece_timeout=30)
+        pool = self.make_pool(endpoint_factory=endpoint, piece_timeout=30, first_byte_timeout=0)
         d = pool.fetch(SOURCE, TASK, 1, 1)
         self.clock.advance(30)
         self.assertFetchError(d, None, "timed out")

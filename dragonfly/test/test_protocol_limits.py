@@ -72,7 +72,8 @@ class StallTests(LimitTestMixin, SynchronousTestCase):
         """When clients take every upload slot and never read, they lose
         their slots and connections within two stall intervals, and a
         legitimate request waiting for a slot is then served, not BUSY."""
-        factory = self.make_factory(max_uploads=2, stall_interval=5, min_upload_rate=1024)
+        factory = self.make_factory(max_uploads=2, stall_interval=5, min_upload_rate=1024,
+                                    slot_wait=12)
         hogs = [self.open(factory, "10.0.0.66") for _ in range(2)]
         for proto, tr in hogs:
             proto.dataReceived(encode(Request(0)))

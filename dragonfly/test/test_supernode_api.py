@@ -33,6 +33,10 @@ URL = "http://origin.test/f"
 TASK = task_id_for_url(URL)
 SEED = PeerInfo("supernode-127.0.0.1:8001", "127.0.0.1", 8001)
 PEER = {"peer_id": "host-1-abcdef01", "host": "127.0.0.1", "port": 65000}
+#: The secret the test peers offer at registration and send with their calls
+#: (added by APITestBase.request to a body that names none).
+SECRET = "test-peer-secret-0123"
+_PEER_CALLS = ("/api/v1/tasks", "/schedule", "/leave", "/api/v1/heartbeat")
 
 
 class APITestBase(SynchronousTestCase):
@@ -57,6 +61,8 @@ class APITestBase(SynchronousTestCase):
         return None
 
     def request(self, method, path, body=None, raw=None, headers=None):
+        if isinstance(body, dict) and "secret" not in body and path.endswith(_PEER_CALLS):
+            body = dict(body, secret=SECRET)
         if raw is None and body is not None:
             raw = json.dumps(body).encode()
         d = self.client.request(method, "http://supernode.test" + path, data=raw,
@@ -86,7 +92,7 @@ class RegisterTests(APITestBase):
         obj = self.register()
         self.assertEqual(obj, {"task_id": TASK, "length": len(DATA), "piece_size": PIECE,
                                "piece_count": 3, "seed": SEED.to_json(),
-                               "piece_digest": "blake3"})
+                               "piece_digest": "blake3", "secret": SECRET})
         self.assertEqual(self.scheduler.task_stats(TASK)["peers"], 1)
         self.assertEqual(len(self.origin.gets("/f")), 1)
 
@@ -305,7 +311,7 @@ class ScheduleTests(APITestBase):
         obj = self.schedule({"peer_id": pid, "want": 3})
         self.assertEqual([a["index"] for a in obj["assignments"]], [0])
         d = self.client.post(f"http://supernode.test/api/v1/tasks/{TASK}/schedule",
-                             json={"peer_id": pid, "have": [0], "want": 3, "wait": 20})
+                             json={"peer_id": pid, "have": [0], "want": 3, "wait": 20, "secret": SECRET})
         self.client.flush()
         self.assertNoResult(d)
         self.clock.advance(self.cdn.retry_delay)   # the CDN resumes and seeds 1 and 2
@@ -320,7 +326,7 @@ class ScheduleTests(APITestBase):
         pid = PEER["peer_id"]
         self.schedule({"peer_id": pid, "want": 3})
         d = self.client.post(f"http://supernode.test/api/v1/tasks/{TASK}/schedule",
-                             json={"peer_id": pid, "want": 3, "wait": 5})
+                             json={"peer_id": pid, "want": 3, "wait": 5, "secret": SECRET})
         self.client.flush()
         self.assertNoResult(d)
         self.clock.advance(4.9)
@@ -339,7 +345,7 @@ class ScheduleTests(APITestBase):
         pid = PEER["peer_id"]
         self.schedule({"peer_id": pid, "want": 3})
         d = self.client.post(f"http://supernode.test/api/v1/tasks/{TASK}/schedule",
-                             json={"peer_id": pid, "want": 3, "wait": 10000})
+                             json={"peer_id": pid, "want": 3, "wait": 10000, "secret": SECRET})
         self.client.flush()
         self.clock.advance(29.9)
         self.client.flush()

@@ -6,7 +6,7 @@ import json
 from dragonfly.supernode.api import api_site
 from dragonfly.taskid import task_id_for_url
 from dragonfly.test.test_httpsite import assert_json_bad_request
-from dragonfly.test.test_supernode_api import DATA, PEER, PIECE, APITestBase
+from dragonfly.test.test_supernode_api import DATA, PEER, PIECE, SECRET, APITestBase
 
 SECRET_URL = "http://origin.test/f?token=s3cret"
 SECRET_TASK = task_id_for_url(SECRET_URL)
@@ -82,7 +82,7 @@ class BrokenBodyTests(APITestBase):
         self.register()
         pid = PEER["peer_id"]
         d = self.client.post(f"http://supernode.test/api/v1/tasks/{self.task}/schedule",
-                             json={"peer_id": pid, "want": 3, "wait": 30})
+                             json={"peer_id": pid, "want": 3, "wait": 30, "secret": SECRET})
         self.client.flush()
         self.assertNoResult(d)
         for _ in range(3):

@@ -1,5 +1,7 @@
 """Tests for dragonfly.supernode.swarmstate: the swarm's bookkeeping, driven
 directly through its functions (no Scheduler, no clock, no Deferreds)."""
+from types import SimpleNamespace
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from dragonfly.interfaces import Assignment, PeerInfo
@@ -10,6 +12,7 @@ from dragonfly.supernode.swarmstate import (
 
 SEED_INFO = PeerInfo("supernode-1", "127.0.0.1", 8001)
 UP, COPIES = 2, 1     # uploads per peer, seed copies per piece
+LIMITS = SimpleNamespace(bad_peer_failures=2, bad_peer_cooldown=60.0, bad_piece_askers=2)
 
 
 def make_task(n=4):
@@ -162,7 +165,7 @@ class FailureAndRemovalTests(SynchronousTestCase):
         src = join(task, 1)
         add_have(task, src, 0, UP)
         for n in (2, 3):
-            record_failure(task, join(task, n), 0, src.id, 2)
+            record_failure(task, join(task, n), 0, src.id, LIMITS, 0.0)
         self.assertTrue(src.bad)
         self.assertEqual((task.sources, task.free, task.held_good, task.count_good[0]),
                          (0, [], 0, 0))
