@@ -31,6 +31,7 @@ from zope.interface import implementer
 from dragonfly.httpio import describe as _describe
 from dragonfly.interfaces import IOrigin
 from dragonfly.ingest.receiver import BodyReceiver
+from dragonfly.runtime.ratelimit import all_of
 
 __all__ = ["OriginError", "OriginResponse", "OriginClient", "make_http_client", "collect_capped"]
 
@@ -177,6 +178,10 @@ class OriginResponse:
         self._idle_timeout = idle_timeout
         self._on_bytes = on_bytes
         self._delivered = False
+
+    def pace_also(self, limiter):
+        """Pace the body by C{limiter} (C{wait(n)}) as well as by the client's."""
+        self._limiter = all_of(self._limiter, limiter)
 
     def deliver(self, consumer):
         """Stream the body into C{consumer.write(data) -> Deferred|None}.
