@@ -1,18 +1,23 @@
-"""Integration tests of how the roles start: real ``twistd`` processes on 127.0.0.1.
+"""Integration tests of the roles' promises at start and per download: real
+processes on 127.0.0.1.
 
 Listening is part of starting: a supernode, peer or dfdaemon that cannot
 listen on one of its endpoints exits non-zero within seconds with one line
 naming the endpoint, whether run in the foreground (``twistd -n``, as the
 systemd units do) or daemonised (``twistd --pidfile --logfile``, as the SysV
 scripts do: the parent that the script waits for exits 1).
+
+``dfget --limit`` means what it says through a peer daemon too.
 """
 import os
 import socket
+import time
 
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from dragonfly.test.integration.harness import LOOPBACK, Proc, executable
+from dragonfly.test.integration.harness import (
+    HTTP, LOOPBACK, MiB, Proc, Swarm, executable, sha256_file, with_logs)
 
 #: Seconds a role may take to notice its port is taken and exit (it is the
 #: interpreter's start-up, mostly).
@@ -115,3 +120,32 @@ class TakenPortTests(TestCase):
         file has the line naming the endpoint, and no pid file is left."""
         await self.check([("supernode", "--listen"), ("peer", "--api-listen"),
                           ("dfdaemon", "--listen")], daemonise=True)
+
+
+class LimitThroughDaemonTests(TestCase):
+    """dfget --limit through a real peer daemon."""
+
+    timeout = 180
+
+    def setUp(self):
+        self.http = HTTP(reactor)
+        self.addCleanup(self.http.close)
+        self.swarm = Swarm(reactor, self.mktemp(), self.http)
+        self.addCleanup(self.swarm.stop)
+
+    @with_logs()
+    async def test_limit_paces_the_daemon(self):
+        """dfget --limit RATE through a peer daemon takes at least size/RATE
+        seconds (the daemon paces the download), and the file is whole."""
+        size, rate = 4 * MiB, 2 * MiB
+        await self.swarm.start_origin({"limited.bin": size})
+        await self.swarm.start_supernode(piece_size="512K")
+        peer = await self.swarm.start_peer()
+        started = time.monotonic()
+        r = await self.swarm.dfget(self.swarm.origin_url("limited.bin"), peer=peer,
+                                   args=["--limit", "2M"])
+        took = time.monotonic() - started
+        self.assertEqual(r.code, 0, r)
+        self.assertEqual(sha256_file(r.output), self.swarm.files["limited.bin"][1])
+        self.assertGreaterEqual(took, size / rate)
+        self.assertNotIn("embedded", r.stderr)
