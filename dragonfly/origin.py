@@ -34,6 +34,7 @@ from dragonfly.httpio import describe as _describe
 from dragonfly.interfaces import IOrigin
 from dragonfly.ingest.receiver import BodyReceiver
 from dragonfly.redact import has_userinfo, redact_text, redact_url, userinfo_error
+from dragonfly.runtime.ratelimit import all_of
 
 __all__ = ["OriginError", "OriginRefused", "BodyBroken", "OriginResponse", "OriginClient",
            "make_http_client", "collect_capped", "request_url"]
@@ -231,6 +232,10 @@ class OriginResponse:
         self._idle_timeout = idle_timeout
         self._on_bytes = on_bytes
         self._delivered = False
+
+    def pace_also(self, limiter):
+        """Pace the body by C{limiter} (C{wait(n)}) as well as by the client's."""
+        self._limiter = all_of(self._limiter, limiter)
 
     def deliver(self, consumer):
         """Stream the body into C{consumer.write(data) -> Deferred|None}.

@@ -10,7 +10,6 @@ service that closes the upstream connection pool on stop.
 from dataclasses import dataclass, field
 
 from twisted.application import service
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
@@ -18,6 +17,7 @@ from twisted.web.server import Site
 from dragonfly.dfdaemon.mirror import RegistryMirror
 from dragonfly.httpsite import JSONErrorChannel, harden_site
 from dragonfly.dfdaemon.upstream import DEFAULT_REGISTRY, Upstreams, UpstreamTLSPolicy
+from dragonfly.runtime.daemon import server_endpoint
 
 __all__ = ["MirrorConfig", "UpstreamPoolService", "make_upstream_agent", "build_mirror",
            "attach_mirror", "registry_origins"]
@@ -125,7 +125,7 @@ def attach_mirror(peer_service, reactor, config, node, metrics, endpoint=None, e
     written to the port file as C{"mirror"}. Returns the L{RegistryMirror}.
     """
     if endpoint is None:
-        endpoint = serverFromString(reactor, config.listen)
+        endpoint = server_endpoint(reactor, config.listen)
     mirror, site, pool = build_mirror(reactor, config, node, metrics, egress=egress)
     peer_service.add_listener("mirror", endpoint, site, label="registry mirror")
     UpstreamPoolService(pool).setServiceParent(peer_service)

@@ -8,7 +8,8 @@ run's client side. When no daemon answers, L{dragonfly.dfget.cli} falls
 back to the embedded peer (L{dragonfly.dfget.embedded}), which is Twisted.
 
   1. C{GET /healthz} (about a second at most): is a daemon there?
-  2. C{POST /api/v1/download}: NDJSON progress lines, then
+  2. C{POST /api/v1/download} (with C{"limit"} for C{--limit}: the daemon
+     paces the download): NDJSON progress lines, then
      C{{"state": "done", "path", "length", "task_id"}} or C{{"state": "failed", "error"}}.
   3. The daemon's file becomes FILE (L{files.place}: reflink, hard link, or
      copy); where dfget cannot read that file, C{GET /api/v1/tasks/<id>/data}
@@ -216,6 +217,8 @@ class _Job:
         o = self.opts
         body = {"url": o["url"], "headers": o["header_map"], "task_id": o["task_id"],
                 "pattern": o["pattern"], "back_source": not o["no-back-source"]}
+        if o.get("limit_bps"):
+            body["limit"] = o["limit_bps"]      # the daemon paces this download
         self.log(f"asking the peer daemon at {self.client.url} for {o['url']}")
         final = self.client.download(body, self.on_progress)
         state = final.get("state")

@@ -1,12 +1,14 @@
 """The peer's local HTTP API (loopback only): what dfget talks to.
 
 - C{POST /api/v1/download} C{{"url", "headers"?, "task_id"?, "filter"?, "tag"?,
-  "pattern"?, "back_source"?}} -> 200 C{application/x-ndjson}: progress lines
+  "pattern"?, "back_source"?, "limit"?}} -> 200 C{application/x-ndjson}: progress lines
   C{{"completed": bytes, "length": n}}, then one final line, either
   C{{"state": "done", "path", "length", "task_id"}} or
   C{{"state": "failed", "error"}}. A malformed request is a 4xx JSON error.
   When the client hangs up, its interest in the download ends (the download
-  stops if nobody else wants it).
+  stops if nobody else wants it). C{"limit"} (bytes/s, a non-negative
+  integer; 0 or absent = none) paces this download (dfget C{--limit}; when
+  several callers share a task see L{dragonfly.peer.pacing}).
 - C{GET /api/v1/tasks/<task_id>/data}: the bytes of a task held complete
   (single C{Range: bytes=a-b} honoured), written by the node's push producer
   (L{dragonfly.peer.stream.OrderedPushProducer}).
@@ -100,8 +102,11 @@ def parse_download_request(obj):
     back_source = obj.get("back_source", True)
     if not isinstance(back_source, bool):
         raise BadRequest("back_source must be true or false")
+    limit = obj.get("limit", 0)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise BadRequest("limit must be a non-negative integer (bytes per second)")
     return {"url": url, "headers": headers, "task_id": task_id, "pattern": pattern,
-            "back_source": back_source}
+            "back_source": back_source, "limit": limit}
 
 
 class PeerAPI:

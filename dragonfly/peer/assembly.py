@@ -94,13 +94,12 @@ def build_peer(reactor, config, *, runner=None, http_client=None, origin_http=No
     @param api: build the local API (on C{config.api_listen}).
     @param user_agent: what the origin client calls itself.
     """
-    from twisted.internet.endpoints import serverFromString
-
     from dragonfly.metrics import PeerMetrics
     from dragonfly.origin import OriginClient
     from dragonfly.peer.node import NodeDeps, NodeSettings, PeerNode
     from dragonfly.protocol.pool import PieceClientPool
     from dragonfly.protocol.server import PieceServerFactory
+    from dragonfly.runtime.daemon import server_endpoint
     from dragonfly.runtime.ratelimit import TokenBucket
     from dragonfly.storage.store import PieceStore
 
@@ -132,10 +131,10 @@ def build_peer(reactor, config, *, runner=None, http_client=None, origin_http=No
                                        max_uploads=c.max_uploads,
                                        on_upload=metrics.upload_bytes.inc)
     peer = Peer(reactor, c, node, store, metrics, runner, piece_pool, piece_factory,
-                serverFromString(reactor, c.piece_listen), closers=closers)
+                server_endpoint(reactor, c.piece_listen), closers=closers)
     if api:
         peer.api_site = _api_site(node, store, metrics, reactor)
-        peer.api_endpoint = serverFromString(reactor, c.api_listen)
+        peer.api_endpoint = server_endpoint(reactor, c.api_listen)
     if c.log_format == "json":
         from dragonfly.logsetup import json_observer_for
         peer.log_observer = json_observer_for(reactor, c)

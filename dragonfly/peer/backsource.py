@@ -141,6 +141,7 @@ class BackSource:
             raise DownloadError(e.message if e.status is not None else f"origin: {e.message}")
         except ValueError as e:
             raise DownloadError(f"bad request for the origin: {e}")
+        response.pace_also(dl.pace)   # the callers' --limit, if any
         if response.length is None:
             return await self._spool(dl, response)
         length = response.length

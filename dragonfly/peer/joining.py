@@ -2,17 +2,19 @@
 
 Every C{download()} caller and every C{stream()} reader of a task attaches to
 the same L{Download}: it holds their Deferreds and their progress/start
-hooks, pins the task file while it runs, wakes streams when a piece lands,
-and hands the end (the task file or one L{DownloadError}) to everyone. When
-the last caller and the last stream have left, the download is cancelled.
-The parts that fetch (swarm session, back-to-source) only call
-L{Download.set_task_file} and L{Download.piece_arrived}.
+hooks and rate limits, pins the task file while it runs, wakes streams when
+a piece lands, and hands the end (the task file or one L{DownloadError}) to
+everyone. When the last caller and the last stream have left, the download
+is cancelled. The parts that fetch (swarm session, back-to-source) only call
+L{Download.set_task_file} and L{Download.piece_arrived}, and pace themselves
+by L{Download.pace} (L{dragonfly.peer.pacing}).
 """
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dragonfly.peer.errors import DownloadError, describe
+from dragonfly.peer.pacing import DownloadPace
 from dragonfly.peer.wakeup import Signal
 
 __all__ = ["Download", "call_progress", "call_start"]
@@ -51,6 +53,8 @@ class Download:
     @ivar readers: the stream producers reading this task (their C{cursor}
         is what the swarm session reports to the supernode).
     @ivar sources: bytes received by kind of source ("peer", "supernode", "origin").
+    @ivar pace: the L{DownloadPace} the fetching parts wait on before taking
+        more bytes: the fastest caller's limit, or none.
     """
 
     log = Logger()
@@ -71,14 +75,16 @@ class Download:
         self.on_failure = []     # called with the Failure when the download fails
         self.run = None          # the Deferred of the coroutine
         self.sources = {"peer": 0, "supernode": 0, "origin": 0}
+        self.pace = DownloadPace(clock)
         self._clock = clock
         self._metrics = metrics
         self._signal = None      # piece arrivals, created by the first wait_piece()
 
     # -- callers ---------------------------------------------------------------
 
-    def join(self, on_progress=None, on_start=None):
-        """A Deferred for one more caller; cancelling it detaches that caller."""
+    def join(self, on_progress=None, on_start=None, limit=0):
+        """A Deferred for one more caller, who wants the bytes at most at
+        C{limit} bytes/s (0: no limit); cancelling it detaches that caller."""
         if on_progress is not None:
             self.progress_hooks.append(on_progress)
             if self.tf is not None:
@@ -90,11 +96,13 @@ class Download:
                 self.ready.append(on_start)
         d = Deferred(lambda d: self._detach(d, on_progress, on_start))
         self.callers.append(d)
+        self.pace.add(d, limit)
         return d
 
     def _detach(self, d, on_progress=None, on_start=None):
         if d in self.callers:
             self.callers.remove(d)
+        self.pace.remove(d)
         if on_progress is not None and on_progress in self.progress_hooks:
             self.progress_hooks.remove(on_progress)
         if on_start is not None and on_start in self.ready:

@@ -69,12 +69,15 @@ class PeerNode:
     # ------------------------------------------------------------------ public
 
     def download(self, url, headers=None, task_id=None, pattern="p2p", back_source=True,
-                 on_progress=None, on_start=None):
+                 on_progress=None, on_start=None, limit=0):
         """Fetch C{url} into the store; a Deferred firing with its TaskFile.
 
         @param on_progress: called with C{(completed_bytes, length)} as pieces land.
         @param on_start: called with the TaskFile once its length is known
             (before any piece arrives; use it with L{stream}).
+        @param limit: bytes/s this caller wants the download fetched at, at
+            most (0: no limit); shared with other callers of the same task
+            as L{dragonfly.peer.pacing} says.
         Fails with L{DownloadError}. Cancelling the Deferred detaches this
         caller; the download stops when no caller or stream is left.
         """
@@ -111,11 +114,11 @@ class PeerNode:
             dl = Download(task_id, url, headers, pattern, back_source,
                           self.deps.clock, self.deps.metrics)
             self._downloads[task_id] = dl
-            d = dl.join(on_progress, on_start)
+            d = dl.join(on_progress, on_start, limit)
             dl.run = Deferred.fromCoroutine(self._run(dl))
             dl.run.addBoth(self._finished, dl)
             return d
-        return dl.join(on_progress, on_start)
+        return dl.join(on_progress, on_start, limit)
 
     def active(self):
         """Task ids being downloaded now."""

@@ -6,12 +6,15 @@ mirror listener with L{PeerService.add_listener}.
 
 Start-up order (L{PeerService.startService}):
 
-  1. the store is scanned;
-  2. the piece port listens; its bound port becomes the node's L{PeerInfo}
+  1. the piece port listens; its bound port becomes the node's L{PeerInfo}
      (C{--advertise} host), so C{--piece-listen tcp:0} works;
-  3. the API port listens, then any extra listeners (the mirror);
-  4. the bound addresses are logged ("peer pieces listening on HOST:PORT",
-     "peer api listening on HOST:PORT") and written to C{--port-file} as JSON
+  2. the API port listens, then any extra listeners (the mirror); each bound
+     address is logged ("peer pieces listening on HOST:PORT", "peer api
+     listening on HOST:PORT"); a port that cannot listen ends the start
+     before anything else ran ("cannot listen on tcp:65002:...: Address
+     already in use", exit status 1);
+  3. the store is scanned and the timers start;
+  4. the bound addresses are written to C{--port-file} as JSON
      C{{"api": port, "piece": port, ...}}.
 
 Stopping leaves every swarm (best effort), drains the piece server, closes

@@ -305,6 +305,7 @@ class SwarmSession:
         tf = self.tf
         reason = None
         try:
+            await self.dl.pace.wait(a.size)   # the callers' --limit, if any
             pool = self.pool
             fetch_piece = getattr(pool, "fetch_piece", None)
             if fetch_piece is not None:

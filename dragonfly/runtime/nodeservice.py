@@ -4,21 +4,32 @@ It owns the listeners (started by hand, one after another, in the order they
 were added, each awaited before the next), the log line for each bound port
 ("<role> <label> listening on HOST:PORT", the address inside the format string
 so it is greppable in text and JSON logs), the port file (written atomically
-once every listener is bound, removed on stop), readiness (L{whenReady}),
-start failure (logged, waiters errbacked, the reactor stopped: without its
-ports a node is useless), the store's load and GC timer, the twistd log
-observer, and the order of stopping. A role subclasses it and fills in the
-hooks: what a bound port means to it, what goes in the port file besides the
-ports, and what it stops before and after its listeners close.
+once the node is ready, removed on stop), readiness (L{whenReady}), start
+failure, the store's load and GC timer, the twistd log observer, and the
+order of stopping. A role subclasses it and fills in the hooks: what a bound
+port means to it, what goes in the port file besides the ports, and what it
+stops before and after its listeners close.
+
+Listening is part of starting. The listeners bind first, before the store is
+loaded or any child service starts, so a second instance started on the ports
+of a running one touches nothing of it. An endpoint that cannot listen is
+said in one line ("cannot listen on tcp:8002: Address already in use") and
+the node does not run: when the bind failed while C{startService} ran (every
+TCP, SSL and UNIX endpoint binds at once) C{startService} raises
+L{CannotListen}, which twistd turns into exit status 1, daemonised or not;
+a bind that fails later stops the reactor and the process exits with 1 once
+it has shut down.
 """
 import json
 import os
+import sys
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.logger import Logger
 
-from dragonfly.runtime.daemon import ListeningService, safe_timer
+from dragonfly.runtime.daemon import (CannotListen, ListeningService, listen_failure_reason,
+                                      safe_timer)
 
 __all__ = ["NodeService", "bound_address", "hostport"]
 
@@ -60,6 +71,10 @@ class NodeService(service.MultiService):
         self._listeners = []
         self._ready = []
         self._failed = None
+        self._starting = False
+        self._loaded = False
+        self._children_started = False
+        self._wrote_port_file = False
 
     def add_timer(self, interval, f, name):
         """A child L{safe_timer} calling C{f} every C{interval} seconds on our reactor."""
@@ -107,8 +122,9 @@ class NodeService(service.MultiService):
             self.log.info("store gc freed {freed} bytes", freed=freed)
         return freed
 
-    def before_listening(self):
-        """Hook: runs after the store loaded, before the children start."""
+    def after_load(self):
+        """Hook: runs once the listeners are bound and the store loaded,
+        before the children start."""
 
     def listener_bound(self, name, host, port):
         """Hook: listener C{name} is bound (before its "listening on" line)."""
@@ -120,29 +136,49 @@ class NodeService(service.MultiService):
         return body
 
     def startService(self):
+        """Bind, load, start the children, then say ready; raise L{CannotListen}
+        (or the store's error) when that fails before this returns."""
+        service.Service.startService(self)
+        self._starting = True
+        try:
+            Deferred.fromCoroutine(self._start()).addErrback(self._start_failed)
+        finally:
+            self._starting = False
+        if self._failed is not None:
+            self.running = False
+            raise self._failed
+
+    async def _start(self):
+        for name, label, s in self._listeners:
+            await self._bind(name, label, s)
         try:
             self.store.load()
         except Exception:
             self.log.failure("loading the piece store at {root}", root=self.store.root)
             raise
-        self.before_listening()
-        service.MultiService.startService(self)
-        Deferred.fromCoroutine(self._listen()).addErrback(self._start_failed)
-
-    async def _listen(self):
-        for name, label, s in self._listeners:
-            s.privilegedStartService()
-            s.startService()
-            port = await s.whenListening()
-            host, bound = bound_address(port)
-            self.addresses[name] = (host, bound)
-            self.listener_bound(name, host, bound)
-            addr = hostport(host, bound)
-            self.log.info(f"{self.role} {label} listening on " + addr, address=addr)
+        self._loaded = True
+        self.after_load()
+        self._children_started = True
+        for child in list(self):
+            child.startService()
         self._write_port_file()
         ready, self._ready = self._ready, []
         for d in ready:
             d.callback(self.ready_result())
+
+    async def _bind(self, name, label, s):
+        """Start listener C{s}; log its address; L{CannotListen} if it cannot."""
+        s.privilegedStartService()
+        s.startService()
+        try:
+            port = await s.whenListening()
+        except Exception as e:
+            raise CannotListen(s.description, listen_failure_reason(e)) from e
+        host, bound = bound_address(port)
+        self.addresses[name] = (host, bound)
+        self.listener_bound(name, host, bound)
+        addr = hostport(host, bound)
+        self.log.info(f"{self.role} {label} listening on " + addr, address=addr)
 
     def _write_port_file(self):
         path = self.config.port_file
@@ -153,19 +189,35 @@ class NodeService(service.MultiService):
             with open(tmp, "w") as f:
                 f.write(json.dumps(self.port_file_body()) + "\n")
             os.replace(tmp, path)
+            self._wrote_port_file = True
         except OSError as e:
             self.log.error("cannot write port file {path}: {err}", path=path, err=e)
 
     def _start_failed(self, f):
-        # Without its ports a node is useless: say why and stop the process.
+        # Without its ports a node is useless: say why, stop what is bound.
         self._failed = f.value
-        self.log.failure(f"{self.role} failed to start", f)
+        if f.check(CannotListen):
+            self.log.error(str(f.value).replace("{", "{{").replace("}", "}}"),
+                           endpoint=f.value.endpoint, reason=f.value.reason)
+        else:
+            self.log.failure(f"{self.role} failed to start", f)
         ready, self._ready = self._ready, []
         for d in ready:
             d.errback(f)
+        for _, _, s in self._listeners:
+            if s.running:
+                s.stopService()
+        if not self._starting:
+            self._stop_process()
+
+    def _stop_process(self):
+        """After startService returned: stop a running reactor, and exit 1
+        once it has shut down (twistd itself would exit 0)."""
         stop = getattr(self.reactor, "stop", None)
-        if stop is not None and getattr(self.reactor, "running", False):
-            self.reactor.callLater(0, stop)
+        if stop is None or not getattr(self.reactor, "running", False):
+            return
+        self.reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
+        self.reactor.callLater(0, stop)
 
     def before_unlisten(self):
         """Hook: Deferreds of role work started before the listeners close."""
@@ -181,7 +233,10 @@ class NodeService(service.MultiService):
         for _, _, s in reversed(self._listeners):
             if s.running:
                 ds.append(s.stopService())
-        ds.append(service.MultiService.stopService(self))
+        if self._children_started:
+            ds.append(service.MultiService.stopService(self))
+        else:
+            service.Service.stopService(self)
         ds.extend(self.after_unlisten())
         return self._release(ds)
 
@@ -195,12 +250,23 @@ class NodeService(service.MultiService):
             except Exception:
                 self.log.failure("closing")
         try:
-            self.store.close()
+            if self._loaded:    # never save over the store of another instance
+                self.store.close()
         except Exception:
             self.log.failure("closing the store")
-        if self.config.port_file:
+        if self._wrote_port_file:
             try:
                 os.unlink(self.config.port_file)
             except OSError:
                 pass
         return DeferredList([d for d in ds if isinstance(d, Deferred)], consumeErrors=True)
+
+
+def _exit_failed():
+    """The process's end after a late start failure: exit status 1."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(1)

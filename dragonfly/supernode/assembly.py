@@ -5,7 +5,6 @@ L{build_supernode}.
 """
 import os
 
-from twisted.internet.endpoints import serverFromString
 from twisted.web.client import HTTPConnectionPool
 
 from dragonfly.egress import EgressPolicy
@@ -15,6 +14,7 @@ from dragonfly.egressguard import EgressGuard
 from dragonfly.origin import OriginClient, make_http_client
 from dragonfly.runtime.tuning import tune_allocator
 from dragonfly.protocol.server import PieceServerFactory
+from dragonfly.runtime.daemon import server_endpoint
 from dragonfly.runtime.ratelimit import TokenBucket
 from dragonfly.runtime.threads import ThreadRunner
 from dragonfly.storage.store import PieceStore
@@ -68,6 +68,6 @@ def build_supernode(reactor, c):
     observer = json_observer_for(reactor, c)
     return SupernodeService(
         reactor, c, store, scheduler, cdn, site, piece_factory,
-        serverFromString(reactor, c.listen), serverFromString(reactor, c.piece_listen),
+        server_endpoint(reactor, c.listen), server_endpoint(reactor, c.piece_listen),
         metrics, preheater=preheater, cluster=cluster, runner=runner, closers=closers,
         log_observer=observer)

@@ -5,8 +5,12 @@ L{SupernodeService} is a MultiService. Start-up order matters and is explicit:
   1. the piece port listens; its bound address becomes the seed L{PeerInfo}
      (``supernode-<advertise>:<port>``) so ``--piece-listen tcp:0`` works;
   2. then the API port listens (until the seed is known it would answer 503);
-  3. the bound ports are logged ("supernode api listening on HOST:PORT",
-     "supernode pieces listening on HOST:PORT") and written to --port-file.
+     the bound ports are logged ("supernode api listening on HOST:PORT",
+     "supernode pieces listening on HOST:PORT");
+  3. only then the store loads and the CDN's old spool is cleared (a second
+     supernode started on a running one's ports exits before touching its
+     data: "cannot listen on tcp:8002: Address already in use", status 1);
+  4. the timers start and the ports are written to --port-file.
 
 Timers (scheduler expiry, store GC, cluster health) are TimerServices on the
 injected clock whose bodies log exceptions and never stop the timer.
@@ -94,7 +98,7 @@ class SupernodeService(NodeService):
         self.cdn.forget_missing()
         return freed
 
-    def before_listening(self):
+    def after_load(self):
         spool = self.cdn.spool_dir
         if spool and os.path.isdir(spool):
             shutil.rmtree(spool, ignore_errors=True)

@@ -239,13 +239,20 @@ class _FakeOriginResponse:
         self._data = data
         self._chunk = chunk
         self.discarded = False
+        self.limiters = []
 
     def discard(self):
         self.discarded = True
 
+    def pace_also(self, limiter):
+        self.limiters.append(limiter)
+
     async def _pump(self, consumer):
         for i in range(self.offset, len(self._data), self._chunk):
-            r = consumer.write(self._data[i:i + self._chunk])
+            chunk = self._data[i:i + self._chunk]
+            for limiter in self.limiters:
+                await limiter.wait(len(chunk))
+            r = consumer.write(chunk)
             if r is not None:
                 await r
         return len(self._data) - self.offset

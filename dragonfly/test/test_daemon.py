@@ -1,12 +1,19 @@
-"""Tests for dragonfly.runtime.daemon: timers that survive, listeners that tell their port."""
+"""Tests for dragonfly.runtime.daemon: timers that survive, listeners that tell their port
+(or why they have none), endpoints that keep their name, the start error."""
+import errno
+
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.endpoints import TCP4ServerEndpoint, UNIXServerEndpoint
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
-from dragonfly.runtime.daemon import ListeningService, safe_timer
+from dragonfly.runtime.daemon import (CannotListen, DescribedEndpoint, ListeningService,
+                                      describe_endpoint, listen_failure_reason, safe_timer,
+                                      server_endpoint)
 
 
 class SafeTimerTests(SynchronousTestCase):
@@ -59,14 +66,33 @@ class ListeningServiceTests(SynchronousTestCase):
         self.assertIsNone(s.port)
 
     def test_listen_fails(self):
-        """A failed listen errbacks the waiters and is logged."""
+        """A failed listen errbacks the waiters and, asked later, whenListening
+        fails with it too; the listener logs nothing (its owner says it once)."""
         e = _PendingEndpoint()
         s = ListeningService(e, Factory(), "x")
         d = s.whenListening()
         s.startService()
         e.pending.errback(CannotListenError("127.0.0.1", 1, OSError("in use")))
         self.failureResultOf(d, CannotListenError)
-        self.assertEqual(len(self.flushLoggedErrors(CannotListenError)), 1)
+        self.failureResultOf(s.whenListening(), CannotListenError)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_listen_fails_at_once(self):
+        """When the endpoint fails while startService runs (TCP does), a later
+        whenListening still fails with it rather than waiting forever."""
+        reactor = MemoryReactor()
+        err = CannotListenError("", 4100, OSError(errno.EADDRINUSE, "Address already in use"))
+        reactor.listenTCP = lambda *a, **kw: (_ for _ in ()).throw(err)
+        s = ListeningService(TCP4ServerEndpoint(reactor, 4100), Factory(), "x")
+        s.startService()
+        f = self.failureResultOf(s.whenListening(), CannotListenError)
+        self.assertIs(f.value, err)
+
+    def test_description(self):
+        """A listener names its endpoint as configured."""
+        s = ListeningService(server_endpoint(MemoryReactor(), "tcp:4100:interface=127.0.0.1"),
+                             Factory(), "x")
+        self.assertEqual(s.description, "tcp:4100:interface=127.0.0.1")
 
     def test_stop_before_bound(self):
         """Stopping before the port is bound cancels the listen."""
@@ -76,3 +102,53 @@ class ListeningServiceTests(SynchronousTestCase):
         s.stopService()
         self.assertTrue(e.pending.called)
         self.flushLoggedErrors()
+
+
+class EndpointNameTests(SynchronousTestCase):
+
+    def test_server_endpoint(self):
+        """server_endpoint parses like serverFromString, keeps the string, and
+        listens through the parsed endpoint."""
+        reactor = MemoryReactor()
+        e = server_endpoint(reactor, "tcp:4100:interface=127.0.0.1")
+        verifyObject(IStreamServerEndpoint, e)
+        self.assertIsInstance(e, DescribedEndpoint)
+        self.assertEqual(str(e), "tcp:4100:interface=127.0.0.1")
+        self.successResultOf(e.listen(Factory()))
+        self.assertEqual(reactor.tcpServers[0][0], 4100)
+        self.assertEqual(reactor.tcpServers[0][3], "127.0.0.1")
+
+    def test_describe(self):
+        """An endpoint is named by its configured string, a bare TCP endpoint
+        by tcp:PORT[:interface=HOST], anything else by its type."""
+        reactor = MemoryReactor()
+        self.assertEqual(describe_endpoint(server_endpoint(reactor, "unix:/run/x.sock")),
+                         "unix:/run/x.sock")
+        self.assertEqual(describe_endpoint(TCP4ServerEndpoint(reactor, 80)), "tcp:80")
+        self.assertEqual(describe_endpoint(TCP4ServerEndpoint(reactor, 80, interface="::1")),
+                         "tcp:80:interface=::1")
+        self.assertEqual(describe_endpoint(UNIXServerEndpoint(reactor, "/x")),
+                         "UNIXServerEndpoint")
+
+
+class CannotListenTests(SynchronousTestCase):
+
+    def test_reason(self):
+        """The reason is the OS's words when there are some, else the error's text."""
+        in_use = CannotListenError("", 8002, OSError(errno.EADDRINUSE, "Address already in use"))
+        self.assertEqual(listen_failure_reason(in_use), "Address already in use")
+        self.assertEqual(listen_failure_reason(OSError(errno.EACCES, "Permission denied")),
+                         "Permission denied")
+        self.assertEqual(listen_failure_reason(CannotListenError("", 1, "weird")), "weird")
+        self.assertEqual(listen_failure_reason(ValueError("bad")), "bad")
+
+    def test_one_line(self):
+        """The error is one line naming the endpoint and the reason; it is an
+        Exception (twistd's start code reports it) and a SystemExit whose code
+        is that line (Python prints it alone and exits 1)."""
+        e = CannotListen("tcp:8002", "Address already in use")
+        self.assertEqual(str(e), "cannot listen on tcp:8002: Address already in use")
+        self.assertEqual(e.code, str(e))
+        self.assertIsInstance(e, Exception)
+        self.assertIsInstance(e, SystemExit)
+        self.assertEqual((e.endpoint, e.reason), ("tcp:8002", "Address already in use"))

@@ -195,6 +195,22 @@ class DaemonTests(DaemonMixin, TestCase):
         self.assertEqual(daemon.origin.calls, [(URL, {"X-K": "v"}, 0)])
         self.assertIsNotNone(daemon.store.get(task_id_for_url(URL, [], "t")))
 
+    async def test_limit_sent_to_daemon(self):
+        """--limit reaches the daemon as the request's "limit" (bytes/s);
+        without it the request carries none."""
+        daemon = _Daemon(self)
+        limits = []
+        real = daemon.node.download
+
+        def download(*a, **kw):     # (this daemon's clock stands still: no pacing here)
+            limits.append(kw.pop("limit", None))
+            return real(*a, **kw)
+        daemon.node.download = download
+        url = _serve(self, daemon.api.resource())
+        await self.ok(url, URL, "-O", self.out, "--limit", "2M")
+        await self.ok(url, URL, "-O", self.out + ".2")
+        self.assertEqual(limits, [2 * 1024 * 1024, 0])
+
     async def test_no_back_source(self):
         """--no-back-source reaches the daemon: no supernode means failure."""
         daemon = _Daemon(self)

@@ -1,6 +1,9 @@
-"""Tests for dragonfly.runtime.nodeservice: listener order, port file, readiness, stop."""
+"""Tests for dragonfly.runtime.nodeservice: listener order, port file, readiness,
+start failure, stop."""
+import errno
 import json
 import os
+import socket
 from dataclasses import dataclass
 
 from twisted.application.service import Service
@@ -12,6 +15,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from dragonfly.runtime.daemon import CannotListen
 from dragonfly.runtime.nodeservice import NodeService, bound_address, hostport
 
 
@@ -55,6 +59,7 @@ class _Endpoint:
 
     def __init__(self, name, events, address=None):
         self.name = name
+        self.description = f"tcp:{name}"
         self.events = events
         self.address = address or IPv4Address("TCP", "127.0.0.1", 0)
         self.pending = None
@@ -69,7 +74,19 @@ class _Endpoint:
         self.pending.callback(_Port(self.name, self.events, self.address))
 
     def refuse(self):
-        self.pending.errback(CannotListenError("127.0.0.1", 0, OSError("in use")))
+        self.pending.errback(_in_use())
+
+
+def _in_use():
+    return CannotListenError("127.0.0.1", 0, OSError(errno.EADDRINUSE, "Address already in use"))
+
+
+class _TakenEndpoint(_Endpoint):
+    """An endpoint that fails as TCP does when its port is taken: at once."""
+
+    def listen(self, factory):
+        self.events.append(f"listen {self.name}")
+        raise _in_use()
 
 
 class _Node(NodeService):
@@ -114,17 +131,29 @@ class NodeServiceTests(SynchronousTestCase):
         self.svc.add_listener("b", self.b, Factory())
 
     def test_listeners_in_order_then_port_file(self):
-        """When started, the store loads, then each listener listens only once the
-        one before it is bound; the port file appears after the last one, with
+        """When started, each listener listens only once the one before it is
+        bound; then the store loads; the port file appears after that, with
         every port under its listener's name and the pid."""
         self.svc.startService()
-        self.assertEqual(self.events, ["load", "listen a"])
+        self.assertEqual(self.events, ["listen a"])
         self.a.bind(4001)
-        self.assertEqual(self.events, ["load", "listen a", "bound a", "listen b"])
+        self.assertEqual(self.events, ["listen a", "bound a", "listen b"])
         self.assertFalse(os.path.exists(self.port_file))
         self.b.bind(4002)
+        self.assertEqual(self.events, ["listen a", "bound a", "listen b", "bound b", "load"])
         with open(self.port_file) as f:
             self.assertEqual(json.load(f), {"a": 4001, "b": 4002, "pid": os.getpid()})
+
+    def test_children_start_after_listening(self):
+        """Child services (timers, the cluster) start once every listener is
+        bound and the store loaded, not before."""
+        child = _Child(self.events)
+        child.setServiceParent(self.svc)
+        self.svc.startService()
+        self.a.bind(4001)
+        self.assertFalse(child.running)
+        self.b.bind(4002)
+        self.assertTrue(child.running)
 
     def test_listening_log_lines(self):
         """Each bound port is logged as "<role> <label> listening on HOST:PORT",
@@ -149,20 +178,76 @@ class NodeServiceTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), want)
         self.assertEqual(self.successResultOf(self.svc.whenReady()), want)
 
-    def test_listen_fails(self):
-        """When a listener cannot listen, the failure is logged, whenReady fails
-        (for waiters and later callers), no port file is written, later listeners
-        never listen, and a running reactor is stopped."""
+    def test_listen_fails_later(self):
+        """When a listener fails after startService returned, one line names
+        the endpoint and the reason, whenReady fails (for waiters and later
+        callers), the ports already bound close, later listeners never listen,
+        the store is never loaded, no port file is written, and a running
+        reactor is stopped, the process to exit 1 once it has shut down."""
         self.reactor.running = True
         d = self.svc.whenReady()
-        self.svc.startService()
-        self.a.refuse()
-        self.failureResultOf(d, CannotListenError)
-        self.failureResultOf(self.svc.whenReady(), CannotListenError)
-        self.assertNotIn("listen b", self.events)
+        with capturedLogs() as logged:
+            self.svc.startService()
+            self.a.bind(4001)
+            self.b.refuse()
+        self.failureResultOf(d, CannotListen)
+        f = self.failureResultOf(self.svc.whenReady(), CannotListen)
+        self.assertEqual(str(f.value), "cannot listen on tcp:b: Address already in use")
+        self.assertEqual(self.events, ["listen a", "bound a", "listen b", "unlisten a"])
         self.assertFalse(os.path.exists(self.port_file))
-        self.assertEqual(len(self.flushLoggedErrors(CannotListenError)), 2)
+        errors = [e for e in logged if e["log_level"].name == "error"]
+        self.assertEqual([e["log_format"] for e in errors],
+                         ["cannot listen on tcp:b: Address already in use"])
+        self.assertEqual((errors[0]["endpoint"], errors[0]["reason"]),
+                         ("tcp:b", "Address already in use"))
         self.assertEqual([c.func for c in self.reactor.getDelayedCalls()], [self.reactor.stop])
+        after = self.reactor.triggers["after"]["shutdown"]
+        self.assertEqual([t[0].__name__ for t in after], ["_exit_failed"])
+
+    def test_listen_fails_at_once(self):
+        """When a listener fails while startService runs (a taken TCP port),
+        startService raises CannotListen naming the endpoint, after closing
+        the ports it bound; nothing else started: the store was neither loaded
+        nor closed, no child ran, and the port file of whoever holds the port
+        is left alone; the reactor is not touched (twistd never starts it)."""
+        with open(self.port_file, "w") as f:
+            f.write("{}")
+        child = _Child(self.events)
+        child.setServiceParent(self.svc)
+        svc = _Node(self.reactor, _Config(port_file=self.port_file), self.events)
+        a = _Endpoint("a", self.events)
+        svc.add_listener("a", a, Factory())
+        svc.add_listener("b", _TakenEndpoint("b", self.events), Factory())
+        a.listen = lambda factory: succeed(_Port("a", self.events, IPv4Address("TCP", "::", 7)))
+        self.reactor.running = True
+        with capturedLogs() as logged:
+            e = self.assertRaises(CannotListen, svc.startService)
+        self.assertEqual(str(e), "cannot listen on tcp:b: Address already in use")
+        self.assertEqual(self.events, ["bound a", "listen b", "unlisten a"])
+        self.assertEqual([e["log_format"] for e in logged if e["log_level"].name == "error"],
+                         [str(e)])
+        self.assertFalse(svc.running)
+        self.failureResultOf(svc.whenReady(), CannotListen)
+        self.successResultOf(svc.stopService())
+        self.assertNotIn("store closed", self.events)
+        self.assertTrue(os.path.exists(self.port_file))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_store_fails_to_load(self):
+        """When the store cannot load, startService raises its error (logged
+        with its traceback) and the bound ports close."""
+        svc = _Node(self.reactor, _Config(), self.events)
+        a = _Endpoint("a", self.events)
+        a.listen = lambda factory: succeed(_Port("a", self.events, IPv4Address("TCP", "::", 7)))
+        svc.add_listener("a", a, Factory())
+
+        def broken():
+            raise OSError(errno.EIO, "disk gone")
+
+        svc.store.load = broken
+        self.assertRaises(OSError, svc.startService)
+        self.assertEqual(self.events, ["bound a", "unlisten a"])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 2)
 
     def test_add_listener_after_start(self):
         """Listeners are added before the service starts, never after."""
@@ -206,6 +291,8 @@ class NodeServiceTests(SynchronousTestCase):
 
         self.svc.add_timer(10, body, "t")
         self.svc.startService()
+        self.a.bind(4001)
+        self.b.bind(4002)
         self.reactor.advance(10)
         self.assertEqual(len(calls), 2)
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 2)
@@ -232,6 +319,31 @@ class RealListenerTests(TestCase):
             written = json.load(f)
         self.assertEqual({k: written[k] for k in "ab"}, {k: ready[k][1] for k in "ab"})
         self.assertTrue(all(ready[k][1] > 0 for k in "ab"))
+
+    def test_taken_port(self):
+        """With real loopback endpoints, a port another socket holds makes
+        startService raise "cannot listen on tcp:PORT:interface=127.0.0.1:
+        Address already in use"; the listener bound before it is closed."""
+        from twisted.internet import reactor
+
+        from dragonfly.runtime.daemon import server_endpoint
+
+        holder = socket.socket()
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        taken = holder.getsockname()[1]
+        events = []
+        svc = _Node(reactor, _Config(), events)
+        first = svc.add_listener("a", server_endpoint(reactor, "tcp:0:interface=127.0.0.1"),
+                                 Factory())
+        svc.add_listener("b", server_endpoint(reactor, f"tcp:{taken}:interface=127.0.0.1"),
+                         Factory())
+        e = self.assertRaises(CannotListen, svc.startService)
+        self.assertEqual(str(e), f"cannot listen on tcp:{taken}:interface=127.0.0.1: "
+                                 "Address already in use")
+        self.assertIsNone(first.port)
+        self.assertNotIn("load", events)
 
 
 class AddressTests(SynchronousTestCase):

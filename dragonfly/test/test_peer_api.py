@@ -90,6 +90,20 @@ class APITests(SynchronousTestCase):
         self.assertEqual(progress, sorted(progress))
         self.assertEqual(progress[-1], len(DATA))
 
+    def test_download_limit(self):
+        """A "limit" in the request paces that download: its bytes take at
+        least size/limit seconds on the daemon's clock."""
+        d = self.http.post("http://127.0.0.1:65002/api/v1/download",
+                           data=json.dumps({"url": URL, "limit": 200}).encode())
+        self.http.flush()
+        body = self.http.content(self.successResultOf(d))
+        while not body.called and self.clock.seconds() < 60:
+            self.clock.advance(0.05)
+            self.http.flush()
+        lines = [json.loads(x) for x in self.successResultOf(body).splitlines()]
+        self.assertEqual(lines[-1]["state"], "done")
+        self.assertGreaterEqual(self.clock.seconds(), len(DATA) / 200)
+
     def test_download_filter_and_tag(self):
         """filter and tag in the request shape the task id like dfget's."""
         r, lines = self.download({"url": URL + "?sig=1&x=2", "filter": ["sig"], "tag": "t"})
@@ -110,7 +124,11 @@ class APITests(SynchronousTestCase):
                  json.dumps({"url": URL, "headers": {"a": "x\r\nEvil: 1"}}).encode(),
                  json.dumps({"url": URL, "task_id": "../x"}).encode(),
                  json.dumps({"url": URL, "pattern": "x"}).encode(),
-                 json.dumps({"url": URL, "back_source": "no"}).encode()]
+                 json.dumps({"url": URL, "back_source": "no"}).encode(),
+                 json.dumps({"url": URL, "limit": -1}).encode(),
+                 json.dumps({"url": URL, "limit": "1M"}).encode(),
+                 json.dumps({"url": URL, "limit": 1.5}).encode(),
+                 json.dumps({"url": URL, "limit": True}).encode()]
         for body in cases:
             r, raw = self.request("POST", "/api/v1/download", data=body)
             self.assertEqual(r.code, 400, body)

@@ -117,6 +117,18 @@ class BackSourceTests(NodeMixin, SynchronousTestCase):
         self.assertEqual(self.read_all(tf), DATA)
         self.assertEqual(self.supernode.registrations, [])
 
+    def test_limit_paces_the_origin_body(self):
+        """A caller's limit paces the origin's body too: N bytes at R bytes/s
+        take at least N/R seconds."""
+        node = self.make()
+        d = node.download(URL, pattern="source", limit=200)
+        while not d.called and self.clock.seconds() < 60:
+            self.clock.advance(0.05)
+        tf = self.successResultOf(d)
+        self.assertEqual(self.read_all(tf), DATA)
+        self.assertGreaterEqual(self.clock.seconds(), len(DATA) / 200)
+        self.assertLess(self.clock.seconds(), len(DATA) / 200 + 1)
+
 
 class _Counter:
     def __init__(self):

@@ -280,3 +280,45 @@ class BadAssignmentTests(NodeMixin, SynchronousTestCase):
         self.clock.advance(node.settings.min_poll_interval)
         self.assertEqual(self.read_all(self.successResultOf(d)), DATA)
         self.assertEqual(self.origin.calls, [])
+
+
+class LimitTests(NodeMixin, SynchronousTestCase):
+    """A caller's limit (dfget --limit through the daemon) paces the swarm fetch."""
+
+    def finish_time(self, d, step=0.05, until=60):
+        while not d.called and self.clock.seconds() < until:
+            self.clock.advance(step)
+        self.tf = self.successResultOf(d)
+        return self.clock.seconds()
+
+    def test_limit_paces_pieces(self):
+        """When the caller gives a limit, the download takes at least its size
+        divided by the limit (and not much more), and every piece arrives."""
+        node = self.make(sources=(PEER_A, PEER_B))
+        d = node.download(URL, limit=100)
+        took = self.finish_time(d)
+        self.assertGreaterEqual(took, len(DATA) / 100)
+        self.assertLess(took, len(DATA) / 100 + 2)
+        self.assertEqual(self.read_all(self.tf), DATA)
+
+    def test_unlimited_caller_lifts_the_pace(self):
+        """When a caller without a limit joins a limited download, the shared
+        fetch runs unpaced from then on (the fastest caller's pace)."""
+        node = self.make(sources=(PEER_A, PEER_B))
+        slow = node.download(URL, limit=10)
+        self.clock.advance(1)
+        self.assertNoResult(slow)
+        fast = node.download(URL)
+        took = self.finish_time(fast, step=1)
+        self.successResultOf(slow)
+        self.assertLess(took, len(DATA) / 10 / 2)
+
+    def test_limit_leaves_with_its_caller(self):
+        """When the fastest caller detaches, the others' pace applies again."""
+        node = self.make(sources=(PEER_A, PEER_B))
+        slow = node.download(URL, limit=50)
+        fast = node.download(URL, limit=10 ** 6)
+        fast.cancel()
+        self.failureResultOf(fast)
+        took = self.finish_time(slow)
+        self.assertGreaterEqual(took, (len(DATA) - 3 * PIECE) / 50)

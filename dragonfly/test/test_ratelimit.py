@@ -1,9 +1,9 @@
-"""Tests for dragonfly.runtime.ratelimit.TokenBucket."""
-from twisted.internet.defer import CancelledError
+"""Tests for dragonfly.runtime.ratelimit: TokenBucket, all_of."""
+from twisted.internet.defer import CancelledError, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from dragonfly.runtime.ratelimit import TokenBucket
+from dragonfly.runtime.ratelimit import TokenBucket, all_of
 
 
 class TokenBucketTests(SynchronousTestCase):
@@ -87,3 +87,59 @@ class TokenBucketTests(SynchronousTestCase):
         d.cancel()
         self.failureResultOf(d, CancelledError)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class SetRateTests(SynchronousTestCase):
+
+    def test_set_rate(self):
+        """set_rate credits the time so far at the old rate, then charges at the new one."""
+        clock = Clock()
+        bucket = TokenBucket(clock, 1000, burst=0)
+        self.assertEqual(bucket.consume(1000), 1.0)
+        clock.advance(0.5)                      # half the debt paid at 1000/s
+        bucket.set_rate(4000)
+        self.assertEqual(bucket.consume(0), 500 / 4000)
+        self.assertEqual(bucket.rate, 4000)
+
+    def test_from_unlimited(self):
+        """A bucket made with rate 0 starts counting when given a rate."""
+        clock = Clock()
+        bucket = TokenBucket(clock, 0, burst=0)
+        clock.advance(100)
+        bucket.set_rate(1000)
+        self.assertEqual(bucket.consume(1000), 1.0)
+
+
+class AllOfTests(SynchronousTestCase):
+
+    def test_waits_for_every_limiter(self):
+        """all_of waits until the slowest of its limiters allows the bytes; None
+        limiters are skipped; with one limiter it is that limiter; with none, None."""
+        clock = Clock()
+        fast, slow = TokenBucket(clock, 1000, burst=0), TokenBucket(clock, 100, burst=0)
+        both = all_of(fast, None, slow)
+        d = both.wait(100)
+        clock.advance(0.5)
+        self.assertNoResult(d)
+        clock.advance(0.5)
+        self.assertIsNone(self.successResultOf(d))
+        self.assertIs(all_of(None, fast), fast)
+        self.assertIsNone(all_of(None, None))
+
+        class _Now:
+            def wait(self, n):
+                return succeed(None)
+        self.successResultOf(all_of(_Now(), _Now()).wait(5))
+
+
+class InitialTests(SynchronousTestCase):
+
+    def test_starts_empty(self):
+        """With initial=0 the first bytes already wait; the burst then absorbs
+        lateness: a late taker is not charged again for time it slept."""
+        clock = Clock()
+        bucket = TokenBucket(clock, 1000, burst=500, initial=0)
+        self.assertEqual(bucket.consume(100), 0.1)
+        clock.advance(0.5)                       # 0.4 s late: 400 tokens banked
+        self.assertEqual(bucket.consume(400), 0)
+        self.assertEqual(bucket.consume(100), 0.1)
