@@ -26,7 +26,7 @@ import sys
 import time
 import traceback
 
-from dragonfly.dfget import files
+from dragonfly.dfget import compat, files
 from dragonfly.dfget.options import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
                                      DfgetError, OptionsError, ShowText, error_line, parse)
 from dragonfly.runtime.signals import Interrupted, TimedOut, raising_signals
@@ -65,6 +65,10 @@ def main(argv, stdout=None, stderr=None, isatty=None, signals=True, embedded=Non
             isatty = stderr.isatty()
         except (AttributeError, ValueError):
             isatty = False
+    isatty = isatty or opts["showbar"]   # -b/--showbar: a bar even into a file
+    warning = compat.warning_line(opts)
+    if warning:
+        stderr.write(warning)
     log = _logger(stderr) if opts["verbose"] else (lambda msg: None)
     timeout = opts["timeout_s"]
     started = time.monotonic()

@@ -11,6 +11,7 @@ import textwrap
 from urllib.parse import unquote, urlsplit
 
 from dragonfly import __version__
+from dragonfly.dfget import compat
 from dragonfly.egress import BadEntry, parse_entries
 from dragonfly.taskid import task_id_for_url
 from dragonfly.units import BadValue, parse_hostports, parse_rate
@@ -39,6 +40,7 @@ FLAGS = [
     ("no-back-source", None, "Fail rather than fetch from the origin directly."),
     ("help", "h", "Display this help and exit."),
     ("version", None, "Display dfget's version and exit."),
+    ("help-compat", None, "List the Dragonfly 1.x/2.x flags dfget accepts and exit."),
 ]
 #: (long name, short letter or None, default, help)
 PARAMETERS = [
@@ -52,11 +54,14 @@ PARAMETERS = [
      "The local peer daemon's API; 'none' = always use an embedded peer."),
     ("digest", None, None, "Expected digest ALGO:HEX (sha256, sha512, md5)."),
     ("md5", None, None, "Expected MD5 (same as --digest md5:HEX)."),
-    ("filter", None, None, "Query parameters NAME,... ignored when deriving the task id."),
+    ("filter", None, None, "Query parameters NAME,... (or NAME&...) ignored when deriving "
+                           "the task id."),
     ("tag", None, "", "Text added to the task id (different tag = different task)."),
     ("limit", None, "0", "Download rate limit, bytes/s with K/M/G (embedded peer)."),
-    ("timeout", None, "0", "Give up after this many seconds (0 = never)."),
-    ("pattern", None, "p2p", "p2p, or source (fetch from the origin directly)."),
+    ("timeout", None, "0", "Give up after this many seconds, or a duration like 5m "
+                           "(0 = never)."),
+    ("pattern", None, "p2p", "p2p; cdn (the supernodes only, no other peers); or source "
+                             "(fetch from the origin directly)."),
     ("advertise", None, None,
      "Address other peers use to reach the embedded peer (default 127.0.0.1)."),
     ("allow-origin", None, None,
@@ -106,10 +111,14 @@ def _tables():
     for name, letter, _, _ in PARAMETERS:
         if letter:
             short[letter] = (name, True)
-    for letter, name in ALIASES.items():
+    for letter, name in list(ALIASES.items()) + list(compat.SHORT_ALIASES.items()):
         short[letter] = (name, True)
     long_ = {name: False for name, _, _ in FLAGS}
     long_.update({name: True for name, _, _, _ in PARAMETERS})
+    dialect_short, dialect_long = compat.tables()
+    short.update(dialect_short)
+    for name, takes in dialect_long.items():
+        long_.setdefault(name, takes)
     return short, long_
 
 
@@ -119,6 +128,7 @@ def parse(argv):
     GNU style, like wget: options may follow the URL. Besides every flag and
     parameter by its long name, the dict holds the derived values the run
     uses: C{header_map}, C{digest_spec}, C{filters}, C{limit_bps},
+    C{showbar}, C{compat_ignored} (Dragonfly 1.x/2.x flags, L{compat}),
     C{timeout_s}, C{supernode_list}, C{daemon_url} (None: no daemon),
     C{allow_origin}/C{deny_origin} (checked egress entries) and C{task_id}. Raises L{OptionsError} or, for --help/--version, L{ShowText}.
     """
@@ -133,10 +143,16 @@ def parse(argv):
     o.update({name: default for name, _, default, _ in PARAMETERS})
     o.update({name: [] for name in REPEATABLE})
     headers = []
+    ours = {name for name, _, _ in FLAGS} | {name for name, _, _, _ in PARAMETERS}
     for opt, arg in opts:
         name = short[opt[1]][0] if not opt.startswith("--") else opt[2:]
         if name == "help":
             raise ShowText(help_text())
+        if name == "help-compat":
+            raise ShowText(compat.help_text())
+        if name not in ours:
+            _compat(compat.apply, o, name, arg)
+            continue
         if name == "version":
             raise ShowText(f"dfget (dragonfly) {__version__}\n")
         if name == "header":
@@ -154,8 +170,16 @@ def parse(argv):
             raise OptionsError("give the URL once (either -u URL or as the argument)")
         o["url"] = args[0]
     o["headers"] = headers
+    _compat(compat.finish, o)
     _derive(o)
     return o
+
+
+def _compat(fn, *args):
+    try:
+        fn(*args)
+    except compat.CompatError as e:
+        raise OptionsError(str(e))
 
 
 def _parse_header(value):
@@ -185,17 +209,14 @@ def _derive(o):
             raise OptionsError("give --digest or --md5, not both")
         digest = f"md5:{o['md5']}"
     o["digest_spec"] = parse_digest(digest) if digest else None
-    o["filters"] = [f.strip() for f in (o["filter"] or "").split(",") if f.strip()]
-    if o["pattern"] not in ("p2p", "source"):
-        raise OptionsError("--pattern must be p2p or source")
+    o["filters"] = compat.split_filter(o["filter"])
+    if o["pattern"] not in ("p2p", "cdn", "source"):
+        raise OptionsError("--pattern must be p2p, cdn or source")
     try:
         o["limit_bps"] = parse_rate(o["limit"])
     except BadValue as e:
         raise OptionsError(f"--limit: {e}")
-    try:
-        o["timeout_s"] = float(o["timeout"])
-    except ValueError:
-        raise OptionsError(f"--timeout must be a number of seconds, not {o['timeout']!r}")
+    _compat(lambda: o.__setitem__("timeout_s", compat.parse_duration(o["timeout"])))
     if not 0 <= o["timeout_s"] < float("inf"):
         raise OptionsError("--timeout must be a non-negative number of seconds")
     try:

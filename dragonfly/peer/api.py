@@ -87,8 +87,8 @@ def parse_download_request(obj):
         except ValueError:
             raise BadRequest("malformed task_id")
     pattern = obj.get("pattern", "p2p")
-    if pattern not in ("p2p", "source"):
-        raise BadRequest("pattern must be p2p or source")
+    if pattern not in ("p2p", "cdn", "source"):
+        raise BadRequest("pattern must be p2p, cdn or source")
     back_source = obj.get("back_source", True)
     if not isinstance(back_source, bool):
         raise BadRequest("back_source must be true or false")

@@ -1,0 +1,79 @@
+"""dfget in the Dragonfly 1.x dialect, with real processes on 127.0.0.1.
+
+One origin, one supernode and two peers: a 1.x command line
+(C{-u URL -o FILE --node SN -s 8M --notbs -m MD5}) downloads through a
+daemon, and C{-p cdn} takes every byte from the supernode, none from peers.
+"""
+import hashlib
+import os
+
+from twisted.internet import reactor
+from twisted.trial import unittest
+
+from dragonfly.test.integration.harness import (
+    ALLOW_LOOPBACK, HTTP, MiB, DfgetResult, Proc, Swarm, executable, metric, sha256_file,
+    with_logs)
+
+SIZE = 5 * MiB + 321
+
+
+def md5_file(path):
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class DragonflyOneTests(unittest.TestCase):
+    timeout = 300
+
+    async def _swarm(self):
+        http = HTTP(reactor)
+        self.addCleanup(http.close)
+        self.swarm = swarm = Swarm(reactor, self.mktemp(), http)
+        self.addCleanup(swarm.stop)
+        await swarm.start_origin({"one.bin": SIZE})
+        await swarm.start_supernode(piece_size="1M")
+        await swarm.start_peer()
+        await swarm.start_peer()
+        return swarm
+
+    async def _dfget(self, swarm, argv, output, timeout=120):
+        proc = Proc(f"dfget-{len(swarm.dfgets) + 1}", [executable("dfget")] + argv,
+                    swarm.workdir, separate_stderr=True)
+        proc.output = output
+        swarm.dfgets.append(proc)
+        await proc.wait(swarm.clock, timeout)
+        return DfgetResult(proc, output)
+
+    @with_logs()
+    async def test_dragonfly1_command_line_and_cdn_pattern(self):
+        """A Dragonfly 1.x command line downloads through the daemon and verifies;
+        a second peer with -p cdn takes the file from the supernode only, no peer."""
+        swarm = await self._swarm()
+        url = swarm.origin_url("one.bin")
+        md5 = md5_file(os.path.join(swarm.origin.root, "one.bin"))
+        first, second = swarm.peers
+        out = swarm.path("one.out")
+        r = await self._dfget(swarm, [
+            "-u", url, "-o", out, "--node", swarm.supernode_list(), "-s", "8M", "--notbs",
+            "-m", md5, "--callsystem", "ci", "--daemon", first.api] + list(ALLOW_LOOPBACK), out)
+        self.assertEqual(r.code, 0, repr(r))
+        self.assertEqual(sha256_file(out), swarm.files["one.bin"][1])
+        self.assertEqual(r.stderr.count("warning"), 1, r.stderr)
+
+        before = await second.metrics(swarm.http)
+        out2 = swarm.path("one.cdn")
+        r = await self._dfget(swarm, [
+            "-u", url, "-o", out2, "-p", "cdn", "--notbs", "--daemon", second.api], out2)
+        self.assertEqual(r.code, 0, repr(r))
+        self.assertEqual(sha256_file(out2), swarm.files["one.bin"][1])
+        after = await second.metrics(swarm.http)
+
+        def delta(source):
+            return (metric(after, "dragonfly_peer_download_bytes_total", source=source)
+                    - metric(before, "dragonfly_peer_download_bytes_total", source=source))
+        self.assertEqual((delta("supernode"), delta("peer"), delta("origin")), (SIZE, 0, 0))
+        origin = await swarm.origin.body_bytes(swarm.http, "one.bin")
+        self.assertEqual(origin, SIZE, "the origin sent the file more than once")
