@@ -1,11 +1,15 @@
-"""dfget in the Dragonfly 1.x dialect, with real processes on 127.0.0.1.
+"""dfget's Dragonfly dialects and dfctl, with real processes on 127.0.0.1.
 
 One origin, one supernode and two peers: a 1.x command line
 (C{-u URL -o FILE --node SN -s 8M --notbs -m MD5}) downloads through a
-daemon, and C{-p cdn} takes every byte from the supernode, none from peers.
+daemon, and C{-p cdn} takes every byte from the supernode, none from peers;
+C{dfctl preheat --wait} warms a file so that the next dfget costs the origin
+nothing, and C{dfctl task ls/rm} see and drop it on the peer.
 """
 import hashlib
+import json
 import os
+import sys
 
 from twisted.internet import reactor
 from twisted.trial import unittest
@@ -13,6 +17,7 @@ from twisted.trial import unittest
 from dragonfly.test.integration.harness import (
     ALLOW_LOOPBACK, HTTP, MiB, DfgetResult, Proc, Swarm, executable, metric, sha256_file,
     with_logs)
+from dragonfly.taskid import task_id_for_url
 
 SIZE = 5 * MiB + 321
 
@@ -77,3 +82,50 @@ class DragonflyOneTests(unittest.TestCase):
         self.assertEqual((delta("supernode"), delta("peer"), delta("origin")), (SIZE, 0, 0))
         origin = await swarm.origin.body_bytes(swarm.http, "one.bin")
         self.assertEqual(origin, SIZE, "the origin sent the file more than once")
+
+    async def _dfctl(self, swarm, argv, timeout=120):
+        proc = Proc(f"dfctl-{len(swarm.dfgets) + 1}",
+                    [sys.executable, "-m", "dragonfly.dfctl"] + argv, swarm.workdir,
+                    separate_stderr=True)
+        swarm.dfgets.append(proc)
+        await proc.wait(swarm.clock, timeout)
+        return proc.returncode, proc.read_log(), proc.read_log(err=True)
+
+    @with_logs()
+    async def test_dfctl_preheat_then_dfget_and_task_commands(self):
+        """dfctl preheat --wait warms a file (the origin sends it once); the dfget
+        after it takes nothing from the origin; dfctl task ls lists it on the
+        peer, task rm drops it, and cluster reports the supernode healthy."""
+        swarm = await self._swarm()
+        swarm.add_file("warm.bin", SIZE)
+        url = swarm.origin_url("warm.bin") + "?sig=s3cr3t"
+        sn = swarm.supernode_list()
+        code, out, err = await self._dfctl(swarm, ["preheat", url, "--filter", "sig", "--wait",
+                                                   "--supernodes", sn])
+        self.assertEqual(code, 0, err)
+        self.assertIn("done", out)
+        self.assertEqual(await swarm.origin.body_bytes(swarm.http, "warm.bin"), SIZE)
+        peer = swarm.peers[0]
+        out_path = swarm.path("warm.out")
+        r = await self._dfget(swarm, ["-u", url, "-o", out_path, "-f", "sig", "--notbs",
+                                      "--daemon", peer.api] + list(ALLOW_LOOPBACK), out_path)
+        self.assertEqual(r.code, 0, repr(r))
+        self.assertEqual(sha256_file(out_path), swarm.files["warm.bin"][1])
+        self.assertEqual(await swarm.origin.body_bytes(swarm.http, "warm.bin"), SIZE,
+                         "the dfget after the preheat went to the origin")
+
+        tid = task_id_for_url(url, ["sig"])
+        code, out, err = await self._dfctl(swarm, ["task", "ls", "--json", "--peer", peer.api])
+        self.assertEqual(code, 0, err)
+        [row] = [t for t in json.loads(out)["tasks"] if t["task_id"] == tid]
+        self.assertTrue(row["complete"])
+        self.assertNotIn("s3cr3t", row["url"])
+        code, out, err = await self._dfctl(swarm, ["task", "rm", tid, "--peer", peer.api])
+        self.assertEqual(code, 0, err)
+        code, out, err = await self._dfctl(swarm, ["task", "ls", "--json", "--peer", peer.api])
+        self.assertNotIn(tid, [t["task_id"] for t in json.loads(out)["tasks"]])
+        code, out, err = await self._dfctl(swarm, ["cluster", "--json", "--supernodes", sn])
+        self.assertEqual(code, 0, err)
+        [row] = json.loads(out)["supernodes"]
+        self.assertEqual(row["health"], "ok")
+        self.assertGreaterEqual(row["tasks"], 1)
