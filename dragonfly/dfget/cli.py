@@ -74,6 +74,8 @@ def main(argv, stdout=None, stderr=None, isatty=None, signals=True, embedded=Non
     started = time.monotonic()
     try:
         with raising_signals(timeout if signals else None):
+            if opts["recursive"]:
+                return _recursive(opts, stdout, stderr, isatty, log)
             out = files.output_path(opts)
             files.check_output(out)
             if _via_daemon(opts, out, stdout, stderr, isatty, log):
@@ -116,6 +118,24 @@ def _via_daemon(opts, out, stdout, stderr, isatty, log):
     log(f"using the peer daemon at {url}")
     download(opts, out, client, stdout, stderr, isatty, log)
     return True
+
+
+def _recursive(opts, stdout, stderr, isatty, log):
+    """--recursive: every file of the listing through the daemon, one task each."""
+    from dragonfly.dfget import recursive
+    from dragonfly.dfget.viadaemon import DaemonClient, download
+
+    if opts["daemon_url"] is None:
+        raise DfgetError("--recursive needs the peer daemon (not --daemon none)")
+    client = DaemonClient(opts["daemon_url"])
+    if not client.alive():
+        raise DfgetError(f"--recursive needs the peer daemon; none answered at {client.url}")
+
+    def one(file_opts, out):
+        download(file_opts, out, client, stdout, stderr, isatty, log)
+    count = recursive.run(opts, one, stderr, log)
+    log(f"{count} files downloaded")
+    return EXIT_OK
 
 
 def _fail(stderr, reason, code=EXIT_FAILED):

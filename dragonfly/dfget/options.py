@@ -41,6 +41,9 @@ FLAGS = [
     ("help", "h", "Display this help and exit."),
     ("version", None, "Display dfget's version and exit."),
     ("help-compat", None, "List the Dragonfly 1.x/2.x flags dfget accepts and exit."),
+    ("recursive", None, "Download every file under the URL's directory listing (nginx/"
+                        "Apache autoindex, JSON index) into the output directory, each as "
+                        "its own task, keeping relative paths (needs the peer daemon)."),
 ]
 #: (long name, short letter or None, default, help)
 PARAMETERS = [
@@ -62,6 +65,9 @@ PARAMETERS = [
                            "(0 = never)."),
     ("pattern", None, "p2p", "p2p; cdn (the supernodes only, no other peers); or source "
                              "(fetch from the origin directly)."),
+    ("level", None, "5", "--recursive: directory levels to walk (0 = no limit)."),
+    ("accept-regex", None, None, "--recursive: only files whose URL matches this regex."),
+    ("reject-regex", None, None, "--recursive: skip files whose URL matches this regex."),
     ("advertise", None, None,
      "Address other peers use to reach the embedded peer (default 127.0.0.1)."),
     ("allow-origin", None, None,
@@ -240,7 +246,25 @@ def _derive(o):
             o[name.replace("-", "_")] = [e.text for e in parse_entries(o[name])]
         except BadEntry as e:
             raise OptionsError(f"--{name}: {e}")
+    _derive_recursive(o)
     o["task_id"] = task_id_for_url(url, o["filters"], o["tag"] or "")
+
+
+def _derive_recursive(o):
+    try:
+        o["level_n"] = int(o["level"])
+    except ValueError:
+        o["level_n"] = -1
+    if o["level_n"] < 0:
+        raise OptionsError(f"--level must be a whole number >= 0, not {o['level']!r}")
+    for name in ("accept-regex", "reject-regex"):
+        if o[name] is not None:
+            try:
+                re.compile(o[name])
+            except re.error as e:
+                raise OptionsError(f"--{name}: {e}")
+    if o["recursive"] and (o["digest_spec"] or o["output"] == "-"):
+        raise OptionsError("--recursive takes no --digest/--md5 and no -O -")
 
 
 def parse_digest(spec):
