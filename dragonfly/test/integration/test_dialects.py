@@ -129,3 +129,57 @@ class DragonflyOneTests(unittest.TestCase):
         [row] = json.loads(out)["supernodes"]
         self.assertEqual(row["health"], "ok")
         self.assertGreaterEqual(row["tasks"], 1)
+
+
+class ImagePreheatTests(unittest.TestCase):
+    """dfctl preheat of a 3-layer image from a local registry, then a pull."""
+    timeout = 300
+
+    @with_logs()
+    async def test_preheat_image_then_pull(self):
+        """dfctl preheat --wait REGISTRY/NAME:TAG warms the config and the three layers;
+        the pull through a dfdaemon after it takes no blob bytes from the registry."""
+        from dragonfly.test.integration import registry_fixtures as rf
+        if rf.which("docker-registry", rf.DOCKER_REGISTRY) is None \
+                or rf.which("skopeo", "/usr/bin/skopeo") is None:
+            raise unittest.SkipTest("docker-registry or skopeo not installed")
+        http = HTTP(reactor)
+        self.addCleanup(http.close)
+        self.swarm = swarm = Swarm(reactor, self.mktemp(), http)
+        self.addCleanup(swarm.stop)
+        registry = rf.Registry(swarm.path("registry"))
+        self.addCleanup(registry.stop, reactor)
+        await registry.start(reactor)
+        info = rf.build_oci_layout(swarm.path("image"), (300_000, 1_500_000, 3_000_000))
+        code, out, err = await rf.skopeo(reactor, swarm.workdir, "skopeo-push", [
+            "copy", "--dest-tls-verify=false", f"oci:{swarm.path('image')}:v1",
+            f"docker://{registry.hostport}/team/app:v1"])
+        self.assertEqual(code, 0, err)
+        await swarm.start_supernode(piece_size="1M")
+        dfdaemon = await rf.start_dfdaemon(swarm, registry)
+
+        proc = Proc("dfctl-image", [sys.executable, "-m", "dragonfly.dfctl", "preheat",
+                                    f"{registry.hostport}/team/app:v1", "--insecure", "--wait",
+                                    "--json", "--supernodes", swarm.supernode_list()],
+                    swarm.workdir, separate_stderr=True)
+        swarm.dfgets.append(proc)
+        await proc.wait(reactor, 120)
+        self.assertEqual(proc.returncode, 0, proc.read_log(err=True))
+        job = json.loads(proc.read_log())["job"]
+        self.assertEqual(job["state"], "done")
+        self.assertEqual({t["task_id"] for t in job["tasks"]}, set(info["blobs"]))
+        warmed = {d: sum(r["written"] for r in registry.blob_gets(d)) for d in info["blobs"]}
+        self.assertEqual(warmed, info["blobs"])
+
+        conf = rf.registries_conf(swarm.path("registries.conf"), registry.hostport,
+                                  dfdaemon.mirror_hostport)
+        code, out, err = await rf.skopeo(reactor, swarm.workdir, "skopeo-pull", [
+            "copy", "--registries-conf", conf, f"docker://{registry.hostport}/team/app:v1",
+            f"oci:{swarm.path('pulled')}:v1"])
+        self.assertEqual(code, 0, err)
+        rf.verify_layout(swarm.path("pulled"))
+        after = {d: sum(r["written"] for r in registry.blob_gets(d)) for d in info["blobs"]}
+        self.assertEqual(after, info["blobs"], "the pull took blob bytes from the registry")
+        m = await http.metrics(dfdaemon.mirror)
+        self.assertEqual(metric(m, "dragonfly_mirror_blob_bytes_total"), sum(info["blobs"].values()),
+                         "the blobs did not go through the mirror")
