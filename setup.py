@@ -18,5 +18,6 @@ setup(
         "blake3>=1.0",   # piece digests (dragonfly/digest.py)
     ],
     extras_require={"test": ["hypothesis"]},
-    entry_points={"console_scripts": ["dfget = dragonfly.dfget.cli:run"]},
+    entry_points={"console_scripts": ["dfget = dragonfly.dfget.cli:run",
+                                      "dfctl = dragonfly.dfctl.cli:run"]},
 )

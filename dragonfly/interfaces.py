@@ -73,9 +73,10 @@ class IRunner(Interface):
 class IScheduler(Interface):
     """Decides which peer fetches which piece from whom."""
 
-    def assign(task_id, peer_id, want, cursor=None):
+    def assign(task_id, peer_id, want, cursor=None, seed_only=False):
         """Up to C{want} Assignments for C{peer_id}; C{cursor}: it streams in
-        order and holds every piece below that index (None: no preference)."""
+        order and holds every piece below that index (None: no preference);
+        C{seed_only}: from the seed only, never from other peers."""
 
     def report(task_id, peer_id, have=(), failed=()):
         """Record finished pieces and failed sources."""

@@ -179,6 +179,8 @@ class ScheduleRequest(_Message):
 
     C{cursor}: the sender streams the task in order and holds every piece
     below it (None: no preference). A report alone has C{want} 0.
+    C{seed_only}: assign pieces from the supernode's seed only, never from
+    other peers (dfget C{--pattern cdn}).
     """
 
     peer_id: str
@@ -188,6 +190,7 @@ class ScheduleRequest(_Message):
     wait: float = 0
     cursor: int = None
     secret: str = None
+    seed_only: bool = False
 
     def to_json(self):
         out = {"peer_id": self.peer_id, "have": list(self.have),
@@ -195,6 +198,8 @@ class ScheduleRequest(_Message):
                "want": self.want, "wait": self.wait}
         if self.cursor is not None:
             out["cursor"] = self.cursor
+        if self.seed_only:
+            out["seed_only"] = True
         return _with_secret(out, self.secret)
 
     @classmethod
@@ -224,8 +229,11 @@ class ScheduleRequest(_Message):
                 or not math.isfinite(wait) or wait < 0:
             raise MessageError("wait", "wait must be a non-negative number of seconds")
         cursor = optional_integer(obj, "cursor", 0, MAX_INDEX)
+        seed_only = obj.get("seed_only", False)
+        if not isinstance(seed_only, bool):
+            raise MessageError("seed_only", "seed_only must be true or false")
         return cls(peer_id, tuple(have), tuple(failed), want, wait, cursor,
-                   check_secret(obj.get("secret")))
+                   check_secret(obj.get("secret")), seed_only)
 
 
 def parse_assignment(obj):

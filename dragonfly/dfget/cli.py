@@ -26,7 +26,7 @@ import sys
 import time
 import traceback
 
-from dragonfly.dfget import files
+from dragonfly.dfget import compat, files
 from dragonfly.dfget.options import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
                                      DfgetError, OptionsError, ShowText, error_line, parse)
 from dragonfly.redact import redact_text
@@ -66,11 +66,17 @@ def main(argv, stdout=None, stderr=None, isatty=None, signals=True, embedded=Non
             isatty = stderr.isatty()
         except (AttributeError, ValueError):
             isatty = False
+    isatty = isatty or opts["showbar"]   # -b/--showbar: a bar even into a file
+    warning = compat.warning_line(opts)
+    if warning:
+        stderr.write(warning)
     log = _logger(stderr) if opts["verbose"] else (lambda msg: None)
     timeout = opts["timeout_s"]
     started = time.monotonic()
     try:
         with raising_signals(timeout if signals else None):
+            if opts["recursive"]:
+                return _recursive(opts, stdout, stderr, isatty, log)
             out = files.output_path(opts)
             files.check_output(out)
             if _via_daemon(opts, out, stdout, stderr, isatty, log):
@@ -113,6 +119,24 @@ def _via_daemon(opts, out, stdout, stderr, isatty, log):
     log(f"using the peer daemon at {url}")
     download(opts, out, client, stdout, stderr, isatty, log)
     return True
+
+
+def _recursive(opts, stdout, stderr, isatty, log):
+    """--recursive: every file of the listing through the daemon, one task each."""
+    from dragonfly.dfget import recursive
+    from dragonfly.dfget.viadaemon import DaemonClient, download
+
+    if opts["daemon_url"] is None:
+        raise DfgetError("--recursive needs the peer daemon (not --daemon none)")
+    client = DaemonClient(opts["daemon_url"])
+    if not client.alive():
+        raise DfgetError(f"--recursive needs the peer daemon; none answered at {client.url}")
+
+    def one(file_opts, out):
+        download(file_opts, out, client, stdout, stderr, isatty, log)
+    count = recursive.run(opts, one, stderr, log)
+    log(f"{count} files downloaded")
+    return EXIT_OK
 
 
 def _fail(stderr, reason, code=EXIT_FAILED):

@@ -75,8 +75,8 @@ class Dfget:
     def _want_bar(self):
         if self.opts["quiet"]:
             return False
-        if self._isatty is not None:
-            return self._isatty
+        if self._isatty is not None or self.opts.get("showbar"):
+            return bool(self._isatty or self.opts.get("showbar"))
         try:
             return self.stderr.isatty()
         except (AttributeError, ValueError):

@@ -11,6 +11,7 @@ import textwrap
 from urllib.parse import unquote, urlsplit
 
 from dragonfly import __version__
+from dragonfly.dfget import compat
 from dragonfly.egress import BadEntry, parse_entries
 from dragonfly.redact import has_userinfo, redact_text, redact_url, userinfo_error
 from dragonfly.taskid import task_id_for_url
@@ -40,6 +41,10 @@ FLAGS = [
     ("no-back-source", None, "Fail rather than fetch from the origin directly."),
     ("help", "h", "Display this help and exit."),
     ("version", None, "Display dfget's version and exit."),
+    ("help-compat", None, "List the Dragonfly 1.x/2.x flags dfget accepts and exit."),
+    ("recursive", None, "Download every file under the URL's directory listing (nginx/"
+                        "Apache autoindex, JSON index) into the output directory, each as "
+                        "its own task, keeping relative paths (needs the peer daemon)."),
 ]
 #: (long name, short letter or None, default, help)
 PARAMETERS = [
@@ -53,12 +58,18 @@ PARAMETERS = [
      "The local peer daemon's API; 'none' = always use an embedded peer."),
     ("digest", None, None, "Expected digest ALGO:HEX (sha256, sha512, md5)."),
     ("md5", None, None, "Expected MD5 (same as --digest md5:HEX)."),
-    ("filter", None, None, "Query parameters NAME,... ignored when deriving the task id."),
+    ("filter", None, None, "Query parameters NAME,... (or NAME&...) ignored when deriving "
+                           "the task id."),
     ("tag", None, "", "Text added to the task id (different tag = different task)."),
     ("limit", None, "0",
      "Download rate limit, bytes/s with K/M/G; the peer daemon paces this download too."),
-    ("timeout", None, "0", "Give up after this many seconds (0 = never)."),
-    ("pattern", None, "p2p", "p2p, or source (fetch from the origin directly)."),
+    ("timeout", None, "0", "Give up after this many seconds, or a duration like 5m "
+                           "(0 = never)."),
+    ("pattern", None, "p2p", "p2p; cdn (the supernodes only, no other peers); or source "
+                             "(fetch from the origin directly)."),
+    ("level", None, "5", "--recursive: directory levels to walk (0 = no limit)."),
+    ("accept-regex", None, None, "--recursive: only files whose URL matches this regex."),
+    ("reject-regex", None, None, "--recursive: skip files whose URL matches this regex."),
     ("advertise", None, None,
      "Address other peers use to reach the embedded peer (default 127.0.0.1)."),
     ("allow-origin", None, None,
@@ -108,10 +119,14 @@ def _tables():
     for name, letter, _, _ in PARAMETERS:
         if letter:
             short[letter] = (name, True)
-    for letter, name in ALIASES.items():
+    for letter, name in list(ALIASES.items()) + list(compat.SHORT_ALIASES.items()):
         short[letter] = (name, True)
     long_ = {name: False for name, _, _ in FLAGS}
     long_.update({name: True for name, _, _, _ in PARAMETERS})
+    dialect_short, dialect_long = compat.tables()
+    short.update(dialect_short)
+    for name, takes in dialect_long.items():
+        long_.setdefault(name, takes)
     return short, long_
 
 
@@ -121,6 +136,7 @@ def parse(argv):
     GNU style, like wget: options may follow the URL. Besides every flag and
     parameter by its long name, the dict holds the derived values the run
     uses: C{header_map}, C{digest_spec}, C{filters}, C{limit_bps},
+    C{showbar}, C{compat_ignored} (Dragonfly 1.x/2.x flags, L{compat}),
     C{timeout_s}, C{supernode_list}, C{daemon_url} (None: no daemon),
     C{allow_origin}/C{deny_origin} (checked egress entries) and C{task_id}. Raises L{OptionsError} or, for --help/--version, L{ShowText}.
     """
@@ -135,10 +151,16 @@ def parse(argv):
     o.update({name: default for name, _, default, _ in PARAMETERS})
     o.update({name: [] for name in REPEATABLE})
     headers = []
+    ours = {name for name, _, _ in FLAGS} | {name for name, _, _, _ in PARAMETERS}
     for opt, arg in opts:
         name = short[opt[1]][0] if not opt.startswith("--") else opt[2:]
         if name == "help":
             raise ShowText(help_text())
+        if name == "help-compat":
+            raise ShowText(compat.help_text())
+        if name not in ours:
+            _compat(compat.apply, o, name, arg)
+            continue
         if name == "version":
             raise ShowText(f"dfget (dragonfly) {__version__}\n")
         if name == "header":
@@ -156,8 +178,16 @@ def parse(argv):
             raise OptionsError("give the URL once (either -u URL or as the argument)")
         o["url"] = args[0]
     o["headers"] = headers
+    _compat(compat.finish, o)
     _derive(o)
     return o
+
+
+def _compat(fn, *args):
+    try:
+        fn(*args)
+    except compat.CompatError as e:
+        raise OptionsError(str(e))
 
 
 def _parse_header(value):
@@ -193,17 +223,14 @@ def _derive(o):
             raise OptionsError("give --digest or --md5, not both")
         digest = f"md5:{o['md5']}"
     o["digest_spec"] = parse_digest(digest) if digest else None
-    o["filters"] = [f.strip() for f in (o["filter"] or "").split(",") if f.strip()]
-    if o["pattern"] not in ("p2p", "source"):
-        raise OptionsError("--pattern must be p2p or source")
+    o["filters"] = compat.split_filter(o["filter"])
+    if o["pattern"] not in ("p2p", "cdn", "source"):
+        raise OptionsError("--pattern must be p2p, cdn or source")
     try:
         o["limit_bps"] = parse_rate(o["limit"])
     except BadValue as e:
         raise OptionsError(f"--limit: {e}")
-    try:
-        o["timeout_s"] = float(o["timeout"])
-    except ValueError:
-        raise OptionsError(f"--timeout must be a number of seconds, not {o['timeout']!r}")
+    _compat(lambda: o.__setitem__("timeout_s", compat.parse_duration(o["timeout"])))
     if not 0 <= o["timeout_s"] < float("inf"):
         raise OptionsError("--timeout must be a non-negative number of seconds")
     try:
@@ -227,7 +254,25 @@ def _derive(o):
             o[name.replace("-", "_")] = [e.text for e in parse_entries(o[name])]
         except BadEntry as e:
             raise OptionsError(f"--{name}: {e}")
+    _derive_recursive(o)
     o["task_id"] = task_id_for_url(url, o["filters"], o["tag"] or "")
+
+
+def _derive_recursive(o):
+    try:
+        o["level_n"] = int(o["level"])
+    except ValueError:
+        o["level_n"] = -1
+    if o["level_n"] < 0:
+        raise OptionsError(f"--level must be a whole number >= 0, not {o['level']!r}")
+    for name in ("accept-regex", "reject-regex"):
+        if o[name] is not None:
+            try:
+                re.compile(o[name])
+            except re.error as e:
+                raise OptionsError(f"--{name}: {e}")
+    if o["recursive"] and (o["digest_spec"] or o["output"] == "-"):
+        raise OptionsError("--recursive takes no --digest/--md5 and no -O -")
 
 
 def parse_digest(spec):

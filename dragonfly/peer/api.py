@@ -12,11 +12,16 @@
 - C{GET /api/v1/tasks/<task_id>/data}: the bytes of a task held complete
   (single C{Range: bytes=a-b} honoured), written by the node's push producer
   (L{dragonfly.peer.stream.OrderedPushProducer}).
+- C{GET /api/v1/tasks}: C{{"tasks": [{"task_id", "url", "length", "completed",
+  "complete", "downloading", "last_access"}, ...]}} (URLs without query or
+  userinfo); C{DELETE /api/v1/tasks/<task_id>}: drop a held task (409 while it
+  downloads) and leave its swarm. Both for C{dfctl task}; they answer only a
+  loopback C{Host} and no C{Origin} header.
 - C{GET /healthz}, C{GET /metrics}.
 """
 import json
 import re
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -97,8 +102,8 @@ def parse_download_request(obj):
         except ValueError:
             raise BadRequest("malformed task_id")
     pattern = obj.get("pattern", "p2p")
-    if pattern not in ("p2p", "source"):
-        raise BadRequest("pattern must be p2p or source")
+    if pattern not in ("p2p", "cdn", "source"):
+        raise BadRequest("pattern must be p2p, cdn or source")
     back_source = obj.get("back_source", True)
     if not isinstance(back_source, bool):
         raise BadRequest("back_source must be true or false")
@@ -107,6 +112,29 @@ def parse_download_request(obj):
         raise BadRequest("limit must be a non-negative integer (bytes per second)")
     return {"url": url, "headers": headers, "task_id": task_id, "pattern": pattern,
             "back_source": back_source, "limit": limit}
+
+
+_LOOPBACK_HOST_RE = re.compile(r"\A(localhost|127(\.\d{1,3}){3}|\[::1\])(:\d+)?\Z", re.I)
+
+
+def _local_only(request):
+    """Refuse a request that a browser page could have sent (DNS rebinding, CSRF)."""
+    host = (request.getHeader(b"host") or b"").decode("latin-1")
+    if request.getHeader(b"origin") is not None or not _LOOPBACK_HOST_RE.match(host):
+        raise BadRequest("only loopback clients without an Origin may use this endpoint", 403)
+
+
+def shown_url(url):
+    """C{url} without its userinfo and query, as an API answer may show it."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc.rpartition("@")[2]
+        if "@" in parts.netloc:
+            netloc = "<redacted>@" + netloc
+        return urlunsplit((parts.scheme, netloc, parts.path,
+                           "<redacted>" if parts.query else "", ""))
+    except ValueError:
+        return "<redacted>"
 
 
 class PeerAPI:
@@ -193,6 +221,34 @@ class PeerAPI:
         line({"completed": tf.length, "length": tf.length})
         line({"state": "done", "path": tf.path, "length": tf.length, "task_id": tf.task_id})
         return None
+
+    @app.route("/api/v1/tasks", methods=["GET"])
+    def tasks(self, request):
+        _local_only(request)
+        active = set(self._node.active())
+        rows = [{"task_id": tf.task_id, "url": shown_url(tf.url), "length": tf.length,
+                 "completed": tf.completed_bytes, "complete": tf.is_complete,
+                 "downloading": tf.task_id in active, "last_access": tf.last_access}
+                for tf in sorted(self._store.tasks(), key=lambda t: t.task_id)]
+        return json_body(request, 200, {"tasks": rows})
+
+    @app.route("/api/v1/tasks/<string:task_id>", methods=["DELETE"])
+    def remove_task(self, request, task_id):
+        _local_only(request)
+        try:
+            validate_task_id(task_id)
+        except ValueError:
+            raise BadRequest("malformed task id")
+        if task_id in self._node.active():
+            return error_body(request, 409, "the task is downloading")
+        if self._store.get(task_id) is None:
+            return error_body(request, 404, "task not held")
+        self._store.remove(task_id)
+        self._node.leave(task_id).addErrback(
+            lambda f: self.log.warn("leaving the swarm of {task}: {why}", task=task_id,
+                                    why=f.getErrorMessage()))
+        self.log.info("task {task} removed through the API", task=task_id)
+        return json_body(request, 200, {"task_id": task_id, "removed": True})
 
     @app.route("/api/v1/tasks/<string:task_id>/data", methods=["GET", "HEAD"])
     def data(self, request, task_id):

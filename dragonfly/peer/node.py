@@ -82,8 +82,8 @@ class PeerNode:
         caller; the download stops when no caller or stream is left.
         """
         try:
-            if pattern not in ("p2p", "source"):
-                raise DownloadError(f"unknown pattern {pattern!r} (p2p or source)")
+            if pattern not in ("p2p", "cdn", "source"):
+                raise DownloadError(f"unknown pattern {pattern!r} (p2p, cdn or source)")
             if not isinstance(url, str) or not re.match(r"\Ahttps?://[^/\s]", url, re.I):
                 raise DownloadError(f"not an http(s) URL: {redact_url(url)!r}")
             if has_userinfo(url):

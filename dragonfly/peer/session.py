@@ -256,7 +256,7 @@ class SwarmSession:
             cursor = min(r.cursor for r in self.dl.readers)
         try:
             request = ScheduleRequest(self.me().peer_id, tuple(have), tuple(failed),
-                                      want, wait, cursor)
+                                      want, wait, cursor, seed_only=self.dl.pattern == "cdn")
             return await self.client.schedule(self.addr, self.dl.task_id, request)
         except NotRegistered:
             raise

@@ -339,7 +339,8 @@ class SupernodeAPI:
             raise ApiError(400, str(e))
         deadline = self.clock.seconds() + wait
         while True:
-            assignments = self.scheduler.assign(task_id, peer_id, want, cursor=cursor)
+            assignments = self.scheduler.assign(task_id, peer_id, want, cursor=cursor,
+                                                seed_only=req.seed_only)
             done = self.scheduler.is_done(task_id, peer_id)
             remaining = deadline - self.clock.seconds()
             if assignments or done or want == 0 or remaining <= 0:

@@ -324,7 +324,7 @@ class Scheduler:
         """The number of pieces of C{task_id}."""
         return self._task(task_id).n
 
-    def assign(self, task_id, peer_id, want, cursor=None):
+    def assign(self, task_id, peer_id, want, cursor=None, seed_only=False):
         """Up to C{want} new L{Assignment}s for C{peer_id}, rarest pieces first.
 
         An asker with nothing in flight never leaves empty-handed while the
@@ -337,9 +337,14 @@ class Scheduler:
             gets, for part of C{want}, the lowest pieces from C{cursor} on
             that it needs, lowest first in the answer (see
             L{dragonfly.supernode.policy.sequential}).
+        @param seed_only: only pieces the seed holds, from the seed, within
+            its upload slots but without the super-seeding copy limit (a
+            peer in dfget's C{--pattern cdn}).
         @raise ValueError: for a cursor that is not an int in that range
             (nothing is changed).
         """
+        if seed_only:
+            return self._assign_from_seed(task_id, peer_id, want)
         out = self._assign(task_id, peer_id, want, cursor)
         if out or not isinstance(want, int) or want <= 0:
             return out
@@ -348,6 +353,24 @@ class Scheduler:
         if a.fetching:
             return out
         return self._rescue(task, a)
+
+    def _assign_from_seed(self, task_id, peer_id, want):
+        task = self._task(task_id)
+        a = self._peer(task, peer_id)
+        now = self.clock.seconds()
+        a.last_seen = now
+        if task.expiry and task.expiry[0][0] <= now:
+            self._expire_due(task, now)
+        out = []
+        if not isinstance(want, int) or want <= 0:
+            return out
+        deadline = now + self.assignment_timeout
+        max_uploads, copies = self.max_uploads_per_peer, self.seed_piece_copies
+        for i in bits(task.seed_mask & ~a.have & ~a.fetch_mask):
+            if len(out) >= want or task.seed_uploads >= self.seed_max_uploads:
+                break
+            out.append(start(task, a, i, SEED, deadline, max_uploads, copies))
+        return out
 
     def _rescue(self, task, a):
         """At most one piece for an idle asker that got nothing.

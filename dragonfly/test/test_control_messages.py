@@ -22,6 +22,7 @@ EXAMPLES = [
     m.RegisterAnswer(TASK, 0, 4, 0, SEED, "blake3"),
     m.ScheduleRequest("p-1", (0, 2), (m.FailedPiece(1, "q-2"),), 5, 2.5, 1),
     m.ScheduleRequest("p-1"),
+    m.ScheduleRequest("p-1", want=2, seed_only=True),
     m.ScheduleAnswer((ASSIGNMENT,), False),
     m.ScheduleAnswer((), True),
     m.HeartbeatRequest("p-1", (TASK, "other")),
@@ -225,6 +226,7 @@ MALFORMED = [
     (_bad(m.PreheatStatus, EXAMPLES[-1].to_json(), finished="x"), "finished"),
     (_bad(m.PreheatStatus, EXAMPLES[-1].to_json(), tasks=["x"]), "tasks"),
     (_bad(m.PreheatStatus, EXAMPLES[-1].to_json(), length=-1), "length"),
+    ((m.ScheduleRequest, {"peer_id": "p", "seed_only": "yes"}), "seed_only"),
 ]
 
 

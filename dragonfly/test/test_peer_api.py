@@ -213,3 +213,49 @@ class APITests(SynchronousTestCase):
         self.assertIn("error", json.loads(raw))
         r, raw = self.request("GET", "/api/v1/tasks/..%2Fx/data")
         self.assertIn(r.code, (400, 404))
+
+
+class TaskListTests(SynchronousTestCase):
+    """GET /api/v1/tasks and DELETE /api/v1/tasks/<id> (dfctl task ls / rm)."""
+
+    setUp = APITests.setUp
+    request = APITests.request
+    download = APITests.download
+
+    def test_list_and_remove(self):
+        """A held task is listed (URL without its query); DELETE drops it from the
+        store, and a second DELETE is a 404."""
+        self.download({"url": URL + "?token=secret"})
+        tid = task_id_for_url(URL + "?token=secret")
+        r, body = self.request("GET", "/api/v1/tasks")
+        self.assertEqual(r.code, 200)
+        [row] = json.loads(body)["tasks"]
+        self.assertEqual((row["task_id"], row["length"], row["completed"], row["complete"],
+                          row["downloading"]), (tid, len(DATA), len(DATA), True, False))
+        self.assertNotIn("secret", row["url"])
+        self.assertIn("<redacted>", row["url"])
+        r, body = self.request("DELETE", f"/api/v1/tasks/{tid}")
+        self.assertEqual((r.code, json.loads(body)["removed"]), (200, True))
+        self.assertIsNone(self.store.get(tid))
+        self.assertEqual(json.loads(self.request("GET", "/api/v1/tasks")[1])["tasks"], [])
+        r, body = self.request("DELETE", f"/api/v1/tasks/{tid}")
+        self.assertEqual(r.code, 404)
+        self.assertIn("error", json.loads(body))
+
+    def test_remove_malformed_id(self):
+        """DELETE of a malformed task id is a 400 JSON error."""
+        r, body = self.request("DELETE", "/api/v1/tasks/..%2Fetc")
+        self.assertIn(r.code, (400, 404))
+        self.assertIn("error", json.loads(body))
+
+    def test_browser_refused(self):
+        """A request with an Origin header, or a Host that is not loopback, is 403."""
+        for headers in ({"Origin": "http://evil.test"}, {"Host": "evil.test:65002"}):
+            d = self.http.request("GET", "http://127.0.0.1:65002/api/v1/tasks",
+                                  headers=headers)
+            self.http.flush()
+            self.assertEqual(self.successResultOf(d).code, 403, headers)
+            d = self.http.request("DELETE", "http://127.0.0.1:65002/api/v1/tasks/" + "a" * 64,
+                                  headers=headers)
+            self.http.flush()
+            self.assertEqual(self.successResultOf(d).code, 403, headers)

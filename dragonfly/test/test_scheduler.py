@@ -35,6 +35,21 @@ class BasicTests(SchedulerMixin, SynchronousTestCase):
         got = {a.index: a.size for a in s.assign(T, "peer-1", 8)}
         self.assertEqual(got, {0: 100, 2: 7})
 
+    def test_seed_only(self):
+        """When a peer asks seed_only (dfget --pattern cdn), every assignment names
+        the seed, even for pieces other peers hold and beyond the super-seeding copy
+        limit; pieces only peers hold are not assigned at all."""
+        s = self.make(pieces=4, seeded=False)
+        for i in (0, 1, 2):
+            s.seed_has(T, i, digest(i))
+        self.join(1, 2, 3)
+        self.give(1, 0, 1, 2, 3)
+        got = s.assign(T, "peer-2", 8, seed_only=True)
+        self.assertEqual(self.sources(got), [(i, SEED.peer_id) for i in (0, 1, 2)])
+        again = s.assign(T, "peer-3", 8, seed_only=True)
+        self.assertEqual(self.sources(again), [(i, SEED.peer_id) for i in (0, 1, 2)])
+        self.assertEqual(s.assign(T, "peer-2", 8, seed_only=True), [])
+
     def test_unknown_task_and_peer(self):
         """When the task or peer is unknown, UnknownTask / UnknownPeer are raised."""
         s = self.make()
