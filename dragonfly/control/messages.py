@@ -20,11 +20,11 @@ from typing import NamedTuple
 from dragonfly.control.fields import (
     HEX_RE, MAX_INDEX, MAX_LENGTH, MAX_PIECE_SIZE, MAX_URL, MessageError, boolean,
     check_headers, check_peer_id, check_task_id, check_url, integer, object_of,
-    optional_integer, peer_info, string, task_ids)
+    optional_integer, peer_info, string, task_identity, task_ids)
 from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
 from dragonfly.digest import HEX_LENGTH
 from dragonfly.interfaces import Assignment, PeerInfo
-from dragonfly.taskid import is_oci_digest, task_id_for_url
+from dragonfly.taskid import is_oci_digest
 from dragonfly.units import BadValue, parse_hostport
 
 __all__ = [
@@ -40,7 +40,6 @@ MAX_WANT = 256              # assignments one schedule call may ask for
 MAX_LIST = 1 << 16          # have/failed entries in one report
 #: Task ids one heartbeat may name (the 1 MiB body cap allows ~8,000 anyway).
 MAX_HEARTBEAT_TASKS = 10000
-MAX_TAG = 1024
 MANIFEST_URL_RE = re.compile(r"\A(https?://[^/]+)/v2/(.+)/manifests/([^/]+)\Z")
 _NAME_RE = re.compile(r"\A[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*\Z")
 _TAG_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
@@ -60,8 +59,12 @@ class _Message:
 class RegisterRequest(_Message):
     """C{POST /api/v1/tasks}: join C{task_id} (fetching C{url} if new) as C{peer}.
 
-    C{redirected}: the sender follows an owner redirect; any supernode then
-    serves the task itself. C{peer} None only asks for the task to be seeded.
+    The id is the supernode's: C{parse} derives it from C{url}, C{filters}
+    (the query parameters left out of it), C{tag} and C{digest} (a known
+    content digest names the task by itself) and refuses a C{task_id} that
+    differs. C{redirected}: the sender follows an owner redirect; any
+    supernode then serves the task itself. C{peer} None only asks for the
+    task to be seeded.
     """
 
     task_id: str
@@ -69,6 +72,9 @@ class RegisterRequest(_Message):
     headers: dict
     peer: PeerInfo = None
     redirected: bool = False
+    filters: tuple = ()
+    tag: str = ""
+    digest: str = None
 
     def to_json(self):
         out = {"task_id": self.task_id, "url": self.url, "headers": dict(self.headers)}
@@ -76,18 +82,25 @@ class RegisterRequest(_Message):
             out["peer"] = self.peer.to_json()
         if self.redirected:
             out["redirected"] = True
+        if self.filters:
+            out["filter"] = list(self.filters)
+        if self.tag:
+            out["tag"] = self.tag
+        if self.digest:
+            out["digest"] = self.digest
         return out
 
     @classmethod
     def parse(cls, obj):
         obj = object_of(obj, "a registration")
-        task_id = check_task_id(obj.get("task_id"))
         url = check_url(obj.get("url"))
+        ident = task_identity(obj, url, required=True)
         headers = check_headers(obj.get("headers"))
         peer = obj.get("peer")
         if peer is not None:
             peer = peer_info(peer, "peer")
-        return cls(task_id, url, headers, peer, boolean(obj, "redirected"))
+        return cls(ident.task_id, url, headers, peer, boolean(obj, "redirected"),
+                   ident.filters, ident.tag, ident.digest)
 
 
 @dataclass(frozen=True)
@@ -419,18 +432,7 @@ def parse_image_reference(ref, insecure=False):
 
 
 def _file_task_id(obj, url):
-    task_id = obj.get("task_id")
-    if task_id is not None:
-        return check_task_id(task_id)
-    filters = obj.get("filter", [])
-    tag = obj.get("tag", "")
-    if isinstance(filters, str):
-        filters = [f for f in filters.split(",") if f]
-    if not isinstance(filters, list) or not all(isinstance(f, str) for f in filters):
-        raise MessageError("filter", "filter must be a list of query parameter names")
-    if not isinstance(tag, str) or len(tag) > MAX_TAG:
-        raise MessageError("tag", "tag must be a string")
-    return task_id_for_url(url, filters, tag)
+    return task_identity(obj, url).task_id
 
 
 def _image_url(obj):

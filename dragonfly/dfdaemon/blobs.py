@@ -25,6 +25,12 @@ from dragonfly.httpio import (
     RangeNotSatisfiable, abort, content_range, describe, parse_range, unregister)
 
 
+def _named_by(digest):
+    """The download arguments naming a blob's task by its digest (sha256 only:
+    a longer digest is no task id, and the peer derives the id from the URL)."""
+    return {"digest": digest} if digest.startswith("sha256:") else {}
+
+
 @implementer(IConsumer, IPushProducer)
 class BlobSink:
     """Receives a blob's bytes in order, hashes all of them, writes a window to the request.
@@ -206,8 +212,10 @@ class Blobs:
             headers["Authorization"] = auth.decode("latin-1")
         blob_url = target.upstream.blob_url(target.name, digest)
         started = defer.Deferred()
+        # The digest names the task: the supernode publishes it complete only
+        # once the whole blob matched it.
         download = self.peer.download(blob_url, headers=headers, task_id=digest,
-                                      on_start=started)
+                                      on_start=started, **_named_by(digest))
         # The download goes on if this client leaves (it will likely retry);
         # its outcome reaches us through `started` and the stream.
         download.addErrback(lambda f: None if started.called else started.errback(f))

@@ -11,7 +11,7 @@ import textwrap
 from urllib.parse import unquote, urlsplit
 
 from dragonfly import __version__
-from dragonfly.taskid import task_id_for_url
+from dragonfly.taskid import derive_task_id
 from dragonfly.units import BadValue, parse_hostports, parse_rate
 
 __all__ = ["DfgetError", "OptionsError", "ShowText", "parse", "parse_digest",
@@ -202,7 +202,11 @@ def _derive(o):
         o["daemon_url"] = daemon.rstrip("/")
     if o["advertise"] is not None and not _HOST_RE.match(o["advertise"]):
         raise OptionsError(f"--advertise: not a host: {o['advertise']!r}")
-    o["task_id"] = task_id_for_url(url, o["filters"], o["tag"] or "")
+    # A sha256 --digest names the content: the task is the digest's,
+    # whatever URL serves it (the supernode derives the same id).
+    spec = o["digest_spec"]
+    o["content_digest"] = f"sha256:{spec[1]}" if spec and spec[0] == "sha256" else None
+    o["task_id"] = derive_task_id(url, o["filters"], o["tag"] or "", o["content_digest"])
 
 
 def parse_digest(spec):

@@ -212,6 +212,10 @@ class _Job:
         o = self.opts
         body = {"url": o["url"], "headers": o["header_map"], "task_id": o["task_id"],
                 "pattern": o["pattern"], "back_source": not o["no-back-source"]}
+        for key, value in (("filter", o["filters"]), ("tag", o["tag"]),
+                           ("digest", o["content_digest"])):
+            if value:
+                body[key] = value
         self.log(f"asking the peer daemon at {self.client.url} for {o['url']}")
         final = self.client.download(body, self.on_progress)
         state = final.get("state")

@@ -1,7 +1,8 @@
 """The peer's local HTTP API (loopback only): what dfget talks to.
 
 - C{POST /api/v1/download} C{{"url", "headers"?, "task_id"?, "filter"?, "tag"?,
-  "pattern"?, "back_source"?}} -> 200 C{application/x-ndjson}: progress lines
+  "digest"?, "pattern"?, "back_source"?}} (the task id is derived from the
+  url, filter, tag and digest; a C{task_id} given must be that id) -> 200 C{application/x-ndjson}: progress lines
   C{{"completed": bytes, "length": n}}, then one final line, either
   C{{"state": "done", "path", "length", "task_id"}} or
   C{{"state": "failed", "error"}}. A malformed request is a 4xx JSON error.
@@ -22,7 +23,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from dragonfly.httpio import RangeNotSatisfiable, content_range, error_body, json_body, parse_range
 from dragonfly.metrics import MetricsResource
 from dragonfly.peer.node import DownloadError, StreamStopped
-from dragonfly.taskid import task_id_for_url, validate_task_id
+from dragonfly.taskid import derive_task_id, validate_task_id
 
 __all__ = ["PeerAPI", "MAX_BODY"]
 
@@ -76,14 +77,20 @@ def parse_download_request(obj):
     tag = obj.get("tag") or ""
     if not isinstance(tag, str):
         raise BadRequest("tag must be a string")
-    task_id = obj.get("task_id")
-    if task_id is None:
-        task_id = task_id_for_url(url, filters, tag)
-    else:
+    digest = obj.get("digest")
+    try:
+        task_id = derive_task_id(url, filters, tag, digest)
+    except ValueError as e:
+        raise BadRequest(str(e))
+    claimed = obj.get("task_id")
+    if claimed is not None:
         try:
-            validate_task_id(task_id)
+            validate_task_id(claimed)
         except ValueError:
             raise BadRequest("malformed task_id")
+        if claimed != task_id:
+            raise BadRequest(f"task_id mismatch: {claimed} is not the id of this request "
+                             f"({task_id})")
     pattern = obj.get("pattern", "p2p")
     if pattern not in ("p2p", "source"):
         raise BadRequest("pattern must be p2p or source")
@@ -91,7 +98,8 @@ def parse_download_request(obj):
     if not isinstance(back_source, bool):
         raise BadRequest("back_source must be true or false")
     return {"url": url, "headers": headers, "task_id": task_id, "pattern": pattern,
-            "back_source": back_source}
+            "back_source": back_source, "filters": tuple(filters), "tag": tag,
+            "digest": digest or None}
 
 
 class PeerAPI:

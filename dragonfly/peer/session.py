@@ -64,10 +64,17 @@ async def register(client, dl, peer):
 
     A supernode's verdict about the task (L{TaskRefused}) is final: L{DownloadError}.
     """
+    request = RegisterRequest(dl.task_id, dl.url, dl.headers, peer, filters=dl.filters,
+                              tag=dl.tag, digest=dl.digest)
     try:
-        return await client.register(RegisterRequest(dl.task_id, dl.url, dl.headers, peer))
+        addr, info = await client.register(request)
     except TaskRefused as e:
         raise DownloadError(str(e)) from e
+    if info.task_id != dl.task_id:
+        # Never take pieces of another task for this one.
+        raise SupernodeUnavailable(f"the supernode answered for task {info.task_id}, "
+                                   f"not {dl.task_id}")
+    return addr, info
 
 
 def _prepare(store, dl, info):

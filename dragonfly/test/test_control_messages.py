@@ -8,6 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from dragonfly.control import messages as m
 from dragonfly.control.messages import MessageError
 from dragonfly.interfaces import Assignment, PeerInfo
+from dragonfly.taskid import task_id_for_url
 
 TASK = "a" * 64
 PEER = PeerInfo("host-1-abcdef01", "127.0.0.1", 65000)
@@ -16,10 +17,16 @@ DIGEST = "0123456789abcdef" * 4
 ASSIGNMENT = Assignment(3, 4096, DIGEST, SEED)
 
 EXAMPLES = [
-    m.RegisterRequest(TASK, "http://origin.test/f", {"X-A": "1"}, PEER),
-    m.RegisterRequest(TASK, "https://origin.test/f?q=1", {}, None, redirected=True),
+    m.RegisterRequest(task_id_for_url("http://origin.test/f"), "http://origin.test/f",
+                      {"X-A": "1"}, PEER),
+    m.RegisterRequest(task_id_for_url("https://origin.test/f?q=1"), "https://origin.test/f?q=1",
+                      {}, None, redirected=True),
     m.RegisterAnswer(TASK, 10, 4, 3, SEED, "blake3"),
     m.RegisterAnswer(TASK, 0, 4, 0, SEED, "blake3"),
+    m.RegisterRequest(task_id_for_url("http://o/f?a=1&b=2", ["a"], "t"), "http://o/f?a=1&b=2",
+                      {}, PEER, filters=("a",), tag="t"),
+    m.RegisterRequest("sha256:" + "0" * 64, "http://o/v2/a/blobs/x", {}, PEER,
+                      digest="sha256:" + "0" * 64),
     m.ScheduleRequest("p-1", (0, 2), (m.FailedPiece(1, "q-2"),), 5, 2.5, 1),
     m.ScheduleRequest("p-1"),
     m.ScheduleAnswer((ASSIGNMENT,), False),
@@ -33,7 +40,7 @@ EXAMPLES = [
     m.ErrorAnswer("boom"),
     m.ErrorAnswer("origin answered 404", origin_status=404),
     m.ErrorAnswer.owner_redirect(TASK, "10.0.0.2:8002"),
-    m.PreheatRequest("file", "http://o/f", {"A": "b"}, TASK),
+    m.PreheatRequest("file", "http://o/f", {"A": "b"}, task_id_for_url("http://o/f")),
     m.PreheatRequest("image", "https://reg/v2/lib/app/manifests/1", {}, None, "linux/arm64/v8"),
     m.PreheatStatus("job0", "done", "file", "http://o/f", 1.5, TASK, 10, None, 2.0),
     m.PreheatStatus("job1", "failed", "image", "https://reg/v2/a/manifests/1", 1, None, None,
@@ -76,13 +83,14 @@ class RoundTripTests(SynchronousTestCase):
         answer = m.RegisterAnswer.parse({"task_id": TASK, "length": 9, "piece_size": 4,
                                          "seed": SEED.to_json()})
         self.assertEqual((answer.piece_count, answer.piece_digest), (3, "sha256"))
-        req = m.RegisterRequest.parse({"task_id": TASK, "url": "http://o/f"})
+        req = m.RegisterRequest.parse({"task_id": task_id_for_url("http://o/f"),
+                                       "url": "http://o/f"})
         self.assertEqual((req.headers, req.peer, req.redirected), ({}, None, False))
 
     def test_headers_cleaned(self):
         """Hop-by-hop headers of a registration are dropped, others kept."""
-        req = m.RegisterRequest.parse({"task_id": TASK, "url": "http://o/f",
-                                       "headers": {"Connection": "x", "Authorization": "y"}})
+        req = m.RegisterRequest.parse({"task_id": task_id_for_url("http://o/f"),
+                                       "url": "http://o/f", "headers": {"Connection": "x", "Authorization": "y"}})
         self.assertEqual(req.headers, {"Authorization": "y"})
 
     def test_preheat_normalised(self):
@@ -139,6 +147,13 @@ MALFORMED = [
     (_bad(m.RegisterRequest, REG, task_id="../../etc/passwd"), "task_id"),
     (_bad(m.RegisterRequest, REG, task_id=5), "task_id"),
     (_bad(m.RegisterRequest, REG, task_id=_DROP), "task_id"),
+    (_bad(m.RegisterRequest, REG, task_id=task_id_for_url("http://origin.test/good")), "task_id"),
+    (_bad(m.RegisterRequest, REG, tag="other"), "task_id"),
+    (_bad(m.RegisterRequest, REG, digest="sha256:" + "0" * 64), "task_id"),
+    (_bad(m.RegisterRequest, REG, digest="md5:" + "0" * 32), "digest"),
+    (_bad(m.RegisterRequest, REG, digest="sha256:XYZ"), "digest"),
+    (_bad(m.RegisterRequest, REG, filter=[1]), "filter"),
+    (_bad(m.RegisterRequest, REG, tag=["t"]), "tag"),
     (_bad(m.RegisterRequest, REG, url="ftp://origin.test/f"), "url"),
     (_bad(m.RegisterRequest, REG, url="http:///nohost"), "url"),
     (_bad(m.RegisterRequest, REG, url="http://origin.test/a b"), "url"),
@@ -211,6 +226,7 @@ MALFORMED = [
     (_bad(m.PreheatRequest, {"url": "http://o/f"}, url="gopher://x/"), "url"),
     (_bad(m.PreheatRequest, {"url": "http://o/f"}, type="video"), "type"),
     (_bad(m.PreheatRequest, {"url": "http://o/f"}, task_id="../x"), "task_id"),
+    (_bad(m.PreheatRequest, {"url": "http://o/f"}, task_id="a" * 64), "task_id"),
     (_bad(m.PreheatRequest, {"url": "http://o/f"}, filter=[1]), "filter"),
     (_bad(m.PreheatRequest, {"url": "http://o/f"}, tag=5), "tag"),
     (_bad(m.PreheatRequest, {"url": "http://o/f"}, headers="x"), "headers"),

@@ -116,7 +116,7 @@ class DaemonTests(DaemonMixin, TestCase):
         daemon = _Daemon(self)
         url = _serve(self, daemon.api.resource())
         await self.ok(url, URL, "-O", self.out, "--digest", "sha256:" + SHA)
-        task = daemon.store.get(task_id_for_url(URL))
+        task = daemon.store.get("sha256:" + SHA)   # a sha256 --digest names the task
         self.assertFalse(os.path.samefile(self.out, task.path))
         with open(self.out, "rb") as f:
             self.assertEqual(f.read(), DATA)

@@ -89,6 +89,37 @@ class RegisterTests(APITestBase):
         self.assertEqual(self.scheduler.task_stats(TASK)["peers"], 1)
         self.assertEqual(len(self.origin.gets("/f")), 1)
 
+    def test_squatted_id_refused(self):
+        """A registration naming another URL's task id is refused with 400 JSON
+        naming the mismatch; nothing is fetched and no task is created."""
+        evil = "http://origin.test/evil"
+        self.origin.add("/evil", b"EVIL")
+        for body in ({"task_id": TASK, "url": evil, "peer": PEER},
+                     {"task_id": TASK, "url": URL, "tag": "v2", "peer": PEER},
+                     {"task_id": TASK, "url": evil, "digest": "sha256:" + "0" * 64}):
+            r = self.request("POST", "/api/v1/tasks", body)
+            self.assertEqual(r.code, 400)
+            obj = self.json(r)
+            self.assertIn("task_id mismatch", obj["error"])
+            self.assertIn(TASK, obj["error"])
+        self.assertEqual(self.origin.requests, [])
+        self.assertFalse(self.scheduler.has_task(TASK))
+        self.assertIsNone(self.store.get(TASK))
+
+    def test_filter_tag_and_digest_derive_the_id(self):
+        """The supernode derives the id from the url, filter and tag (or the
+        digest) it is sent, and answers with it."""
+        self.origin.add("/g", DATA)
+        url = "http://origin.test/g?sig=1"
+        tid = task_id_for_url(url, ["sig"], "t")
+        obj = self.call("POST", "/api/v1/tasks", {"task_id": tid, "url": url, "filter": ["sig"],
+                                                  "tag": "t", "peer": PEER})
+        self.assertEqual(obj["task_id"], tid)
+        digest = "sha256:" + hashlib.sha256(DATA).hexdigest()
+        obj = self.call("POST", "/api/v1/tasks", {"task_id": digest, "url": URL,
+                                                  "digest": digest, "peer": PEER})
+        self.assertEqual(obj["task_id"], digest)
+
     def test_origin_error(self):
         """When the origin answers 404, registering answers 502 with origin_status."""
         self.origin.status["/f"] = 404
@@ -392,8 +423,11 @@ class ClusterRedirectTests(APITestBase):
         """A supernode that does not own a task answers 307 with the owner;
         a request marked redirected is served anyway."""
         cluster = self.api.cluster
-        task = next(t for t in (f"task{i}" for i in range(100)) if cluster.owner(t) is not None)
-        r = self.request("POST", "/api/v1/tasks", {"task_id": task, "url": URL, "peer": PEER})
+        url = next(u for u in (f"{URL}{i}" for i in range(100))
+                   if cluster.owner(task_id_for_url(u)) is not None)
+        task = task_id_for_url(url)
+        self.origin.add(url[len("http://origin.test"):], DATA)
+        r = self.request("POST", "/api/v1/tasks", {"task_id": task, "url": url, "peer": PEER})
         self.assertEqual(r.code, 307)
         owner = cluster.owner(task)
         self.assertEqual(self.json(r), {"error": f"task {task} belongs to supernode {owner}",
@@ -401,9 +435,11 @@ class ClusterRedirectTests(APITestBase):
         self.assertEqual(r.headers.getRawHeaders("location"), [f"http://{owner}/api/v1/tasks"])
         self.assertEqual(self.origin.requests, [])
         self.call("POST", "/api/v1/tasks",
-                  {"task_id": task, "url": URL, "peer": PEER, "redirected": True})
-        mine = next(t for t in (f"task{i}" for i in range(100)) if cluster.owner(t) is None)
-        self.register(task=mine)
+                  {"task_id": task, "url": url, "peer": PEER, "redirected": True})
+        mine = next(u for u in (f"{URL}{i}" for i in range(100))
+                    if cluster.owner(task_id_for_url(u)) is None)
+        self.origin.add(mine[len("http://origin.test"):], DATA)
+        self.register(task=task_id_for_url(mine), url=mine)
 
 
 class ApiSiteTests(SynchronousTestCase):
