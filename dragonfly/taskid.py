@@ -68,6 +68,13 @@ def content_digest(value):
     return value
 
 
+def digest_named(task_id):
+    """The content digest a task id is (L{derive_task_id} of a digest), or None."""
+    if isinstance(task_id, str) and _CONTENT_DIGEST_RE.match(task_id):
+        return task_id
+    return None
+
+
 def derive_task_id(url, filters=(), tag="", digest=None):
     """The id of a task: the content digest itself when one is known (the same
     bytes behind two URLs are one task, as the mirror has always named blobs),

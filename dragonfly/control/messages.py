@@ -30,6 +30,7 @@ from dragonfly.units import BadValue, parse_hostport
 __all__ = [
     "MessageError", "RegisterRequest", "RegisterAnswer", "ScheduleRequest", "FailedPiece",
     "ScheduleAnswer", "HeartbeatRequest", "HeartbeatAnswer", "LeaveRequest", "LeaveAnswer",
+    "CorruptReport",
     "TaskInfo", "PreheatRequest", "PreheatStatus", "ErrorAnswer", "parse_assignment",
     "parse_image_reference", "MAX_WANT", "MAX_LIST", "MAX_HEARTBEAT_TASKS",
     # the field checks, for the supernode's own path segments and preheat
@@ -40,6 +41,7 @@ MAX_WANT = 256              # assignments one schedule call may ask for
 MAX_LIST = 1 << 16          # have/failed entries in one report
 #: Task ids one heartbeat may name (the 1 MiB body cap allows ~8,000 anyway).
 MAX_HEARTBEAT_TASKS = 10000
+MAX_REASON = 1024
 MANIFEST_URL_RE = re.compile(r"\A(https?://[^/]+)/v2/(.+)/manifests/([^/]+)\Z")
 _NAME_RE = re.compile(r"\A[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*\Z")
 _TAG_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
@@ -300,6 +302,25 @@ class LeaveRequest(_Message):
     @classmethod
     def parse(cls, obj):
         return cls(check_peer_id(object_of(obj, "a leave request").get("peer_id")))
+
+
+@dataclass(frozen=True)
+class CorruptReport(_Message):
+    """C{POST /api/v1/tasks/<id>/corrupt}: a holder found the complete task's
+    content wrong (a whole-content or piece digest failed) and dropped it; the
+    supernode re-verifies its own copy. The answer is a L{LeaveAnswer}."""
+
+    peer_id: str
+    reason: str = ""
+
+    def to_json(self):
+        return {"peer_id": self.peer_id, "reason": self.reason}
+
+    @classmethod
+    def parse(cls, obj):
+        obj = object_of(obj, "a corrupt report")
+        return cls(check_peer_id(obj.get("peer_id")),
+                   string(obj.get("reason", ""), "reason", MAX_REASON))
 
 
 @dataclass(frozen=True)

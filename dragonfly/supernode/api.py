@@ -17,12 +17,12 @@ from twisted.web import server
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from dragonfly.control.messages import (
-    ErrorAnswer, HeartbeatAnswer, HeartbeatRequest, LeaveAnswer, LeaveRequest, MessageError,
+    CorruptReport, ErrorAnswer, HeartbeatAnswer, HeartbeatRequest, LeaveAnswer, LeaveRequest, MessageError,
     RegisterAnswer, RegisterRequest, ScheduleAnswer, ScheduleRequest, TaskInfo, check_task_id)
 from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
 from dragonfly.httpio import error_body, json_body
 from dragonfly.origin import OriginError
-from dragonfly.supernode.cdn import CacheFull, CDNError, NotReady
+from dragonfly.supernode.cdn import CacheFull, CDNError, ContentMismatch, NotReady
 from dragonfly.supernode.scheduler import UnknownPeer, UnknownTask
 
 __all__ = ["SupernodeAPI", "ApiError", "LimitedRequest", "api_site"]
@@ -240,6 +240,11 @@ class SupernodeAPI:
             request.setHeader(b"location", new_url.encode("utf-8", "replace"))
         return error_body(request, e.code or 400, e.description or e.name, compact=True)
 
+    @app.handle_errors(ContentMismatch)
+    def _content_mismatch(self, request, failure):
+        # A verdict on the task (its URL does not serve that content): final.
+        return error_body(request, 409, str(failure.value), compact=True)
+
     @app.handle_errors(CDNError)
     def _cdn_error(self, request, failure):
         return error_body(request, 503, str(failure.value), compact=True)
@@ -260,6 +265,8 @@ class SupernodeAPI:
         task_id, peer = req.task_id, req.peer
         self._redirect_if_not_owner(request, task_id, req.redirected, "/api/v1/tasks")
         tf = await self.cdn.ensure(task_id, req.url, req.headers)
+        if not self.scheduler.has_task(task_id):
+            self._raise_cdn_failure(task_id)   # it failed since (a digest mismatch)
         seed = self.cdn.seed
         if peer is not None:
             if peer.peer_id == seed.peer_id:
@@ -310,6 +317,8 @@ class SupernodeAPI:
         e = self.cdn.failure(task_id)
         if e is None:
             return
+        if isinstance(e, ContentMismatch):
+            raise ApiError(409, str(e))
         body = {}
         if isinstance(e, OriginError) and e.status is not None:
             body["origin_status"] = e.status
@@ -346,6 +355,19 @@ class SupernodeAPI:
         req = _parse(LeaveRequest, self.read_json(request))
         self.scheduler.leave(task_id, req.peer_id)
         return json_body(request, 200, LeaveAnswer().to_json(), compact=True)
+
+    @app.route("/api/v1/tasks/<task_id>/corrupt", methods=["POST"])
+    def corrupt(self, request, task_id):
+        """A holder found the complete task's content wrong: re-verify our copy
+        (in the background; it is dropped and fetched again when wrong)."""
+        self._count("corrupt")
+        task_id = _task_id(task_id)
+        req = _parse(CorruptReport, self.read_json(request))
+        self.log.info("peer {peer} reports task {task} corrupt: {why}", peer=req.peer_id,
+                      task=task_id, why=req.reason)
+        self.cdn.recheck(task_id, req.reason).addErrback(
+            lambda f: self.log.failure("re-verifying {task}", f, task=task_id))
+        return json_body(request, 202, LeaveAnswer().to_json(), compact=True)
 
     @app.route("/api/v1/heartbeat", methods=["POST"])
     def heartbeat(self, request):

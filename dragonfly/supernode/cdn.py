@@ -27,6 +27,14 @@ A broken or stalled body is resumed from the first missing piece with bounded
 retries and exponential backoff on the injected clock; 4xx answers are final.
 A failed job leaves its pieces in the store and the next ensure() starts a new
 job (which resumes).
+
+A task named by a content digest (L{dragonfly.taskid.digest_named}: an OCI
+blob, C{dfget --digest}) is complete only once its whole content matched:
+its last piece is announced only after the file, hashed in the runner,
+matched the digest; on a mismatch the job fails with L{ContentMismatch} and
+nothing of it is kept. L{CDN.recheck} re-verifies a complete task a holder
+reported corrupt (every piece, and the content digest) and drops it when it
+is wrong, so the next ensure() fetches it again.
 """
 from twisted.internet.defer import (
     CancelledError, Deferred, fail, succeed)
@@ -37,8 +45,13 @@ from twisted.python.failure import Failure
 from dragonfly.ingest.events import IngestEvents
 from dragonfly.ingest.pipeline import spool_into, stream_into
 from dragonfly.origin import OriginError
+from dragonfly.storage.verify import bad_pieces, content_digest
+from dragonfly.taskid import digest_named
 
-__all__ = ["CDN", "CDNError", "ContentChanged", "CacheFull", "NotReady"]
+__all__ = ["CDN", "CDNError", "ContentChanged", "ContentMismatch", "CacheFull", "NotReady"]
+
+#: Seconds between two re-verifications of one task on corrupt reports.
+RECHECK_INTERVAL = 60.0
 
 
 class CDNError(Exception):
@@ -51,6 +64,10 @@ class NotReady(CDNError):
 
 class CacheFull(CDNError):
     """The file does not fit in the cache (--cache-size)."""
+
+
+class ContentMismatch(CDNError):
+    """A task named by a content digest whose bytes do not match it (final)."""
 
 
 class ContentChanged(OriginError):
@@ -168,6 +185,8 @@ class _Job:
         self.pinned = None
         self.counted = False
         self.finished = None
+        self.digest = digest_named(task_id)   # the content must match it
+        self.verified = False
 
     def status(self):
         s = {"state": self.state, "url": self.url}
@@ -218,6 +237,7 @@ class CDN:
         self.max_spool = max_spool
         self._jobs = {}
         self._published = {}   # task_id -> TaskFile object the scheduler knows
+        self._rechecked = {}   # task_id -> when a corrupt report last re-verified it
         self._stopping = False
         self.failure_ttl = 600.0
 
@@ -284,6 +304,52 @@ class CDN:
                 del self._jobs[task_id]
         return dropped
 
+    def recheck(self, task_id, reason=""):
+        """A holder found C{task_id}'s content wrong: re-verify our complete copy
+        (every piece, and the content digest the task is named by) in the
+        runner; drop it from the store and the scheduler when it is wrong, so
+        the next ensure() fetches it again. A Deferred firing True when our
+        copy was dropped. A task being fetched (it is checked anyway), not
+        held complete, or re-verified in the last L{RECHECK_INTERVAL} seconds
+        is left alone (False).
+        """
+        job = self._jobs.get(task_id)
+        tf = self.store.get(task_id)
+        now = self._reactor.seconds()
+        if (job is not None and job.state in ("pending", "running")) or tf is None \
+                or tf.removed or not tf.is_complete \
+                or now - self._rechecked.get(task_id, -RECHECK_INTERVAL) < RECHECK_INTERVAL:
+            return succeed(False)
+        self._rechecked[task_id] = now
+        self.log.info("task {task_id} reported corrupt ({why}): re-verifying our copy",
+                      task_id=task_id, why=reason or "no reason given")
+        return Deferred.fromCoroutine(self._recheck(task_id, tf))
+
+    async def _recheck(self, task_id, tf):
+        digests = [tf.digest(i) for i in range(tf.piece_count)]
+        tf.pin()
+        try:
+            bad = await self.runner.run(bad_pieces, tf.path, tf.piece_size, tf.length, digests)
+            wanted = digest_named(task_id)
+            got = None
+            if not bad and wanted is not None:
+                got = await self.runner.run(content_digest, tf.path, tf.length)
+        finally:
+            tf.unpin()
+        if not bad and got in (None, wanted):
+            self.log.info("task {task_id}: our copy is intact", task_id=task_id)
+            return False
+        why = f"pieces {bad[:8]} fail their digests" if bad else f"content is {got}, not {wanted}"
+        self.log.warn("task {task_id}: our copy is corrupt ({why}); dropping it to fetch it "
+                      "again", task_id=task_id, why=why)
+        if self.store.get(task_id) is tf:
+            self.store.remove(task_id)
+        self._forget_in_scheduler(task_id)
+        job = self._jobs.get(task_id)
+        if job is not None and job.state != "running" and job.state != "pending":
+            del self._jobs[task_id]
+        return True
+
     def stop(self):
         """Service shutdown: drop origin connections, let jobs fail quietly."""
         self._stopping = True
@@ -322,6 +388,7 @@ class CDN:
                 before = job.tf.completed_bytes if job.tf is not None else -1
                 try:
                     await self._attempt(job)
+                    await self._check_content(job)
                     break
                 except Exception as e:
                     if self._stopping:
@@ -365,7 +432,7 @@ class CDN:
         job.error = f
         self.log.warn("task {task_id} from {url} failed: {err}",
                       task_id=job.task_id, url=job.url, err=str(f.value))
-        if f.check(ContentChanged):
+        if f.check(ContentChanged, ContentMismatch):
             # Do not keep (or serve) a mix of two versions of the file.
             self.store.remove(job.task_id)
             self._forget_in_scheduler(job.task_id)
@@ -405,12 +472,29 @@ class CDN:
             self.scheduler.add_task(job.task_id, _piece_sizes(tf), self.seed)
             self._published[job.task_id] = tf
             for i in tf.completed():
-                self.scheduler.seed_has(job.task_id, i, tf.digest(i))
+                self._piece_done(job, tf, i, tf.digest(i))
         job.ready.fire(tf)
 
     def _piece_done(self, job, tf, index, digest):
+        if job.digest is not None and not job.verified and index == tf.piece_count - 1:
+            return  # the last piece waits for the content digest (_check_content)
         if self._published.get(job.task_id) is tf:
             self.scheduler.seed_has(job.task_id, index, digest)
+
+    async def _check_content(self, job):
+        """A task named by a content digest: hash the whole file (in the
+        runner) and announce its last piece only when it matched."""
+        tf = job.tf
+        if job.digest is None or job.verified:
+            return
+        algo = job.digest.partition(":")[0]
+        got = await self.runner.run(content_digest, tf.path, tf.length, algo)
+        if got != job.digest:
+            raise ContentMismatch(f"content digest mismatch: expected {job.digest}, got {got}")
+        job.verified = True
+        last = tf.piece_count - 1
+        if last >= 0:
+            self._piece_done(job, tf, last, tf.digest(last))
 
     def _count_bytes(self, n):
         if self.metrics is not None:

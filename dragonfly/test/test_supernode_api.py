@@ -120,6 +120,45 @@ class RegisterTests(APITestBase):
                                                   "digest": digest, "peer": PEER})
         self.assertEqual(obj["task_id"], digest)
 
+    def test_digest_mismatch_is_final(self):
+        """A task named by a digest its URL's content does not match fails with
+        409 naming the mismatch (a verdict peers do not retry at the origin),
+        and nothing of it is kept."""
+        wrong = "sha256:" + "0" * 64
+        r = self.request("POST", "/api/v1/tasks", {"task_id": wrong, "url": URL,
+                                                   "digest": wrong, "peer": PEER})
+        if r.code != 409:
+            self.assertEqual(r.code, 200)
+            r = self.request("POST", f"/api/v1/tasks/{wrong}/schedule",
+                             {"peer_id": PEER["peer_id"], "want": 1})
+        self.assertEqual(r.code, 409)
+        self.assertIn("content digest mismatch: expected " + wrong, self.json(r)["error"])
+        self.assertIsNone(self.store.get(wrong))
+
+    def test_corrupt_report(self):
+        """POST /tasks/<id>/corrupt answers 202 and re-verifies the supernode's
+        copy: an edited one is dropped (then fetched again on the next
+        registration), an intact one kept."""
+        self.register()
+        self.call("POST", f"/api/v1/tasks/{TASK}/corrupt",
+                  {"peer_id": PEER["peer_id"], "reason": "x"}, status=202)
+        self.assertIsNotNone(self.store.get(TASK))
+        path = self.store.get(TASK).path
+        st = os.stat(path)
+        with open(path, "r+b") as f:
+            f.write(b"\0" * 16)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))   # the seal cannot tell
+        self.clock.advance(61)
+        self.call("POST", f"/api/v1/tasks/{TASK}/corrupt",
+                  {"peer_id": PEER["peer_id"], "reason": "piece 0"}, status=202)
+        self.assertIsNone(self.store.get(TASK))
+        self.assertFalse(self.scheduler.has_task(TASK))
+        self.register()
+        with open(self.store.get(TASK).path, "rb") as f:
+            self.assertEqual(f.read(), DATA)
+        r = self.request("POST", f"/api/v1/tasks/{TASK}/corrupt", {"reason": "x"})
+        self.assertEqual(r.code, 400)
+
     def test_origin_error(self):
         """When the origin answers 404, registering answers 502 with origin_status."""
         self.origin.status["/f"] = 404
