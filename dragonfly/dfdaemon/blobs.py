@@ -9,7 +9,8 @@ arrive, with ``Content-Length`` and ``Docker-Content-Digest``, through a
 L{BlobSink} that is the peer's consumer and the request's push producer (the
 client's socket paces the swarm; memory does not grow with the blob). The
 whole blob is hashed on the way and a mismatch aborts the connection (the
-client sees a truncated transfer, never a clean finish). If P2P fails before
+client sees a truncated transfer, never a clean finish) and the peer drops
+the task and reports it to its supernode. If P2P fails before
 the first byte, the blob is relayed straight from the upstream.
 """
 import hashlib
@@ -290,6 +291,10 @@ class Blobs:
             ex.kind = "blob-corrupt"
             request.setResponseCode(502)  # for the metrics label; headers are long gone
             abort(request)
+            if sink.offset == length:
+                # The whole blob came and did not match: our copy is wrong.
+                self.peer.drop_corrupt(
+                    task_file.task_id, f"blob content does not match {digest}")
             return
         sink.release()
         request.finish()

@@ -108,6 +108,16 @@ class DaemonClient:
         finally:
             conn.close()
 
+    def corrupt(self, task_id, reason):
+        """Tell the daemon its copy of C{task_id} failed our digest check (best effort)."""
+        try:
+            validate_task_id(task_id)
+            conn, _, response = self._request("POST", f"/api/v1/tasks/{task_id}/corrupt",
+                                              {"reason": reason})
+        except (ValueError, OSError, http.client.HTTPException):
+            return
+        conn.close()
+
     def data(self, task_id):
         """(connection, response) streaming the bytes of a task the daemon holds."""
         try:
@@ -225,11 +235,18 @@ class _Job:
             raise DfgetError("the peer daemon hung up before the download finished")
         length = final.get("length")
         path = final["path"]
-        if os.access(path, os.R_OK):
-            self.deliver_copy(path, out, length)
-        else:
-            self.log(f"cannot read {path}; streaming from the daemon")
-            self.deliver_stream(final.get("task_id") or o["task_id"], out, length)
+        task_id = final.get("task_id") or o["task_id"]
+        try:
+            if os.access(path, os.R_OK):
+                self.deliver_copy(path, out, length)
+            else:
+                self.log(f"cannot read {path}; streaming from the daemon")
+                self.deliver_stream(task_id, out, length)
+        except files.ContentMismatch as e:
+            # The daemon's copy is wrong: it drops it and tells its supernode,
+            # so the next pull fetches the file again.
+            self.client.corrupt(task_id, str(e))
+            raise
 
     def deliver_copy(self, src, out, length):
         if out == "-":

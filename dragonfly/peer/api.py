@@ -8,6 +8,8 @@
   C{{"state": "failed", "error"}}. A malformed request is a 4xx JSON error.
   When the client hangs up, its interest in the download ends (the download
   stops if nobody else wants it).
+- C{POST /api/v1/tasks/<task_id>/corrupt} C{{"reason"}} -> 202: a client
+  found the task's content wrong; the peer drops it and tells its supernode.
 - C{GET /api/v1/tasks/<task_id>/data}: the bytes of a task held complete
   (single C{Range: bytes=a-b} honoured), streamed by a pull producer.
 - C{GET /healthz}, C{GET /metrics}.
@@ -180,6 +182,20 @@ class PeerAPI:
         line({"completed": tf.length, "length": tf.length})
         line({"state": "done", "path": tf.path, "length": tf.length, "task_id": tf.task_id})
         return None
+
+    @app.route("/api/v1/tasks/<string:task_id>/corrupt", methods=["POST"])
+    def corrupt(self, request, task_id):
+        """dfget found the task's content wrong (its --digest): drop our copy and
+        tell the supernode (L{PeerNode.drop_corrupt})."""
+        try:
+            validate_task_id(task_id)
+        except ValueError:
+            raise BadRequest("malformed task id")
+        reason = _read_json(request).get("reason")
+        if not isinstance(reason, str):
+            reason = "a client found the content wrong"
+        self._node.drop_corrupt(task_id, reason[:1000])
+        return json_body(request, 202, {})
 
     @app.route("/api/v1/tasks/<string:task_id>/data", methods=["GET", "HEAD"])
     def data(self, request, task_id):

@@ -179,6 +179,20 @@ class PeerNode:
     def _serving(self, task_id):
         return task_id not in self._downloads and self._store.get(task_id) is not None
 
+    def drop_corrupt(self, task_id, reason):
+        """A holder found our complete copy of C{task_id} wrong (a content digest
+        or a piece digest failed): drop it from the store, leave its swarm and
+        report it to the supernode, which re-verifies its own copy. The next
+        download fetches it again. A Deferred that never fails."""
+        self.log.warn("task {task} is corrupt ({why}): dropping it", task=task_id, why=reason)
+        addr = self._supernodes.members.get(task_id)
+        if task_id not in self._downloads:
+            self._store.remove(task_id)
+        d = self.leave(task_id)
+        d.addCallback(lambda _: self._supernodes.report_corrupt(
+            task_id, self.peer_info.peer_id, reason, addr))
+        return d
+
     def forget_missing(self):
         """Leave the swarms of tasks the store no longer holds (after GC)."""
         ds = []

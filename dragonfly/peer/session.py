@@ -131,6 +131,7 @@ class SwarmSession:
         self.errors = 0
         self.polling = False         # a long-poll is outstanding
         self.reporting = None        # the Deferred of a report-only call in flight
+        self.told_seed = False       # the seed was asked to re-verify its copy
         # Fetches at once: --concurrency, but never more piece bytes in memory
         # than max_buffered (each fetch holds at most about one piece).
         self.slots = settings.concurrency
@@ -338,6 +339,7 @@ class SwarmSession:
                     await tf.write_trusted_piece(a.index, data, digest)
             except DigestMismatch:
                 reason = "digest"
+                self._seed_corrupt(a)
                 raise
             except Exception as e:
                 self.fatal = DownloadError(f"cannot store piece {a.index}: {describe(e)}")
@@ -356,6 +358,15 @@ class SwarmSession:
             self.in_flight.pop(a.index, None)
             self.event.fire()
             self._report_now()
+
+    def _seed_corrupt(self, a):
+        """A piece from the supernode's own copy failed its digest: ask it (once
+        per session) to re-verify that copy, which it drops when wrong."""
+        if a.source.peer_id != self.seed_id or self.told_seed:
+            return
+        self.told_seed = True
+        self.client.report_corrupt(self.dl.task_id, self.me().peer_id,
+                                   f"piece {a.index} from the seed failed its digest", self.addr)
 
     def _report_now(self):
         """While our long-poll is out, report news in a separate call at once.

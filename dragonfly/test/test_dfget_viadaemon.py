@@ -1,6 +1,7 @@
 """dfget.viadaemon: the daemon path (standard library, no reactor) against a real
 PeerAPI and against scripted daemons over loopback sockets, and what is left on
 disk on success and failure."""
+import hashlib
 import os
 
 from treq.testing import StubTreq
@@ -20,6 +21,8 @@ from dragonfly.test.dfgetsupport import (
     DATA, SHA, RunMixin, _hold, _ndjson, _Scripted, _serve)
 from dragonfly.test.peerfakes import FakeOrigin, FakePiecePool, FakeSupernode
 from dragonfly.test.test_peer_node import ME, PIECE, URL, _Hosts
+
+MD5 = hashlib.md5(DATA).hexdigest()
 
 
 class _Daemon:
@@ -162,6 +165,29 @@ class DaemonTests(DaemonMixin, TestCase):
         line = await self.fails(url, URL, "-O", self.out, "--md5", "0" * 32)
         self.assertIn("md5 digest mismatch", line)
         self.assertEqual(self.listing(), [])
+
+    async def test_digest_mismatch_drops_daemon_copy(self):
+        """A daemon copy that fails --digest is dropped by the daemon and reported
+        to its supernode; the next pull fetches it again and succeeds."""
+        from dragonfly.taskid import task_id_for_url
+        daemon = _Daemon(self)
+        url = _serve(self, daemon.api.resource())
+        await self.ok(url, URL, "-O", self.out)
+        tid = task_id_for_url(URL)
+        path = daemon.store.get(tid).path
+        st = os.stat(path)
+        with open(path, "r+b") as f:
+            f.write(b"\xff" * 8)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))   # the seal cannot tell
+        line = await self.fails(url, URL, "-O", self.out, "--md5", MD5)
+        self.assertIn("md5 digest mismatch", line)
+        self.assertIsNone(daemon.store.get(tid))
+        self.assertEqual([t for t, _ in daemon.supernode.corrupt_reports], [tid])
+        self.stderr.seek(0)
+        self.stderr.truncate()
+        await self.ok(url, URL, "-O", self.out, "--md5", MD5)
+        with open(self.out, "rb") as f:
+            self.assertEqual(f.read(), DATA)
 
     async def test_existing_file_kept_on_failure(self):
         """A failed download leaves an existing FILE as it was."""
