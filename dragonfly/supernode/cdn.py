@@ -32,9 +32,9 @@ A task named by a content digest (L{dragonfly.taskid.digest_named}: an OCI
 blob, C{dfget --digest}) is complete only once its whole content matched:
 its last piece is announced only after the file, hashed in the runner,
 matched the digest; on a mismatch the job fails with L{ContentMismatch} and
-nothing of it is kept. L{CDN.recheck} re-verifies a complete task a holder
-reported corrupt (every piece, and the content digest) and drops it when it
-is wrong, so the next ensure() fetches it again.
+nothing of it is kept. L{CDN.recheck} has a complete task a holder reported
+corrupt re-verified (L{dragonfly.supernode.recheck}) and drops it when it is
+wrong, so the next ensure() fetches it again.
 """
 from twisted.internet.defer import (
     CancelledError, Deferred, fail, succeed)
@@ -45,13 +45,11 @@ from twisted.python.failure import Failure
 from dragonfly.ingest.events import IngestEvents
 from dragonfly.ingest.pipeline import spool_into, stream_into
 from dragonfly.origin import OriginError
-from dragonfly.storage.verify import bad_pieces, content_digest
+from dragonfly.storage.verify import content_digest
+from dragonfly.supernode.recheck import Rechecker
 from dragonfly.taskid import digest_named
 
 __all__ = ["CDN", "CDNError", "ContentChanged", "ContentMismatch", "CacheFull", "NotReady"]
-
-#: Seconds between two re-verifications of one task on corrupt reports.
-RECHECK_INTERVAL = 60.0
 
 
 class CDNError(Exception):
@@ -237,7 +235,7 @@ class CDN:
         self.max_spool = max_spool
         self._jobs = {}
         self._published = {}   # task_id -> TaskFile object the scheduler knows
-        self._rechecked = {}   # task_id -> when a corrupt report last re-verified it
+        self.rechecker = Rechecker(reactor, store, runner, self._fetching, self._drop_corrupt)
         self._stopping = False
         self.failure_ttl = 600.0
 
@@ -299,6 +297,7 @@ class CDN:
                 dropped.append(task_id)
         # Failures stay visible (API, preheat) for a while, then are forgotten.
         now = self._reactor.seconds()
+        self.rechecker.prune()
         for task_id, job in list(self._jobs.items()):
             if job.state == "failed" and now - job.finished >= self.failure_ttl:
                 del self._jobs[task_id]
@@ -306,49 +305,20 @@ class CDN:
 
     def recheck(self, task_id, reason=""):
         """A holder found C{task_id}'s content wrong: re-verify our complete copy
-        (every piece, and the content digest the task is named by) in the
-        runner; drop it from the store and the scheduler when it is wrong, so
-        the next ensure() fetches it again. A Deferred firing True when our
-        copy was dropped. A task being fetched (it is checked anyway), not
-        held complete, or re-verified in the last L{RECHECK_INTERVAL} seconds
-        is left alone (False).
-        """
-        job = self._jobs.get(task_id)
-        tf = self.store.get(task_id)
-        now = self._reactor.seconds()
-        if (job is not None and job.state in ("pending", "running")) or tf is None \
-                or tf.removed or not tf.is_complete \
-                or now - self._rechecked.get(task_id, -RECHECK_INTERVAL) < RECHECK_INTERVAL:
-            return succeed(False)
-        self._rechecked[task_id] = now
-        self.log.info("task {task_id} reported corrupt ({why}): re-verifying our copy",
-                      task_id=task_id, why=reason or "no reason given")
-        return Deferred.fromCoroutine(self._recheck(task_id, tf))
+        and drop it when wrong (L{dragonfly.supernode.recheck.Rechecker}); a
+        Deferred firing True when it was dropped."""
+        return self.rechecker.recheck(task_id, reason)
 
-    async def _recheck(self, task_id, tf):
-        digests = [tf.digest(i) for i in range(tf.piece_count)]
-        tf.pin()
-        try:
-            bad = await self.runner.run(bad_pieces, tf.path, tf.piece_size, tf.length, digests)
-            wanted = digest_named(task_id)
-            got = None
-            if not bad and wanted is not None:
-                got = await self.runner.run(content_digest, tf.path, tf.length)
-        finally:
-            tf.unpin()
-        if not bad and got in (None, wanted):
-            self.log.info("task {task_id}: our copy is intact", task_id=task_id)
-            return False
-        why = f"pieces {bad[:8]} fail their digests" if bad else f"content is {got}, not {wanted}"
-        self.log.warn("task {task_id}: our copy is corrupt ({why}); dropping it to fetch it "
-                      "again", task_id=task_id, why=why)
+    def _fetching(self, task_id):
+        job = self._jobs.get(task_id)
+        return job is not None and job.state in ("pending", "running")
+
+    def _drop_corrupt(self, task_id, tf):
         if self.store.get(task_id) is tf:
             self.store.remove(task_id)
         self._forget_in_scheduler(task_id)
-        job = self._jobs.get(task_id)
-        if job is not None and job.state != "running" and job.state != "pending":
-            del self._jobs[task_id]
-        return True
+        if not self._fetching(task_id):
+            self._jobs.pop(task_id, None)
 
     def stop(self):
         """Service shutdown: drop origin connections, let jobs fail quietly."""

@@ -382,3 +382,24 @@ class ContentDigestTests(CDNTestMixin, SynchronousTestCase):
         self.assertFalse(self.successResultOf(self.cdn.recheck(TASK)))
         self.assertEqual(calls, [])
         self.assertFalse(self.successResultOf(self.cdn.recheck("u" * 64)))
+
+    def test_one_recheck_at_a_time(self):
+        """While one task is re-verified, reports about others are dropped:
+        hashing stays one runner thread whoever reports."""
+        runner = DeferredRunner()
+        self.start(runner)
+        d = self.cdn.ensure_complete(TASK, URL)
+        while runner.calls:
+            runner.run_all()
+        self.successResultOf(d)
+        self.origin.add("/g", DATA)
+        d = self.cdn.ensure_complete("u" * 64, "http://origin.test/g")
+        while runner.calls:
+            runner.run_all()
+        self.successResultOf(d)
+        first = self.cdn.recheck(TASK)
+        self.assertNoResult(first)
+        self.assertFalse(self.successResultOf(self.cdn.recheck("u" * 64)))
+        runner.run_all()
+        self.assertFalse(self.successResultOf(first))
+        self.assertNoResult(self.cdn.recheck("u" * 64))
