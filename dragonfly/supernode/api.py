@@ -298,6 +298,8 @@ class SupernodeAPI:
             raise ApiError(400, str(e))
         deadline = self.clock.seconds() + wait
         while True:
+            if not self.scheduler.has_task(task_id):
+                self._raise_cdn_failure(task_id)   # it failed while we waited
             assignments = self.scheduler.assign(task_id, peer_id, want, cursor=cursor)
             done = self.scheduler.is_done(task_id, peer_id)
             remaining = deadline - self.clock.seconds()
