@@ -52,9 +52,13 @@ async def join_swarm(dl, deps, settings, client, me):
     client.joined(dl.task_id, addr)
     try:
         await session.run()
-    except BaseException:
+    except BaseException as e:
         # We failed or were stopped: stop being listed as a source.
         client.leave(dl.task_id, me().peer_id)
+        if isinstance(e, DownloadError) and not tf.is_complete and deps.store.get(dl.task_id) is tf:
+            # A verdict on the task (its content does not match its digest, the
+            # origin refused it): keep none of its pieces for a later download.
+            deps.store.remove(dl.task_id)
         raise
     return tf
 

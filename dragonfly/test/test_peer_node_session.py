@@ -297,3 +297,22 @@ class SelfHealingTests(NodeMixin, SynchronousTestCase):
         tf2 = self.successResultOf(node.download(URL))
         self.assertEqual(self.read_all(tf2), DATA)
         self.assertEqual(len(self.supernode.registrations), registrations + 1)
+
+    def test_verdict_keeps_no_pieces(self):
+        """When the supernode refuses the task mid-download (its content does not
+        match its digest: 409), the download fails and none of its pieces are
+        kept for a later download of the same id."""
+        from dragonfly.peer.errors import DownloadError
+        node = self.make()
+        self.pool.manual = True
+        d = node.download(URL, back_source=False)
+        self.pool.release(1)
+        tid = node.active()[0]
+        self.assertEqual(len(self.store.get(tid).completed()), 1)
+        self.supernode.schedule_answer = (409, {"error": "content digest mismatch: expected x"})
+        while self.pool.held:
+            self.pool.release()
+        self.clock.advance(60)
+        f = self.failureResultOf(d, DownloadError)
+        self.assertIn("content digest mismatch", str(f.value))
+        self.assertIsNone(self.store.get(tid))

@@ -84,6 +84,14 @@ class IntegrityTests(TestCase):
             self.assertEqual(code, 409, obj)
         self.assertIn("content digest mismatch", obj["error"])
 
+        # A download that names the digest of other content fails, and keeps nothing.
+        r = await self.swarm.dfget(evil, peer=peer, args=["--digest", digest])
+        self.assertNotEqual(r.code, 0, r)
+        self.assertIn("content digest mismatch", r.stderr)
+        self.assertFalse(os.path.exists(r.output))
+        self.assertIsNone(data_file(sn.data_dir, digest))
+        self.assertIsNone(data_file(peer.data_dir, digest))
+
         r = await self.swarm.dfget(good, peer=peer)
         self.assertEqual(r.code, 0, r)
         self.assertEqual(sha256_file(r.output), good_sha)
