@@ -248,8 +248,11 @@ class SwarmSession:
         self.client.joined(dl.task_id, addr)
         self.seed_id = info.seed.peer_id
         self.errors = 0
-        # Everything we hold is news to a (possibly different) supernode.
+        # Everything we hold is news to a (possibly different) supernode; the
+        # failures we had not reported were about the registration it forgot
+        # (e.g. a copy it dropped as corrupt): not news about its sources now.
         self.have = list(self.tf.completed())
+        self.failed = []
         self.queue.clear()
 
     async def _schedule(self, want, wait):
