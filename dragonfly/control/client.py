@@ -21,8 +21,8 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 
 from dragonfly.control.messages import (
-    CorruptReport, ErrorAnswer, HeartbeatAnswer, HeartbeatRequest, LeaveRequest, MessageError, RegisterAnswer,
-    ScheduleAnswer, ScheduleRequest)
+    CorruptReport, ErrorAnswer, HeartbeatAnswer, HeartbeatRequest, LeaveRequest, MessageError,
+    RegisterAnswer, ScheduleAnswer, ScheduleRequest)
 from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
 from dragonfly.origin import collect_capped
 from dragonfly.httpio import describe as _describe

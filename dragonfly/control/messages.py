@@ -61,12 +61,10 @@ class _Message:
 class RegisterRequest(_Message):
     """C{POST /api/v1/tasks}: join C{task_id} (fetching C{url} if new) as C{peer}.
 
-    The id is the supernode's: C{parse} derives it from C{url}, C{filters}
-    (the query parameters left out of it), C{tag} and C{digest} (a known
-    content digest names the task by itself) and refuses a C{task_id} that
-    differs. C{redirected}: the sender follows an owner redirect; any
-    supernode then serves the task itself. C{peer} None only asks for the
-    task to be seeded.
+    C{parse} derives the id (L{task_identity}: C{url}, C{filters}, C{tag},
+    C{digest}) and refuses a C{task_id} that differs. C{redirected}: the sender
+    follows an owner redirect; any supernode then serves the task itself.
+    C{peer} None only asks for the task to be seeded.
     """
 
     task_id: str
@@ -84,12 +82,9 @@ class RegisterRequest(_Message):
             out["peer"] = self.peer.to_json()
         if self.redirected:
             out["redirected"] = True
-        if self.filters:
-            out["filter"] = list(self.filters)
-        if self.tag:
-            out["tag"] = self.tag
-        if self.digest:
-            out["digest"] = self.digest
+        for key, value in (("filter", list(self.filters)), ("tag", self.tag),
+                           ("digest", self.digest)):
+            out.update({key: value} if value else {})
         return out
 
     @classmethod
@@ -306,9 +301,8 @@ class LeaveRequest(_Message):
 
 @dataclass(frozen=True)
 class CorruptReport(_Message):
-    """C{POST /api/v1/tasks/<id>/corrupt}: a holder found the complete task's
-    content wrong (a whole-content or piece digest failed) and dropped it; the
-    supernode re-verifies its own copy. The answer is a L{LeaveAnswer}."""
+    """C{POST /api/v1/tasks/<id>/corrupt}: a holder dropped its complete copy, which
+    failed a digest; the supernode re-verifies its own. Answered by a L{LeaveAnswer}."""
 
     peer_id: str
     reason: str = ""
@@ -452,10 +446,6 @@ def parse_image_reference(ref, insecure=False):
     return f"{scheme}://{first}", name, reference
 
 
-def _file_task_id(obj, url):
-    return task_identity(obj, url).task_id
-
-
 def _image_url(obj):
     if "image" in obj:
         try:
@@ -500,7 +490,8 @@ class PreheatRequest(_Message):
         redirected = obj.get("redirected") is True
         if kind == "file":
             url = check_url(obj.get("url"))
-            return cls("file", url, headers, _file_task_id(obj, url), redirected=redirected)
+            return cls("file", url, headers, task_identity(obj, url).task_id,
+                       redirected=redirected)
         if kind != "image":
             raise MessageError("type", 'type must be "file" or "image"')
         platform = obj.get("platform", "linux/amd64")

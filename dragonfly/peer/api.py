@@ -2,8 +2,9 @@
 
 - C{POST /api/v1/download} C{{"url", "headers"?, "task_id"?, "filter"?, "tag"?,
   "digest"?, "pattern"?, "back_source"?}} (the task id is derived from the
-  url, filter, tag and digest; a C{task_id} given must be that id) -> 200 C{application/x-ndjson}: progress lines
-  C{{"completed": bytes, "length": n}}, then one final line, either
+  url, filter, tag and digest; a C{task_id} given must be that id) -> 200
+  C{application/x-ndjson}: progress lines C{{"completed": bytes, "length":
+  n}}, then one final line, either
   C{{"state": "done", "path", "length", "task_id"}} or
   C{{"state": "failed", "error"}}. A malformed request is a 4xx JSON error.
   When the client hangs up, its interest in the download ends (the download

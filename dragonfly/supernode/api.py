@@ -17,7 +17,8 @@ from twisted.web import server
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from dragonfly.control.messages import (
-    CorruptReport, ErrorAnswer, HeartbeatAnswer, HeartbeatRequest, LeaveAnswer, LeaveRequest, MessageError,
+    CorruptReport, ErrorAnswer, HeartbeatAnswer, HeartbeatRequest, LeaveAnswer, LeaveRequest,
+    MessageError,
     RegisterAnswer, RegisterRequest, ScheduleAnswer, ScheduleRequest, TaskInfo, check_task_id)
 from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
 from dragonfly.httpio import error_body, json_body
@@ -367,7 +368,7 @@ class SupernodeAPI:
         req = _parse(CorruptReport, self.read_json(request))
         self.log.info("peer {peer} reports task {task} corrupt: {why}", peer=req.peer_id,
                       task=task_id, why=req.reason)
-        self.cdn.recheck(task_id, req.reason).addErrback(
+        self.cdn.rechecker.recheck(task_id, req.reason).addErrback(
             lambda f: self.log.failure("re-verifying {task}", f, task=task_id))
         return json_body(request, 202, LeaveAnswer().to_json(), compact=True)
 

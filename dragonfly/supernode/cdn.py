@@ -27,14 +27,8 @@ A broken or stalled body is resumed from the first missing piece with bounded
 retries and exponential backoff on the injected clock; 4xx answers are final.
 A failed job leaves its pieces in the store and the next ensure() starts a new
 job (which resumes).
-
-A task named by a content digest (L{dragonfly.taskid.digest_named}: an OCI
-blob, C{dfget --digest}) is complete only once its whole content matched:
-its last piece is announced only after the file, hashed in the runner,
-matched the digest; on a mismatch the job fails with L{ContentMismatch} and
-nothing of it is kept. L{CDN.recheck} has a complete task a holder reported
-corrupt re-verified (L{dragonfly.supernode.recheck}) and drops it when it is
-wrong, so the next ensure() fetches it again.
+A task named by a content digest, and a task reported corrupt: see
+L{dragonfly.supernode.recheck} (the last piece waits for the content check).
 """
 from twisted.internet.defer import (
     CancelledError, Deferred, fail, succeed)
@@ -45,8 +39,7 @@ from twisted.python.failure import Failure
 from dragonfly.ingest.events import IngestEvents
 from dragonfly.ingest.pipeline import spool_into, stream_into
 from dragonfly.origin import OriginError
-from dragonfly.storage.verify import content_digest
-from dragonfly.supernode.recheck import Rechecker
+from dragonfly.supernode.recheck import ContentMismatch, Rechecker, check_content
 from dragonfly.taskid import digest_named
 
 __all__ = ["CDN", "CDNError", "ContentChanged", "ContentMismatch", "CacheFull", "NotReady"]
@@ -62,10 +55,6 @@ class NotReady(CDNError):
 
 class CacheFull(CDNError):
     """The file does not fit in the cache (--cache-size)."""
-
-
-class ContentMismatch(CDNError):
-    """A task named by a content digest whose bytes do not match it (final)."""
 
 
 class ContentChanged(OriginError):
@@ -303,20 +292,14 @@ class CDN:
                 del self._jobs[task_id]
         return dropped
 
-    def recheck(self, task_id, reason=""):
-        """A holder found C{task_id}'s content wrong: re-verify our complete copy
-        and drop it when wrong (L{dragonfly.supernode.recheck.Rechecker}); a
-        Deferred firing True when it was dropped."""
-        return self.rechecker.recheck(task_id, reason)
-
     def _fetching(self, task_id):
-        job = self._jobs.get(task_id)
-        return job is not None and job.state in ("pending", "running")
+        return getattr(self._jobs.get(task_id), "state", None) in ("pending", "running")
 
     def _drop_corrupt(self, task_id, tf):
+        """C{rechecker} found our copy corrupt: forget it (the next ensure() refetches)."""
+        self._forget_in_scheduler(task_id)
         if self.store.get(task_id) is tf:
             self.store.remove(task_id)
-        self._forget_in_scheduler(task_id)
         if not self._fetching(task_id):
             self._jobs.pop(task_id, None)
 
@@ -447,24 +430,18 @@ class CDN:
 
     def _piece_done(self, job, tf, index, digest):
         if job.digest is not None and not job.verified and index == tf.piece_count - 1:
-            return  # the last piece waits for the content digest (_check_content)
+            return  # the last piece waits for the content check (_check_content)
         if self._published.get(job.task_id) is tf:
             self.scheduler.seed_has(job.task_id, index, digest)
 
     async def _check_content(self, job):
-        """A task named by a content digest: hash the whole file (in the
-        runner) and announce its last piece only when it matched."""
-        tf = job.tf
-        if job.digest is None or job.verified:
-            return
-        algo = job.digest.partition(":")[0]
-        got = await self.runner.run(content_digest, tf.path, tf.length, algo)
-        if got != job.digest:
-            raise ContentMismatch(f"content digest mismatch: expected {job.digest}, got {got}")
-        job.verified = True
-        last = tf.piece_count - 1
-        if last >= 0:
-            self._piece_done(job, tf, last, tf.digest(last))
+        """A task named by a content digest: announce its last piece once it matched."""
+        if job.digest is not None and not job.verified:
+            tf, last = job.tf, job.tf.piece_count - 1
+            await check_content(self.runner, tf, job.digest)   # or ContentMismatch
+            job.verified = True
+            if last >= 0:
+                self._piece_done(job, tf, last, tf.digest(last))
 
     def _count_bytes(self, n):
         if self.metrics is not None:

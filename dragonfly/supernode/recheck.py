@@ -1,4 +1,10 @@
-"""Re-verifying a seeded task that a holder reported corrupt: L{Rechecker}.
+"""Checking a seeded task's content: its content digest, and when a holder reports it corrupt.
+
+A task named by a content digest (L{dragonfly.taskid.digest_named}: an OCI
+blob, C{dfget --digest}) is complete only once its whole content matched:
+the CDN announces its last piece only after L{check_content} (the file hashed
+in the runner, in bounded reads) passed; a mismatch fails the task with
+L{ContentMismatch} and the CDN keeps nothing of it.
 
 A peer, the mirror or dfget that finds a complete task's bytes wrong drops
 its copy and reports it (C{POST /api/v1/tasks/<id>/corrupt}). The supernode
@@ -14,10 +20,21 @@ from twisted.logger import Logger
 from dragonfly.storage.verify import bad_pieces, content_digest
 from dragonfly.taskid import digest_named
 
-__all__ = ["Rechecker", "RECHECK_INTERVAL"]
+__all__ = ["Rechecker", "RECHECK_INTERVAL", "ContentMismatch", "check_content"]
 
 #: Seconds between two re-verifications of one task.
 RECHECK_INTERVAL = 60.0
+
+
+class ContentMismatch(Exception):
+    """A task named by a content digest whose bytes do not match it (final)."""
+
+
+async def check_content(runner, tf, digest):
+    """Hash C{tf}'s data file in C{runner}; L{ContentMismatch} unless it is C{digest}."""
+    got = await runner.run(content_digest, tf.path, tf.length, digest.partition(":")[0])
+    if got != digest:
+        raise ContentMismatch(f"content digest mismatch: expected {digest}, got {got}")
 
 
 class Rechecker:

@@ -352,7 +352,7 @@ class ContentDigestTests(CDNTestMixin, SynchronousTestCase):
     def test_recheck_intact(self):
         """A corrupt report about an intact copy keeps it."""
         self.successResultOf(self.cdn.ensure_complete(TASK, URL))
-        self.assertFalse(self.successResultOf(self.cdn.recheck(TASK, "test")))
+        self.assertFalse(self.successResultOf(self.cdn.rechecker.recheck(TASK, "test")))
         self.assertTrue(self.store.get(TASK).is_complete)
 
     def test_recheck_corrupt_refetches(self):
@@ -365,7 +365,7 @@ class ContentDigestTests(CDNTestMixin, SynchronousTestCase):
             f.seek(PIECE + 7)
             f.write(b"\xff" * 3)
         os.utime(tf.path, ns=(st.st_atime_ns, st.st_mtime_ns))
-        self.assertTrue(self.successResultOf(self.cdn.recheck(TASK, "piece 1 failed")))
+        self.assertTrue(self.successResultOf(self.cdn.rechecker.recheck(TASK, "piece 1 failed")))
         self.assertIsNone(self.store.get(TASK))
         self.assertFalse(self.scheduler.has_task(TASK))
         n = len(self.origin.gets("/f"))
@@ -376,12 +376,12 @@ class ContentDigestTests(CDNTestMixin, SynchronousTestCase):
     def test_recheck_rate_limited(self):
         """One task is re-verified at most once a minute, whatever the reports."""
         self.successResultOf(self.cdn.ensure_complete(TASK, URL))
-        self.assertFalse(self.successResultOf(self.cdn.recheck(TASK)))
+        self.assertFalse(self.successResultOf(self.cdn.rechecker.recheck(TASK)))
         calls = []
         self.patch(self.runner, "run", lambda f, *a: calls.append(f))
-        self.assertFalse(self.successResultOf(self.cdn.recheck(TASK)))
+        self.assertFalse(self.successResultOf(self.cdn.rechecker.recheck(TASK)))
         self.assertEqual(calls, [])
-        self.assertFalse(self.successResultOf(self.cdn.recheck("u" * 64)))
+        self.assertFalse(self.successResultOf(self.cdn.rechecker.recheck("u" * 64)))
 
     def test_one_recheck_at_a_time(self):
         """While one task is re-verified, reports about others are dropped:
@@ -397,9 +397,9 @@ class ContentDigestTests(CDNTestMixin, SynchronousTestCase):
         while runner.calls:
             runner.run_all()
         self.successResultOf(d)
-        first = self.cdn.recheck(TASK)
+        first = self.cdn.rechecker.recheck(TASK)
         self.assertNoResult(first)
-        self.assertFalse(self.successResultOf(self.cdn.recheck("u" * 64)))
+        self.assertFalse(self.successResultOf(self.cdn.rechecker.recheck("u" * 64)))
         runner.run_all()
         self.assertFalse(self.successResultOf(first))
-        self.assertNoResult(self.cdn.recheck("u" * 64))
+        self.assertNoResult(self.cdn.rechecker.recheck("u" * 64))
