@@ -104,10 +104,14 @@ class IBodySink(Interface):
 class IDownloader(Interface):
     """What the registry mirror asks of the peer: get a task, then its bytes in order."""
 
-    def download(url, headers=None, task_id=None, on_start=None):
-        """Fetch C{url} (as task C{task_id}) into the store; a Deferred firing with its
-        TaskFile. C{on_start}, a Deferred, fires with the TaskFile once its length is
+    def download(url, headers=None, task_id=None, on_start=None, digest=None):
+        """Fetch C{url} (as task C{task_id}, named by its content C{digest} when
+        given) into the store; a Deferred firing with its TaskFile. C{on_start}, a Deferred, fires with the TaskFile once its length is
         known, before the pieces arrive."""
+
+    def drop_corrupt(task_id, reason):
+        """Our complete copy of C{task_id} failed a digest check: drop it and
+        report it to the supernode (a Deferred that never fails)."""
 
     def stream(task_file, consumer, start=0, end=None):
         """Write the task's bytes [start, end) to C{consumer} in order as pieces

@@ -25,8 +25,8 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 
 from dragonfly.control.messages import (
-    ErrorAnswer, HeartbeatAnswer, HeartbeatRequest, LeaveRequest, MessageError, RegisterAnswer,
-    ScheduleAnswer, ScheduleRequest)
+    CorruptReport, ErrorAnswer, HeartbeatAnswer, HeartbeatRequest, LeaveRequest, MessageError,
+    RegisterAnswer, ScheduleAnswer, ScheduleRequest)
 from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
 from dragonfly.egress import REFUSAL_PREFIX
 from dragonfly.origin import collect_capped
@@ -285,6 +285,23 @@ class SupernodeClient:
                            sn=_name(addr), why=_describe(f))
         d.addCallbacks(lambda _: None, failed)
         return d
+
+    def report_corrupt(self, task_id, peer_id, reason, addr=None):
+        """Tell the supernode at C{addr} (None: every supernode of the list) that
+        our complete copy of C{task_id} failed a digest and was dropped, so it
+        re-verifies its own (best effort): a Deferred that never fails."""
+        body = CorruptReport(peer_id, reason[:1000]).to_json()
+        targets = [addr] if addr is not None else list(self.supernodes)
+
+        async def send():
+            for sn in targets:
+                try:
+                    await self.call(sn, f"/api/v1/tasks/{task_id}/corrupt", body,
+                                    self.api_timeout)
+                except Exception as e:
+                    self.log.info("corrupt report for {task} to {sn} failed: {why}",
+                                  task=task_id, sn=_name(sn), why=_describe(e))
+        return Deferred.fromCoroutine(send())
 
     async def heartbeat(self, peer_id, serving=lambda task_id: True):
         """Tell each supernode which of its tasks we still serve.

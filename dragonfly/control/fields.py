@@ -4,17 +4,18 @@ Each check returns the value (or its cleaned form) or raises L{MessageError}
 naming the field; L{dragonfly.control.messages} builds every message from them.
 """
 import re
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from dragonfly.digest import HEX_LENGTH
 from dragonfly.interfaces import PeerInfo
 from dragonfly.origin import clean_headers
 from dragonfly.redact import has_userinfo, userinfo_error
-from dragonfly.taskid import validate_peer_id, validate_task_id
+from dragonfly.taskid import content_digest, derive_task_id, validate_peer_id, validate_task_id
 
 __all__ = ["MessageError", "check_task_id", "check_peer_id", "check_url", "check_headers",
            "MAX_URL", "MAX_HEADERS", "MAX_HEADER_BYTES", "MAX_INDEX", "MAX_PIECE_SIZE",
-           "MAX_LENGTH", "check_secret"]
+           "MAX_LENGTH", "check_secret", "TaskIdentity", "task_identity"]
 
 MAX_URL = 8192
 MAX_HEADERS = 64
@@ -22,6 +23,8 @@ MAX_HEADER_BYTES = 32 * 1024
 MAX_INDEX = 1 << 31         # piece indexes (and cursors) are 0..MAX_INDEX
 MAX_PIECE_SIZE = 1 << 31
 MAX_LENGTH = (1 << 63) - 1
+MAX_TAG = 1024
+MAX_FILTERS = 64
 HEX_RE = re.compile(r"\A[0-9a-f]{%d}\Z" % HEX_LENGTH)
 
 
@@ -153,3 +156,45 @@ def check_secret(value, field="secret"):
     if not isinstance(value, str) or not _SECRET_RE.match(value):
         raise MessageError(field, f"{field} must be 16-128 URL-safe characters")
     return value
+class TaskIdentity(NamedTuple):
+    """What a task id is derived from, and the id itself (L{derive_task_id})."""
+
+    task_id: str
+    filters: tuple = ()
+    tag: str = ""
+    digest: str = None
+
+
+def task_identity(obj, url, required=False):
+    """The L{TaskIdentity} a request body names: its C{filter}, C{tag} and
+    C{digest} fields and the id derived from them and C{url}.
+    C{required}: the body must name its C{task_id} (a registration does).
+
+    A C{task_id} the body names too must be that id: a client cannot file a
+    URL's bytes under another task's id (L{MessageError} naming both).
+    """
+    filters = obj.get("filter") or ()
+    if isinstance(filters, str):
+        filters = [f for f in filters.split(",") if f]
+    if not isinstance(filters, (list, tuple)) or len(filters) > MAX_FILTERS \
+            or not all(isinstance(f, str) and len(f) <= MAX_TAG for f in filters):
+        raise MessageError("filter", "filter must be a list of query parameter names")
+    tag = obj.get("tag") or ""
+    if not isinstance(tag, str) or len(tag) > MAX_TAG:
+        raise MessageError("tag", "tag must be a string")
+    try:
+        digest = content_digest(obj.get("digest"))
+    except ValueError as e:
+        raise MessageError("digest", str(e))
+    derived = derive_task_id(url, filters, tag, digest)
+    claimed = obj.get("task_id")
+    if claimed is not None or required:
+        check_task_id(claimed)
+        if claimed != derived:
+            raise MessageError("task_id", f"task_id mismatch: {claimed} is not the id of this "
+                               f"request ({derived}, from its {_derived_from(digest)})")
+    return TaskIdentity(derived, tuple(filters), tag, digest)
+
+
+def _derived_from(digest):
+    return "digest" if digest is not None else "url less filtered parameters and tag"

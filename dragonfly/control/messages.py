@@ -13,26 +13,24 @@ always spoken; see docs/design.md "Supernode HTTP API".
 """
 import json
 import math
-import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from dragonfly.control.fields import (
     HEX_RE, MAX_INDEX, MAX_LENGTH, MAX_PIECE_SIZE, MAX_URL, MessageError, boolean,
     check_headers, check_peer_id, check_secret, check_task_id, check_url, integer, object_of,
-    optional_integer, peer_info, string, task_ids)
+    optional_integer, peer_info, string, task_identity, task_ids)
 from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
 from dragonfly.digest import HEX_LENGTH
 from dragonfly.interfaces import Assignment, PeerInfo
 from dragonfly.redact import redact_text, redact_url
-from dragonfly.taskid import is_oci_digest, task_id_for_url
 from dragonfly.units import BadValue, parse_hostport
 
 __all__ = [
     "MessageError", "RegisterRequest", "RegisterAnswer", "ScheduleRequest", "FailedPiece",
     "ScheduleAnswer", "HeartbeatRequest", "HeartbeatAnswer", "LeaveRequest", "LeaveAnswer",
-    "TaskInfo", "PreheatRequest", "PreheatStatus", "ErrorAnswer", "parse_assignment",
-    "parse_image_reference", "MAX_WANT", "MAX_LIST", "MAX_HEARTBEAT_TASKS", "FAILURE_REASONS",
+    "CorruptReport",
+    "TaskInfo", "ErrorAnswer", "parse_assignment", "MAX_WANT", "MAX_LIST", "MAX_HEARTBEAT_TASKS", "FAILURE_REASONS",
     "check_secret",
     # the field checks, for the supernode's own path segments and preheat
     "check_task_id", "check_url", "check_headers",
@@ -42,15 +40,12 @@ MAX_WANT = 256              # assignments one schedule call may ask for
 MAX_LIST = 1 << 16          # have/failed entries in one report
 #: Task ids one heartbeat may name (the 1 MiB body cap allows ~8,000 anyway).
 MAX_HEARTBEAT_TASKS = 10000
-MAX_TAG = 1024
+MAX_REASON = 1024
 #: A failure report's reason: "digest" (the piece failed verification) counts
 #: as a bad piece of the source, "busy" (the source answered BUSY: all its
 #: upload slots taken) only rests the source a moment, anything else is a
 #: failed fetch.
 FAILURE_REASONS = ("fetch", "timeout", "short", "digest", "busy")
-MANIFEST_URL_RE = re.compile(r"\A(https?://[^/]+)/v2/(.+)/manifests/([^/]+)\Z")
-_NAME_RE = re.compile(r"\A[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*\Z")
-_TAG_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 
 
 class _Message:
@@ -73,8 +68,10 @@ def _with_secret(out, secret):
 class RegisterRequest(_Message):
     """C{POST /api/v1/tasks}: join C{task_id} (fetching C{url} if new) as C{peer}.
 
-    C{redirected}: the sender follows an owner redirect; any supernode then
-    serves the task itself. C{peer} None only asks for the task to be seeded.
+    C{parse} derives the id (L{task_identity}: C{url}, C{filters}, C{tag},
+    C{digest}) and refuses a C{task_id} that differs. C{redirected}: the sender
+    follows an owner redirect; any supernode then serves the task itself.
+    C{peer} None only asks for the task to be seeded.
     """
 
     task_id: str
@@ -82,6 +79,9 @@ class RegisterRequest(_Message):
     headers: dict
     peer: PeerInfo = None
     redirected: bool = False
+    filters: tuple = ()
+    tag: str = ""
+    digest: str = None
     secret: str = None           # the peer's secret at this supernode, once it has one
 
     def to_json(self):
@@ -90,19 +90,23 @@ class RegisterRequest(_Message):
             out["peer"] = self.peer.to_json()
         if self.redirected:
             out["redirected"] = True
+        for key, value in (("filter", list(self.filters)), ("tag", self.tag),
+                           ("digest", self.digest)):
+            out.update({key: value} if value else {})
         return _with_secret(out, self.secret)
 
     @classmethod
     def parse(cls, obj):
         obj = object_of(obj, "a registration")
-        task_id = check_task_id(obj.get("task_id"))
         url = check_url(obj.get("url"))
+        ident = task_identity(obj, url, required=True)
         headers = check_headers(obj.get("headers"))
         peer = obj.get("peer")
         if peer is not None:
             peer = peer_info(peer, "peer")
-        secret = check_secret(obj.get("secret"))
-        return cls(task_id, url, headers, peer, boolean(obj, "redirected"), secret=secret)
+        return cls(ident.task_id, url, headers, peer, boolean(obj, "redirected"),
+                   ident.filters, ident.tag, ident.digest,
+                   secret=check_secret(obj.get("secret")))
 
 
 @dataclass(frozen=True)
@@ -333,6 +337,24 @@ class LeaveRequest(_Message):
 
 
 @dataclass(frozen=True)
+class CorruptReport(_Message):
+    """C{POST /api/v1/tasks/<id>/corrupt}: a holder dropped its complete copy, which
+    failed a digest; the supernode re-verifies its own. Answered by a L{LeaveAnswer}."""
+
+    peer_id: str
+    reason: str = ""
+
+    def to_json(self):
+        return {"peer_id": self.peer_id, "reason": self.reason}
+
+    @classmethod
+    def parse(cls, obj):
+        obj = object_of(obj, "a corrupt report")
+        return cls(check_peer_id(obj.get("peer_id")),
+                   string(obj.get("reason", ""), "reason", MAX_REASON))
+
+
+@dataclass(frozen=True)
 class LeaveAnswer(_Message):
     """The (empty) answer to a leave."""
 
@@ -433,156 +455,3 @@ class ErrorAnswer(_Message):
         if owner is not None:
             answer.owner_address()
         return answer
-
-
-# -- preheat ---------------------------------------------------------------------------
-
-def parse_image_reference(ref, insecure=False):
-    """'reg:5000/name:tag' -> (registry base URL, name, reference).
-
-    The registry part is required (a supernode has no default registry).
-    """
-    if not isinstance(ref, str) or not ref or len(ref) > 1024:
-        raise ValueError("image must be a string like registry.example:5000/name:tag")
-    first, sep, rest = ref.partition("/")
-    if not sep or not ("." in first or ":" in first or first == "localhost"):
-        raise ValueError("image reference must start with its registry host (REG[:PORT]/NAME:TAG)")
-    if "@" in rest:
-        name, _, reference = rest.partition("@")
-        if not is_oci_digest(reference):
-            raise ValueError(f"bad digest in {ref!r}")
-    else:
-        name, colon, reference = rest.rpartition(":")
-        if not colon or "/" in reference:
-            name, reference = rest, "latest"
-        if not _TAG_RE.match(reference):
-            raise ValueError(f"bad tag in {ref!r}")
-    if not _NAME_RE.match(name):
-        raise ValueError(f"bad repository name in {ref!r}")
-    scheme = "http" if insecure else "https"
-    return f"{scheme}://{first}", name, reference
-
-
-def _file_task_id(obj, url):
-    task_id = obj.get("task_id")
-    if task_id is not None:
-        return check_task_id(task_id)
-    filters = obj.get("filter", [])
-    tag = obj.get("tag", "")
-    if isinstance(filters, str):
-        filters = [f for f in filters.split(",") if f]
-    if not isinstance(filters, list) or not all(isinstance(f, str) for f in filters):
-        raise MessageError("filter", "filter must be a list of query parameter names")
-    if not isinstance(tag, str) or len(tag) > MAX_TAG:
-        raise MessageError("tag", "tag must be a string")
-    return task_id_for_url(url, filters, tag)
-
-
-def _image_url(obj):
-    if "image" in obj:
-        try:
-            base, name, ref = parse_image_reference(obj["image"], obj.get("insecure") is True)
-        except ValueError as e:
-            raise MessageError("image", f"bad image: {e}")
-        return f"{base}/v2/{name}/manifests/{ref}"
-    url = check_url(obj.get("url"))
-    if not MANIFEST_URL_RE.match(url):
-        raise MessageError("url", "an image url must look like https://REG/v2/NAME/manifests/REF")
-    return url
-
-
-@dataclass(frozen=True)
-class PreheatRequest(_Message):
-    """C{POST /api/v1/preheat}, normalised: a file (C{kind} "file", its C{task_id}
-    given or derived from the URL, C{filter} and C{tag} like dfget) or an image
-    (C{kind} "image", C{url} its manifest's, from C{image} "REG/NAME:TAG" or given)."""
-
-    kind: str
-    url: str
-    headers: dict
-    task_id: str = None
-    platform: str = "linux/amd64"
-    redirected: bool = False
-
-    def to_json(self):
-        out = {"type": self.kind, "url": self.url, "headers": dict(self.headers)}
-        if self.kind == "file":
-            out["task_id"] = self.task_id
-        else:
-            out["platform"] = self.platform
-        if self.redirected:
-            out["redirected"] = True
-        return out
-
-    @classmethod
-    def parse(cls, obj):
-        obj = object_of(obj, "a preheat request")
-        headers = check_headers(obj.get("headers"))
-        kind = "image" if "image" in obj else obj.get("type", "file")
-        redirected = obj.get("redirected") is True
-        if kind == "file":
-            url = check_url(obj.get("url"))
-            return cls("file", url, headers, _file_task_id(obj, url), redirected=redirected)
-        if kind != "image":
-            raise MessageError("type", 'type must be "file" or "image"')
-        platform = obj.get("platform", "linux/amd64")
-        if not isinstance(platform, str) or len(platform) > 256 or platform.count("/") not in (1, 2):
-            raise MessageError("platform", "platform must look like os/arch[/variant]")
-        return cls("image", _image_url(obj), headers, None, platform, redirected)
-
-
-@dataclass(frozen=True)
-class PreheatStatus(_Message):
-    """A preheat job: the 202 answer to a preheat and C{GET /api/v1/preheat/<id>}.
-
-    C{tasks} (image jobs only) lists C{{"task_id", "url", "state", ...}} per blob.
-    """
-
-    id: str
-    state: str
-    type: str
-    url: str
-    created: float
-    task_id: str = None
-    length: int = None
-    tasks: list = None
-    finished: float = None
-    error: str = None
-    origin_status: int = None
-
-    def to_json(self):
-        out = {"id": self.id, "state": self.state, "type": self.type,
-               "url": redact_url(self.url), "created": self.created}
-        for name in ("task_id", "length", "tasks", "finished", "error", "origin_status"):
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = list(value) if name == "tasks" else value
-        if self.tasks is not None:
-            out["tasks"] = [dict(t, url=redact_url(t["url"])) if t.get("url") else dict(t)
-                            for t in self.tasks]
-        if self.error is not None:
-            out["error"] = redact_text(self.error)
-        return out
-
-    @classmethod
-    def parse(cls, obj):
-        obj = object_of(obj, "a preheat job")
-        tasks = obj.get("tasks")
-        if tasks is not None and (not isinstance(tasks, list)
-                                  or not all(isinstance(t, dict) for t in tasks)):
-            raise MessageError("tasks", "tasks must be a list of objects")
-        times = {}
-        for name in ("created", "finished"):
-            value = obj.get(name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise MessageError(name, f"{name} must be a number")
-            times[name] = value
-        if times["created"] is None:
-            raise MessageError("created", "created must be a number")
-        task_id = obj.get("task_id")
-        return cls(string(obj.get("id"), "id", 128), string(obj.get("state"), "state", 64),
-                   string(obj.get("type"), "type", 64), string(obj.get("url"), "url"), times["created"],
-                   None if task_id is None else check_task_id(task_id),
-                   optional_integer(obj, "length", 0, MAX_LENGTH), tasks, times["finished"],
-                   string(obj.get("error"), "error", 1 << 16, optional=True),
-                   optional_integer(obj, "origin_status", 100, 599))

@@ -9,7 +9,8 @@ arrive, with ``Content-Length`` and ``Docker-Content-Digest``, through a
 L{BlobSink} that is the peer's consumer and the request's push producer (the
 client's socket paces the swarm; memory does not grow with the blob). The
 whole blob is hashed on the way and a mismatch aborts the connection (the
-client sees a truncated transfer, never a clean finish). If P2P fails before
+client sees a truncated transfer, never a clean finish) and the peer drops
+the task and reports it to its supernode. If P2P fails before
 the first byte, the blob is relayed straight from the upstream.
 """
 import hashlib
@@ -24,6 +25,12 @@ from dragonfly.dfdaemon.routes import MirrorError
 from dragonfly.httpio import (
     RangeNotSatisfiable, abort, content_range, describe, parse_range, unregister)
 from dragonfly.redact import redact_text, redact_url
+
+
+def _named_by(digest):
+    """The download arguments naming a blob's task by its digest (sha256 only:
+    a longer digest is no task id, and the peer derives the id from the URL)."""
+    return {"digest": digest} if digest.startswith("sha256:") else {}
 
 
 @implementer(IConsumer, IPushProducer)
@@ -207,8 +214,10 @@ class Blobs:
             headers["Authorization"] = auth.decode("latin-1")
         blob_url = target.upstream.blob_url(target.name, digest)
         started = defer.Deferred()
+        # The digest names the task: the supernode publishes it complete only
+        # once the whole blob matched it.
         download = self.peer.download(blob_url, headers=headers, task_id=digest,
-                                      on_start=started)
+                                      on_start=started, **_named_by(digest))
         # The download goes on if this client leaves (it will likely retry);
         # its outcome reaches us through `started` and the stream.
         download.addErrback(lambda f: None if started.called else started.errback(f))
@@ -284,6 +293,10 @@ class Blobs:
             ex.kind = "blob-corrupt"
             request.setResponseCode(502)  # for the metrics label; headers are long gone
             abort(request)
+            if sink.offset == length:
+                # The whole blob came and did not match: our copy is wrong.
+                self.peer.drop_corrupt(
+                    task_file.task_id, f"blob content does not match {digest}")
             return
         sink.release()
         request.finish()

@@ -162,7 +162,8 @@ class Dfget:
         try:
             tf = await node.download(o["url"], headers=o["header_map"], task_id=o["task_id"],
                                      pattern=o["pattern"], back_source=not o["no-back-source"],
-                                     on_progress=self._progress)
+                                     on_progress=self._progress, filters=o["filters"],
+                                     tag=o["tag"] or "", digest=o["content_digest"])
         except DownloadError as e:
             raise DfgetError(str(e))
         path, length = tf.path, tf.length

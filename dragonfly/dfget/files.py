@@ -176,11 +176,15 @@ def hash_file(path, algo):
     return h.hexdigest()
 
 
+class ContentMismatch(DfgetError):
+    """The downloaded bytes do not match C{--digest} (the holder should drop them)."""
+
+
 def check_digest(spec, got):
-    """Raise L{DfgetError} unless C{got} is the hex digest C{spec} = (algo, hex) wants."""
+    """Raise L{ContentMismatch} unless C{got} is the hex digest C{spec} = (algo, hex) wants."""
     algo, want = spec
     if got != want:
-        raise DfgetError(f"{algo} digest mismatch: expected {want}, got {got}")
+        raise ContentMismatch(f"{algo} digest mismatch: expected {want}, got {got}")
 
 
 def write_to(path, stream):

@@ -14,7 +14,7 @@ from dragonfly import __version__
 from dragonfly.dfget import compat
 from dragonfly.egress import BadEntry, parse_entries
 from dragonfly.redact import has_userinfo, redact_text, redact_url, userinfo_error
-from dragonfly.taskid import task_id_for_url
+from dragonfly.taskid import derive_task_id
 from dragonfly.units import BadValue, parse_hostports, parse_rate
 
 __all__ = ["DfgetError", "OptionsError", "ShowText", "parse", "parse_digest",
@@ -255,7 +255,11 @@ def _derive(o):
         except BadEntry as e:
             raise OptionsError(f"--{name}: {e}")
     _derive_recursive(o)
-    o["task_id"] = task_id_for_url(url, o["filters"], o["tag"] or "")
+    # A sha256 --digest names the content: the task is the digest's,
+    # whatever URL serves it (the supernode derives the same id).
+    spec = o["digest_spec"]
+    o["content_digest"] = f"sha256:{spec[1]}" if spec and spec[0] == "sha256" else None
+    o["task_id"] = derive_task_id(url, o["filters"], o["tag"] or "", o["content_digest"])
 
 
 def _derive_recursive(o):

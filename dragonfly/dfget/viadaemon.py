@@ -113,6 +113,16 @@ class DaemonClient:
         finally:
             conn.close()
 
+    def corrupt(self, task_id, reason):
+        """Tell the daemon its copy of C{task_id} failed our digest check (best effort)."""
+        try:
+            validate_task_id(task_id)
+            conn, _, response = self._request("POST", f"/api/v1/tasks/{task_id}/corrupt",
+                                              {"reason": reason})
+        except (ValueError, OSError, http.client.HTTPException):
+            return
+        conn.close()
+
     def data(self, task_id):
         """(connection, response) streaming the bytes of a task the daemon holds."""
         try:
@@ -214,11 +224,25 @@ class _Job:
         self.algo = self.spec[0] if self.spec else None
 
     def run(self, out):
+        try:
+            self.run_once(out)
+        except files.ContentMismatch as e:
+            # The daemon dropped its wrong copy (see run_once): one more pull
+            # fetches the file again through the swarm.
+            self.log(f"the peer daemon's copy failed the digest check ({e}); downloading again")
+            files.remove_temps(self.temp_paths, self.temp_dirs)
+            self.run_once(out)
+
+    def run_once(self, out):
         o = self.opts
         body = {"url": o["url"], "headers": o["header_map"], "task_id": o["task_id"],
                 "pattern": o["pattern"], "back_source": not o["no-back-source"]}
         if o.get("limit_bps"):
             body["limit"] = o["limit_bps"]      # the daemon paces this download
+        for key, value in (("filter", o["filters"]), ("tag", o["tag"]),
+                           ("digest", o["content_digest"])):
+            if value:
+                body[key] = value
         self.log(f"asking the peer daemon at {self.client.url} for {o['url']}")
         final = self.client.download(body, self.on_progress)
         state = final.get("state")
@@ -228,11 +252,18 @@ class _Job:
             raise DfgetError("the peer daemon hung up before the download finished")
         length = final.get("length")
         path = final["path"]
-        if os.access(path, os.R_OK):
-            self.deliver_copy(path, out, length)
-        else:
-            self.log(f"cannot read {path}; streaming from the daemon")
-            self.deliver_stream(final.get("task_id") or o["task_id"], out, length)
+        task_id = final.get("task_id") or o["task_id"]
+        try:
+            if os.access(path, os.R_OK):
+                self.deliver_copy(path, out, length)
+            else:
+                self.log(f"cannot read {path}; streaming from the daemon")
+                self.deliver_stream(task_id, out, length)
+        except files.ContentMismatch as e:
+            # The daemon's copy is wrong: it drops it and tells its supernode,
+            # so the next pull fetches the file again.
+            self.client.corrupt(task_id, str(e))
+            raise
 
     def deliver_copy(self, src, out, length):
         if out == "-":

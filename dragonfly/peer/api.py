@@ -1,14 +1,18 @@
 """The peer's local HTTP API (loopback only): what dfget talks to.
 
 - C{POST /api/v1/download} C{{"url", "headers"?, "task_id"?, "filter"?, "tag"?,
-  "pattern"?, "back_source"?, "limit"?}} -> 200 C{application/x-ndjson}: progress lines
-  C{{"completed": bytes, "length": n}}, then one final line, either
+  "digest"?, "pattern"?, "back_source"?, "limit"?}} (the task id is derived
+  from the url, filter, tag and digest; a C{task_id} given must be that id)
+  -> 200 C{application/x-ndjson}: progress lines C{{"completed": bytes,
+  "length": n}}, then one final line, either
   C{{"state": "done", "path", "length", "task_id"}} or
   C{{"state": "failed", "error"}}. A malformed request is a 4xx JSON error.
   When the client hangs up, its interest in the download ends (the download
   stops if nobody else wants it). C{"limit"} (bytes/s, a non-negative
   integer; 0 or absent = none) paces this download (dfget C{--limit}; when
   several callers share a task see L{dragonfly.peer.pacing}).
+- C{POST /api/v1/tasks/<task_id>/corrupt} C{{"reason"}} -> 202: a client
+  found the task's content wrong; the peer drops it and tells its supernode.
 - C{GET /api/v1/tasks/<task_id>/data}: the bytes of a task held complete
   (single C{Range: bytes=a-b} honoured), written by the node's push producer
   (L{dragonfly.peer.stream.OrderedPushProducer}).
@@ -33,7 +37,7 @@ from dragonfly.metrics import MetricsResource
 from dragonfly.peer.errors import OriginNotAllowed
 from dragonfly.peer.node import DownloadError, StreamStopped
 from dragonfly.redact import has_userinfo, redact_text, redact_url, userinfo_error
-from dragonfly.taskid import task_id_for_url, validate_task_id
+from dragonfly.taskid import derive_task_id, validate_task_id
 
 __all__ = ["PeerAPI", "MAX_BODY"]
 
@@ -93,14 +97,20 @@ def parse_download_request(obj):
     tag = obj.get("tag") or ""
     if not isinstance(tag, str):
         raise BadRequest("tag must be a string")
-    task_id = obj.get("task_id")
-    if task_id is None:
-        task_id = task_id_for_url(url, filters, tag)
-    else:
+    digest = obj.get("digest")
+    try:
+        task_id = derive_task_id(url, filters, tag, digest)
+    except ValueError as e:
+        raise BadRequest(str(e))
+    claimed = obj.get("task_id")
+    if claimed is not None:
         try:
-            validate_task_id(task_id)
+            validate_task_id(claimed)
         except ValueError:
             raise BadRequest("malformed task_id")
+        if claimed != task_id:
+            raise BadRequest(f"task_id mismatch: {claimed} is not the id of this request "
+                             f"({task_id})")
     pattern = obj.get("pattern", "p2p")
     if pattern not in ("p2p", "cdn", "source"):
         raise BadRequest("pattern must be p2p, cdn or source")
@@ -111,7 +121,8 @@ def parse_download_request(obj):
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise BadRequest("limit must be a non-negative integer (bytes per second)")
     return {"url": url, "headers": headers, "task_id": task_id, "pattern": pattern,
-            "back_source": back_source, "limit": limit}
+            "back_source": back_source, "limit": limit, "filters": tuple(filters), "tag": tag,
+            "digest": digest or None}
 
 
 _LOOPBACK_HOST_RE = re.compile(r"\A(localhost|127(\.\d{1,3}){3}|\[::1\])(:\d+)?\Z", re.I)
@@ -249,6 +260,21 @@ class PeerAPI:
                                     why=f.getErrorMessage()))
         self.log.info("task {task} removed through the API", task=task_id)
         return json_body(request, 200, {"task_id": task_id, "removed": True})
+
+    @app.route("/api/v1/tasks/<string:task_id>/corrupt", methods=["POST"])
+    def corrupt(self, request, task_id):
+        """dfget found the task's content wrong (its --digest): drop our copy and
+        tell the supernode (L{PeerNode.drop_corrupt})."""
+        _local_only(request)
+        try:
+            validate_task_id(task_id)
+        except ValueError:
+            raise BadRequest("malformed task id")
+        reason = _read_json(request).get("reason")
+        if not isinstance(reason, str):
+            reason = "a client found the content wrong"
+        self._node.drop_corrupt(task_id, reason[:1000])
+        return json_body(request, 202, {})
 
     @app.route("/api/v1/tasks/<string:task_id>/data", methods=["GET", "HEAD"])
     def data(self, request, task_id):

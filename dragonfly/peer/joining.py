@@ -59,8 +59,14 @@ class Download:
 
     log = Logger()
 
-    def __init__(self, task_id, url, headers, pattern, back_source, clock, metrics):
+    def __init__(self, task_id, url, headers, pattern, back_source, clock, metrics,
+                 filters=(), tag="", digest=None):
         self.task_id = task_id
+        # What the id is derived from: sent with each registration, so the
+        # supernode derives the same id (dragonfly.taskid.derive_task_id).
+        self.filters = tuple(filters)
+        self.tag = tag
+        self.digest = digest
         self.url = url
         self.headers = headers
         self.pattern = pattern

@@ -34,10 +34,24 @@ from dragonfly.peer.session import join_swarm
 from dragonfly.peer.settings import DEFAULT_PIECE_SIZE, NodeDeps, NodeSettings
 from dragonfly.peer.stream import OrderedPushProducer
 from dragonfly.redact import has_userinfo, redact_text, redact_url, userinfo_error
-from dragonfly.taskid import task_id_for_url, validate_task_id
+from dragonfly.taskid import derive_task_id, validate_task_id
 
 __all__ = ["PeerNode", "NodeDeps", "NodeSettings", "DownloadError", "StreamStopped",
            "DEFAULT_PIECE_SIZE"]
+
+
+def _task_id(url, task_id, filters, tag, digest):
+    """The id of the download of C{url} (L{derive_task_id}), checked against
+    the C{task_id} a caller named; L{DownloadError} when they differ."""
+    try:
+        derived = derive_task_id(url, filters, tag, digest)
+        if task_id is not None:
+            validate_task_id(task_id)
+    except ValueError as e:
+        raise DownloadError(str(e))
+    if task_id is not None and task_id != derived:
+        raise DownloadError(f"task_id mismatch: {task_id} is not the id of {url} ({derived})")
+    return derived
 
 
 @implementer(IDownloader)
@@ -69,8 +83,12 @@ class PeerNode:
     # ------------------------------------------------------------------ public
 
     def download(self, url, headers=None, task_id=None, pattern="p2p", back_source=True,
-                 on_progress=None, on_start=None, limit=0):
+                 on_progress=None, on_start=None, limit=0, filters=(), tag="", digest=None):
         """Fetch C{url} into the store; a Deferred firing with its TaskFile.
+
+        The task id is derived from C{url}, C{filters}, C{tag} and C{digest}
+        (a content digest names the task; L{derive_task_id}); a C{task_id}
+        given must be that id.
 
         @param on_progress: called with C{(completed_bytes, length)} as pieces land.
         @param on_start: called with the TaskFile once its length is known
@@ -92,12 +110,7 @@ class PeerNode:
             for k, v in headers.items():
                 if not isinstance(k, str) or not isinstance(v, str):
                     raise DownloadError("headers must map strings to strings")
-            if task_id is None:
-                task_id = task_id_for_url(url)
-            try:
-                validate_task_id(task_id)
-            except ValueError as e:
-                raise DownloadError(str(e))
+            task_id = _task_id(url, task_id, filters, tag, digest)
             if self._stopping:
                 raise DownloadError("peer is shutting down")
         except DownloadError as e:
@@ -112,7 +125,7 @@ class PeerNode:
                 call_start(on_start, tf)
                 return succeed(tf)
             dl = Download(task_id, url, headers, pattern, back_source,
-                          self.deps.clock, self.deps.metrics)
+                          self.deps.clock, self.deps.metrics, filters, tag, digest)
             self._downloads[task_id] = dl
             d = dl.join(on_progress, on_start, limit)
             dl.run = Deferred.fromCoroutine(self._run(dl))
@@ -171,6 +184,20 @@ class PeerNode:
 
     def _serving(self, task_id):
         return task_id not in self._downloads and self._store.get(task_id) is not None
+
+    def drop_corrupt(self, task_id, reason):
+        """A holder found our complete copy of C{task_id} wrong (a content digest
+        or a piece digest failed): drop it from the store, leave its swarm and
+        report it to the supernode, which re-verifies its own copy. The next
+        download fetches it again. A Deferred that never fails."""
+        self.log.warn("task {task} is corrupt ({why}): dropping it", task=task_id, why=reason)
+        addr = self._supernodes.members.get(task_id)
+        if task_id not in self._downloads:
+            self._store.remove(task_id)
+        d = self.leave(task_id)
+        d.addCallback(lambda _: self._supernodes.report_corrupt(
+            task_id, self.peer_info.peer_id, reason, addr))
+        return d
 
     def forget_missing(self):
         """Leave the swarms of tasks the store no longer holds (after GC)."""

@@ -56,9 +56,13 @@ async def join_swarm(dl, deps, settings, client, me):
     client.joined(dl.task_id, addr)
     try:
         await session.run()
-    except BaseException:
+    except BaseException as e:
         # We failed or were stopped: stop being listed as a source.
         client.leave(dl.task_id, me().peer_id)
+        if isinstance(e, DownloadError) and not tf.is_complete and deps.store.get(dl.task_id) is tf:
+            # A verdict on the task (its content does not match its digest, the
+            # origin refused it): keep none of its pieces for a later download.
+            deps.store.remove(dl.task_id)
         raise
     return tf
 
@@ -68,12 +72,19 @@ async def register(client, dl, peer):
 
     A supernode's verdict about the task (L{TaskRefused}) is final: L{DownloadError}.
     """
+    request = RegisterRequest(dl.task_id, dl.url, dl.headers, peer, filters=dl.filters,
+                              tag=dl.tag, digest=dl.digest)
     try:
-        return await client.register(RegisterRequest(dl.task_id, dl.url, dl.headers, peer))
+        addr, info = await client.register(request)
     except EgressRefused as e:
         raise OriginNotAllowed(str(e)) from e
     except TaskRefused as e:
         raise DownloadError(str(e)) from e
+    if info.task_id != dl.task_id:
+        # Never take pieces of another task for this one.
+        raise SupernodeUnavailable(f"the supernode answered for task {info.task_id}, "
+                                   f"not {dl.task_id}")
+    return addr, info
 
 
 def _prepare(store, dl, info):
@@ -130,6 +141,7 @@ class SwarmSession:
         self.errors = 0
         self.polling = False         # a long-poll is outstanding
         self.reporting = None        # the Deferred of a report-only call in flight
+        self.told_seed = False       # the seed was asked to re-verify its copy
         # Fetches at once: --concurrency, but never more piece bytes in memory
         # than max_buffered (each fetch holds at most about one piece).
         self.slots = settings.concurrency
@@ -242,8 +254,11 @@ class SwarmSession:
         self.client.joined(dl.task_id, addr)
         self.seed_id = info.seed.peer_id
         self.errors = 0
-        # Everything we hold is news to a (possibly different) supernode.
+        # Everything we hold is news to a (possibly different) supernode; the
+        # failures we had not reported were about the registration it forgot
+        # (e.g. a copy it dropped as corrupt): not news about its sources now.
         self.have = list(self.tf.completed())
+        self.failed = []
         self.queue.clear()
 
     async def _schedule(self, want, wait):
@@ -338,6 +353,7 @@ class SwarmSession:
                     await tf.write_trusted_piece(a.index, data, digest)
             except DigestMismatch:
                 reason = "digest"
+                self._seed_corrupt(a)
                 raise
             except Exception as e:
                 self.fatal = DownloadError(f"cannot store piece {a.index}: {describe(e)}")
@@ -367,6 +383,15 @@ class SwarmSession:
     def _after_piece(self):
         self.event.fire()
         self._report_now()
+
+    def _seed_corrupt(self, a):
+        """A piece from the supernode's own copy failed its digest: ask it (once
+        per session) to re-verify that copy, which it drops when wrong."""
+        if a.source.peer_id != self.seed_id or self.told_seed:
+            return
+        self.told_seed = True
+        self.client.report_corrupt(self.dl.task_id, self.me().peer_id,
+                                   f"piece {a.index} from the seed failed its digest", self.addr)
 
     def _report_now(self):
         """While our long-poll is out, report news in a separate call at once.

@@ -10,7 +10,10 @@ until known), a bitmap of the pieces held (hex, piece 0 is the top bit of the
 first byte; a held piece always has a digest), ``etag``, ``last_modified``,
 ``created`` and ``last_access`` (the clock's seconds) and ``sealed`` (the data
 file's size and mtime in ns once complete, else ``null``; absent in older
-files). L{serialize} always writes the current version.
+files) and ``clean`` (true only in the save a clean shutdown wrote last; absent
+in older files, read as false: after an unclean stop the held pieces are
+re-verified against their digests before they are served again).
+L{serialize} always writes the current version.
 """
 import json
 from dataclasses import dataclass
@@ -43,6 +46,7 @@ class TaskMeta:
     created: float = 0
     last_access: float = 0
     sealed: Optional[Tuple[int, int]] = None
+    clean: bool = False
 
     @property
     def piece_count(self):
@@ -69,6 +73,7 @@ def serialize(meta):
         "created": meta.created,
         "last_access": meta.last_access,
         "sealed": list(meta.sealed) if meta.sealed else None,
+        "clean": bool(meta.clean),
     }, separators=(",", ":")).encode("utf-8")
 
 
@@ -120,8 +125,11 @@ def _read_v2(doc):
         if not (isinstance(sealed, list) and len(sealed) == 2 and all(is_int(v) for v in sealed)):
             raise BadMeta("bad seal")
         sealed = tuple(sealed)
+    clean = doc.get("clean", False)
+    if not isinstance(clean, bool):
+        raise BadMeta("bad clean flag")
     return TaskMeta(task_id, url, length, piece_size, digests, held, etag, last_modified,
-                    created, last_access, sealed)
+                    created, last_access, sealed, clean)
 
 
 def _read_digests(digests, count):

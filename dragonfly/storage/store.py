@@ -18,6 +18,7 @@ import os
 import shutil
 import time
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -29,7 +30,8 @@ from dragonfly.storage.fdbudget import FdBudget
 from dragonfly.storage.layout import (
     DATA_NAME, META_NAME, TRASH_PREFIX, entry_dir, good_task_id, is_entry_name, is_int,
     is_prefix_dir_name, task_key, trash_path)
-from dragonfly.storage.meta import MAX_META_BYTES, parse
+from dragonfly.storage import verify
+from dragonfly.storage.meta import MAX_META_BYTES, is_held, parse
 from dragonfly.storage.taskfile import TaskFile
 
 
@@ -79,6 +81,10 @@ class PieceStore:
         self.can_schedule = callable(getattr(self.clock, "callLater", None))
         self._tasks = {}
         self._used = 0          # sum of the tasks' completed_bytes
+        #: task id -> digests of the pieces to re-verify (None: not held), see load()
+        self._unverified = {}
+        #: fires once the pieces left by an unclean stop are re-verified
+        self.reverified = succeed(None)
         os.makedirs(self.root, exist_ok=True)
 
     # -- lookup ----------------------------------------------------------------
@@ -240,17 +246,26 @@ class PieceStore:
             t.flush()
 
     def close(self):
-        """Shutdown: save all metadata, stop timers, close idle unpinned fds.
+        """Shutdown: save all metadata (marked clean), stop timers, close idle
+        unpinned fds.
 
         The store stays usable (fds reopen on demand)."""
         for t in list(self._tasks.values()):
-            t.flush()
+            if t.task_id in self._unverified:
+                t.flush()   # its pieces still wait for their re-verification
+            else:
+                t.save_clean()
             t.cancel_timer()
             if t.can_close():
                 t.close_fd()
 
     def load(self):
-        """Scan root (at start-up): keep the valid entries, drop corrupt ones."""
+        """Scan root (at start-up): keep the valid entries, drop corrupt ones.
+
+        A task whose meta.json a clean shutdown did not write last holds none
+        of its pieces until the runner re-hashed them (L{reverified} fires
+        then): a piece whose bytes no longer match its digest is not served
+        again, it is fetched again."""
         for name in sorted(os.listdir(self.root)):
             path = os.path.join(self.root, name)
             if name.startswith(TRASH_PREFIX):
@@ -263,6 +278,33 @@ class PieceStore:
                 self._load_one(name, sub)
         self.log.info("store {root}: {n} tasks, {used} bytes",
                       root=self.root, n=len(self._tasks), used=self.usage())
+        self.reverified = Deferred.fromCoroutine(self._reverify())
+
+    async def _reverify(self):
+        """After an unclean stop: re-hash the pieces meta.json listed as held (in
+        the runner, one task at a time) and hold again those that match."""
+        while self._unverified:
+            task_id = next(iter(self._unverified))
+            digests = self._unverified[task_id]
+            task = self._tasks.get(task_id)
+            if task is None or task.removed:
+                del self._unverified[task_id]
+                continue
+            task.pin()
+            try:
+                bad = await self.runner.run(
+                    verify.bad_pieces, task.path, task.piece_size, task.length, digests)
+            except Exception as e:
+                self.log.warn("cannot re-verify {task}: {why}", task=task_id, why=str(e))
+                bad = range(len(digests))
+            finally:
+                task.unpin()
+                del self._unverified[task_id]
+            bad = set(bad)
+            if bad:
+                self.log.warn("task {task}: {n} pieces failed their digests after an unclean "
+                              "stop; fetching them again", task=task_id, n=len(bad))
+            task.restore_held([None if i in bad else d for i, d in enumerate(digests)])
 
     def _load_one(self, prefix, sub):
         entry = os.path.join(self.root, prefix, sub)
@@ -294,10 +336,16 @@ class PieceStore:
         if sealed is not None and fileio.stamp(st) != sealed:
             raise CorruptEntry("data file changed after the task was complete")
         now = self.clock.seconds()
+        held = meta.held
+        if not meta.clean and any(held):
+            # An unclean stop: nothing is served until re-verified (_reverify).
+            self._unverified[meta.task_id] = tuple(
+                d if is_held(held, i) else None for i, d in enumerate(meta.digests))
+            held, sealed = None, None
         task = TaskFile(self, meta.task_id, meta.url, meta.length, meta.piece_size,
                         meta.etag, meta.last_modified, created=min(meta.created, now),
                         last_access=min(meta.last_access, now), digests=meta.digests,
-                        held=meta.held, sealed=sealed)
+                        held=held, sealed=sealed)
         if task.is_complete and sealed is None:
             task.seal_from(st)   # from an older meta.json
         return task

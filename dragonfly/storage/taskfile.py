@@ -101,6 +101,7 @@ class TaskFile:
         #: (st_size, st_mtime_ns) of the data file when it became complete.
         self._sealed = sealed
         self._write_lock = threading.Lock()   # held by a runner thread while it writes
+        self._clean = False    # saved by a clean shutdown, unchanged since (meta "clean")
 
     def __repr__(self):
         return (f"<TaskFile {self.task_id!r} {self._held_count}/{self.piece_count} pieces"
@@ -338,6 +339,7 @@ class TaskFile:
     def _mark_held(self, index, digest):
         if self.has(index):
             return
+        self._clean = False
         self._held[index >> 3] |= 0x80 >> (index & 7)
         self._digests[index] = digest
         self._held_count += 1
@@ -443,7 +445,22 @@ class TaskFile:
         """What meta.json records of this task now (a L{TaskMeta})."""
         return TaskMeta(self.task_id, self.url, self.length, self.piece_size,
                         self._digest_tuple(), bytes(self._held), self.etag,
-                        self.last_modified, self.created, self.last_access, self._sealed)
+                        self.last_modified, self.created, self.last_access, self._sealed,
+                        self._clean)
+
+    def save_clean(self):
+        """Shutdown: save meta.json marked clean (its pieces need no re-verify
+        at the next load unless something changes before)."""
+        self._clean = True
+        return self._saver.save()
+
+    def restore_held(self, digests):
+        """Mark held again the pieces re-verified after an unclean stop:
+        C{digests} has the verified hex digest of each such piece, None for
+        the others. A piece held or being written meanwhile is left alone."""
+        for index, digest in enumerate(digests):
+            if digest is not None and not self._removed and index not in self._writing:
+                self._mark_held(index, digest)
 
     def _digest_tuple(self):
         out = [None] * self.piece_count

@@ -17,7 +17,8 @@ from twisted.web import server
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from dragonfly.control.messages import (
-    ErrorAnswer, HeartbeatAnswer, HeartbeatRequest, LeaveAnswer, LeaveRequest, MessageError,
+    CorruptReport, ErrorAnswer, HeartbeatAnswer, HeartbeatRequest, LeaveAnswer, LeaveRequest,
+    MessageError,
     RegisterAnswer, RegisterRequest, ScheduleAnswer, ScheduleRequest, TaskInfo, check_task_id)
 from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
 from dragonfly.httpio import error_body, json_body
@@ -25,7 +26,8 @@ from dragonfly.httpsite import harden_site
 from dragonfly.interfaces import PeerInfo
 from dragonfly.origin import OriginError, OriginRefused
 from dragonfly.redact import redact_text, redact_url
-from dragonfly.supernode.cdn import CacheFull, CDNError, NotReady, TooLarge, TooManyTasks
+from dragonfly.supernode.cdn import (
+    CacheFull, CDNError, ContentMismatch, NotReady, TooLarge, TooManyTasks)
 from dragonfly.supernode.peerkeys import PeerKeys, WrongSecret
 from dragonfly.supernode.scheduler import TooManyPeers, UnknownPeer, UnknownTask
 
@@ -273,6 +275,11 @@ class SupernodeAPI:
             request.setHeader(b"location", new_url.encode("utf-8", "replace"))
         return error_body(request, e.code or 400, e.description or e.name, compact=True)
 
+    @app.handle_errors(ContentMismatch)
+    def _content_mismatch(self, request, failure):
+        # A verdict on the task (its URL does not serve that content): final.
+        return error_body(request, 409, str(failure.value), compact=True)
+
     @app.handle_errors(CDNError)
     def _cdn_error(self, request, failure):
         return error_body(request, 503, str(failure.value), compact=True)
@@ -293,6 +300,8 @@ class SupernodeAPI:
         task_id, peer = req.task_id, req.peer
         self._redirect_if_not_owner(request, task_id, req.redirected, "/api/v1/tasks")
         tf = await self.cdn.ensure(task_id, req.url, req.headers)
+        if not self.scheduler.has_task(task_id):
+            self._raise_cdn_failure(task_id)   # it failed since (a digest mismatch)
         seed = self.cdn.seed
         secret = None
         if peer is not None:
@@ -339,6 +348,8 @@ class SupernodeAPI:
             raise ApiError(400, str(e))
         deadline = self.clock.seconds() + wait
         while True:
+            if not self.scheduler.has_task(task_id):
+                self._raise_cdn_failure(task_id)   # it failed while we waited
             assignments = self.scheduler.assign(task_id, peer_id, want, cursor=cursor,
                                                 seed_only=req.seed_only)
             done = self.scheduler.is_done(task_id, peer_id)
@@ -361,6 +372,8 @@ class SupernodeAPI:
             return
         if isinstance(e, OriginRefused):
             raise ApiError(403, e.message)
+        if isinstance(e, ContentMismatch):
+            raise ApiError(409, str(e))
         body = {}
         if isinstance(e, OriginError) and e.status is not None:
             body["origin_status"] = e.status
@@ -402,6 +415,19 @@ class SupernodeAPI:
         if self.keys.check(req.peer_id, req.secret):
             self.scheduler.leave(task_id, req.peer_id)
         return json_body(request, 200, LeaveAnswer().to_json(), compact=True)
+
+    @app.route("/api/v1/tasks/<task_id>/corrupt", methods=["POST"])
+    def corrupt(self, request, task_id):
+        """A holder found the complete task's content wrong: re-verify our copy
+        (in the background; it is dropped and fetched again when wrong)."""
+        self._count("corrupt")
+        task_id = _task_id(task_id)
+        req = _parse(CorruptReport, self.read_json(request))
+        self.log.info("peer {peer} reports task {task} corrupt: {why}", peer=req.peer_id,
+                      task=task_id, why=req.reason)
+        self.cdn.rechecker.recheck(task_id, req.reason).addErrback(
+            lambda f: self.log.failure("re-verifying {task}", f, task=task_id))
+        return json_body(request, 202, LeaveAnswer().to_json(), compact=True)
 
     @app.route("/api/v1/heartbeat", methods=["POST"])
     def heartbeat(self, request):

@@ -27,6 +27,8 @@ A broken or stalled body is resumed from the first missing piece with bounded
 retries and exponential backoff on the injected clock; 4xx answers are final.
 A failed job leaves its pieces in the store and the next ensure() starts a new
 job (which resumes).
+A task named by a content digest, and a task reported corrupt: see
+L{dragonfly.supernode.recheck} (the last piece waits for the content check).
 """
 from twisted.internet.defer import (
     CancelledError, Deferred, fail, succeed)
@@ -38,10 +40,12 @@ from dragonfly.ingest.events import IngestEvents
 from dragonfly.ingest.pipeline import spool_into, stream_into
 from dragonfly.origin import BodyBroken, OriginError
 from dragonfly.redact import redact_text, redact_url
+from dragonfly.supernode.recheck import ContentMismatch, Rechecker, check_content
 from dragonfly.supernode.swarmstate import PieceSizes
+from dragonfly.taskid import digest_named
 
-__all__ = ["CDN", "CDNError", "ContentChanged", "CacheFull", "NotReady", "TooLarge",
-           "TooManyTasks"]
+__all__ = ["CDN", "CDNError", "ContentChanged", "ContentMismatch", "CacheFull", "NotReady",
+           "TooLarge", "TooManyTasks"]
 
 #: Origin fetches at once, and tasks held, before a new task is refused (429).
 MAX_FETCHES = 256
@@ -185,6 +189,8 @@ class _Job:
         self.pinned = None
         self.counted = False
         self.finished = None
+        self.digest = digest_named(task_id)   # the content must match it
+        self.verified = False
 
     def status(self):
         s = {"state": self.state, "url": self.url}
@@ -243,6 +249,7 @@ class CDN:
         self.max_spool = min(max_spool, max_file_size) if max_spool else max_file_size
         self._jobs = {}
         self._published = {}   # task_id -> TaskFile object the scheduler knows
+        self.rechecker = Rechecker(reactor, store, runner, self._job_running, self._drop_corrupt)
         self._stopping = False
         self.failure_ttl = 600.0
 
@@ -315,10 +322,22 @@ class CDN:
                 dropped.append(task_id)
         # Failures stay visible (API, preheat) for a while, then are forgotten.
         now = self._reactor.seconds()
+        self.rechecker.prune()
         for task_id, job in list(self._jobs.items()):
             if job.state == "failed" and now - job.finished >= self.failure_ttl:
                 del self._jobs[task_id]
         return dropped
+
+    def _job_running(self, task_id):
+        return getattr(self._jobs.get(task_id), "state", None) in ("pending", "running")
+
+    def _drop_corrupt(self, task_id, tf):
+        """C{rechecker} found our copy corrupt: forget it (the next ensure() refetches)."""
+        self._forget_in_scheduler(task_id)
+        if self.store.get(task_id) is tf:
+            self.store.remove(task_id)
+        if not self._job_running(task_id):
+            self._jobs.pop(task_id, None)
 
     def stop(self):
         """Service shutdown: drop origin connections, let jobs fail quietly."""
@@ -372,6 +391,7 @@ class CDN:
                 before = job.tf.completed_bytes if job.tf is not None else -1
                 try:
                     await self._attempt(job)
+                    await self._check_content(job)
                     break
                 except Exception as e:
                     if self._stopping:
@@ -422,7 +442,7 @@ class CDN:
         job.error = f
         self.log.warn("task {task_id} from {url} failed: {err}",
                       task_id=job.task_id, url=redact_url(job.url), err=redact_text(str(f.value)))
-        if f.check(ContentChanged):
+        if f.check(ContentChanged, ContentMismatch):
             # Do not keep (or serve) a mix of two versions of the file.
             self.store.remove(job.task_id)
             self._forget_in_scheduler(job.task_id)
@@ -466,12 +486,23 @@ class CDN:
             self.scheduler.add_task(job.task_id, _piece_sizes(tf), self.seed)
             self._published[job.task_id] = tf
             for i in tf.completed():
-                self.scheduler.seed_has(job.task_id, i, tf.digest(i))
+                self._piece_done(job, tf, i, tf.digest(i))
         job.ready.fire(tf)
 
     def _piece_done(self, job, tf, index, digest):
+        if job.digest is not None and not job.verified and index == tf.piece_count - 1:
+            return  # the last piece waits for the content check (_check_content)
         if self._published.get(job.task_id) is tf:
             self.scheduler.seed_has(job.task_id, index, digest)
+
+    async def _check_content(self, job):
+        """A task named by a content digest: announce its last piece once it matched."""
+        if job.digest is not None and not job.verified:
+            tf, last = job.tf, job.tf.piece_count - 1
+            await check_content(self.runner, tf, job.digest)   # or ContentMismatch
+            job.verified = True
+            if last >= 0:
+                self._piece_done(job, tf, last, tf.digest(last))
 
     def _count_bytes(self, n):
         if self.metrics is not None:

@@ -21,7 +21,7 @@ from collections import OrderedDict
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 
-from dragonfly.control.messages import (
+from dragonfly.control.preheat import (
     MANIFEST_URL_RE, PreheatRequest, PreheatStatus, parse_image_reference)
 from dragonfly.origin import OriginError, OriginRefused
 from dragonfly.redact import redact_text, redact_url

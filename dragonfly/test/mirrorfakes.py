@@ -149,8 +149,9 @@ class FakePeer:
         self.chunk = 100
         self.available = 1 << 60
         self.serve = {}  # digest -> bytes served instead (corruption)
+        self.dropped = []  # (task_id, reason) given to drop_corrupt
 
-    def download(self, url, headers=None, task_id=None, on_start=None, **kw):
+    def download(self, url, headers=None, task_id=None, on_start=None, digest=None, **kw):
         self.downloads.append({"url": url, "headers": dict(headers or {}), "task_id": task_id})
         if self.fail is not None:
             e = self.fail
@@ -163,6 +164,10 @@ class FakePeer:
         if on_start is not None:
             on_start.callback(tf)
         return defer.succeed(tf)
+
+    def drop_corrupt(self, task_id, reason):
+        self.dropped.append((task_id, reason))
+        return defer.succeed(None)
 
     def stream(self, task_file, consumer, start=0, end=None):
         data = self.serve.get(task_file.task_id, self.blobs.get(task_file.task_id))

@@ -34,6 +34,7 @@ class FakeSupernode:
         self.registrations = []
         self.schedules = []
         self.leaves = []
+        self.corrupt_reports = []   # (task_id, body)
         self.heartbeats = []
         self.forgotten = set()   # task ids the heartbeat answers as unknown
         self.have = set()
@@ -148,6 +149,11 @@ class FakeSupernode:
         self.leaves.append((task_id, json.loads(request.content.read())))
         self.have.clear()   # like the scheduler: a peer that leaves holds nothing
         return self._json(request, 200, {})
+
+    @app.route("/api/v1/tasks/<task_id>/corrupt", methods=["POST"])
+    def corrupt(self, request, task_id):
+        self.corrupt_reports.append((task_id, json.loads(request.content.read())))
+        return self._json(request, 202, {})
 
     @app.route("/api/v1/heartbeat", methods=["POST"])
     def heartbeat(self, request):

@@ -314,7 +314,7 @@ class CDNRestartTests(CDNTestMixin, SynchronousTestCase):
         self.successResultOf(self.cdn.ensure(TASK, URL, {}))
         done = self.cdn.ensure_complete(TASK, URL, {})
         self.assertEqual(self.store.get(TASK).completed(), [0, 1])
-        changed = b"X" + DATA[1:]   # piece 0 differs; same length, same ETag
+        changed = bytes([DATA[0] ^ 0xFF]) + DATA[1:]   # piece 0 differs; same length, same ETag
         self.origin.add("/f", changed, etag='"v1"', last_modified="Mon, 01 Jan 2024 00:00:00 GMT")
         self.clock.advance(self.cdn.retry_delay)
         f = self.failureResultOf(done, ContentChanged)
@@ -344,3 +344,104 @@ class CDNForgetTests(CDNTestMixin, SynchronousTestCase):
         self.clock.advance(self.cdn.failure_ttl)
         self.cdn.forget_missing()
         self.assertIsNone(self.cdn.status(TASK))
+
+
+class ContentDigestTests(CDNTestMixin, SynchronousTestCase):
+    """Tasks named by a content digest, and re-verification on corrupt reports."""
+
+    GOOD = "sha256:" + __import__("hashlib").sha256(DATA).hexdigest()
+
+    def test_digest_matched_publishes_everything(self):
+        """A task named by its content digest is complete once the whole file
+        matched: every piece, the last one included, is announced."""
+        tf = self.successResultOf(self.cdn.ensure_complete(self.GOOD, URL))
+        self.assertTrue(tf.is_complete)
+        self.assertEqual(self.scheduler.task_stats(self.GOOD)["seeded"], tf.piece_count)
+        self.assertEqual(self.cdn.status(self.GOOD)["state"], "done")
+
+    def test_digest_mismatch_keeps_nothing(self):
+        """Content that does not match the digest its task is named by fails the
+        task with a clear error; the store and the scheduler keep nothing, and
+        the last piece was never offered to peers."""
+        from dragonfly.supernode.cdn import ContentMismatch
+        wrong = "sha256:" + "0" * 64
+        announced = []
+        real = self.scheduler.seed_has
+        self.patch(self.scheduler, "seed_has", lambda t, i, d: (announced.append(i), real(t, i, d)))
+        f = self.failureResultOf(self.cdn.ensure_complete(wrong, URL), ContentMismatch)
+        self.assertIn(f"content digest mismatch: expected {wrong}, got {self.GOOD}", str(f.value))
+        self.assertNotIn(5, announced)          # the last of the 6 pieces
+        self.assertIsNone(self.store.get(wrong))
+        self.assertFalse(self.scheduler.has_task(wrong))
+        self.assertIsInstance(self.cdn.failure(wrong), ContentMismatch)
+
+    def test_digest_hashed_in_runner(self):
+        """The whole-file digest is computed by the runner, not on the reactor."""
+        from dragonfly.storage.verify import content_digest
+        runner = DeferredRunner()
+        self.start(runner)
+        d = self.cdn.ensure_complete(self.GOOD, URL)
+        seen = []
+        for _ in range(100):
+            seen.extend(f for _, f, _, _ in runner.calls)
+            if not runner.calls:
+                break
+            d_, f, a, kw = runner.calls.pop(0)
+            d_.callback(f(*a, **kw))
+        self.successResultOf(d)
+        self.assertIn(content_digest, seen)
+
+    def test_recheck_intact(self):
+        """A corrupt report about an intact copy keeps it."""
+        self.successResultOf(self.cdn.ensure_complete(TASK, URL))
+        self.assertFalse(self.successResultOf(self.cdn.rechecker.recheck(TASK, "test")))
+        self.assertTrue(self.store.get(TASK).is_complete)
+
+    def test_recheck_corrupt_refetches(self):
+        """A corrupt report about a copy whose bytes were edited (mtime kept)
+        drops it from the store and the scheduler; the next ensure fetches it
+        again from the origin and serves the right bytes."""
+        tf = self.successResultOf(self.cdn.ensure_complete(TASK, URL))
+        st = os.stat(tf.path)
+        with open(tf.path, "r+b") as f:
+            f.seek(PIECE + 7)
+            f.write(b"\xff" * 3)
+        os.utime(tf.path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        self.assertTrue(self.successResultOf(self.cdn.rechecker.recheck(TASK, "piece 1 failed")))
+        self.assertIsNone(self.store.get(TASK))
+        self.assertFalse(self.scheduler.has_task(TASK))
+        n = len(self.origin.gets("/f"))
+        self.successResultOf(self.cdn.ensure_complete(TASK, URL))
+        self.assertEqual(len(self.origin.gets("/f")), n + 1)
+        self.assertSeeded()
+
+    def test_recheck_rate_limited(self):
+        """One task is re-verified at most once a minute, whatever the reports."""
+        self.successResultOf(self.cdn.ensure_complete(TASK, URL))
+        self.assertFalse(self.successResultOf(self.cdn.rechecker.recheck(TASK)))
+        calls = []
+        self.patch(self.runner, "run", lambda f, *a: calls.append(f))
+        self.assertFalse(self.successResultOf(self.cdn.rechecker.recheck(TASK)))
+        self.assertEqual(calls, [])
+        self.assertFalse(self.successResultOf(self.cdn.rechecker.recheck("u" * 64)))
+
+    def test_one_recheck_at_a_time(self):
+        """While one task is re-verified, reports about others are dropped:
+        hashing stays one runner thread whoever reports."""
+        runner = DeferredRunner()
+        self.start(runner)
+        d = self.cdn.ensure_complete(TASK, URL)
+        while runner.calls:
+            runner.run_all()
+        self.successResultOf(d)
+        self.origin.add("/g", DATA)
+        d = self.cdn.ensure_complete("u" * 64, "http://origin.test/g")
+        while runner.calls:
+            runner.run_all()
+        self.successResultOf(d)
+        first = self.cdn.rechecker.recheck(TASK)
+        self.assertNoResult(first)
+        self.assertFalse(self.successResultOf(self.cdn.rechecker.recheck("u" * 64)))
+        runner.run_all()
+        self.assertFalse(self.successResultOf(first))
+        self.assertNoResult(self.cdn.rechecker.recheck("u" * 64))

@@ -2,7 +2,8 @@
 from twisted.trial.unittest import SynchronousTestCase
 
 from dragonfly.control.fields import MessageError, check_url
-from dragonfly.control.messages import PreheatStatus, TaskInfo
+from dragonfly.control.messages import TaskInfo
+from dragonfly.control.preheat import PreheatStatus
 
 
 class CheckURLTests(SynchronousTestCase):

@@ -394,6 +394,24 @@ class ScheduleTests(SynchronousTestCase):
         self.assertEqual(self.client.members, {"t1": SN1, "t3": SN2, "t4": SN2, "t5": SN3})
         self.assertEqual(len(self.flushLoggedErrors()), 0)
 
+    def test_report_corrupt(self):
+        """report_corrupt() posts a CorruptReport to the supernode named (or to
+        each of the list); it never fails."""
+        from dragonfly.control.messages import CorruptReport
+        self.sn.answers["corrupt"] = [(202, {}), (500, {})]
+        d = self.client.report_corrupt(TASK, ME.peer_id, "piece 3 failed", SN1)
+        self.hosts.flush()
+        self.assertIsNone(self.successResultOf(d))
+        d = self.client.report_corrupt(TASK, ME.peer_id, "again")
+        self.hosts.flush()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(self.sn.requests, [
+            (f"/api/v1/tasks/{TASK}/corrupt", CorruptReport(ME.peer_id, "piece 3 failed").to_json()),
+            (f"/api/v1/tasks/{TASK}/corrupt", CorruptReport(ME.peer_id, "again").to_json())])
+        d = self.client.report_corrupt(TASK, ME.peer_id, "x", SN3)
+        self.hosts.flush()
+        self.assertIsNone(self.successResultOf(d))
+
     def test_leave(self):
         """leave() forgets the membership and tells its supernode; it never fails,
         and does nothing for a task we are no member of."""

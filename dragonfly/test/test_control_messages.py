@@ -6,8 +6,10 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from dragonfly.control import messages as m
+from dragonfly.control import preheat as pm
 from dragonfly.control.messages import MessageError
 from dragonfly.interfaces import Assignment, PeerInfo
+from dragonfly.taskid import task_id_for_url
 
 TASK = "a" * 64
 PEER = PeerInfo("host-1-abcdef01", "127.0.0.1", 65000)
@@ -16,10 +18,16 @@ DIGEST = "0123456789abcdef" * 4
 ASSIGNMENT = Assignment(3, 4096, DIGEST, SEED)
 
 EXAMPLES = [
-    m.RegisterRequest(TASK, "http://origin.test/f", {"X-A": "1"}, PEER),
-    m.RegisterRequest(TASK, "https://origin.test/f?q=1", {}, None, redirected=True),
+    m.RegisterRequest(task_id_for_url("http://origin.test/f"), "http://origin.test/f",
+                      {"X-A": "1"}, PEER),
+    m.RegisterRequest(task_id_for_url("https://origin.test/f?q=1"), "https://origin.test/f?q=1",
+                      {}, None, redirected=True),
     m.RegisterAnswer(TASK, 10, 4, 3, SEED, "blake3"),
     m.RegisterAnswer(TASK, 0, 4, 0, SEED, "blake3"),
+    m.RegisterRequest(task_id_for_url("http://o/f?a=1&b=2", ["a"], "t"), "http://o/f?a=1&b=2",
+                      {}, PEER, filters=("a",), tag="t"),
+    m.RegisterRequest("sha256:" + "0" * 64, "http://o/v2/a/blobs/x", {}, PEER,
+                      digest="sha256:" + "0" * 64),
     m.ScheduleRequest("p-1", (0, 2), (m.FailedPiece(1, "q-2"),), 5, 2.5, 1),
     m.ScheduleRequest("p-1"),
     m.ScheduleRequest("p-1", want=2, seed_only=True),
@@ -29,15 +37,16 @@ EXAMPLES = [
     m.HeartbeatAnswer(("other",)),
     m.LeaveRequest("p-1"),
     m.LeaveAnswer(),
+    m.CorruptReport("p-1", "piece 3 failed its digest"),
     m.TaskInfo(TASK),
     m.TaskInfo(TASK, "http://o/f", 10, 4, 3, 3, 2, "done", "boom", 404, 1),
     m.ErrorAnswer("boom"),
     m.ErrorAnswer("origin answered 404", origin_status=404),
     m.ErrorAnswer.owner_redirect(TASK, "10.0.0.2:8002"),
-    m.PreheatRequest("file", "http://o/f", {"A": "b"}, TASK),
-    m.PreheatRequest("image", "https://reg/v2/lib/app/manifests/1", {}, None, "linux/arm64/v8"),
-    m.PreheatStatus("job0", "done", "file", "http://o/f", 1.5, TASK, 10, None, 2.0),
-    m.PreheatStatus("job1", "failed", "image", "https://reg/v2/a/manifests/1", 1, None, None,
+    pm.PreheatRequest("file", "http://o/f", {"A": "b"}, task_id_for_url("http://o/f")),
+    pm.PreheatRequest("image", "https://reg/v2/lib/app/manifests/1", {}, None, "linux/arm64/v8"),
+    pm.PreheatStatus("job0", "done", "file", "http://o/f", 1.5, TASK, 10, None, 2.0),
+    pm.PreheatStatus("job1", "failed", "image", "https://reg/v2/a/manifests/1", 1, None, None,
                     [{"task_id": "sha256:" + "0" * 64, "state": "failed"}], 3, "no", 403),
 ]
 
@@ -77,25 +86,26 @@ class RoundTripTests(SynchronousTestCase):
         answer = m.RegisterAnswer.parse({"task_id": TASK, "length": 9, "piece_size": 4,
                                          "seed": SEED.to_json()})
         self.assertEqual((answer.piece_count, answer.piece_digest), (3, "sha256"))
-        req = m.RegisterRequest.parse({"task_id": TASK, "url": "http://o/f"})
+        req = m.RegisterRequest.parse({"task_id": task_id_for_url("http://o/f"),
+                                       "url": "http://o/f"})
         self.assertEqual((req.headers, req.peer, req.redirected), ({}, None, False))
 
     def test_headers_cleaned(self):
         """Hop-by-hop headers of a registration are dropped, others kept."""
-        req = m.RegisterRequest.parse({"task_id": TASK, "url": "http://o/f",
-                                       "headers": {"Connection": "x", "Authorization": "y"}})
+        req = m.RegisterRequest.parse({"task_id": task_id_for_url("http://o/f"),
+                                       "url": "http://o/f", "headers": {"Connection": "x", "Authorization": "y"}})
         self.assertEqual(req.headers, {"Authorization": "y"})
 
     def test_preheat_normalised(self):
         """A preheat names a file (its task id derived from the URL, filter and
         tag) or an image (by reference or manifest URL)."""
         from dragonfly.taskid import task_id_for_url
-        req = m.PreheatRequest.parse({"url": "http://o/f?a=1&b=2", "filter": "a", "tag": "t"})
+        req = pm.PreheatRequest.parse({"url": "http://o/f?a=1&b=2", "filter": "a", "tag": "t"})
         self.assertEqual(req.task_id, task_id_for_url("http://o/f?a=1&b=2", ["a"], "t"))
-        req = m.PreheatRequest.parse({"image": "reg.test:5000/lib/app:1.0", "insecure": True})
+        req = pm.PreheatRequest.parse({"image": "reg.test:5000/lib/app:1.0", "insecure": True})
         self.assertEqual((req.kind, req.url),
                          ("image", "http://reg.test:5000/v2/lib/app/manifests/1.0"))
-        self.assertEqual(m.parse_image_reference("reg.io/a/b")[1:], ("a/b", "latest"))
+        self.assertEqual(pm.parse_image_reference("reg.io/a/b")[1:], ("a/b", "latest"))
 
     def test_assignment_fits_the_task(self):
         """A registration answer accepts an assignment of one of its pieces with
@@ -140,6 +150,13 @@ MALFORMED = [
     (_bad(m.RegisterRequest, REG, task_id="../../etc/passwd"), "task_id"),
     (_bad(m.RegisterRequest, REG, task_id=5), "task_id"),
     (_bad(m.RegisterRequest, REG, task_id=_DROP), "task_id"),
+    (_bad(m.RegisterRequest, REG, task_id=task_id_for_url("http://origin.test/good")), "task_id"),
+    (_bad(m.RegisterRequest, REG, tag="other"), "task_id"),
+    (_bad(m.RegisterRequest, REG, digest="sha256:" + "0" * 64), "task_id"),
+    (_bad(m.RegisterRequest, REG, digest="md5:" + "0" * 32), "digest"),
+    (_bad(m.RegisterRequest, REG, digest="sha256:XYZ"), "digest"),
+    (_bad(m.RegisterRequest, REG, filter=[1]), "filter"),
+    (_bad(m.RegisterRequest, REG, tag=["t"]), "tag"),
     (_bad(m.RegisterRequest, REG, url="ftp://origin.test/f"), "url"),
     (_bad(m.RegisterRequest, REG, url="http:///nohost"), "url"),
     (_bad(m.RegisterRequest, REG, url="http://origin.test/a b"), "url"),
@@ -197,6 +214,9 @@ MALFORMED = [
     (_bad(m.HeartbeatAnswer, {"unknown": []}, unknown=None), "unknown"),
     (_bad(m.HeartbeatAnswer, {"unknown": []}, unknown=[None]), "unknown"),
     (_bad(m.LeaveRequest, {"peer_id": "p"}, peer_id="a b"), "peer_id"),
+    (_bad(m.CorruptReport, {"peer_id": "p"}, peer_id=_DROP), "peer_id"),
+    (_bad(m.CorruptReport, {"peer_id": "p"}, reason=5), "reason"),
+    (_bad(m.CorruptReport, {"peer_id": "p"}, reason="x" * 2000), "reason"),
     (_bad(m.TaskInfo, {"task_id": "t"}, task_id=None), "task_id"),
     (_bad(m.TaskInfo, {"task_id": "t"}, length=-1), "length"),
     (_bad(m.TaskInfo, {"task_id": "t"}, seeded="1"), "seeded"),
@@ -209,23 +229,24 @@ MALFORMED = [
     (_bad(m.ErrorAnswer, {"error": "x"}, origin_status="404"), "origin_status"),
     (_bad(m.ErrorAnswer, {"error": "x"}, owner="no port"), "owner"),
     (_bad(m.ErrorAnswer, {"error": "x"}, owner=5), "owner"),
-    (_bad(m.PreheatRequest, {"url": "http://o/f"}, url="gopher://x/"), "url"),
-    (_bad(m.PreheatRequest, {"url": "http://o/f"}, type="video"), "type"),
-    (_bad(m.PreheatRequest, {"url": "http://o/f"}, task_id="../x"), "task_id"),
-    (_bad(m.PreheatRequest, {"url": "http://o/f"}, filter=[1]), "filter"),
-    (_bad(m.PreheatRequest, {"url": "http://o/f"}, tag=5), "tag"),
-    (_bad(m.PreheatRequest, {"url": "http://o/f"}, headers="x"), "headers"),
-    (_bad(m.PreheatRequest, {"image": "reg.io/a:1"}, image="noregistry"), "image"),
-    (_bad(m.PreheatRequest, {"image": "reg.io/a:1"}, image="reg.io/A:1"), "image"),
-    (_bad(m.PreheatRequest, {"image": "reg.io/a:1"}, image="reg.io/a@sha256:1"), "image"),
-    (_bad(m.PreheatRequest, {"image": "reg.io/a:1"}, platform="linux"), "platform"),
-    (_bad(m.PreheatRequest, {"type": "image", "url": "https://reg/v2/a/manifests/1"},
+    (_bad(pm.PreheatRequest, {"url": "http://o/f"}, url="gopher://x/"), "url"),
+    (_bad(pm.PreheatRequest, {"url": "http://o/f"}, type="video"), "type"),
+    (_bad(pm.PreheatRequest, {"url": "http://o/f"}, task_id="../x"), "task_id"),
+    (_bad(pm.PreheatRequest, {"url": "http://o/f"}, task_id="a" * 64), "task_id"),
+    (_bad(pm.PreheatRequest, {"url": "http://o/f"}, filter=[1]), "filter"),
+    (_bad(pm.PreheatRequest, {"url": "http://o/f"}, tag=5), "tag"),
+    (_bad(pm.PreheatRequest, {"url": "http://o/f"}, headers="x"), "headers"),
+    (_bad(pm.PreheatRequest, {"image": "reg.io/a:1"}, image="noregistry"), "image"),
+    (_bad(pm.PreheatRequest, {"image": "reg.io/a:1"}, image="reg.io/A:1"), "image"),
+    (_bad(pm.PreheatRequest, {"image": "reg.io/a:1"}, image="reg.io/a@sha256:1"), "image"),
+    (_bad(pm.PreheatRequest, {"image": "reg.io/a:1"}, platform="linux"), "platform"),
+    (_bad(pm.PreheatRequest, {"type": "image", "url": "https://reg/v2/a/manifests/1"},
           url="https://reg/a"), "url"),
-    (_bad(m.PreheatStatus, EXAMPLES[-1].to_json(), id=None), "id"),
-    (_bad(m.PreheatStatus, EXAMPLES[-1].to_json(), created=None), "created"),
-    (_bad(m.PreheatStatus, EXAMPLES[-1].to_json(), finished="x"), "finished"),
-    (_bad(m.PreheatStatus, EXAMPLES[-1].to_json(), tasks=["x"]), "tasks"),
-    (_bad(m.PreheatStatus, EXAMPLES[-1].to_json(), length=-1), "length"),
+    (_bad(pm.PreheatStatus, EXAMPLES[-1].to_json(), id=None), "id"),
+    (_bad(pm.PreheatStatus, EXAMPLES[-1].to_json(), created=None), "created"),
+    (_bad(pm.PreheatStatus, EXAMPLES[-1].to_json(), finished="x"), "finished"),
+    (_bad(pm.PreheatStatus, EXAMPLES[-1].to_json(), tasks=["x"]), "tasks"),
+    (_bad(pm.PreheatStatus, EXAMPLES[-1].to_json(), length=-1), "length"),
     ((m.ScheduleRequest, {"peer_id": "p", "seed_only": "yes"}), "seed_only"),
 ]
 

@@ -9,6 +9,7 @@ from dragonfly.control.client import SupernodeClient
 from dragonfly.control.messages import (
     FailedPiece, HeartbeatRequest, LeaveRequest, MessageError, RegisterAnswer,
     RegisterRequest, ScheduleRequest)
+from dragonfly.taskid import task_id_for_url
 from dragonfly.test.test_control_client import (
     GOOD, ME, REGISTER, SN1, SN2, TASK, _Hosts, _Scripted)
 
@@ -20,8 +21,9 @@ class MessageTests(SynchronousTestCase):
         """Every call of a registered peer, and registration and its answer,
         carry the secret; without one there is no secret field."""
         for msg in (ScheduleRequest("p-1", secret=SECRET), HeartbeatRequest("p-1", (), SECRET),
-                    LeaveRequest("p-1", SECRET), RegisterRequest(TASK, "http://o/f", {}, ME,
-                                                                 secret=SECRET)):
+                    LeaveRequest("p-1", SECRET),
+                    RegisterRequest(task_id_for_url("http://o/f"), "http://o/f", {}, ME,
+                                    secret=SECRET)):
             self.assertEqual(msg.to_json()["secret"], SECRET)
             self.assertEqual(type(msg).parse(msg.to_json()), msg)
         self.assertNotIn("secret", LeaveRequest("p-1").to_json())

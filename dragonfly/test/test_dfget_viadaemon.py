@@ -1,6 +1,7 @@
 """dfget.viadaemon: the daemon path (standard library, no reactor) against a real
 PeerAPI and against scripted daemons over loopback sockets, and what is left on
 disk on success and failure."""
+import hashlib
 import os
 
 from treq.testing import StubTreq
@@ -20,6 +21,8 @@ from dragonfly.test.dfgetsupport import (
     DATA, SHA, RunMixin, _hold, _ndjson, _Scripted, _serve)
 from dragonfly.test.peerfakes import FakeOrigin, FakePiecePool, FakeSupernode
 from dragonfly.test.test_peer_node import ME, PIECE, URL, _Hosts
+
+MD5 = hashlib.md5(DATA).hexdigest()
 
 
 class _Daemon:
@@ -118,7 +121,7 @@ class DaemonTests(DaemonMixin, TestCase):
         daemon = _Daemon(self)
         url = _serve(self, daemon.api.resource())
         await self.ok(url, URL, "-O", self.out, "--digest", "sha256:" + SHA)
-        task = daemon.store.get(task_id_for_url(URL))
+        task = daemon.store.get("sha256:" + SHA)   # a sha256 --digest names the task
         self.assertFalse(os.path.samefile(self.out, task.path))
         with open(self.out, "rb") as f:
             self.assertEqual(f.read(), DATA)
@@ -164,6 +167,28 @@ class DaemonTests(DaemonMixin, TestCase):
         line = await self.fails(url, URL, "-O", self.out, "--md5", "0" * 32)
         self.assertIn("md5 digest mismatch", line)
         self.assertEqual(self.listing(), [])
+
+    async def test_digest_mismatch_drops_daemon_copy(self):
+        """A daemon copy that fails --digest is dropped by the daemon and reported
+        to its supernode; dfget pulls once more, gets the file afresh and
+        succeeds with the right bytes."""
+        from dragonfly.taskid import task_id_for_url
+        daemon = _Daemon(self)
+        url = _serve(self, daemon.api.resource())
+        await self.ok(url, URL, "-O", self.out)
+        tid = task_id_for_url(URL)
+        path = daemon.store.get(tid).path
+        st = os.stat(path)
+        with open(path, "r+b") as f:
+            f.write(b"\xff" * 8)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))   # the seal cannot tell
+        second = os.path.join(self.dir, "again.bin")
+        await self.ok(url, URL, "-O", second, "--md5", MD5)
+        with open(second, "rb") as f:
+            self.assertEqual(f.read(), DATA)
+        self.assertEqual([t for t, _ in daemon.supernode.corrupt_reports], [tid])
+        self.assertIn("md5 digest mismatch", daemon.supernode.corrupt_reports[0][1]["reason"])
+        self.assertEqual(len(daemon.supernode.registrations), 2)
 
     async def test_existing_file_kept_on_failure(self):
         """A failed download leaves an existing FILE as it was."""

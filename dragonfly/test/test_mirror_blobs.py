@@ -72,6 +72,17 @@ class BlobTests(MirrorTestMixin, SynchronousTestCase):
         self.assertEqual(sample(self.metrics, "dragonfly_mirror_requests_total",
                                 {"kind": "blob-corrupt", "code": "502"}), 1)
 
+    def test_digest_mismatch_drops_and_reports(self):
+        """A whole blob that does not match its digest is dropped by the peer,
+        which reports it (self-healing: the next pull fetches it again)."""
+        self.peer.serve[DIGEST] = b"X" * len(BLOB)
+        response = self.get(f"/v2/library/app/blobs/{DIGEST}")
+        d = response.content()
+        self.pump()
+        self.failureResultOf(d, ResponseFailed)
+        self.assertEqual([t for t, _ in self.peer.dropped], [DIGEST])
+        self.assertIn(DIGEST, self.peer.dropped[0][1])
+
     def test_p2p_failure_falls_back_to_registry(self):
         """When the swarm cannot provide the blob, it is relayed from the registry."""
         self.peer.fail = Exception("no supernode")

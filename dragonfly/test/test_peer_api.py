@@ -128,7 +128,9 @@ class APITests(SynchronousTestCase):
                  json.dumps({"url": URL, "limit": -1}).encode(),
                  json.dumps({"url": URL, "limit": "1M"}).encode(),
                  json.dumps({"url": URL, "limit": 1.5}).encode(),
-                 json.dumps({"url": URL, "limit": True}).encode()]
+                 json.dumps({"url": URL, "limit": True}).encode(),
+                 json.dumps({"url": URL, "task_id": "a" * 64}).encode(),
+                 json.dumps({"url": URL, "digest": "sha256:nothex"}).encode()]
         for body in cases:
             r, raw = self.request("POST", "/api/v1/download", data=body)
             self.assertEqual(r.code, 400, body)
@@ -164,6 +166,26 @@ class APITests(SynchronousTestCase):
         from dragonfly.peer.assembly import _api_site
         from dragonfly.test.test_httpsite import assert_json_bad_request
         assert_json_bad_request(self, _api_site(self.node, self.store, self.metrics, self.clock))
+    def test_download_by_digest(self):
+        """A sha256 digest in the request names the task, and goes to the supernode."""
+        digest = "sha256:" + "ab" * 32
+        r, lines = self.download({"url": URL, "digest": digest})
+        self.assertEqual(lines[-1]["task_id"], digest)
+        self.assertEqual(self.supernode.registrations[0]["digest"], digest)
+
+    def test_corrupt_report(self):
+        """POST /api/v1/tasks/<id>/corrupt drops the held copy and reports it to
+        the supernode; a malformed id is refused."""
+        self.download({"url": URL})
+        tid = task_id_for_url(URL)
+        r, raw = self.request("POST", f"/api/v1/tasks/{tid}/corrupt",
+                              data=json.dumps({"reason": "md5 digest mismatch"}).encode())
+        self.assertEqual(r.code, 202)
+        self.assertIsNone(self.store.get(tid))
+        self.assertEqual(self.supernode.corrupt_reports[0][0], tid)
+        self.assertEqual(self.supernode.corrupt_reports[0][1]["reason"], "md5 digest mismatch")
+        r, raw = self.request("POST", "/api/v1/tasks/..x/corrupt", data=b"{}")
+        self.assertEqual(r.code, 400)
 
     def test_body_cap(self):
         """A request body over the cap is refused with 413."""

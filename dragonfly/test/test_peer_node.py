@@ -92,13 +92,38 @@ class DownloadTests(NodeMixin, SynchronousTestCase):
         self.assertTrue(all(d.called for d, _ in self.pool.held))
 
     def test_task_id_and_headers_passed(self):
-        """An explicit task id and the origin headers go to the supernode as given."""
+        """A content digest names the task; the id, the digest it is derived
+        from and the origin headers go to the supernode as given."""
         node = self.make()
         tid = "sha256:" + "ab" * 32
-        tf = self.successResultOf(node.download(URL, headers={"Authorization": "x"}, task_id=tid))
+        tf = self.successResultOf(node.download(URL, headers={"Authorization": "x"}, task_id=tid,
+                                                digest=tid))
         self.assertEqual(tf.task_id, tid)
         self.assertEqual(self.supernode.registrations[0]["task_id"], tid)
+        self.assertEqual(self.supernode.registrations[0]["digest"], tid)
         self.assertEqual(self.supernode.registrations[0]["headers"], {"Authorization": "x"})
+
+    def test_task_id_must_be_derived(self):
+        """A task id that is not the one derived from the URL, filters, tag and
+        digest fails at once: no registration, no download."""
+        node = self.make()
+        for kw in ({"task_id": "sha256:" + "ab" * 32},
+                   {"task_id": task_id_for_url(URL), "tag": "t"},
+                   {"digest": "sha256:XY"}):
+            f = self.failureResultOf(node.download(URL, **kw), DownloadError)
+            self.assertTrue(str(f.value))
+        self.assertEqual(self.supernode.registrations, [])
+
+    def test_answer_for_another_task_refused(self):
+        """A registration answer naming another task is never used for this one."""
+        node = self.make()
+        sn = self.supernode
+        sn.register_answer = (200, {
+            "task_id": "b" * 64, "length": len(sn.data), "piece_size": sn.piece_size,
+            "piece_count": len(sn.pieces), "seed": sn.seed.to_json(), "piece_digest": "blake3"})
+        d = node.download(URL, back_source=False)
+        f = self.failureResultOf(d, DownloadError)
+        self.assertIn("b" * 64, str(f.value))
 
     def test_bad_arguments(self):
         """Bad URLs, task ids and patterns fail at once with a DownloadError."""

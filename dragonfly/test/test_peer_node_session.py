@@ -4,7 +4,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from dragonfly.control.messages import RegisterAnswer, parse_assignment
 from dragonfly.digest import piece_digest
 from dragonfly.metrics import sample
-from dragonfly.test.peerfakes import PEER_A, PEER_B
+from dragonfly.test.peerfakes import PEER_A, PEER_B, SEED
 from dragonfly.test.peernodes import DATA, PIECE, URL, NodeMixin
 
 
@@ -322,3 +322,54 @@ class LimitTests(NodeMixin, SynchronousTestCase):
         self.failureResultOf(fast)
         took = self.finish_time(slow)
         self.assertGreaterEqual(took, (len(DATA) - 3 * PIECE) / 50)
+
+
+class SelfHealingTests(NodeMixin, SynchronousTestCase):
+
+    def test_corrupt_seed_piece_reported_once(self):
+        """A piece from the supernode's own copy that fails its digest makes the
+        peer ask the supernode (once) to re-verify that copy."""
+        node = self.make(sources=(SEED, PEER_A))
+        self.pool.corrupt.add(SEED.peer_id)
+        tf = self.successResultOf(node.download(URL))
+        self.assertEqual(self.read_all(tf), DATA)
+        self.assertEqual(len(self.supernode.corrupt_reports), 1)
+        task_id, body = self.supernode.corrupt_reports[0]
+        self.assertEqual(task_id, tf.task_id)
+        self.assertEqual(body["peer_id"], node.peer_info.peer_id)
+        self.assertIn("from the seed failed its digest", body["reason"])
+
+    def test_drop_corrupt(self):
+        """drop_corrupt removes a complete task from the store, leaves its swarm
+        and reports it; the next download fetches it again."""
+        node = self.make()
+        tf = self.successResultOf(node.download(URL))
+        registrations = len(self.supernode.registrations)
+        self.successResultOf(node.drop_corrupt(tf.task_id, "content digest mismatch"))
+        self.assertIsNone(self.store.get(tf.task_id))
+        self.assertEqual([t for t, _ in self.supernode.leaves], [tf.task_id])
+        self.assertEqual(self.supernode.corrupt_reports[0][0], tf.task_id)
+        self.assertEqual(self.supernode.corrupt_reports[0][1]["reason"],
+                         "content digest mismatch")
+        tf2 = self.successResultOf(node.download(URL))
+        self.assertEqual(self.read_all(tf2), DATA)
+        self.assertEqual(len(self.supernode.registrations), registrations + 1)
+
+    def test_verdict_keeps_no_pieces(self):
+        """When the supernode refuses the task mid-download (its content does not
+        match its digest: 409), the download fails and none of its pieces are
+        kept for a later download of the same id."""
+        from dragonfly.peer.errors import DownloadError
+        node = self.make()
+        self.pool.manual = True
+        d = node.download(URL, back_source=False)
+        self.pool.release(1)
+        tid = node.active()[0]
+        self.assertEqual(len(self.store.get(tid).completed()), 1)
+        self.supernode.schedule_answer = (409, {"error": "content digest mismatch: expected x"})
+        while self.pool.held:
+            self.pool.release()
+        self.clock.advance(60)
+        f = self.failureResultOf(d, DownloadError)
+        self.assertIn("content digest mismatch", str(f.value))
+        self.assertIsNone(self.store.get(tid))

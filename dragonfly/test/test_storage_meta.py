@@ -69,6 +69,14 @@ class ParseTests(SynchronousTestCase):
         """A version 2 body saved before seals existed parses with sealed None."""
         self.assertIsNone(parse(body(sealed=...)).sealed)
 
+    def test_clean_flag(self):
+        """The clean-shutdown flag round-trips; absent (an older file) reads as
+        false; anything but a boolean is refused."""
+        self.assertTrue(parse(serialize(sample(clean=True))).clean)
+        self.assertFalse(parse(body(clean=...)).clean)
+        for bad in (1, "true", None):
+            self.assertRaises(BadMeta, parse, body(clean=bad))
+
     def test_unknown_fields_ignored(self):
         """Fields the reader does not know are ignored."""
         self.assertEqual(parse(body(extra={"x": 1})), sample())

@@ -191,6 +191,79 @@ class RestartTests(StoreMixin, SynchronousTestCase):
         self.assertEqual(again.get(TID).completed(), [0, 1])
 
 
+class UncleanStopTests(StoreMixin, SynchronousTestCase):
+    """After an unclean stop, held pieces are re-verified (in the runner) before
+    they are served again; after a clean one they are taken as they are."""
+
+    def setUp(self):
+        self.root = self.mktemp()
+        self.clock = Clock()
+
+    def complete_task(self, store, data):
+        t = store.create(TID, "http://o/f", len(data), 4)
+        self.write_all(t, data)
+        self.assertTrue(t.is_complete)
+        return t
+
+    def edit_keeping_mtime(self, path, offset, data):
+        st = os.stat(path)
+        with open(path, "r+b") as f:
+            f.seek(offset)
+            f.write(data)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    def test_clean_close_marks_meta(self):
+        """close() saves every task marked clean; a later change clears the mark."""
+        store = self.make_store()
+        t = self.complete_task(store, blob(12))
+        self.assertFalse(self.read_meta(t)["clean"])
+        store.close()
+        self.assertTrue(self.read_meta(t)["clean"])
+        u = store.create("other", "u", 8, 4)
+        self.successResultOf(u.write_trusted_piece(0, b"abcd", pdigest(b"abcd")))
+        u.flush()
+        self.assertFalse(self.read_meta(u)["clean"])
+
+    def test_unclean_stop_reverifies(self):
+        """Without a clean-shutdown mark, the pieces are re-hashed in the runner
+        before they are served: none is held until then, an edited one (mtime
+        kept, so the seal cannot tell) is not held again, the others are."""
+        data = blob(12)
+        store = self.make_store()
+        t = self.complete_task(store, data)
+        t.flush()   # a crash: no close()
+        self.edit_keeping_mtime(t.path, 5, b"\xff")
+        runner = ManualRunner()
+        again = self.make_store(runner=runner)
+        again.load()
+        u = again.get(TID)
+        self.assertEqual(u.completed(), [])
+        self.assertRaises(PieceNotHeld, u.read, 0, 4)
+        self.assertNoResult(again.reverified)
+        runner.run_all()
+        self.successResultOf(again.reverified)
+        self.assertEqual(u.completed(), [0, 2])
+        self.assertFalse(u.is_complete)
+        self.assertEqual(u.read(0, 4), data[:4])
+        d = u.write_trusted_piece(1, data[4:8], pdigest(data[4:8]))
+        runner.run_all()
+        self.successResultOf(d)
+        self.assertTrue(u.is_complete)
+        self.assertEqual(u.read(0, 12), data)
+
+    def test_clean_stop_trusted(self):
+        """After a clean close the pieces are held at once, with no re-hash."""
+        store = self.make_store()
+        self.complete_task(store, blob(12))
+        store.close()
+        runner = ManualRunner()
+        again = self.make_store(runner=runner)
+        again.load()
+        self.assertTrue(again.get(TID).is_complete)
+        self.successResultOf(again.reverified)
+        self.assertEqual(runner.pending, [])
+
+
 class CorruptionTests(StoreMixin, SynchronousTestCase):
     def setUp(self):
         self.root = self.mktemp()

@@ -96,6 +96,76 @@ class RegisterTests(APITestBase):
         self.assertEqual(self.scheduler.task_stats(TASK)["peers"], 1)
         self.assertEqual(len(self.origin.gets("/f")), 1)
 
+    def test_squatted_id_refused(self):
+        """A registration naming another URL's task id is refused with 400 JSON
+        naming the mismatch; nothing is fetched and no task is created."""
+        evil = "http://origin.test/evil"
+        self.origin.add("/evil", b"EVIL")
+        for body in ({"task_id": TASK, "url": evil, "peer": PEER},
+                     {"task_id": TASK, "url": URL, "tag": "v2", "peer": PEER},
+                     {"task_id": TASK, "url": evil, "digest": "sha256:" + "0" * 64}):
+            r = self.request("POST", "/api/v1/tasks", body)
+            self.assertEqual(r.code, 400)
+            obj = self.json(r)
+            self.assertIn("task_id mismatch", obj["error"])
+            self.assertIn(TASK, obj["error"])
+        self.assertEqual(self.origin.requests, [])
+        self.assertFalse(self.scheduler.has_task(TASK))
+        self.assertIsNone(self.store.get(TASK))
+
+    def test_filter_tag_and_digest_derive_the_id(self):
+        """The supernode derives the id from the url, filter and tag (or the
+        digest) it is sent, and answers with it."""
+        self.origin.add("/g", DATA)
+        url = "http://origin.test/g?sig=1"
+        tid = task_id_for_url(url, ["sig"], "t")
+        obj = self.call("POST", "/api/v1/tasks", {"task_id": tid, "url": url, "filter": ["sig"],
+                                                  "tag": "t", "peer": PEER})
+        self.assertEqual(obj["task_id"], tid)
+        digest = "sha256:" + hashlib.sha256(DATA).hexdigest()
+        obj = self.call("POST", "/api/v1/tasks", {"task_id": digest, "url": URL,
+                                                  "digest": digest, "peer": PEER})
+        self.assertEqual(obj["task_id"], digest)
+
+    def test_digest_mismatch_is_final(self):
+        """A task named by a digest its URL's content does not match fails with
+        409 naming the mismatch (a verdict peers do not retry at the origin),
+        and nothing of it is kept."""
+        wrong = "sha256:" + "0" * 64
+        r = self.request("POST", "/api/v1/tasks", {"task_id": wrong, "url": URL,
+                                                   "digest": wrong, "peer": PEER})
+        if r.code != 409:
+            self.assertEqual(r.code, 200)
+            r = self.request("POST", f"/api/v1/tasks/{wrong}/schedule",
+                             {"peer_id": PEER["peer_id"], "want": 1})
+        self.assertEqual(r.code, 409)
+        self.assertIn("content digest mismatch: expected " + wrong, self.json(r)["error"])
+        self.assertIsNone(self.store.get(wrong))
+
+    def test_corrupt_report(self):
+        """POST /tasks/<id>/corrupt answers 202 and re-verifies the supernode's
+        copy: an edited one is dropped (then fetched again on the next
+        registration), an intact one kept."""
+        self.register()
+        self.call("POST", f"/api/v1/tasks/{TASK}/corrupt",
+                  {"peer_id": PEER["peer_id"], "reason": "x"}, status=202)
+        self.assertIsNotNone(self.store.get(TASK))
+        path = self.store.get(TASK).path
+        st = os.stat(path)
+        with open(path, "r+b") as f:
+            f.write(b"\0" * 16)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))   # the seal cannot tell
+        self.clock.advance(61)
+        self.call("POST", f"/api/v1/tasks/{TASK}/corrupt",
+                  {"peer_id": PEER["peer_id"], "reason": "piece 0"}, status=202)
+        self.assertIsNone(self.store.get(TASK))
+        self.assertFalse(self.scheduler.has_task(TASK))
+        self.register()
+        with open(self.store.get(TASK).path, "rb") as f:
+            self.assertEqual(f.read(), DATA)
+        r = self.request("POST", f"/api/v1/tasks/{TASK}/corrupt", {"reason": "x"})
+        self.assertEqual(r.code, 400)
+
     def test_origin_error(self):
         """When the origin answers 404, registering answers 502 with origin_status."""
         self.origin.status["/f"] = 404
@@ -320,6 +390,41 @@ class ScheduleTests(APITestBase):
         # Woken by the first new piece; piece 2 may come with it or next time.
         self.assertEqual(obj["assignments"][0]["index"], 1)
 
+    def test_long_poll_answers_digest_mismatch(self):
+        """A peer long-polling for the last piece of a task named by a digest
+        (withheld until the whole content matched) gets 409 naming the mismatch
+        as soon as the check fails."""
+        from twisted.internet.defer import maybeDeferred
+        from dragonfly.storage.verify import content_digest
+        held = []
+
+        class HoldDigest:
+            def run(self, f, *a, **kw):
+                if f is content_digest:
+                    d = Deferred()
+                    held.append((d, a))
+                    return d
+                return maybeDeferred(f, *a, **kw)
+        self.cdn.runner = HoldDigest()
+        wrong = "sha256:" + "0" * 64
+        self.call("POST", "/api/v1/tasks", {"task_id": wrong, "url": URL, "digest": wrong,
+                                            "peer": PEER})
+        pid = PEER["peer_id"]
+        obj = self.schedule({"peer_id": pid, "want": 3}, task=wrong)
+        self.assertEqual(sorted(a["index"] for a in obj["assignments"]), [0, 1])
+        d = self.client.post(f"http://supernode.test/api/v1/tasks/{wrong}/schedule",
+                             json={"peer_id": pid, "have": [0, 1], "want": 1, "wait": 20,
+                                   "secret": SECRET})
+        self.client.flush()
+        self.assertNoResult(d)
+        (check, args), = held
+        check.callback(content_digest(*args))
+        self.client.flush()
+        r = self.successResultOf(d)
+        self.assertEqual(r.code, 409)
+        self.assertIn("content digest mismatch: expected " + wrong, self.json(r)["error"])
+        self.assertIsNone(self.store.get(wrong))
+
     def test_long_poll_times_out(self):
         """When nothing becomes assignable, schedule answers empty after `wait` seconds."""
         self.register()
@@ -471,8 +576,11 @@ class ClusterRedirectTests(APITestBase):
         """A supernode that does not own a task answers 307 with the owner;
         a request marked redirected is served anyway."""
         cluster = self.api.cluster
-        task = next(t for t in (f"task{i}" for i in range(100)) if cluster.owner(t) is not None)
-        r = self.request("POST", "/api/v1/tasks", {"task_id": task, "url": URL, "peer": PEER})
+        url = next(u for u in (f"{URL}{i}" for i in range(100))
+                   if cluster.owner(task_id_for_url(u)) is not None)
+        task = task_id_for_url(url)
+        self.origin.add(url[len("http://origin.test"):], DATA)
+        r = self.request("POST", "/api/v1/tasks", {"task_id": task, "url": url, "peer": PEER})
         self.assertEqual(r.code, 307)
         owner = cluster.owner(task)
         self.assertEqual(self.json(r), {"error": f"task {task} belongs to supernode {owner}",
@@ -480,9 +588,11 @@ class ClusterRedirectTests(APITestBase):
         self.assertEqual(r.headers.getRawHeaders("location"), [f"http://{owner}/api/v1/tasks"])
         self.assertEqual(self.origin.requests, [])
         self.call("POST", "/api/v1/tasks",
-                  {"task_id": task, "url": URL, "peer": PEER, "redirected": True})
-        mine = next(t for t in (f"task{i}" for i in range(100)) if cluster.owner(t) is None)
-        self.register(task=mine)
+                  {"task_id": task, "url": url, "peer": PEER, "redirected": True})
+        mine = next(u for u in (f"{URL}{i}" for i in range(100))
+                    if cluster.owner(task_id_for_url(u)) is None)
+        self.origin.add(mine[len("http://origin.test"):], DATA)
+        self.register(task=task_id_for_url(mine), url=mine)
 
 
 class ApiSiteTests(SynchronousTestCase):

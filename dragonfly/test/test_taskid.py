@@ -144,3 +144,30 @@ class FilterStringTests(SynchronousTestCase):
                          "http://o/f?s=1&a=2")
         self.assertEqual(task_id_for_url("http://o/f?a=1&t=2", filters="t"),
                          task_id_for_url("http://o/f?a=1"))
+
+
+class DeriveTests(SynchronousTestCase):
+    def test_url_filter_tag(self):
+        """Without a digest, the id is task_id_for_url's: the URL less the
+        filtered parameters, plus the tag; ids dfget and the mirror used stay valid."""
+        from dragonfly.taskid import derive_task_id
+        url = "http://o/f?sig=1&x=2"
+        self.assertEqual(derive_task_id(url), task_id_for_url(url))
+        self.assertEqual(derive_task_id(url, ["sig"], "t"), task_id_for_url("http://o/f?x=2", [], "t"))
+        self.assertNotEqual(derive_task_id(url, (), "t"), derive_task_id(url))
+
+    def test_digest_names_the_task(self):
+        """A sha256 content digest is the id itself, whatever the URL, filters
+        or tag (the same layer behind two registries is one task)."""
+        from dragonfly.taskid import derive_task_id
+        d = "sha256:" + "ab" * 32
+        self.assertEqual(derive_task_id("http://a/v2/x/blobs/" + d, digest=d), d)
+        self.assertEqual(derive_task_id("http://b/other", ["q"], "t", d), d)
+        self.assertEqual(derive_task_id("http://o/f", digest=""), task_id_for_url("http://o/f"))
+
+    def test_bad_digest(self):
+        """A digest that is not sha256:<64 lower-case hex> is refused."""
+        from dragonfly.taskid import derive_task_id
+        for bad in ["sha256:" + "AB" * 32, "sha256:abc", "md5:" + "0" * 32,
+                    "sha512:" + "0" * 128, 5, ["sha256:" + "0" * 64]]:
+            self.assertRaises(ValueError, derive_task_id, "http://o/f", (), "", bad)
