@@ -23,6 +23,7 @@ from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
 from dragonfly.httpio import error_body, json_body
 from dragonfly.origin import OriginError, OriginRefused
 from dragonfly.supernode.cdn import CacheFull, CDNError, NotReady
+from dragonfly.supernode.dashboard import Dashboard, page as dashboard_page
 from dragonfly.supernode.scheduler import UnknownPeer, UnknownTask
 
 __all__ = ["SupernodeAPI", "ApiError", "LimitedRequest", "api_site"]
@@ -94,7 +95,8 @@ class ApiSite(server.Site):
     """
 
     def log(self, request):
-        if request.code < 400 and request.path.endswith(b"/schedule"):
+        if request.code < 400 and (request.path.endswith(b"/schedule")
+                                   or request.path.startswith(b"/api/v1/dashboard")):
             return
         server.Site.log(self, request)
 
@@ -123,13 +125,15 @@ class SupernodeAPI:
     @param metrics: L{dragonfly.metrics.SupernodeMetrics}.
     @param cluster: L{dragonfly.supernode.cluster.Cluster} or None (single node).
     @param preheater: L{dragonfly.supernode.preheat.Preheater} or None.
+    @param dashboard: L{dragonfly.supernode.dashboard.Dashboard} (default: one
+        over the parts above).
     """
 
     app = Klein()
     log = Logger()
 
     def __init__(self, clock, cdn, scheduler, metrics, cluster=None, preheater=None,
-                 max_body=MAX_BODY, max_wait=MAX_WAIT):
+                 max_body=MAX_BODY, max_wait=MAX_WAIT, dashboard=None):
         self.clock = clock
         self.cdn = cdn
         self.scheduler = scheduler
@@ -138,6 +142,7 @@ class SupernodeAPI:
         self.preheater = preheater
         self.max_body = max_body
         self.max_wait = max_wait
+        self.dashboard = dashboard or Dashboard(clock, cdn, scheduler, metrics, cluster)
 
     def resource(self):
         return self.app.resource()
@@ -404,6 +409,30 @@ class SupernodeAPI:
         if job is None:
             raise ApiError(404, "no such preheat job")
         return json_body(request, 200, job.to_json(), compact=True)
+
+    # -- dashboard ---------------------------------------------------------------
+
+    @app.route("/ui", methods=["GET"])
+    def ui(self, request):
+        """The live dashboard: one page that polls the two routes below."""
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-frame-options", b"DENY")
+        request.setHeader(b"content-security-policy", b"default-src 'none'; "
+                          b"script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                          b"connect-src 'self'; img-src data:")
+        return dashboard_page()
+
+    @app.route("/api/v1/dashboard", methods=["GET"])
+    def dashboard_overview(self, request):
+        return json_body(request, 200, self.dashboard.overview(), compact=True)
+
+    @app.route("/api/v1/dashboard/tasks/<task_id>", methods=["GET"])
+    def dashboard_task(self, request, task_id):
+        view = self.dashboard.task(_task_id(task_id))
+        if view is None:
+            raise ApiError(404, f"unknown task {task_id!r}")
+        return json_body(request, 200, view, compact=True)
 
     # -- health and metrics ------------------------------------------------------
 

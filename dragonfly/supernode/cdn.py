@@ -254,6 +254,10 @@ class CDN:
                 "length": tf.length, "piece_count": tf.piece_count,
                 "seeded": len(tf.completed())}
 
+    def task_ids(self):
+        """The ids of the tasks with a job (running, done, or failed recently)."""
+        return list(self._jobs)
+
     def failure(self, task_id):
         """The error of a failed job, or None."""
         job = self._jobs.get(task_id)
