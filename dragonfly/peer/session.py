@@ -301,6 +301,7 @@ class SwarmSession:
     async def _fetch(self, a):
         tf = self.tf
         reason = None
+        started = self.clock.seconds()
         try:
             pool = self.pool
             fetch_piece = getattr(pool, "fetch_piece", None)
@@ -340,6 +341,8 @@ class SwarmSession:
                 return
             del data, got
             source = "supernode" if a.source.peer_id == self.seed_id else "peer"
+            self.metrics.piece_seconds.labels(source=source).observe(
+                max(0.0, self.clock.seconds() - started))
             self.have.append(a.index)
             self.last_progress = self.clock.seconds()
             self.registrations = 1

@@ -454,6 +454,9 @@ class SupernodeAPI:
             stats = self.scheduler.stats()
             self.metrics.tasks.set(stats["tasks"])
             self.metrics.peers.set(stats["peers"])
+            active = self.dashboard.active()
+            self.metrics.active_tasks.set(active["tasks"])
+            self.metrics.active_peers.set(active["peers"])
         except Exception:
             self.log.failure("collecting scheduler stats")
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))

@@ -131,6 +131,21 @@ class Dashboard:
             grid = self.scheduler.swarm_grid(task_id)
         return {"task": row, "grid": grid}
 
+    def active(self):
+        """C{{"tasks", "peers"}}: tasks being fetched from the origin or by a
+        peer, and peers still downloading (the supernode's active gauges)."""
+        tasks = peers = 0
+        for task_id in set(self.scheduler.task_ids()) | set(self.cdn.task_ids()):
+            status = self.cdn.status(task_id) or {}
+            fetching = status.get("state") in ("pending", "running")
+            downloading = 0
+            if self.scheduler.has_task(task_id):
+                s = self.scheduler.task_stats(task_id)
+                downloading = s["peers"] - s["done"]
+            peers += downloading
+            tasks += 1 if fetching or downloading else 0
+        return {"tasks": tasks, "peers": peers}
+
     # -- parts -------------------------------------------------------------------
 
     def tasks(self):
