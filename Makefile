@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test test-browser bench install clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ install: $(STAMP)
 test: install
 	mkdir -p .trial && cd .trial && DRAGONFLY_SOURCE=$(CURDIR) $(abspath $(BIN))/trial -j2 dragonfly
 
+# The dashboard in headless Chromium during a real download; screenshots in
+# .artifacts/. Skips loudly without Chromium, unless REQUIRE_BROWSER=1 (CI).
+test-browser: install
+	mkdir -p .trial .artifacts && cd .trial && DRAGONFLY_SOURCE=$(CURDIR) DRAGONFLY_BROWSER_TESTS=1 \
+	  DRAGONFLY_ARTIFACTS=$(CURDIR)/.artifacts DRAGONFLY_REQUIRE_BROWSER=$(REQUIRE_BROWSER) \
+	  $(abspath $(BIN))/trial dragonfly.test.browser
+
 demo: install
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python demo/demo.py
 
@@ -34,4 +41,4 @@ bench: install
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) build *.egg-info _trial_temp .trial
+	rm -rf $(VENV) build *.egg-info _trial_temp .trial .artifacts
