@@ -33,8 +33,10 @@ test-browser: install
 	  DRAGONFLY_ARTIFACTS=$(CURDIR)/.artifacts DRAGONFLY_REQUIRE_BROWSER=$(REQUIRE_BROWSER) \
 	  $(abspath $(BIN))/trial dragonfly.test.browser
 
+# make demo KEEP=1: the swarm stays up STAY seconds afterwards (the dashboard's URL is printed).
+STAY ?= 600
 demo: install
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python demo/demo.py
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python demo/demo.py $(if $(KEEP),--stay $(STAY))
 
 bench: install
 	$(BIN)/pip install -q -r bench/requirements.txt
