@@ -439,7 +439,8 @@ class SupernodeAPI:
     @app.route("/healthz", methods=["GET", "HEAD"])
     def healthz(self, request):
         seed = self.cdn.seed
-        body = {"status": "ok" if seed is not None else "starting", "role": "supernode"}
+        body = {"status": "ok" if seed is not None else "starting", "role": "supernode",
+                "tasks": self.dashboard.task_count()}
         if seed is not None:
             body["seed"] = seed.to_json()
         if self.cluster is not None:

@@ -131,6 +131,10 @@ class Dashboard:
             grid = self.scheduler.swarm_grid(task_id)
         return {"task": row, "grid": grid}
 
+    def task_count(self):
+        """How many tasks this supernode knows (scheduled, or with a CDN job)."""
+        return len(set(self.scheduler.task_ids()) | set(self.cdn.task_ids()))
+
     def active(self):
         """C{{"tasks", "peers"}}: tasks being fetched from the origin or by a
         peer, and peers still downloading (the supernode's active gauges)."""
@@ -193,21 +197,24 @@ class Dashboard:
         return row
 
     def cluster_view(self, task_ids):
-        """Each supernode (us first): alive or not, and how many known tasks it owns."""
+        """Each supernode (us first): alive or not, the tasks it holds (its own
+        count, from its last /healthz) and, of those known here, how many it owns."""
         seed = self.cdn.seed
         if self.cluster is None:
-            me = f"{seed.host}" if seed is not None else "this supernode"
-            return [{"name": me, "self": True, "alive": True, "tasks": len(task_ids)}]
-        status = self.cluster.status()
-        me = status["self"] or "this supernode"
+            me = seed.host if seed is not None else "this supernode"
+            return [{"name": me, "self": True, "alive": True, "tasks": len(task_ids),
+                     "owned_here": len(task_ids), "error": None}]
+        me = self.cluster.self_name or "this supernode"
         owned = {}
         for t in task_ids:
             owner = self.cluster.owner(t) or me
             owned[owner] = owned.get(owner, 0) + 1
-        out = [{"name": me, "self": True, "alive": True, "tasks": owned.get(me, 0)}]
-        for name, state in sorted(status["members"].items()):
-            out.append({"name": name, "self": False, "alive": state == "alive",
-                        "tasks": owned.get(name, 0)})
+        out = [{"name": me, "self": True, "alive": True, "tasks": len(task_ids),
+                "owned_here": owned.get(me, 0), "error": None}]
+        for m in sorted(self.cluster.members(), key=lambda m: m["name"]):
+            out.append({"name": m["name"], "self": False, "alive": m["alive"],
+                        "tasks": m["tasks"], "owned_here": owned.get(m["name"], 0),
+                        "error": m["error"]})
         return out
 
     def peers(self, activity, rates):

@@ -7,6 +7,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from dragonfly.interfaces import PeerInfo
 from dragonfly.supernode import swarmview
+from dragonfly.supernode.cluster import Cluster
 from dragonfly.supernode.dashboard import RateTracker, page, redact_url
 from dragonfly.supernode.scheduler import Scheduler
 from dragonfly.taskid import task_id_for_url
@@ -166,3 +167,38 @@ class PageTests(APITestBase):
         self.assertEqual(t["state"], "failed")
         self.assertEqual(t["origin_status"], 404)
         self.assertTrue(re.search("404", t["error"]))
+
+
+class ClusterViewTests(APITestBase):
+    def make_cluster(self):
+        from treq.testing import StubTreq
+        from dragonfly.test.test_supernode_cluster import Members
+
+        class Counting(Members):
+            def render_GET(self, request):
+                body = Members.render_GET(self, request)
+                return body if b"down" in body else b'{"status": "ok", "tasks": 7}'
+        self.members = Counting()
+        return Cluster(self.clock, StubTreq(self.members), ["10.0.0.2:8002", "10.0.0.3:8002"],
+                       self_name="10.0.0.1:8002", fail_after=1)
+
+    def test_members(self):
+        """The cluster lists this supernode first, then each member with its
+        health, the task count its /healthz gave and the last check's error."""
+        self.members.down.add("10.0.0.3:8002")
+        self.successResultOf(self.api.cluster.check())
+        self.call("POST", "/api/v1/tasks", {"task_id": TASK, "url": "http://origin.test/f",
+                                            "peer": PEER, "redirected": True})
+        cluster = self.call("GET", "/api/v1/dashboard")["cluster"]
+        self.assertEqual([m["name"] for m in cluster],
+                         ["10.0.0.1:8002", "10.0.0.2:8002", "10.0.0.3:8002"])
+        self.assertEqual([m["alive"] for m in cluster], [True, True, False])
+        self.assertEqual(cluster[1]["tasks"], 7)
+        self.assertIsNone(cluster[2]["tasks"])
+        self.assertIn("503", cluster[2]["error"])
+        self.assertEqual(cluster[0]["tasks"], 1)
+        self.assertEqual(sum(m["owned_here"] for m in cluster), 1)
+
+    def test_healthz_counts_tasks(self):
+        """/healthz says how many tasks this supernode knows (what members show)."""
+        self.assertEqual(self.call("GET", "/healthz")["tasks"], 0)
