@@ -23,18 +23,23 @@ MAX_COLUMNS = 256
 MAX_ROWS = 200
 
 
-def _held_bytes(task, mask):
+def _sizer(task):
+    """A function: piece bitset -> bytes. Pieces are one size but the last
+    (as the CDN cuts them), so that is a bit count, not a walk over the bits."""
     sizes = task.sizes
-    if mask == task.full:
-        return sum(sizes)
-    return sum(sizes[i] for i in bits(mask))
+    n = task.n
+    if n and all(x == sizes[0] for x in sizes[:-1]):
+        size, last_bit, short = sizes[0], 1 << (n - 1), sizes[0] - sizes[-1]
+        return lambda mask: mask.bit_count() * size - (short if mask & last_bit else 0)
+    return lambda mask: sum(sizes[i] for i in bits(mask))
 
 
 def task_summary(task):
     """Counts of one task: pieces, peers, bytes held by peers, seed share."""
     n = task.n
     length = sum(task.sizes)
-    delivered = sum(_held_bytes(task, p.have) for p in task.peers.values())
+    held_bytes = _sizer(task)
+    delivered = sum(held_bytes(p.have) for p in task.peers.values())
     mean = length / n if n else 0
     # Assignments, not bytes, are counted per source (no per-assign overhead):
     # the supernode's share of what peers hold is estimated from them.
@@ -82,7 +87,7 @@ def _row(have, fetching, failed_mask, columns):
     return "".join(out)
 
 
-def _peer_row(task, p, columns, now):
+def _peer_row(task, p, columns, now, held_bytes):
     info = p.info
     fetching = [{"piece": f.index,
                  "from": task.seed.peer_id if f.source is SEED else f.source.id}
@@ -90,7 +95,7 @@ def _peer_row(task, p, columns, now):
     return {
         "peer_id": p.id, "host": info.host, "port": info.port,
         "cells": _row(p.have, p.fetching, p.failed_mask & ~p.have, columns),
-        "held": p.have.bit_count(), "held_bytes": _held_bytes(task, p.have),
+        "held": p.have.bit_count(), "held_bytes": held_bytes(p.have),
         "fetching": fetching, "uploads": p.uploads, "from_supernode": p.seed_got,
         "failed_pieces": sorted(bits(p.failed_mask & ~p.have))[:32],
         "banned": p.bad, "reported_failing_by": len(p.fail_reporters),
@@ -107,7 +112,8 @@ def swarm_grid(task, now):
         "held": task.seed_mask.bit_count(), "uploads": task.seed_uploads,
     }
     peers = sorted(task.peers.values(), key=lambda p: p.joined)
-    rows = [_peer_row(task, p, columns, now) for p in peers[:MAX_ROWS]]
+    held_bytes = _sizer(task)
+    rows = [_peer_row(task, p, columns, now, held_bytes) for p in peers[:MAX_ROWS]]
     return {
         "piece_count": task.n,
         "columns": len(columns),
@@ -127,6 +133,7 @@ def peer_activity(tasks, now):
     out = {}
     for task in tasks:
         mean = sum(task.sizes) / task.n if task.n else 0.0
+        held_bytes = _sizer(task)
         seed_id = task.seed.peer_id
         for p in task.peers.values():
             e = out.get(p.id)
@@ -136,7 +143,7 @@ def peer_activity(tasks, now):
                                  "uploads": 0, "banned": False, "have": {}, "fetching": {},
                                  "piece_bytes": {}}
             e["tasks"].append(task.id)
-            e["held_bytes"] += p.have.bit_count() * mean
+            e["held_bytes"] += held_bytes(p.have)
             e["last_seen"] = max(e["last_seen"], p.last_seen)
             e["uploads"] += p.uploads
             e["banned"] = e["banned"] or p.bad

@@ -202,3 +202,16 @@ class ClusterViewTests(APITestBase):
     def test_healthz_counts_tasks(self):
         """/healthz says how many tasks this supernode knows (what members show)."""
         self.assertEqual(self.call("GET", "/healthz")["tasks"], 0)
+
+
+class SizerTests(SynchronousTestCase):
+    def test_held_bytes(self):
+        """Bytes held are counted exactly, with a short last piece or with
+        pieces of any sizes."""
+        for sizes in ([100, 100, 100, 50], [10, 20, 30], [7]):
+            s = Scheduler(Clock())
+            s.add_task("t", sizes, SEED)
+            s.join("t", peer(1))
+            for i in range(len(sizes)):
+                s.report("t", peer(1).peer_id, have=[i])
+                self.assertEqual(s.swarm_summary("t")["delivered_bytes"], sum(sizes[:i + 1]))
