@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench install clean
+.PHONY: demo test test-all test-browser bench install clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -32,12 +32,21 @@ test: install
 test-all:
 	$(MAKE) test FAIL_ON_SKIP=1
 
+# The dashboard in headless Chromium during a real download; screenshots in
+# .artifacts/. Skips loudly without Chromium, unless REQUIRE_BROWSER=1 (CI).
+test-browser: install
+	mkdir -p .trial .artifacts && cd .trial && DRAGONFLY_SOURCE=$(CURDIR) DRAGONFLY_BROWSER_TESTS=1 \
+	  DRAGONFLY_ARTIFACTS=$(CURDIR)/.artifacts DRAGONFLY_REQUIRE_BROWSER=$(REQUIRE_BROWSER) \
+	  $(abspath $(BIN))/trial dragonfly.test.browser
+
+# make demo KEEP=1: the swarm stays up STAY seconds afterwards (the dashboard's URL is printed).
+STAY ?= 600
 demo: install
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python demo/demo.py
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python demo/demo.py $(if $(KEEP),--stay $(STAY))
 
 bench: install
 	$(BIN)/pip install -q -r bench/requirements.txt
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) build *.egg-info _trial_temp .trial
+	rm -rf $(VENV) build *.egg-info _trial_temp .trial .artifacts

@@ -6,7 +6,8 @@ setup(
     description="P2P file and container-image distribution on Twisted",
     python_requires=">=3.11",
     packages=find_packages(include=["dragonfly", "dragonfly.*"]) + ["twisted.plugins"],
-    package_data={"twisted": ["plugins/dragonfly_plugins.py"]},
+    package_data={"twisted": ["plugins/dragonfly_plugins.py"],
+                  "dragonfly.supernode": ["ui/*.html"]},
     install_requires=[
         "twisted[tls]>=24.7",
         "klein>=24.8",

@@ -12,13 +12,16 @@ What it does, all on 127.0.0.1 with ephemeral ports, under a temp directory:
 4. prints a table: wall time, bytes the origin sent, bytes the supernode
    served, bytes that went peer to peer, and whether every copy's sha256
    matches the origin's;
-5. stops everything (SIGTERM, then SIGKILL) and removes the temp directory,
+5. with ``--stay SECONDS`` (``make demo KEEP=1``) keeps the swarm up that
+   long (Ctrl-C ends it sooner) to look at the supernode's dashboard, whose
+   URL it prints as soon as the supernode is up;
+6. stops everything (SIGTERM, then SIGKILL) and removes the temp directory,
    also on Ctrl-C or failure (``--keep`` keeps it for inspection).
 
 Exit status 0 when every check passes: every dfget exited 0, every sha256
 matches, the origin sent the file exactly once, and some bytes went peer to
 peer. Run by ``make demo`` with the venv's bin first on PATH; runs standalone
-as ``python demo/demo.py [--size 64M] [--peers 4] [--keep]``.
+as ``python demo/demo.py [--size 64M] [--peers 4] [--keep] [--stay 600]``.
 """
 import argparse
 import hashlib
@@ -220,6 +223,8 @@ def run(args, workdir, fleet):
                                    ["--listen", listen, "--piece-listen", listen,
                                     "--piece-size", args.piece_size] + allow)
     supernodes = f"{HOST}:{sn_ports['api']}"
+    fleet.dashboard = f"{sn_base}/ui"
+    print(f"dashboard: {fleet.dashboard}", flush=True)
     peers = [start_node(fleet, twistd, "peer", f"peer{i + 1}", [
         "--supernodes", supernodes, "--piece-listen", listen, "--api-listen", listen] + allow)[0]
         for i in range(args.peers)]
@@ -291,6 +296,15 @@ def run(args, workdir, fleet):
     return 0
 
 
+def stay_up(seconds, url):
+    """Keep the swarm up for C{seconds} (Ctrl-C ends it sooner)."""
+    print(f"\nthe swarm stays up for {seconds:g} s: open {url} (Ctrl-C to stop)", flush=True)
+    try:
+        time.sleep(seconds)
+    except KeyboardInterrupt:
+        print("\nstopping the swarm", file=sys.stderr)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="dragonfly P2P demo on loopback")
     ap.add_argument("--size", type=parse_size, default=256 * MiB, help="file size (default 256M)")
@@ -298,6 +312,8 @@ def main(argv=None):
     ap.add_argument("--piece-size", default="4M", help="supernode --piece-size (default 4M)")
     ap.add_argument("--timeout", type=float, default=600, help="seconds allowed for the downloads")
     ap.add_argument("--keep", action="store_true", help="keep the temp directory and logs")
+    ap.add_argument("--stay", type=float, default=0, metavar="SECONDS",
+                    help="keep the swarm up this long at the end, to look at the dashboard")
     args = ap.parse_args(argv)
 
     workdir = tempfile.mkdtemp(prefix="dragonfly-demo-")
@@ -311,6 +327,8 @@ def main(argv=None):
     status = 1
     try:
         status = run(args, workdir, fleet)
+        if args.stay > 0 and getattr(fleet, "dashboard", None):
+            stay_up(args.stay, fleet.dashboard)
     except KeyboardInterrupt:
         print("\ninterrupted; cleaning up", file=sys.stderr)
         status = 130

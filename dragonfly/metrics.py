@@ -1,7 +1,12 @@
 """Prometheus metrics, each service with its own registry."""
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.web.resource import Resource
+
+
+# Seconds: whole downloads (small files to large images) and single pieces.
+TASK_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+PIECE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 class SupernodeMetrics:
@@ -15,6 +20,11 @@ class SupernodeMetrics:
         self.assignments = Counter("dragonfly_supernode_assignments", "Piece assignments made", ["source"], registry=r)
         self.tasks = Gauge("dragonfly_supernode_tasks", "Tasks known", registry=r)
         self.peers = Gauge("dragonfly_supernode_peers", "Peers in swarms", registry=r)
+        self.active_tasks = Gauge("dragonfly_supernode_active_tasks",
+                                  "Tasks being fetched from the origin or downloaded by a peer",
+                                  registry=r)
+        self.active_peers = Gauge("dragonfly_supernode_active_peers",
+                                  "Peers in swarms still downloading", registry=r)
 
     def render(self):
         return generate_latest(self.registry)
@@ -35,6 +45,15 @@ class PeerMetrics:
             "dragonfly_peer_piece_failures", "Pieces that failed to fetch or verify", ["reason"], registry=r)
         self.downloads = Counter("dragonfly_peer_downloads", "Downloads finished", ["result"], registry=r)
         self.cache_bytes = Gauge("dragonfly_peer_cache_bytes", "Bytes held in the piece store", registry=r)
+        self.task_seconds = Histogram(
+            "dragonfly_peer_task_duration_seconds", "Time from a download's start to its end",
+            ["result"], buckets=TASK_BUCKETS, registry=r)
+        self.piece_seconds = Histogram(
+            "dragonfly_peer_piece_fetch_duration_seconds",
+            "Time to fetch and store one piece from another node", ["source"],
+            buckets=PIECE_BUCKETS, registry=r)
+        for s in ("peer", "supernode"):
+            self.piece_seconds.labels(source=s)
         # dfdaemon mirror counters live here too: the dfdaemon is a peer.
         self.mirror_requests = Counter(
             "dragonfly_mirror_requests", "Registry mirror requests", ["kind", "code"], registry=r)

@@ -85,6 +85,7 @@ class Download:
         self._clock = clock
         self._metrics = metrics
         self._signal = None      # piece arrivals, created by the first wait_piece()
+        self.started = clock.seconds()
 
     # -- callers ---------------------------------------------------------------
 
@@ -184,6 +185,10 @@ class Download:
 
     # -- the end -----------------------------------------------------------------
 
+    def _observe_duration(self, result):
+        self._metrics.task_seconds.labels(result=result).observe(
+            max(0.0, self._clock.seconds() - self.started))
+
     def finish(self, result):
         """Hand the download's result (TaskFile or Failure) to every caller and stream."""
         if self.pinned and self.tf is not None:
@@ -197,6 +202,7 @@ class Download:
                 self.log.failure("download of {task} crashed", result, task=self.task_id)
                 result = Failure(DownloadError(f"internal error: {describe(result)}"))
             self._metrics.downloads.labels(result="failed").inc()
+            self._observe_duration("failed")
             if signal is not None:
                 signal.fail(result)
             for cb in self.on_failure:
@@ -206,6 +212,7 @@ class Download:
                     d.errback(result)
         else:
             self._metrics.downloads.labels(result="ok").inc()
+            self._observe_duration("ok")
             if signal is not None:
                 signal.fire()
         self.ready = []

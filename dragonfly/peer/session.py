@@ -319,6 +319,7 @@ class SwarmSession:
     async def _fetch(self, a):
         tf = self.tf
         reason = None
+        started = self.clock.seconds()
         try:
             await self.dl.pace.wait(a.size)   # the callers' --limit, if any
             pool = self.pool
@@ -360,6 +361,8 @@ class SwarmSession:
                 return
             del data, got
             source = "supernode" if a.source.peer_id == self.seed_id else "peer"
+            self.metrics.piece_seconds.labels(source=source).observe(
+                max(0.0, self.clock.seconds() - started))
             self.have.append(a.index)
             self.last_progress = self.clock.seconds()
             self.registrations = 1

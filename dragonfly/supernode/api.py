@@ -28,6 +28,7 @@ from dragonfly.origin import OriginError, OriginRefused
 from dragonfly.redact import redact_text, redact_url
 from dragonfly.supernode.cdn import (
     CacheFull, CDNError, ContentMismatch, NotReady, TooLarge, TooManyTasks)
+from dragonfly.supernode.dashboard import Dashboard, page as dashboard_page
 from dragonfly.supernode.peerkeys import PeerKeys, WrongSecret
 from dragonfly.supernode.scheduler import TooManyPeers, UnknownPeer, UnknownTask
 
@@ -100,7 +101,8 @@ class ApiSite(server.Site):
     """
 
     def log(self, request):
-        if request.code < 400 and request.path.endswith(b"/schedule"):
+        if request.code < 400 and (request.path.endswith(b"/schedule")
+                                   or request.path.startswith(b"/api/v1/dashboard")):
             return
         server.Site.log(self, request)
 
@@ -140,13 +142,16 @@ class SupernodeAPI:
     @param trust_advertised: take a registering peer's advertised host as its
         address; by default its address is the request's source address (the
         advertised port stays the peer's).
+    @param dashboard: L{dragonfly.supernode.dashboard.Dashboard} (default: one
+        over the parts above).
     """
 
     app = Klein()
     log = Logger()
 
     def __init__(self, clock, cdn, scheduler, metrics, cluster=None, preheater=None,
-                 max_body=MAX_BODY, max_wait=MAX_WAIT, keys=None, trust_advertised=False):
+                 max_body=MAX_BODY, max_wait=MAX_WAIT, keys=None, trust_advertised=False,
+                 dashboard=None):
         self.clock = clock
         self.cdn = cdn
         self.scheduler = scheduler
@@ -157,6 +162,7 @@ class SupernodeAPI:
         self.max_wait = max_wait
         self.keys = keys if keys is not None else PeerKeys(clock)
         self.trust_advertised = trust_advertised
+        self.dashboard = dashboard or Dashboard(clock, cdn, scheduler, metrics, cluster)
 
     def resource(self):
         return self.app.resource()
@@ -486,12 +492,37 @@ class SupernodeAPI:
             raise ApiError(404, "no such preheat job")
         return json_body(request, 200, job.to_json(), compact=True)
 
+    # -- dashboard ---------------------------------------------------------------
+
+    @app.route("/ui", methods=["GET"])
+    def ui(self, request):
+        """The live dashboard: one page that polls the two routes below."""
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-frame-options", b"DENY")
+        request.setHeader(b"content-security-policy", b"default-src 'none'; "
+                          b"script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                          b"connect-src 'self'; img-src data:")
+        return dashboard_page()
+
+    @app.route("/api/v1/dashboard", methods=["GET"])
+    def dashboard_overview(self, request):
+        return json_body(request, 200, self.dashboard.overview(), compact=True)
+
+    @app.route("/api/v1/dashboard/tasks/<task_id>", methods=["GET"])
+    def dashboard_task(self, request, task_id):
+        view = self.dashboard.task(_task_id(task_id))
+        if view is None:
+            raise ApiError(404, f"unknown task {task_id!r}")
+        return json_body(request, 200, view, compact=True)
+
     # -- health and metrics ------------------------------------------------------
 
     @app.route("/healthz", methods=["GET", "HEAD"])
     def healthz(self, request):
         seed = self.cdn.seed
-        body = {"status": "ok" if seed is not None else "starting", "role": "supernode"}
+        body = {"status": "ok" if seed is not None else "starting", "role": "supernode",
+                "tasks": self.dashboard.task_count()}
         if seed is not None:
             body["seed"] = seed.to_json()
         if self.cluster is not None:
@@ -506,6 +537,9 @@ class SupernodeAPI:
             stats = self.scheduler.stats()
             self.metrics.tasks.set(stats["tasks"])
             self.metrics.peers.set(stats["peers"])
+            active = self.dashboard.active()
+            self.metrics.active_tasks.set(active["tasks"])
+            self.metrics.active_peers.set(active["peers"])
         except Exception:
             self.log.failure("collecting scheduler stats")
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))

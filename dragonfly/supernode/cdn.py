@@ -296,6 +296,9 @@ class CDN:
         if job is None or job.state not in ("pending", "running"):
             return None
         return job.complete.when().addErrback(lambda f: None if not f.check(CancelledError) else f)
+    def task_ids(self):
+        """The ids of the tasks with a job (running, done, or failed recently)."""
+        return list(self._jobs)
 
     def failure(self, task_id):
         """The error of a failed job, or None."""

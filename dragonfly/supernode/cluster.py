@@ -17,6 +17,7 @@ serves the task itself whatever its view of the cluster (no redirect loops while
 views differ for a moment).
 """
 import hashlib
+import json
 
 from twisted.application.internet import TimerService
 from twisted.internet.defer import DeferredList, succeed
@@ -42,6 +43,15 @@ def _score(member, task_id):
     return hashlib.sha256(f"{member}\0{task_id}".encode("utf-8")).digest()
 
 
+def _task_count(body):
+    """The C{tasks} count of a /healthz body, or None."""
+    try:
+        n = json.loads(body).get("tasks")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return None
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
 class _Member:
     def __init__(self, name):
         self.name = name
@@ -49,6 +59,7 @@ class _Member:
         self.failures = 0
         self.checked = False
         self.last_error = None
+        self.tasks = None       # what its last /healthz said it knows, if it said
 
 
 class Cluster:
@@ -106,6 +117,12 @@ class Cluster:
     def is_local(self, task_id):
         return self.owner(task_id) is None
 
+    def members(self):
+        """Every other member: C{name}, C{alive}, C{tasks} (its own count from
+        its last /healthz, None if unknown), C{error} (its last check's)."""
+        return [{"name": m.name, "alive": m.alive, "tasks": m.tasks, "error": m.last_error}
+                for m in self._members.values()]
+
     def status(self):
         return {"self": self.self_name,
                 "members": {m.name: ("alive" if m.alive else "dead") for m in self._members.values()}}
@@ -131,6 +148,7 @@ class Cluster:
         def answered(response):
             ok = 200 <= response.code < 300
             d2 = response.content() if hasattr(response, "content") else succeed(b"")
+            d2.addCallback(lambda body: setattr(member, "tasks", _task_count(body) if ok else None))
             d2.addErrback(lambda f: None)
             self._mark(member, ok, None if ok else f"healthz answered {response.code}")
             return d2

@@ -55,6 +55,7 @@ from zope.interface import implementer
 from dragonfly.interfaces import IScheduler, PeerInfo
 from dragonfly.supernode.bitset import bits
 from dragonfly.supernode.policy import MAX_MISSES, candidates, pick_source, rarest, sequential
+from dragonfly.supernode import swarmview
 from dragonfly.supernode.swarmstate import (
     INF, SEED, Peer, PieceSizes, Task, TooManyPeers, UnknownPeer, UnknownTask, add_have,
     expire_assignments, forgive, host_left, mark_bad, record_failure, release, remove_peer,
@@ -571,3 +572,21 @@ class Scheduler:
             "failures": task.failures, "expired": task.expired,
             "ignored_failures": task.ignored, "bad_pieces": task.bad_pieces,
         }
+
+    # -- read-only views (the dashboard) -------------------------------------
+
+    def task_ids(self):
+        """The ids of the tasks scheduled now."""
+        return list(self._tasks)
+
+    def swarm_summary(self, task_id):
+        """L{swarmview.task_summary} of C{task_id}."""
+        return swarmview.task_summary(self._task(task_id))
+
+    def swarm_grid(self, task_id):
+        """L{swarmview.swarm_grid} of C{task_id}: its pieces x peers."""
+        return swarmview.swarm_grid(self._task(task_id), self.clock.seconds())
+
+    def peer_activity(self):
+        """L{swarmview.peer_activity} over every task."""
+        return swarmview.peer_activity(self._tasks.values(), self.clock.seconds())
