@@ -23,17 +23,20 @@ install: $(STAMP)
 # Tests run against the installed package (as twistd sees it), from a scratch
 # directory so the source tree is not imported instead; DRAGONFLY_SOURCE lets
 # them check the shipped etc/ and docs/. The run ends with the skipped tests and
-# why (a test whose tool is missing here skips); test-all (CI) fails on any skip.
-TRIAL = cd .trial && DRAGONFLY_SOURCE=$(CURDIR) $(abspath $(BIN))/python -m dragonfly.test.skipsummary
+# why (a test whose tool is missing here skips). FAIL_ON_SKIP=1 (CI; test-all)
+# fails on any skip and also runs the browser tests, which then need Chromium.
+TRIAL = cd .trial && DRAGONFLY_SOURCE=$(CURDIR) DRAGONFLY_ARTIFACTS=$(CURDIR)/.artifacts \
+	$(if $(FAIL_ON_SKIP),DRAGONFLY_BROWSER_TESTS=1 DRAGONFLY_REQUIRE_BROWSER=1) \
+	$(abspath $(BIN))/python -m dragonfly.test.skipsummary
 
 test: install
-	mkdir -p .trial && $(TRIAL) $(if $(FAIL_ON_SKIP),--fail-on-skip) -- $(abspath $(BIN))/trial -j2 dragonfly
+	mkdir -p .trial .artifacts && $(TRIAL) $(if $(FAIL_ON_SKIP),--fail-on-skip) -- $(abspath $(BIN))/trial -j2 dragonfly
 
 test-all:
 	$(MAKE) test FAIL_ON_SKIP=1
 
-# The dashboard in headless Chromium during a real download; screenshots in
-# .artifacts/. Skips loudly without Chromium, unless REQUIRE_BROWSER=1 (CI).
+# Only the dashboard in headless Chromium during a real download; screenshots in
+# .artifacts/. Skips loudly without Chromium, unless REQUIRE_BROWSER=1.
 test-browser: install
 	mkdir -p .trial .artifacts && cd .trial && DRAGONFLY_SOURCE=$(CURDIR) DRAGONFLY_BROWSER_TESTS=1 \
 	  DRAGONFLY_ARTIFACTS=$(CURDIR)/.artifacts DRAGONFLY_REQUIRE_BROWSER=$(REQUIRE_BROWSER) \

@@ -8,7 +8,8 @@ the task appears with its progress, the piece grid has one row per peer,
 and it reaches 100% without a reload. Screenshots go to
 ``$DRAGONFLY_ARTIFACTS`` (``make test-browser``: ``.artifacts/``).
 
-Run by ``make test-browser`` (``DRAGONFLY_BROWSER_TESTS=1``). Without
+Run by ``make test-browser`` and by CI's ``make test FAIL_ON_SKIP=1``
+(both set ``DRAGONFLY_BROWSER_TESTS=1``). Without
 Chromium the test skips with a loud reason, except in CI
 (``DRAGONFLY_REQUIRE_BROWSER=1`` or ``CI`` set), where that is a failure.
 """
