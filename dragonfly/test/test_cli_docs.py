@@ -1,6 +1,5 @@
 """Bash completion and man pages of dfget and dfctl stay in step with the code,
 and the Debian and RPM packaging install them."""
-import os
 import shutil
 import subprocess
 
@@ -8,12 +7,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from dragonfly.dfctl import cli as dfctl_cli
 from dragonfly.dfget import options
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from dragonfly.test import source_file
 
 
 def read(*parts):
-    with open(os.path.join(ROOT, *parts)) as f:
+    with open(source_file(*parts)) as f:
         return f.read()
 
 
@@ -46,7 +44,7 @@ class CliDocsTests(SynchronousTestCase):
         if bash is None:
             raise self.skipTest("no bash")
         for name in ("dfget", "dfctl"):
-            subprocess.run([bash, "-n", os.path.join(ROOT, "packaging", "completion", name)],
+            subprocess.run([bash, "-n", source_file("packaging", "completion", name)],
                            check=True)
 
     def test_packaging_installs_them(self):
