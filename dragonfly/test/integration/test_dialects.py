@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 
 from twisted.internet import reactor
 from twisted.trial import unittest
@@ -54,17 +55,22 @@ class DragonflyOneTests(unittest.TestCase):
 
     @with_logs()
     async def test_dragonfly1_command_line_and_cdn_pattern(self):
-        """A Dragonfly 1.x command line downloads through the daemon and verifies;
-        a second peer with -p cdn takes the file from the supernode only, no peer."""
+        """A Dragonfly 1.x command line downloads through the daemon, verifies and
+        keeps to its -s rate (the daemon paces it); a second peer with -p cdn takes
+        the file from the supernode only, no peer."""
         swarm = await self._swarm()
         url = swarm.origin_url("one.bin")
         md5 = md5_file(os.path.join(swarm.origin.root, "one.bin"))
         first, second = swarm.peers
         out = swarm.path("one.out")
+        started = time.monotonic()
         r = await self._dfget(swarm, [
-            "-u", url, "-o", out, "--node", swarm.supernode_list(), "-s", "8M", "--notbs",
+            "-u", url, "-o", out, "--node", swarm.supernode_list(), "-s", "2M", "--notbs",
             "-m", md5, "--callsystem", "ci", "--daemon", first.api] + list(ALLOW_LOOPBACK), out)
+        took = time.monotonic() - started
         self.assertEqual(r.code, 0, repr(r))
+        # A lower bound only (it cannot flake on a slow machine): 2 MiB/s.
+        self.assertGreaterEqual(took, SIZE / (2 * MiB) * 0.95, "-s 2M was not respected")
         self.assertEqual(sha256_file(out), swarm.files["one.bin"][1])
         self.assertEqual(r.stderr.count("warning"), 1, r.stderr)
 
