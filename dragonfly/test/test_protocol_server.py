@@ -28,7 +28,7 @@ class ServerHandshakeTests(ServerTestMixin, SynchronousTestCase):
     def test_newer_client_version(self):
         """When a client offers a newer version, the server acks the version it speaks."""
         proto, tr = self.connect(self.make_factory(), hello=False)
-        proto.dataReceived(encode(Hello(codec.VERSION + 5, TASK, "peer-1")))
+        proto.dataReceived(self.hello(version=codec.VERSION + 5))
         self.assertEqual(decode(tr.value()), [HelloAck(codec.VERSION)])
 
     def test_unsupported_version(self):
@@ -42,7 +42,7 @@ class ServerHandshakeTests(ServerTestMixin, SynchronousTestCase):
     def test_task_not_held(self):
         """When a client says Hello for a task the store lacks, it gets NOT_FOUND and is closed."""
         proto, tr = self.connect(self.make_factory(), hello=False)
-        proto.dataReceived(encode(Hello(codec.VERSION, OTHER_TASK, "peer-1")))
+        proto.dataReceived(self.hello(OTHER_TASK))
         [err] = decode(tr.value())
         self.assertEqual((err.index, err.code), (None, codec.NOT_FOUND))
         self.assertTrue(tr.disconnecting)
