@@ -113,13 +113,17 @@ class RealSupernodeTests(SynchronousTestCase):
         return self.successResultOf(d)
 
     def test_register_schedule_report_leave(self):
-        """A peer registers, is assigned every piece from the seed with its size
-        and digest, reports them and is done, heartbeats and leaves."""
+        """A peer registers (keeping its admission token and the supernode's
+        key), is assigned every piece from the seed with its size and digest,
+        reports them and is done (its token renewed), heartbeats and leaves."""
         addr, answer = self.run_(self.client.register(REGISTER))
         self.assertEqual(addr, SN1)
         self.assertEqual((answer.task_id, answer.length, answer.piece_size, answer.piece_count,
                           answer.seed, answer.piece_digest),
                          (TASK, len(DATA), PIECE, 3, SEED, ALGORITHM))
+        # The answer's verifying keys and token are kept for the piece ports.
+        self.assertEqual(self.client.admission.token_for(TASK), answer.token)
+        self.assertTrue(self.client.admission.verify(answer.token, TASK, ME.peer_id))
         got = self.run_(self.client.schedule(addr, TASK, ScheduleRequest(ME.peer_id, want=5)))
         self.assertEqual(sorted(a.index for a in got.assignments), [0, 1, 2])
         for a in got.assignments:
