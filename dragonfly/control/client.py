@@ -345,7 +345,9 @@ class SupernodeClient:
             self.log.info("heartbeat to {sn} answered {code}", sn=_name(sn), code=code)
             return None
         try:
-            return HeartbeatAnswer.parse(obj)
+            answer = HeartbeatAnswer.parse(obj)
+            self.admission.add_all(answer.keys)
+            return answer
         except MessageError as e:
             self.log.info("bad heartbeat answer from {sn}: {why}", sn=_name(sn), why=str(e))
             return None

@@ -347,17 +347,19 @@ class HeartbeatRequest(_Message):
 
 @dataclass(frozen=True)
 class HeartbeatAnswer(_Message):
-    """The tasks of a heartbeat the supernode no longer counts the peer in."""
+    """The tasks of a heartbeat the supernode no longer counts the peer in;
+    C{keys}: the cluster's current verifying keys (as in L{RegisterAnswer})."""
 
     unknown: tuple = ()
+    keys: dict = None
 
     def to_json(self):
-        return {"unknown": list(self.unknown)}
+        return _with_admission({"unknown": list(self.unknown)}, None, self.keys)
 
     @classmethod
     def parse(cls, obj):
         obj = object_of(obj, "a heartbeat answer")
-        return cls(task_ids(obj.get("unknown"), "unknown", MAX_HEARTBEAT_TASKS))
+        return cls(task_ids(obj.get("unknown"), "unknown", MAX_HEARTBEAT_TASKS), _keys(obj))
 
 
 @dataclass(frozen=True)

@@ -458,7 +458,8 @@ class SupernodeAPI:
             unknown = tuple(req.tasks)      # registered nowhere here (or long ago)
         else:
             unknown = tuple(t for t in req.tasks if not self.scheduler.touch(t, req.peer_id))
-        return json_body(request, 200, HeartbeatAnswer(unknown).to_json(), compact=True)
+        return json_body(request, 200, HeartbeatAnswer(unknown, self.admission.keys()).to_json(),
+                         compact=True)
 
     @app.route("/api/v1/tasks/<task_id>", methods=["GET"])
     def task_info(self, request, task_id):

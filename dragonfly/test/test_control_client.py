@@ -15,6 +15,7 @@ from twisted.web.resource import Resource
 from twisted.web._newclient import ResponseNeverReceived
 from twisted.web.server import NOT_DONE_YET
 
+from dragonfly.admission import PeerAdmission
 from dragonfly.control.client import (
     _describe, NotRegistered, SourceFailed, SupernodeClient, SupernodeUnavailable, TaskRefused)
 from dragonfly.control.messages import (
@@ -135,7 +136,9 @@ class RealSupernodeTests(SynchronousTestCase):
         self.assertEqual(self.client.admission.token_for(TASK), done.token)
         self.assertTrue(self.client.admission.verify(done.token, TASK, ME.peer_id))
         self.client.joined(TASK, addr)
+        self.client.admission = PeerAdmission(self.clock)   # keys come with heartbeats too
         self.assertEqual(self.run_(self.client.heartbeat(ME.peer_id)), [])
+        self.assertEqual(self.client.admission.keys(), self.api.signer.keys())
         self.assertIsNone(self.run_(self.client.leave(TASK, ME.peer_id)))
         self.assertEqual(self.scheduler.task_stats(TASK)["peers"], 0)
         self.assertEqual(self.client.members, {})

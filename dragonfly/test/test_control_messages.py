@@ -38,6 +38,7 @@ EXAMPLES = [
                      keys={"0123456789abcdef": "A" * 43}),
     m.HeartbeatRequest("p-1", (TASK, "other")),
     m.HeartbeatAnswer(("other",)),
+    m.HeartbeatAnswer((), {"0123456789abcdef": "A" * 43}),
     m.LeaveRequest("p-1"),
     m.LeaveAnswer(),
     m.CorruptReport("p-1", "piece 3 failed its digest"),

@@ -510,12 +510,12 @@ class HeartbeatTests(APITestBase):
         for _ in range(4):
             self.clock.advance(self.scheduler.peer_timeout / 2)
             obj = self.call("POST", "/api/v1/heartbeat", {"peer_id": pid, "tasks": [TASK]})
-            self.assertEqual(obj, {"unknown": []})
+            self.assertEqual(obj, {"unknown": [], "keys": self.api.signer.keys()})
             self.scheduler.expire()
         self.clock.advance(self.scheduler.peer_timeout + 1)
         self.scheduler.expire()
         obj = self.call("POST", "/api/v1/heartbeat", {"peer_id": pid, "tasks": [TASK]})
-        self.assertEqual(obj, {"unknown": [TASK]})
+        self.assertEqual(obj, {"unknown": [TASK], "keys": self.api.signer.keys()})
         for bad in ({"peer_id": pid, "tasks": "x"}, {"peer_id": pid, "tasks": [1]},
                     {"peer_id": pid, "tasks": ["../x"]}, {"tasks": []}):
             self.assertIn("error", self.call("POST", "/api/v1/heartbeat", bad, status=400))
