@@ -7,7 +7,8 @@ a token the supernode gave it for another task, and with a real token for
 the task but another peer id. With its own token for the task it is served
 (the check is not a blanket refusal), and a normal download through a second
 peer is byte-exact. The supernode's signing key sits in its data directory,
-readable by its owner only.
+readable by its owner only. The same holds for a private registry layer
+pulled through a dfdaemon: its blob digest is not enough.
 """
 import json
 import os
@@ -23,6 +24,7 @@ from dragonfly.protocol import codec
 from dragonfly.taskid import task_id_for_url
 from dragonfly.test.integration.harness import (
     HTTP, LOOPBACK, MiB, Swarm, poll_until, sha256_file, with_logs)
+from dragonfly.test.integration import test_registry_mirror as mirror
 
 STRANGER = "stranger-1-0badc0de"
 
@@ -77,6 +79,16 @@ async def _speak(port, payload, served=None):
     return proto
 
 
+def assert_refused(test, proto, what):
+    """C{proto} got one FORBIDDEN about the connection and nothing else."""
+    test.assertEqual(proto.piece_bytes, 0, f"{what}: piece bytes were served")
+    kinds = [type(m) for m in proto.messages]
+    test.assertNotIn(codec.HelloAck, kinds, f"{what}: the Hello was accepted")
+    test.assertNotIn(codec.Piece, kinds, f"{what}: a piece header was sent")
+    test.assertEqual([(m.index, m.code) for m in proto.messages],
+                     [(None, codec.FORBIDDEN)], what)
+
+
 class AdmissionTests(unittest.TestCase):
     timeout = 240
 
@@ -90,14 +102,6 @@ class AdmissionTests(unittest.TestCase):
                                           timeout=30)
         self.assertEqual(code, 200, raw)
         return json.loads(raw)
-
-    def assertRefused(self, proto, what):
-        self.assertEqual(proto.piece_bytes, 0, f"{what}: piece bytes were served")
-        kinds = [type(m) for m in proto.messages]
-        self.assertNotIn(codec.HelloAck, kinds, f"{what}: the Hello was accepted")
-        self.assertNotIn(codec.Piece, kinds, f"{what}: a piece header was sent")
-        self.assertEqual([(m.index, m.code) for m in proto.messages],
-                         [(None, codec.FORBIDDEN)], what)
 
     @with_logs()
     async def test_stranger_gets_no_pieces(self):
@@ -132,7 +136,7 @@ class AdmissionTests(unittest.TestCase):
         for node in (holder, sn):
             for what, payload in attempts:
                 proto = await _speak(node.piece_port, payload)
-                self.assertRefused(proto, f"{node.name}, {what}")
+                assert_refused(self, proto, f"{node.name}, {what}")
             # The peer the token names is served.
             proto = await _speak(node.piece_port,
                                  _hello(task_id, "friend-1-00c0ffee", mine["token"]),
@@ -146,3 +150,29 @@ class AdmissionTests(unittest.TestCase):
         self.assertEqual(sha256_file(r.output), swarm.files["private.bin"][1])
         for node in (holder, sn, fetcher):
             self.assertTrue(node.alive(), node.tail())
+
+
+class PrivateLayerTests(unittest.TestCase):
+    """A private registry layer pulled through a dfdaemon: its digest is not
+    enough to read it off the dfdaemon's or the supernode's piece port."""
+
+    timeout = 300
+    # The registry, the image and the pull of the mirror's own tests.
+    setUp = mirror.RegistryMirrorTests.setUp
+    start_registry = mirror.RegistryMirrorTests.start_registry
+    start_swarm = mirror.RegistryMirrorTests.start_swarm
+    pull = mirror.RegistryMirrorTests.pull
+
+    @with_logs()
+    async def test_blob_digest_is_not_enough(self):
+        """After an authorised pull through a dfdaemon, a stranger who knows
+        each blob's digest (its task id) gets FORBIDDEN and no piece bytes from
+        the dfdaemon's and the supernode's piece ports."""
+        info = await self.start_registry()
+        [daemon] = await self.start_swarm(1)
+        code, out, err, out_dir = await self.pull(daemon, "pull-1")
+        self.assertEqual(code, 0, f"the authorised pull failed: {err}")
+        for digest in info["blobs"]:
+            for node in (daemon, self.swarm.supernodes[0]):
+                proto = await _speak(node.piece_port, _hello(digest, STRANGER))
+                assert_refused(self, proto, f"{node.name}, {digest}")
