@@ -15,6 +15,7 @@ task (for its piece client).
 """
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import os
@@ -32,8 +33,15 @@ from dragonfly.interfaces import IAdmission
 __all__ = ["AdmissionSigner", "AdmissionKeys", "PeerAdmission", "key_id", "TOKEN_LIFETIME",
            "MAX_TOKEN", "MAX_KEYS", "TOKEN_RE", "KEY_ID_RE", "PUBLIC_KEY_RE", "KEY_FILE"]
 
-#: Seconds a token is valid; every schedule answer renews it.
+#: Seconds a token is valid (at least; expiries are rounded up to a whole
+#: minute); every schedule answer renews it.
 TOKEN_LIFETIME = 600
+#: Expiries are multiples of this many seconds, so the tokens of one peer and
+#: task within that time are the same (signed once: a schedule answer costs
+#: a cache look-up, not a signature).
+EXPIRY_STEP = 60
+#: Tokens remembered for reuse.
+SIGNED_CACHE = 8192
 #: Longest token accepted anywhere (a real one is about 250 characters).
 MAX_TOKEN = 1024
 #: Most verifying keys one node keeps (a cluster has a handful of supernodes).
@@ -68,7 +76,7 @@ class AdmissionSigner:
 
     @param clock: an L{IReactorTime} (C{seconds()} dates the expiry).
     @param private_key: an C{Ed25519PrivateKey}.
-    @param lifetime: seconds a token lives.
+    @param lifetime: seconds a token lives at least (at most C{EXPIRY_STEP} more).
     """
 
     log = Logger()
@@ -80,6 +88,7 @@ class AdmissionSigner:
         raw = _raw_public(private_key.public_key())
         self.key_id = key_id(raw)
         self.public_key = _b64(raw)
+        self._sign = functools.lru_cache(maxsize=SIGNED_CACHE)(self._sign_uncached)
 
     @classmethod
     def generate(cls, clock, **kw):
@@ -112,6 +121,9 @@ class AdmissionSigner:
     def issue(self, task_id, peer_id):
         """A token admitting C{peer_id} to C{task_id} for C{lifetime} seconds."""
         expiry = int(self.clock.seconds()) + int(self.lifetime)
+        return self._sign(task_id, peer_id, -(-expiry // EXPIRY_STEP) * EXPIRY_STEP)
+
+    def _sign_uncached(self, task_id, peer_id, expiry):
         payload = json.dumps({"e": expiry, "k": self.key_id, "p": peer_id, "t": task_id},
                              separators=(",", ":"), sort_keys=True).encode("utf-8")
         return _b64(payload) + "." + _b64(self._key.sign(payload))

@@ -9,12 +9,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from dragonfly.admission import (
-    TOKEN_LIFETIME, AdmissionKeys, AdmissionSigner, PeerAdmission, key_id)
+    EXPIRY_STEP, TOKEN_LIFETIME, AdmissionKeys, AdmissionSigner, PeerAdmission, key_id)
 from dragonfly.interfaces import IAdmission
 
 TASK = "a" * 64
 OTHER_TASK = "b" * 64
 PEER = "peer-1-deadbeef"
+T0 = 28_333_333 * EXPIRY_STEP   # a time in 2023, on a whole EXPIRY_STEP
 
 
 def _b64(raw):
@@ -29,7 +30,7 @@ def _payload(token):
 class TokenTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
-        self.clock.advance(1_700_000_000)
+        self.clock.advance(T0)
         self.signer = AdmissionSigner.generate(self.clock)
         self.keys = AdmissionKeys(self.clock)
         self.keys.add_all(self.signer.keys())
@@ -44,7 +45,19 @@ class TokenTests(SynchronousTestCase):
         token = self.signer.issue(TASK, PEER)
         self.assertTrue(self.keys.verify(token, TASK, PEER))
         self.assertEqual(_payload(token), {"t": TASK, "p": PEER, "k": self.signer.key_id,
-                                           "e": 1_700_000_000 + TOKEN_LIFETIME})
+                                           "e": T0 + TOKEN_LIFETIME})
+
+    def test_expiry_rounded_up(self):
+        """The expiry is rounded up to a whole EXPIRY_STEP: the tokens of one
+        peer and task issued within one step are the same."""
+        self.clock.advance(1)
+        token = self.signer.issue(TASK, PEER)
+        self.assertEqual(_payload(token)["e"], T0 + TOKEN_LIFETIME + EXPIRY_STEP)
+        self.clock.advance(EXPIRY_STEP - 1)
+        self.assertEqual(self.signer.issue(TASK, PEER), token)
+        self.assertNotEqual(self.signer.issue(TASK, "peer-2"), token)
+        self.clock.advance(1)
+        self.assertNotEqual(self.signer.issue(TASK, PEER), token)
 
     def test_expired(self):
         """A token is refused from its expiry on, accepted just before."""

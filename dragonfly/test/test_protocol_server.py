@@ -424,9 +424,11 @@ class AdmissionCheckTests(ServerTestMixin, SynchronousTestCase):
 
     def test_expiry_after_hello_does_not_matter(self):
         """A connection admitted at Hello keeps being served after its token expires."""
-        self.signer.lifetime = 10     # under the idle timeout
+        self.signer.lifetime = 10     # expires at 60 s (a whole step), under the idle timeout
+        token = self.signer.issue(TASK, "peer-1")   # the one the Hello carries
         proto, tr = self.connect(self.make_factory())
-        self.clock.advance(11)
+        self.clock.advance(61)
+        self.assertFalse(self.admission.verify(token, TASK, "peer-1"))
         proto.dataReceived(encode(Request(0)))
         self.drain(tr)
         self.assertEqual(decode(tr.value()), [(Piece(0, 256 * 1024), self.data[:256 * 1024])])
