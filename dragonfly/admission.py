@@ -100,6 +100,10 @@ class AdmissionSigner:
         """The signer of the key in C{path}, made (mode 0600) if there is none."""
         try:
             with open(path, "rb") as f:
+                if os.fstat(f.fileno()).st_mode & 0o077:
+                    cls.log.warn("{path} is readable by others than its owner: anyone who "
+                                 "reads it can admit any peer to any task (chmod 600 it)",
+                                 path=path)
                 key = serialization.load_pem_private_key(f.read(), password=None)
         except FileNotFoundError:
             key = Ed25519PrivateKey.generate()

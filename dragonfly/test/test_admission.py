@@ -194,3 +194,16 @@ class PeerAdmissionTests(SynchronousTestCase):
         self.assertEqual(book.token_for(TASK), "t2")
         book.forget(TASK)
         self.assertIsNone(book.token_for(TASK))
+
+
+class KeyFileModeTests(SynchronousTestCase):
+    def test_lax_mode_warned(self):
+        """A key file others may read is used, with a warning naming it."""
+        from twisted.logger import capturedLogs
+
+        path = self.mktemp()
+        AdmissionSigner.from_file(Clock(), path)
+        os.chmod(path, 0o644)
+        with capturedLogs() as events:
+            AdmissionSigner.from_file(Clock(), path)
+        self.assertEqual([e["path"] for e in events if "chmod 600" in e["log_format"]], [path])
