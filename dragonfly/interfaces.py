@@ -154,3 +154,12 @@ class IServedStore(Interface):
 
     def get(task_id):
         """The L{IServedTask} of C{task_id}, or None when it is not held."""
+
+
+class IAdmission(Interface):
+    """Who a piece server serves: the check of a peer's admission token at Hello."""
+
+    def verify(token, task_id, peer_id):
+        """True when C{token} (a string, or None when the Hello carried none)
+        is a current proof, signed by a trusted supernode key, that
+        C{peer_id} was admitted to C{task_id}."""

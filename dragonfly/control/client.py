@@ -24,6 +24,7 @@ from dataclasses import replace
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 
+from dragonfly.admission import PeerAdmission
 from dragonfly.control.messages import (
     CorruptReport, ErrorAnswer, HeartbeatAnswer, HeartbeatRequest, LeaveRequest, MessageError,
     RegisterAnswer, ScheduleAnswer, ScheduleRequest)
@@ -101,12 +102,15 @@ class SupernodeClient:
         the task's swarm (set it with L{joined}; L{heartbeat} and L{leave} use it).
     @ivar secrets: {(host, port): secret}: our secret at each supernode, from
         its registration answers; L{secret} is the one we offer where we have none.
+    @ivar admission: a L{dragonfly.admission.PeerAdmission} (the C{admission}
+        given, else a fresh one): registration answers add their verifying
+        keys to it, registration and schedule answers their tokens.
     """
 
     log = Logger()
 
     def __init__(self, clock, http_client, supernodes, *, api_timeout=15.0,
-                 register_timeout=120.0, max_answer=MAX_ANSWER):
+                 register_timeout=120.0, max_answer=MAX_ANSWER, admission=None):
         self._clock = clock
         self._http = http_client
         self.supernodes = list(supernodes)
@@ -116,6 +120,7 @@ class SupernodeClient:
         self.members = {}
         self.secret = secrets.token_urlsafe(16)
         self.secrets = {}
+        self.admission = admission if admission is not None else PeerAdmission(clock)
         self._preferred = 0        # index of the supernode that answered last
 
     # -- one call ----------------------------------------------------------------
@@ -183,6 +188,8 @@ class SupernodeClient:
                     answer = self._registration(obj)
                     if answer.secret is not None:
                         self.secrets[addr] = answer.secret
+                    self.admission.add_all(answer.keys)
+                    self.admission.admit(answer.task_id, answer.token)
                     return addr, answer
                 except MessageError as e:
                     errors.append(f"{_name(addr)}: bad registration answer: {e}")
@@ -247,7 +254,9 @@ class SupernodeClient:
                 raise SupernodeUnavailable(f"HTTP {code}: {obj.get('error', '')}")
             raise TaskRefused(f"supernode refused to schedule: {obj.get('error') or code}")
         try:
-            return ScheduleAnswer.parse(obj)
+            answer = ScheduleAnswer.parse(obj)
+            self.admission.admit(task_id, answer.token)
+            return answer
         except MessageError as e:
             self.log.warn("bad schedule answer for {task} from {sn}: {why}",
                           task=task_id, sn=_name(addr), why=str(e))
@@ -336,7 +345,9 @@ class SupernodeClient:
             self.log.info("heartbeat to {sn} answered {code}", sn=_name(sn), code=code)
             return None
         try:
-            return HeartbeatAnswer.parse(obj)
+            answer = HeartbeatAnswer.parse(obj)
+            self.admission.add_all(answer.keys)
+            return answer
         except MessageError as e:
             self.log.info("bad heartbeat answer from {sn}: {why}", sn=_name(sn), why=str(e))
             return None

@@ -20,6 +20,7 @@ from dragonfly.control.fields import (
     HEX_RE, MAX_INDEX, MAX_LENGTH, MAX_PIECE_SIZE, MAX_URL, MessageError, boolean,
     check_headers, check_peer_id, check_secret, check_task_id, check_url, integer, object_of,
     optional_integer, peer_info, string, task_identity, task_ids)
+from dragonfly.admission import KEY_ID_RE, MAX_KEYS, MAX_TOKEN, PUBLIC_KEY_RE, TOKEN_RE
 from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
 from dragonfly.digest import HEX_LENGTH
 from dragonfly.interfaces import Assignment, PeerInfo
@@ -59,6 +60,36 @@ class _Message:
 def _with_secret(out, secret):
     if secret is not None:
         out["secret"] = secret
+    return out
+
+
+def _token(obj):
+    """The optional admission C{token} of an answer, checked for shape only."""
+    token = obj.get("token")
+    if token is not None and (not isinstance(token, str) or len(token) > MAX_TOKEN
+                              or not TOKEN_RE.match(token)):
+        raise MessageError("token", "token is not an admission token")
+    return token
+
+
+def _keys(obj):
+    """The optional C{keys} of an answer: {key id: Ed25519 public key (base64url)}."""
+    keys = obj.get("keys")
+    if keys is None:
+        return None
+    if not isinstance(keys, dict) or len(keys) > MAX_KEYS:
+        raise MessageError("keys", f"keys must be an object of at most {MAX_KEYS} keys")
+    for kid, key in keys.items():
+        if not KEY_ID_RE.match(kid) or not isinstance(key, str) or not PUBLIC_KEY_RE.match(key):
+            raise MessageError("keys", "keys must map 16 hex digits to a public key")
+    return dict(keys)
+
+
+def _with_admission(out, token, keys=None):
+    if token is not None:
+        out["token"] = token
+    if keys:
+        out["keys"] = dict(keys)
     return out
 
 
@@ -114,7 +145,9 @@ class RegisterAnswer(_Message):
     """The answer to a registration: the task's geometry and the seed's address.
 
     C{piece_digest} names the piece digest algorithm; an answer without one
-    comes from an older supernode, which used sha256.
+    comes from an older supernode, which used sha256. C{token} admits the
+    registered peer to the task's piece ports for a while; C{keys} are the
+    supernode's (and its cluster's) verifying keys, {key id: public key}.
     """
 
     task_id: str
@@ -124,12 +157,14 @@ class RegisterAnswer(_Message):
     seed: PeerInfo
     piece_digest: str = DIGEST_ALGORITHM
     secret: str = None           # the registered peer's secret for its later calls
+    token: str = None            # its admission token for the task
+    keys: dict = None            # key id -> public key the supernodes sign tokens with
 
     def to_json(self):
-        return _with_secret({
+        return _with_admission(_with_secret({
             "task_id": self.task_id, "length": self.length, "piece_size": self.piece_size,
             "piece_count": self.piece_count, "seed": self.seed.to_json(),
-            "piece_digest": self.piece_digest}, self.secret)
+            "piece_digest": self.piece_digest}, self.secret), self.token, self.keys)
 
     @classmethod
     def parse(cls, obj):
@@ -145,7 +180,8 @@ class RegisterAnswer(_Message):
         string(algorithm, "piece_digest", 64)
         seed = peer_info(obj.get("seed"), "seed")
         secret = check_secret(obj.get("secret"))
-        return cls(task_id, length, piece_size, expected, seed, algorithm, secret=secret)
+        return cls(task_id, length, piece_size, expected, seed, algorithm, secret=secret,
+                   token=_token(obj), keys=_keys(obj))
 
     def check_assignment(self, assignment):
         """C{assignment} if it names a piece of this task with that piece's size,
@@ -257,14 +293,18 @@ class ScheduleAnswer(_Message):
 
     C{parse} sets an assignment that does not parse aside in C{rejected} (its
     L{MessageError}) instead of failing the answer: one bad entry costs only itself.
+    C{token} renews the peer's admission token for the task.
     """
 
     assignments: tuple = ()      # Assignment
     done: bool = False
     rejected: tuple = ()         # MessageError, parse only
+    token: str = None
 
     def to_json(self):
-        return {"assignments": [a.to_json() for a in self.assignments], "done": self.done}
+        return _with_admission(
+            {"assignments": [a.to_json() for a in self.assignments], "done": self.done},
+            self.token)
 
     @classmethod
     def parse(cls, obj):
@@ -281,7 +321,7 @@ class ScheduleAnswer(_Message):
                 good.append(parse_assignment(item))
             except MessageError as e:
                 bad.append(e)
-        return cls(tuple(good), done, tuple(bad))
+        return cls(tuple(good), done, tuple(bad), _token(obj))
 
 
 # -- membership ----------------------------------------------------------------------
@@ -307,17 +347,19 @@ class HeartbeatRequest(_Message):
 
 @dataclass(frozen=True)
 class HeartbeatAnswer(_Message):
-    """The tasks of a heartbeat the supernode no longer counts the peer in."""
+    """The tasks of a heartbeat the supernode no longer counts the peer in;
+    C{keys}: the cluster's current verifying keys (as in L{RegisterAnswer})."""
 
     unknown: tuple = ()
+    keys: dict = None
 
     def to_json(self):
-        return {"unknown": list(self.unknown)}
+        return _with_admission({"unknown": list(self.unknown)}, None, self.keys)
 
     @classmethod
     def parse(cls, obj):
         obj = object_of(obj, "a heartbeat answer")
-        return cls(task_ids(obj.get("unknown"), "unknown", MAX_HEARTBEAT_TASKS))
+        return cls(task_ids(obj.get("unknown"), "unknown", MAX_HEARTBEAT_TASKS), _keys(obj))
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,7 @@ def build_peer(reactor, config, *, runner=None, http_client=None, origin_http=No
     @param api: build the local API (on C{config.api_listen}).
     @param user_agent: what the origin client calls itself.
     """
+    from dragonfly.admission import PeerAdmission
     from dragonfly.metrics import PeerMetrics
     from dragonfly.origin import OriginClient
     from dragonfly.peer.node import NodeDeps, NodeSettings, PeerNode
@@ -121,15 +122,17 @@ def build_peer(reactor, config, *, runner=None, http_client=None, origin_http=No
     download_limiter = TokenBucket(reactor, c.download_limit) if c.download_limit > 0 else None
     upload_limiter = TokenBucket(reactor, c.upload_limit) if c.upload_limit > 0 else None
     origin = OriginClient(reactor, origin_http, download_limiter, user_agent=user_agent)
-    piece_pool = PieceClientPool(reactor, peer_id, download_limiter=download_limiter)
+    admission = PeerAdmission(reactor)   # our tokens, and the keys we check others' with
+    piece_pool = PieceClientPool(reactor, peer_id, download_limiter=download_limiter,
+                                 tokens=admission)
     node = PeerNode(NodeDeps(reactor, store, http_client, piece_pool, metrics, runner,
-                             origin=origin),
+                             origin=origin, admission=admission),
                     c.supernodes, PeerInfo(peer_id, c.advertise, 0),
                     NodeSettings(concurrency=c.concurrency, spool_dir=c.data_dir,
                                  max_file_size=c.max_file_size))
     piece_factory = PieceServerFactory(store, reactor, upload_limiter=upload_limiter,
                                        max_uploads=c.max_uploads,
-                                       on_upload=metrics.upload_bytes.inc)
+                                       on_upload=metrics.upload_bytes.inc, admission=admission)
     peer = Peer(reactor, c, node, store, metrics, runner, piece_pool, piece_factory,
                 server_endpoint(reactor, c.piece_listen), closers=closers)
     if api:

@@ -82,6 +82,9 @@ class NodeDeps:
     @ivar runner: an L{dragonfly.interfaces.IRunner} for hashing and spooling.
     @ivar origin: an L{dragonfly.interfaces.IOrigin} for back-to-source; by
         default an L{dragonfly.origin.OriginClient} over C{http}.
+    @ivar admission: the L{dragonfly.admission.PeerAdmission} the supernode
+        answers fill (keys, tokens) and the piece pool and server read; by
+        default the supernode client's own.
     """
 
     clock: object
@@ -91,3 +94,4 @@ class NodeDeps:
     metrics: object
     runner: object
     origin: object = None
+    admission: object = None

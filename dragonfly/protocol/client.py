@@ -41,7 +41,8 @@ class PieceClientProtocol(Protocol):
         self.source = source
         self.task_id = task_id
         self.connecting = None  # the endpoint's connect Deferred, until connected
-        self.requests = RequestQueue(source, task_id, pool.peer_id, pool.max_pipeline)
+        self.requests = RequestQueue(source, task_id, pool.peer_id, pool.max_pipeline,
+                                     pool.token_for(task_id))
         self._decoder = codec.FrameDecoder(max_piece=pool.max_piece)
         self._timed = None       # the PieceRequest whose piece timer runs
         self._timer = None       # ... and that timer

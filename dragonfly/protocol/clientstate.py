@@ -149,12 +149,14 @@ class RequestQueue:
     answers them in order); the rest wait in order. A request whose caller
     gave up is withdrawn if still local, cancelled with a Cancel if the
     server has not started on it, or has its answer read and dropped.
+    C{token} is our admission token for the task, sent in the Hello.
     """
 
-    def __init__(self, source, task_id, peer_id, max_pipeline):
+    def __init__(self, source, task_id, peer_id, max_pipeline, token=None):
         self.source = source
         self.task_id = task_id
         self.peer_id = peer_id
+        self.token = token
         self.max_pipeline = max_pipeline
         self.state = ConnectionState.HANDSHAKING
         #: C{state is CLOSED}, as a plain attribute: the glue reads it per chunk.
@@ -186,7 +188,8 @@ class RequestQueue:
 
     def hello(self):
         """The bytes opening the connection."""
-        return codec.encode_hello(codec.Hello(codec.VERSION, self.task_id, self.peer_id))
+        return codec.encode_hello(codec.Hello(codec.VERSION, self.task_id, self.peer_id,
+                                              self.token))
 
     # -- the caller -----------------------------------------------------------
 

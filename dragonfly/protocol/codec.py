@@ -13,15 +13,23 @@ outside any frame. docs/protocol.md describes every byte.
 L{encode} turns a message into bytes; L{FrameDecoder} is fed arbitrary slices
 of a byte stream and yields messages and L{PieceData} chunks, raising
 L{ProtocolError} on anything malformed, unknown or oversized.
+
+Version 2 adds the admission token to the Hello (a u16 length and that many
+ASCII bytes after the peer id; absent when the client has none); a version 1
+Hello is still read (it carries no token, so an admission-checking server
+refuses it).
 """
+import re
 import struct
 from dataclasses import dataclass
 
 from dragonfly.taskid import validate_task_id
 
 #: The protocol version this code speaks best, and the oldest it still speaks.
-VERSION = 1
+VERSION = 2
 MIN_VERSION = 1
+#: The first version whose Hello may carry an admission token.
+TOKEN_VERSION = 2
 
 #: First four bytes of every Hello payload: rejects strangers (HTTP, TLS) at once.
 MAGIC = b"DFLY"
@@ -36,6 +44,9 @@ MAX_INDEX = 0xFFFFFFFE
 NO_INDEX = 0xFFFFFFFF
 #: Error messages longer than this (in UTF-8 bytes) are truncated by encode().
 MAX_ERROR_MESSAGE = 1024
+#: Longest admission token a Hello may carry (bytes).
+MAX_TOKEN = 1024
+_TOKEN_RE = re.compile(r"\A[A-Za-z0-9._-]+\Z")
 
 # Message types.
 T_HELLO = 1
@@ -51,6 +62,7 @@ BUSY = 2             # too many concurrent uploads: try another source or later
 BAD_REQUEST = 3      # malformed or unsupported request (e.g. protocol version)
 SHUTTING_DOWN = 4    # the node is stopping
 INTERNAL = 5         # the node failed to read its own data
+FORBIDDEN = 6        # no valid admission token for this task and peer
 
 ERROR_NAMES = {
     NOT_FOUND: "NOT_FOUND",
@@ -58,6 +70,7 @@ ERROR_NAMES = {
     BAD_REQUEST: "BAD_REQUEST",
     SHUTTING_DOWN: "SHUTTING_DOWN",
     INTERNAL: "INTERNAL",
+    FORBIDDEN: "FORBIDDEN",
 }
 
 _HEADER = struct.Struct("!IB")
@@ -86,16 +99,28 @@ def _check_u16(name, value):
 @dataclass(frozen=True, slots=True)
 class Hello:
     """Client -> server, first frame: the client's best version, the task it
-    wants pieces of, and who it is."""
+    wants pieces of, who it is, and its admission token (None: none; needs
+    version 2 or later)."""
 
     version: int
     task_id: str
     peer_id: str
+    token: str | None = None
 
     def __post_init__(self):
         _check_u16("version", self.version)
         validate_task_id(self.task_id)
         validate_task_id(self.peer_id)
+        if self.token is not None:
+            _check_token(self.token, self.version)
+
+
+def _check_token(token, version):
+    if version < TOKEN_VERSION:
+        raise ValueError(f"a version {version} Hello carries no token")
+    if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN \
+            or not _TOKEN_RE.match(token):
+        raise ValueError("malformed admission token")
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,8 +211,12 @@ def _encode_id(value):
 
 
 def encode_hello(msg):
+    token = b""
+    if msg.token is not None:
+        raw = msg.token.encode("ascii")
+        token = _U16.pack(len(raw)) + raw
     return _frame(T_HELLO, _HELLO_FIXED.pack(MAGIC, msg.version)
-                  + _encode_id(msg.task_id) + _encode_id(msg.peer_id))
+                  + _encode_id(msg.task_id) + _encode_id(msg.peer_id) + token)
 
 
 def encode_hello_ack(msg):
@@ -258,9 +287,28 @@ def _decode_hello(payload):
         raise ProtocolError("bad magic: not a dragonfly piece protocol peer")
     task_id, pos = _decode_id(payload, _HELLO_FIXED.size, "task id")
     peer_id, pos = _decode_id(payload, pos, "peer id")
+    token = None
+    if pos != len(payload) and version >= TOKEN_VERSION:
+        token, pos = _decode_token(payload, pos, version)
     if pos != len(payload):
         raise ProtocolError("trailing bytes after Hello")
-    return Hello(version, task_id, peer_id)
+    return Hello(version, task_id, peer_id, token)
+
+
+def _decode_token(payload, pos, version):
+    if len(payload) - pos < _U16.size:
+        raise ProtocolError("Hello truncated inside the token length")
+    n = _U16.unpack_from(payload, pos)[0]
+    pos += _U16.size
+    raw = bytes(payload[pos:pos + n])
+    if len(raw) != n:
+        raise ProtocolError("Hello truncated inside the token")
+    try:
+        token = raw.decode("ascii")
+        _check_token(token, version)
+    except (UnicodeDecodeError, ValueError):
+        raise ProtocolError("malformed admission token in Hello") from None
+    return token, pos + n
 
 
 def _fixed(size, what):

@@ -67,6 +67,8 @@ class PieceClientPool:
         this long, not C{piece_timeout}); 0 = no such deadline.
     @param endpoint_factory: C{(host, port) -> IStreamClientEndpoint}
         (tests wire the pool to an in-memory server with it).
+    @param tokens: where our admission tokens come from: C{token_for(task_id)}
+        -> the token a new connection presents in its Hello, or None.
     """
 
     log = Logger()
@@ -74,7 +76,7 @@ class PieceClientPool:
     def __init__(self, reactor, peer_id, download_limiter=None, piece_timeout=30,
                  connect_timeout=10, idle_timeout=30, max_pipeline=MAX_PIPELINE,
                  max_piece=codec.MAX_PIECE, endpoint_factory=None,
-                 first_byte_timeout=FIRST_BYTE_TIMEOUT):
+                 first_byte_timeout=FIRST_BYTE_TIMEOUT, tokens=None):
         tune_allocator()
         self.reactor = reactor
         self.clock = reactor
@@ -90,6 +92,7 @@ class PieceClientPool:
             def endpoint_factory(host, port):
                 return default_endpoint(reactor, host, port, connect_timeout)
         self._endpoint_factory = endpoint_factory
+        self._tokens = tokens
         self._conns = {}
         self._all = set()
         self._closed = False
@@ -121,6 +124,10 @@ class PieceClientPool:
                 return defer.fail(PieceFetchError(source, index, str(e)))
             proto = self._connect(source, task_id)
         return proto.fetch(index, length, chunks, hashed)
+
+    def token_for(self, task_id):
+        """The admission token a new connection for C{task_id} presents, or None."""
+        return None if self._tokens is None else self._tokens.token_for(task_id)
 
     def _connect(self, source, task_id):
         proto = PieceClientProtocol(self, source, task_id)

@@ -5,7 +5,10 @@ answered strictly in order, one piece at a time: each is admitted or answered
 with an Error (not held, busy, shutting down), then streamed by a
 L{dragonfly.protocol.upload.PieceUpload}. The factory holds the limits shared
 by every connection and drains them all on close. What the server reads
-pieces through is L{dragonfly.interfaces.IServedStore}.
+pieces through is L{dragonfly.interfaces.IServedStore}. A Hello is accepted
+only with an admission token that the factory's L{dragonfly.interfaces.IAdmission}
+verifies for its task and peer (once per connection; FORBIDDEN otherwise,
+before anything about the task is told).
 
 Limits against hostile clients (any host that reaches the port):
   - a handshake deadline that data cannot extend: the Hello must arrive
@@ -146,6 +149,10 @@ class PieceServerProtocol(Protocol):
             return self._refuse(codec.BAD_REQUEST, f"unsupported protocol version {msg.version}")
         if factory.shutting_down:
             return self._refuse(codec.SHUTTING_DOWN, "node is shutting down")
+        if not factory.admission.verify(msg.token, msg.task_id, msg.peer_id):
+            self.log.info("refusing {peer} at {addr}: not admitted to task {task}",
+                          peer=msg.peer_id, addr=self._addr(), task=msg.task_id)
+            return self._refuse(codec.FORBIDDEN, "not admitted to this task")
         if factory.store.get(msg.task_id) is None:
             return self._refuse(codec.NOT_FOUND, "task not held")
         self.task_id = msg.task_id
@@ -289,6 +296,7 @@ class PieceServerFactory(Factory):
     """Builds piece server connections for one store.
 
     @param store: an L{IServedStore}: C{get(task_id)} -> L{IServedTask} or None.
+    @param admission: an L{IAdmission}: who may be served which task (required).
     @param clock: IReactorTime for timeouts and the upload limiter's waits.
     @param upload_limiter: optional TokenBucket shared by all uploads.
     @param max_uploads: pieces streamed at once over all connections; past
@@ -314,8 +322,9 @@ class PieceServerFactory(Factory):
                  chunk_size=CHUNK_SIZE, use_sendfile=True,
                  max_frame=codec.MAX_FRAME, max_queue=MAX_QUEUE,
                  max_per_address=MAX_PER_ADDRESS, stall_interval=STALL_INTERVAL,
-                 min_upload_rate=MIN_UPLOAD_RATE, slot_wait=SLOT_WAIT):
+                 min_upload_rate=MIN_UPLOAD_RATE, slot_wait=SLOT_WAIT, *, admission):
         self.store = store
+        self.admission = admission
         self.clock = clock
         self.upload_limiter = upload_limiter
         self.max_uploads = max_uploads

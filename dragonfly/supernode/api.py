@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.web import server
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
+from dragonfly.admission import AdmissionKeys, AdmissionSigner
 from dragonfly.control.messages import (
     CorruptReport, ErrorAnswer, HeartbeatAnswer, HeartbeatRequest, LeaveAnswer, LeaveRequest,
     MessageError,
@@ -144,6 +145,11 @@ class SupernodeAPI:
         advertised port stays the peer's).
     @param dashboard: L{dragonfly.supernode.dashboard.Dashboard} (default: one
         over the parts above).
+    @param signer: the L{dragonfly.admission.AdmissionSigner} that admits
+        registered peers to their task's piece ports (default: a fresh key);
+        registration and schedule answers carry its tokens.
+    @param admission: the L{dragonfly.admission.AdmissionKeys} of the cluster
+        (default: the signer's key alone), handed to registering peers.
     """
 
     app = Klein()
@@ -151,8 +157,13 @@ class SupernodeAPI:
 
     def __init__(self, clock, cdn, scheduler, metrics, cluster=None, preheater=None,
                  max_body=MAX_BODY, max_wait=MAX_WAIT, keys=None, trust_advertised=False,
-                 dashboard=None):
+                 dashboard=None, signer=None, admission=None):
         self.clock = clock
+        self.signer = signer if signer is not None else AdmissionSigner.generate(clock)
+        if admission is None:
+            admission = AdmissionKeys(clock)
+            admission.add_all(self.signer.keys())
+        self.admission = admission
         self.cdn = cdn
         self.scheduler = scheduler
         self.metrics = metrics
@@ -309,15 +320,16 @@ class SupernodeAPI:
         if not self.scheduler.has_task(task_id):
             self._raise_cdn_failure(task_id)   # it failed since (a digest mismatch)
         seed = self.cdn.seed
-        secret = None
+        secret = token = None
         if peer is not None:
             if peer.peer_id == seed.peer_id:
                 raise ApiError(400, "peer_id is the supernode's own")
             secret = self.keys.register(peer.peer_id, req.secret)
             self.scheduler.join(task_id, self._bind_address(request, peer))
+            token = self.signer.issue(task_id, peer.peer_id)
         return json_body(request, 200, RegisterAnswer(
             task_id, tf.length, tf.piece_size, tf.piece_count, seed, DIGEST_ALGORITHM,
-            secret=secret).to_json(), compact=True)
+            secret=secret, token=token, keys=self.admission.keys()).to_json(), compact=True)
 
     def _bind_address(self, request, peer):
         """C{peer} at the request's source address (unless advertised ones are trusted)."""
@@ -369,8 +381,9 @@ class SupernodeAPI:
             for a in assignments:
                 kind = "supernode" if a.source.peer_id == self.cdn.seed.peer_id else "peer"
                 self.metrics.assignments.labels(source=kind).inc()
-        return json_body(request, 200, ScheduleAnswer(tuple(assignments), done).to_json(),
-                         compact=True)
+        token = self.signer.issue(task_id, peer_id)
+        return json_body(request, 200, ScheduleAnswer(tuple(assignments), done,
+                                                       token=token).to_json(), compact=True)
 
     def _raise_cdn_failure(self, task_id):
         e = self.cdn.failure(task_id)
@@ -445,7 +458,8 @@ class SupernodeAPI:
             unknown = tuple(req.tasks)      # registered nowhere here (or long ago)
         else:
             unknown = tuple(t for t in req.tasks if not self.scheduler.touch(t, req.peer_id))
-        return json_body(request, 200, HeartbeatAnswer(unknown).to_json(), compact=True)
+        return json_body(request, 200, HeartbeatAnswer(unknown, self.admission.keys()).to_json(),
+                         compact=True)
 
     @app.route("/api/v1/tasks/<task_id>", methods=["GET"])
     def task_info(self, request, task_id):
@@ -522,7 +536,7 @@ class SupernodeAPI:
     def healthz(self, request):
         seed = self.cdn.seed
         body = {"status": "ok" if seed is not None else "starting", "role": "supernode",
-                "tasks": self.dashboard.task_count()}
+                "tasks": self.dashboard.task_count(), "keys": self.signer.keys()}
         if seed is not None:
             body["seed"] = seed.to_json()
         if self.cluster is not None:

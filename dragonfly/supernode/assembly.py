@@ -1,5 +1,5 @@
 """The supernode's object graph, built from a L{SupernodeConfig}: thread pool,
-store, scheduler, origin client and CDN, cluster, API, piece server, and the
+store, admission key, scheduler, origin client and CDN, cluster, API, piece server, and the
 L{SupernodeService} that runs them. The tap only parses options and calls
 L{build_supernode}.
 """
@@ -7,6 +7,7 @@ import os
 
 from twisted.web.client import HTTPConnectionPool
 
+from dragonfly.admission import KEY_FILE, AdmissionKeys, AdmissionSigner
 from dragonfly.egress import EgressPolicy
 from dragonfly.logsetup import json_observer_for
 from dragonfly.metrics import SupernodeMetrics
@@ -33,6 +34,10 @@ def build_supernode(reactor, c):
     tune_allocator()   # origin bodies arrive as piece-sized runs of chunks too
     runner = ThreadRunner(reactor, max_threads=c.threads, name="supernode-io")
     metrics = SupernodeMetrics()
+    os.makedirs(c.data_dir, exist_ok=True)
+    signer = AdmissionSigner.from_file(reactor, os.path.join(c.data_dir, KEY_FILE))
+    admission = AdmissionKeys(reactor)   # ours and, as the cluster checks learn them, its members'
+    admission.add_all(signer.keys())
     store = PieceStore(os.path.join(c.data_dir, "pieces"), quota=c.cache_size, ttl=c.cache_ttl,
                        clock=reactor, runner=runner)
     scheduler = LongPollScheduler(reactor, seed_max_uploads=c.max_uploads,
@@ -54,17 +59,17 @@ def build_supernode(reactor, c):
     if c.cluster:
         cpool = HTTPConnectionPool(reactor, persistent=False)
         cluster = Cluster(reactor, make_http_client(reactor, cpool), c.cluster,
-                          interval=c.cluster_interval)
+                          interval=c.cluster_interval, admission=admission)
         closers.append(cpool.closeCachedConnections)
     preheater = Preheater(reactor, cdn, egress=EgressGuard(reactor, egress))
     api = SupernodeAPI(reactor, cdn, scheduler, metrics, cluster=cluster, preheater=preheater,
-                       trust_advertised=c.trust_advertised)
+                       trust_advertised=c.trust_advertised, signer=signer, admission=admission)
     site = api_site(api)
 
     upload_limiter = TokenBucket(reactor, c.upload_limit) if c.upload_limit > 0 else None
     piece_factory = PieceServerFactory(store, reactor, upload_limiter=upload_limiter,
                                        max_uploads=c.max_uploads,
-                                       on_upload=metrics.upload_bytes.inc)
+                                       on_upload=metrics.upload_bytes.inc, admission=admission)
     observer = json_observer_for(reactor, c)
     return SupernodeService(
         reactor, c, store, scheduler, cdn, site, piece_factory,

@@ -15,6 +15,10 @@ A non-owner answers ``POST /api/v1/tasks`` with 307 ``{"owner": "host:port"}``;
 a peer that follows it adds ``"redirected": true`` to its body, and a node then
 serves the task itself whatever its view of the cluster (no redirect loops while
 views differ for a moment).
+
+Each member's /healthz also names the key it signs admission tokens with
+(C{"keys"}); the checks add them to this node's trusted keys, so every piece
+port of the cluster accepts every member's tokens.
 """
 import hashlib
 import json
@@ -43,12 +47,18 @@ def _score(member, task_id):
     return hashlib.sha256(f"{member}\0{task_id}".encode("utf-8")).digest()
 
 
+def _health(body):
+    """The decoded /healthz body (an empty dict if it is not a JSON object)."""
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
 def _task_count(body):
     """The C{tasks} count of a /healthz body, or None."""
-    try:
-        n = json.loads(body).get("tasks")
-    except (ValueError, AttributeError, UnicodeDecodeError):
-        return None
+    n = _health(body).get("tasks")
     return n if isinstance(n, int) and not isinstance(n, bool) else None
 
 
@@ -71,13 +81,16 @@ class Cluster:
         our own name among them is ignored.
     @param self_name: our own ``host:port``; may be set later with
         L{set_self} (when the API port is bound).
+    @param admission: the L{dragonfly.admission.AdmissionKeys} that learns
+        the members' signing keys from their /healthz (None: not collected).
     """
 
     log = Logger()
 
     def __init__(self, clock, http_client, members, self_name=None, interval=5.0,
-                 timeout=2.0, fail_after=2):
+                 timeout=2.0, fail_after=2, admission=None):
         self.clock = clock
+        self.admission = admission
         self._http = http_client
         self.interval = interval
         self.timeout = timeout
@@ -148,7 +161,7 @@ class Cluster:
         def answered(response):
             ok = 200 <= response.code < 300
             d2 = response.content() if hasattr(response, "content") else succeed(b"")
-            d2.addCallback(lambda body: setattr(member, "tasks", _task_count(body) if ok else None))
+            d2.addCallback(lambda body: self._read_health(member, body if ok else None))
             d2.addErrback(lambda f: None)
             self._mark(member, ok, None if ok else f"healthz answered {response.code}")
             return d2
@@ -159,6 +172,13 @@ class Cluster:
         d.addCallbacks(answered, failed)
         d.addErrback(lambda f: self.log.failure("checking {m}", f, m=member.name))
         return d
+
+    def _read_health(self, member, body):
+        """What a member's /healthz answer C{body} (None: not 2xx) tells."""
+        member.tasks = None if body is None else _task_count(body)
+        keys = _health(body).get("keys") if body is not None else None
+        if self.admission is not None and isinstance(keys, dict):
+            self.admission.add_all(keys)
 
     def _mark(self, member, ok, error):
         member.checked = True

@@ -9,6 +9,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from dragonfly.admission import AdmissionKeys, AdmissionSigner
 from dragonfly.interfaces import IServedStore, IServedTask, PeerInfo
 from dragonfly.protocol import codec
 from dragonfly.protocol.clientstate import PieceFetchError
@@ -102,8 +103,17 @@ class ServerTestMixin:
         self.data = pattern(1000 * 1024)
         self.task = self.store.add(TASK, self.data, 256 * 1024, held={0, 1, 3})
         self.uploaded = []
+        self.signer = AdmissionSigner.generate(self.clock)
+        self.admission = AdmissionKeys(self.clock)
+        self.admission.add_all(self.signer.keys())
+
+    def hello(self, task_id=TASK, peer_id="peer-1", version=codec.VERSION):
+        """A Hello frame carrying a valid admission token (from version 2)."""
+        token = self.signer.issue(task_id, peer_id) if version >= codec.TOKEN_VERSION else None
+        return encode(Hello(version, task_id, peer_id, token))
 
     def make_factory(self, **kw):
+        kw.setdefault("admission", self.admission)
         kw.setdefault("on_upload", self.uploaded.append)
         kw.setdefault("chunk_size", 64 * 1024)
         return PieceServerFactory(self.store, self.clock, **kw)
@@ -116,7 +126,7 @@ class ServerTestMixin:
         tr = StringTransport()
         proto.makeConnection(tr)
         if hello:
-            proto.dataReceived(encode(Hello(codec.VERSION, task_id, "peer-1")))
+            proto.dataReceived(self.hello(task_id))
             self.assertEqual(decode(tr.value()), [HelloAck(codec.VERSION)])
             tr.clear()
         return proto, tr

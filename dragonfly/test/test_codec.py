@@ -303,3 +303,60 @@ class FrameDecoderTests(SynchronousTestCase):
         except ProtocolError:
             pass
         self.assertLessEqual(dec.buffered, 1024 + 4)
+
+
+TOKEN_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"
+tokens = st.text(alphabet=TOKEN_CHARS, min_size=1, max_size=codec.MAX_TOKEN)
+
+
+class HelloTokenTests(SynchronousTestCase):
+    """The admission token of a version 2 Hello."""
+
+    @quick
+    @given(st.integers(min_value=codec.TOKEN_VERSION, max_value=0xFFFF), ids, ids,
+           st.one_of(st.none(), tokens))
+    def test_round_trip(self, version, task_id, peer_id, token):
+        """When a Hello with or without a token is encoded, it decodes to itself."""
+        msg = Hello(version, task_id, peer_id, token)
+        self.assertEqual(decode_frame(encode(msg)), msg)
+        self.assertEqual(feed_all(FrameDecoder(), encode(msg)), [msg])
+
+    def test_without_token_is_the_version_1_layout(self):
+        """When a Hello has no token, its bytes are those of a version 1 Hello
+        but for the version: an older server reads them."""
+        self.assertEqual(encode(Hello(2, "t", "p"))[11:], encode(Hello(1, "t", "p"))[11:])
+
+    def test_layout(self):
+        """The token follows the peer id as a u16 length and its ASCII bytes."""
+        frame = encode(Hello(2, "t", "p", "ab.c"))
+        self.assertEqual(frame[5:], b"DFLY\x00\x02\x01t\x01p\x00\x04ab.c")
+
+    def test_version_1_carries_no_token(self):
+        """A version 1 Hello cannot be built with a token, and one that has
+        bytes after its peer id is malformed."""
+        self.assertRaises(ValueError, Hello, 1, "t", "p", "tok")
+        payload = b"DFLY\x00\x01\x01t\x01p\x00\x03tok"
+        with self.assertRaises(ProtocolError):
+            feed_all(FrameDecoder(), struct.pack("!IB", len(payload) + 1, codec.T_HELLO) + payload)
+
+    def test_malformed_tokens(self):
+        """When a Hello's token is empty, oversized, truncated, followed by junk,
+        not ASCII or has characters outside base64url and '.', ProtocolError is raised."""
+        head = b"DFLY\x00\x02\x01t\x01p"
+        big = b"a" * (codec.MAX_TOKEN + 1)
+        for tail in (b"\x00", b"\x00\x00", b"\x00\x05abc", b"\x00\x02abc",
+                     struct.pack("!H", len(big)) + big, b"\x00\x02\xff\xfe",
+                     b"\x00\x03a b", b"\x00\x03a/b", b"\x00\x03a=b", b"\x00\x01\n"):
+            payload = head + tail
+            with self.assertRaises(ProtocolError, msg=tail):
+                feed_all(FrameDecoder(max_frame=4096),
+                         struct.pack("!IB", len(payload) + 1, codec.T_HELLO) + payload)
+
+    def test_bad_tokens_not_built(self):
+        """A Hello is not built with a token that could not be decoded."""
+        for bad in ("", "a b", "a" * (codec.MAX_TOKEN + 1), "é", b"abc", 5):
+            self.assertRaises(ValueError, Hello, 2, "t", "p", bad)
+
+    def test_forbidden_code(self):
+        """FORBIDDEN has a name."""
+        self.assertEqual(Error(None, codec.FORBIDDEN).name, "FORBIDDEN")

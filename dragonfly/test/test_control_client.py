@@ -2,6 +2,7 @@
 and against scripted supernodes (registration failover, redirects, verdicts)."""
 import json
 import os
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 from treq.testing import StubTreq
@@ -14,6 +15,7 @@ from twisted.web.resource import Resource
 from twisted.web._newclient import ResponseNeverReceived
 from twisted.web.server import NOT_DONE_YET
 
+from dragonfly.admission import PeerAdmission
 from dragonfly.control.client import (
     _describe, NotRegistered, SourceFailed, SupernodeClient, SupernodeUnavailable, TaskRefused)
 from dragonfly.control.messages import (
@@ -112,13 +114,17 @@ class RealSupernodeTests(SynchronousTestCase):
         return self.successResultOf(d)
 
     def test_register_schedule_report_leave(self):
-        """A peer registers, is assigned every piece from the seed with its size
-        and digest, reports them and is done, heartbeats and leaves."""
+        """A peer registers (keeping its admission token and the supernode's
+        key), is assigned every piece from the seed with its size and digest,
+        reports them and is done (its token renewed), heartbeats and leaves."""
         addr, answer = self.run_(self.client.register(REGISTER))
         self.assertEqual(addr, SN1)
         self.assertEqual((answer.task_id, answer.length, answer.piece_size, answer.piece_count,
                           answer.seed, answer.piece_digest),
                          (TASK, len(DATA), PIECE, 3, SEED, ALGORITHM))
+        # The answer's verifying keys and token are kept for the piece ports.
+        self.assertEqual(self.client.admission.token_for(TASK), answer.token)
+        self.assertTrue(self.client.admission.verify(answer.token, TASK, ME.peer_id))
         got = self.run_(self.client.schedule(addr, TASK, ScheduleRequest(ME.peer_id, want=5)))
         self.assertEqual(sorted(a.index for a in got.assignments), [0, 1, 2])
         for a in got.assignments:
@@ -126,9 +132,13 @@ class RealSupernodeTests(SynchronousTestCase):
             self.assertEqual((a.size, a.digest, a.source), (len(chunk), piece_digest(chunk), SEED))
         self.assertFalse(got.done)
         done = self.run_(self.client.report(addr, TASK, ME.peer_id, have=[0, 1, 2]))
-        self.assertEqual(done, ScheduleAnswer((), True))
+        self.assertEqual(replace(done, token=None), ScheduleAnswer((), True))
+        self.assertEqual(self.client.admission.token_for(TASK), done.token)
+        self.assertTrue(self.client.admission.verify(done.token, TASK, ME.peer_id))
         self.client.joined(TASK, addr)
+        self.client.admission = PeerAdmission(self.clock)   # keys come with heartbeats too
         self.assertEqual(self.run_(self.client.heartbeat(ME.peer_id)), [])
+        self.assertEqual(self.client.admission.keys(), self.api.signer.keys())
         self.assertIsNone(self.run_(self.client.leave(TASK, ME.peer_id)))
         self.assertEqual(self.scheduler.task_stats(TASK)["peers"], 0)
         self.assertEqual(self.client.members, {})

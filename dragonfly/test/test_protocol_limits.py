@@ -6,9 +6,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from dragonfly.protocol import codec
-from dragonfly.protocol.codec import Hello, Piece, Request, encode
+from dragonfly.protocol.codec import Piece, Request, encode
 from dragonfly.runtime.ratelimit import TokenBucket
-from dragonfly.test.protocolfakes import TASK, ServerTestMixin, decode
+from dragonfly.test.protocolfakes import ServerTestMixin, decode
 
 PIECE = 256 * 1024
 
@@ -24,7 +24,7 @@ class HandshakeDeadlineTests(LimitTestMixin, SynchronousTestCase):
         """When a Hello arrives one byte every few seconds, the connection is
         still closed handshake_timeout seconds after it was made."""
         proto, tr = self.open(self.make_factory(handshake_timeout=30), hello=False)
-        hello = encode(Hello(codec.VERSION, TASK, "peer-1"))
+        hello = self.hello()
         for i in range(5):
             proto.dataReceived(hello[i:i + 1])
             self.clock.advance(5.9)

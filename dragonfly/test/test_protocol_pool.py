@@ -10,6 +10,7 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
+from dragonfly.admission import AdmissionSigner, PeerAdmission
 from dragonfly.interfaces import IPieceSource, PeerInfo
 from dragonfly.protocol import codec
 from dragonfly.protocol.clientstate import PieceFetchError
@@ -97,7 +98,11 @@ class LoopbackTests(ServerTestMixin, ClientTestMixin, SynchronousTestCase):
             return self
 
         self.server_factory = factory
-        return PieceClientPool(self.clock, "me-1", endpoint_factory=endpoint_factory, **kw)
+        tokens = PeerAdmission(self.clock)
+        for task_id in (TASK, OTHER_TASK):
+            tokens.admit(task_id, self.signer.issue(task_id, "me-1"))
+        return PieceClientPool(self.clock, "me-1", endpoint_factory=endpoint_factory,
+                               tokens=tokens, **kw)
 
     def connect(self, client_factory):
         client = client_factory.buildProtocol(None)
@@ -136,6 +141,15 @@ class LoopbackTests(ServerTestMixin, ClientTestMixin, SynchronousTestCase):
         d = pool.fetch(SOURCE, OTHER_TASK, 0, 10)
         self.flush()
         self.assertFetchError(d, codec.NOT_FOUND, "task not held")
+
+    def test_not_admitted(self):
+        """When the pool has no token for a task, the source refuses the
+        connection FORBIDDEN, whether or not it holds the task."""
+        pool = self.make_pool(self.make_factory())
+        pool._tokens.forget(TASK)
+        d = pool.fetch(SOURCE, TASK, 0, 10)
+        self.flush()
+        self.assertFetchError(d, codec.FORBIDDEN, "not admitted")
 
     def test_server_shutdown(self):
         """When the server shuts down, queued fetches fail with SHUTTING_DOWN and a new fetch reconnects."""
@@ -180,9 +194,15 @@ class RealTCPTests(TestCase):
 
     async def transfer(self, **server_kw):
         uploaded = []
-        factory = PieceServerFactory(self.store, self.reactor, on_upload=uploaded.append, **server_kw)
+        signer = AdmissionSigner.generate(self.reactor)
+        admission = PeerAdmission(self.reactor)
+        admission.add_all(signer.keys())
+        for task_id in (TASK, OTHER_TASK):
+            admission.admit(task_id, signer.issue(task_id, "me-1"))
+        factory = PieceServerFactory(self.store, self.reactor, on_upload=uploaded.append,
+                                     admission=admission, **server_kw)
         port = self.reactor.listenTCP(0, factory, interface="127.0.0.1")
-        pool = PieceClientPool(self.reactor, "me-1", piece_timeout=20)
+        pool = PieceClientPool(self.reactor, "me-1", piece_timeout=20, tokens=admission)
         try:
             source = PeerInfo("seed-1", "127.0.0.1", port.getHost().port)
             ds = [pool.fetch(source, TASK, i, self.task.piece_range(i)[1])

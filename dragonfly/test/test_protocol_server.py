@@ -5,9 +5,10 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from dragonfly.interfaces import IServedStore, IServedTask
+from dragonfly.interfaces import IAdmission, IServedStore, IServedTask
 from dragonfly.protocol import codec
 from dragonfly.protocol.codec import Cancel, Error, Hello, HelloAck, Piece, Request, encode
 from dragonfly.runtime.ratelimit import TokenBucket
@@ -28,7 +29,7 @@ class ServerHandshakeTests(ServerTestMixin, SynchronousTestCase):
     def test_newer_client_version(self):
         """When a client offers a newer version, the server acks the version it speaks."""
         proto, tr = self.connect(self.make_factory(), hello=False)
-        proto.dataReceived(encode(Hello(codec.VERSION + 5, TASK, "peer-1")))
+        proto.dataReceived(self.hello(version=codec.VERSION + 5))
         self.assertEqual(decode(tr.value()), [HelloAck(codec.VERSION)])
 
     def test_unsupported_version(self):
@@ -42,7 +43,7 @@ class ServerHandshakeTests(ServerTestMixin, SynchronousTestCase):
     def test_task_not_held(self):
         """When a client says Hello for a task the store lacks, it gets NOT_FOUND and is closed."""
         proto, tr = self.connect(self.make_factory(), hello=False)
-        proto.dataReceived(encode(Hello(codec.VERSION, OTHER_TASK, "peer-1")))
+        proto.dataReceived(self.hello(OTHER_TASK))
         [err] = decode(tr.value())
         self.assertEqual((err.index, err.code), (None, codec.NOT_FOUND))
         self.assertTrue(tr.disconnecting)
@@ -359,3 +360,94 @@ class ServedStoreInterfaceTests(SynchronousTestCase):
         verifyObject(IServedTask, task)
         self.assertIs(store.get(TASK), task)
         self.assertIsNone(store.get(OTHER_TASK))
+
+
+@implementer(IAdmission)
+class _CountingAdmission:
+    """Admits everyone; counts the checks."""
+
+    def __init__(self):
+        self.calls = []
+
+    def verify(self, token, task_id, peer_id):
+        self.calls.append((token, task_id, peer_id))
+        return True
+
+
+class AdmissionCheckTests(ServerTestMixin, SynchronousTestCase):
+    """The Hello's admission token, checked with the factory's IAdmission."""
+
+    def refused(self, payload):
+        proto, tr = self.connect(self.make_factory(), hello=False)
+        proto.dataReceived(payload + encode(Request(0)))
+        [err] = decode(tr.value())
+        self.assertEqual((err.index, err.code), (None, codec.FORBIDDEN))
+        self.assertTrue(tr.disconnecting)
+        self.assertIsNone(proto.task_id)
+        self.assertEqual(self.uploaded, [])
+
+    def test_no_token(self):
+        """When a Hello carries no token, the client gets FORBIDDEN and is closed."""
+        self.refused(encode(Hello(codec.VERSION, TASK, "peer-1")))
+
+    def test_version_1_hello(self):
+        """When an old client's version 1 Hello (no token) arrives, it gets FORBIDDEN."""
+        self.refused(encode(Hello(1, TASK, "peer-1")))
+
+    def test_other_task(self):
+        """When the token names another task, the client gets FORBIDDEN."""
+        token = self.signer.issue(OTHER_TASK, "peer-1")
+        self.refused(encode(Hello(codec.VERSION, TASK, "peer-1", token)))
+
+    def test_other_peer(self):
+        """When the token names another peer than the Hello, the client gets FORBIDDEN."""
+        token = self.signer.issue(TASK, "peer-2")
+        self.refused(encode(Hello(codec.VERSION, TASK, "peer-1", token)))
+
+    def test_expired(self):
+        """When the token has expired, the client gets FORBIDDEN."""
+        token = self.signer.issue(TASK, "peer-1")
+        self.clock.advance(self.signer.lifetime)
+        self.refused(encode(Hello(codec.VERSION, TASK, "peer-1", token)))
+
+    def test_unknown_key(self):
+        """When the token is signed by a key the server does not trust, FORBIDDEN."""
+        from dragonfly.admission import AdmissionSigner
+
+        token = AdmissionSigner.generate(self.clock).issue(TASK, "peer-1")
+        self.refused(encode(Hello(codec.VERSION, TASK, "peer-1", token)))
+
+    def test_refused_before_not_found(self):
+        """A stranger learns nothing about which tasks are held: an unadmitted
+        Hello for a task not held gets FORBIDDEN too, not NOT_FOUND."""
+        self.refused(encode(Hello(codec.VERSION, OTHER_TASK, "peer-1")))
+
+    def test_expiry_after_hello_does_not_matter(self):
+        """A connection admitted at Hello keeps being served after its token expires."""
+        self.signer.lifetime = 10     # expires at 60 s (a whole step), under the idle timeout
+        token = self.signer.issue(TASK, "peer-1")   # the one the Hello carries
+        proto, tr = self.connect(self.make_factory())
+        self.clock.advance(61)
+        self.assertFalse(self.admission.verify(token, TASK, "peer-1"))
+        proto.dataReceived(encode(Request(0)))
+        self.drain(tr)
+        self.assertEqual(decode(tr.value()), [(Piece(0, 256 * 1024), self.data[:256 * 1024])])
+
+    def test_checked_once_per_connection(self):
+        """The token is verified once, at Hello, not per request or chunk."""
+        admission = _CountingAdmission()
+        factory = self.make_factory(admission=admission)
+        proto, tr = self.connect(factory)
+        for i in (0, 1, 3):
+            proto.dataReceived(encode(Request(i)))
+            self.drain(tr)
+        self.assertEqual(len(admission.calls), 1)
+        token, task_id, peer_id = admission.calls[0]
+        self.assertEqual((task_id, peer_id), (TASK, "peer-1"))
+        self.assertTrue(self.admission.verify(token, TASK, "peer-1"))
+
+    def test_admission_required(self):
+        """A piece server factory cannot be made without an admission check."""
+        from dragonfly.protocol.server import PieceServerFactory
+
+        self.assertRaises(TypeError, PieceServerFactory, self.store, self.clock)

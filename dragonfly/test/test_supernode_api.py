@@ -80,6 +80,13 @@ class APITestBase(SynchronousTestCase):
         self.assertEqual(r.code, status, obj)
         return obj
 
+    def admitted(self, obj, peer_id=PEER["peer_id"], task=TASK):
+        """C{obj}, a schedule answer, less its admission token, which must
+        admit C{peer_id} to C{task}."""
+        obj = dict(obj)
+        self.assertTrue(self.api.admission.verify(obj.pop("token", None), task, peer_id))
+        return obj
+
     def register(self, peer=PEER, task=TASK, url=URL):
         return self.call("POST", "/api/v1/tasks",
                          {"task_id": task, "url": url, "headers": {}, "peer": peer})
@@ -88,8 +95,12 @@ class APITestBase(SynchronousTestCase):
 class RegisterTests(APITestBase):
     def test_register(self):
         """When a peer registers a task, the answer carries the length, piece
-        geometry, the seed and the piece digest algorithm, and the peer joins the swarm."""
+        geometry, the seed and the piece digest algorithm, an admission token for
+        the task and the verifying keys, and the peer joins the swarm."""
         obj = self.register()
+        token, keys = obj.pop("token"), obj.pop("keys")
+        self.assertEqual(keys, self.api.signer.keys())
+        self.assertTrue(self.api.admission.verify(token, TASK, PEER["peer_id"]))
         self.assertEqual(obj, {"task_id": TASK, "length": len(DATA), "piece_size": PIECE,
                                "piece_count": 3, "seed": SEED.to_json(),
                                "piece_digest": "blake3", "secret": SECRET})
@@ -318,6 +329,7 @@ class ScheduleTests(APITestBase):
             self.assertEqual(a["source"], SEED.to_json())
         self.assertFalse(obj["done"])
         obj = self.schedule({"peer_id": PEER["peer_id"], "have": [0, 1, 2], "want": 5})
+        self.assertTrue(self.api.admission.verify(obj.pop("token"), TASK, PEER["peer_id"]))
         self.assertEqual(obj, {"assignments": [], "done": True})
         self.call("POST", f"/api/v1/tasks/{TASK}/leave", {"peer_id": PEER["peer_id"]})
         self.assertEqual(self.scheduler.task_stats(TASK)["peers"], 0)
@@ -357,7 +369,7 @@ class ScheduleTests(APITestBase):
         obj = self.schedule({"peer_id": pid, "have": [1], "want": 2, "cursor": None})
         self.assertEqual(len(obj["assignments"]), 1)
         obj = self.schedule({"peer_id": pid, "have": [0, 2], "want": 0, "cursor": 3})
-        self.assertEqual(obj, {"assignments": [], "done": True})
+        self.assertEqual(self.admitted(obj), {"assignments": [], "done": True})
 
     def test_bad_cursor(self):
         """When the cursor is not an integer from 0 to the piece count, schedule
@@ -439,7 +451,7 @@ class ScheduleTests(APITestBase):
         self.assertNoResult(d)
         self.clock.advance(0.2)
         self.client.flush()
-        self.assertEqual(self.json(self.successResultOf(d)), {"assignments": [], "done": False})
+        self.assertEqual(self.admitted(self.json(self.successResultOf(d))), {"assignments": [], "done": False})
         self.assertEqual(self.scheduler.stats()["waiting"], 0)
 
     def test_wait_is_capped(self):
@@ -458,7 +470,7 @@ class ScheduleTests(APITestBase):
         self.assertEqual(self.scheduler.stats()["waiting"], 1)
         self.clock.advance(0.2)
         self.client.flush()
-        self.assertEqual(self.json(self.successResultOf(d)), {"assignments": [], "done": False})
+        self.assertEqual(self.admitted(self.json(self.successResultOf(d))), {"assignments": [], "done": False})
         self.assertEqual(self.scheduler.stats()["waiting"], 0)
 
     def test_disconnect_cancels_long_poll(self):
@@ -498,12 +510,12 @@ class HeartbeatTests(APITestBase):
         for _ in range(4):
             self.clock.advance(self.scheduler.peer_timeout / 2)
             obj = self.call("POST", "/api/v1/heartbeat", {"peer_id": pid, "tasks": [TASK]})
-            self.assertEqual(obj, {"unknown": []})
+            self.assertEqual(obj, {"unknown": [], "keys": self.api.signer.keys()})
             self.scheduler.expire()
         self.clock.advance(self.scheduler.peer_timeout + 1)
         self.scheduler.expire()
         obj = self.call("POST", "/api/v1/heartbeat", {"peer_id": pid, "tasks": [TASK]})
-        self.assertEqual(obj, {"unknown": [TASK]})
+        self.assertEqual(obj, {"unknown": [TASK], "keys": self.api.signer.keys()})
         for bad in ({"peer_id": pid, "tasks": "x"}, {"peer_id": pid, "tasks": [1]},
                     {"peer_id": pid, "tasks": ["../x"]}, {"tasks": []}):
             self.assertIn("error", self.call("POST", "/api/v1/heartbeat", bad, status=400))

@@ -66,10 +66,12 @@ class SecretTests(APITestBase):
         body = {"peer_id": PEER["peer_id"], "tasks": [TASK]}
         self.call("POST", "/api/v1/heartbeat", dict(body, secret=OTHER_SECRET), status=403)
         self.call("POST", "/api/v1/heartbeat", dict(body, secret=None), status=403)
-        self.assertEqual(self.call("POST", "/api/v1/heartbeat", body), {"unknown": []})
+        keys = self.api.signer.keys()
+        self.assertEqual(self.call("POST", "/api/v1/heartbeat", body),
+                         {"unknown": [], "keys": keys})
         self.assertEqual(self.call("POST", "/api/v1/heartbeat",
                                    {"peer_id": OTHER["peer_id"], "tasks": [TASK]}),
-                         {"unknown": [TASK]})
+                         {"unknown": [TASK], "keys": keys})
 
     def test_reregister_needs_the_secret(self):
         """When someone registers a known peer id without its secret, it is

@@ -4,6 +4,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
+from dragonfly.admission import AdmissionKeys, AdmissionSigner
 from dragonfly.supernode.cluster import Cluster
 
 A, B, C = "10.0.0.1:8002", "10.0.0.2:8002", "10.0.0.3:8002"
@@ -19,6 +20,7 @@ class Members(Resource):
         Resource.__init__(self)
         self.down = set()
         self.checks = []
+        self.bodies = {}
 
     def render_GET(self, request):
         host = request.getHeader(b"host").decode()
@@ -26,7 +28,7 @@ class Members(Resource):
         if host in self.down:
             request.setResponseCode(503)
             return b'{"status": "down"}'
-        return b'{"status": "ok"}'
+        return self.bodies.get(host, b'{"status": "ok"}')
 
 
 class OwnershipTests(SynchronousTestCase):
@@ -117,3 +119,22 @@ class HealthTests(SynchronousTestCase):
 class Exploding:
     def get(self, url, **kw):
         raise RuntimeError("boom")
+
+
+class KeyTests(SynchronousTestCase):
+    def test_members_keys_learned(self):
+        """The health checks add each member's admission key (from its
+        /healthz) to this node's trusted keys; malformed ones are ignored."""
+        import json
+
+        clock = Clock()
+        members = Members()
+        b, c = AdmissionSigner.generate(clock), AdmissionSigner.generate(clock)
+        members.bodies[B] = json.dumps({"status": "ok", "tasks": 2, "keys": b.keys()}).encode()
+        members.bodies[C] = json.dumps({"status": "ok", "keys": {c.key_id: "x"}}).encode()
+        keys = AdmissionKeys(clock)
+        cluster = Cluster(clock, StubTreq(members), [B, C], self_name=A, admission=keys)
+        self.successResultOf(cluster.check())
+        self.assertEqual(keys.keys(), b.keys())
+        self.assertTrue(keys.verify(b.issue("t", "p"), "t", "p"))
+        self.assertEqual(cluster._members[B].tasks, 2)

@@ -6,6 +6,8 @@
 - 64 clients that never read and 16 that trickle a handshake one byte at a
   time, against a peer's and the supernode's piece ports, do not stop a
   legitimate download; the stall check and the handshake deadline drop them.
+  The readers that never read are admitted (a registered, hostile peer's
+  token), so they get past the Hello to the upload slots.
 
 The hostile clients connect from 127.0.0.2 (another loopback address), as a
 host other than the legitimate peers would.
@@ -85,15 +87,17 @@ class _HealthWatch:
 
 
 class _NonReader(Protocol):
-    """Says Hello, asks for many pieces, and never reads a byte of the answer."""
+    """Says Hello (as the admitted C{peer_id}), asks for many pieces, and
+    never reads a byte of the answer."""
 
-    def __init__(self, task_id, pieces):
+    def __init__(self, task_id, pieces, peer_id, token):
         self.task_id, self.pieces = task_id, pieces
+        self.peer_id, self.token = peer_id, token
         self.lost = False
 
     def connectionMade(self):
         self.transport.pauseProducing()
-        out = codec.encode(codec.Hello(codec.VERSION, self.task_id, f"hog-{id(self):x}"))
+        out = codec.encode(codec.Hello(codec.VERSION, self.task_id, self.peer_id, self.token))
         for i in range(60):
             out += codec.encode(codec.Request(i % self.pieces))
         self.transport.write(out)
@@ -167,8 +171,11 @@ class LimitTests(unittest.TestCase):
         self.addCleanup(cleanup)
         return factory, f"http://{LOOPBACK}:{port.getHost().port}/huge.bin"
 
-    async def register(self, http, sn, url):
-        body = json.dumps({"task_id": task_id_for_url(url), "url": url}).encode()
+    async def register(self, http, sn, url, peer=None):
+        body = {"task_id": task_id_for_url(url), "url": url}
+        if peer is not None:
+            body["peer"] = peer
+        body = json.dumps(body).encode()
         code, _, raw = await http.request("POST", sn.api + "/api/v1/tasks", data=body,
                                           headers={"Content-Type": ["application/json"]},
                                           timeout=30)
@@ -226,9 +233,14 @@ class LimitTests(unittest.TestCase):
         r = await swarm.dfget(url, peer=holder, timeout=60)
         self.assertEqual(r.code, 0, repr(r))
         task_id = task_id_for_url(url)
+        hog = "hog-1-deadbeef"
+        code, body = await self.register(http, sn, url, {"peer_id": hog, "host": ATTACKER,
+                                                         "port": 9})
+        self.assertEqual(code, 200, body)
         hogs, tricklers = [], []
         for node in (holder, sn):
-            hogs += await _attack(node.piece_port, lambda: _NonReader(task_id, 7), 32)
+            hogs += await _attack(node.piece_port,
+                                  lambda: _NonReader(task_id, 7, hog, body["token"]), 32)
             tricklers += await _attack(node.piece_port, lambda: _Trickler(task_id), 8)
         self.addCleanup(_drop_all, hogs + tricklers)
         await task.deferLater(reactor, 1.0, lambda: None)
