@@ -87,7 +87,7 @@ class SupernodeProcessTests(TestCase):
         await self.swarm.start_origin({"f.bin": 100000})
         url = self.swarm.origin_url("f.bin")
         pa, pb = free_port(), free_port()
-        common = ["--cluster-check-interval", "0.5"]
+        common = ["--cluster-check-interval", "0.5", "--drain-timeout", "0"]
         a = await self.swarm.start_supernode(extra=[
             "--listen", f"tcp:{pa}:interface={LOOPBACK}", "--cluster", f"{LOOPBACK}:{pb}"] + common)
         b = await self.swarm.start_supernode(extra=[
