@@ -7,7 +7,6 @@ every download completes and verifies, and the origin's own count of the
 bytes it sent stays at most two copies (killed) or one (stopped: the
 supernode drains before it goes).
 """
-import json
 import os
 import signal
 
@@ -16,7 +15,7 @@ from twisted.trial.unittest import TestCase
 
 from dragonfly.taskid import task_id_for_url
 from dragonfly.test.integration.harness import (
-    HTTP, LOOPBACK, MiB, Swarm, free_port, metric, poll_until, sha256_file, with_logs)
+    HTTP, MiB, Swarm, metric, poll_until, sha256_file, with_logs)
 
 SIZE = 24 * MiB
 PEERS = 6
@@ -35,21 +34,7 @@ class FailoverTests(TestCase):
     async def start_cluster(self):
         swarm = self.swarm
         await swarm.start_origin({"f.bin": SIZE})
-        pa, pb = free_port(), free_port()
-        common = ["--cluster-check-interval", "0.5"]
-        a = await swarm.start_supernode(extra=[
-            "--listen", f"tcp:{pa}:interface={LOOPBACK}", "--cluster", f"{LOOPBACK}:{pb}"] + common)
-        b = await swarm.start_supernode(extra=[
-            "--listen", f"tcp:{pb}:interface={LOOPBACK}", "--cluster", f"{LOOPBACK}:{pa}"] + common)
-
-        async def both_alive():
-            for node in (a, b):
-                code, _, raw = await self.http.request("GET", node.api + "/healthz")
-                members = json.loads(raw).get("cluster", {}).get("members", {})
-                if code != 200 or set(members.values()) != {"alive"}:
-                    return None
-            return True
-        await poll_until(reactor, both_alive, 30, "both supernodes to see each other alive")
+        a, b = await swarm.start_cluster()
         for _ in range(PEERS):
             await swarm.start_peer()
         return a, b
