@@ -4,8 +4,8 @@ Two supernodes (``--cluster`` naming each other), six peers listing both, a
 file kept in flight by ``dfget --limit``. The supernode owning the task is
 killed (SIGKILL) or stopped (SIGTERM) at about a quarter of the downloads:
 every download completes and verifies, and the origin's own count of the
-bytes it sent stays at most two copies (killed) or one (stopped: the
-supernode drains before it goes).
+bytes it sent stays at most two copies (killed, or stopped with a drain too
+short) or one (stopped: the supernode drains before it goes).
 """
 import os
 import signal
@@ -31,10 +31,10 @@ class FailoverTests(TestCase):
         self.swarm = Swarm(reactor, self.mktemp(), self.http)
         self.addCleanup(self.swarm.stop)
 
-    async def start_cluster(self):
+    async def start_cluster(self, extra=()):
         swarm = self.swarm
         await swarm.start_origin({"f.bin": SIZE})
-        a, b = await swarm.start_cluster()
+        a, b = await swarm.start_cluster(extra)
         for _ in range(PEERS):
             await swarm.start_peer()
         return a, b
@@ -74,6 +74,10 @@ class FailoverTests(TestCase):
             self.assertEqual(r.code, 0, f"dfget failed: {r!r}")
             self.assertEqual(os.path.getsize(r.output), SIZE)
             self.assertEqual(sha256_file(r.output), digest, "downloaded bytes differ")
+        for p in self.swarm.peers:
+            m = await p.metrics(self.swarm.http)
+            self.assertEqual(metric(m, "dragonfly_peer_download_bytes_total", missing=0,
+                                    source="origin"), 0, f"{p.name} went to the origin")
 
     async def origin_bytes(self):
         return await self.swarm.origin.body_bytes(self.http, "f.bin")
@@ -106,3 +110,17 @@ class FailoverTests(TestCase):
         self.assertIn(await owner.wait(reactor, 30), (0, -signal.SIGTERM))
         sent = await self.origin_bytes()
         self.assertLessEqual(sent, SIZE + MiB, f"the origin sent {sent / SIZE:.2f} copies")
+
+    @with_logs()
+    async def test_owner_stopped_drain_times_out(self):
+        """When the owner's drain times out (--drain-timeout 1), it tells its
+        peers to move: they register at the next supernode keeping their
+        pieces, none goes to the origin, and the origin sends at most two copies."""
+        await self.start_cluster(["--drain-timeout", "1"])
+        procs, url, owner = await self.run_until_a_quarter()
+        owner.signal(signal.SIGTERM)
+        await self.check_all_done(procs)
+        self.assertIn(await owner.wait(reactor, 30), (0, -signal.SIGTERM))
+        self.assertIn("moving the peers", owner.read_log())
+        sent = await self.origin_bytes()
+        self.assertLessEqual(sent, 2 * SIZE, f"the origin sent {sent / SIZE:.2f} copies")
