@@ -10,9 +10,15 @@ Requests are built and answers parsed with L{dragonfly.control.messages}.
 It also keeps the peer's secret at each supernode (offered at registration,
 the answer's one kept) and adds it to every schedule, heartbeat and leave.
 
-What an answer means for the download is said with three exceptions:
+Failover: when the owner a supernode redirects to cannot be reached (it died
+and the redirecting node has not noticed yet), the registration goes back to
+the redirecting supernode marked C{redirected}, which then takes the task over
+(the next member in the task's rendezvous order serves it, not the origin).
+
+What an answer means for the download is said with four exceptions:
 L{SupernodeUnavailable} (no supernode can serve the task: go to the origin),
-L{NotRegistered} (the supernode forgot us: register again) and L{TaskRefused}
+L{NotRegistered} (the supernode forgot us: register again), L{Moved} (the
+supernode is stopping and names the next owner: register there) and L{TaskRefused}
 (a final verdict on the task itself, e.g. the origin answered 404: do not ask
 the origin either). Transport failures and timeouts of a schedule call are
 raised as they are (the caller retries them).
@@ -34,7 +40,7 @@ from dragonfly.origin import collect_capped
 from dragonfly.httpio import describe as _describe
 
 __all__ = ["SupernodeClient", "SupernodeUnavailable", "SourceFailed", "NotRegistered",
-           "TaskRefused", "EgressRefused", "MAX_ANSWER"]
+           "Moved", "TaskRefused", "EgressRefused", "MAX_ANSWER"]
 
 #: Bytes of a supernode answer we read at most.
 MAX_ANSWER = 1024 * 1024
@@ -53,6 +59,15 @@ class SourceFailed(SupernodeUnavailable):
 
 class NotRegistered(Exception):
     """The supernode forgot us (404 on schedule): register again."""
+
+
+class Moved(NotRegistered):
+    """The supernode is stopping (503 with C{owner} on schedule): register
+    again, at C{owner} (host, port) first, or anywhere when it is None."""
+
+    def __init__(self, owner=None):
+        NotRegistered.__init__(self, owner)
+        self.owner = owner
 
 
 class TaskRefused(Exception):
@@ -86,6 +101,14 @@ def _error_of(code, obj):
     if not answer.error:
         return ErrorAnswer(f"HTTP {code}", answer.origin_status, answer.owner)
     return answer
+
+
+def _owner_of(obj):
+    """The C{owner} of an answer as (host, port), or None."""
+    try:
+        return ErrorAnswer(str(obj.get("error", "")), None, obj.get("owner")).owner_address()
+    except (MessageError, TypeError, ValueError):
+        return None
 
 
 class SupernodeClient:
@@ -150,18 +173,25 @@ class SupernodeClient:
 
     # -- registration ----------------------------------------------------------------
 
-    async def register(self, request):
+    async def register(self, request, prefer=None):
         """Register with a supernode: (addr, L{RegisterAnswer}).
 
         C{request} is a L{dragonfly.control.messages.RegisterRequest}. Raises
         L{TaskRefused} on a verdict about the task, L{SupernodeUnavailable}
         when no supernode registered us (every reason, one per supernode).
+        C{prefer}: (host, port) of the owner a stopping supernode named; it
+        is asked first, as a redirect's target (it serves the task itself).
         """
-        if not self.supernodes:
+        if not self.supernodes and prefer is None:
             raise SupernodeUnavailable("no supernodes configured")
         errors = []
         n = len(self.supernodes)
-        for first in [self.supernodes[(self._preferred + i) % n] for i in range(n)]:
+        order = [self.supernodes[(self._preferred + i) % n] for i in range(n)]
+        if prefer is not None:
+            answer = await self._register_at(prefer, replace(request, redirected=True), errors)
+            if answer is not None:
+                return answer
+        for first in order:
             answer = await self._register_at(first, request, errors)
             if answer is not None:
                 if first in self.supernodes:
@@ -173,6 +203,7 @@ class SupernodeClient:
         """(addr, answer) from C{addr} or the owner it redirects to; None (with
         the reason in C{errors}) to try the next supernode."""
         seen = set()
+        via = None          # the supernode that redirected us to addr
         while True:
             seen.add(addr)
             body = replace(request, secret=self.secrets.get(addr, self.secret)).to_json()
@@ -182,7 +213,14 @@ class SupernodeClient:
                 raise
             except Exception as e:
                 errors.append(f"{_name(addr)}: {_describe(e)}")
-                return None
+                if via is None:
+                    return None
+                # The owner is gone and the node that sent us there does not
+                # know yet: it takes the task over (the next in its order).
+                self.log.info("owner {owner} of {task} unreachable; {via} takes it over",
+                              owner=_name(addr), task=request.task_id, via=_name(via))
+                addr, via = via, None
+                continue
             if code == 200:
                 try:
                     answer = self._registration(obj)
@@ -208,7 +246,8 @@ class SupernodeClient:
                 errors.append(f"{_name(addr)}: redirect loop to {error.owner}")
                 return None
             self.log.debug("task {task} owned by {owner}", task=request.task_id, owner=error.owner)
-            addr = nxt
+            # Following a redirect: the owner serves the task whatever its view.
+            addr, via, request = nxt, addr, replace(request, redirected=True)
 
     @staticmethod
     def _registration(obj):
@@ -247,6 +286,8 @@ class SupernodeClient:
                                     request.to_json(), request.wait + self.api_timeout)
         if code == 404:
             raise NotRegistered()
+        if code == 503 and obj.get("moved"):
+            raise Moved(_owner_of(obj))
         if code == 502:
             raise SourceFailed(obj.get("error") or "the supernode could not fetch the file")
         if code != 200:

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dragonfly.control.client import (
-    EgressRefused, NotRegistered, SourceFailed, SupernodeUnavailable, TaskRefused)
+    EgressRefused, Moved, NotRegistered, SourceFailed, SupernodeUnavailable, TaskRefused)
 from dragonfly.control.messages import FailedPiece, MessageError, RegisterRequest, ScheduleRequest
 from dragonfly.digest import piece_digest
 from dragonfly.peer.backsource import check_size
@@ -67,15 +67,16 @@ async def join_swarm(dl, deps, settings, client, me):
     return tf
 
 
-async def register(client, dl, peer):
-    """Register C{dl}'s task as C{peer}: (addr, L{RegisterAnswer}).
+async def register(client, dl, peer, prefer=None):
+    """Register C{dl}'s task as C{peer}: (addr, L{RegisterAnswer}); at C{prefer}
+    (a stopping supernode's next owner) first when given.
 
     A supernode's verdict about the task (L{TaskRefused}) is final: L{DownloadError}.
     """
     request = RegisterRequest(dl.task_id, dl.url, dl.headers, peer, filters=dl.filters,
                               tag=dl.tag, digest=dl.digest)
     try:
-        addr, info = await client.register(request)
+        addr, info = await client.register(request, prefer)
     except EgressRefused as e:
         raise OriginNotAllowed(str(e)) from e
     except TaskRefused as e:
@@ -201,6 +202,9 @@ class SwarmSession:
                     answer = await self._schedule(want, wait)
                 finally:
                     self.polling = False
+            except Moved as e:
+                await self._reregister("the supernode is stopping", prefer=e.owner)
+                continue
             except NotRegistered:
                 await self._reregister("the supernode forgot this peer")
                 continue
@@ -240,13 +244,13 @@ class SwarmSession:
         if idle >= self.settings.stall_timeout:
             raise SupernodeUnavailable(f"no piece arrived for {idle:.0f}s")
 
-    async def _reregister(self, why):
+    async def _reregister(self, why, prefer=None):
         if self.registrations >= self.settings.max_registrations:
             raise SupernodeUnavailable(why)
         self.registrations += 1
         self.log.info("registering {task} again: {why}", task=self.dl.task_id, why=why)
         dl = self.dl
-        addr, info = await register(self.client, dl, self.me())
+        addr, info = await register(self.client, dl, self.me(), prefer)
         if info.length != self.tf.length or info.piece_size != self.tf.piece_size:
             raise SupernodeUnavailable("the task changed while we downloaded it")
         self.addr = addr

@@ -30,6 +30,7 @@ from dragonfly.redact import redact_text, redact_url
 from dragonfly.supernode.cdn import (
     CacheFull, CDNError, ContentMismatch, NotReady, TooLarge, TooManyTasks)
 from dragonfly.supernode.dashboard import Dashboard, page as dashboard_page
+from dragonfly.supernode.handover import HandOver
 from dragonfly.supernode.peerkeys import PeerKeys, WrongSecret
 from dragonfly.supernode.scheduler import TooManyPeers, UnknownPeer, UnknownTask
 
@@ -150,6 +151,8 @@ class SupernodeAPI:
         registration and schedule answers carry its tokens.
     @param admission: the L{dragonfly.admission.AdmissionKeys} of the cluster
         (default: the signer's key alone), handed to registering peers.
+    @param handover: L{dragonfly.supernode.handover.HandOver} (default: one
+        over the parts above): draining and moving peers when stopping.
     """
 
     app = Klein()
@@ -157,7 +160,7 @@ class SupernodeAPI:
 
     def __init__(self, clock, cdn, scheduler, metrics, cluster=None, preheater=None,
                  max_body=MAX_BODY, max_wait=MAX_WAIT, keys=None, trust_advertised=False,
-                 dashboard=None, signer=None, admission=None):
+                 dashboard=None, signer=None, admission=None, handover=None):
         self.clock = clock
         self.signer = signer if signer is not None else AdmissionSigner.generate(clock)
         if admission is None:
@@ -174,6 +177,7 @@ class SupernodeAPI:
         self.keys = keys if keys is not None else PeerKeys(clock)
         self.trust_advertised = trust_advertised
         self.dashboard = dashboard or Dashboard(clock, cdn, scheduler, metrics, cluster)
+        self.handover = handover or HandOver(clock, scheduler, cdn, cluster)
 
     def resource(self):
         return self.app.resource()
@@ -217,9 +221,12 @@ class SupernodeAPI:
             self.metrics.api_requests.labels(endpoint=endpoint).inc()
 
     def _redirect_if_not_owner(self, request, task_id, redirected, path):
-        if self.cluster is None or redirected:
+        if self.handover.draining and not self.scheduler.has_task(task_id):
+            owner = self.handover.next_owner(task_id)   # stopping: no new tasks
+        elif self.cluster is None or redirected:
             return
-        owner = self.cluster.owner(task_id)
+        else:
+            owner = self.cluster.owner(task_id)
         if owner is None:
             return
         answer = ErrorAnswer.owner_redirect(task_id, owner)
@@ -368,6 +375,9 @@ class SupernodeAPI:
         while True:
             if not self.scheduler.has_task(task_id):
                 self._raise_cdn_failure(task_id)   # it failed while we waited
+            if self.handover.moving:
+                raise ApiError(503, "supernode stopping", moved=True,
+                               owner=self.handover.next_owner(task_id))
             assignments = self.scheduler.assign(task_id, peer_id, want, cursor=cursor,
                                                 seed_only=req.seed_only)
             done = self.scheduler.is_done(task_id, peer_id)
@@ -406,9 +416,11 @@ class SupernodeAPI:
         """
         d = self.scheduler.changed(task_id, peer_id)
         ended = getattr(self.cdn, "fetch_ended", lambda task_id: None)(task_id)
-        if ended is not None:
-            # A failing CDN fetch ends the wait too: the answer is its 502.
-            d = race([d, ended]).addCallback(lambda _: None).addErrback(_cancelled)
+        # A failing CDN fetch ends the wait too (the answer is its 502), and so
+        # does a stopping supernode moving its peers (503 "moved").
+        ends = [e for e in (ended, self.handover.draining and self.handover.moved()) if e]
+        if ends:
+            d = race([d] + ends).addCallback(lambda _: None).addErrback(_cancelled)
         d.addTimeout(timeout, self.clock)
 
         def gone(f):
@@ -541,7 +553,10 @@ class SupernodeAPI:
             body["seed"] = seed.to_json()
         if self.cluster is not None:
             body["cluster"] = self.cluster.status()
-        return json_body(request, 200 if seed is not None else 503, body, compact=True)
+        if self.handover.draining:
+            body["status"] = "draining"   # the other members take the new tasks
+        ok = seed is not None and not self.handover.draining
+        return json_body(request, 200 if ok else 503, body, compact=True)
 
     @app.route("/metrics", methods=["GET"])
     def metrics_page(self, request):

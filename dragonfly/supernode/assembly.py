@@ -22,6 +22,7 @@ from dragonfly.storage.store import PieceStore
 from dragonfly.supernode.api import SupernodeAPI, api_site
 from dragonfly.supernode.cdn import CDN
 from dragonfly.supernode.cluster import Cluster
+from dragonfly.supernode.handover import HandOver
 from dragonfly.supernode.preheat import Preheater
 from dragonfly.supernode.wakeups import LongPollScheduler
 from dragonfly.supernode.service import SupernodeService
@@ -62,8 +63,10 @@ def build_supernode(reactor, c):
                           interval=c.cluster_interval, admission=admission)
         closers.append(cpool.closeCachedConnections)
     preheater = Preheater(reactor, cdn, egress=EgressGuard(reactor, egress))
+    handover = HandOver(reactor, scheduler, cdn, cluster, timeout=c.drain_timeout)
     api = SupernodeAPI(reactor, cdn, scheduler, metrics, cluster=cluster, preheater=preheater,
-                       trust_advertised=c.trust_advertised, signer=signer, admission=admission)
+                       trust_advertised=c.trust_advertised, signer=signer, admission=admission,
+                       handover=handover)
     site = api_site(api)
 
     upload_limiter = TokenBucket(reactor, c.upload_limit) if c.upload_limit > 0 else None
@@ -75,4 +78,4 @@ def build_supernode(reactor, c):
         reactor, c, store, scheduler, cdn, site, piece_factory,
         server_endpoint(reactor, c.listen), server_endpoint(reactor, c.piece_listen),
         metrics, preheater=preheater, cluster=cluster, runner=runner, closers=closers,
-        log_observer=observer)
+        log_observer=observer, handover=handover)

@@ -12,6 +12,9 @@ L{SupernodeService} is a MultiService. Start-up order matters and is explicit:
      data: "cannot listen on tcp:8002: Address already in use", status 1);
   4. the timers start and the ports are written to --port-file.
 
+Stopping, a cluster member first hands its peers over
+(L{dragonfly.supernode.handover}), then stops as a single node does.
+
 Timers (scheduler expiry, store GC, cluster health) are TimerServices on the
 injected clock whose bodies log exceptions and never stop the timer.
 """
@@ -40,6 +43,7 @@ class SupernodeConfig(NodeConfig):
     max_peers_per_address: int = 1024
     expire_interval: float = 5.0
     cluster_interval: float = 5.0
+    drain_timeout: float = 60.0
     trust_advertised: bool = False
 
 
@@ -64,7 +68,7 @@ class SupernodeService(NodeService):
 
     def __init__(self, reactor, config, store, scheduler, cdn, api_site, piece_factory,
                  api_endpoint, piece_endpoint, metrics, preheater=None, cluster=None,
-                 runner=None, closers=(), log_observer=None):
+                 runner=None, closers=(), log_observer=None, handover=None):
         NodeService.__init__(self, reactor, config, store, metrics, runner=runner,
                              closers=closers, log_observer=log_observer)
         self.scheduler = scheduler
@@ -73,6 +77,7 @@ class SupernodeService(NodeService):
         self.piece_factory = piece_factory
         self.preheater = preheater
         self.cluster = cluster
+        self.handover = handover
         self.piece_service = self.add_listener("piece", piece_endpoint, piece_factory, "pieces")
         self.api_service = self.add_listener("api", api_endpoint, api_site)
         self.add_timer(config.expire_interval, scheduler.expire, "scheduler-expire")
@@ -114,6 +119,14 @@ class SupernodeService(NodeService):
         return {"api": self.api_address[1], "piece": self.piece_address[1],
                 "api_host": self.api_address[0], "piece_host": self.piece_address[0],
                 "pid": os.getpid()}
+
+    def stopService(self):
+        """Hand over first (drain, then move the peers: L{HandOver}), then stop."""
+        if self.handover is None or not self.running:
+            return NodeService.stopService(self)
+        d = self.handover.run()
+        d.addCallback(lambda _: NodeService.stopService(self))
+        return d
 
     def before_unlisten(self):
         self.cdn.stop()

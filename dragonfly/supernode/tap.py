@@ -47,6 +47,9 @@ class Options(EgressFlags, ConfigOptions):
         ["max-peers-per-address", None, "1024",
          "Peers one source address may have in one task (0 = no cap)."],
         ["cluster-check-interval", None, "5", "Seconds between cluster health checks."],
+        ["drain-timeout", None, "60",
+         "Seconds a stopping cluster member keeps serving its tasks' peers before "
+         "moving them to the next supernode; 0 = move them at once."],
     ]
     listOptions = EGRESS_LISTS
     optFlags = [
@@ -97,6 +100,7 @@ class Options(EgressFlags, ConfigOptions):
             raise usage.UsageError("--cluster-check-interval must be a number of seconds")
         if not 0.1 <= c.cluster_interval <= 3600:
             raise usage.UsageError("--cluster-check-interval must be from 0.1 to 3600 seconds")
+        c.drain_timeout = flag_seconds("drain-timeout", self["drain-timeout"])
         self.config = c
 
 

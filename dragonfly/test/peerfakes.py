@@ -41,6 +41,7 @@ class FakeSupernode:
         self.assigned = set()
         self.bad = set()          # (index, source peer id)
         self.register_answer = None   # (code, body) overriding the normal answer
+        self.register_script = []     # one-shot (code, body) answers, first first
         self.schedule_answer = None   # (code, body) overriding the normal answer
         self.schedule_script = []     # one-shot (code, body) answers, first first
         self.hold = False             # schedule answers nothing (as if long-polling)
@@ -63,6 +64,9 @@ class FakeSupernode:
         body = json.loads(request.content.read())
         self.registrations.append(body)
         self.assigned.clear()   # a (re-)registered peer starts with no assignments
+        if self.register_script:
+            code, answer = self.register_script.pop(0)
+            return self._json(request, code, answer)
         if self.register_answer is not None:
             code, answer = self.register_answer
             return self._json(request, code, answer)

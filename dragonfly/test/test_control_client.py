@@ -17,7 +17,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from dragonfly.admission import PeerAdmission
 from dragonfly.control.client import (
-    _describe, NotRegistered, SourceFailed, SupernodeClient, SupernodeUnavailable, TaskRefused)
+    _describe, Moved, NotRegistered, SourceFailed, SupernodeClient, SupernodeUnavailable, TaskRefused)
 from dragonfly.control.messages import (
     FailedPiece, HeartbeatRequest, LeaveRequest, RegisterRequest, ScheduleAnswer,
     ScheduleRequest)
@@ -212,6 +212,53 @@ class RegisterTests(SynchronousTestCase):
         self.assertEqual(str(f.value), "sn2.test:8002: redirect loop to sn1.test:8002; "
                                        "sn3.test:8002: redirect without a usable owner")
 
+    def test_following_a_redirect_marks_it(self):
+        """The registration sent to the owner a redirect named is marked
+        redirected (the owner serves it whatever its view of the cluster)."""
+        sn1 = _Scripted(tasks=(307, {"error": "not mine", "owner": "sn2.test:8002"}))
+        sn2 = _Scripted(tasks=(200, GOOD))
+        self.make(**{"sn1.test": sn1, "sn2.test": sn2})
+        self.successResultOf(self.register())
+        self.assertNotIn("redirected", sn1.requests[0][1])
+        self.assertIs(sn2.requests[0][1]["redirected"], True)
+
+    def test_unreachable_owner_is_taken_over(self):
+        """When the owner a supernode redirects to is unreachable (it died and
+        the redirecting node has not noticed yet), the registration goes back to
+        the redirecting node, marked redirected: it takes the task over."""
+        sn1 = _Scripted(tasks=[(307, {"error": "not mine", "owner": "dead.test:8002"}),
+                               (200, GOOD)])
+        self.make((SN1, SN2), **{"sn1.test": sn1})
+        addr, answer = self.successResultOf(self.register())
+        self.assertEqual(addr, SN1)
+        self.assertEqual([r[1].get("redirected", False) for r in sn1.requests], [False, True])
+
+    def test_take_over_refused_again(self):
+        """A redirecting node that still redirects after the owner failed ends
+        that attempt (no loop); the next supernode of the list is asked."""
+        sn1 = _Scripted(tasks=(307, {"error": "not mine", "owner": "dead.test:8002"}))
+        sn2 = _Scripted(tasks=(200, GOOD))
+        sn1.answers["tasks"] = [sn1.answers["tasks"]] * 2
+        self.make((SN1, SN2), **{"sn1.test": sn1, "sn2.test": sn2})
+        addr, _ = self.successResultOf(self.register())
+        self.assertEqual((addr, len(sn1.requests)), (SN2, 2))
+
+    def test_prefer_a_moved_owner(self):
+        """register(prefer=owner) asks that owner first, marked redirected; when it
+        cannot, the list is tried as usual."""
+        sn1 = _Scripted(tasks=(200, GOOD))
+        sn3 = _Scripted(tasks=(200, GOOD))
+        self.make((SN1, SN2), **{"sn1.test": sn1, "sn3.test": sn3})
+        d = Deferred.fromCoroutine(self.client.register(REGISTER, SN3))
+        self.hosts.flush()
+        self.assertEqual(self.successResultOf(d)[0], SN3)
+        self.assertIs(sn3.requests[0][1]["redirected"], True)
+        self.assertEqual(sn1.requests, [])
+        del self.hosts.by_host["sn3.test:8002"]
+        d = Deferred.fromCoroutine(self.client.register(REGISTER, SN3))
+        self.hosts.flush()
+        self.assertEqual(self.successResultOf(d)[0], SN1)
+
     def test_redirect_chain_is_bounded(self):
         """Owner redirects followed from one supernode are bounded."""
         hosts = {f"r{i}.test": _Scripted(tasks=(307, {"error": "x", "owner": f"r{i + 1}.test:8002"}))
@@ -352,6 +399,17 @@ class ScheduleTests(SynchronousTestCase):
             self.sn.answers["schedule"] = answer
             f = self.failureResultOf(self.schedule(), exc)
             self.assertEqual(str(f.value), text)
+
+    def test_moved(self):
+        """503 {"moved": true, "owner"} is Moved with the owner's address (None
+        when it names none usable); Moved is a NotRegistered."""
+        for body, owner in [({"error": "stopping", "moved": True, "owner": "sn2.test:8002"}, SN2),
+                            ({"error": "stopping", "moved": True, "owner": None}, None),
+                            ({"error": "stopping", "moved": True}, None)]:
+            self.sn.answers["schedule"] = (503, body)
+            f = self.failureResultOf(self.schedule(), Moved)
+            self.assertEqual(f.value.owner, owner)
+            self.assertIsInstance(f.value, NotRegistered)
 
     def test_bad_answers(self):
         """A malformed assignment is set aside; an answer whose envelope does not

@@ -58,6 +58,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertUsage("--origin-limit", "-5", match="--origin-limit")
         self.assertUsage("--cache-ttl", "soon", match="--cache-ttl")
         self.assertUsage("--cache-ttl", "-1", match="--cache-ttl")
+        self.assertUsage("--drain-timeout", "soon", match="--drain-timeout")
         self.assertUsage("--log-format", "xml", match="text or json")
         self.assertUsage("--listen", "bogus:1", match="--listen")
         self.assertUsage("--piece-listen", "tcp:notaport", match="--piece-listen")
@@ -149,6 +150,25 @@ class MakeServiceTests(SynchronousTestCase):
                              {"api": 0, "piece": 0})
         self.assertEqual(self.successResultOf(s.whenReady())[0], ("0.0.0.0", 0))
         s.stopService()
+        self.assertFalse(os.path.exists(self.dir + ".ports"))
+
+    def test_stop_hands_over_first(self):
+        """A cluster member's stop waits for the hand-over (--drain-timeout of
+        draining, then the moved answers' grace) before it closes its ports."""
+        s = self.make("--cluster", "10.0.0.9:8002", "--drain-timeout", "5")
+        self.assertEqual(s.handover.timeout, 5.0)
+        s.cluster.set_self("10.0.0.1:8002")   # the memory reactor binds port 0
+        s.startService()
+        s.handover.busy = lambda: True
+        d = s.stopService()
+        self.assertNoResult(d)
+        self.assertTrue(s.handover.draining)
+        self.assertTrue(os.path.exists(self.dir + ".ports"))
+        self.reactor.advance(5)
+        self.assertTrue(s.handover.moving)
+        self.assertNoResult(d)
+        self.reactor.advance(s.handover.grace)
+        self.successResultOf(d)
         self.assertFalse(os.path.exists(self.dir + ".ports"))
 
     def test_json_log_observer(self):

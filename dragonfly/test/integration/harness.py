@@ -494,6 +494,28 @@ class Swarm:
         self.supernodes.append(node)
         return node
 
+    async def start_cluster(self, extra=(), piece_size="1M"):
+        """Two supernodes naming each other in ``--cluster`` (health checks
+        every 0.5 s), returned once each sees the other alive."""
+        pa, pb = free_port(), free_port()
+        common = ["--cluster-check-interval", "0.5"] + list(extra)
+        a = await self.start_supernode(piece_size, extra=[
+            "--listen", f"tcp:{pa}:interface={LOOPBACK}", "--cluster", f"{LOOPBACK}:{pb}"] + common)
+        b = await self.start_supernode(piece_size, extra=[
+            "--listen", f"tcp:{pb}:interface={LOOPBACK}", "--cluster", f"{LOOPBACK}:{pa}"] + common)
+
+        async def both_alive():
+            # Each node marks the other dead while it was still starting up:
+            # wait until both see the whole cluster alive.
+            for node in (a, b):
+                code, _, raw = await self.http.request("GET", node.api + "/healthz")
+                members = json.loads(raw).get("cluster", {}).get("members", {})
+                if code != 200 or set(members.values()) != {"alive"}:
+                    return None
+            return True
+        await poll_until(self.clock, both_alive, 30, "both supernodes to see each other alive")
+        return a, b
+
     def supernode_list(self, supernodes=None):
         nodes = self.supernodes if supernodes is None else supernodes
         return ",".join(n.api_hostport for n in nodes)

@@ -10,7 +10,7 @@ from twisted.trial.unittest import TestCase
 
 from dragonfly.taskid import task_id_for_url
 from dragonfly.test.integration.harness import (
-    HTTP, LOOPBACK, MiB, Swarm, free_port, metric, poll_until, with_logs)
+    HTTP, LOOPBACK, MiB, Swarm, metric, poll_until, with_logs)
 
 PEER = {"peer_id": "itest-1-00000001", "host": LOOPBACK, "port": 9}
 
@@ -86,23 +86,7 @@ class SupernodeProcessTests(TestCase):
         with the owner; when the owner dies, the survivor takes the task."""
         await self.swarm.start_origin({"f.bin": 100000})
         url = self.swarm.origin_url("f.bin")
-        pa, pb = free_port(), free_port()
-        common = ["--cluster-check-interval", "0.5"]
-        a = await self.swarm.start_supernode(extra=[
-            "--listen", f"tcp:{pa}:interface={LOOPBACK}", "--cluster", f"{LOOPBACK}:{pb}"] + common)
-        b = await self.swarm.start_supernode(extra=[
-            "--listen", f"tcp:{pb}:interface={LOOPBACK}", "--cluster", f"{LOOPBACK}:{pa}"] + common)
-        async def both_alive():
-            # Each node marks the other dead while it was still starting up:
-            # wait until both see the whole cluster alive before asking.
-            for node in (a, b):
-                code, _, raw = await self.http.request("GET", node.api + "/healthz")
-                members = json.loads(raw).get("cluster", {}).get("members", {})
-                if code != 200 or set(members.values()) != {"alive"}:
-                    return None
-            return True
-
-        await poll_until(reactor, both_alive, 30, "both supernodes to see each other alive")
+        a, b = await self.swarm.start_cluster(extra=["--drain-timeout", "0"])
         (ca, oa), (cb, ob) = await self.register(a, url), await self.register(b, url)
         self.assertEqual(sorted([ca, cb]), [200, 307])
         owner, other = (a, b) if ca == 200 else (b, a)
