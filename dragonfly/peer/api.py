@@ -19,9 +19,13 @@
 - C{GET /api/v1/tasks}: C{{"tasks": [{"task_id", "url", "length", "completed",
   "complete", "downloading", "last_access"}, ...]}} (URLs without query or
   userinfo); C{DELETE /api/v1/tasks/<task_id>}: drop a held task (409 while it
-  downloads) and leave its swarm. Both for C{dfctl task}; they answer only a
-  loopback C{Host} and no C{Origin} header.
+  downloads) and leave its swarm. Both for C{dfctl task}.
 - C{GET /healthz}, C{GET /metrics}.
+
+Every route answers only a request a web page in a browser on the host could
+not have sent (L{local_refusal}, applied once by L{LocalOnlyResource}): its
+C{Host} is a loopback name or address, it has no C{Origin} header (else 403),
+and a POST body is C{application/json} (else 415).
 """
 import json
 import re
@@ -30,6 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.web.resource import Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from dragonfly.httpio import RangeNotSatisfiable, content_range, error_body, json_body, parse_range
@@ -125,14 +130,47 @@ def parse_download_request(obj):
             "digest": digest or None}
 
 
-_LOOPBACK_HOST_RE = re.compile(r"\A(localhost|127(\.\d{1,3}){3}|\[::1\])(:\d+)?\Z", re.I)
+_LOOPBACK_HOST_RE = re.compile(
+    r"\A(localhost|127(\.\d{1,3}){3}|\[::1\]|\[::ffff:127(\.\d{1,3}){3}\])(:\d{1,5})?\Z",
+    re.I)
+_BODY_METHODS = (b"POST", b"PUT", b"PATCH")
 
 
-def _local_only(request):
-    """Refuse a request that a browser page could have sent (DNS rebinding, CSRF)."""
-    host = (request.getHeader(b"host") or b"").decode("latin-1")
-    if request.getHeader(b"origin") is not None or not _LOOPBACK_HOST_RE.match(host):
-        raise BadRequest("only loopback clients without an Origin may use this endpoint", 403)
+def local_refusal(request):
+    """Why a request a browser page could have sent (DNS rebinding, CSRF) is
+    refused, as C{(code, message)}, or None for a request the API may serve.
+
+    Served: a C{Host} that is a loopback name or address (C{localhost},
+    C{127.x.y.z}, C{[::1]}, optional port), no C{Origin} header, and for a
+    method with a body a C{Content-Type} of C{application/json} (a page can
+    send C{text/plain} cross-origin without a preflight, never JSON).
+    """
+    hosts = request.requestHeaders.getRawHeaders(b"host") or []
+    host = hosts[0].decode("latin-1") if len(hosts) == 1 else ""
+    if request.requestHeaders.hasHeader(b"origin") or not _LOOPBACK_HOST_RE.match(host):
+        return 403, "only loopback clients without an Origin may use this API"
+    if request.method in _BODY_METHODS:
+        ctype = (request.getHeader(b"content-type") or b"").decode("latin-1")
+        if ctype.split(";", 1)[0].strip().lower() != "application/json":
+            return 415, "request bodies must be application/json"
+    return None
+
+
+class LocalOnlyResource(Resource):
+    """Wraps the Klein resource: every route answers only what
+    L{local_refusal} lets through, checked here in one place."""
+
+    isLeaf = True
+
+    def __init__(self, inner):
+        Resource.__init__(self)
+        self._inner = inner
+
+    def render(self, request):
+        refusal = local_refusal(request)
+        if refusal is not None:
+            return error_body(request, *refusal)
+        return self._inner.render(request)
 
 
 def shown_url(url):
@@ -162,7 +200,7 @@ class PeerAPI:
         self.progress_interval = progress_interval
 
     def resource(self):
-        return self.app.resource()
+        return LocalOnlyResource(self.app.resource())
 
     # -- errors -------------------------------------------------------------
 
@@ -235,7 +273,6 @@ class PeerAPI:
 
     @app.route("/api/v1/tasks", methods=["GET"])
     def tasks(self, request):
-        _local_only(request)
         active = set(self._node.active())
         rows = [{"task_id": tf.task_id, "url": shown_url(tf.url), "length": tf.length,
                  "completed": tf.completed_bytes, "complete": tf.is_complete,
@@ -245,7 +282,6 @@ class PeerAPI:
 
     @app.route("/api/v1/tasks/<string:task_id>", methods=["DELETE"])
     def remove_task(self, request, task_id):
-        _local_only(request)
         try:
             validate_task_id(task_id)
         except ValueError:
@@ -265,7 +301,6 @@ class PeerAPI:
     def corrupt(self, request, task_id):
         """dfget found the task's content wrong (its --digest): drop our copy and
         tell the supernode (L{PeerNode.drop_corrupt})."""
-        _local_only(request)
         try:
             validate_task_id(task_id)
         except ValueError:
