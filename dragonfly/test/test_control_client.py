@@ -186,7 +186,7 @@ class RegisterTests(SynchronousTestCase):
         owner's address; the list's preference is unchanged."""
         sn1 = _Scripted(tasks=(307, {"error": "not mine", "owner": "sn2.test:8002"}))
         sn2 = _Scripted(tasks=(200, GOOD))
-        self.make(**{"sn1.test": sn1, "sn2.test": sn2})
+        self.make((SN1, SN2), **{"sn1.test": sn1, "sn2.test": sn2})
         addr, answer = self.successResultOf(self.register())
         self.assertEqual((addr, answer.piece_count), (SN2, 3))
         self.assertEqual(len(sn2.requests), 1)
@@ -197,18 +197,44 @@ class RegisterTests(SynchronousTestCase):
         sn1 = _Scripted(tasks=(307, {"error": "x", "owner": "sn2.test:8002"}))
         sn2 = _Scripted(tasks=(307, {"error": "x", "owner": "sn1.test:8002"}))
         sn3 = _Scripted(tasks=(307, {"error": "x", "owner": "nowhere"}))
-        self.make((SN1, SN3), **{"sn1.test": sn1, "sn2.test": sn2, "sn3.test": sn3})
+        self.make((SN1, SN2, SN3), **{"sn1.test": sn1, "sn2.test": sn2, "sn3.test": sn3})
         f = self.failureResultOf(self.register(), SupernodeUnavailable)
         self.assertEqual(str(f.value), "sn2.test:8002: redirect loop to sn1.test:8002; "
+                                       "sn1.test:8002: redirect loop to sn2.test:8002; "
                                        "sn3.test:8002: redirect without a usable owner")
 
     def test_redirect_chain_is_bounded(self):
         """Owner redirects followed from one supernode are bounded."""
         hosts = {f"r{i}.test": _Scripted(tasks=(307, {"error": "x", "owner": f"r{i + 1}.test:8002"}))
                  for i in range(10)}
-        self.make((("r0.test", 8002),), **hosts)
+        self.make([(f"r{i}.test", 8002) for i in range(10)], **hosts)
         f = self.failureResultOf(self.register(), SupernodeUnavailable)
         self.assertIn("redirect loop to r5.test:8002", str(f.value))
+
+    def test_redirect_only_to_members(self):
+        """A 307 whose owner is not one of the configured supernodes is not
+        followed (nothing is sent there): that supernode counts as unavailable
+        and the next one registers us; with none left, SupernodeUnavailable."""
+        evil = _Scripted(tasks=(200, GOOD))
+        sn1 = _Scripted(tasks=(307, {"error": "x", "owner": "evil.test:8002"}))
+        sn2 = _Scripted(tasks=(200, GOOD))
+        self.make((SN1, SN2), **{"sn1.test": sn1, "sn2.test": sn2, "evil.test": evil})
+        self.assertEqual(self.successResultOf(self.register())[0], SN2)
+        self.assertEqual(evil.requests, [])
+        self.make((SN1,), **{"sn1.test": _Scripted(tasks=(307, {"error": "x",
+                                                               "owner": "SN1.test:9999"})),
+                             "sn1.test:9999": evil})
+        f = self.failureResultOf(self.register(), SupernodeUnavailable)
+        self.assertEqual(str(f.value), "sn1.test:8002: redirect to SN1.test:9999, "
+                                       "not a configured supernode")
+        self.assertEqual(evil.requests, [])
+        self.flushLoggedErrors()
+
+    def test_redirect_member_case_insensitive(self):
+        """A member's host name matches without case."""
+        self.make((SN1, SN2))
+        self.assertTrue(self.client.is_member(("SN2.Test", 8002)))
+        self.assertFalse(self.client.is_member(("sn2.test", 8003)))
 
     def test_next_supernode_and_preference(self):
         """When the first supernode is unreachable the next one registers us, and is
