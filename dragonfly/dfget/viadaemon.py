@@ -12,8 +12,11 @@ back to the embedded peer (L{dragonfly.dfget.embedded}), which is Twisted.
      paces the download): NDJSON progress lines, then
      C{{"state": "done", "path", "length", "task_id"}} or C{{"state": "failed", "error"}}.
   3. The daemon's file becomes FILE (L{files.place}: reflink, hard link, or
-     copy); where dfget cannot read that file, C{GET /api/v1/tasks/<id>/data}
-     streams it instead.
+     copy) when L{daemontrust} vouches for it (inside the daemon's data
+     directory, a regular file owned by the user behind the daemon's socket);
+     otherwise, or where dfget cannot read that file,
+     C{GET /api/v1/tasks/<id>/data} streams it instead. An existing FILE
+     keeps its mode.
 """
 import hashlib
 import http.client
@@ -23,7 +26,7 @@ import tempfile
 import time
 from urllib.parse import urlsplit
 
-from dragonfly.dfget import files
+from dragonfly.dfget import daemontrust, files
 from dragonfly.dfget.options import DfgetError, default_output
 from dragonfly.egress import REFUSAL_PREFIX
 from dragonfly.dfget.progress import ProgressBar
@@ -53,6 +56,8 @@ class DaemonClient:
         self.port = port or (443 if self.https else 80)
         self.prefix = parts.path.rstrip("/")
         self.url = url
+        #: The uid behind the last download call's connection (None: unknown).
+        self.daemon_uid = None
 
     def _connect(self, timeout):
         if self.https:
@@ -100,6 +105,7 @@ class DaemonClient:
             conn, sock, response = self._request("POST", "/api/v1/download", body)
         except (OSError, http.client.HTTPException) as e:
             raise DfgetError(f"cannot reach the peer daemon at {self.url}: {_reason(e)}")
+        self.daemon_uid = daemontrust.connection_uid(sock)
         try:
             if response.status != 200:
                 error = _error_of(response)
@@ -251,13 +257,16 @@ class _Job:
         if state != "done" or not isinstance(final.get("path"), str):
             raise DfgetError("the peer daemon hung up before the download finished")
         length = final.get("length")
-        path = final["path"]
         task_id = final.get("task_id") or o["task_id"]
+        path, why = daemontrust.trusted_file(final["path"], final.get("data_dir"),
+                                             self.client.daemon_uid)
+        if path is not None and not os.access(path, os.R_OK):
+            path, why = None, f"cannot read {final['path']}"
         try:
-            if os.access(path, os.R_OK):
+            if path is not None:
                 self.deliver_copy(path, out, length)
             else:
-                self.log(f"cannot read {path}; streaming from the daemon")
+                self.log(f"{why}; streaming from the daemon")
                 self.deliver_stream(task_id, out, length)
         except files.ContentMismatch as e:
             # The daemon's copy is wrong: it drops it and tells its supernode,
@@ -272,7 +281,7 @@ class _Job:
             files.write_to(src, self.stdout)
             return
         tmp = self.new_temp(out)
-        how, got = files.place(src, tmp, self.algo)
+        how, got = files.place(src, tmp, self.algo, mode=files.existing_mode(out))
         self.log(f"{how} {src} -> {out}")
         size = os.path.getsize(tmp)
         if isinstance(length, int) and size != length:
@@ -324,7 +333,7 @@ class _Job:
         return tmp
 
     def publish(self, tmp, out):
-        os.replace(tmp, out)
+        files.publish(tmp, out)
         self.temp_paths.discard(tmp)
 
     def cleanup(self):

@@ -5,7 +5,8 @@
   from the url, filter, tag and digest; a C{task_id} given must be that id)
   -> 200 C{application/x-ndjson}: progress lines C{{"completed": bytes,
   "length": n}}, then one final line, either
-  C{{"state": "done", "path", "length", "task_id"}} or
+  C{{"state": "done", "path", "length", "task_id", "data_dir"}} (C{data_dir}:
+  the store's root, which C{path} is inside) or
   C{{"state": "failed", "error"}}. A malformed request is a 4xx JSON error.
   When the client hangs up, its interest in the download ends (the download
   stops if nobody else wants it). C{"limit"} (bytes/s, a non-negative
@@ -222,7 +223,8 @@ class PeerAPI:
     def healthz(self, request):
         return json_body(request, 200, {
             "status": "ok", "role": "peer", "peer_id": self._node.peer_info.peer_id,
-            "downloads": len(self._node.active()), "tasks": len(self._store.tasks())})
+            "downloads": len(self._node.active()), "tasks": len(self._store.tasks()),
+            "data_dir": self._store.root})
 
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request):
@@ -268,7 +270,8 @@ class PeerAPI:
             line({"state": "failed", "error": redact_text(str(e))})
             return None
         line({"completed": tf.length, "length": tf.length})
-        line({"state": "done", "path": tf.path, "length": tf.length, "task_id": tf.task_id})
+        line({"state": "done", "path": tf.path, "length": tf.length, "task_id": tf.task_id,
+              "data_dir": self._store.root})
         return None
 
     @app.route("/api/v1/tasks", methods=["GET"])
