@@ -68,7 +68,7 @@ def connection_uid(sock, tables=_PROC_NET):
     (not loopback, not Linux, not found)."""
     try:
         here, there = _normal(sock.getsockname()), _normal(sock.getpeername())
-    except (OSError, ValueError, IndexError, TypeError):
+    except (OSError, ValueError, IndexError, TypeError, AttributeError):
         return None
     if not there[0].is_loopback:
         return None
