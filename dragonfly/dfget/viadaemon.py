@@ -64,10 +64,12 @@ class DaemonClient:
             return http.client.HTTPSConnection(self.host, self.port, timeout=timeout)
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
-    def _request(self, method, path, body=None, timeout=CALL_TIMEOUT):
+    def _request(self, method, path, body=None, timeout=CALL_TIMEOUT, grant=None):
         """(connection, socket, response) once the status line and headers are in."""
         conn = self._connect(timeout)
         headers = {"User-Agent": "dfget"}
+        if isinstance(grant, str) and grant.isprintable() and len(grant) < 200:
+            headers["X-Dragonfly-Grant"] = grant
         data = None
         if body is not None:
             data = json.dumps(body).encode()
@@ -129,14 +131,16 @@ class DaemonClient:
             return
         conn.close()
 
-    def data(self, task_id):
-        """(connection, response) streaming the bytes of a task the daemon holds."""
+    def data(self, task_id, grant=None):
+        """(connection, response) streaming the bytes of a task the daemon holds
+        (C{grant}: from the download answer, for a private task)."""
         try:
             validate_task_id(task_id)
         except ValueError:
             raise DfgetError(f"the peer daemon named a malformed task id {task_id!r}")
         try:
-            conn, _, response = self._request("GET", f"/api/v1/tasks/{task_id}/data")
+            conn, _, response = self._request("GET", f"/api/v1/tasks/{task_id}/data",
+                                              grant=grant)
         except (OSError, http.client.HTTPException) as e:
             raise DfgetError(f"cannot reach the peer daemon at {self.url}: {_reason(e)}")
         if response.status != 200:
@@ -267,7 +271,7 @@ class _Job:
                 self.deliver_copy(path, out, length)
             else:
                 self.log(f"{why}; streaming from the daemon")
-                self.deliver_stream(task_id, out, length)
+                self.deliver_stream(task_id, out, length, final.get("grant"))
         except files.ContentMismatch as e:
             # The daemon's copy is wrong: it drops it and tells its supernode,
             # so the next pull fetches the file again.
@@ -290,7 +294,7 @@ class _Job:
             files.check_digest(self.spec, got)
         self.publish(tmp, out)
 
-    def deliver_stream(self, task_id, out, length):
+    def deliver_stream(self, task_id, out, length, grant=None):
         if out == "-":
             tmpdir = tempfile.mkdtemp(prefix="dfget-")
             self.temp_dirs.add(tmpdir)
@@ -298,7 +302,7 @@ class _Job:
             self.temp_paths.add(tmp)
         else:
             tmp = self.new_temp(out)
-        conn, response = self.client.data(task_id)
+        conn, response = self.client.data(task_id, grant)
         h = hashlib.new(self.algo) if self.algo else None
         received = 0
         buf = bytearray(READ_CHUNK)

@@ -5,8 +5,9 @@
   from the url, filter, tag and digest; a C{task_id} given must be that id)
   -> 200 C{application/x-ndjson}: progress lines C{{"completed": bytes,
   "length": n}}, then one final line, either
-  C{{"state": "done", "path", "length", "task_id", "data_dir"}} (C{data_dir}:
-  the store's root, which C{path} is inside) or
+  C{{"state": "done", "path", "length", "task_id", "data_dir", "grant"}}
+  (C{data_dir}: the store's root, which C{path} is inside; C{grant}: see
+  C{/data}) or
   C{{"state": "failed", "error"}}. A malformed request is a 4xx JSON error.
   When the client hangs up, its interest in the download ends (the download
   stops if nobody else wants it). C{"limit"} (bytes/s, a non-negative
@@ -16,7 +17,9 @@
   found the task's content wrong; the peer drops it and tells its supernode.
 - C{GET /api/v1/tasks/<task_id>/data}: the bytes of a task held complete
   (single C{Range: bytes=a-b} honoured), written by the node's push producer
-  (L{dragonfly.peer.stream.OrderedPushProducer}).
+  (L{dragonfly.peer.stream.OrderedPushProducer}). A private task
+  (L{dragonfly.privacy}) only with C{X-Dragonfly-Grant} set to the C{"grant"}
+  of a download answer for it (valid for 10 minutes), else 403.
 - C{GET /api/v1/tasks}: C{{"tasks": [{"task_id", "url", "length", "completed",
   "complete", "downloading", "last_access"}, ...]}} (URLs without query or
   userinfo); C{DELETE /api/v1/tasks/<task_id>}: drop a held task (409 while it
@@ -30,6 +33,8 @@ and a POST body is C{application/json} (else 415).
 """
 import json
 import re
+import secrets
+from collections import OrderedDict
 from urllib.parse import urlsplit, urlunsplit
 
 from klein import Klein
@@ -187,6 +192,31 @@ def shown_url(url):
         return "<redacted>"
 
 
+class Grants:
+    """Who may read a private task's bytes at C{/data}: the holders of a grant
+    from a download answer (a random token naming the task, for C{ttl} s)."""
+
+    def __init__(self, clock, ttl=600.0, limit=10_000):
+        self._clock = clock
+        self._grants = OrderedDict()
+        self.ttl = ttl
+        self.limit = limit
+
+    def issue(self, task_id):
+        token = secrets.token_urlsafe(18)
+        self._grants[token] = (task_id, self._clock.seconds() + self.ttl)
+        while len(self._grants) > self.limit:
+            self._grants.popitem(last=False)
+        return token
+
+    def valid(self, token, task_id):
+        entry = self._grants.get(token) if token else None
+        if entry is None or entry[1] < self._clock.seconds():
+            self._grants.pop(token, None)
+            return False
+        return entry[0] == task_id
+
+
 class PeerAPI:
     """Klein app of one peer. C{resource()} gives the twisted.web resource."""
 
@@ -199,6 +229,7 @@ class PeerAPI:
         self._metrics = metrics
         self._clock = clock
         self.progress_interval = progress_interval
+        self._grants = Grants(clock)
 
     def resource(self):
         return LocalOnlyResource(self.app.resource())
@@ -271,7 +302,7 @@ class PeerAPI:
             return None
         line({"completed": tf.length, "length": tf.length})
         line({"state": "done", "path": tf.path, "length": tf.length, "task_id": tf.task_id,
-              "data_dir": self._store.root})
+              "data_dir": self._store.root, "grant": self._grants.issue(tf.task_id)})
         return None
 
     @app.route("/api/v1/tasks", methods=["GET"])
@@ -323,6 +354,10 @@ class PeerAPI:
         tf = self._store.get(task_id)
         if tf is None or not tf.is_complete:
             return error_body(request, 404, "task not held")
+        grant = (request.getHeader(b"x-dragonfly-grant") or b"").decode("latin-1")
+        if self._node.is_private(task_id) and not self._grants.valid(grant, task_id):
+            return error_body(request, 403, "the task is private: ask for it with "
+                                            "POST /api/v1/download first")
         try:
             window = parse_range(request.getHeader(b"range"), tf.length)
         except RangeNotSatisfiable:

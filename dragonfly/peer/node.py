@@ -171,6 +171,13 @@ class PeerNode:
             raise DownloadError(verdict.reason)
         return await self.download(url, _admitted=True, **kw)
 
+    def is_private(self, task_id):
+        """Would a caller of C{task_id} who did not fetch it be checked first?"""
+        dl = self._downloads.get(task_id)
+        if dl is not None:
+            return omits_checked(dl.url, dl.headers, dl.filters)
+        return self._fetched_by.needs_check(task_id)
+
     def active(self):
         """Task ids being downloaded now."""
         return list(self._downloads)

@@ -188,3 +188,14 @@ class DaemonTrustTests(DaemonMixin, TestCase):
         self.assertNotEqual(stat.S_IMODE(os.stat(task.path).st_mode), 0o600)
         with open(self.out, "rb") as f:
             self.assertEqual(f.read(), DATA)
+
+    async def test_private_task_streamed_with_grant(self):
+        """A private task streamed from the daemon (its file not taken) is
+        asked for with the download answer's grant."""
+        self.patch(daemontrust, "connection_uid", lambda sock: None)
+        daemon = _Daemon(self)
+        url = _serve(self, daemon.api.resource())
+        self.assertEqual(await self.run_dfget(url, URL, "-O", self.out,
+                                              "-H", "Authorization: Bearer t"), 0)
+        with open(self.out, "rb") as f:
+            self.assertEqual(f.read(), DATA)

@@ -331,6 +331,23 @@ class TaskListTests(SynchronousTestCase):
                               data=b"{}")
         self.assertEqual(r.code, 202)
 
+    def test_grant_needed(self):
+        """A task downloaded with credentials is streamed at /data only with the
+        grant the download answer gave (for that task, until it expires); a
+        public task needs none (test_data)."""
+        r, lines = self.download({"url": URL, "headers": {"Authorization": "Bearer t"}})
+        grant = lines[-1]["grant"]
+        tid = task_id_for_url(URL)
+        path = f"/api/v1/tasks/{tid}/data"
+        self.assertEqual(self.request("GET", path)[0].code, 403)
+        self.assertEqual(self.request("GET", path, headers={"X-Dragonfly-Grant": "nope"})[0].code,
+                         403)
+        r, body = self.request("GET", path, headers={"X-Dragonfly-Grant": grant})
+        self.assertEqual((r.code, body), (200, DATA))
+        self.clock.advance(601)
+        self.assertEqual(self.request("GET", path, headers={"X-Dragonfly-Grant": grant})[0].code,
+                         403)
+
 
 class LocalRefusalTests(SynchronousTestCase):
     """The decision table of L{local_refusal}."""
