@@ -5,19 +5,50 @@ supernode and two peers. The token holder downloads through the first peer;
 a second caller without the token, or with a wrong one, through either peer
 (the supernode's check, and the peer's own for a task it holds), gets the
 origin's 401 as dfget's error line and no bytes. A request to a peer's local
-API that a web page could have sent starts nothing.
+API that a web page could have sent starts nothing. A registry behind single
+sign-on (302 to a login page for anonymous requests) grants an anonymous
+pull through the mirror nothing, after an authorised one.
 """
+import hashlib
 import json
 import os
 
 from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from dragonfly.taskid import task_id_for_url
-from dragonfly.test.integration.harness import HTTP, Swarm, sha256_file, with_logs
+from dragonfly.test.integration import registry_fixtures as rf
+from dragonfly.test.integration.harness import (
+    HTTP, LOOPBACK, Swarm, metric, sha256_file, with_logs)
 
 SIZE = 3 * 1024 * 1024 + 17
 TOKEN = ["-H", "Authorization: Bearer x"]
+LAYER = os.urandom(1024 * 1024 + 5)
+DIGEST = "sha256:" + hashlib.sha256(LAYER).hexdigest()
+
+
+class _SSORegistry(Resource):
+    """A registry behind single sign-on: blobs for ``Bearer good``, a 302 to
+    its login page (a 200 web page) for anyone else."""
+
+    isLeaf = True
+
+    def render(self, request):
+        if request.path == b"/login":
+            request.setHeader(b"content-type", b"text/html")
+            return b"<html><form>sign in</form></html>"
+        if request.getHeader(b"authorization") != b"Bearer good":
+            request.redirect(b"/login?next=" + request.path)
+            return b""
+        if request.path.endswith(DIGEST.encode()):
+            request.setHeader(b"content-type", b"application/octet-stream")
+            request.setHeader(b"docker-content-digest", DIGEST.encode())
+            return LAYER
+        request.setHeader(b"content-type", b"application/json")
+        return b"{}"
 
 
 class PrivateTests(TestCase):
@@ -94,3 +125,41 @@ class PrivateTests(TestCase):
         self.assertEqual(json.loads(raw)["tasks"], [])
         stats = (await swarm.origin.stats(swarm.http))["paths"]
         self.assertNotIn("/open.bin", stats)
+
+
+class SSORegistryTests(TestCase):
+    timeout = 300
+
+    def setUp(self):
+        self.http = HTTP(reactor)
+        self.addCleanup(self.http.close)
+        self.swarm = Swarm(reactor, self.mktemp(), self.http)
+        self.addCleanup(self.swarm.stop)
+
+    @with_logs()
+    async def test_login_redirect_grants_nothing(self):
+        """After an authorised pull of a layer through the mirror, an anonymous
+        GET of it gets the registry's 302 to its login page and no byte."""
+        site = Site(_SSORegistry())
+        site.noisy = False
+        port = await TCP4ServerEndpoint(reactor, 0, interface=LOOPBACK).listen(site)
+        self.addCleanup(port.stopListening)
+
+        class Registry:
+            hostport = f"{LOOPBACK}:{port.getHost().port}"
+            url = f"http://{hostport}"
+        await self.swarm.start_supernode()
+        d = await rf.start_dfdaemon(self.swarm, Registry)
+        url = f"{d.mirror}/v2/team/app/blobs/{DIGEST}"
+        code, _, body = await self.http.request("GET", url, timeout=60,
+                                                headers={"Authorization": ["Bearer good"]})
+        self.assertEqual((code, hashlib.sha256(body).hexdigest()), (200, DIGEST[7:]))
+        for headers in ({}, {"Authorization": ["Bearer bad"]}):
+            code, h, body = await self.http.request("GET", url, timeout=60, headers=headers,
+                                                    allow_redirects=False)
+            self.assertEqual(code, 302, body[:200])
+            self.assertTrue(h.getRawHeaders("location")[0].startswith("/login"))
+            self.assertNotIn(LAYER[:64], body)
+            self.assertLess(len(body), 1000)
+        m = await self.http.metrics(d.mirror)
+        self.assertEqual(metric(m, "dragonfly_mirror_blob_bytes_total"), len(LAYER))
