@@ -14,7 +14,7 @@ L{judge} is the decision table for the origin's answer to the probe.
 
 The rule is applied where a caller would otherwise be served without its
 own request reaching the origin: the supernode's registration of a task
-someone else's request fetched (L{dragonfly.supernode.admission}), and the
+someone else's request fetched (L{dragonfly.supernode.privateaccess}), and the
 peer's local callers of a task it holds or is downloading for someone else
 (L{dragonfly.peer.node}). The caller whose request makes the fetch is
 checked by that fetch. Preheat fetches like a caller but serves nobody: it

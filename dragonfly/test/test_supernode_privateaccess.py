@@ -1,5 +1,5 @@
 """Tests of the supernode's admission to private tasks
-(dragonfly.supernode.admission through POST /api/v1/tasks): a caller of a
+(dragonfly.supernode.privateaccess through POST /api/v1/tasks): a caller of a
 task fetched with someone else's credentials is served only once the origin
 accepted the caller's own request."""
 from dragonfly.taskid import task_id_for_url
@@ -72,8 +72,8 @@ class AdmissionTests(APITestBase):
         checked, then public callers are not."""
         del self.origin.auth["/f"]
         self.reg({})
-        from dragonfly.supernode.admission import Admission
-        self.api.admission = Admission(self.cdn)     # a new process, same store
+        from dragonfly.supernode.privateaccess import PrivateAccess
+        self.api.private_access = PrivateAccess(self.cdn)     # a new process, same store
         self.reg({}, OTHER)
         self.assertEqual(len(self.heads()), 1)
         self.reg({}, OTHER)

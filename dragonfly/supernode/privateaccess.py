@@ -1,22 +1,22 @@
 """Who may join a private task: the supernode's side of L{dragonfly.privacy}.
 
 A registration is served without asking the origin when its own request
-makes the fetch (nothing held, no fetch running: L{Admission.needs_check}
+makes the fetch (nothing held, no fetch running: L{PrivateAccess.needs_check}
 records whether that request was private), or when the task's bytes came
 in this process through a public request. Otherwise -- the task was
 fetched by a request carrying credentials or filtered query parameters, by
 preheat, or before this process started -- the caller is admitted only once
-the origin accepted the caller's own request (L{Admission.admit}); its
+the origin accepted the caller's own request (L{PrivateAccess.admit}); its
 refusal reaches the peer as C{502 {"error": "origin answered 401",
 "origin_status": 401}}, which dfget shows as its error line.
 """
 from dragonfly.origin import OriginError
 from dragonfly.privacy import FetchedBy, check_caller, omits_checked
 
-__all__ = ["Admission"]
+__all__ = ["PrivateAccess"]
 
 
-class Admission:
+class PrivateAccess:
     """The revalidation decision for registrations at one supernode.
 
     @param cdn: the L{dragonfly.supernode.cdn.CDN} (its store, status and origin).
