@@ -88,6 +88,10 @@ class IOrigin(Interface):
     def get(url, headers, offset=0, etag=None, last_modified=None):
         """A Deferred OriginResponse."""
 
+    def probe(url, headers=None):
+        """A Deferred Probe: the origin's answer to this request (status, length,
+        validators), body unread (see L{dragonfly.privacy})."""
+
 
 class IBodySink(Interface):
     """Where a streamed body goes (an origin body into pieces, or into a spool).

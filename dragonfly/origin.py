@@ -37,6 +37,7 @@ from dragonfly.redact import has_userinfo, redact_text, redact_url, userinfo_err
 from dragonfly.runtime.ratelimit import all_of
 
 __all__ = ["OriginError", "OriginRefused", "BodyBroken", "OriginResponse", "OriginClient",
+           "Probe",
            "make_http_client", "collect_capped", "request_url"]
 
 # Headers a caller may not pass through to the origin: hop-by-hop, framing,
@@ -263,6 +264,21 @@ class OriginResponse:
         return p.done
 
 
+class Probe:
+    """The origin's answer to a caller's request, without its body: C{status}
+    (a 206 to the 1-byte range reads as 200), the file's C{length} (or None),
+    C{etag} and C{last_modified} (or None)."""
+
+    def __init__(self, status, length, etag=None, last_modified=None):
+        self.status = status
+        self.length = length
+        self.etag = etag
+        self.last_modified = last_modified
+
+    def __repr__(self):
+        return f"Probe({self.status!r}, {self.length!r}, {self.etag!r}, {self.last_modified!r})"
+
+
 @implementer(IOrigin)
 class OriginClient:
     """Gets files from origins over an injected treq-like HTTP client.
@@ -308,6 +324,53 @@ class OriginClient:
             if last_modified:
                 h["If-Modified-Since"] = last_modified
         return {k: [v] for k, v in h.items()}
+
+    def probe(self, url, headers=None):
+        """A Deferred L{Probe}: the origin's answer to this request, body unread.
+
+        A C{HEAD}; where the origin does not allow one (405, 501) a 1-byte
+        ranged C{GET}. Redirects are followed (credentials stay with the
+        origin, as for L{get}). Fails with L{OriginError} when no answer came.
+        """
+        return Deferred.fromCoroutine(self._probe(url, headers))
+
+    async def _probe(self, url, headers):
+        probe = await self._ask(url, headers, b"HEAD")
+        if probe.status in (405, 501):
+            probe = await self._ask(url, headers, b"GET")
+        return probe
+
+    async def _ask(self, url, headers, method):
+        if not isinstance(url, str) or not re.match(r"\Ahttps?://", url, re.IGNORECASE) \
+                or has_userinfo(url):
+            raise OriginError(None, f"unsupported URL {redact_url(url)!r}")
+        hdrs = self.request_headers(headers)
+        if method == b"GET":
+            hdrs["Range"] = ["bytes=0-0"]
+        d = self._http.request(method.decode(), request_url(url), headers=hdrs, unbuffered=True,
+                               allow_redirects=True, reactor=self._reactor)
+        if self.connect_timeout:
+            d.addTimeout(self.connect_timeout, self._reactor)
+        try:
+            response = await d
+        except (TimeoutError, CancelledError):
+            raise OriginError(None, f"no answer from origin within {self.connect_timeout:g}s")
+        except OriginError:
+            raise
+        except Exception as e:
+            raise OriginError(None, f"cannot reach origin: {_describe(Failure(e))}")
+        response.deliverBody(_Discard())
+        length = _header(response, "Content-Length")
+        length = int(length) if length is not None and length.strip().isdigit() else None
+        status = response.code
+        if method == b"GET":
+            m = _CONTENT_RANGE_RE.match(_header(response, "Content-Range") or "")
+            if status == 206:
+                length = int(m.group(3)) if m and m.group(3) != "*" else None
+                status = 200
+            elif response.length is not UNKNOWN_LENGTH:
+                length = response.length
+        return Probe(status, length, _header(response, "ETag"), _header(response, "Last-Modified"))
 
     async def _get(self, url, headers, offset, etag, last_modified):
         if not isinstance(url, str) or not re.match(r"\Ahttps?://", url, re.IGNORECASE):

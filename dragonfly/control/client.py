@@ -2,8 +2,9 @@
 
 L{SupernodeClient} owns the list of supernodes (the one that answered last is
 tried first, then the others in order), registration across them (an owner
-redirect, 307 C{{"owner"}}, is followed to the supernode owning the task; an
-unreachable or failing supernode makes it try the next), the calls of a
+redirect, 307 C{{"owner"}}, is followed to the supernode owning the task when
+that is one of the configured supernodes, else it counts as this supernode
+failing; an unreachable or failing supernode makes it try the next), the calls of a
 registered peer (schedule, report, heartbeat, leave) with their timeouts, and
 the peer's memberships (which supernode counts us in which task's swarm).
 Requests are built and answers parsed with L{dragonfly.control.messages}.
@@ -180,13 +181,19 @@ class SupernodeClient:
         L{TaskRefused} on a verdict about the task, L{SupernodeUnavailable}
         when no supernode registered us (every reason, one per supernode).
         C{prefer}: (host, port) of the owner a stopping supernode named; it
-        is asked first, as a redirect's target (it serves the task itself).
+        is asked first, as a redirect's target (it serves the task itself),
+        if it is one of our supernodes (like any redirect).
         """
         if not self.supernodes and prefer is None:
             raise SupernodeUnavailable("no supernodes configured")
         errors = []
         n = len(self.supernodes)
         order = [self.supernodes[(self._preferred + i) % n] for i in range(n)]
+        if prefer is not None and not self.is_member(prefer):
+            self.log.error("told to move task {task} to {owner}, which is not one of our "
+                           "--supernodes; not following", task=request.task_id,
+                           owner=_name(prefer))
+            prefer = None
         if prefer is not None:
             answer = await self._register_at(prefer, replace(request, redirected=True), errors)
             if answer is not None:
@@ -242,12 +249,27 @@ class SupernodeClient:
             except MessageError:
                 errors.append(f"{_name(addr)}: redirect without a usable owner")
                 return None
+            if not self.is_member(nxt):
+                # Only a configured supernode gets our registration (and its
+                # secret): an owner elsewhere makes this supernode unusable.
+                self.log.error("supernode {sn} redirected task {task} to {owner}, which is not "
+                               "one of our --supernodes; not following",
+                               sn=_name(addr), task=request.task_id, owner=_name(nxt))
+                errors.append(f"{_name(addr)}: redirect to {_name(nxt)}, "
+                              f"not a configured supernode")
+                return None
             if nxt in seen or len(seen) > MAX_REDIRECTS:
                 errors.append(f"{_name(addr)}: redirect loop to {error.owner}")
                 return None
             self.log.debug("task {task} owned by {owner}", task=request.task_id, owner=error.owner)
             # Following a redirect: the owner serves the task whatever its view.
             addr, via, request = nxt, addr, replace(request, redirected=True)
+
+    def is_member(self, addr):
+        """Is C{addr} (host, port) one of the configured supernodes (host names
+        compared without case)?"""
+        host, port = addr
+        return any(h.lower() == host.lower() and p == port for h, p in self.supernodes)
 
     @staticmethod
     def _registration(obj):

@@ -1,10 +1,10 @@
 """The mirror's blobs: a layer sent from the peer, verified against its digest on the way.
 
 ``GET /v2/<name>/blobs/<digest>`` goes through P2P. The task id is the
-content digest; the registry is asked first (a ``HEAD`` with the client's
-own headers, redirects not followed) whether this client may read that
-blob, so a layer held by the swarm is never handed to a client the registry
-would refuse. Bytes are streamed to the client in order as the pieces
+content digest; the registry is asked first (L{dragonfly.dfdaemon.access}:
+a ``HEAD`` with the client's own headers, only a final 2xx describing the
+blob counts) whether this client may read that blob, so a layer held by the
+swarm is never handed to a client the registry would refuse. Bytes are streamed to the client in order as the pieces
 arrive, with ``Content-Length`` and ``Docker-Content-Digest``, through a
 L{BlobSink} that is the peer's consumer and the request's push producer (the
 client's socket paces the swarm; memory does not grow with the blob). The
@@ -20,7 +20,8 @@ from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from dragonfly.dfdaemon.passthrough import NOT_FOR_ACCESS_CHECK, Discard, forward_headers
+from dragonfly.dfdaemon.access import check as check_access
+from dragonfly.dfdaemon.passthrough import NOT_FOR_ACCESS_CHECK, forward_headers
 from dragonfly.dfdaemon.routes import MirrorError
 from dragonfly.httpio import (
     RangeNotSatisfiable, abort, content_range, describe, parse_range, unregister)
@@ -197,15 +198,14 @@ class Blobs:
         request = ex.request
         url = target.url
         digest = target.digest
+        access = None
         if self.check_access:
             # May this client read this blob? The registry decides, not the swarm.
-            response = await self.passthrough.upstream(
-                b"HEAD", url, forward_headers(request, drop=NOT_FOR_ACCESS_CHECK))
-            response.deliverBody(Discard())
-            if not 200 <= response.code < 400:
-                # Hand the client the registry's own answer (challenge, 404, ...), body and all.
-                ex.kind = "blob-denied"
-                return await self.passthrough.relay(ex, url)
+            access = await check_access(self.passthrough, url,
+                                        forward_headers(request, drop=NOT_FOR_ACCESS_CHECK),
+                                        digest)
+            if not access.allowed:
+                return await self._denied(ex, url, digest, access.reason)
             if ex.gone:
                 return
         headers = {}
@@ -233,7 +233,19 @@ class Blobs:
             return await self.passthrough.relay(ex, url)
         if ex.gone:
             return
+        if access is not None and not access.matches(task_file.length):
+            return await self._denied(ex, url, digest, f"registry's length {access.length} "
+                                      f"is not the blob's {task_file.length}")
         await self._send(ex, task_file, digest)
+
+    async def _denied(self, ex, url, digest, reason):
+        """Hand the client the registry's own answer (challenge, 404, a redirect
+        to a login page, ...), body and all."""
+        self.log.info("registry refused access to {digest}: {reason}", digest=digest,
+                      reason=redact_text(reason or ""))
+        ex.kind = "blob-denied"
+        if not ex.gone:
+            await self.passthrough.relay(ex, url)
 
     @staticmethod
     def _headers(request, digest, length):

@@ -194,7 +194,7 @@ class Dfget:
             raise DfgetError(f"downloaded {size} bytes, expected {length}")
         if spec:
             files.check_digest(spec, got)
-        await self.runner.run(os.replace, tmp, out)
+        await self.runner.run(files.publish, tmp, out)
         self._temp_paths.discard(tmp)
         self.result_path = out
 

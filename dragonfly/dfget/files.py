@@ -49,7 +49,24 @@ def temp_name(out):
     return f"{out}.dfget-tmp-{os.urandom(4).hex()}"
 
 
-def place(src, dst, algo):
+def existing_mode(out):
+    """The permission bits of the regular file at C{out}, or None (no such file)."""
+    try:
+        st = os.stat(out)
+    except OSError:
+        return None
+    return stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else None
+
+
+def publish(tmp, out):
+    """Rename C{tmp} to C{out}, giving it the mode of the file it replaces (if any)."""
+    mode = existing_mode(out)
+    if mode is not None and stat.S_IMODE(os.stat(tmp).st_mode) != mode:
+        os.chmod(tmp, mode)
+    os.replace(tmp, out)
+
+
+def place(src, dst, algo, mode=None):
     """Make the new file dst hold src's bytes; return (how, hex digest or None).
 
     The cheapest way that works wins, and no bytes pass through Python:
@@ -65,7 +82,8 @@ def place(src, dst, algo):
         their bytes (receivers verify every piece anyway).
       - "copy": the kernel copies (sendfile).
     The digest, when asked for, is computed by reading dst back, so it covers
-    the bytes FILE will hold.
+    the bytes FILE will hold. With C{mode} (the mode of the output dst will
+    replace, see L{publish}) a link is made only to a file of that mode.
     """
     with open(src, "rb") as fin:
         with open(dst, "xb") as fout:
@@ -74,7 +92,8 @@ def place(src, dst, algo):
         # Unlink + link, not link + rename over dst: ext4 (auto_da_alloc) starts
         # writing back the whole file when a rename replaces an existing one.
         os.unlink(dst)
-        if _may_share(os.fstat(fin.fileno())):
+        st = os.fstat(fin.fileno())
+        if _may_share(st) and mode in (None, stat.S_IMODE(st.st_mode)):
             try:
                 os.link(src, dst)
                 return "link", _digest(dst, algo)

@@ -12,8 +12,11 @@ back to the embedded peer (L{dragonfly.dfget.embedded}), which is Twisted.
      paces the download): NDJSON progress lines, then
      C{{"state": "done", "path", "length", "task_id"}} or C{{"state": "failed", "error"}}.
   3. The daemon's file becomes FILE (L{files.place}: reflink, hard link, or
-     copy); where dfget cannot read that file, C{GET /api/v1/tasks/<id>/data}
-     streams it instead.
+     copy) when L{daemontrust} vouches for it (inside the daemon's data
+     directory, a regular file owned by the user behind the daemon's socket);
+     otherwise, or where dfget cannot read that file,
+     C{GET /api/v1/tasks/<id>/data} streams it instead. An existing FILE
+     keeps its mode.
 """
 import hashlib
 import http.client
@@ -23,7 +26,7 @@ import tempfile
 import time
 from urllib.parse import urlsplit
 
-from dragonfly.dfget import files
+from dragonfly.dfget import daemontrust, files
 from dragonfly.dfget.options import DfgetError, default_output
 from dragonfly.egress import REFUSAL_PREFIX
 from dragonfly.dfget.progress import ProgressBar
@@ -53,16 +56,20 @@ class DaemonClient:
         self.port = port or (443 if self.https else 80)
         self.prefix = parts.path.rstrip("/")
         self.url = url
+        #: The uid behind the last download call's connection (None: unknown).
+        self.daemon_uid = None
 
     def _connect(self, timeout):
         if self.https:
             return http.client.HTTPSConnection(self.host, self.port, timeout=timeout)
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
-    def _request(self, method, path, body=None, timeout=CALL_TIMEOUT):
+    def _request(self, method, path, body=None, timeout=CALL_TIMEOUT, grant=None):
         """(connection, socket, response) once the status line and headers are in."""
         conn = self._connect(timeout)
         headers = {"User-Agent": "dfget"}
+        if isinstance(grant, str) and grant.isprintable() and len(grant) < 200:
+            headers["X-Dragonfly-Grant"] = grant
         data = None
         if body is not None:
             data = json.dumps(body).encode()
@@ -100,6 +107,7 @@ class DaemonClient:
             conn, sock, response = self._request("POST", "/api/v1/download", body)
         except (OSError, http.client.HTTPException) as e:
             raise DfgetError(f"cannot reach the peer daemon at {self.url}: {_reason(e)}")
+        self.daemon_uid = daemontrust.connection_uid(sock)
         try:
             if response.status != 200:
                 error = _error_of(response)
@@ -123,14 +131,16 @@ class DaemonClient:
             return
         conn.close()
 
-    def data(self, task_id):
-        """(connection, response) streaming the bytes of a task the daemon holds."""
+    def data(self, task_id, grant=None):
+        """(connection, response) streaming the bytes of a task the daemon holds
+        (C{grant}: from the download answer, for a private task)."""
         try:
             validate_task_id(task_id)
         except ValueError:
             raise DfgetError(f"the peer daemon named a malformed task id {task_id!r}")
         try:
-            conn, _, response = self._request("GET", f"/api/v1/tasks/{task_id}/data")
+            conn, _, response = self._request("GET", f"/api/v1/tasks/{task_id}/data",
+                                              grant=grant)
         except (OSError, http.client.HTTPException) as e:
             raise DfgetError(f"cannot reach the peer daemon at {self.url}: {_reason(e)}")
         if response.status != 200:
@@ -251,14 +261,17 @@ class _Job:
         if state != "done" or not isinstance(final.get("path"), str):
             raise DfgetError("the peer daemon hung up before the download finished")
         length = final.get("length")
-        path = final["path"]
         task_id = final.get("task_id") or o["task_id"]
+        path, why = daemontrust.trusted_file(final["path"], final.get("data_dir"),
+                                             self.client.daemon_uid)
+        if path is not None and not os.access(path, os.R_OK):
+            path, why = None, f"cannot read {final['path']}"
         try:
-            if os.access(path, os.R_OK):
+            if path is not None:
                 self.deliver_copy(path, out, length)
             else:
-                self.log(f"cannot read {path}; streaming from the daemon")
-                self.deliver_stream(task_id, out, length)
+                self.log(f"{why}; streaming from the daemon")
+                self.deliver_stream(task_id, out, length, final.get("grant"))
         except files.ContentMismatch as e:
             # The daemon's copy is wrong: it drops it and tells its supernode,
             # so the next pull fetches the file again.
@@ -272,7 +285,7 @@ class _Job:
             files.write_to(src, self.stdout)
             return
         tmp = self.new_temp(out)
-        how, got = files.place(src, tmp, self.algo)
+        how, got = files.place(src, tmp, self.algo, mode=files.existing_mode(out))
         self.log(f"{how} {src} -> {out}")
         size = os.path.getsize(tmp)
         if isinstance(length, int) and size != length:
@@ -281,7 +294,7 @@ class _Job:
             files.check_digest(self.spec, got)
         self.publish(tmp, out)
 
-    def deliver_stream(self, task_id, out, length):
+    def deliver_stream(self, task_id, out, length, grant=None):
         if out == "-":
             tmpdir = tempfile.mkdtemp(prefix="dfget-")
             self.temp_dirs.add(tmpdir)
@@ -289,7 +302,7 @@ class _Job:
             self.temp_paths.add(tmp)
         else:
             tmp = self.new_temp(out)
-        conn, response = self.client.data(task_id)
+        conn, response = self.client.data(task_id, grant)
         h = hashlib.new(self.algo) if self.algo else None
         received = 0
         buf = bytearray(READ_CHUNK)
@@ -324,7 +337,7 @@ class _Job:
         return tmp
 
     def publish(self, tmp, out):
-        os.replace(tmp, out)
+        files.publish(tmp, out)
         self.temp_paths.discard(tmp)
 
     def cleanup(self):

@@ -5,7 +5,9 @@
   from the url, filter, tag and digest; a C{task_id} given must be that id)
   -> 200 C{application/x-ndjson}: progress lines C{{"completed": bytes,
   "length": n}}, then one final line, either
-  C{{"state": "done", "path", "length", "task_id"}} or
+  C{{"state": "done", "path", "length", "task_id", "data_dir", "grant"}}
+  (C{data_dir}: the store's root, which C{path} is inside; C{grant}: see
+  C{/data}) or
   C{{"state": "failed", "error"}}. A malformed request is a 4xx JSON error.
   When the client hangs up, its interest in the download ends (the download
   stops if nobody else wants it). C{"limit"} (bytes/s, a non-negative
@@ -15,21 +17,30 @@
   found the task's content wrong; the peer drops it and tells its supernode.
 - C{GET /api/v1/tasks/<task_id>/data}: the bytes of a task held complete
   (single C{Range: bytes=a-b} honoured), written by the node's push producer
-  (L{dragonfly.peer.stream.OrderedPushProducer}).
+  (L{dragonfly.peer.stream.OrderedPushProducer}). A private task
+  (L{dragonfly.privacy}) only with C{X-Dragonfly-Grant} set to the C{"grant"}
+  of a download answer for it (valid for 10 minutes), else 403.
 - C{GET /api/v1/tasks}: C{{"tasks": [{"task_id", "url", "length", "completed",
   "complete", "downloading", "last_access"}, ...]}} (URLs without query or
   userinfo); C{DELETE /api/v1/tasks/<task_id>}: drop a held task (409 while it
-  downloads) and leave its swarm. Both for C{dfctl task}; they answer only a
-  loopback C{Host} and no C{Origin} header.
+  downloads) and leave its swarm. Both for C{dfctl task}.
 - C{GET /healthz}, C{GET /metrics}.
+
+Every route answers only a request a web page in a browser on the host could
+not have sent (L{local_refusal}, applied once by L{LocalOnlyResource}): its
+C{Host} is a loopback name or address, it has no C{Origin} header (else 403),
+and a POST body is C{application/json} (else 415).
 """
 import json
 import re
+import secrets
+from collections import OrderedDict
 from urllib.parse import urlsplit, urlunsplit
 
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.web.resource import Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from dragonfly.httpio import RangeNotSatisfiable, content_range, error_body, json_body, parse_range
@@ -125,14 +136,47 @@ def parse_download_request(obj):
             "digest": digest or None}
 
 
-_LOOPBACK_HOST_RE = re.compile(r"\A(localhost|127(\.\d{1,3}){3}|\[::1\])(:\d+)?\Z", re.I)
+_LOOPBACK_HOST_RE = re.compile(
+    r"\A(localhost|127(\.\d{1,3}){3}|\[::1\]|\[::ffff:127(\.\d{1,3}){3}\])(:\d{1,5})?\Z",
+    re.I)
+_BODY_METHODS = (b"POST", b"PUT", b"PATCH")
 
 
-def _local_only(request):
-    """Refuse a request that a browser page could have sent (DNS rebinding, CSRF)."""
-    host = (request.getHeader(b"host") or b"").decode("latin-1")
-    if request.getHeader(b"origin") is not None or not _LOOPBACK_HOST_RE.match(host):
-        raise BadRequest("only loopback clients without an Origin may use this endpoint", 403)
+def local_refusal(request):
+    """Why a request a browser page could have sent (DNS rebinding, CSRF) is
+    refused, as C{(code, message)}, or None for a request the API may serve.
+
+    Served: a C{Host} that is a loopback name or address (C{localhost},
+    C{127.x.y.z}, C{[::1]}, optional port), no C{Origin} header, and for a
+    method with a body a C{Content-Type} of C{application/json} (a page can
+    send C{text/plain} cross-origin without a preflight, never JSON).
+    """
+    hosts = request.requestHeaders.getRawHeaders(b"host") or []
+    host = hosts[0].decode("latin-1") if len(hosts) == 1 else ""
+    if request.requestHeaders.hasHeader(b"origin") or not _LOOPBACK_HOST_RE.match(host):
+        return 403, "only loopback clients without an Origin may use this API"
+    if request.method in _BODY_METHODS:
+        ctype = (request.getHeader(b"content-type") or b"").decode("latin-1")
+        if ctype.split(";", 1)[0].strip().lower() != "application/json":
+            return 415, "request bodies must be application/json"
+    return None
+
+
+class LocalOnlyResource(Resource):
+    """Wraps the Klein resource: every route answers only what
+    L{local_refusal} lets through, checked here in one place."""
+
+    isLeaf = True
+
+    def __init__(self, inner):
+        Resource.__init__(self)
+        self._inner = inner
+
+    def render(self, request):
+        refusal = local_refusal(request)
+        if refusal is not None:
+            return error_body(request, *refusal)
+        return self._inner.render(request)
 
 
 def shown_url(url):
@@ -148,6 +192,31 @@ def shown_url(url):
         return "<redacted>"
 
 
+class Grants:
+    """Who may read a private task's bytes at C{/data}: the holders of a grant
+    from a download answer (a random token naming the task, for C{ttl} s)."""
+
+    def __init__(self, clock, ttl=600.0, limit=10_000):
+        self._clock = clock
+        self._grants = OrderedDict()
+        self.ttl = ttl
+        self.limit = limit
+
+    def issue(self, task_id):
+        token = secrets.token_urlsafe(18)
+        self._grants[token] = (task_id, self._clock.seconds() + self.ttl)
+        while len(self._grants) > self.limit:
+            self._grants.popitem(last=False)
+        return token
+
+    def valid(self, token, task_id):
+        entry = self._grants.get(token) if token else None
+        if entry is None or entry[1] < self._clock.seconds():
+            self._grants.pop(token, None)
+            return False
+        return entry[0] == task_id
+
+
 class PeerAPI:
     """Klein app of one peer. C{resource()} gives the twisted.web resource."""
 
@@ -160,9 +229,10 @@ class PeerAPI:
         self._metrics = metrics
         self._clock = clock
         self.progress_interval = progress_interval
+        self._grants = Grants(clock)
 
     def resource(self):
-        return self.app.resource()
+        return LocalOnlyResource(self.app.resource())
 
     # -- errors -------------------------------------------------------------
 
@@ -184,7 +254,8 @@ class PeerAPI:
     def healthz(self, request):
         return json_body(request, 200, {
             "status": "ok", "role": "peer", "peer_id": self._node.peer_info.peer_id,
-            "downloads": len(self._node.active()), "tasks": len(self._store.tasks())})
+            "downloads": len(self._node.active()), "tasks": len(self._store.tasks()),
+            "data_dir": self._store.root})
 
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request):
@@ -230,12 +301,12 @@ class PeerAPI:
             line({"state": "failed", "error": redact_text(str(e))})
             return None
         line({"completed": tf.length, "length": tf.length})
-        line({"state": "done", "path": tf.path, "length": tf.length, "task_id": tf.task_id})
+        line({"state": "done", "path": tf.path, "length": tf.length, "task_id": tf.task_id,
+              "data_dir": self._store.root, "grant": self._grants.issue(tf.task_id)})
         return None
 
     @app.route("/api/v1/tasks", methods=["GET"])
     def tasks(self, request):
-        _local_only(request)
         active = set(self._node.active())
         rows = [{"task_id": tf.task_id, "url": shown_url(tf.url), "length": tf.length,
                  "completed": tf.completed_bytes, "complete": tf.is_complete,
@@ -245,7 +316,6 @@ class PeerAPI:
 
     @app.route("/api/v1/tasks/<string:task_id>", methods=["DELETE"])
     def remove_task(self, request, task_id):
-        _local_only(request)
         try:
             validate_task_id(task_id)
         except ValueError:
@@ -265,7 +335,6 @@ class PeerAPI:
     def corrupt(self, request, task_id):
         """dfget found the task's content wrong (its --digest): drop our copy and
         tell the supernode (L{PeerNode.drop_corrupt})."""
-        _local_only(request)
         try:
             validate_task_id(task_id)
         except ValueError:
@@ -285,6 +354,10 @@ class PeerAPI:
         tf = self._store.get(task_id)
         if tf is None or not tf.is_complete:
             return error_body(request, 404, "task not held")
+        grant = (request.getHeader(b"x-dragonfly-grant") or b"").decode("latin-1")
+        if self._node.is_private(task_id) and not self._grants.valid(grant, task_id):
+            return error_body(request, 403, "the task is private: ask for it with "
+                                            "POST /api/v1/download first")
         try:
             window = parse_range(request.getHeader(b"range"), tf.length)
         except RangeNotSatisfiable:

@@ -102,6 +102,10 @@ class BackSource:
         self._settings = settings
         self._origin = deps.origin
 
+    def origin(self):
+        """The L{dragonfly.interfaces.IOrigin} the peer asks its origins through."""
+        return self._get_origin()
+
     def _get_origin(self):
         if self._origin is None:
             from dragonfly.origin import OriginClient

@@ -2,7 +2,10 @@
 
 A L{PeerNode} downloads a task (one file) like this:
 
- 1. If the store already holds the whole task, it is returned at once.
+ 1. If the store already holds the whole task, it is returned at once
+    (after the origin accepted the caller's own request, when the task is
+    private: L{dragonfly.privacy}; the same for a caller joining a download
+    whose request was private).
  2. Otherwise one L{dragonfly.peer.joining.Download} is shared by every
     caller and stream of the task; the node runs it once.
  3. The swarm path (L{dragonfly.peer.session}): register with a supernode
@@ -27,12 +30,14 @@ from zope.interface import implementer
 
 from dragonfly.control.client import SupernodeClient, SupernodeUnavailable
 from dragonfly.interfaces import IDownloader
+from dragonfly.origin import OriginRefused
 from dragonfly.peer.backsource import BackSource
-from dragonfly.peer.errors import DownloadError, StreamStopped
+from dragonfly.peer.errors import DownloadError, OriginNotAllowed, StreamStopped
 from dragonfly.peer.joining import Download, call_progress, call_start
 from dragonfly.peer.session import join_swarm
 from dragonfly.peer.settings import DEFAULT_PIECE_SIZE, NodeDeps, NodeSettings
 from dragonfly.peer.stream import OrderedPushProducer
+from dragonfly.privacy import FetchedBy, check_caller, omits_checked
 from dragonfly.redact import has_userinfo, redact_text, redact_url, userinfo_error
 from dragonfly.taskid import derive_task_id, validate_task_id
 
@@ -78,12 +83,14 @@ class PeerNode:
             register_timeout=self.settings.register_timeout, admission=deps.admission)
         self._back_source = BackSource(deps, self.settings)
         self._downloads = {}
+        self._fetched_by = FetchedBy()
         self._stopping = False
 
     # ------------------------------------------------------------------ public
 
     def download(self, url, headers=None, task_id=None, pattern="p2p", back_source=True,
-                 on_progress=None, on_start=None, limit=0, filters=(), tag="", digest=None):
+                 on_progress=None, on_start=None, limit=0, filters=(), tag="", digest=None,
+                 _admitted=False):
         """Fetch C{url} into the store; a Deferred firing with its TaskFile.
 
         The task id is derived from C{url}, C{filters}, C{tag} and C{digest}
@@ -97,7 +104,9 @@ class PeerNode:
             most (0: no limit); shared with other callers of the same task
             as L{dragonfly.peer.pacing} says.
         Fails with L{DownloadError}. Cancelling the Deferred detaches this
-        caller; the download stops when no caller or stream is left.
+        caller; the download stops when no caller or stream is left. A caller
+        of a private task someone else's request fetched (or is fetching) is
+        first checked with the origin (L{dragonfly.privacy}).
         """
         try:
             if pattern not in ("p2p", "cdn", "source"):
@@ -117,6 +126,11 @@ class PeerNode:
             return fail(e)
 
         dl = self._downloads.get(task_id)
+        if not _admitted and self._must_check(task_id, dl):
+            kw = dict(headers=headers, task_id=task_id, pattern=pattern, back_source=back_source,
+                      on_progress=on_progress, on_start=on_start, limit=limit, filters=filters,
+                      tag=tag, digest=digest)
+            return Deferred.fromCoroutine(self._checked(url, dl, kw))
         if dl is None:
             tf = self._store.get(task_id)
             if tf is not None and tf.is_complete:
@@ -126,12 +140,43 @@ class PeerNode:
                 return succeed(tf)
             dl = Download(task_id, url, headers, pattern, back_source,
                           self.deps.clock, self.deps.metrics, filters, tag, digest)
+            self._fetched_by.record(task_id, omits_checked(url, headers, filters))
             self._downloads[task_id] = dl
             d = dl.join(on_progress, on_start, limit)
             dl.run = Deferred.fromCoroutine(self._run(dl))
             dl.run.addBoth(self._finished, dl)
             return d
         return dl.join(on_progress, on_start, limit)
+
+    def _must_check(self, task_id, dl):
+        """Must this caller of C{task_id} be checked with the origin first? Yes
+        when it would join a download whose request was private, or get a held
+        task not known to be public (L{FetchedBy})."""
+        if dl is not None:
+            return omits_checked(dl.url, dl.headers, dl.filters)
+        tf = self._store.get(task_id)
+        return tf is not None and tf.is_complete and self._fetched_by.needs_check(task_id)
+
+    async def _checked(self, url, dl, kw):
+        """Probe the origin with the caller's own request; download once admitted."""
+        task_id = kw["task_id"]
+        tf = await dl.task_file() if dl is not None else self._store.get(task_id)
+        try:
+            verdict = await check_caller(self._back_source.origin(), url, kw["headers"], tf,
+                                         self._fetched_by)
+        except OriginRefused as e:
+            raise OriginNotAllowed(e.message)
+        if not verdict.admitted:
+            self.log.info("caller of {task} refused: {why}", task=task_id, why=verdict.reason)
+            raise DownloadError(verdict.reason)
+        return await self.download(url, _admitted=True, **kw)
+
+    def is_private(self, task_id):
+        """Would a caller of C{task_id} who did not fetch it be checked first?"""
+        dl = self._downloads.get(task_id)
+        if dl is not None:
+            return omits_checked(dl.url, dl.headers, dl.filters)
+        return self._fetched_by.needs_check(task_id)
 
     def active(self):
         """Task ids being downloaded now."""

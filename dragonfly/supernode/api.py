@@ -27,6 +27,7 @@ from dragonfly.httpsite import harden_site
 from dragonfly.interfaces import PeerInfo
 from dragonfly.origin import OriginError, OriginRefused
 from dragonfly.redact import redact_text, redact_url
+from dragonfly.supernode.privateaccess import PrivateAccess
 from dragonfly.supernode.cdn import (
     CacheFull, CDNError, ContentMismatch, NotReady, TooLarge, TooManyTasks)
 from dragonfly.supernode.dashboard import Dashboard, page as dashboard_page
@@ -178,6 +179,7 @@ class SupernodeAPI:
         self.trust_advertised = trust_advertised
         self.dashboard = dashboard or Dashboard(clock, cdn, scheduler, metrics, cluster)
         self.handover = handover or HandOver(clock, scheduler, cdn, cluster)
+        self.private_access = PrivateAccess(cdn)
 
     def resource(self):
         return self.app.resource()
@@ -323,7 +325,10 @@ class SupernodeAPI:
         req = _parse(RegisterRequest, self.read_json(request))
         task_id, peer = req.task_id, req.peer
         self._redirect_if_not_owner(request, task_id, req.redirected, "/api/v1/tasks")
+        check = self.private_access.needs_check(req)
         tf = await self.cdn.ensure(task_id, req.url, req.headers)
+        if check:   # private content: the origin must accept this caller too
+            await self.private_access.admit(req, tf)
         if not self.scheduler.has_task(task_id):
             self._raise_cdn_failure(task_id)   # it failed since (a digest mismatch)
         seed = self.cdn.seed

@@ -13,7 +13,10 @@ class FakeOrigin(Resource):
       - C{chunked}: paths sent without Content-Length;
       - C{status[path]}: answer this status instead;
       - C{redirects[path]}: 302 to this location;
-      - C{hold}: paths whose answers wait for L{release} (then flush the StubTreq).
+      - C{hold}: paths whose answers wait for L{release} (then flush the StubTreq);
+      - C{auth[path]}: C{allowed(headers, query) -> status or None}: a status
+        (401, 403) refuses the request, None serves it;
+      - C{no_head}: paths that answer HEAD with 405.
 
     C{requests} records (method, path, {lower-case header: value}).
     """
@@ -32,6 +35,8 @@ class FakeOrigin(Resource):
         self.redirects = {}
         self.hold = set()
         self.held = []
+        self.auth = {}
+        self.no_head = set()
         self.requests = []
 
     def release(self):
@@ -64,6 +69,15 @@ class FakeOrigin(Resource):
         if path in self.status:
             request.setResponseCode(self.status[path])
             return b"scripted error\n"
+        if path in self.auth:
+            query = request.uri.decode("latin-1").partition("?")[2]
+            refusal = self.auth[path](headers, query)
+            if refusal is not None:
+                request.setResponseCode(refusal)
+                return b"go away\n"
+        if request.method == b"HEAD" and path in self.no_head:
+            request.setResponseCode(405)
+            return b""
         data = self.files.get(path)
         if data is None:
             request.setResponseCode(404)
@@ -82,6 +96,11 @@ class FakeOrigin(Resource):
             return b""
         start = 0
         rng = headers.get("range")
+        if rng == "bytes=0-0" and path not in self.no_range and data:
+            request.setResponseCode(206)
+            request.setHeader(b"content-range", f"bytes 0-0/{len(data)}".encode())
+            request.setHeader(b"content-length", b"1")
+            return data[:1]
         if rng and path not in self.no_range and rng.startswith("bytes=") and rng.endswith("-"):
             if_range = headers.get("if-range")
             if if_range is None or if_range in (etag, lm):

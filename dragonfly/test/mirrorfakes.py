@@ -43,6 +43,10 @@ class FakeRegistry(Resource):
         self.token = None
         self.blobs = {DIGEST: BLOB, OTHER_DIGEST: OTHER}
         self.redirect_manifests = False
+        #: With a token: anonymous requests get 302 to a login page (single sign-on).
+        self.login_redirect = False
+        #: Blobs answered with this redirect (code, URL prefix) to a blob store.
+        self.blob_redirect = None
 
     def seen(self, method=None):
         return [r for r in self.requests if method is None or r["method"] == method]
@@ -52,7 +56,19 @@ class FakeRegistry(Resource):
             "method": request.method.decode(), "uri": request.uri.decode(),
             "headers": {k.lower(): list(v) for k, v in request.requestHeaders.getAllRawHeaders()},
         })
+        host = request.getRequestHostname()
+        if host == b"sso.example":   # the login page: 200 to anyone
+            request.setHeader(b"content-type", b"text/html; charset=utf-8")
+            return b"<html><body><form>log in</form></body></html>"
+        if host == b"storage.example" and b"/blobs/" in request.path:   # signed URLs
+            data = self.blobs.get(request.path.rsplit(b"/", 1)[1].decode(), b"")
+            request.setHeader(b"content-type", b"application/octet-stream")
+            return data
         if self.token and request.getHeader(b"authorization") != b"Bearer " + self.token:
+            if self.login_redirect:
+                request.setResponseCode(302)
+                request.setHeader(b"location", b"https://sso.example/login?next=/v2/")
+                return b""
             request.setResponseCode(401)
             request.setHeader(b"www-authenticate", REALM)
             request.setHeader(b"content-type", b"application/json")
@@ -85,6 +101,11 @@ class FakeRegistry(Resource):
                 request.setResponseCode(404)
                 request.setHeader(b"content-type", b"application/json")
                 return b'{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown"}]}'
+            if self.blob_redirect is not None:
+                code, prefix = self.blob_redirect
+                request.setResponseCode(code)
+                request.setHeader(b"location", prefix + digest.encode())
+                return b""
             request.setHeader(b"content-type", b"application/octet-stream")
             request.setHeader(b"docker-content-digest", digest.encode())
             return data

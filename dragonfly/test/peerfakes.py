@@ -228,6 +228,18 @@ class FakeOrigin:
         self.unknown_length = unknown_length
         self.calls = []
 
+    #: C{allowed(url, headers) -> status}: the origin's answer to a probe (200 by default).
+    allowed = None
+
+    def probe(self, url, headers=None):
+        from dragonfly.origin import Probe
+        self.probes = getattr(self, "probes", [])
+        self.probes.append((url, dict(headers or {})))
+        if self.error is not None:
+            return fail(self.error)
+        status = self.allowed(url, headers or {}) if self.allowed else 200
+        return succeed(Probe(status, len(self.data), '"e1"'))
+
     def get(self, url, headers=None, offset=0, etag=None, last_modified=None):
         self.calls.append((url, dict(headers or {}), offset))
         if self.error is not None:

@@ -196,7 +196,7 @@ class RegisterTests(SynchronousTestCase):
         owner's address; the list's preference is unchanged."""
         sn1 = _Scripted(tasks=(307, {"error": "not mine", "owner": "sn2.test:8002"}))
         sn2 = _Scripted(tasks=(200, GOOD))
-        self.make(**{"sn1.test": sn1, "sn2.test": sn2})
+        self.make((SN1, SN2), **{"sn1.test": sn1, "sn2.test": sn2})
         addr, answer = self.successResultOf(self.register())
         self.assertEqual((addr, answer.piece_count), (SN2, 3))
         self.assertEqual(len(sn2.requests), 1)
@@ -207,9 +207,10 @@ class RegisterTests(SynchronousTestCase):
         sn1 = _Scripted(tasks=(307, {"error": "x", "owner": "sn2.test:8002"}))
         sn2 = _Scripted(tasks=(307, {"error": "x", "owner": "sn1.test:8002"}))
         sn3 = _Scripted(tasks=(307, {"error": "x", "owner": "nowhere"}))
-        self.make((SN1, SN3), **{"sn1.test": sn1, "sn2.test": sn2, "sn3.test": sn3})
+        self.make((SN1, SN2, SN3), **{"sn1.test": sn1, "sn2.test": sn2, "sn3.test": sn3})
         f = self.failureResultOf(self.register(), SupernodeUnavailable)
         self.assertEqual(str(f.value), "sn2.test:8002: redirect loop to sn1.test:8002; "
+                                       "sn1.test:8002: redirect loop to sn2.test:8002; "
                                        "sn3.test:8002: redirect without a usable owner")
 
     def test_following_a_redirect_marks_it(self):
@@ -217,7 +218,7 @@ class RegisterTests(SynchronousTestCase):
         redirected (the owner serves it whatever its view of the cluster)."""
         sn1 = _Scripted(tasks=(307, {"error": "not mine", "owner": "sn2.test:8002"}))
         sn2 = _Scripted(tasks=(200, GOOD))
-        self.make(**{"sn1.test": sn1, "sn2.test": sn2})
+        self.make((SN1, SN2), **{"sn1.test": sn1, "sn2.test": sn2})
         self.successResultOf(self.register())
         self.assertNotIn("redirected", sn1.requests[0][1])
         self.assertIs(sn2.requests[0][1]["redirected"], True)
@@ -226,9 +227,9 @@ class RegisterTests(SynchronousTestCase):
         """When the owner a supernode redirects to is unreachable (it died and
         the redirecting node has not noticed yet), the registration goes back to
         the redirecting node, marked redirected: it takes the task over."""
-        sn1 = _Scripted(tasks=[(307, {"error": "not mine", "owner": "dead.test:8002"}),
+        sn1 = _Scripted(tasks=[(307, {"error": "not mine", "owner": "sn3.test:8002"}),
                                (200, GOOD)])
-        self.make((SN1, SN2), **{"sn1.test": sn1})
+        self.make((SN1, SN2, SN3), **{"sn1.test": sn1})   # sn3, the owner, is dead
         addr, answer = self.successResultOf(self.register())
         self.assertEqual(addr, SN1)
         self.assertEqual([r[1].get("redirected", False) for r in sn1.requests], [False, True])
@@ -236,10 +237,10 @@ class RegisterTests(SynchronousTestCase):
     def test_take_over_refused_again(self):
         """A redirecting node that still redirects after the owner failed ends
         that attempt (no loop); the next supernode of the list is asked."""
-        sn1 = _Scripted(tasks=(307, {"error": "not mine", "owner": "dead.test:8002"}))
+        sn1 = _Scripted(tasks=(307, {"error": "not mine", "owner": "sn3.test:8002"}))
         sn2 = _Scripted(tasks=(200, GOOD))
         sn1.answers["tasks"] = [sn1.answers["tasks"]] * 2
-        self.make((SN1, SN2), **{"sn1.test": sn1, "sn2.test": sn2})
+        self.make((SN1, SN2, SN3), **{"sn1.test": sn1, "sn2.test": sn2})   # sn3 is dead
         addr, _ = self.successResultOf(self.register())
         self.assertEqual((addr, len(sn1.requests)), (SN2, 2))
 
@@ -248,7 +249,7 @@ class RegisterTests(SynchronousTestCase):
         cannot, the list is tried as usual."""
         sn1 = _Scripted(tasks=(200, GOOD))
         sn3 = _Scripted(tasks=(200, GOOD))
-        self.make((SN1, SN2), **{"sn1.test": sn1, "sn3.test": sn3})
+        self.make((SN1, SN2, SN3), **{"sn1.test": sn1, "sn3.test": sn3})
         d = Deferred.fromCoroutine(self.client.register(REGISTER, SN3))
         self.hosts.flush()
         self.assertEqual(self.successResultOf(d)[0], SN3)
@@ -259,13 +260,49 @@ class RegisterTests(SynchronousTestCase):
         self.hosts.flush()
         self.assertEqual(self.successResultOf(d)[0], SN1)
 
+    def test_moved_owner_must_be_ours(self):
+        """An owner a stopping supernode names that is not one of our supernodes
+        is not asked (it would get our registration and secret): the list is."""
+        sn1 = _Scripted(tasks=(200, GOOD))
+        evil = _Scripted(tasks=(200, GOOD))
+        self.make((SN1,), **{"sn1.test": sn1, "evil.test": evil})
+        d = Deferred.fromCoroutine(self.client.register(REGISTER, ("evil.test", 8002)))
+        self.hosts.flush()
+        self.assertEqual(self.successResultOf(d)[0], SN1)
+        self.assertEqual(evil.requests, [])
+
     def test_redirect_chain_is_bounded(self):
         """Owner redirects followed from one supernode are bounded."""
         hosts = {f"r{i}.test": _Scripted(tasks=(307, {"error": "x", "owner": f"r{i + 1}.test:8002"}))
                  for i in range(10)}
-        self.make((("r0.test", 8002),), **hosts)
+        self.make([(f"r{i}.test", 8002) for i in range(10)], **hosts)
         f = self.failureResultOf(self.register(), SupernodeUnavailable)
         self.assertIn("redirect loop to r5.test:8002", str(f.value))
+
+    def test_redirect_only_to_members(self):
+        """A 307 whose owner is not one of the configured supernodes is not
+        followed (nothing is sent there): that supernode counts as unavailable
+        and the next one registers us; with none left, SupernodeUnavailable."""
+        evil = _Scripted(tasks=(200, GOOD))
+        sn1 = _Scripted(tasks=(307, {"error": "x", "owner": "evil.test:8002"}))
+        sn2 = _Scripted(tasks=(200, GOOD))
+        self.make((SN1, SN2), **{"sn1.test": sn1, "sn2.test": sn2, "evil.test": evil})
+        self.assertEqual(self.successResultOf(self.register())[0], SN2)
+        self.assertEqual(evil.requests, [])
+        self.make((SN1,), **{"sn1.test": _Scripted(tasks=(307, {"error": "x",
+                                                               "owner": "SN1.test:9999"})),
+                             "sn1.test:9999": evil})
+        f = self.failureResultOf(self.register(), SupernodeUnavailable)
+        self.assertEqual(str(f.value), "sn1.test:8002: redirect to SN1.test:9999, "
+                                       "not a configured supernode")
+        self.assertEqual(evil.requests, [])
+        self.flushLoggedErrors()
+
+    def test_redirect_member_case_insensitive(self):
+        """A member's host name matches without case."""
+        self.make((SN1, SN2))
+        self.assertTrue(self.client.is_member(("SN2.Test", 8002)))
+        self.assertFalse(self.client.is_member(("sn2.test", 8003)))
 
     def test_next_supernode_and_preference(self):
         """When the first supernode is unreachable the next one registers us, and is

@@ -47,3 +47,41 @@ class FilesTests(RunMixin, SynchronousTestCase):
         os.makedirs(os.path.join(self.dir, "blob.bin"))
         e = self.assertRaises(DfgetError, files.check_output, files.output_path(opts))
         self.assertIn("is a directory", str(e))
+
+
+class KeepModeTests(SynchronousTestCase):
+    """An existing output keeps its mode (files.publish, files.place(mode=))."""
+
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.out = os.path.join(self.dir, "out")
+        self.src = os.path.join(self.dir, "src")
+        with open(self.src, "wb") as f:
+            f.write(DATA)
+        os.chmod(self.src, 0o644)
+
+    def test_publish_keeps_mode(self):
+        """publish() gives the new file the mode of the one it replaces."""
+        import stat
+        with open(self.out, "wb") as f:
+            f.write(b"old")
+        os.chmod(self.out, 0o640)
+        tmp = self.out + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(b"new")
+        os.chmod(tmp, 0o600)
+        files.publish(tmp, self.out)
+        self.assertEqual(stat.S_IMODE(os.stat(self.out).st_mode), 0o640)
+        self.assertIsNone(files.existing_mode(os.path.join(self.dir, "none")))
+        self.assertIsNone(files.existing_mode(self.dir))
+
+    def test_no_link_to_another_mode(self):
+        """place() links only to a file of the mode asked for; else it copies."""
+        self.patch(files, "_reflink", lambda fin, fout: False)
+        self.patch(files, "_umask", lambda: 0o022)
+        how, _ = files.place(self.src, self.out, None, mode=0o600)
+        self.assertEqual(how, "copy")
+        os.unlink(self.out)
+        how, _ = files.place(self.src, self.out, None, mode=0o644)
+        self.assertEqual(how, "link")

@@ -118,6 +118,7 @@ class PeerRefusalTests(SynchronousTestCase):
 
     def download(self, body):
         d = self.http.post("http://127.0.0.1:65002/api/v1/download",
+                           headers={"Content-Type": "application/json"},
                            data=json.dumps(body).encode())
         self.http.flush()
         r = self.successResultOf(d)

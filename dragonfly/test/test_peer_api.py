@@ -17,6 +17,8 @@ from dragonfly.runtime.threads import SyncRunner
 
 DATA = b"0123456789abcdef" * 40  # 640 bytes, 10 pieces
 
+JSON = {"Content-Type": "application/json"}
+
 
 class APITests(SynchronousTestCase):
 
@@ -35,6 +37,8 @@ class APITests(SynchronousTestCase):
         self.http = StubTreq(self.api.resource())
 
     def request(self, method, path, **kw):
+        if method == "POST":
+            kw.setdefault("headers", {"Content-Type": "application/json"})
         d = self.http.request(method, "http://127.0.0.1:65002" + path, **kw)
         self.http.flush()
         response = self.successResultOf(d)
@@ -69,7 +73,7 @@ class APITests(SynchronousTestCase):
     def test_download_ndjson(self):
         """POST /api/v1/download streams progress lines, then a done line with the path."""
         self.pool.manual = True
-        d = self.http.post("http://127.0.0.1:65002/api/v1/download",
+        d = self.http.post("http://127.0.0.1:65002/api/v1/download", headers=JSON,
                            data=json.dumps({"url": URL}).encode())
         self.http.flush()
         while self.pool.held:
@@ -93,7 +97,7 @@ class APITests(SynchronousTestCase):
     def test_download_limit(self):
         """A "limit" in the request paces that download: its bytes take at
         least size/limit seconds on the daemon's clock."""
-        d = self.http.post("http://127.0.0.1:65002/api/v1/download",
+        d = self.http.post("http://127.0.0.1:65002/api/v1/download", headers=JSON,
                            data=json.dumps({"url": URL, "limit": 200}).encode())
         self.http.flush()
         body = self.http.content(self.successResultOf(d))
@@ -281,3 +285,93 @@ class TaskListTests(SynchronousTestCase):
                                   headers=headers)
             self.http.flush()
             self.assertEqual(self.successResultOf(d).code, 403, headers)
+
+    def test_browser_download_starts_nothing(self):
+        """A download POST that a web page could send (text/plain or no
+        Content-Type, a foreign Host, an Origin) is refused before anything
+        starts: no registration with the supernode, no task in the store."""
+        body = json.dumps({"url": URL}).encode()
+        cases = [({"Content-Type": "text/plain"}, 415), ({}, 415),
+                 ({"Content-Type": "application/x-www-form-urlencoded"}, 415),
+                 (dict(JSON, Host="attacker.example"), 403),
+                 (dict(JSON, Host="attacker.example:65002"), 403),
+                 (dict(JSON, Host="127.0.0.1.attacker.example"), 403),
+                 (dict(JSON, Origin="http://attacker.example"), 403),
+                 (dict(JSON, Origin="null"), 403),
+                 ({"Content-Type": "text/plain", "Host": "attacker.example",
+                   "Origin": "http://attacker.example"}, 403)]
+        for headers, code in cases:
+            d = self.http.post("http://127.0.0.1:65002/api/v1/download", headers=headers,
+                               data=body)
+            self.http.flush()
+            r = self.successResultOf(d)
+            self.assertEqual(r.code, code, headers)
+            self.assertIn("error", json.loads(self.successResultOf(self.http.content(r))))
+        self.assertEqual(self.supernode.registrations, [])
+        self.assertEqual(self.store.tasks(), [])
+        self.assertEqual(list(self.node.active()), [])
+
+    def test_every_route_local_only(self):
+        """The loopback rule holds for every route, /healthz and /metrics too."""
+        for path in ("/healthz", "/metrics", "/api/v1/tasks", "/nope"):
+            r, _ = self.request("GET", path, headers={"Host": "evil.test"})
+            self.assertEqual(r.code, 403, path)
+
+    def test_loopback_hosts_served(self):
+        """localhost, 127.x.y.z and [::1], with or without a port, are loopback;
+        application/json with parameters is JSON."""
+        for host in ("localhost", "LOCALHOST:65002", "127.0.0.1", "127.1.2.3:80", "[::1]",
+                     "[::1]:65002"):
+            r, _ = self.request("GET", "/healthz", headers={"Host": host})
+            self.assertEqual(r.code, 200, host)
+        r, lines = self.download({"url": URL})
+        self.assertEqual(lines[-1]["state"], "done")
+        r, raw = self.request("POST", f"/api/v1/tasks/{task_id_for_url(URL)}/corrupt",
+                              headers={"Content-Type": "application/json; charset=utf-8"},
+                              data=b"{}")
+        self.assertEqual(r.code, 202)
+
+    def test_grant_needed(self):
+        """A task downloaded with credentials is streamed at /data only with the
+        grant the download answer gave (for that task, until it expires); a
+        public task needs none (test_data)."""
+        r, lines = self.download({"url": URL, "headers": {"Authorization": "Bearer t"}})
+        grant = lines[-1]["grant"]
+        tid = task_id_for_url(URL)
+        path = f"/api/v1/tasks/{tid}/data"
+        self.assertEqual(self.request("GET", path)[0].code, 403)
+        self.assertEqual(self.request("GET", path, headers={"X-Dragonfly-Grant": "nope"})[0].code,
+                         403)
+        r, body = self.request("GET", path, headers={"X-Dragonfly-Grant": grant})
+        self.assertEqual((r.code, body), (200, DATA))
+        self.clock.advance(601)
+        self.assertEqual(self.request("GET", path, headers={"X-Dragonfly-Grant": grant})[0].code,
+                         403)
+
+
+class LocalRefusalTests(SynchronousTestCase):
+    """The decision table of L{local_refusal}."""
+
+    def refusal(self, method=b"GET", **headers):
+        from twisted.web.test.requesthelper import DummyRequest
+        from dragonfly.peer.api import local_refusal
+        request = DummyRequest([b""])
+        request.method = method
+        for name, value in headers.items():
+            request.requestHeaders.setRawHeaders(name.replace("_", "-").encode(),
+                                                 [value.encode()])
+        return local_refusal(request)
+
+    def test_table(self):
+        """Served: loopback Host, no Origin, JSON bodies; else 403 or 415."""
+        self.assertIsNone(self.refusal(host="127.0.0.1:65002"))
+        self.assertIsNone(self.refusal(b"POST", host="localhost",
+                                       content_type="application/json"))
+        self.assertEqual(self.refusal()[0], 403)   # no Host at all
+        self.assertEqual(self.refusal(host="10.0.0.1")[0], 403)
+        self.assertEqual(self.refusal(host="localhost.evil.test")[0], 403)
+        self.assertEqual(self.refusal(host="127.0.0.1", origin="http://127.0.0.1")[0], 403)
+        self.assertEqual(self.refusal(b"POST", host="127.0.0.1",
+                                      content_type="text/plain")[0], 415)
+        self.assertEqual(self.refusal(b"PUT", host="127.0.0.1")[0], 415)
+        self.assertIsNone(self.refusal(b"DELETE", host="127.0.0.1"))

@@ -14,7 +14,7 @@ class RegistrationTests(NodeMixin, SynchronousTestCase):
     def test_follows_owner_redirect(self):
         """When a supernode answers 307 {"owner"}, the node registers at the owner and
         schedules there."""
-        node = self.make(supernodes=(SN1,))
+        node = self.make(supernodes=(SN1, SN2))
         other = FakeSupernode(DATA, PIECE)
         self.supernode.register_answer = (307, {"owner": "sn2.test:8002"})
         self.hosts.by_host["sn2.test:8002"] = other
@@ -23,6 +23,18 @@ class RegistrationTests(NodeMixin, SynchronousTestCase):
         self.assertEqual(len(other.registrations), 1)
         self.assertEqual(self.supernode.schedules, [])
         self.assertTrue(other.schedules)
+
+    def test_owner_outside_the_list_not_followed(self):
+        """An owner that is not one of the node's supernodes is not asked: that
+        supernode counts as unavailable, and the file comes from the origin."""
+        node = self.make(supernodes=(SN1,))
+        other = FakeSupernode(DATA, PIECE)
+        self.supernode.register_answer = (307, {"owner": "sn2.test:8002"})
+        self.hosts.by_host["sn2.test:8002"] = other
+        tf = self.successResultOf(node.download(URL))
+        self.assertEqual(self.read_all(tf), DATA)
+        self.assertEqual(other.registrations, [])
+        self.assertEqual(len(self.origin.calls), 1)
 
     def test_next_supernode_when_one_is_down(self):
         """When the first supernode is unreachable, the node registers with the next."""
