@@ -68,11 +68,11 @@ def _name(addr):
     return f"{addr[0]}:{addr[1]}"
 
 
-def _url(addr, path):
+def _url(addr, path, scheme="http"):
     host, port = addr
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    return f"http://{host}:{port}{path}"
+    return f"{scheme}://{host}:{port}{path}"
 
 
 def _error_of(code, obj):
@@ -101,13 +101,16 @@ class SupernodeClient:
         the task's swarm (set it with L{joined}; L{heartbeat} and L{leave} use it).
     @ivar secrets: {(host, port): secret}: our secret at each supernode, from
         its registration answers; L{secret} is the one we offer where we have none.
+    @param scheme: C{http}, or C{https} when the supernodes speak mutual TLS
+        (C{http_client} then presents our certificate); owner redirects too.
     """
 
     log = Logger()
 
     def __init__(self, clock, http_client, supernodes, *, api_timeout=15.0,
-                 register_timeout=120.0, max_answer=MAX_ANSWER):
+                 register_timeout=120.0, max_answer=MAX_ANSWER, scheme="http"):
         self._clock = clock
+        self.scheme = scheme
         self._http = http_client
         self.supernodes = list(supernodes)
         self.api_timeout = api_timeout
@@ -132,7 +135,7 @@ class SupernodeClient:
 
     async def _post(self, addr, path, body):
         response = await self._http.post(
-            _url(addr, path), json=body, allow_redirects=False, unbuffered=True,
+            _url(addr, path, self.scheme), json=body, allow_redirects=False, unbuffered=True,
             reactor=self._clock)
         raw = await collect_capped(response, self.max_answer, "supernode answer")
         try:

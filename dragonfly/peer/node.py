@@ -75,7 +75,8 @@ class PeerNode:
         self.peer_info = peer_info
         self._supernodes = SupernodeClient(
             deps.clock, deps.http, supernodes, api_timeout=self.settings.api_timeout,
-            register_timeout=self.settings.register_timeout)
+            register_timeout=self.settings.register_timeout,
+            scheme=self.settings.supernode_scheme)
         self._back_source = BackSource(deps, self.settings)
         self._downloads = {}
         self._stopping = False

@@ -71,13 +71,16 @@ class Cluster:
         our own name among them is ignored.
     @param self_name: our own ``host:port``; may be set later with
         L{set_self} (when the API port is bound).
+    @param scheme: how the members' APIs are reached, C{http} or C{https}
+        (mutual TLS, through C{http_client}'s TLS policy).
     """
 
     log = Logger()
 
     def __init__(self, clock, http_client, members, self_name=None, interval=5.0,
-                 timeout=2.0, fail_after=2):
+                 timeout=2.0, fail_after=2, scheme="http"):
         self.clock = clock
+        self.scheme = scheme
         self._http = http_client
         self.interval = interval
         self.timeout = timeout
@@ -137,7 +140,7 @@ class Cluster:
         return DeferredList(ds, consumeErrors=True)
 
     def _check_one(self, member):
-        url = f"http://{member.name}/healthz"
+        url = f"{self.scheme}://{member.name}/healthz"
         try:
             d = self._http.get(url, reactor=self.clock)
             d.addTimeout(self.timeout, self.clock)
