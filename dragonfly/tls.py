@@ -139,10 +139,14 @@ def load_material(files, now=None):
 
 def peer_names(transport):
     """The names (L{certificate_names}) of the certificate the other end of
-    C{transport} presented; None when C{transport} is not TLS or showed none."""
+    C{transport} presented; None when C{transport} is not TLS, showed none
+    or is closed."""
     if transport is None or not ISSLTransport.providedBy(transport):
         return None
-    x509 = transport.getPeerCertificate()
+    try:
+        x509 = transport.getPeerCertificate()
+    except AttributeError:     # the TLS connection is gone
+        x509 = None
     if x509 is None:
         return None
     return certificate_names(x509.to_cryptography())
@@ -165,13 +169,16 @@ class NodeTLS:
     certificate, a client certificate chaining to the CA required. As an
     C{IPolicyForHTTPS} (an C{Agent}'s C{contextFactory}) and through
     L{client_creator}, client connections present our certificate, trust the
-    CA alone and check the server's name or IP address.
+    CA alone and check the server's name or IP address. C{clock}: the
+    IReactorTime TLS connections flush their small writes with (default: the
+    global reactor).
     """
 
     log = Logger()
 
-    def __init__(self, files, load=load_material):
+    def __init__(self, files, load=load_material, clock=None):
         self.files = files
+        self.clock = clock
         self._load = load
         self._use(load(files))
 
@@ -219,7 +226,7 @@ class NodeTLS:
         """C{factory}'s protocols behind TLS (a C{TLSMemoryBIOFactory})."""
         from twisted.protocols.tls import TLSMemoryBIOFactory
 
-        return TLSMemoryBIOFactory(self, False, factory)
+        return TLSMemoryBIOFactory(self, False, factory, clock=self.clock)
 
     def wrap_server(self, endpoint):
         """A server endpoint like C{endpoint} whose connections speak our TLS."""
@@ -309,10 +316,10 @@ def warn_tls_off():
     _log.warn(OFF_WARNING)
 
 
-def node_tls(files, load=load_material):
+def node_tls(files, clock=None):
     """A L{NodeTLS} for C{files} (a L{TLSFiles}); None, after the one
     L{OFF_WARNING} line, when there are none (the node runs plain TCP)."""
     if files is None:
         warn_tls_off()
         return None
-    return NodeTLS(files, load)
+    return NodeTLS(files, clock=clock)

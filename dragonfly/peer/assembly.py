@@ -118,7 +118,7 @@ def build_peer(reactor, config, *, runner=None, http_client=None, origin_http=No
     tls = None
     if c.tls is not None:
         from dragonfly.tls import NodeTLS
-        tls = NodeTLS(c.tls)
+        tls = NodeTLS(c.tls, clock=reactor)
     if runner is None:
         from dragonfly.runtime.threads import ThreadRunner
         runner = ThreadRunner(reactor, max_threads=c.threads, name="peer-io")

@@ -51,7 +51,7 @@ def build_supernode(reactor, c):
               max_file_size=c.max_file_size)
     closers = [pool.closeCachedConnections]
 
-    tls = node_tls(c.tls)
+    tls = node_tls(c.tls, reactor)
     cluster = None
     if c.cluster:
         cpool = HTTPConnectionPool(reactor, persistent=False)
