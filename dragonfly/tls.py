@@ -44,11 +44,12 @@ class TLSFiles:
 
 @dataclass(frozen=True)
 class TLSMaterial:
-    """Checked TLS material: Twisted's C{PrivateCertificate} (ours) and
-    C{Certificate} (the CA), and the names our certificate carries."""
+    """Checked TLS material: Twisted's C{PrivateCertificate} (ours), the
+    C{Certificate}s of the CA file (one CA, or the old and the new one while
+    a CA is rotated), and the names our certificate carries."""
 
     private: object
-    ca: object
+    cas: tuple
     names: tuple
     not_after: datetime.datetime
 
@@ -63,14 +64,27 @@ def _read(flag, path):
         raise TLSError(f"--{flag}: {path}: cannot read it ({e.strerror or e})")
 
 
-def _load_cert(flag, path):
+def _load_certs(flag, path):
+    """[(PEM bytes, cryptography certificate)] of every certificate in C{path}."""
     from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
 
     data = _read(flag, path)
     try:
-        return data, x509.load_pem_x509_certificate(data)
+        certs = x509.load_pem_x509_certificates(data)
     except ValueError:
         raise TLSError(f"--{flag}: {path}: not a PEM certificate")
+    return [(c.public_bytes(serialization.Encoding.PEM), c) for c in certs]
+
+
+def _issued_by_one(cert, cas):
+    for ca in cas:
+        try:
+            cert.verify_directly_issued_by(ca)
+            return True
+        except Exception:
+            continue
+    return False
 
 
 def _check_dates(flag, path, cert, now):
@@ -115,8 +129,8 @@ def load_material(files, now=None):
     from twisted.internet.ssl import Certificate, PrivateCertificate
 
     now = now or datetime.datetime.now(datetime.timezone.utc)
-    cert_pem, cert = _load_cert("tls-cert", files.cert)
-    ca_pem, ca = _load_cert("tls-ca", files.ca)
+    cert_pem, cert = _load_certs("tls-cert", files.cert)[0]
+    cas = _load_certs("tls-ca", files.ca)
     key_pem = _read("tls-key", files.key)
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
@@ -126,15 +140,14 @@ def load_material(files, now=None):
         raise TLSError(f"--tls-key: {files.key}: cannot use this key ({e})")
     if _public_bytes(key.public_key()) != _public_bytes(cert.public_key()):
         raise TLSError(f"--tls-key: {files.key} does not match the certificate {files.cert}")
-    _check_dates("tls-ca", files.ca, ca, now)
+    for _, ca in cas:
+        _check_dates("tls-ca", files.ca, ca, now)
     _check_dates("tls-cert", files.cert, cert, now)
-    try:
-        cert.verify_directly_issued_by(ca)
-    except Exception:
+    if not _issued_by_one(cert, [ca for _, ca in cas]):
         raise TLSError(f"--tls-cert: {files.cert} is not issued by the CA in {files.ca}")
     private = PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
-    return TLSMaterial(private, Certificate.loadPEM(ca_pem), certificate_names(cert),
-                       cert.not_valid_after_utc)
+    return TLSMaterial(private, tuple(Certificate.loadPEM(pem) for pem, _ in cas),
+                       certificate_names(cert), cert.not_valid_after_utc)
 
 
 def peer_names(transport):
@@ -186,10 +199,11 @@ class NodeTLS:
         from twisted.internet.ssl import CertificateOptions, TLSVersion, trustRootFromCertificates
 
         self.material = material
+        self._trust = trustRootFromCertificates(list(material.cas))
         self._server = CertificateOptions(
             privateKey=material.private.privateKey.original,
             certificate=material.private.original,
-            trustRoot=trustRootFromCertificates([material.ca]),
+            trustRoot=self._trust,
             raiseMinimumTo=TLSVersion.TLSv1_2)   # with trustRoot: a client cert is required
         self._clients = {}
 
@@ -244,7 +258,7 @@ class NodeTLS:
         creator = self._clients.get(host)
         if creator is None:
             creator = optionsForClientTLS(
-                host, trustRoot=self.material.ca, clientCertificate=self.material.private,
+                host, trustRoot=self._trust, clientCertificate=self.material.private,
                 extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_2})
             if len(self._clients) < 4096:
                 self._clients[host] = creator

@@ -241,6 +241,23 @@ class HandshakeTests(SynchronousTestCase):
             self.assertIsNotNone(cp.lost)
             self.assertIsNone(peer_names(sp))
 
+    def test_ca_bundle(self):
+        """A CA file with two CAs (a CA rotation): certificates of either are
+        accepted, and nodes of the old and the new CA talk to each other."""
+        bundle = os.path.abspath(self.mktemp())
+        with open(bundle, "wb") as out:
+            for d in (self.ca, self.other):
+                with open(os.path.join(d, "ca.pem"), "rb") as f:
+                    out.write(f.read())
+        old = files(self.ca, "server1")
+        new = files(self.other, "peer9")
+        server = NodeTLS(TLSFiles(old.cert, old.key, bundle))
+        client = NodeTLS(TLSFiles(new.cert, new.key, bundle))
+        self.assertEqual(len(client.material.cas), 2)
+        sp, cp = talk(server, client.client_creator("127.0.0.1"))
+        self.assertEqual(cp.received, b"ping")
+        self.assertEqual(peer_names(sp), ("peer9",))
+
     def test_plain_transport(self):
         """peer_names of a transport that is not TLS: None."""
         from twisted.internet.testing import StringTransport
