@@ -3,6 +3,7 @@ supernode and three peers speaking TLS on the supernode API and every piece
 port, strangers refused at the handshake, identity bound to the peer id, and a
 certificate replaced on SIGHUP while a download runs.
 """
+import json
 import os
 import shutil
 import signal
@@ -14,13 +15,15 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrap
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from dragonfly import pki
 from dragonfly.taskid import task_id_for_url
 from dragonfly.test.integration.harness import (
-    HTTP, LOOPBACK, MiB, Swarm, poll_until, sha256_file, with_logs)
+    HTTP, LOOPBACK, MiB, Swarm, child_env, executable, free_port, poll_until, sha256_file,
+    with_logs)
 from dragonfly.tls import NodeTLS, TLSFiles
 
 BIG = 24 * MiB
@@ -146,6 +149,13 @@ class TLSTests(TestCase):
         for peer in self.swarm.peers:
             await self.assert_refused(peer.piece_port, f"{peer.name}'s piece port")
 
+        ctl = [executable("dfctl"), "cluster", "--json", "--supernodes", sn.api_hostport]
+        out, err, code = await getProcessOutputAndValue(
+            ctl[0], ctl[1:] + self.flags(self.client), env=child_env())
+        self.assertEqual(code, 0, err)
+        _, _, code = await getProcessOutputAndValue(ctl[0], ctl[1:], env=child_env())
+        self.assertNotEqual(code, 0, "dfctl without a certificate reached the TLS supernode")
+
         for peer_id, code in (("peer1-1-00000001", 403), ("tester-1-00000001", 200)):
             resp = await self.http.client.post(
                 sn.api + "/api/v1/tasks", json={
@@ -179,3 +189,38 @@ class TLSTests(TestCase):
         self.assertEqual(result.code, 0, repr(result))
         self.assertEqual(sha256_file(result.output), self.swarm.files["big.bin"][1])
         self.assertTrue(sn.alive())
+
+    @with_logs()
+    async def test_cluster(self):
+        """Two TLS supernodes check each other's health over mutual TLS, and a
+        peer that asks the one not owning a task follows its owner redirect
+        over TLS to the owner and gets the file."""
+        await self.swarm.start_origin({"c.bin": 2 * MiB + 5})
+        url = self.swarm.origin_url("c.bin")
+        ports = free_port(), free_port()
+        nodes = []
+        for i, (mine, other) in enumerate((ports, ports[::-1])):
+            nodes.append(await self.swarm.start_supernode(tls_http=self.http, extra=[
+                "--listen", f"tcp:{mine}:interface={LOOPBACK}",
+                "--cluster", f"{LOOPBACK}:{other}", "--cluster-check-interval", "0.5",
+                *self.flags(self.issue(f"sn{i}"))]))
+
+        async def both_alive():
+            for node in nodes:
+                code, _, raw = await self.http.request("GET", node.api + "/healthz")
+                members = json.loads(raw).get("cluster", {}).get("members", {})
+                if code != 200 or set(members.values()) != {"alive"}:
+                    return None
+            return True
+        await poll_until(reactor, both_alive, 30, "both supernodes to see each other alive")
+        resp = await self.http.client.post(nodes[0].api + "/api/v1/tasks", json={
+            "task_id": task_id_for_url(url), "url": url}, timeout=30)
+        await resp.content()
+        self.assertIn(resp.code, (200, 307))
+        not_owner = nodes[1] if resp.code == 200 else nodes[0]
+        peer = await self.swarm.start_peer(supernodes=not_owner.api_hostport,
+                                           extra=self.flags(self.issue("peer1")))
+        result = await self.swarm.wait_dfget(self.swarm.start_dfget(
+            url, peer=peer, args=["--no-back-source"]))
+        self.assertEqual(result.code, 0, repr(result))
+        self.assertEqual(sha256_file(result.output), self.swarm.files["c.bin"][1])
