@@ -198,14 +198,14 @@ class NodeTLS:
     def _use(self, material):
         from twisted.internet.ssl import CertificateOptions, TLSVersion, trustRootFromCertificates
 
-        self.material = material
-        self._trust = trustRootFromCertificates(list(material.cas))
-        self._server = CertificateOptions(
+        trust = trustRootFromCertificates(list(material.cas))
+        server = CertificateOptions(
             privateKey=material.private.privateKey.original,
             certificate=material.private.original,
-            trustRoot=self._trust,
+            trustRoot=trust,
             raiseMinimumTo=TLSVersion.TLSv1_2)   # with trustRoot: a client cert is required
-        self._clients = {}
+        server.getContext()     # fails here, not on the next connection
+        self.material, self._trust, self._server, self._clients = material, trust, server, {}
 
     @property
     def names(self):
@@ -217,10 +217,10 @@ class NodeTLS:
         good; else the old material stays and the reason is logged."""
         try:
             material = self._load(self.files)
-        except TLSError as e:
+            self._use(material)
+        except Exception as e:
             self.log.error("TLS reload failed, keeping the old certificate: {why}", why=str(e))
             return False
-        self._use(material)
         self.log.info("TLS certificate reloaded from {cert} (valid until {until})",
                       cert=self.files.cert, until=material.not_after.isoformat())
         return True
