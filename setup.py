@@ -20,5 +20,6 @@ setup(
     ],
     extras_require={"test": ["hypothesis"]},
     entry_points={"console_scripts": ["dfget = dragonfly.dfget.cli:run",
-                                      "dfctl = dragonfly.dfctl.cli:run"]},
+                                      "dfctl = dragonfly.dfctl.cli:run",
+                                      "dragonfly-pki = dragonfly.pki:run"]},
 )

@@ -17,7 +17,8 @@ from dragonfly.egress import BadEntry, parse_entries
 
 __all__ = ["CACHE_SIZE", "CACHE_TTL", "LOG_FORMAT", "MAX_FILE_SIZE", "PORT_FILE", "EGRESS_LISTS",
            "EgressFlags", "check_data_dir", "check_egress", "check_host", "check_log_format",
-           "check_max_file_size", "check_port_file", "flag_int", "flag_seconds", "flag_size"]
+           "check_max_file_size", "check_port_file", "flag_int", "flag_seconds", "flag_size",
+           "TLS_CERT", "TLS_KEY", "TLS_CA", "check_tls"]
 
 CACHE_SIZE = ["cache-size", None, "0", "Disk quota for cached tasks (K/M/G/T); 0 = no quota."]
 CACHE_TTL = ["cache-ttl", None, "0", "Seconds an unused task stays cached; 0 = forever."]
@@ -26,6 +27,12 @@ MAX_FILE_SIZE = ["max-file-size", None, "1T",
 LOG_FORMAT = ["log-format", None, "text", "text or json."]
 PORT_FILE = ["port-file", None, None,
              'Write {"api": PORT, "piece": PORT} (JSON) here once listening.']
+TLS_CERT = ["tls-cert", None, None,
+            "This node's certificate (PEM); with --tls-key and --tls-ca every API, piece "
+            "port and cluster link speaks mutual TLS."]
+TLS_KEY = ["tls-key", None, None, "The private key of --tls-cert (PEM, unencrypted)."]
+TLS_CA = ["tls-ca", None, None,
+          "The CA certificate (PEM) that every node's certificate must chain to."]
 
 #: The repeatable egress flags (C{listOptions} of a ConfigOptions; see L{EgressFlags}).
 EGRESS_LISTS = ("allow-origin", "deny-origin")
@@ -138,3 +145,24 @@ def check_port_file(value):
     if not os.path.isdir(parent):
         raise usage.UsageError(f"--port-file: directory {parent} does not exist")
     return path
+
+
+def check_tls(options, load=None):
+    """The checked L{dragonfly.tls.TLSFiles} of --tls-cert/--tls-key/--tls-ca
+    (absolute paths), or None when none is given; all three or none, and the
+    files must be usable (L{dragonfly.tls.load_material}), else UsageError."""
+    from dragonfly.tls import TLSError, TLSFiles, load_material
+
+    flags = ("tls-cert", "tls-key", "tls-ca")
+    given = [f for f in flags if options[f]]
+    if not given:
+        return None
+    if len(given) != len(flags):
+        missing = ", ".join("--" + f for f in flags if f not in given)
+        raise usage.UsageError(f"--tls-cert, --tls-key and --tls-ca go together: {missing} missing")
+    files = TLSFiles(*(os.path.abspath(str(options[f])) for f in flags))
+    try:
+        (load or load_material)(files)
+    except TLSError as e:
+        raise usage.UsageError(str(e))
+    return files

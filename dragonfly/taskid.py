@@ -85,7 +85,9 @@ def derive_task_id(url, filters=(), tag="", digest=None):
     return task_id_for_url(url, filters, tag)
 
 
-def new_peer_id():
-    # The id must start with a letter or digit (see validate_peer_id).
-    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()).lstrip(".-")[:48] or "host"
+def new_peer_id(name=None):
+    # The id must start with a letter or digit (see validate_peer_id). With
+    # mutual TLS, C{name} is the certificate's first name (the identity rule
+    # of dragonfly.tls.peer_id_allowed); else the host name.
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", name or socket.gethostname()).lstrip(".-")[:48] or "host"
     return f"{host}-{os.getpid()}-{os.urandom(4).hex()}"

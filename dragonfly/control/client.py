@@ -85,11 +85,11 @@ def _name(addr):
     return f"{addr[0]}:{addr[1]}"
 
 
-def _url(addr, path):
+def _url(addr, path, scheme="http"):
     host, port = addr
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    return f"http://{host}:{port}{path}"
+    return f"{scheme}://{host}:{port}{path}"
 
 
 def _error_of(code, obj):
@@ -129,13 +129,16 @@ class SupernodeClient:
     @ivar admission: a L{dragonfly.admission.PeerAdmission} (the C{admission}
         given, else a fresh one): registration answers add their verifying
         keys to it, registration and schedule answers their tokens.
+    @param scheme: C{http}, or C{https} when the supernodes speak mutual TLS
+        (C{http_client} then presents our certificate); owner redirects too.
     """
 
     log = Logger()
 
     def __init__(self, clock, http_client, supernodes, *, api_timeout=15.0,
-                 register_timeout=120.0, max_answer=MAX_ANSWER, admission=None):
+                 register_timeout=120.0, max_answer=MAX_ANSWER, admission=None, scheme="http"):
         self._clock = clock
+        self.scheme = scheme
         self._http = http_client
         self.supernodes = list(supernodes)
         self.api_timeout = api_timeout
@@ -161,7 +164,7 @@ class SupernodeClient:
 
     async def _post(self, addr, path, body):
         response = await self._http.post(
-            _url(addr, path), json=body, allow_redirects=False, unbuffered=True,
+            _url(addr, path, self.scheme), json=body, allow_redirects=False, unbuffered=True,
             reactor=self._clock)
         raw = await collect_capped(response, self.max_answer, "supernode answer")
         try:

@@ -17,8 +17,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dragonfly.dfget import files
-from dragonfly.dfget.options import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, DfgetError,
-                                     default_output, error_line)
+from dragonfly.dfget.options import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
+                                     DfgetError, default_output, error_line)
 
 __all__ = ["Dfget", "main", "run"]
 
@@ -139,8 +139,10 @@ class Dfget:
         config = PeerConfig(supernodes=o["supernode_list"], advertise=advertise,
                             piece_listen=ephemeral_listen(advertise), data_dir=data_dir,
                             download_limit=o["limit_bps"], allow_origin=o["allow_origin"],
-                            deny_origin=o["deny_origin"])
-        peer = build_peer(self.reactor, config, runner=self.runner, http_client=self.http,
+                            deny_origin=o["deny_origin"], tls=_tls_files(o))
+        # With mutual TLS the peer's own supernode client presents our certificate.
+        peer = build_peer(self.reactor, config, runner=self.runner,
+                          http_client=self.http if config.tls is None else None,
                           api=False, user_agent="dfget")
         return peer.node, peer.start, peer.stop
 
@@ -198,6 +200,21 @@ class Dfget:
         self._temp_paths.discard(tmp)
         self.result_path = out
 
+
+
+def _tls_files(opts):
+    """The embedded peer's checked L{dragonfly.tls.TLSFiles}, or None;
+    L{DfgetError} (exit 2) when they cannot be used."""
+    if not opts.get("tls_files"):
+        return None
+    from dragonfly.tls import TLSError, TLSFiles, load_material
+
+    tls = TLSFiles(*opts["tls_files"])
+    try:
+        load_material(tls)
+    except TLSError as e:
+        raise DfgetError(str(e), EXIT_USAGE)
+    return tls
 
 
 def describe(failure):

@@ -6,6 +6,7 @@ imports are most of a short download's run time. So this module, and
 everything it imports, stays free of Twisted.
 """
 import getopt
+import os
 import re
 import textwrap
 from urllib.parse import unquote, urlsplit
@@ -78,7 +79,13 @@ PARAMETERS = [
      "repeatable. Through a daemon, the daemon's policy applies."),
     ("deny-origin", None, None,
      "Origins the embedded peer never fetches from (wins over --allow-origin); repeatable."),
+    ("tls-cert", None, None, "The embedded peer's certificate (PEM) when the supernodes and "
+                             "peers speak mutual TLS; with --tls-key and --tls-ca."),
+    ("tls-key", None, None, "The private key of --tls-cert (PEM)."),
+    ("tls-ca", None, None, "The fleet's CA certificate (PEM)."),
 ]
+#: The mutual TLS files of the embedded peer: all three or none.
+TLS_FLAGS = ("tls-cert", "tls-key", "tls-ca")
 #: Parameters that may repeat: their values are collected into a list.
 REPEATABLE = ("allow-origin", "deny-origin")
 #: Short aliases that are not in the help table's own column.
@@ -255,11 +262,29 @@ def _derive(o):
         except BadEntry as e:
             raise OptionsError(f"--{name}: {e}")
     _derive_recursive(o)
+    _derive_tls(o)
     # A sha256 --digest names the content: the task is the digest's,
     # whatever URL serves it (the supernode derives the same id).
     spec = o["digest_spec"]
     o["content_digest"] = f"sha256:{spec[1]}" if spec and spec[0] == "sha256" else None
     o["task_id"] = derive_task_id(url, o["filters"], o["tag"] or "", o["content_digest"])
+
+
+def _derive_tls(o):
+    """C{tls_files}: the absolute (cert, key, ca) paths, or None. The files'
+    contents are checked when the embedded peer starts (the daemon path, which
+    talks only to the loopback API, does not use them)."""
+    given = [f for f in TLS_FLAGS if o[f]]
+    o["tls_files"] = None
+    if not given:
+        return
+    if len(given) != len(TLS_FLAGS):
+        missing = ", ".join("--" + f for f in TLS_FLAGS if f not in given)
+        raise OptionsError(f"--tls-cert, --tls-key and --tls-ca go together: {missing} missing")
+    for flag in TLS_FLAGS:
+        if not os.path.isfile(o[flag]):
+            raise OptionsError(f"--{flag}: {o[flag]}: no such file")
+    o["tls_files"] = tuple(os.path.abspath(o[f]) for f in TLS_FLAGS)
 
 
 def _derive_recursive(o):

@@ -29,6 +29,8 @@ class Peer:
 
     @ivar api_site: the local API's Site, or None (built with C{api=False}).
     @ivar closers: callables run when the peer stops (its own HTTP pool).
+    @ivar tls: the L{dragonfly.tls.NodeTLS} of its piece port, piece client
+        and supernode client, or None (plain TCP).
     """
 
     reactor: object
@@ -44,16 +46,25 @@ class Peer:
     api_endpoint: object = None
     closers: list = field(default_factory=list)
     log_observer: object = None
+    tls: object = None
     _port: object = field(default=None, init=False, repr=False)
 
     log = Logger()
 
     def service(self):
-        """The daemon's lifecycle: a L{PeerService} over these parts."""
-        return PeerService(self.reactor, self.config, self.store, self.node, self.api_site,
-                           self.piece_factory, self.piece_endpoint, self.api_endpoint,
-                           self.metrics, piece_pool=self.piece_pool, runner=self.runner,
-                           closers=self.closers, log_observer=self.log_observer)
+        """The daemon's lifecycle: a L{PeerService} over these parts (reloading
+        the TLS files on SIGHUP when there are some; else saying TLS is off)."""
+        from dragonfly.tls import ReloadOnHangup, warn_tls_off
+
+        svc = PeerService(self.reactor, self.config, self.store, self.node, self.api_site,
+                          self.piece_factory, self.piece_endpoint, self.api_endpoint,
+                          self.metrics, piece_pool=self.piece_pool, runner=self.runner,
+                          closers=self.closers, log_observer=self.log_observer)
+        if self.tls is None:
+            warn_tls_off()
+        else:
+            ReloadOnHangup(self.reactor, self.tls).setServiceParent(svc)
+        return svc
 
     async def start(self):
         """A peer for one download (no daemon): listen on the piece port and
@@ -105,12 +116,16 @@ def build_peer(reactor, config, *, runner=None, http_client=None, origin_http=No
     from dragonfly.storage.store import PieceStore
 
     c = config
+    tls = None
+    if c.tls is not None:
+        from dragonfly.tls import NodeTLS
+        tls = NodeTLS(c.tls, clock=reactor)
     if runner is None:
         from dragonfly.runtime.threads import ThreadRunner
         runner = ThreadRunner(reactor, max_threads=c.threads, name="peer-io")
     closers = []
     if http_client is None:
-        http_client = _own_http_client(reactor, closers)
+        http_client = _own_http_client(reactor, closers, context_factory=tls)
     if origin_http is None:
         from dragonfly.egress import EgressPolicy
         origin_http = _own_http_client(reactor, closers,
@@ -118,23 +133,27 @@ def build_peer(reactor, config, *, runner=None, http_client=None, origin_http=No
     metrics = PeerMetrics()
     store = PieceStore(c.data_dir, quota=c.cache_size, ttl=c.cache_ttl, clock=reactor,
                        runner=runner)
-    peer_id = c.peer_id or new_peer_id()
+    peer_id = c.peer_id or new_peer_id(None if tls is None else tls.names[0])
     download_limiter = TokenBucket(reactor, c.download_limit) if c.download_limit > 0 else None
     upload_limiter = TokenBucket(reactor, c.upload_limit) if c.upload_limit > 0 else None
     origin = OriginClient(reactor, origin_http, download_limiter, user_agent=user_agent)
     admission = PeerAdmission(reactor)   # our tokens, and the keys we check others' with
     piece_pool = PieceClientPool(reactor, peer_id, download_limiter=download_limiter,
-                                 tokens=admission)
+                                 tokens=admission, endpoint_factory=_tls_endpoints(reactor, tls))
     node = PeerNode(NodeDeps(reactor, store, http_client, piece_pool, metrics, runner,
                              origin=origin, admission=admission),
                     c.supernodes, PeerInfo(peer_id, c.advertise, 0),
                     NodeSettings(concurrency=c.concurrency, spool_dir=c.data_dir,
-                                 max_file_size=c.max_file_size))
+                                 max_file_size=c.max_file_size,
+                                 supernode_scheme="http" if tls is None else "https"))
     piece_factory = PieceServerFactory(store, reactor, upload_limiter=upload_limiter,
                                        max_uploads=c.max_uploads,
                                        on_upload=metrics.upload_bytes.inc, admission=admission)
+    piece_endpoint = server_endpoint(reactor, c.piece_listen)
+    if tls is not None:
+        piece_endpoint = tls.wrap_server(piece_endpoint)
     peer = Peer(reactor, c, node, store, metrics, runner, piece_pool, piece_factory,
-                server_endpoint(reactor, c.piece_listen), closers=closers)
+                piece_endpoint, closers=closers, tls=tls)
     if api:
         peer.api_site = _api_site(node, store, metrics, reactor)
         peer.api_endpoint = server_endpoint(reactor, c.api_listen)
@@ -144,7 +163,7 @@ def build_peer(reactor, config, *, runner=None, http_client=None, origin_http=No
     return peer
 
 
-def _own_http_client(reactor, closers, egress=None):
+def _own_http_client(reactor, closers, egress=None, context_factory=None):
     from twisted.web.client import HTTPConnectionPool
 
     from dragonfly.origin import make_http_client
@@ -152,7 +171,19 @@ def _own_http_client(reactor, closers, egress=None):
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.retryAutomatically = False
     closers.append(pool.closeCachedConnections)
-    return make_http_client(reactor, pool, egress=egress)
+    return make_http_client(reactor, pool, egress=egress, context_factory=context_factory)
+
+
+def _tls_endpoints(reactor, tls, connect_timeout=10):
+    """The piece pool's endpoint factory: None (plain TCP, the pool's default)
+    without TLS, else TCP endpoints wrapped in our mutual TLS."""
+    if tls is None:
+        return None
+    from dragonfly.protocol.pool import default_endpoint
+
+    def endpoint(host, port):
+        return tls.wrap_client(default_endpoint(reactor, host, port, connect_timeout), host)
+    return endpoint
 
 
 def _api_site(node, store, metrics, reactor):

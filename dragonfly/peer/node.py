@@ -80,7 +80,8 @@ class PeerNode:
         self.peer_info = peer_info
         self._supernodes = SupernodeClient(
             deps.clock, deps.http, supernodes, api_timeout=self.settings.api_timeout,
-            register_timeout=self.settings.register_timeout, admission=deps.admission)
+            register_timeout=self.settings.register_timeout, admission=deps.admission,
+            scheme=self.settings.supernode_scheme)
         self._back_source = BackSource(deps, self.settings)
         self._downloads = {}
         self._fetched_by = FetchedBy()

@@ -45,6 +45,7 @@ class NodeSettings:
         one is refused before anything is reserved for it.
     @ivar spool_dir: where an origin body without a length is spooled
         (default: the store's root).
+    @ivar supernode_scheme: C{https} when the supernode API speaks mutual TLS.
     """
 
     concurrency: int = 8
@@ -63,6 +64,7 @@ class NodeSettings:
     max_buffered: int = DEFAULT_MAX_BUFFERED
     spool_dir: str = None
     max_file_size: int = 1 << 40
+    supernode_scheme: str = "http"
 
     def __post_init__(self):
         object.__setattr__(self, "concurrency", max(1, int(self.concurrency)))

@@ -16,6 +16,7 @@ from dragonfly.nodeoptions import (
     CACHE_SIZE, CACHE_TTL, LOG_FORMAT, MAX_FILE_SIZE, PORT_FILE, check_data_dir, check_host,
     check_log_format, check_max_file_size, check_port_file, flag_int, flag_seconds, flag_size)
 from dragonfly.nodeoptions import EGRESS_LISTS, EgressFlags, check_egress
+from dragonfly.nodeoptions import TLS_CA, TLS_CERT, TLS_KEY, check_tls
 from dragonfly.peer.assembly import make_peer_service
 from dragonfly.peer.service import PeerConfig
 
@@ -50,6 +51,9 @@ class PeerOptions(EgressFlags, ConfigOptions):
         PORT_FILE,
         ["concurrency", None, "8", "Pieces fetched at once per download."],
         ["max-uploads", None, "8", "Pieces served at once."],
+        TLS_CERT,
+        TLS_KEY,
+        TLS_CA,
     ]
     listOptions = EGRESS_LISTS
 
@@ -80,6 +84,7 @@ class PeerOptions(EgressFlags, ConfigOptions):
         c.concurrency = flag_int("concurrency", self["concurrency"], 1, 256)
         c.max_uploads = flag_int("max-uploads", self["max-uploads"], 1, 4096)
         c.allow_origin, c.deny_origin = check_egress(self)
+        c.tls = check_tls(self)
         return c
 
 

@@ -72,6 +72,7 @@ class PieceUpload:
             self._limiter = None
             self._sock = _sendfile_socket(proto.transport) if factory.use_sendfile else None
         self._delayed = None
+        self._tls_registered = False
         self._first = True
         self._mark = None       # bytes left at the last stall check
 
@@ -82,6 +83,8 @@ class PieceUpload:
             self._finish()
             return
         transport.registerProducer(self, False)
+        # Behind TLS the transport holds a wrapper of us, not us: remember it.
+        self._tls_registered = ISSLTransport.providedBy(transport)
 
     # IPullProducer
     def resumeProducing(self):
@@ -186,16 +189,18 @@ class PieceUpload:
         self._factory.upload_ended(self.proto)
         return True
 
+    def _unregister(self, transport):
+        if getattr(transport, "producer", None) is self or self._tls_registered:
+            self._tls_registered = False
+            transport.unregisterProducer()
+
     def _finish(self):
         if self._cleanup():
-            if getattr(self.proto.transport, "producer", None) is self:
-                self.proto.transport.unregisterProducer()
+            self._unregister(self.proto.transport)
             self.proto.upload_finished(self)
 
     def abort(self):
         """Stop mid-piece: the framing cannot recover, so the connection goes."""
         if self._cleanup():
-            transport = self.proto.transport
-            if getattr(transport, "producer", None) is self:
-                transport.unregisterProducer()
+            self._unregister(self.proto.transport)
             self.proto.abort_connection()

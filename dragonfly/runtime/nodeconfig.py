@@ -3,7 +3,8 @@
 Where the node keeps its data, how it logs, where it writes its port file,
 its piece port and advertised host, the cache (quota and TTL), the largest file
 it takes, the transfer limits, the upload slots, the store's GC interval, the I/O thread pool and
-the egress policy's entries (C{--allow-origin}, C{--deny-origin}).
+the egress policy's entries (C{--allow-origin}, C{--deny-origin}) and the TLS
+files (C{--tls-cert}, C{--tls-key}, C{--tls-ca}).
 Each role's config (C{SupernodeConfig}, C{PeerConfig}) is a dataclass
 subclass adding its own fields and giving its own defaults where they differ
 (a field redeclared in a subclass keeps its place and takes the new default).
@@ -37,3 +38,4 @@ class NodeConfig:
     threads: int = 4                # I/O thread pool (store reads and writes)
     allow_origin: list = field(default_factory=list)   # egress policy entries (text)
     deny_origin: list = field(default_factory=list)
+    tls: object = None              # a dragonfly.tls.TLSFiles (mutual TLS), or None: plain TCP

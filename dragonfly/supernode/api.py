@@ -34,6 +34,7 @@ from dragonfly.supernode.dashboard import Dashboard, page as dashboard_page
 from dragonfly.supernode.handover import HandOver
 from dragonfly.supernode.peerkeys import PeerKeys, WrongSecret
 from dragonfly.supernode.scheduler import TooManyPeers, UnknownPeer, UnknownTask
+from dragonfly.tls import peer_id_allowed, peer_names
 
 __all__ = ["SupernodeAPI", "ApiError", "LimitedRequest", "api_site"]
 
@@ -114,6 +115,15 @@ def _cancelled(failure):
     """race() reports its cancellation as a FailureGroup: say CancelledError."""
     failure.trap(FailureGroup)
     raise CancelledError()
+
+
+def _check_identity(request, peer_id):
+    """With mutual TLS, a peer registers only under an id its certificate
+    carries (L{peer_id_allowed}); 403 otherwise. Plain TCP: no check."""
+    names = peer_names(getattr(request, "transport", None))
+    if names is not None and not peer_id_allowed(peer_id, names):
+        raise ApiError(403, f"peer_id {peer_id!r} is not one of this certificate's names "
+                       f"({', '.join(names)}) nor starts with one and '-'")
 
 
 def _parse(message, obj):
@@ -336,6 +346,7 @@ class SupernodeAPI:
         if peer is not None:
             if peer.peer_id == seed.peer_id:
                 raise ApiError(400, "peer_id is the supernode's own")
+            _check_identity(request, peer.peer_id)
             secret = self.keys.register(peer.peer_id, req.secret)
             self.scheduler.join(task_id, self._bind_address(request, peer))
             token = self.signer.issue(task_id, peer.peer_id)

@@ -26,6 +26,7 @@ from dragonfly.supernode.handover import HandOver
 from dragonfly.supernode.preheat import Preheater
 from dragonfly.supernode.wakeups import LongPollScheduler
 from dragonfly.supernode.service import SupernodeService
+from dragonfly.tls import ReloadOnHangup, node_tls
 
 __all__ = ["build_supernode"]
 
@@ -56,11 +57,13 @@ def build_supernode(reactor, c):
               max_file_size=c.max_file_size)
     closers = [pool.closeCachedConnections]
 
+    tls = node_tls(c.tls, reactor)
     cluster = None
     if c.cluster:
         cpool = HTTPConnectionPool(reactor, persistent=False)
-        cluster = Cluster(reactor, make_http_client(reactor, cpool), c.cluster,
-                          interval=c.cluster_interval, admission=admission)
+        cluster = Cluster(reactor, make_http_client(reactor, cpool, context_factory=tls),
+                          c.cluster, interval=c.cluster_interval, admission=admission,
+                          scheme="http" if tls is None else "https")
         closers.append(cpool.closeCachedConnections)
     preheater = Preheater(reactor, cdn, egress=EgressGuard(reactor, egress))
     handover = HandOver(reactor, scheduler, cdn, cluster, timeout=c.drain_timeout)
@@ -74,8 +77,14 @@ def build_supernode(reactor, c):
                                        max_uploads=c.max_uploads,
                                        on_upload=metrics.upload_bytes.inc, admission=admission)
     observer = json_observer_for(reactor, c)
-    return SupernodeService(
-        reactor, c, store, scheduler, cdn, site, piece_factory,
-        server_endpoint(reactor, c.listen), server_endpoint(reactor, c.piece_listen),
+    api_endpoint = server_endpoint(reactor, c.listen)
+    piece_endpoint = server_endpoint(reactor, c.piece_listen)
+    if tls is not None:
+        api_endpoint, piece_endpoint = tls.wrap_server(api_endpoint), tls.wrap_server(piece_endpoint)
+    svc = SupernodeService(
+        reactor, c, store, scheduler, cdn, site, piece_factory, api_endpoint, piece_endpoint,
         metrics, preheater=preheater, cluster=cluster, runner=runner, closers=closers,
         log_observer=observer, handover=handover)
+    if tls is not None:
+        ReloadOnHangup(reactor, tls).setServiceParent(svc)
+    return svc

@@ -83,14 +83,17 @@ class Cluster:
         L{set_self} (when the API port is bound).
     @param admission: the L{dragonfly.admission.AdmissionKeys} that learns
         the members' signing keys from their /healthz (None: not collected).
+    @param scheme: how the members' APIs are reached, C{http} or C{https}
+        (mutual TLS, through C{http_client}'s TLS policy).
     """
 
     log = Logger()
 
     def __init__(self, clock, http_client, members, self_name=None, interval=5.0,
-                 timeout=2.0, fail_after=2, admission=None):
+                 timeout=2.0, fail_after=2, admission=None, scheme="http"):
         self.clock = clock
         self.admission = admission
+        self.scheme = scheme
         self._http = http_client
         self.interval = interval
         self.timeout = timeout
@@ -150,7 +153,7 @@ class Cluster:
         return DeferredList(ds, consumeErrors=True)
 
     def _check_one(self, member):
-        url = f"http://{member.name}/healthz"
+        url = f"{self.scheme}://{member.name}/healthz"
         try:
             d = self._http.get(url, reactor=self.clock)
             d.addTimeout(self.timeout, self.clock)

@@ -11,6 +11,7 @@ from dragonfly.nodeoptions import (
     CACHE_SIZE, CACHE_TTL, LOG_FORMAT, MAX_FILE_SIZE, PORT_FILE, check_data_dir, check_host,
     check_log_format, check_max_file_size, check_port_file, flag_int, flag_seconds, flag_size)
 from dragonfly.nodeoptions import EGRESS_LISTS, EgressFlags, check_egress
+from dragonfly.nodeoptions import TLS_CA, TLS_CERT, TLS_KEY, check_tls
 from dragonfly.supernode.service import SupernodeConfig
 
 MIN_PIECE = 1024
@@ -50,6 +51,9 @@ class Options(EgressFlags, ConfigOptions):
         ["drain-timeout", None, "60",
          "Seconds a stopping cluster member keeps serving its tasks' peers before "
          "moving them to the next supernode; 0 = move them at once."],
+        TLS_CERT,
+        TLS_KEY,
+        TLS_CA,
     ]
     listOptions = EGRESS_LISTS
     optFlags = [
@@ -87,6 +91,7 @@ class Options(EgressFlags, ConfigOptions):
         c.log_file = twistd_log_file(self) if c.log_format == "json" else "-"
         c.port_file = check_port_file(self["port-file"])
         c.allow_origin, c.deny_origin = check_egress(self)
+        c.tls = check_tls(self)
         c.trust_advertised = bool(self["trust-advertised"])
         try:
             c.max_uploads = int(self["max-uploads"])

@@ -191,6 +191,25 @@ class RegisterTests(SynchronousTestCase):
         self.assertEqual(sn.requests, [("/api/v1/tasks", dict(REGISTER.to_json(),
                                                               secret=self.client.secret))])
 
+    def test_https_scheme(self):
+        """With scheme="https" (mutual TLS) every call, owner redirects too,
+        goes to an https URL."""
+        sn1 = _Scripted(tasks=(307, {"error": "not mine", "owner": "sn2.test:8002"}))
+        sn2 = _Scripted(tasks=(200, GOOD))
+        self.make((SN1, SN2), **{"sn1.test": sn1, "sn2.test": sn2})
+        self.client.scheme = "https"
+        urls = []
+        post = self.hosts.post
+
+        def recording(url, **kw):
+            urls.append(url)
+            return post(url.replace("https://", "http://", 1), **kw)
+        self.hosts.post = recording
+        self.successResultOf(self.register())
+        self.assertEqual(urls, ["https://sn1.test:8002/api/v1/tasks",
+                                "https://sn2.test:8002/api/v1/tasks"])
+        self.assertEqual(SupernodeClient(self.clock, self.hosts, []).scheme, "http")
+
     def test_follows_owner_redirect(self):
         """A 307 {"owner"} sends the registration to the owner; the answer is the
         owner's address; the list's preference is unchanged."""

@@ -1,6 +1,7 @@
 """dfget.options (and cli.main's usage errors): option parsing, help, defaults;
 parsing and the daemon path import no Twisted."""
 import io
+import os
 import subprocess
 import sys
 
@@ -32,6 +33,20 @@ class OptionTests(SynchronousTestCase):
         self.assertEqual(o["supernode_list"], [("127.0.0.1", 8002)])
         self.assertFalse(o["quiet"] or o["verbose"] or o["no-back-source"])
         self.assertIsNone(parse([URL, "--daemon", "none"])["daemon_url"])
+
+    def test_tls_files(self):
+        """--tls-cert/--tls-key/--tls-ca: all three (existing files, made
+        absolute) or none; else a usage error naming what is missing."""
+        path = os.path.relpath(__file__)
+        self.assertIsNone(parse([URL])["tls_files"])
+        o = parse([URL, "--tls-cert", path, "--tls-key", path, "--tls-ca", path])
+        self.assertEqual(o["tls_files"], (os.path.abspath(path),) * 3)
+        e = self.assertRaises(OptionsError, parse, [URL, "--tls-cert", path])
+        self.assertEqual(str(e), "--tls-cert, --tls-key and --tls-ca go together: "
+                                 "--tls-key, --tls-ca missing")
+        e = self.assertRaises(OptionsError, parse, [URL, "--tls-cert", path, "--tls-key",
+                                                    "/nope.key", "--tls-ca", path])
+        self.assertEqual(str(e), "--tls-key: /nope.key: no such file")
 
     def test_dragonfly1_style(self):
         """dfget -u URL -o FILE works like dfget URL -O FILE."""

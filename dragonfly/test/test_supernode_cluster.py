@@ -1,5 +1,6 @@
 """Tests for dragonfly.supernode.cluster: rendezvous ownership and health checks."""
 from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
@@ -63,6 +64,18 @@ class HealthTests(SynchronousTestCase):
         self.members = Members()
         self.cluster = Cluster(self.clock, StubTreq(self.members), [B, C], self_name=A,
                                interval=5, timeout=2, fail_after=2)
+
+    def test_scheme(self):
+        """Health checks go to http URLs, or https ones with scheme="https"."""
+        urls = []
+
+        class Recording:
+            def get(self, url, **kw):
+                urls.append(url)
+                return Deferred()
+        for scheme in ("http", "https"):
+            Cluster(self.clock, Recording(), [B], self_name=A, scheme=scheme).check()
+        self.assertEqual(urls, [f"http://{B}/healthz", f"https://{B}/healthz"])
 
     def test_dead_member_tasks_move(self):
         """When a member fails its checks twice in a row, its tasks move to

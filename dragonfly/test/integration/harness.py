@@ -158,14 +158,16 @@ def make_random_file(path, size):
 
 
 class HTTP:
-    """A treq client with its own connection pool (closed in cleanup)."""
+    """A treq client with its own connection pool (closed in cleanup);
+    ``context_factory``: the Agent's HTTPS policy (a mutual TLS client)."""
 
-    def __init__(self, reactor):
+    def __init__(self, reactor, context_factory=None):
         self.reactor = reactor
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = 4
         self.pool.cachedConnectionTimeout = 5
-        self.client = treq.client.HTTPClient(Agent(reactor, pool=self.pool, connectTimeout=5))
+        kw = {} if context_factory is None else {"contextFactory": context_factory}
+        self.client = treq.client.HTTPClient(Agent(reactor, pool=self.pool, connectTimeout=5, **kw))
 
     def close(self):
         return self.pool.closeCachedConnections()
@@ -376,11 +378,13 @@ class Origin(Service):
 
 
 class Node(Service):
-    """A supernode or a peer: ``api`` and ``piece`` ports."""
+    """A supernode or a peer: ``api`` and ``piece`` ports (``scheme``: the API's)."""
+
+    scheme = "http"
 
     @property
     def api(self):
-        return f"http://{LOOPBACK}:{self.ports['api']}"
+        return f"{self.scheme}://{LOOPBACK}:{self.ports['api']}"
 
     @property
     def api_hostport(self):
@@ -466,7 +470,7 @@ class Swarm:
 
     # -- nodes ---------------------------------------------------------------
 
-    async def _start_node(self, name, role, args, egress=ALLOW_LOOPBACK):
+    async def _start_node(self, name, role, args, egress=ALLOW_LOOPBACK, http=None):
         data_dir = self.path(name + "-data")
         os.makedirs(data_dir, exist_ok=True)
         port_file = self.path(name + ".ports")
@@ -474,23 +478,29 @@ class Swarm:
                 "--data-dir", data_dir, "--port-file", port_file] + list(egress) + list(args)
         node = Node(name, argv, self.workdir, port_file)
         node.data_dir = data_dir
+        if http is not None:    # a mutual TLS API
+            node.scheme, node.http = "https", http
+        http = http or self.http
         try:
             await node.wait_ports(self.clock, ["api", "piece"])
-            await poll_until(self.clock, lambda: self.http.healthy(node.api), 30,
+            await poll_until(self.clock, lambda: http.healthy(node.api), 30,
                              f"{name} /healthz", check=node.check_alive)
         except BaseException:
             node.kill_now()
             raise
         return node
 
-    async def start_supernode(self, piece_size="1M", extra=(), egress=ALLOW_LOOPBACK):
+    async def start_supernode(self, piece_size="1M", extra=(), egress=ALLOW_LOOPBACK,
+                              tls_http=None):
+        """``tls_http``: an L{HTTP} with a client certificate when ``extra``
+        turns mutual TLS on (the API is then https, polled through it)."""
         name = self._name("supernode")
         args = ["--listen", f"tcp:0:interface={LOOPBACK}",
                 "--piece-listen", f"tcp:0:interface={LOOPBACK}",
                 "--advertise", LOOPBACK]
         if piece_size:
             args += ["--piece-size", str(piece_size)]
-        node = await self._start_node(name, "supernode", args + list(extra), egress)
+        node = await self._start_node(name, "supernode", args + list(extra), egress, tls_http)
         self.supernodes.append(node)
         return node
 
