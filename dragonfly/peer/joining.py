@@ -210,6 +210,8 @@ class Download:
             for d in self.ready:
                 if isinstance(d, Deferred):
                     d.errback(result)
+            if self.tf is not None:
+                self.tf.abandon()   # its partial gives its space back if short
         else:
             self._metrics.downloads.labels(result="ok").inc()
             self._observe_duration("ok")

@@ -41,7 +41,8 @@ from zope.interface import implementer
 from dragonfly.interfaces import IServedTask
 
 from dragonfly.storage import fileio
-from dragonfly.storage.errors import PieceNotHeld, TaskRemoved
+from dragonfly.storage.diskspace import is_disk_full
+from dragonfly.storage.errors import PieceNotHeld, StoreFull, TaskRemoved
 from dragonfly.storage.layout import (
     DATA_NAME, META_NAME, entry_dir, is_hex_digest, is_int, task_key)
 from dragonfly.storage.meta import TaskMeta, is_held
@@ -318,8 +319,39 @@ class TaskFile:
         return self._acquire(), views, offset
 
     def _run_write(self, index, f, *args):
-        """Run write job C{f(*args)} in the runner with piece C{index} marked as being written."""
+        """Run write job C{f(*args)} in the runner with piece C{index} marked as being written.
+
+        The store first makes room for the piece on its disk; a write failing
+        with ENOSPC is tried once more after eviction, else fails with
+        L{StoreFull}."""
         self._writing.add(index)
+        store = self._store
+        size = self._piece_len(index)
+
+        def write(_=None):
+            return store.runner.run(f, *args)
+
+        def no_room(reason):
+            if not is_disk_full(reason.value):
+                if isinstance(reason.value, OSError):
+                    store.failed_write(reason.value)
+                return reason
+            if retried:
+                store.failed_write(reason.value)
+                raise StoreFull(f"no room for piece {index} of {self.task_id!r}: "
+                                f"{reason.value}")
+            retried.append(True)
+
+            def again(room):
+                if not room:
+                    store.failed_write(reason.value)
+                    raise StoreFull(f"no room for piece {index} of {self.task_id!r}: "
+                                    f"{reason.value}")
+                return write().addErrback(no_room)
+
+            return store.make_room(size, keep=self, full=True).addCallback(again)
+
+        retried = []
 
         def written(result):
             self._writing.discard(index)
@@ -331,7 +363,9 @@ class TaskFile:
             self._writing.discard(index)
             return reason
 
-        d = self._store.runner.run(f, *args)
+        d = store.make_room(size, keep=self)
+        d.addCallback(write)
+        d.addErrback(no_room)
         d.addBoth(self._release)
         d.addCallbacks(written, failed)
         return d
@@ -479,6 +513,10 @@ class TaskFile:
     def cancel_timer(self):
         """Drop the pending debounced save, if any."""
         self._saver.cancel()
+
+    def abandon(self):
+        """The download of this task failed: the store may give its space back now."""
+        self._store.abandoned(self)
 
     def detach(self):
         """Forget this task: no more saves, fd closed once idle."""
