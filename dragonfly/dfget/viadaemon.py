@@ -77,8 +77,8 @@ class DaemonClient:
             raise
 
     def alive(self, timeout=None):
-        """True if C{GET /healthz} says C{{"status": "ok"}} within about C{timeout}
-        (default L{HEALTH_TIMEOUT}) seconds."""
+        """True if C{GET /healthz} says C{{"status": "ok"}} (or C{"degraded"}) within
+        about C{timeout} (default L{HEALTH_TIMEOUT}) seconds."""
         if timeout is None:
             timeout = HEALTH_TIMEOUT
         try:
@@ -92,7 +92,8 @@ class DaemonClient:
             return False
         finally:
             conn.close()
-        return response.status == 200 and isinstance(obj, dict) and obj.get("status") == "ok"
+        return (response.status == 200 and isinstance(obj, dict)
+                and obj.get("status") in ("ok", "degraded"))
 
     def download(self, body, on_progress):
         """Run C{POST /api/v1/download}; return its final line (a dict with "state")."""

@@ -182,9 +182,12 @@ class PeerAPI:
 
     @app.route("/healthz", methods=["GET", "HEAD"])
     def healthz(self, request):
-        return json_body(request, 200, {
-            "status": "ok", "role": "peer", "peer_id": self._node.peer_info.peer_id,
-            "downloads": len(self._node.active()), "tasks": len(self._store.tasks())})
+        body = {"status": "ok", "role": "peer", "peer_id": self._node.peer_info.peer_id,
+                "downloads": len(self._node.active()), "tasks": len(self._store.tasks())}
+        report = getattr(self._store, "health_report", None)
+        if report is not None:
+            body.update(report())   # "degraded" (200) or "unavailable" (503), with reasons
+        return json_body(request, 503 if body["status"] == "unavailable" else 200, body)
 
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request):

@@ -341,6 +341,16 @@ class PieceStore:
             reasons.append(f"store errors: {self.last_error[1]}")
         return reasons
 
+    def health_report(self):
+        """C{{"status": "ok"}}; C{"degraded"} with C{"reasons"} while it can
+        still serve; C{"unavailable"} when its directory is gone."""
+        if not os.path.isdir(self.root):
+            return {"status": "unavailable", "reasons": [f"store directory {self.root} is gone"]}
+        reasons = self.health()
+        if reasons:
+            return {"status": "degraded", "reasons": reasons}
+        return {"status": "ok"}
+
     # -- persistence -----------------------------------------------------------
 
     def flush(self):
@@ -381,6 +391,11 @@ class PieceStore:
                 self._load_one(name, sub)
         self.log.info("store {root}: {n} tasks, {used} bytes",
                       root=self.root, n=len(self._tasks), used=self.usage())
+        total = self.space.total()
+        if total is not None and self.quota > total:
+            self.log.warn("--cache-size ({quota} bytes) exceeds the size of the filesystem "
+                          "under {root} ({total} bytes); its free space limits the cache too",
+                          quota=self.quota, root=self.root, total=total)
         self.reverified = Deferred.fromCoroutine(self._reverify())
 
     async def _reverify(self):

@@ -525,9 +525,13 @@ class SupernodeAPI:
                 "tasks": self.dashboard.task_count()}
         if seed is not None:
             body["seed"] = seed.to_json()
+            report = getattr(self.cdn.store, "health_report", None)
+            if report is not None:
+                body.update(report())   # "degraded" (200) or "unavailable" (503)
         if self.cluster is not None:
             body["cluster"] = self.cluster.status()
-        return json_body(request, 200 if seed is not None else 503, body, compact=True)
+        serving = body["status"] in ("ok", "degraded")
+        return json_body(request, 200 if serving else 503, body, compact=True)
 
     @app.route("/metrics", methods=["GET"])
     def metrics_page(self, request):

@@ -1,5 +1,6 @@
 """The peer's local API, driven through StubTreq."""
 import json
+import os
 
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
@@ -52,6 +53,36 @@ class APITests(SynchronousTestCase):
         obj = json.loads(body)
         self.assertEqual(obj["status"], "ok")
         self.assertEqual(obj["peer_id"], ME.peer_id)
+
+    def test_healthz_degraded(self):
+        """While the store's disk is full, /healthz still answers 200 but says
+        "degraded" with the reason; with the store directory gone, 503."""
+        from dragonfly.test.test_storage_diskspace import FakeStatvfs
+        self.store.space.statvfs = FakeStatvfs(0)
+        self.store.space.refresh()
+        r, body = self.request("GET", "/healthz")
+        self.assertEqual(r.code, 200)
+        obj = json.loads(body)
+        self.assertEqual((obj["status"], obj["reasons"]), ("degraded", ["disk full"]))
+        os.rename(self.store.root, self.store.root + ".gone")
+        r, body = self.request("GET", "/healthz")
+        self.assertEqual(r.code, 503)
+        self.assertEqual(json.loads(body)["status"], "unavailable")
+
+    def test_metrics_store(self):
+        """/metrics exports the store's used bytes, quota, free space,
+        evictions, errors and the downloads served without caching."""
+        from dragonfly.test.test_storage_diskspace import FakeStatvfs
+        self.metrics.watch_store(self.store)
+        self.store.space.statvfs = FakeStatvfs(12345)
+        self.store.space.refresh()
+        r, body = self.request("GET", "/metrics")
+        for line in (b"dragonfly_peer_store_used_bytes 0.0", b"dragonfly_peer_store_quota_bytes 0.0",
+                     b"dragonfly_peer_store_free_bytes 12345.0",
+                     b"dragonfly_peer_store_evictions_total 0.0",
+                     b"dragonfly_peer_store_errors_total 0.0",
+                     b"dragonfly_peer_uncached_downloads_total 0.0"):
+            self.assertIn(line, body)
 
     def test_metrics(self):
         """GET /metrics renders the peer counters in Prometheus text format."""

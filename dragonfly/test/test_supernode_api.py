@@ -286,6 +286,20 @@ class RegisterTests(APITestBase):
         self.cdn.seed = None
         self.assertEqual(self.call("GET", "/healthz", status=503)["status"], "starting")
 
+    def test_healthz_degraded(self):
+        """While the store's disk is full, /healthz answers 200 "degraded" with
+        the reason; /metrics exports the store's gauges under dragonfly_supernode_."""
+        from dragonfly.test.test_storage_diskspace import FakeStatvfs
+        self.store.space.statvfs = FakeStatvfs(0)
+        self.store.space.refresh()
+        obj = self.call("GET", "/healthz")
+        self.assertEqual((obj["status"], obj["reasons"]), ("degraded", ["disk full"]))
+        self.metrics.watch_store(self.store)
+        r = self.request("GET", "/metrics")
+        text = self.successResultOf(self.client.content(r)).decode()
+        self.assertIn("dragonfly_supernode_store_free_bytes 0.0", text)
+        self.assertIn("dragonfly_supernode_store_evictions_total 0.0", text)
+
     def test_metrics_spec(self):
         """/metrics has every SPEC supernode counter, before any traffic too."""
         r = self.request("GET", "/metrics")
