@@ -163,7 +163,7 @@ class PieceStore:
                 raise StoreFull(f"no room for {task_id!r} under {self.root}: {e}") from e
             raise
         task.adopt_fd(fd)
-        if not task.save_now():
+        if not task.save_now() and not self._save_after_evicting(task):
             task.close_fd()
             shutil.rmtree(directory, ignore_errors=True)
             why = f"cannot save metadata for {task_id!r} under {self.root}"
@@ -176,18 +176,19 @@ class PieceStore:
                        task_id=task_id, length=length, pieces=task.piece_count)
         return task
 
-    def remove(self, task_id):
+    def remove(self, task_id, now=False):
         """Forget C{task_id} and delete its files (pinned or not); a Deferred
-        fires once they are gone."""
+        fires once they are gone. C{now}: delete them before returning."""
         task = self._tasks.pop(task_id, None)
         if task is None:
             return succeed(None)
         self._used -= task.completed_bytes
         task.detach()
-        return self._discard_dir(task.directory) or succeed(None)
+        return self._discard_dir(task.directory, now) or succeed(None)
 
-    def _discard_dir(self, directory):
-        """Move C{directory} out of the way at once; delete it in the runner."""
+    def _discard_dir(self, directory, now=False):
+        """Move C{directory} out of the way at once; delete it in the runner
+        (C{now}: right here)."""
         trash = trash_path(self.root)
         try:
             os.rename(directory, trash)
@@ -197,6 +198,9 @@ class PieceStore:
             self.log.warn("cannot move {path} aside ({err}); deleting in place",
                           path=directory, err=e)
             shutil.rmtree(directory, ignore_errors=True)
+            return
+        if now:
+            shutil.rmtree(trash, ignore_errors=True)
             return
         d = self.runner.run(shutil.rmtree, trash, ignore_errors=True)
         d.addErrback(lambda f: self.log.failure("deleting {path}", f, path=trash))
@@ -212,10 +216,23 @@ class PieceStore:
         return sorted(self._tasks.values(),
                       key=lambda t: (t.is_complete, t.last_access, t.created, t.key))
 
-    def _evict(self, task, why):
+    def _evict(self, task, why, now=False):
         self.log.info("evicting {task_id}: {why}", task_id=task.task_id, why=why)
         self.evictions += 1
-        return self.remove(task.task_id)
+        return self.remove(task.task_id, now)
+
+    def _save_after_evicting(self, task):
+        """The first meta.json of new C{task} could not be written: while the
+        disk is full, evict other tasks one by one (deleted at once: the disk
+        is full, so this rare path blocks briefly) and try again."""
+        for t in self._eviction_order():
+            if not self.disk_full():
+                break
+            if t.task_id != task.task_id and self._evictable(t):
+                self._evict(t, "disk full", now=True)
+                if task.save_now():
+                    return True
+        return task.save_now()
 
     def _collect(self, target, keep=None):
         """Remove expired tasks, then LRU ones until usage <= target (if target

@@ -31,6 +31,7 @@ from dragonfly.supernode.cdn import (
 from dragonfly.supernode.dashboard import Dashboard, page as dashboard_page
 from dragonfly.supernode.peerkeys import PeerKeys, WrongSecret
 from dragonfly.supernode.scheduler import TooManyPeers, UnknownPeer, UnknownTask
+from dragonfly.storage.errors import StoreFull
 
 __all__ = ["SupernodeAPI", "ApiError", "LimitedRequest", "api_site"]
 
@@ -380,6 +381,8 @@ class SupernodeAPI:
             raise ApiError(403, e.message)
         if isinstance(e, ContentMismatch):
             raise ApiError(409, str(e))
+        if isinstance(e, (CacheFull, StoreFull)):   # fails every waiting peer at once
+            raise ApiError(507, f"the supernode's cache is full: {e}")
         body = {}
         if isinstance(e, OriginError) and e.status is not None:
             body["origin_status"] = e.status

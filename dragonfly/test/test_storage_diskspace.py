@@ -8,6 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from dragonfly.storage import fileio
 from dragonfly.storage.diskspace import DiskSpace, is_disk_full
 from dragonfly.storage.errors import StoreFull
+from dragonfly.storage.layout import TRASH_PREFIX
 from dragonfly.test.storefakes import ManualRunner, StoreMixin, pdigest
 
 
@@ -190,3 +191,23 @@ class StoreDiskPressureTests(StoreMixin, SynchronousTestCase):
         self.patch(fileio, "replace_file", no_room)
         self.assertRaises(StoreFull, store.create, "t", "u", 100, 100)
         self.assertEqual(store.count(), 0)
+
+    def test_create_evicts_on_full_disk(self):
+        """When the disk is full as a task is created, unpinned tasks are
+        evicted (partial first, then LRU) until its metadata can be written."""
+        store = self.store_with()
+        self.fill(store, "old")
+        real = fileio.replace_file
+        self.fs.free = 0
+        self.clock.advance(5)
+
+        def full_until_evicted(path, data):
+            if store.get("old") is not None:
+                raise OSError(28, "No space left on device")
+            self.fs.free = 10_000
+            return real(path, data)
+        self.patch(fileio, "replace_file", full_until_evicted)
+        t = store.create("t", "u", 100, 100)
+        self.assertIs(store.get("t"), t)
+        self.assertIsNone(store.get("old"))
+        self.assertEqual([n for n in os.listdir(store.root) if n.startswith(TRASH_PREFIX)], [])

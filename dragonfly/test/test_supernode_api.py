@@ -502,6 +502,27 @@ class ScheduleTests(APITestBase):
         self.assertIn("could not fetch", obj["error"])
 
 
+    def test_cdn_disk_full(self):
+        """When the supernode's disk fills up during the CDN fetch (ENOSPC, nothing
+        to evict), every waiting peer's schedule answers 507 at once, and the
+        failed task's partial gives its space back."""
+        from dragonfly.storage import fileio
+        real = fileio.hash_and_write
+
+        def full_after_first(fd, views, offset, lock):
+            if offset >= PIECE:
+                raise OSError(28, "No space left on device")
+            return real(fd, views, offset, lock)
+        self.patch(fileio, "hash_and_write", full_after_first)
+        obj = self.call("POST", "/api/v1/tasks",
+                        {"task_id": TASK, "url": URL, "headers": {}, "peer": PEER}, status=507)
+        self.assertIn("cache is full", obj["error"])
+        obj = self.schedule({"peer_id": PEER["peer_id"], "want": 3, "wait": 5}, status=507)
+        self.assertIn("cache is full", obj["error"])
+        self.assertIsNone(self.store.get(TASK))
+        self.assertIn("disk full", self.store.health())
+
+
 class HeartbeatTests(APITestBase):
     def test_heartbeat_keeps_a_finished_peer(self):
         """A peer that heartbeats its tasks is not dropped as silent after the
