@@ -1,0 +1,137 @@
+"""Disk pressure against real processes on a real small filesystem.
+
+Each test mounts its own tmpfs (C{mount -t tmpfs -o size=64m}, root only;
+skipped with the reason otherwise) as a node's C{--data-dir}, with a
+C{--cache-size} far larger than that disk, as an operator who sized the quota
+for the wrong disk would:
+
+- a peer: downloads that together exceed its disk all succeed and verify
+  (the least recently used tasks are evicted, partial ones first); the disk
+  is not left full; with the disk filled by another tenant, C{/healthz} says
+  C{degraded} ("disk full") while still answering 200, and ok again after;
+- a supernode: two files that together exceed its disk, the first complete
+  and unpinned: the second succeeds after the first is evicted.
+"""
+import json
+import os
+import shutil
+import subprocess
+
+from twisted.internet import reactor
+from twisted.trial import unittest
+
+from dragonfly.test.integration.harness import (
+    HTTP, MiB, Swarm, metric, poll_until, sha256_file, with_logs)
+
+DISK = 64 * MiB
+
+
+def mount_tmpfs(case, path, size="64m"):
+    """Mount a tmpfs of C{size} at C{path} for the test (unmounted in cleanup,
+    always); skip the test with the reason when that is not possible."""
+    if os.geteuid() != 0:
+        raise unittest.SkipTest("mounting a tmpfs needs root (CI runs .ci/run as root)")
+    if shutil.which("mount") is None:
+        raise unittest.SkipTest("no mount command")
+    os.makedirs(path, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise unittest.SkipTest(f"cannot mount a tmpfs: {r.stderr.strip() or r.returncode}")
+
+    def umount():
+        r = subprocess.run(["umount", path], capture_output=True, text=True)
+        if r.returncode != 0:
+            subprocess.run(["umount", "-l", path], capture_output=True)
+    case.addCleanup(umount)
+    return path
+
+
+def free_bytes(path):
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def fill(path, name="other-tenant.bin"):
+    """Fill the filesystem at C{path} with one file, as another tenant would."""
+    full = os.path.join(path, name)
+    chunk = b"\1" * (64 * 1024)
+    with open(full, "wb", buffering=0) as f:
+        try:
+            while f.write(chunk):
+                pass
+        except OSError:
+            pass
+    return full
+
+
+class DiskPressureTests(unittest.TestCase):
+    timeout = 400
+
+    async def make_swarm(self, files):
+        http = HTTP(reactor)
+        self.addCleanup(http.close)
+        self.swarm = swarm = Swarm(reactor, self.mktemp(), http)
+        disk = mount_tmpfs(self, swarm.path("small-disk"))
+        self.addCleanup(swarm.stop)   # runs before the umount (cleanups run LIFO)
+        await swarm.start_origin(files)
+        return swarm, http, disk
+
+    async def health(self, http, node):
+        code, _, body = await http.request("GET", node.api + "/healthz")
+        return code, json.loads(body)
+
+    @with_logs()
+    async def test_peer_evicts_and_tells(self):
+        """Downloads that together exceed the peer's disk all succeed and
+        verify; the disk is not left full; /healthz says degraded while
+        another tenant fills the disk, and a download works once it is gone."""
+        files = {f"f{i}.bin": 24 * MiB for i in range(4)}
+        swarm, http, disk = await self.make_swarm(files)
+        await swarm.start_supernode(piece_size="1M")
+        peer = await swarm.start_peer(extra=("--data-dir", disk, "--cache-size", "1G"))
+        for name in files:
+            r = await swarm.dfget(swarm.origin_url(name), peer=peer, timeout=120)
+            self.assertEqual(r.code, 0, repr(r))
+            self.assertEqual(sha256_file(r.output), swarm.files[name][1])
+            os.remove(r.output)
+        self.assertGreater(free_bytes(disk), 2 * MiB)
+        m = await peer.metrics(http)
+        self.assertGreaterEqual(metric(m, "dragonfly_peer_store_evictions_total"), 1)
+        self.assertGreater(metric(m, "dragonfly_peer_store_free_bytes"), 0)
+        self.assertEqual(metric(m, "dragonfly_peer_store_quota_bytes"), 1 << 30)
+        code, obj = await self.health(http, peer)
+        self.assertEqual((code, obj["status"]), (200, "ok"), obj)
+
+        filler = fill(disk)
+
+        async def degraded():
+            code, obj = await self.health(http, peer)
+            return code == 200 and obj["status"] == "degraded" and "disk full" in obj["reasons"]
+        await poll_until(reactor, degraded, 10, "/healthz to say degraded")
+        os.remove(filler)
+
+        async def ok():
+            return (await self.health(http, peer))[1]["status"] == "ok"
+        await poll_until(reactor, ok, 10, "/healthz to say ok again")
+        swarm.add_file("small.bin", 8 * MiB)
+        r = await swarm.dfget(swarm.origin_url("small.bin"), peer=peer, timeout=60)
+        self.assertEqual(r.code, 0, repr(r))
+        self.assertEqual(sha256_file(r.output), swarm.files["small.bin"][1])
+
+    @with_logs()
+    async def test_supernode_evicts_complete_task(self):
+        """A supernode whose disk holds one of two files: the second succeeds
+        after the first (complete, unpinned) is evicted."""
+        files = {"a.bin": 40 * MiB, "b.bin": 40 * MiB}
+        swarm, http, disk = await self.make_swarm(files)
+        sn = await swarm.start_supernode(piece_size="1M",
+                                         extra=("--data-dir", disk, "--cache-size", "1G"))
+        peer = await swarm.start_peer()
+        for name in files:
+            r = await swarm.dfget(swarm.origin_url(name), peer=peer, timeout=120)
+            self.assertEqual(r.code, 0, repr(r))
+            self.assertEqual(sha256_file(r.output), swarm.files[name][1])
+            os.remove(r.output)
+        m = await http.metrics(sn.api)
+        self.assertGreaterEqual(metric(m, "dragonfly_supernode_store_evictions_total"), 1)
