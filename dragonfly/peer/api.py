@@ -205,6 +205,7 @@ class PeerAPI:
         request.notifyFinish().addBoth(gone.append)
         last = [None]
         started = []
+        held, told = [], []   # the task file; whether "uncached" was said
 
         def line(obj):
             if not started:   # the status is 200 once a line is out
@@ -216,6 +217,9 @@ class PeerAPI:
                 request.write(json.dumps(obj).encode() + b"\n")
 
         def progress(completed, length):
+            if held and held[0].uncached and not told:   # the cache is full
+                told.append(True)
+                line({"uncached": True, "task_id": held[0].task_id, "length": length})
             now = self._clock.seconds()
             if completed < length and last[0] is not None \
                     and now - last[0] < self.progress_interval:
@@ -226,13 +230,18 @@ class PeerAPI:
         self.log.info("download {url} ({task})", url=redact_url(params["url"]),
                       task=params["task_id"])
         try:
-            tf = await self._node.download(on_progress=progress, **params)
+            tf = await self._node.download(on_progress=progress, on_start=held.append,
+                                           **params)
         except DownloadError as e:
             if isinstance(e, OriginNotAllowed) and not started:
                 return error_body(request, 403, str(e))
             line({"state": "failed", "error": redact_text(str(e))})
             return None
         line({"completed": tf.length, "length": tf.length})
+        if not tf.is_complete:   # passed through: the bytes went (go) out through /data
+            line({"state": "done", "uncached": True, "length": tf.length,
+                  "task_id": tf.task_id})
+            return None
         line({"state": "done", "path": tf.path, "length": tf.length, "task_id": tf.task_id})
         return None
 
@@ -286,7 +295,7 @@ class PeerAPI:
         except ValueError:
             raise BadRequest("malformed task id")
         tf = self._store.get(task_id)
-        if tf is None or not tf.is_complete:
+        if tf is None or not (tf.is_complete or tf.uncached):   # uncached: streamed once
             return error_body(request, 404, "task not held")
         try:
             window = parse_range(request.getHeader(b"range"), tf.length)

@@ -116,7 +116,7 @@ def build_peer(reactor, config, *, runner=None, http_client=None, origin_http=No
                                        EgressPolicy(c.allow_origin, c.deny_origin))
     metrics = PeerMetrics()
     store = PieceStore(c.data_dir, quota=c.cache_size, ttl=c.cache_ttl, clock=reactor,
-                       runner=runner)
+                       runner=runner, pass_through=True)
     metrics.watch_store(store)
     peer_id = c.peer_id or new_peer_id()
     download_limiter = TokenBucket(reactor, c.download_limit) if c.download_limit > 0 else None

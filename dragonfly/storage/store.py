@@ -39,6 +39,7 @@ from dragonfly.storage.layout import (
     is_prefix_dir_name, task_key, trash_path)
 from dragonfly.storage import verify
 from dragonfly.storage.meta import MAX_META_BYTES, is_held, parse
+from dragonfly.storage.passthrough import DEFAULT_LIMIT as PASS_LIMIT
 from dragonfly.storage.taskfile import TaskFile
 
 
@@ -77,7 +78,7 @@ class PieceStore:
 
     def __init__(self, root, quota=0, ttl=0, clock=None, runner=None,
                  persist_pieces=64, persist_interval=2.0, max_open_files=256,
-                 statvfs=os.statvfs, space_ttl=1.0, min_free=1 << 20):
+                 statvfs=os.statvfs, space_ttl=1.0, min_free=1 << 20, pass_through=False):
         self.root = os.path.abspath(root)
         self.quota = quota
         self.ttl = ttl
@@ -94,6 +95,10 @@ class PieceStore:
         #: the filesystem's free space (cached); keep C{min_free} bytes of it free
         self.space = DiskSpace(self.root, self.clock, statvfs, space_ttl)
         self.min_free = min_free
+        #: a piece it cannot hold is kept in memory for the streams (the peer)
+        #: instead of failing with StoreFull (the supernode)
+        self.pass_through = pass_through
+        self.pass_limit = PASS_LIMIT   # bytes of such pieces waiting for a stream, per task
         self.evictions = 0      # tasks evicted (TTL, quota or disk space)
         self.errors = 0         # store writes that failed
         self.last_error = None  # (clock time, text) of the last one

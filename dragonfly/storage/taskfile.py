@@ -46,6 +46,7 @@ from dragonfly.storage.errors import PieceNotHeld, StoreFull, TaskRemoved
 from dragonfly.storage.layout import (
     DATA_NAME, META_NAME, entry_dir, is_hex_digest, is_int, task_key)
 from dragonfly.storage.meta import TaskMeta, is_held
+from dragonfly.storage.passthrough import PassThroughPieces
 from dragonfly.storage.saver import MetaSaver
 
 MAX_READ = 1 << 20          # read(): small, synchronous, bounded
@@ -60,7 +61,7 @@ def _checked_digest(digest):
 
 
 @implementer(IServedTask)
-class TaskFile:
+class TaskFile(PassThroughPieces):
     """One task in the store. Made by L{PieceStore}; do not construct directly."""
 
     log = Logger()
@@ -103,6 +104,8 @@ class TaskFile:
         self._sealed = sealed
         self._write_lock = threading.Lock()   # held by a runner thread while it writes
         self._clean = False    # saved by a clean shutdown, unchanged since (meta "clean")
+        self._pass = None      # a PassThrough once the store could not hold a piece
+        self._drain_waiters = []
 
     def __repr__(self):
         return (f"<TaskFile {self.task_id!r} {self._held_count}/{self.piece_count} pieces"
@@ -175,6 +178,7 @@ class TaskFile:
             raise ValueError(f"unpin() without pin() on task {self.task_id!r}")
         self._pins -= 1
         self._maybe_close()
+        self._maybe_release()
 
     def touch(self):
         """Record an access now (for TTL and LRU); saved with the next meta write."""
@@ -279,9 +283,10 @@ class TaskFile:
         fd, views, offset = job
         if check:
             d = self._run_write(index, fileio.verify_and_write, fd, views, offset, digest,
-                                self._write_lock)
+                                self._write_lock, expected=digest)
         else:
-            d = self._run_write(index, fileio.pwrite_all, fd, views, offset, self._write_lock)
+            d = self._run_write(index, fileio.pwrite_all, fd, views, offset, self._write_lock,
+                                expected=digest)
         return d.addCallback(lambda _: self._mark_held(index, digest))
 
     def write_new_piece(self, index, data):
@@ -318,7 +323,7 @@ class TaskFile:
             raise ValueError(f"piece {index} of {self.task_id!r} is being written")
         return self._acquire(), views, offset
 
-    def _run_write(self, index, f, *args):
+    def _run_write(self, index, f, *args, expected=None):
         """Run write job C{f(*args)} in the runner with piece C{index} marked as being written.
 
         The store first makes room for the piece on its disk; a write failing
@@ -337,21 +342,21 @@ class TaskFile:
                     store.failed_write(reason.value)
                 return reason
             if retried:
-                store.failed_write(reason.value)
-                raise StoreFull(f"no room for piece {index} of {self.task_id!r}: "
-                                f"{reason.value}")
+                return full()
             retried.append(True)
 
             def again(room):
-                if not room:
-                    store.failed_write(reason.value)
-                    raise StoreFull(f"no room for piece {index} of {self.task_id!r}: "
-                                    f"{reason.value}")
-                return write().addErrback(no_room)
+                return write().addErrback(no_room) if room else full()
 
             return store.make_room(size, keep=self, full=True).addCallback(again)
 
         retried = []
+
+        def full():
+            store.failed_write(f"no room for piece {index} of {self.task_id}")
+            if store.pass_through:
+                return self._pass_piece(index, args[1], expected)
+            raise StoreFull(f"no room for piece {index} of {self.task_id!r}")
 
         def written(result):
             self._writing.discard(index)
@@ -372,6 +377,10 @@ class TaskFile:
 
     def _mark_held(self, index, digest):
         if self.has(index):
+            return
+        if self._pass is not None and index in self._pass.pieces:
+            self._digests[index] = digest
+            self._pass.delivered(index, self._piece_len(index))   # not held: not served
             return
         self._clean = False
         self._held[index >> 3] |= 0x80 >> (index & 7)
@@ -461,6 +470,11 @@ class TaskFile:
         return self._read_async(offset, length)
 
     def _read_async(self, offset, length):
+        if self._pass is not None and length and not self.has(offset // self.piece_size):
+            index = offset // self.piece_size
+            data = self._pass.read(index, offset - index * self.piece_size, length)
+            if data is not None and len(data) == length:
+                return succeed(data)
         try:
             self._check_readable(offset, length)
             if not length:

@@ -130,3 +130,55 @@ class StreamTests(NodeMixin, SynchronousTestCase):
         sd = node.stream(tf, consumer)
         consumer.producer.stopProducing()
         self.failureResultOf(sd, StreamStopped)
+
+
+class PassThroughTests(NodeMixin, SynchronousTestCase):
+
+    def full_disk_after(self, pieces):
+        """Writes of piece C{pieces} on fail with ENOSPC; nothing can be evicted."""
+        from dragonfly.storage import fileio
+        from dragonfly.test.test_storage_diskspace import FakeStatvfs
+        self.store.pass_through = True
+        self.store.space.statvfs = FakeStatvfs(1 << 30)
+
+        def failing(real):
+            def write(fd, views, offset, *rest):
+                if offset >= pieces * PIECE:
+                    raise OSError(28, "No space left on device")
+                return real(fd, views, offset, *rest)
+            return write
+        for name in ("verify_and_write", "pwrite_all", "hash_and_write"):
+            self.patch(fileio, name, failing(getattr(fileio, name)))
+
+    def test_stream_passes_through(self):
+        """When the store cannot hold the pieces, the download still completes:
+        a stream gets every byte in order (held pieces from disk, the others from
+        memory, bounded by pass_limit), the task is not complete in the store, the
+        peer leaves the swarm (the task is not shared from here), it is counted,
+        and its partial gives its space back once streamed."""
+        from twisted.internet.testing import StringTransport
+
+        from dragonfly.metrics import sample
+        node = self.make(sources=(PEER_A,))
+        self.full_disk_after(3)
+        self.store.pass_limit = 2 * PIECE
+        self.pool.manual = True
+        started = []
+        d = node.download(URL, on_start=started.append)
+        tf = started[0]
+        consumer = StringTransport()
+        sd = node.stream(tf, consumer)
+        for _ in range(200):
+            if not self.pool.held:
+                break
+            self.pool.release()
+        self.assertEqual(self.pool.held, [])
+        self.successResultOf(sd)
+        self.assertEqual(consumer.value(), DATA)
+        got = self.successResultOf(d)
+        self.assertTrue(got.uncached)
+        self.assertFalse(got.is_complete)
+        self.assertEqual(got.completed(), [0, 1, 2])
+        self.assertEqual([t for t, _ in self.supernode.leaves], [tf.task_id])   # not shared
+        self.assertEqual(sample(self.metrics, "dragonfly_peer_uncached_downloads_total"), 1)
+        self.assertIsNone(self.store.get(tf.task_id))   # streamed and unused: space back

@@ -120,6 +120,34 @@ class DiskPressureTests(unittest.TestCase):
         self.assertEqual(sha256_file(r.output), swarm.files["small.bin"][1])
 
     @with_logs()
+    async def test_peer_passes_through_larger_than_disk(self):
+        """A download larger than the peer's whole disk succeeds and verifies:
+        the peer streams the verified pieces to dfget without keeping them (dfget
+        -v says so), counts it, says degraded meanwhile, and gives the disk back:
+        a smaller download afterwards succeeds and is cached."""
+        files = {"big.bin": 100 * MiB, "small.bin": 16 * MiB}
+        swarm, http, disk = await self.make_swarm(files)
+        await swarm.start_supernode(piece_size="1M")
+        peer = await swarm.start_peer(extra=("--data-dir", disk, "--cache-size", "1G"))
+        r = await swarm.dfget(swarm.origin_url("big.bin"), peer=peer, args=("-v",),
+                              timeout=180)
+        self.assertEqual(r.code, 0, repr(r))
+        self.assertEqual(sha256_file(r.output), swarm.files["big.bin"][1])
+        os.remove(r.output)
+        self.assertIn("streaming without caching", r.stderr)
+        m = await peer.metrics(http)
+        self.assertEqual(metric(m, "dragonfly_peer_uncached_downloads_total"), 1)
+        code, obj = await self.health(http, peer)
+        self.assertEqual((code, obj["status"]), (200, "degraded"), obj)
+        self.assertIn("disk full", obj["reasons"])
+        r = await swarm.dfget(swarm.origin_url("small.bin"), peer=peer, timeout=60)
+        self.assertEqual(r.code, 0, repr(r))
+        self.assertEqual(sha256_file(r.output), swarm.files["small.bin"][1])
+        self.assertGreater(free_bytes(disk), 16 * MiB)
+        m = await peer.metrics(http)
+        self.assertEqual(metric(m, "dragonfly_peer_uncached_downloads_total"), 1)
+
+    @with_logs()
     async def test_supernode_evicts_complete_task(self):
         """A supernode whose disk holds one of two files: the second succeeds
         after the first (complete, unpinned) is evicted."""
