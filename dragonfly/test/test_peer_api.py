@@ -84,6 +84,22 @@ class APITests(SynchronousTestCase):
                      b"dragonfly_peer_uncached_downloads_total 0.0"):
             self.assertIn(line, body)
 
+    def test_download_uncached(self):
+        """When the store cannot hold the file, the download still succeeds: an
+        "uncached" line, a final line without a path, and /data streams every
+        byte once (the task then gives its space back)."""
+        from dragonfly.test.test_storage_diskspace import full_disk_after
+        self.store.pass_through = True
+        full_disk_after(self, self.store, 2 * PIECE)
+        r, lines = self.download({"url": URL})
+        task_id = task_id_for_url(URL)
+        self.assertIn({"uncached": True, "task_id": task_id, "length": len(DATA)}, lines)
+        self.assertEqual(lines[-1], {"state": "done", "uncached": True, "length": len(DATA),
+                                     "task_id": task_id})
+        r, body = self.request("GET", f"/api/v1/tasks/{task_id}/data")
+        self.assertEqual((r.code, body), (200, DATA))
+        self.assertIsNone(self.store.get(task_id))
+
     def test_metrics(self):
         """GET /metrics renders the peer counters in Prometheus text format."""
         r, body = self.request("GET", "/metrics")

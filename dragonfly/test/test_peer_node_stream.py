@@ -134,22 +134,6 @@ class StreamTests(NodeMixin, SynchronousTestCase):
 
 class PassThroughTests(NodeMixin, SynchronousTestCase):
 
-    def full_disk_after(self, pieces):
-        """Writes of piece C{pieces} on fail with ENOSPC; nothing can be evicted."""
-        from dragonfly.storage import fileio
-        from dragonfly.test.test_storage_diskspace import FakeStatvfs
-        self.store.pass_through = True
-        self.store.space.statvfs = FakeStatvfs(1 << 30)
-
-        def failing(real):
-            def write(fd, views, offset, *rest):
-                if offset >= pieces * PIECE:
-                    raise OSError(28, "No space left on device")
-                return real(fd, views, offset, *rest)
-            return write
-        for name in ("verify_and_write", "pwrite_all", "hash_and_write"):
-            self.patch(fileio, name, failing(getattr(fileio, name)))
-
     def test_stream_passes_through(self):
         """When the store cannot hold the pieces, the download still completes:
         a stream gets every byte in order (held pieces from disk, the others from
@@ -159,8 +143,10 @@ class PassThroughTests(NodeMixin, SynchronousTestCase):
         from twisted.internet.testing import StringTransport
 
         from dragonfly.metrics import sample
+        from dragonfly.test.test_storage_diskspace import full_disk_after
         node = self.make(sources=(PEER_A,))
-        self.full_disk_after(3)
+        self.store.pass_through = True
+        full_disk_after(self, self.store, 3 * PIECE)
         self.store.pass_limit = 2 * PIECE
         self.pool.manual = True
         started = []

@@ -25,6 +25,21 @@ class FakeStatvfs:
         return os.statvfs_result((1, 1, self.total, self.free, self.free, 0, 0, 0, 0, 255))
 
 
+def full_disk_after(case, store, offset):
+    """Make C{store}'s piece writes at C{offset} and beyond fail with ENOSPC
+    (for the rest of C{case}), with room to spare as far as statvfs says."""
+    store.space.statvfs = FakeStatvfs(1 << 30)
+
+    def failing(real):
+        def write(fd, views, at, *rest):
+            if at >= offset:
+                raise OSError(28, "No space left on device")
+            return real(fd, views, at, *rest)
+        return write
+    for name in ("verify_and_write", "pwrite_all", "hash_and_write"):
+        case.patch(fileio, name, failing(getattr(fileio, name)))
+
+
 class DiskSpaceTests(SynchronousTestCase):
     def test_cached_then_refreshed(self):
         """free() asks the filesystem at most once per ttl, lowered by what was written since."""
