@@ -240,7 +240,7 @@ class SupernodeClient:
                                     request.to_json(), request.wait + self.api_timeout)
         if code == 404:
             raise NotRegistered()
-        if code == 502:
+        if code in (502, 507):   # 507: it could not store it (its disk is full)
             raise SourceFailed(obj.get("error") or "the supernode could not fetch the file")
         if code != 200:
             if code >= 500:
