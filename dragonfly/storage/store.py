@@ -169,13 +169,17 @@ class PieceStore:
             raise
         task.adopt_fd(fd)
         if not task.save_now() and not self._save_after_evicting(task):
-            task.close_fd()
-            shutil.rmtree(directory, ignore_errors=True)
             why = f"cannot save metadata for {task_id!r} under {self.root}"
             self.failed_write(why)
-            if self.disk_full():
-                raise StoreFull(why + ": disk full")
-            raise StoreError(why)
+            full = self.disk_full()
+            if not (full and self.pass_through):
+                task.close_fd()
+                shutil.rmtree(directory, ignore_errors=True)
+                raise StoreFull(why + ": disk full") if full else StoreError(why)
+            # Its pieces will be passed through (their writes fail too); without
+            # a meta.json the entry is dropped at the next start if still there.
+            self.log.warn("{why}: disk full, {task_id} will be passed through",
+                          why=why, task_id=task_id)
         self._tasks[task_id] = task
         self.log.debug("created {task_id} ({length} bytes, {pieces} pieces)",
                        task_id=task_id, length=length, pieces=task.piece_count)

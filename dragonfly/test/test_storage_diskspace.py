@@ -226,3 +226,15 @@ class StoreDiskPressureTests(StoreMixin, SynchronousTestCase):
         self.assertIs(store.get("t"), t)
         self.assertIsNone(store.get("old"))
         self.assertEqual([n for n in os.listdir(store.root) if n.startswith(TRASH_PREFIX)], [])
+
+    def test_create_on_full_disk_passes_through(self):
+        """A store that passes pieces through creates the task even when its
+        metadata cannot be written on a full disk (its pieces will go past it)."""
+        store = self.store_with(pass_through=True)
+        self.fs.free = 0
+
+        def no_room(path, data):
+            raise OSError(28, "No space left on device")
+        self.patch(fileio, "replace_file", no_room)
+        t = store.create("t", "u", 100, 100)
+        self.assertIs(store.get("t"), t)

@@ -9,6 +9,9 @@ for the wrong disk would:
   (the least recently used tasks are evicted, partial ones first); the disk
   is not left full; with the disk filled by another tenant, C{/healthz} says
   C{degraded} ("disk full") while still answering 200, and ok again after;
+- a peer: a download larger than its whole disk succeeds and verifies, passed
+  through to dfget without being kept;
+- a dfdaemon: a layer larger than its disk pulls through skopeo and verifies;
 - a supernode: two files that together exceed its disk, the first complete
   and unpinned: the second succeeds after the first is evicted.
 """
@@ -20,6 +23,8 @@ import subprocess
 from twisted.internet import reactor
 from twisted.trial import unittest
 
+from dragonfly.test.integration import registry_fixtures as rf
+from dragonfly.test.integration import test_registry_mirror as registry_mirror
 from dragonfly.test.integration.harness import (
     HTTP, MiB, Swarm, metric, poll_until, sha256_file, with_logs)
 
@@ -163,3 +168,34 @@ class DiskPressureTests(unittest.TestCase):
             os.remove(r.output)
         m = await http.metrics(sn.api)
         self.assertGreaterEqual(metric(m, "dragonfly_supernode_store_evictions_total"), 1)
+
+
+class MirrorDiskPressureTests(unittest.TestCase):
+    """The registry mirror on a dfdaemon whose cache disk is smaller than a layer."""
+
+    timeout = 400
+    # (the module, not the class, is imported: trial would run its tests here too)
+    setUp = registry_mirror.RegistryMirrorTests.setUp
+    start_registry = registry_mirror.RegistryMirrorTests.start_registry
+    pull = registry_mirror.RegistryMirrorTests.pull
+
+    @with_logs()
+    async def test_layer_larger_than_disk(self):
+        """A layer larger than the dfdaemon's whole cache disk pulls through
+        skopeo and verifies: the mirror streams it without keeping it."""
+        self.patch(registry_mirror, "LAYERS", (300_000, 80 * MiB))
+        disk = mount_tmpfs(self, os.path.join(self.workdir, "small-disk"))
+        self.addCleanup(self.swarm.stop)   # before the umount (cleanups run LIFO)
+        info = await self.start_registry()
+        await self.swarm.start_supernode(piece_size="1M")
+        d1 = await rf.start_dfdaemon(self.swarm, self.registry,
+                                     extra=("--data-dir", disk, "--cache-size", "1G"))
+        code, out, err, out_dir = await self.pull(d1, "pull-big")
+        self.assertEqual(code, 0, f"pull through the dfdaemon failed: {err}")
+        rf.verify_layout(out_dir)
+        pulled = rf.layout_blobs(out_dir)
+        for digest, size in info["blobs"].items():
+            self.assertEqual(len(pulled[digest]), size)
+        m = await self.http.metrics(d1.mirror)
+        self.assertEqual(metric(m, "dragonfly_mirror_blob_bytes_total"), sum(info["blobs"].values()))
+        self.assertGreaterEqual(metric(m, "dragonfly_peer_uncached_downloads_total"), 1)
