@@ -13,18 +13,24 @@ for the wrong disk would:
   through to dfget without being kept;
 - a dfdaemon: a layer larger than its disk pulls through skopeo and verifies;
 - a supernode: two files that together exceed its disk, the first complete
-  and unpinned: the second succeeds after the first is evicted.
+  and unpinned: the second succeeds after the first is evicted; with the first
+  still being fetched (pinned), the second fails there at once with a 507 to
+  every waiting peer, which go back to the origin.
 """
 import json
 import os
 import shutil
 import subprocess
+import time
 
 from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.trial import unittest
 
 from dragonfly.test.integration import registry_fixtures as rf
 from dragonfly.test.integration import test_registry_mirror as registry_mirror
+from dragonfly.taskid import task_id_for_url
 from dragonfly.test.integration.harness import (
     HTTP, MiB, Swarm, metric, poll_until, sha256_file, with_logs)
 
@@ -168,6 +174,64 @@ class DiskPressureTests(unittest.TestCase):
             os.remove(r.output)
         m = await http.metrics(sn.api)
         self.assertGreaterEqual(metric(m, "dragonfly_supernode_store_evictions_total"), 1)
+
+
+    @with_logs()
+    async def test_supernode_full_of_a_running_fetch(self):
+        """When the supernode's disk is taken by a task still being fetched
+        (pinned), a second file fails there at once: every waiting peer gets the
+        507, goes back to the origin with the reason in its log, and each dfget
+        still succeeds and verifies."""
+        swarm, http, disk = await self.make_swarm({"b.bin": 24 * MiB})
+        sn = await swarm.start_supernode(piece_size="1M",
+                                         extra=("--data-dir", disk, "--cache-size", "1G"))
+        url = await self.stalling_origin(80 * MiB, 56 * MiB)
+        body = json.dumps({"task_id": task_id_for_url(url), "url": url}).encode()
+        code, _, raw = await http.request("POST", sn.api + "/api/v1/tasks", data=body,
+                                          headers={"Content-Type": ["application/json"]})
+        self.assertEqual(code, 200, raw)
+
+        async def stalled():
+            info = await http.get_json(f"{sn.api}/api/v1/tasks/{task_id_for_url(url)}")
+            return info.get("seeded", 0) >= 50
+        await poll_until(reactor, stalled, 30, "the first file to fill the supernode's disk")
+        peers = [await swarm.start_peer() for _ in range(2)]
+        started = time.monotonic()
+        procs = [swarm.start_dfget(swarm.origin_url("b.bin"), peer=p) for p in peers]
+        for proc in procs:
+            r = await swarm.wait_dfget(proc, timeout=60)
+            self.assertEqual(r.code, 0, repr(r))
+            self.assertEqual(sha256_file(r.output), swarm.files["b.bin"][1])
+        self.assertLess(time.monotonic() - started, 30)
+        for p in peers:
+            self.assertIn("cache is full", p.read_log())
+
+    async def stalling_origin(self, length, sent):
+        """An origin announcing C{length} bytes that sends C{sent} and then nothing."""
+        factory = Factory.forProtocol(_Stalling)
+        factory.length, factory.sent, factory.open = length, sent, []
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+
+        def cleanup():
+            for t in factory.open:
+                t.abortConnection()
+            return port.stopListening()
+        self.addCleanup(cleanup)
+        return f"http://127.0.0.1:{port.getHost().port}/stalls.bin"
+
+
+class _Stalling(Protocol):
+    """Answers one request: a 200 of C{factory.length} bytes, of which it sends
+    C{factory.sent}, then holds the connection."""
+
+    def dataReceived(self, data):
+        if b"\r\n\r\n" in data and not getattr(self, "answered", False):
+            self.answered = True
+            f = self.factory
+            f.open.append(self.transport)
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                                 b"Content-Length: %d\r\n\r\n" % f.length)
+            self.transport.write(os.urandom(f.sent))
 
 
 class MirrorDiskPressureTests(unittest.TestCase):
