@@ -346,8 +346,9 @@ class PieceStore:
         still uses it; otherwise keep it for a resume (evicted first)."""
         if task.removed or task.is_complete or task.pinned:
             return
+        full_at = self.space.full_at
         pressed = (self.disk_full() or 0 < self.quota <= self._used
-                   or self.space.full_at is not None)
+                   or (full_at is not None and self.clock.seconds() - full_at < 60.0))
         if pressed:
             self.log.info("releasing the partial {task_id} of a failed download",
                           task_id=task.task_id)
