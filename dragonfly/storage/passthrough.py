@@ -7,9 +7,13 @@ instead of failing the download: the task becomes I{uncached}. Such a piece
 is I{delivered} (the download need not fetch it again) but not I{held}: it is
 never served to other peers, never reported to a supernode, and it is
 dropped once a stream has written it to its client (L{consumed}). At most
-C{limit} bytes wait here; the swarm session fetches no more while it is full
-(L{full}) and is woken through C{drained} when a stream frees some.
+C{limit} bytes wait here: while it is full, a piece's write waits (and so
+does what feeds it: a fetch slot, the origin body) unless a stream needs it
+before those in memory, and the swarm session starts no other fetch; both are
+woken through C{drained} when a stream frees some.
 """
+
+from twisted.internet.defer import Deferred, succeed
 
 from dragonfly.digest import piece_digest
 from dragonfly.storage.errors import DigestMismatch
@@ -73,7 +77,7 @@ class PassThroughPieces:
 
     Expects C{self._pass} (None, or a L{PassThrough} once a piece went past the
     store), C{self._drain_waiters} (a list), C{has()}, C{_held_count},
-    C{_held_bytes}, C{_pins}, C{piece_count}, C{_store} and C{log}.
+    C{_held_bytes}, C{_pins}, C{_removed}, C{piece_count}, C{_store} and C{log}.
     """
 
     @property
@@ -141,6 +145,25 @@ class PassThroughPieces:
                 self._pass.drained = self._drain_waiters
                 self.log.warn("no room for {task_id} in the cache: passing it through "
                               "without keeping it", task_id=self.task_id)
-            self._pass.put(index, data)
-            return digest
+            return self._admit(index, data, digest)
         return self._store.runner.run(join_and_digest, views).addCallback(got)
+
+    def _admit(self, index, data, digest):
+        """Keep piece C{index} in memory once L{pass_wants} it (a Deferred
+        firing with C{digest} then): the write waits, and so does whatever
+        feeds it (a fetch slot, the origin body), while memory is full."""
+        def ready():
+            return self.pass_wants(index) or self._removed
+
+        if ready():
+            self._pass.put(index, data)
+            return succeed(digest)
+
+        def retry():
+            if not d.called and ready():
+                forget()
+                self._pass.put(index, data)
+                d.callback(digest)
+        d = Deferred(lambda _: forget())
+        forget = self.on_drained(retry)
+        return d

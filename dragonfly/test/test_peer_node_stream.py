@@ -168,3 +168,30 @@ class PassThroughTests(NodeMixin, SynchronousTestCase):
         self.assertEqual([t for t, _ in self.supernode.leaves], [tf.task_id])   # not shared
         self.assertEqual(sample(self.metrics, "dragonfly_peer_uncached_downloads_total"), 1)
         self.assertIsNone(self.store.get(tf.task_id))   # streamed and unused: space back
+
+    def test_back_source_waits_for_the_stream(self):
+        """From the origin too, passed-through pieces wait in memory up to
+        pass_limit: while the client is paused the origin body waits, and every
+        byte arrives in order once it reads again."""
+        from dragonfly.test.test_storage_diskspace import full_disk_after
+        node = self.make(piece_size=PIECE)
+        self.store.pass_through = True
+        full_disk_after(self, self.store, 2 * PIECE)
+        self.store.pass_limit = 2 * PIECE
+        started = []
+        d = node.download(URL, pattern="source", on_start=started.append)
+        tf = started[0]
+        consumer = _PausingConsumer()
+        sd = node.stream(tf, consumer)
+        peak = 0
+        for _ in range(100):
+            if tf._pass is not None:
+                peak = max(peak, tf._pass.nbytes)
+            if sd.called:
+                break
+            consumer.producer.resumeProducing()
+        self.successResultOf(sd)
+        self.assertEqual(consumer.value(), DATA)
+        got = self.successResultOf(d)
+        self.assertTrue(got.uncached)
+        self.assertLessEqual(peak, 3 * PIECE)   # the limit, plus the one a stream waits for
