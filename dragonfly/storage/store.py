@@ -100,6 +100,7 @@ class PieceStore:
         self.pass_through = pass_through
         self.pass_limit = PASS_LIMIT   # bytes of such pieces waiting for a stream, per task
         self.evictions = 0      # tasks evicted (TTL, quota or disk space)
+        self._deleting = set()  # Deferreds of the deletions running (their space comes back)
         self.errors = 0         # store writes that failed
         self.last_error = None  # (clock time, text) of the last one
         #: fires once the pieces left by an unclean stop are re-verified
@@ -213,6 +214,9 @@ class PieceStore:
             return
         d = self.runner.run(shutil.rmtree, trash, ignore_errors=True)
         d.addErrback(lambda f: self.log.failure("deleting {path}", f, path=trash))
+        if not d.called:
+            self._deleting.add(d)
+            d.addBoth(lambda r: self._deleting.discard(d) or r)
         return d
 
     # -- quota and TTL ---------------------------------------------------------
@@ -307,7 +311,7 @@ class PieceStore:
         there should be room now (False: nothing more can be evicted).
         """
         if full:
-            self.space.disk_full()
+            self.space.refresh()   # (full_at is set only if eviction cannot help: failed_write)
         free = self.space.free()
         if free is None and not full:
             return succeed(True)
@@ -323,6 +327,8 @@ class PieceStore:
             need -= t.completed_bytes
             deletions.append(self._evict(t, "disk space low"))
         self.space.refresh()
+        if not deletions and self._deleting:
+            deletions = list(self._deleting)   # earlier evictions still being deleted
         if not deletions:
             return succeed(not full and need <= 0)
         return gatherResults(deletions, consumeErrors=True).addBoth(lambda _: need <= 0 or full)

@@ -342,18 +342,18 @@ class TaskFile(PassThroughPieces):
                     store.failed_write(reason.value)
                 return reason
             if retried:
-                return full()
+                return full(reason.value)
             retried.append(True)
 
             def again(room):
-                return write().addErrback(no_room) if room else full()
+                return write().addErrback(no_room) if room else full(reason.value)
 
             return store.make_room(size, keep=self, full=True).addCallback(again)
 
         retried = []
 
-        def full():
-            store.failed_write(f"no room for piece {index} of {self.task_id}")
+        def full(exc):
+            store.failed_write(exc)   # (an ENOSPC eviction could not resolve)
             if store.pass_through:
                 return self._pass_piece(index, args[1], expected)
             raise StoreFull(f"no room for piece {index} of {self.task_id!r}")
