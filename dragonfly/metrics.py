@@ -1,5 +1,6 @@
 """Prometheus metrics, each service with its own registry."""
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.web.resource import Resource
 
@@ -26,8 +27,37 @@ class SupernodeMetrics:
         self.active_peers = Gauge("dragonfly_supernode_active_peers",
                                   "Peers in swarms still downloading", registry=r)
 
+    def watch_store(self, store):
+        """Export C{store}'s bytes, quota, free space, evictions and errors."""
+        self.registry.register(StoreCollector("dragonfly_supernode", store))
+
     def render(self):
         return generate_latest(self.registry)
+
+
+class StoreCollector:
+    """The piece store's state, read at each scrape: C{<prefix>_store_*}."""
+
+    def __init__(self, prefix, store):
+        self.prefix = prefix
+        self.store = store
+
+    def describe(self):
+        return []   # read at each scrape (the names are fixed; no need to check them)
+
+    def collect(self):
+        p, store = self.prefix + "_store", self.store
+        free = store.space.free()
+        yield GaugeMetricFamily(f"{p}_used_bytes", "Bytes held in the piece store",
+                                value=store.usage())
+        yield GaugeMetricFamily(f"{p}_quota_bytes", "The store's quota (--cache-size; 0: none)",
+                                value=store.quota)
+        yield GaugeMetricFamily(f"{p}_free_bytes", "Free bytes on the store's filesystem",
+                                value=-1 if free is None else free)
+        yield CounterMetricFamily(f"{p}_evictions", "Tasks evicted (TTL, quota or disk space)",
+                                  value=store.evictions)
+        yield CounterMetricFamily(f"{p}_errors", "Store writes that failed",
+                                  value=store.errors)
 
 
 class PeerMetrics:
@@ -59,6 +89,13 @@ class PeerMetrics:
             "dragonfly_mirror_requests", "Registry mirror requests", ["kind", "code"], registry=r)
         self.mirror_blob_bytes = Counter(
             "dragonfly_mirror_blob_bytes", "Blob bytes sent to clients through P2P", registry=r)
+        self.uncached_downloads = Counter(
+            "dragonfly_peer_uncached_downloads",
+            "Downloads served without keeping them (the cache could not hold them)", registry=r)
+
+    def watch_store(self, store):
+        """Export C{store}'s bytes, quota, free space, evictions and errors."""
+        self.registry.register(StoreCollector("dragonfly_peer", store))
 
     def render(self):
         return generate_latest(self.registry)

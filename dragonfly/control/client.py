@@ -313,7 +313,7 @@ class SupernodeClient:
             raise NotRegistered()
         if code == 503 and obj.get("moved"):
             raise Moved(_owner_of(obj))
-        if code == 502:
+        if code in (502, 507):   # 507: it could not store it (its disk is full)
             raise SourceFailed(obj.get("error") or "the supernode could not fetch the file")
         if code != 200:
             if code >= 500:

@@ -166,7 +166,7 @@ class Routes:
                 body.update(self.health())
             except Exception as e:  # noqa: BLE001 - report, don't crash
                 body.update({"status": "error", "error": str(e)})
-        write_json(request, 200 if body.get("status") == "ok" else 503, body)
+        write_json(request, 200 if body.get("status") in ("ok", "degraded") else 503, body)
 
     def metrics_page(self, request):
         from prometheus_client.exposition import CONTENT_TYPE_LATEST

@@ -126,7 +126,9 @@ def attach_mirror(peer_service, reactor, config, node, metrics, endpoint=None, e
     """
     if endpoint is None:
         endpoint = server_endpoint(reactor, config.listen)
-    mirror, site, pool = build_mirror(reactor, config, node, metrics, egress=egress)
+    health = getattr(peer_service.store, "health_report", None)   # the cache's state
+    mirror, site, pool = build_mirror(reactor, config, node, metrics, health=health,
+                                      egress=egress)
     peer_service.add_listener("mirror", endpoint, site, label="registry mirror")
     UpstreamPoolService(pool).setServiceParent(peer_service)
     Logger().info("dfdaemon mirror upstreams: {upstreams}",

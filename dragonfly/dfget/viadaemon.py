@@ -16,7 +16,10 @@ back to the embedded peer (L{dragonfly.dfget.embedded}), which is Twisted.
      directory, a regular file owned by the user behind the daemon's socket);
      otherwise, or where dfget cannot read that file,
      C{GET /api/v1/tasks/<id>/data} streams it instead. An existing FILE
-     keeps its mode.
+     keeps its mode. When the daemon's cache is full it says
+     C{{"uncached": true, "task_id", "length", "grant"}} during the download:
+     dfget then streams C{/data} at once (the daemon keeps no copy), and the
+     final line is C{{"state": "done", "uncached": true, ...}} without a path.
 """
 import hashlib
 import http.client
@@ -84,8 +87,8 @@ class DaemonClient:
             raise
 
     def alive(self, timeout=None):
-        """True if C{GET /healthz} says C{{"status": "ok"}} within about C{timeout}
-        (default L{HEALTH_TIMEOUT}) seconds."""
+        """True if C{GET /healthz} says C{{"status": "ok"}} (or C{"degraded"}) within
+        about C{timeout} (default L{HEALTH_TIMEOUT}) seconds."""
         if timeout is None:
             timeout = HEALTH_TIMEOUT
         try:
@@ -99,10 +102,12 @@ class DaemonClient:
             return False
         finally:
             conn.close()
-        return response.status == 200 and isinstance(obj, dict) and obj.get("status") == "ok"
+        return (response.status == 200 and isinstance(obj, dict)
+                and obj.get("status") in ("ok", "degraded"))
 
-    def download(self, body, on_progress):
-        """Run C{POST /api/v1/download}; return its final line (a dict with "state")."""
+    def download(self, body, on_progress, on_uncached=lambda obj: None):
+        """Run C{POST /api/v1/download}; return its final line (a dict with "state").
+        C{on_uncached(line)} runs when the daemon passes the file through."""
         try:
             conn, sock, response = self._request("POST", "/api/v1/download", body)
         except (OSError, http.client.HTTPException) as e:
@@ -117,7 +122,7 @@ class DaemonClient:
                                  f"{error or response.status}")
             # The download may take any time; --timeout bounds the whole run.
             sock.settimeout(None)
-            return _final_line(response, on_progress)
+            return _final_line(response, on_progress, on_uncached)
         finally:
             conn.close()
 
@@ -149,7 +154,7 @@ class DaemonClient:
         return conn, response
 
 
-def _final_line(response, on_progress):
+def _final_line(response, on_progress, on_uncached=lambda obj: None):
     final = {}
     while "state" not in final:
         try:
@@ -172,6 +177,8 @@ def _final_line(response, on_progress):
             final = obj
         elif isinstance(obj.get("completed"), int):
             on_progress(obj["completed"], obj.get("length"))
+        elif obj.get("uncached") is True:
+            on_uncached(obj)
     return final
 
 
@@ -232,6 +239,7 @@ class _Job:
         self.temp_dirs = set()
         self.spec = opts["digest_spec"]
         self.algo = self.spec[0] if self.spec else None
+        self.streamed = False   # delivered through /data while the daemon passed it through
 
     def run(self, out):
         try:
@@ -254,10 +262,16 @@ class _Job:
             if value:
                 body[key] = value
         self.log(f"asking the peer daemon at {self.client.url} for {o['url']}")
-        final = self.client.download(body, self.on_progress)
+        self.streamed = False
+        final = self.client.download(body, self.on_progress,
+                                     lambda obj: self.pass_through(obj, out))
         state = final.get("state")
         if state == "failed":
             raise DfgetError(str(final.get("error") or "download failed"))
+        if state == "done" and final.get("uncached") is True:
+            if not self.streamed:
+                self.pass_through(final, out)
+            return
         if state != "done" or not isinstance(final.get("path"), str):
             raise DfgetError("the peer daemon hung up before the download finished")
         length = final.get("length")
@@ -275,6 +289,19 @@ class _Job:
         except files.ContentMismatch as e:
             # The daemon's copy is wrong: it drops it and tells its supernode,
             # so the next pull fetches the file again.
+            self.client.corrupt(task_id, str(e))
+            raise
+
+    def pass_through(self, obj, out):
+        """The daemon's cache is full: stream the file from it now (it keeps no copy)."""
+        if self.streamed:
+            return
+        self.streamed = True
+        task_id = obj.get("task_id") or self.opts["task_id"]
+        self.log("the peer daemon's cache is full: streaming without caching")
+        try:
+            self.deliver_stream(task_id, out, obj.get("length"), obj.get("grant"))
+        except files.ContentMismatch as e:
             self.client.corrupt(task_id, str(e))
             raise
 

@@ -32,7 +32,7 @@ class StoreWriter:
     def cut(self, index, chunks, size):
         """Store a piece cut from a body: a Deferred, or None when skipped."""
         tf = self.tf
-        if tf.has(index):
+        if tf.delivered(index):   # held, or passed through (the cache was full)
             if self._recheck:
                 return self._runner.run(digest_of, chunks).addCallback(self._compare, index)
             self._events.skipped(index, size)

@@ -252,10 +252,13 @@ class PeerAPI:
 
     @app.route("/healthz", methods=["GET", "HEAD"])
     def healthz(self, request):
-        return json_body(request, 200, {
-            "status": "ok", "role": "peer", "peer_id": self._node.peer_info.peer_id,
-            "downloads": len(self._node.active()), "tasks": len(self._store.tasks()),
-            "data_dir": self._store.root})
+        body = {"status": "ok", "role": "peer", "peer_id": self._node.peer_info.peer_id,
+                "downloads": len(self._node.active()), "tasks": len(self._store.tasks()),
+                "data_dir": self._store.root}
+        report = getattr(self._store, "health_report", None)
+        if report is not None:
+            body.update(report())   # "degraded" (200) or "unavailable" (503), with reasons
+        return json_body(request, 503 if body["status"] == "unavailable" else 200, body)
 
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request):
@@ -273,6 +276,7 @@ class PeerAPI:
         request.notifyFinish().addBoth(gone.append)
         last = [None]
         started = []
+        held, told = [], []   # the task file; whether "uncached" was said
 
         def line(obj):
             if not started:   # the status is 200 once a line is out
@@ -284,6 +288,10 @@ class PeerAPI:
                 request.write(json.dumps(obj).encode() + b"\n")
 
         def progress(completed, length):
+            if held and held[0].uncached and not told:   # the cache is full
+                told.append(True)
+                line({"uncached": True, "task_id": held[0].task_id, "length": length,
+                      "grant": self._grants.issue(held[0].task_id)})
             now = self._clock.seconds()
             if completed < length and last[0] is not None \
                     and now - last[0] < self.progress_interval:
@@ -294,13 +302,18 @@ class PeerAPI:
         self.log.info("download {url} ({task})", url=redact_url(params["url"]),
                       task=params["task_id"])
         try:
-            tf = await self._node.download(on_progress=progress, **params)
+            tf = await self._node.download(on_progress=progress, on_start=held.append,
+                                           **params)
         except DownloadError as e:
             if isinstance(e, OriginNotAllowed) and not started:
                 return error_body(request, 403, str(e))
             line({"state": "failed", "error": redact_text(str(e))})
             return None
         line({"completed": tf.length, "length": tf.length})
+        if not tf.is_complete:   # passed through: the bytes went (go) out through /data
+            line({"state": "done", "uncached": True, "length": tf.length,
+                  "task_id": tf.task_id, "grant": self._grants.issue(tf.task_id)})
+            return None
         line({"state": "done", "path": tf.path, "length": tf.length, "task_id": tf.task_id,
               "data_dir": self._store.root, "grant": self._grants.issue(tf.task_id)})
         return None
@@ -352,7 +365,7 @@ class PeerAPI:
         except ValueError:
             raise BadRequest("malformed task id")
         tf = self._store.get(task_id)
-        if tf is None or not tf.is_complete:
+        if tf is None or not (tf.is_complete or tf.uncached):   # uncached: streamed once
             return error_body(request, 404, "task not held")
         grant = (request.getHeader(b"x-dragonfly-grant") or b"").decode("latin-1")
         if self._node.is_private(task_id) and not self._grants.valid(grant, task_id):

@@ -116,23 +116,12 @@ def build_peer(reactor, config, *, runner=None, http_client=None, origin_http=No
     from dragonfly.storage.store import PieceStore
 
     c = config
-    tls = None
-    if c.tls is not None:
-        from dragonfly.tls import NodeTLS
-        tls = NodeTLS(c.tls, clock=reactor)
-    if runner is None:
-        from dragonfly.runtime.threads import ThreadRunner
-        runner = ThreadRunner(reactor, max_threads=c.threads, name="peer-io")
-    closers = []
-    if http_client is None:
-        http_client = _own_http_client(reactor, closers, context_factory=tls)
-    if origin_http is None:
-        from dragonfly.egress import EgressPolicy
-        origin_http = _own_http_client(reactor, closers,
-                                       EgressPolicy(c.allow_origin, c.deny_origin))
+    tls, runner, closers, http_client, origin_http = _runtime(
+        reactor, c, runner, http_client, origin_http)
     metrics = PeerMetrics()
     store = PieceStore(c.data_dir, quota=c.cache_size, ttl=c.cache_ttl, clock=reactor,
-                       runner=runner)
+                       runner=runner, pass_through=True)
+    metrics.watch_store(store)
     peer_id = c.peer_id or new_peer_id(None if tls is None else tls.names[0])
     download_limiter = TokenBucket(reactor, c.download_limit) if c.download_limit > 0 else None
     upload_limiter = TokenBucket(reactor, c.upload_limit) if c.upload_limit > 0 else None
@@ -161,6 +150,26 @@ def build_peer(reactor, config, *, runner=None, http_client=None, origin_http=No
         from dragonfly.logsetup import json_observer_for
         peer.log_observer = json_observer_for(reactor, c)
     return peer
+
+
+def _runtime(reactor, c, runner, http_client, origin_http):
+    """What a peer runs on, the given parts or its own: (TLS material or None,
+    runner, closers of what it made, supernode HTTP client, origin HTTP client)."""
+    tls = None
+    if c.tls is not None:
+        from dragonfly.tls import NodeTLS
+        tls = NodeTLS(c.tls, clock=reactor)
+    if runner is None:
+        from dragonfly.runtime.threads import ThreadRunner
+        runner = ThreadRunner(reactor, max_threads=c.threads, name="peer-io")
+    closers = []
+    if http_client is None:
+        http_client = _own_http_client(reactor, closers, context_factory=tls)
+    if origin_http is None:
+        from dragonfly.egress import EgressPolicy
+        origin_http = _own_http_client(reactor, closers,
+                                       EgressPolicy(c.allow_origin, c.deny_origin))
+    return tls, runner, closers, http_client, origin_http
 
 
 def _own_http_client(reactor, closers, egress=None, context_factory=None):

@@ -122,12 +122,14 @@ class BackSource:
         tf = dl.tf
         if tf is None:
             tf = store.get(dl.task_id)
+            if tf is not None and tf.uncached:
+                tf = None   # an earlier pass-through: start afresh
             if tf is not None and tf.is_complete:
                 dl.set_task_file(tf)
                 return tf
         offset = 0
         if tf is not None and tf.completed_bytes:
-            missing = [i for i in range(tf.piece_count) if not tf.has(i)]
+            missing = [i for i in range(tf.piece_count) if not tf.delivered(i)]
             if not missing:
                 dl.set_task_file(tf)
                 return tf
@@ -163,7 +165,7 @@ class BackSource:
                               OriginEvents(self._deps.metrics, dl))
         except OriginError as e:
             raise DownloadError(f"origin: {e.message}")
-        if not tf.is_complete:
+        if not tf.is_delivered:
             raise DownloadError(f"origin sent {length} bytes but pieces are missing")
         return tf
 

@@ -165,8 +165,9 @@ class Download:
         tf = self.tf
         if tf is None:
             return
+        done = getattr(tf, "delivered_bytes", tf.completed_bytes)   # passed through too
         for cb in list(self.progress_hooks):
-            call_progress(cb, tf.completed_bytes, tf.length)
+            call_progress(cb, done, tf.length)
 
     def piece_arrived(self, index, nbytes, source):
         """Piece C{index} is stored: count its bytes, wake the streams, report progress."""
@@ -210,8 +211,12 @@ class Download:
             for d in self.ready:
                 if isinstance(d, Deferred):
                     d.errback(result)
+            if self.tf is not None:
+                self.tf.abandon()   # its partial gives its space back if short
         else:
             self._metrics.downloads.labels(result="ok").inc()
+            if getattr(result, "uncached", False):
+                self._metrics.uncached_downloads.inc()   # served without caching
             self._observe_duration("ok")
             if signal is not None:
                 signal.fire()

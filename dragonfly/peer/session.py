@@ -64,6 +64,9 @@ async def join_swarm(dl, deps, settings, client, me):
             # origin refused it): keep none of its pieces for a later download.
             deps.store.remove(dl.task_id)
         raise
+    if tf.uncached:
+        # Passed through (the cache was full): this host does not share it.
+        client.leave(dl.task_id, me().peer_id)
     return tf
 
 
@@ -90,8 +93,8 @@ async def register(client, dl, peer, prefer=None):
 
 def _prepare(store, dl, info):
     tf = store.get(dl.task_id)
-    if tf is None or tf.length != info.length or tf.piece_size != info.piece_size:
-        if tf is not None:
+    if tf is None or tf.uncached or tf.length != info.length or tf.piece_size != info.piece_size:
+        if tf is not None and not tf.uncached:
             _log.info("task {task} changed shape; starting it afresh", task=dl.task_id)
         tf = store.create(dl.task_id, dl.url, info.length, info.piece_size)
     dl.set_task_file(tf)
@@ -150,12 +153,14 @@ class SwarmSession:
             self.slots = max(1, min(self.slots, settings.max_buffered // max(1, tf.piece_size)))
 
     def _complete(self):
-        return self.tf.is_complete
+        return self.tf.is_delivered   # held, or passed through when the cache is full
 
     async def run(self):
+        forget = self.tf.on_drained(self.event.fire)   # passed-through memory freed
         try:
             await self._loop()
         finally:
+            forget()
             if self.reporting is not None:
                 self.reporting.cancel()
             for a, d in list(self.in_flight.values()):
@@ -184,6 +189,8 @@ class SwarmSession:
             unassigned = (self.tf.piece_count - len(self.tf.completed())
                           - len(self.in_flight) - len(self.queue))
             want = min(want, max(0, unassigned))
+            if not want and not self.in_flight and self.tf.pass_full():
+                want = 1   # what the streams wait for is not among those queued
             nothing_to_say = want == 0 and not self.have and not self.failed
             if nothing_to_say or (want < REPORT_BATCH and self._may_gather()):
                 await self.event.wait(self.settings.stall_timeout)
@@ -238,7 +245,7 @@ class SwarmSession:
                 await self.event.wait(settings.min_poll_interval - elapsed)
 
     def _check_stall(self):
-        if self.in_flight:
+        if self.in_flight or self.tf.pass_full():   # (waiting for a stream to drain it)
             return
         idle = self.clock.seconds() - self.last_progress
         if idle >= self.settings.stall_timeout:
@@ -299,7 +306,7 @@ class SwarmSession:
                 self.log.warn("ignoring a bad assignment for {task}: {why}",
                               task=self.dl.task_id, why=str(e))
                 continue
-            if tf.has(a.index):
+            if tf.delivered(a.index):
                 self.have.append(a.index)
                 continue
             if a.index in taken:
@@ -312,8 +319,12 @@ class SwarmSession:
 
     def _start_fetches(self):
         while self.queue and len(self.in_flight) < self.slots:
-            a = self.queue.pop(0)
-            if self.tf.has(a.index) or a.index in self.in_flight:
+            # (with the cache full, only the pieces streams wait for: see pass_wants)
+            a = next((a for a in self.queue if self.tf.pass_wants(a.index)), None)
+            if a is None:
+                break
+            self.queue.remove(a)
+            if self.tf.delivered(a.index) or a.index in self.in_flight:
                 continue
             d = Deferred.fromCoroutine(self._fetch(a))
             d.addErrback(lambda f: f.trap(CancelledError) and None)
@@ -367,6 +378,8 @@ class SwarmSession:
             source = "supernode" if a.source.peer_id == self.seed_id else "peer"
             self.metrics.piece_seconds.labels(source=source).observe(
                 max(0.0, self.clock.seconds() - started))
+            # (reported even when passed through: the supernode frees its source's
+            # slot; an uncached task leaves the swarm at its end, see join_swarm)
             self.have.append(a.index)
             self.last_progress = self.clock.seconds()
             self.registrations = 1

@@ -3,7 +3,7 @@
 L{OrderedPushProducer} is what L{dragonfly.peer.node.PeerNode.stream} hands
 to a consumer (an HTTP request of the peer API or of the registry mirror):
 a push producer that writes the task's bytes in order as soon as each piece
-is in the store, honouring the consumer's pause/resume. Its C{cursor} (the
+is in the store (or passed through it, when the cache is full), honouring the consumer's pause/resume. Its C{cursor} (the
 piece it writes or waits for) steers the swarm session's schedule calls.
 """
 from twisted.internet.defer import CancelledError, Deferred
@@ -120,10 +120,10 @@ class OrderedPushProducer:
                 await self._wait(self._resumed)
                 continue
             index = self._offset // tf.piece_size
-            if not tf.has(index):
+            if not tf.readable(index):
                 w = self._wait_piece(tf.task_id)
                 if w is None:
-                    if tf.has(index):
+                    if tf.readable(index):
                         continue
                     raise DownloadError(f"piece {index} of task {tf.task_id} is not held "
                                         "and no download is running")
@@ -145,6 +145,8 @@ class OrderedPushProducer:
             self._offset += n
             self._read_ahead()
             self._consumer.write(data)
+            if self._offset == sum(tf.piece_range(index)):
+                tf.consumed(index)   # a passed-through piece (cache full) is freed
         if not self._stopped:
             self._stopped = True
             self._consumer.unregisterProducer()
@@ -158,7 +160,7 @@ class OrderedPushProducer:
     def _read_ahead(self):
         """Start reading the next chunk now if its piece is held already."""
         offset = self._offset
-        if offset >= self._end or not self._tf.has(offset // self._tf.piece_size):
+        if offset >= self._end or not self._tf.readable(offset // self._tf.piece_size):
             return
         n = self._chunk_at(offset)
         self._ahead = (offset, n, self._tf.read_range(offset, n))

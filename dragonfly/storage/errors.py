@@ -9,6 +9,10 @@ class StoreError(Exception):
     """A piece store operation could not be done."""
 
 
+class StoreFull(StoreError):
+    """No room for a piece or task: the disk is full (or eviction could not help)."""
+
+
 class TaskRemoved(StoreError):
     """The task was removed (GC, replacement or remove()) from the store."""
 

@@ -13,25 +13,33 @@ written, never for the length its origin announced (an announcement is
 unverified: a lying Content-Length must not evict the cache). When written
 pieces take usage over the quota, least recently used tasks other than the
 one being written are evicted.
+
+The store also watches the real free space of its filesystem
+(L{dragonfly.storage.diskspace}): before a piece is written it makes room for
+it (evicting unpinned tasks, partial ones first, then least recently used),
+and a write that still fails with ENOSPC is retried once after more
+eviction, else fails with L{StoreFull}. L{health} says what is wrong.
 """
 import os
 import shutil
 import time
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from dragonfly.interfaces import IPieceStore, IServedStore
 from dragonfly.runtime.threads import SyncRunner
 from dragonfly.storage import fileio
-from dragonfly.storage.errors import CorruptEntry, StoreError
+from dragonfly.storage.diskspace import DiskSpace, is_disk_full
+from dragonfly.storage.errors import CorruptEntry, StoreError, StoreFull
 from dragonfly.storage.fdbudget import FdBudget
 from dragonfly.storage.layout import (
     DATA_NAME, META_NAME, TRASH_PREFIX, entry_dir, good_task_id, is_entry_name, is_int,
     is_prefix_dir_name, task_key, trash_path)
 from dragonfly.storage import verify
 from dragonfly.storage.meta import MAX_META_BYTES, is_held, parse
+from dragonfly.storage.passthrough import DEFAULT_LIMIT as PASS_LIMIT
 from dragonfly.storage.taskfile import TaskFile
 
 
@@ -69,7 +77,8 @@ class PieceStore:
     log = Logger()
 
     def __init__(self, root, quota=0, ttl=0, clock=None, runner=None,
-                 persist_pieces=64, persist_interval=2.0, max_open_files=256):
+                 persist_pieces=64, persist_interval=2.0, max_open_files=256,
+                 statvfs=os.statvfs, space_ttl=1.0, min_free=1 << 20, pass_through=False):
         self.root = os.path.abspath(root)
         self.quota = quota
         self.ttl = ttl
@@ -83,6 +92,17 @@ class PieceStore:
         self._used = 0          # sum of the tasks' completed_bytes
         #: task id -> digests of the pieces to re-verify (None: not held), see load()
         self._unverified = {}
+        #: the filesystem's free space (cached); keep C{min_free} bytes of it free
+        self.space = DiskSpace(self.root, self.clock, statvfs, space_ttl)
+        self.min_free = min_free
+        #: a piece it cannot hold is kept in memory for the streams (the peer)
+        #: instead of failing with StoreFull (the supernode)
+        self.pass_through = pass_through
+        self.pass_limit = PASS_LIMIT   # bytes of such pieces waiting for a stream, per task
+        self.evictions = 0      # tasks evicted (TTL, quota or disk space)
+        self._deleting = set()  # Deferreds of the deletions running (their space comes back)
+        self.errors = 0         # store writes that failed
+        self.last_error = None  # (clock time, text) of the last one
         #: fires once the pieces left by an unclean stop are re-verified
         self.reverified = succeed(None)
         os.makedirs(self.root, exist_ok=True)
@@ -142,30 +162,43 @@ class PieceStore:
         try:
             os.makedirs(directory)
             fd = fileio.create_data(task.path, length)
-        except OSError:
+        except OSError as e:
             shutil.rmtree(directory, ignore_errors=True)
+            if is_disk_full(e):
+                self.failed_write(e)
+                raise StoreFull(f"no room for {task_id!r} under {self.root}: {e}") from e
             raise
         task.adopt_fd(fd)
-        if not task.save_now():
-            task.close_fd()
-            shutil.rmtree(directory, ignore_errors=True)
-            raise StoreError(f"cannot save metadata for {task_id!r} under {self.root}")
+        if not task.save_now() and not self._save_after_evicting(task):
+            why = f"cannot save metadata for {task_id!r} under {self.root}"
+            self.failed_write(why)
+            full = self.disk_full()
+            if not (full and self.pass_through):
+                task.close_fd()
+                shutil.rmtree(directory, ignore_errors=True)
+                raise StoreFull(why + ": disk full") if full else StoreError(why)
+            # Its pieces will be passed through (their writes fail too); without
+            # a meta.json the entry is dropped at the next start if still there.
+            self.log.warn("{why}: disk full, {task_id} will be passed through",
+                          why=why, task_id=task_id)
         self._tasks[task_id] = task
         self.log.debug("created {task_id} ({length} bytes, {pieces} pieces)",
                        task_id=task_id, length=length, pieces=task.piece_count)
         return task
 
-    def remove(self, task_id):
-        """Forget C{task_id} and delete its files (pinned or not)."""
+    def remove(self, task_id, now=False):
+        """Forget C{task_id} and delete its files (pinned or not); a Deferred
+        fires once they are gone. C{now}: delete them before returning."""
         task = self._tasks.pop(task_id, None)
         if task is None:
-            return
+            return succeed(None)
         self._used -= task.completed_bytes
         task.detach()
-        self._discard_dir(task.directory)
+        return self._discard_dir(task.directory, now) or succeed(None)
 
-    def _discard_dir(self, directory):
-        """Move C{directory} out of the way at once; delete it in the runner."""
+    def _discard_dir(self, directory, now=False):
+        """Move C{directory} out of the way at once; delete it in the runner
+        (C{now}: right here)."""
         trash = trash_path(self.root)
         try:
             os.rename(directory, trash)
@@ -176,35 +209,62 @@ class PieceStore:
                           path=directory, err=e)
             shutil.rmtree(directory, ignore_errors=True)
             return
+        if now:
+            shutil.rmtree(trash, ignore_errors=True)
+            return
         d = self.runner.run(shutil.rmtree, trash, ignore_errors=True)
         d.addErrback(lambda f: self.log.failure("deleting {path}", f, path=trash))
+        if not d.called:
+            self._deleting.add(d)
+            d.addBoth(lambda r: self._deleting.discard(d) or r)
+        return d
 
     # -- quota and TTL ---------------------------------------------------------
 
     def _evictable(self, task):
         return not task.pinned and not task.busy
 
+    def _eviction_order(self):
+        """Partial tasks first (kept only for resume), then least recently used."""
+        return sorted(self._tasks.values(),
+                      key=lambda t: (t.is_complete, t.last_access, t.created, t.key))
+
+    def _evict(self, task, why, now=False):
+        self.log.info("evicting {task_id}: {why}", task_id=task.task_id, why=why)
+        self.evictions += 1
+        return self.remove(task.task_id, now)
+
+    def _save_after_evicting(self, task):
+        """The first meta.json of new C{task} could not be written: while the
+        disk is full, evict other tasks one by one (deleted at once: the disk
+        is full, so this rare path blocks briefly) and try again."""
+        for t in self._eviction_order():
+            if not self.disk_full():
+                break
+            if t.task_id != task.task_id and self._evictable(t):
+                self._evict(t, "disk full", now=True)
+                if task.save_now():
+                    return True
+        return task.save_now()
+
     def _collect(self, target, keep=None):
         """Remove expired tasks, then LRU ones until usage <= target (if target
         is not None); never C{keep}."""
         freed = 0
-        order = sorted(self._tasks.values(), key=lambda t: (t.last_access, t.created, t.key))
+        order = self._eviction_order()
         if self.ttl > 0:
             now = self.clock.seconds()
             for t in order:
                 if now - t.last_access >= self.ttl and self._evictable(t):
-                    self.log.info("evicting {task_id}: not used for {idle:.0f}s",
-                                  task_id=t.task_id, idle=now - t.last_access)
                     freed += t.length
-                    self.remove(t.task_id)
+                    self._evict(t, f"not used for {now - t.last_access:.0f}s")
         if target is not None:
             for t in order:
                 if self._used <= target:
                     break
                 if t is not keep and self._tasks.get(t.task_id) is t and self._evictable(t):
-                    self.log.info("evicting {task_id}: over quota", task_id=t.task_id)
                     freed += t.length
-                    self.remove(t.task_id)
+                    self._evict(t, "over quota")
         return freed
 
     def gc(self):
@@ -235,8 +295,94 @@ class PieceStore:
         """C{task} now holds C{nbytes} more (a piece was written): charge
         them, evicting other tasks (LRU) while usage is over the quota."""
         self._used += nbytes
+        self.space.wrote(nbytes)
         if 0 < self.quota < self._used:
             self._collect(self.quota, keep=task)
+
+    # -- free space --------------------------------------------------------------
+
+    def make_room(self, nbytes, keep=None, full=False):
+        """Make the filesystem hold C{nbytes} more (plus C{min_free}): evict
+        unpinned tasks other than C{keep} (partial ones first, then LRU) while
+        the free space is short. C{full}: a write just failed with ENOSPC (ask
+        the filesystem again, and evict even if the numbers say there is room).
+
+        A Deferred firing, once the evicted files are deleted, with True if
+        there should be room now (False: nothing more can be evicted).
+        """
+        if full:
+            self.space.refresh()   # (full_at is set only if eviction cannot help: failed_write)
+        free = self.space.free()
+        if free is None and not full:
+            return succeed(True)
+        need = nbytes + self.min_free - (free or 0)
+        if need <= 0 and not full:
+            return succeed(True)
+        deletions = []
+        for t in self._eviction_order():
+            if need <= 0 and (not full or deletions):
+                break
+            if t is keep or not self._evictable(t):
+                continue
+            need -= t.completed_bytes
+            deletions.append(self._evict(t, "disk space low"))
+        self.space.refresh()
+        if not deletions and self._deleting:
+            deletions = list(self._deleting)   # earlier evictions still being deleted
+        if not deletions:
+            return succeed(not full and need <= 0)
+        return gatherResults(deletions, consumeErrors=True).addBoth(lambda _: need <= 0 or full)
+
+    def failed_write(self, why):
+        """A store write failed (C{why}: an exception or text): count it for health."""
+        self.errors += 1
+        self.last_error = (self.clock.seconds(), str(why))
+        if isinstance(why, BaseException) and is_disk_full(why):
+            self.space.disk_full()
+
+    def disk_full(self):
+        """True if the filesystem has less than C{min_free} bytes left (asks it again)."""
+        self.space.refresh()
+        free = self.space.free()
+        return free is not None and free <= self.min_free
+
+    def abandoned(self, task):
+        """The download of C{task} failed: when the disk or the quota is short
+        (or the failure was a full store), drop what it held unless someone
+        still uses it; otherwise keep it for a resume (evicted first)."""
+        if task.removed or task.is_complete or task.pinned:
+            return
+        full_at = self.space.full_at
+        pressed = (self.disk_full() or 0 < self.quota <= self._used
+                   or (full_at is not None and self.clock.seconds() - full_at < 60.0))
+        if pressed:
+            self.log.info("releasing the partial {task_id} of a failed download",
+                          task_id=task.task_id)
+            self.remove(task.task_id)
+
+    def health(self, recent=60.0):
+        """What is wrong with this store now: a list of short reasons (empty: ok)."""
+        reasons = []
+        now = self.clock.seconds()
+        free = self.space.free()
+        if (free is not None and free <= self.min_free) or (
+                self.space.full_at is not None and now - self.space.full_at < recent):
+            reasons.append("disk full")
+        if 0 < self.quota < self._used:
+            reasons.append("quota exceeded")
+        if self.last_error is not None and now - self.last_error[0] < recent:
+            reasons.append(f"store errors: {self.last_error[1]}")
+        return reasons
+
+    def health_report(self):
+        """C{{"status": "ok"}}; C{"degraded"} with C{"reasons"} while it can
+        still serve; C{"unavailable"} when its directory is gone."""
+        if not os.path.isdir(self.root):
+            return {"status": "unavailable", "reasons": [f"store directory {self.root} is gone"]}
+        reasons = self.health()
+        if reasons:
+            return {"status": "degraded", "reasons": reasons}
+        return {"status": "ok"}
 
     # -- persistence -----------------------------------------------------------
 
@@ -278,6 +424,11 @@ class PieceStore:
                 self._load_one(name, sub)
         self.log.info("store {root}: {n} tasks, {used} bytes",
                       root=self.root, n=len(self._tasks), used=self.usage())
+        total = self.space.total()
+        if total is not None and self.quota > total:
+            self.log.warn("--cache-size ({quota} bytes) exceeds the size of the filesystem "
+                          "under {root} ({total} bytes); its free space limits the cache too",
+                          quota=self.quota, root=self.root, total=total)
         self.reverified = Deferred.fromCoroutine(self._reverify())
 
     async def _reverify(self):

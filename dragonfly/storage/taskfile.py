@@ -41,10 +41,12 @@ from zope.interface import implementer
 from dragonfly.interfaces import IServedTask
 
 from dragonfly.storage import fileio
-from dragonfly.storage.errors import PieceNotHeld, TaskRemoved
+from dragonfly.storage.diskspace import is_disk_full
+from dragonfly.storage.errors import PieceNotHeld, StoreFull, TaskRemoved
 from dragonfly.storage.layout import (
     DATA_NAME, META_NAME, entry_dir, is_hex_digest, is_int, task_key)
 from dragonfly.storage.meta import TaskMeta, is_held
+from dragonfly.storage.passthrough import PassThroughPieces
 from dragonfly.storage.saver import MetaSaver
 
 MAX_READ = 1 << 20          # read(): small, synchronous, bounded
@@ -59,7 +61,7 @@ def _checked_digest(digest):
 
 
 @implementer(IServedTask)
-class TaskFile:
+class TaskFile(PassThroughPieces):
     """One task in the store. Made by L{PieceStore}; do not construct directly."""
 
     log = Logger()
@@ -102,6 +104,8 @@ class TaskFile:
         self._sealed = sealed
         self._write_lock = threading.Lock()   # held by a runner thread while it writes
         self._clean = False    # saved by a clean shutdown, unchanged since (meta "clean")
+        self._pass = None      # a PassThrough once the store could not hold a piece
+        self._drain_waiters = []
 
     def __repr__(self):
         return (f"<TaskFile {self.task_id!r} {self._held_count}/{self.piece_count} pieces"
@@ -174,6 +178,7 @@ class TaskFile:
             raise ValueError(f"unpin() without pin() on task {self.task_id!r}")
         self._pins -= 1
         self._maybe_close()
+        self._maybe_release()
 
     def touch(self):
         """Record an access now (for TTL and LRU); saved with the next meta write."""
@@ -278,9 +283,10 @@ class TaskFile:
         fd, views, offset = job
         if check:
             d = self._run_write(index, fileio.verify_and_write, fd, views, offset, digest,
-                                self._write_lock)
+                                self._write_lock, expected=digest)
         else:
-            d = self._run_write(index, fileio.pwrite_all, fd, views, offset, self._write_lock)
+            d = self._run_write(index, fileio.pwrite_all, fd, views, offset, self._write_lock,
+                                expected=digest)
         return d.addCallback(lambda _: self._mark_held(index, digest))
 
     def write_new_piece(self, index, data):
@@ -317,9 +323,40 @@ class TaskFile:
             raise ValueError(f"piece {index} of {self.task_id!r} is being written")
         return self._acquire(), views, offset
 
-    def _run_write(self, index, f, *args):
-        """Run write job C{f(*args)} in the runner with piece C{index} marked as being written."""
+    def _run_write(self, index, f, *args, expected=None):
+        """Run write job C{f(*args)} in the runner with piece C{index} marked as being written.
+
+        The store first makes room for the piece on its disk; a write failing
+        with ENOSPC is tried once more after eviction, else fails with
+        L{StoreFull}."""
         self._writing.add(index)
+        store = self._store
+        size = self._piece_len(index)
+
+        def write(_=None):
+            return store.runner.run(f, *args)
+
+        def no_room(reason):
+            if not is_disk_full(reason.value):
+                if isinstance(reason.value, OSError):
+                    store.failed_write(reason.value)
+                return reason
+            if retried:
+                return full(reason.value)
+            retried.append(True)
+
+            def again(room):
+                return write().addErrback(no_room) if room else full(reason.value)
+
+            return store.make_room(size, keep=self, full=True).addCallback(again)
+
+        retried = []
+
+        def full(exc):
+            store.failed_write(exc)   # (an ENOSPC eviction could not resolve)
+            if store.pass_through:
+                return self._pass_piece(index, args[1], expected)
+            raise StoreFull(f"no room for piece {index} of {self.task_id!r}")
 
         def written(result):
             self._writing.discard(index)
@@ -331,13 +368,19 @@ class TaskFile:
             self._writing.discard(index)
             return reason
 
-        d = self._store.runner.run(f, *args)
+        d = store.make_room(size, keep=self)
+        d.addCallback(write)
+        d.addErrback(no_room)
         d.addBoth(self._release)
         d.addCallbacks(written, failed)
         return d
 
     def _mark_held(self, index, digest):
         if self.has(index):
+            return
+        if self._pass is not None and index in self._pass.pieces:
+            self._digests[index] = digest
+            self._pass.delivered(index, self._piece_len(index))   # not held: not served
             return
         self._clean = False
         self._held[index >> 3] |= 0x80 >> (index & 7)
@@ -427,6 +470,11 @@ class TaskFile:
         return self._read_async(offset, length)
 
     def _read_async(self, offset, length):
+        if self._pass is not None and length and not self.has(offset // self.piece_size):
+            index = offset // self.piece_size
+            data = self._pass.read(index, offset - index * self.piece_size, length)
+            if data is not None and len(data) == length:
+                return succeed(data)
         try:
             self._check_readable(offset, length)
             if not length:
@@ -479,6 +527,10 @@ class TaskFile:
     def cancel_timer(self):
         """Drop the pending debounced save, if any."""
         self._saver.cancel()
+
+    def abandon(self):
+        """The download of this task failed: the store may give its space back now."""
+        self._store.abandoned(self)
 
     def detach(self):
         """Forget this task: no more saves, fd closed once idle."""

@@ -34,6 +34,7 @@ from dragonfly.supernode.dashboard import Dashboard, page as dashboard_page
 from dragonfly.supernode.handover import HandOver
 from dragonfly.supernode.peerkeys import PeerKeys, WrongSecret
 from dragonfly.supernode.scheduler import TooManyPeers, UnknownPeer, UnknownTask
+from dragonfly.storage.errors import StoreFull
 from dragonfly.tls import peer_id_allowed, peer_names
 
 __all__ = ["SupernodeAPI", "ApiError", "LimitedRequest", "api_site"]
@@ -419,6 +420,8 @@ class SupernodeAPI:
             raise ApiError(403, e.message)
         if isinstance(e, ContentMismatch):
             raise ApiError(409, str(e))
+        if isinstance(e, (CacheFull, StoreFull)):   # fails every waiting peer at once
+            raise ApiError(507, f"the supernode's cache is full: {e}")
         body = {}
         if isinstance(e, OriginError) and e.status is not None:
             body["origin_status"] = e.status
@@ -567,12 +570,15 @@ class SupernodeAPI:
                 "tasks": self.dashboard.task_count(), "keys": self.signer.keys()}
         if seed is not None:
             body["seed"] = seed.to_json()
+            report = getattr(self.cdn.store, "health_report", None)
+            if report is not None:
+                body.update(report())   # "degraded" (200) or "unavailable" (503)
         if self.cluster is not None:
             body["cluster"] = self.cluster.status()
         if self.handover.draining:
             body["status"] = "draining"   # the other members take the new tasks
-        ok = seed is not None and not self.handover.draining
-        return json_body(request, 200 if ok else 503, body, compact=True)
+        serving = body["status"] in ("ok", "degraded")
+        return json_body(request, 200 if serving else 503, body, compact=True)
 
     @app.route("/metrics", methods=["GET"])
     def metrics_page(self, request):

@@ -42,6 +42,7 @@ def build_supernode(reactor, c):
     admission.add_all(signer.keys())
     store = PieceStore(os.path.join(c.data_dir, "pieces"), quota=c.cache_size, ttl=c.cache_ttl,
                        clock=reactor, runner=runner)
+    metrics.watch_store(store)
     scheduler = LongPollScheduler(reactor, seed_max_uploads=c.max_uploads,
                                   max_peers_per_address=c.max_peers_per_address)
 

@@ -8,8 +8,7 @@ connection paused at that limit, so memory stays at about three pieces per
 task while the network and the disk both keep busy) and tells the scheduler
 about each piece as soon as it is on disk (L{_JobEvents}), so peers start on
 the first pieces while the rest still arrives. This module holds only the
-policy: jobs, revalidation, resumption, retries, content-changed detection,
-publishing.
+policy: jobs, revalidation, resumption, retries, content-changed detection, publishing.
 
 Life of a job (see docs/design.md, "CDN"):
 
@@ -25,13 +24,12 @@ Life of a job (see docs/design.md, "CDN"):
 
 A broken or stalled body is resumed from the first missing piece with bounded
 retries and exponential backoff on the injected clock; 4xx answers are final.
-A failed job leaves its pieces in the store and the next ensure() starts a new
-job (which resumes).
+A failed job leaves its pieces in the store (unless the disk is short) and the
+next ensure() starts a new job (which resumes).
 A task named by a content digest, and a task reported corrupt: see
 L{dragonfly.supernode.recheck} (the last piece waits for the content check).
 """
-from twisted.internet.defer import (
-    CancelledError, Deferred, fail, succeed)
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -40,6 +38,7 @@ from dragonfly.ingest.events import IngestEvents
 from dragonfly.ingest.pipeline import spool_into, stream_into
 from dragonfly.origin import BodyBroken, OriginError
 from dragonfly.redact import redact_text, redact_url
+from dragonfly.storage.errors import StoreFull
 from dragonfly.supernode.recheck import ContentMismatch, Rechecker, check_content
 from dragonfly.supernode.swarmstate import PieceSizes
 from dragonfly.taskid import digest_named
@@ -420,8 +419,7 @@ class CDN:
                     except CancelledError:
                         raise CDNError("supernode is shutting down")
         except Exception:
-            f = Failure()
-            self._failed(job, f)
+            self._failed(job, Failure())
         else:
             self._done(job)
         finally:
@@ -429,6 +427,8 @@ class CDN:
             job.current = None
             if job.pinned is not None:
                 job.pinned.unpin()
+                if job.state == "failed":
+                    job.pinned.abandon()   # its space back if the store is short
                 job.pinned = None
 
     def _done(self, job):
@@ -445,8 +445,8 @@ class CDN:
         job.error = f
         self.log.warn("task {task_id} from {url} failed: {err}",
                       task_id=job.task_id, url=redact_url(job.url), err=redact_text(str(f.value)))
-        if f.check(ContentChanged, ContentMismatch):
-            # Do not keep (or serve) a mix of two versions of the file.
+        if f.check(ContentChanged, ContentMismatch, StoreFull):
+            # Do not keep (or serve) a mix of two versions, or a file it cannot hold.
             self.store.remove(job.task_id)
             self._forget_in_scheduler(job.task_id)
         if not job.ready.fired:

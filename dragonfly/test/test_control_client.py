@@ -441,13 +441,15 @@ class ScheduleTests(SynchronousTestCase):
 
     def test_errors(self):
         """404 is NotRegistered, 502 SourceFailed (the supernode's origin fetch
-        failed: no use asking again), other 5xx SupernodeUnavailable, another
+        failed: no use asking again), 507 too (it cannot store the file), other 5xx SupernodeUnavailable, another
         refusal TaskRefused."""
         for answer, exc, text in [
                 ((404, {"error": "unknown peer"}), NotRegistered, ""),
                 ((503, {"error": "overloaded"}), SupernodeUnavailable, "HTTP 503: overloaded"),
                 ((502, {}), SourceFailed, "the supernode could not fetch the file"),
                 ((502, {"error": "origin broke off"}), SourceFailed, "origin broke off"),
+                ((507, {"error": "the supernode's cache is full: no room"}), SourceFailed,
+                 "the supernode's cache is full: no room"),
                 ((500, {}), SupernodeUnavailable, "HTTP 500: "),
                 ((400, {"error": "bad cursor"}), TaskRefused,
                  "supernode refused to schedule: bad cursor"),

@@ -381,6 +381,31 @@ class ScriptedDaemonTests(DaemonMixin, TestCase):
         self.assertEqual(self.listing(), [])
         self.assertIn(f"/api/v1/tasks/{task_id}/data", self.daemon.paths)
 
+    async def test_uncached_streams_data(self):
+        """When the daemon says it passes the file through ("uncached": its cache
+        is full), dfget streams /data at once, says so with -v, and the final
+        line without a path is a success."""
+        task_id = task_id_for_url(URL)
+
+        def download(request):
+            return _ndjson({"completed": 0, "length": len(DATA)},
+                           {"uncached": True, "task_id": task_id, "length": len(DATA)},
+                           {"completed": len(DATA), "length": len(DATA)},
+                           {"state": "done", "uncached": True, "length": len(DATA),
+                            "task_id": task_id})
+
+        def data(request):
+            request.setHeader(b"content-length", b"%d" % len(DATA))
+            return DATA
+        url = self.serve(**{"/api/v1/download": download, "/api/v1/tasks/": data})
+        code = await self.run_dfget(url, URL, "-O", self.out, "-v", "--digest", "sha256:" + SHA)
+        self.assertEqual(code, 0, self.stderr.getvalue())
+        with open(self.out, "rb") as f:
+            self.assertEqual(f.read(), DATA)
+        self.assertEqual(self.daemon.paths.count(f"/api/v1/tasks/{task_id}/data"), 1)
+        self.assertEqual(self.stderr.getvalue().count("streaming without caching"), 1)
+        self.assertEqual(self.listing(), [os.path.basename(self.out)])
+
     async def test_bad_task_id_not_requested(self):
         """A malformed task id from the daemon never becomes a request path."""
         url = self.serve(**{"/api/v1/download": lambda r: _ndjson(

@@ -75,6 +75,17 @@ class RoutesTests(MirrorTestMixin, SynchronousTestCase):
         self.assertIn('dragonfly_mirror_requests_total{code="200",kind="passthrough"} 1.0', text)
         self.assertIn("dragonfly_peer_download_bytes_total", text)
 
+    def test_healthz_degraded(self):
+        """When the cache reports "degraded" (a full disk), the mirror's /healthz
+        still answers 200 with the reasons; "unavailable" answers 503."""
+        report = {"status": "degraded", "reasons": ["disk full"]}
+        self.mirror.routes.health = lambda: report
+        response = self.get("/healthz")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(json.loads(self.body(response))["reasons"], ["disk full"])
+        report = {"status": "unavailable", "reasons": ["store directory /x is gone"]}
+        self.assertEqual(self.get("/healthz").code, 503)
+
     def test_malformed_digest(self):
         """When the digest is malformed, the client gets 400 DIGEST_INVALID and
         neither the registry nor the swarm is asked."""

@@ -1,5 +1,6 @@
 """The peer's local API, driven through StubTreq."""
 import json
+import os
 
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
@@ -56,6 +57,56 @@ class APITests(SynchronousTestCase):
         obj = json.loads(body)
         self.assertEqual(obj["status"], "ok")
         self.assertEqual(obj["peer_id"], ME.peer_id)
+
+    def test_healthz_degraded(self):
+        """While the store's disk is full, /healthz still answers 200 but says
+        "degraded" with the reason; with the store directory gone, 503."""
+        from dragonfly.test.test_storage_diskspace import FakeStatvfs
+        self.store.space.statvfs = FakeStatvfs(0)
+        self.store.space.refresh()
+        r, body = self.request("GET", "/healthz")
+        self.assertEqual(r.code, 200)
+        obj = json.loads(body)
+        self.assertEqual((obj["status"], obj["reasons"]), ("degraded", ["disk full"]))
+        os.rename(self.store.root, self.store.root + ".gone")
+        r, body = self.request("GET", "/healthz")
+        self.assertEqual(r.code, 503)
+        self.assertEqual(json.loads(body)["status"], "unavailable")
+
+    def test_metrics_store(self):
+        """/metrics exports the store's used bytes, quota, free space,
+        evictions, errors and the downloads served without caching."""
+        from dragonfly.test.test_storage_diskspace import FakeStatvfs
+        self.metrics.watch_store(self.store)
+        self.store.space.statvfs = FakeStatvfs(12345)
+        self.store.space.refresh()
+        r, body = self.request("GET", "/metrics")
+        for line in (b"dragonfly_peer_store_used_bytes 0.0", b"dragonfly_peer_store_quota_bytes 0.0",
+                     b"dragonfly_peer_store_free_bytes 12345.0",
+                     b"dragonfly_peer_store_evictions_total 0.0",
+                     b"dragonfly_peer_store_errors_total 0.0",
+                     b"dragonfly_peer_uncached_downloads_total 0.0"):
+            self.assertIn(line, body)
+
+    def test_download_uncached(self):
+        """When the store cannot hold the file, the download still succeeds: an
+        "uncached" line, a final line without a path, and /data streams every
+        byte once (the task then gives its space back)."""
+        from dragonfly.test.test_storage_diskspace import full_disk_after
+        self.store.pass_through = True
+        full_disk_after(self, self.store, 2 * PIECE)
+        r, lines = self.download({"url": URL})
+        task_id = task_id_for_url(URL)
+        [said] = [line for line in lines if "uncached" in line and "state" not in line]
+        self.assertEqual({k: said[k] for k in ("uncached", "task_id", "length")},
+                         {"uncached": True, "task_id": task_id, "length": len(DATA)})
+        self.assertIsInstance(said["grant"], str)   # for /data if the task is private
+        self.assertEqual({k: v for k, v in lines[-1].items() if k != "grant"},
+                         {"state": "done", "uncached": True, "length": len(DATA),
+                          "task_id": task_id})
+        r, body = self.request("GET", f"/api/v1/tasks/{task_id}/data")
+        self.assertEqual((r.code, body), (200, DATA))
+        self.assertIsNone(self.store.get(task_id))
 
     def test_metrics(self):
         """GET /metrics renders the peer counters in Prometheus text format."""

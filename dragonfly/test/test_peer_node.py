@@ -251,6 +251,9 @@ class JoiningTests(SynchronousTestCase):
 
             def unpin(self):
                 self.pinned -= 1
+
+            def abandon(self):
+                self.abandoned = True
         dl = self.make()
         started, progress = [], []
         d = dl.join(on_start=started.append, on_progress=lambda c, n: progress.append((c, n)))
@@ -265,6 +268,7 @@ class JoiningTests(SynchronousTestCase):
         self.assertIn("boom", str(f.value))
         self.failureResultOf(d2, DownloadError)
         self.assertEqual(tf.pinned, 0)
+        self.assertTrue(tf.abandoned)   # the store may take its partial back
         self.assertEqual(sample(self.metrics, "dragonfly_peer_downloads_total",
                                 {"result": "failed"}), 1)
         self.flushLoggedErrors(ValueError)

@@ -130,3 +130,68 @@ class StreamTests(NodeMixin, SynchronousTestCase):
         sd = node.stream(tf, consumer)
         consumer.producer.stopProducing()
         self.failureResultOf(sd, StreamStopped)
+
+
+class PassThroughTests(NodeMixin, SynchronousTestCase):
+
+    def test_stream_passes_through(self):
+        """When the store cannot hold the pieces, the download still completes:
+        a stream gets every byte in order (held pieces from disk, the others from
+        memory, bounded by pass_limit), the task is not complete in the store, the
+        peer leaves the swarm (the task is not shared from here), it is counted,
+        and its partial gives its space back once streamed."""
+        from twisted.internet.testing import StringTransport
+
+        from dragonfly.metrics import sample
+        from dragonfly.test.test_storage_diskspace import full_disk_after
+        node = self.make(sources=(PEER_A,))
+        self.store.pass_through = True
+        full_disk_after(self, self.store, 3 * PIECE)
+        self.store.pass_limit = 2 * PIECE
+        self.pool.manual = True
+        started = []
+        d = node.download(URL, on_start=started.append)
+        tf = started[0]
+        consumer = StringTransport()
+        sd = node.stream(tf, consumer)
+        for _ in range(200):
+            if not self.pool.held:
+                break
+            self.pool.release()
+        self.assertEqual(self.pool.held, [])
+        self.successResultOf(sd)
+        self.assertEqual(consumer.value(), DATA)
+        got = self.successResultOf(d)
+        self.assertTrue(got.uncached)
+        self.assertFalse(got.is_complete)
+        self.assertEqual(got.completed(), [0, 1, 2])
+        self.assertEqual([t for t, _ in self.supernode.leaves], [tf.task_id])   # not shared
+        self.assertEqual(sample(self.metrics, "dragonfly_peer_uncached_downloads_total"), 1)
+        self.assertIsNone(self.store.get(tf.task_id))   # streamed and unused: space back
+
+    def test_back_source_waits_for_the_stream(self):
+        """From the origin too, passed-through pieces wait in memory up to
+        pass_limit: while the client is paused the origin body waits, and every
+        byte arrives in order once it reads again."""
+        from dragonfly.test.test_storage_diskspace import full_disk_after
+        node = self.make(piece_size=PIECE)
+        self.store.pass_through = True
+        full_disk_after(self, self.store, 2 * PIECE)
+        self.store.pass_limit = 2 * PIECE
+        started = []
+        d = node.download(URL, pattern="source", on_start=started.append)
+        tf = started[0]
+        consumer = _PausingConsumer()
+        sd = node.stream(tf, consumer)
+        peak = 0
+        for _ in range(100):
+            if tf._pass is not None:
+                peak = max(peak, tf._pass.nbytes)
+            if sd.called:
+                break
+            consumer.producer.resumeProducing()
+        self.successResultOf(sd)
+        self.assertEqual(consumer.value(), DATA)
+        got = self.successResultOf(d)
+        self.assertTrue(got.uncached)
+        self.assertLessEqual(peak, 3 * PIECE)   # the limit, plus the one a stream waits for

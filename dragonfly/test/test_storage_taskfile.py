@@ -8,7 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from dragonfly.runtime.threads import ThreadRunner
 from dragonfly.storage import fileio
-from dragonfly.storage.errors import DigestMismatch, PieceNotHeld, TaskRemoved
+from dragonfly.storage.errors import DigestMismatch, PieceNotHeld, StoreFull, TaskRemoved
 from dragonfly.storage.store import PieceStore
 from dragonfly.storage.taskfile import MAX_READ
 from dragonfly.test.storefakes import TID, ManualRunner, StoreMixin, blob, pdigest
@@ -333,14 +333,15 @@ class TaskFileSaveTests(StoreMixin, SynchronousTestCase):
         self.assertTrue(t.has(0))
 
     def test_failed_write_not_held(self):
-        """When the pwrite fails, the write Deferred fails and the piece is not held."""
+        """When the pwrite fails with ENOSPC (and there is nothing to evict),
+        the write Deferred fails with StoreFull and the piece is not held."""
         runner = ManualRunner()
         store = self.make_store(runner=runner)
         t = store.create(TID, "u", 8, 4)
         d = t.write_trusted_piece(0, b"abcd", pdigest(b"abcd"))
         f, args, kw, rd = runner.pending.pop()
         rd.errback(OSError(28, "No space left on device"))
-        self.failureResultOf(d, OSError)
+        self.failureResultOf(d, StoreFull)
         self.assertFalse(t.has(0))
         self.assertEqual(t._inflight, 0)
         # and it may be retried

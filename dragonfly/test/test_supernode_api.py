@@ -297,6 +297,20 @@ class RegisterTests(APITestBase):
         self.cdn.seed = None
         self.assertEqual(self.call("GET", "/healthz", status=503)["status"], "starting")
 
+    def test_healthz_degraded(self):
+        """While the store's disk is full, /healthz answers 200 "degraded" with
+        the reason; /metrics exports the store's gauges under dragonfly_supernode_."""
+        from dragonfly.test.test_storage_diskspace import FakeStatvfs
+        self.store.space.statvfs = FakeStatvfs(0)
+        self.store.space.refresh()
+        obj = self.call("GET", "/healthz")
+        self.assertEqual((obj["status"], obj["reasons"]), ("degraded", ["disk full"]))
+        self.metrics.watch_store(self.store)
+        r = self.request("GET", "/metrics")
+        text = self.successResultOf(self.client.content(r)).decode()
+        self.assertIn("dragonfly_supernode_store_free_bytes 0.0", text)
+        self.assertIn("dragonfly_supernode_store_evictions_total 0.0", text)
+
     def test_metrics_spec(self):
         """/metrics has every SPEC supernode counter, before any traffic too."""
         r = self.request("GET", "/metrics")
@@ -498,6 +512,27 @@ class ScheduleTests(APITestBase):
         self.schedule({"peer_id": pid, "want": 3})
         obj = self.schedule({"peer_id": pid, "have": [0], "want": 3, "wait": 5}, status=502)
         self.assertIn("could not fetch", obj["error"])
+
+
+    def test_cdn_disk_full(self):
+        """When the supernode's disk fills up during the CDN fetch (ENOSPC, nothing
+        to evict), every waiting peer's schedule answers 507 at once, and the
+        failed task's partial gives its space back."""
+        from dragonfly.storage import fileio
+        real = fileio.hash_and_write
+
+        def full_after_first(fd, views, offset, lock):
+            if offset >= PIECE:
+                raise OSError(28, "No space left on device")
+            return real(fd, views, offset, lock)
+        self.patch(fileio, "hash_and_write", full_after_first)
+        obj = self.call("POST", "/api/v1/tasks",
+                        {"task_id": TASK, "url": URL, "headers": {}, "peer": PEER}, status=507)
+        self.assertIn("cache is full", obj["error"])
+        obj = self.schedule({"peer_id": PEER["peer_id"], "want": 3, "wait": 5}, status=507)
+        self.assertIn("cache is full", obj["error"])
+        self.assertIsNone(self.store.get(TASK))
+        self.assertIn("disk full", self.store.health())
 
 
 class HeartbeatTests(APITestBase):
