@@ -33,18 +33,36 @@ def parse_range(value, length):
 
     C{value} is the header as bytes or str (None when absent). Returns
     (first, last), both inclusive, clipped to the body; None to send the
-    whole body (no header, a malformed one, another unit or several ranges,
-    as RFC 9110 allows); raises L{RangeNotSatisfiable} when no byte of the
-    body is in the range.
+    whole body (no header, a malformed one, another unit, or several ranges
+    of which at least one is satisfiable: RFC 9110 lets a server answer a
+    multi-range request with the whole body); raises L{RangeNotSatisfiable}
+    when no byte of the body is in the range (in any of the ranges).
     """
     if value is None:
         return None
     if isinstance(value, str):
         value = value.encode("latin-1", "replace")
     value = value.strip()
-    if not value.startswith(b"bytes=") or b"," in value:
+    if not value.startswith(b"bytes="):
         return None
-    first, sep, last = value[6:].partition(b"-")
+    specs = value[6:].split(b",")
+    if len(specs) == 1:
+        return _one_range(specs[0], length)
+    unsatisfiable = 0
+    for spec in specs:
+        try:
+            if _one_range(spec, length) is None:
+                return None   # a malformed part: ignore the whole header
+        except RangeNotSatisfiable:
+            unsatisfiable += 1
+    if unsatisfiable == len(specs):
+        raise RangeNotSatisfiable("no range overlaps the body")
+    return None
+
+
+def _one_range(spec, length):
+    """The window of one range spec (``a-b``, ``a-``, ``-n``), as L{parse_range}."""
+    first, sep, last = spec.partition(b"-")
     first, last = first.strip(), last.strip()
     if not sep or (first and not first.isdigit()) or (last and not last.isdigit()) \
             or not (first or last):

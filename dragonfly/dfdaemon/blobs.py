@@ -12,6 +12,19 @@ whole blob is hashed on the way and a mismatch aborts the connection (the
 client sees a truncated transfer, never a clean finish) and the peer drops
 the task and reports it to its supernode. If P2P fails before
 the first byte, the blob is relayed straight from the upstream.
+
+A ``Range`` request (what lazy-pulling snapshotters send) is streamed from
+its first byte only: the peer's stream cursor starts at the range's first
+piece, so the swarm hands out the covering pieces first, and each one is
+written as soon as it is in the store -- pieces are checked against their
+piece digests before they are stored, so the range carries exactly the
+verified bytes, without waiting for (or hashing) the rest of the blob. The
+download of the whole blob goes on in the background ("always": the next
+range and the full pull are then local, and the registry sends the blob
+once), and the whole-blob digest still gates every full GET and the
+supernode's "task complete". Several ranges get the whole body (200),
+an ``If-Range`` other than the blob's ETag gets the whole body, a range
+past the end gets 416.
 """
 import hashlib
 
@@ -47,14 +60,19 @@ class BlobSink:
     waits for pieces from the network.
     """
 
-    def __init__(self, request, digest, length, first=0, last=None, on_bytes=None):
+    def __init__(self, request, digest, length, first=0, last=None, on_bytes=None,
+                 whole=True):
         algo, _, self.expected = digest.partition(":")
-        self._hash = hashlib.new(algo)
+        #: True: the source sends the whole blob, hashed here and the window's
+        #: end held back until it matches; False: it sends only the window
+        #: (bytes of pieces already verified by their piece digests).
+        self.whole = whole
+        self._hash = hashlib.new(algo) if whole else None
         self.request = request
         self.length = length
         self.first = first
         self.last = length - 1 if last is None else last
-        self.offset = 0
+        self.offset = 0 if whole else first
         self.producer = None
         self.streaming = False
         self._registered = False
@@ -94,17 +112,18 @@ class BlobSink:
             return
         n = len(data)
         end = self.offset + n
-        if end > self.length:
+        if end > (self.length if self.whole else self.last + 1):
             self.overflow = True
             self.close()
             return
-        self._hash.update(data)
+        if self._hash is not None:
+            self._hash.update(data)
         lo = max(self.first, self.offset)
         hi = min(self.last + 1, end)
         if hi > lo:
             chunk = data if (lo == self.offset and hi == end) else bytes(
                 memoryview(data)[lo - self.offset:hi - self.offset])
-            if hi == self.last + 1:
+            if hi == self.last + 1 and self.whole:
                 # The window's final bytes wait for the digest: a client must
                 # never receive a complete response for a corrupt blob.
                 self._held = chunk
@@ -150,6 +169,10 @@ class BlobSink:
             self._pulling = False
 
     def verified(self):
+        """Whole: every byte came and the blob matches its digest. A window:
+        every byte of the window came (each piece matched its own digest)."""
+        if not self.whole:
+            return not self.overflow and self.offset == self.last + 1
         return (not self.overflow and self.offset == self.length
                 and self._hash.hexdigest() == self.expected)
 
@@ -250,15 +273,23 @@ class Blobs:
     @staticmethod
     def _headers(request, digest, length):
         """Set the blob answer's headers; return the window (first, last) to send."""
+        etag = b'"%s"' % digest.encode()
+        ranges = request.getHeader(b"range")
+        if_range = request.getHeader(b"if-range")
+        if if_range is not None and if_range.strip() != etag:
+            # RFC 9110 13.1.5: a validator that is not our (strong) ETag -- an
+            # old one, a weak one or a date (we send no Last-Modified) --
+            # means the client's partial copy is stale: the whole body.
+            ranges = None
         try:
-            window = parse_range(request.getHeader(b"range"), length)
+            window = parse_range(ranges, length)
         except RangeNotSatisfiable:
             request.setHeader(b"content-range", content_range(None, length))
             raise MirrorError(416, "BLOB_UNKNOWN", "requested range not satisfiable")
         first, last = window if window else (0, length - 1)
         request.setHeader(b"content-type", b"application/octet-stream")
         request.setHeader(b"docker-content-digest", digest.encode())
-        request.setHeader(b"etag", b'"%s"' % digest.encode())
+        request.setHeader(b"etag", etag)
         request.setHeader(b"accept-ranges", b"bytes")
         request.setHeader(b"cache-control", b"max-age=31536000")
         if window:
@@ -278,9 +309,13 @@ class Blobs:
                 return
             request.finish()
             return
+        # A part of the blob streams from its first piece (which the swarm
+        # then hands out first); the whole blob from 0, hashed on the way.
+        whole = first == 0 and last == length - 1
         sink = BlobSink(request, digest, length, first, last,
-                        on_bytes=self.metrics.mirror_blob_bytes.inc)
-        stream = self.peer.stream(task_file, sink, 0)
+                        on_bytes=self.metrics.mirror_blob_bytes.inc, whole=whole)
+        stream = self.peer.stream(task_file, sink, 0 if whole else first,
+                                  None if whole else last + 1)
         ex.on_gone.append(sink.close)
         ex.on_gone.append(stream.cancel)
         try:
@@ -305,7 +340,7 @@ class Blobs:
             ex.kind = "blob-corrupt"
             request.setResponseCode(502)  # for the metrics label; headers are long gone
             abort(request)
-            if sink.offset == length:
+            if sink.whole and sink.offset == length:
                 # The whole blob came and did not match: our copy is wrong.
                 self.peer.drop_corrupt(
                     task_file.task_id, f"blob content does not match {digest}")

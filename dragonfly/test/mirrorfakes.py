@@ -122,14 +122,17 @@ class FakeTaskFile:
 
 @implementer(IPullProducer)
 class _FakeStream:
-    """One chunk per resumeProducing, like the peer's ordered stream; C{hold}
-    makes bytes past C{available} wait for release()."""
+    """One chunk per resumeProducing of [start, end), like the peer's ordered
+    stream; bytes past the peer's C{available} and outside its C{held}
+    windows wait for release() / release_window()."""
 
-    def __init__(self, peer, data, consumer, start):
+    def __init__(self, peer, data, consumer, start, end=None):
         self.peer = peer
         self.data = data
         self.consumer = consumer
+        self.start = start
         self.offset = start
+        self.end = len(data) if end is None else min(end, len(data))
         self.done = defer.Deferred()
         self.stopped = False
         self.resumes = 0
@@ -139,13 +142,14 @@ class _FakeStream:
         self.resumes += 1
         if self.stopped or self.done.called:
             return
-        if self.offset >= self.peer.available:
+        limit = self.peer.held_until(self.offset)
+        if limit <= self.offset:
             self.waiting = True
             return
-        n = min(self.peer.chunk, self.peer.available - self.offset, len(self.data) - self.offset)
+        n = min(self.peer.chunk, limit - self.offset, self.end - self.offset)
         chunk = self.data[self.offset:self.offset + n]
         self.offset += n
-        last = self.offset >= len(self.data)
+        last = self.offset >= self.end
         if last:
             self.consumer.unregisterProducer()
         self.consumer.write(chunk)
@@ -169,6 +173,7 @@ class FakePeer:
         self.fail = None
         self.chunk = 100
         self.available = 1 << 60
+        self.held = []  # (lo, hi) byte windows held besides [0, available)
         self.serve = {}  # digest -> bytes served instead (corruption)
         self.dropped = []  # (task_id, reason) given to drop_corrupt
 
@@ -192,10 +197,21 @@ class FakePeer:
 
     def stream(self, task_file, consumer, start=0, end=None):
         data = self.serve.get(task_file.task_id, self.blobs.get(task_file.task_id))
-        s = _FakeStream(self, data, consumer, start)
+        s = _FakeStream(self, data, consumer, start, end)
         self.streams.append(s)
         consumer.registerProducer(s, False)
         return s.done
+
+    def held_until(self, offset):
+        """The end of the held bytes from C{offset} on (C{offset} if it is not held)."""
+        if offset < self.available:
+            return self.available
+        return max([hi for lo, hi in self.held if lo <= offset < hi], default=offset)
+
+    def release_window(self, lo, hi):
+        """Hold bytes [lo, hi) too (the pieces covering them arrived)."""
+        self.held.append((lo, hi))
+        self.release(self.available)
 
     def release(self, available=1 << 60):
         self.available = available

@@ -42,6 +42,16 @@ class RangeTests(SynchronousTestCase):
         self.assertEqual(parse_range("bytes=1-2,4-5", 10), None)
         self.assertRaises(RangeNotSatisfiable, parse_range, "bytes=99999-", 10)
 
+    def test_several_ranges(self):
+        """Several ranges: the whole body when any overlaps it (or one part is
+        malformed); 416 when none does."""
+        self.assertEqual(parse_range(b"bytes=0-1, 3-4", 10), None)
+        self.assertEqual(parse_range(b"bytes=20-30,-2", 10), None)
+        self.assertEqual(parse_range(b"bytes=20-30,x-y", 10), None)
+        self.assertRaises(RangeNotSatisfiable, parse_range, b"bytes=10-,20-30", 10)
+        self.assertRaises(RangeNotSatisfiable, parse_range, b"bytes=-0,15-", 10)
+        self.assertRaises(RangeNotSatisfiable, parse_range, b"bytes=0-1,2-3", 0)
+
     def test_empty_body(self):
         """No range of an empty body is satisfiable; without a Range it is whole."""
         self.assertEqual(parse_range(None, 0), None)
