@@ -122,7 +122,9 @@ class FakeSupernode:
     def _assign(self, body):
         out = []
         if not self.hold:
-            for i in range(len(self.pieces)):
+            # From the stream's cursor on first, as the real scheduler does.
+            n, cursor = len(self.pieces), body.get("cursor") or 0
+            for i in list(range(cursor, n)) + list(range(min(cursor, n))):
                 if len(out) >= body["want"]:
                     break
                 if i in self.have or i in self.assigned:
