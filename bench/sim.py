@@ -3,7 +3,11 @@
 The simulator drives the real scheduler on a simulated clock. Each run's
 result dict is recorded as-is under "raw" and normalised to: n,
 completion_s (last host done), lower_bound_s, bound_ratio,
-supernode_egress_ratio (seed egress / file size).
+supernode_egress_ratio (seed egress / file size), origin_egress_ratio.
+
+Failure scenarios (SCENARIOS) run once each at SCENARIO_HOSTS hosts: the
+owner of three supernodes killed at a quarter of the swarm's progress, a
+fifth of the hosts leaving at random times, a fifth at a tenth of the link.
 """
 import importlib.util
 import json
@@ -11,6 +15,12 @@ import subprocess
 import sys
 
 COUNTS = (100, 1000, 10000)
+SCENARIO_HOSTS = 1000
+SCENARIOS = {
+    "kill_owner": {"supernodes": 3, "kill_owner_at": 0.25},
+    "churn": {"churn": 0.2},
+    "slow": {"slow": 0.2},
+}
 
 
 def _available():
@@ -39,15 +49,30 @@ def normalise(n, doc, file_bytes):
     if eg_ratio is None and egress is not None and file_bytes:
         eg_ratio = egress / file_bytes
     return {"n": n, "completion_s": completion, "lower_bound_s": bound, "bound_ratio": ratio,
-            "supernode_egress_ratio": eg_ratio}
+            "supernode_egress_ratio": eg_ratio, "origin_egress_ratio": doc.get("origin_egress_x"),
+            "completed": doc.get("completed"), "expected": doc.get("expected", n)}
 
 
 SCRIPT = (
     "import json, sys\n"
     "from dragonfly.sim import simulate\n"
-    "r = simulate(int(sys.argv[1]), int(sys.argv[2]), up=float(sys.argv[3]))\n"
+    "kw = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}\n"
+    "r = simulate(int(sys.argv[1]), int(sys.argv[2]), up=float(sys.argv[3]), **kw)\n"
     "print(json.dumps(dict(r), default=str))\n"
 )
+
+
+def _simulate(ctx, n, file_bytes, link, kw=None):
+    # The simulator's Python API (dragonfly.sim.simulate), in a child process
+    # so a slow or crashing run cannot take the bench down.
+    argv = [sys.executable, "-c", SCRIPT, str(n), str(file_bytes), str(link)]
+    if kw:
+        argv.append(json.dumps(kw))
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
+    if out.returncode != 0:
+        raise RuntimeError("dragonfly.sim N=%d %s exited %d: %s" % (
+            n, kw or "", out.returncode, out.stderr.strip()[-800:]))
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def run(ctx):
@@ -58,18 +83,20 @@ def run(ctx):
     link = 125e6                      # 1 Gbit/s up and down, seed included
     runs, raw = [], {}
     for n in counts:
-        # The simulator's Python API (dragonfly.sim.simulate), in a child process
-        # so a slow or crashing run cannot take the bench down.
-        argv = [sys.executable, "-c", SCRIPT, str(n), str(file_bytes), str(link)]
         ctx.log("sim: simulate(%d hosts, 1 GiB, 1 Gbit/s)" % n)
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
-        if out.returncode != 0:
-            raise RuntimeError("dragonfly.sim N=%d exited %d: %s" % (n, out.returncode, out.stderr.strip()[-800:]))
-        doc = json.loads(out.stdout.strip().splitlines()[-1])
-        raw[str(n)] = doc
+        doc = raw[str(n)] = _simulate(ctx, n, file_bytes, link)
         r = normalise(n, doc, doc.get("size") or file_bytes)
         runs.append(r)
         ctx.log("sim N=%d: completion %.1fs, bound %.1fs (%.2fx), supernode egress %.2fx file" % (
             n, r["completion_s"] or 0, r["lower_bound_s"] or 0, r["bound_ratio"] or 0,
             r["supernode_egress_ratio"] or 0))
-    return {"runs": runs, "raw": raw, "file_bytes": file_bytes, "link_bytes_s": link}
+    scenarios = {}
+    for name, kw in SCENARIOS.items():
+        ctx.log("sim scenario %s: %d hosts %s" % (name, SCENARIO_HOSTS, kw))
+        doc = raw[name] = _simulate(ctx, SCENARIO_HOSTS, file_bytes, link, kw)
+        r = scenarios[name] = normalise(SCENARIO_HOSTS, doc, file_bytes)
+        ctx.log("sim %s: completion %.1fs (%.2fx bound), %s/%s hosts, origin egress %.2fx file" % (
+            name, r["completion_s"] or 0, r["bound_ratio"] or 0, r["completed"], r["expected"],
+            r["origin_egress_ratio"] or 0))
+    return {"runs": runs, "scenarios": scenarios, "raw": raw, "file_bytes": file_bytes,
+            "link_bytes_s": link}

@@ -1,4 +1,4 @@
 """Swarm simulation: the real scheduler against thousands of simulated hosts."""
-from dragonfly.sim.swarm import Swarm, SwarmResult, lower_bound, simulate
+from dragonfly.sim.swarm import Swarm, SwarmResult, lower_bound, mixed_bound, simulate
 
-__all__ = ["Swarm", "SwarmResult", "lower_bound", "simulate"]
+__all__ = ["Swarm", "SwarmResult", "lower_bound", "mixed_bound", "simulate"]

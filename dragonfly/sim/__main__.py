@@ -2,8 +2,14 @@
 
 Runs the swarm simulator (dragonfly.sim.swarm) once per host count and prints
 completion time (max, median) against the lower bound
-max(F/u_seed, F/d, N*F/(u_seed + N*u)) and the seed's egress as a multiple of
-the file size F.
+max(F/u_seed, F/min(d), N*F/(u_seed + sum(u)), F/origin rate) and the seed's
+and the origin's egress as multiples of the file size F.
+
+Failure scenarios: --supernodes N --kill-owner-at 0.25 kills the task's owner
+when the swarm has a quarter of its bytes (peers move to the next supernode,
+which fetches from the origin again); --churn 0.2 makes a fifth of the hosts
+leave at random times; --slow 0.2 gives a fifth of the hosts a tenth of the
+link. "done" counts hosts that completed against those that did not leave.
 """
 import json
 import re
@@ -53,6 +59,11 @@ class Options(usage.Options):
         ["max-uploads", None, 4, "Scheduler: uploads per peer.", int],
         ["seed-slots", None, 8, "Scheduler: uploads of the seed.", int],
         ["seed", None, 1, "Random seed.", int],
+        ["supernodes", None, 1, "Supernodes in the cluster (the task's owner by rendezvous hash).", int],
+        ["kill-owner-at", None, None, "Kill the task's owner when the swarm holds this share "
+         "(0-1) of its bytes; needs --supernodes 2 or more.", float],
+        ["churn", None, 0.0, "Share (0-1) of hosts that leave mid-download at random times.", float],
+        ["slow", None, 0.0, "Share (0-1) of hosts at a tenth of the link rate.", float],
         ["json", None, None, "Write the results as JSON to this file."],
     ]
 
@@ -72,9 +83,15 @@ class Options(usage.Options):
             raise usage.UsageError("--size and --piece-size must be positive")
         if min(self["uplink"], self["downlink"], self["seed-link"]) <= 0:
             raise usage.UsageError("link rates must be positive")
-        for k in ("concurrency", "max-uploads", "seed-slots"):
+        for k in ("concurrency", "max-uploads", "seed-slots", "supernodes"):
             if self[k] < 1:
                 raise usage.UsageError(f"--{k} must be at least 1")
+        for k in ("churn", "slow"):
+            if not 0 <= self[k] <= 1:
+                raise usage.UsageError(f"--{k} must be between 0 and 1")
+        kill = self["kill-owner-at"]
+        if kill is not None and (not 0 < kill < 1 or self["supernodes"] < 2):
+            raise usage.UsageError("--kill-owner-at wants a share in (0, 1) and --supernodes 2 or more")
 
 
 def main(argv=None, out=sys.stdout, err=sys.stderr):
@@ -86,21 +103,27 @@ def main(argv=None, out=sys.stdout, err=sys.stderr):
         return 2
     results = []
     print(f"{'hosts':>7} {'max s':>8} {'median s':>9} {'bound s':>8} {'max/bound':>9} "
-          f"{'med/bound':>9} {'seed egress':>11} {'wall s':>7}", file=out)
+          f"{'med/bound':>9} {'seed egress':>11} {'origin egress':>13} {'done':>13} "
+          f"{'wall s':>7}", file=out)
     for n in opts["hosts"]:
         r = simulate(
             n, opts["size"], piece_size=opts["piece-size"], up=opts["uplink"],
             down=opts["downlink"], seed_up=opts["seed-link"],
             origin_rate=opts["origin"], concurrency=opts["concurrency"],
-            seed=opts["seed"],
+            seed=opts["seed"], supernodes=opts["supernodes"],
+            kill_owner_at=opts["kill-owner-at"], churn=opts["churn"], slow=opts["slow"],
             scheduler_args={"max_uploads_per_peer": opts["max-uploads"],
                             "seed_max_uploads": opts["seed-slots"]})
         results.append(dict(r))
         print(f"{n:>7} {r['max_time']:>8.3f} {r['median_time']:>9.3f} {r['lower_bound']:>8.3f} "
               f"{r['ratio_max']:>9.3f} {r['ratio_median']:>9.3f} {r['seed_egress_x']:>10.2f}F "
+              f"{r['origin_egress_x']:>12.2f}F {r['completed']:>6}/{r['expected']:<6} "
               f"{r['wall_seconds']:>7.1f}", file=out, flush=True)
-        if r["completed"] != n:
-            print(f"  only {r['completed']} of {n} hosts completed", file=out)
+        if r["slow"]:
+            print(f"  fast hosts: max {r['max_time_fast']:.3f}s, bound {r['lower_bound_fast']:.3f}s "
+                  f"({r['max_time_fast'] / r['lower_bound_fast']:.3f}x)", file=out)
+        if r["completed"] != r["expected"]:
+            print(f"  only {r['completed']} of {r['expected']} staying hosts completed", file=out)
     if opts["json"]:
         with open(opts["json"], "w") as f:
             json.dump({"argv": list(argv if argv is not None else sys.argv[1:]),

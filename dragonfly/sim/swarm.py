@@ -22,10 +22,30 @@ Model
   a peer with nothing to do waits on C{LongPollScheduler.changed}, with a long-poll
   timeout like the API's, then asks again.
 
+Failure (all off by default):
+
+- C{supernodes}: the cluster's members; the task's owner is the first of its
+  rendezvous order (the highest C{sha256(member + "\\0" + task)}, as in
+  L{dragonfly.supernode.cluster}). Its CDN copy is the seed.
+- C{kill_owner_at}: when the hosts together hold this fraction of all the bytes
+  they need, the owner dies. Every transfer in flight is lost (the new owner
+  knows none of them), every live host registers at the next member of the
+  order and reports the pieces it holds, and the new owner starts a new
+  scheduler and fetches the whole file from the origin once more (at
+  C{origin_rate}; at once when it is 0). Origin egress counts every byte
+  the owners fetched (with C{origin_rate=0} the first owner's warm copy counts
+  as one file).
+- C{churn}: this share of the hosts leaves at a uniformly random time before
+  the lower bound: its transfers fail (receivers report the failure), the
+  scheduler forgets it and its pieces. A host that leaves before completing
+  is not waited for.
+- C{slow}: this share of the hosts has a tenth of the peer uplink and downlink.
+
 Time is a L{twisted.internet.task.Clock} that the scheduler reads; the
 simulator advances it from its own event heap (C{Clock.callLater} keeps a
 sorted list, far too slow for millions of events).
 """
+import hashlib
 import heapq
 import math
 import random
@@ -40,7 +60,8 @@ from dragonfly.supernode.wakeups import LongPollScheduler
 TASK = "sim-task"
 
 # event kinds
-_DONE, _POLL, _ORIGIN = 0, 1, 2
+_DONE, _POLL, _ORIGIN, _LEAVE = 0, 1, 2, 3
+DIGEST = "0" * 64
 
 
 def _first(pair):
@@ -52,7 +73,7 @@ class _Host:
                  "uploaded", "downloaded",
                  "waiter", "done_at", "pieces", "is_seed", "pending_have",
                  "pending_failed", "scheduled_poll", "wait_deadline",
-                 "timeout_pending")
+                 "timeout_pending", "held", "gone")
 
     def __init__(self, hid, up, down, info, is_seed=False):
         self.hid = hid
@@ -72,6 +93,8 @@ class _Host:
         self.scheduled_poll = False
         self.wait_deadline = 0.0
         self.timeout_pending = False
+        self.held = 0       # bitmask of the pieces this host holds
+        self.gone = False
 
 
 class _Transfer:
@@ -99,6 +122,27 @@ def lower_bound(size, hosts, seed_up, peer_up, peer_down):
                hosts * size / (seed_up + hosts * peer_up))
 
 
+def mixed_bound(size, seed_up, ups, downs):
+    """L{lower_bound} for uneven hosts: max(F/u_seed, F/min(d), N*F/(u_seed + sum(u)))."""
+    return max(size / seed_up, size / min(downs),
+               len(ups) * size / (seed_up + sum(ups)))
+
+
+def rendezvous_order(members, task_id):
+    """C{members} best owner first, by the score of L{dragonfly.supernode.cluster}."""
+    return sorted(members, key=lambda m: hashlib.sha256(
+        f"{m}\0{task_id}".encode("utf-8")).digest(), reverse=True)
+
+
+def _bits(mask):
+    i = 0
+    while mask:
+        if mask & 1:
+            yield i
+        mask >>= 1
+        i += 1
+
+
 class Swarm:
     """One simulated download of one file by C{hosts} peers.
 
@@ -112,13 +156,23 @@ class Swarm:
     @param poll_wait: long-poll timeout in seconds.
     @param scheduler_args: keyword arguments for L{Scheduler}.
     @param seed: random seed (scheduler and simulator).
+    @param supernodes: members of the supernode cluster.
+    @param kill_owner_at: kill the task's owner at this share of the swarm's
+        progress (0 < x < 1), or None. Needs C{supernodes >= 2}.
+    @param churn: share of hosts that leave at a random time.
+    @param slow: share of hosts at a tenth of the peer link.
     """
 
     def __init__(self, hosts, size, piece_size=4 * 1024 * 1024, up=125e6,
                  down=None, seed_up=None, origin_rate=0, concurrency=4,
-                 poll_wait=30.0, scheduler_args=None, seed=0, max_time=None):
+                 poll_wait=30.0, scheduler_args=None, seed=0, max_time=None,
+                 supernodes=1, kill_owner_at=None, churn=0.0, slow=0.0):
         if hosts < 1 or size < 1 or piece_size < 1:
             raise ValueError("hosts, size and piece_size must be positive")
+        if supernodes < 1 or not 0 <= churn <= 1 or not 0 <= slow <= 1:
+            raise ValueError("supernodes must be positive, churn and slow in [0, 1]")
+        if kill_owner_at is not None and (supernodes < 2 or not 0 < kill_owner_at < 1):
+            raise ValueError("kill_owner_at needs two supernodes and a share in (0, 1)")
         self.n_hosts = hosts
         self.size = size
         self.piece_size = piece_size
@@ -130,9 +184,9 @@ class Swarm:
         self.poll_wait = poll_wait
         self.rng = random.Random(seed)
         self.clock = Clock()
-        args = {"rng": random.Random(seed + 1)}
-        args.update(scheduler_args or {})
-        self.scheduler = LongPollScheduler(self.clock, **args)
+        self.scheduler_args = {"rng": random.Random(seed + 1)}
+        self.scheduler_args.update(scheduler_args or {})
+        self.scheduler = LongPollScheduler(self.clock, **self.scheduler_args)
         n = -(-size // piece_size)
         self.piece_sizes = [piece_size] * (n - 1) + [size - piece_size * (n - 1)]
         self.max_time = max_time
@@ -141,15 +195,31 @@ class Swarm:
         self.events = 0
         self.transfers = 0
         self.done_count = 0
-        seed_info = PeerInfo("supernode-sim:8001", "seed", 8001)
-        self.seed = _Host(-1, self.seed_up, float("inf"), seed_info, is_seed=True)
-        self.by_id = {seed_info.peer_id: self.seed}
+        self.members = rendezvous_order(
+            [f"supernode{i}-sim:8001" for i in range(supernodes)], TASK)
+        self.kill_owner_at = kill_owner_at
+        self.killed_at = None
+        self.epoch = 0          # owners so far - 1; tags origin events
+        self.origin_bytes = 0
+        self.progress = 0       # bytes the hosts have received
+        self.left_early = 0     # hosts that left before completing
+        self.seed_uploaded = 0  # bytes sent by every owner's seed
+        self.seed = self._new_seed()
+        self.by_id = {self.seed.info.peer_id: self.seed}
         self.hosts = []
+        slow_ids = set(self.rng.sample(range(hosts), round(hosts * slow)))
         for h in range(hosts):
             info = PeerInfo(f"peer{h}-sim", f"10.{h >> 16 & 255}.{h >> 8 & 255}.{h & 255}", 65000)
-            host = _Host(h, self.up, self.down, info)
+            f = 0.1 if h in slow_ids else 1.0
+            host = _Host(h, self.up * f, self.down * f, info)
             self.hosts.append(host)
             self.by_id[info.peer_id] = host
+        self.churned = self.rng.sample(range(hosts), round(hosts * churn))
+
+    def _new_seed(self):
+        name = self.members[self.epoch]
+        return _Host(-1 - self.epoch, self.seed_up, float("inf"),
+                     PeerInfo(name, name.split(":")[0], 8001), is_seed=True)
 
     # -- event heap ---------------------------------------------------------
 
@@ -214,7 +284,7 @@ class Swarm:
     def _poll(self, host):
         """Report what C{host} finished and ask for more work."""
         host.scheduled_poll = False
-        if host.done_at is not None:
+        if host.done_at is not None or host.gone:
             return
         sched = self.scheduler
         if host.waiter is not None:
@@ -278,37 +348,119 @@ class Swarm:
         src.uploaded += t.size
         dst.downloaded += t.size
         dst.pieces += 1
+        dst.held |= 1 << t.index
+        self.progress += t.size
         t.rate = 0.0
         # the sender's remaining uploads and the receiver's downloads speed up
         self._touch(src, dst, now)
         dst.pending_have.append(t.index)
         self._schedule_poll(dst)
+        if (self.kill_owner_at is not None and self.killed_at is None
+                and self.progress >= self.kill_owner_at * self.n_hosts * self.size):
+            self._failover(now)
+
+    # -- failure ------------------------------------------------------------
+
+    def _drop(self, t):
+        """Transfer C{t} ends unfinished (its pending completion is void)."""
+        t.src.uploads.remove(t)
+        t.dst.downloads.remove(t)
+        t.version += 1
+        t.rate = 0.0
+
+    def _leave(self, host, now):
+        """C{host} goes away: its transfers fail and its pieces leave the swarm."""
+        if host.gone:
+            return
+        host.gone = True
+        if host.done_at is None:
+            self.left_early += 1
+        if host.waiter is not None:
+            w, host.waiter = host.waiter, None
+            w.cancel()
+        senders = {}
+        for t in list(host.downloads):
+            self._drop(t)
+            senders[id(t.src)] = t.src
+        for t in list(host.uploads):
+            self._drop(t)
+            r = t.dst
+            r.pending_failed.append((t.index, host.info.peer_id))
+            self._schedule_poll(r)
+            for o in r.downloads:
+                senders[id(o.src)] = o.src
+        self.scheduler.leave(TASK, host.info.peer_id)
+        for s in senders.values():
+            self._waterfill(s, now)
+
+    def _start_origin(self, now):
+        """The current owner's CDN fetches the file from the origin."""
+        sched = self.scheduler
+        sched.add_task(TASK, self.piece_sizes, self.seed.info)
+        if self.origin_rate > 0:
+            t = now
+            for i, s in enumerate(self.piece_sizes):
+                t += s / self.origin_rate
+                self._push(t, _ORIGIN, i, self.epoch)
+        else:
+            self.origin_bytes += self.size
+            for i in range(len(self.piece_sizes)):
+                sched.seed_has(TASK, i, DIGEST)
+
+    def _failover(self, now):
+        """The owner dies; the next member takes the task over."""
+        self.killed_at = now
+        for h in self.hosts:
+            for t in h.downloads:
+                t.version += 1
+                t.rate = 0.0
+            h.downloads = []
+            h.uploads = []
+        self.seed_uploaded += self.seed.uploaded
+        self.seed.uploads = []
+        self.epoch += 1
+        self.seed = self._new_seed()
+        self.by_id[self.seed.info.peer_id] = self.seed
+        self.scheduler = sched = LongPollScheduler(self.clock, **self.scheduler_args)
+        self._start_origin(now)
+        live = []
+        for h in self.hosts:
+            if h.gone:
+                continue
+            if h.waiter is not None:
+                w, h.waiter = h.waiter, None
+                w.cancel()
+            h.pending_have = []
+            h.pending_failed = []
+            sched.join(TASK, h.info)
+            if h.held:
+                sched.report(TASK, h.info.peer_id, have=list(_bits(h.held)))
+            if h.done_at is None:
+                live.append(h)
+        self.rng.shuffle(live)
+        for h in live:
+            self._schedule_poll(h)
 
     # -- run ----------------------------------------------------------------
 
     def run(self):
         wall = time.perf_counter()
         sched = self.scheduler
-        sched.add_task(TASK, self.piece_sizes, self.seed.info)
-        digest = "0" * 64
-        if self.origin_rate > 0:
-            t = 0.0
-            for i, s in enumerate(self.piece_sizes):
-                t += s / self.origin_rate
-                self._push(t, _ORIGIN, i)
-        else:
-            for i in range(len(self.piece_sizes)):
-                sched.seed_has(TASK, i, digest)
+        self._start_origin(0.0)
         for host in self.hosts:
             sched.join(TASK, host.info)
         order = list(self.hosts)
         self.rng.shuffle(order)
         for host in order:
             self._poll(host)
+        if self.churned:
+            horizon = self._bound()
+            for h in self.churned:
+                self._push(self.rng.uniform(0, horizon), _LEAVE, self.hosts[h])
         heap = self._heap
         clock = self.clock
         pop = heapq.heappop
-        while heap and self.done_count < self.n_hosts:
+        while heap and self.done_count + self.left_early < self.n_hosts:
             when, _seq, kind, obj, version = pop(heap)
             if self.max_time is not None and when > self.max_time:
                 break
@@ -316,30 +468,41 @@ class Swarm:
                 clock.advance(when - clock.rightNow)
             self.events += 1
             if kind == _DONE:
-                if version != obj.version:
-                    continue
-                self._finish(obj, when)
+                if version == obj.version:
+                    self._finish(obj, when)
             elif kind == _POLL:
-                if version == -1:
-                    if obj.scheduled_poll:
-                        self._poll(obj)
-                else:
-                    obj.timeout_pending = False
-                    if obj.waiter is None:
-                        continue
-                    if when >= obj.wait_deadline:
-                        # long-poll timed out: ask again
-                        self._poll(obj)
-                    else:
-                        obj.timeout_pending = True
-                        self._push(obj.wait_deadline, _POLL, obj, 0)
+                self._poll_event(obj, when, version)
+            elif kind == _ORIGIN:
+                if version == self.epoch:
+                    self.origin_bytes += self.piece_sizes[obj]
+                    self.scheduler.seed_has(TASK, obj, DIGEST)
             else:
-                sched.seed_has(TASK, obj, digest)
+                self._leave(obj, when)
         return self._result(time.perf_counter() - wall)
+
+    def _poll_event(self, host, when, version):
+        if version == -1:
+            if host.scheduled_poll:
+                self._poll(host)
+            return
+        host.timeout_pending = False
+        if host.waiter is None:
+            return
+        if when >= host.wait_deadline:
+            # long-poll timed out: ask again
+            self._poll(host)
+        else:
+            host.timeout_pending = True
+            self._push(host.wait_deadline, _POLL, host, 0)
+
+    def _bound(self, fast_only=False):
+        downs = [h.down for h in self.hosts if not fast_only or h.down >= self.down]
+        lb = mixed_bound(self.size, self.seed_up, [h.up for h in self.hosts], downs or [self.down])
+        return max(lb, self.size / self.origin_rate) if self.origin_rate > 0 else lb
 
     def _result(self, wall):
         done = [h.done_at for h in self.hosts if h.done_at is not None]
-        lb = lower_bound(self.size, self.n_hosts, self.seed_up, self.up, self.down)
+        lb = self._bound()
         st = self.scheduler.stats()
         res = SwarmResult(
             hosts=self.n_hosts, size=self.size, piece_size=self.piece_size,
@@ -350,8 +513,16 @@ class Swarm:
             max_time=max(done) if done else math.inf,
             median_time=statistics.median(done) if done else math.inf,
             lower_bound=lb,
-            seed_egress=self.seed.uploaded,
-            seed_egress_x=self.seed.uploaded / self.size,
+            seed_egress=self.seed_uploaded + self.seed.uploaded,
+            seed_egress_x=(self.seed_uploaded + self.seed.uploaded) / self.size,
+            origin_egress=self.origin_bytes,
+            origin_egress_x=self.origin_bytes / self.size,
+            supernodes=len(self.members), killed_at=self.killed_at,
+            left_early=self.left_early, expected=self.n_hosts - self.left_early,
+            churned=len(self.churned), slow=sum(1 for h in self.hosts if h.up < self.up),
+            max_time_fast=max((h.done_at for h in self.hosts
+                               if h.done_at is not None and h.down >= self.down), default=math.inf),
+            lower_bound_fast=self._bound(fast_only=True),
             assigned=st["assigned"],
             transfers=self.transfers, events=self.events, wall_seconds=wall,
         )

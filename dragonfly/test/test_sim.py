@@ -5,7 +5,9 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from dragonfly.sim import Swarm, lower_bound, simulate
+from dragonfly.sim import Swarm, lower_bound, mixed_bound, simulate
+from dragonfly.sim.swarm import rendezvous_order
+from dragonfly.supernode.cluster import _score
 from dragonfly.sim.__main__ import main, parse_link
 from dragonfly.supernode.scheduler import Scheduler
 
@@ -86,6 +88,86 @@ class SwarmTests(SynchronousTestCase):
         self.assertRaises(ValueError, Swarm, 1, 0)
 
 
+class FailureTests(SynchronousTestCase):
+    """The failure scenarios on a 50-host swarm."""
+
+    def test_mixed_bound(self):
+        """With uneven hosts the bound takes the slowest downlink and the summed uplinks."""
+        self.assertEqual(mixed_bound(100, 10, [10, 10], [10, 10]), lower_bound(100, 2, 10, 10, 10))
+        self.assertEqual(mixed_bound(100, 10, [10, 1], [10, 1]), 100)
+
+    def test_rendezvous_order(self):
+        """The owner order is the cluster's: highest sha256(member NUL task) first."""
+        members = [f"sn{i}:8001" for i in range(5)]
+        self.assertEqual(rendezvous_order(members, "t"),
+                         sorted(members, key=lambda m: _score(m, "t"), reverse=True))
+
+    def test_kill_owner(self):
+        """When the owner dies at a quarter of the swarm's progress, every host
+        completes through the next supernode and the origin sends at most two copies."""
+        sw = Swarm(50, 64 * MiB, piece_size=4 * MiB, up=LINK, supernodes=3,
+                   kill_owner_at=0.25, seed=4)
+        first = sw.seed.info.peer_id
+        r = sw.run()
+        self.assertIsNotNone(r["killed_at"])
+        self.assertEqual(r["completed"], 50)
+        self.assertNotEqual(sw.seed.info.peer_id, first)
+        self.assertEqual(sw.seed.info.peer_id, sw.members[1])
+        self.assertLessEqual(r["origin_egress"], 2 * 64 * MiB)
+        self.assertGreater(r["origin_egress"], 64 * MiB)
+        self.assertGreaterEqual(r["max_time"], r["lower_bound"])
+
+    def test_kill_owner_while_fetching(self):
+        """When the owner dies during its origin fetch, the origin sends less than
+        two copies: the part the dead owner got and the whole file once more."""
+        r = simulate(50, 32 * MiB, piece_size=4 * MiB, up=LINK, origin_rate=LINK / 4,
+                     supernodes=2, kill_owner_at=0.25, seed=6)
+        self.assertEqual(r["completed"], 50)
+        self.assertLess(r["origin_egress"], 2 * 32 * MiB)
+        self.assertGreater(r["origin_egress"], 32 * MiB)
+
+    def test_churn(self):
+        """When a fifth of the hosts leave at random times, every host that stays
+        completes, and the run does not wait for those that left."""
+        sw = Swarm(50, 64 * MiB, piece_size=4 * MiB, up=LINK, churn=0.2, seed=7)
+        r = sw.run()
+        self.assertEqual(r["churned"], 10)
+        self.assertGreater(r["left_early"], 0)
+        self.assertEqual(r["completed"], r["expected"])
+        self.assertEqual(r["expected"], 50 - r["left_early"])
+        stayed = [h for h in sw.hosts if not h.gone]
+        self.assertTrue(all(h.done_at is not None for h in stayed))
+        self.assertTrue(all(not h.uploads and not h.downloads for h in sw.hosts if h.gone))
+        self.assertEqual(r["origin_egress"], 64 * MiB)
+
+    def test_slow_hosts(self):
+        """When a fifth of the hosts have a tenth of the link, all complete, no
+        sooner than the slow hosts' F/d bound, and the fast hosts finish sooner."""
+        r = simulate(50, 64 * MiB, piece_size=4 * MiB, up=LINK, slow=0.2, seed=8)
+        self.assertEqual(r["slow"], 10)
+        self.assertEqual(r["completed"], 50)
+        self.assertGreaterEqual(r["max_time"], 64 * MiB / (LINK / 10))
+        self.assertEqual(r["lower_bound"], 64 * MiB / (LINK / 10))
+        self.assertLess(r["max_time_fast"], r["max_time"])
+        self.assertGreaterEqual(r["max_time_fast"], r["lower_bound_fast"])
+
+    def test_all_at_once(self):
+        """Owner killed, churn and slow hosts together: every staying host completes."""
+        r = simulate(50, 64 * MiB, piece_size=4 * MiB, up=LINK, supernodes=3,
+                     kill_owner_at=0.5, churn=0.2, slow=0.2, seed=9)
+        self.assertIsNotNone(r["killed_at"])
+        self.assertEqual(r["completed"], r["expected"])
+        self.assertLessEqual(r["origin_egress_x"], 2)
+
+    def test_bad_failure_arguments(self):
+        """Killing the only supernode, or shares outside [0, 1], are refused."""
+        self.assertRaises(ValueError, Swarm, 5, 100, kill_owner_at=0.5)
+        self.assertRaises(ValueError, Swarm, 5, 100, supernodes=2, kill_owner_at=1.5)
+        self.assertRaises(ValueError, Swarm, 5, 100, churn=2)
+        self.assertRaises(ValueError, Swarm, 5, 100, slow=-0.1)
+        self.assertRaises(ValueError, Swarm, 5, 100, supernodes=0)
+
+
 class CLITests(SynchronousTestCase):
     def test_parse_link(self):
         """Link rates: decimal bits with 'bit', else bytes with 1024-based suffixes."""
@@ -107,9 +189,29 @@ class CLITests(SynchronousTestCase):
         self.assertIn("max/bound", out.getvalue())
         self.assertTrue(os.path.getsize(path) > 0)
 
+    def test_main_failure_flags(self):
+        """--supernodes, --kill-owner-at, --churn and --slow reach the simulator
+        and the table shows origin egress and completed/staying hosts."""
+        path = self.mktemp()
+        out = io.StringIO()
+        rc = main(["--hosts", "20", "--size", "16M", "--piece-size", "1M",
+                   "--supernodes", "3", "--kill-owner-at", "0.3", "--churn", "0.1",
+                   "--slow", "0.1", "--json", path], out=out)
+        self.assertEqual(rc, 0)
+        with open(path) as f:
+            (r,) = json.load(f)["results"]
+        self.assertEqual((r["supernodes"], r["churned"], r["slow"]), (3, 2, 2))
+        self.assertIsNotNone(r["killed_at"])
+        self.assertEqual(r["completed"], r["expected"])
+        self.assertIn("origin egress", out.getvalue())
+        self.assertIn("fast hosts", out.getvalue())
+
     def test_main_bad_usage(self):
         """When an option is malformed, the CLI exits with status 2."""
         err = io.StringIO()
         self.assertEqual(main(["--hosts", "x"], out=io.StringIO(), err=err), 2)
         self.assertEqual(main(["--link", "fast"], out=io.StringIO(), err=err), 2)
+        self.assertEqual(main(["--kill-owner-at", "0.5"], out=io.StringIO(), err=err), 2)
+        self.assertEqual(main(["--churn", "1.5"], out=io.StringIO(), err=err), 2)
+        self.assertEqual(main(["--supernodes", "0"], out=io.StringIO(), err=err), 2)
         self.assertIn("error:", err.getvalue())
