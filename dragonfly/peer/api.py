@@ -35,7 +35,7 @@ import json
 import re
 import secrets
 from collections import OrderedDict
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -179,19 +179,6 @@ class LocalOnlyResource(Resource):
         return self._inner.render(request)
 
 
-def shown_url(url):
-    """C{url} without its userinfo and query, as an API answer may show it."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc.rpartition("@")[2]
-        if "@" in parts.netloc:
-            netloc = "<redacted>@" + netloc
-        return urlunsplit((parts.scheme, netloc, parts.path,
-                           "<redacted>" if parts.query else "", ""))
-    except ValueError:
-        return "<redacted>"
-
-
 class Grants:
     """Who may read a private task's bytes at C{/data}: the holders of a grant
     from a download answer (a random token naming the task, for C{ttl} s)."""
@@ -321,7 +308,7 @@ class PeerAPI:
     @app.route("/api/v1/tasks", methods=["GET"])
     def tasks(self, request):
         active = set(self._node.active())
-        rows = [{"task_id": tf.task_id, "url": shown_url(tf.url), "length": tf.length,
+        rows = [{"task_id": tf.task_id, "url": redact_url(tf.url), "length": tf.length,
                  "completed": tf.completed_bytes, "complete": tf.is_complete,
                  "downloading": tf.task_id in active, "last_access": tf.last_access}
                 for tf in sorted(self._store.tasks(), key=lambda t: t.task_id)]

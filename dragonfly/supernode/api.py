@@ -283,6 +283,7 @@ class SupernodeAPI:
     @app.handle_errors(TooLarge)
     def _too_large(self, request, failure):
         return error_body(request, 413, str(failure.value), compact=True)
+
     @app.handle_errors(WrongSecret)
     def _wrong_secret(self, request, failure):
         self.log.debug("refused a call for peer {peer}: wrong or missing secret",
