@@ -8,7 +8,8 @@ deadline through ``task.deferLater``. Popen (not ``reactor.spawnProcess``) is
 used so that a swarm may outlive one test without trial reporting its pipes as
 a dirty reactor; the reactor never sees these children.
 
-Typical use in a trial ``TestCase``::
+Typical use in a trial ``TestCase`` (``SwarmMixin`` sets up ``self.http``
+and ``self.swarm`` this way, and cleans both up)::
 
     async def test_x(self):
         http = HTTP(reactor); self.addCleanup(http.close)
@@ -422,6 +423,18 @@ class DfgetResult:
 # ---------------------------------------------------------------------------
 # a swarm
 
+
+
+class SwarmMixin:
+    """For a trial TestCase: C{self.http} (an L{HTTP} client) and C{self.swarm}
+    (an empty L{Swarm} in the test's temporary directory), both stopped at cleanup."""
+
+    def setUp(self):
+        from twisted.internet import reactor
+        self.http = HTTP(reactor)
+        self.addCleanup(self.http.close)
+        self.swarm = Swarm(reactor, self.mktemp(), self.http)
+        self.addCleanup(self.swarm.stop)
 
 class Swarm:
     """An origin, supernodes and peers under one directory."""

@@ -19,7 +19,7 @@ from twisted.web.server import Site
 
 from dragonfly.taskid import task_id_for_url
 from dragonfly.test.integration.harness import (
-    HTTP, LOOPBACK, Swarm, free_port, sha256_file, with_logs)
+    free_port, LOOPBACK, sha256_file, SwarmMixin, with_logs)
 
 TRAP_HOST = "127.0.0.2"
 PEER = {"peer_id": "itest-1-00000002", "host": LOOPBACK, "port": 9}
@@ -52,7 +52,7 @@ class _Redirect(Resource):
         return b""
 
 
-class EgressTests(TestCase):
+class EgressTests(SwarmMixin, TestCase):
     timeout = 240
 
     async def start_listeners(self):
@@ -67,12 +67,6 @@ class EgressTests(TestCase):
         self.addCleanup(rport.stopListening)
         self.redirect_url = f"http://{LOOPBACK}:{rport.getHost().port}/f.bin"
         return rport.getHost().port
-
-    def setUp(self):
-        self.http = HTTP(reactor)
-        self.addCleanup(self.http.close)
-        self.swarm = Swarm(reactor, self.mktemp(), self.http)
-        self.addCleanup(self.swarm.stop)
 
     def assertRefusal(self, text, address):
         self.assertIn(f"origin not allowed: {address} resolves to {address} (loopback); "

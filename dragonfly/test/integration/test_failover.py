@@ -15,21 +15,15 @@ from twisted.trial.unittest import TestCase
 
 from dragonfly.taskid import task_id_for_url
 from dragonfly.test.integration.harness import (
-    HTTP, MiB, Swarm, metric, poll_until, sha256_file, with_logs)
+    metric, MiB, poll_until, sha256_file, SwarmMixin, with_logs)
 
 SIZE = 24 * MiB
 PEERS = 6
 LIMIT = "2M"     # each dfget: about 12 s
 
 
-class FailoverTests(TestCase):
+class FailoverTests(SwarmMixin, TestCase):
     timeout = 300
-
-    def setUp(self):
-        self.http = HTTP(reactor)
-        self.addCleanup(self.http.close)
-        self.swarm = Swarm(reactor, self.mktemp(), self.http)
-        self.addCleanup(self.swarm.stop)
 
     async def start_cluster(self, extra=()):
         swarm = self.swarm

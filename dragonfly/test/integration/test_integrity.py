@@ -14,7 +14,7 @@ from twisted.trial.unittest import TestCase
 from dragonfly.storage.layout import DATA_NAME, META_NAME
 from dragonfly.taskid import task_id_for_url
 from dragonfly.test.integration.harness import (
-    HTTP, LOOPBACK, MiB, Swarm, poll_until, sha256_file, with_logs)
+    LOOPBACK, MiB, poll_until, sha256_file, SwarmMixin, with_logs)
 
 ATTACKER = {"peer_id": "attacker-1-00000001", "host": LOOPBACK, "port": 9}
 
@@ -43,14 +43,8 @@ def flip_keeping_mtime(path, offset, n=16):
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-class IntegrityTests(TestCase):
+class IntegrityTests(SwarmMixin, TestCase):
     timeout = 240
-
-    def setUp(self):
-        self.http = HTTP(reactor)
-        self.addCleanup(self.http.close)
-        self.swarm = Swarm(reactor, self.mktemp(), self.http)
-        self.addCleanup(self.swarm.stop)
 
     async def register(self, sn, body):
         code, _, raw = await self.http.request(

@@ -17,7 +17,7 @@ from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from dragonfly.test.integration.harness import (
-    HTTP, LOOPBACK, MiB, Proc, Swarm, executable, sha256_file, with_logs)
+    executable, LOOPBACK, MiB, Proc, sha256_file, SwarmMixin, with_logs)
 
 #: Seconds a role may take to notice its port is taken and exit (it is the
 #: interpreter's start-up, mostly).
@@ -122,16 +122,10 @@ class TakenPortTests(TestCase):
                           ("dfdaemon", "--listen")], daemonise=True)
 
 
-class LimitThroughDaemonTests(TestCase):
+class LimitThroughDaemonTests(SwarmMixin, TestCase):
     """dfget --limit through a real peer daemon."""
 
     timeout = 180
-
-    def setUp(self):
-        self.http = HTTP(reactor)
-        self.addCleanup(self.http.close)
-        self.swarm = Swarm(reactor, self.mktemp(), self.http)
-        self.addCleanup(self.swarm.stop)
 
     @with_logs()
     async def test_limit_paces_the_daemon(self):

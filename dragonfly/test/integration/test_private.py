@@ -22,7 +22,7 @@ from twisted.web.server import Site
 from dragonfly.taskid import task_id_for_url
 from dragonfly.test.integration import registry_fixtures as rf
 from dragonfly.test.integration.harness import (
-    HTTP, LOOPBACK, Swarm, metric, sha256_file, with_logs)
+    LOOPBACK, metric, sha256_file, SwarmMixin, with_logs)
 
 SIZE = 3 * 1024 * 1024 + 17
 TOKEN = ["-H", "Authorization: Bearer x"]
@@ -51,14 +51,8 @@ class _SSORegistry(Resource):
         return b"{}"
 
 
-class PrivateTests(TestCase):
+class PrivateTests(SwarmMixin, TestCase):
     timeout = 300
-
-    def setUp(self):
-        self.http = HTTP(reactor)
-        self.addCleanup(self.http.close)
-        self.swarm = Swarm(reactor, self.mktemp(), self.http)
-        self.addCleanup(self.swarm.stop)
 
     async def start(self):
         swarm = self.swarm
@@ -127,14 +121,8 @@ class PrivateTests(TestCase):
         self.assertNotIn("/open.bin", stats)
 
 
-class SSORegistryTests(TestCase):
+class SSORegistryTests(SwarmMixin, TestCase):
     timeout = 300
-
-    def setUp(self):
-        self.http = HTTP(reactor)
-        self.addCleanup(self.http.close)
-        self.swarm = Swarm(reactor, self.mktemp(), self.http)
-        self.addCleanup(self.swarm.stop)
 
     @with_logs()
     async def test_login_redirect_grants_nothing(self):

@@ -13,8 +13,8 @@ from twisted.internet import protocol, reactor
 from twisted.trial.unittest import TestCase
 
 from dragonfly.taskid import task_id_for_url
-from dragonfly.test.integration.harness import HTTP, LOOPBACK, MiB, Swarm, poll_until, with_logs
-
+from dragonfly.test.integration.harness import (
+    LOOPBACK, MiB, poll_until, SwarmMixin, with_logs)
 SIZE = 8 * MiB   # 8 pieces of 1M
 
 
@@ -37,14 +37,8 @@ class _TarpitFactory(protocol.Factory):
         self.open = []
 
 
-class SchedulerAttackTests(TestCase):
+class SchedulerAttackTests(SwarmMixin, TestCase):
     timeout = 300
-
-    def setUp(self):
-        self.http = HTTP(reactor)
-        self.addCleanup(self.http.close)
-        self.swarm = Swarm(reactor, self.mktemp(), self.http)
-        self.addCleanup(self.swarm.stop)
 
     def tarpit(self):
         """A listener on 127.0.0.1 that accepts and never answers: its port."""

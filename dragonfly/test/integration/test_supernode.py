@@ -10,19 +10,13 @@ from twisted.trial.unittest import TestCase
 
 from dragonfly.taskid import task_id_for_url
 from dragonfly.test.integration.harness import (
-    HTTP, LOOPBACK, MiB, Swarm, metric, poll_until, with_logs)
+    LOOPBACK, metric, MiB, poll_until, SwarmMixin, with_logs)
 
 PEER = {"peer_id": "itest-1-00000001", "host": LOOPBACK, "port": 9}
 
 
-class SupernodeProcessTests(TestCase):
+class SupernodeProcessTests(SwarmMixin, TestCase):
     timeout = 180
-
-    def setUp(self):
-        self.http = HTTP(reactor)
-        self.addCleanup(self.http.close)
-        self.swarm = Swarm(reactor, self.mktemp(), self.http)
-        self.addCleanup(self.swarm.stop)
 
     async def register(self, node, url, redirected=False):
         body = {"task_id": task_id_for_url(url), "url": url, "peer": PEER}
