@@ -13,7 +13,6 @@ from urllib.parse import unquote, urlsplit
 
 from dragonfly import __version__
 from dragonfly.dfget import compat
-from dragonfly.egress import BadEntry, parse_entries
 from dragonfly.redact import has_userinfo, redact_text, redact_url, userinfo_error
 from dragonfly.taskid import derive_task_id
 from dragonfly.units import BadValue, parse_hostports, parse_rate
@@ -257,10 +256,7 @@ def _derive(o):
     if o["advertise"] is not None and not _HOST_RE.match(o["advertise"]):
         raise OptionsError(f"--advertise: not a host: {o['advertise']!r}")
     for name in REPEATABLE:
-        try:
-            o[name.replace("-", "_")] = [e.text for e in parse_entries(o[name])]
-        except BadEntry as e:
-            raise OptionsError(f"--{name}: {e}")
+        o[name.replace("-", "_")] = _egress_entries(name, o[name]) if o[name] else []
     _derive_recursive(o)
     _derive_tls(o)
     # A sha256 --digest names the content: the task is the digest's,
@@ -285,6 +281,16 @@ def _derive_tls(o):
         if not os.path.isfile(o[flag]):
             raise OptionsError(f"--{flag}: {o[flag]}: no such file")
     o["tls_files"] = tuple(os.path.abspath(o[f]) for f in TLS_FLAGS)
+
+
+def _egress_entries(name, values):
+    """The checked --allow-origin/--deny-origin entries, as text. The egress
+    module is imported only when they are given: dfget's start-up stays lean."""
+    from dragonfly.egress import BadEntry, parse_entries
+    try:
+        return [e.text for e in parse_entries(values)]
+    except BadEntry as e:
+        raise OptionsError(f"--{name}: {e}")
 
 
 def _derive_recursive(o):
