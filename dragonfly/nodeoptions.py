@@ -18,7 +18,7 @@ from dragonfly.egress import BadEntry, parse_entries
 __all__ = ["CACHE_SIZE", "CACHE_TTL", "LOG_FORMAT", "MAX_FILE_SIZE", "PORT_FILE", "EGRESS_LISTS",
            "EgressFlags", "check_data_dir", "check_egress", "check_host", "check_log_format",
            "check_max_file_size", "check_port_file", "flag_int", "flag_seconds", "flag_size",
-           "TLS_CERT", "TLS_KEY", "TLS_CA", "check_tls"]
+           "TLS_CERT", "TLS_KEY", "TLS_CA", "check_tls", "API_SOCKET", "check_api_socket"]
 
 CACHE_SIZE = ["cache-size", None, "0", "Disk quota for cached tasks (K/M/G/T); 0 = no quota."]
 CACHE_TTL = ["cache-ttl", None, "0", "Seconds an unused task stays cached; 0 = forever."]
@@ -27,6 +27,9 @@ MAX_FILE_SIZE = ["max-file-size", None, "1T",
 LOG_FORMAT = ["log-format", None, "text", "text or json."]
 PORT_FILE = ["port-file", None, None,
              'Write {"api": PORT, "piece": PORT} (JSON) here once listening.']
+API_SOCKET = ["api-socket", None, None,
+              "Also serve the local API on this unix socket (mode 0600: only this node's "
+              "user, and root); dfget --daemon-socket PATH uses it."]
 TLS_CERT = ["tls-cert", None, None,
             "This node's certificate (PEM); with --tls-key and --tls-ca every API, piece "
             "port and cluster link speaks mutual TLS."]
@@ -144,6 +147,23 @@ def check_port_file(value):
     parent = os.path.dirname(path)
     if not os.path.isdir(parent):
         raise usage.UsageError(f"--port-file: directory {parent} does not exist")
+    return path
+
+
+#: Longest socket path the kernel takes (sun_path is 108 bytes with its NUL).
+UNIX_PATH_MAX = 107
+
+
+def check_api_socket(value):
+    """The absolute --api-socket path, whose directory must exist; None when not given."""
+    if not value:
+        return None
+    path = os.path.abspath(str(value))
+    if len(os.fsencode(path)) > UNIX_PATH_MAX:
+        raise usage.UsageError(f"--api-socket: {path} is longer than {UNIX_PATH_MAX} bytes")
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        raise usage.UsageError(f"--api-socket: directory {parent} does not exist")
     return path
 
 

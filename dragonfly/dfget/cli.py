@@ -106,17 +106,16 @@ def main(argv, stdout=None, stderr=None, isatty=None, signals=True, embedded=Non
 
 def _via_daemon(opts, out, stdout, stderr, isatty, log):
     """Download through the daemon if one answers; False if none does."""
-    url = opts["daemon_url"]
-    if url is None:
+    if opts["daemon_url"] is None and opts["daemon_socket"] is None:
         log("--daemon none: using an embedded peer")
         return False
     from dragonfly.dfget.viadaemon import DaemonClient, download
 
-    client = DaemonClient(url)
+    client = DaemonClient(opts["daemon_url"], socket_path=opts["daemon_socket"])
     if not client.alive():
-        log(f"no peer daemon answered at {url}; using an embedded peer")
+        log(f"no peer daemon answered at {client.url}; using an embedded peer")
         return False
-    log(f"using the peer daemon at {url}")
+    log(f"using the peer daemon at {client.url}")
     download(opts, out, client, stdout, stderr, isatty, log)
     return True
 
@@ -126,9 +125,9 @@ def _recursive(opts, stdout, stderr, isatty, log):
     from dragonfly.dfget import recursive
     from dragonfly.dfget.viadaemon import DaemonClient, download
 
-    if opts["daemon_url"] is None:
+    if opts["daemon_url"] is None and opts["daemon_socket"] is None:
         raise DfgetError("--recursive needs the peer daemon (not --daemon none)")
-    client = DaemonClient(opts["daemon_url"])
+    client = DaemonClient(opts["daemon_url"], socket_path=opts["daemon_socket"])
     if not client.alive():
         raise DfgetError(f"--recursive needs the peer daemon; none answered at {client.url}")
 

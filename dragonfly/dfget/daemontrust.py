@@ -8,7 +8,8 @@ only when:
 
   - the process behind the connection is known: its uid is the owner of the
     daemon's end of our TCP connection, read from C{/proc/net/tcp} and
-    C{tcp6} (L{connection_uid}; Linux, loopback daemons only);
+    C{tcp6}, or the peer credentials of the daemon's unix socket
+    (C{--daemon-socket}) (L{connection_uid}; Linux, loopback daemons only);
   - the daemon named its data directory (C{"data_dir"} in the done line),
     that directory is owned by that uid, and the file's real path lies
     inside it (L{trusted_file});
@@ -20,6 +21,7 @@ bytes it could send anyway.
 """
 import ipaddress
 import os
+import socket
 import stat
 import struct
 
@@ -64,8 +66,11 @@ def _normal(sockaddr):
 
 
 def connection_uid(sock, tables=_PROC_NET):
-    """The uid owning the far end of the loopback TCP connection C{sock}, or None
-    (not loopback, not Linux, not found)."""
+    """The uid owning the far end of the loopback TCP connection C{sock} (or
+    of the unix socket C{sock}: its peer credentials), or None (not loopback,
+    not Linux, not found)."""
+    if getattr(sock, "family", None) == getattr(socket, "AF_UNIX", object()):
+        return _peer_uid(sock)
     try:
         here, there = _normal(sock.getsockname()), _normal(sock.getpeername())
     except (OSError, ValueError, IndexError, TypeError, AttributeError):
@@ -82,6 +87,20 @@ def connection_uid(sock, tables=_PROC_NET):
             if state == _ESTABLISHED and local == there and remote == here:
                 return uid
     return None
+
+
+def _peer_uid(sock):
+    """The uid of the process at the other end of unix socket C{sock}
+    (C{SO_PEERCRED}: the kernel's word, Linux), or None."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+    except OSError:
+        return None
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return uid if pid > 0 and uid >= 0 else None   # unconnected: pid 0, uid -1
 
 
 def _inside(path, directory):

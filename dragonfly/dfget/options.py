@@ -56,6 +56,9 @@ PARAMETERS = [
                                "(default 127.0.0.1:8002)."),
     ("daemon", None, DEFAULT_DAEMON,
      "The local peer daemon's API; 'none' = always use an embedded peer."),
+    ("daemon-socket", None, None,
+     "The local peer daemon's API on a unix socket (its --api-socket), used "
+     "instead of --daemon."),
     ("digest", None, None, "Expected digest ALGO:HEX (sha256, sha512, md5)."),
     ("md5", None, None, "Expected MD5 (same as --digest md5:HEX)."),
     ("filter", None, None, "Query parameters NAME,... (or NAME&...) ignored when deriving "
@@ -144,6 +147,7 @@ def parse(argv):
     uses: C{header_map}, C{digest_spec}, C{filters}, C{limit_bps},
     C{showbar}, C{compat_ignored} (Dragonfly 1.x/2.x flags, L{compat}),
     C{timeout_s}, C{supernode_list}, C{daemon_url} (None: no daemon),
+    C{daemon_socket} (an absolute path, or None),
     C{allow_origin}/C{deny_origin} (checked egress entries) and C{task_id}. Raises L{OptionsError} or, for --help/--version, L{ShowText}.
     """
     short, long_ = _tables()
@@ -253,6 +257,8 @@ def _derive(o):
         if d.scheme not in ("http", "https") or not d.netloc:
             raise OptionsError(f"--daemon must be an http URL, not {daemon!r}")
         o["daemon_url"] = daemon.rstrip("/")
+    socket_path = (o["daemon-socket"] or "").strip()
+    o["daemon_socket"] = os.path.abspath(socket_path) if socket_path else None
     if o["advertise"] is not None and not _HOST_RE.match(o["advertise"]):
         raise OptionsError(f"--advertise: not a host: {o['advertise']!r}")
     for name in REPEATABLE:

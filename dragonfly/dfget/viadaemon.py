@@ -13,7 +13,9 @@ back to the embedded peer (L{dragonfly.dfget.embedded}), which is Twisted.
      C{{"state": "done", "path", "length", "task_id"}} or C{{"state": "failed", "error"}}.
   3. The daemon's file becomes FILE (L{files.place}: reflink, hard link, or
      copy) when L{daemontrust} vouches for it (inside the daemon's data
-     directory, a regular file owned by the user behind the daemon's socket);
+     directory, a regular file owned by the user behind the daemon's socket:
+     the owner of its end of a loopback TCP connection, or the peer
+     credentials of a unix socket, C{--daemon-socket});
      otherwise, or where dfget cannot read that file,
      C{GET /api/v1/tasks/<id>/data} streams it instead. An existing FILE
      keeps its mode. When the daemon's cache is full it says
@@ -25,6 +27,7 @@ import hashlib
 import http.client
 import json
 import os
+import socket
 import tempfile
 import time
 from urllib.parse import urlsplit
@@ -45,10 +48,37 @@ CALL_TIMEOUT = 30.0
 READ_CHUNK = 1 << 20
 
 
-class DaemonClient:
-    """The peer daemon's API at C{url} (http or https), one connection per call."""
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over the unix socket C{path}; the Host header says C{localhost}
+    (the local API serves loopback names only, on a socket too)."""
 
-    def __init__(self, url):
+    def __init__(self, path, timeout):
+        http.client.HTTPConnection.__init__(self, "localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class DaemonClient:
+    """The peer daemon's API at C{url} (http or https), or on the unix socket
+    C{socket_path} when given; one connection per call."""
+
+    def __init__(self, url, socket_path=None):
+        self.socket_path = socket_path
+        if socket_path is not None:
+            self.https = False
+            self.host, self.port, self.prefix = "localhost", None, ""
+            self.url = f"unix:{socket_path}"
+            self.daemon_uid = None
+            return
         parts = urlsplit(url)
         self.https = parts.scheme == "https"
         try:
@@ -63,6 +93,8 @@ class DaemonClient:
         self.daemon_uid = None
 
     def _connect(self, timeout):
+        if self.socket_path is not None:
+            return _UnixHTTPConnection(self.socket_path, timeout)
         if self.https:
             return http.client.HTTPSConnection(self.host, self.port, timeout=timeout)
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)

@@ -44,6 +44,7 @@ class Peer:
     piece_endpoint: object
     api_site: object = None
     api_endpoint: object = None
+    api_socket_endpoint: object = None
     closers: list = field(default_factory=list)
     log_observer: object = None
     tls: object = None
@@ -59,7 +60,8 @@ class Peer:
         svc = PeerService(self.reactor, self.config, self.store, self.node, self.api_site,
                           self.piece_factory, self.piece_endpoint, self.api_endpoint,
                           self.metrics, piece_pool=self.piece_pool, runner=self.runner,
-                          closers=self.closers, log_observer=self.log_observer)
+                          closers=self.closers, log_observer=self.log_observer,
+                          api_socket_endpoint=self.api_socket_endpoint)
         if self.tls is None:
             warn_tls_off()
         else:
@@ -102,7 +104,8 @@ def build_peer(reactor, config, *, runner=None, http_client=None, origin_http=No
     @param origin_http: the HTTPClient for origins; by default one over a
         pool of its own (closed on stop) that connects only where the
         config's egress policy (C{allow_origin}/C{deny_origin}) allows.
-    @param api: build the local API (on C{config.api_listen}).
+    @param api: build the local API (on C{config.api_listen}, and on the unix
+        socket C{config.api_socket} when set).
     @param user_agent: what the origin client calls itself.
     """
     from dragonfly.admission import PeerAdmission
@@ -111,7 +114,7 @@ def build_peer(reactor, config, *, runner=None, http_client=None, origin_http=No
     from dragonfly.peer.node import NodeDeps, NodeSettings, PeerNode
     from dragonfly.protocol.pool import PieceClientPool
     from dragonfly.protocol.server import PieceServerFactory
-    from dragonfly.runtime.daemon import server_endpoint
+    from dragonfly.runtime.daemon import server_endpoint, unix_socket_endpoint
     from dragonfly.runtime.ratelimit import TokenBucket
     from dragonfly.storage.store import PieceStore
 
@@ -146,6 +149,8 @@ def build_peer(reactor, config, *, runner=None, http_client=None, origin_http=No
     if api:
         peer.api_site = _api_site(node, store, metrics, reactor)
         peer.api_endpoint = server_endpoint(reactor, c.api_listen)
+        if c.api_socket:
+            peer.api_socket_endpoint = unix_socket_endpoint(reactor, c.api_socket)
     if c.log_format == "json":
         from dragonfly.logsetup import json_observer_for
         peer.log_observer = json_observer_for(reactor, c)

@@ -8,7 +8,8 @@ Start-up order (L{PeerService.startService}):
 
   1. the piece port listens; its bound port becomes the node's L{PeerInfo}
      (C{--advertise} host), so C{--piece-listen tcp:0} works;
-  2. the API port listens, then any extra listeners (the mirror); each bound
+  2. the API port listens, then the API's unix socket (C{--api-socket}),
+     then any extra listeners (the mirror); each bound
      address is logged ("peer pieces listening on HOST:PORT", "peer api
      listening on HOST:PORT"); a port that cannot listen ends the start
      before anything else ran ("cannot listen on tcp:65002:...: Address
@@ -44,6 +45,8 @@ class PeerConfig(NodeConfig):
     advertise: str = "127.0.0.1"
     supernodes: list = field(default_factory=lambda: [("127.0.0.1", 8002)])
     api_listen: str = "tcp:65002:interface=127.0.0.1"
+    #: a unix socket path the local API also listens on (mode 0600), or None
+    api_socket: str = None
     concurrency: int = 8
     peer_id: str = None
 
@@ -60,7 +63,7 @@ class PeerService(NodeService):
 
     def __init__(self, reactor, config, store, node, api_site, piece_factory,
                  piece_endpoint, api_endpoint, metrics, piece_pool=None, runner=None,
-                 closers=(), log_observer=None):
+                 closers=(), log_observer=None, api_socket_endpoint=None):
         NodeService.__init__(self, reactor, config, store, metrics, runner=runner,
                              closers=closers, log_observer=log_observer)
         self.node = node
@@ -69,6 +72,9 @@ class PeerService(NodeService):
         self.piece_pool = piece_pool
         self.piece_service = self.add_listener("piece", piece_endpoint, piece_factory, "pieces")
         self.api_service = self.add_listener("api", api_endpoint, api_site)
+        if api_socket_endpoint is not None:
+            # the same Site, so the same rules (Host, Origin, JSON bodies)
+            self.add_listener("api-socket", api_socket_endpoint, api_site, "api socket")
         self.add_timer(config.gc_interval, self.gc, "store-gc")
         # Keep finished tasks in their swarms (supernodes drop silent peers).
         self.add_timer(HEARTBEAT_INTERVAL, lambda: Deferred.fromCoroutine(node.heartbeat()),

@@ -17,6 +17,7 @@ from dragonfly.nodeoptions import (
     check_log_format, check_max_file_size, check_port_file, flag_int, flag_seconds, flag_size)
 from dragonfly.nodeoptions import EGRESS_LISTS, EgressFlags, check_egress
 from dragonfly.nodeoptions import TLS_CA, TLS_CERT, TLS_KEY, check_tls
+from dragonfly.nodeoptions import API_SOCKET, check_api_socket
 from dragonfly.peer.assembly import make_peer_service
 from dragonfly.peer.service import PeerConfig
 
@@ -38,6 +39,7 @@ class PeerOptions(EgressFlags, ConfigOptions):
         ["piece-listen", None, "tcp:65000", "Piece port endpoint."],
         ["api-listen", None, "tcp:65002:interface=127.0.0.1",
          "Local API endpoint (keep it on loopback)."],
+        API_SOCKET,
         ["advertise", None, "127.0.0.1",
          "Address other hosts use to reach this node's piece port."],
         ["data-dir", None, None, "Where pieces and metadata live "
@@ -71,6 +73,7 @@ class PeerOptions(EgressFlags, ConfigOptions):
             check_endpoint(name, self[name], example="tcp:65000")
         c.piece_listen = self["piece-listen"]
         c.api_listen = self["api-listen"]
+        c.api_socket = check_api_socket(self["api-socket"])
         c.advertise = check_host("advertise", self["advertise"])
         c.data_dir = check_data_dir(self["data-dir"] or self.default_data_dir)
         c.cache_size = flag_size("cache-size", self["cache-size"])

@@ -7,12 +7,12 @@ assembles them."""
 from twisted.application import service
 from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
 from twisted.internet.interfaces import IStreamServerEndpoint
 from zope.interface import implementer
 
 __all__ = ["CannotListen", "DescribedEndpoint", "ListeningService", "describe_endpoint",
-           "listen_failure_reason", "safe_timer", "server_endpoint"]
+           "listen_failure_reason", "safe_timer", "server_endpoint", "unix_socket_endpoint"]
 
 
 class CannotListen(SystemExit, Exception):
@@ -65,6 +65,17 @@ class DescribedEndpoint:
 def server_endpoint(reactor, description):
     """C{serverFromString}, keeping C{description} for error messages."""
     return DescribedEndpoint(serverFromString(reactor, description), description)
+
+
+def unix_socket_endpoint(reactor, path, mode=0o600):
+    """A unix socket at C{path} with permissions C{mode} (owner only by default).
+
+    Twisted sets the mode after C{bind} and before C{listen}, so nobody can
+    connect before it applies. A C{PATH.lock} next to it (C{wantPID}) lets a
+    restart replace the socket a crashed process left, and never a live one's.
+    """
+    return DescribedEndpoint(UNIXServerEndpoint(reactor, path, mode=mode, wantPID=True),
+                             f"unix:{path}")
 
 
 def describe_endpoint(endpoint):

@@ -35,14 +35,20 @@ __all__ = ["NodeService", "bound_address", "hostport"]
 
 
 def bound_address(port, default_host="127.0.0.1"):
-    """(host, port) of a listening port; C{default_host} when it has no host."""
+    """(host, port) of a listening port; C{default_host} when it has no host;
+    (path, None) for a unix socket."""
     addr = port.getHost()
+    name = getattr(addr, "name", None)
+    if name is not None:
+        return os.fsdecode(name), None
     host = getattr(addr, "host", None) or default_host
     return host, getattr(addr, "port", 0)
 
 
 def hostport(host, port):
-    """C{HOST:PORT}, with an IPv6 host in brackets."""
+    """C{HOST:PORT}, with an IPv6 host in brackets; C{unix:PATH} for a socket."""
+    if port is None:
+        return f"unix:{host}"
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -130,8 +136,10 @@ class NodeService(service.MultiService):
         """Hook: listener C{name} is bound (before its "listening on" line)."""
 
     def port_file_body(self):
-        """The port file's JSON object: C{{name: port, ..., "pid": pid}}."""
-        body = {name: addr[1] for name, addr in self.addresses.items()}
+        """The port file's JSON object: C{{name: port, ..., "pid": pid}} (a
+        unix socket's path instead of its port)."""
+        body = {name: addr[0] if addr[1] is None else addr[1]
+                for name, addr in self.addresses.items()}
         body["pid"] = os.getpid()
         return body
 

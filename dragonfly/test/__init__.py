@@ -18,3 +18,13 @@ def source_file(*parts):
     if os.environ.get("DRAGONFLY_SOURCE"):
         raise AssertionError(f"{os.path.join(*parts)} missing from {os.environ['DRAGONFLY_SOURCE']}")
     raise SkipTest(f"{os.path.join(*parts)} not found (installed package, DRAGONFLY_SOURCE unset)")
+
+
+def short_dir(case):
+    """A fresh directory with a short path, removed after C{case}: a unix
+    socket's path has 107 bytes at most, which trial's temp paths exceed."""
+    import shutil
+    import tempfile
+    d = tempfile.mkdtemp(prefix="df-")
+    case.addCleanup(shutil.rmtree, d, True)
+    return d

@@ -1,19 +1,22 @@
 """Tests for dragonfly.runtime.daemon: timers that survive, listeners that tell their port
 (or why they have none), endpoints that keep their name, the start error."""
 import errno
+import os
+import stat
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint, UNIXServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IStreamServerEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from dragonfly.runtime.daemon import (CannotListen, DescribedEndpoint, ListeningService,
                                       describe_endpoint, listen_failure_reason, safe_timer,
-                                      server_endpoint)
+                                      server_endpoint, unix_socket_endpoint)
+from dragonfly.test import short_dir
 
 
 class SafeTimerTests(SynchronousTestCase):
@@ -152,3 +155,39 @@ class CannotListenTests(SynchronousTestCase):
         self.assertIsInstance(e, Exception)
         self.assertIsInstance(e, SystemExit)
         self.assertEqual((e.endpoint, e.reason), ("tcp:8002", "Address already in use"))
+
+
+class UnixSocketEndpointTests(TestCase):
+    """unix_socket_endpoint on the real reactor: owner-only, replaced when stale."""
+
+    def setUp(self):
+        self.path = os.path.join(short_dir(self), "api.sock")
+
+    async def test_owner_only_socket(self):
+        """The socket is created with mode 0600, named unix:PATH, and removed
+        when the port stops listening."""
+        from twisted.internet import reactor
+        endpoint = unix_socket_endpoint(reactor, self.path)
+        self.assertEqual(str(endpoint), "unix:" + self.path)
+        port = await endpoint.listen(Factory.forProtocol(Protocol))
+        st = os.stat(self.path)
+        self.assertTrue(stat.S_ISSOCK(st.st_mode))
+        self.assertEqual(stat.S_IMODE(st.st_mode), 0o600)
+        await port.stopListening()
+        self.assertFalse(os.path.exists(self.path))
+
+    async def test_stale_socket_replaced(self):
+        """A socket file left by a crashed process (its lock names a dead pid)
+        does not stop the next start."""
+        import socket
+        import subprocess
+        from twisted.internet import reactor
+        left = socket.socket(socket.AF_UNIX)
+        left.bind(self.path)
+        left.close()     # the file stays, nobody listens
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        os.symlink(str(dead.pid), self.path + ".lock")   # twisted's FilesystemLock format
+        port = await unix_socket_endpoint(reactor, self.path).listen(Factory.forProtocol(Protocol))
+        self.addCleanup(port.stopListening)
+        self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)

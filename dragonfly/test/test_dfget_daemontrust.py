@@ -59,6 +59,19 @@ class ConnectionUidTests(SynchronousTestCase):
         self.addCleanup(conn.close)
         self.assertEqual(daemontrust.connection_uid(client), os.getuid())
 
+    def test_unix_socket(self):
+        """Over a unix socket the uid is the peer's credentials (ours here),
+        without /proc/net tables; an unconnected unix socket is unknown."""
+        if not hasattr(socket, "SO_PEERCRED"):
+            raise self.skipTest("needs SO_PEERCRED (Linux)")
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        self.assertEqual(daemontrust.connection_uid(a, tables=()), os.getuid())
+        lone = socket.socket(socket.AF_UNIX)
+        self.addCleanup(lone.close)
+        self.assertIsNone(daemontrust.connection_uid(lone))
+
     def test_unknown(self):
         """No table, a remote peer or a socket that is not connected: unknown."""
         class Remote:

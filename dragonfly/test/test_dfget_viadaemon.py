@@ -17,6 +17,7 @@ from dragonfly.peer.node import NodeDeps, PeerNode
 from dragonfly.runtime.threads import SyncRunner
 from dragonfly.storage.store import PieceStore
 from dragonfly.taskid import task_id_for_url
+from dragonfly.test import short_dir
 from dragonfly.test.dfgetsupport import (
     DATA, SHA, RunMixin, _hold, _ndjson, _Scripted, _serve)
 from dragonfly.test.peerfakes import FakeOrigin, FakePiecePool, FakeSupernode
@@ -423,3 +424,58 @@ class ScriptedDaemonTests(DaemonMixin, TestCase):
         code = await self.run_dfget(url, URL, "-O", self.out + "2", isatty=True)
         self.assertEqual(code, 0)
         self.assertIn("100%", self.stderr.getvalue())
+
+
+class UnixSocketTests(DaemonMixin, TestCase):
+    """--daemon-socket: the daemon's API on a unix socket (its --api-socket)."""
+
+    def serve_unix(self, resource):
+        from twisted.internet import reactor
+        from twisted.web.server import Site
+        path = os.path.join(short_dir(self), "api.sock")
+        port = reactor.listenUNIX(path, Site(resource), mode=0o600)
+        self.addCleanup(port.stopListening)
+        return path
+
+    async def test_download_through_the_socket(self):
+        """With --daemon-socket the download goes through the socket (the TCP
+        --daemon URL answers nothing), and the daemon's uid, known from the
+        socket's peer credentials, lets dfget link the store's file."""
+        self.patch(files, "_reflink", lambda fin, fout: False)
+        self.patch(files, "_umask", lambda: 0o022)
+        daemon = _Daemon(self)
+        path = self.serve_unix(daemon.api.resource())
+        code = await deferToThread(
+            cli.main, [URL, "-O", self.out, "--daemon-socket", path,
+                       "--daemon", "http://127.0.0.1:1"],
+            stdout=self.stdout, stderr=self.stderr, isatty=False, signals=False,
+            embedded=self.no_embedded)
+        self.check_ok(code)
+        self.assertEqual(self.embedded_runs, [])
+        task = daemon.store.get(task_id_for_url(URL))
+        self.assertTrue(os.path.samefile(self.out, task.path))
+
+    async def test_client_sends_a_loopback_host(self):
+        """Over the socket the client says Host: localhost, so the API's
+        loopback rule serves it; the peer uid is ours."""
+        daemon = _Daemon(self)
+        path = self.serve_unix(daemon.api.resource())
+        client = viadaemon.DaemonClient(None, socket_path=path)
+        self.assertEqual(client.url, "unix:" + path)
+        self.assertTrue(await deferToThread(client.alive))
+        final = await deferToThread(
+            client.download, {"url": URL, "task_id": task_id_for_url(URL), "headers": {}},
+            lambda done, length: None)
+        self.assertEqual(final["state"], "done")
+        self.assertEqual(client.daemon_uid, os.getuid())
+
+    async def test_missing_socket_falls_back_to_embedded(self):
+        """A socket nobody listens on is like a daemon that does not answer:
+        dfget uses its embedded peer."""
+        path = os.path.join(short_dir(self), "none.sock")
+        code = await deferToThread(
+            cli.main, [URL, "-O", self.out, "--daemon-socket", path],
+            stdout=self.stdout, stderr=self.stderr, isatty=False, signals=False,
+            embedded=self.no_embedded)
+        self.assertEqual(code, 1)
+        self.assertEqual(self.embedded_runs, [self.out])

@@ -354,11 +354,17 @@ class AddressTests(SynchronousTestCase):
         self.assertEqual(hostport("10.0.0.1", 80), "10.0.0.1:80")
 
     def test_bound_address(self):
-        """The bound (host, port); an address without a host gives the default."""
+        """The bound (host, port); an address without a host gives the default;
+        a unix socket gives (its path, None), named unix:PATH."""
         self.assertEqual(bound_address(_Port("x", [], IPv6Address("TCP", "::1", 5))),
                          ("::1", 5))
 
         class _Unix:
-            name = "/tmp/sock"
+            name = b"/tmp/sock"
 
-        self.assertEqual(bound_address(_Port("x", [], _Unix())), ("127.0.0.1", 0))
+        class _Nameless:
+            pass
+
+        self.assertEqual(bound_address(_Port("x", [], _Unix())), ("/tmp/sock", None))
+        self.assertEqual(bound_address(_Port("x", [], _Nameless())), ("127.0.0.1", 0))
+        self.assertEqual(hostport("/tmp/sock", None), "unix:/tmp/sock")

@@ -12,7 +12,7 @@ from dragonfly.interfaces import PeerInfo
 from dragonfly.peer.node import PeerNode
 from dragonfly.peer.service import PeerConfig, PeerService
 from dragonfly.peer.tap import PeerOptions, makeService, make_peer_service
-from dragonfly.test import source_file
+from dragonfly.test import short_dir, source_file
 
 
 class OptionsTests(SynchronousTestCase):
@@ -78,6 +78,23 @@ class OptionsTests(SynchronousTestCase):
                      ["--concurrency", "0"]):
             e = self.assertRaises(usage.UsageError, self.parse, *argv)
             self.assertIn(argv[0], str(e))
+
+    def test_api_socket(self):
+        """--api-socket (or api-socket in the file) is an absolute path whose
+        directory exists and that fits a socket address; none by default."""
+        self.assertIsNone(self.parse().config.api_socket)
+        d = short_dir(self)
+        self.assertEqual(self.parse("--api-socket", os.path.join(d, "p.sock")).config.api_socket,
+                         os.path.join(d, "p.sock"))
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(f'api-socket = "{d}/q.sock"\n')
+        self.assertEqual(self.parse("--config", path).config.api_socket, f"{d}/q.sock")
+        for bad, words in ((os.path.join(d, "missing", "p.sock"), "does not exist"),
+                           ("/tmp/" + "x" * 120 + ".sock", "longer than 107 bytes")):
+            e = self.assertRaises(usage.UsageError, self.parse, "--api-socket", bad)
+            self.assertIn("--api-socket", str(e))
+            self.assertIn(words, str(e))
 
     def test_config_file(self):
         """Settings come from --config; a flag on the command line beats the file."""
@@ -160,6 +177,21 @@ class ServiceTests(SynchronousTestCase):
         with open(self.port_file) as f:
             self.assertEqual(json.load(f)["mirror"], 4101)
 
+    def test_api_socket_listener(self):
+        """With --api-socket the local API's Site also listens on that unix
+        socket, owner-only, right after the TCP API; the port file names its path."""
+        sock = os.path.join(short_dir(self), "api.sock")
+        svc, node, metrics = self.build("--api-socket", sock)
+        svc.startService()
+        self.addCleanup(svc.stopService)
+        names = [name for name, _, _ in svc._listeners]
+        self.assertEqual(names, ["piece", "api", "api-socket"])
+        (address, factory, backlog, mode, want_pid), = self.reactor.unixServers
+        self.assertEqual((address, mode, want_pid), (sock, 0o600, True))
+        self.assertIs(factory, svc.api_site)
+        with open(self.port_file) as f:
+            self.assertEqual(json.load(f)["api-socket"], sock)
+
     def test_stop(self):
         """Stopping the service stops listening and removes the port file."""
         svc, node, metrics = self.build()
@@ -206,8 +238,9 @@ class SampleConfigTests(SynchronousTestCase):
         self.patch(nodeoptions, "check_writable_dir", lambda flag, path: None)
         with open(source_file("etc", "peer.toml")) as f:
             text = f.read()
-        # Every commented setting but port-file, which is an example, not a default.
-        enabled = re.sub(r"(?m)^# ((?!port-file)[a-z][a-z_-]* = )", r"\1", text)
+        # Every commented setting but port-file and api-socket, which are
+        # examples, not defaults.
+        enabled = re.sub(r"(?m)^# ((?!port-file|api-socket)[a-z][a-z_-]* = )", r"\1", text)
         self.assertNotEqual(enabled, text)
         path = self.mktemp()
         with open(path, "w") as f:
