@@ -6,6 +6,10 @@ Process contract (SPEC.md + docs/design.md):
   twistd -n --pidfile= peer --supernodes H:API --piece-listen ... --api-listen ...
          --advertise H --data-dir D --port-file F
   dfget URL -O FILE --daemon http://H:PEERAPI --supernodes H:API
+
+``tls``: a L{bench.tlsfiles.BenchPKI}; the node then gets a certificate of its
+own (its name, its address) and speaks mutual TLS on the supernode API and
+the piece ports (the peer's local API stays plain HTTP on loopback).
 """
 import os
 import shutil
@@ -21,7 +25,7 @@ ALLOW_LOOPBACK = ["--allow-origin", "127.0.0.1"]
 class Node:
     """A twistd process of ours: its directory, data dir, port file, log."""
 
-    def __init__(self, workdir, host, ns, extra, name):
+    def __init__(self, workdir, host, ns, extra, name, tls=None):
         self.host = host
         self.ns = ns
         self.name = name
@@ -29,7 +33,8 @@ class Node:
         self.data = os.path.join(self.dir, "data")
         os.makedirs(self.data, exist_ok=True)
         self.port_file = os.path.join(self.dir, "ports.json")
-        self.extra = list(extra)
+        self.extra = list(extra) + (tls.flags(name, host) if tls is not None else [])
+        self.tls = tls
         self.proc = None
         self.api = self.piece = None
 
@@ -51,8 +56,8 @@ class Node:
 
 
 class Supernode(Node):
-    def __init__(self, workdir, host="127.0.0.1", ns=None, extra=(), name="supernode"):
-        Node.__init__(self, workdir, host, ns, extra, name)
+    def __init__(self, workdir, host="127.0.0.1", ns=None, extra=(), name="supernode", tls=None):
+        Node.__init__(self, workdir, host, ns, extra, name, tls)
 
     def start(self, timeout=60):
         ep = "tcp:0:interface=%s" % self.host
@@ -68,12 +73,14 @@ class Supernode(Node):
         return "%s:%d" % (self.host, self.api)
 
     def metrics(self):
-        return scrape(self.host, self.api, ns=self.ns)
+        return scrape(self.host, self.api, ns=self.ns,
+                      tls=self.tls.client() if self.tls is not None else None)
 
 
 class Peer(Node):
-    def __init__(self, workdir, supernodes, host="127.0.0.1", ns=None, extra=(), name="peer"):
-        Node.__init__(self, workdir, host, ns, extra, name)
+    def __init__(self, workdir, supernodes, host="127.0.0.1", ns=None, extra=(), name="peer",
+                 tls=None):
+        Node.__init__(self, workdir, host, ns, extra, name, tls)
         self.supernodes = supernodes
 
     def start(self, timeout=60):

@@ -178,15 +178,22 @@ def wait_for_file(path, timeout, proc=None):
         path, timeout, (":\n" + proc.tail()) if proc else ""))
 
 
-def http_get(url, ns=None, timeout=10):
-    """Body of a small GET; inside a namespace it goes through curl there."""
+def http_get(url, ns=None, timeout=10, tls=None):
+    """Body of a small GET; inside a namespace it goes through curl there.
+    ``tls``: (cert, key, ca) for an https URL of a mutual-TLS API."""
     if ns:
-        out = subprocess.run(netns_prefix(ns) + ["curl", "-sS", "-f", "--max-time", str(timeout), url],
-                             capture_output=True, timeout=timeout + 5)
+        extra = ["--cert", tls[0], "--key", tls[1], "--cacert", tls[2]] if tls else []
+        out = subprocess.run(netns_prefix(ns) + ["curl", "-sS", "-f", "--max-time", str(timeout)]
+                             + extra + [url], capture_output=True, timeout=timeout + 5)
         if out.returncode != 0:
             raise BenchError("GET %s in %s failed: %s" % (url, ns, out.stderr.decode().strip()))
         return out.stdout
-    with urllib.request.urlopen(url, timeout=timeout) as r:
+    context = None
+    if tls:
+        import ssl
+        context = ssl.create_default_context(cafile=tls[2])
+        context.load_cert_chain(tls[0], tls[1])
+    with urllib.request.urlopen(url, timeout=timeout, context=context) as r:
         return r.read()
 
 
@@ -250,10 +257,12 @@ def metric(samples, name, **labels):
     return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
 
 
-def scrape(host, port, ns=None):
-    """Parsed /metrics of a service; {} when it does not answer."""
+def scrape(host, port, ns=None, tls=None):
+    """Parsed /metrics of a service ({} when it does not answer); over https
+    with the client certificate ``tls`` (cert, key, ca) when given."""
+    scheme = "https" if tls else "http"
     try:
-        return parse_prometheus(http_get("http://%s:%d/metrics" % (host, port), ns=ns))
+        return parse_prometheus(http_get("%s://%s:%d/metrics" % (scheme, host, port), ns=ns, tls=tls))
     except Exception:   # noqa: BLE001 - a missing metric must not abort the bench
         return {}
 

@@ -25,7 +25,7 @@ def _f(x, fmt="%.2f", none="-"):
 
 
 def _single_order(runs):
-    order = ["curl", "dfget_cold", "dfget_warm", "dfget_cached"]
+    order = ["curl", "dfget_cold", "dfget_cold_tls", "dfget_warm", "dfget_warm_tls", "dfget_cached"]
     return [k for k in order if k in runs] + sorted(k for k in runs if k not in order)
 
 
@@ -70,6 +70,11 @@ def targets(res):
             if lo in d and hi in d and lo != hi:
                 out.append(("(context) direct time N=%d / N=%d, ~N expected" % (hi, lo),
                             "%.1fx" % (d[hi]["max_s"] / d[lo]["max_s"]), None))
+        tls = {r["n"]: r for r in (swarm or {}).get("runs", []) if r["kind"] == "p2p-tls"}
+        if tls:
+            out.append(("(context) mutual TLS: P2P time with TLS / without",
+                        ", ".join("N=%d %.2fx" % (n, tls[n]["max_s"] / by_n[n]["max_s"])
+                                  for n in sorted(tls) if n in by_n), None))
     else:
         out.append(("Swarm targets (P2P)", "not measured", None))
     if memory and memory.get("cases"):
@@ -181,10 +186,15 @@ def markdown(res, results_dir):
     s = res.get("single")
     if s and s.get("runs"):
         L += ["## 1. Single stream (loopback, %s, median of %d)" % (_size(s["file_bytes"]), s["repeats"]), "",
-              "| client | median s | MB/s | x curl |", "|---|---|---|---|"]
+              "| client | median s | MB/s | x curl | TLS x plain |", "|---|---|---|---|---|"]
         for k in _single_order(s["runs"]):
             v = s["runs"][k]
-            L.append("| %s | %.2f | %.0f | %s |" % (k, v["median_s"], v["mb_s"], _f(v.get("ratio_to_curl"))))
+            L.append("| %s | %.2f | %.0f | %s | %s |" % (k, v["median_s"], v["mb_s"],
+                                                      _f(v.get("ratio_to_curl")), _f(v.get("ratio_to_plain"))))
+        if "dfget_cold_tls" in s["runs"]:
+            L += ["", "`_tls`: the same rounds with mutual TLS on the supernode API and every piece port "
+                  "(certificates from `dragonfly-pki`); cached moves no bytes between nodes, so it has no "
+                  "TLS variant."]
         if s.get("bytes"):
             b = s["bytes"][0]
             L += ["", "Origin bytes (cold) %.2fx file; warm download by source: %s. dfget start-up (`--help`) %.2fs."
@@ -206,8 +216,8 @@ def markdown(res, results_dir):
             L.append("| %s | %d | %.1f | %.1f | %.0f%% | %.2f | %s | %s | %s | %s | %s | %s | %s |" % (
                 r["kind"], r["n"], r["max_s"], r["median_s"], 100 * r["mean_link_fraction"],
                 r["origin_ratio"],
-                _f(r["supernode_upload_bytes"] / w["file_bytes"]) if r["kind"] == "p2p" else "-",
-                ("%.0f%%" % (100 * r["p2p_share"])) if r["kind"] == "p2p" else "-",
+                _f(r["supernode_upload_bytes"] / w["file_bytes"]) if r["kind"] != "direct" else "-",
+                ("%.0f%%" % (100 * r["p2p_share"])) if r["kind"] != "direct" else "-",
                 _f(r.get("origin_done_s"), "%.1f"),
                 _f(r.get("supernode_cpu_s"), "%.1f"),
                 _f(sum(r["peer_cpu_s"]) if r.get("peer_cpu_s") else None, "%.1f"),
@@ -285,7 +295,7 @@ def plots(res, results_dir):
     w = res.get("swarm")
     if w and w.get("runs"):
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for kind, color in (("direct", "tab:red"), ("p2p", "tab:blue")):
+        for kind, color in (("direct", "tab:red"), ("p2p", "tab:blue"), ("p2p-tls", "tab:green")):
             rs = sorted((r for r in w["runs"] if r["kind"] == kind), key=lambda r: r["n"])
             if not rs:
                 continue

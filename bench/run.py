@@ -47,6 +47,8 @@ class Context:
         self._digests = {}
         self.supernode_args = []      # extra flags (experiments: --supernode-args)
         self.peer_args = []
+        self.tls = True               # also the mutual-TLS runs (--no-tls: not)
+        self.single_size = None       # --single-size
 
     def log(self, msg):
         print("[%s] %s" % (time.strftime("%H:%M:%S"), msg), flush=True)
@@ -123,8 +125,13 @@ def main(argv=None):
     ap.add_argument("--swarm-mode", choices=("auto", "netns", "loopback"), default="auto")
     ap.add_argument("--swarm-n", default=None, help="comma-separated host counts, e.g. 1,2,4,8,16")
     ap.add_argument("--link-mbit", type=int, default=100, help="swarm link rate in Mbit/s (default 100)")
+    ap.add_argument("--single-size", default=None,
+                    help="single's file size, e.g. 16M (default 1G, quick 128M; small = a correctness check)")
     ap.add_argument("--swarm-size", default=None, help="swarm file size, e.g. 64M (default 256M, quick 32M)")
-    ap.add_argument("--swarm-kinds", default="direct,p2p", help="direct,p2p (default: both)")
+    ap.add_argument("--swarm-kinds", default="direct,p2p,p2p-tls",
+                    help="direct,p2p,p2p-tls (default: all three; p2p-tls = P2P with mutual TLS)")
+    ap.add_argument("--no-tls", action="store_true",
+                    help="skip the mutual-TLS runs (single's dfget_*_tls, swarm's p2p-tls)")
     ap.add_argument("--profile", action="store_true",
                     help="sample the dragonfly processes with py-spy (if installed) during single and swarm")
     ap.add_argument("--supernode-args", default="",
@@ -155,6 +162,10 @@ def main(argv=None):
     ctx = Context(args.quick, args.workdir, results_dir, keep=args.keep, profile=args.profile)
     ctx.supernode_args = shlex.split(args.supernode_args)
     ctx.peer_args = shlex.split(args.peer_args)
+    ctx.tls = not args.no_tls
+    if args.single_size:
+        from dragonfly.config import parse_size
+        ctx.single_size = parse_size(args.single_size)
     atexit.register(ctx.close)
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGHUP, _on_sigterm)
@@ -226,6 +237,8 @@ def _run_one(name, ctx, args):
         mode = None if args.swarm_mode == "auto" else args.swarm_mode
         counts = [int(x) for x in args.swarm_n.split(",")] if args.swarm_n else None
         kinds = tuple(k.strip() for k in args.swarm_kinds.split(",") if k.strip())
+        if args.no_tls:
+            kinds = tuple(k for k in kinds if k != "p2p-tls")
         size = None
         if args.swarm_size:
             from dragonfly.config import parse_size

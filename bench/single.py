@@ -13,6 +13,7 @@ import time
 from bench.cluster import Peer, Supernode, curl
 from bench.nginx import Nginx
 from bench.procs import BenchError, Profiler, drop_file, make_file, metric, sha256_file, tool
+from bench.tlsfiles import BenchPKI
 
 MB = 1e6
 
@@ -30,7 +31,7 @@ def _settle():
 
 
 def run(ctx):
-    size = (128 << 20) if ctx.quick else (1 << 30)
+    size = getattr(ctx, "single_size", None) or ((128 << 20) if ctx.quick else (1 << 30))
     repeats = 1 if ctx.quick else 3
     src = make_file(os.path.join(ctx.files, "single-%d.bin" % size), size, seed=1)
     digest = ctx.digest(src)
@@ -59,58 +60,105 @@ def run(ctx):
     ctx.log("single: curl %.0f MB/s" % result["runs"]["curl"]["mb_s"])
     ctx.save_partial("single", result)
 
-    # dfget cold / warm / cached; a fresh cluster per repeat so cold is cold.
-    # Round 0 is an untimed warm-up (fresh processes, caches, allocator
-    # arenas, first-touch memory on a VM): its figures are kept aside.
-    cold, warm, cached = [], [], []
-    sources = []
-    warmup = {}
-    for i in range(repeats + 1):
-        if i == 1:
-            warmup = {"cold": cold.pop(), "warm": warm.pop(), "cached": cached.pop()}
-            sources.pop()
-        sn = Supernode(work, name="supernode%d" % i, extra=ctx.supernode_args).start()
-        a = Peer(work, sn.address, name="peerA%d" % i, extra=ctx.peer_args).start()
-        b = Peer(work, sn.address, name="peerB%d" % i, extra=ctx.peer_args).start()
-        try:
-            a.wait_ready()
-            b.wait_ready()
-            off = nginx.log_offset()
-            _settle()
-            prof = ctx.profile and i == 1
-            with Profiler(work, {"supernode": sn.proc, "peerA": a.proc}, enabled=prof) as p1:
-                cold.append(_timed(a.dfget(url, out), timeout))
-            check("dfget cold")
-            origin = nginx.bytes_sent(since=off)
-            _settle()
-            with Profiler(work, {"peerA_serving": a.proc, "peerB": b.proc}, enabled=prof) as p2:
-                warm.append(_timed(b.dfget(url, out), timeout))
-            check("dfget warm")
-            if prof:
-                result["profiles"] = {"cold": p1.summary, "warm": p2.summary}
-            _settle()
-            cached.append(_timed(a.dfget(url, out), timeout))
-            check("dfget cached")
-            mb = b.metrics()
-            sources.append({
-                "origin_bytes": origin,
-                "supernode_origin_bytes": metric(sn.metrics(), "dragonfly_supernode_origin_bytes_total"),
-                "warm_from": {s: metric(mb, "dragonfly_peer_download_bytes_total", source=s)
-                              for s in ("peer", "supernode", "origin")},
-            })
-        finally:
-            for p in (b, a, sn):
-                p.close()
-    for name, ts in (("dfget_cold", cold), ("dfget_warm", warm), ("dfget_cached", cached)):
-        result["runs"][name] = _summ(ts, size)
-        result["runs"][name]["ratio_to_curl"] = result["runs"][name]["mb_s"] / result["runs"]["curl"]["mb_s"]
-        ctx.log("single: %s %.0f MB/s (%.2fx curl)" % (
-            name, result["runs"][name]["mb_s"], result["runs"][name]["ratio_to_curl"]))
+    rounds = _Rounds(ctx, work, nginx, url, out, check, timeout, repeats)
+    cold, warm, cached, sources, warmup, profiles = rounds.run()
+    if profiles:
+        result["profiles"] = profiles
+    _add_runs(ctx, result, size, (("dfget_cold", cold), ("dfget_warm", warm),
+                                  ("dfget_cached", cached)))
+    ctx.save_partial("single", result)
+    if getattr(ctx, "tls", True):
+        # the same rounds with mutual TLS on the supernode API and piece ports
+        # (certificates from dragonfly-pki); cached moves no bytes over TLS
+        rounds.tls = BenchPKI(os.path.join(work, "pki"))
+        cold_t, warm_t, _, sources_t, warmup_t, _ = rounds.run()
+        _add_runs(ctx, result, size, (("dfget_cold_tls", cold_t), ("dfget_warm_tls", warm_t)))
+        for kind in ("cold", "warm"):
+            result["runs"]["dfget_%s_tls" % kind]["ratio_to_plain"] = (
+                result["runs"]["dfget_%s_tls" % kind]["mb_s"] / result["runs"]["dfget_%s" % kind]["mb_s"])
+        result["bytes_tls"] = sources_t
+        result["warmup_round_tls_s"] = warmup_t
     result["bytes"] = sources
     result["warmup_round_s"] = warmup
     result["dfget_startup_s"] = _startup()
     nginx.close()
     return result
+
+
+class _Rounds:
+    """dfget cold / warm / cached, a fresh cluster per repeat so cold is cold.
+
+    Round 0 is an untimed warm-up (fresh processes, caches, allocator arenas,
+    first-touch memory on a VM): its figures are kept aside. ``tls``: a
+    BenchPKI for mutual TLS between the nodes, or None.
+    """
+
+    def __init__(self, ctx, work, nginx, url, out, check, timeout, repeats):
+        self.ctx, self.work, self.nginx, self.url, self.out = ctx, work, nginx, url, out
+        self.check, self.timeout, self.repeats = check, timeout, repeats
+        self.tls = None
+
+    def run(self):
+        cold, warm, cached, sources, profiles = [], [], [], [], None
+        warmup = {}
+        tag = "-tls" if self.tls is not None else ""
+        for i in range(self.repeats + 1):
+            if i == 1:
+                warmup = {"cold": cold.pop(), "warm": warm.pop(), "cached": cached.pop()}
+                sources.pop()
+            sn = Supernode(self.work, name="supernode%d%s" % (i, tag),
+                           extra=self.ctx.supernode_args, tls=self.tls).start()
+            a = Peer(self.work, sn.address, name="peerA%d%s" % (i, tag),
+                     extra=self.ctx.peer_args, tls=self.tls).start()
+            b = Peer(self.work, sn.address, name="peerB%d%s" % (i, tag),
+                     extra=self.ctx.peer_args, tls=self.tls).start()
+            try:
+                got = self.one(sn, a, b, profile=self.ctx.profile and i == 1 and not tag)
+            finally:
+                for p in (b, a, sn):
+                    p.close()
+            cold.append(got["cold"])
+            warm.append(got["warm"])
+            cached.append(got["cached"])
+            sources.append(got["sources"])
+            profiles = got.get("profiles") or profiles
+        return cold, warm, cached, sources, warmup, profiles
+
+    def one(self, sn, a, b, profile):
+        a.wait_ready()
+        b.wait_ready()
+        got = {}
+        off = self.nginx.log_offset()
+        _settle()
+        with Profiler(self.work, {"supernode": sn.proc, "peerA": a.proc}, enabled=profile) as p1:
+            got["cold"] = _timed(a.dfget(self.url, self.out), self.timeout)
+        self.check("dfget cold")
+        origin = self.nginx.bytes_sent(since=off)
+        _settle()
+        with Profiler(self.work, {"peerA_serving": a.proc, "peerB": b.proc}, enabled=profile) as p2:
+            got["warm"] = _timed(b.dfget(self.url, self.out), self.timeout)
+        self.check("dfget warm")
+        if profile:
+            got["profiles"] = {"cold": p1.summary, "warm": p2.summary}
+        _settle()
+        got["cached"] = _timed(a.dfget(self.url, self.out), self.timeout)
+        self.check("dfget cached")
+        mb = b.metrics()
+        got["sources"] = {
+            "origin_bytes": origin,
+            "supernode_origin_bytes": metric(sn.metrics(), "dragonfly_supernode_origin_bytes_total"),
+            "warm_from": {s: metric(mb, "dragonfly_peer_download_bytes_total", source=s)
+                          for s in ("peer", "supernode", "origin")},
+        }
+        return got
+
+
+def _add_runs(ctx, result, size, named):
+    for name, ts in named:
+        result["runs"][name] = _summ(ts, size)
+        result["runs"][name]["ratio_to_curl"] = result["runs"][name]["mb_s"] / result["runs"]["curl"]["mb_s"]
+        ctx.log("single: %s %.0f MB/s (%.2fx curl)" % (
+            name, result["runs"][name]["mb_s"], result["runs"][name]["ratio_to_curl"]))
 
 
 def _summ(times, size):

@@ -3,7 +3,9 @@
 netns mode (default when we may create namespaces): origin, supernode and
 every peer host each sit in their own network namespace on one bridge, every
 link a full-duplex 100 Mbit/s port (tbf on both directions). Each host runs
-a `twistd peer` plus `dfget --daemon` (P2P) or `curl` (direct).
+a `twistd peer` plus `dfget --daemon` (P2P) or `curl` (direct). *p2p-tls* is
+P2P with mutual TLS between the nodes (supernode API, piece ports; the
+certificates from ``dragonfly-pki``, one per node for its address).
 
 loopback mode (fallback): everything on 127.0.0.1; links emulated with the
 product's own limits (supernode --upload-limit/--origin-limit, peer
@@ -23,7 +25,10 @@ from bench.procs import BenchError, Profiler, cpu_times, cpu_usage, drop_file, m
 MB = 1e6
 
 
-def run(ctx, mode=None, counts=None, size=None, kinds=("direct", "p2p"), rate_mbit=100):
+KINDS = ("direct", "p2p", "p2p-tls")
+
+
+def run(ctx, mode=None, counts=None, size=None, kinds=KINDS, rate_mbit=100):
     if mode is None:
         ok, why = netns.available()
         mode = "netns" if ok else "loopback"
@@ -45,7 +50,9 @@ def run(ctx, mode=None, counts=None, size=None, kinds=("direct", "p2p"), rate_mb
         swarm.setup(src)
         for n in counts:
             for kind in kinds:
-                r = swarm.direct(n, size) if kind == "direct" else swarm.p2p(n, size)
+                if kind not in KINDS:
+                    raise BenchError("unknown swarm kind %r (have %s)" % (kind, ", ".join(KINDS)))
+                r = swarm.direct(n, size) if kind == "direct" else swarm.p2p(n, size, kind)
                 _verify(r, size, digest)
                 _derive(r, size, link)
                 result["runs"].append(r)
@@ -134,18 +141,28 @@ class _Swarm:
                 "origin_bytes": nginx.bytes_sent(since=off),
                 "supernode_upload_bytes": 0, "p2p_share": 0.0}
 
-    def p2p(self, n, size):
+    def pki(self):
+        """The CA of the p2p-tls runs (made on first use, one per swarm bench)."""
+        if getattr(self, "_pki", None) is None:
+            from bench.tlsfiles import BenchPKI
+            self._pki = BenchPKI(os.path.join(self.work, "pki"))
+        return self._pki
+
+    def p2p(self, n, size, kind="p2p"):
         nginx = self.origin_for(None)
         off = nginx.log_offset()
         ns, addr = self.host("supernode")
-        sn = Supernode(self.work, host=addr, ns=ns, extra=self.supernode_limits() + self.ctx.supernode_args)
+        tls = self.pki() if kind == "p2p-tls" else None
+        sn = Supernode(self.work, host=addr, ns=ns, extra=self.supernode_limits() + self.ctx.supernode_args,
+                       tls=tls)
         peers = []
         try:
             sn.start()
             for i in range(n):
                 pns, paddr = self.host("peer", i)
                 peers.append(Peer(self.work, sn.address, host=paddr, ns=pns,
-                                  extra=self.peer_limits() + self.ctx.peer_args, name="peer%d" % i).start())
+                                  extra=self.peer_limits() + self.ctx.peer_args, name="peer%d" % i,
+                                  tls=tls).start())
             for p in peers:
                 p.wait_ready()
             before = sn.metrics()
@@ -176,7 +193,7 @@ class _Swarm:
             total = sum(by_src.values()) or 1.0
             reqs = _api_requests(after, before)
             return {
-                "kind": "p2p", "n": n, "seconds": secs, "outputs": outs,
+                "kind": kind, "n": n, "seconds": secs, "outputs": outs,
                 "origin_bytes": nginx.bytes_sent(since=off),
                 "supernode_origin_bytes": metric(after, "dragonfly_supernode_origin_bytes_total"),
                 "supernode_upload_bytes": metric(after, "dragonfly_supernode_upload_bytes_total"),
