@@ -1,6 +1,7 @@
 """The Kubernetes manifests as C{kubectl kustomize} renders them: hardened pods,
 room on the volumes, a disruption budget, and the containerd-hosts component's
 init container writing the hosts.toml containerd needs."""
+import copy
 import json
 import os
 import re
@@ -41,12 +42,20 @@ def _kubectl():
     return kubectl
 
 
-def render(*parts):
-    """The objects C{kubectl kustomize} makes of a directory, as dicts.
+_RENDERED = {}
 
-    C{kubectl patch --local} with an empty patch turns the YAML into JSON
-    without a cluster (no YAML parser needed here).
-    """
+
+def render(*parts):
+    """The objects C{kubectl kustomize} makes of a directory, as dicts (a
+    fresh copy each call; kubectl runs once per directory)."""
+    if parts not in _RENDERED:
+        _RENDERED[parts] = _render(*parts)
+    return copy.deepcopy(_RENDERED[parts])
+
+
+def _render(*parts):
+    """C{kubectl patch --local} with an empty patch turns the YAML into JSON
+    without a cluster (no YAML parser needed here)."""
     kubectl = _kubectl()
     yaml_text = subprocess.run([kubectl, "kustomize", source_file(*parts)],
                                check=True, capture_output=True).stdout
