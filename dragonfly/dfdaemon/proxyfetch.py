@@ -73,7 +73,7 @@ def _window(request, task_file):
     length = task_file.length
     ranges = request.getHeader(b"range")
     if_range = request.getHeader(b"if-range")
-    etag = task_file.etag
+    etag = getattr(task_file, "etag", None)
     if if_range is not None and (not etag or etag.startswith("W/")
                                  or if_range.strip().decode("latin-1") != etag):
         ranges = None   # RFC 9110 13.1.5: only our strong ETag keeps the range
@@ -136,10 +136,10 @@ class P2PFetch:
         request.setHeader(b"content-type", b"application/octet-stream")
         request.setHeader(b"accept-ranges", b"bytes")
         request.setHeader(b"via", self.via)
-        if task_file.etag:
-            request.setHeader(b"etag", task_file.etag.encode("latin-1"))
-        if task_file.last_modified:
-            request.setHeader(b"last-modified", task_file.last_modified.encode("latin-1"))
+        for name in ("etag", "last_modified"):    # the origin's validators, when known
+            value = getattr(task_file, name, None)
+            if value:
+                request.setHeader(name.replace("_", "-").encode(), value.encode("latin-1"))
         request.setHeader(b"content-length", b"%d" % (last - first + 1 if length else 0))
         if length == 0:
             request.finish()

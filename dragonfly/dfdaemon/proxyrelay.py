@@ -5,7 +5,9 @@ Any method. The client's headers go on minus the hop-by-hop ones (RFC 9110
 C{Proxy-Authorization}, C{Proxy-Connection}, C{TE}, C{Trailer},
 C{Transfer-Encoding}, C{Upgrade}) and the headers the proxy's rules read
 digests from; C{Via} gets this proxy appended. The origin's status, headers
-(minus hop-by-hop, plus C{Via}) and body come back as they are: redirects
+(minus hop-by-hop, plus C{Via}; Twisted's client consumes the origin's
+C{Connection} header itself, so headers it names other than the standard
+hop-by-hop ones pass) and body come back as they are: redirects
 are handed to the client, bodies are not decoded. The response body is
 relayed with the origin's transport registered as the push producer of the
 client's (the client's socket paces the origin; memory stays at socket
