@@ -24,6 +24,8 @@ When P2P fails before the first byte (the origin refused the caller, a 404,
 no supernode and no way to the origin), L{P2PFailed} says so and the proxy
 relays the origin's own answer instead; an egress refusal is a 403.
 """
+import hashlib
+
 from twisted.internet import defer
 from twisted.logger import Logger
 
@@ -142,6 +144,10 @@ class P2PFetch:
                 request.setHeader(name.replace("_", "-").encode(), value.encode("latin-1"))
         request.setHeader(b"content-length", b"%d" % (last - first + 1 if length else 0))
         if length == 0:
+            if digest and hashlib.new(digest.partition(":")[0]).hexdigest() != \
+                    digest.partition(":")[2]:
+                abort(request)      # an empty file is not the one the digest names
+                return
             request.finish()
             return
         whole = digest is not None and first == 0 and last == length - 1

@@ -164,3 +164,39 @@ class OptionTests(SynchronousTestCase):
         with self.assertRaises(usage.UsageError) as e:
             check_proxy_options(self.options("tcp:0:interface=127.0.0.1", rules=["(["]))
         self.assertIn("--proxy-rule", str(e.exception))
+
+
+class DfdaemonOptionsTests(SynchronousTestCase):
+    def parse(self, argv, toml=None):
+        from dragonfly.dfdaemon.tap import Options
+
+        if toml is not None:
+            path = self.mktemp()
+            with open(path, "w") as f:
+                f.write(toml)
+            argv = ["--config", path] + argv
+        o = Options()
+        o.parseOptions(["--data-dir", self.mktemp()] + argv)
+        return o.proxy_config
+
+    def test_flags(self):
+        """--proxy-rule repeats (a comma inside an expression is not a separator)."""
+        c = self.parse(["--proxy-listen", "tcp:0:interface=127.0.0.1",
+                        "--proxy-rule", r"/(?P<md5>[0-9a-f]{32})\.bin$",
+                        "--proxy-rule", r"\.whl$ tag=py"])
+        self.assertEqual(c.rules, [r"/(?P<md5>[0-9a-f]{32})\.bin$", r"\.whl$ tag=py"])
+
+    def test_toml(self):
+        """The TOML file takes proxy-listen, a list of proxy-rule and proxy-allow-remote;
+        a flag beats the file."""
+        toml = ("proxy-listen = \"tcp:65003\"\nproxy-allow-remote = true\n"
+                "proxy-rule = ['\\.(whl|deb)$', '/(?P<sha256>[0-9a-f]{64})$']\n")
+        c = self.parse([], toml)
+        self.assertEqual((c.listen, c.allow_remote), ("tcp:65003", True))
+        self.assertEqual(c.rules, [r"\.(whl|deb)$", "/(?P<sha256>[0-9a-f]{64})$"])
+        c = self.parse(["--proxy-rule", r"\.iso$"], toml)
+        self.assertEqual(c.rules, [r"\.iso$"])
+
+    def test_default_off(self):
+        """Without proxy settings the dfdaemon has no proxy."""
+        self.assertIsNone(self.parse([]).listen)
