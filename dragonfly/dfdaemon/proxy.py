@@ -227,10 +227,7 @@ class HTTPProxy:
     def _count(self, ex):
         if not ex.counted:
             ex.counted = True
-            kind = ex.kind
-            if kind not in ("invalid", "denied") and ex.request.code >= 500:
-                kind = "failed"
-            self.metrics.requests.labels(outcome=kind).inc()
+            self.metrics.requests.labels(outcome=ex.kind).inc()
 
     def _failed(self, failure, ex):
         request = ex.request

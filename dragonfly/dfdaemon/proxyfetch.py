@@ -166,6 +166,7 @@ class P2PFetch:
                               url=redact_url(task_file.url), offset=sink.offset,
                               error=describe(e))
                 if request.startedWriting:
+                    ex.kind = "failed"
                     abort(request)
                 else:
                     raise ProxyError(502, f"P2P download failed: {describe(e)}")
@@ -176,7 +177,7 @@ class P2PFetch:
         if not sink.verified():
             self.log.error("{url} does not match {digest}: aborting",
                            url=redact_url(task_file.url), digest=digest)
-            request.setResponseCode(502)   # for the metrics; the headers are gone
+            ex.kind = "failed"
             abort(request)
             if whole and sink.offset == length:
                 self.peer.drop_corrupt(task_file.task_id, f"content does not match {digest}")

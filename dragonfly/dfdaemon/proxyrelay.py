@@ -168,6 +168,7 @@ class ProxyRelay:
             if not ex.gone:
                 self.log.info("origin body for {url} broke: {error}",
                               url=redact_url(url), error=describe(e))
+                ex.kind = "failed"
                 abort(request)
             return
         if not ex.gone:

@@ -146,6 +146,8 @@ class ProxyTests(ProxyFixture, SynchronousTestCase):
         self.assertEqual(headers[b"content-length"], b"%d" % len(data))
         self.assertLess(len(body), len(data))      # the last bytes were held back
         self.assertEqual(self.peer.dropped[0][0], digest)
+        proto.connectionLost(Failure(ConnectionDone()))     # the abort, as a socket sees it
+        self.assertEqual(self.count("failed"), 1)
 
     def test_digest_header_not_forwarded(self):
         """When a rule reads a digest header, the digest names the task and the
