@@ -40,7 +40,9 @@ class Options(PeerOptions):
         "Image blobs are pulled through the P2P swarm (task id = the blob's digest); "
         "everything else passes through to the upstream registry unchanged. Only "
         "--registry and --allow-registry upstreams are ever contacted (containerd's "
-        "?ns= picks among them); it is never an open proxy.")
+        "?ns= picks among them); it is never an open proxy. With --proxy-listen it is "
+        "also a forward HTTP proxy: GETs matching a --proxy-rule go through P2P, other "
+        "requests to origins the egress policy allows pass through, the rest is 403.")
 
     optParameters = _peer_parameters() + [
         ["listen", None, "tcp:65001",

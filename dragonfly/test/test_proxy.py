@@ -273,6 +273,22 @@ class TunnelTests(ProxyFixture, SynchronousTestCase):
         upstream.connectionLost(None)
         self.assertTrue(client.disconnecting)
 
+    def test_idle_tunnel_closed(self):
+        """When a tunnel carries no byte either way for its idle timeout, both
+        connections are closed; traffic keeps it open."""
+        proto, client = self.connect()
+        proto.dataReceived(b"CONNECT 10.0.0.5:443 HTTP/1.1\r\nHost: 10.0.0.5:443\r\n\r\n")
+        [(_, _, factory, _, _)] = self.reactor.tcpClients
+        upstream = factory.buildProtocol(None)
+        server = StringTransport()
+        upstream.makeConnection(server)
+        self.reactor.advance(500)
+        proto.dataReceived(b"ping")
+        self.reactor.advance(500)
+        self.assertFalse(client.disconnecting or server.disconnecting)
+        self.reactor.advance(101)
+        self.assertTrue(client.disconnecting and server.disconnecting)
+
     def test_connect_unreachable_is_502(self):
         """When the allowed target refuses the connection, the client gets 502."""
         from twisted.internet.error import ConnectionRefusedError
