@@ -9,6 +9,7 @@ is not given one.
 """
 from twisted.python import usage
 
+from dragonfly.dfdaemon.proxy import PROXY_FLAGS, PROXY_ROWS, attach_proxy, check_proxy_options
 from dragonfly.dfdaemon.service import MirrorConfig, attach_mirror, registry_origins
 from dragonfly.dfdaemon.upstream import DEFAULT_REGISTRY, UpstreamError, Upstreams
 from dragonfly.peer.assembly import make_peer_service
@@ -39,7 +40,9 @@ class Options(PeerOptions):
         "Image blobs are pulled through the P2P swarm (task id = the blob's digest); "
         "everything else passes through to the upstream registry unchanged. Only "
         "--registry and --allow-registry upstreams are ever contacted (containerd's "
-        "?ns= picks among them); it is never an open proxy.")
+        "?ns= picks among them); it is never an open proxy. With --proxy-listen it is "
+        "also a forward HTTP proxy: GETs matching a --proxy-rule go through P2P, other "
+        "requests to origins the egress policy allows pass through, the rest is 403.")
 
     optParameters = _peer_parameters() + [
         ["listen", None, "tcp:65001",
@@ -50,8 +53,14 @@ class Options(PeerOptions):
          "--insecure-registry)."],
         ["upstream-timeout", None, "60",
          "Seconds to wait for an upstream registry's response headers."],
-    ]
-    listOptions = tuple(PeerOptions.listOptions) + ("allow-registry", "insecure-registry")
+    ] + PROXY_ROWS
+    optFlags = PROXY_FLAGS
+    listOptions = tuple(PeerOptions.listOptions) + ("allow-registry", "insecure-registry",
+                                                    "proxy-rule")
+
+    def opt_proxy_rule(self, value):
+        """HTTP proxy: a GET whose URL matches REGEX goes through P2P (REGEX [filter=NAME,...] [tag=TEXT] [digest-header=NAME]; a named group sha256/sha512/md5 captures a digest); repeatable."""  # noqa: E501
+        self["proxy_rule"].append(value)
 
     def opt_allow_registry(self, value):
         """Another upstream the mirror may use: HOST[:PORT] (HTTPS) or a URL; repeatable. containerd's ?ns= picks among them."""  # noqa: E501
@@ -65,6 +74,7 @@ class Options(PeerOptions):
         self.applyConfig()
         self.config = self.build_config(PeerConfig())
         self.mirror_config = self.build_mirror_config(MirrorConfig())
+        self.proxy_config = check_proxy_options(self, self.mirror_config.upstream_timeout)
         # The registries are origins this node may always reach (unless denied).
         self.config.allow_origin = self.config.allow_origin + registry_origins(self.mirror_config)
 
@@ -96,6 +106,8 @@ def makeService(options, reactor=None):
 
     svc, node, metrics = make_peer_service(options, reactor)
     c = options.config
-    attach_mirror(svc, reactor, options.mirror_config, node, metrics,
-                  egress=EgressPolicy(c.allow_origin, c.deny_origin))
+    egress = EgressPolicy(c.allow_origin, c.deny_origin)
+    attach_mirror(svc, reactor, options.mirror_config, node, metrics, egress=egress)
+    if options.proxy_config.listen:
+        attach_proxy(svc, reactor, options.proxy_config, node, metrics, egress)
     return svc
