@@ -27,17 +27,17 @@ def _ignore(_):
 
 
 async def stream_into(response, tf, runner, events=None, max_writes=2, recheck_held=False,
-                      track=_ignore):
+                      track=_ignore, content=None):
     """Cut C{response}'s body into C{tf}'s pieces (see the module docstring).
 
     Held pieces are skipped, or with C{recheck_held} hashed and compared
     (C{events.changed} on a difference). Fails with what the body's delivery
     failed with (after the pieces in flight landed, so a retry writes none
     twice), or with C{events.short}/C{overflow} when the body does not fill
-    C{tf} exactly.
+    C{tf} exactly. C{content}: a L{ContentHash} of C{tf} the pieces are added to.
     """
     events = events if events is not None else IngestEvents()
-    writer = StoreWriter(tf, runner, events, recheck_held)
+    writer = StoreWriter(tf, runner, events, recheck_held, content)
     cutter = PieceCutter(tf, response.offset, max_writes, writer, events)
     delivering = response.deliver(cutter)
     track(delivering)

@@ -26,14 +26,17 @@ A broken or stalled body is resumed from the first missing piece with bounded
 retries and exponential backoff on the injected clock; 4xx answers are final.
 A failed job leaves its pieces in the store (unless the disk is short) and the
 next ensure() starts a new job (which resumes).
-A task named by a content digest, and a task reported corrupt: see
-L{dragonfly.supernode.recheck} (the last piece waits for the content check).
+A task named by a content digest is complete only once its whole content
+matched (hashed as the body arrives, L{dragonfly.ingest.contenthash}); its
+pieces are served as they land, each checked against the piece digest of our
+own fetch. A task reported corrupt: see L{dragonfly.supernode.recheck}.
 """
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from dragonfly.ingest.contenthash import ContentHash
 from dragonfly.ingest.pipeline import spool_into, stream_into
 from dragonfly.origin import BodyBroken, OriginError
 from dragonfly.redact import redact_text, redact_url
@@ -339,19 +342,31 @@ class CDN:
         job.ready.fire(tf)
 
     def _piece_done(self, job, tf, index, digest):
-        if job.digest is not None and not job.verified and index == tf.piece_count - 1:
-            return  # the last piece waits for the content check (_check_content)
+        # Every piece is servable once stored: its digest comes from our own
+        # origin fetch. The content digest gates only "complete" (job.complete).
         if self._published.get(job.task_id) is tf:
             self.scheduler.seed_has(job.task_id, index, digest)
 
+    def _content_for(self, job, tf):
+        """The job's L{ContentHash} of C{tf} (None for a task not named by a digest)."""
+        if job.digest is None:
+            return None
+        if job.content is None or job.content.tf is not tf:
+            job.content = ContentHash(tf, self.runner, job.digest.partition(":")[0])
+        return job.content
+
     async def _check_content(self, job):
-        """A task named by a content digest: announce its last piece once it matched."""
+        """A task named by a content digest is complete only once it matched:
+        hashed as the body arrived (what came out of order read back), else
+        the whole file read again. L{ContentMismatch} otherwise."""
         if job.digest is not None and not job.verified:
-            tf, last = job.tf, job.tf.piece_count - 1
-            await check_content(self.runner, tf, job.digest)   # or ContentMismatch
+            content = self._content_for(job, job.tf)
+            got = await content.digest()
+            if got is None:
+                await check_content(self.runner, job.tf, job.digest)   # or ContentMismatch
+            elif got != job.digest:
+                raise ContentMismatch(f"content digest mismatch: expected {job.digest}, got {got}")
             job.verified = True
-            if last >= 0:
-                self._piece_done(job, tf, last, tf.digest(last))
 
     def _count_bytes(self, n):
         if self.metrics is not None:
@@ -434,7 +449,8 @@ class CDN:
         # On a broken body the pieces in flight land (or fail) before this
         # raises: a retry resumes from the first piece not held, none twice.
         await stream_into(resp, tf, self.runner, _JobEvents(self, job), recheck_held=True,
-                          track=lambda d: setattr(job, "current", d))
+                          track=lambda d: setattr(job, "current", d),
+                          content=self._content_for(job, tf))
         if resp.etag != tf.etag and resp.etag or resp.last_modified != tf.last_modified and resp.last_modified:
             tf.set_validators(resp.etag or tf.etag, resp.last_modified or tf.last_modified)
 

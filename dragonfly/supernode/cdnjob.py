@@ -157,6 +157,7 @@ class _Job:
         self.finished = None
         self.digest = digest_named(task_id)   # the content must match it
         self.verified = False
+        self.content = None   # its ContentHash, hashed as the body arrives
 
     def status(self):
         s = {"state": self.state, "url": self.url}
