@@ -85,8 +85,8 @@ class IScheduler(Interface):
 class IOrigin(Interface):
     """Fetches a URL from where it really lives."""
 
-    def get(url, headers, offset=0, etag=None, last_modified=None):
-        """A Deferred OriginResponse."""
+    def get(url, headers, offset=0, etag=None, last_modified=None, end=None):
+        """A Deferred OriginResponse (C{end}: the inclusive last byte of a range)."""
 
     def probe(url, headers=None):
         """A Deferred Probe: the origin's answer to this request (status, length,

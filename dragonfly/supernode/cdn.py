@@ -44,6 +44,7 @@ from dragonfly.storage.errors import StoreFull
 from dragonfly.supernode.cdnjob import (
     CacheFull, CDNError, ContentChanged, NotReady, TooLarge, TooManyTasks, _Job, _JobEvents,
     _piece_sizes, _prefix_pieces, _same_entity)
+from dragonfly.supernode.fetchorder import SPAN_BYTES, FetchOrder, covering_pieces, span_end
 from dragonfly.supernode.recheck import ContentMismatch, Rechecker, check_content
 
 __all__ = ["CDN", "CDNError", "ContentChanged", "ContentMismatch", "CacheFull", "NotReady",
@@ -106,17 +107,34 @@ class CDN:
 
     # -- public ------------------------------------------------------------
 
-    def ensure(self, task_id, url, headers=None):
+    def ensure(self, task_id, url, headers=None, want=None):
         """A Deferred TaskFile, fired once its length is known (published).
 
         Fails with L{OriginError} (origin verdict or unreachable), L{CacheFull},
         L{NotReady}. Concurrent callers share one job; a later call after a
-        failure starts a new one.
+        failure starts a new one. C{want}: the bytes (first, last), inclusive,
+        the caller needs first: a new job asks the origin for the pieces that
+        cover them before the rest (L{dragonfly.supernode.fetchorder}), a
+        running one that fetches in that order takes them next.
         """
         try:
-            return self._start(task_id, url, headers).ready.when()
+            job = self._start(task_id, url, headers, want)
         except CDNError:
             return fail()
+        if want is not None and job.order is not None and job.tf is not None:
+            pieces = covering_pieces(want, job.tf.piece_size, job.tf.length)
+            if pieces is not None:
+                job.order.hurry(*pieces)
+        return job.ready.when()
+
+    def hurry(self, task_id, first, last=None):
+        """Pieces C{first}..C{last} (default: C{first} and the next) of C{task_id}
+        are wanted now (a peer streams from there): a running fetch in
+        L{FetchOrder} takes them next; otherwise nothing changes."""
+        job = self._jobs.get(task_id)
+        if first is not None and job is not None and job.order is not None \
+                and job.state == "running":
+            job.order.hurry(first, first + 1 if last is None else last)
 
     def ensure_complete(self, task_id, url, headers=None):
         """Like ensure(), but fires only when every piece is in the store."""
@@ -202,10 +220,10 @@ class CDN:
     def _can_start(self):
         return self.seed is not None and not self._stopping
 
-    def _start(self, task_id, url, headers):
+    def _start(self, task_id, url, headers, want=None):
         if not self._can_start():
             raise NotReady("supernode is not ready (piece port not bound yet)")
-        return self._job_for(task_id, url, headers)
+        return self._job_for(task_id, url, headers, want)
 
     def _admit(self, task_id):
         """TooManyTasks unless a new job for C{task_id} may start now."""
@@ -214,7 +232,7 @@ class CDN:
         if self.store.count() >= self.max_tasks and self.store.get(task_id) is None:
             raise TooManyTasks(f"{self.max_tasks} tasks held; retry later")
 
-    def _job_for(self, task_id, url, headers):
+    def _job_for(self, task_id, url, headers, want=None):
         job = self._jobs.get(task_id)
         if job is not None and job.state in ("pending", "running"):
             return job
@@ -228,6 +246,7 @@ class CDN:
             # The store lost it (GC, removal): fetch again.
         self._admit(task_id)
         job = _Job(task_id, url, headers)
+        job.want = want
         self._jobs[task_id] = job
         d = Deferred.fromCoroutine(self._run(job))
         d.addErrback(lambda f: self.log.failure("CDN job {task_id} crashed", f, task_id=task_id))
@@ -377,9 +396,10 @@ class CDN:
             job.counted = True
             self.metrics.origin_fetches.inc()
 
-    async def _request(self, job, offset=0, etag=None, last_modified=None):
+    async def _request(self, job, offset=0, etag=None, last_modified=None, end=None):
         job.attempts += 1
-        job.current = self.origin.get(job.url, job.headers, offset, etag, last_modified)
+        job.current = self.origin.get(job.url, job.headers, offset, etag, last_modified,
+                                      **({} if end is None else {"end": end}))
         try:
             return await job.current
         finally:
@@ -391,6 +411,9 @@ class CDN:
             tf = self.store.get(job.task_id)
             if tf is not None and tf.removed:
                 tf = None
+        if (job.want is not None or job.order is not None) and (tf is None or not tf.is_complete):
+            if await self._in_order(job, tf):
+                return
         if tf is not None and tf.is_complete:
             if self._published.get(job.task_id) is tf:
                 # Fetched or revalidated earlier in this process.
@@ -453,6 +476,61 @@ class CDN:
                           content=self._content_for(job, tf))
         if resp.etag != tf.etag and resp.etag or resp.last_modified != tf.last_modified and resp.last_modified:
             tf.set_validators(resp.etag or tf.etag, resp.last_modified or tf.last_modified)
+
+    async def _in_order(self, job, tf):
+        """Fetch in L{FetchOrder}: the wanted range's pieces first (a new task:
+        its length comes with them), then the rest in bounded ranges. False
+        when the origin cannot (no Range, a range past the end): the plain
+        path then takes the job."""
+        if tf is None:
+            ps = self.piece_size
+            first, last = job.want[0] // ps, job.want[1] // ps
+            try:
+                resp = await self._request(job, first * ps, end=span_end(first, last, ps, None))
+            except OriginError as e:
+                if e.status != 416:
+                    raise
+                job.want = None
+                return False
+            if resp.status != 206 or resp.length is None:
+                if resp.status == 206:
+                    resp.discard()
+                    job.want = None
+                    return False
+                await self._stream(job, resp, None)    # the whole file, from 0
+                return True
+            tf = self._create(job, resp.length, resp)
+            job.order = FetchOrder(tf.piece_count, SPAN_BYTES // ps)
+            job.order.hurry(first, last)
+            await self._stream(job, resp, tf)
+        elif job.order is None:
+            job.order = FetchOrder(tf.piece_count, SPAN_BYTES // tf.piece_size)
+            pieces = covering_pieces(job.want, tf.piece_size, tf.length)
+            if pieces is not None:
+                job.order.hurry(*pieces)
+        await self._fill(job, tf)
+        return True
+
+    async def _fill(self, job, tf):
+        """The pieces C{tf} lacks, one bounded range at a time, in C{job.order}."""
+        self._pin(job, tf)
+        self._publish(job, tf)
+        while True:
+            span = job.order.next_span(tf.has)
+            if span is None:
+                return
+            end = span_end(span[0], span[1], tf.piece_size, tf.length)
+            resp = await self._request(job, span[0] * tf.piece_size, tf.etag, tf.last_modified,
+                                       end=end)
+            if resp.status == 206 and resp.length in (None, tf.length):
+                await self._stream(job, resp, tf)
+                continue
+            if resp.status == 200 and _same_entity(tf, resp):
+                # Range ignored: the whole file from 0, the held pieces re-verified.
+                await self._stream(job, resp, tf)
+                return
+            resp.discard()
+            raise ContentChanged(f"origin answered {resp.status} for a range of the same file")
 
     async def _spool(self, job, resp):
         """Origin without Content-Length: download all, then publish."""

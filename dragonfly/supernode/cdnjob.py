@@ -158,6 +158,8 @@ class _Job:
         self.digest = digest_named(task_id)   # the content must match it
         self.verified = False
         self.content = None   # its ContentHash, hashed as the body arrives
+        self.want = None      # bytes (first, last) a caller wants first
+        self.order = None     # its FetchOrder, once fetched in ranges
 
     def status(self):
         s = {"state": self.state, "url": self.url}
