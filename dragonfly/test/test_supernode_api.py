@@ -107,6 +107,22 @@ class RegisterTests(APITestBase):
         self.assertEqual(self.scheduler.task_stats(TASK)["peers"], 1)
         self.assertEqual(len(self.origin.gets("/f")), 1)
 
+    def test_register_with_a_range(self):
+        """A registration naming the bytes it wants first (C{"range"}) makes a
+        new task's first origin request a Range for the pieces covering them,
+        the rest after, every byte once; a streaming peer's schedule cursor
+        is passed on to the CDN (L{CDN.hurry})."""
+        self.call("POST", "/api/v1/tasks", {"task_id": TASK, "url": URL, "headers": {},
+                                            "peer": PEER, "range": [PIECE * 2, PIECE * 2 + 5]})
+        self.assertEqual([h.get("range") for _, _, h in self.origin.gets("/f")],
+                         [f"bytes={PIECE * 2}-{PIECE * 3 - 1}", f"bytes=0-{PIECE * 2 - 1}"])
+        self.assertEqual(self.cdn.status(TASK)["state"], "done")
+        hurried = []
+        self.patch(self.cdn, "hurry", lambda task, cursor: hurried.append((task, cursor)))
+        self.call("POST", f"/api/v1/tasks/{TASK}/schedule",
+                  {"peer_id": PEER["peer_id"], "want": 1, "cursor": 1})
+        self.assertEqual(hurried, [(TASK, 1)])
+
     def test_squatted_id_refused(self):
         """A registration naming another URL's task id is refused with 400 JSON
         naming the mismatch; nothing is fetched and no task is created."""
