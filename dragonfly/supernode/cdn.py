@@ -530,7 +530,8 @@ class CDN:
                 await self._stream(job, resp, tf)
                 return
             resp.discard()
-            raise ContentChanged(f"origin answered {resp.status} for a range of the same file")
+            raise ContentChanged(f"origin's answer to a range ({resp.status}, length "
+                                 f"{resp.length}) is not the file being fetched")
 
     async def _spool(self, job, resp):
         """Origin without Content-Length: download all, then publish."""
