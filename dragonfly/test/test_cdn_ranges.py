@@ -105,3 +105,22 @@ class ColdRangeTests(CDNTestMixin, SynchronousTestCase):
         """Without a wanted range the fetch is one plain GET, as before."""
         self.successResultOf(self.cdn.ensure_complete(GOOD, URL))
         self.assertEqual(self.ranges(), [None])
+
+    def test_file_changed_between_ranges(self):
+        """When the origin's file changes after the first range (If-Range no
+        longer matches: a 200 with another ETag), the job fails with
+        ContentChanged and nothing of the task is kept: two versions are never
+        mixed."""
+        from dragonfly.supernode.cdn import ContentChanged
+        self.origin.hold.add("/f")
+        d = self.complete(GOOD, (PIECE * 4, PIECE * 4))
+        self.stub.flush()
+        self.origin.release()
+        self.origin.add("/f", DATA[::-1], etag='"v2"')
+        for _ in range(5):
+            self.stub.flush()
+            self.origin.release()
+        self.failureResultOf(d, ContentChanged)
+        self.assertEqual(self.ranges()[1], f"bytes=0-{PIECE * 4 - 1}")
+        self.assertIsNone(self.store.get(GOOD))
+        self.assertFalse(self.scheduler.has_task(GOOD))
