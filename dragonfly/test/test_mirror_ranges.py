@@ -199,6 +199,22 @@ class RangeTests(MirrorTestMixin, SynchronousTestCase):
             self.assertEqual(response.code, 200, validator)
             self.assertEqual(self.body(response), BLOB)
 
+    def test_if_range_with_several_ranges(self):
+        """If-Range applies to a multi-range request too: our ETag -> the
+        multipart answer; another validator -> the whole blob, and the download
+        then names no range (nothing is wanted first)."""
+        etag = b'"%s"' % DIGEST.encode()
+        response = self.ranged(b"bytes=0-9,100-109", if_range=etag)
+        self.assertEqual(response.code, 206)
+        ctype, = response.headers.getRawHeaders(b"content-type")
+        self.assertEqual(parse_multipart(self.body(response), ctype.partition(b"boundary=")[2]),
+                         [(0, 9, BLOB[0:10]), (100, 109, BLOB[100:110])])
+        self.assertEqual(self.peer.downloads[-1]["want"], (0, 109))
+        response = self.ranged(b"bytes=0-9,100-109", if_range=b'"sha256:00"')
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.body(response), BLOB)
+        self.assertIsNone(self.peer.downloads[-1]["want"])
+
 
 class WindowSinkTests(SynchronousTestCase):
     def test_window_only(self):
