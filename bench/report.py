@@ -99,6 +99,12 @@ def targets(res):
     else:
         out.append(("Simulator targets", "not measured", None))
     out += _mirror_targets(res.get("mirror"))
+    lazy = res.get("lazy")
+    if lazy and lazy.get("cold") and lazy.get("warm"):
+        for kind in ("warm", "cold"):
+            out.append(("Lazy pull: first byte of a 64 KiB range, %s, %s layer <= %.1f s"
+                        % (kind, _size(lazy["layer_bytes"]), lazy["targets"][kind + "_s"]),
+                        "max %.3f s" % lazy[kind + "_max_s"], lazy[kind + "_ok"]))
     return out
 
 
@@ -281,6 +287,16 @@ def markdown(res, results_dir):
     mi = res.get("mirror")
     if mi and mi.get("runs", {}).get("registry"):
         L += _mirror_section(mi)
+    lazy = res.get("lazy")
+    if lazy and lazy.get("cold"):
+        L += ["## Lazy pulling (loopback, %s layer, 64 KiB ranges)" % _size(lazy["layer_bytes"]), "",
+              "| offset | cold first byte s | warm first byte s |", "|---|---|---|"]
+        for label, r in lazy["cold"].items():
+            w = lazy.get("warm", {}).get(label, {})
+            L.append("| %s | %s | %s |" % (label, _f(r.get("first_body_s"), "%.3f"),
+                                           _f(w.get("first_body_s"), "%.3f")))
+        L += ["", "Registry bytes per cycle: %s" % ", ".join(
+            "%s %d" % kv for kv in lazy.get("registry_bytes", {}).items()), ""]
     return "\n".join(L) + "\n"
 
 
@@ -333,7 +349,7 @@ def plots(res, results_dir):
 
 def write(results_dir):
     res = {}
-    for name in ("single", "swarm", "memory", "control", "sim", "mirror"):
+    for name in ("single", "swarm", "memory", "control", "sim", "mirror", "lazy"):
         r = _load(results_dir, name)
         if r is not None:
             res[name] = r

@@ -60,6 +60,54 @@ def parse_range(value, length):
     return None
 
 
+#: Parts of a multipart/byteranges answer, at most; more ranges get the whole body.
+MAX_PARTS = 16
+
+
+def parse_ranges(value, length, max_parts=MAX_PARTS):
+    """Every range of a ``Range`` header, for a multipart/byteranges answer.
+
+    Returns a list of windows (first, last), inclusive and clipped, in the
+    order to send them; None for the whole body (no header, a malformed one,
+    another unit, more than C{max_parts} ranges, or ranges that ask for their
+    parts out of order); raises L{RangeNotSatisfiable} when no range overlaps
+    the body. Unsatisfiable ranges are left out; overlapping or adjacent ones
+    are coalesced (RFC 9110 14.6), which is allowed whatever their order, but
+    ranges that stay apart must come in ascending order.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.encode("latin-1", "replace")
+    value = value.strip()
+    if not value.startswith(b"bytes="):
+        return None
+    specs = value[6:].split(b",")
+    if len(specs) > 16 * max_parts:
+        return None       # not worth parsing: the whole body
+    windows = []
+    for spec in specs:
+        try:
+            window = _one_range(spec, length)
+        except RangeNotSatisfiable:
+            continue
+        if window is None:
+            return None   # a malformed part: ignore the whole header
+        windows.append(window)
+    if not windows:
+        raise RangeNotSatisfiable("no range overlaps the body")
+    merged = []
+    for first, last in sorted(windows):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    order = [next(i for i, m in enumerate(merged) if m[0] <= w[0] <= m[1]) for w in windows]
+    if len(merged) > max_parts or order != sorted(order):
+        return None
+    return merged
+
+
 def _one_range(spec, length):
     """The window of one range spec (``a-b``, ``a-``, ``-n``), as L{parse_range}."""
     first, sep, last = spec.partition(b"-")

@@ -85,8 +85,8 @@ class IScheduler(Interface):
 class IOrigin(Interface):
     """Fetches a URL from where it really lives."""
 
-    def get(url, headers, offset=0, etag=None, last_modified=None):
-        """A Deferred OriginResponse."""
+    def get(url, headers, offset=0, etag=None, last_modified=None, end=None):
+        """A Deferred OriginResponse (C{end}: the inclusive last byte of a range)."""
 
     def probe(url, headers=None):
         """A Deferred Probe: the origin's answer to this request (status, length,
@@ -108,10 +108,11 @@ class IBodySink(Interface):
 class IDownloader(Interface):
     """What the registry mirror asks of the peer: get a task, then its bytes in order."""
 
-    def download(url, headers=None, task_id=None, on_start=None, digest=None):
+    def download(url, headers=None, task_id=None, on_start=None, digest=None, want=None):
         """Fetch C{url} (as task C{task_id}, named by its content C{digest} when
         given) into the store; a Deferred firing with its TaskFile. C{on_start}, a Deferred, fires with the TaskFile once its length is
-        known, before the pieces arrive."""
+        known, before the pieces arrive. C{want}: the bytes (first, last) the
+        caller needs first."""
 
     def drop_corrupt(task_id, reason):
         """Our complete copy of C{task_id} failed a digest check: drop it and

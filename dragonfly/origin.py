@@ -12,6 +12,8 @@ Semantics, in HTTP terms:
   - C{offset > 0} sends C{Range: bytes=offset-} (plus C{If-Range} with a strong
     ETag or Last-Modified when known); a 206 must carry a matching
     C{Content-Range}; a 200 means "starting from 0" (C{response.offset == 0});
+    with C{end} (an inclusive last byte) the range is C{bytes=offset-end} and a
+    206 must end there (or at the file's last byte, if that comes first);
   - C{offset == 0} with C{etag}/C{last_modified} sends C{If-None-Match} /
     C{If-Modified-Since}; a 304 comes back as C{response.status == 304};
   - user headers (e.g. C{Authorization}) are passed on, except hop-by-hop,
@@ -301,19 +303,19 @@ class OriginClient:
         self.on_bytes = on_bytes
         self.user_agent = user_agent
 
-    def get(self, url, headers=None, offset=0, etag=None, last_modified=None):
+    def get(self, url, headers=None, offset=0, etag=None, last_modified=None, end=None):
         """A Deferred L{OriginResponse} (see the module docstring)."""
-        return Deferred.fromCoroutine(self._get(url, headers, offset, etag, last_modified))
+        return Deferred.fromCoroutine(self._get(url, headers, offset, etag, last_modified, end))
 
-    def request_headers(self, headers, offset=0, etag=None, last_modified=None):
+    def request_headers(self, headers, offset=0, etag=None, last_modified=None, end=None):
         h = clean_headers(headers)
         if self.user_agent and not any(k.lower() == "user-agent" for k in h):
             h["User-Agent"] = self.user_agent
         # treq adds "gzip" (and decodes it transparently, length unknown):
         # we prefer the bytes as stored.
         h["Accept-Encoding"] = "identity"
-        if offset > 0:
-            h["Range"] = f"bytes={offset}-"
+        if offset > 0 or end is not None:
+            h["Range"] = f"bytes={offset}-{'' if end is None else end}"
             if etag and not etag.startswith("W/"):
                 h["If-Range"] = etag
             elif last_modified:
@@ -372,13 +374,14 @@ class OriginClient:
                 length = response.length
         return Probe(status, length, _header(response, "ETag"), _header(response, "Last-Modified"))
 
-    async def _get(self, url, headers, offset, etag, last_modified):
+    async def _get(self, url, headers, offset, etag, last_modified, end=None):
         if not isinstance(url, str) or not re.match(r"\Ahttps?://", url, re.IGNORECASE):
             raise OriginError(None, f"unsupported URL {redact_url(url)!r} (http or https only)")
         if has_userinfo(url):
             raise OriginError(400, userinfo_error(url))
-        conditional = offset == 0 and bool(etag or last_modified)
-        hdrs = self.request_headers(headers, offset, etag, last_modified)
+        asked = end
+        conditional = offset == 0 and end is None and bool(etag or last_modified)
+        hdrs = self.request_headers(headers, offset, etag, last_modified, end)
         d = self._http.get(request_url(url), headers=hdrs, unbuffered=True, allow_redirects=True,
                            reactor=self._reactor)
         if self.connect_timeout:
@@ -412,17 +415,19 @@ class OriginClient:
             if not m or int(m.group(1)) != offset or int(m.group(2)) < int(m.group(1)):
                 make(status, 0, None, None).discard()
                 raise OriginError(206, f"origin answered a range we did not ask for: {cr!r}")
-            start, end = int(m.group(1)), int(m.group(2))
+            start, last = int(m.group(1)), int(m.group(2))
             total = None if m.group(3) == "*" else int(m.group(3))
-            if total is not None and end >= total:
+            if total is not None and last >= total:
                 make(status, 0, None, None).discard()
                 raise OriginError(206, f"bad Content-Range {cr!r}")
-            span = end - start + 1
+            span = last - start + 1
             if body_length is not None and body_length != span:
                 make(status, 0, None, None).discard()
                 raise OriginError(206, f"Content-Length {body_length} disagrees with {cr!r}")
-            if total is not None and end != total - 1:
-                # Partial tail: we asked for everything from offset on.
+            wanted = (total - 1 if total is not None else last) if asked is None \
+                else min(asked, total - 1 if total is not None else asked)
+            if last != wanted:
+                # Not the range we asked for (a partial tail, or a longer one).
                 make(status, 0, None, None).discard()
                 raise OriginError(206, f"origin sent a short range {cr!r}")
             return make(206, start, total, span)

@@ -15,7 +15,7 @@ from dragonfly.taskid import content_digest, derive_task_id, validate_peer_id, v
 
 __all__ = ["MessageError", "check_task_id", "check_peer_id", "check_url", "check_headers",
            "MAX_URL", "MAX_HEADERS", "MAX_HEADER_BYTES", "MAX_INDEX", "MAX_PIECE_SIZE",
-           "MAX_LENGTH", "check_secret", "TaskIdentity", "task_identity"]
+           "MAX_LENGTH", "check_secret", "TaskIdentity", "task_identity", "byte_range"]
 
 MAX_URL = 8192
 MAX_HEADERS = 64
@@ -53,6 +53,18 @@ def integer(value, name, lo, hi, field=None):
 def optional_integer(obj, name, lo, hi):
     value = obj.get(name)
     return None if value is None else integer(value, name, lo, hi)
+
+
+def byte_range(value, name):
+    """An optional inclusive byte range [first, last] -> (first, last) or None."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 2:
+        raise MessageError(name, f"{name} must be [first, last]")
+    first, last = (integer(v, name, 0, MAX_LENGTH) for v in value)
+    if last < first:
+        raise MessageError(name, f"{name} must not end before it starts")
+    return first, last
 
 
 def string(value, name, max_len=MAX_URL, optional=False):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from dragonfly.control.fields import (
-    HEX_RE, MAX_INDEX, MAX_LENGTH, MAX_PIECE_SIZE, MAX_URL, MessageError, boolean,
+    HEX_RE, MAX_INDEX, MAX_LENGTH, MAX_PIECE_SIZE, MAX_URL, MessageError, boolean, byte_range,
     check_headers, check_peer_id, check_secret, check_task_id, check_url, integer, object_of,
     optional_integer, peer_info, string, task_identity, task_ids)
 from dragonfly.admission import KEY_ID_RE, MAX_KEYS, MAX_TOKEN, PUBLIC_KEY_RE, TOKEN_RE
@@ -102,7 +102,9 @@ class RegisterRequest(_Message):
     C{parse} derives the id (L{task_identity}: C{url}, C{filters}, C{tag},
     C{digest}) and refuses a C{task_id} that differs. C{redirected}: the sender
     follows an owner redirect; any supernode then serves the task itself.
-    C{peer} None only asks for the task to be seeded.
+    C{peer} None only asks for the task to be seeded. C{want} (JSON
+    C{"range"}): the bytes [first, last] the peer needs first (a range
+    request); the supernode asks its origin for them first.
     """
 
     task_id: str
@@ -114,9 +116,12 @@ class RegisterRequest(_Message):
     tag: str = ""
     digest: str = None
     secret: str = None           # the peer's secret at this supernode, once it has one
+    want: tuple = None           # bytes (first, last) wanted first
 
     def to_json(self):
         out = {"task_id": self.task_id, "url": self.url, "headers": dict(self.headers)}
+        if self.want is not None:
+            out["range"] = list(self.want)
         if self.peer is not None:
             out["peer"] = self.peer.to_json()
         if self.redirected:
@@ -137,7 +142,8 @@ class RegisterRequest(_Message):
             peer = peer_info(peer, "peer")
         return cls(ident.task_id, url, headers, peer, boolean(obj, "redirected"),
                    ident.filters, ident.tag, ident.digest,
-                   secret=check_secret(obj.get("secret")))
+                   secret=check_secret(obj.get("secret")),
+                   want=byte_range(obj.get("range"), "range"))
 
 
 @dataclass(frozen=True)

@@ -34,10 +34,11 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from dragonfly.dfdaemon.access import check as check_access
+from dragonfly.dfdaemon.multipart import Parts
 from dragonfly.dfdaemon.passthrough import NOT_FOR_ACCESS_CHECK, forward_headers
 from dragonfly.dfdaemon.routes import MirrorError
 from dragonfly.httpio import (
-    RangeNotSatisfiable, abort, content_range, describe, parse_range, unregister)
+    RangeNotSatisfiable, abort, content_range, describe, parse_ranges, unregister)
 from dragonfly.redact import redact_text, redact_url
 
 
@@ -61,7 +62,7 @@ class BlobSink:
     """
 
     def __init__(self, request, digest, length, first=0, last=None, on_bytes=None,
-                 whole=True):
+                 whole=True, parts=None):
         algo, _, self.expected = digest.partition(":")
         #: True: the source sends the whole blob, hashed here and the window's
         #: end held back until it matches; False: it sends only the window
@@ -83,6 +84,8 @@ class BlobSink:
         self.overflow = False
         self.closed = False
         self._held = None
+        #: a L{Parts} (several windows, multipart) or None
+        self.parts = parts
 
     # IConsumer, for the blob source
 
@@ -127,6 +130,11 @@ class BlobSink:
                 # The window's final bytes wait for the digest: a client must
                 # never receive a complete response for a corrupt blob.
                 self._held = chunk
+            elif self.parts is not None:
+                out, sent = self.parts.cut(lo, chunk)
+                for part in out:
+                    self.request.write(part)
+                self._on_bytes(sent)
             else:
                 self.request.write(chunk)
                 self._on_bytes(len(chunk))
@@ -240,7 +248,8 @@ class Blobs:
         # The digest names the task: the supernode publishes it complete only
         # once the whole blob matched it.
         download = self.peer.download(blob_url, headers=headers, task_id=digest,
-                                      on_start=started, **_named_by(digest))
+                                      on_start=started, want=self._wanted(request, digest, access),
+                                      **_named_by(digest))
         # The download goes on if this client leaves (it will likely retry);
         # its outcome reaches us through `started` and the stream.
         download.addErrback(lambda f: None if started.called else started.errback(f))
@@ -271,22 +280,47 @@ class Blobs:
             await self.passthrough.relay(ex, url)
 
     @staticmethod
-    def _headers(request, digest, length):
-        """Set the blob answer's headers; return the window (first, last) to send."""
+    def _ranges(request, digest):
+        """The Range header to honour: None when absent, or when an
+        C{If-Range} other than our (strong) ETag says the client's copy is stale."""
         etag = b'"%s"' % digest.encode()
-        ranges = request.getHeader(b"range")
         if_range = request.getHeader(b"if-range")
         if if_range is not None and if_range.strip() != etag:
             # RFC 9110 13.1.5: a validator that is not our (strong) ETag -- an
             # old one, a weak one or a date (we send no Last-Modified) --
             # means the client's partial copy is stale: the whole body.
-            ranges = None
+            return None
+        return request.getHeader(b"range")
+
+    @classmethod
+    def _wanted(cls, request, digest, access):
+        """The bytes (first, last) a range request needs first, with the
+        registry's length (None: the whole blob, or the length unknown)."""
+        length = getattr(access, "length", None)
+        ranges = cls._ranges(request, digest)
+        if not length or ranges is None:
+            return None
         try:
-            window = parse_range(ranges, length)
+            windows = parse_ranges(ranges, length)
+        except RangeNotSatisfiable:
+            return None
+        if not windows or windows == [(0, length - 1)]:
+            return None
+        return windows[0][0], windows[-1][1]
+
+    @classmethod
+    def _headers(cls, request, digest, length):
+        """Set the blob answer's headers; return the window (first, last) to
+        send and its L{Parts} when several ranges make a multipart answer."""
+        etag = b'"%s"' % digest.encode()
+        try:
+            windows = parse_ranges(cls._ranges(request, digest), length)
         except RangeNotSatisfiable:
             request.setHeader(b"content-range", content_range(None, length))
             raise MirrorError(416, "BLOB_UNKNOWN", "requested range not satisfiable")
-        first, last = window if window else (0, length - 1)
+        parts = Parts(windows, length) if windows and len(windows) > 1 else None
+        window = windows[0] if windows and parts is None else None
+        first, last = window if window else (parts.first, parts.last) if parts else (0, length - 1)
         request.setHeader(b"content-type", b"application/octet-stream")
         request.setHeader(b"docker-content-digest", digest.encode())
         request.setHeader(b"etag", etag)
@@ -295,13 +329,18 @@ class Blobs:
         if window:
             request.setResponseCode(206)
             request.setHeader(b"content-range", content_range(window, length))
+        if parts is not None:
+            request.setResponseCode(206)
+            request.setHeader(b"content-type", parts.content_type)
+            request.setHeader(b"content-length", b"%d" % parts.content_length)
+            return first, last, parts
         request.setHeader(b"content-length", b"%d" % (last - first + 1 if length else 0))
-        return first, last
+        return first, last, None
 
     async def _send(self, ex, task_file, digest):
         request = ex.request
         length = task_file.length
-        first, last = self._headers(request, digest, length)
+        first, last, parts = self._headers(request, digest, length)
         if length == 0:
             if hashlib.new(digest.partition(":")[0]).hexdigest() != digest.partition(":")[2]:
                 self.log.error("empty blob does not match {digest}", digest=digest)
@@ -311,9 +350,9 @@ class Blobs:
             return
         # A part of the blob streams from its first piece (which the swarm
         # then hands out first); the whole blob from 0, hashed on the way.
-        whole = first == 0 and last == length - 1
+        whole = parts is None and first == 0 and last == length - 1
         sink = BlobSink(request, digest, length, first, last,
-                        on_bytes=self.metrics.mirror_blob_bytes.inc, whole=whole)
+                        on_bytes=self.metrics.mirror_blob_bytes.inc, whole=whole, parts=parts)
         stream = self.peer.stream(task_file, sink, 0 if whole else first,
                                   None if whole else last + 1)
         ex.on_gone.append(sink.close)

@@ -22,7 +22,8 @@ class PieceCutter:
     Chunks are kept as they arrive (no join, no copy); a complete piece goes
     to L{store_piece}. At most C{max_writes} pieces are being stored at once;
     while at that limit C{write} returns a Deferred, so the origin connection
-    pauses: memory is bounded by about C{max_writes + 1} pieces. The first
+    pauses: memory is bounded by about C{max_writes + 1} pieces. A body that
+    is a range of the file ends before piece C{stop}. The first
     storing error is kept and raised by the next C{write} and by L{finish}.
 
     Complete pieces go to C{writer.cut(index, chunks, size)} (a
@@ -31,13 +32,15 @@ class PieceCutter:
     L{IngestEvents}). Subclasses may override the hooks instead.
     """
 
-    def __init__(self, tf, start, max_writes=2, writer=None, events=None):
+    def __init__(self, tf, start, max_writes=2, writer=None, events=None, stop=None):
         self._tf = tf
         self._writer = writer
         self._events = events if events is not None else IngestEvents()
         if tf.piece_count and start % tf.piece_size:
             raise self.misaligned(start)
         self.index = start // tf.piece_size if tf.piece_count else 0
+        #: the body ends where this piece starts (a range of the file)
+        self.stop = tf.piece_count if stop is None else stop
         self._piece = PieceBuffer(hashed=False)   # hashed in the runner, with the write
         self._max_writes = max(1, max_writes)
         self._writes = set()
@@ -72,7 +75,7 @@ class PieceCutter:
             raise self._error
         tf = self._tf
         while view.nbytes:
-            if self.index >= tf.piece_count:
+            if self.index >= self.stop:
                 raise self.overflow()
             size = tf.piece_range(self.index)[1]
             need = size - self._piece.nbytes
@@ -127,5 +130,5 @@ class PieceCutter:
         await self.drain()
         if self._error is not None:
             raise self._error
-        if self._piece.nbytes or self.index != self._tf.piece_count:
+        if self._piece.nbytes or self.index != self.stop:
             raise self.short(self.index * self._tf.piece_size + self._piece.nbytes)

@@ -26,19 +26,33 @@ def _ignore(_):
     pass
 
 
+def _stop(response, tf, events):
+    """The piece a 206 body that ends before the file's end stops before."""
+    if getattr(response, "status", 200) != 206 or getattr(response, "body_length", None) is None:
+        return None
+    end = response.offset + response.body_length
+    if end >= tf.length:
+        return None
+    if end % tf.piece_size:
+        raise events.misaligned(end)
+    return end // tf.piece_size
+
+
 async def stream_into(response, tf, runner, events=None, max_writes=2, recheck_held=False,
-                      track=_ignore):
+                      track=_ignore, content=None):
     """Cut C{response}'s body into C{tf}'s pieces (see the module docstring).
 
+    A 206 body may be a range of the file (it must end on a piece boundary).
     Held pieces are skipped, or with C{recheck_held} hashed and compared
     (C{events.changed} on a difference). Fails with what the body's delivery
     failed with (after the pieces in flight landed, so a retry writes none
     twice), or with C{events.short}/C{overflow} when the body does not fill
-    C{tf} exactly.
+    C{tf} exactly. C{content}: a L{ContentHash} of C{tf} the pieces are added to.
     """
     events = events if events is not None else IngestEvents()
-    writer = StoreWriter(tf, runner, events, recheck_held)
-    cutter = PieceCutter(tf, response.offset, max_writes, writer, events)
+    writer = StoreWriter(tf, runner, events, recheck_held, content)
+    cutter = PieceCutter(tf, response.offset, max_writes, writer, events,
+                         _stop(response, tf, events))
     delivering = response.deliver(cutter)
     track(delivering)
     try:

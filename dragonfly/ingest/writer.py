@@ -5,7 +5,8 @@ runner call by C{TaskFile.write_new_piece}) or read back from a spool (with
 its digest already computed), and tells the L{IngestEvents}. A piece the
 store already holds is never rewritten: with C{recheck_held} it is hashed in
 the runner and must match the copy held (else C{events.changed}), otherwise
-it is skipped.
+it is skipped. With a L{dragonfly.ingest.contenthash.ContentHash}, each piece
+cut from a body is also added to the whole file's hash once it landed.
 """
 from dragonfly.digest import piece_hasher
 
@@ -23,21 +24,29 @@ def digest_of(chunks):
 class StoreWriter:
     """Writes pieces of C{tf} through C{runner}; reports to C{events}."""
 
-    def __init__(self, tf, runner, events, recheck_held=False):
+    def __init__(self, tf, runner, events, recheck_held=False, content=None):
         self.tf = tf
         self._runner = runner
         self._events = events
         self._recheck = recheck_held
+        self._content = content
 
     def cut(self, index, chunks, size):
         """Store a piece cut from a body: a Deferred, or None when skipped."""
         tf = self.tf
         if tf.delivered(index):   # held, or passed through (the cache was full)
             if self._recheck:
-                return self._runner.run(digest_of, chunks).addCallback(self._compare, index)
+                d = self._runner.run(digest_of, chunks).addCallback(self._compare, index)
+                return self._follow(index, d, chunks)
             self._events.skipped(index, size)
             return None
-        return tf.write_new_piece(index, chunks).addCallback(self._stored, index, size)
+        d = tf.write_new_piece(index, chunks).addCallback(self._stored, index, size)
+        return self._follow(index, d, chunks)
+
+    def _follow(self, index, written, chunks):
+        if self._content is None:
+            return written
+        return self._content.follow(index, written, chunks)
 
     def spooled(self, index, data, digest):
         """Store a piece read back from a spool with its digest: a Deferred."""

@@ -67,6 +67,7 @@ class Download:
         self.filters = tuple(filters)
         self.tag = tag
         self.digest = digest
+        self.want = None         # bytes (first, last) its first caller needs first
         self.url = url
         self.headers = headers
         self.pattern = pattern

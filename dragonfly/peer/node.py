@@ -91,7 +91,7 @@ class PeerNode:
 
     def download(self, url, headers=None, task_id=None, pattern="p2p", back_source=True,
                  on_progress=None, on_start=None, limit=0, filters=(), tag="", digest=None,
-                 _admitted=False):
+                 want=None, _admitted=False):
         """Fetch C{url} into the store; a Deferred firing with its TaskFile.
 
         The task id is derived from C{url}, C{filters}, C{tag} and C{digest}
@@ -104,6 +104,9 @@ class PeerNode:
         @param limit: bytes/s this caller wants the download fetched at, at
             most (0: no limit); shared with other callers of the same task
             as L{dragonfly.peer.pacing} says.
+        @param want: the bytes (first, last), inclusive, this caller needs
+            first (a range request): a new download asks the supernode for
+            them first, so a supernode without the file fetches them first.
         Fails with L{DownloadError}. Cancelling the Deferred detaches this
         caller; the download stops when no caller or stream is left. A caller
         of a private task someone else's request fetched (or is fetching) is
@@ -130,7 +133,7 @@ class PeerNode:
         if not _admitted and self._must_check(task_id, dl):
             kw = dict(headers=headers, task_id=task_id, pattern=pattern, back_source=back_source,
                       on_progress=on_progress, on_start=on_start, limit=limit, filters=filters,
-                      tag=tag, digest=digest)
+                      tag=tag, digest=digest, want=want)
             return Deferred.fromCoroutine(self._checked(url, dl, kw))
         if dl is None:
             tf = self._store.get(task_id)
@@ -141,6 +144,7 @@ class PeerNode:
                 return succeed(tf)
             dl = Download(task_id, url, headers, pattern, back_source,
                           self.deps.clock, self.deps.metrics, filters, tag, digest)
+            dl.want = want
             self._fetched_by.record(task_id, omits_checked(url, headers, filters))
             self._downloads[task_id] = dl
             d = dl.join(on_progress, on_start, limit)

@@ -77,7 +77,7 @@ async def register(client, dl, peer, prefer=None):
     A supernode's verdict about the task (L{TaskRefused}) is final: L{DownloadError}.
     """
     request = RegisterRequest(dl.task_id, dl.url, dl.headers, peer, filters=dl.filters,
-                              tag=dl.tag, digest=dl.digest)
+                              tag=dl.tag, digest=dl.digest, want=dl.want)
     try:
         addr, info = await client.register(request, prefer)
     except EgressRefused as e:

@@ -338,7 +338,7 @@ class SupernodeAPI:
         task_id, peer = req.task_id, req.peer
         self._redirect_if_not_owner(request, task_id, req.redirected, "/api/v1/tasks")
         check = self.private_access.needs_check(req)
-        tf = await self.cdn.ensure(task_id, req.url, req.headers)
+        tf = await self.cdn.ensure(task_id, req.url, req.headers, want=req.want)
         if check:   # private content: the origin must accept this caller too
             await self.private_access.admit(req, tf)
         if not self.scheduler.has_task(task_id):
@@ -390,6 +390,7 @@ class SupernodeAPI:
         except ValueError as e:
             raise ApiError(400, str(e))
         deadline = self.clock.seconds() + wait
+        self.cdn.hurry(task_id, cursor)   # a cold range: the origin sends its pieces next
         while True:
             if not self.scheduler.has_task(task_id):
                 self._raise_cdn_failure(task_id)   # it failed while we waited

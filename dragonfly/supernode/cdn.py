@@ -26,22 +26,26 @@ A broken or stalled body is resumed from the first missing piece with bounded
 retries and exponential backoff on the injected clock; 4xx answers are final.
 A failed job leaves its pieces in the store (unless the disk is short) and the
 next ensure() starts a new job (which resumes).
-A task named by a content digest, and a task reported corrupt: see
-L{dragonfly.supernode.recheck} (the last piece waits for the content check).
+A task named by a content digest is complete only once its whole content
+matched (hashed as the body arrives, L{dragonfly.ingest.contenthash}); its
+pieces are served as they land, each checked against the piece digest of our
+own fetch. A task reported corrupt: see L{dragonfly.supernode.recheck}.
 """
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from dragonfly.ingest.events import IngestEvents
+from dragonfly.ingest.contenthash import ContentHash
 from dragonfly.ingest.pipeline import spool_into, stream_into
 from dragonfly.origin import BodyBroken, OriginError
 from dragonfly.redact import redact_text, redact_url
 from dragonfly.storage.errors import StoreFull
+from dragonfly.supernode.cdnjob import (
+    CacheFull, CDNError, ContentChanged, NotReady, TooLarge, TooManyTasks, _Job, _JobEvents,
+    _piece_sizes, _prefix_pieces, _same_entity)
+from dragonfly.supernode.fetchorder import SPAN_BYTES, FetchOrder, covering_pieces, span_end
 from dragonfly.supernode.recheck import ContentMismatch, Rechecker, check_content
-from dragonfly.supernode.swarmstate import PieceSizes
-from dragonfly.taskid import digest_named
 
 __all__ = ["CDN", "CDNError", "ContentChanged", "ContentMismatch", "CacheFull", "NotReady",
            "TooLarge", "TooManyTasks"]
@@ -49,160 +53,6 @@ __all__ = ["CDN", "CDNError", "ContentChanged", "ContentMismatch", "CacheFull", 
 #: Origin fetches at once, and tasks held, before a new task is refused (429).
 MAX_FETCHES = 256
 MAX_TASKS = 100_000
-
-
-class CDNError(Exception):
-    """The CDN could not provide a task (not an origin verdict)."""
-
-
-class NotReady(CDNError):
-    """The supernode's piece port is not listening yet (no seed address)."""
-
-
-class CacheFull(CDNError):
-    """The file does not fit in the cache (--cache-size)."""
-
-
-class TooLarge(CDNError):
-    """The origin announced more than --max-file-size."""
-
-
-class TooManyTasks(CDNError):
-    """Too many tasks are being fetched, or held, to take a new one now."""
-
-
-class ContentChanged(OriginError):
-    """The origin's file changed while we were downloading it."""
-
-    def __init__(self, message="origin content changed during the download"):
-        OriginError.__init__(self, None, message)
-
-    @property
-    def retryable(self):
-        return False
-
-
-def _piece_sizes(tf):
-    return PieceSizes(tf.length, tf.piece_size)
-
-
-def _prefix_pieces(tf):
-    """How many pieces from 0 on are held (we resume after them)."""
-    n = 0
-    while n < tf.piece_count and tf.has(n):
-        n += 1
-    return n
-
-
-def _same_entity(tf, resp):
-    """Could C{resp} (a 200) be the same file as C{tf}?"""
-    if resp.length is not None and resp.length != tf.length:
-        return False
-    if tf.etag and resp.etag and tf.etag != resp.etag:
-        return False
-    if tf.last_modified and resp.last_modified and tf.last_modified != resp.last_modified:
-        return False
-    return True
-
-
-class _Observers:
-    """A one-shot result many Deferreds can wait for (each cancellable alone)."""
-
-    def __init__(self):
-        self._waiting = []
-        self._result = None
-        self._fired = False
-
-    @property
-    def fired(self):
-        return self._fired
-
-    def when(self):
-        if self._fired:
-            r = self._result
-            return fail(r) if isinstance(r, Failure) else succeed(r)
-        d = Deferred(lambda d: self._waiting.remove(d) if d in self._waiting else None)
-        self._waiting.append(d)
-        return d
-
-    def fire(self, result):
-        if self._fired:
-            return
-        self._fired = True
-        self._result = result
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            if isinstance(result, Failure):
-                d.errback(result)
-            else:
-                d.callback(result)
-
-
-class _JobEvents(IngestEvents):
-    """How the ingest pipeline reports to the CDN for one job.
-
-    Every body byte is counted (origin_bytes); each new piece is announced to
-    the scheduler; a body that does not fit the task, or a held piece that
-    hashes differently when re-read, means the origin content changed.
-    """
-
-    def __init__(self, cdn, job):
-        self._cdn = cdn
-        self._job = job
-
-    def received(self, nbytes):
-        self._cdn._count_bytes(nbytes)
-
-    def stored(self, tf, index, size, digest):
-        self._cdn._piece_done(self._job, tf, index, digest)
-
-    def overflow(self, tf):
-        return ContentChanged(f"origin sent more than the {tf.length} bytes announced")
-
-    def short(self, tf, got):
-        return OriginError(None, f"origin body ended at byte {got} of {tf.length}")
-
-    def changed(self, index):
-        return ContentChanged(f"origin content changed: piece {index} differs from the copy held")
-
-    def too_large(self, limit):
-        if limit >= self._cdn.max_file_size:
-            return TooLarge(f"file without Content-Length grew past --max-file-size ({limit} bytes)")
-        return CacheFull(f"file without Content-Length grew past the cache size ({limit} bytes)")
-
-
-class _Job:
-    """One task being fetched (or revalidated) from its origin."""
-
-    def __init__(self, task_id, url, headers):
-        self.task_id = task_id
-        self.url = url
-        self.headers = dict(headers or {})
-        self.state = "pending"          # pending | running | done | failed
-        self.error = None               # Failure when failed
-        self.tf = None
-        self.ready = _Observers()       # length known (published to the scheduler)
-        self.complete = _Observers()    # every piece in the store
-        self.attempts = 0
-        self.current = None             # the Deferred of the running body/request
-        self.pinned = None
-        self.counted = False
-        self.finished = None
-        self.digest = digest_named(task_id)   # the content must match it
-        self.verified = False
-
-    def status(self):
-        s = {"state": self.state, "url": self.url}
-        tf = self.tf
-        if tf is not None:
-            s.update(length=tf.length, piece_count=tf.piece_count,
-                     seeded=len(tf.completed()) if not tf.is_complete else tf.piece_count)
-        if self.error is not None:
-            e = self.error.value
-            s["error"] = str(e)
-            if isinstance(e, OriginError) and e.status is not None:
-                s["origin_status"] = e.status
-        return s
 
 
 class CDN:
@@ -257,17 +107,34 @@ class CDN:
 
     # -- public ------------------------------------------------------------
 
-    def ensure(self, task_id, url, headers=None):
+    def ensure(self, task_id, url, headers=None, want=None):
         """A Deferred TaskFile, fired once its length is known (published).
 
         Fails with L{OriginError} (origin verdict or unreachable), L{CacheFull},
         L{NotReady}. Concurrent callers share one job; a later call after a
-        failure starts a new one.
+        failure starts a new one. C{want}: the bytes (first, last), inclusive,
+        the caller needs first: a new job asks the origin for the pieces that
+        cover them before the rest (L{dragonfly.supernode.fetchorder}), a
+        running one that fetches in that order takes them next.
         """
         try:
-            return self._start(task_id, url, headers).ready.when()
+            job = self._start(task_id, url, headers, want)
         except CDNError:
             return fail()
+        if want is not None and job.order is not None and job.tf is not None:
+            pieces = covering_pieces(want, job.tf.piece_size, job.tf.length)
+            if pieces is not None:
+                job.order.hurry(*pieces)
+        return job.ready.when()
+
+    def hurry(self, task_id, first, last=None):
+        """Pieces C{first}..C{last} (default: C{first} and the next) of C{task_id}
+        are wanted now (a peer streams from there): a running fetch in
+        L{FetchOrder} takes them next; otherwise nothing changes."""
+        job = self._jobs.get(task_id)
+        if first is not None and job is not None and job.order is not None \
+                and job.state == "running":
+            job.order.hurry(first, first + 1 if last is None else last)
 
     def ensure_complete(self, task_id, url, headers=None):
         """Like ensure(), but fires only when every piece is in the store."""
@@ -353,10 +220,10 @@ class CDN:
     def _can_start(self):
         return self.seed is not None and not self._stopping
 
-    def _start(self, task_id, url, headers):
+    def _start(self, task_id, url, headers, want=None):
         if not self._can_start():
             raise NotReady("supernode is not ready (piece port not bound yet)")
-        return self._job_for(task_id, url, headers)
+        return self._job_for(task_id, url, headers, want)
 
     def _admit(self, task_id):
         """TooManyTasks unless a new job for C{task_id} may start now."""
@@ -365,7 +232,7 @@ class CDN:
         if self.store.count() >= self.max_tasks and self.store.get(task_id) is None:
             raise TooManyTasks(f"{self.max_tasks} tasks held; retry later")
 
-    def _job_for(self, task_id, url, headers):
+    def _job_for(self, task_id, url, headers, want=None):
         job = self._jobs.get(task_id)
         if job is not None and job.state in ("pending", "running"):
             return job
@@ -379,6 +246,7 @@ class CDN:
             # The store lost it (GC, removal): fetch again.
         self._admit(task_id)
         job = _Job(task_id, url, headers)
+        job.want = want
         self._jobs[task_id] = job
         d = Deferred.fromCoroutine(self._run(job))
         d.addErrback(lambda f: self.log.failure("CDN job {task_id} crashed", f, task_id=task_id))
@@ -493,19 +361,31 @@ class CDN:
         job.ready.fire(tf)
 
     def _piece_done(self, job, tf, index, digest):
-        if job.digest is not None and not job.verified and index == tf.piece_count - 1:
-            return  # the last piece waits for the content check (_check_content)
+        # Every piece is servable once stored: its digest comes from our own
+        # origin fetch. The content digest gates only "complete" (job.complete).
         if self._published.get(job.task_id) is tf:
             self.scheduler.seed_has(job.task_id, index, digest)
 
+    def _content_for(self, job, tf):
+        """The job's L{ContentHash} of C{tf} (None for a task not named by a digest)."""
+        if job.digest is None:
+            return None
+        if job.content is None or job.content.tf is not tf:
+            job.content = ContentHash(tf, self.runner, job.digest.partition(":")[0])
+        return job.content
+
     async def _check_content(self, job):
-        """A task named by a content digest: announce its last piece once it matched."""
+        """A task named by a content digest is complete only once it matched:
+        hashed as the body arrived (what came out of order read back), else
+        the whole file read again. L{ContentMismatch} otherwise."""
         if job.digest is not None and not job.verified:
-            tf, last = job.tf, job.tf.piece_count - 1
-            await check_content(self.runner, tf, job.digest)   # or ContentMismatch
+            content = self._content_for(job, job.tf)
+            got = await content.digest()
+            if got is None:
+                await check_content(self.runner, job.tf, job.digest)   # or ContentMismatch
+            elif got != job.digest:
+                raise ContentMismatch(f"content digest mismatch: expected {job.digest}, got {got}")
             job.verified = True
-            if last >= 0:
-                self._piece_done(job, tf, last, tf.digest(last))
 
     def _count_bytes(self, n):
         if self.metrics is not None:
@@ -516,9 +396,10 @@ class CDN:
             job.counted = True
             self.metrics.origin_fetches.inc()
 
-    async def _request(self, job, offset=0, etag=None, last_modified=None):
+    async def _request(self, job, offset=0, etag=None, last_modified=None, end=None):
         job.attempts += 1
-        job.current = self.origin.get(job.url, job.headers, offset, etag, last_modified)
+        job.current = self.origin.get(job.url, job.headers, offset, etag, last_modified,
+                                      **({} if end is None else {"end": end}))
         try:
             return await job.current
         finally:
@@ -530,6 +411,9 @@ class CDN:
             tf = self.store.get(job.task_id)
             if tf is not None and tf.removed:
                 tf = None
+        if (job.want is not None or job.order is not None) and (tf is None or not tf.is_complete):
+            if await self._in_order(job, tf):
+                return
         if tf is not None and tf.is_complete:
             if self._published.get(job.task_id) is tf:
                 # Fetched or revalidated earlier in this process.
@@ -588,9 +472,66 @@ class CDN:
         # On a broken body the pieces in flight land (or fail) before this
         # raises: a retry resumes from the first piece not held, none twice.
         await stream_into(resp, tf, self.runner, _JobEvents(self, job), recheck_held=True,
-                          track=lambda d: setattr(job, "current", d))
+                          track=lambda d: setattr(job, "current", d),
+                          content=self._content_for(job, tf))
         if resp.etag != tf.etag and resp.etag or resp.last_modified != tf.last_modified and resp.last_modified:
             tf.set_validators(resp.etag or tf.etag, resp.last_modified or tf.last_modified)
+
+    async def _in_order(self, job, tf):
+        """Fetch in L{FetchOrder}: the wanted range's pieces first (a new task:
+        its length comes with them), then the rest in bounded ranges. False
+        when the origin cannot (no Range, a range past the end): the plain
+        path then takes the job."""
+        if tf is None:
+            ps = self.piece_size
+            first, last = job.want[0] // ps, job.want[1] // ps
+            try:
+                resp = await self._request(job, first * ps, end=span_end(first, last, ps, None))
+            except OriginError as e:
+                if e.status != 416:
+                    raise
+                job.want = None
+                return False
+            if resp.status != 206 or resp.length is None:
+                if resp.status == 206:
+                    resp.discard()
+                    job.want = None
+                    return False
+                await self._stream(job, resp, None)    # the whole file, from 0
+                return True
+            tf = self._create(job, resp.length, resp)
+            job.order = FetchOrder(tf.piece_count, SPAN_BYTES // ps)
+            job.order.hurry(first, last)
+            await self._stream(job, resp, tf)
+        elif job.order is None:
+            job.order = FetchOrder(tf.piece_count, SPAN_BYTES // tf.piece_size)
+            pieces = covering_pieces(job.want, tf.piece_size, tf.length)
+            if pieces is not None:
+                job.order.hurry(*pieces)
+        await self._fill(job, tf)
+        return True
+
+    async def _fill(self, job, tf):
+        """The pieces C{tf} lacks, one bounded range at a time, in C{job.order}."""
+        self._pin(job, tf)
+        self._publish(job, tf)
+        while True:
+            span = job.order.next_span(tf.has)
+            if span is None:
+                return
+            end = span_end(span[0], span[1], tf.piece_size, tf.length)
+            resp = await self._request(job, span[0] * tf.piece_size, tf.etag, tf.last_modified,
+                                       end=end)
+            if resp.status == 206 and resp.length in (None, tf.length):
+                await self._stream(job, resp, tf)
+                continue
+            if resp.status == 200 and _same_entity(tf, resp):
+                # Range ignored: the whole file from 0, the held pieces re-verified.
+                await self._stream(job, resp, tf)
+                return
+            resp.discard()
+            raise ContentChanged(f"origin's answer to a range ({resp.status}, length "
+                                 f"{resp.length}) is not the file being fetched")
 
     async def _spool(self, job, resp):
         """Origin without Content-Length: download all, then publish."""

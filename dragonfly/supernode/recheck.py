@@ -2,8 +2,9 @@
 
 A task named by a content digest (L{dragonfly.taskid.digest_named}: an OCI
 blob, C{dfget --digest}) is complete only once its whole content matched:
-the CDN announces its last piece only after L{check_content} (the file hashed
-in the runner, in bounded reads) passed; a mismatch fails the task with
+the CDN hashes it as the body arrives (L{dragonfly.ingest.contenthash}) and
+falls back to L{check_content} (the file hashed in the runner, in bounded
+reads) when that hash is unusable; a mismatch fails the task with
 L{ContentMismatch} and the CDN keeps nothing of it.
 
 A peer, the mirror or dfget that finds a complete task's bytes wrong drops

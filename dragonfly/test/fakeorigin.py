@@ -16,7 +16,8 @@ class FakeOrigin(Resource):
       - C{hold}: paths whose answers wait for L{release} (then flush the StubTreq);
       - C{auth[path]}: C{allowed(headers, query) -> status or None}: a status
         (401, 403) refuses the request, None serves it;
-      - C{no_head}: paths that answer HEAD with 405.
+      - C{no_head}: paths that answer HEAD with 405;
+      - C{open_ranges}: paths that answer ``bytes=a-b`` as if it were ``bytes=a-``.
 
     C{requests} records (method, path, {lower-case header: value}).
     """
@@ -37,6 +38,7 @@ class FakeOrigin(Resource):
         self.held = []
         self.auth = {}
         self.no_head = set()
+        self.open_ranges = set()
         self.requests = []
 
     def release(self):
@@ -101,18 +103,22 @@ class FakeOrigin(Resource):
             request.setHeader(b"content-range", f"bytes 0-0/{len(data)}".encode())
             request.setHeader(b"content-length", b"1")
             return data[:1]
-        if rng and path not in self.no_range and rng.startswith("bytes=") and rng.endswith("-"):
+        stop = len(data)
+        if rng and path not in self.no_range and rng.startswith("bytes=") and "," not in rng:
             if_range = headers.get("if-range")
             if if_range is None or if_range in (etag, lm):
-                start = int(rng[len("bytes="):-1])
+                first, _, last = rng[len("bytes="):].partition("-")
+                start = int(first)
                 if start >= len(data):
                     request.setResponseCode(416)
                     request.setHeader(b"content-range", f"bytes */{len(data)}".encode())
                     return b""
+                stop = min(int(last) + 1, len(data)) if last and path not in self.open_ranges \
+                    else len(data)
                 request.setResponseCode(206)
                 request.setHeader(b"content-range",
-                                  f"bytes {start}-{len(data) - 1}/{len(data)}".encode())
-        body = data[start:]
+                                  f"bytes {start}-{stop - 1}/{len(data)}".encode())
+        body = data[start:stop]
         brk = self.breaks.get(path)
         if brk:
             n = brk.pop(0)

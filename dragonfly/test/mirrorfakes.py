@@ -177,8 +177,10 @@ class FakePeer:
         self.serve = {}  # digest -> bytes served instead (corruption)
         self.dropped = []  # (task_id, reason) given to drop_corrupt
 
-    def download(self, url, headers=None, task_id=None, on_start=None, digest=None, **kw):
-        self.downloads.append({"url": url, "headers": dict(headers or {}), "task_id": task_id})
+    def download(self, url, headers=None, task_id=None, on_start=None, digest=None, want=None,
+                 **kw):
+        self.downloads.append({"url": url, "headers": dict(headers or {}), "task_id": task_id,
+                               "want": want})
         if self.fail is not None:
             e = self.fail
             if on_start is not None:

@@ -370,26 +370,31 @@ class ContentDigestTests(CDNTestMixin, SynchronousTestCase):
         self.patch(self.scheduler, "seed_has", lambda t, i, d: (announced.append(i), real(t, i, d)))
         f = self.failureResultOf(self.cdn.ensure_complete(wrong, URL), ContentMismatch)
         self.assertIn(f"content digest mismatch: expected {wrong}, got {self.GOOD}", str(f.value))
-        self.assertNotIn(5, announced)          # the last of the 6 pieces
+        self.assertEqual(sorted(announced), [0, 1, 2, 3, 4, 5])
         self.assertIsNone(self.store.get(wrong))
         self.assertFalse(self.scheduler.has_task(wrong))
         self.assertIsInstance(self.cdn.failure(wrong), ContentMismatch)
 
     def test_digest_hashed_in_runner(self):
-        """The whole-file digest is computed by the runner, not on the reactor."""
+        """The whole-file digest is computed by the runner, not on the reactor,
+        as the body arrives: the file is not read again after it landed."""
+        from dragonfly.ingest import contenthash
         from dragonfly.storage.verify import content_digest
         runner = DeferredRunner()
         self.start(runner)
         d = self.cdn.ensure_complete(self.GOOD, URL)
         seen = []
         for _ in range(100):
-            seen.extend(f for _, f, _, _ in runner.calls)
             if not runner.calls:
                 break
             d_, f, a, kw = runner.calls.pop(0)
+            seen.append(f)
             d_.callback(f(*a, **kw))
         self.successResultOf(d)
-        self.assertIn(content_digest, seen)
+        self.assertEqual(seen.count(contenthash._update), 6)
+        self.assertNotIn(content_digest, seen)
+        self.assertNotIn(contenthash._update_from_file, seen)
+        self.assertEqual(self.cdn.status(self.GOOD)["state"], "done")
 
     def test_recheck_intact(self):
         """A corrupt report about an intact copy keeps it."""

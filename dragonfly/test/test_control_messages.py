@@ -330,3 +330,28 @@ class FuzzTests(SynchronousTestCase):
             return
         again = cls.parse(json.loads(msg.serialize()))
         self.assertEqual(again.to_json(), msg.to_json())
+
+
+class RegisterRangeTests(SynchronousTestCase):
+    """The bytes a registering peer wants first (C{"range"})."""
+
+    URL = "http://origin.test/f"
+
+    def body(self, **extra):
+        obj = {"task_id": task_id_for_url(self.URL), "url": self.URL, "headers": {}}
+        obj.update(extra)
+        return obj
+
+    def test_round_trip(self):
+        """A wanted range survives serialize/parse; absent means None."""
+        req = m.RegisterRequest.parse(self.body(range=[10, 20]))
+        self.assertEqual(req.want, (10, 20))
+        self.assertEqual(m.RegisterRequest.parse(json.loads(req.serialize())).want, (10, 20))
+        self.assertIsNone(m.RegisterRequest.parse(self.body()).want)
+        self.assertNotIn("range", m.RegisterRequest.parse(self.body()).to_json())
+
+    def test_refused(self):
+        """A range that is not two ordered non-negative integers is refused, naming the field."""
+        for bad in ([1], [5, 2], [-1, 3], ["0", 1], {"a": 1}, [0, True]):
+            e = self.assertRaises(MessageError, m.RegisterRequest.parse, self.body(range=bad))
+            self.assertEqual(e.field, "range")

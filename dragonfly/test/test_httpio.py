@@ -12,6 +12,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from dragonfly.httpio import (
     RangeNotSatisfiable, abort, content_range, describe, error_body, json_body, parse_range,
+    parse_ranges,
     unregister, write_json)
 
 quick = settings(deadline=None, database=None)
@@ -193,3 +194,35 @@ class DescribeTests(SynchronousTestCase):
         class Many(Exception):
             reasons = [Failure(ValueError("a")), "plain text"]
         self.assertEqual(describe(Many()), "ValueError: a; plain text")
+
+
+class ParseRangesTests(SynchronousTestCase):
+    """Every range of a header, for a multipart answer (or None: the whole body)."""
+
+    def test_ascending_apart(self):
+        """Ranges apart in ascending order are kept as asked (suffix resolved)."""
+        self.assertEqual(parse_ranges("bytes=0-9,100-199,-5", 1000),
+                         [(0, 9), (100, 199), (995, 999)])
+
+    def test_single(self):
+        self.assertEqual(parse_ranges("bytes=10-", 100), [(10, 99)])
+
+    def test_coalesced(self):
+        """Overlapping and adjacent ranges become one, whatever their order."""
+        self.assertEqual(parse_ranges("bytes=5-20,0-9,21-30", 100), [(0, 30)])
+
+    def test_out_of_order(self):
+        """Ranges apart, out of order: the whole body."""
+        self.assertIsNone(parse_ranges("bytes=50-59,0-9", 100))
+
+    def test_unsatisfiable_left_out(self):
+        """A range past the end is left out; all of them: 416."""
+        self.assertEqual(parse_ranges("bytes=0-9,500-600", 100), [(0, 9)])
+        self.assertRaises(RangeNotSatisfiable, parse_ranges, "bytes=500-600,700-", 100)
+
+    def test_too_many_or_malformed(self):
+        """More parts than allowed, a malformed part, another unit: the whole body."""
+        self.assertIsNone(parse_ranges("bytes=0-1,3-4,6-7", 100, max_parts=2))
+        self.assertIsNone(parse_ranges("bytes=0-1,x-4", 100))
+        self.assertIsNone(parse_ranges("items=0-1", 100))
+        self.assertIsNone(parse_ranges(None, 100))

@@ -29,7 +29,7 @@ class BlobTests(MirrorTestMixin, SynchronousTestCase):
         self.assertEqual(response.headers.getRawHeaders(b"docker-content-digest"), [DIGEST.encode()])
         self.assertEqual(self.peer.downloads, [{
             "url": f"http://registry.example:5000/v2/library/app/blobs/{DIGEST}",
-            "headers": {"Authorization": "Bearer t0k"}, "task_id": DIGEST}])
+            "headers": {"Authorization": "Bearer t0k"}, "task_id": DIGEST, "want": None}])
         self.assertEqual([r["method"] for r in self.registry.requests], ["HEAD"])
         self.assertEqual(sample(self.metrics, "dragonfly_mirror_blob_bytes_total"), len(BLOB))
         self.assertEqual(sample(self.metrics, "dragonfly_mirror_requests_total",

@@ -7,9 +7,35 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone, ResponseFailed
 
 from dragonfly.dfdaemon.blobs import BlobSink
+from dragonfly.httpio import MAX_PARTS
 from dragonfly.test.mirrorfakes import BLOB, DIGEST, MIRROR, MirrorTestMixin
 
 PATH = f"/v2/library/app/blobs/{DIGEST}"
+
+
+def parse_multipart(body, boundary, length=len(BLOB)):
+    """[(first, last, bytes)] of a multipart/byteranges body, read strictly:
+    each part's length from its Content-Range, every delimiter where it must be."""
+    parts, pos = [], 0
+    delimiter = b"--" + boundary
+    while True:
+        lead = b"" if pos == 0 else b"\r\n"
+        assert body.startswith(lead + delimiter, pos), body[pos:pos + 80]
+        pos += len(lead + delimiter)
+        if body[pos:pos + 2] == b"--":
+            assert body[pos + 2:] == b"\r\n", body[pos:]
+            return parts
+        assert body[pos:pos + 2] == b"\r\n"
+        end = body.index(b"\r\n\r\n", pos)
+        headers = dict(line.split(b": ", 1) for line in body[pos + 2:end].split(b"\r\n"))
+        pos = end + 4
+        unit, _, spec = headers[b"Content-Range"].partition(b" ")
+        assert unit == b"bytes" and headers[b"Content-Type"] == b"application/octet-stream"
+        span, _, total = spec.partition(b"/")
+        assert int(total) == length
+        first, last = (int(x) for x in span.split(b"-"))
+        parts.append((first, last, body[pos:pos + last - first + 1]))
+        pos += last - first + 1
 
 
 class _Collect(Protocol):
@@ -99,12 +125,53 @@ class RangeTests(MirrorTestMixin, SynchronousTestCase):
         self.assertIsInstance(self.successResultOf(body.done), ResponseFailed)
         self.assertEqual(len(self.peer.dropped), 1)
 
-    def test_several_ranges_get_the_whole_body(self):
-        """Several ranges: 200 with the whole (verified) blob, as RFC 9110 allows."""
-        response = self.ranged(b"bytes=0-9,100-199")
+    def test_several_ranges_multipart(self):
+        """Several ranges, ascending and apart: 206 multipart/byteranges, each
+        part with its own Content-Range and bytes, the boundaries right, the
+        Content-Length the body's (read back by a strict parser)."""
+        response = self.ranged(b"bytes=0-9,100-199,%d-" % (len(BLOB) - 5))
+        self.assertEqual(response.code, 206)
+        self.assertIsNone(response.headers.getRawHeaders(b"content-range"))
+        ctype, = response.headers.getRawHeaders(b"content-type")
+        self.assertTrue(ctype.startswith(b"multipart/byteranges; boundary="))
+        body = self.body(response)
+        self.assertEqual(response.length, len(body))   # the Content-Length sent
+        parts = parse_multipart(body, ctype.partition(b"boundary=")[2])
+        self.assertEqual(parts, [(0, 9, BLOB[0:10]), (100, 199, BLOB[100:200]),
+                                 (len(BLOB) - 5, len(BLOB) - 1, BLOB[-5:])])
+
+    def test_overlapping_ranges_coalesced(self):
+        """Overlapping or adjacent ranges are coalesced: one range, one plain 206."""
+        response = self.ranged(b"bytes=0-9,5-20,21-30")
+        self.assertEqual(response.code, 206)
+        self.assertEqual(response.headers.getRawHeaders(b"content-range"),
+                         [b"bytes 0-30/%d" % len(BLOB)])
+        self.assertEqual(self.body(response), BLOB[:31])
+
+    def test_ranges_out_of_order_get_the_whole_body(self):
+        """Ranges apart but out of order: 200 with the whole (verified) blob,
+        as RFC 9110 allows (the parts would have to come in that order)."""
+        response = self.ranged(b"bytes=100-199,0-9")
         self.assertEqual(response.code, 200)
         self.assertIsNone(response.headers.getRawHeaders(b"content-range"))
         self.assertEqual(self.body(response), BLOB)
+
+    def test_too_many_ranges_get_the_whole_body(self):
+        """More ranges than MAX_PARTS: the whole body."""
+        spec = b",".join(b"%d-%d" % (i * 20, i * 20 + 9) for i in range(MAX_PARTS + 1))
+        response = self.ranged(b"bytes=" + spec)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.body(response), BLOB)
+
+    def test_range_named_in_the_download(self):
+        """A range request names its bytes in the download (so a supernode
+        without the blob asks the registry for them first); a full GET does not."""
+        self.ranged(b"bytes=1000-1099")
+        self.assertEqual(self.peer.downloads[-1]["want"], (1000, 1099))
+        self.ranged(b"bytes=-51")
+        self.assertEqual(self.peer.downloads[-1]["want"], (len(BLOB) - 51, len(BLOB) - 1))
+        self.get(PATH)
+        self.assertIsNone(self.peer.downloads[-1]["want"])
 
     def test_several_ranges_past_the_end(self):
         """Several ranges none of which overlaps the blob: 416."""
@@ -131,6 +198,22 @@ class RangeTests(MirrorTestMixin, SynchronousTestCase):
             response = self.ranged(b"bytes=10-19", if_range=validator)
             self.assertEqual(response.code, 200, validator)
             self.assertEqual(self.body(response), BLOB)
+
+    def test_if_range_with_several_ranges(self):
+        """If-Range applies to a multi-range request too: our ETag -> the
+        multipart answer; another validator -> the whole blob, and the download
+        then names no range (nothing is wanted first)."""
+        etag = b'"%s"' % DIGEST.encode()
+        response = self.ranged(b"bytes=0-9,100-109", if_range=etag)
+        self.assertEqual(response.code, 206)
+        ctype, = response.headers.getRawHeaders(b"content-type")
+        self.assertEqual(parse_multipart(self.body(response), ctype.partition(b"boundary=")[2]),
+                         [(0, 9, BLOB[0:10]), (100, 109, BLOB[100:110])])
+        self.assertEqual(self.peer.downloads[-1]["want"], (0, 109))
+        response = self.ranged(b"bytes=0-9,100-109", if_range=b'"sha256:00"')
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.body(response), BLOB)
+        self.assertIsNone(self.peer.downloads[-1]["want"])
 
 
 class WindowSinkTests(SynchronousTestCase):

@@ -84,6 +84,28 @@ class OriginClientTests(SynchronousTestCase):
         self.successResultOf(r.deliver(c))
         self.assertEqual(c.value(), DATA[4096:])
 
+    def test_bounded_range(self):
+        """With C{end}, the Range is bounded (from byte 0 too, with If-Range);
+        a 206 of exactly that window is taken; an end past the file is clipped
+        by the origin and taken too."""
+        r = self.get(URL, {}, offset=0, etag='"v1"', end=4095)
+        self.assertEqual((r.status, r.offset, r.length, r.body_length), (206, 0, len(DATA), 4096))
+        headers = self.origin.gets("/f")[-1][2]
+        self.assertEqual((headers["range"], headers["if-range"]), ("bytes=0-4095", '"v1"'))
+        self.assertNotIn("if-none-match", headers)
+        c = Collect()
+        self.successResultOf(r.deliver(c))
+        self.assertEqual(c.value(), DATA[:4096])
+        r = self.get(URL, {}, offset=4096, end=len(DATA) + 10_000)
+        self.assertEqual((r.status, r.offset, r.body_length), (206, 4096, len(DATA) - 4096))
+        r.discard()
+
+    def test_bounded_range_answered_longer(self):
+        """A 206 that runs past the bounded range asked for is refused."""
+        self.origin.open_ranges.add("/f")
+        f = self.failureResultOf(self.client.get(URL, {}, offset=10, end=19), OriginError)
+        self.assertEqual(f.value.status, 206)
+
     def test_range_ignored(self):
         """When the origin ignores Range and answers 200, the body starts at 0."""
         self.origin.no_range.add("/f")

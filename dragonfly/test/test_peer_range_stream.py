@@ -60,3 +60,16 @@ class RangeStreamTests(NodeMixin, SynchronousTestCase):
         while self.pool.held:
             self.pool.release()
         self.successResultOf(d)
+
+
+class WantedRangeTests(NodeMixin, SynchronousTestCase):
+    def test_registration_names_the_range(self):
+        """A download wanting a range first names it in its registration
+        (C{"range"}), so a supernode without the file asks its origin for it
+        first; a plain download names none."""
+        node = self.make(sources=(PEER_A,))
+        self.successResultOf(node.download(URL, want=(5 * PIECE, 5 * PIECE + 99)))
+        self.assertEqual(self.supernode.registrations[0]["range"], [5 * PIECE, 5 * PIECE + 99])
+        other = URL + "?other"
+        node.download(other)
+        self.assertNotIn("range", self.supernode.registrations[-1])

@@ -107,6 +107,22 @@ class RegisterTests(APITestBase):
         self.assertEqual(self.scheduler.task_stats(TASK)["peers"], 1)
         self.assertEqual(len(self.origin.gets("/f")), 1)
 
+    def test_register_with_a_range(self):
+        """A registration naming the bytes it wants first (C{"range"}) makes a
+        new task's first origin request a Range for the pieces covering them,
+        the rest after, every byte once; a streaming peer's schedule cursor
+        is passed on to the CDN (L{CDN.hurry})."""
+        self.call("POST", "/api/v1/tasks", {"task_id": TASK, "url": URL, "headers": {},
+                                            "peer": PEER, "range": [PIECE * 2, PIECE * 2 + 5]})
+        self.assertEqual([h.get("range") for _, _, h in self.origin.gets("/f")],
+                         [f"bytes={PIECE * 2}-{PIECE * 3 - 1}", f"bytes=0-{PIECE * 2 - 1}"])
+        self.assertEqual(self.cdn.status(TASK)["state"], "done")
+        hurried = []
+        self.patch(self.cdn, "hurry", lambda task, cursor: hurried.append((task, cursor)))
+        self.call("POST", f"/api/v1/tasks/{TASK}/schedule",
+                  {"peer_id": PEER["peer_id"], "want": 1, "cursor": 1})
+        self.assertEqual(hurried, [(TASK, 1)])
+
     def test_squatted_id_refused(self):
         """A registration naming another URL's task id is refused with 400 JSON
         naming the mismatch; nothing is fetched and no task is created."""
@@ -417,34 +433,32 @@ class ScheduleTests(APITestBase):
         self.assertEqual(obj["assignments"][0]["index"], 1)
 
     def test_long_poll_answers_digest_mismatch(self):
-        """A peer long-polling for the last piece of a task named by a digest
-        (withheld until the whole content matched) gets 409 naming the mismatch
-        as soon as the check fails."""
-        from twisted.internet.defer import maybeDeferred
-        from dragonfly.storage.verify import content_digest
+        """A peer long-polling on a task named by a digest (every piece served
+        as it landed, the task not complete before the whole content matched)
+        gets 409 naming the mismatch as soon as the check fails."""
+        from dragonfly.ingest.contenthash import ContentHash
         held = []
+        real = ContentHash.digest
 
-        class HoldDigest:
-            def run(self, f, *a, **kw):
-                if f is content_digest:
-                    d = Deferred()
-                    held.append((d, a))
-                    return d
-                return maybeDeferred(f, *a, **kw)
-        self.cdn.runner = HoldDigest()
+        def hold(content):
+            gate = Deferred()
+            held.append((gate, Deferred.fromCoroutine(real(content))))
+            return gate
+        self.patch(ContentHash, "digest", hold)
         wrong = "sha256:" + "0" * 64
         self.call("POST", "/api/v1/tasks", {"task_id": wrong, "url": URL, "digest": wrong,
                                             "peer": PEER})
         pid = PEER["peer_id"]
         obj = self.schedule({"peer_id": pid, "want": 3}, task=wrong)
-        self.assertEqual(sorted(a["index"] for a in obj["assignments"]), [0, 1])
+        self.assertEqual(sorted(a["index"] for a in obj["assignments"]), [0, 1, 2])
+        self.assertEqual(self.cdn.status(wrong)["state"], "running")   # not complete
         d = self.client.post(f"http://supernode.test/api/v1/tasks/{wrong}/schedule",
                              json={"peer_id": pid, "have": [0, 1], "want": 1, "wait": 20,
                                    "secret": SECRET})
         self.client.flush()
         self.assertNoResult(d)
-        (check, args), = held
-        check.callback(content_digest(*args))
+        (gate, digest), = held
+        gate.callback(self.successResultOf(digest))
         self.client.flush()
         r = self.successResultOf(d)
         self.assertEqual(r.code, 409)

@@ -1,7 +1,7 @@
 """Lazy pulling through a real dfdaemon: Range requests on a layer served from
 the pieces covering them (real docker-registry, supernode and dfdaemon
-processes; the layer pushed with skopeo). The eStargz/ctr-remote variant is
-not here yet."""
+processes; the layer pushed with skopeo). A real eStargz image read the way
+stargz-snapshotter reads it: test_mirror_estargz."""
 import os
 
 from twisted.internet import reactor
