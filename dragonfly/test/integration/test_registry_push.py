@@ -9,10 +9,12 @@ dfdaemon; every blob verifies, the registry's log shows the upload went
 through the mirror and each blob sent once on the pull.
 """
 import os
+import tarfile
 
 from twisted.internet import reactor
 from twisted.trial import unittest
 
+from dragonfly.test import source_file
 from dragonfly.test.integration import registry_fixtures as rf
 from dragonfly.test.integration.harness import HTTP, Swarm, metric, with_logs
 
@@ -21,6 +23,43 @@ REPO = "dragonfly/pushed-image"
 TAG = "v1"
 # With 1M pieces: 1, 2 and 5 pieces, and a 24 MB layer for the memory check.
 LAYERS = (300_000, 1_500_000, 5_000_000, 24_000_000)
+
+
+# docs/mirror.md, containerd: the hosts.toml that pushes through the mirror too.
+DOCS_HOSTS_TOML_PUSH = """\
+server = "https://registry.example.com"
+
+[host."http://127.0.0.1:65001"]
+  capabilities = ["pull", "resolve", "push"]
+"""
+
+
+class DocsTests(unittest.SynchronousTestCase):
+    def test_push_hosts_toml_is_the_documented_one(self):
+        """The hosts.toml the containerd push test uses is, byte for byte, the
+        one docs/mirror.md shows (only the addresses are substituted)."""
+        with open(source_file("docs", "mirror.md")) as f:
+            self.assertIn("```toml\n" + DOCS_HOSTS_TOML_PUSH + "```", f.read())
+
+
+def push_hosts_toml(hosts_dir, registry_url, mirror_url):
+    """The documented push hosts.toml at ``HOSTS_DIR/HOST:PORT/hosts.toml``."""
+    host = registry_url.split("://", 1)[1].rstrip("/")
+    os.makedirs(os.path.join(hosts_dir, host), exist_ok=True)
+    path = os.path.join(hosts_dir, host, "hosts.toml")
+    with open(path, "w") as f:
+        f.write(DOCS_HOSTS_TOML_PUSH
+                .replace('"https://registry.example.com"', f'"{registry_url}"')
+                .replace('"http://127.0.0.1:65001"', f'"{mirror_url}"'))
+    return path
+
+
+def oci_archive(layout, path):
+    """The OCI image layout directory C{layout} as a tar (what ``ctr images import`` reads)."""
+    with tarfile.open(path, "w") as tar:
+        for name in sorted(os.listdir(layout)):
+            tar.add(os.path.join(layout, name), arcname=name)
+    return path
 
 
 def _missing_tools():
@@ -139,3 +178,61 @@ class RegistryPushTests(unittest.TestCase):
         self.assertEqual(metric(m2, "dragonfly_mirror_blob_bytes_total"),
                          sum(info["blobs"].values()))
         self.assertTrue(await self.http.healthy(d1.mirror))
+
+
+class ContainerdPushTests(unittest.TestCase):
+    timeout = 180
+
+    def setUp(self):
+        missing = _missing_tools() + [name for name, path in
+                                      rf.engine_binaries("containerd").items() if path is None]
+        if missing:
+            raise unittest.SkipTest(f"{', '.join(missing)} not installed (Debian packages "
+                                    f"docker-registry, skopeo, containerd)")
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("containerd runs rootful here: needs root")
+        self.workdir = os.path.abspath(self.mktemp())
+        os.makedirs(self.workdir)
+        self.http = HTTP(reactor)
+        self.addCleanup(self.http.close)
+        self.swarm = Swarm(reactor, self.workdir, self.http)
+        self.addCleanup(self.swarm.stop)
+
+    @with_logs()
+    async def test_ctr_push_through_mirror(self):
+        """When containerd pushes an image with the documented hosts.toml (the
+        dfdaemon with the push capability), every blob upload and the manifest
+        go through the mirror to the registry, and the pushed image is there."""
+        registry = rf.Registry(os.path.join(self.workdir, "registry"))
+        self.addCleanup(registry.stop, reactor)
+        await registry.start(reactor)
+        await self.swarm.start_supernode(piece_size="1M")
+        node = await rf.start_dfdaemon(self.swarm, registry)
+        ctd = rf.Containerd(self.workdir)
+        self.addCleanup(ctd.stop, reactor)
+        await ctd.start(reactor)
+
+        layout = os.path.join(self.workdir, "image")
+        info = rf.build_oci_layout(layout, (300_000, 2_500_000), tag=TAG)
+        ref = f"{registry.hostport}/{REPO}:{TAG}"
+        code, out, err = await ctd.ctr(reactor, "ctr-import", [
+            "images", "import", "--snapshotter", "native", "--base-name",
+            f"{registry.hostport}/{REPO}", oci_archive(layout, layout + ".tar")])
+        self.assertEqual(code, 0, f"ctr images import failed:\n{out}\n{err}")
+        hosts_dir = os.path.join(self.workdir, "certs.d")
+        push_hosts_toml(hosts_dir, registry.url, node.mirror)
+        code, out, err = await ctd.ctr(reactor, "ctr-push", [
+            "images", "push", "--hosts-dir", hosts_dir, ref])
+        self.assertEqual(code, 0, f"ctr images push failed:\n{out}\n{err}")
+
+        requests = registry.requests()
+        uploads = [r for r in requests if r["method"] == "PUT" and r["status"] == 201
+                   and "/blobs/uploads/" in r["path"]]
+        self.assertEqual(len(uploads), len(info["blobs"]), requests)
+        m = await self.http.metrics(node.mirror)
+        self.assertEqual(metric(m, "dragonfly_mirror_requests_total", kind="write", code="201"),
+                         len(info["blobs"]) + 1, "the push did not all go through the mirror")
+        code, out, err = await rf.skopeo(reactor, self.workdir, "skopeo-inspect", [
+            "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"])
+        self.assertEqual(code, 0, err)
+        self.assertIn(info["config_digest"], out)
