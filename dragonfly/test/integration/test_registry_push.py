@@ -180,17 +180,21 @@ class RegistryPushTests(unittest.TestCase):
         self.assertTrue(await self.http.healthy(d1.mirror))
 
 
-class ContainerdPushTests(unittest.TestCase):
+class _EnginePushTest(unittest.TestCase):
+    """A plain-HTTP registry, a supernode, a dfdaemon and an engine."""
+
     timeout = 180
+    engine = None
+    PACKAGES = {"containerd": "containerd", "podman": "podman", "docker": "docker.io"}
 
     def setUp(self):
         missing = _missing_tools() + [name for name, path in
-                                      rf.engine_binaries("containerd").items() if path is None]
+                                      rf.engine_binaries(self.engine).items() if path is None]
         if missing:
             raise unittest.SkipTest(f"{', '.join(missing)} not installed (Debian packages "
-                                    f"docker-registry, skopeo, containerd)")
+                                    f"docker-registry, skopeo, {self.PACKAGES[self.engine]})")
         if os.geteuid() != 0:
-            raise unittest.SkipTest("containerd runs rootful here: needs root")
+            raise unittest.SkipTest(f"{self.engine} runs rootful here: needs root")
         self.workdir = os.path.abspath(self.mktemp())
         os.makedirs(self.workdir)
         self.http = HTTP(reactor)
@@ -198,22 +202,52 @@ class ContainerdPushTests(unittest.TestCase):
         self.swarm = Swarm(reactor, self.workdir, self.http)
         self.addCleanup(self.swarm.stop)
 
-    @with_logs()
-    async def test_ctr_push_through_mirror(self):
-        """When containerd pushes an image with the documented hosts.toml (the
-        dfdaemon with the push capability), every blob upload and the manifest
-        go through the mirror to the registry, and the pushed image is there."""
+    async def start(self, engine):
+        """The registry, supernode and dfdaemon, the engine started, the test
+        image's OCI layout built; returns (registry, dfdaemon, layout, info)."""
         registry = rf.Registry(os.path.join(self.workdir, "registry"))
         self.addCleanup(registry.stop, reactor)
         await registry.start(reactor)
         await self.swarm.start_supernode(piece_size="1M")
         node = await rf.start_dfdaemon(self.swarm, registry)
-        ctd = rf.Containerd(self.workdir)
-        self.addCleanup(ctd.stop, reactor)
-        await ctd.start(reactor)
-
+        self.addCleanup(engine.stop, reactor)
+        await engine.start(reactor)
         layout = os.path.join(self.workdir, "image")
         info = rf.build_oci_layout(layout, (300_000, 2_500_000), tag=TAG)
+        return registry, node, layout, info
+
+    async def docker_archive(self, layout):
+        """The test image as a docker-archive tar named REPO:TAG (for ``load``)."""
+        archive = os.path.join(self.workdir, "image.tar")
+        code, out, err = await rf.skopeo(reactor, self.workdir, "skopeo-archive", [
+            "copy", f"oci:{layout}:{TAG}", f"docker-archive:{archive}:{REPO}:{TAG}"])
+        self.assertEqual(code, 0, err)
+        return archive
+
+    async def assert_pushed_through(self, registry, node, blobs):
+        """The registry completed C{blobs} uploads and a manifest, each of
+        them relayed by the mirror, and the mirror cached nothing."""
+        requests = registry.requests()
+        done = [r for r in requests if r["method"] == "PUT" and r["status"] == 201]
+        uploads = [r for r in done if "/blobs/uploads/" in r["path"]]
+        self.assertEqual(len(uploads), blobs, requests)
+        self.assertTrue([r for r in done if "/manifests/" in r["path"]], requests)
+        m = await self.http.metrics(node.mirror)
+        self.assertEqual(metric(m, "dragonfly_mirror_requests_total", kind="write", code="201"),
+                         len(done), "the push did not all go through the mirror")
+        self.assertEqual(metric(m, "dragonfly_mirror_blob_bytes_total"), 0)
+
+
+class ContainerdPushTests(_EnginePushTest):
+    engine = "containerd"
+
+    @with_logs()
+    async def test_ctr_push_through_mirror(self):
+        """When containerd pushes an image with the documented hosts.toml (the
+        dfdaemon with the push capability), every blob upload and the manifest
+        go through the mirror to the registry, and the pushed image is there."""
+        ctd = rf.Containerd(self.workdir)
+        registry, node, layout, info = await self.start(ctd)
         ref = f"{registry.hostport}/{REPO}:{TAG}"
         code, out, err = await ctd.ctr(reactor, "ctr-import", [
             "images", "import", "--snapshotter", "native", "--base-name",
@@ -225,14 +259,49 @@ class ContainerdPushTests(unittest.TestCase):
             "images", "push", "--hosts-dir", hosts_dir, ref])
         self.assertEqual(code, 0, f"ctr images push failed:\n{out}\n{err}")
 
-        requests = registry.requests()
-        uploads = [r for r in requests if r["method"] == "PUT" and r["status"] == 201
-                   and "/blobs/uploads/" in r["path"]]
-        self.assertEqual(len(uploads), len(info["blobs"]), requests)
-        m = await self.http.metrics(node.mirror)
-        self.assertEqual(metric(m, "dragonfly_mirror_requests_total", kind="write", code="201"),
-                         len(info["blobs"]) + 1, "the push did not all go through the mirror")
+        await self.assert_pushed_through(registry, node, len(info["blobs"]))
         code, out, err = await rf.skopeo(reactor, self.workdir, "skopeo-inspect", [
             "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"])
         self.assertEqual(code, 0, err)
         self.assertIn(info["config_digest"], out)
+
+
+class PodmanPushTests(_EnginePushTest):
+    engine = "podman"
+
+    @with_logs()
+    async def test_podman_push_to_mirror_address(self):
+        """When rootful podman pushes an image to the dfdaemon's address (the
+        documented command), the image lands in the dfdaemon's registry and
+        every upload went through the mirror."""
+        podman = rf.Podman(self.workdir)
+        registry, node, layout, info = await self.start(podman)
+        archive = await self.docker_archive(layout)
+        code, out, err = await podman.podman(reactor, "podman-load", ["load", "-i", archive])
+        self.assertEqual(code, 0, f"podman load failed:\n{out}\n{err}")
+        code, out, err = await podman.podman(reactor, "podman-push", [
+            "push", "--tls-verify=false", f"{REPO}:{TAG}",
+            f"{node.mirror_hostport}/{REPO}:{TAG}"])
+        self.assertEqual(code, 0, f"podman push failed:\n{out}\n{err}")
+        await self.assert_pushed_through(registry, node, len(info["blobs"]))
+
+
+class DockerPushTests(_EnginePushTest):
+    engine = "docker"
+
+    @with_logs()
+    async def test_docker_push_to_mirror_address(self):
+        """When dockerd pushes an image tagged with the dfdaemon's address (the
+        documented commands), the image lands in the dfdaemon's registry and
+        every upload went through the mirror."""
+        dockerd = rf.Dockerd(self.workdir, "http://127.0.0.1:1")
+        registry, node, layout, info = await self.start(dockerd)
+        archive = await self.docker_archive(layout)
+        code, out, err = await dockerd.docker(reactor, "docker-load", ["load", "-i", archive])
+        self.assertEqual(code, 0, f"docker load failed:\n{out}\n{err}")
+        dest = f"{node.mirror_hostport}/{REPO}:{TAG}"
+        code, out, err = await dockerd.docker(reactor, "docker-tag", ["tag", f"{REPO}:{TAG}", dest])
+        self.assertEqual(code, 0, err)
+        code, out, err = await dockerd.docker(reactor, "docker-push", ["push", dest])
+        self.assertEqual(code, 0, f"docker push failed:\n{out}\n{err}")
+        await self.assert_pushed_through(registry, node, len(info["blobs"]))
