@@ -7,9 +7,9 @@ where each goes, ``/healthz`` and ``/metrics``), L{dragonfly.dfdaemon.blobs}
 L{dragonfly.dfdaemon.passthrough} (everything else under ``/v2/``, pushes
 too, relayed from the upstream as it is; request bodies streamed up by
 L{dragonfly.dfdaemon.upload}, the registry's C{Location} kept on the
-mirror by L{dragonfly.dfdaemon.locations}). It runs each request, counts it in the metrics
-by kind and status, and writes a L{MirrorError} as JSON (or drops the
-connection when the answer has already started).
+mirror by L{dragonfly.dfdaemon.locations}). It runs each request, counts
+it in the metrics by kind and status, and writes a L{MirrorError} as JSON
+(or drops the connection when the answer has already started).
 """
 from twisted.internet import defer
 from twisted.logger import Logger
