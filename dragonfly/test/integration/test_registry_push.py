@@ -125,7 +125,7 @@ class RegistryPushTests(unittest.TestCase):
         the mirror to the registry and succeeds; the pushing dfdaemon keeps
         nothing of it and its memory stays flat; a second host then pulls the
         image through its own dfdaemon, every blob verifies, and the registry
-        sends each blob once."""
+        sends each blob once. No secret reaches the dfdaemon's log."""
         await self.start_registry()
         await self.swarm.start_supernode(piece_size="1M")
         d1 = await rf.start_dfdaemon(self.swarm, self.registry)
@@ -178,6 +178,12 @@ class RegistryPushTests(unittest.TestCase):
         self.assertEqual(metric(m2, "dragonfly_mirror_blob_bytes_total"),
                          sum(info["blobs"].values()))
         self.assertTrue(await self.http.healthy(d1.mirror))
+        # Nothing secret in the pushing dfdaemon's log: no token, no password,
+        # no signed upload state (the access log shows "?<redacted>").
+        logged = d1.read_log()
+        self.assertIn("/blobs/uploads/", logged)
+        for secret in ("_state=", "eyJ", PASSWORD, "Bearer "):
+            self.assertNotIn(secret, logged)
 
 
 class _EnginePushTest(unittest.TestCase):
