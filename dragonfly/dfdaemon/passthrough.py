@@ -117,6 +117,8 @@ class Passthrough:
         except MirrorError:
             raise
         except Exception as e:  # noqa: BLE001 - every connection failure is a 502
+            if getattr(body, "client_left", False):   # not the upstream's doing
+                raise MirrorError(502, "UNAVAILABLE", "the client left mid-body")
             self.log.warn("upstream {url} failed: {error}", url=redact_url(url),
                           error=describe(e))
             raise MirrorError(502, "UNAVAILABLE", f"upstream registry unreachable: {describe(e)}")

@@ -50,6 +50,7 @@ class BodyPipe:
         self.source = source
         self.length = UNKNOWN_LENGTH if length is None else length
         self.received = False     # the client sent the whole body
+        self.client_left = False  # ... or went away before it did
         self.sent = 0             # bytes given to the upstream
         self.on_progress = None   # called after each write to the upstream
         self._chunks = []
@@ -84,6 +85,7 @@ class BodyPipe:
         if self._closed:
             return
         self._closed = True
+        self.client_left = True
         self._chunks, self._held = [], 0
         if self._done is not None and not self._done.called:
             self._done.errback(reason)

@@ -333,12 +333,17 @@ class StreamingTests(MirrorTestMixin, SynchronousTestCase):
 
     def test_client_gone_mid_body(self):
         """When the client disconnects before its body ended, the upstream
-        request's body fails (so the agent drops that request)."""
+        request's body fails (so the agent drops that request), and the
+        failed upstream request is not logged as the upstream's fault."""
         method, uri, headers, body, d = self.open(1000)
         done = body.startProducing(_Upstream())
         self.channel.dataReceived(b"y" * 10)
-        self.channel.connectionLost(Failure(ConnectionLost()))
-        self.failureResultOf(done)
+        with capturedLogs() as events:
+            self.channel.connectionLost(Failure(ConnectionLost()))
+            self.failureResultOf(done)
+            d.errback(ConnectionLost("request body failed"))
+        self.assertEqual([formatEvent(e) for e in events if e.get("log_level") is not None
+                          and e["log_level"].name in ("warn", "error", "critical")], [])
 
     def test_answered_before_body_ended(self):
         """When the upstream answers before the client sent its whole body, the
