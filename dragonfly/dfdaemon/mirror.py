@@ -4,19 +4,23 @@ L{RegistryMirror} is the facade the daemon serves; it composes the three
 rooms of the mirror: L{dragonfly.dfdaemon.routes} (which requests are taken,
 where each goes, ``/healthz`` and ``/metrics``), L{dragonfly.dfdaemon.blobs}
 (blob GETs through P2P, verified against their digest) and
-L{dragonfly.dfdaemon.passthrough} (everything else under ``/v2/``, relayed
-from the upstream as it is). It runs each request, counts it in the metrics
-by kind and status, and writes a L{MirrorError} as JSON (or drops the
-connection when the answer has already started).
+L{dragonfly.dfdaemon.passthrough} (everything else under ``/v2/``, pushes
+too, relayed from the upstream as it is; request bodies streamed up by
+L{dragonfly.dfdaemon.upload}, the registry's C{Location} kept on the
+mirror by L{dragonfly.dfdaemon.locations}). It runs each request, counts
+it in the metrics by kind and status, and writes a L{MirrorError} as JSON
+(or drops the connection when the answer has already started).
 """
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
 
 from dragonfly.dfdaemon.blobs import BlobSink, Blobs
+from dragonfly.dfdaemon.locations import client_location
 from dragonfly.dfdaemon.passthrough import Passthrough
 from dragonfly.dfdaemon.routes import NAME_RE, Exchange, MirrorError, MirrorResource, Routes
 from dragonfly.dfdaemon.routes import write_error
+from dragonfly.dfdaemon.upload import body_of
 from dragonfly.httpio import abort
 from dragonfly.redact import redact_url
 
@@ -81,7 +85,10 @@ class RegistryMirror:
             return None
         if target.digest is not None:
             return self.blobs.get(ex, target)
-        return self.passthrough.relay(ex, target.url)
+        url = target.url
+        return self.passthrough.relay(
+            ex, url, body=body_of(ex.request),
+            location=lambda value: client_location(value, url, target.upstream, target.ns))
 
     def _count(self, ex):
         self.metrics.mirror_requests.labels(kind=ex.kind, code=str(ex.request.code)).inc()

@@ -6,8 +6,13 @@ keep each value), minus hop-by-hop ones; the upstream's status, headers
 Bearer-token dance themselves. Redirects are handed to the client, not
 followed. The body is relayed with the upstream transport registered as the
 push producer of the client's, so the client's socket paces the upstream.
-An upstream that does not answer in time is a 504, one that cannot be
-reached a 502 (L{dragonfly.dfdaemon.routes.MirrorError}).
+A request body (a push) goes up as the C{IBodyProducer} given
+(L{dragonfly.dfdaemon.upload}), and the answer's C{Location} through the
+mapping given (L{dragonfly.dfdaemon.locations}); every other header of the
+answer (C{Docker-Upload-UUID}, C{Range}, C{Docker-Content-Digest}) is kept.
+An upstream that does not answer in time is a 504 (with a body, the time
+runs from the last byte of it that went up), one that cannot be reached a
+502 (L{dragonfly.dfdaemon.routes.MirrorError}).
 """
 from twisted.internet import defer
 from twisted.internet.protocol import Protocol
@@ -91,10 +96,19 @@ class Passthrough:
         self.agent = agent
         self.header_timeout = header_timeout
 
-    async def upstream(self, method, url, headers):
-        """The upstream's response (headers only) to C{method url}, or a MirrorError."""
-        d = self.agent.request(method, url, headers, None)
+    async def upstream(self, method, url, headers, body=None):
+        """The upstream's response (headers only) to C{method url}, or a MirrorError.
+
+        @param body: an C{IBodyProducer} for the request body, or None; while
+            it streams, each byte sent up restarts the timeout.
+        """
+        d = self.agent.request(method, url, headers, body)
         timer = self.reactor.callLater(self.header_timeout, d.cancel)
+        if body is not None and hasattr(body, "on_progress"):
+            def progress():
+                if timer.active():
+                    timer.reset(self.header_timeout)
+            body.on_progress = progress
         try:
             return await d
         except defer.CancelledError:
@@ -103,6 +117,8 @@ class Passthrough:
         except MirrorError:
             raise
         except Exception as e:  # noqa: BLE001 - every connection failure is a 502
+            if getattr(body, "client_left", False):   # not the upstream's doing
+                raise MirrorError(502, "UNAVAILABLE", "the client left mid-body")
             self.log.warn("upstream {url} failed: {error}", url=redact_url(url),
                           error=describe(e))
             raise MirrorError(502, "UNAVAILABLE", f"upstream registry unreachable: {describe(e)}")
@@ -110,11 +126,16 @@ class Passthrough:
             if timer.active():
                 timer.cancel()
 
-    async def relay(self, ex, url, method=None):
-        """Answer the exchange C{ex} with the upstream's answer to its request at C{url}."""
+    async def relay(self, ex, url, method=None, body=None, location=None):
+        """Answer the exchange C{ex} with the upstream's answer to its request at C{url}.
+
+        @param body: the request body's C{IBodyProducer}, or None.
+        @param location: maps each C{Location} value (bytes) of the answer to
+            the one the client gets; None keeps them.
+        """
         request = ex.request
         method = method or request.method
-        response = await self.upstream(method, url, forward_headers(request))
+        response = await self.upstream(method, url, forward_headers(request), body)
         if ex.gone:
             response.deliverBody(Discard())
             return
@@ -122,6 +143,8 @@ class Passthrough:
         for name, values in response.headers.getAllRawHeaders():
             if name.lower() in _HOP_BY_HOP:
                 continue
+            if location is not None and name.lower() == b"location":
+                values = [location(v) for v in values]
             request.responseHeaders.setRawHeaders(name, list(values))
         if method != b"HEAD" and response.length is not UNKNOWN_LENGTH:
             # The agent keeps a body's Content-Length out of .headers.

@@ -3,9 +3,11 @@
 L{Routes.dispatch} checks a request synchronously and says where it goes:
 ``GET /v2/<name>/blobs/<digest>`` to the blobs (P2P), everything else under
 ``/v2/`` to the pass-through, on the upstream that ``?ns=<host>``
-(containerd) picks among the allowed ones. Another host, an absolute-URL
-(proxy-style) request or ``CONNECT`` gets 403; the mirror is read-only, so
-other methods get 405; malformed names, digests and paths get 400.
+(containerd) picks among the allowed ones: a push's ``POST``/``PUT``/
+``PATCH``/``DELETE`` too (L{REGISTRY_METHODS}, kind ``write``), through the
+same allow list. Another host, an absolute-URL (proxy-style) request or
+``CONNECT`` gets 403; a method the registry API does not use gets 405;
+malformed names, digests and paths get 400.
 ``/healthz`` and ``/metrics`` are answered here, on the same port. Errors are
 L{MirrorError}s, written as JSON in both the OCI shape and the house shape:
 ``{"errors": [{"code", "message", "detail"}], "error": "..."}``.
@@ -28,6 +30,8 @@ _BLOB_RE = re.compile(rb"\A/v2/(?P<name>.+)/blobs/(?P<ref>[^/]+)\Z")
 _SAFE_PATH_RE = re.compile(rb"\A/v2/[A-Za-z0-9._/:@+=~-]*\Z")
 MAX_URI = 8192
 MAX_NAME = 255
+#: The methods of the OCI distribution API; the pass-through takes each of them.
+REGISTRY_METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE")
 
 
 class MirrorError(Exception):
@@ -70,14 +74,16 @@ class Exchange:
 
 class Target:
     """Where a registry request goes: an upstream, a path and a query; for a blob
-    GET also the repository C{name} and the blob's C{digest}."""
+    GET also the repository C{name} and the blob's C{digest}; C{ns} is the
+    client's containerd ``ns`` (None without one)."""
 
-    def __init__(self, upstream, path, query, name=None, digest=None):
+    def __init__(self, upstream, path, query, name=None, digest=None, ns=None):
         self.upstream = upstream
         self.path = path
         self.query = query
         self.name = name
         self.digest = digest
+        self.ns = ns
 
     @property
     def url(self):
@@ -121,10 +127,10 @@ class Routes:
         if not (path == b"/v2" or path.startswith(b"/v2/")):
             ex.kind = "invalid"
             raise MirrorError(404, "NOT_FOUND", "not a registry API path (want /v2/...)")
-        if method not in (b"GET", b"HEAD"):
+        if method not in REGISTRY_METHODS:
             ex.kind = "refused"
-            request.setHeader(b"allow", b"GET, HEAD")
-            raise MirrorError(405, "UNSUPPORTED", "the mirror is read-only (GET and HEAD only)")
+            request.setHeader(b"allow", b", ".join(REGISTRY_METHODS))
+            raise MirrorError(405, "UNSUPPORTED", "not a registry API method")
         ns, query = split_ns(query)
         try:
             upstream = self.upstreams.select(ns)
@@ -134,13 +140,16 @@ class Routes:
         if path == b"/v2":
             path = b"/v2/"
         check_path(ex, path)
-        return self._target(ex, upstream, path, query)
+        target = self._target(ex, upstream, path, query)
+        target.ns = ns
+        return target
 
     @staticmethod
     def _target(ex, upstream, path, query):
         blob = _BLOB_RE.match(path)
+        write = ex.request.method not in (b"GET", b"HEAD")
         if not blob or blob.group("ref") == b"uploads":
-            ex.kind = "passthrough"
+            ex.kind = "write" if write else "passthrough"
             return Target(upstream, path, query)
         name = blob.group("name").decode("ascii")
         ref = blob.group("ref").decode("ascii")
@@ -154,7 +163,7 @@ class Routes:
         if ex.request.method == b"GET":
             ex.kind = "blob"
             return Target(upstream, path, query, name, ref)
-        ex.kind = "blob-head"
+        ex.kind = "write" if write else "blob-head"
         return Target(upstream, path, query)
 
     # ------------------------------------------------------------ local answers
@@ -189,7 +198,9 @@ def split_ns(query):
             ns.append(unquote_plus(value.decode("latin-1")))
         elif item:
             kept.append(item)
-    if len(ns) > 1:
+    if len(set(ns)) > 1:
+        # The same one twice is fine: a Location the mirror rewrote carries
+        # it, and containerd may add its own.
         raise MirrorError(400, "UNSUPPORTED", "more than one ns parameter")
     return (ns[0] if ns else None), b"&".join(kept)
 

@@ -15,7 +15,8 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
 from dragonfly.dfdaemon.mirror import RegistryMirror
-from dragonfly.httpsite import JSONErrorChannel, harden_site
+from dragonfly.dfdaemon.upload import StreamingChannel, StreamingRequest
+from dragonfly.httpsite import harden_site
 from dragonfly.dfdaemon.upstream import DEFAULT_REGISTRY, Upstreams, UpstreamTLSPolicy
 from dragonfly.runtime.daemon import server_endpoint
 
@@ -54,7 +55,7 @@ def registry_origins(config):
             for u in upstreams.all]
 
 
-class MirrorChannel(JSONErrorChannel):
+class MirrorChannel(StreamingChannel):
     """HTTP/1.1 channel that drops a connection opening with a TLS handshake.
 
     skopeo and podman try an ``insecure = true`` mirror over TLS first, then
@@ -72,14 +73,16 @@ class MirrorChannel(JSONErrorChannel):
             if data[:1] == b"\x16":  # TLS record type "handshake"
                 self.transport.abortConnection()
                 return
-        JSONErrorChannel.dataReceived(self, data)
+        StreamingChannel.dataReceived(self, data)
 
 
 class MirrorSite(Site):
-    """The mirror's Site: no tracebacks to clients; TLS on the plain port dropped at once."""
+    """The mirror's Site: no tracebacks to clients; TLS on the plain port dropped
+    at once; request bodies streamed (L{dragonfly.dfdaemon.upload})."""
 
     displayTracebacks = False
     protocol = MirrorChannel
+    requestFactory = StreamingRequest
 
     def __init__(self, resource, reactor=None):
         Site.__init__(self, resource, reactor=reactor)

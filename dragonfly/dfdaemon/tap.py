@@ -38,7 +38,8 @@ class Options(PeerOptions):
     longdesc = (
         "The dragonfly dfdaemon: a peer plus an OCI/Docker registry mirror on --listen. "
         "Image blobs are pulled through the P2P swarm (task id = the blob's digest); "
-        "everything else passes through to the upstream registry unchanged. Only "
+        "everything else (pushes too, streamed, never cached) passes through to the "
+        "upstream registry unchanged. Only "
         "--registry and --allow-registry upstreams are ever contacted (containerd's "
         "?ns= picks among them); it is never an open proxy. With --proxy-listen it is "
         "also a forward HTTP proxy: GETs matching a --proxy-rule go through P2P, other "

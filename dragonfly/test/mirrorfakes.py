@@ -26,6 +26,7 @@ MANIFEST = json.dumps({"schemaVersion": 2, "layers": [{"digest": DIGEST}]}).enco
 MANIFEST_TYPE = b"application/vnd.oci.image.manifest.v1+json"
 REALM = b'Bearer realm="https://auth.example/token",service="registry.example"'
 MIRROR = "http://mirror.local:65001"
+UPLOAD_STATE = b"s3cr3t-upload-state"
 
 
 class FakeRegistry(Resource):
@@ -47,6 +48,11 @@ class FakeRegistry(Resource):
         self.login_redirect = False
         #: Blobs answered with this redirect (code, URL prefix) to a blob store.
         self.blob_redirect = None
+        #: Upload sessions: uuid -> bytes so far.
+        self.uploads = {}
+        self.upload_count = 0
+        #: Base of upload Locations (default: http:// + the Host asked).
+        self.location_base = None
 
     def seen(self, method=None):
         return [r for r in self.requests if method is None or r["method"] == method]
@@ -55,6 +61,7 @@ class FakeRegistry(Resource):
         self.requests.append({
             "method": request.method.decode(), "uri": request.uri.decode(),
             "headers": {k.lower(): list(v) for k, v in request.requestHeaders.getAllRawHeaders()},
+            "body": request.content.read() if request.content is not None else b"",
         })
         host = request.getRequestHostname()
         if host == b"sso.example":   # the login page: 200 to anyone
@@ -78,6 +85,11 @@ class FakeRegistry(Resource):
             request.setHeader(b"docker-distribution-api-version", b"registry/2.0")
             request.setHeader(b"content-type", b"application/json")
             return b"{}"
+        if b"/blobs/uploads/" in path:
+            return self.upload(request)
+        if request.method in (b"DELETE", b"PUT"):
+            request.setResponseCode(202 if request.method == b"DELETE" else 201)
+            return b""
         if b"/manifests/" in path:
             if self.redirect_manifests:
                 request.setResponseCode(307)
@@ -111,6 +123,41 @@ class FakeRegistry(Resource):
             return data
         request.setResponseCode(404)
         return b"{}"
+
+
+    def upload(self, request):
+        """distribution's upload session: POST opens it, PATCH appends, PUT
+        ?digest= closes it; Locations absolute, from the Host asked, with a
+        signed-looking C{_state} (L{location_base} overrides the base)."""
+        name = request.path.split(b"/blobs/uploads/")[0]
+        base = self.location_base or b"http://" + request.getHeader(b"host")
+        if request.method == b"POST":
+            self.upload_count += 1
+            uuid = b"u%d" % self.upload_count
+            self.uploads[uuid] = b""
+        else:
+            uuid = request.path.rsplit(b"/", 1)[1]
+            if uuid not in self.uploads:
+                request.setResponseCode(404)
+                return b'{"errors":[{"code":"BLOB_UPLOAD_UNKNOWN"}]}'
+            self.uploads[uuid] += self.requests[-1]["body"]
+        data = self.uploads[uuid]
+        if request.method == b"PUT":
+            digest = request.args.get(b"digest", [b""])[0].decode()
+            if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+                request.setResponseCode(400)
+                return b'{"errors":[{"code":"DIGEST_INVALID"}]}'
+            self.blobs[digest] = data
+            request.setResponseCode(201)
+            request.setHeader(b"location", base + name + b"/blobs/" + digest.encode())
+            request.setHeader(b"docker-content-digest", digest.encode())
+            return b""
+        request.setResponseCode(202)
+        request.setHeader(b"location", base + name + b"/blobs/uploads/" + uuid
+                          + b"?_state=" + UPLOAD_STATE)
+        request.setHeader(b"docker-upload-uuid", uuid)
+        request.setHeader(b"range", b"0-%d" % (max(len(data), 1) - 1))
+        return b""
 
 
 class FakeTaskFile:

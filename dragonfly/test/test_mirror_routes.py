@@ -37,12 +37,19 @@ class RoutesTests(MirrorTestMixin, SynchronousTestCase):
         self.assertTrue(out.startswith(b"HTTP/1.1 403"), out)
         self.assertEqual(self.agent.urls, [])
 
-    def test_read_only(self):
-        """When a client tries to push through the mirror, it gets 405."""
+    def test_methods(self):
+        """When a client pushes through the mirror (issue 14: the mirror is no
+        longer read-only) the request goes to the upstream; a method the
+        registry API does not use gets 405 and contacts nobody."""
         response = self.get("/v2/library/app/blobs/uploads/", method="POST")
+        self.assertEqual(response.code, 202)
+        self.assertEqual(self.agent.urls, [
+            (b"POST", b"http://registry.example:5000/v2/library/app/blobs/uploads/")])
+        response = self.get("/v2/library/app/blobs/uploads/", method="OPTIONS")
         self.assertEqual(response.code, 405)
-        self.assertEqual(response.headers.getRawHeaders(b"allow"), [b"GET, HEAD"])
-        self.assertEqual(self.agent.urls, [])
+        self.assertEqual(response.headers.getRawHeaders(b"allow"),
+                         [b"GET, HEAD, POST, PUT, PATCH, DELETE"])
+        self.assertEqual(len(self.agent.urls), 1)
 
     def test_bad_paths(self):
         """When the path is not a registry path or smuggles traversal or escapes,
