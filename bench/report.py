@@ -126,7 +126,7 @@ def _mirror_targets(mirror):
 def _mirror_section(m):
     L = ["## Registry mirror (loopback, %s layer, median of %d)" % (_size(m["layer_bytes"]), m["repeats"]), "",
          "| path | median s | MB/s | x registry | TTFB s (curl) | supernode fetched at s | "
-         "dfdaemon downloaded at s |", "|---|---|---|---|---|---|---|"]
+         "dfdaemon downloaded at s | dfdaemon CPU-s / GiB |", "|---|---|---|---|---|---|---|---|"]
 
     def _at(v, key):
         xs = sorted(x for x in (v.get("reached_s") or {}).get(key, []) if x is not None)
@@ -134,9 +134,10 @@ def _mirror_section(m):
     for k in ("registry", "mirror_cold", "mirror_warm", "mirror_cached"):
         v = m["runs"].get(k)
         if v:
-            L.append("| %s | %.2f | %.0f | %s | %.3f | %s | %s |" % (
+            L.append("| %s | %.2f | %.0f | %s | %.3f | %s | %s | %s |" % (
                 k, v["median_s"], v["mb_s"], _f(v.get("ratio_to_registry")), v["ttfb_median_s"],
-                _at(v, "supernode_fetched"), _at(v, "dfdaemon_downloaded")))
+                _at(v, "supernode_fetched"), _at(v, "dfdaemon_downloaded"),
+                _f((v.get("cpu_s_per_gib") or {}).get("dfdaemon"))))
     L += ["", "\"fetched at\" / \"downloaded at\": when (from the client's start) the supernode had read the "
           "whole blob from the registry / the serving dfdaemon had every piece in its store; the rest of the "
           "client's time is the mirror streaming the store to the client."]

@@ -215,7 +215,7 @@ class BlobSinkTests(SynchronousTestCase):
                          (BLOB + b"x", False)]:
             sink = BlobSink(_FakeRequest(), DIGEST, len(BLOB))
             sink.write(data)
-            self.assertEqual(sink.verified(), ok)
+            self.assertEqual(self.successResultOf(sink.check()), ok)
 
     def test_window(self):
         """When a window is set, only those bytes are written but all are hashed."""
@@ -224,6 +224,6 @@ class BlobSinkTests(SynchronousTestCase):
         for i in range(0, len(BLOB), 9):
             sink.write(BLOB[i:i + 9])
         self.assertEqual(b"".join(request.written), BLOB[7:18])  # the tail is held back
-        self.assertTrue(sink.verified())
-        sink.release()
+        self.assertTrue(self.successResultOf(sink.check()))
+        self.successResultOf(sink.release())
         self.assertEqual(b"".join(request.written), BLOB[7:21])
