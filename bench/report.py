@@ -182,10 +182,13 @@ def markdown(res, results_dir):
     s = res.get("single")
     if s and s.get("runs"):
         L += ["## 1. Single stream (loopback, %s, median of %d)" % (_size(s["file_bytes"]), s["repeats"]), "",
-              "| client | median s | MB/s | x curl |", "|---|---|---|---|"]
+              "| client | median s | MB/s | x curl | first round (no warm-up) x curl "
+              "| receiving peer CPU-s / GiB |", "|---|---|---|---|---|---|"]
         for k in _single_order(s["runs"]):
             v = s["runs"][k]
-            L.append("| %s | %.2f | %.0f | %s |" % (k, v["median_s"], v["mb_s"], _f(v.get("ratio_to_curl"))))
+            L.append("| %s | %.2f | %.0f | %s | %s | %s |" % (
+                k, v["median_s"], v["mb_s"], _f(v.get("ratio_to_curl")),
+                _f(v.get("first_round_ratio_to_curl")), _f(v.get("peer_cpu_s_per_gib"))))
         if s.get("bytes"):
             b = s["bytes"][0]
             L += ["", "Origin bytes (cold) %.2fx file; warm download by source: %s. dfget start-up (`--help`) %.2fs."

@@ -17,10 +17,16 @@ from bench.procs import BenchError, Profiler, drop_file, make_file, metric, sha2
 MB = 1e6
 
 
-def _timed(proc, timeout):
+def _timed(proc, timeout, cpu=None, daemon=None):
+    """Wall time of C{proc}; with C{daemon} (a Proc) its CPU seconds
+    (user+sys) while C{proc} ran go to the list C{cpu}."""
+    before = daemon.cpu_seconds() if daemon is not None else None
     rc = proc.wait(timeout)
     if rc != 0:
         raise BenchError("%s exited %s:\n%s" % (proc.name, rc, proc.tail()))
+    if daemon is not None:
+        after = daemon.cpu_seconds()
+        cpu.append(None if after is None or before is None else after - before)
     return proc.elapsed
 
 
@@ -63,11 +69,13 @@ def run(ctx):
     # Round 0 is an untimed warm-up (fresh processes, caches, allocator
     # arenas, first-touch memory on a VM): its figures are kept aside.
     cold, warm, cached = [], [], []
+    cpu = {"cold": [], "warm": [], "cached": []}   # the receiving peer's CPU-s
     sources = []
     warmup = {}
     for i in range(repeats + 1):
         if i == 1:
             warmup = {"cold": cold.pop(), "warm": warm.pop(), "cached": cached.pop()}
+            result["warmup_round_cpu_s"] = {k: v.pop() for k, v in cpu.items()}
             sources.pop()
         sn = Supernode(work, name="supernode%d" % i, extra=ctx.supernode_args).start()
         a = Peer(work, sn.address, name="peerA%d" % i, extra=ctx.peer_args).start()
@@ -79,17 +87,17 @@ def run(ctx):
             _settle()
             prof = ctx.profile and i == 1
             with Profiler(work, {"supernode": sn.proc, "peerA": a.proc}, enabled=prof) as p1:
-                cold.append(_timed(a.dfget(url, out), timeout))
+                cold.append(_timed(a.dfget(url, out), timeout, cpu["cold"], a.proc))
             check("dfget cold")
             origin = nginx.bytes_sent(since=off)
             _settle()
             with Profiler(work, {"peerA_serving": a.proc, "peerB": b.proc}, enabled=prof) as p2:
-                warm.append(_timed(b.dfget(url, out), timeout))
+                warm.append(_timed(b.dfget(url, out), timeout, cpu["warm"], b.proc))
             check("dfget warm")
             if prof:
                 result["profiles"] = {"cold": p1.summary, "warm": p2.summary}
             _settle()
-            cached.append(_timed(a.dfget(url, out), timeout))
+            cached.append(_timed(a.dfget(url, out), timeout, cpu["cached"], a.proc))
             check("dfget cached")
             mb = b.metrics()
             sources.append({
@@ -103,6 +111,15 @@ def run(ctx):
                 p.close()
     for name, ts in (("dfget_cold", cold), ("dfget_warm", warm), ("dfget_cached", cached)):
         result["runs"][name] = _summ(ts, size)
+        peer_cpu = [c for c in cpu[name[6:]] if c is not None]
+        if peer_cpu:
+            result["runs"][name]["peer_cpu_s"] = peer_cpu
+            result["runs"][name]["peer_cpu_s_per_gib"] = statistics.median(peer_cpu) * (1 << 30) / size
+        if warmup.get(name[6:]):
+            # The first download after the bench started (fresh daemons, no warm-up).
+            result["runs"][name]["first_round_mb_s"] = size / warmup[name[6:]] / MB
+            result["runs"][name]["first_round_ratio_to_curl"] = (
+                result["runs"][name]["first_round_mb_s"] / result["runs"]["curl"]["mb_s"])
         result["runs"][name]["ratio_to_curl"] = result["runs"][name]["mb_s"] / result["runs"]["curl"]["mb_s"]
         ctx.log("single: %s %.0f MB/s (%.2fx curl)" % (
             name, result["runs"][name]["mb_s"], result["runs"][name]["ratio_to_curl"]))

@@ -14,6 +14,7 @@ transport of another kind (HTTP/2 streams, test transports) or a platform
 without sendfile gets None, and the caller keeps its buffered path.
 """
 import os
+import socket
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionLost
@@ -41,11 +42,13 @@ def socket_of(transport):
     directly (a plain TCP transport of a socket reactor), else None."""
     if not hasattr(os, "sendfile") or ISSLTransport.providedBy(transport):
         return None
+    if getattr(transport, "TLS", False):     # a TCP transport that started TLS
+        return None
     if buffered(transport) is None or not hasattr(transport, "getHandle"):
         return None
     try:
         sock = transport.getHandle()
-        if sock.fileno() < 0:
+        if not isinstance(sock, socket.socket) or sock.fileno() < 0:
             return None
     except Exception:
         return None

@@ -1,5 +1,6 @@
 """FileSender: file ranges to a plain TCP socket with os.sendfile, on a real reactor."""
 import os
+import socket
 import tempfile
 
 from twisted.internet import defer, reactor, task
@@ -145,10 +146,31 @@ class _TLSTransport(StringTransport):
     dataBuffer, offset, _tempDataLen = b"", 0, 0
 
 
+class _SocketTransport(StringTransport):
+    """Looks like a TCP transport: a buffer Twisted-style, a handle."""
+
+    dataBuffer, offset, _tempDataLen = b"", 0, 0
+
+    def __init__(self, handle):
+        super().__init__()
+        self.handle = handle
+
+    def getHandle(self):
+        return self.handle
+
+
 class SocketOfTests(SynchronousTestCase):
     def test_other_transports_keep_the_buffered_path(self):
-        """When the transport is TLS, or not a socket transport Twisted can
-        tell the buffer of, there is no socket to sendfile to."""
+        """When the transport is TLS (an SSL transport, a TCP transport that
+        started TLS, a handle that is not a socket), or not a socket transport
+        Twisted can tell the buffer of, there is no socket to sendfile to."""
+        sock = socket.socket()
+        self.addCleanup(sock.close)
+        self.assertIs(socket_of(_SocketTransport(sock)), sock)
+        started_tls = _SocketTransport(sock)
+        started_tls.TLS = True
+        self.assertIsNone(socket_of(started_tls))
+        self.assertIsNone(socket_of(_SocketTransport(object())))
         self.assertIsNone(socket_of(_TLSTransport()))
         self.assertIsNone(socket_of(StringTransport()))
         self.assertIsNone(buffered(StringTransport()))
