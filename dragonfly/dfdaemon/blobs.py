@@ -7,10 +7,13 @@ blob counts) whether this client may read that blob, so a layer held by the
 swarm is never handed to a client the registry would refuse. Bytes are streamed to the client in order as the pieces
 arrive, with ``Content-Length`` and ``Docker-Content-Digest``, through a
 L{BlobSink} that is the peer's consumer and the request's push producer (the
-client's socket paces the swarm; memory does not grow with the blob). The
-whole blob is hashed on the way and a mismatch aborts the connection (the
-client sees a truncated transfer, never a clean finish) and the peer drops
-the task and reports it to its supernode. If P2P fails before
+client's socket paces the swarm; memory does not grow with the blob): held
+pieces go from the store's file to a plain TCP socket with sendfile. The
+whole blob is hashed in a thread in parallel (L{BlobSink} holds its last
+bytes until then) and a mismatch aborts the connection (the client sees a
+truncated transfer, never a clean finish) and the peer drops the task and
+reports it to its supernode. A task file that matched once in this process
+and is still sealed is not hashed again. If P2P fails before
 the first byte, the blob is relayed straight from the upstream.
 
 A ``Range`` request (what lazy-pulling snapshotters send) is streamed from
