@@ -164,8 +164,9 @@ class Blobs:
         return first, last
 
     def _sender(self, request):
-        """A FileSender on the client's socket, when it is plain TCP."""
-        if self.reactor is None or request.channel is None:
+        """A FileSender on the client's socket, when it is plain TCP (and the
+        answer has a body: a HEAD never reaches us, but make sure)."""
+        if self.reactor is None or request.channel is None or request.method != b"GET":
             return None
         transport = request.channel.transport
         sock = socket_of(transport)
