@@ -440,10 +440,13 @@ def run(ctx):
                 raise BenchError("%s: output does not match %s" % (name, digest))
             drop_file(out)
 
-        def fetch_big(name, base, watch=None):
+        def fetch_big(name, base, watch=None, cpu=None):
             _settle()
             watch = {k: (_counter(fn), target) for k, (fn, target) in (watch or {}).items()}
+            before = {k: proc.cpu_seconds() for k, proc in (cpu or {}).items()}
             r = curl_get(base + path_big, out, os.path.join(work, "curl-%s.log" % name), timeout, watch)
+            # CPU seconds (user+sys) each process spent while the client ran.
+            r["cpu_s"] = {k: _minus(proc.cpu_seconds(), before[k]) for k, proc in (cpu or {}).items()}
             check(name, big_digest, big)
             return r
 
@@ -483,14 +486,16 @@ def run(ctx):
                 cold = fetch_big("cold", d1.base_url, watch={
                     "supernode_fetched": (lambda: metric(sn.metrics(), "dragonfly_supernode_origin_bytes_total"),
                                           big),
-                    "dfdaemon_downloaded": (lambda: sum(_from(d1.metrics()).values()), big)})
+                    "dfdaemon_downloaded": (lambda: sum(_from(d1.metrics()).values()), big)},
+                    cpu={"supernode": sn.proc, "dfdaemon": d1.proc})
             runs["mirror_cold"].append(cold)
             with Profiler(work, {"dfdaemon1_serving": d1.proc, "dfdaemon2": d2.proc}, enabled=prof) as p2:
                 warm = fetch_big("warm", d2.base_url, watch={
-                    "dfdaemon_downloaded": (lambda: sum(_from(d2.metrics()).values()), big)})
+                    "dfdaemon_downloaded": (lambda: sum(_from(d2.metrics()).values()), big)},
+                    cpu={"dfdaemon": d2.proc, "dfdaemon1_serving": d1.proc})
             runs["mirror_warm"].append(warm)
             with Profiler(work, {"dfdaemon1": d1.proc}, enabled=prof) as p3:
-                cached = fetch_big("cached", d1.base_url)
+                cached = fetch_big("cached", d1.base_url, cpu={"dfdaemon": d1.proc})
             runs["mirror_cached"].append(cached)
             if prof:
                 result["profiles"] = {"cold": p1.summary, "warm": p2.summary, "cached": p3.summary}
@@ -603,9 +608,20 @@ def _summ(runs, size):
     for r in runs:
         for k, v in (r.get("reached_s") or {}).items():
             reached.setdefault(k, []).append(v)
+    cpu = {}
+    for r in runs:
+        for k, v in (r.get("cpu_s") or {}).items():
+            if v is not None:
+                cpu.setdefault(k, []).append(v)
     return {"seconds": [r["wall_s"] for r in runs], "median_s": t, "mb_s": size / t / MB,
+            "cpu_s": {k: statistics.median(v) for k, v in cpu.items()},
+            "cpu_s_per_gib": {k: statistics.median(v) * (1 << 30) / size for k, v in cpu.items()},
             "curl_total_s": [r["total_s"] for r in runs], "reached_s": reached,
             "ttfb_s": [r["ttfb_s"] for r in runs], "ttfb_median_s": statistics.median(r["ttfb_s"] for r in runs)}
+
+
+def _minus(after, before):
+    return None if after is None or before is None else after - before
 
 
 def _summ_small(runs):

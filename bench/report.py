@@ -137,7 +137,7 @@ def _mirror_targets(mirror):
 def _mirror_section(m):
     L = ["## Registry mirror (loopback, %s layer, median of %d)" % (_size(m["layer_bytes"]), m["repeats"]), "",
          "| path | median s | MB/s | x registry | TTFB s (curl) | supernode fetched at s | "
-         "dfdaemon downloaded at s |", "|---|---|---|---|---|---|---|"]
+         "dfdaemon downloaded at s | dfdaemon CPU-s / GiB |", "|---|---|---|---|---|---|---|---|"]
 
     def _at(v, key):
         xs = sorted(x for x in (v.get("reached_s") or {}).get(key, []) if x is not None)
@@ -145,9 +145,10 @@ def _mirror_section(m):
     for k in ("registry", "mirror_cold", "mirror_warm", "mirror_cached"):
         v = m["runs"].get(k)
         if v:
-            L.append("| %s | %.2f | %.0f | %s | %.3f | %s | %s |" % (
+            L.append("| %s | %.2f | %.0f | %s | %.3f | %s | %s | %s |" % (
                 k, v["median_s"], v["mb_s"], _f(v.get("ratio_to_registry")), v["ttfb_median_s"],
-                _at(v, "supernode_fetched"), _at(v, "dfdaemon_downloaded")))
+                _at(v, "supernode_fetched"), _at(v, "dfdaemon_downloaded"),
+                _f((v.get("cpu_s_per_gib") or {}).get("dfdaemon"))))
     L += ["", "\"fetched at\" / \"downloaded at\": when (from the client's start) the supernode had read the "
           "whole blob from the registry / the serving dfdaemon had every piece in its store; the rest of the "
           "client's time is the mirror streaming the store to the client."]
@@ -192,11 +193,14 @@ def markdown(res, results_dir):
     s = res.get("single")
     if s and s.get("runs"):
         L += ["## 1. Single stream (loopback, %s, median of %d)" % (_size(s["file_bytes"]), s["repeats"]), "",
-              "| client | median s | MB/s | x curl | TLS x plain |", "|---|---|---|---|---|"]
+              "| client | median s | MB/s | x curl | first round (no warm-up) x curl "
+              "| receiving peer CPU-s / GiB | TLS x plain |", "|---|---|---|---|---|---|---|"]
         for k in _single_order(s["runs"]):
             v = s["runs"][k]
-            L.append("| %s | %.2f | %.0f | %s | %s |" % (k, v["median_s"], v["mb_s"],
-                                                      _f(v.get("ratio_to_curl")), _f(v.get("ratio_to_plain"))))
+            L.append("| %s | %.2f | %.0f | %s | %s | %s | %s |" % (
+                k, v["median_s"], v["mb_s"], _f(v.get("ratio_to_curl")),
+                _f(v.get("first_round_ratio_to_curl")), _f(v.get("peer_cpu_s_per_gib")),
+                _f(v.get("ratio_to_plain"))))
         if "dfget_cold_tls" in s["runs"]:
             L += ["", "`_tls`: the same rounds with mutual TLS on the supernode API and every piece port "
                   "(certificates from `dragonfly-pki`); cached moves no bytes between nodes, so it has no "

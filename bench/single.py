@@ -18,10 +18,16 @@ from bench.tlsfiles import BenchPKI
 MB = 1e6
 
 
-def _timed(proc, timeout):
+def _timed(proc, timeout, cpu=None, daemon=None):
+    """Wall time of C{proc}; with C{daemon} (a Proc) its CPU seconds
+    (user+sys) while C{proc} ran go to the list C{cpu}."""
+    before = daemon.cpu_seconds() if daemon is not None else None
     rc = proc.wait(timeout)
     if rc != 0:
         raise BenchError("%s exited %s:\n%s" % (proc.name, rc, proc.tail()))
+    if daemon is not None:
+        after = daemon.cpu_seconds()
+        cpu.append(None if after is None or before is None else after - before)
     return proc.elapsed
 
 
@@ -65,14 +71,16 @@ def run(ctx):
     if profiles:
         result["profiles"] = profiles
     _add_runs(ctx, result, size, (("dfget_cold", cold), ("dfget_warm", warm),
-                                  ("dfget_cached", cached)))
+                                  ("dfget_cached", cached)), rounds.cpu, warmup)
+    result["warmup_round_cpu_s"] = rounds.warmup_cpu
     ctx.save_partial("single", result)
     if getattr(ctx, "tls", True):
         # the same rounds with mutual TLS on the supernode API and piece ports
         # (certificates from dragonfly-pki); cached moves no bytes over TLS
         rounds.tls = BenchPKI(os.path.join(work, "pki"))
         cold_t, warm_t, _, sources_t, warmup_t, _ = rounds.run()
-        _add_runs(ctx, result, size, (("dfget_cold_tls", cold_t), ("dfget_warm_tls", warm_t)))
+        _add_runs(ctx, result, size, (("dfget_cold_tls", cold_t), ("dfget_warm_tls", warm_t)),
+                  rounds.cpu, warmup_t)
         for kind in ("cold", "warm"):
             result["runs"]["dfget_%s_tls" % kind]["ratio_to_plain"] = (
                 result["runs"]["dfget_%s_tls" % kind]["mb_s"] / result["runs"]["dfget_%s" % kind]["mb_s"])
@@ -97,14 +105,17 @@ class _Rounds:
         self.ctx, self.work, self.nginx, self.url, self.out = ctx, work, nginx, url, out
         self.check, self.timeout, self.repeats = check, timeout, repeats
         self.tls = None
+        self.cpu = self.warmup_cpu = None
 
     def run(self):
         cold, warm, cached, sources, profiles = [], [], [], [], None
         warmup = {}
+        self.cpu = {"cold": [], "warm": [], "cached": []}   # the receiving peer's CPU-s
         tag = "-tls" if self.tls is not None else ""
         for i in range(self.repeats + 1):
             if i == 1:
                 warmup = {"cold": cold.pop(), "warm": warm.pop(), "cached": cached.pop()}
+                self.warmup_cpu = {k: v.pop() for k, v in self.cpu.items()}
                 sources.pop()
             sn = Supernode(self.work, name="supernode%d%s" % (i, tag),
                            extra=self.ctx.supernode_args, tls=self.tls).start()
@@ -131,17 +142,17 @@ class _Rounds:
         off = self.nginx.log_offset()
         _settle()
         with Profiler(self.work, {"supernode": sn.proc, "peerA": a.proc}, enabled=profile) as p1:
-            got["cold"] = _timed(a.dfget(self.url, self.out), self.timeout)
+            got["cold"] = _timed(a.dfget(self.url, self.out), self.timeout, self.cpu["cold"], a.proc)
         self.check("dfget cold")
         origin = self.nginx.bytes_sent(since=off)
         _settle()
         with Profiler(self.work, {"peerA_serving": a.proc, "peerB": b.proc}, enabled=profile) as p2:
-            got["warm"] = _timed(b.dfget(self.url, self.out), self.timeout)
+            got["warm"] = _timed(b.dfget(self.url, self.out), self.timeout, self.cpu["warm"], b.proc)
         self.check("dfget warm")
         if profile:
             got["profiles"] = {"cold": p1.summary, "warm": p2.summary}
         _settle()
-        got["cached"] = _timed(a.dfget(self.url, self.out), self.timeout)
+        got["cached"] = _timed(a.dfget(self.url, self.out), self.timeout, self.cpu["cached"], a.proc)
         self.check("dfget cached")
         mb = b.metrics()
         got["sources"] = {
@@ -153,9 +164,19 @@ class _Rounds:
         return got
 
 
-def _add_runs(ctx, result, size, named):
+def _add_runs(ctx, result, size, named, cpu, warmup):
     for name, ts in named:
         result["runs"][name] = _summ(ts, size)
+        kind = name.split("_")[1]
+        peer_cpu = [c for c in cpu[kind] if c is not None]
+        if peer_cpu:
+            result["runs"][name]["peer_cpu_s"] = peer_cpu
+            result["runs"][name]["peer_cpu_s_per_gib"] = statistics.median(peer_cpu) * (1 << 30) / size
+        if warmup.get(kind):
+            # The first download after the bench started (fresh daemons, no warm-up).
+            result["runs"][name]["first_round_mb_s"] = size / warmup[kind] / MB
+            result["runs"][name]["first_round_ratio_to_curl"] = (
+                result["runs"][name]["first_round_mb_s"] / result["runs"]["curl"]["mb_s"])
         result["runs"][name]["ratio_to_curl"] = result["runs"][name]["mb_s"] / result["runs"]["curl"]["mb_s"]
         ctx.log("single: %s %.0f MB/s (%.2fx curl)" % (
             name, result["runs"][name]["mb_s"], result["runs"][name]["ratio_to_curl"]))

@@ -7,10 +7,13 @@ blob counts) whether this client may read that blob, so a layer held by the
 swarm is never handed to a client the registry would refuse. Bytes are streamed to the client in order as the pieces
 arrive, with ``Content-Length`` and ``Docker-Content-Digest``, through a
 L{BlobSink} that is the peer's consumer and the request's push producer (the
-client's socket paces the swarm; memory does not grow with the blob). The
-whole blob is hashed on the way and a mismatch aborts the connection (the
-client sees a truncated transfer, never a clean finish) and the peer drops
-the task and reports it to its supernode. If P2P fails before
+client's socket paces the swarm; memory does not grow with the blob): held
+pieces go from the store's file to a plain TCP socket with sendfile. The
+whole blob is hashed in a thread in parallel (L{BlobSink} holds its last
+bytes until then) and a mismatch aborts the connection (the client sees a
+truncated transfer, never a clean finish) and the peer drops the task and
+reports it to its supernode. A task file that matched once in this process
+and is still sealed is not hashed again. If P2P fails before
 the first byte, the blob is relayed straight from the upstream.
 
 A ``Range`` request (what lazy-pulling snapshotters send) is streamed from
@@ -27,182 +30,27 @@ an ``If-Range`` other than the blob's ETag gets the whole body, a range
 past the end gets 416.
 """
 import hashlib
+import weakref
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from dragonfly.dfdaemon.access import check as check_access
+from dragonfly.dfdaemon.blobsink import BlobSink
 from dragonfly.dfdaemon.multipart import Parts
 from dragonfly.dfdaemon.passthrough import NOT_FOR_ACCESS_CHECK, forward_headers
 from dragonfly.dfdaemon.routes import MirrorError
-from dragonfly.httpio import (
-    RangeNotSatisfiable, abort, content_range, describe, parse_ranges, unregister)
+from dragonfly.httpio import RangeNotSatisfiable, abort, content_range, describe, parse_ranges
 from dragonfly.redact import redact_text, redact_url
+from dragonfly.runtime.sendfile import FileSender, socket_of
+
+__all__ = ["BlobSink", "Blobs"]
 
 
 def _named_by(digest):
     """The download arguments naming a blob's task by its digest (sha256 only:
     a longer digest is no task id, and the peer derives the id from the URL)."""
     return {"digest": digest} if digest.startswith("sha256:") else {}
-
-
-@implementer(IConsumer, IPushProducer)
-class BlobSink:
-    """Receives a blob's bytes in order, hashes all of them, writes a window to the request.
-
-    To the blob source it is a consumer; to the request it is a push
-    producer, so the client's socket paces the swarm end to end. A pull
-    producer (one chunk per C{resumeProducing}, like the peer's ordered
-    stream) is driven here directly -- one chunk asked for after each chunk
-    written, none while the client's socket is full -- rather than by
-    Twisted's C{_PullToPush}, whose cooperator would spin while the producer
-    waits for pieces from the network.
-    """
-
-    def __init__(self, request, digest, length, first=0, last=None, on_bytes=None,
-                 whole=True, parts=None):
-        algo, _, self.expected = digest.partition(":")
-        #: True: the source sends the whole blob, hashed here and the window's
-        #: end held back until it matches; False: it sends only the window
-        #: (bytes of pieces already verified by their piece digests).
-        self.whole = whole
-        self._hash = hashlib.new(algo) if whole else None
-        self.request = request
-        self.length = length
-        self.first = first
-        self.last = length - 1 if last is None else last
-        self.offset = 0 if whole else first
-        self.producer = None
-        self.streaming = False
-        self._registered = False
-        self._paused = False
-        self._pulling = False
-        self._again = False
-        self._on_bytes = on_bytes or (lambda n: None)
-        self.overflow = False
-        self.closed = False
-        self._held = None
-        #: a L{Parts} (several windows, multipart) or None
-        self.parts = parts
-
-    # IConsumer, for the blob source
-
-    def registerProducer(self, producer, streaming):
-        if self.closed:
-            producer.stopProducing()
-            return
-        self.producer = producer
-        self.streaming = bool(streaming)
-        if not self._registered and self.request.channel is not None:
-            self.request.registerProducer(self, True)
-            self._registered = True
-        if self.streaming:
-            if self._paused:
-                producer.pauseProducing()
-        else:
-            self._pull()
-
-    def unregisterProducer(self):
-        self.producer = None
-        if self._registered:
-            self._registered = False
-            unregister(self.request)
-
-    def write(self, data):
-        if self.closed:
-            return
-        n = len(data)
-        end = self.offset + n
-        if end > (self.length if self.whole else self.last + 1):
-            self.overflow = True
-            self.close()
-            return
-        if self._hash is not None:
-            self._hash.update(data)
-        lo = max(self.first, self.offset)
-        hi = min(self.last + 1, end)
-        if hi > lo:
-            chunk = data if (lo == self.offset and hi == end) else bytes(
-                memoryview(data)[lo - self.offset:hi - self.offset])
-            if hi == self.last + 1 and self.whole:
-                # The window's final bytes wait for the digest: a client must
-                # never receive a complete response for a corrupt blob.
-                self._held = chunk
-            elif self.parts is not None:
-                out, sent = self.parts.cut(lo, chunk)
-                for part in out:
-                    self.request.write(part)
-                self._on_bytes(sent)
-            else:
-                self.request.write(chunk)
-                self._on_bytes(len(chunk))
-        self.offset = end
-        if self.producer is not None and not self.streaming:
-            self._pull()
-
-    # IPushProducer, for the request
-
-    def pauseProducing(self):
-        self._paused = True
-        if self.producer is not None and self.streaming:
-            self.producer.pauseProducing()
-
-    def resumeProducing(self):
-        self._paused = False
-        if self.producer is None:
-            return
-        if self.streaming:
-            self.producer.resumeProducing()
-        else:
-            self._pull()
-
-    def stopProducing(self):
-        self.close()
-
-    def _pull(self):
-        """Ask a pull producer for its next chunk, without recursing per chunk."""
-        if self._pulling:
-            self._again = True
-            return
-        self._pulling = True
-        try:
-            while not (self._paused or self.closed or self.producer is None):
-                self._again = False
-                self.producer.resumeProducing()
-                if not self._again:
-                    break
-        finally:
-            self._pulling = False
-
-    def verified(self):
-        """Whole: every byte came and the blob matches its digest. A window:
-        every byte of the window came (each piece matched its own digest)."""
-        if not self.whole:
-            return not self.overflow and self.offset == self.last + 1
-        return (not self.overflow and self.offset == self.length
-                and self._hash.hexdigest() == self.expected)
-
-    def release(self):
-        """Write the held-back final bytes (call only once verified())."""
-        held, self._held = self._held, None
-        if held:
-            self.request.write(held)
-            self._on_bytes(len(held))
-
-    def close(self):
-        """Stop accepting bytes and stop the producer (client gone, or an error)."""
-        if self.closed:
-            return
-        self.closed = True
-        producer, self.producer = self.producer, None
-        self.unregisterProducer()
-        if producer is not None:
-            try:
-                producer.stopProducing()
-            except Exception:  # noqa: BLE001 - already stopped is fine
-                pass
 
 
 class Blobs:
@@ -214,15 +62,25 @@ class Blobs:
         asks the registry and relays its answer when P2P is refused or fails.
     @param metrics: a L{dragonfly.metrics.PeerMetrics}.
     @param check_access: ask the registry before serving a blob.
+    @param reactor: the reactor whose plain TCP connections get held pieces
+        by sendfile; None: every byte goes through the request.
+    @param runner: the L{dragonfly.interfaces.IRunner} hashing blobs (a
+        thread pool; default inline).
     """
 
     log = Logger()
 
-    def __init__(self, peer, passthrough, metrics, check_access=True):
+    def __init__(self, peer, passthrough, metrics, check_access=True, reactor=None,
+                 runner=None):
         self.peer = peer
         self.passthrough = passthrough
         self.metrics = metrics
         self.check_access = check_access
+        self.reactor = reactor
+        self.runner = runner
+        # Task files whose whole content matched their digest in this process
+        # (and are sealed: the store drops one whose file changed since).
+        self._good = weakref.WeakSet()
 
     async def get(self, ex, target):
         """Answer the exchange C{ex}, a GET of the blob C{target.digest}."""
@@ -337,6 +195,20 @@ class Blobs:
         request.setHeader(b"content-length", b"%d" % (last - first + 1 if length else 0))
         return first, last, None
 
+    def _sender(self, request):
+        """A FileSender on the client's socket, when it is plain TCP (and the
+        answer has a body: a HEAD never reaches us, but make sure)."""
+        if self.reactor is None or request.channel is None or request.method != b"GET":
+            return None
+        transport = request.channel.transport
+        sock = socket_of(transport)
+        if sock is None:
+            return None
+        return FileSender(self.reactor, transport, sock)
+
+    def _known_good(self, task_file):
+        return task_file in self._good and task_file.is_complete and task_file.intact()
+
     async def _send(self, ex, task_file, digest):
         request = ex.request
         length = task_file.length
@@ -352,10 +224,20 @@ class Blobs:
         # then hands out first); the whole blob from 0, hashed on the way.
         whole = parts is None and first == 0 and last == length - 1
         sink = BlobSink(request, digest, length, first, last,
-                        on_bytes=self.metrics.mirror_blob_bytes.inc, whole=whole, parts=parts)
+                        on_bytes=self.metrics.mirror_blob_bytes.inc, whole=whole,
+                        known_good=whole and self._known_good(task_file),
+                        runner=self.runner, parts=parts,
+                        sender=None if parts is not None else self._sender(request))
+        ex.on_gone.append(sink.close)
+        try:
+            await self._stream(ex, sink, task_file, digest, whole, first, last)
+        finally:
+            sink.close()
+
+    async def _stream(self, ex, sink, task_file, digest, whole, first, last):
+        request = ex.request
         stream = self.peer.stream(task_file, sink, 0 if whole else first,
                                   None if whole else last + 1)
-        ex.on_gone.append(sink.close)
         ex.on_gone.append(stream.cancel)
         try:
             await stream
@@ -370,19 +252,34 @@ class Blobs:
                     raise MirrorError(502, "UNAVAILABLE", f"P2P download failed: {describe(e)}")
             return
         sink.unregisterProducer()
+        try:
+            ok = await sink.check()
+        except Exception as e:  # noqa: BLE001 - a read error while hashing
+            self.log.warn("hashing blob {digest} failed: {error}", digest=digest,
+                          error=describe(e))
+            ok = None
         if ex.gone:
             return
-        if not sink.verified():
-            self.log.error(
-                "blob {digest} failed verification ({offset} of {length} bytes): aborting",
-                digest=digest, offset=sink.offset, length=length)
-            ex.kind = "blob-corrupt"
-            request.setResponseCode(502)  # for the metrics label; headers are long gone
-            abort(request)
-            if sink.whole and sink.offset == length:
-                # The whole blob came and did not match: our copy is wrong.
-                self.peer.drop_corrupt(
-                    task_file.task_id, f"blob content does not match {digest}")
+        if not ok:
+            self._corrupt(ex, sink, task_file, digest, ok)
             return
-        sink.release()
-        request.finish()
+        if sink.gated and task_file.is_complete:
+            self._good.add(task_file)
+        await sink.release()
+        if not ex.gone:
+            request.finish()
+
+    def _corrupt(self, ex, sink, task_file, digest, ok):
+        """The blob did not verify: the client gets a truncated response."""
+        length = task_file.length
+        self.log.error(
+            "blob {digest} failed verification ({offset} of {length} bytes): aborting",
+            digest=digest, offset=sink.offset, length=length)
+        ex.kind = "blob-corrupt"
+        ex.request.setResponseCode(502)  # for the metrics label; headers are long gone
+        sink.close()     # our duplicate of the socket goes before the abort
+        abort(ex.request)
+        if ok is False and sink.whole and sink.offset == length:
+            # The whole blob came and did not match: our copy is wrong.
+            self.peer.drop_corrupt(
+                task_file.task_id, f"blob content does not match {digest}")

@@ -42,11 +42,12 @@ class RegistryMirror:
     log = Logger()
 
     def __init__(self, reactor, agent, peer, upstreams, metrics,
-                 header_timeout=60.0, health=None, check_access=True):
+                 header_timeout=60.0, health=None, check_access=True, runner=None):
         self.metrics = metrics
         self.routes = Routes(upstreams, metrics, health)
         self.passthrough = Passthrough(reactor, agent, header_timeout)
-        self.blobs = Blobs(peer, self.passthrough, metrics, check_access)
+        self.blobs = Blobs(peer, self.passthrough, metrics, check_access, reactor=reactor,
+                           runner=runner)
 
     @property
     def upstreams(self):

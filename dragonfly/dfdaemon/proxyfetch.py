@@ -172,15 +172,23 @@ class P2PFetch:
                     raise ProxyError(502, f"P2P download failed: {describe(e)}")
             return
         sink.unregisterProducer()
+        try:
+            ok = await sink.check()
+        except Exception as e:  # noqa: BLE001 - a read error while hashing
+            self.log.warn("hashing {url} failed: {error}", url=redact_url(task_file.url),
+                          error=describe(e))
+            ok = None
         if ex.gone:
             return
-        if not sink.verified():
+        if not ok:
             self.log.error("{url} does not match {digest}: aborting",
                            url=redact_url(task_file.url), digest=digest)
             ex.kind = "failed"
+            sink.close()
             abort(request)
-            if whole and sink.offset == length:
+            if ok is False and whole and sink.offset == length:
                 self.peer.drop_corrupt(task_file.task_id, f"content does not match {digest}")
             return
-        sink.release()
-        request.finish()
+        await sink.release()
+        if not ex.gone:
+            request.finish()

@@ -19,6 +19,7 @@ from dragonfly.dfdaemon.upload import StreamingChannel, StreamingRequest
 from dragonfly.httpsite import harden_site
 from dragonfly.dfdaemon.upstream import DEFAULT_REGISTRY, Upstreams, UpstreamTLSPolicy
 from dragonfly.runtime.daemon import server_endpoint
+from dragonfly.runtime.threads import ThreadRunner
 
 __all__ = ["MirrorConfig", "UpstreamPoolService", "make_upstream_agent", "build_mirror",
            "attach_mirror", "registry_origins"]
@@ -116,7 +117,8 @@ def build_mirror(reactor, config, peer, metrics, health=None, egress=None):
     agent = make_upstream_agent(reactor, upstreams, pool, config.connect_timeout, egress)
     mirror = RegistryMirror(reactor, agent, peer, upstreams, metrics,
                             header_timeout=config.upstream_timeout, health=health,
-                            check_access=config.check_access)
+                            check_access=config.check_access,
+                            runner=ThreadRunner(reactor, max_threads=2, name="dragonfly-blobhash"))
     site = MirrorSite(mirror.resource(), reactor=reactor)
     return mirror, site, pool
 

@@ -5,6 +5,12 @@ to a consumer (an HTTP request of the peer API or of the registry mirror):
 a push producer that writes the task's bytes in order as soon as each piece
 is in the store (or passed through it, when the cache is full), honouring the consumer's pause/resume. Its C{cursor} (the
 piece it writes or waits for) steers the swarm session's schedule calls.
+
+A consumer with a C{send_file} (not None) takes the pieces held in the
+store as file ranges instead of bytes: C{send_file(task_file, offset,
+length)} returns a Deferred firing once they are sent (the mirror's blob
+sink writes them with sendfile); pieces passed through (not in the file)
+still come as bytes through C{write}.
 """
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer
@@ -38,6 +44,8 @@ class OrderedPushProducer:
     """
 
     chunk = 1024 * 1024
+    #: Most bytes of consecutive held pieces handed to C{send_file} at once.
+    span = 64 * 1024 * 1024
     log = Logger()
 
     def __init__(self, wait_piece, tf, consumer, start, end):
@@ -51,6 +59,7 @@ class OrderedPushProducer:
         self._stopped = False
         self._current = None
         self._ahead = None       # (offset, length, Deferred) of the read-ahead
+        self._send_file = getattr(consumer, "send_file", None)
         self.done = Deferred(lambda d: self._abort(Failure(CancelledError()), unregister=True))
 
     @property
@@ -129,6 +138,9 @@ class OrderedPushProducer:
                                         "and no download is running")
                 await self._wait(w)
                 continue
+            if self._send_file is not None and tf.has(index):
+                await self._file_span(index)
+                continue
             n = self._chunk_at(self._offset)
             ahead, self._ahead = self._ahead, None
             if ahead is not None and ahead[:2] == (self._offset, n):
@@ -153,6 +165,19 @@ class OrderedPushProducer:
             if not self.done.called:
                 self.done.callback(None)
 
+    async def _file_span(self, index):
+        """Hand the consumer the held pieces from the cursor on, as one file range."""
+        tf = self._tf
+        start = self._offset
+        limit = min(self._end, start + self.span)
+        end = start
+        while end < limit and tf.has(index):
+            end = min(sum(tf.piece_range(index)), limit)
+            index += 1
+        await self._wait(self._send_file(tf, start, end - start))
+        if not self._stopped:
+            self._offset = end
+
     def _chunk_at(self, offset):
         p_off, p_len = self._tf.piece_range(offset // self._tf.piece_size)
         return min(self.chunk, p_off + p_len - offset, self._end - offset)
@@ -160,8 +185,11 @@ class OrderedPushProducer:
     def _read_ahead(self):
         """Start reading the next chunk now if its piece is held already."""
         offset = self._offset
-        if offset >= self._end or not self._tf.readable(offset // self._tf.piece_size):
+        index = offset // self._tf.piece_size
+        if offset >= self._end or not self._tf.readable(index):
             return
+        if self._send_file is not None and self._tf.has(index):
+            return   # sent from the file, not read
         n = self._chunk_at(offset)
         self._ahead = (offset, n, self._tf.read_range(offset, n))
 

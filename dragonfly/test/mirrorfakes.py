@@ -161,10 +161,15 @@ class FakeRegistry(Resource):
 
 
 class FakeTaskFile:
+    is_complete = False    # never remembered as a verified blob
+
     def __init__(self, task_id, url, length):
         self.task_id = task_id
         self.url = url
         self.length = length
+
+    def intact(self):
+        return True
 
 
 @implementer(IPullProducer)

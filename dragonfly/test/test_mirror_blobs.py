@@ -11,7 +11,7 @@ from zope.interface import implementer
 
 from dragonfly.dfdaemon.blobs import BlobSink
 from dragonfly.metrics import sample
-from dragonfly.test.mirrorfakes import BLOB, DIGEST, REALM, MirrorTestMixin
+from dragonfly.test.mirrorfakes import BLOB, DIGEST, REALM, FakeTaskFile, MirrorTestMixin
 
 
 class BlobTests(MirrorTestMixin, SynchronousTestCase):
@@ -59,6 +59,31 @@ class BlobTests(MirrorTestMixin, SynchronousTestCase):
         self.assertEqual(response.code, 404)
         self.assertIn(b"BLOB_UNKNOWN", self.body(response))
         self.assertEqual(self.peer.downloads, [])
+
+    def test_verified_copy_not_hashed_again(self):
+        """When a complete copy matched its digest once, the next GET of that
+        same copy is not hashed again; once its file changed (not intact),
+        it is."""
+        from dragonfly.dfdaemon import blobsink
+        hashers = []
+        real = blobsink.BlobHasher
+        self.patch(blobsink, "BlobHasher", lambda *a: hashers.append(a) or real(*a))
+        tf = FakeTaskFile(DIGEST, "u", len(BLOB))
+        tf.is_complete = True
+        intact = [True]
+        tf.intact = lambda: intact[0]
+        record = self.peer.download
+
+        def download(url, on_start=None, **kw):
+            record(url, **kw)
+            on_start.callback(tf)
+            return defer.succeed(tf)
+        self.peer.download = download
+        for changed, expected in [(False, 1), (False, 1), (True, 2)]:
+            intact[0] = not changed
+            response = self.get(f"/v2/library/app/blobs/{DIGEST}")
+            self.assertEqual(self.body(response), BLOB)
+            self.assertEqual(len(hashers), expected)
 
     def test_digest_mismatch_aborts(self):
         """When the bytes from P2P do not match the digest, the response is cut
@@ -215,7 +240,7 @@ class BlobSinkTests(SynchronousTestCase):
                          (BLOB + b"x", False)]:
             sink = BlobSink(_FakeRequest(), DIGEST, len(BLOB))
             sink.write(data)
-            self.assertEqual(sink.verified(), ok)
+            self.assertEqual(self.successResultOf(sink.check()), ok)
 
     def test_window(self):
         """When a window is set, only those bytes are written but all are hashed."""
@@ -224,6 +249,6 @@ class BlobSinkTests(SynchronousTestCase):
         for i in range(0, len(BLOB), 9):
             sink.write(BLOB[i:i + 9])
         self.assertEqual(b"".join(request.written), BLOB[7:18])  # the tail is held back
-        self.assertTrue(sink.verified())
-        sink.release()
+        self.assertTrue(self.successResultOf(sink.check()))
+        self.successResultOf(sink.release())
         self.assertEqual(b"".join(request.written), BLOB[7:21])

@@ -224,14 +224,14 @@ class WindowSinkTests(SynchronousTestCase):
         sink = BlobSink(request, DIGEST, len(BLOB), first=7, last=20, whole=False)
         self.assertEqual(sink.offset, 7)
         sink.write(BLOB[7:15])
-        self.assertFalse(sink.verified())
+        self.assertFalse(self.successResultOf(sink.check()))
         sink.write(BLOB[15:21])
         self.assertEqual(b"".join(request.written), BLOB[7:21])
-        self.assertTrue(sink.verified())
+        self.assertTrue(self.successResultOf(sink.check()))
 
     def test_window_overflow(self):
         """More bytes than the window: closed, never complete."""
         sink = BlobSink(_Request(), DIGEST, len(BLOB), first=7, last=20, whole=False)
         sink.write(BLOB[7:22])
         self.assertTrue(sink.overflow)
-        self.assertFalse(sink.verified())
+        self.assertFalse(self.successResultOf(sink.check()))

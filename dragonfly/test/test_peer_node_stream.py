@@ -1,4 +1,6 @@
 """PeerNode.stream: the in-order push producer, its cursor and its back-pressure."""
+import os
+
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -30,7 +32,62 @@ class _PausingConsumer:
         return b"".join(self.data)
 
 
+class _FileConsumer(_PausingConsumer):
+    """A consumer taking held pieces as file ranges (what the mirror's sink
+    does with sendfile); each send completes when the test says so."""
+
+    def __init__(self):
+        super().__init__()
+        self.ranges = []     # (offset, length, Deferred)
+
+    def write(self, data):
+        self.data.append(data)
+
+    def send_file(self, task_file, offset, length):
+        task_file.pin()
+        try:
+            self.data.append(os.pread(task_file.fileno(), length, offset))
+        finally:
+            task_file.unpin()
+        d = Deferred()
+        self.ranges.append((offset, length, d))
+        return d
+
+
 class StreamTests(NodeMixin, SynchronousTestCase):
+
+    def test_stream_file_ranges(self):
+        """When the consumer has send_file, held pieces are handed over as file
+        ranges (consecutive held pieces as one range, the next one only once
+        the previous was sent), in order, waiting for pieces still fetched."""
+        node = self.make(sources=(PEER_A,))
+        self.pool.manual = True
+        started = []
+        d = node.download(URL, on_start=started.append)
+        tf = started[0]
+        consumer = _FileConsumer()
+        sd = node.stream(tf, consumer, start=10)
+        held = self.pool.held
+        self.pool.held = []
+        for i in (2, 1):
+            held[i][0].callback(held[i][1])
+        self.assertEqual(consumer.ranges, [])      # piece 0 is missing
+        held[0][0].callback(held[0][1])
+        self.assertEqual([r[:2] for r in consumer.ranges], [(10, 3 * PIECE - 10)])
+        for d_, data in held[3:]:
+            d_.callback(data)
+        while self.pool.held:
+            self.pool.release()
+        self.assertEqual(len(consumer.ranges), 1)  # the next waits for this one
+        consumer.ranges[0][2].callback(None)
+        self.assertEqual([r[:2] for r in consumer.ranges[1:]],
+                         [(3 * PIECE, len(DATA) - 3 * PIECE)])
+        self.assertNoResult(sd)
+        consumer.ranges[1][2].callback(None)
+        self.successResultOf(sd)
+        self.successResultOf(d)
+        self.assertEqual(consumer.value(), DATA[10:])
+        self.assertIsNone(consumer.producer)
 
     def test_stream_sends_cursor(self):
         """While a stream reads a task (started from on_start, as the dfdaemon
