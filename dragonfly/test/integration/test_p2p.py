@@ -110,6 +110,22 @@ class SwarmTests(SharedSwarmMixin, _Base):
         self.assertLess(served, 3 * BIG, "the supernode served every copy itself")
 
     @with_logs()
+    async def test_body_without_content_length(self):
+        """When the origin sends a file chunked, without Content-Length, ETag or
+        Last-Modified (nginx's SSI filter), dfget through two peers gets the
+        exact bytes both times, and the origin sent the body once."""
+        swarm = await self.swarm_()
+        name = swarm.new_file("chunked", SMALL)
+        url = swarm.origin_url("chunked/" + name)
+        for peer in swarm.peers[:2]:
+            r = await swarm.dfget(url, peer=peer, timeout=60)
+            self.assertDownloaded(r, swarm, name)
+        bodies = [r for r in swarm.origin.requests()
+                  if r["uri"] == "/chunked/" + name and r["method"] == "GET"]
+        self.assertEqual([r["status"] for r in bodies], [200], bodies)
+        self.assertGreaterEqual(bodies[0]["bytes"], SMALL, bodies)
+
+    @with_logs()
     async def test_origin_404(self):
         """When the origin answers 404, dfget exits non-zero with a one-line
         reason naming the status and leaves no output file."""
