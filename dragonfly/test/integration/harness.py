@@ -712,8 +712,10 @@ class Swarm:
 
     # -- nodes ---------------------------------------------------------------
 
-    async def _start_node(self, name, role, args, egress=ALLOW_LOOPBACK, http=None):
-        data_dir = self.path(name + "-data")
+    async def _start_node(self, name, role, args, egress=ALLOW_LOOPBACK, http=None,
+                          data_dir=None, ports=("api", "piece")):
+        """``data_dir``: an existing one (e.g. a stopped node's, to restart it)."""
+        data_dir = data_dir or self.path(name + "-data")
         os.makedirs(data_dir, exist_ok=True)
         port_file = self.path(name + ".ports")
         argv = [executable("twistd"), "-n", "--pidfile=", role,
@@ -724,7 +726,7 @@ class Swarm:
             node.scheme, node.http = "https", http
         http = http or self.http
         try:
-            await node.wait_ports(self.clock, ["api", "piece"])
+            await node.wait_ports(self.clock, list(ports))
             await poll_until(self.clock, lambda: http.healthy(node.api), 30,
                              f"{name} /healthz", check=node.check_alive)
         except BaseException:
@@ -734,16 +736,18 @@ class Swarm:
         return node
 
     async def start_supernode(self, piece_size="1M", extra=(), egress=ALLOW_LOOPBACK,
-                              tls_http=None):
+                              tls_http=None, data_dir=None):
         """``tls_http``: an L{HTTP} with a client certificate when ``extra``
-        turns mutual TLS on (the API is then https, polled through it)."""
+        turns mutual TLS on (the API is then https, polled through it);
+        ``data_dir``: an existing one (a restart)."""
         name = self._name("supernode")
         args = ["--listen", f"tcp:0:interface={LOOPBACK}",
                 "--piece-listen", f"tcp:0:interface={LOOPBACK}",
                 "--advertise", LOOPBACK]
         if piece_size:
             args += ["--piece-size", str(piece_size)]
-        node = await self._start_node(name, "supernode", args + list(extra), egress, tls_http)
+        node = await self._start_node(name, "supernode", args + list(extra), egress, tls_http,
+                                      data_dir=data_dir)
         self.supernodes.append(node)
         return node
 
@@ -791,17 +795,36 @@ class Swarm:
         nodes = self.supernodes if supernodes is None else supernodes
         return ",".join(n.api_hostport for n in nodes)
 
-    async def start_peer(self, supernodes=None, extra=(), egress=ALLOW_LOOPBACK):
+    async def start_peer(self, supernodes=None, extra=(), egress=ALLOW_LOOPBACK, data_dir=None):
         """A peer of ``supernodes`` (default: every supernode of the swarm; a
         string is passed through as the --supernodes value). ``egress``: its
-        --allow-origin/--deny-origin flags (default: loopback allowed)."""
+        --allow-origin/--deny-origin flags (default: loopback allowed);
+        ``data_dir``: an existing one (a restart)."""
         name = self._name("peer")
         sn = supernodes if isinstance(supernodes, str) else self.supernode_list(supernodes)
         args = ["--supernodes", sn,
                 "--piece-listen", f"tcp:0:interface={LOOPBACK}",
                 "--api-listen", f"tcp:0:interface={LOOPBACK}",
                 "--advertise", LOOPBACK]
-        node = await self._start_node(name, "peer", args + list(extra), egress)
+        node = await self._start_node(name, "peer", args + list(extra), egress, data_dir=data_dir)
+        self.peers.append(node)
+        return node
+
+    async def start_dfdaemon(self, registry=None, extra=(), egress=ALLOW_LOOPBACK, data_dir=None):
+        """A dfdaemon (a peer of every supernode plus a registry mirror on
+        C{.mirror_port}); ``registry``: its plain-HTTP upstream (default: the
+        swarm's origin, enough when no test pulls an image). In C{peers}."""
+        name = self._name("dfdaemon")
+        registry = registry or self.origin.base
+        args = ["--supernodes", self.supernode_list(),
+                "--listen", f"tcp:0:interface={LOOPBACK}",
+                "--piece-listen", f"tcp:0:interface={LOOPBACK}",
+                "--api-listen", f"tcp:0:interface={LOOPBACK}",
+                "--advertise", LOOPBACK,
+                "--registry", registry, "--insecure-registry", registry.split("//", 1)[1]]
+        node = await self._start_node(name, "dfdaemon", args + list(extra), egress,
+                                      data_dir=data_dir, ports=("api", "piece", "mirror"))
+        node.mirror_port = node.ports["mirror"]
         self.peers.append(node)
         return node
 
