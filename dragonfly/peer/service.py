@@ -69,7 +69,7 @@ class PeerService(NodeService):
         self.piece_pool = piece_pool
         self.piece_service = self.add_listener("piece", piece_endpoint, piece_factory, "pieces")
         self.api_service = self.add_listener("api", api_endpoint, api_site)
-        self.add_timer(config.gc_interval, self.gc, "store-gc")
+        self.add_timer(config.gc_every(), self.gc, "store-gc")
         # Keep finished tasks in their swarms (supernodes drop silent peers).
         self.add_timer(HEARTBEAT_INTERVAL, lambda: Deferred.fromCoroutine(node.heartbeat()),
                        "heartbeat")
