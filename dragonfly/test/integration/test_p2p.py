@@ -126,6 +126,38 @@ class SwarmTests(SharedSwarmMixin, _Base):
         self.assertGreaterEqual(bodies[0]["bytes"], SMALL, bodies)
 
     @with_logs()
+    async def test_verbose_and_unexpected_error(self):
+        """A successful dfget prints nothing on stderr (not a terminal); with -v
+        it says which daemon it uses and what it asks for. An unexpected
+        exception (the OSError of an output name over the filesystem's limit,
+        which no check of dfget's maps to a reason) is one line and exit 1
+        without -v; with -v the traceback comes before that line."""
+        swarm = await self.swarm_()
+        peer = swarm.peers[0]
+        name = swarm.new_file("verbose", 1000)
+        url = swarm.origin_url(name)
+        quiet = await swarm.dfget(url, peer=peer, timeout=60)
+        self.assertDownloaded(quiet, swarm, name)
+        self.assertEqual(quiet.stderr, "")
+        loud = await swarm.dfget(url, peer=peer, args=["-v"], timeout=60)
+        self.assertDownloaded(loud, swarm, name)
+        self.assertIn(f"[dfget] using the peer daemon at {peer.api}\n", loud.stderr)
+        self.assertIn(f"[dfget] asking the peer daemon at {peer.api} for {url}\n", loud.stderr)
+
+        os.makedirs(swarm.path("long-out"), exist_ok=True)
+        too_long = os.path.join(swarm.path("long-out"), "n" * 300)
+        for args in ([], ["-v"]):
+            r = await swarm.dfget(url, peer=peer, output=too_long, args=args, timeout=60)
+            self.assertEqual(r.code, 1, r)
+            lines = r.stderr.splitlines()
+            self.assertTrue(lines and lines[-1].startswith("dfget: error: OSError: [Errno 36]"), r)
+            if args:
+                self.assertIn("Traceback (most recent call last):", r.stderr)
+            else:
+                self.assertEqual(len(lines), 1, r)
+            self.assertEqual(os.listdir(swarm.path("long-out")), [])
+
+    @with_logs()
     async def test_origin_404(self):
         """When the origin answers 404, dfget exits non-zero with a one-line
         reason naming the status and leaves no output file."""
