@@ -135,15 +135,15 @@ def read_json_file(path):
     return data if isinstance(data, dict) else None
 
 
-def free_port():
-    """A loopback port nobody listens on right now, for a child that must be
+def free_port(host=LOOPBACK):
+    """A port of ``host`` nobody listens on right now, for a child that must be
     told its port before it starts: cluster members naming each other in
     --cluster, nginx (it cannot listen on port 0). Another process may take it
     before the child binds: callers start again on a new port when the child
     says so (see L{Swarm.start_cluster}, L{start_nginx})."""
-    s = socket.socket()
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     try:
-        s.bind((LOOPBACK, 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
     finally:
         s.close()
@@ -493,19 +493,23 @@ class NginxOrigin(Proc):
 
     strict = True
 
-    def __init__(self, logdir, root, rate=0, auth_token="x", name="origin", locations=None):
+    def __init__(self, logdir, root, rate=0, auth_token="x", name="origin", locations=None,
+                 host=LOOPBACK):
         self.root = os.path.abspath(root)
+        self.host = host
         self.tmp = os.path.join(logdir, name + "-nginx")
         os.makedirs(self.tmp, exist_ok=True)
-        self.port = free_port()
+        self.port = free_port(host)
         if locations is None:
             locations = nginx.origin_locations(self.root, auth_token)
         conf = os.path.join(self.tmp, "nginx.conf")
         with open(conf, "w") as f:
-            f.write(nginx.config(self.tmp, LOOPBACK, self.port, self.root, locations, rate))
+            f.write(nginx.config(self.tmp, f"[{host}]" if ":" in host else host, self.port,
+                                 self.root, locations, rate))
         binary = nginx.binary()
         if binary is None:
-            raise HarnessError("nginx is not installed (apt-get install nginx-light)")
+            from twisted.trial.unittest import SkipTest
+            raise SkipTest("nginx is not installed (apt-get install nginx-light; .ci/run does)")
         self.error_log = os.path.join(self.tmp, "error.log")
         self.access_log = os.path.join(self.tmp, "access.log")
         Proc.__init__(self, name, [binary, "-p", self.tmp, "-c", conf, "-e", self.error_log],
@@ -514,7 +518,8 @@ class NginxOrigin(Proc):
 
     @property
     def base(self):
-        return f"http://{LOOPBACK}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     def url(self, path):
         return f"{self.base}/{path.lstrip('/')}"
@@ -556,15 +561,21 @@ class NginxOrigin(Proc):
         return st["paths"].get("/" + path.lstrip("/"), {}).get("body_bytes", 0)
 
 
-async def start_nginx(clock, http, logdir, root, attempts=3, **kw):
-    """An L{NginxOrigin} (``kw``: its arguments) answering HTTP; started again
+async def start_nginx(clock, logdir, root, attempts=3, **kw):
+    """An L{NginxOrigin} (``kw``: its arguments) accepting connections; started again
     on another port when its port was taken before nginx bound it."""
     for attempt in range(attempts):
         origin = NginxOrigin(logdir, root, **kw)
 
         async def answers():
-            code, _, _ = await http.request("GET", origin.base + "/", timeout=5)
-            return code > 0
+            from twisted.internet.endpoints import (
+                TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol)
+            from twisted.internet.protocol import Protocol
+            endpoint = TCP6ClientEndpoint if ":" in origin.host else TCP4ClientEndpoint
+            proto = await connectProtocol(endpoint(clock, origin.host, origin.port, timeout=5),
+                                          Protocol())
+            proto.transport.loseConnection()
+            return True
         try:
             await poll_until(clock, answers, 15, "nginx to answer", check=origin.check_alive)
             return origin
@@ -698,8 +709,8 @@ class Swarm:
         for name, size in (files or {}).items():
             self.add_file(name, size)
         if server == "nginx":
-            self.origin = await start_nginx(self.clock, self.http, self.workdir,
-                                            self.path("origin-root"), rate=rate)
+            self.origin = await start_nginx(self.clock, self.workdir, self.path("origin-root"),
+                                            rate=rate)
             return self.origin
         self.origin = Origin(self.workdir, self.path("origin-root"), rate=rate)
         await self.origin.wait_ports(self.clock, ["port"])

@@ -10,7 +10,6 @@ import glob
 import json
 import os
 import socket
-import sys
 
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
@@ -19,7 +18,7 @@ from twisted.trial import unittest
 
 from dragonfly.taskid import task_id_for_url
 from dragonfly.test.integration.harness import (
-    LOOPBACK, MiB, Service, SharedSwarmMixin, poll_until, sha256_file, with_logs)
+    LOOPBACK, MiB, SharedSwarmMixin, poll_until, sha256_file, start_nginx, with_logs)
 
 FILE_SIZE = 2 * MiB + 321
 TOKEN = "QueryT0ken4711"
@@ -67,20 +66,6 @@ def ipv6_loopback():
     except OSError:
         return False
     return True
-
-
-class IPv6Origin(Service):
-    """The test origin server listening on [::1]."""
-
-    def __init__(self, logdir, root):
-        port_file = os.path.join(logdir, "origin6.port")
-        argv = [sys.executable, "-m", "dragonfly.test.integration.origin_server",
-                "--root", root, "--port-file", port_file, "--listen", r"tcp6:0:interface=\:\:1"]
-        Service.__init__(self, "origin6", argv, logdir, port_file)
-
-    @property
-    def base(self):
-        return f"http://[::1]:{self.ports['port']}"
 
 
 class _HalfBody(Protocol):
@@ -229,9 +214,9 @@ class BadInputTests(SharedSwarmMixin, unittest.TestCase):
         if not ipv6_loopback():
             raise unittest.SkipTest("this host cannot listen on ::1")
         swarm = await self.swarm_()
-        origin6 = IPv6Origin(swarm.workdir, swarm.path("origin-root"))
+        origin6 = await start_nginx(reactor, swarm.workdir, swarm.path("origin-root"),
+                                    name="origin6", host="::1")
         self.addCleanup(lambda: defer.Deferred.fromCoroutine(origin6.stop(reactor)))
-        await origin6.wait_ports(reactor, ["port"])
         name = swarm.new_file("b", FILE_SIZE)
         url = f"{origin6.base}/{name}"
         for args in ([], ["--pattern", "source"]):

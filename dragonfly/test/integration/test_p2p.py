@@ -1,6 +1,6 @@
 """End-to-end P2P distribution with real processes on 127.0.0.1.
 
-An origin server (``origin_server.py``, counting the body bytes it sends), a
+An origin (nginx, whose access log counts the body bytes it sends), a
 ``twistd supernode``, ``twistd peer`` processes and ``dfget`` runs, all
 separate OS processes on ephemeral loopback ports.
 

@@ -70,7 +70,7 @@ class RecursiveTests(unittest.TestCase):
             os.chmod(d, 0o755)
             for n in names:
                 os.chmod(os.path.join(d, n), 0o644)
-        swarm.origin = nginx = await start_nginx(reactor, http, swarm.workdir, root,
+        swarm.origin = nginx = await start_nginx(reactor, swarm.workdir, root,
                                                  locations=_locations(root))
         await swarm.start_supernode(piece_size="1M")
         first = await swarm.start_peer()
