@@ -984,6 +984,15 @@ async def shared_swarm(key, clock, http, setup, test=None):
             except HarnessError as e:
                 problems.append(f"the shared swarm of {other}: {e}")
     swarm = _shared.get(key)
+    if swarm is not None and not os.path.isdir(swarm.workdir):
+        # trial -u empties _trial_temp before each pass: a swarm whose files
+        # are gone cannot be used (nor its logs read); start a new one.
+        del _shared[key]
+        try:
+            await swarm.stop()
+        except HarnessError as e:
+            problems.append(f"the shared swarm {key}, stopped after a pass of trial -u: {e}")
+        swarm = None
     if swarm is not None:
         try:
             swarm.check_alive()
@@ -1034,16 +1043,16 @@ class SharedSwarmMixin:
     """For a trial TestCase whose tests share one swarm: the class defines
     ``async def setUpSwarm(self, swarm)`` (start its processes); a test calls
     ``swarm = await self.shared()``, which also sets C{self.swarm} and
-    C{self.http}. See L{shared_swarm} for how it fails loudly."""
+    C{self.http} (a new client, closed at the test's cleanup). See L{shared_swarm} for how it fails loudly."""
 
     async def setUpSwarm(self, swarm):
         raise NotImplementedError
 
     async def shared(self):
         from twisted.internet import reactor
-        if getattr(self, "http", None) is None:
-            self.http = HTTP(reactor)
-            self.addCleanup(self.http.close)
+        # A new client each test: trial -u runs the same TestCase instances again.
+        self.http = HTTP(reactor)
+        self.addCleanup(self.http.close)
         key = f"{type(self).__module__}.{type(self).__qualname__}"
         self.swarm = await shared_swarm(key, reactor, self.http, self.setUpSwarm, test=self)
         return self.swarm
