@@ -103,12 +103,12 @@ class CacheTests(SwarmMixin, TestCase):
 
     @with_logs()
     async def test_cache_ttl_expires_unused_tasks(self):
-        """With --cache-ttl 1 a file unused for a second is evicted (the store GC
+        """With --cache-ttl 2 a file unused for two seconds is evicted (the store GC
         runs every min(60 s, TTL)), and a later dfget downloads it again."""
         swarm = self.swarm
         await swarm.start_origin({"old.bin": MiB + 5})
         await swarm.start_supernode(piece_size="1M")
-        peer = await swarm.start_peer(extra=["--cache-ttl", "1"])
+        peer = await swarm.start_peer(extra=["--cache-ttl", "2"])
         await self.get(peer, "old.bin")
 
         async def expired():
