@@ -1,8 +1,9 @@
 """A private nginx (Debian nginx-light) serving the bench's origin files.
 
-Runs in the foreground (``daemon off;``) with its pid, logs and every temp
-path in a temp dir; the access log records ``$body_bytes_sent`` per request so
-the bench can count origin egress exactly.
+Runs in the foreground with its pid, logs and every temp path in a temp dir;
+the configuration and the access log (one JSON object per request, with
+``bytes`` = ``$body_bytes_sent``, so the bench counts origin egress exactly)
+are the integration tests' (``dragonfly.test.integration.nginx``).
 """
 import os
 import shutil
@@ -11,36 +12,7 @@ import tempfile
 import time
 
 from bench.procs import BenchError, Proc
-
-CONF = """\
-daemon off;
-master_process on;
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-{user}
-events {{ worker_connections 1024; }}
-http {{
-    log_format bench '$remote_addr "$request" $status $body_bytes_sent $request_time';
-    access_log {tmp}/access.log bench;
-    client_body_temp_path {tmp}/client_body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    types {{ application/octet-stream bin; }}
-    default_type application/octet-stream;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_timeout 30;
-    server {{
-        listen {host}:{port};
-        root {root};
-        {limit}
-        location / {{ }}
-    }}
-}}
-"""
+from dragonfly.test.integration import nginx as nginx_conf
 
 
 def free_port(host="127.0.0.1"):
@@ -75,14 +47,10 @@ class Nginx:
                 self.port = 8080          # our own namespace: nothing else listens there
             else:
                 self.port = free_port(self.host)
-        # Workers run as nobody when we are root: let them read the docroot.
-        os.chmod(self.tmp, 0o755)
-        user = "user nobody nogroup;" if os.geteuid() == 0 else ""
-        limit = "limit_rate %d;" % self.limit_rate if self.limit_rate else ""
         conf = os.path.join(self.tmp, "nginx.conf")
         with open(conf, "w") as f:
-            f.write(CONF.format(tmp=self.tmp, host=self.host, port=self.port, root=self.root,
-                                user=user, limit=limit))
+            f.write(nginx_conf.config(self.tmp, self.host, self.port, self.root,
+                                      limit_rate=self.limit_rate))
         self.proc = Proc(["nginx", "-p", self.tmp, "-c", conf, "-e", os.path.join(self.tmp, "error.log")],
                          os.path.join(self.tmp, "stdout.log"), ns=self.ns, name="nginx")
         deadline = time.monotonic() + timeout
@@ -121,23 +89,9 @@ class Nginx:
             return 0
 
     def requests(self, since=0):
-        """[(client, request, status, bytes)] logged after offset ``since``."""
-        out = []
-        try:
-            with open(os.path.join(self.tmp, "access.log"), "rb") as f:
-                f.seek(since)
-                data = f.read().decode("utf-8", "replace")
-        except OSError:
-            return out
-        for line in data.splitlines():
-            try:
-                client, rest = line.split(" ", 1)
-                req, tail = rest[1:].split('" ', 1)
-                status, sent, _rt = tail.split()
-                out.append((client, req, int(status), int(sent)))
-            except ValueError:
-                continue
-        return out
+        """[(client, "METHOD URI", status, bytes)] logged after offset ``since``."""
+        return [(r["client"], f"{r['method']} {r['uri']}", r["status"], r["bytes"])
+                for r in nginx_conf.read_access_log(os.path.join(self.tmp, "access.log"), since)]
 
     def bytes_sent(self, since=0):
         """Body bytes the origin sent after log offset ``since``."""

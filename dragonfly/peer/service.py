@@ -75,7 +75,7 @@ class PeerService(NodeService):
         if api_socket_endpoint is not None:
             # the same Site, so the same rules (Host, Origin, JSON bodies)
             self.add_listener("api-socket", api_socket_endpoint, api_site, "api socket")
-        self.add_timer(config.gc_interval, self.gc, "store-gc")
+        self.add_timer(config.gc_every(), self.gc, "store-gc")
         # Keep finished tasks in their swarms (supernodes drop silent peers).
         self.add_timer(HEARTBEAT_INTERVAL, lambda: Deferred.fromCoroutine(node.heartbeat()),
                        "heartbeat")

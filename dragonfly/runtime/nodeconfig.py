@@ -39,3 +39,11 @@ class NodeConfig:
     allow_origin: list = field(default_factory=list)   # egress policy entries (text)
     deny_origin: list = field(default_factory=list)
     tls: object = None              # a dragonfly.tls.TLSFiles (mutual TLS), or None: plain TCP
+
+    def gc_every(self):
+        """Seconds between store GC runs: C{gc_interval}, or C{cache_ttl} when
+        that is shorter (at least 1 s), so an unused task goes within about
+        twice its TTL rather than up to a minute late."""
+        if self.cache_ttl > 0:
+            return min(self.gc_interval, max(float(self.cache_ttl), 1.0))
+        return self.gc_interval

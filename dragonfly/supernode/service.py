@@ -81,7 +81,7 @@ class SupernodeService(NodeService):
         self.piece_service = self.add_listener("piece", piece_endpoint, piece_factory, "pieces")
         self.api_service = self.add_listener("api", api_endpoint, api_site)
         self.add_timer(config.expire_interval, scheduler.expire, "scheduler-expire")
-        self.add_timer(config.gc_interval, self.gc, "store-gc")
+        self.add_timer(config.gc_every(), self.gc, "store-gc")
         if cluster is not None:
             cluster.service().setServiceParent(self)
 

@@ -267,15 +267,6 @@ class DaemonTests(DaemonMixin, TestCase):
         self.assertEqual(self.listing(), ["file.bin"])
 
 
-def _free_port():
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 class ScriptedDaemonTests(DaemonMixin, TestCase):
     """The daemon path against daemons that misbehave."""
 
@@ -288,7 +279,8 @@ class ScriptedDaemonTests(DaemonMixin, TestCase):
         """Nothing listening at --daemon: the embedded peer runs, with no time
         limit when no --timeout was given, and with what is left of --timeout
         (the daemon check took almost none of it) when one was."""
-        url = f"http://127.0.0.1:{_free_port()}"
+        from dragonfly.test.integration.harness import refused_url
+        url = refused_url()     # refused for as long as this process runs
         code = await self.run_dfget(url, URL, "-O", self.out)
         self.assertEqual(code, 1)
         self.assertEqual(self.embedded_runs, [self.out])

@@ -34,3 +34,11 @@ class NodeConfigTests(SynchronousTestCase):
         c = PeerConfig(data_dir="/d", supernodes=[("h", 1)], threads=2)
         self.assertEqual((c.data_dir, c.supernodes, c.threads), ("/d", [("h", 1)], 2))
         self.assertIsNot(PeerConfig().supernodes, PeerConfig().supernodes)
+
+    def test_gc_every(self):
+        """The store GC runs every gc_interval, or every cache_ttl seconds when
+        that is shorter (never under a second)."""
+        self.assertEqual(NodeConfig().gc_every(), 60.0)
+        self.assertEqual(NodeConfig(cache_ttl=3600).gc_every(), 60.0)
+        self.assertEqual(NodeConfig(cache_ttl=10).gc_every(), 10.0)
+        self.assertEqual(NodeConfig(cache_ttl=0.2).gc_every(), 1.0)

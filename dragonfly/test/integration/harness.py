@@ -22,6 +22,17 @@ and ``self.swarm`` this way, and cleans both up)::
 
 ``with_logs`` wraps a test so that a failure carries the tail of every
 process's log.
+
+The harness fails loudly. Stopping a service (a role, an origin) that does not
+exit within its grace period of SIGTERM, or exits with anything but its clean
+status, is an error of the test that stops it, carrying its log tail; so is a
+service that died on its own during the test (``Swarm.stop`` and
+``Swarm.check_alive``). Every child runs in its own session (a process-group
+kill takes what it spawned) under ``setpriv --pdeathsig KILL`` (it dies with
+the test process, even when that is SIGKILLed), and an ``atexit`` hook stops
+whatever is left. Ports are taken by the children themselves (``tcp:0``, read
+back from their port files); ``free_port`` only where a child must be told
+its port before it starts (see there).
 """
 import functools
 import hashlib
@@ -41,6 +52,7 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 
 import dragonfly
+from dragonfly.test.integration import nginx
 
 MiB = 1024 * 1024
 LOOPBACK = "127.0.0.1"
@@ -123,14 +135,37 @@ def read_json_file(path):
     return data if isinstance(data, dict) else None
 
 
-def free_port():
-    """A loopback port nobody listens on right now (for "nothing answers here")."""
-    s = socket.socket()
+def free_port(host=LOOPBACK):
+    """A port of ``host`` nobody listens on right now, for a child that must be
+    told its port before it starts: cluster members naming each other in
+    --cluster, nginx (it cannot listen on port 0). Another process may take it
+    before the child binds: callers start again on a new port when the child
+    says so (see L{Swarm.start_cluster}, L{start_nginx})."""
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     try:
-        s.bind((LOOPBACK, 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
     finally:
         s.close()
+
+
+_refusing = []
+
+
+def refused_port():
+    """A loopback port where every connection is refused for as long as this
+    process runs ("nothing answers here"): a socket of ours is bound there
+    without listening, so no other process can take the number meanwhile."""
+    if not _refusing:
+        s = socket.socket()
+        s.bind((LOOPBACK, 0))
+        _refusing.append(s)
+    return _refusing[0].getsockname()[1]
+
+
+def refused_url():
+    """C{http://127.0.0.1:<refused_port()>}: e.g. a --daemon no peer answers."""
+    return f"http://{LOOPBACK}:{refused_port()}"
 
 
 def sha256_file(path):
@@ -228,41 +263,85 @@ def metric(metrics, name, missing=None, **labels):
 # processes
 
 
-_live = []  # every Proc started by this process: killed at exit if still running
+_live = []  # every Proc started by this process: stopped at exit if still running
+#: Children get SIGKILL when the process that started them dies, however it dies.
+SETPRIV = shutil.which("setpriv")
 
 
 def _register_for_exit(proc):
     if not _live:
         import atexit
-        atexit.register(_kill_live)
+        atexit.register(_stop_live)
     _live[:] = [p for p in _live if p.alive()]
     _live.append(proc)
 
 
-def _kill_live():
-    """Last resort (interrupted run, failed cleanup): no child outlives us."""
-    for p in _live:
-        p.kill_now()
-    for p in _live:
+def _stop_live(grace=10):
+    """At exit (the last shared swarms, an interrupted run, a failed cleanup):
+    SIGTERM what still runs, SIGKILL its process group after ``grace``
+    seconds, and say on stderr which service did not stop cleanly. The
+    reactor is gone by now: this waits by polling the processes."""
+    live = [p for p in _live if p.alive()]
+    for p in live:
+        p.signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while any(p.alive() for p in live) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    problems = []
+    for p in live:
+        if p.alive():
+            p.kill_now()
+            problems.append(f"{p.name} (pid {p.pid}) ignored SIGTERM for {grace}s; killed")
+        elif p.strict and not p.clean_exit(p.returncode):
+            problems.append(f"{p.name} (pid {p.pid}) exited with {describe_status(p.returncode)}")
+    for p in live:
         try:
             p.popen.wait(5)
         except subprocess.TimeoutExpired:
             pass
+    if problems:
+        sys.stderr.write("\nharness: services still running at exit did not stop cleanly:\n  "
+                         + "\n  ".join(problems) + "\n")
+
+
+def describe_status(code):
+    """An exit status in words: C{exit 1}, C{signal SIGTERM}."""
+    if code is None:
+        return "no exit yet"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit {code}"
 
 
 class Proc:
-    """One child process with its output in ``<logdir>/<name>.log``."""
+    """One child process with its output in ``<logdir>/<name>.log``.
 
-    def __init__(self, name, argv, logdir, cwd=None, env=None, separate_stderr=False):
+    ``strict`` (default False; True for L{Service}): L{stop} raises
+    L{HarnessError} with the log tail when the process does not exit within
+    its grace period of SIGTERM, exits with a status L{clean_exit} does not
+    accept, or had died before without the test ending it (L{signal},
+    L{kill_now} or L{wait} by the test count as the test ending it)."""
+
+    strict = False
+
+    def __init__(self, name, argv, logdir, cwd=None, env=None, separate_stderr=False,
+                 strict=None):
         self.name = name
         self.argv = list(argv)
+        if strict is not None:
+            self.strict = strict
+        self.ended_by_test = False
         self.log_path = os.path.join(logdir, name + ".log")
         self.err_path = os.path.join(logdir, name + ".stderr") if separate_stderr else None
         out = open(self.log_path, "wb")
         err = open(self.err_path, "wb") if separate_stderr else subprocess.STDOUT
+        run = self.argv if SETPRIV is None else [SETPRIV, "--pdeathsig", "KILL", "--"] + self.argv
         try:
             self.popen = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                run, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                 cwd=cwd or logdir, env=env or child_env(), start_new_session=True)
         finally:
             out.close()
@@ -280,6 +359,10 @@ class Proc:
 
     def alive(self):
         return self.popen.poll() is None
+
+    def clean_exit(self, code):
+        """True when ``code`` is how this process ends after SIGTERM."""
+        return code == 0
 
     def read_log(self, err=False):
         path = self.err_path if err else self.log_path
@@ -300,7 +383,13 @@ class Proc:
             raise HarnessError(
                 f"{self.name} exited with {self.returncode}; log tail:\n{self.tail()}")
 
+    def died(self):
+        """True when a strict process is gone and the test did not end it."""
+        return self.strict and not self.ended_by_test and not self.alive()
+
     def signal(self, sig):
+        if sig in (signal.SIGTERM, signal.SIGKILL, signal.SIGINT):
+            self.ended_by_test = True
         if self.alive():
             try:
                 os.kill(self.pid, sig)
@@ -308,25 +397,40 @@ class Proc:
                 pass
 
     async def wait(self, clock, timeout):
-        """The exit status once the process ends; HarnessError after ``timeout``."""
+        """The exit status once the process ends; HarnessError after ``timeout``.
+        An exit the test waited for is the test's business, not a death."""
         await poll_until(clock, lambda: not self.alive(), timeout,
                          f"{self.name} (pid {self.pid}) to exit", interval=0.05)
+        self.ended_by_test = True
         return self.returncode
 
     async def stop(self, clock, grace=10):
-        """SIGTERM, then SIGKILL after ``grace`` seconds; reap."""
+        """SIGTERM, then SIGKILL after ``grace`` seconds; reap; the exit status.
+        A strict process raises L{HarnessError} (see the class doc)."""
         if not self.alive():
+            if self.died():
+                raise HarnessError(f"{self.name} (pid {self.pid}) died during the test with "
+                                   f"{describe_status(self.returncode)}; log tail:\n{self.tail()}")
             return self.returncode
         self.signal(signal.SIGTERM)
         try:
-            return await self.wait(clock, grace)
+            code = await self.wait(clock, grace)
         except HarnessError:
             log.warn("{name} ignored SIGTERM for {grace}s; killing", name=self.name, grace=grace)
             self.kill_now()
-            return await self.wait(clock, 10)
+            code = await self.wait(clock, 10)
+            if self.strict:
+                raise HarnessError(f"{self.name} (pid {self.pid}) did not exit within {grace}s "
+                                   f"of SIGTERM (killed); log tail:\n{self.tail()}")
+            return code
+        if self.strict and not self.clean_exit(code):
+            raise HarnessError(f"{self.name} (pid {self.pid}) stopped with "
+                               f"{describe_status(code)} on SIGTERM; log tail:\n{self.tail()}")
+        return code
 
     def kill_now(self):
         """SIGKILL the process and its session (any children it spawned)."""
+        self.ended_by_test = True
         if self.alive():
             try:
                 os.killpg(self.pid, signal.SIGKILL)
@@ -335,7 +439,10 @@ class Proc:
 
 
 class Service(Proc):
-    """A long-running process that reports its bound ports in a port file."""
+    """A long-running process that reports its bound ports in a port file
+    (strict: see L{Proc})."""
+
+    strict = True
 
     def __init__(self, name, argv, logdir, port_file, **kw):
         Proc.__init__(self, name, argv, logdir, **kw)
@@ -378,10 +485,120 @@ class Origin(Service):
         return st["paths"].get("/" + path.lstrip("/"), {}).get("body_bytes", 0)
 
 
+class NginxOrigin(Proc):
+    """nginx serving ``root`` as the test origin (L{nginx.origin_locations}:
+    ``/NAME``, ``/auth/NAME``, ``/chunked/NAME``; ``locations`` replaces them),
+    with the Twisted L{Origin}'s C{base}, C{url}, C{stats} and C{body_bytes}
+    read from its access log. ``rate``: bytes per second per response."""
+
+    strict = True
+
+    def __init__(self, logdir, root, rate=0, auth_token="x", name="origin", locations=None,
+                 host=LOOPBACK):
+        self.root = os.path.abspath(root)
+        self.host = host
+        self.tmp = os.path.join(logdir, name + "-nginx")
+        os.makedirs(self.tmp, exist_ok=True)
+        self.port = free_port(host)
+        if locations is None:
+            locations = nginx.origin_locations(self.root, auth_token)
+        conf = os.path.join(self.tmp, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(nginx.config(self.tmp, f"[{host}]" if ":" in host else host, self.port,
+                                 self.root, locations, rate))
+        binary = nginx.binary()
+        if binary is None:
+            from twisted.trial.unittest import SkipTest
+            raise SkipTest("nginx is not installed (apt-get install nginx-light; .ci/run does)")
+        self.error_log = os.path.join(self.tmp, "error.log")
+        self.access_log = os.path.join(self.tmp, "access.log")
+        Proc.__init__(self, name, [binary, "-p", self.tmp, "-c", conf, "-e", self.error_log],
+                      logdir)
+        self.ports = {"port": self.port}
+
+    @property
+    def base(self):
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def url(self, path):
+        return f"{self.base}/{path.lstrip('/')}"
+
+    def tail(self, lines=40):
+        try:
+            with open(self.error_log, "rb") as f:
+                errors = f.read().decode("utf-8", "replace")
+        except OSError:
+            errors = ""
+        return Proc.tail(self, lines) + "\n[error.log]\n" + "\n".join(
+            errors.splitlines()[-lines:])
+
+    def requests(self):
+        """Every request nginx logged: dicts (see L{nginx})."""
+        return nginx.read_access_log(self.access_log)
+
+    async def stats(self, http=None):
+        """The Twisted origin's C{/__stats} shape: C{{"total_body_bytes": n,
+        "paths": {"/x": {"requests", "body_bytes", "ranges", "statuses",
+        "user_agents"}}}}, from the access log (a request is logged once it ended)."""
+        paths, total = {}, 0
+        for r in self.requests():
+            e = paths.setdefault(r["uri"].split("?", 1)[0], {
+                "requests": 0, "body_bytes": 0, "ranges": [], "statuses": {},
+                "user_agents": []})
+            e["requests"] += 1
+            e["body_bytes"] += r["bytes"]
+            total += r["bytes"]
+            e["statuses"][str(r["status"])] = e["statuses"].get(str(r["status"]), 0) + 1
+            if r["range"]:
+                e["ranges"].append(r["range"])
+            if r["ua"] and r["ua"] not in e["user_agents"]:
+                e["user_agents"].append(r["ua"])
+        return {"total_body_bytes": total, "paths": paths}
+
+    async def body_bytes(self, http, path):
+        st = await self.stats(http)
+        return st["paths"].get("/" + path.lstrip("/"), {}).get("body_bytes", 0)
+
+
+async def start_nginx(clock, logdir, root, attempts=3, **kw):
+    """An L{NginxOrigin} (``kw``: its arguments) accepting connections; started again
+    on another port when its port was taken before nginx bound it."""
+    for attempt in range(attempts):
+        origin = NginxOrigin(logdir, root, **kw)
+
+        async def answers():
+            from twisted.internet.endpoints import (
+                TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol)
+            from twisted.internet.protocol import Protocol
+            endpoint = TCP6ClientEndpoint if ":" in origin.host else TCP4ClientEndpoint
+            proto = await connectProtocol(endpoint(clock, origin.host, origin.port, timeout=5),
+                                          Protocol())
+            proto.transport.loseConnection()
+            return True
+        try:
+            await poll_until(clock, answers, 15, "nginx to answer", check=origin.check_alive)
+            return origin
+        except HarnessError:
+            origin.kill_now()
+            if nginx.BIND_FAILED not in origin.tail() or attempt == attempts - 1:
+                raise
+    raise AssertionError("not reached")
+
+
 class Node(Service):
     """A supernode or a peer: ``api`` and ``piece`` ports (``scheme``: the API's)."""
 
     scheme = "http"
+
+    def clean_exit(self, code):
+        """twistd ends a SIGTERM'd run by re-raising the signal on itself once
+        it has shut down (C{app._exitWithSignal}; systemd counts that as a clean
+        stop): exit 0, or -SIGTERM after its "Server Shut Down." line."""
+        if code == 0:
+            return True
+        text = self.read_log()
+        return code == -signal.SIGTERM and ("Server Shut Down." in text or not text)
 
     @property
     def api(self):
@@ -448,6 +665,7 @@ class Swarm:
         self.supernodes = []
         self.peers = []
         self.dfgets = []
+        self.retired = []   # stopped by the harness: in the logs, never stopped again
         self.files = {}  # name -> (size, sha256)
         self._n = {}
 
@@ -468,10 +686,32 @@ class Swarm:
         self.files[name] = (size, digest)
         return digest
 
-    async def start_origin(self, files=None, rate=0):
+    def new_file(self, stem, size, ext=".bin"):
+        """A file no test of this swarm used yet (C{STEM-N.bin}) added to the
+        origin's root: tests sharing a swarm stay repeatable (``trial -u``)
+        when each fetches fresh names. Returns the name."""
+        n = self._n.get("file:" + stem, 0)
+        while True:
+            n += 1
+            name = f"{stem}-{n}{ext}"
+            if name not in self.files:
+                break
+        self._n["file:" + stem] = n
+        self.add_file(name, size)
+        return name
+
+    async def start_origin(self, files=None, rate=0, server="nginx"):
+        """The swarm's origin serving ``files`` ({name: size}, random bytes):
+        nginx (L{NginxOrigin}: Range, ETag/304, ``/auth/``, ``/chunked/``), or
+        with ``server="twisted"`` our own L{Origin} (for a test that needs what
+        only it has: C{/__headers}). ``rate``: bytes per second per response."""
         os.makedirs(self.path("origin-root"), exist_ok=True)
         for name, size in (files or {}).items():
             self.add_file(name, size)
+        if server == "nginx":
+            self.origin = await start_nginx(self.clock, self.workdir, self.path("origin-root"),
+                                            rate=rate)
+            return self.origin
         self.origin = Origin(self.workdir, self.path("origin-root"), rate=rate)
         await self.origin.wait_ports(self.clock, ["port"])
         await poll_until(self.clock, lambda: self.http.get_json(self.origin.base + "/__stats"),
@@ -483,8 +723,10 @@ class Swarm:
 
     # -- nodes ---------------------------------------------------------------
 
-    async def _start_node(self, name, role, args, egress=ALLOW_LOOPBACK, http=None):
-        data_dir = self.path(name + "-data")
+    async def _start_node(self, name, role, args, egress=ALLOW_LOOPBACK, http=None,
+                          data_dir=None, ports=("api", "piece")):
+        """``data_dir``: an existing one (e.g. a stopped node's, to restart it)."""
+        data_dir = data_dir or self.path(name + "-data")
         os.makedirs(data_dir, exist_ok=True)
         port_file = self.path(name + ".ports")
         argv = [executable("twistd"), "-n", "--pidfile=", role,
@@ -495,37 +737,58 @@ class Swarm:
             node.scheme, node.http = "https", http
         http = http or self.http
         try:
-            await node.wait_ports(self.clock, ["api", "piece"])
+            await node.wait_ports(self.clock, list(ports))
             await poll_until(self.clock, lambda: http.healthy(node.api), 30,
                              f"{name} /healthz", check=node.check_alive)
         except BaseException:
             node.kill_now()
+            self.retired.append(node)
             raise
         return node
 
     async def start_supernode(self, piece_size="1M", extra=(), egress=ALLOW_LOOPBACK,
-                              tls_http=None):
+                              tls_http=None, data_dir=None):
         """``tls_http``: an L{HTTP} with a client certificate when ``extra``
-        turns mutual TLS on (the API is then https, polled through it)."""
+        turns mutual TLS on (the API is then https, polled through it);
+        ``data_dir``: an existing one (a restart)."""
         name = self._name("supernode")
         args = ["--listen", f"tcp:0:interface={LOOPBACK}",
                 "--piece-listen", f"tcp:0:interface={LOOPBACK}",
                 "--advertise", LOOPBACK]
         if piece_size:
             args += ["--piece-size", str(piece_size)]
-        node = await self._start_node(name, "supernode", args + list(extra), egress, tls_http)
+        node = await self._start_node(name, "supernode", args + list(extra), egress, tls_http,
+                                      data_dir=data_dir)
         self.supernodes.append(node)
         return node
 
-    async def start_cluster(self, extra=(), piece_size="1M"):
+    async def start_cluster(self, extra=(), piece_size="1M", attempts=3):
         """Two supernodes naming each other in ``--cluster`` (health checks
-        every 0.5 s), returned once each sees the other alive."""
-        pa, pb = free_port(), free_port()
+        every 0.5 s), returned once each sees the other alive.
+
+        Each must be told the other's API port before either starts, so these
+        two ports come from L{free_port}; when another process took one
+        meanwhile ("cannot listen on ..."), both start again on new ports."""
         common = ["--cluster-check-interval", "0.5"] + list(extra)
-        a = await self.start_supernode(piece_size, extra=[
-            "--listen", f"tcp:{pa}:interface={LOOPBACK}", "--cluster", f"{LOOPBACK}:{pb}"] + common)
-        b = await self.start_supernode(piece_size, extra=[
-            "--listen", f"tcp:{pb}:interface={LOOPBACK}", "--cluster", f"{LOOPBACK}:{pa}"] + common)
+        for attempt in range(attempts):
+            pa, pb = free_port(), free_port()
+            while pb == pa:
+                pb = free_port()
+            started = []
+            try:
+                for port, other in ((pa, pb), (pb, pa)):
+                    started.append(await self.start_supernode(piece_size, extra=[
+                        "--listen", f"tcp:{port}:interface={LOOPBACK}",
+                        "--cluster", f"{LOOPBACK}:{other}"] + common))
+                break
+            except HarnessError as e:
+                for node in started:
+                    node.kill_now()
+                    self.supernodes.remove(node)
+                    self.retired.append(node)
+                if "cannot listen" not in str(e) or attempt == attempts - 1:
+                    raise
+        a, b = started
 
         async def both_alive():
             # Each node marks the other dead while it was still starting up:
@@ -543,17 +806,36 @@ class Swarm:
         nodes = self.supernodes if supernodes is None else supernodes
         return ",".join(n.api_hostport for n in nodes)
 
-    async def start_peer(self, supernodes=None, extra=(), egress=ALLOW_LOOPBACK):
+    async def start_peer(self, supernodes=None, extra=(), egress=ALLOW_LOOPBACK, data_dir=None):
         """A peer of ``supernodes`` (default: every supernode of the swarm; a
         string is passed through as the --supernodes value). ``egress``: its
-        --allow-origin/--deny-origin flags (default: loopback allowed)."""
+        --allow-origin/--deny-origin flags (default: loopback allowed);
+        ``data_dir``: an existing one (a restart)."""
         name = self._name("peer")
         sn = supernodes if isinstance(supernodes, str) else self.supernode_list(supernodes)
         args = ["--supernodes", sn,
                 "--piece-listen", f"tcp:0:interface={LOOPBACK}",
                 "--api-listen", f"tcp:0:interface={LOOPBACK}",
                 "--advertise", LOOPBACK]
-        node = await self._start_node(name, "peer", args + list(extra), egress)
+        node = await self._start_node(name, "peer", args + list(extra), egress, data_dir=data_dir)
+        self.peers.append(node)
+        return node
+
+    async def start_dfdaemon(self, registry=None, extra=(), egress=ALLOW_LOOPBACK, data_dir=None):
+        """A dfdaemon (a peer of every supernode plus a registry mirror on
+        C{.mirror_port}); ``registry``: its plain-HTTP upstream (default: the
+        swarm's origin, enough when no test pulls an image). In C{peers}."""
+        name = self._name("dfdaemon")
+        registry = registry or self.origin.base
+        args = ["--supernodes", self.supernode_list(),
+                "--listen", f"tcp:0:interface={LOOPBACK}",
+                "--piece-listen", f"tcp:0:interface={LOOPBACK}",
+                "--api-listen", f"tcp:0:interface={LOOPBACK}",
+                "--advertise", LOOPBACK,
+                "--registry", registry, "--insecure-registry", registry.split("//", 1)[1]]
+        node = await self._start_node(name, "dfdaemon", args + list(extra), egress,
+                                      data_dir=data_dir, ports=("api", "piece", "mirror"))
+        node.mirror_port = node.ports["mirror"]
         self.peers.append(node)
         return node
 
@@ -570,7 +852,7 @@ class Swarm:
             os.makedirs(outdir, exist_ok=True)
             output = os.path.join(outdir, os.path.basename(url.split("?")[0]) or "index")
         if daemon is None:
-            daemon = peer.api if peer is not None else f"http://{LOOPBACK}:{free_port()}"
+            daemon = peer.api if peer is not None else refused_url()
         sn = supernodes if isinstance(supernodes, str) else self.supernode_list(supernodes)
         argv = [executable("dfget"), url, "-O", output, "--daemon", daemon]
         if sn:
@@ -608,16 +890,32 @@ class Swarm:
         procs = list(self.dfgets) + list(self.peers) + list(self.supernodes)
         if self.origin is not None:
             procs.append(self.origin)
-        return procs
+        return procs + [p for p in self.retired if p not in procs]
+
+    def check_alive(self):
+        """Raise L{HarnessError} with their log tails when services of this
+        swarm died that the test did not end (see L{Proc.died})."""
+        dead = [p for p in self.processes() if p.died()]
+        if dead:
+            raise HarnessError("died during the test:\n" + "\n".join(
+                f"----- {p.name} (pid {p.pid}) {describe_status(p.returncode)}\n{p.tail()}"
+                for p in dead))
 
     async def stop(self):
-        """Stop everything (SIGTERM, then SIGKILL); report which exited badly."""
+        """Stop everything (SIGTERM, then SIGKILL after the grace period); raise
+        L{HarnessError} naming each service that died during the test, ignored
+        SIGTERM or stopped with an unclean status, with its log tail."""
+        procs = self.processes()
         results = await defer.DeferredList(
-            [defer.Deferred.fromCoroutine(p.stop(self.clock)) for p in self.processes()],
+            [defer.Deferred.fromCoroutine(p.stop(self.clock)) for p in procs],
             consumeErrors=True)
+        problems = []
         for ok, value in results:
             if not ok:
-                log.failure("stopping a process", value)
+                problems.append(value.getErrorMessage() if value.check(HarnessError)
+                                else f"{value.type.__name__}: {value.getErrorMessage()}")
+        if problems:
+            raise HarnessError("processes did not stop cleanly:\n" + "\n\n".join(problems))
 
     def kill_now(self):
         for p in self.processes():
@@ -658,34 +956,103 @@ def with_logs(swarm_attr="swarm"):
 
 
 # ---------------------------------------------------------------------------
-# a swarm shared by the tests of one module (started lazily, killed at exit)
+# a swarm shared by the tests of one class
 
 _shared = {}
 
 
-async def shared_swarm(key, clock, http, setup):
+async def shared_swarm(key, clock, http, setup, test=None):
     """The Swarm registered under ``key``, started by ``await setup(swarm)`` the
-    first time (or again, if a process of it died). Its processes are killed
-    when the test process exits (like every Proc still running then). Tests
-    sharing it must not disturb each other: distinct file names, counters
-    compared as before/after deltas."""
+    first time. Tests sharing it must not disturb each other: fresh file names
+    (L{Swarm.new_file}), counters compared as before/after deltas.
+
+    With ``test`` (what L{SharedSwarmMixin} passes: ``key`` is then its class),
+    the swarm fails loudly: shared swarms of other keys are stopped first (this
+    process moved on to another class), and their unclean stop fails this test;
+    a service of the swarm that died since the last test fails this test; at
+    this test's cleanup a service that died during it fails it (and the swarm
+    is dropped, the next test starts a new one), and after the class's last
+    test (by name: trial's order) the swarm is stopped, its unclean stop
+    failing that test. A swarm still running at exit (``trial -j``: the
+    worker that did not run the last test; a single test run) is stopped by
+    the atexit hook, which reports an unclean stop on stderr."""
+    problems = []
+    if test is not None:
+        for other in [k for k in _shared if k != key]:
+            try:
+                await _shared.pop(other).stop()
+            except HarnessError as e:
+                problems.append(f"the shared swarm of {other}: {e}")
     swarm = _shared.get(key)
+    if swarm is not None and not os.path.isdir(swarm.workdir):
+        # trial -u empties _trial_temp before each pass: a swarm whose files
+        # are gone cannot be used (nor its logs read); start a new one.
+        del _shared[key]
+        try:
+            await swarm.stop()
+        except HarnessError as e:
+            problems.append(f"the shared swarm {key}, stopped after a pass of trial -u: {e}")
+        swarm = None
     if swarm is not None:
-        if all(p.alive() for p in swarm.processes() if p not in swarm.dfgets):
-            swarm.http = http
-            return swarm
-        swarm.kill_now()
-        del _shared[key]
-    workdir = os.path.join(os.getcwd(), f"shared-swarm-{key}-{os.getpid()}")
-    if os.path.exists(workdir):
-        shutil.rmtree(workdir)
-    swarm = Swarm(clock, workdir, http)
-    _shared[key] = swarm
-    try:
-        await setup(swarm)
-    except BaseException:
-        swarm.kill_now()
-        del _shared[key]
-        raise
+        try:
+            swarm.check_alive()
+        except HarnessError as e:
+            del _shared[key]
+            swarm.kill_now()
+            problems.append(f"the shared swarm {key}, since its last test: {e}")
+            swarm = None
+    if problems:
+        raise HarnessError("\n\n".join(problems))
+    if swarm is None:
+        workdir = os.path.join(os.getcwd(), f"shared-swarm-{key}-{os.getpid()}")
+        if os.path.exists(workdir):
+            shutil.rmtree(workdir)
+        swarm = Swarm(clock, workdir, http)
+        _shared[key] = swarm
+        try:
+            await setup(swarm)
+        except BaseException:
+            swarm.kill_now()
+            del _shared[key]
+            raise
+    swarm.http = http
+    if test is not None:
+        test.addCleanup(lambda: defer.Deferred.fromCoroutine(_after_test(key, swarm, test)))
     return swarm
 
+
+def _last_test_name(cls):
+    return max(n for n in dir(cls) if n.startswith("test") and callable(getattr(cls, n)))
+
+
+async def _after_test(key, swarm, test):
+    if _shared.get(key) is not swarm:
+        return
+    try:
+        swarm.check_alive()
+    except HarnessError:
+        del _shared[key]
+        swarm.kill_now()
+        raise
+    if test._testMethodName == _last_test_name(type(test)):
+        del _shared[key]
+        await swarm.stop()
+
+
+class SharedSwarmMixin:
+    """For a trial TestCase whose tests share one swarm: the class defines
+    ``async def setUpSwarm(self, swarm)`` (start its processes); a test calls
+    ``swarm = await self.shared()``, which also sets C{self.swarm} and
+    C{self.http} (a new client, closed at the test's cleanup). See L{shared_swarm} for how it fails loudly."""
+
+    async def setUpSwarm(self, swarm):
+        raise NotImplementedError
+
+    async def shared(self):
+        from twisted.internet import reactor
+        # A new client each test: trial -u runs the same TestCase instances again.
+        self.http = HTTP(reactor)
+        self.addCleanup(self.http.close)
+        key = f"{type(self).__module__}.{type(self).__qualname__}"
+        self.swarm = await shared_swarm(key, reactor, self.http, self.setUpSwarm, test=self)
+        return self.swarm

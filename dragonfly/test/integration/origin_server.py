@@ -1,4 +1,7 @@
-"""A real origin for integration tests and the demo, run as its own process.
+"""A Twisted origin for the demo (and ``Swarm.start_origin(server="twisted")``),
+run as its own process. The integration tests' origin is nginx
+(``harness.NginxOrigin``); origins that misbehave on purpose (cut bodies,
+stalls, lying lengths) live in the tests that need them.
 
     python -m dragonfly.test.integration.origin_server --root DIR --port-file F
 

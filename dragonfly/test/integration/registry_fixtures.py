@@ -8,7 +8,8 @@ are waited for by polling with deadlines, never sleeps.
 
 - :func:`build_oci_layout` writes an OCI image layout (``oci-layout``,
   ``index.json``, ``blobs/sha256/...``) of random layers, for ``skopeo copy
-  oci:DIR:TAG docker://...``.
+  oci:DIR:TAG docker://...``; :func:`build_multiarch_layout` one whose tag is
+  an image index of one such image per platform.
 - :class:`TokenServer` is a Docker token-auth server (the Bearer dance):
   Basic credentials in, an RS256 JWT signed by a throw-away key out, with the
   certificate in the ``x5c`` header; the registry trusts that certificate via
@@ -134,6 +135,35 @@ def build_oci_layout(root, layer_sizes=(300_000, 1_500_000, 5_000_000), tag="v1"
     blobs.update({d: n for d, n, _ in layers})
     return {"manifest_digest": manifest_digest, "config_digest": config_digest,
             "layers": [(d, n) for d, n, _ in layers], "blobs": blobs}
+
+
+def build_multiarch_layout(root, platforms=("linux/amd64", "linux/arm64"),
+                           layer_sizes=(200_000, 700_000), tag="v1"):
+    """An OCI image layout whose C{tag} is an image index of one image per
+    platform (random layers each), for C{skopeo copy --all}. Returns
+    C{{"index_digest", "images": {platform: what build_oci_layout returns}}}."""
+    images = {}
+    for platform in platforms:
+        images[platform] = build_oci_layout(root, layer_sizes, tag)
+    entries = []
+    for platform, info in images.items():
+        os_, arch = platform.split("/")[:2]
+        path = os.path.join(root, "blobs", "sha256", info["manifest_digest"].split(":", 1)[1])
+        entries.append({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        "digest": info["manifest_digest"], "size": os.path.getsize(path),
+                        "platform": {"os": os_, "architecture": arch}})
+    index = json.dumps({"schemaVersion": 2,
+                        "mediaType": "application/vnd.oci.image.index.v1+json",
+                        "manifests": entries}, sort_keys=True).encode()
+    index_digest = sha256_digest(index)
+    with open(os.path.join(root, "blobs", "sha256", index_digest.split(":", 1)[1]), "wb") as f:
+        f.write(index)
+    with open(os.path.join(root, "index.json"), "w") as f:
+        json.dump({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": index_digest, "size": len(index),
+            "annotations": {"org.opencontainers.image.ref.name": tag}}]}, f)
+    return {"index_digest": index_digest, "images": images}
 
 
 def _seeded(seed):

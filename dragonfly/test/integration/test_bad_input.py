@@ -2,14 +2,14 @@
 origins, malformed request heads, an origin that breaks off mid-body.
 
 One swarm (origin + supernode + peer + a dfdaemon) is shared by these tests;
-each uses its own file names. The half-body origin runs in the test process
+each adds its own fresh files (``Swarm.new_file``: they pass again under
+``trial -u``). The half-body origin runs in the test process
 (it only has to answer one request at a time, then hang up).
 """
 import glob
 import json
 import os
 import socket
-import sys
 
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
@@ -18,7 +18,7 @@ from twisted.trial import unittest
 
 from dragonfly.taskid import task_id_for_url
 from dragonfly.test.integration.harness import (
-    HTTP, LOOPBACK, MiB, Service, poll_until, sha256_file, shared_swarm, with_logs)
+    LOOPBACK, MiB, SharedSwarmMixin, poll_until, sha256_file, start_nginx, with_logs)
 
 FILE_SIZE = 2 * MiB + 321
 TOKEN = "QueryT0ken4711"
@@ -27,16 +27,12 @@ PASSWORD = "Passw0rdZ9z"
 BEARER = "BearerCred777"
 
 
-def _files():
-    return {f"b{i}.bin": FILE_SIZE for i in range(4)}
-
-
 #: The IPv6 test's origin is on ::1, which the default egress policy denies too.
 ALLOW_LOOPBACKS = ("--allow-origin", f"{LOOPBACK},::1")
 
 
 async def _setup(swarm):
-    await swarm.start_origin(_files())
+    await swarm.start_origin()
     await swarm.start_supernode(piece_size="1M", egress=ALLOW_LOOPBACKS)
     await swarm.start_peer(egress=ALLOW_LOOPBACKS)
     swarm.dfdaemon = await _start_dfdaemon(swarm)
@@ -70,20 +66,6 @@ def ipv6_loopback():
     except OSError:
         return False
     return True
-
-
-class IPv6Origin(Service):
-    """The test origin server listening on [::1]."""
-
-    def __init__(self, logdir, root):
-        port_file = os.path.join(logdir, "origin6.port")
-        argv = [sys.executable, "-m", "dragonfly.test.integration.origin_server",
-                "--root", root, "--port-file", port_file, "--listen", r"tcp6:0:interface=\:\:1"]
-        Service.__init__(self, "origin6", argv, logdir, port_file)
-
-    @property
-    def base(self):
-        return f"http://[::1]:{self.ports['port']}"
 
 
 class _HalfBody(Protocol):
@@ -126,14 +108,14 @@ async def raw_exchange(port, payload, timeout=10):
     return proto.received
 
 
-class BadInputTests(unittest.TestCase):
+class BadInputTests(SharedSwarmMixin, unittest.TestCase):
     timeout = 300
 
+    async def setUpSwarm(self, swarm):
+        await _setup(swarm)
+
     async def swarm_(self):
-        self.http = HTTP(reactor)
-        self.addCleanup(self.http.close)
-        self.swarm = await shared_swarm("bad-input", reactor, self.http, _setup)
-        return self.swarm
+        return await self.shared()
 
     def own_logs(self):
         """{path: text} of every log our processes wrote (the origin's excluded:
@@ -160,21 +142,22 @@ class BadInputTests(unittest.TestCase):
         answer; the download itself used the real URL."""
         swarm = await self.swarm_()
         sn, peer = swarm.supernodes[0], swarm.peers[0]
-        url = swarm.origin_url("b0.bin") + f"?token={TOKEN}"
+        b0, b1, b2 = (swarm.new_file("b", FILE_SIZE) for _ in range(3))
+        url = swarm.origin_url(b0) + f"?token={TOKEN}"
         r = await swarm.dfget(url, peer=peer, args=["-v", "-H", f"Authorization: Bearer {BEARER}",
                                                     "-H", f"Cookie: session={BEARER}"])
         self.assertEqual(r.code, 0, r)
-        self.assertEqual(sha256_file(r.output), swarm.files["b0.bin"][1])
+        self.assertEqual(sha256_file(r.output), swarm.files[b0][1])
         self.assertIn("?<redacted>", r.stderr)
 
         answers = []
         code, _, body = await self.http.request(
             "GET", f"{sn.api}/api/v1/tasks/{task_id_for_url(url)}")
         self.assertEqual(code, 200, body)
-        self.assertEqual(json.loads(body)["url"], swarm.origin_url("b0.bin") + "?<redacted>")
+        self.assertEqual(json.loads(body)["url"], swarm.origin_url(b0) + "?<redacted>")
         answers.append(body)
 
-        purl = swarm.origin_url("b1.bin") + f"?X-Amz-Signature={PRESIGN}"
+        purl = swarm.origin_url(b1) + f"?X-Amz-Signature={PRESIGN}"
         code, _, body = await self.http.request(
             "POST", sn.api + "/api/v1/preheat", data=json.dumps({"url": purl}).encode(),
             headers={"Content-Type": "application/json"})
@@ -192,7 +175,7 @@ class BadInputTests(unittest.TestCase):
             "GET", f"{sn.api}/api/v1/tasks/{task_id_for_url(purl)}")
         answers.append(body)
 
-        bad = swarm.origin_url("b2.bin").replace("//", f"//user:{PASSWORD}@", 1)
+        bad = swarm.origin_url(b2).replace("//", f"//user:{PASSWORD}@", 1)
         r = await swarm.dfget(bad, peer=peer, args=["-v"], timeout=30)
         self.assertNotEqual(r.code, 0)
         self.assertIn("Authorization", r.stderr)
@@ -216,12 +199,13 @@ class BadInputTests(unittest.TestCase):
         """dfget with user:pass@ in the URL fails at once, sends nothing to
         the origin, and says to use -H 'Authorization: ...'."""
         swarm = await self.swarm_()
-        url = swarm.origin_url("auth/b3.bin").replace("//", "//user:pw@", 1)
+        name = swarm.new_file("b", FILE_SIZE)
+        url = swarm.origin_url("auth/" + name).replace("//", "//user:pw@", 1)
         r = await swarm.dfget(url, peer=swarm.peers[0], timeout=20)
         self.assertNotEqual(r.code, 0)
         self.assertIn("-H 'Authorization: ", r.stderr)
         stats = await swarm.origin.stats(self.http)
-        self.assertNotIn("/auth/b3.bin", stats["paths"])
+        self.assertNotIn("/auth/" + name, stats["paths"])
 
     @with_logs()
     async def test_ipv6_origin(self):
@@ -230,14 +214,15 @@ class BadInputTests(unittest.TestCase):
         if not ipv6_loopback():
             raise unittest.SkipTest("this host cannot listen on ::1")
         swarm = await self.swarm_()
-        origin6 = IPv6Origin(swarm.workdir, swarm.path("origin-root"))
+        origin6 = await start_nginx(reactor, swarm.workdir, swarm.path("origin-root"),
+                                    name="origin6", host="::1")
         self.addCleanup(lambda: defer.Deferred.fromCoroutine(origin6.stop(reactor)))
-        await origin6.wait_ports(reactor, ["port"])
-        url = f"{origin6.base}/b2.bin"
+        name = swarm.new_file("b", FILE_SIZE)
+        url = f"{origin6.base}/{name}"
         for args in ([], ["--pattern", "source"]):
             r = await swarm.dfget(url, peer=swarm.peers[0], args=args, timeout=60)
             self.assertEqual(r.code, 0, r)
-            self.assertEqual(sha256_file(r.output), swarm.files["b2.bin"][1])
+            self.assertEqual(sha256_file(r.output), swarm.files[name][1])
 
     @with_logs()
     async def test_malformed_content_length_json(self):

@@ -189,3 +189,42 @@ class ImagePreheatTests(unittest.TestCase):
         m = await http.metrics(dfdaemon.mirror)
         self.assertEqual(metric(m, "dragonfly_mirror_blob_bytes_total"), sum(info["blobs"].values()),
                          "the blobs did not go through the mirror")
+
+    @with_logs()
+    async def test_preheat_picks_the_platform_of_an_index(self):
+        """dfctl preheat --platform linux/arm64 of a two-platform image index warms
+        the arm64 image's config and layers and takes nothing of the amd64 one."""
+        from dragonfly.test.integration import registry_fixtures as rf
+        if rf.which("docker-registry", rf.DOCKER_REGISTRY) is None \
+                or rf.which("skopeo", "/usr/bin/skopeo") is None:
+            raise unittest.SkipTest("docker-registry or skopeo not installed")
+        http = HTTP(reactor)
+        self.addCleanup(http.close)
+        self.swarm = swarm = Swarm(reactor, self.mktemp(), http)
+        self.addCleanup(swarm.stop)
+        registry = rf.Registry(swarm.path("registry"))
+        self.addCleanup(registry.stop, reactor)
+        await registry.start(reactor)
+        layout = rf.build_multiarch_layout(swarm.path("image"))
+        code, out, err = await rf.skopeo(reactor, swarm.workdir, "skopeo-push", [
+            "copy", "--all", "--dest-tls-verify=false", f"oci:{swarm.path('image')}:v1",
+            f"docker://{registry.hostport}/team/multi:v1"])
+        self.assertEqual(code, 0, err)
+        await swarm.start_supernode(piece_size="1M")
+
+        proc = Proc("dfctl-multi", [sys.executable, "-m", "dragonfly.dfctl", "preheat",
+                                    f"{registry.hostport}/team/multi:v1", "--platform",
+                                    "linux/arm64", "--insecure", "--wait", "--json",
+                                    "--supernodes", swarm.supernode_list()],
+                    swarm.workdir, separate_stderr=True)
+        swarm.dfgets.append(proc)
+        await proc.wait(reactor, 120)
+        self.assertEqual(proc.returncode, 0, proc.read_log(err=True))
+        job = json.loads(proc.read_log())["job"]
+        self.assertEqual(job["state"], "done", job)
+        arm, amd = layout["images"]["linux/arm64"], layout["images"]["linux/amd64"]
+        self.assertEqual({t["task_id"] for t in job["tasks"]}, set(arm["blobs"]))
+        warmed = {d: sum(r["written"] for r in registry.blob_gets(d)) for d in arm["blobs"]}
+        self.assertEqual(warmed, arm["blobs"])
+        for digest in set(amd["blobs"]) - set(arm["blobs"]):
+            self.assertEqual(registry.blob_gets(digest), [], "an amd64 blob was fetched")

@@ -19,7 +19,7 @@ from twisted.web.server import Site
 
 from dragonfly.taskid import task_id_for_url
 from dragonfly.test.integration.harness import (
-    free_port, LOOPBACK, sha256_file, SwarmMixin, with_logs)
+    LOOPBACK, refused_url, sha256_file, SwarmMixin, with_logs)
 
 TRAP_HOST = "127.0.0.2"
 PEER = {"peer_id": "itest-1-00000002", "host": LOOPBACK, "port": 9}
@@ -120,7 +120,7 @@ class EgressTests(SwarmMixin, TestCase):
         self.assertRefusal(obj["error"], TRAP_HOST)
 
         # dfget, every way.
-        dead = f"http://{LOOPBACK}:{free_port()}"
+        dead = refused_url()
         for url in (self.trap_url, self.redirect_url):
             await self.dfget_refused(url, peer=peer, egress=allow)
             await self.dfget_refused(url, daemon=dead, egress=allow)

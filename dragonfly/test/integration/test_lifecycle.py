@@ -17,7 +17,7 @@ from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from dragonfly.test.integration.harness import (
-    executable, LOOPBACK, MiB, Proc, sha256_file, SwarmMixin, with_logs)
+    executable, LOOPBACK, MiB, poll_until, Proc, sha256_file, SwarmMixin, with_logs)
 
 #: Seconds a role may take to notice its port is taken and exit (it is the
 #: interpreter's start-up, mostly).
@@ -86,7 +86,11 @@ class TakenPortTests(TestCase):
             self.assertIn("cannot listen on tcp:", proc.read_log(err=True))
             with open(self.path(proc.name + ".twistd.log")) as f:
                 self.assertIn(line, f.read())
-            self.assertFalse(os.path.exists(self.path(proc.name + ".pid")))
+            # twistd's child writes the error to the parent before it removes
+            # its pid file: the parent may exit first, so poll for it to go
+            pid = self.path(proc.name + ".pid")
+            await poll_until(reactor, lambda: not os.path.exists(pid), EXIT_WITHIN,
+                             f"{pid} to be removed")
         else:
             self.assertIn(line, proc.read_log() + proc.read_log(err=True))
 

@@ -1,13 +1,14 @@
 """End-to-end P2P distribution with real processes on 127.0.0.1.
 
-An origin server (``origin_server.py``, counting the body bytes it sends), a
+An origin (nginx, whose access log counts the body bytes it sends), a
 ``twistd supernode``, ``twistd peer`` processes and ``dfget`` runs, all
 separate OS processes on ephemeral loopback ports.
 
 ``SwarmTests`` share one swarm (origin + supernode + 3 peers), started by the
-first test that needs it; each of its tests uses its own file names and
-compares counters as before/after deltas. Tests that kill processes build
-their own swarm.
+first test that needs it and stopped (exit statuses checked) after the last;
+each of its tests adds fresh files to the origin (``Swarm.new_file``: they
+pass again under ``trial -u``) and compares counters as before/after deltas.
+Tests that kill processes build their own swarm.
 """
 import hashlib
 import os
@@ -16,8 +17,8 @@ from twisted.internet import reactor
 from twisted.trial import unittest
 
 from dragonfly.test.integration.harness import (
-    HTTP, LOOPBACK, MiB, Swarm, free_port, metric, poll_until, sha256_file,
-    shared_swarm, with_logs)
+    HTTP, LOOPBACK, MiB, SharedSwarmMixin, Swarm, metric, poll_until, refused_url, sha256_file,
+    with_logs)
 
 PIECE_SIZE = "1M"
 BIG = 24 * MiB  # 24 pieces
@@ -27,7 +28,7 @@ SMALL = 2 * MiB + 12345  # 3 pieces, the last one short
 class _Base(unittest.TestCase):
     timeout = 300
 
-    def http(self):
+    def new_http(self):
         http = HTTP(reactor)
         self.addCleanup(http.close)
         return http
@@ -53,19 +54,6 @@ class _Base(unittest.TestCase):
         return reason
 
 
-async def _setup_shared(swarm):
-    await swarm.start_origin({
-        "big.bin": BIG,
-        "digest.bin": SMALL,
-        "secret.bin": SMALL,
-        "secret-denied.bin": SMALL,
-        "embedded.bin": SMALL,
-    })
-    await swarm.start_supernode(piece_size=PIECE_SIZE)
-    for _ in range(3):
-        await swarm.start_peer()
-
-
 async def _snapshot(swarm):
     sn = swarm.supernodes[0]
     snm = await sn.metrics(swarm.http)
@@ -79,12 +67,17 @@ async def _snapshot(swarm):
     }
 
 
-class SwarmTests(_Base):
+class SwarmTests(SharedSwarmMixin, _Base):
     """One supernode and three peers, shared by these tests."""
 
+    async def setUpSwarm(self, swarm):
+        await swarm.start_origin()
+        await swarm.start_supernode(piece_size=PIECE_SIZE)
+        for _ in range(3):
+            await swarm.start_peer()
+
     async def swarm_(self):
-        self.swarm = await shared_swarm("p2p", reactor, self.http(), _setup_shared)
-        return self.swarm
+        return await self.shared()
 
     @with_logs()
     async def test_concurrent_download(self):
@@ -92,15 +85,16 @@ class SwarmTests(_Base):
         their peers, every copy is byte-identical to the origin's, the origin
         sends the file exactly once, and some pieces travel peer to peer."""
         swarm = await self.swarm_()
+        big = swarm.new_file("big", BIG)
         before = await _snapshot(swarm)
-        url = swarm.origin_url("big.bin")
+        url = swarm.origin_url(big)
         procs = [swarm.start_dfget(url, peer=p) for p in swarm.peers]
         results = [await swarm.wait_dfget(p, timeout=180) for p in procs]
         for r in results:
-            self.assertDownloaded(r, swarm, "big.bin")
+            self.assertDownloaded(r, swarm, big)
         after = await _snapshot(swarm)
 
-        self.assertEqual(await swarm.origin.body_bytes(swarm.http, "big.bin"), BIG,
+        self.assertEqual(await swarm.origin.body_bytes(swarm.http, big), BIG,
                          "the origin did not send the file exactly once")
         self.assertEqual(after["sn_origin"] - before["sn_origin"], BIG,
                          "supernode origin byte counter disagrees with the origin")
@@ -114,6 +108,54 @@ class SwarmTests(_Base):
             self.assertEqual(a["origin"] - b["origin"], 0, f"peer {i} went back to the origin")
         served = after["sn_upload"] - before["sn_upload"]
         self.assertLess(served, 3 * BIG, "the supernode served every copy itself")
+
+    @with_logs()
+    async def test_body_without_content_length(self):
+        """When the origin sends a file chunked, without Content-Length, ETag or
+        Last-Modified (nginx's SSI filter), dfget through two peers gets the
+        exact bytes both times, and the origin sent the body once."""
+        swarm = await self.swarm_()
+        name = swarm.new_file("chunked", SMALL)
+        url = swarm.origin_url("chunked/" + name)
+        for peer in swarm.peers[:2]:
+            r = await swarm.dfget(url, peer=peer, timeout=60)
+            self.assertDownloaded(r, swarm, name)
+        bodies = [r for r in swarm.origin.requests()
+                  if r["uri"] == "/chunked/" + name and r["method"] == "GET"]
+        self.assertEqual([r["status"] for r in bodies], [200], bodies)
+        self.assertGreaterEqual(bodies[0]["bytes"], SMALL, bodies)
+
+    @with_logs()
+    async def test_verbose_and_unexpected_error(self):
+        """A successful dfget prints nothing on stderr (not a terminal); with -v
+        it says which daemon it uses and what it asks for. An unexpected
+        exception (the OSError of an output name over the filesystem's limit,
+        which no check of dfget's maps to a reason) is one line and exit 1
+        without -v; with -v the traceback comes before that line."""
+        swarm = await self.swarm_()
+        peer = swarm.peers[0]
+        name = swarm.new_file("verbose", 1000)
+        url = swarm.origin_url(name)
+        quiet = await swarm.dfget(url, peer=peer, timeout=60)
+        self.assertDownloaded(quiet, swarm, name)
+        self.assertEqual(quiet.stderr, "")
+        loud = await swarm.dfget(url, peer=peer, args=["-v"], timeout=60)
+        self.assertDownloaded(loud, swarm, name)
+        self.assertIn(f"[dfget] using the peer daemon at {peer.api}\n", loud.stderr)
+        self.assertIn(f"[dfget] asking the peer daemon at {peer.api} for {url}\n", loud.stderr)
+
+        os.makedirs(swarm.path("long-out"), exist_ok=True)
+        too_long = os.path.join(swarm.path("long-out"), "n" * 300)
+        for args in ([], ["-v"]):
+            r = await swarm.dfget(url, peer=peer, output=too_long, args=args, timeout=60)
+            self.assertEqual(r.code, 1, r)
+            lines = r.stderr.splitlines()
+            self.assertTrue(lines and lines[-1].startswith("dfget: error: OSError: [Errno 36]"), r)
+            if args:
+                self.assertIn("Traceback (most recent call last):", r.stderr)
+            else:
+                self.assertEqual(len(lines), 1, r)
+            self.assertEqual(os.listdir(swarm.path("long-out")), [])
 
     @with_logs()
     async def test_origin_404(self):
@@ -130,7 +172,8 @@ class SwarmTests(_Base):
         """When --digest does not match, dfget exits non-zero and no file
         appears; with the right sha256 (or --md5) it succeeds."""
         swarm = await self.swarm_()
-        url = swarm.origin_url("digest.bin")
+        name = swarm.new_file("digest", SMALL)
+        url = swarm.origin_url(name)
         wrong = hashlib.sha256(b"not the file").hexdigest()
         r = await swarm.dfget(url, peer=swarm.peers[1], args=["--digest", f"sha256:{wrong}"], timeout=60)
         reason = self.assertFailedCleanly(r)
@@ -138,26 +181,27 @@ class SwarmTests(_Base):
                         f"reason does not mention the digest: {reason!r}")
 
         r = await swarm.dfget(url, peer=swarm.peers[1],
-                              args=["--digest", f"sha256:{swarm.files['digest.bin'][1]}"], timeout=60)
-        self.assertDownloaded(r, swarm, "digest.bin")
+                              args=["--digest", f"sha256:{swarm.files[name][1]}"], timeout=60)
+        self.assertDownloaded(r, swarm, name)
 
-        with open(os.path.join(swarm.origin.root, "digest.bin"), "rb") as f:
+        with open(os.path.join(swarm.origin.root, name), "rb") as f:
             md5 = hashlib.md5(f.read()).hexdigest()
         r = await swarm.dfget(url, peer=swarm.peers[2], args=["--md5", md5], timeout=60)
-        self.assertDownloaded(r, swarm, "digest.bin")
+        self.assertDownloaded(r, swarm, name)
 
     @with_logs()
     async def test_header_passing(self):
         """When dfget is given -H 'Authorization: ...', the origin fetch carries
         it: an auth-protected file downloads; without the header it fails."""
         swarm = await self.swarm_()
-        r = await swarm.dfget(swarm.origin_url("auth/secret-denied.bin"), peer=swarm.peers[0], timeout=60)
+        denied, secret = swarm.new_file("secret-denied", SMALL), swarm.new_file("secret", SMALL)
+        r = await swarm.dfget(swarm.origin_url("auth/" + denied), peer=swarm.peers[0], timeout=60)
         self.assertFailedCleanly(r)
 
-        r = await swarm.dfget(swarm.origin_url("auth/secret.bin"), peer=swarm.peers[0],
+        r = await swarm.dfget(swarm.origin_url("auth/" + secret), peer=swarm.peers[0],
                               args=["-H", "Authorization: Bearer x"], timeout=60)
-        self.assertDownloaded(r, swarm, "secret.bin")
-        stats = (await swarm.origin.stats(swarm.http))["paths"]["/auth/secret.bin"]
+        self.assertDownloaded(r, swarm, secret)
+        stats = (await swarm.origin.stats(swarm.http))["paths"]["/auth/" + secret]
         self.assertNotIn("401", stats["statuses"], "an origin request lacked the header")
         self.assertEqual(stats["body_bytes"], SMALL)
 
@@ -166,14 +210,14 @@ class SwarmTests(_Base):
         """When no local peer answers --daemon, dfget runs an embedded peer that
         joins the swarm: the file comes through the supernode, verified."""
         swarm = await self.swarm_()
+        name = swarm.new_file("embedded", SMALL)
         before = await _snapshot(swarm)
-        r = await swarm.dfget(swarm.origin_url("embedded.bin"),
-                              daemon=f"http://{LOOPBACK}:{free_port()}", timeout=60)
-        self.assertDownloaded(r, swarm, "embedded.bin")
+        r = await swarm.dfget(swarm.origin_url(name), daemon=refused_url(), timeout=60)
+        self.assertDownloaded(r, swarm, name)
         after = await _snapshot(swarm)
         self.assertEqual(after["sn_origin"] - before["sn_origin"], SMALL,
                          "the supernode did not fetch the file (dfget bypassed the swarm?)")
-        self.assertEqual(await swarm.origin.body_bytes(swarm.http, "embedded.bin"), SMALL)
+        self.assertEqual(await swarm.origin.body_bytes(swarm.http, name), SMALL)
         self.assertGreaterEqual(after["sn_upload"] - before["sn_upload"], SMALL,
                                 "the embedded peer got no pieces from the supernode")
 
@@ -186,7 +230,7 @@ class PeerFailureTests(_Base):
         """When one peer is killed (SIGKILL) while three downloads run, the other
         two still finish with correct bytes and the origin still sends the file
         only once; the killed peer's dfget fails cleanly or completes."""
-        self.swarm = swarm = Swarm(reactor, self.mktemp(), self.http())
+        self.swarm = swarm = Swarm(reactor, self.mktemp(), self.new_http())
         self.addCleanup(swarm.stop)
         size = 16 * MiB
         # a throttled origin (8 MiB/s) keeps the downloads running for ~2 s
@@ -228,7 +272,7 @@ class BackSourceTests(_Base):
         """When the supernode has died, dfget through a running peer still
         succeeds by fetching from the origin directly; with --no-back-source it
         fails cleanly; an embedded peer with no supernode back-sources too."""
-        self.swarm = swarm = Swarm(reactor, self.mktemp(), self.http())
+        self.swarm = swarm = Swarm(reactor, self.mktemp(), self.new_http())
         self.addCleanup(swarm.stop)
         await swarm.start_origin({"bs.bin": SMALL, "bs-none.bin": SMALL, "bs-embedded.bin": SMALL})
         sn = await swarm.start_supernode(piece_size=PIECE_SIZE)
@@ -252,6 +296,6 @@ class BackSourceTests(_Base):
                          "--no-back-source still fetched from the origin")
 
         r = await swarm.dfget(swarm.origin_url("bs-embedded.bin"),
-                              daemon=f"http://{LOOPBACK}:{free_port()}",
+                              daemon=refused_url(),
                               supernodes=f"{LOOPBACK}:{sn.api_port}", timeout=120)
         self.assertDownloaded(r, swarm, "bs-embedded.bin")

@@ -1,6 +1,7 @@
 """Hostile bytes against real processes: every service stays up and useful.
 
-One swarm (origin + supernode + 2 peers) is shared by these tests. Each test
+One swarm (origin + supernode + 2 peers) is shared by these tests (each
+fetches its own fresh file, so they pass again under ``trial -u``). Each test
 throws malformed input at the piece ports (binary protocol) or the HTTP API
 ports, checks that the offending connection is dropped or answered with a
 4xx JSON error, then that every process is still alive, ``/healthz`` answers
@@ -16,7 +17,7 @@ from twisted.internet.protocol import Protocol
 from twisted.trial import unittest
 
 from dragonfly.test.integration.harness import (
-    HTTP, LOOPBACK, MiB, poll_until, sha256_file, shared_swarm, with_logs)
+    LOOPBACK, MiB, SharedSwarmMixin, poll_until, sha256_file, with_logs)
 
 FILE_SIZE = 2 * MiB + 777  # 3 pieces of 1 MiB
 
@@ -60,25 +61,17 @@ async def throw(port, payload, expect_drop, timeout=15):
     return proto
 
 
-def _files():
-    return {f"file{i}.bin": FILE_SIZE for i in range(4)}
-
-
-async def _setup(swarm):
-    await swarm.start_origin(_files())
-    await swarm.start_supernode(piece_size="1M")
-    for _ in range(2):
-        await swarm.start_peer()
-
-
-class RobustnessTests(unittest.TestCase):
+class RobustnessTests(SharedSwarmMixin, unittest.TestCase):
     timeout = 240
 
+    async def setUpSwarm(self, swarm):
+        await swarm.start_origin()
+        await swarm.start_supernode(piece_size="1M")
+        for _ in range(2):
+            await swarm.start_peer()
+
     async def swarm_(self):
-        http = HTTP(reactor)
-        self.addCleanup(http.close)
-        self.swarm = await shared_swarm("robustness", reactor, http, _setup)
-        return self.swarm
+        return await self.shared()
 
     def nodes(self):
         return self.swarm.supernodes + self.swarm.peers
@@ -123,7 +116,7 @@ class RobustnessTests(unittest.TestCase):
                 await throw(node.piece_port, payload, expect_drop=True)
             for payload in keeps:
                 await throw(node.piece_port, payload, expect_drop=False)
-        await self.assertStillWorking("file0.bin")
+        await self.assertStillWorking(swarm.new_file("file", FILE_SIZE))
 
     @with_logs()
     async def test_piece_port_unknown_task(self):
@@ -148,7 +141,7 @@ class RobustnessTests(unittest.TestCase):
             await poll_until(reactor, lambda: proto.lost, 10, "our connection to close")
             self.assertNotIn(codec.T_PIECE, _types(proto.received),
                              f"{node.name} sent piece data for a task it does not hold")
-        await self.assertStillWorking("file1.bin")
+        await self.assertStillWorking(swarm.new_file("file", FILE_SIZE))
 
     @with_logs()
     async def test_api_garbage_http(self):
@@ -178,7 +171,7 @@ class RobustnessTests(unittest.TestCase):
                                     f"{node.name} answered garbage with {proto.received[:80]!r}")
             for payload in keeps:
                 await throw(node.api_port, payload, expect_drop=False)
-        await self.assertStillWorking("file2.bin")
+        await self.assertStillWorking(swarm.new_file("file", FILE_SIZE))
 
     @with_logs()
     async def test_api_bad_requests(self):
@@ -190,7 +183,8 @@ class RobustnessTests(unittest.TestCase):
         sn = swarm.supernodes[0]
         peer = swarm.peers[0]
         big = json.dumps({"url": "http://x/", "pad": "a" * (2 * MiB)}).encode()
-        origin_url = swarm.origin_url("file3.bin")
+        name = swarm.new_file("file", FILE_SIZE)
+        origin_url = swarm.origin_url(name)
         cases = [
             (sn, "POST", "/api/v1/tasks", b"{not json"),
             (sn, "POST", "/api/v1/tasks", b"[1, 2, 3]"),
@@ -225,9 +219,9 @@ class RobustnessTests(unittest.TestCase):
             self.assertIsInstance(obj, dict, where)
             self.assertIsInstance(obj.get("error"), str, f"no 'error' string: {where}")
             self.assertNotIn("root:", reply.decode("latin-1"), f"leaked a file: {where}")
-        self.assertEqual(await swarm.origin.body_bytes(http, "file3.bin"), 0,
+        self.assertEqual(await swarm.origin.body_bytes(http, name), 0,
                          "a rejected request still reached the origin")
-        await self.assertStillWorking("file3.bin")
+        await self.assertStillWorking(name)
 
 
 def _types(data):

@@ -1,6 +1,6 @@
 """Integration tests of ``twistd supernode`` alone: real processes on 127.0.0.1.
 
-A real origin (dragonfly.test.integration.origin_server) and one or two
+A real origin (nginx: Range, ETag, If-None-Match -> 304) and one or two
 supernodes; the tests talk to the supernode API directly, as a peer would.
 """
 import json
