@@ -6,6 +6,8 @@
 #
 #     PYTHON=/usr/bin/python3.11 sh packaging/build-venv.sh DESTDIR PREFIX
 #
+# An empty DESTDIR builds in place (e.g. a container image: "" /opt/dragonfly).
+#
 # PYTHON is the interpreter the venv is tied to (its bin/python links to it, so
 # the package must depend on exactly that interpreter). Dependencies come from
 # packaging/requirements.lock only, checked against its hashes; dragonfly itself
@@ -13,7 +15,7 @@
 # DRAGONFLY_PIP_ARGS adds pip options, e.g. an offline wheelhouse:
 #     DRAGONFLY_PIP_ARGS="--no-index --find-links=/srv/wheelhouse"
 set -eu
-DESTDIR=${1:?usage: build-venv.sh DESTDIR PREFIX}
+DESTDIR=${1?usage: build-venv.sh DESTDIR PREFIX}
 PREFIX=${2:?usage: build-venv.sh DESTDIR PREFIX}
 PYTHON=${PYTHON:-/usr/bin/python3}
 VENV=$DESTDIR$PREFIX
@@ -44,7 +46,8 @@ done
 # package owns; tracebacks name PREFIX, not DESTDIR.
 find "$VENV" -name __pycache__ -type d -prune -exec rm -rf {} +
 "$VENV/bin/python" -m compileall -q -j 0 --invalidation-mode checked-hash \
-    -s "$DESTDIR" -p / "$VENV/lib" >/dev/null
+    ${DESTDIR:+-s "$DESTDIR" -p /} "$VENV/lib" >/dev/null
+[ -n "$DESTDIR" ] || exit 0
 
 # The venv was made under DESTDIR: its scripts' #! lines, activate scripts and
 # pyvenv.cfg name DESTDIR$PREFIX. Point them at PREFIX.
