@@ -155,6 +155,7 @@ done
 ls /etc/rc2.d/S*dragonfly-supernode /etc/rc2.d/S*dragonfly-peer >/dev/null \
     || fail "supernode/peer not enabled at boot"
 if ls /etc/rc2.d/S*dragonfly-dfdaemon >/dev/null 2>&1; then fail "dfdaemon enabled at boot"; fi
+if /etc/init.d/dragonfly-dfdaemon status >/dev/null; then fail "dfdaemon started on install"; fi
 if command -v logrotate >/dev/null; then
     logrotate -d /etc/logrotate.d/dragonfly >"$WORK/logrotate.log" 2>&1 \
         || { cat "$WORK/logrotate.log"; fail "logrotate config"; }
