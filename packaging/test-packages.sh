@@ -34,7 +34,9 @@ T0=$(date +%s)
 step() { echo "== [$(($(date +%s) - T0))s] $*"; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
-installed() { dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -q "ok installed\|config-files"; }
+# (Outputs are captured before grep -q: with pipefail, a grep that stops early fails the pipe.)
+installed() { local st; st=$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) || return 1
+              grep -q "ok installed\|config-files" <<<"$st"; }
 
 cleanup() {
     local rc=$?
@@ -142,7 +144,7 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
     "$WORK"/dragonfly-peer_*.deb "$WORK"/dragonfly-dfdaemon_*.deb >"$WORK/install.log" 2>&1 \
     || { tail -n 30 "$WORK/install.log"; fail "apt-get install"; }
 dpkg-query -W -f='${Package} ${Version} ${Status}\n' $PACKAGES
-dpkg-query -W -f='${Depends}\n' dragonfly | grep -q "python3\.[0-9]*" \
+grep -q "python3\.[0-9]" <<<"$(dpkg-query -W -f='${Depends}' dragonfly)" \
     || fail "dragonfly does not depend on its interpreter"
 for f in /usr/bin/dfget /usr/bin/dfctl /etc/logrotate.d/dragonfly \
          /usr/share/bash-completion/completions/dfget /usr/share/bash-completion/completions/dfctl \
@@ -234,6 +236,6 @@ rpmbuild -bb --nodeps --define "_topdir $WORK/rpmbuild" --define '_binary_payloa
     || { tail -n 40 "$WORK/rpm-build.log"; fail "rpmbuild"; }
 grep "^PASSED\|check-venv.sh: .* ok" "$WORK/rpm-build.log"
 rpm=$(ls "$WORK"/rpmbuild/RPMS/*/dragonfly-0.1.0-*.rpm)
-rpm -qp --requires "$rpm" 2>/dev/null | grep -q "^python(abi) = 3\." || fail "RPM without python(abi)"
+grep -q "^python(abi) = 3\." <<<"$(rpm -qp --requires "$rpm" 2>/dev/null)" || fail "RPM without python(abi)"
 for role in $ROLES; do ls "$WORK"/rpmbuild/RPMS/*/dragonfly-$role-0.1.0-*.rpm >/dev/null; done
-rpm -qp --dump "$rpm" 2>/dev/null | grep -q "^/opt/dragonfly/pyvenv.cfg " || fail "no pyvenv.cfg in the RPM"
+grep -q "^/opt/dragonfly/pyvenv.cfg " <<<"$(rpm -qp --dump "$rpm" 2>/dev/null)" || fail "no pyvenv.cfg in the RPM"
