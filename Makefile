@@ -4,11 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all test-browser bench install clean
+.PHONY: demo test test-all test-browser bench install clean package-test
 
-$(STAMP): setup.py
+$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	# The distribution was called "dragonfly" before pyproject.toml (that name is
+	# another project's on PyPI): drop it from an older .venv.
+	$(BIN)/pip uninstall -q -y dragonfly 2>/dev/null || true
 	$(BIN)/pip install -q '.[test]'
 	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 	touch $(STAMP)
@@ -50,6 +53,12 @@ demo: install
 bench: install
 	$(BIN)/pip install -q -r bench/requirements.txt
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.run
+
+# Build the .deb from a clean tree, install it, run each role with its SysV script,
+# download through the installed dfget and peer, remove and purge it; build the RPM
+# (with %check). Root only; see packaging/test-packages.sh.
+package-test:
+	bash packaging/test-packages.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info _trial_temp .trial .artifacts

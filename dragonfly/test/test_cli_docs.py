@@ -60,4 +60,4 @@ class CliDocsTests(SynchronousTestCase):
             self.assertIn(f"%{{_bindir}}/{name}", spec)
             self.assertIn(f"completions/{name}", spec)
             self.assertIn(f"man1/{name}.1", spec)
-        self.assertIn("dfctl = dragonfly.dfctl.cli:run", read("setup.py"))
+        self.assertIn('dfctl = "dragonfly.dfctl.cli:run"', read("pyproject.toml"))

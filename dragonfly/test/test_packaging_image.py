@@ -90,7 +90,7 @@ class DockerfileTests(SynchronousTestCase):
         """Dependencies come only from packaging/requirements.lock with
         --require-hashes; the project itself is installed with --no-deps."""
         runs = " && ".join(self.args_of("RUN"))
-        self.assertIn("--require-hashes -r /tmp/requirements.lock", runs)
+        self.assertIn("--require-hashes --no-deps -r /tmp/requirements.lock", runs)
         self.assertIn("COPY packaging/requirements.lock /tmp/requirements.lock",
                       "\n".join(f"{k} {a}" for k, a in self.steps))
         installs = re.findall(r"pip install ([^&]*)", runs)
@@ -134,9 +134,9 @@ class DockerfileTests(SynchronousTestCase):
                      "_trial_temp/test.log", ".trial/_trial_temp/x", ".artifacts/a.png",
                      "bench/results/r.json", "dragonfly/__pycache__/units.cpython-311.pyc",
                      "dragonfly/peer/__pycache__/api.cpython-311.pyc", "demo/demo.py",
-                     "dragonfly.egg-info/PKG-INFO", "dragonfly/test/_trial_temp/x"):
+                     "dragonfly.egg-info/PKG-INFO", "dragonfly/test/_trial_temp/x", "setup.py"):
             self.assertTrue(dockerignore_excludes(self.ignore, path), path)
-        for path in ("setup.py", "dragonfly/units.py", "dragonfly/supernode/ui/index.html",
+        for path in ("pyproject.toml", "dragonfly/units.py", "dragonfly/supernode/ui/index.html",
                      "twisted/plugins/dragonfly_plugins.py", "README.md", "LICENSE",
                      "packaging/requirements.lock", "packaging/docker/healthcheck.py"):
             self.assertFalse(dockerignore_excludes(self.ignore, path), path)
