@@ -29,6 +29,11 @@ Policy (docs/design.md "Scheduler"):
   - the source is the least-loaded eligible holder peer under its upload limit;
     eligible = alive, not marked bad, not reported failing by this asker for
     this piece;
+  - in a swarm (more than one peer downloading) the seed serves at most
+    C{seed_swarm_uploads} pieces at once whatever its C{seed_max_uploads}
+    (a lone downloader may use every seed slot): each piece leaves the seed
+    in a few piece times, so the swarm starts passing pieces on early, and
+    the seed's last pieces do not all reach the swarm together at the end;
   - the seed (the supernode's CDN copy) serves a piece only when no eligible
     peer holds it, and then, by default, to one asker at a time while no peer
     holds it yet ("super-seeding"): the swarm, not the seed, multiplies it.
@@ -92,17 +97,20 @@ class Scheduler:
         to this many different askers is not used again in that task.
     @param seed_piece_copies: while no eligible peer holds a piece, the seed
         sends it to at most this many askers at a time.
+    @param seed_swarm_uploads: while more than one peer downloads a task,
+        the seed serves at most this many of its assignments at once (and at
+        most C{seed_max_uploads}).
     """
 
     def __init__(self, clock, max_uploads_per_peer=4, seed_max_uploads=8,
                  assignment_timeout=60.0, peer_timeout=120.0, rng=None,
                  bad_peer_failures=3, seed_piece_copies=1, bad_peer_cooldown=60.0,
-                 bad_piece_askers=2, max_peers_per_address=0):
+                 bad_piece_askers=2, max_peers_per_address=0, seed_swarm_uploads=4):
         if max_uploads_per_peer < 1 or seed_max_uploads < 1:
             raise ValueError("upload limits must be at least 1")
-        if seed_piece_copies < 1 or bad_peer_failures < 1 or bad_piece_askers < 1:
-            raise ValueError(
-                "seed_piece_copies, bad_peer_failures and bad_piece_askers must be at least 1")
+        if min(seed_piece_copies, bad_peer_failures, bad_piece_askers, seed_swarm_uploads) < 1:
+            raise ValueError("seed_piece_copies, bad_peer_failures, bad_piece_askers and "
+                             "seed_swarm_uploads must be at least 1")
         self.clock = clock
         self.max_uploads_per_peer = max_uploads_per_peer
         self.seed_max_uploads = seed_max_uploads
@@ -111,6 +119,7 @@ class Scheduler:
         self.rng = rng if rng is not None else random.Random()
         self.bad_peer_failures = bad_peer_failures
         self.seed_piece_copies = seed_piece_copies
+        self.seed_swarm_uploads = seed_swarm_uploads
         self.max_peers_per_address = max_peers_per_address
         self.bad_peer_cooldown = bad_peer_cooldown
         self.bad_piece_askers = bad_piece_askers
@@ -381,7 +390,7 @@ class Scheduler:
         not hold the others back. Every other rule stands: free holders
         first, busy live holders mean waiting, the seed's slot and copy limits.
         """
-        if task.seed_uploads >= self.seed_max_uploads:
+        if task.seed_uploads >= self._seed_slots(max(1, len(task.peers) - task.done)):
             return []
         lacking = task.avail & ~a.have & ~a.fetch_mask
         max_uploads, copies = self.max_uploads_per_peer, self.seed_piece_copies
@@ -421,12 +430,24 @@ class Scheduler:
             return []
         return self._choose(task, a, want, cursor, need, active, now)
 
-    def _seed_ok(self, task, a, seed_share, active):
+    def _seed_slots(self, active):
+        """The seed's upload slots while C{active} peers download: all of them
+        for a lone downloader; in a swarm at most C{seed_swarm_uploads}, so
+        each piece leaves the seed sooner (split over many uploads, the first
+        pieces would reach the swarm only after that many piece times, and
+        the last ones would reach it together at the end)."""
+        if active <= 1:
+            return self.seed_max_uploads
+        return min(self.seed_max_uploads, self.seed_swarm_uploads)
+
+    def _seed_ok(self, task, a, seed_limits, active):
         """Whether the seed may serve C{a} now: it is shared fairly among the
-        peers still downloading, at once (its slots) and over time (no asker
-        far above the average)."""
-        return (task.seed_uploads < self.seed_max_uploads
-                and a.seed_fetches < seed_share
+        peers still downloading, at once (its slots, and C{seed_limits}: the
+        asker's share of them and the slots it may use) and over time (no
+        asker far above the average)."""
+        share, slots = seed_limits
+        return (task.seed_uploads < slots
+                and a.seed_fetches < share
                 and a.seed_got * active <= task.seed_given + active)
 
     def _choose(self, task, a, want, cursor, need, active, now):
@@ -438,7 +459,11 @@ class Scheduler:
         union = 0
         for q in pool:
             union |= q.have
-        seed_share = -(-self.seed_max_uploads // active)
+        # A streaming asker's client waits on its next pieces: it may use
+        # every seed slot.
+        streaming = cursor is not None and cursor < task.n
+        slots = self.seed_max_uploads if streaming else self._seed_slots(active)
+        seed_share = (-(-slots // active), slots)
         seed_ok = self._seed_ok(task, a, seed_share, active)
         if seed_ok:
             union |= task.seed_mask & ~task.held_good & ~task.seed_busy
@@ -451,7 +476,6 @@ class Scheduler:
         if not need:
             return []
         out = []
-        streaming = cursor is not None and cursor < task.n
         if streaming:
             # The next pieces in order first, for part of want; unused
             # in-order slots go to rarest-first below.
