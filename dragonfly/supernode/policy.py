@@ -9,10 +9,12 @@ eligible: alive, not bad, not failed this asker for this piece, not avoided
 by this asker).
 Read-only over the swarm state; randomness from the C{random.Random} given.
 """
+from operator import attrgetter
+
 from dragonfly.supernode.bitset import bits, lowest_bits, random_bits
 from dragonfly.supernode.swarmstate import SCAN_HOLDERS, SEED
 
-__all__ = ["MAX_MISSES", "candidates", "sequential", "rarest", "pick_source"]
+__all__ = ["MAX_MISSES", "by_load", "candidates", "sequential", "rarest", "pick_source"]
 
 _SAMPLE_HOLDERS = 12
 # Look for sources among the peers with free upload slots when they are few.
@@ -101,11 +103,22 @@ def rarest(task, need, rng):
             return
 
 
-def pick_source(task, a, i, pool, exact, seed_ok, rng, max_uploads, seed_copies):
+def by_load(pool):
+    """Sort C{pool} (candidate sources) least-loaded first, in place."""
+    pool.sort(key=_LOAD)
+
+
+_LOAD = attrgetter("uploads")
+
+
+def pick_source(task, a, i, pool, exact, seed_ok, rng, max_uploads, seed_copies,
+                ordered=False):
     """The source of piece C{i} for asker C{a}: a peer, the seed, or None.
 
     None means eligible holders exist but all are busy (or the seed may
-    not serve it now): the asker should get a different piece.
+    not serve it now): the asker should get a different piece. C{ordered}:
+    C{pool} is least-loaded first (L{by_load}), so its first eligible holder
+    is the one.
     """
     bit = 1 << i
     failed = a.failed.get(i)
@@ -115,6 +128,7 @@ def pick_source(task, a, i, pool, exact, seed_ok, rng, max_uploads, seed_copies)
     count = task.count[i]
     if count <= SCAN_HOLDERS:
         candidates = task.holders[i] if count else ()
+        ordered = False
     else:
         candidates = pool
     for q in candidates:
@@ -122,7 +136,7 @@ def pick_source(task, a, i, pool, exact, seed_ok, rng, max_uploads, seed_copies)
                 and q is not a and not (failed and q.id in failed)
                 and not (avoid and q.id in avoid)):
             best, best_load = q, q.uploads
-            if best_load == 0:
+            if best_load == 0 or ordered:
                 break
     if best is None and count > SCAN_HOLDERS and not exact:
         hl = task.holders[i]

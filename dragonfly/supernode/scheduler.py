@@ -29,9 +29,10 @@ Policy (docs/design.md "Scheduler"):
   - the source is the least-loaded eligible holder peer under its upload limit;
     eligible = alive, not marked bad, not reported failing by this asker for
     this piece;
-  - in a swarm (more than one peer downloading) the seed serves at most
-    C{seed_swarm_uploads} pieces at once whatever its C{seed_max_uploads}
-    (a lone downloader may use every seed slot): each piece leaves the seed
+  - in a swarm of more than C{seed_swarm_uploads} downloading peers the
+    seed serves at most that many pieces at once whatever its
+    C{seed_max_uploads} (a streaming asker may still use every seed slot,
+    and so may smaller swarms): each piece leaves the seed
     in a few piece times, so the swarm starts passing pieces on early, and
     the seed's last pieces do not all reach the swarm together at the end;
   - the seed (the supernode's CDN copy) serves a piece only when no eligible
@@ -59,7 +60,8 @@ from zope.interface import implementer
 
 from dragonfly.interfaces import IScheduler, PeerInfo
 from dragonfly.supernode.bitset import bits
-from dragonfly.supernode.policy import MAX_MISSES, candidates, pick_source, rarest, sequential
+from dragonfly.supernode.policy import (
+    MAX_MISSES, by_load, candidates, pick_source, rarest, sequential)
 from dragonfly.supernode import swarmview
 from dragonfly.supernode.swarmstate import (
     INF, SEED, Peer, PieceSizes, Task, TooManyPeers, UnknownPeer, UnknownTask, add_have,
@@ -97,9 +99,9 @@ class Scheduler:
         to this many different askers is not used again in that task.
     @param seed_piece_copies: while no eligible peer holds a piece, the seed
         sends it to at most this many askers at a time.
-    @param seed_swarm_uploads: while more than one peer downloads a task,
+    @param seed_swarm_uploads: while more peers than this download a task,
         the seed serves at most this many of its assignments at once (and at
-        most C{seed_max_uploads}).
+        most C{seed_max_uploads}), except to streaming askers.
     """
 
     def __init__(self, clock, max_uploads_per_peer=4, seed_max_uploads=8,
@@ -297,7 +299,8 @@ class Scheduler:
         """
         task = self._task(task_id)
         p = self._peer(task, peer_id)
-        have = [self._index(task, i) for i in have]
+        n = task.n
+        have = [i if type(i) is int and 0 <= i < n else self._index(task, i) for i in have]
         failed = [(self._index(task, f[0]), f[1], f[2] if len(f) > 2 else None) for f in failed]
         for _i, s, _r in failed:
             if not isinstance(s, str):
@@ -318,9 +321,14 @@ class Scheduler:
         for i in have:
             f = p.fetching.get(i)
             if f is not None:
-                offered |= release(task, p, f, max_uploads, copies)
+                # One in-flight copy becomes one held copy: the rarity key
+                # stays as it is.
+                rekey = bool(p.have >> i & 1)
+                offered |= release(task, p, f, max_uploads, copies, rekey)
                 opportunities += 1
-            if add_have(task, p, i, max_uploads):
+                if add_have(task, p, i, max_uploads, rekey):
+                    new |= 1 << i
+            elif add_have(task, p, i, max_uploads):
                 new |= 1 << i
         if new and not p.bad:
             offered |= p.have
@@ -432,11 +440,12 @@ class Scheduler:
 
     def _seed_slots(self, active):
         """The seed's upload slots while C{active} peers download: all of them
-        for a lone downloader; in a swarm at most C{seed_swarm_uploads}, so
-        each piece leaves the seed sooner (split over many uploads, the first
-        pieces would reach the swarm only after that many piece times, and
-        the last ones would reach it together at the end)."""
-        if active <= 1:
+        for up to C{seed_swarm_uploads} downloaders; in a larger swarm at
+        most C{seed_swarm_uploads}, so each piece leaves the seed sooner
+        (split over many uploads, the first pieces would reach the swarm only
+        after that many piece times, and the last ones would reach it
+        together at the end)."""
+        if active <= self.seed_swarm_uploads:
             return self.seed_max_uploads
         return min(self.seed_max_uploads, self.seed_swarm_uploads)
 
@@ -459,6 +468,8 @@ class Scheduler:
         union = 0
         for q in pool:
             union |= q.have
+        if not exact:
+            by_load(pool)   # a sample: its first eligible holder is the least loaded
         # A streaming asker's client waits on its next pieces: it may use
         # every seed slot.
         streaming = cursor is not None and cursor < task.n
@@ -492,7 +503,8 @@ class Scheduler:
             bit = 1 << i
             if not need & bit:
                 continue
-            src = pick_source(task, a, i, pool, exact, seed_ok, rng, max_uploads, copies)
+            src = pick_source(task, a, i, pool, exact, seed_ok, rng, max_uploads, copies,
+                              not exact)
             if src is None:
                 misses += 1
                 if misses >= MAX_MISSES and need != sure:
@@ -501,6 +513,8 @@ class Scheduler:
             out.append(start(task, a, i, src, now + timeout, max_uploads, copies))
             if src is SEED:
                 seed_ok = self._seed_ok(task, a, seed_share, active)
+            elif not exact:
+                by_load(pool)
             if len(out) >= want:
                 break
         if streaming and want == 1 and out:
@@ -517,13 +531,16 @@ class Scheduler:
         for i in window:
             if len(out) >= quota:
                 break
-            src = pick_source(task, a, i, pool, exact, seed_ok, rng, max_uploads, copies)
+            src = pick_source(task, a, i, pool, exact, seed_ok, rng, max_uploads, copies,
+                              not exact)
             if src is None:
                 continue
             out.append(start(task, a, i, src, now + timeout, max_uploads, copies))
             need &= ~(1 << i)
             if src is SEED:
                 seed_ok = self._seed_ok(task, a, seed_share, active)
+            elif not exact:
+                by_load(pool)
         return need, seed_ok
 
     # -- state -------------------------------------------------------------
@@ -567,35 +584,14 @@ class Scheduler:
             self._wake(task, self.max_uploads_per_peer + 1, offered)
 
     def stats(self):
-        """Counters for metrics: tasks, peers, assignments by source kind."""
-        assigned = dict(self._removed_assigned)
-        peers = inflight = seed_inflight = bad = ignored = 0
-        for t in self._tasks.values():
-            ignored += t.ignored
-            for k, v in t.assigned.items():
-                assigned[k] += v
-            peers += len(t.peers)
-            inflight += sum(len(p.fetching) for p in t.peers.values())
-            bad += sum(1 for p in t.peers.values() if p.bad)
-            seed_inflight += t.seed_uploads
-        return {"tasks": len(self._tasks), "peers": peers, "assigned": assigned,
-                "inflight": inflight, "seed_inflight": seed_inflight,
-                "bad_peers": bad, "ignored_failures": ignored}
+        """Counters for metrics: tasks, peers, assignments by source kind
+        (L{swarmview.scheduler_stats})."""
+        return swarmview.scheduler_stats(self._tasks.values(), self._removed_assigned)
 
     def task_stats(self, task_id):
-        """One task's state: C{seeded} pieces at the seed, peers, done peers."""
-        task = self._task(task_id)
-        return {
-            "task_id": task_id, "piece_count": task.n,
-            "seeded": task.seed_mask.bit_count(),
-            "peers": len(task.peers),
-            "done": task.done,
-            "inflight": sum(len(p.fetching) for p in task.peers.values()),
-            "seed_inflight": task.seed_uploads,
-            "assigned": dict(task.assigned),
-            "failures": task.failures, "expired": task.expired,
-            "ignored_failures": task.ignored, "bad_pieces": task.bad_pieces,
-        }
+        """One task's state: C{seeded} pieces at the seed, peers, done peers
+        (L{swarmview.task_stats})."""
+        return swarmview.task_stats(self._task(task_id))
 
     # -- read-only views (the dashboard) -------------------------------------
 
