@@ -29,12 +29,10 @@ Policy (docs/design.md "Scheduler"):
   - the source is the least-loaded eligible holder peer under its upload limit;
     eligible = alive, not marked bad, not reported failing by this asker for
     this piece;
-  - in a swarm of more than C{seed_swarm_uploads} downloading peers the
-    seed serves at most that many pieces at once whatever its
-    C{seed_max_uploads} (a streaming asker may still use every seed slot,
-    and so may smaller swarms): each piece leaves the seed
-    in a few piece times, so the swarm starts passing pieces on early, and
-    the seed's last pieces do not all reach the swarm together at the end;
+  - with more than C{seed_swarm_uploads} peers downloading, the seed serves
+    at most that many pieces at once (streaming askers excepted): each piece
+    leaves it in a few piece times, so the swarm starts early and the last
+    pieces do not all reach it together at the end;
   - the seed (the supernode's CDN copy) serves a piece only when no eligible
     peer holds it, and then, by default, to one asker at a time while no peer
     holds it yet ("super-seeding"): the swarm, not the seed, multiplies it.
@@ -60,8 +58,7 @@ from zope.interface import implementer
 
 from dragonfly.interfaces import IScheduler, PeerInfo
 from dragonfly.supernode.bitset import bits
-from dragonfly.supernode.policy import (
-    MAX_MISSES, by_load, candidates, pick_source, rarest, sequential)
+from dragonfly.supernode.policy import MAX_MISSES, by_load, candidates, pick_source, rarest, sequential
 from dragonfly.supernode import swarmview
 from dragonfly.supernode.swarmstate import (
     INF, SEED, Peer, PieceSizes, Task, TooManyPeers, UnknownPeer, UnknownTask, add_have,
@@ -321,9 +318,7 @@ class Scheduler:
         for i in have:
             f = p.fetching.get(i)
             if f is not None:
-                # One in-flight copy becomes one held copy: the rarity key
-                # stays as it is.
-                rekey = bool(p.have >> i & 1)
+                rekey = bool(p.have >> i & 1)   # else in flight -> held: same key
                 offered |= release(task, p, f, max_uploads, copies, rekey)
                 opportunities += 1
                 if add_have(task, p, i, max_uploads, rekey):
@@ -439,21 +434,15 @@ class Scheduler:
         return self._choose(task, a, want, cursor, need, active, now)
 
     def _seed_slots(self, active):
-        """The seed's upload slots while C{active} peers download: all of them
-        for up to C{seed_swarm_uploads} downloaders; in a larger swarm at
-        most C{seed_swarm_uploads}, so each piece leaves the seed sooner
-        (split over many uploads, the first pieces would reach the swarm only
-        after that many piece times, and the last ones would reach it
-        together at the end)."""
+        """The seed's upload slots while C{active} peers download (see the
+        module docstring: at most C{seed_swarm_uploads} in a larger swarm)."""
         if active <= self.seed_swarm_uploads:
             return self.seed_max_uploads
         return min(self.seed_max_uploads, self.seed_swarm_uploads)
 
     def _seed_ok(self, task, a, seed_limits, active):
-        """Whether the seed may serve C{a} now: it is shared fairly among the
-        peers still downloading, at once (its slots, and C{seed_limits}: the
-        asker's share of them and the slots it may use) and over time (no
-        asker far above the average)."""
+        """Whether the seed may serve C{a} now: shared fairly at once
+        (C{seed_limits}: the asker's share, the slots in use) and over time."""
         share, slots = seed_limits
         return (task.seed_uploads < slots
                 and a.seed_fetches < share
@@ -470,8 +459,7 @@ class Scheduler:
             union |= q.have
         if not exact:
             by_load(pool)   # a sample: its first eligible holder is the least loaded
-        # A streaming asker's client waits on its next pieces: it may use
-        # every seed slot.
+        # A streaming asker's client waits on its next pieces: every seed slot.
         streaming = cursor is not None and cursor < task.n
         slots = self.seed_max_uploads if streaming else self._seed_slots(active)
         seed_share = (-(-slots // active), slots)
