@@ -20,6 +20,8 @@ _SAMPLE_HOLDERS = 12
 # Look for sources among the peers with free upload slots when they are few.
 _SMALL_FREE = 64
 _POOL_SAMPLE = 32
+_POOL_RUNS = 4
+_POOL_RUN = _POOL_SAMPLE // _POOL_RUNS
 # Failed source look-ups per assign() before only sure candidates are tried.
 MAX_MISSES = 8
 # Streaming askers (a cursor): the in-order window is this many times their
@@ -32,7 +34,9 @@ def candidates(free, rng):
     """C{(pool, exact)}: the candidate sources of one request.
 
     Every peer with a free upload slot (C{free}) when they are few, from a
-    random starting point (C{exact} true); else a random sample of them.
+    random starting point (C{exact} true); else a sample of them: a few runs
+    of neighbours in C{free} from random starting points (the list's order
+    is churned by every swap-removal; runs cost a slice, not a draw each).
     Pieces with few holders are looked up through their holder lists instead.
     """
     nfree = len(free)
@@ -42,7 +46,11 @@ def candidates(free, rng):
             return free[start:] + free[:start], True
         return free, True
     rand = rng.random
-    return [free[int(rand() * nfree)] for _ in range(_POOL_SAMPLE)], False
+    pool = []
+    for _ in range(_POOL_RUNS):
+        start = int(rand() * (nfree - _POOL_RUN))
+        pool += free[start:start + _POOL_RUN]
+    return pool, False
 
 
 def sequential(task, a, cursor, want, wanted, need):
