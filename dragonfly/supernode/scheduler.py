@@ -30,9 +30,9 @@ Policy (docs/design.md "Scheduler"):
     eligible = alive, not marked bad, not reported failing by this asker for
     this piece;
   - with more than C{seed_swarm_uploads} peers downloading, the seed serves
-    at most that many pieces at once (streaming askers excepted): each piece
-    leaves it in a few piece times, so the swarm starts early and the last
-    pieces do not all reach it together at the end;
+    and an asker fetches at most that many pieces at once (streaming askers
+    excepted): pieces pass each hop in a few piece times, the swarm starts
+    early and the seed's last pieces do not reach it all at once at the end;
   - the seed (the supernode's CDN copy) serves a piece only when no eligible
     peer holds it, and then, by default, to one asker at a time while no peer
     holds it yet ("super-seeding"): the swarm, not the seed, multiplies it.
@@ -97,8 +97,7 @@ class Scheduler:
     @param seed_piece_copies: while no eligible peer holds a piece, the seed
         sends it to at most this many askers at a time.
     @param seed_swarm_uploads: while more peers than this download a task,
-        the seed serves at most this many of its assignments at once (and at
-        most C{seed_max_uploads}), except to streaming askers.
+        the seed serves and each asker fetches at most this many pieces at once.
     """
 
     def __init__(self, clock, max_uploads_per_peer=4, seed_max_uploads=8,
@@ -428,7 +427,10 @@ class Scheduler:
         # than askers want, nobody hoards them (and early pieces spread wide).
         active = max(1, len(task.peers) - task.done)
         slots = task.sources * self.max_uploads_per_peer + self.seed_max_uploads
-        want = min(want, max(1, -(-slots // active)) - len(a.fetching))
+        share = max(1, -(-slots // active))
+        if cursor is None and active > self.seed_swarm_uploads:
+            share = min(share, self.seed_swarm_uploads)
+        want = min(want, share - len(a.fetching))
         if want <= 0:
             return []
         return self._choose(task, a, want, cursor, need, active, now)
@@ -441,8 +443,7 @@ class Scheduler:
         return min(self.seed_max_uploads, self.seed_swarm_uploads)
 
     def _seed_ok(self, task, a, seed_limits, active):
-        """Whether the seed may serve C{a} now: shared fairly at once
-        (C{seed_limits}: the asker's share, the slots in use) and over time."""
+        """Whether the seed may serve C{a} now: fair share (C{seed_limits})."""
         share, slots = seed_limits
         return (task.seed_uploads < slots
                 and a.seed_fetches < share
@@ -459,8 +460,7 @@ class Scheduler:
             union |= q.have
         if not exact:
             by_load(pool)   # a sample: its first eligible holder is the least loaded
-        # A streaming asker's client waits on its next pieces: every seed slot.
-        streaming = cursor is not None and cursor < task.n
+        streaming = cursor is not None and cursor < task.n   # may use every seed slot
         slots = self.seed_max_uploads if streaming else self._seed_slots(active)
         seed_share = (-(-slots // active), slots)
         seed_ok = self._seed_ok(task, a, seed_share, active)
