@@ -4,7 +4,9 @@
     rate while 16 peers download: taken from the swarm bench's P2P run at
     N=16 when it ran; otherwise measured here with a loopback swarm.
 (b) Load run of the peer-facing API: a real supernode (origin = nginx) and
-    one asyncio client process simulating many peers. Each simulated peer
+    one asyncio client process simulating many peers (10,000; 200 with
+    --quick; DRAGONFLY_CONTROL_PEERS overrides). Every simulated peer comes
+    from 127.0.0.1, so the supernode runs with --max-peers-per-address 0. Each simulated peer
     registers (POST /api/v1/tasks), then calls /schedule (want=4, wait=0)
     reporting the pieces it was assigned in the previous call as held, until
     the supernode says done, then leaves. No piece bytes move: this measures
@@ -26,7 +28,7 @@ MiB = 1 << 20
 def run(ctx):
     result = {}
     result["during_swarm"] = _during_swarm(ctx)
-    peers = 200 if ctx.quick else 1000
+    peers = int(os.environ.get("DRAGONFLY_CONTROL_PEERS") or (200 if ctx.quick else 10000))
     result["load"] = load_run(ctx, peers=peers, connections=32)
     lr = result["load"]
     ctx.log("control load: %d simulated peers, %d requests, %.0f req/s, p50 %.1f ms p99 %.1f ms, "
@@ -205,7 +207,8 @@ def load_run(ctx, peers=1000, connections=32, size=64 * MiB, deadline_s=300):
     src = make_file(os.path.join(ctx.files, "control-%d.bin" % size), size, seed=4)
     nginx = Nginx(ctx.files, workdir=work).start()
     ctx.on_close(nginx.close)
-    sn = Supernode(work).start()
+    # One source address for every simulated peer: no per-address cap.
+    sn = Supernode(work, extra=["--max-peers-per-address", "0"]).start()
     try:
         url = nginx.url(os.path.basename(src))
         task_id = task_id_for_url(url)
@@ -229,6 +232,8 @@ def load_run(ctx, peers=1000, connections=32, size=64 * MiB, deadline_s=300):
             "assignments": counts["assignments"], "empty_schedules": counts["empty_schedules"],
             "supernode_cpu_s": (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None,
             "supernode_rss_bytes": rss,
+            "supernode_cpu_ms_per_request": (1000 * (cpu1 - cpu0) / n)
+            if cpu0 is not None and cpu1 is not None and n else None,
             "origin_bytes": nginx.bytes_sent(),
         }
     finally:

@@ -5,6 +5,9 @@ result dict is recorded as-is under "raw" and normalised to: n,
 completion_s (last host done), lower_bound_s, bound_ratio,
 supernode_egress_ratio (seed egress / file size), origin_egress_ratio.
 
+Issue 20's swarm (SMALL_SWARM): 8 and 16 hosts, 256 MiB at 100 Mbit, the
+setting of the shaped swarm bench (target: within 1.08x of the bound at 16).
+
 Failure scenarios (SCENARIOS) run once each at SCENARIO_HOSTS hosts: the
 owner of three supernodes killed at a quarter of the swarm's progress, a
 fifth of the hosts leaving at random times, a fifth at a tenth of the link.
@@ -16,6 +19,7 @@ import sys
 
 COUNTS = (100, 1000, 10000)
 SCENARIO_HOSTS = 1000
+SMALL_SWARM = {"hosts": (8, 16), "file_bytes": 256 << 20, "link": 12.5e6}
 SCENARIOS = {
     "kill_owner": {"supernodes": 3, "kill_owner_at": 0.25},
     "churn": {"churn": 0.2},
@@ -90,6 +94,13 @@ def run(ctx):
         ctx.log("sim N=%d: completion %.1fs, bound %.1fs (%.2fx), supernode egress %.2fx file" % (
             n, r["completion_s"] or 0, r["lower_bound_s"] or 0, r["bound_ratio"] or 0,
             r["supernode_egress_ratio"] or 0))
+    small = []
+    for n in SMALL_SWARM["hosts"]:
+        ctx.log("sim: simulate(%d hosts, 256 MiB, 100 Mbit/s)" % n)
+        doc = raw["small-%d" % n] = _simulate(ctx, n, SMALL_SWARM["file_bytes"], SMALL_SWARM["link"])
+        r = normalise(n, doc, SMALL_SWARM["file_bytes"])
+        small.append(r)
+        ctx.log("sim N=%d, 256 MiB at 100 Mbit/s: %.2fx the bound" % (n, r["bound_ratio"] or 0))
     scenarios = {}
     for name, kw in SCENARIOS.items():
         ctx.log("sim scenario %s: %d hosts %s" % (name, SCENARIO_HOSTS, kw))
@@ -98,5 +109,5 @@ def run(ctx):
         ctx.log("sim %s: completion %.1fs (%.2fx bound), %s/%s hosts, origin egress %.2fx file" % (
             name, r["completion_s"] or 0, r["bound_ratio"] or 0, r["completed"], r["expected"],
             r["origin_egress_ratio"] or 0))
-    return {"runs": runs, "scenarios": scenarios, "raw": raw, "file_bytes": file_bytes,
-            "link_bytes_s": link}
+    return {"runs": runs, "small_swarm": small, "scenarios": scenarios, "raw": raw,
+            "file_bytes": file_bytes, "link_bytes_s": link}

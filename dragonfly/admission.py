@@ -40,8 +40,9 @@ TOKEN_LIFETIME = 600
 #: task within that time are the same (signed once: a schedule answer costs
 #: a cache look-up, not a signature).
 EXPIRY_STEP = 60
-#: Tokens remembered for reuse.
-SIGNED_CACHE = 8192
+#: Tokens remembered for reuse: more than the peers one supernode schedules
+#: in a minute (an LRU smaller than the peers polling in turn never hits).
+SIGNED_CACHE = 1 << 16
 #: Longest token accepted anywhere (a real one is about 250 characters).
 MAX_TOKEN = 1024
 #: Most verifying keys one node keeps (a cluster has a handful of supernodes).

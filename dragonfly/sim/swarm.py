@@ -64,6 +64,11 @@ _DONE, _POLL, _ORIGIN, _LEAVE = 0, 1, 2, 3
 DIGEST = "0" * 64
 
 
+# A transfer at or above this share of its receiver's old downlink share was
+# (up to rounding) held back by it.
+_CAP_SLACK = 1 - 1e-9
+
+
 def _first(pair):
     return pair[0]
 
@@ -73,7 +78,7 @@ class _Host:
                  "uploaded", "downloaded",
                  "waiter", "done_at", "pieces", "is_seed", "pending_have",
                  "pending_failed", "scheduled_poll", "wait_deadline",
-                 "timeout_pending", "held", "gone")
+                 "timeout_pending", "held", "gone", "dirty")
 
     def __init__(self, hid, up, down, info, is_seed=False):
         self.hid = hid
@@ -95,6 +100,7 @@ class _Host:
         self.timeout_pending = False
         self.held = 0       # bitmask of the pieces this host holds
         self.gone = False
+        self.dirty = False  # its uploads' rates are due for recomputation
 
 
 class _Transfer:
@@ -191,6 +197,7 @@ class Swarm:
         self.piece_sizes = [piece_size] * (n - 1) + [size - piece_size * (n - 1)]
         self.max_time = max_time
         self._heap = []
+        self._dirty = []        # senders whose upload rates are due
         self._seq = 0
         self.events = 0
         self.transfers = 0
@@ -271,13 +278,41 @@ class Swarm:
         t.version += 1
         self._push(now + t.remaining / rate, _DONE, t, t.version)
 
-    def _touch(self, src, dst, now):
-        """Transfers at C{src} or C{dst} changed: recompute affected senders."""
-        senders = {id(src): src}
-        for t in dst.downloads:
-            senders[id(t.src)] = t.src
-        for s in senders.values():
+    def _mark(self, sender):
+        """C{sender}'s upload rates are recomputed before the clock moves on."""
+        if not sender.dirty:
+            sender.dirty = True
+            self._dirty.append(sender)
+
+    def _flush(self, now):
+        """Recompute the rates of every sender marked since the clock last moved.
+
+        Changes at one instant (a piece ends, its receiver asks for the next
+        one at once) are settled together: a rate that would hold for no time
+        at all is never set, and its completion never scheduled.
+        """
+        dirty, self._dirty = self._dirty, []
+        for s in dirty:
+            s.dirty = False
             self._waterfill(s, now)
+
+    def _touch(self, src, dst):
+        """A transfer from C{src} to C{dst} ended: mark the senders it affects.
+
+        C{src}'s remaining uploads share its uplink anew. C{dst}'s other
+        downloads may now take more (its downlink share grew), but only those
+        that were held back by that share: a transfer below its receiver's
+        old share runs at its sender's water level, which a higher cap does
+        not change, so its sender is left alone.
+        """
+        self._mark(src)
+        downloads = dst.downloads
+        if not downloads:
+            return
+        old_cap = dst.down / (len(downloads) + 1) * _CAP_SLACK
+        for t in downloads:
+            if t.rate >= old_cap:
+                self._mark(t.src)
 
     # -- peers --------------------------------------------------------------
 
@@ -310,12 +345,13 @@ class Swarm:
             host.downloads.append(t)
             self.transfers += 1
         if got:
-            # one pass over the senders touched by this batch
-            senders = {}
+            # One pass over the senders touched by this batch: those of the
+            # new transfers, and those whose transfer to this host is now
+            # above the host's smaller downlink share.
+            cap = host.down / len(host.downloads)
             for t in host.downloads:
-                senders[id(t.src)] = t.src
-            for s in senders.values():
-                self._waterfill(s, now)
+                if t.rate == 0.0 or t.rate > cap:
+                    self._mark(t.src)
         if len(got) < want:
             self._wait(host)
 
@@ -352,7 +388,7 @@ class Swarm:
         self.progress += t.size
         t.rate = 0.0
         # the sender's remaining uploads and the receiver's downloads speed up
-        self._touch(src, dst, now)
+        self._touch(src, dst)
         dst.pending_have.append(t.index)
         self._schedule_poll(dst)
         if (self.kill_owner_at is not None and self.killed_at is None
@@ -460,7 +496,12 @@ class Swarm:
         heap = self._heap
         clock = self.clock
         pop = heapq.heappop
-        while heap and self.done_count + self.left_early < self.n_hosts:
+        while self.done_count + self.left_early < self.n_hosts:
+            if self._dirty and (not heap or heap[0][0] > clock.rightNow):
+                self._flush(clock.rightNow)
+                continue
+            if not heap:
+                break
             when, _seq, kind, obj, version = pop(heap)
             if self.max_time is not None and when > self.max_time:
                 break

@@ -9,15 +9,19 @@ eligible: alive, not bad, not failed this asker for this piece, not avoided
 by this asker).
 Read-only over the swarm state; randomness from the C{random.Random} given.
 """
+from operator import attrgetter
+
 from dragonfly.supernode.bitset import bits, lowest_bits, random_bits
 from dragonfly.supernode.swarmstate import SCAN_HOLDERS, SEED
 
-__all__ = ["MAX_MISSES", "candidates", "sequential", "rarest", "pick_source"]
+__all__ = ["MAX_MISSES", "by_load", "candidates", "sequential", "rarest", "pick_source"]
 
 _SAMPLE_HOLDERS = 12
 # Look for sources among the peers with free upload slots when they are few.
 _SMALL_FREE = 64
 _POOL_SAMPLE = 32
+_POOL_RUNS = 4
+_POOL_RUN = _POOL_SAMPLE // _POOL_RUNS
 # Failed source look-ups per assign() before only sure candidates are tried.
 MAX_MISSES = 8
 # Streaming askers (a cursor): the in-order window is this many times their
@@ -30,7 +34,9 @@ def candidates(free, rng):
     """C{(pool, exact)}: the candidate sources of one request.
 
     Every peer with a free upload slot (C{free}) when they are few, from a
-    random starting point (C{exact} true); else a random sample of them.
+    random starting point (C{exact} true); else a sample of them: a few runs
+    of neighbours in C{free} from random starting points (the list's order
+    is churned by every swap-removal; runs cost a slice, not a draw each).
     Pieces with few holders are looked up through their holder lists instead.
     """
     nfree = len(free)
@@ -40,7 +46,11 @@ def candidates(free, rng):
             return free[start:] + free[:start], True
         return free, True
     rand = rng.random
-    return [free[int(rand() * nfree)] for _ in range(_POOL_SAMPLE)], False
+    pool = []
+    for _ in range(_POOL_RUNS):
+        start = int(rand() * (nfree - _POOL_RUN))
+        pool += free[start:start + _POOL_RUN]
+    return pool, False
 
 
 def sequential(task, a, cursor, want, wanted, need):
@@ -101,11 +111,22 @@ def rarest(task, need, rng):
             return
 
 
-def pick_source(task, a, i, pool, exact, seed_ok, rng, max_uploads, seed_copies):
+def by_load(pool):
+    """Sort C{pool} (candidate sources) least-loaded first, in place."""
+    pool.sort(key=_LOAD)
+
+
+_LOAD = attrgetter("uploads")
+
+
+def pick_source(task, a, i, pool, exact, seed_ok, rng, max_uploads, seed_copies,
+                ordered=False):
     """The source of piece C{i} for asker C{a}: a peer, the seed, or None.
 
     None means eligible holders exist but all are busy (or the seed may
-    not serve it now): the asker should get a different piece.
+    not serve it now): the asker should get a different piece. C{ordered}:
+    C{pool} is least-loaded first (L{by_load}), so its first eligible holder
+    is the one.
     """
     bit = 1 << i
     failed = a.failed.get(i)
@@ -115,6 +136,7 @@ def pick_source(task, a, i, pool, exact, seed_ok, rng, max_uploads, seed_copies)
     count = task.count[i]
     if count <= SCAN_HOLDERS:
         candidates = task.holders[i] if count else ()
+        ordered = False
     else:
         candidates = pool
     for q in candidates:
@@ -122,7 +144,7 @@ def pick_source(task, a, i, pool, exact, seed_ok, rng, max_uploads, seed_copies)
                 and q is not a and not (failed and q.id in failed)
                 and not (avoid and q.id in avoid)):
             best, best_load = q, q.uploads
-            if best_load == 0:
+            if best_load == 0 or ordered:
                 break
     if best is None and count > SCAN_HOLDERS and not exact:
         hl = task.holders[i]

@@ -29,6 +29,10 @@ Policy (docs/design.md "Scheduler"):
   - the source is the least-loaded eligible holder peer under its upload limit;
     eligible = alive, not marked bad, not reported failing by this asker for
     this piece;
+  - with more than C{seed_swarm_uploads} peers downloading, the seed serves
+    and an asker fetches at most that many pieces at once (streaming askers
+    excepted): pieces pass each hop in a few piece times, the swarm starts
+    early and the seed's last pieces do not reach it all at once at the end;
   - the seed (the supernode's CDN copy) serves a piece only when no eligible
     peer holds it, and then, by default, to one asker at a time while no peer
     holds it yet ("super-seeding"): the swarm, not the seed, multiplies it.
@@ -54,7 +58,7 @@ from zope.interface import implementer
 
 from dragonfly.interfaces import IScheduler, PeerInfo
 from dragonfly.supernode.bitset import bits
-from dragonfly.supernode.policy import MAX_MISSES, candidates, pick_source, rarest, sequential
+from dragonfly.supernode.policy import MAX_MISSES, by_load, candidates, pick_source, rarest, sequential
 from dragonfly.supernode import swarmview
 from dragonfly.supernode.swarmstate import (
     INF, SEED, Peer, PieceSizes, Task, TooManyPeers, UnknownPeer, UnknownTask, add_have,
@@ -92,17 +96,19 @@ class Scheduler:
         to this many different askers is not used again in that task.
     @param seed_piece_copies: while no eligible peer holds a piece, the seed
         sends it to at most this many askers at a time.
+    @param seed_swarm_uploads: while more peers than this download a task,
+        the seed serves and each asker fetches at most this many pieces at once.
     """
 
     def __init__(self, clock, max_uploads_per_peer=4, seed_max_uploads=8,
                  assignment_timeout=60.0, peer_timeout=120.0, rng=None,
                  bad_peer_failures=3, seed_piece_copies=1, bad_peer_cooldown=60.0,
-                 bad_piece_askers=2, max_peers_per_address=0):
+                 bad_piece_askers=2, max_peers_per_address=0, seed_swarm_uploads=4):
         if max_uploads_per_peer < 1 or seed_max_uploads < 1:
             raise ValueError("upload limits must be at least 1")
-        if seed_piece_copies < 1 or bad_peer_failures < 1 or bad_piece_askers < 1:
-            raise ValueError(
-                "seed_piece_copies, bad_peer_failures and bad_piece_askers must be at least 1")
+        if min(seed_piece_copies, bad_peer_failures, bad_piece_askers, seed_swarm_uploads) < 1:
+            raise ValueError("seed_piece_copies, bad_peer_failures, bad_piece_askers and "
+                             "seed_swarm_uploads must be at least 1")
         self.clock = clock
         self.max_uploads_per_peer = max_uploads_per_peer
         self.seed_max_uploads = seed_max_uploads
@@ -111,6 +117,7 @@ class Scheduler:
         self.rng = rng if rng is not None else random.Random()
         self.bad_peer_failures = bad_peer_failures
         self.seed_piece_copies = seed_piece_copies
+        self.seed_swarm_uploads = seed_swarm_uploads
         self.max_peers_per_address = max_peers_per_address
         self.bad_peer_cooldown = bad_peer_cooldown
         self.bad_piece_askers = bad_piece_askers
@@ -288,7 +295,8 @@ class Scheduler:
         """
         task = self._task(task_id)
         p = self._peer(task, peer_id)
-        have = [self._index(task, i) for i in have]
+        n = task.n
+        have = [i if type(i) is int and 0 <= i < n else self._index(task, i) for i in have]
         failed = [(self._index(task, f[0]), f[1], f[2] if len(f) > 2 else None) for f in failed]
         for _i, s, _r in failed:
             if not isinstance(s, str):
@@ -309,9 +317,12 @@ class Scheduler:
         for i in have:
             f = p.fetching.get(i)
             if f is not None:
-                offered |= release(task, p, f, max_uploads, copies)
+                rekey = bool(p.have >> i & 1)   # else in flight -> held: same key
+                offered |= release(task, p, f, max_uploads, copies, rekey)
                 opportunities += 1
-            if add_have(task, p, i, max_uploads):
+                if add_have(task, p, i, max_uploads, rekey):
+                    new |= 1 << i
+            elif add_have(task, p, i, max_uploads):
                 new |= 1 << i
         if new and not p.bad:
             offered |= p.have
@@ -381,7 +392,7 @@ class Scheduler:
         not hold the others back. Every other rule stands: free holders
         first, busy live holders mean waiting, the seed's slot and copy limits.
         """
-        if task.seed_uploads >= self.seed_max_uploads:
+        if task.seed_uploads >= self._seed_slots(max(1, len(task.peers) - task.done)):
             return []
         lacking = task.avail & ~a.have & ~a.fetch_mask
         max_uploads, copies = self.max_uploads_per_peer, self.seed_piece_copies
@@ -416,17 +427,26 @@ class Scheduler:
         # than askers want, nobody hoards them (and early pieces spread wide).
         active = max(1, len(task.peers) - task.done)
         slots = task.sources * self.max_uploads_per_peer + self.seed_max_uploads
-        want = min(want, max(1, -(-slots // active)) - len(a.fetching))
+        share = max(1, -(-slots // active))
+        if cursor is None and active > self.seed_swarm_uploads:
+            share = min(share, self.seed_swarm_uploads)
+        want = min(want, share - len(a.fetching))
         if want <= 0:
             return []
         return self._choose(task, a, want, cursor, need, active, now)
 
-    def _seed_ok(self, task, a, seed_share, active):
-        """Whether the seed may serve C{a} now: it is shared fairly among the
-        peers still downloading, at once (its slots) and over time (no asker
-        far above the average)."""
-        return (task.seed_uploads < self.seed_max_uploads
-                and a.seed_fetches < seed_share
+    def _seed_slots(self, active):
+        """The seed's upload slots while C{active} peers download (see the
+        module docstring: at most C{seed_swarm_uploads} in a larger swarm)."""
+        if active <= self.seed_swarm_uploads:
+            return self.seed_max_uploads
+        return min(self.seed_max_uploads, self.seed_swarm_uploads)
+
+    def _seed_ok(self, task, a, seed_limits, active):
+        """Whether the seed may serve C{a} now: fair share (C{seed_limits})."""
+        share, slots = seed_limits
+        return (task.seed_uploads < slots
+                and a.seed_fetches < share
                 and a.seed_got * active <= task.seed_given + active)
 
     def _choose(self, task, a, want, cursor, need, active, now):
@@ -438,7 +458,11 @@ class Scheduler:
         union = 0
         for q in pool:
             union |= q.have
-        seed_share = -(-self.seed_max_uploads // active)
+        if not exact:
+            by_load(pool)   # a sample: its first eligible holder is the least loaded
+        streaming = cursor is not None and cursor < task.n   # may use every seed slot
+        slots = self.seed_max_uploads if streaming else self._seed_slots(active)
+        seed_share = (-(-slots // active), slots)
         seed_ok = self._seed_ok(task, a, seed_share, active)
         if seed_ok:
             union |= task.seed_mask & ~task.held_good & ~task.seed_busy
@@ -451,7 +475,6 @@ class Scheduler:
         if not need:
             return []
         out = []
-        streaming = cursor is not None and cursor < task.n
         if streaming:
             # The next pieces in order first, for part of want; unused
             # in-order slots go to rarest-first below.
@@ -468,7 +491,8 @@ class Scheduler:
             bit = 1 << i
             if not need & bit:
                 continue
-            src = pick_source(task, a, i, pool, exact, seed_ok, rng, max_uploads, copies)
+            src = pick_source(task, a, i, pool, exact, seed_ok, rng, max_uploads, copies,
+                              not exact)
             if src is None:
                 misses += 1
                 if misses >= MAX_MISSES and need != sure:
@@ -477,6 +501,8 @@ class Scheduler:
             out.append(start(task, a, i, src, now + timeout, max_uploads, copies))
             if src is SEED:
                 seed_ok = self._seed_ok(task, a, seed_share, active)
+            elif not exact:
+                by_load(pool)
             if len(out) >= want:
                 break
         if streaming and want == 1 and out:
@@ -493,13 +519,16 @@ class Scheduler:
         for i in window:
             if len(out) >= quota:
                 break
-            src = pick_source(task, a, i, pool, exact, seed_ok, rng, max_uploads, copies)
+            src = pick_source(task, a, i, pool, exact, seed_ok, rng, max_uploads, copies,
+                              not exact)
             if src is None:
                 continue
             out.append(start(task, a, i, src, now + timeout, max_uploads, copies))
             need &= ~(1 << i)
             if src is SEED:
                 seed_ok = self._seed_ok(task, a, seed_share, active)
+            elif not exact:
+                by_load(pool)
         return need, seed_ok
 
     # -- state -------------------------------------------------------------
@@ -543,35 +572,14 @@ class Scheduler:
             self._wake(task, self.max_uploads_per_peer + 1, offered)
 
     def stats(self):
-        """Counters for metrics: tasks, peers, assignments by source kind."""
-        assigned = dict(self._removed_assigned)
-        peers = inflight = seed_inflight = bad = ignored = 0
-        for t in self._tasks.values():
-            ignored += t.ignored
-            for k, v in t.assigned.items():
-                assigned[k] += v
-            peers += len(t.peers)
-            inflight += sum(len(p.fetching) for p in t.peers.values())
-            bad += sum(1 for p in t.peers.values() if p.bad)
-            seed_inflight += t.seed_uploads
-        return {"tasks": len(self._tasks), "peers": peers, "assigned": assigned,
-                "inflight": inflight, "seed_inflight": seed_inflight,
-                "bad_peers": bad, "ignored_failures": ignored}
+        """Counters for metrics: tasks, peers, assignments by source kind
+        (L{swarmview.scheduler_stats})."""
+        return swarmview.scheduler_stats(self._tasks.values(), self._removed_assigned)
 
     def task_stats(self, task_id):
-        """One task's state: C{seeded} pieces at the seed, peers, done peers."""
-        task = self._task(task_id)
-        return {
-            "task_id": task_id, "piece_count": task.n,
-            "seeded": task.seed_mask.bit_count(),
-            "peers": len(task.peers),
-            "done": task.done,
-            "inflight": sum(len(p.fetching) for p in task.peers.values()),
-            "seed_inflight": task.seed_uploads,
-            "assigned": dict(task.assigned),
-            "failures": task.failures, "expired": task.expired,
-            "ignored_failures": task.ignored, "bad_pieces": task.bad_pieces,
-        }
+        """One task's state: C{seeded} pieces at the seed, peers, done peers
+        (L{swarmview.task_stats})."""
+        return swarmview.task_stats(self._task(task_id))
 
     # -- read-only views (the dashboard) -------------------------------------
 

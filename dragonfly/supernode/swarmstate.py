@@ -434,8 +434,12 @@ def forgive(asker, now):
     asker.avoid_next = min(avoid.values(), default=INF)
 
 
-def add_have(task, p, i, max_uploads):
-    """C{p} holds piece C{i} now: True if that is new."""
+def add_have(task, p, i, max_uploads, rekey=True):
+    """C{p} holds piece C{i} now: True if that is new.
+
+    C{rekey} false leaves piece C{i}'s rarity key alone (the caller ends an
+    in-flight copy of it in the same step, L{release} with C{rekey} false).
+    """
     if task.cold:
         task.warm()
     bit = 1 << i
@@ -459,7 +463,8 @@ def add_have(task, p, i, max_uploads):
     elif p.free_pos >= 0 and task.few & bit:
         task.free_holders[i] += 1
         task.few_free |= bit
-    task.move(i, 1)
+    if rekey:
+        task.move(i, 1)
     task.held |= bit
     if not p.bad:
         task.count_good[i] += 1
@@ -471,17 +476,19 @@ def add_have(task, p, i, max_uploads):
     return True
 
 
-def release(task, asker, f, max_uploads, seed_copies):
+def release(task, asker, f, max_uploads, seed_copies, rekey=True):
     """End in-flight assignment C{f} of C{asker}: free its slot.
 
-    Returns the pieces the freed source can serve.
+    Returns the pieces the freed source can serve. C{rekey} false leaves the
+    piece's rarity key alone (see L{add_have}).
     """
     i = f.index
     del asker.fetching[i]
     asker.fetch_mask &= ~(1 << i)
     task.n_inflight -= 1
     task.inflight[i] -= 1
-    task.move(i, -1)
+    if rekey:
+        task.move(i, -1)
     src = f.source
     if src is SEED:
         asker.seed_fetches -= 1

@@ -15,7 +15,8 @@ held, C{+} when some are, else the strongest of the others.
 from dragonfly.supernode.bitset import bits
 from dragonfly.supernode.swarmstate import SEED, PieceSizes
 
-__all__ = ["task_summary", "swarm_grid", "peer_activity", "MAX_COLUMNS", "MAX_ROWS"]
+__all__ = ["task_summary", "swarm_grid", "peer_activity", "scheduler_stats", "task_stats",
+           "MAX_COLUMNS", "MAX_ROWS"]
 
 #: At most this many grid columns (a column covers several pieces above that).
 MAX_COLUMNS = 256
@@ -161,3 +162,37 @@ def peer_activity(tasks, now):
     for e in out.values():
         e["last_seen"] = round(max(0.0, now - e["last_seen"]), 1)
     return out
+
+
+def scheduler_stats(tasks, removed_assigned):
+    """Counters for metrics over C{tasks}: tasks, peers, assignments by
+    source kind (plus C{removed_assigned}, those of removed tasks)."""
+    assigned = dict(removed_assigned)
+    peers = inflight = seed_inflight = bad = ignored = n = 0
+    for t in tasks:
+        n += 1
+        ignored += t.ignored
+        for k, v in t.assigned.items():
+            assigned[k] += v
+        peers += len(t.peers)
+        inflight += sum(len(p.fetching) for p in t.peers.values())
+        bad += sum(1 for p in t.peers.values() if p.bad)
+        seed_inflight += t.seed_uploads
+    return {"tasks": n, "peers": peers, "assigned": assigned,
+            "inflight": inflight, "seed_inflight": seed_inflight,
+            "bad_peers": bad, "ignored_failures": ignored}
+
+
+def task_stats(task):
+    """One task's state: C{seeded} pieces at the seed, peers, done peers."""
+    return {
+        "task_id": task.id, "piece_count": task.n,
+        "seeded": task.seed_mask.bit_count(),
+        "peers": len(task.peers),
+        "done": task.done,
+        "inflight": sum(len(p.fetching) for p in task.peers.values()),
+        "seed_inflight": task.seed_uploads,
+        "assigned": dict(task.assigned),
+        "failures": task.failures, "expired": task.expired,
+        "ignored_failures": task.ignored, "bad_pieces": task.bad_pieces,
+    }

@@ -44,7 +44,8 @@ class Options(EgressFlags, ConfigOptions):
         MAX_FILE_SIZE,
         LOG_FORMAT,
         PORT_FILE,
-        ["max-uploads", None, "32", "Pieces the seed serves at once."],
+        ["max-uploads", None, "32", "Pieces the seed serves at once (to a swarm of more than "
+         "4 downloaders at most 4 at once, so each piece reaches it sooner)."],
         ["max-peers-per-address", None, "1024",
          "Peers one source address may have in one task (0 = no cap)."],
         ["cluster-check-interval", None, "5", "Seconds between cluster health checks."],

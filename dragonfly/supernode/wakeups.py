@@ -6,6 +6,8 @@ them as the change can serve (oldest first, only waiters that still need an
 offered piece). The API's long-poll and the simulator wait through it; the
 scheduler itself stays free of Deferreds.
 """
+from collections import OrderedDict
+
 from twisted.internet import defer
 
 from dragonfly.supernode.scheduler import Scheduler
@@ -39,7 +41,10 @@ class LongPollScheduler(Scheduler):
         task = self._task(task_id)
         waiters = self._waiters.get(task_id)
         if waiters is None:
-            waiters = self._waiters[task_id] = {}
+            # Oldest first, removed mostly from the front: an OrderedDict (a
+            # plain dict would keep the removed entries' slots, and every
+            # walk from its front would step over all of them).
+            waiters = self._waiters[task_id] = OrderedDict()
         peer = task.peers.get(peer_id) if peer_id is not None else None
 
         def cancel(d):
