@@ -59,8 +59,11 @@ class OriginError(Exception):
     """The origin could not give us the file.
 
     C{status} is the HTTP status the origin answered with, or None when no
-    usable answer came (connection refused, reset, timeout, truncated body).
+    usable answer came (connection refused, reset, timeout, truncated body);
+    C{challenge} the C{WWW-Authenticate} of a 401 answer, if it had one.
     """
+
+    challenge = None
 
     def __init__(self, status=None, message=None):
         self.status = status
@@ -436,4 +439,7 @@ class OriginClient:
                 body_length = 0
             return make(status, 0, body_length, body_length)
         make(status, 0, None, None).discard()
-        raise OriginError(status)
+        error = OriginError(status)
+        if status == 401:
+            error.challenge = _header(response, "WWW-Authenticate")
+        raise error

@@ -25,6 +25,7 @@ from dragonfly.control.preheat import (
     MANIFEST_URL_RE, PreheatRequest, PreheatStatus, parse_image_reference)
 from dragonfly.origin import OriginError, OriginRefused
 from dragonfly.redact import redact_text, redact_url
+from dragonfly.supernode.registryauth import RegistryAuth
 from dragonfly.taskid import is_oci_digest
 
 __all__ = ["Preheater", "PreheatSpec", "PreheatJob", "parse_image_reference"]
@@ -165,10 +166,8 @@ class Preheater:
             self.log.info("preheat {id} done", id=job.id)
         job.finished = self.clock.seconds()
 
-    async def _manifest(self, url, headers):
-        h = dict(headers)
-        h["Accept"] = MANIFEST_ACCEPT
-        resp = await self.cdn.origin.get(url, h)
+    async def _manifest(self, url, auth):
+        resp = await auth.get(url, {"Accept": MANIFEST_ACCEPT})
         if resp.body_length is not None and resp.body_length > MAX_MANIFEST:
             resp.discard()
             raise OriginError(None, f"manifest larger than {MAX_MANIFEST} bytes")
@@ -185,23 +184,14 @@ class Preheater:
     async def _run_image(self, job):
         m = MANIFEST_URL_RE.match(job.spec.url)
         base, name = m.group(1), m.group(2)
-        doc = await self._manifest(job.spec.url, job.spec.headers)
+        # A registry with token auth: the Bearer dance, for the manifests and blobs.
+        auth = RegistryAuth(self.cdn.origin, base, name, job.spec.headers, self.egress)
+        doc = await self._manifest(job.spec.url, auth)
         if doc.get("mediaType") in _INDEX_TYPES or "manifests" in doc:
-            want = job.spec.platform.split("/")
-            chosen = None
-            for entry in doc.get("manifests") or []:
-                if not isinstance(entry, dict):
-                    continue
-                p = entry.get("platform") or {}
-                if not isinstance(p, dict):
-                    continue
-                have = [p.get("os"), p.get("architecture")] + ([p.get("variant")] if len(want) > 2 else [])
-                if have == want and is_oci_digest(entry.get("digest")):
-                    chosen = entry["digest"]
-                    break
+            chosen = _platform_manifest(doc, job.spec.platform)
             if chosen is None:
                 raise OriginError(None, f"image has no manifest for {job.spec.platform}")
-            doc = await self._manifest(f"{base}/v2/{name}/manifests/{chosen}", job.spec.headers)
+            doc = await self._manifest(f"{base}/v2/{name}/manifests/{chosen}", auth)
         blobs = []
         config = doc.get("config")
         for entry in ([config] if isinstance(config, dict) else []) + list(doc.get("layers") or []):
@@ -214,21 +204,50 @@ class Preheater:
                 blobs.append(digest)
         if not blobs:
             raise OriginError(None, "manifest lists no blobs")
+        failures = await self._blobs(job, blobs, auth.headers)
+        refused = [d for d, e in failures.items() if getattr(e, "status", None) == 401]
+        # A token that stopped working mid-preheat: one more exchange, those blobs again.
+        if refused and await auth.answer(failures[refused[0]]):
+            for digest in refused:
+                job.tasks[digest].update(state="running")
+                job.tasks[digest].pop("error", None)
+                del failures[digest]
+            failures.update(await self._blobs(job, refused, auth.headers))
+        job.length = sum(t.get("length", 0) for t in job.tasks.values())
+        if failures:
+            raise next(iter(failures.values()))
 
+    async def _blobs(self, job, blobs, headers):
+        """Fetch C{blobs} (digests) into the CDN with C{headers}: {digest: error}
+        of those that failed. Each is the task a mirror pull of it names (its
+        digest); fetched with credentials, it is private content (L{dragonfly.privacy}:
+        a preheated task serves no one unchecked)."""
         def ok(tf, digest):
             job.tasks[digest].update(state="done", length=tf.length)
 
         def bad(f, digest):
-            job.tasks[digest].update(state="failed", error=str(f.value))
+            job.tasks[digest].update(state="failed", error=redact_text(str(f.value)))
             return f
 
         ds = []
         for digest in blobs:
-            d = self.cdn.ensure_complete(digest, job.tasks[digest]["url"], job.spec.headers)
+            d = self.cdn.ensure_complete(digest, job.tasks[digest]["url"], headers)
             d.addCallbacks(ok, bad, callbackArgs=(digest,), errbackArgs=(digest,))
             ds.append(d)
         results = await DeferredList(ds, consumeErrors=True)
-        failures = [r for success, r in results if not success]
-        job.length = sum(t.get("length", 0) for t in job.tasks.values())
-        if failures:
-            raise failures[0].value
+        return {digest: r.value for digest, (success, r) in zip(blobs, results) if not success}
+
+
+def _platform_manifest(doc, platform):
+    """The digest of the index C{doc}'s manifest for C{platform} (os/arch[/variant]), or None."""
+    want = platform.split("/")
+    for entry in doc.get("manifests") or []:
+        if not isinstance(entry, dict):
+            continue
+        p = entry.get("platform") or {}
+        if not isinstance(p, dict):
+            continue
+        have = [p.get("os"), p.get("architecture")] + ([p.get("variant")] if len(want) > 2 else [])
+        if have == want and is_oci_digest(entry.get("digest")):
+            return entry["digest"]
+    return None

@@ -15,7 +15,8 @@ class FakeOrigin(Resource):
       - C{redirects[path]}: 302 to this location;
       - C{hold}: paths whose answers wait for L{release} (then flush the StubTreq);
       - C{auth[path]}: C{allowed(headers, query) -> status or None}: a status
-        (401, 403) refuses the request, None serves it;
+        (401, 403) refuses the request, None serves it; C{challenge[path]} is
+        the C{WWW-Authenticate} sent with such a 401;
       - C{no_head}: paths that answer HEAD with 405;
       - C{open_ranges}: paths that answer ``bytes=a-b`` as if it were ``bytes=a-``.
 
@@ -37,6 +38,7 @@ class FakeOrigin(Resource):
         self.hold = set()
         self.held = []
         self.auth = {}
+        self.challenge = {}
         self.no_head = set()
         self.open_ranges = set()
         self.requests = []
@@ -76,6 +78,8 @@ class FakeOrigin(Resource):
             refusal = self.auth[path](headers, query)
             if refusal is not None:
                 request.setResponseCode(refusal)
+                if refusal == 401 and path in self.challenge:
+                    request.setHeader(b"www-authenticate", self.challenge[path].encode("latin-1"))
                 return b"go away\n"
         if request.method == b"HEAD" and path in self.no_head:
             request.setResponseCode(405)
