@@ -62,7 +62,9 @@ def parser():
     ph.add_argument("target", metavar="URL|IMAGE",
                     help="An http(s) URL, or an image reference REGISTRY/NAME[:TAG|@DIGEST].")
     ph.add_argument("-H", "--header", action="append", default=[], metavar="'Name: value'",
-                    help="Header passed to the origin (repeatable).")
+                    help="Header passed to the origin (repeatable). Image from a registry "
+                         "with token auth: 'Authorization: Basic BASE64(USER:PASSWORD)' goes to "
+                         "its token service for a pull token (none: an anonymous token).")
     ph.add_argument("--filter", default="", help="Query parameters NAME,... left out of the "
                                                  "task id (as dfget --filter).")
     ph.add_argument("--tag", default="", help="Text added to the task id (as dfget --tag).")

@@ -6,6 +6,7 @@ daemon, and C{-p cdn} takes every byte from the supernode, none from peers;
 C{dfctl preheat --wait} warms a file so that the next dfget costs the origin
 nothing, and C{dfctl task ls/rm} see and drop it on the peer.
 """
+import base64
 import hashlib
 import json
 import os
@@ -228,3 +229,85 @@ class ImagePreheatTests(unittest.TestCase):
         self.assertEqual(warmed, arm["blobs"])
         for digest in set(amd["blobs"]) - set(arm["blobs"]):
             self.assertEqual(registry.blob_gets(digest), [], "an amd64 blob was fetched")
+
+    @with_logs()
+    async def test_preheat_from_a_token_auth_registry_then_pull(self):
+        """dfctl preheat --wait of one platform of a two-platform index in a
+        registry with token auth, with Basic credentials for the token service:
+        the supernode does the token dance and warms that platform's blobs;
+        a blob GET at the dfdaemon without credentials gets the registry's 401,
+        not the blob; then skopeo (with credentials) pulls that platform
+        through the dfdaemon and the registry sends no blob bytes for it."""
+        from dragonfly.test.integration import registry_fixtures as rf
+        if rf.which("docker-registry", rf.DOCKER_REGISTRY) is None \
+                or rf.which("skopeo", "/usr/bin/skopeo") is None:
+            raise unittest.SkipTest("docker-registry or skopeo not installed")
+        user, password, repo = "alice", "wonderland-42", "team/multi"
+        http = HTTP(reactor)
+        self.addCleanup(http.close)
+        self.swarm = swarm = Swarm(reactor, self.mktemp(), http)
+        self.addCleanup(swarm.stop)
+        signer = rf.TokenSigner(swarm.workdir)
+        tokens = rf.TokenServer(signer, {user: password})
+        port, realm = rf.listen_token_server(reactor, tokens)
+        self.addCleanup(port.stopListening)
+        registry = rf.Registry(swarm.path("registry"), auth={
+            "realm": realm, "service": signer.service, "issuer": signer.issuer,
+            "rootcertbundle": signer.cert_path})
+        self.addCleanup(registry.stop, reactor)
+        await registry.start(reactor)
+        layout = rf.build_multiarch_layout(swarm.path("image"))
+        code, out, err = await rf.skopeo(reactor, swarm.workdir, "skopeo-push", [
+            "copy", "--all", "--dest-tls-verify=false", "--dest-creds", f"{user}:{password}",
+            f"oci:{swarm.path('image')}:v1", f"docker://{registry.hostport}/{repo}:v1"])
+        self.assertEqual(code, 0, err)
+        await swarm.start_supernode(piece_size="1M")
+        dfdaemon = await rf.start_dfdaemon(swarm, registry)
+
+        basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+        proc = Proc("dfctl-token", [sys.executable, "-m", "dragonfly.dfctl", "preheat",
+                                    f"{registry.hostport}/{repo}:v1", "--platform", "linux/arm64",
+                                    "--insecure", "-H", f"Authorization: Basic {basic}",
+                                    "--wait", "--json", "--supernodes", swarm.supernode_list()],
+                    swarm.workdir, separate_stderr=True)
+        swarm.dfgets.append(proc)
+        await proc.wait(reactor, 120)
+        self.assertEqual(proc.returncode, 0, proc.read_log(err=True))
+        job = json.loads(proc.read_log())["job"]
+        self.assertEqual(job["state"], "done", job)
+        self.assertIn((user, [f"repository:{repo}:pull"]), tokens.issued)
+        arm, amd = layout["images"]["linux/arm64"], layout["images"]["linux/amd64"]
+        self.assertEqual({t["task_id"] for t in job["tasks"]}, set(arm["blobs"]))
+        warmed = {d: sum(r["written"] for r in registry.blob_gets(d)) for d in arm["blobs"]}
+        self.assertEqual(warmed, arm["blobs"])
+        for digest in set(amd["blobs"]) - set(arm["blobs"]):
+            self.assertEqual(registry.blob_gets(digest), [], "an amd64 blob was fetched")
+        for logged in [sn.read_log() for sn in swarm.supernodes] + [proc.read_log(),
+                                                                   proc.read_log(err=True)]:
+            self.assertNotIn(basic, logged, "the credentials were logged")
+
+        # A caller without credentials gets the registry's refusal, not the blob.
+        layer = max(arm["blobs"], key=arm["blobs"].get)
+        code, headers, body = await http.request(
+            "GET", f"{dfdaemon.mirror}/v2/{repo}/blobs/{layer}")
+        self.assertEqual(code, 401, body[:200])
+        m = await http.metrics(dfdaemon.mirror)
+        self.assertEqual(metric(m, "dragonfly_mirror_blob_bytes_total"), 0)
+
+        conf = rf.registries_conf(swarm.path("registries.conf"), registry.hostport,
+                                  dfdaemon.mirror_hostport)
+        authfile = rf.auth_file(swarm.path("auth.json"),
+                                {dfdaemon.mirror_hostport: (user, password)})
+        code, out, err = await rf.skopeo(reactor, swarm.workdir, "skopeo-pull", [
+            "--override-os", "linux", "--override-arch", "arm64", "copy", "--registries-conf",
+            conf, "--src-authfile", authfile, f"docker://{registry.hostport}/{repo}:v1",
+            f"oci:{swarm.path('pulled')}:v1"])
+        self.assertEqual(code, 0, err)
+        rf.verify_layout(swarm.path("pulled"))
+        pulled = rf.layout_blobs(swarm.path("pulled"))
+        self.assertTrue(set(arm["blobs"]) <= set(pulled), "the pull is not the arm64 image")
+        after = {d: sum(r["written"] for r in registry.blob_gets(d)) for d in arm["blobs"]}
+        self.assertEqual(after, arm["blobs"], "the pull took blob bytes from the registry")
+        m = await http.metrics(dfdaemon.mirror)
+        self.assertEqual(metric(m, "dragonfly_mirror_blob_bytes_total"), sum(arm["blobs"].values()),
+                         "the blobs did not go through the mirror")
