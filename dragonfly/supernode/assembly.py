@@ -71,6 +71,7 @@ def build_supernode(reactor, c):
     api = SupernodeAPI(reactor, cdn, scheduler, metrics, cluster=cluster, preheater=preheater,
                        trust_advertised=c.trust_advertised, signer=signer, admission=admission,
                        handover=handover)
+    preheater.private_access = api.private_access   # preheated tasks count as private
     site = api_site(api)
 
     upload_limiter = TokenBucket(reactor, c.upload_limit) if c.upload_limit > 0 else None

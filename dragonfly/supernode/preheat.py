@@ -100,6 +100,9 @@ class Preheater:
         self.max_jobs = max_jobs
         self._new_id = new_id or (lambda: os.urandom(8).hex())
         self._jobs = OrderedDict()
+        #: The API's L{dragonfly.supernode.privateaccess.PrivateAccess}, told
+        #: of every task a preheat fetches (it serves no one unchecked).
+        self.private_access = None
 
     def parse(self, body):
         """A L{PreheatSpec} from a request body, else L{MessageError}."""
@@ -151,6 +154,7 @@ class Preheater:
                       url=redact_url(job.spec.url))
         try:
             if job.spec.kind == "file":
+                self._fetching(job.spec.task_id)
                 tf = await self.cdn.ensure_complete(job.spec.task_id, job.spec.url, job.spec.headers)
                 job.length = tf.length
             else:
@@ -185,7 +189,8 @@ class Preheater:
         m = MANIFEST_URL_RE.match(job.spec.url)
         base, name = m.group(1), m.group(2)
         # A registry with token auth: the Bearer dance, for the manifests and blobs.
-        auth = RegistryAuth(self.cdn.origin, base, name, job.spec.headers, self.egress)
+        auth = RegistryAuth(self.cdn.origin, base, name, job.spec.headers, self.egress,
+                            self.clock)
         doc = await self._manifest(job.spec.url, auth)
         if doc.get("mediaType") in _INDEX_TYPES or "manifests" in doc:
             chosen = _platform_manifest(doc, job.spec.platform)
@@ -217,6 +222,10 @@ class Preheater:
         if failures:
             raise next(iter(failures.values()))
 
+    def _fetching(self, task_id):
+        if self.private_access is not None:
+            self.private_access.fetch_admits_no_one(task_id)
+
     async def _blobs(self, job, blobs, headers):
         """Fetch C{blobs} (digests) into the CDN with C{headers}: {digest: error}
         of those that failed. Each is the task a mirror pull of it names (its
@@ -231,6 +240,7 @@ class Preheater:
 
         ds = []
         for digest in blobs:
+            self._fetching(digest)
             d = self.cdn.ensure_complete(digest, job.tasks[digest]["url"], headers)
             d.addCallbacks(ok, bad, callbackArgs=(digest,), errbackArgs=(digest,))
             ds.append(d)

@@ -43,6 +43,14 @@ class PrivateAccess:
             return False
         return self.fetched_by.needs_check(request.task_id)
 
+    def fetch_admits_no_one(self, task_id):
+        """Call before a fetch that serves no caller (preheat) asks the CDN for
+        C{task_id}: if that will fetch, the task counts as private (whatever an
+        earlier public fetch of it recorded), since the preheat's request is no
+        caller's and may carry credentials."""
+        if self._caller_fetches(task_id):
+            self.fetched_by.forget(task_id)
+
     async def admit(self, request, task_file):
         """Return once the origin accepted the caller's request for
         C{task_file}; else raise L{OriginError} (the origin's status, if it

@@ -92,14 +92,16 @@ class RegistryAuth:
     @param name: the repository (the token's scope is C{repository:NAME:pull}).
     @param headers: the preheat request's headers.
     @param egress: an L{dragonfly.egressguard.EgressGuard} or None.
+    @param clock: IReactorTime bounding the egress check (None: unbounded).
     """
 
     #: Token exchanges per preheat: the first, and one more when a token
     #: stops working.
     max_exchanges = 2
 
-    def __init__(self, origin, base, name, headers, egress=None):
+    def __init__(self, origin, base, name, headers, egress=None, clock=None):
         self.origin = origin
+        self.clock = clock
         self.base = base
         self.name = name
         self.egress = egress
@@ -172,10 +174,17 @@ class RegistryAuth:
         shown = redact_url(params["realm"])
         self.exchanges += 1
         if self.egress is not None:
+            # Asked first for a clear message; any other trouble (no such
+            # name, a slow resolver) is left to the fetch, guarded again.
+            d = self.egress.check_url(url)
+            if self.clock is not None:
+                d.addTimeout(5.0, self.clock)
             try:
-                await self.egress.check_url(url)
+                await d
             except OriginRefused as e:
                 raise OriginRefused(f"{e.message} (the registry's token realm {shown})")
+            except Exception:   # noqa: BLE001
+                pass
         headers = dict(self._plain, Accept="application/json")
         headers.pop("Authorization", None)
         if self._basic is not None:

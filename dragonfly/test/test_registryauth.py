@@ -257,3 +257,15 @@ class TokenPreheatTests(APITestBase):
         self.assertNotIn(BASIC.split()[1], text)
         self.assertNotIn("tok-1", text)
 
+
+    def test_preheat_makes_a_public_task_private_again(self):
+        """A blob once fetched by a public registration, dropped from the cache,
+        then preheated with a token counts as private again: a registration
+        without credentials gets the registry's 401."""
+        self.preheater.private_access = self.api.private_access
+        url = f"https://reg.test:5000/v2/lib/app/blobs/{LD}"
+        self.api.private_access.fetched_by.record(LD, False)   # as a public fetch left it
+        self.assertEqual(self.preheat()["state"], "done")
+        r = self.request("POST", "/api/v1/tasks", {
+            "task_id": LD, "digest": LD, "url": url, "headers": {}, "peer": PEER})
+        self.assertEqual(r.code, 502, self.json(r))
