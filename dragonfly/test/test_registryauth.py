@@ -6,11 +6,11 @@ import json
 import os
 from urllib.parse import parse_qs
 
-from twisted.internet.defer import fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
-from dragonfly.origin import OriginRefused
-from dragonfly.supernode.registryauth import parse_challenge
+from dragonfly.origin import OriginError, OriginRefused
+from dragonfly.supernode.registryauth import RegistryAuth, parse_challenge
 from dragonfly.test.test_supernode_api import PEER, APITestBase
 
 BASIC = "Basic " + base64.b64encode(b"alice:wonderland").decode()
@@ -44,6 +44,26 @@ class ChallengeTests(SynchronousTestCase):
         for bad in ("", "   ", 'Bearer realm="open', "Bearer =x", "Bearer realm=a b=c",
                     "Be@rer realm=x", None):
             self.assertRaises(ValueError, parse_challenge, bad)
+
+
+class GuardedRealmTests(SynchronousTestCase):
+    def test_refused_at_connect(self):
+        """A realm the origin client's connect-time guard refuses (no egress
+        check first) fails the exchange with the refusal, naming the realm."""
+        asked = []
+
+        class Origin:
+            def get(self, url, headers):
+                asked.append((url, headers))
+                return fail(OriginRefused("origin not allowed: 127.0.0.1:5001 is loopback"))
+        auth = RegistryAuth(Origin(), "https://reg.test", "lib/app", {"Authorization": BASIC})
+        error = OriginError(401)
+        error.challenge = CHALLENGE
+        f = self.failureResultOf(Deferred.fromCoroutine(auth.answer(error)), OriginRefused)
+        self.assertIn("origin not allowed: 127.0.0.1:5001", f.value.message)
+        self.assertIn("token realm https://auth.test/token", f.value.message)
+        self.assertEqual(asked, [(REALM + "?service=reg.test&scope=repository%3Alib%2Fapp%3Apull",
+                                  {"Accept": "application/json", "Authorization": BASIC})])
 
 
 class TokenPreheatTests(APITestBase):
