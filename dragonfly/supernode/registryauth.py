@@ -33,8 +33,9 @@ __all__ = ["parse_challenge", "RegistryAuth", "MAX_TOKEN_ANSWER"]
 
 MAX_TOKEN_ANSWER = 64 * 1024
 
-_TOKEN68 = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_PARAM_RE = re.compile(r'\s*(' + _TOKEN68 + r')\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s"]*))\s*(?:,|\Z)')
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_PARAM_RE = re.compile(r'\s*(' + _TOKEN + r')\s*=\s*'
+                       r'(?:"((?:[^"\\]|\\.)*)"|([^,\s"]*))\s*(?:,|\Z)')
 
 
 def parse_challenge(value):
@@ -45,7 +46,7 @@ def parse_challenge(value):
     if not isinstance(value, str) or not value.strip():
         raise ValueError("no challenge")
     scheme, _, rest = value.strip().partition(" ")
-    if not re.fullmatch(_TOKEN68, scheme):
+    if not re.fullmatch(_TOKEN, scheme):
         raise ValueError(f"bad auth scheme {scheme!r}")
     params = {}
     pos, rest = 0, rest.strip()

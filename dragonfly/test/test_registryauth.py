@@ -114,7 +114,8 @@ class TokenPreheatTests(APITestBase):
         never sees the Basic credentials."""
         job = self.preheat()
         self.assertEqual(job["state"], "done", job)
-        self.assertEqual(self.issued, [{"service": ["reg.test"], "scope": ["repository:lib/app:pull"]}])
+        self.assertEqual(self.issued,
+                         [{"service": ["reg.test"], "scope": ["repository:lib/app:pull"]}])
         self.assertEqual([r[2].get("authorization") for r in self.origin.gets("/token")], [BASIC])
         first, *rest = self.registry_requests()
         self.assertNotIn("authorization", first[2])

@@ -309,5 +309,5 @@ class ImagePreheatTests(unittest.TestCase):
         after = {d: sum(r["written"] for r in registry.blob_gets(d)) for d in arm["blobs"]}
         self.assertEqual(after, arm["blobs"], "the pull took blob bytes from the registry")
         m = await http.metrics(dfdaemon.mirror)
-        self.assertEqual(metric(m, "dragonfly_mirror_blob_bytes_total"), sum(arm["blobs"].values()),
-                         "the blobs did not go through the mirror")
+        self.assertEqual(metric(m, "dragonfly_mirror_blob_bytes_total"),
+                         sum(arm["blobs"].values()), "the blobs did not go through the mirror")
