@@ -28,7 +28,8 @@ import json
 import secrets
 from dataclasses import replace
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.logger import Logger
 
 from dragonfly.admission import PeerAdmission
@@ -149,6 +150,7 @@ class SupernodeClient:
         self.secrets = {}
         self.admission = admission if admission is not None else PeerAdmission(clock)
         self._preferred = 0        # index of the supernode that answered last
+        self._leaving = set()      # leave calls not answered yet
 
     # -- one call ----------------------------------------------------------------
 
@@ -359,7 +361,26 @@ class SupernodeClient:
             self.log.debug("leave {task} at {sn} failed: {why}", task=task_id,
                            sn=_name(addr), why=_describe(f))
         d.addCallbacks(lambda _: None, failed)
+        if not d.called:
+            self._leaving.add(d)
+            d.addBoth(lambda r: self._leaving.discard(d) or r)
         return d
+
+    def leaves_done(self, timeout):
+        """A Deferred firing (with None, never failing) once every leave call
+        sent so far is answered or failed, or after C{timeout} seconds, when
+        those still unanswered are cancelled: a stopping peer waits on it
+        before its HTTP pool closes, so its swarms drop it at once."""
+        pending = list(self._leaving)
+        if not pending:
+            return succeed(None)
+        d = DeferredList(pending, consumeErrors=True)
+        d.addTimeout(timeout, self._clock)
+
+        def late(f):
+            f.trap(DeferredTimeoutError)
+            self.log.info("leave calls unanswered after {t} s: stopping anyway", t=timeout)
+        return d.addCallbacks(lambda _: None, late)
 
     def report_corrupt(self, task_id, peer_id, reason, addr=None):
         """Tell the supernode at C{addr} (None: every supernode of the list) that

@@ -24,7 +24,7 @@ and collaborators in L{dragonfly.peer.settings}.
 """
 import re
 
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -258,13 +258,16 @@ class PeerNode:
         return ds
 
     def shutdown(self):
-        """Stop downloads and leave every swarm; a Deferred that fires when done."""
+        """Stop downloads and leave every swarm; a Deferred that fires once
+        every leave call (the stopped downloads' too) is answered, or after
+        C{settings.leave_timeout} seconds: only then may the HTTP pool close."""
         self._stopping = True
         for dl in list(self._downloads.values()):
             if dl.run is not None and not dl.run.called:
-                dl.run.cancel()
-        ds = [self.leave(t) for t in list(self._supernodes.members)]
-        return DeferredList(ds, consumeErrors=True).addCallback(lambda _: None)
+                dl.run.cancel()     # a stopped download leaves its swarm
+        for t in list(self._supernodes.members):
+            self.leave(t)
+        return self._supernodes.leaves_done(self.settings.leave_timeout)
 
     # ---------------------------------------------------------------- the run
 

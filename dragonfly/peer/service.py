@@ -18,8 +18,9 @@ Start-up order (L{PeerService.startService}):
   4. the bound addresses are written to C{--port-file} as JSON
      C{{"api": port, "piece": port, ...}}.
 
-Stopping leaves every swarm (best effort), drains the piece server, closes
-connection pools and saves the store's metadata.
+Stopping leaves every swarm (best effort; the answers are awaited for
+C{leave_timeout} at most, before the HTTP pool closes), drains the piece
+server, closes connection pools and saves the store's metadata.
 """
 from dataclasses import dataclass, field
 

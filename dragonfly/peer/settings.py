@@ -46,6 +46,8 @@ class NodeSettings:
     @ivar spool_dir: where an origin body without a length is spooled
         (default: the store's root).
     @ivar supernode_scheme: C{https} when the supernode API speaks mutual TLS.
+    @ivar leave_timeout: how long a stopping node waits for the answers to
+        its leave calls (a dead or hung supernode delays the stop no longer).
     """
 
     concurrency: int = 8
@@ -65,6 +67,7 @@ class NodeSettings:
     spool_dir: str = None
     max_file_size: int = 1 << 40
     supernode_scheme: str = "http"
+    leave_timeout: float = 2.0
 
     def __post_init__(self):
         object.__setattr__(self, "concurrency", max(1, int(self.concurrency)))

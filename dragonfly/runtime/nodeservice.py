@@ -237,7 +237,8 @@ class NodeService(service.MultiService):
         return []
 
     def stopService(self):
-        ds = list(self.before_unlisten())
+        early = [d for d in self.before_unlisten() if isinstance(d, Deferred)]
+        ds = list(early)
         for _, _, s in reversed(self._listeners):
             if s.running:
                 ds.append(s.stopService())
@@ -246,17 +247,24 @@ class NodeService(service.MultiService):
         else:
             service.Service.stopService(self)
         ds.extend(self.after_unlisten())
-        return self._release(ds)
+        return self._release(ds, early)
 
-    def _release(self, ds):
-        """Run the closers, close the store, remove the port file; a
-        DeferredList over those and C{ds}. A failing closer is logged and
-        does not stop the others."""
-        for close in self._closers:
-            try:
-                ds.append(close())
-            except Exception:
-                self.log.failure("closing")
+    def _release(self, ds, early=()):
+        """Run the closers once the Deferreds in C{early} (the role's work
+        before the listeners close, e.g. a peer's leave calls, which go out
+        through the pools the closers close) settled; close the store, remove
+        the port file; a DeferredList over those and C{ds}. A failing closer
+        is logged and does not stop the others."""
+        def run_closers(_):
+            closed = []
+            for close in self._closers:
+                try:
+                    closed.append(close())
+                except Exception:
+                    self.log.failure("closing")
+            return DeferredList([d for d in closed if isinstance(d, Deferred)],
+                                consumeErrors=True)
+        ds.append(DeferredList(list(early), consumeErrors=True).addCallback(run_closers))
         try:
             if self._loaded:    # never save over the store of another instance
                 self.store.close()

@@ -432,13 +432,13 @@ class SupernodeAPI:
     async def _wait_change(self, request, task_id, timeout, peer_id=None):
         """Wait for a change of C{task_id}, C{timeout} seconds at most.
 
-        Returns False on timeout. When the client goes away the wait is
-        cancelled at once (the scheduler forgets the waiter).
+        Returns False on timeout. When the client goes away the wait is cancelled
+        at once (the scheduler forgets the waiter; C{peer_id} is C{scheduler.abandoned}).
         """
         d = self.scheduler.changed(task_id, peer_id)
         ended = getattr(self.cdn, "fetch_ended", lambda task_id: None)(task_id)
-        # A failing CDN fetch ends the wait too (the answer is its 502), and so
-        # does a stopping supernode moving its peers (503 "moved").
+        # A failing CDN fetch ends the wait too (its 502), and so does a
+        # stopping supernode moving its peers (503 "moved").
         ends = [e for e in (ended, self.handover.draining and self.handover.moved()) if e]
         if ends:
             d = race([d] + ends).addCallback(lambda _: None).addErrback(_cancelled)
@@ -447,6 +447,7 @@ class SupernodeAPI:
         def gone(f):
             if not d.called:
                 d.cancel()
+                self.scheduler.abandoned(task_id, peer_id)   # frees its upload slots
 
         finished = request.notifyFinish()
         finished.addErrback(gone)

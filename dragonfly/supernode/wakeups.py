@@ -11,6 +11,7 @@ from collections import OrderedDict
 from twisted.internet import defer
 
 from dragonfly.supernode.scheduler import Scheduler
+from dragonfly.supernode.swarmstate import release
 
 __all__ = ["LongPollScheduler"]
 
@@ -53,6 +54,25 @@ class LongPollScheduler(Scheduler):
         d = defer.Deferred(cancel)
         waiters[d] = peer
         return d
+
+    def abandoned(self, task_id, peer_id):
+        """The client of C{peer_id}'s long-poll went away before the answer:
+        the peer stopped or died (a live peer never drops its own poll while
+        it downloads). Its in-flight assignments end now, so the upload slots
+        they hold serve the others at once, not after C{assignment_timeout}
+        (a vanished peer holding every slot of a task's only peer holder
+        stalled newcomers that long: the seed does not serve pieces a busy
+        live peer holds). The peer stays a member: what it reports later
+        still counts."""
+        task = self._tasks.get(task_id)
+        p = task.peers.get(peer_id) if task is not None else None
+        if p is None or not p.fetching:
+            return
+        offered = 0
+        fetches = list(p.fetching.values())
+        for f in fetches:
+            offered |= release(task, p, f, self.max_uploads_per_peer, self.seed_piece_copies)
+        self._wake(task, len(fetches) + 1, offered)
 
     def _removed(self, task):
         waiters = self._waiters.pop(task.id, None)

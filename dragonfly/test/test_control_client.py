@@ -538,6 +538,25 @@ class ScheduleTests(SynchronousTestCase):
         self.hosts.flush()
         self.assertIsNone(self.successResultOf(d))
 
+    def test_leaves_done(self):
+        """leaves_done fires at once with no leave in flight, else once every
+        leave sent is answered; a hanging one is cancelled after the timeout."""
+        self.assertIsNone(self.successResultOf(self.client.leaves_done(2)))
+        self.sn.answers["leave"] = (200, {})
+        self.client.joined(TASK, SN1)
+        self.client.leave(TASK, ME.peer_id)
+        self.hosts.flush()
+        self.assertIsNone(self.successResultOf(self.client.leaves_done(2)))
+        self.sn.answers["leave"] = None     # hangs
+        left = self.client.leave_at(SN1, TASK, ME.peer_id)
+        d = self.client.leaves_done(2)
+        self.clock.advance(1.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        self.assertIsNone(self.successResultOf(d))
+        self.assertIsNone(self.successResultOf(left))
+        self.assertIsNone(self.successResultOf(self.client.leaves_done(2)))
+
     def test_leave(self):
         """leave() forgets the membership and tells its supernode; it never fails,
         and does nothing for a task we are no member of."""

@@ -96,13 +96,14 @@ class _Node(NodeService):
         NodeService.__init__(self, reactor, config, _Store(events),
                              closers=[lambda: events.append("closer")])
         self.events = events
+        self.before = []        # Deferreds of the role's early work
 
     def listener_bound(self, name, host, port):
         self.events.append(f"bound {name}")
 
     def before_unlisten(self):
         self.events.append("before unlisten")
-        return []
+        return list(self.before)
 
     def after_unlisten(self):
         self.events.append("after unlisten")
@@ -269,6 +270,23 @@ class NodeServiceTests(SynchronousTestCase):
                                        "children stopped", "after unlisten", "closer",
                                        "store closed"])
         self.assertFalse(os.path.exists(self.port_file))
+
+    def test_closers_wait_for_the_early_work(self):
+        """The closers (the node's HTTP pools) run only once the role's early
+        work settled (a peer's leave calls go out through those pools); the
+        stop fires after them."""
+        self.svc.startService()
+        self.a.bind(4001)
+        self.b.bind(4002)
+        leave = Deferred()
+        self.svc.before.append(leave)
+        del self.events[:]
+        d = self.svc.stopService()
+        self.assertNotIn("closer", self.events)
+        self.assertNoResult(d)
+        leave.callback(None)
+        self.successResultOf(d)
+        self.assertEqual(self.events[-2:], ["store closed", "closer"])
 
     def test_no_port_file(self):
         """Without a port file configured, nothing is written or removed."""

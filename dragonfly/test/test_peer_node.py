@@ -91,6 +91,51 @@ class DownloadTests(NodeMixin, SynchronousTestCase):
         self.assertEqual(len(self.supernode.leaves), 1)
         self.assertTrue(all(d.called for d, _ in self.pool.held))
 
+    def hold_leaves(self):
+        """Leave calls wait until the returned Deferred fires."""
+        gate = Deferred()
+        post = self.hosts.post
+
+        def held(url, **kw):
+            if not url.endswith("/leave"):
+                return post(url, **kw)
+            d = Deferred()
+            gate.addCallback(lambda _: post(url, **kw).chainDeferred(d))
+            return d
+        self.hosts.post = held
+        return gate
+
+    def test_shutdown_waits_for_the_downloads_leave(self):
+        """When the node stops during a download, the leave call the stopped
+        download makes is answered before shutdown fires (the HTTP pool
+        closes after it, or the supernode keeps counting the dead peer's
+        assignments for their timeout)."""
+        node = self.make()
+        self.pool.manual = True
+        d = node.download(URL)
+        self.assertEqual(node.active(), [task_id_for_url(URL)])
+        gate = self.hold_leaves()
+        stopped = node.shutdown()
+        self.failureResultOf(d, DownloadError)
+        self.assertNoResult(stopped)
+        self.assertEqual(self.supernode.leaves, [])
+        gate.callback(None)
+        self.hosts.flush()
+        self.assertIsNone(self.successResultOf(stopped))
+        self.assertEqual(len(self.supernode.leaves), 1)
+
+    def test_shutdown_leave_unanswered(self):
+        """When a leave call hangs, shutdown fires after leave_timeout anyway."""
+        node = self.make(leave_timeout=2.0)
+        self.pool.manual = True
+        node.download(URL).addErrback(lambda f: None)
+        self.hold_leaves()
+        stopped = node.shutdown()
+        self.clock.advance(1.9)
+        self.assertNoResult(stopped)
+        self.clock.advance(0.1)
+        self.assertIsNone(self.successResultOf(stopped))
+
     def test_task_id_and_headers_passed(self):
         """A content digest names the task; the id, the digest it is derived
         from and the origin headers go to the supernode as given."""

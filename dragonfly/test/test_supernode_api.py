@@ -516,6 +516,22 @@ class ScheduleTests(APITestBase):
         self.assertEqual(self.scheduler.stats()["waiting"], 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_disconnect_frees_the_pollers_slots(self):
+        """When a peer's long-poll is dropped by its client (the peer stopped or
+        died without leaving), its in-flight assignments end at once: the
+        upload slots they hold serve others, not after the assignment timeout."""
+        self.register()
+        pid = PEER["peer_id"]
+        got = self.schedule({"peer_id": pid, "want": 3})["assignments"]
+        self.assertEqual(len(got), 3)
+        self.assertEqual(self.scheduler.stats()["seed_inflight"], 3)
+        request = DummyRequest([])
+        d = Deferred.fromCoroutine(self.api._wait_change(request, TASK, 20, pid))
+        request.processingFailed(Failure(ConnectionLost()))
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(self.scheduler.stats()["seed_inflight"], 0)
+        self.assertEqual(self.scheduler.task_stats(TASK)["peers"], 1)
+
     def test_cdn_failure_reported(self):
         """When the CDN's fetch failed for good, schedule answers 502 so the
         peer can go back to the origin instead of waiting."""

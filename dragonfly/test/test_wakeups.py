@@ -118,3 +118,65 @@ class PureSchedulerTests(SchedulerMixin, SynchronousTestCase):
         from dragonfly.test.test_policy import _workload
         self.assertTrue(issubclass(LongPollScheduler, Scheduler))
         self.assertEqual(_workload(LongPollScheduler, steps=200), _workload(Scheduler, steps=200))
+
+
+class AbandonedTests(SchedulerMixin, SynchronousTestCase):
+    """A peer whose long-poll its client dropped (it stopped or died without
+    leaving) holds no upload slot any more: others are served at once."""
+
+    scheduler_class = LongPollScheduler
+
+    def vanished_holder(self):
+        """The lazy-pull case: peer-1 holds every piece, peer-2 took all of
+        peer-1's upload slots and vanished; peer-3 arrives."""
+        s = self.make(pieces=8, max_uploads_per_peer=4)
+        self.join(1, 2, 3)
+        self.give(1, *range(8))
+        got = s.assign(T, "peer-2", 8)
+        self.assertEqual({a.source.peer_id for a in got}, {"peer-1"})
+        self.assertEqual(len(got), 4)
+        return s
+
+    def test_slots_held_until_timeout_without_it(self):
+        """Without the signal the newcomer waits for the assignment timeout:
+        the seed does not serve pieces a busy live peer holds."""
+        s = self.vanished_holder()
+        self.clock.advance(s.assignment_timeout - 1)
+        self.assertEqual(s.assign(T, "peer-3", 4), [])
+
+    def test_abandoned_frees_slots_and_wakes(self):
+        """When peer-2's long-poll is abandoned, its in-flight assignments end:
+        the waiting newcomer is woken and served by peer-1 at once."""
+        s = self.vanished_holder()
+        self.assertEqual(s.assign(T, "peer-3", 4), [])
+        d = s.changed(T, "peer-3")
+        s.abandoned(T, "peer-2")
+        self.successResultOf(d)
+        got = s.assign(T, "peer-3", 4)
+        self.assertEqual(len(got), 4)
+        self.assertEqual({a.source.peer_id for a in got}, {"peer-1"})
+        self.assertEqual(s.task_stats(T)["peers"], 3)   # released, not removed
+
+    def test_abandoned_peer_reports_still_count(self):
+        """When an abandoned peer was alive after all, the pieces it reports
+        make it a holder; its failure reports name no assignment (ignored)."""
+        s = self.vanished_holder()
+        held = sorted(s._tasks[T].peers["peer-2"].fetching)
+        s.abandoned(T, "peer-2")
+        s.report(T, "peer-2", have=[held[0]], failed=[(held[1], "peer-1")])
+        self.assertEqual(s.holds(T, "peer-2"), [held[0]])
+        self.assertEqual(s._tasks[T].ignored, 1)
+        self.assertEqual(s._tasks[T].peers["peer-1"].fail_reporters, set())
+
+    def test_abandoned_noop(self):
+        """An unknown task or peer, or a peer with nothing in flight: nothing
+        changes and no waiter fires."""
+        s = self.make(pieces=2)
+        self.join(1, 2)
+        d = s.changed(T, "peer-2")
+        s.abandoned("nope", "peer-1")
+        s.abandoned(T, "peer-9")
+        s.abandoned(T, "peer-1")
+        self.assertNoResult(d)
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
