@@ -591,15 +591,6 @@ class Node(Service):
 
     scheme = "http"
 
-    def clean_exit(self, code):
-        """twistd ends a SIGTERM'd run by re-raising the signal on itself once
-        it has shut down (C{app._exitWithSignal}; systemd counts that as a clean
-        stop): exit 0, or -SIGTERM after its "Server Shut Down." line."""
-        if code == 0:
-            return True
-        text = self.read_log()
-        return code == -signal.SIGTERM and ("Server Shut Down." in text or not text)
-
     @property
     def api(self):
         return f"{self.scheme}://{LOOPBACK}:{self.ports['api']}"
