@@ -24,8 +24,8 @@ and ``self.swarm`` this way, and cleans both up)::
 process's log.
 
 The harness fails loudly. Stopping a service (a role, an origin) that does not
-exit within its grace period of SIGTERM, or exits with anything but its clean
-status, is an error of the test that stops it, carrying its log tail; so is a
+exit within its grace period of SIGTERM, or exits with anything but status 0,
+is an error of the test that stops it, carrying its log tail; so is a
 service that died on its own during the test (``Swarm.stop`` and
 ``Swarm.check_alive``). Every child runs in its own session (a process-group
 kill takes what it spawned) under ``setpriv --pdeathsig KILL`` (it dies with
