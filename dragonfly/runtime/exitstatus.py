@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 
+from twisted.application import service
 from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 
@@ -56,16 +57,19 @@ class ExitStatus:
         self.installed = False
 
     def arrange(self):
-        """Install the SIGTERM handler now and again over the reactor's own as
-        it starts; check the stop once the reactor has shut down.
+        """Install the SIGTERM handler when the service starts, and again over
+        the reactor's own as the reactor starts; check the stop once the
+        reactor has shut down.
 
-        Now, because twistd starts the service (which binds its ports and
-        writes its port file) before the reactor runs: a SIGTERM then stops
-        the reactor as soon as it runs. Again in the reactor's own "during
-        startup" phase, right after it installed its handlers there (earlier
-        triggers of a phase run first), before anything else runs.
+        When the service starts: twistd starts it (it binds its ports and
+        writes its port file) before the reactor runs, and in the process
+        that will run it (after daemonising: the launching parent keeps
+        SIGTERM's default action); a SIGTERM then stops the reactor as soon as
+        it runs. Again in the reactor's "during startup" phase, right after it
+        installed its own handlers there (earlier triggers of a phase run
+        first), before anything else runs.
         """
-        self.install()
+        _InstallOnStart(self).setServiceParent(self.service)
         self.reactor.addSystemEventTrigger("during", "startup", self.install)
         self.reactor.addSystemEventTrigger("after", "shutdown", self.check_stop)
 
@@ -95,6 +99,19 @@ class ExitStatus:
         if getattr(self.service, "stop_failed", False) or self.service.running:
             self.log.error("the shutdown failed: exiting with status 1")
             self.at_exit(exit_now, 1)
+
+
+class _InstallOnStart(service.Service):
+    """A child of the role's service: installs the handler as it starts."""
+
+    name = "exit-status"
+
+    def __init__(self, status):
+        self.status = status
+
+    def startService(self):
+        service.Service.startService(self)
+        self.status.install()
 
 
 def exit_now(code):

@@ -5,7 +5,7 @@ import signal
 import threading
 from importlib import import_module
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
@@ -56,7 +56,7 @@ class FakeReactor(MemoryReactorClock):
         self.stops += 1
 
 
-class _Service(Service):
+class _Service(MultiService):
     stop_failed = False
 
 
@@ -75,12 +75,14 @@ class ExitStatusTests(SynchronousTestCase):
         for f, args, kwargs in self.reactor.triggers["after"]["shutdown"]:
             f(*args, **kwargs)
 
-    def test_arrange_installs_now_and_over_the_reactors(self):
-        """Arranging (before the reactor runs: SIGTERM's default action)
-        installs the handler at once, and again in the reactor's start-up,
-        over the handler the reactor installed then."""
+    def test_arrange_installs_on_start_and_over_the_reactors(self):
+        """Arranging touches no signal; the handler is installed as the service
+        starts (before the reactor runs: SIGTERM's default action), and again
+        in the reactor's start-up, over the handler the reactor installed then."""
         self.signals.handlers[signal.SIGTERM] = signal.SIG_DFL
         self.status.arrange()
+        self.assertEqual(self.signals.handlers[signal.SIGTERM], signal.SIG_DFL)
+        self.service.startService()
         self.assertEqual(self.signals.handlers[signal.SIGTERM], self.status.sigterm)
         self.signals.signal(signal.SIGTERM, self.reactor.sigTerm)    # the reactor starts
         for f, args, kwargs in self.reactor.triggers["during"]["startup"]:
@@ -191,6 +193,8 @@ class TwistdOnlyTests(SynchronousTestCase):
             self.assertIs(status.service, svc)
             self.assertIs(status.reactor, reactor)
             self.assertIs(status.signals, fake)
+            self.assertEqual(fake.handlers[signal.SIGTERM], signal.SIG_DFL)
+            svc.getServiceNamed("exit-status").startService()
             self.assertEqual(fake.handlers[signal.SIGTERM], status.sigterm)
             self.assertIs(svc.reactor, reactor)
             self.assertIn(status.check_stop,
