@@ -100,9 +100,14 @@ class Options(PeerOptions):
 
 
 def makeService(options, reactor=None):
-    """The dfdaemon's service: the peer's, with the registry mirror attached."""
-    if reactor is None:
-        from twisted.internet import reactor
+    """The dfdaemon's service: the peer's, with the registry mirror attached;
+    without C{reactor} (twistd), on the global one, exiting 0 after SIGTERM."""
+    from dragonfly.runtime.exitstatus import twistd_service
+
+    return twistd_service(_make_service, options, reactor)
+
+
+def _make_service(options, reactor):
     from dragonfly.egress import EgressPolicy
 
     svc, node, metrics = make_peer_service(options, reactor)

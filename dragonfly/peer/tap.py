@@ -20,6 +20,7 @@ from dragonfly.nodeoptions import TLS_CA, TLS_CERT, TLS_KEY, check_tls
 from dragonfly.nodeoptions import API_SOCKET, check_api_socket
 from dragonfly.peer.assembly import make_peer_service
 from dragonfly.peer.service import PeerConfig
+from dragonfly.runtime.exitstatus import twistd_service
 
 __all__ = ["PeerOptions", "Options", "makeService", "make_peer_service"]
 
@@ -95,7 +96,7 @@ Options = PeerOptions
 
 
 def makeService(options, reactor=None):
-    """The peer's MultiService, built from parsed L{PeerOptions}."""
-    svc, node, metrics = make_peer_service(options, reactor)
-    return svc
+    """The peer's MultiService, built from parsed L{PeerOptions}; without
+    C{reactor} (twistd), on the global one, exiting 0 after SIGTERM."""
+    return twistd_service(lambda o, r: make_peer_service(o, r)[0], options, reactor)
 

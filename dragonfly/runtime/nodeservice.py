@@ -25,7 +25,7 @@ import os
 import sys
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from dragonfly.runtime.daemon import (CannotListen, ListeningService, listen_failure_reason,
@@ -81,6 +81,8 @@ class NodeService(service.MultiService):
         self._loaded = False
         self._children_started = False
         self._wrote_port_file = False
+        #: True once a part of the stop failed (logged); twistd then exits 1.
+        self.stop_failed = False
 
     def add_timer(self, interval, f, name):
         """A child L{safe_timer} calling C{f} every C{interval} seconds on our reactor."""
@@ -242,10 +244,9 @@ class NodeService(service.MultiService):
         for _, _, s in reversed(self._listeners):
             if s.running:
                 ds.append(s.stopService())
-        if self._children_started:
-            ds.append(service.MultiService.stopService(self))
-        else:
-            service.Service.stopService(self)
+        service.Service.stopService(self)
+        if self._children_started:   # as MultiService does, each child's outcome kept
+            ds.extend(maybeDeferred(child.stopService) for child in reversed(list(self)))
         ds.extend(self.after_unlisten())
         return self._release(ds, early)
 
@@ -254,28 +255,46 @@ class NodeService(service.MultiService):
         before the listeners close, e.g. a peer's leave calls, which go out
         through the pools the closers close) settled; close the store, remove
         the port file; a DeferredList over those and C{ds}. A failing closer
-        is logged and does not stop the others."""
+        is logged and does not stop the others; any failure sets
+        L{stop_failed}."""
+        def closer_failed(failure):
+            self._stop_failure("closing", failure)
+
         def run_closers(_):
             closed = []
             for close in self._closers:
                 try:
-                    closed.append(close())
+                    d = close()
                 except Exception:
-                    self.log.failure("closing")
-            return DeferredList([d for d in closed if isinstance(d, Deferred)],
-                                consumeErrors=True)
+                    self._stop_failure("closing")
+                    continue
+                if isinstance(d, Deferred):
+                    closed.append(d.addErrback(closer_failed))
+            return DeferredList(closed, consumeErrors=True)
         ds.append(DeferredList(list(early), consumeErrors=True).addCallback(run_closers))
         try:
             if self._loaded:    # never save over the store of another instance
                 self.store.close()
         except Exception:
-            self.log.failure("closing the store")
+            self._stop_failure("closing the store")
         if self._wrote_port_file:
             try:
                 os.unlink(self.config.port_file)
             except OSError:
                 pass
-        return DeferredList([d for d in ds if isinstance(d, Deferred)], consumeErrors=True)
+        done = DeferredList([d for d in ds if isinstance(d, Deferred)], consumeErrors=True)
+        return done.addCallback(self._stopped)
+
+    def _stopped(self, results):
+        for ok, result in results:
+            if not ok:
+                self._stop_failure("stopping", result)
+        return results
+
+    def _stop_failure(self, what, failure=None):
+        """Log a failure of the stop (the current exception without C{failure})."""
+        self.stop_failed = True
+        self.log.failure(f"{self.role} {what}", failure)
 
 
 def _exit_failed():

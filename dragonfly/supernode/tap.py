@@ -111,10 +111,10 @@ class Options(EgressFlags, ConfigOptions):
 
 
 def makeService(options, reactor=None):
-    """The supernode's MultiService, built from parsed L{Options}."""
+    """The supernode's MultiService, built from parsed L{Options}; without
+    C{reactor} (twistd), on the global one, exiting 0 after SIGTERM."""
+    from dragonfly.runtime.exitstatus import twistd_service
     from dragonfly.supernode.assembly import build_supernode
 
-    if reactor is None:
-        from twisted.internet import reactor
-    return build_supernode(reactor, options.config)
+    return twistd_service(lambda o, r: build_supernode(r, o.config), options, reactor)
 

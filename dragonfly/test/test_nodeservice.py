@@ -287,6 +287,38 @@ class NodeServiceTests(SynchronousTestCase):
         leave.callback(None)
         self.successResultOf(d)
         self.assertEqual(self.events[-2:], ["store closed", "closer"])
+    def test_clean_stop_is_not_failed(self):
+        """A stop whose every part succeeds leaves C{stop_failed} False."""
+        _Child(self.events).setServiceParent(self.svc)
+        self.svc.startService()
+        self.a.bind(4001)
+        self.b.bind(4002)
+        self.successResultOf(self.svc.stopService())
+        self.assertFalse(self.svc.stop_failed)
+        self.assertFalse(self.svc.running)
+
+    def test_failed_stop(self):
+        """A child whose stop fails and a closer that raises are logged, the
+        rest of the stop still runs (store closed, port file removed), and
+        C{stop_failed} is set (twistd then exits 1)."""
+        class Failing(Service):
+            def stopService(self):
+                Service.stopService(self)
+                raise OSError("child on fire")
+
+        def closer():
+            raise ValueError("closer on fire")
+        Failing().setServiceParent(self.svc)
+        self.svc._closers.append(closer)
+        self.svc.startService()
+        self.a.bind(4001)
+        self.b.bind(4002)
+        self.successResultOf(self.svc.stopService())
+        self.assertTrue(self.svc.stop_failed)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertIn("store closed", self.events)
+        self.assertFalse(os.path.exists(self.port_file))
 
     def test_no_port_file(self):
         """Without a port file configured, nothing is written or removed."""

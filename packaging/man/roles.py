@@ -78,7 +78,8 @@ def page(role):
             "under systemd the journal has it.",
             ".TP", f"\\fI/run/dragonfly/{role}.pid\\fR", "Pid file under the SysV script.",
             ".SH SIGNALS",
-            ".TP", "SIGTERM", "Stop cleanly: close the ports, flush metadata.",
+            ".TP", "SIGTERM", "Stop cleanly: close the ports, flush metadata; exit status 0 "
+            "(1 when a part of the stop failed).",
             ".TP", "SIGHUP", "Reload the TLS certificate, key and CA files.",
             ".TP", "SIGUSR1", "Rotate the log file.",
             ".SH SEE ALSO",

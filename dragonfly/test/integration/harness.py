@@ -24,8 +24,8 @@ and ``self.swarm`` this way, and cleans both up)::
 process's log.
 
 The harness fails loudly. Stopping a service (a role, an origin) that does not
-exit within its grace period of SIGTERM, or exits with anything but its clean
-status, is an error of the test that stops it, carrying its log tail; so is a
+exit within its grace period of SIGTERM, or exits with anything but status 0,
+is an error of the test that stops it, carrying its log tail; so is a
 service that died on its own during the test (``Swarm.stop`` and
 ``Swarm.check_alive``). Every child runs in its own session (a process-group
 kill takes what it spawned) under ``setpriv --pdeathsig KILL`` (it dies with
@@ -590,15 +590,6 @@ class Node(Service):
     """A supernode or a peer: ``api`` and ``piece`` ports (``scheme``: the API's)."""
 
     scheme = "http"
-
-    def clean_exit(self, code):
-        """twistd ends a SIGTERM'd run by re-raising the signal on itself once
-        it has shut down (C{app._exitWithSignal}; systemd counts that as a clean
-        stop): exit 0, or -SIGTERM after its "Server Shut Down." line."""
-        if code == 0:
-            return True
-        text = self.read_log()
-        return code == -signal.SIGTERM and ("Server Shut Down." in text or not text)
 
     @property
     def api(self):

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import sys
 
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
@@ -28,6 +29,26 @@ ROLES = {
 
 LISTENING = {"supernode": "supernode api listening on ", "peer": "peer api listening on ",
              "dfdaemon": "peer registry mirror listening on "}
+
+
+#: python -c SUBREAPER ARGV: run ARGV as a child subreaper (PR_SET_CHILD_SUBREAPER),
+#: so the daemon twistd forks off is reparented here and its exit status seen;
+#: one line per process reaped, "launcher exited CODE" or "PID exited CODE".
+SUBREAPER = """
+import ctypes, os, sys
+if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) != 0:
+    sys.exit("prctl(PR_SET_CHILD_SUBREAPER) failed")
+launcher = os.fork()
+if launcher == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+while True:
+    try:
+        pid, status = os.wait()
+    except ChildProcessError:
+        break
+    who = "launcher" if pid == launcher else pid
+    print(who, "exited", os.waitstatus_to_exitcode(status), flush=True)
+"""
 
 
 def _gone(pid):
@@ -90,9 +111,7 @@ class JSONLogTests(TestCase):
         self.addCleanup(proc.kill_now)
         await self.ready(role, check=proc.check_alive)
         proc.signal(signal.SIGTERM)
-        # twistd ends a SIGTERM'd run by re-raising the signal on itself
-        # (app._exitWithSignal): -SIGTERM is its clean exit.
-        self.assertIn(await proc.wait(reactor, 30), (0, -signal.SIGTERM), proc.tail())
+        self.assertEqual(await proc.wait(reactor, 30), 0, proc.tail())
         return proc.read_log()
 
     async def check_foreground(self, role):
@@ -103,12 +122,20 @@ class JSONLogTests(TestCase):
         self.assertNotIn('"message"', stdout)
 
     async def check_daemon(self, role):
+        """Daemonised under L{SUBREAPER}: the launching twistd exits 0 once the
+        role runs; on SIGTERM the daemon exits 0, removes its pid file, and its
+        log file has the whole run."""
         logfile = os.path.join(self.dir, "json.log")
         pidfile = os.path.join(self.dir, "twistd.pid")
-        parent = Proc(role + "-launch", self.argv(
+        wrapper = Proc(role + "-launch", [sys.executable, "-c", SUBREAPER] + self.argv(
             role, ["--pidfile", pidfile, "--logfile", logfile]), self.dir)
-        self.addCleanup(parent.kill_now)
-        self.assertEqual(await parent.wait(reactor, 30), 0, parent.tail())
+        self.addCleanup(wrapper.kill_now)
+
+        def launched():
+            return self.statuses(wrapper).get("launcher") is not None
+        await poll_until(reactor, launched, 30, f"twistd {role} to daemonise",
+                         check=wrapper.check_alive)
+        self.assertEqual(self.statuses(wrapper)["launcher"], 0, wrapper.tail())
         with open(pidfile) as f:
             pid = int(f.read().strip())
 
@@ -118,9 +145,16 @@ class JSONLogTests(TestCase):
         self.addCleanup(kill)
         await self.ready(role)
         os.kill(pid, signal.SIGTERM)
-        await poll_until(reactor, lambda: _gone(pid), 30, f"{role} daemon (pid {pid}) to exit")
+        self.assertEqual(await wrapper.wait(reactor, 30), 0, wrapper.tail())
+        self.assertEqual(self.statuses(wrapper).get(str(pid)), 0, wrapper.tail())
+        self.assertFalse(os.path.exists(pidfile), "the daemon left its pid file")
         with open(logfile) as f:
             self.check_log(role, f.read())
+
+    def statuses(self, wrapper):
+        """What L{SUBREAPER} reported: C{{"launcher" or pid: exit status}}."""
+        found = re.findall(r"^(launcher|\d+) exited (-?\d+)$", wrapper.read_log(), re.M)
+        return {who: int(code) for who, code in found}
 
     async def test_supernode_logfile(self):
         """twistd -n --logfile F supernode --log-format json: JSON lines in F."""
