@@ -19,7 +19,7 @@ Model
   transfer starts or ends at one of the hosts involved.
 - The control plane is instant: a peer reports a finished piece and asks for
   more in the same step (like one C{/schedule} round trip with no latency);
-  a peer with nothing to do waits on C{LongPollScheduler.changed}, with a long-poll
+  a peer with nothing to do waits on C{LongPollScheduler.watch}, with a long-poll
   timeout like the API's, then asks again.
 
 Failure (all off by default):
@@ -61,6 +61,8 @@ TASK = "sim-task"
 
 # event kinds
 _DONE, _POLL, _ORIGIN, _LEAVE = 0, 1, 2, 3
+# the progress callback runs every 2**20 events
+_PROGRESS_MASK = (1 << 20) - 1
 DIGEST = "0" * 64
 
 
@@ -78,7 +80,7 @@ class _Host:
                  "uploaded", "downloaded",
                  "waiter", "done_at", "pieces", "is_seed", "pending_have",
                  "pending_failed", "scheduled_poll", "wait_deadline",
-                 "timeout_pending", "held", "gone", "dirty")
+                 "timeout_pending", "held", "gone", "dirty", "woke")
 
     def __init__(self, hid, up, down, info, is_seed=False):
         self.hid = hid
@@ -101,6 +103,7 @@ class _Host:
         self.held = 0       # bitmask of the pieces this host holds
         self.gone = False
         self.dirty = False  # its uploads' rates are due for recomputation
+        self.woke = None    # called when its long-poll wait ends
 
 
 class _Transfer:
@@ -167,12 +170,13 @@ class Swarm:
         progress (0 < x < 1), or None. Needs C{supernodes >= 2}.
     @param churn: share of hosts that leave at a random time.
     @param slow: share of hosts at a tenth of the peer link.
+    @param progress: None, or called with the swarm every 2**20 events.
     """
 
     def __init__(self, hosts, size, piece_size=4 * 1024 * 1024, up=125e6,
                  down=None, seed_up=None, origin_rate=0, concurrency=4,
                  poll_wait=30.0, scheduler_args=None, seed=0, max_time=None,
-                 supernodes=1, kill_owner_at=None, churn=0.0, slow=0.0):
+                 supernodes=1, kill_owner_at=None, churn=0.0, slow=0.0, progress=None):
         if hosts < 1 or size < 1 or piece_size < 1:
             raise ValueError("hosts, size and piece_size must be positive")
         if supernodes < 1 or not 0 <= churn <= 1 or not 0 <= slow <= 1:
@@ -196,6 +200,8 @@ class Swarm:
         n = -(-size // piece_size)
         self.piece_sizes = [piece_size] * (n - 1) + [size - piece_size * (n - 1)]
         self.max_time = max_time
+        self.progress_cb = progress
+        self._progress_mask = _PROGRESS_MASK
         self._heap = []
         self._dirty = []        # senders whose upload rates are due
         self._seq = 0
@@ -356,21 +362,22 @@ class Swarm:
             self._wait(host)
 
     def _wait(self, host):
-        d = self.scheduler.changed(TASK, host.info.peer_id)
-        host.waiter = d
+        # LongPollScheduler.watch: the API's long-poll waiter and wake-up
+        # rule, without a Deferred per wait (the simulator waits millions
+        # of times).
+        if host.woke is None:
+            host.woke = lambda: self._woke(host)
+        host.waiter = self.scheduler.watch(TASK, host.info.peer_id, host.woke)
         host.wait_deadline = self.clock.seconds() + self.poll_wait
-
-        def woke(_):
-            if host.waiter is d:
-                host.waiter = None
-                self._schedule_poll(host)
-
-        d.addCallbacks(woke, lambda f: None)
         # One pending timeout event per host at most (re-armed when it fires
         # early), so waiting does not fill the heap.
         if not host.timeout_pending:
             host.timeout_pending = True
             self._push(host.wait_deadline, _POLL, host, 0)
+
+    def _woke(self, host):
+        host.waiter = None
+        self._schedule_poll(host)
 
     def _schedule_poll(self, host):
         if not host.scheduled_poll:
@@ -508,6 +515,8 @@ class Swarm:
             if when > clock.rightNow:
                 clock.advance(when - clock.rightNow)
             self.events += 1
+            if not self.events & self._progress_mask and self.progress_cb is not None:
+                self.progress_cb(self)
             if kind == _DONE:
                 if version == obj.version:
                     self._finish(obj, when)
