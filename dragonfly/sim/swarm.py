@@ -45,6 +45,7 @@ Time is a L{twisted.internet.task.Clock} that the scheduler reads; the
 simulator advances it from its own event heap (C{Clock.callLater} keeps a
 sorted list, far too slow for millions of events).
 """
+import gc
 import hashlib
 import heapq
 import math
@@ -487,6 +488,22 @@ class Swarm:
     # -- run ----------------------------------------------------------------
 
     def run(self):
+        """Simulate until every staying host completes: the L{SwarmResult}.
+
+        The cyclic garbage collector is off meanwhile: the run makes no
+        reference cycles per event, and with a million live objects (100,000
+        hosts) each collection walked them all again, up to a third of the
+        run's CPU.
+        """
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._run()
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _run(self):
         wall = time.perf_counter()
         sched = self.scheduler
         self._start_origin(0.0)
