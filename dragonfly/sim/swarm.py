@@ -46,7 +46,6 @@ simulator advances it from its own event heap (C{Clock.callLater} keeps a
 sorted list, far too slow for millions of events).
 """
 import gc
-import hashlib
 import heapq
 import math
 import random
@@ -56,6 +55,7 @@ import time
 from twisted.internet.task import Clock
 
 from dragonfly.interfaces import PeerInfo
+from dragonfly.sim.bounds import mixed_bound, rendezvous_order
 from dragonfly.supernode.wakeups import LongPollScheduler
 
 TASK = "sim-task"
@@ -124,24 +124,6 @@ class _Transfer:
 
 class SwarmResult(dict):
     """Plain dict of the measured numbers (JSON-ready)."""
-
-
-def lower_bound(size, hosts, seed_up, peer_up, peer_down):
-    """max(F/u_seed, F/d, N*F/(u_seed + N*u)): no schedule finishes sooner."""
-    return max(size / seed_up, size / peer_down,
-               hosts * size / (seed_up + hosts * peer_up))
-
-
-def mixed_bound(size, seed_up, ups, downs):
-    """L{lower_bound} for uneven hosts: max(F/u_seed, F/min(d), N*F/(u_seed + sum(u)))."""
-    return max(size / seed_up, size / min(downs),
-               len(ups) * size / (seed_up + sum(ups)))
-
-
-def rendezvous_order(members, task_id):
-    """C{members} best owner first, by the score of L{dragonfly.supernode.cluster}."""
-    return sorted(members, key=lambda m: hashlib.sha256(
-        f"{m}\0{task_id}".encode("utf-8")).digest(), reverse=True)
 
 
 def _bits(mask):
