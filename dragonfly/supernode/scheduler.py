@@ -58,7 +58,8 @@ from zope.interface import implementer
 
 from dragonfly.interfaces import IScheduler, PeerInfo
 from dragonfly.supernode.bitset import bits
-from dragonfly.supernode.policy import MAX_MISSES, by_load, candidates, pick_source, rarest, sequential
+from dragonfly.supernode.policy import (
+    MAX_MISSES, by_load, candidates, held_by, pick_source, rarest, sequential)
 from dragonfly.supernode import swarmview
 from dragonfly.supernode.swarmstate import (
     INF, SEED, Peer, PieceSizes, Task, TooManyPeers, UnknownPeer, UnknownTask, add_have,
@@ -455,11 +456,7 @@ class Scheduler:
         # few, else a random sample of them; pieces with few holders are
         # looked up through their holder lists instead.
         pool, exact = candidates(task.free, self.rng)
-        union = 0
-        for q in pool:
-            union |= q.have
-        if not exact:
-            by_load(pool)   # a sample: its first eligible holder is the least loaded
+        union = held_by(pool)
         streaming = cursor is not None and cursor < task.n   # may use every seed slot
         slots = self.seed_max_uploads if streaming else self._seed_slots(active)
         seed_share = (-(-slots // active), slots)
@@ -474,6 +471,8 @@ class Scheduler:
         need = sure | (need & task.few_free) if not exact else sure
         if not need:
             return []
+        if not exact:
+            by_load(pool)   # a sample: its first eligible holder is the least loaded
         out = []
         if streaming:
             # The next pieces in order first, for part of want; unused
