@@ -9,13 +9,12 @@ eligible: alive, not bad, not failed this asker for this piece, not avoided
 by this asker).
 Read-only over the swarm state; randomness from the C{random.Random} given.
 """
-from functools import reduce
-from operator import attrgetter, or_
+from operator import attrgetter
 
 from dragonfly.supernode.bitset import bits, lowest_bits, random_bits
 from dragonfly.supernode.swarmstate import SCAN_HOLDERS, SEED
 
-__all__ = ["MAX_MISSES", "by_load", "candidates", "held_by", "sequential", "rarest", "pick_source"]
+__all__ = ["MAX_MISSES", "by_load", "candidates", "sequential", "rarest", "pick_source"]
 
 _SAMPLE_HOLDERS = 12
 # Look for sources among the peers with free upload slots when they are few.
@@ -110,14 +109,6 @@ def rarest(task, need, rng):
             yield from random_bits(cand, task.n, rng)
         if not need:
             return
-
-
-def held_by(pool):
-    """The pieces some peer of C{pool} holds (a bitmask)."""
-    return reduce(or_, map(_HAVE, pool), 0)
-
-
-_HAVE = attrgetter("have")
 
 
 def by_load(pool):

@@ -58,8 +58,7 @@ from zope.interface import implementer
 
 from dragonfly.interfaces import IScheduler, PeerInfo
 from dragonfly.supernode.bitset import bits
-from dragonfly.supernode.policy import (
-    MAX_MISSES, by_load, candidates, held_by, pick_source, rarest, sequential)
+from dragonfly.supernode.policy import MAX_MISSES, by_load, candidates, pick_source, rarest, sequential
 from dragonfly.supernode import swarmview
 from dragonfly.supernode.swarmstate import (
     INF, SEED, Peer, PieceSizes, Task, TooManyPeers, UnknownPeer, UnknownTask, add_have,
@@ -456,7 +455,11 @@ class Scheduler:
         # few, else a random sample of them; pieces with few holders are
         # looked up through their holder lists instead.
         pool, exact = candidates(task.free, self.rng)
-        union = held_by(pool)
+        union = 0
+        for q in pool:
+            union |= q.have
+        if not exact:
+            by_load(pool)   # a sample: its first eligible holder is the least loaded
         streaming = cursor is not None and cursor < task.n   # may use every seed slot
         slots = self.seed_max_uploads if streaming else self._seed_slots(active)
         seed_share = (-(-slots // active), slots)
@@ -471,8 +474,6 @@ class Scheduler:
         need = sure | (need & task.few_free) if not exact else sure
         if not need:
             return []
-        if not exact:
-            by_load(pool)   # a sample: its first eligible holder is the least loaded
         out = []
         if streaming:
             # The next pieces in order first, for part of want; unused
