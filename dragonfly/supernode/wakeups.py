@@ -3,8 +3,9 @@
 L{LongPollScheduler} is the L{Scheduler} with waiters: C{changed()} hands out
 a Deferred per waiting peer, and the scheduler's change hooks fire as few of
 them as the change can serve (oldest first, only waiters that still need an
-offered piece). The API's long-poll and the simulator wait through it; the
-scheduler itself stays free of Deferreds.
+offered piece). The API's long-poll waits through it, and the simulator
+through C{watch()}, the same waiters without a Deferred each; the scheduler
+itself stays free of Deferreds.
 """
 from collections import OrderedDict
 
@@ -39,14 +40,7 @@ class LongPollScheduler(Scheduler):
         Cancel the Deferred (e.g. through C{addTimeout}) to stop waiting;
         cancelled waiters are forgotten at once.
         """
-        task = self._task(task_id)
-        waiters = self._waiters.get(task_id)
-        if waiters is None:
-            # Oldest first, removed mostly from the front: an OrderedDict (a
-            # plain dict would keep the removed entries' slots, and every
-            # walk from its front would step over all of them).
-            waiters = self._waiters[task_id] = OrderedDict()
-        peer = task.peers.get(peer_id) if peer_id is not None else None
+        waiters, peer = self._waiting(task_id, peer_id)
 
         def cancel(d):
             waiters.pop(d, None)
@@ -73,6 +67,27 @@ class LongPollScheduler(Scheduler):
         for f in fetches:
             offered |= release(task, p, f, self.max_uploads_per_peer, self.seed_piece_copies)
         self._wake(task, len(fetches) + 1, offered)
+    def watch(self, task_id, peer_id, fire):
+        """C{changed()} without a Deferred, for the simulator's millions of
+        waits: the same waiter, woken by the same rule in the same order,
+        calls C{fire()} instead of firing a Deferred. Returns a handle whose
+        C{cancel()} stops the wait.
+        """
+        waiters, peer = self._waiting(task_id, peer_id)
+        w = _Watch(waiters, fire)
+        waiters[w] = peer
+        return w
+
+    def _waiting(self, task_id, peer_id):
+        """C{(waiters, peer)}: the task's waiters and the waiting peer (or None)."""
+        task = self._task(task_id)
+        waiters = self._waiters.get(task_id)
+        if waiters is None:
+            # Oldest first, removed mostly from the front: an OrderedDict (a
+            # plain dict would keep the removed entries' slots, and every
+            # walk from its front would step over all of them).
+            waiters = self._waiters[task_id] = OrderedDict()
+        return waiters, task.peers.get(peer_id) if peer_id is not None else None
 
     def _removed(self, task):
         waiters = self._waiters.pop(task.id, None)
@@ -117,3 +132,18 @@ class LongPollScheduler(Scheduler):
         stats = super().stats()
         stats["waiting"] = sum(len(w) for w in self._waiters.values())
         return stats
+
+
+class _Watch:
+    """A waiter of L{LongPollScheduler.watch}: fired like a Deferred."""
+    __slots__ = ("_waiters", "_fire")
+
+    def __init__(self, waiters, fire):
+        self._waiters = waiters
+        self._fire = fire
+
+    def callback(self, _result):
+        self._fire()
+
+    def cancel(self):
+        self._waiters.pop(self, None)

@@ -206,6 +206,20 @@ class CLITests(SynchronousTestCase):
         self.assertIn("origin egress", out.getvalue())
         self.assertIn("fast hosts", out.getvalue())
 
+    def test_main_progress(self):
+        """--progress prints the swarm's progress to stderr as it runs."""
+        out, err = io.StringIO(), io.StringIO()
+        rc = main(["--hosts", "3", "--size", "8M", "--piece-size", "1M", "--progress"],
+                  out=out, err=err)
+        self.assertEqual(rc, 0)
+        seen = []
+        sw = Swarm(20, 64 * MiB, piece_size=1 * MiB, up=LINK, seed=2, progress=seen.append)
+        sw._progress_mask = 255
+        r = sw.run()
+        self.assertTrue(seen)
+        self.assertIs(seen[0], sw)
+        self.assertEqual(len(seen), r["events"] // 256)
+
     def test_main_bad_usage(self):
         """When an option is malformed, the CLI exits with status 2."""
         err = io.StringIO()

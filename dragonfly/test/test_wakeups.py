@@ -96,6 +96,39 @@ class ChangedTests(SchedulerMixin, SynchronousTestCase):
         s.seed_has(T, 0, digest(0))
         self.assertEqual([a.index for a in got], [0])
 
+    def test_watch_wakes_like_changed(self):
+        """watch() (the simulator's waiter) is woken by the same rule, in the
+        same order, as changed(): the same waiters fire for the same change."""
+        fired = {}
+        for kind in ("changed", "watch"):
+            s = self.make(pieces=1, seeded=False)
+            self.join(*range(1, 11))
+            woken = []
+            for n in range(1, 11):
+                if kind == "changed":
+                    s.changed(T, f"peer-{n}").addCallback(lambda _, n=n: woken.append(n))
+                else:
+                    s.watch(T, f"peer-{n}", lambda n=n: woken.append(n))
+            s.seed_has(T, 0, digest(0))
+            fired[kind] = woken
+        self.assertTrue(fired["watch"])
+        self.assertEqual(fired["watch"], fired["changed"])
+
+    def test_watch_cancel(self):
+        """When a watch is cancelled it is forgotten and never fires; removing
+        the task fires the rest."""
+        s = self.make(pieces=1, seeded=False)
+        self.join(1, 2)
+        woken = []
+        w1 = s.watch(T, "peer-1", lambda: woken.append(1))
+        s.watch(T, "peer-2", lambda: woken.append(2))
+        self.assertEqual(s.stats()["waiting"], 2)
+        w1.cancel()
+        self.assertEqual(s.stats()["waiting"], 1)
+        s.remove_task(T)
+        self.assertEqual(woken, [2])
+        self.assertEqual(s.stats()["waiting"], 0)
+
 
 class PureSchedulerTests(SchedulerMixin, SynchronousTestCase):
     def test_no_deferreds(self):
