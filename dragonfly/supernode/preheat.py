@@ -25,7 +25,7 @@ from dragonfly.control.preheat import (
     MANIFEST_URL_RE, PreheatRequest, PreheatStatus, parse_image_reference)
 from dragonfly.origin import OriginError, OriginRefused
 from dragonfly.redact import redact_text, redact_url
-from dragonfly.supernode.registryauth import RegistryAuth
+from dragonfly.supernode.registryauth import Collector, RegistryAuth
 from dragonfly.taskid import is_oci_digest
 
 __all__ = ["Preheater", "PreheatSpec", "PreheatJob", "parse_image_reference"]
@@ -62,24 +62,6 @@ class PreheatJob:
             self.id, self.state, spec.kind, spec.url, self.created, spec.task_id, self.length,
             list(self.tasks.values()) if spec.kind == "image" else None, self.finished,
             self.error, self.origin_status).to_json()
-
-
-class _Collector:
-    """Consumer that keeps a small body (a manifest) in memory, capped."""
-
-    def __init__(self, cap):
-        self.cap = cap
-        self.parts = []
-        self.size = 0
-
-    def write(self, data):
-        self.size += len(data)
-        if self.size > self.cap:
-            raise OriginError(None, f"manifest larger than {self.cap} bytes")
-        self.parts.append(data)
-
-    def value(self):
-        return b"".join(self.parts)
 
 
 class Preheater:
@@ -175,7 +157,7 @@ class Preheater:
         if resp.body_length is not None and resp.body_length > MAX_MANIFEST:
             resp.discard()
             raise OriginError(None, f"manifest larger than {MAX_MANIFEST} bytes")
-        c = _Collector(MAX_MANIFEST)
+        c = Collector(MAX_MANIFEST, "manifest")
         await resp.deliver(c)
         try:
             doc = json.loads(c.value())

@@ -72,17 +72,24 @@ def _split_authorization(headers):
     return out, basic
 
 
-class _Collect:
-    def __init__(self, cap):
+class Collector:
+    """Consumer that keeps a small body (a token answer, a manifest) in
+    memory, capped: C{what} names it in the error past C{cap} bytes."""
+
+    def __init__(self, cap, what="answer"):
         self.cap = cap
+        self.what = what
         self.parts = []
         self.size = 0
 
     def write(self, data):
         self.size += len(data)
         if self.size > self.cap:
-            raise OriginError(None, f"answer larger than {self.cap} bytes")
+            raise OriginError(None, f"{self.what} larger than {self.cap} bytes")
         self.parts.append(data)
+
+    def value(self):
+        return b"".join(self.parts)
 
 
 class RegistryAuth:
@@ -192,7 +199,7 @@ class RegistryAuth:
             headers["Authorization"] = self._basic
         try:
             resp = await self.origin.get(url, headers)
-            body = _Collect(MAX_TOKEN_ANSWER)
+            body = Collector(MAX_TOKEN_ANSWER)
             await resp.deliver(body)
         except OriginRefused as e:
             raise OriginRefused(f"{e.message} (the registry's token realm {shown})")
@@ -203,7 +210,7 @@ class RegistryAuth:
                 what += " (wrong or missing credentials for this image?)"
             raise OriginError(e.status, f"registry token service {shown} {what}")
         try:
-            doc = json.loads(b"".join(body.parts))
+            doc = json.loads(body.value())
         except ValueError:
             doc = None
         token = None
