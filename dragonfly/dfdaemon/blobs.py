@@ -36,7 +36,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from dragonfly.dfdaemon.access import check as check_access
-from dragonfly.dfdaemon.blobsink import BlobSink
+from dragonfly.dfdaemon.blobsink import GONE, BlobSink, StreamFailed, stream_checked
 from dragonfly.dfdaemon.multipart import Parts
 from dragonfly.dfdaemon.passthrough import NOT_FOR_ACCESS_CHECK, forward_headers
 from dragonfly.dfdaemon.routes import MirrorError
@@ -230,35 +230,16 @@ class Blobs:
                         sender=None if parts is not None else self._sender(request))
         ex.on_gone.append(sink.close)
         try:
-            await self._stream(ex, sink, task_file, digest, whole, first, last)
+            await self._stream(ex, sink, task_file, digest)
         finally:
             sink.close()
 
-    async def _stream(self, ex, sink, task_file, digest, whole, first, last):
-        request = ex.request
-        stream = self.peer.stream(task_file, sink, 0 if whole else first,
-                                  None if whole else last + 1)
-        ex.on_gone.append(stream.cancel)
+    async def _stream(self, ex, sink, task_file, digest):
         try:
-            await stream
-        except Exception as e:  # noqa: BLE001
-            sink.close()
-            if not ex.gone:
-                self.log.warn("P2P stream of {digest} failed after {offset} bytes: {error}",
-                              digest=digest, offset=sink.offset, error=describe(e))
-                if request.startedWriting:
-                    abort(request)
-                else:
-                    raise MirrorError(502, "UNAVAILABLE", f"P2P download failed: {describe(e)}")
-            return
-        sink.unregisterProducer()
-        try:
-            ok = await sink.check()
-        except Exception as e:  # noqa: BLE001 - a read error while hashing
-            self.log.warn("hashing blob {digest} failed: {error}", digest=digest,
-                          error=describe(e))
-            ok = None
-        if ex.gone:
+            ok = await stream_checked(self.peer, ex, sink, task_file, self.log, digest)
+        except StreamFailed as e:
+            raise MirrorError(502, "UNAVAILABLE", f"P2P download failed: {e}")
+        if ok is GONE:
             return
         if not ok:
             self._corrupt(ex, sink, task_file, digest, ok)
@@ -267,7 +248,7 @@ class Blobs:
             self._good.add(task_file)
         await sink.release()
         if not ex.gone:
-            request.finish()
+            ex.request.finish()
 
     def _corrupt(self, ex, sink, task_file, digest, ok):
         """The blob did not verify: the client gets a truncated response."""

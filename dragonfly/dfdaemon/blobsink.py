@@ -17,10 +17,18 @@ from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
 
 from dragonfly.dfdaemon.blobhash import BlobHasher
-from dragonfly.httpio import unregister
+from dragonfly.httpio import abort, describe, unregister
 from dragonfly.runtime.threads import SyncRunner
 
-__all__ = ["BlobSink", "HOLD"]
+__all__ = ["BlobSink", "GONE", "HOLD", "StreamFailed", "stream_checked"]
+
+#: L{stream_checked}'s answer when the client has its answer already (it left,
+#: or the stream broke after the headers and the response was cut).
+GONE = "gone"
+
+
+class StreamFailed(Exception):
+    """The peer's stream failed before any byte reached the client."""
 
 #: Bytes at the end of a digest-gated window sent only once the digest matched.
 HOLD = 64 * 1024
@@ -272,3 +280,42 @@ class BlobSink:
     def finish(self):
         """The response is complete: give back what close() gives back."""
         self.close()
+
+
+async def stream_checked(peer, ex, sink, task_file, log, what, failed_kind=None):
+    """Run the peer's ordered stream of C{task_file} (the sink's window, or
+    the whole file for a whole sink) into C{sink}, then its digest check.
+
+    Returns True (every byte came and, for a gated sink, the digest matched:
+    the caller releases the tail and finishes), False (a mismatch), None (the
+    hashing failed: a read error) or L{GONE} (the client left, or the stream
+    broke after the headers: the response was cut, with C{ex.kind} set to
+    C{failed_kind} if given). Raises L{StreamFailed} when the stream failed
+    before the first byte (the caller still owns the answer). C{what} names
+    the file in the log (a digest or a redacted URL).
+    """
+    whole = sink.whole
+    stream = peer.stream(task_file, sink, 0 if whole else sink.first,
+                         None if whole else sink.last + 1)
+    ex.on_gone.append(stream.cancel)
+    try:
+        await stream
+    except Exception as e:  # noqa: BLE001
+        sink.close()
+        if ex.gone:
+            return GONE
+        log.warn("P2P stream of {what} failed after {offset} bytes: {error}",
+                 what=what, offset=sink.offset, error=describe(e))
+        if not ex.request.startedWriting:
+            raise StreamFailed(describe(e))
+        if failed_kind is not None:
+            ex.kind = failed_kind
+        abort(ex.request)
+        return GONE
+    sink.unregisterProducer()
+    try:
+        ok = await sink.check()
+    except Exception as e:  # noqa: BLE001 - a read error while hashing
+        log.warn("hashing {what} failed: {error}", what=what, error=describe(e))
+        ok = None
+    return GONE if ex.gone else ok

@@ -29,7 +29,7 @@ import hashlib
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from dragonfly.dfdaemon.blobs import BlobSink
+from dragonfly.dfdaemon.blobsink import GONE, BlobSink, StreamFailed, stream_checked
 from dragonfly.httpio import RangeNotSatisfiable, abort, content_range, describe, parse_range
 from dragonfly.origin import clean_headers
 from dragonfly.peer.errors import OriginNotAllowed
@@ -153,32 +153,13 @@ class P2PFetch:
         whole = digest is not None and first == 0 and last == length - 1
         sink = BlobSink(request, digest or "none:", length, first, last,
                         on_bytes=self.on_bytes, whole=whole)
-        stream = self.peer.stream(task_file, sink, 0 if whole else first,
-                                  None if whole else last + 1)
         ex.on_gone.append(sink.close)
-        ex.on_gone.append(stream.cancel)
         try:
-            await stream
-        except Exception as e:  # noqa: BLE001
-            sink.close()
-            if not ex.gone:
-                self.log.warn("P2P stream of {url} failed after {offset} bytes: {error}",
-                              url=redact_url(task_file.url), offset=sink.offset,
-                              error=describe(e))
-                if request.startedWriting:
-                    ex.kind = "failed"
-                    abort(request)
-                else:
-                    raise ProxyError(502, f"P2P download failed: {describe(e)}")
-            return
-        sink.unregisterProducer()
-        try:
-            ok = await sink.check()
-        except Exception as e:  # noqa: BLE001 - a read error while hashing
-            self.log.warn("hashing {url} failed: {error}", url=redact_url(task_file.url),
-                          error=describe(e))
-            ok = None
-        if ex.gone:
+            ok = await stream_checked(self.peer, ex, sink, task_file, self.log,
+                                      redact_url(task_file.url), failed_kind="failed")
+        except StreamFailed as e:
+            raise ProxyError(502, f"P2P download failed: {e}")
+        if ok is GONE:
             return
         if not ok:
             self.log.error("{url} does not match {digest}: aborting",

@@ -7,7 +7,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from dragonfly.dfdaemon.blobhash import BlobHasher
-from dragonfly.dfdaemon.blobsink import HOLD, BlobSink
+from dragonfly.dfdaemon.blobsink import GONE, HOLD, BlobSink, StreamFailed, stream_checked
 from dragonfly.runtime.threads import SyncRunner
 
 BLOB = os.urandom(3 * HOLD + 1234)
@@ -176,3 +176,103 @@ class BlobHasherTests(SynchronousTestCase):
         h = BlobHasher(SyncRunner(), "sha256")
         h.feed_file(task.fd, 0, 200)
         self.failureResultOf(h.hexdigest(), OSError)
+
+
+class _Exchange:
+    def __init__(self, request):
+        self.request = request
+        self.on_gone = []
+        self.gone = False
+        self.kind = "blob"
+
+
+class _Peer:
+    """stream() returns a Deferred the test fires; records its arguments."""
+
+    def __init__(self):
+        self.calls = []
+        self.d = Deferred()
+
+    def stream(self, task_file, consumer, start, end):
+        self.calls.append((start, end))
+        return self.d
+
+
+class _Log:
+    def __init__(self):
+        self.lines = []
+
+    def warn(self, fmt, **kw):
+        self.lines.append(fmt.format(**kw))
+
+
+class StreamCheckedTests(SynchronousTestCase):
+    """stream_checked: the mirror's and the proxy's one stream-then-verify."""
+
+    def setUp(self):
+        self.request = _Request()
+        self.request.startedWriting = False
+        self.ex = _Exchange(self.request)
+        self.peer = _Peer()
+        self.log = _Log()
+
+    def run_it(self, sink, **kw):
+        return Deferred.fromCoroutine(
+            stream_checked(self.peer, self.ex, sink, object(), self.log, "the-blob", **kw))
+
+    def test_window_streamed_and_complete(self):
+        """A window streams from its first byte to its end; complete: True."""
+        sink = BlobSink(self.request, DIGEST, len(BLOB), 10, 19, whole=False)
+        d = self.run_it(sink)
+        self.assertEqual(self.peer.calls, [(10, 20)])
+        self.assertEqual(len(self.ex.on_gone), 1)      # the stream's cancel
+        sink.write(BLOB[10:20])
+        self.peer.d.callback(None)
+        self.assertIs(self.successResultOf(d), True)
+
+    def test_whole_blob_mismatch(self):
+        """The whole blob streams from 0 and a wrong one answers False."""
+        sink = BlobSink(self.request, DIGEST, len(BLOB))
+        d = self.run_it(sink)
+        self.assertEqual(self.peer.calls, [(0, None)])
+        sink.write(b"x" * len(BLOB))
+        self.peer.d.callback(None)
+        self.assertIs(self.successResultOf(d), False)
+
+    def test_failure_before_the_first_byte_raises(self):
+        """Nothing written yet: StreamFailed, the caller still answers."""
+        sink = BlobSink(self.request, DIGEST, len(BLOB), 10, 19, whole=False)
+        d = self.run_it(sink, failed_kind="failed")
+        self.peer.d.errback(RuntimeError("swarm on fire"))
+        self.assertIn("swarm on fire", str(self.failureResultOf(d, StreamFailed).value))
+        self.assertEqual(self.ex.kind, "blob")
+        self.assertTrue(sink.closed)
+
+    def test_failure_after_the_headers_cuts_the_answer(self):
+        """Bytes already out: the response is cut (GONE), its kind set."""
+        aborted = []
+
+        class Transport:
+            def abortConnection(self):
+                aborted.append(True)
+
+        class Channel:
+            transport = Transport()
+        self.request.channel = Channel()
+        self.request.startedWriting = True
+        sink = BlobSink(self.request, DIGEST, len(BLOB), 10, 19, whole=False)
+        d = self.run_it(sink, failed_kind="failed")
+        self.peer.d.errback(RuntimeError("swarm on fire"))
+        self.assertIs(self.successResultOf(d), GONE)
+        self.assertEqual(aborted, [True])
+        self.assertEqual(self.ex.kind, "failed")
+        self.assertIn("P2P stream of the-blob failed", self.log.lines[0])
+
+    def test_client_gone(self):
+        """The client left meanwhile: GONE, nothing logged."""
+        sink = BlobSink(self.request, DIGEST, len(BLOB), 10, 19, whole=False)
+        d = self.run_it(sink)
+        self.ex.gone = True
+        self.peer.d.errback(RuntimeError("cancelled"))
+        self.assertIs(self.successResultOf(d), GONE)
+        self.assertEqual(self.log.lines, [])
