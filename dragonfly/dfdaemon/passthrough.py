@@ -55,12 +55,16 @@ class Discard(Protocol):
         pass
 
 
-class _Relay(Protocol):
-    """Streams an upstream response body to the client, paced by the client's socket."""
+class BodyRelay(Protocol):
+    """Streams an upstream (or origin) response body to the client, paced by
+    the client's socket; C{finished} fires with the byte count, or fails when
+    the body broke off. C{on_bytes}, if given, is called with each chunk's
+    size as it goes to the client (the proxy's byte counter)."""
 
-    def __init__(self, request, finished):
+    def __init__(self, request, finished, on_bytes=None):
         self.request = request
         self.finished = finished
+        self.on_bytes = on_bytes
         self.bytes = 0
 
     def connectionMade(self):
@@ -73,6 +77,8 @@ class _Relay(Protocol):
         self.bytes += len(data)
         if self.request.channel is not None:
             self.request.write(data)
+            if self.on_bytes is not None:
+                self.on_bytes(len(data))
 
     def connectionLost(self, reason):
         unregister(self.request)
@@ -154,7 +160,7 @@ class Passthrough:
             request.finish()
             return
         finished = defer.Deferred()
-        relay = _Relay(request, finished)
+        relay = BodyRelay(request, finished)
         ex.on_gone.append(lambda: relay.transport and relay.transport.stopProducing())
         response.deliverBody(relay)
         try:

@@ -20,16 +20,14 @@ is a 502, one that does not answer in time a 504, an address the policy
 refuses a 403 (L{dragonfly.dfdaemon.proxyfetch.ProxyError}).
 """
 from twisted.internet import defer, task
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.web.client import FileBodyProducer, ResponseDone
-from twisted.web.http import PotentialDataLoss
+from twisted.web.client import FileBodyProducer
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from dragonfly.dfdaemon.passthrough import Discard
+from dragonfly.dfdaemon.passthrough import BodyRelay, Discard
 from dragonfly.dfdaemon.proxyfetch import ProxyError
-from dragonfly.httpio import abort, describe, unregister
+from dragonfly.httpio import abort, describe
 from dragonfly.origin import OriginRefused
 from dragonfly.redact import redact_url
 
@@ -58,33 +56,6 @@ def end_to_end(headers, drop=frozenset()):
 def _add_via(headers, via):
     headers.addRawHeader(b"via", via)
     return headers
-
-
-class _BodyRelay(Protocol):
-    """Streams an origin's body to the client, paced by the client's socket."""
-
-    def __init__(self, request, finished, on_bytes):
-        self.request = request
-        self.finished = finished
-        self.on_bytes = on_bytes
-
-    def connectionMade(self):
-        if self.request.channel is None:
-            self.transport.stopProducing()
-            return
-        self.request.registerProducer(self.transport, True)
-
-    def dataReceived(self, data):
-        if self.request.channel is not None:
-            self.request.write(data)
-            self.on_bytes(len(data))
-
-    def connectionLost(self, reason):
-        unregister(self.request)
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.finished.callback(None)
-        else:
-            self.finished.errback(reason)
 
 
 class ProxyRelay:
@@ -159,7 +130,7 @@ class ProxyRelay:
             request.finish()
             return
         finished = defer.Deferred()
-        body = _BodyRelay(request, finished, self.on_bytes)
+        body = BodyRelay(request, finished, self.on_bytes)
         ex.on_gone.append(lambda: body.transport and body.transport.stopProducing())
         response.deliverBody(body)
         try:
