@@ -88,6 +88,39 @@ class BodyRelay(Protocol):
             self.finished.errback(reason)
 
 
+async def relay_body(ex, response, head, url, log, what, on_bytes=None, failed_kind=None):
+    """Send C{response}'s body (its status and headers already set on the
+    request) to the client of C{ex}, paced by the client's socket, and
+    finish; a C{head} request or an answer without a body finishes at once.
+    A body that breaks off is logged with C{log} (naming C{what}: "upstream",
+    "origin") and the response cut, C{ex.kind} set to C{failed_kind} if given.
+    """
+    request = ex.request
+    if not head and response.length is not UNKNOWN_LENGTH:
+        # The agent keeps a body's Content-Length out of .headers.
+        request.setHeader(b"content-length", b"%d" % response.length)
+    if head or response.code in (204, 304) or response.length == 0:
+        response.deliverBody(Discard())
+        request.finish()
+        return
+    finished = defer.Deferred()
+    relay = BodyRelay(request, finished, on_bytes)
+    ex.on_gone.append(lambda: relay.transport and relay.transport.stopProducing())
+    response.deliverBody(relay)
+    try:
+        await finished
+    except Exception as e:  # noqa: BLE001
+        if not ex.gone:
+            log("{what} body for {url} broke: {error}", what=what,
+                url=redact_url(url), error=describe(e))
+            if failed_kind is not None:
+                ex.kind = failed_kind
+            abort(request)
+        return
+    if not ex.gone:
+        request.finish()
+
+
 class Passthrough:
     """Asks the upstream registry and relays its answer to the client.
 
@@ -152,24 +185,4 @@ class Passthrough:
             if location is not None and name.lower() == b"location":
                 values = [location(v) for v in values]
             request.responseHeaders.setRawHeaders(name, list(values))
-        if method != b"HEAD" and response.length is not UNKNOWN_LENGTH:
-            # The agent keeps a body's Content-Length out of .headers.
-            request.setHeader(b"content-length", b"%d" % response.length)
-        if method == b"HEAD" or response.code in (204, 304) or response.length == 0:
-            response.deliverBody(Discard())
-            request.finish()
-            return
-        finished = defer.Deferred()
-        relay = BodyRelay(request, finished)
-        ex.on_gone.append(lambda: relay.transport and relay.transport.stopProducing())
-        response.deliverBody(relay)
-        try:
-            await finished
-        except Exception as e:  # noqa: BLE001
-            if not ex.gone:
-                self.log.warn("upstream body for {url} broke: {error}",
-                              url=redact_url(url), error=describe(e))
-                abort(request)
-            return
-        if not ex.gone:
-            request.finish()
+        await relay_body(ex, response, method == b"HEAD", url, self.log.warn, "upstream")

@@ -23,11 +23,10 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.web.client import FileBodyProducer
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH
 
-from dragonfly.dfdaemon.passthrough import BodyRelay, Discard
+from dragonfly.dfdaemon.passthrough import Discard, relay_body
 from dragonfly.dfdaemon.proxyfetch import ProxyError
-from dragonfly.httpio import abort, describe
+from dragonfly.httpio import describe
 from dragonfly.origin import OriginRefused
 from dragonfly.redact import redact_url
 
@@ -122,28 +121,8 @@ class ProxyRelay:
         for name, values in end_to_end(response.headers).getAllRawHeaders():
             request.responseHeaders.setRawHeaders(name, list(values))
         request.responseHeaders.addRawHeader(b"via", self.via)
-        head = request.method == b"HEAD"
-        if not head and response.length is not UNKNOWN_LENGTH:
-            request.setHeader(b"content-length", b"%d" % response.length)
-        if head or response.code in (204, 304) or response.length == 0:
-            response.deliverBody(Discard())
-            request.finish()
-            return
-        finished = defer.Deferred()
-        body = BodyRelay(request, finished, self.on_bytes)
-        ex.on_gone.append(lambda: body.transport and body.transport.stopProducing())
-        response.deliverBody(body)
-        try:
-            await finished
-        except Exception as e:  # noqa: BLE001
-            if not ex.gone:
-                self.log.info("origin body for {url} broke: {error}",
-                              url=redact_url(url), error=describe(e))
-                ex.kind = "failed"
-                abort(request)
-            return
-        if not ex.gone:
-            request.finish()
+        await relay_body(ex, response, request.method == b"HEAD", url, self.log.info, "origin",
+                         on_bytes=self.on_bytes, failed_kind="failed")
 
 
 def _refusal(exc):
