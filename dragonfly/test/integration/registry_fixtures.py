@@ -330,6 +330,29 @@ async def start_dfdaemon(swarm, registry, extra=()):
 
 # ---------------------------------------------------------------- the registry
 
+def missing_registry_tools():
+    """The names of the tools a registry test needs that are not installed."""
+    return [name for name, path in (("docker-registry", DOCKER_REGISTRY),
+                                    ("skopeo", "/usr/bin/skopeo"))
+            if which(name, path) is None]
+
+
+async def start_token_registry(test, reactor, workdir, users):
+    """An empty docker-registry under C{workdir}/registry with token auth from
+    a L{TokenServer} for C{users} ({name: password}); both stopped by C{test}'s
+    cleanups. Returns C{(registry, tokens)}."""
+    signer = TokenSigner(workdir)
+    tokens = TokenServer(signer, users)
+    port, realm = listen_token_server(reactor, tokens)
+    test.addCleanup(port.stopListening)
+    registry = Registry(os.path.join(workdir, "registry"), auth={
+        "realm": realm, "service": signer.service, "issuer": signer.issuer,
+        "rootcertbundle": signer.cert_path})
+    test.addCleanup(registry.stop, reactor)
+    await registry.start(reactor)
+    return registry, tokens
+
+
 class Registry:
     """``docker-registry serve`` on 127.0.0.1 with storage under C{directory}.
 

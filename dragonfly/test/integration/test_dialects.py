@@ -147,8 +147,7 @@ class ImagePreheatTests(unittest.TestCase):
         """dfctl preheat --wait REGISTRY/NAME:TAG warms the config and the three layers;
         the pull through a dfdaemon after it takes no blob bytes from the registry."""
         from dragonfly.test.integration import registry_fixtures as rf
-        if rf.which("docker-registry", rf.DOCKER_REGISTRY) is None \
-                or rf.which("skopeo", "/usr/bin/skopeo") is None:
+        if rf.missing_registry_tools():
             raise unittest.SkipTest("docker-registry or skopeo not installed")
         http = HTTP(reactor)
         self.addCleanup(http.close)
@@ -247,15 +246,8 @@ class ImagePreheatTests(unittest.TestCase):
         self.addCleanup(http.close)
         self.swarm = swarm = Swarm(reactor, self.mktemp(), http)
         self.addCleanup(swarm.stop)
-        signer = rf.TokenSigner(swarm.workdir)
-        tokens = rf.TokenServer(signer, {user: password})
-        port, realm = rf.listen_token_server(reactor, tokens)
-        self.addCleanup(port.stopListening)
-        registry = rf.Registry(swarm.path("registry"), auth={
-            "realm": realm, "service": signer.service, "issuer": signer.issuer,
-            "rootcertbundle": signer.cert_path})
-        self.addCleanup(registry.stop, reactor)
-        await registry.start(reactor)
+        registry, tokens = await rf.start_token_registry(
+            self, reactor, swarm.workdir, {user: password})
         layout = rf.build_multiarch_layout(swarm.path("image"))
         code, out, err = await rf.skopeo(reactor, swarm.workdir, "skopeo-push", [
             "copy", "--all", "--dest-tls-verify=false", "--dest-creds", f"{user}:{password}",

@@ -19,9 +19,7 @@ class LazyPullTests(unittest.TestCase):
     timeout = 300
 
     def setUp(self):
-        missing = [name for name, path in (("docker-registry", rf.DOCKER_REGISTRY),
-                                           ("skopeo", "/usr/bin/skopeo"))
-                   if rf.which(name, path) is None]
+        missing = rf.missing_registry_tools()
         if missing:
             raise unittest.SkipTest(f"{' and '.join(missing)} not installed")
         self.workdir = os.path.abspath(self.mktemp())

@@ -28,13 +28,6 @@ TAG = "v1"
 LAYERS = (300_000, 1_500_000, 5_000_000)   # with 1M pieces: 1, 2 and 5 pieces
 
 
-def _missing_tools():
-    missing = [name for name, path in (("docker-registry", rf.DOCKER_REGISTRY),
-                                       ("skopeo", "/usr/bin/skopeo"))
-               if rf.which(name, path) is None]
-    return missing
-
-
 class _Raw(Protocol):
     """Send raw bytes, collect the answer until the server closes."""
 
@@ -77,7 +70,7 @@ class RegistryMirrorTests(unittest.TestCase):
     timeout = 300
 
     def setUp(self):
-        missing = _missing_tools()
+        missing = rf.missing_registry_tools()
         if missing:
             raise unittest.SkipTest(
                 f"{' and '.join(missing)} not installed (Debian packages docker-registry, skopeo)")
@@ -90,15 +83,8 @@ class RegistryMirrorTests(unittest.TestCase):
 
     async def start_registry(self):
         """Token-auth registry with the test image pushed; returns the layout info."""
-        signer = rf.TokenSigner(self.workdir)
-        self.tokens = rf.TokenServer(signer, {USER: PASSWORD})
-        port, realm = rf.listen_token_server(reactor, self.tokens)
-        self.addCleanup(port.stopListening)
-        self.registry = rf.Registry(os.path.join(self.workdir, "registry"), auth={
-            "realm": realm, "service": signer.service, "issuer": signer.issuer,
-            "rootcertbundle": signer.cert_path})
-        self.addCleanup(self.registry.stop, reactor)
-        await self.registry.start(reactor)
+        self.registry, self.tokens = await rf.start_token_registry(
+            self, reactor, self.workdir, {USER: PASSWORD})
         layout = os.path.join(self.workdir, "image")
         info = rf.build_oci_layout(layout, LAYERS, tag=TAG)
         code, out, err = await rf.skopeo(reactor, self.workdir, "skopeo-push", [

@@ -62,12 +62,6 @@ def oci_archive(layout, path):
     return path
 
 
-def _missing_tools():
-    return [name for name, path in (("docker-registry", rf.DOCKER_REGISTRY),
-                                    ("skopeo", "/usr/bin/skopeo"))
-            if rf.which(name, path) is None]
-
-
 def peak_rss(pid):
     """The process's peak resident set (VmHWM), in bytes."""
     with open(f"/proc/{pid}/status") as f:
@@ -81,7 +75,7 @@ class RegistryPushTests(unittest.TestCase):
     timeout = 300
 
     def setUp(self):
-        missing = _missing_tools()
+        missing = rf.missing_registry_tools()
         if missing:
             raise unittest.SkipTest(
                 f"{' and '.join(missing)} not installed (Debian packages docker-registry, skopeo)")
@@ -94,15 +88,8 @@ class RegistryPushTests(unittest.TestCase):
 
     async def start_registry(self):
         """An empty token-auth registry."""
-        signer = rf.TokenSigner(self.workdir)
-        self.tokens = rf.TokenServer(signer, {USER: PASSWORD})
-        port, realm = rf.listen_token_server(reactor, self.tokens)
-        self.addCleanup(port.stopListening)
-        self.registry = rf.Registry(os.path.join(self.workdir, "registry"), auth={
-            "realm": realm, "service": signer.service, "issuer": signer.issuer,
-            "rootcertbundle": signer.cert_path})
-        self.addCleanup(self.registry.stop, reactor)
-        await self.registry.start(reactor)
+        self.registry, self.tokens = await rf.start_token_registry(
+            self, reactor, self.workdir, {USER: PASSWORD})
 
     async def pull(self, dfdaemon, name):
         """skopeo copy from the registry through C{dfdaemon}'s mirror (the
@@ -194,7 +181,7 @@ class _EnginePushTest(unittest.TestCase):
     PACKAGES = {"containerd": "containerd", "podman": "podman", "docker": "docker.io"}
 
     def setUp(self):
-        missing = _missing_tools() + [name for name, path in
+        missing = rf.missing_registry_tools() + [name for name, path in
                                       rf.engine_binaries(self.engine).items() if path is None]
         if missing:
             raise unittest.SkipTest(f"{', '.join(missing)} not installed (Debian packages "
