@@ -19,9 +19,6 @@ rest of the blob still comes in the background). Targets: <= 0.2 s warm,
 <= 1 s cold, whatever the offset.
 """
 import os
-import socket
-import time
-import urllib.parse
 
 from bench.cluster import Supernode
 from bench.mirror import DfDaemon, Registry, first_byte_get, make_layer
@@ -53,47 +50,6 @@ def offsets(size):
     return out
 
 
-def ranged_first_byte(url, first, last, timeout=120):
-    """GET ``url`` with ``Range: bytes=first-last`` on a raw socket: seconds to
-    the first body byte and in all, and the body (must be a 206 of exactly it)."""
-    u = urllib.parse.urlsplit(url)
-    t0 = time.monotonic()
-    s = socket.create_connection((u.hostname, u.port or 80), timeout=timeout)
-    try:
-        s.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: dragonfly-bench-lazy\r\n"
-                   "Range: bytes=%d-%d\r\nConnection: close\r\n\r\n"
-                   % (u.path, u.netloc, first, last)).encode())
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            chunk = s.recv(65536)
-            if not chunk:
-                raise BenchError("GET %s: connection closed in the headers" % url)
-            buf += chunk
-        head, body = buf.split(b"\r\n\r\n", 1)
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        if status != 206:
-            raise BenchError("GET %s bytes=%d-%d: HTTP %d" % (url, first, last, status))
-        want = last - first + 1
-        parts, got, t_body = [], 0, None
-        while True:
-            if body:
-                if t_body is None:
-                    t_body = time.monotonic()
-                parts.append(body)
-                got += len(body)
-            if got >= want:
-                break
-            body = s.recv(1 << 20)
-            if not body:
-                break
-        t_end = time.monotonic()
-    finally:
-        s.close()
-    return {"first_body_s": (t_body - t0) if t_body else None, "total_s": t_end - t0,
-            "body": b"".join(parts)}
-
-
 def _expected(path, first, last):
     with open(path, "rb") as f:
         f.seek(first)
@@ -102,7 +58,7 @@ def _expected(path, first, last):
 
 def _one(ctx, name, node, url, path, label, first):
     last = first + RANGE - 1
-    r = ranged_first_byte(node.base_url + url, first, last)
+    r = first_byte_get(node.base_url + url, None, byte_range=(first, last))
     if r.pop("body") != _expected(path, first, last):
         raise BenchError("%s range at %s: wrong bytes" % (name, label))
     r["offset"] = first

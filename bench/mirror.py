@@ -338,18 +338,22 @@ def curl_get(url, out, log, timeout, watch=None):
             "total_s": float(fields[2]), "bytes": int(fields[3]), "reached_s": reached}
 
 
-def first_byte_get(url, out, timeout=120):
+def first_byte_get(url, out, timeout=120, byte_range=None):
     """GET with a raw socket: time to connect, to the end of the response headers
-    and to the first body byte; the body goes to ``out``. Returns a dict with
-    connect_s, headers_s, first_body_s, total_s, bytes, sha256."""
+    and to the first body byte; the body goes to the file ``out``, or is
+    returned as ``body`` when ``out`` is None. ``byte_range`` (first, last)
+    asks for those bytes (the answer must be a 206 of exactly them; otherwise
+    a 200). Returns a dict with connect_s, headers_s, first_body_s, total_s,
+    bytes, sha256 (and body)."""
     u = urllib.parse.urlsplit(url)
     path = u.path + ("?" + u.query if u.query else "")
+    extra = "Range: bytes=%d-%d\r\n" % byte_range if byte_range else ""
     t0 = time.monotonic()
     s = socket.create_connection((u.hostname, u.port or 80), timeout=timeout)
     try:
         t_conn = time.monotonic()
         s.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: dragonfly-bench\r\n"
-                   "Accept: */*\r\nConnection: close\r\n\r\n" % (path, u.netloc)).encode())
+                   "Accept: */*\r\n%sConnection: close\r\n\r\n" % (path, u.netloc, extra)).encode())
         buf = b""
         while b"\r\n\r\n" not in buf:
             chunk = s.recv(65536)
@@ -364,15 +368,17 @@ def first_byte_get(url, out, timeout=120):
         for line in lines[1:]:
             k, _, v = line.partition(":")
             headers[k.strip().lower()] = v.strip()
-        if status != 200:
-            raise BenchError("GET %s: HTTP %d" % (url, status))
+        if status != (206 if byte_range else 200):
+            raise BenchError("GET %s%s: HTTP %d" % (
+                url, " bytes=%d-%d" % byte_range if byte_range else "", status))
         if "chunked" in headers.get("transfer-encoding", "").lower():
             raise BenchError("GET %s: chunked response (expected Content-Length)" % url)
         length = int(headers["content-length"]) if "content-length" in headers else None
         h = hashlib.sha256()
         got = 0
         t_body = None
-        with open(out, "wb") as f:
+        parts = []
+        with (open(out, "wb") if out is not None else _Memory(parts)) as f:
             while True:
                 if body:
                     if t_body is None:
@@ -390,10 +396,26 @@ def first_byte_get(url, out, timeout=120):
         s.close()
     if length is not None and got != length:
         raise BenchError("GET %s: %d of %d bytes" % (url, got, length))
-    return {"connect_s": t_conn - t0, "headers_s": t_head - t0,
-            "first_body_s": (t_body - t0) if t_body else None, "total_s": t_end - t0,
-            "bytes": got, "sha256": "sha256:" + h.hexdigest(),
-            "docker_content_digest": headers.get("docker-content-digest")}
+    result = {"connect_s": t_conn - t0, "headers_s": t_head - t0,
+              "first_body_s": (t_body - t0) if t_body else None, "total_s": t_end - t0,
+              "bytes": got, "sha256": "sha256:" + h.hexdigest(),
+              "docker_content_digest": headers.get("docker-content-digest")}
+    if out is None:
+        result["body"] = b"".join(parts)
+    return result
+
+
+class _Memory:
+    """A write-only "file" collecting the body in a list."""
+
+    def __init__(self, parts):
+        self.write = parts.append
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def _settle():
