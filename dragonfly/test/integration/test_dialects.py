@@ -142,20 +142,30 @@ class ImagePreheatTests(unittest.TestCase):
     """dfctl preheat of a 3-layer image from a local registry, then a pull."""
     timeout = 300
 
-    @with_logs()
-    async def test_preheat_image_then_pull(self):
-        """dfctl preheat --wait REGISTRY/NAME:TAG warms the config and the three layers;
-        the pull through a dfdaemon after it takes no blob bytes from the registry."""
+    def registry_swarm(self):
+        """The registry fixtures, an HTTP client and a fresh swarm, cleaned up
+        after the test; skips without docker-registry and skopeo."""
         from dragonfly.test.integration import registry_fixtures as rf
         if rf.missing_registry_tools():
             raise unittest.SkipTest("docker-registry or skopeo not installed")
         http = HTTP(reactor)
         self.addCleanup(http.close)
-        self.swarm = swarm = Swarm(reactor, self.mktemp(), http)
-        self.addCleanup(swarm.stop)
+        self.swarm = Swarm(reactor, self.mktemp(), http)
+        self.addCleanup(self.swarm.stop)
+        return rf, http, self.swarm
+
+    async def anonymous_registry(self, rf, swarm):
         registry = rf.Registry(swarm.path("registry"))
         self.addCleanup(registry.stop, reactor)
         await registry.start(reactor)
+        return registry
+
+    @with_logs()
+    async def test_preheat_image_then_pull(self):
+        """dfctl preheat --wait REGISTRY/NAME:TAG warms the config and the three layers;
+        the pull through a dfdaemon after it takes no blob bytes from the registry."""
+        rf, http, swarm = self.registry_swarm()
+        registry = await self.anonymous_registry(rf, swarm)
         info = rf.build_oci_layout(swarm.path("image"), (300_000, 1_500_000, 3_000_000))
         code, out, err = await rf.skopeo(reactor, swarm.workdir, "skopeo-push", [
             "copy", "--dest-tls-verify=false", f"oci:{swarm.path('image')}:v1",
@@ -194,17 +204,8 @@ class ImagePreheatTests(unittest.TestCase):
     async def test_preheat_picks_the_platform_of_an_index(self):
         """dfctl preheat --platform linux/arm64 of a two-platform image index warms
         the arm64 image's config and layers and takes nothing of the amd64 one."""
-        from dragonfly.test.integration import registry_fixtures as rf
-        if rf.which("docker-registry", rf.DOCKER_REGISTRY) is None \
-                or rf.which("skopeo", "/usr/bin/skopeo") is None:
-            raise unittest.SkipTest("docker-registry or skopeo not installed")
-        http = HTTP(reactor)
-        self.addCleanup(http.close)
-        self.swarm = swarm = Swarm(reactor, self.mktemp(), http)
-        self.addCleanup(swarm.stop)
-        registry = rf.Registry(swarm.path("registry"))
-        self.addCleanup(registry.stop, reactor)
-        await registry.start(reactor)
+        rf, http, swarm = self.registry_swarm()
+        registry = await self.anonymous_registry(rf, swarm)
         layout = rf.build_multiarch_layout(swarm.path("image"))
         code, out, err = await rf.skopeo(reactor, swarm.workdir, "skopeo-push", [
             "copy", "--all", "--dest-tls-verify=false", f"oci:{swarm.path('image')}:v1",
@@ -237,15 +238,8 @@ class ImagePreheatTests(unittest.TestCase):
         a blob GET at the dfdaemon without credentials gets the registry's 401,
         not the blob; then skopeo (with credentials) pulls that platform
         through the dfdaemon and the registry sends no blob bytes for it."""
-        from dragonfly.test.integration import registry_fixtures as rf
-        if rf.which("docker-registry", rf.DOCKER_REGISTRY) is None \
-                or rf.which("skopeo", "/usr/bin/skopeo") is None:
-            raise unittest.SkipTest("docker-registry or skopeo not installed")
+        rf, http, swarm = self.registry_swarm()
         user, password, repo = "alice", "wonderland-42", "team/multi"
-        http = HTTP(reactor)
-        self.addCleanup(http.close)
-        self.swarm = swarm = Swarm(reactor, self.mktemp(), http)
-        self.addCleanup(swarm.stop)
         registry, tokens = await rf.start_token_registry(
             self, reactor, swarm.workdir, {user: password})
         layout = rf.build_multiarch_layout(swarm.path("image"))
