@@ -55,7 +55,7 @@ import time
 from twisted.internet.task import Clock
 
 from dragonfly.interfaces import PeerInfo
-from dragonfly.sim.bounds import mixed_bound, rendezvous_order
+from dragonfly.sim.bounds import hop_bound, mixed_bound, rendezvous_order
 from dragonfly.supernode.wakeups import LongPollScheduler
 
 TASK = "sim-task"
@@ -549,6 +549,12 @@ class Swarm:
         lb = mixed_bound(self.size, self.seed_up, [h.up for h in self.hosts], downs or [self.down])
         return max(lb, self.size / self.origin_rate) if self.origin_rate > 0 else lb
 
+    def _hop_bound(self):
+        """L{hop_bound}: the bound plus the last piece's hops to every host."""
+        return hop_bound(self.size, min(self.piece_sizes[0], self.piece_sizes[-1]), self.seed_up,
+                         [h.up for h in self.hosts], [h.down for h in self.hosts],
+                         self.origin_rate)
+
     def _result(self, wall):
         done = [h.done_at for h in self.hosts if h.done_at is not None]
         lb = self._bound()
@@ -577,6 +583,8 @@ class Swarm:
         )
         res["ratio_max"] = res["max_time"] / lb
         res["ratio_median"] = res["median_time"] / lb
+        res["hop_bound"] = self._hop_bound()
+        res["ratio_hop"] = res["max_time"] / res["hop_bound"]
         return res
 
 

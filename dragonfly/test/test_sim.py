@@ -5,7 +5,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from dragonfly.sim import Swarm, lower_bound, mixed_bound, simulate
+from dragonfly.sim import Swarm, hop_bound, lower_bound, mixed_bound, simulate
 from dragonfly.sim.swarm import rendezvous_order
 from dragonfly.supernode.cluster import _score
 from dragonfly.sim.__main__ import main, parse_link
@@ -21,6 +21,21 @@ class LowerBoundTests(SynchronousTestCase):
         self.assertEqual(lower_bound(100, 1, 10, 10, 10), 10)
         self.assertEqual(lower_bound(100, 1, 10, 10, 5), 20)
         self.assertEqual(lower_bound(100, 10, 10, 1, 10), 50)
+
+    def test_hop_bound(self):
+        """Whole pieces add the last piece's hops to F/u_seed: 1, 3, 7, 15, 31
+        holders after 0-4 piece times with equal links (4 hops for 16 hosts)."""
+        self.assertEqual(hop_bound(64, 1, 1, [1] * 16, [1] * 16), 64 + 4)
+        self.assertEqual(hop_bound(64, 1, 1, [1] * 15, [1] * 15), 64 + 3)
+        self.assertEqual(hop_bound(64, 1, 1, [1] * 8, [1] * 8), 64 + 3)
+        self.assertEqual(hop_bound(64, 1, 1, [1], [1]), 64)
+        # links twice as fast: half the time, hops of half a time unit
+        self.assertEqual(hop_bound(64, 1, 2, [2] * 16, [2] * 16), 32 + 4 * 0.5)
+        # the origin's last piece reaches the seed at 128, leaves it at 129
+        self.assertEqual(hop_bound(64, 1, 1, [1] * 3, [1] * 3, origin_rate=0.5), 129 + 1)
+        # the summed uplinks dominate: the hops do not matter
+        self.assertEqual(hop_bound(64, 1, 10, [0.1] * 100, [10] * 100),
+                         mixed_bound(64, 10, [0.1] * 100, [10] * 100))
 
 
 class SwarmTests(SynchronousTestCase):
@@ -187,6 +202,9 @@ class CLITests(SynchronousTestCase):
         self.assertEqual([r["hosts"] for r in data["results"]], [5, 10])
         self.assertTrue(all(r["completed"] == r["hosts"] for r in data["results"]))
         self.assertIn("max/bound", out.getvalue())
+        self.assertIn("max/hop", out.getvalue())
+        self.assertTrue(all(r["lower_bound"] < r["hop_bound"] <= r["max_time"]
+                            for r in data["results"]))
         self.assertTrue(os.path.getsize(path) > 0)
 
     def test_main_failure_flags(self):
