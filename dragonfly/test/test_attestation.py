@@ -73,14 +73,19 @@ class CDNAttestationTests(CDNTestMixin, SynchronousTestCase):
         """A supernode restarted over a store holding the task complete checks
         the content again before it attests it."""
         self.successResultOf(self.cdn.ensure_complete(GOOD, URL))
+        self.store.close()     # a clean stop: held pieces are not re-hashed at load
         runner = DeferredRunner()
         self.start(runner)
+        fetched = len(self.origin.gets("/f"))
         d = self.cdn.ensure_complete(GOOD, URL)
+        self.assertTrue(self.store.get(GOOD).is_complete)    # held whole, published
+        self.assertTrue(self.scheduler.has_task(GOOD))
         self.assertIsNone(self.cdn.verified_root(GOOD))
         while runner.calls:
             self.assertIsNone(self.cdn.verified_root(GOOD))
             runner.run_all()
         self.successResultOf(d)
+        self.assertEqual(len(self.origin.gets("/f")), fetched + 1)   # a revalidation
         self.assertEqual(self.cdn.verified_root(GOOD), ROOT)
 
 
