@@ -48,6 +48,7 @@ REGISTRY = "/usr/bin/docker-registry"
 BIG_REPO, SMALL_REPO = "bench/big", "bench/small"
 TTFB_TARGET_S = 0.5       # "well under a second"
 SPEED_TARGET = 0.5        # x registry
+HASHED = "dragonfly_mirror_blob_hash_bytes_total"
 
 
 # ---------------------------------------------------------------- layers
@@ -511,6 +512,7 @@ def run(ctx):
                     "dfdaemon_downloaded": (lambda: sum(_from(d1.metrics()).values()), big)},
                     cpu={"supernode": sn.proc, "dfdaemon": d1.proc})
             runs["mirror_cold"].append(cold)
+            hashed_cold = metric(d1.metrics(), HASHED)
             with Profiler(work, {"dfdaemon1_serving": d1.proc, "dfdaemon2": d2.proc}, enabled=prof) as p2:
                 warm = fetch_big("warm", d2.base_url, watch={
                     "dfdaemon_downloaded": (lambda: sum(_from(d2.metrics()).values()), big)},
@@ -523,6 +525,8 @@ def run(ctx):
                 result["profiles"] = {"cold": p1.summary, "warm": p2.summary, "cached": p3.summary}
             big_gets = registry.blob_gets(big_digest, since=off)
             m2_big = d2.metrics()
+            # Bytes each dfdaemon hashed itself (0: the supernode attested the blob).
+            big_hashed = {"cold": hashed_cold, "warm": metric(m2_big, HASHED)}
             # The small layer on the same swarm: cold on 1, warm on 2, cached on 1.
             off_small = registry.log_offset()
             smalls["cold"].append(fetch_small("small-cold", d1.base_url))
@@ -539,6 +543,7 @@ def run(ctx):
                 "supernode_origin_bytes": metric(sn.metrics(), "dragonfly_supernode_origin_bytes_total"),
                 "dfdaemon1_from": _from(m1),
                 "dfdaemon2_big_from": _from(m2_big),
+                "big_hashed_bytes": big_hashed,
                 "dfdaemon2_from": _from(m2),
                 "dfdaemon1_mirror_requests": _mirror_kinds(m1),
                 "dfdaemon2_mirror_requests": _mirror_kinds(m2),
