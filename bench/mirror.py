@@ -466,10 +466,14 @@ def run(ctx):
         def fetch_big(name, base, watch=None, cpu=None):
             _settle()
             watch = {k: (_counter(fn), target) for k, (fn, target) in (watch or {}).items()}
-            before = {k: proc.cpu_seconds() for k, proc in (cpu or {}).items()}
+            before = {k: proc.cpu_times() for k, proc in (cpu or {}).items()}
             r = curl_get(base + path_big, out, os.path.join(work, "curl-%s.log" % name), timeout, watch)
-            # CPU seconds (user+sys) each process spent while the client ran.
-            r["cpu_s"] = {k: _minus(proc.cpu_seconds(), before[k]) for k, proc in (cpu or {}).items()}
+            # CPU seconds (user+sys, and sys alone) each process spent while the client ran.
+            after = {k: proc.cpu_times() for k, proc in (cpu or {}).items()}
+            r["cpu_s"] = {k: _minus(after[k] and sum(after[k]), before[k] and sum(before[k]))
+                          for k in after}
+            r["cpu_sys_s"] = {k: _minus(after[k] and after[k][1], before[k] and before[k][1])
+                              for k in after}
             check(name, big_digest, big)
             return r
 
@@ -635,14 +639,19 @@ def _summ(runs, size):
     for r in runs:
         for k, v in (r.get("reached_s") or {}).items():
             reached.setdefault(k, []).append(v)
-    cpu = {}
+    cpu, sys_ = {}, {}
     for r in runs:
         for k, v in (r.get("cpu_s") or {}).items():
             if v is not None:
                 cpu.setdefault(k, []).append(v)
+        for k, v in (r.get("cpu_sys_s") or {}).items():
+            if v is not None:
+                sys_.setdefault(k, []).append(v)
     return {"seconds": [r["wall_s"] for r in runs], "median_s": t, "mb_s": size / t / MB,
             "cpu_s": {k: statistics.median(v) for k, v in cpu.items()},
             "cpu_s_per_gib": {k: statistics.median(v) * (1 << 30) / size for k, v in cpu.items()},
+            "cpu_s_all": cpu,
+            "cpu_sys_s_per_gib": {k: statistics.median(v) * (1 << 30) / size for k, v in sys_.items()},
             "curl_total_s": [r["total_s"] for r in runs], "reached_s": reached,
             "ttfb_s": [r["ttfb_s"] for r in runs], "ttfb_median_s": statistics.median(r["ttfb_s"] for r in runs)}
 
