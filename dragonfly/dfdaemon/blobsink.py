@@ -244,7 +244,8 @@ class BlobSink:
         """Do the task file's own piece digests give the attested root? (It
         must hold every piece, and be sealed and unchanged.)"""
         tf = self._task_file
-        if tf is None or tf.length != self.length or not tf.is_complete or not tf.intact():
+        if tf is None or tf.length != self.length or getattr(tf, "removed", False) \
+                or not tf.is_complete or not tf.intact():
             return False
         return pieces_root(tf.digest(i) for i in range(tf.piece_count)) == self._trust
 

@@ -178,3 +178,13 @@ class AttestedSinkTests(SynchronousTestCase):
         self.successResultOf(sink.send_file(task, 0, len(BLOB)))
         self.assertEqual(sender.sent, [(0, len(BLOB))])
         self.assertEqual(sum(hashed), 0)
+
+    def test_removed_task_file_hashed(self):
+        """A task file the store dropped meanwhile is not taken on its piece
+        digests: the sink hashes what it skipped (through its open file) instead."""
+        sink, task, request, sender, hashed = self.sink()
+        sink.attest(ROOT)
+        self.successResultOf(sink.send_file(task, 0, len(BLOB)))
+        task.removed = True
+        self.assertTrue(self.successResultOf(sink.check()))
+        self.assertEqual(sum(hashed), len(BLOB))
