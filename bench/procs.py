@@ -104,13 +104,18 @@ class Proc:
 
     def cpu_seconds(self):
         """utime + stime of the live process from /proc/<pid>/stat."""
+        times = self.cpu_times()
+        return None if times is None else times[0] + times[1]
+
+    def cpu_times(self):
+        """(utime, stime) of the live process from /proc/<pid>/stat, or None."""
         try:
             with open("/proc/%d/stat" % self.pid) as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             return None
         tick = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / tick
+        return int(fields[11]) / tick, int(fields[12]) / tick
 
     def tail(self, n=20):
         try:

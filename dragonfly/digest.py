@@ -18,7 +18,7 @@ store's tasks are dropped, then fetched again).
 """
 from blake3 import blake3
 
-__all__ = ["ALGORITHM", "HEX_LENGTH", "piece_hasher", "piece_digest"]
+__all__ = ["ALGORITHM", "HEX_LENGTH", "piece_hasher", "piece_digest", "pieces_root"]
 
 ALGORITHM = "blake3"
 HEX_LENGTH = 64
@@ -32,3 +32,20 @@ def piece_hasher(data=b""):
 def piece_digest(data):
     """The hex digest of one piece's bytes (any buffer)."""
     return blake3(data).hexdigest()
+
+
+def pieces_root(digests):
+    """One hex digest naming a whole file's piece digests, in order (C{digests}:
+    hex strings; None when a piece's digest is unknown, then the answer is None).
+
+    The supernode's content attestation names the verified copy by it
+    (L{dragonfly.control.messages.RegisterAnswer} C{verified}): a file
+    whose recorded piece digests give the same root holds the same bytes,
+    as far as BLAKE3 is collision-resistant.
+    """
+    h = blake3(b"dragonfly pieces root v1\n")
+    for d in digests:
+        if d is None:
+            return None
+        h.update(d.encode("ascii") + b"\n")
+    return h.hexdigest()

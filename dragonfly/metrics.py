@@ -89,6 +89,10 @@ class PeerMetrics:
             "dragonfly_mirror_requests", "Registry mirror requests", ["kind", "code"], registry=r)
         self.mirror_blob_bytes = Counter(
             "dragonfly_mirror_blob_bytes", "Blob bytes sent to clients through P2P", registry=r)
+        self.mirror_blob_hash_bytes = Counter(
+            "dragonfly_mirror_blob_hash_bytes",
+            "Blob bytes the mirror hashed itself to check a blob's digest "
+            "(none for a blob the supernode attested)", registry=r)
         self.uncached_downloads = Counter(
             "dragonfly_peer_uncached_downloads",
             "Downloads served without keeping them (the cache could not hold them)", registry=r)

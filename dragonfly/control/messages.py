@@ -85,6 +85,21 @@ def _keys(obj):
     return dict(keys)
 
 
+def _verified(obj):
+    """The optional C{verified} of an answer: the pieces root (hex) of a copy
+    whose whole content matched the task's digest."""
+    root = obj.get("verified")
+    if root is not None and (not isinstance(root, str) or not HEX_RE.match(root)):
+        raise MessageError("verified", f"verified is not {HEX_LENGTH} hex digits")
+    return root
+
+
+def _with_verified(out, root):
+    if root is not None:
+        out["verified"] = root
+    return out
+
+
 def _with_admission(out, token, keys=None):
     if token is not None:
         out["token"] = token
@@ -154,6 +169,10 @@ class RegisterAnswer(_Message):
     comes from an older supernode, which used sha256. C{token} admits the
     registered peer to the task's piece ports for a while; C{keys} are the
     supernode's (and its cluster's) verifying keys, {key id: public key}.
+    C{verified}: the task is named by a content digest and the supernode's
+    own copy matched it whole; the value is that copy's pieces root
+    (L{dragonfly.digest.pieces_root}), absent otherwise (not checked yet, a
+    failed check, a task not named by a digest, an older supernode).
     """
 
     task_id: str
@@ -165,12 +184,14 @@ class RegisterAnswer(_Message):
     secret: str = None           # the registered peer's secret for its later calls
     token: str = None            # its admission token for the task
     keys: dict = None            # key id -> public key the supernodes sign tokens with
+    verified: str = None         # pieces root of the copy that matched the task's digest
 
     def to_json(self):
-        return _with_admission(_with_secret({
+        return _with_verified(_with_admission(_with_secret({
             "task_id": self.task_id, "length": self.length, "piece_size": self.piece_size,
             "piece_count": self.piece_count, "seed": self.seed.to_json(),
-            "piece_digest": self.piece_digest}, self.secret), self.token, self.keys)
+            "piece_digest": self.piece_digest}, self.secret), self.token, self.keys),
+            self.verified)
 
     @classmethod
     def parse(cls, obj):
@@ -187,7 +208,7 @@ class RegisterAnswer(_Message):
         seed = peer_info(obj.get("seed"), "seed")
         secret = check_secret(obj.get("secret"))
         return cls(task_id, length, piece_size, expected, seed, algorithm, secret=secret,
-                   token=_token(obj), keys=_keys(obj))
+                   token=_token(obj), keys=_keys(obj), verified=_verified(obj))
 
     def check_assignment(self, assignment):
         """C{assignment} if it names a piece of this task with that piece's size,
@@ -299,18 +320,20 @@ class ScheduleAnswer(_Message):
 
     C{parse} sets an assignment that does not parse aside in C{rejected} (its
     L{MessageError}) instead of failing the answer: one bad entry costs only itself.
-    C{token} renews the peer's admission token for the task.
+    C{token} renews the peer's admission token for the task; C{verified} as
+    in L{RegisterAnswer} (sent once the supernode's check passed).
     """
 
     assignments: tuple = ()      # Assignment
     done: bool = False
     rejected: tuple = ()         # MessageError, parse only
     token: str = None
+    verified: str = None
 
     def to_json(self):
-        return _with_admission(
+        return _with_verified(_with_admission(
             {"assignments": [a.to_json() for a in self.assignments], "done": self.done},
-            self.token)
+            self.token), self.verified)
 
     @classmethod
     def parse(cls, obj):
@@ -327,7 +350,7 @@ class ScheduleAnswer(_Message):
                 good.append(parse_assignment(item))
             except MessageError as e:
                 bad.append(e)
-        return cls(tuple(good), done, tuple(bad), _token(obj))
+        return cls(tuple(good), done, tuple(bad), _token(obj), _verified(obj))
 
 
 # -- membership ----------------------------------------------------------------------

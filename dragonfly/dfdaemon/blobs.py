@@ -12,7 +12,11 @@ pieces go from the store's file to a plain TCP socket with sendfile. The
 whole blob is hashed in a thread in parallel (L{BlobSink} holds its last
 bytes until then) and a mismatch aborts the connection (the client sees a
 truncated transfer, never a clean finish) and the peer drops the task and
-reports it to its supernode. A task file that matched once in this process
+reports it to its supernode. A blob the supernode attests (its own copy
+matched the digest whole; at the stream's start or during it) is not hashed
+here: its final bytes wait for the task file's piece digests to match the
+attested copy's (L{BlobSink.attest}; the trust chain in docs/design.md).
+A task file that matched once in this process
 and is still sealed is not hashed again. If P2P fails before
 the first byte, the blob is relayed straight from the upstream.
 
@@ -227,11 +231,18 @@ class Blobs:
                         on_bytes=self.metrics.mirror_blob_bytes.inc, whole=whole,
                         known_good=whole and self._known_good(task_file),
                         runner=self.runner, parts=parts,
-                        sender=None if parts is not None else self._sender(request))
+                        sender=None if parts is not None else self._sender(request),
+                        task_file=task_file, on_hashed=self.metrics.mirror_blob_hash_bytes.inc)
         ex.on_gone.append(sink.close)
+        # The supernode's word that its copy matched the digest (now or later).
+        on_verified = getattr(self.peer, "on_verified", None)
+        forget = on_verified(task_file.task_id, sink.attest) if on_verified and sink.gated \
+            else None
         try:
             await self._stream(ex, sink, task_file, digest)
         finally:
+            if forget is not None:
+                forget()
             sink.close()
 
     async def _stream(self, ex, sink, task_file, digest):

@@ -11,12 +11,23 @@ full store, they come as bytes (C{write}) and go through the request.
 The whole blob is hashed on the way by a L{BlobHasher} in a thread, in
 parallel with the sending, and the window's final bytes wait for it: a
 client never receives a complete response for a corrupt blob.
+
+Unless the supernode attests the blob (L{BlobSink.attest}, docs/design.md
+"The mirror's trust chain"): its own copy matched the digest whole, and the
+attestation names that copy's piece digests (their pieces root). From then
+on nothing is hashed here, and the final bytes wait for the task file's own
+piece digests -- each the BLAKE3 of bytes verified before they were stored
+-- to give the same root: then this file holds the bytes that matched. Bytes
+not in the store (pieces passed through a full store) end the trust; a root
+that differs (a piece from elsewhere whose bytes differ) means hashing
+whatever was skipped, from the file, before the final bytes go.
 """
-from twisted.internet.defer import succeed
+from twisted.internet.defer import fail, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
 
 from dragonfly.dfdaemon.blobhash import BlobHasher
+from dragonfly.digest import pieces_root
 from dragonfly.httpio import abort, describe, unregister
 from dragonfly.runtime.threads import SyncRunner
 
@@ -50,6 +61,9 @@ class BlobSink:
         client's socket, or None: no C{send_file}, every byte through C{write}.
     @param parts: a L{dragonfly.dfdaemon.multipart.Parts} (several windows
         sent as one multipart answer; bytes only, no C{sender}) or None.
+    @param task_file: the task file the blob comes from (what an attested
+        blob is checked against, and where skipped bytes are hashed from).
+    @param on_hashed: called with the number of bytes queued for hashing.
 
     A pull producer (one chunk per C{resumeProducing}) is driven here
     directly -- one chunk asked for after each chunk written, none while the
@@ -58,7 +72,8 @@ class BlobSink:
     """
 
     def __init__(self, request, digest, length, first=0, last=None, on_bytes=None,
-                 whole=True, known_good=False, runner=None, sender=None, parts=None):
+                 whole=True, known_good=False, runner=None, sender=None, parts=None,
+                 task_file=None, on_hashed=None):
         algo, _, self.expected = digest.partition(":")
         self.whole = whole
         self.gated = whole and not known_good
@@ -81,6 +96,10 @@ class BlobSink:
         self._sender = sender
         self.parts = parts
         self._task = None         # the task file pinned while its fd is in use
+        self._task_file = task_file
+        self._trust = None        # the attested pieces root: nothing hashed meanwhile
+        self._hashed_to = 0       # bytes [0, _hashed_to) of the blob fed to the hasher
+        self._on_hashed = on_hashed or (lambda n: None)
         self._fd = None
         #: Held pieces as file ranges (see L{dragonfly.peer.stream}), or None.
         self.send_file = self._send_file if sender is not None else None
@@ -128,7 +147,7 @@ class BlobSink:
         if window is None:
             return
         if self._hasher is not None:
-            self._hasher.feed_bytes(data)
+            self._hash_bytes(data, start)
         lo, hi = window
         if hi > lo:
             chunk = data if (lo == start and hi == self.offset) else bytes(
@@ -164,8 +183,10 @@ class BlobSink:
         if window is None:
             return succeed(None)
         fd = self._file(task_file)
-        if self._hasher is not None:
+        if self._hasher is not None and self._trust is None:
+            self._catch_up(offset)
             self._hasher.feed_file(fd, offset, length)
+            self._hashed(offset + length)
         lo, hi = window
         if hi == self.last + 1 and self.gated and hi > lo:
             cut = max(lo, hi - HOLD)
@@ -183,6 +204,50 @@ class BlobSink:
             self.request.sentLength += length
             self._on_bytes(length)
         return d.addCallback(sent)
+
+    # the digest: hashed here, or attested by the supernode
+
+    def attest(self, root):
+        """The supernode attests the blob: its copy, whose pieces root is
+        C{root}, matched the digest whole. Nothing more is hashed here."""
+        if self._hasher is not None and not self.closed and root is not None:
+            self._trust = root
+
+    def _hash_bytes(self, data, start):
+        if self._trust is not None and self._in_store(start, len(data)):
+            return
+        # Bytes of a piece not in the store (passed through): never attested.
+        self._trust = None
+        self._catch_up(start)
+        self._hasher.feed_bytes(data)
+        self._hashed(start + len(data))
+
+    def _in_store(self, offset, length):
+        tf = self._task_file
+        if tf is None or not length:
+            return tf is not None
+        size = tf.piece_size
+        return all(tf.has(i) for i in range(offset // size, (offset + length - 1) // size + 1))
+
+    def _catch_up(self, upto):
+        """Hash the bytes skipped while trusting, [_hashed_to, upto), from the file."""
+        if self._hashed_to < upto:
+            self._hasher.feed_file(self._file(self._task_file), self._hashed_to,
+                                   upto - self._hashed_to)
+            self._hashed(upto)
+
+    def _hashed(self, upto):
+        self._on_hashed(upto - self._hashed_to)
+        self._hashed_to = upto
+
+    def _attested(self):
+        """Do the task file's own piece digests give the attested root? (It
+        must hold every piece, and be sealed and unchanged.)"""
+        tf = self._task_file
+        if tf is None or tf.length != self.length or getattr(tf, "removed", False) \
+                or not tf.is_complete or not tf.intact():
+            return False
+        return pieces_root(tf.digest(i) for i in range(tf.piece_count)) == self._trust
 
     def _file(self, task_file):
         if self._task is None:
@@ -244,6 +309,14 @@ class BlobSink:
             return succeed(False)
         if self._hasher is None:
             return succeed(True)
+        if self._trust is not None:
+            if self._attested():
+                return succeed(True)
+            self._trust = None      # not this copy: hash what was skipped
+            try:
+                self._catch_up(self.length)
+            except Exception:  # noqa: BLE001 - the file is gone: a read error
+                return fail()
         return self._hasher.hexdigest().addCallback(lambda got: got == self.expected)
 
     def release(self):

@@ -87,6 +87,10 @@ class Download:
         self._metrics = metrics
         self._signal = None      # piece arrivals, created by the first wait_piece()
         self.started = clock.seconds()
+        #: The supernode's attestation: the pieces root of its copy, which
+        #: matched the task's content digest whole (None: none came).
+        self.verified = None
+        self._on_verified = []
 
     # -- callers ---------------------------------------------------------------
 
@@ -185,6 +189,26 @@ class Download:
             self._signal = Signal(self._clock)
         return self._signal.wait()
 
+    def attest(self, root):
+        """A supernode attests that its copy of the task, with pieces root
+        C{root}, matched the task's content digest (None: no attestation):
+        tell whoever waits for it (L{on_verified})."""
+        if root is None or self.verified is not None:
+            return
+        self.verified = root
+        hooks, self._on_verified = self._on_verified, []
+        for cb in hooks:
+            cb(root)
+
+    def on_verified(self, cb):
+        """Call C{cb(root)} when the attestation comes (now if it came); a
+        callable that cancels the call."""
+        if self.verified is not None:
+            cb(self.verified)
+            return lambda: None
+        self._on_verified.append(cb)
+        return lambda: cb in self._on_verified and self._on_verified.remove(cb)
+
     # -- the end -----------------------------------------------------------------
 
     def _observe_duration(self, result):
@@ -222,6 +246,7 @@ class Download:
             if signal is not None:
                 signal.fire()
         self.ready = []
+        self._on_verified = []
         callers, self.callers = self.callers, []
         for d in callers:
             if isinstance(result, Failure):

@@ -218,6 +218,17 @@ class PeerNode:
         producer.start()
         return producer.done
 
+    def on_verified(self, task_id, callback):
+        """Call C{callback(root)} once a supernode attests that C{task_id}'s
+        content matched its digest whole (at once if one did already), while
+        this peer downloads it: C{root} is the pieces root of the copy that
+        matched (L{dragonfly.digest.pieces_root}). A callable that cancels
+        the call; nothing is ever called for a task not being downloaded."""
+        dl = self._downloads.get(task_id)
+        if dl is None:
+            return lambda: None
+        return dl.on_verified(callback)
+
     def leave(self, task_id):
         """Tell the supernode we no longer serve C{task_id} (best effort)."""
         return self._supernodes.leave(task_id, self.peer_info.peer_id)

@@ -88,6 +88,7 @@ async def register(client, dl, peer, prefer=None):
         # Never take pieces of another task for this one.
         raise SupernodeUnavailable(f"the supernode answered for task {info.task_id}, "
                                    f"not {dl.task_id}")
+    dl.attest(info.verified)   # before the task file is handed to the streams
     return addr, info
 
 
@@ -283,7 +284,7 @@ class SwarmSession:
         try:
             request = ScheduleRequest(self.me().peer_id, tuple(have), tuple(failed),
                                       want, wait, cursor, seed_only=self.dl.pattern == "cdn")
-            return await self.client.schedule(self.addr, self.dl.task_id, request)
+            answer = await self.client.schedule(self.addr, self.dl.task_id, request)
         except NotRegistered:
             raise
         except BaseException:
@@ -291,6 +292,8 @@ class SwarmSession:
             self.have = have + self.have
             self.failed = failed + self.failed
             raise
+        self.dl.attest(answer.verified)   # the supernode's check passed since
+        return answer
 
     def _accept(self, answer):
         tf = self.tf

@@ -353,8 +353,8 @@ class SupernodeAPI:
             self.scheduler.join(task_id, self._bind_address(request, peer))
             token = self.signer.issue(task_id, peer.peer_id)
         return json_body(request, 200, RegisterAnswer(
-            task_id, tf.length, tf.piece_size, tf.piece_count, seed, DIGEST_ALGORITHM,
-            secret=secret, token=token, keys=self.admission.keys()).to_json(), compact=True)
+            task_id, tf.length, tf.piece_size, tf.piece_count, seed, DIGEST_ALGORITHM, secret,
+            token, self.admission.keys(), self.cdn.verified_root(task_id)).to_json(), compact=True)
 
     def _bind_address(self, request, peer):
         """C{peer} at the request's source address (unless advertised ones are trusted)."""
@@ -410,9 +410,9 @@ class SupernodeAPI:
             for a in assignments:
                 kind = "supernode" if a.source.peer_id == self.cdn.seed.peer_id else "peer"
                 self.metrics.assignments.labels(source=kind).inc()
-        token = self.signer.issue(task_id, peer_id)
-        return json_body(request, 200, ScheduleAnswer(tuple(assignments), done,
-                                                       token=token).to_json(), compact=True)
+        return json_body(request, 200, ScheduleAnswer(  # verified: once the check passed
+            tuple(assignments), done, token=self.signer.issue(task_id, peer_id),
+            verified=self.cdn.verified_root(task_id)).to_json(), compact=True)
 
     def _raise_cdn_failure(self, task_id):
         e = self.cdn.failure(task_id)

@@ -36,6 +36,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from dragonfly.digest import pieces_root
 from dragonfly.ingest.contenthash import ContentHash
 from dragonfly.ingest.pipeline import spool_into, stream_into
 from dragonfly.origin import BodyBroken, OriginError
@@ -162,6 +163,20 @@ class CDN:
         if job is None or job.state not in ("pending", "running"):
             return None
         return job.complete.when().addErrback(lambda f: None if not f.check(CancelledError) else f)
+    def verified_root(self, task_id):
+        """The attestation for C{task_id}: the pieces root of our copy when the
+        task is named by a content digest and this very copy matched it whole
+        (its job is done, the copy still held and published); None before the
+        check passed (pieces are published as they land, the check comes
+        after the last), after a mismatch, or once the copy is gone."""
+        job = self._jobs.get(task_id)
+        if job is None or job.state != "done" or job.root is None:
+            return None
+        tf = job.tf
+        if tf is None or tf.removed or not tf.is_complete or self._published.get(task_id) is not tf:
+            return None
+        return job.root
+
     def task_ids(self):
         """The ids of the tasks with a job (running, done, or failed recently)."""
         return list(self._jobs)
@@ -386,6 +401,9 @@ class CDN:
             elif got != job.digest:
                 raise ContentMismatch(f"content digest mismatch: expected {job.digest}, got {got}")
             job.verified = True
+            # What peers are told once the job is done (verified_root): only
+            # after the check passed, naming the very copy that passed it.
+            job.root = pieces_root(job.tf.digest(i) for i in range(job.tf.piece_count))
 
     def _count_bytes(self, n):
         if self.metrics is not None:

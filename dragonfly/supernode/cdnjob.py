@@ -157,6 +157,7 @@ class _Job:
         self.finished = None
         self.digest = digest_named(task_id)   # the content must match it
         self.verified = False
+        self.root = None      # pieces root of the copy that matched job.digest
         self.content = None   # its ContentHash, hashed as the body arrives
         self.want = None      # bytes (first, last) a caller wants first
         self.order = None     # its FetchOrder, once fetched in ranges

@@ -49,6 +49,7 @@ class FakeSupernode:
         self.defer_polls = False      # hold empty answers to wait>0 polls until news
         self.held_polls = []          # (body, Deferred)
         self.assigned_from = {}       # index -> source peer id
+        self.verified = None          # the attestation (pieces root) answers carry, if any
         self._turn = 0
 
     def resource(self):
@@ -70,10 +71,11 @@ class FakeSupernode:
         if self.register_answer is not None:
             code, answer = self.register_answer
             return self._json(request, code, answer)
-        return self._json(request, 200, {
+        return self._json(request, 200, dict({
             "task_id": body["task_id"], "length": len(self.data),
             "piece_size": self.piece_size, "piece_count": len(self.pieces),
-            "seed": self.seed.to_json(), "piece_digest": ALGORITHM})
+            "seed": self.seed.to_json(), "piece_digest": ALGORITHM},
+            **({"verified": self.verified} if self.verified else {})))
 
     @app.route("/api/v1/tasks/<task_id>/schedule", methods=["POST"])
     def schedule(self, request, task_id):
@@ -103,7 +105,8 @@ class FakeSupernode:
             request.setHeader(b"content-type", b"application/json")
             return d
         done = len(self.have) == len(self.pieces)
-        return self._json(request, 200, {"assignments": out, "done": done})
+        return self._json(request, 200, dict({"assignments": out, "done": done},
+                                             **({"verified": self.verified} if self.verified else {})))
 
     def _wake_polls(self):
         held, self.held_polls = self.held_polls, []

@@ -20,7 +20,8 @@ from twisted.trial import unittest
 
 from dragonfly.test import source_file
 from dragonfly.test.integration import registry_fixtures as rf
-from dragonfly.test.integration.harness import HTTP, LOOPBACK, Swarm, metric, with_logs
+from dragonfly.test.integration.harness import (
+    HTTP, LOOPBACK, Swarm, metric, poll_until, with_logs)
 
 USER, PASSWORD = "alice", "wonderland-42"
 REPO = "dragonfly/test-image"
@@ -116,6 +117,19 @@ class RegistryMirrorTests(unittest.TestCase):
     async def mirror_metrics(self, node):
         return await self.http.metrics(node.mirror)
 
+    async def supernode_checked(self, digests):
+        """Wait until the supernode's fetch of each blob is done (its content
+        check passed, so it attests them)."""
+        sn = self.swarm.supernodes[0]
+
+        async def done():
+            for digest in digests:
+                info = await self.http.get_json(f"{sn.api}/api/v1/tasks/{digest}")
+                if info.get("state") != "done":
+                    return False
+            return True
+        await poll_until(reactor, done, 30, "the supernode's checks of the blobs")
+
     @with_logs()
     async def test_two_dfdaemons_pull_each_blob_once(self):
         """When two hosts pull the same image through their dfdaemons (skopeo with a
@@ -127,6 +141,7 @@ class RegistryMirrorTests(unittest.TestCase):
 
         code, out, err, out1 = await self.pull(d1, "pull-1")
         self.assertEqual(code, 0, f"pull through dfdaemon 1 failed: {err}")
+        await self.supernode_checked(info["blobs"])
         code, out, err, out2 = await self.pull(d2, "pull-2")
         self.assertEqual(code, 0, f"pull through dfdaemon 2 failed: {err}")
 
@@ -158,6 +173,43 @@ class RegistryMirrorTests(unittest.TestCase):
         m2 = await self.mirror_metrics(d2)
         self.assertGreater(metric(m2, "dragonfly_peer_download_bytes_total", source="peer"), 0,
                            "the second dfdaemon got nothing from the first")
+        # The supernode had checked every blob: the second dfdaemon took its
+        # word (the attestation) and hashed none of them itself.
+        self.assertEqual(metric(m2, "dragonfly_mirror_blob_hash_bytes_total"), 0)
+        m1 = await self.mirror_metrics(d1)
+        self.assertLessEqual(metric(m1, "dragonfly_mirror_blob_hash_bytes_total"), total)
+
+    @with_logs()
+    async def test_poisoned_blob_never_served_complete(self):
+        """When the registry's stored copy of a layer is corrupt (a byte
+        flipped, the length kept), a GET of it through the mirror is cut
+        before its last bytes: the supernode's check fails, so nothing is
+        attested, and the dfdaemon's own hash (or the failed task) stops the
+        answer; the mirror stays healthy."""
+        info = await self.start_registry()
+        digest, size = max(info["blobs"].items(), key=lambda kv: kv[1])
+        hexd = digest.partition(":")[2]
+        path = os.path.join(self.registry.directory, "storage", "docker", "registry", "v2",
+                            "blobs", "sha256", hexd[:2], hexd, "data")
+        with open(path, "r+b") as f:
+            f.seek(size // 2)
+            byte = f.read(1)
+            f.seek(size // 2)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        [d1] = await self.start_swarm(1)
+        token = self.tokens.signer.sign(USER, [{"type": "repository", "name": REPO,
+                                                "actions": ["pull"]}])
+        answer = await raw_request(d1.ports["mirror"], (
+            f"GET /v2/{REPO}/blobs/{digest} HTTP/1.1\r\nHost: {d1.mirror_hostport}\r\n"
+            f"Authorization: Bearer {token}\r\nConnection: close\r\n\r\n").encode(), 60)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head[:200])
+        self.assertIn(b"content-length: %d" % size, head.lower())
+        self.assertLess(len(body), size, "a corrupt blob was served complete")
+        sn = self.swarm.supernodes[0]
+        task = await self.http.get_json(f"{sn.api}/api/v1/tasks/{digest}")
+        self.assertNotEqual(task.get("state"), "done", task)
+        self.assertTrue(await self.http.healthy(d1.mirror))
 
     @with_logs()
     async def test_pull_without_credentials_fails_cleanly(self):
