@@ -27,8 +27,13 @@ __all__ = ["PieceClientProtocol", "PieceFetchError", "ReceivedPiece", "READ_SIZE
 #: Requests sent ahead on one connection; more wait locally.
 MAX_PIPELINE = 16
 #: Bytes asked of the socket per read on piece connections (Twisted's default is
-#: 64 KiB). 1 MiB measured a few per cent faster but cost the peer ~7 MiB RSS.
-READ_SIZE = 256 * 1024
+#: 64 KiB), and the receive low-water mark inside a body. Each read is a trip
+#: through the reactor and the decoder and, later, one hash update that gives
+#: up the GIL: 512 KiB halves those against 256 KiB (a receiving peer's
+#: reactor thread ~0.47 instead of ~0.52 CPU-s per GiB, the whole peer ~0.99
+#: instead of ~1.02; bench/README.md, issue 20 round three). 1 MiB cost the
+#: peer ~7 MiB RSS in issue 4.
+READ_SIZE = 512 * 1024
 
 
 class PieceClientProtocol(Protocol):

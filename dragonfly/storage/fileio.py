@@ -18,8 +18,13 @@ O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 #: of the write: multi-MiB writes get large folios, which on this kind of VM
 #: (free page reporting) cost ten times more to fill than small ones
 #: (measured on fresh pages: 4 MiB pwrites ~330 MB/s, <= 256 KiB 3-5 GB/s).
-#: pwritev() does not help: the folio size follows the total length.
-WRITE_SLICE = 128 * 1024
+#: pwritev() does not help: the folio size follows the total length. Within
+#: that bound, the larger the better: every pwrite() gives up the GIL and must
+#: win it back from the reactor and the hashing threads before the next one,
+#: and that wait, not the copy, was most of a piece's write time (a 4 MiB
+#: piece: 32 slices of 128 KiB took 2.5-4.6 ms in a receiving peer, 16 of
+#: 256 KiB 1.0-1.8 ms; see bench/README.md, issue 20 round three).
+WRITE_SLICE = 256 * 1024
 
 
 def as_views(data):
