@@ -23,6 +23,7 @@ range, a reactor without threads) takes the ordinary path
 """
 import os
 import select
+import socket
 import threading
 
 from twisted.internet import tcp
@@ -119,6 +120,7 @@ class RawBody:
         self._broken = broken
         self.stopping = False
         self.sock = -1
+        self.sockobj = None
         self._pipe = None
         self._buf = bytearray(READ_BACK)
 
@@ -132,7 +134,8 @@ class RawBody:
 
     def _settled(self):
         if not self._grab.lost:
-            self.sock = self._conn.socket.fileno()
+            self.sockobj = self._conn.socket
+            self.sock = self.sockobj.fileno()
         return b"".join(self._grab.head)
 
     def run(self, f, *args):
@@ -170,6 +173,16 @@ class RawBody:
         self._conn.abortConnection()
 
 
+def _set_lowat(sock, nbytes):
+    """Wake C{poll} only once C{nbytes} are there (or the peer closed): a
+    slower origin otherwise sends in small runs, each a trip through here."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, nbytes)
+    except OSError:
+        pass
+    return nbytes
+
+
 def _wait(raw, poller, idle):
     """Wait for the socket; the idle time so far (ms). Raises when stopped or idle too long."""
     if raw.stopping:
@@ -197,13 +210,17 @@ def _splice_piece(raw, head, content, fd, offset, length, lock):
     pos, left = offset + len(head), length - len(head)
     poller = select.poll()
     poller.register(raw.sock, select.POLLIN)
-    idle = 0
+    idle = lowat = 0
     while left:
+        want = min(left, PIPE_BYTES)
+        if want != lowat:
+            lowat = _set_lowat(raw.sockobj, want)
+        idle = _wait(raw, poller, idle)
+        if idle:
+            continue
         try:
-            n = os.splice(raw.sock, w, min(left, PIPE_BYTES),
-                          flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
+            n = os.splice(raw.sock, w, want, flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
         except BlockingIOError:
-            idle = _wait(raw, poller, idle)
             continue
         except OSError as e:
             raise _Ended(f"connection lost: {e.strerror}")
