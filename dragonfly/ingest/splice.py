@@ -14,13 +14,15 @@ content hash (L{dragonfly.ingest.contenthash}). So every piece digest is
 computed from exactly the bytes stored, as before; the piece is marked held
 and announced only after that. The thread waits for the socket with
 C{poll} (a thread per piece, not a runner thread: a slow origin must not
-hold the store's threads). The connection is closed after the body: its
+hold the store's threads), with C{SO_RCVLOWAT} set to the bytes it wants
+next (up to 1 MiB), so each wake-up moves a large run. The connection is closed after the body: its
 HTTP parser never saw the body, so it cannot go back to the pool.
 
 Anything else (chunked, TLS, a limiter, small bodies, held pieces in the
 range, a reactor without threads) takes the ordinary path
 (L{dragonfly.ingest.cutter}). Memory: a pipe and a 1 MiB buffer per body.
 """
+import fcntl
 import os
 import select
 import socket
@@ -147,7 +149,6 @@ class RawBody:
             r, w = os.pipe()
             try:
                 os.set_blocking(w, False)
-                import fcntl
                 fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_BYTES)
             except OSError:
                 pass   # a smaller pipe only means more splices

@@ -203,3 +203,53 @@ class FillNewPieceTests(TestCase):
         self.assertEqual(len(calls), 1)
         self.assertFalse(self.tf.has(1))
         self.assertTrue(self.tf.can_close())
+
+
+class SplicedCDNTests(TestCase):
+    """The supernode's CDN opts in: a blob named by its digest is spliced and
+    still complete only once its whole content matched."""
+
+    GOOD = "sha256:" + hashlib.sha256(DATA).hexdigest()
+
+    def setUp(self):
+        from dragonfly.interfaces import PeerInfo
+        from dragonfly.metrics import SupernodeMetrics
+        from dragonfly.supernode.cdn import CDN
+        from dragonfly.supernode.scheduler import Scheduler
+        self.patch(splice, "SPLICE_MIN", PIECE)
+        self.spliced = []
+        real = pipeline.splice_into
+
+        def spy(raw, *args, **kwargs):
+            self.spliced.append(raw)
+            return real(raw, *args, **kwargs)
+        self.patch(pipeline, "splice_into", spy)
+        origin = FakeOrigin()
+        origin.add("/f", DATA)
+        self.port = reactor.listenTCP(0, Site(origin), interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        self.addCleanup(pool.closeCachedConnections)
+        runner = SyncRunner()
+        self.store = PieceStore(self.mktemp(), clock=reactor, runner=runner)
+        self.addCleanup(self.store.close)
+        self.cdn = CDN(reactor, self.store, OriginClient(reactor, make_http_client(reactor, pool)),
+                       Scheduler(reactor), PIECE, SupernodeMetrics(), runner,
+                       seed=PeerInfo("supernode-127.0.0.1:8001", "127.0.0.1", 8001))
+        self.url = "http://127.0.0.1:%d/f" % self.port.getHost().port
+
+    async def test_digest_matched(self):
+        tf = await self.cdn.ensure_complete(self.GOOD, self.url)
+        self.assertEqual(len(self.spliced), 1)
+        self.assertTrue(tf.is_complete)
+        with open(tf.path, "rb") as f:
+            self.assertEqual(f.read(), DATA)
+        self.assertEqual(self.cdn._jobs[self.GOOD].content.read_back, 0)
+
+    async def test_digest_mismatch_fails(self):
+        from dragonfly.supernode.cdn import ContentMismatch
+        wrong = "sha256:" + "0" * 64
+        with self.assertRaises(ContentMismatch):
+            await self.cdn.ensure_complete(wrong, self.url)
+        self.assertEqual(len(self.spliced), 1)
+        self.assertIsNone(self.store.get(wrong))
