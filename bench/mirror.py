@@ -427,7 +427,8 @@ def _settle():
 # ---------------------------------------------------------------- the bench
 
 def run(ctx):
-    big = (128 * MiB) if ctx.quick else (1 << 30)
+    # DFBENCH_MIRROR_BYTES: the big layer's size (e.g. 1 GiB with --quick's single cycle)
+    big = int(os.environ.get("DFBENCH_MIRROR_BYTES") or ((128 * MiB) if ctx.quick else (1 << 30)))
     small = (8 * MiB) if ctx.quick else (32 * MiB)
     repeats = 1 if ctx.quick else 3
     timeout = 60 + big / (20 * MB)          # generous: 20 MB/s floor

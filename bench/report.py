@@ -198,13 +198,14 @@ def markdown(res, results_dir):
     if s and s.get("runs"):
         L += ["## 1. Single stream (loopback, %s, median of %d)" % (_size(s["file_bytes"]), s["repeats"]), "",
               "| client | median s | MB/s | x curl | first round (no warm-up) x curl "
-              "| receiving peer CPU-s / GiB | TLS x plain |", "|---|---|---|---|---|---|---|"]
+              "| receiving peer CPU-s / GiB | supernode CPU-s / GiB | TLS x plain |",
+              "|---|---|---|---|---|---|---|---|"]
         for k in _single_order(s["runs"]):
             v = s["runs"][k]
-            L.append("| %s | %.2f | %.0f | %s | %s | %s | %s |" % (
+            L.append("| %s | %.2f | %.0f | %s | %s | %s | %s | %s |" % (
                 k, v["median_s"], v["mb_s"], _f(v.get("ratio_to_curl")),
                 _f(v.get("first_round_ratio_to_curl")), _f(v.get("peer_cpu_s_per_gib")),
-                _f(v.get("ratio_to_plain"))))
+                _f(v.get("supernode_cpu_s_per_gib")), _f(v.get("ratio_to_plain"))))
         if "dfget_cold_tls" in s["runs"]:
             L += ["", "`_tls`: the same rounds with mutual TLS on the supernode API and every piece port "
                   "(certificates from `dragonfly-pki`); cached moves no bytes between nodes, so it has no "

@@ -111,6 +111,7 @@ class _Rounds:
         cold, warm, cached, sources, profiles = [], [], [], [], None
         warmup = {}
         self.cpu = {"cold": [], "warm": [], "cached": []}   # the receiving peer's CPU-s
+        self.cpu["cold_supernode"] = []   # the supernode's CPU-s in the cold run
         tag = "-tls" if self.tls is not None else ""
         for i in range(self.repeats + 1):
             if i == 1:
@@ -141,8 +142,12 @@ class _Rounds:
         got = {}
         off = self.nginx.log_offset()
         _settle()
+        sn_before = sn.proc.cpu_seconds()
         with Profiler(self.work, {"supernode": sn.proc, "peerA": a.proc}, enabled=profile) as p1:
             got["cold"] = _timed(a.dfget(self.url, self.out), self.timeout, self.cpu["cold"], a.proc)
+        sn_after = sn.proc.cpu_seconds()
+        self.cpu["cold_supernode"].append(
+            None if sn_before is None or sn_after is None else sn_after - sn_before)
         self.check("dfget cold")
         origin = self.nginx.bytes_sent(since=off)
         _settle()
@@ -172,6 +177,11 @@ def _add_runs(ctx, result, size, named, cpu, warmup):
         if peer_cpu:
             result["runs"][name]["peer_cpu_s"] = peer_cpu
             result["runs"][name]["peer_cpu_s_per_gib"] = statistics.median(peer_cpu) * (1 << 30) / size
+        sn_cpu = [c for c in cpu.get(kind + "_supernode", ()) if c is not None]
+        if sn_cpu:
+            result["runs"][name]["supernode_cpu_s"] = sn_cpu
+            result["runs"][name]["supernode_cpu_s_per_gib"] = (
+                statistics.median(sn_cpu) * (1 << 30) / size)
         if warmup.get(kind):
             # The first download after the bench started (fresh daemons, no warm-up).
             result["runs"][name]["first_round_mb_s"] = size / warmup[kind] / MB

@@ -35,6 +35,7 @@ from hyperlink import EncodedURL
 from dragonfly.httpio import describe as _describe
 from dragonfly.interfaces import IOrigin
 from dragonfly.ingest.receiver import BodyReceiver
+from dragonfly.ingest.splice import take_body
 from dragonfly.redact import has_userinfo, redact_text, redact_url, userinfo_error
 from dragonfly.runtime.ratelimit import all_of
 
@@ -258,6 +259,18 @@ class OriginResponse:
                                 self._idle_timeout, self._on_bytes, _broken)
         self._response.deliverBody(receiver)
         return receiver.done
+
+    def take_body(self):
+        """The body as a L{dragonfly.ingest.splice.RawBody}, to splice from its
+        socket into a store file, or None (then L{deliver} it): a large body
+        of known length from a plain TCP origin with no rate limit."""
+        if self._delivered or self._limiter is not None or not self.body_length:
+            return None
+        raw = take_body(self._response, self.body_length, self._clock, self._idle_timeout,
+                        self._on_bytes, _broken)
+        if raw is not None:
+            self._delivered = True
+        return raw
 
     def discard(self):
         """Throw the body away (bounded), freeing the connection."""

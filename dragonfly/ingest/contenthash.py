@@ -92,6 +92,26 @@ class ContentHash:
             return result
         return Deferred.fromCoroutine(step())
 
+    def inline(self, index):
+        """The hash object to feed piece C{index}'s bytes to where they are
+        written (a writer's thread, L{dragonfly.ingest.splice}), when it is the
+        next piece in order and no step is queued; None otherwise (the piece
+        is then read back later, like any out of order). After a non-None
+        answer the caller must call L{inline_done} before anything else here."""
+        if self.broken or index != self.hashed or not self._tail.called:
+            return None
+        self.hashed = index + 1
+        self._tail = Deferred()
+        return self._h
+
+    def inline_done(self, landed):
+        """The piece given by L{inline} was hashed and written (C{landed}), or
+        not: then the hash may hold part of it and cannot be trusted."""
+        if not landed:
+            self.broken = True
+        tail, self._tail = self._tail, succeed(None)
+        tail.callback(None)
+
     def _queue(self, fn, *args):
         prev, done = self._tail, Deferred()
         self._tail = done

@@ -16,6 +16,7 @@ cancellable any more; the CDN keeps it to stop jobs at shutdown.
 """
 from dragonfly.ingest.cutter import PieceCutter
 from dragonfly.ingest.events import IngestEvents
+from dragonfly.ingest.splice import splice_into
 from dragonfly.ingest.spool import Spool
 from dragonfly.ingest.writer import StoreWriter
 
@@ -38,8 +39,22 @@ def _stop(response, tf, events):
     return end // tf.piece_size
 
 
+def _spliceable(response, tf, stop):
+    """C{response}'s body as a RawBody to splice into C{tf}'s pieces
+    C{first}..C{stop}-1 (L{dragonfly.ingest.splice}), or None."""
+    take = getattr(response, "take_body", None)
+    if take is None or not tf.piece_count or response.offset % tf.piece_size:
+        return None
+    first = response.offset // tf.piece_size
+    end = tf.length if stop is None else stop * tf.piece_size
+    if response.body_length != end - response.offset \
+            or any(tf.delivered(i) for i in range(first, stop or tf.piece_count)):
+        return None
+    return take()
+
+
 async def stream_into(response, tf, runner, events=None, max_writes=2, recheck_held=False,
-                      track=_ignore, content=None):
+                      track=_ignore, content=None, splice=False):
     """Cut C{response}'s body into C{tf}'s pieces (see the module docstring).
 
     A 206 body may be a range of the file (it must end on a piece boundary).
@@ -48,11 +63,19 @@ async def stream_into(response, tf, runner, events=None, max_writes=2, recheck_h
     failed with (after the pieces in flight landed, so a retry writes none
     twice), or with C{events.short}/C{overflow} when the body does not fill
     C{tf} exactly. C{content}: a L{ContentHash} of C{tf} the pieces are added to.
+    C{splice}: a large body from a plain TCP origin may be spliced from its
+    socket into the file instead (L{dragonfly.ingest.splice}; the connection
+    is then closed after it), when no piece it covers is held.
     """
     events = events if events is not None else IngestEvents()
+    stop = _stop(response, tf, events)
+    raw = _spliceable(response, tf, stop) if splice else None
+    if raw is not None:
+        await splice_into(raw, tf, response.offset // tf.piece_size,
+                          tf.piece_count if stop is None else stop, events, track, content)
+        return
     writer = StoreWriter(tf, runner, events, recheck_held, content)
-    cutter = PieceCutter(tf, response.offset, max_writes, writer, events,
-                         _stop(response, tf, events))
+    cutter = PieceCutter(tf, response.offset, max_writes, writer, events, stop)
     delivering = response.deliver(cutter)
     track(delivering)
     try:

@@ -44,7 +44,7 @@ class PieceUpload:
     sent everything it was given, and each call hands over one bounded chunk.
     With sendfile, the kernel copies file pages straight to the socket; the
     transport's own buffer is empty whenever we are called back (except the
-    first call, which therefore uses the ordinary write path), and
+    first call, which therefore only waits for the header to leave), and
     C{transport.startWriting()} asks for a callback once the socket can take
     more.
     """
@@ -92,13 +92,16 @@ class PieceUpload:
             return
         self.proto.timer.touch()
         try:
-            if self._sock is not None and not self._first:
+            if self._sock is not None and self._first:
+                # The first call comes from registerProducer, while the
+                # header still sits in the transport's buffer: let it go
+                # first (the transport calls us again once its buffer is
+                # empty), so every byte of the piece goes by sendfile.
+                self._first = False
+                self.proto.transport.startWriting()
+            elif self._sock is not None:
                 self._send_file()
             else:
-                # The first call comes from registerProducer, while the
-                # header may still sit in the transport's buffer: only the
-                # ordinary write path keeps the bytes in order.
-                self._first = False
                 self._send_chunk()
         except OSError as e:
             self.proto.log.warn(

@@ -36,6 +36,7 @@ import threading
 
 from twisted.internet.defer import fail, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from dragonfly.interfaces import IServedTask
@@ -300,6 +301,43 @@ class TaskFile(PassThroughPieces):
             return fail(e)
         fd, views, offset = job
         d = self._run_write(index, fileio.hash_and_write, fd, views, offset, self._write_lock)
+        return d.addCallback(lambda digest: self._mark_held(index, digest) or digest)
+
+    def fill_new_piece(self, index, fill, run):
+        """Write piece C{index} with C{fill(fd, offset, length, lock)}, run by
+        C{run(f, *args) -> Deferred} (a thread: it blocks), then mark it held
+        with the hex digest C{fill} returns, which it must have computed from
+        the bytes it wrote. For bytes that never pass through Python (spliced
+        from a socket, L{dragonfly.ingest.splice}): a fill that failed is not
+        tried again (its bytes are gone) and nothing is passed through a full
+        store: a full disk fails with L{StoreFull}. Fires with the digest."""
+        if self._removed:
+            return fail(TaskRemoved(self.task_id))
+        if self.has(index) or index in self._writing:
+            return fail(ValueError(f"piece {index} of {self.task_id!r} is held or being written"))
+        offset, length = self.piece_range(index)
+        fd = self._acquire()
+        self._writing.add(index)
+        store = self._store
+
+        def failed(reason):
+            if isinstance(reason.value, OSError):
+                store.failed_write(reason.value)
+                if is_disk_full(reason.value):
+                    raise StoreFull(f"no room for piece {index} of {self.task_id!r}")
+            return reason
+
+        def settled(result):
+            self._writing.discard(index)
+            if self._removed and not isinstance(result, Failure):
+                raise TaskRemoved(self.task_id)
+            return result
+
+        d = store.make_room(length, keep=self)
+        d.addCallback(lambda _: run(fill, fd, offset, length, self._write_lock))
+        d.addErrback(failed)
+        d.addBoth(self._release)
+        d.addBoth(settled)
         return d.addCallback(lambda digest: self._mark_held(index, digest) or digest)
 
     def _claim(self, index, data, digest):

@@ -491,7 +491,7 @@ class CDN:
         # raises: a retry resumes from the first piece not held, none twice.
         await stream_into(resp, tf, self.runner, _JobEvents(self, job), recheck_held=True,
                           track=lambda d: setattr(job, "current", d),
-                          content=self._content_for(job, tf))
+                          content=self._content_for(job, tf), splice=True)
         if resp.etag != tf.etag and resp.etag or resp.last_modified != tf.last_modified and resp.last_modified:
             tf.set_validators(resp.etag or tf.etag, resp.last_modified or tf.last_modified)
 

@@ -82,3 +82,43 @@ class ContentHashTests(SynchronousTestCase):
         for i in range(5):
             self.tf.land(i)
         self.assertIsNone(self.successResultOf(self.content.digest()))
+
+    def inline(self, i):
+        """Land piece i through inline() as the spliced path does, if offered."""
+        h = self.content.inline(i)
+        if h is None:
+            return False
+        for c in self.tf.land(i):
+            h.update(c)
+        self.content.inline_done(True)
+        return True
+
+    def test_inline_in_order(self):
+        """The next piece in order is hashed where it is written: nothing read back."""
+        self.assertEqual([self.inline(i) for i in range(5)], [True] * 5)
+        self.assertEqual(self.successResultOf(self.content.digest()), WHOLE)
+        self.assertEqual(self.content.read_back, 0)
+
+    def test_inline_only_next_and_idle(self):
+        """Not offered for a piece after a hole, nor while an inline piece is
+        out; what was not offered is read back by digest()."""
+        self.assertIsNotNone(self.content.inline(0))
+        self.assertIsNone(self.content.inline(1))     # piece 0 still out
+        for c in self.tf.land(0):
+            self.content._h.update(c)
+        self.content.inline_done(True)
+        self.assertFalse(self.inline(2))               # 1 is missing
+        self.feed(1)
+        self.tf.land(3)
+        self.tf.land(4)
+        self.assertTrue(self.inline(2))
+        self.assertEqual(self.successResultOf(self.content.digest()), WHOLE)
+        self.assertEqual(self.content.read_back, PIECE + 3)
+
+    def test_inline_failed_unusable(self):
+        """A piece that did not land after inline() makes the hash unusable."""
+        self.assertIsNotNone(self.content.inline(0))
+        self.content.inline_done(False)
+        for i in range(5):
+            self.tf.land(i)
+        self.assertIsNone(self.successResultOf(self.content.digest()))
