@@ -19,14 +19,6 @@ when R is a little under the link's rate, and uploads keep C{os.sendfile}.
 A socket the pacer cannot reach (no socket under the transport, another
 OS, C{setsockopt} refused) is paced by the token bucket as before.
 
-A paced socket also gets C{TCP_NOTSENT_LOWAT} (1/50 s of the limit, at
-least 128 KiB): C{sendfile} hands it no more than that ahead of the wire.
-Without it the kernel's send buffer (autotuned to 1-1.6 MB on the swarm
-bench) took a whole 4 MiB piece's tail at once; the upload looked done, its
-slot and its share of the limit went to the next upload while the old one
-was still sending for up to half a second at its old cap: more than the
-limit on the wire.
-
 A cap per socket cannot lend an upload's unused share to the others: when
 one receiver takes less than its share, the uplink carries less than R until
 the next upload starts or ends. The token bucket's limit is a ceiling too;
@@ -40,8 +32,6 @@ import sys
 __all__ = ["UplinkPacer", "pacing_option", "socket_of"]
 
 _MAX = 0xFFFFFFFF      # the kernel reads a u32 here; ~0 means "no cap"
-_MIN_LOWAT = 128 * 1024
-_LOWAT_S = 0.02
 
 
 def pacing_option():
@@ -81,7 +71,6 @@ class UplinkPacer:
         self.rate = int(rate)
         self.option = pacing_option() if option is None else option
         self._socks = {}     # key -> socket, the uploads running and paced
-        self.lowat = max(_MIN_LOWAT, int(self.rate * _LOWAT_S))
 
     def add(self, key, transport):
         """An upload keyed C{key} starts on C{transport}: True when the kernel
@@ -94,12 +83,6 @@ class UplinkPacer:
             return False
         self._socks[key] = sock
         self._balance()
-        lowat = getattr(socket, "TCP_NOTSENT_LOWAT", None)
-        if lowat is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, lowat, self.lowat)
-            except OSError:
-                pass    # only the send buffer's depth: pacing works without it
         return True
 
     def remove(self, key):

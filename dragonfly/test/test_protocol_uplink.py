@@ -49,17 +49,6 @@ class UplinkPacerTests(SynchronousTestCase):
         self.assertEqual(self.cap(c), 1200000)
         self.assertEqual(pacer.running(), 1)
 
-    def test_notsent_lowat(self):
-        """When the kernel paces a TCP socket, its unsent bytes are capped too (TCP_NOTSENT_LOWAT: 1/50 s of the limit, at least 128 KiB)."""
-        if not hasattr(socket, "TCP_NOTSENT_LOWAT"):
-            raise SkipTest("no TCP_NOTSENT_LOWAT here")
-        slow, fast = self.sock(), self.sock()
-        self.assertTrue(UplinkPacer(1000000).add("slow", FakeTransport(slow)))
-        self.assertTrue(UplinkPacer(100 * 1000000).add("fast", FakeTransport(fast)))
-        opt = socket.TCP_NOTSENT_LOWAT
-        self.assertEqual(slow.getsockopt(socket.IPPROTO_TCP, opt), 128 * 1024)
-        self.assertEqual(fast.getsockopt(socket.IPPROTO_TCP, opt), 2000000)
-
     def test_through_tls_wrapper(self):
         """When the transport is a wrapper (TLS) whose handle is no socket, the socket under it is paced."""
         s = self.sock()
