@@ -128,6 +128,9 @@ def main(argv=None):
     ap.add_argument("--single-size", default=None,
                     help="single's file size, e.g. 16M (default 1G, quick 128M; small = a correctness check)")
     ap.add_argument("--swarm-size", default=None, help="swarm file size, e.g. 64M (default 256M, quick 32M)")
+    ap.add_argument("--swarm-upload-limit", type=float, default=0.0, metavar="FRACTION",
+                    help="netns swarm: every node's --upload-limit at this fraction of its link, "
+                         "e.g. 0.92 (default 0: none)")
     ap.add_argument("--swarm-kinds", default="direct,p2p,p2p-tls",
                     help="direct,p2p,p2p-tls (default: all three; p2p-tls = P2P with mutual TLS)")
     ap.add_argument("--no-tls", action="store_true",
@@ -243,7 +246,8 @@ def _run_one(name, ctx, args):
         if args.swarm_size:
             from dragonfly.config import parse_size
             size = parse_size(args.swarm_size)
-        return swarm.run(ctx, mode=mode, counts=counts, kinds=kinds, size=size, rate_mbit=args.link_mbit)
+        return swarm.run(ctx, mode=mode, counts=counts, kinds=kinds, size=size, rate_mbit=args.link_mbit,
+                         upload_fraction=args.swarm_upload_limit)
     if name == "memory":
         from bench import memory
         return memory.run(ctx)

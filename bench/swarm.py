@@ -28,7 +28,10 @@ MB = 1e6
 KINDS = ("direct", "p2p", "p2p-tls")
 
 
-def run(ctx, mode=None, counts=None, size=None, kinds=KINDS, rate_mbit=100):
+def run(ctx, mode=None, counts=None, size=None, kinds=KINDS, rate_mbit=100, upload_fraction=0.0):
+    """``upload_fraction``: in netns mode, every node (supernode and peers)
+    runs with ``--upload-limit`` at this fraction of its link (0: none), as
+    an operator sets it a little under a known uplink."""
     if mode is None:
         ok, why = netns.available()
         mode = "netns" if ok else "loopback"
@@ -45,6 +48,9 @@ def run(ctx, mode=None, counts=None, size=None, kinds=KINDS, rate_mbit=100):
               "lower_bound_s": size / link, "runs": []}
     work = ctx.tempdir("swarm")
     swarm = (_NetnsSwarm if mode == "netns" else _LoopSwarm)(ctx, work, max(counts), rate_mbit)
+    if mode == "netns" and upload_fraction > 0:
+        swarm.upload_limit = int(upload_fraction * link)
+    result["upload_limit_bytes_s"] = getattr(swarm, "upload_limit", 0)
     ctx.on_close(swarm.close)
     try:
         swarm.setup(src)
@@ -173,7 +179,7 @@ class _Swarm:
             outs = [os.path.join(self.work, "p2p-%d.bin" % i) for i in range(n)]
             prof = Profiler(self.work, {"supernode": sn.proc, "peer0": peers[0].proc},
                             enabled=self.ctx.profile and n == self.max_n)
-            timeline = _Timeline(sn, t0)
+            timeline = _Timeline(sn, t0, peers=[p.proc for p in peers])
             with prof, timeline:
                 procs = [p.dfget(self.url, outs[i], log=os.path.join(self.work, "dfget-%d.log" % i))
                          for i, p in enumerate(peers)]
@@ -210,6 +216,8 @@ class _Swarm:
                 "peer_cpu_s": peer_cpu,
                 "supernode_timeline": timeline.samples,
                 "origin_done_s": timeline.first_at(0, size),
+                "peer_timeline": timeline.peer_samples,
+                "peer_progress": _progress(timeline, size, link=self.link),
             }
         finally:
             for p in peers:
@@ -221,13 +229,19 @@ class _Timeline:
     """Samples the supernode's origin and upload byte counters about every
     0.5 s while the block runs (a thread: scrapes inside a namespace are
     subprocesses): [t, origin_bytes, upload_bytes] from t0. Shows when the
-    origin fetch ended and how busy the seed's uplink was."""
+    origin fetch ended and how busy the seed's uplink was.
 
-    def __init__(self, sn, t0, interval=0.5):
+    With C{peers} (their Procs) also each peer's bytes written to storage
+    (``write_bytes`` of /proc/PID/io: the pieces it stored, read from this
+    namespace with no subprocess): C{peer_samples}, [t, [bytes per peer]]."""
+
+    def __init__(self, sn, t0, interval=0.5, peers=()):
         self.sn = sn
         self.t0 = t0
         self.interval = interval
+        self.peers = list(peers)
         self.samples = []
+        self.peer_samples = []
         self._stop = threading.Event()
         self._thread = None
 
@@ -247,6 +261,9 @@ class _Timeline:
                 self.samples.append([round(time.monotonic() - self.t0, 2),
                                      metric(m, "dragonfly_supernode_origin_bytes_total"),
                                      metric(m, "dragonfly_supernode_upload_bytes_total")])
+            if self.peers:
+                self.peer_samples.append([round(time.monotonic() - self.t0, 2),
+                                          [_written(p.pid) for p in self.peers]])
             self._stop.wait(self.interval)
 
     def first_at(self, column, value):
@@ -255,6 +272,52 @@ class _Timeline:
             if vals[column] >= value:
                 return t
         return None
+
+
+def _written(pid):
+    """Bytes process C{pid} has written to storage (None when unreadable)."""
+    try:
+        with open("/proc/%d/io" % pid) as f:
+            for line in f:
+                if line.startswith("write_bytes:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _progress(timeline, size, link):
+    """Per peer, from C{timeline.peer_samples}: when it had stored half and
+    all of the file (``half_s``, ``done_s``, None if never seen), its lag
+    behind the supernode's origin fetch when that ended (``lag_at_origin_done``,
+    bytes), and ``slow_s``: sampled seconds before ``done_s`` in which it
+    stored less than half its link's rate (idle or starved), after its first
+    byte. A summary of where a peer's time went; the raw samples are in
+    ``peer_timeline``."""
+    samples = timeline.peer_samples
+    if not samples:
+        return None
+    origin_done = timeline.first_at(0, size)
+    out = []
+    for k in range(len(samples[0][1])):
+        series = [(t, row[k]) for t, row in samples if row[k] is not None]
+        half = next((t for t, b in series if b >= size / 2), None)
+        done = next((t for t, b in series if b >= size), None)
+        lag = None
+        if origin_done is not None:
+            at = [b for t, b in series if t <= origin_done]
+            lag = size - at[-1] if at else None
+        slow = 0.0
+        started = False
+        for (t0, b0), (t1, b1) in zip(series, series[1:]):
+            started = started or b1 > 0
+            if not started or (done is not None and t1 > done):
+                continue
+            if (b1 - b0) < 0.5 * link * (t1 - t0):
+                slow += t1 - t0
+        out.append({"half_s": half, "done_s": done, "lag_at_origin_done": lag,
+                    "slow_s": round(slow, 2)})
+    return out
 
 
 def _api_requests(after, before):
@@ -283,11 +346,16 @@ class _NetnsSwarm(_Swarm):
         k = 1 if role == "supernode" else 2 + i
         return self.lab.hosts[k], self.lab.addr(k)
 
+    upload_limit = 0
+
     def supernode_limits(self):
-        return []
+        return self._upload_limit()
 
     def peer_limits(self):
-        return []
+        return self._upload_limit()
+
+    def _upload_limit(self):
+        return ["--upload-limit", str(self.upload_limit)] if self.upload_limit else []
 
     def close(self):
         super().close()

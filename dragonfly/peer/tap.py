@@ -48,7 +48,8 @@ class PeerOptions(EgressFlags, ConfigOptions):
         CACHE_SIZE,
         CACHE_TTL,
         MAX_FILE_SIZE,
-        ["upload-limit", None, "0", "Bytes/s of pieces served to others (K/M/G); 0 = unlimited."],
+        ["upload-limit", None, "0", "Bytes/s of pieces served to others (K/M/G), all uploads together (paced per "
+         "socket by the kernel on Linux; set it a little under the uplink); 0 = unlimited."],
         ["download-limit", None, "0", "Bytes/s downloaded (K/M/G); 0 = unlimited."],
         LOG_FORMAT,
         PORT_FILE,

@@ -34,6 +34,7 @@ from twisted.logger import Logger
 
 from dragonfly.protocol import codec
 from dragonfly.protocol.upload import CHUNK_SIZE, PieceUpload
+from dragonfly.protocol.uplink import UplinkPacer
 from dragonfly.runtime.idle import IdleTimer
 
 #: A client may have at most this many requests queued on one connection.
@@ -68,6 +69,7 @@ class PieceServerProtocol(Protocol):
     def __init__(self, factory):
         self.factory = factory
         self.source_host = None
+        self.kernel_paced = False   # the running upload's socket paced by the kernel
         self.task_id = None
         self.peer_id = None
         self.version = None
@@ -299,6 +301,9 @@ class PieceServerFactory(Factory):
     @param admission: an L{IAdmission}: who may be served which task (required).
     @param clock: IReactorTime for timeouts and the upload limiter's waits.
     @param upload_limiter: optional TokenBucket shared by all uploads.
+    @param kernel_pacing: with an upload limit, have the kernel pace each
+        upload's socket at the limit shared by the uploads running
+        (L{dragonfly.protocol.uplink}), the token bucket only where it cannot.
     @param max_uploads: pieces streamed at once over all connections; past
         it a request is answered BUSY. 0 = unlimited.
     @param on_upload: called with the number of piece bytes handed to the
@@ -322,11 +327,14 @@ class PieceServerFactory(Factory):
                  chunk_size=CHUNK_SIZE, use_sendfile=True,
                  max_frame=codec.MAX_FRAME, max_queue=MAX_QUEUE,
                  max_per_address=MAX_PER_ADDRESS, stall_interval=STALL_INTERVAL,
-                 min_upload_rate=MIN_UPLOAD_RATE, slot_wait=SLOT_WAIT, *, admission):
+                 min_upload_rate=MIN_UPLOAD_RATE, slot_wait=SLOT_WAIT, kernel_pacing=True, *,
+                 admission):
         self.store = store
         self.admission = admission
         self.clock = clock
         self.upload_limiter = upload_limiter
+        rate = getattr(upload_limiter, "rate", 0)
+        self.pacer = UplinkPacer(rate) if kernel_pacing and rate > 0 else None
         self.max_uploads = max_uploads
         self.on_upload = on_upload
         self.idle_timeout = idle_timeout
@@ -377,6 +385,7 @@ class PieceServerFactory(Factory):
     def upload_started(self, proto):
         """C{proto} took an upload slot."""
         self.active_uploads += 1
+        proto.kernel_paced = self.pacer is not None and self.pacer.add(proto, proto.transport)
         host = proto.source_host
         self._uploads_by_address[host] = self._uploads_by_address.get(host, 0) + 1
         self.watch_uploads()
@@ -384,6 +393,8 @@ class PieceServerFactory(Factory):
     def upload_ended(self, proto):
         """C{proto} gave its upload slot back: a waiting connection gets it."""
         self.active_uploads -= 1
+        if self.pacer is not None:
+            self.pacer.remove(proto)
         _count_down(self._uploads_by_address, proto.source_host)
         if self._waiting and not self.shutting_down:
             by_address = self._uploads_by_address

@@ -3,8 +3,9 @@
 It writes the Piece header, then exactly the piece's bytes from the task's
 data file in bounded chunks, each on the transport's request, so memory never
 grows with piece size and back-pressure is honoured: through os.sendfile on
-plain TCP when no upload limit applies, else read and written (paced by the
-shared upload limiter). It releases the file, the upload slot and the task's
+plain TCP when no upload limit applies or the kernel paces the socket
+(L{dragonfly.protocol.uplink}), else read and written (paced by the shared
+upload limiter). It releases the file, the upload slot and the task's
 pin exactly once, however the upload ends, and tells its connection
 (L{dragonfly.protocol.server.PieceServerProtocol}) when it is done or must be
 aborted.
@@ -63,7 +64,7 @@ class PieceUpload:
         self._clock = factory.clock
         self._on_upload = factory.on_upload
         self._chunk = factory.chunk_size
-        if self._limiter is not None and self._limiter.rate > 0:
+        if self._limiter is not None and self._limiter.rate > 0 and not proto.kernel_paced:
             # Keep each limiter wait short so one slow piece does not stall
             # the connection's inactivity timer or hog the shared bucket.
             self._chunk = max(16 * 1024, min(self._chunk, self._limiter.rate // 8))

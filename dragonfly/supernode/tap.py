@@ -35,7 +35,8 @@ class Options(EgressFlags, ConfigOptions):
         ["cluster", None, "", "The other supernodes, HOST:PORT,... (their API addresses)."],
         ["piece-size", None, "4M", "Piece size of new tasks (K/M suffixes)."],
         ["origin-limit", None, "0", "Bytes/s read from origins (K/M/G); 0 = unlimited."],
-        ["upload-limit", None, "0", "Bytes/s of pieces served to peers; 0 = unlimited."],
+        ["upload-limit", None, "0", "Bytes/s of pieces served to peers, all uploads together (paced per socket by the "
+         "kernel on Linux; set it a little under the uplink); 0 = unlimited."],
         ["download-limit", None, "0",
          "Bytes/s downloaded (from origins, for a supernode); 0 = unlimited. "
          "With --origin-limit too, the lower one applies."],

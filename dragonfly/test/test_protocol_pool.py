@@ -2,12 +2,13 @@
 source and task, argument checks, closing, and whole transfers against a real
 server, in memory and over TCP."""
 import os
+import socket
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionLost
 from twisted.test import iosim
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from dragonfly.admission import AdmissionSigner, PeerAdmission
@@ -16,6 +17,7 @@ from dragonfly.protocol import codec
 from dragonfly.protocol.clientstate import PieceFetchError
 from dragonfly.protocol.pool import PieceClientPool
 from dragonfly.protocol.server import PieceServerFactory
+from dragonfly.protocol.uplink import UplinkPacer, pacing_option
 from dragonfly.runtime.ratelimit import TokenBucket
 from dragonfly.test.protocolfakes import (
     OTHER_TASK, SOURCE, TASK, ClientTestMixin, FakeEndpoint, FakeStore, ServerTestMixin, pattern,
@@ -231,7 +233,26 @@ class RealTCPTests(TestCase):
         self.assertEqual(self.sendfile_bytes, len(self.data))
 
     async def test_limited_copy_path(self):
-        """When an upload limiter is set, pieces go through the chunked copy path and still arrive intact."""
+        """When an upload limiter is set and the kernel may not pace, pieces go through the chunked copy path and still arrive intact."""
+        limiter = TokenBucket(self.reactor, 1024 ** 3)
+        await self.transfer(upload_limiter=limiter, kernel_pacing=False)
+        self.assertEqual(self.sendfile_bytes, 0)
+
+    async def test_kernel_paced(self):
+        """When an upload limiter is set and the kernel can pace sockets, each upload's socket is capped at the limit (one upload at a time here) and pieces still go out by sendfile, intact."""
+        if pacing_option() is None:
+            raise SkipTest("no SO_MAX_PACING_RATE on this platform")
+        caps = []
+        real_cap = UplinkPacer._cap
+
+        def spy(pacer, sock, rate):
+            ok = real_cap(pacer, sock, rate)
+            caps.append((rate, sock.getsockopt(socket.SOL_SOCKET, pacer.option)))
+            return ok
+
+        self.patch(UplinkPacer, "_cap", spy)
         limiter = TokenBucket(self.reactor, 1024 ** 3)
         await self.transfer(upload_limiter=limiter)
-        self.assertEqual(self.sendfile_bytes, 0)
+        self.assertGreater(self.sendfile_bytes, len(self.data) // 2)
+        self.assertTrue(caps)
+        self.assertEqual(set(caps), {(1024 ** 3, 1024 ** 3)})
