@@ -8,7 +8,8 @@ swarm is never handed to a client the registry would refuse. Bytes are streamed 
 arrive, with ``Content-Length`` and ``Docker-Content-Digest``, through a
 L{BlobSink} that is the peer's consumer and the request's push producer (the
 client's socket paces the swarm; memory does not grow with the blob): held
-pieces go from the store's file to a plain TCP socket with sendfile. The
+pieces go from the store's file to a plain TCP socket with sendfile (a blob held whole, for a
+client on this host: through one buffer, L{dragonfly.runtime.sendfile}). The
 whole blob is hashed in a thread in parallel (L{BlobSink} holds its last
 bytes until then) and a mismatch aborts the connection (the client sees a
 truncated transfer, never a clean finish) and the peer drops the task and
