@@ -75,7 +75,10 @@ def on_this_host(transport):
     or the very address it connected to (our own). False when unknown."""
     try:
         peer, host = transport.getPeer().host, transport.getHost().host
-        return peer == host or ipaddress.ip_address(peer.partition("%")[0]).is_loopback
+        if peer == host:
+            return True
+        address = ipaddress.ip_address(peer.partition("%")[0])
+        return (getattr(address, "ipv4_mapped", None) or address).is_loopback
     except (AttributeError, ValueError):
         return False
 

@@ -230,6 +230,8 @@ class SocketOfTests(SynchronousTestCase):
                                                IPv4Address("TCP", "127.0.0.1", 65000))))
         self.assertTrue(on_this_host(transport(IPv6Address("TCP", "::1", 4000),
                                                IPv6Address("TCP", "::1", 65000))))
+        self.assertTrue(on_this_host(transport(IPv6Address("TCP", "::ffff:127.0.0.1", 4000),
+                                               IPv6Address("TCP", "::ffff:10.1.2.3", 65000))))
         self.assertTrue(on_this_host(transport(IPv4Address("TCP", "10.1.2.3", 4000),
                                                IPv4Address("TCP", "10.1.2.3", 65000))))
         self.assertFalse(on_this_host(transport(IPv4Address("TCP", "10.1.2.4", 4000),
