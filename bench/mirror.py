@@ -28,6 +28,7 @@ the whole blob, apart from when the client had it.
 import hashlib
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -468,9 +469,14 @@ def run(ctx):
             _settle()
             watch = {k: (_counter(fn), target) for k, (fn, target) in (watch or {}).items()}
             before = {k: proc.cpu_times() for k, proc in (cpu or {}).items()}
+            kids = resource.getrusage(resource.RUSAGE_CHILDREN)
             r = curl_get(base + path_big, out, os.path.join(work, "curl-%s.log" % name), timeout, watch)
-            # CPU seconds (user+sys, and sys alone) each process spent while the client ran.
+            # CPU seconds (user+sys, and sys alone) each process spent while the client ran;
+            # "curl": the client's own (the only child reaped meanwhile).
             after = {k: proc.cpu_times() for k, proc in (cpu or {}).items()}
+            kids_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            before["curl"] = (kids.ru_utime, kids.ru_stime)
+            after["curl"] = (kids_after.ru_utime, kids_after.ru_stime)
             r["cpu_s"] = {k: _minus(after[k] and sum(after[k]), before[k] and sum(before[k]))
                           for k in after}
             r["cpu_sys_s"] = {k: _minus(after[k] and after[k][1], before[k] and before[k][1])
@@ -487,7 +493,7 @@ def run(ctx):
         # Baseline: straight from the registry.
         base_runs, base_small = [], []
         for i in range(repeats):
-            base_runs.append(fetch_big("registry", registry.url))
+            base_runs.append(fetch_big("registry", registry.url, cpu={"registry": registry.proc}))
             base_small.append(fetch_small("registry-small", registry.url))
         result["runs"]["registry"] = _summ(base_runs, big)
         result["small"]["registry"] = _summ_small(base_small)

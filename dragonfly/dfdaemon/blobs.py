@@ -8,7 +8,8 @@ swarm is never handed to a client the registry would refuse. Bytes are streamed 
 arrive, with ``Content-Length`` and ``Docker-Content-Digest``, through a
 L{BlobSink} that is the peer's consumer and the request's push producer (the
 client's socket paces the swarm; memory does not grow with the blob): held
-pieces go from the store's file to a plain TCP socket with sendfile. The
+pieces go from the store's file to a plain TCP socket with sendfile (a blob held whole, for a
+client on this host: through one buffer, L{dragonfly.runtime.sendfile}). The
 whole blob is hashed in a thread in parallel (L{BlobSink} holds its last
 bytes until then) and a mismatch aborts the connection (the client sees a
 truncated transfer, never a clean finish) and the peer drops the task and
@@ -46,7 +47,7 @@ from dragonfly.dfdaemon.passthrough import NOT_FOR_ACCESS_CHECK, forward_headers
 from dragonfly.dfdaemon.routes import MirrorError
 from dragonfly.httpio import RangeNotSatisfiable, abort, content_range, describe, parse_ranges
 from dragonfly.redact import redact_text, redact_url
-from dragonfly.runtime.sendfile import FileSender, socket_of
+from dragonfly.runtime.sendfile import FileSender, on_this_host, socket_of
 
 __all__ = ["BlobSink", "Blobs"]
 
@@ -199,16 +200,17 @@ class Blobs:
         request.setHeader(b"content-length", b"%d" % (last - first + 1 if length else 0))
         return first, last, None
 
-    def _sender(self, request):
+    def _sender(self, request, cached=False):
         """A FileSender on the client's socket, when it is plain TCP (and the
-        answer has a body: a HEAD never reaches us, but make sure)."""
+        answer has a body: a HEAD never reaches us, but make sure); a blob
+        C{cached} whole for a client on this host goes through its copy path."""
         if self.reactor is None or request.channel is None or request.method != b"GET":
             return None
         transport = request.channel.transport
         sock = socket_of(transport)
         if sock is None:
             return None
-        return FileSender(self.reactor, transport, sock)
+        return FileSender(self.reactor, transport, sock, copy=cached and on_this_host(transport))
 
     def _known_good(self, task_file):
         return task_file in self._good and task_file.is_complete and task_file.intact()
@@ -231,7 +233,7 @@ class Blobs:
                         on_bytes=self.metrics.mirror_blob_bytes.inc, whole=whole,
                         known_good=whole and self._known_good(task_file),
                         runner=self.runner, parts=parts,
-                        sender=None if parts is not None else self._sender(request),
+                        sender=None if parts is not None else self._sender(request, task_file.is_complete),
                         task_file=task_file, on_hashed=self.metrics.mirror_blob_hash_bytes.inc)
         ex.on_gone.append(sink.close)
         # The supernode's word that its copy matched the digest (now or later).

@@ -10,7 +10,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, readBo
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from dragonfly.dfdaemon import blobsink
+from dragonfly.dfdaemon import blobs, blobsink
 from dragonfly.dfdaemon.mirror import RegistryMirror
 from dragonfly.dfdaemon.upstream import Upstreams
 from dragonfly.interfaces import IDownloader
@@ -93,8 +93,9 @@ class _Peer:
 
 
 class SendfileMirrorTests(TestCase):
-    async def serve(self, data):
+    async def serve(self, data, complete=True):
         task = _HeldTask(data)
+        task.is_complete = complete
         self.addCleanup(task.close)
         peer = _Peer(task)
         upstreams = Upstreams.from_options("http://registry.example:5000", (),
@@ -108,6 +109,13 @@ class SendfileMirrorTests(TestCase):
             sends.append((offset, length))
             return real(sink, fd, offset, length)
         self.patch(blobsink.BlobSink, "_send_range", send_range)
+        self.senders = []
+        real_sender = blobs.FileSender
+
+        def sender(*args, **kw):
+            self.senders.append(real_sender(*args, **kw))
+            return self.senders[-1]
+        self.patch(blobs, "FileSender", sender)
         port = reactor.listenTCP(0, Site(mirror.resource()), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         pool = HTTPConnectionPool(reactor, persistent=False)
@@ -119,15 +127,29 @@ class SendfileMirrorTests(TestCase):
 
     async def test_blob_sent_by_sendfile(self):
         """When the client is plain HTTP over TCP, the blob goes out as file
-        ranges (sendfile), exactly the blob's bytes, the last 64 KiB after
-        the digest matched; the task file is given back."""
-        task, peer, response, sends = await self.serve(BLOB)
+        ranges (sendfile while it is still coming in), exactly the blob's
+        bytes, the last 64 KiB after the digest matched; the task file is given back."""
+        task, peer, response, sends = await self.serve(BLOB, complete=False)
         self.assertEqual(response.code, 200)
         body = await readBody(response)
         self.assertEqual(body, BLOB)
         self.assertEqual(sum(n for _, n in sends), len(BLOB))
         self.assertEqual(sends[-1], (len(BLOB) - blobsink.HOLD, blobsink.HOLD))
         self.assertEqual(peer.dropped, [])
+        self.assertEqual([s._view for s in self.senders], [None])
+        await _until(lambda: task.pins == 0)
+
+    async def test_cached_blob_copied_for_a_local_client(self):
+        """When the blob is held whole and the client is on this host, the
+        same ranges go through the sender's copy path: the same bytes, the
+        last 64 KiB still after the digest matched."""
+        task, peer, response, sends = await self.serve(BLOB)
+        body = await readBody(response)
+        self.assertEqual(body, BLOB)
+        self.assertEqual(sum(n for _, n in sends), len(BLOB))
+        self.assertEqual(sends[-1], (len(BLOB) - blobsink.HOLD, blobsink.HOLD))
+        self.assertEqual(len(self.senders), 1)
+        self.assertIsNotNone(self.senders[0]._view)
         await _until(lambda: task.pins == 0)
 
     async def test_corrupt_blob_never_complete(self):

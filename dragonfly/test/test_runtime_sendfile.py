@@ -11,7 +11,9 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from dragonfly.runtime.sendfile import FileSender, buffered, socket_of
+from twisted.internet.address import IPv4Address, IPv6Address
+
+from dragonfly.runtime.sendfile import FileSender, buffered, on_this_host, socket_of
 
 SIZE = 16 * 1024 * 1024 + 12345   # well over the socket buffers: sendfile must wait
 
@@ -54,6 +56,12 @@ class _Server(Protocol):
 
 
 class FileSenderTests(TestCase):
+    copy = False
+
+    def _sender(self, server, **kw):
+        return FileSender(reactor, server.transport, socket_of(server.transport), copy=self.copy,
+                          **kw)
+
     def setUp(self):
         self.data = os.urandom(SIZE)
         f = tempfile.NamedTemporaryFile(delete=False)
@@ -88,10 +96,9 @@ class FileSenderTests(TestCase):
         the range follows exactly, the sender waits for writability while the
         client does not read, and the Deferred fires once all is sent."""
         server, reader = await self._connect()
-        sock = socket_of(server.transport)
-        self.assertIsNotNone(sock)
+        self.assertIsNotNone(socket_of(server.transport))
         sent = []
-        sender = FileSender(reactor, server.transport, sock, on_sent=sent.append)
+        sender = self._sender(server, on_sent=sent.append)
         self.addCleanup(sender.stop)
         server.transport.write(b"HEADERS\r\n\r\n")
         self.assertTrue(buffered(server.transport))
@@ -108,7 +115,7 @@ class FileSenderTests(TestCase):
     async def test_connection_lost_fails_the_send(self):
         """When the connection goes while a send waits, it fails with ConnectionLost."""
         server, reader = await self._connect()
-        sender = FileSender(reactor, server.transport, socket_of(server.transport))
+        sender = self._sender(server)
         self.addCleanup(sender.stop)
         d = sender.send(self.fd, 0, SIZE)
         await _poll(lambda: sender._watching)
@@ -120,7 +127,7 @@ class FileSenderTests(TestCase):
     async def test_stop_cancels(self):
         """stop() fails a waiting send with CancelledError and closes the duplicate."""
         server, reader = await self._connect()
-        sender = FileSender(reactor, server.transport, socket_of(server.transport))
+        sender = self._sender(server)
         d = sender.send(self.fd, 0, SIZE)
         await _poll(lambda: sender._watching)
         sender.stop()
@@ -134,11 +141,50 @@ class FileSenderTests(TestCase):
         """A range past the end of the file fails with OSError, not a hang."""
         server, reader = await self._connect()
         reader.transport.resumeProducing()
-        sender = FileSender(reactor, server.transport, socket_of(server.transport))
+        sender = self._sender(server)
         self.addCleanup(sender.stop)
         d = sender.send(self.fd, SIZE - 10, 20)
         await _poll(lambda: d.called)
         self.failureResultOf(d, OSError)
+
+    async def test_ranges_one_after_another(self):
+        """When several ranges are sent in turn (a short one, one from
+        another place in the file), the client gets exactly those bytes in order."""
+        server, reader = await self._connect()
+        reader.transport.resumeProducing()
+        sender = self._sender(server)
+        self.addCleanup(sender.stop)
+        await sender.send(self.fd, 7, 3)
+        await sender.send(self.fd, SIZE // 2, SIZE // 2)
+        await sender.send(self.fd, 0, 1)
+        want = self.data[7:10] + self.data[SIZE // 2:SIZE // 2 * 2] + self.data[:1]
+        await _poll(lambda: len(reader.got) >= len(want))
+        self.assertEqual(bytes(reader.got), want)
+
+
+class CopyFileSenderTests(FileSenderTests):
+    """The same through the copy path (read into a buffer, written from it)."""
+
+    copy = True
+
+    async def test_cancelled_send_leaves_no_bytes_behind(self):
+        """When a send is cancelled with bytes read but not written, the next
+        send starts from its own range, not from the leftovers."""
+        server, reader = await self._connect()
+        sent = []
+        sender = self._sender(server, on_sent=sent.append)
+        self.addCleanup(sender.stop)
+        d = sender.send(self.fd, 0, SIZE)
+        await _poll(lambda: sender._watching)
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertLess(sum(sent), SIZE)
+        reader.transport.resumeProducing()
+        await _poll(lambda: len(reader.got) >= sum(sent))
+        await sender.send(self.fd, 5, 10)
+        await _poll(lambda: len(reader.got) >= sum(sent))
+        self.assertEqual(len(reader.got), sum(sent))
+        self.assertEqual(bytes(reader.got), self.data[:sum(sent) - 10] + self.data[5:15])
 
 
 @implementer(ISSLTransport)
@@ -174,3 +220,20 @@ class SocketOfTests(SynchronousTestCase):
         self.assertIsNone(socket_of(_TLSTransport()))
         self.assertIsNone(socket_of(StringTransport()))
         self.assertIsNone(buffered(StringTransport()))
+
+    def test_on_this_host(self):
+        """When the peer is a loopback address or the address it connected
+        to, it is on this host; another address, or none known, is not."""
+        def transport(peer, host):
+            return StringTransport(hostAddress=host, peerAddress=peer)
+        self.assertTrue(on_this_host(transport(IPv4Address("TCP", "127.0.0.1", 4000),
+                                               IPv4Address("TCP", "127.0.0.1", 65000))))
+        self.assertTrue(on_this_host(transport(IPv6Address("TCP", "::1", 4000),
+                                               IPv6Address("TCP", "::1", 65000))))
+        self.assertTrue(on_this_host(transport(IPv6Address("TCP", "::ffff:127.0.0.1", 4000),
+                                               IPv6Address("TCP", "::ffff:10.1.2.3", 65000))))
+        self.assertTrue(on_this_host(transport(IPv4Address("TCP", "10.1.2.3", 4000),
+                                               IPv4Address("TCP", "10.1.2.3", 65000))))
+        self.assertFalse(on_this_host(transport(IPv4Address("TCP", "10.1.2.4", 4000),
+                                                IPv4Address("TCP", "10.1.2.3", 65000))))
+        self.assertFalse(on_this_host(object()))
