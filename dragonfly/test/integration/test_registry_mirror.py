@@ -207,8 +207,11 @@ class RegistryMirrorTests(unittest.TestCase):
         # Two honest outcomes, depending on which side of the supernode's
         # failed check the first request lands: the answer began (200 with
         # the blob's length) and is cut before its end, or the task was
-        # already dropped and the mirror answers 502 with no blob bytes.
-        if head.startswith(b"HTTP/1.1 200"):
+        # already dropped and the mirror answers 502 with no blob bytes (or
+        # the connection is cut before the head goes out).
+        if not answer:
+            pass  # the abort came before the head was read: nothing served
+        elif head.startswith(b"HTTP/1.1 200"):
             self.assertIn(b"content-length: %d" % size, head.lower())
             self.assertLess(len(body), size, "a corrupt blob was served complete")
         else:
