@@ -371,30 +371,35 @@ class TaskFile(PassThroughPieces):
         store = self._store
         size = self._piece_len(index)
 
+        # No closure here may refer to itself (directly or through another):
+        # a reference cycle would keep C{args} (the piece's buffers) alive
+        # until Python's cyclic collector happened to run, and a fast download
+        # piled up hundreds of MiB of written pieces that way.
         def write(_=None):
             return store.runner.run(f, *args)
-
-        def no_room(reason):
-            if not is_disk_full(reason.value):
-                if isinstance(reason.value, OSError):
-                    store.failed_write(reason.value)
-                return reason
-            if retried:
-                return full(reason.value)
-            retried.append(True)
-
-            def again(room):
-                return write().addErrback(no_room) if room else full(reason.value)
-
-            return store.make_room(size, keep=self, full=True).addCallback(again)
-
-        retried = []
 
         def full(exc):
             store.failed_write(exc)   # (an ENOSPC eviction could not resolve)
             if store.pass_through:
                 return self._pass_piece(index, args[1], expected)
             raise StoreFull(f"no room for piece {index} of {self.task_id!r}")
+
+        def other_error(reason):
+            if isinstance(reason.value, OSError):
+                store.failed_write(reason.value)
+            return reason
+
+        def no_room_again(reason):
+            return full(reason.value) if is_disk_full(reason.value) else other_error(reason)
+
+        def no_room(reason):
+            if not is_disk_full(reason.value):
+                return other_error(reason)
+
+            def again(room):
+                return write().addErrback(no_room_again) if room else full(reason.value)
+
+            return store.make_room(size, keep=self, full=True).addCallback(again)
 
         def written(result):
             self._writing.discard(index)

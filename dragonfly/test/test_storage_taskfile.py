@@ -1,5 +1,7 @@
 """Tests for dragonfly.storage.taskfile: one task's pieces, reads, writes and saves."""
+import gc
 import os
+import weakref
 
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred
@@ -35,6 +37,28 @@ class TaskFileTests(StoreMixin, SynchronousTestCase):
         self.assertEqual([t.digest(i) for i in range(3)],
                          [pdigest(b"abcd"), None, pdigest(b"ab")])
         self.assertEqual(self.read_meta(t)["digests"][1], None)
+
+    def test_written_piece_buffer_freed_without_gc(self):
+        """When a piece has been written (the plain path and the retry after a
+        full disk alike), nothing keeps its buffer alive: no reference cycle
+        waits for the cyclic collector (a fast download once piled up
+        hundreds of MiB of written pieces that way)."""
+        class Buf(bytearray):
+            pass
+
+        t = self.store.create(TID, "http://o/f", 8, 4)
+        gc.disable()
+        self.addCleanup(gc.enable)
+        buf = Buf(b"abcd")
+        ref = weakref.ref(buf)
+        self.successResultOf(t.write_trusted_piece(0, buf, pdigest(b"abcd")))
+        del buf
+        self.assertIsNone(ref(), "a written piece's buffer outlived its write")
+        buf = Buf(b"efgh")
+        ref = weakref.ref(buf)
+        self.successResultOf(t.write_new_piece(1, buf))
+        del buf
+        self.assertIsNone(ref(), "a written piece's buffer outlived its write")
 
     def test_huge_task_is_cheap(self):
         """When a task of 2^40 bytes is created, nothing per piece is built
