@@ -55,7 +55,7 @@ HOLD = 64 * 1024
 
 #: Seconds a deferred sink (L{BlobSink.defer}) waits at the end for the
 #: promised attestation before it hashes the blob from the file itself.
-ATTEST_WAIT = 3.0
+ATTEST_WAIT = 5.0
 
 #: L{BlobSink}'s trust while an attestation is promised, not given.
 _PROMISED = "promised"

@@ -106,7 +106,7 @@ def _prepare(store, dl, info):
 
 #: Seconds a finished session keeps asking for a promised attestation a
 #: stream waits for (see SwarmSession._follow_attestation).
-ATTEST_FOLLOW = 2.5
+ATTEST_FOLLOW = 4.5
 
 #: Pieces a busy session gathers before a report-only call (see SwarmSession._report_now).
 REPORT_BATCH = 2
