@@ -6,10 +6,14 @@ ATTEST_WAIT for the word. Attested and matching the file's piece digests:
 the tail goes, nothing hashed. Anything else: the whole blob is hashed from
 the file and the digest decides, as without a promise.
 """
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import ResponseFailed
 
 from dragonfly.dfdaemon.blobsink import ATTEST_WAIT, HOLD, BlobSink
+from dragonfly.metrics import sample
+from dragonfly.test.mirrorfakes import MirrorTestMixin
 from dragonfly.test.test_mirror_attested import BLOB, DIGEST, PIECE, ROOT, _PieceTask
 from dragonfly.test.test_mirror_blobsink import _Request, _Sender
 
@@ -145,3 +149,71 @@ class DeferredSinkTests(SynchronousTestCase):
         self.successResultOf(sink.send_file(task, PIECE, len(BLOB) - PIECE))
         self.assertEqual(sum(hashed), len(BLOB))
         self.assertTrue(self.successResultOf(sink.check()))
+
+
+class DeferredBlobTests(MirrorTestMixin, SynchronousTestCase):
+    """The mirror's blobs with a peer whose supernode promised its word."""
+
+    def promised(self, served=BLOB):
+        """The peer downloads a task file holding C{served} (piece digests of
+        those bytes), promised an attestation; C{words} gets the sink's hook."""
+        self.registry.blobs[DIGEST] = BLOB
+        task = _PieceTask(served)
+        self.addCleanup(task.close)
+        self.words = []
+
+        def download(url, on_start=None, **kw):
+            on_start.callback(task)
+            return defer.succeed(task)
+        self.peer.download = download
+        self.peer.serve[DIGEST] = served
+        self.peer.attests = lambda task_id: task_id == DIGEST
+
+        def on_verified(task_id, cb):
+            self.words.append(cb)
+            return lambda: None
+        self.peer.on_verified = on_verified
+        return task
+
+    def hashed(self):
+        return sample(self.metrics, "dragonfly_mirror_blob_hash_bytes_total") or 0
+
+    def test_attested_nothing_hashed(self):
+        """The word comes while the end waits: the whole blob goes, not one byte hashed."""
+        self.promised()
+        response = self.get(f"/v2/library/app/blobs/{DIGEST}")
+        d = response.content()
+        self.pump()
+        self.assertNoResult(d)
+        [word] = self.words
+        word(ROOT)
+        self.pump()
+        self.assertEqual(self.successResultOf(d), BLOB)
+        self.assertEqual(self.hashed(), 0)
+
+    def test_timeout_hashes_the_file(self):
+        """No word: after ATTEST_WAIT the blob is hashed from the file and goes."""
+        self.promised()
+        response = self.get(f"/v2/library/app/blobs/{DIGEST}")
+        d = response.content()
+        self.pump()
+        self.assertNoResult(d)
+        self.clock.advance(ATTEST_WAIT)
+        self.pump()
+        self.assertEqual(self.successResultOf(d), BLOB)
+        self.assertEqual(self.hashed(), len(BLOB))
+
+    def test_mismatch_cuts_the_answer(self):
+        """A corrupt copy (no word comes, its check failed): hashed from the
+        file after the wait, the answer is cut before its end."""
+        self.promised(BLOB[:PIECE + 5] + b"!" + BLOB[PIECE + 6:])
+        response = self.get(f"/v2/library/app/blobs/{DIGEST}")
+        self.assertEqual(response.code, 200)
+        d = response.content()
+        self.pump()
+        self.clock.advance(ATTEST_WAIT)
+        self.pump()
+        self.failureResultOf(d, ResponseFailed)
+        self.assertEqual(sample(self.metrics, "dragonfly_mirror_requests_total",
+                                {"kind": "blob-corrupt", "code": "502"}), 1)
+        self.assertEqual(self.hashed(), len(BLOB))
