@@ -94,9 +94,20 @@ def _verified(obj):
     return root
 
 
-def _with_verified(out, root):
+def _attests(obj):
+    """The optional C{attests} of an answer: the supernode will attest the
+    task (send C{verified}) once its running check of the content passes."""
+    flag = obj.get("attests", False)
+    if not isinstance(flag, bool):
+        raise MessageError("attests", "attests must be true or false")
+    return flag
+
+
+def _with_verified(out, root, attests=False):
     if root is not None:
         out["verified"] = root
+    if attests:
+        out["attests"] = True
     return out
 
 
@@ -173,6 +184,10 @@ class RegisterAnswer(_Message):
     own copy matched it whole; the value is that copy's pieces root
     (L{dragonfly.digest.pieces_root}), absent otherwise (not checked yet, a
     failed check, a task not named by a digest, an older supernode).
+    C{attests}: not verified yet, but the task is named by a digest and the
+    supernode's fetch of it, which checks the whole content, is under way:
+    C{verified} follows in a schedule answer once that check passed (a
+    promise to wait for a while, never a verdict).
     """
 
     task_id: str
@@ -185,13 +200,14 @@ class RegisterAnswer(_Message):
     token: str = None            # its admission token for the task
     keys: dict = None            # key id -> public key the supernodes sign tokens with
     verified: str = None         # pieces root of the copy that matched the task's digest
+    attests: bool = False        # verified follows once the running check passed
 
     def to_json(self):
         return _with_verified(_with_admission(_with_secret({
             "task_id": self.task_id, "length": self.length, "piece_size": self.piece_size,
             "piece_count": self.piece_count, "seed": self.seed.to_json(),
             "piece_digest": self.piece_digest}, self.secret), self.token, self.keys),
-            self.verified)
+            self.verified, self.attests)
 
     @classmethod
     def parse(cls, obj):
@@ -208,7 +224,8 @@ class RegisterAnswer(_Message):
         seed = peer_info(obj.get("seed"), "seed")
         secret = check_secret(obj.get("secret"))
         return cls(task_id, length, piece_size, expected, seed, algorithm, secret=secret,
-                   token=_token(obj), keys=_keys(obj), verified=_verified(obj))
+                   token=_token(obj), keys=_keys(obj), verified=_verified(obj),
+                   attests=_attests(obj))
 
     def check_assignment(self, assignment):
         """C{assignment} if it names a piece of this task with that piece's size,
@@ -333,7 +350,8 @@ class ScheduleAnswer(_Message):
     C{parse} sets an assignment that does not parse aside in C{rejected} (its
     L{MessageError}) instead of failing the answer: one bad entry costs only itself.
     C{token} renews the peer's admission token for the task; C{verified} as
-    in L{RegisterAnswer} (sent once the supernode's check passed).
+    in L{RegisterAnswer} (sent once the supernode's check passed), and
+    C{attests} too (sent while that check runs).
     """
 
     assignments: tuple = ()      # Assignment
@@ -341,11 +359,12 @@ class ScheduleAnswer(_Message):
     rejected: tuple = ()         # MessageError, parse only
     token: str = None
     verified: str = None
+    attests: bool = False
 
     def to_json(self):
         return _with_verified(_with_admission(
             {"assignments": [a.to_json() for a in self.assignments], "done": self.done},
-            self.token), self.verified)
+            self.token), self.verified, self.attests)
 
     @classmethod
     def parse(cls, obj):
@@ -362,7 +381,7 @@ class ScheduleAnswer(_Message):
                 good.append(parse_assignment(item))
             except MessageError as e:
                 bad.append(e)
-        return cls(tuple(good), done, tuple(bad), _token(obj), _verified(obj))
+        return cls(tuple(good), done, tuple(bad), _token(obj), _verified(obj), _attests(obj))
 
 
 # -- membership ----------------------------------------------------------------------

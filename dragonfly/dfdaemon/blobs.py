@@ -234,12 +234,16 @@ class Blobs:
                         known_good=whole and self._known_good(task_file),
                         runner=self.runner, parts=parts,
                         sender=None if parts is not None else self._sender(request, task_file.is_complete),
-                        task_file=task_file, on_hashed=self.metrics.mirror_blob_hash_bytes.inc)
+                        task_file=task_file, on_hashed=self.metrics.mirror_blob_hash_bytes.inc,
+                        clock=self.reactor)
         ex.on_gone.append(sink.close)
         # The supernode's word that its copy matched the digest (now or later).
         on_verified = getattr(self.peer, "on_verified", None)
         forget = on_verified(task_file.task_id, sink.attest) if on_verified and sink.gated \
             else None
+        attests = getattr(self.peer, "attests", None)
+        if forget is not None and attests is not None and attests(task_file.task_id):
+            sink.defer()     # promised: hash nothing, wait for the word at the end
         try:
             await self._stream(ex, sink, task_file, digest)
         finally:

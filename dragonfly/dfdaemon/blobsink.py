@@ -21,8 +21,17 @@ piece digests -- each the BLAKE3 of bytes verified before they were stored
 not in the store (pieces passed through a full store) end the trust; a root
 that differs (a piece from elsewhere whose bytes differ) means hashing
 whatever was skipped, from the file, before the final bytes go.
+
+Or once the supernode promises that attestation (L{BlobSink.defer}: it is
+still fetching the blob and checks the whole of it, so the word comes only
+after its last piece): nothing is hashed meanwhile either, and at the end
+the sink waits up to L{ATTEST_WAIT} seconds for the word. If it came and the
+file's piece digests give its root, the final bytes go with nothing hashed
+here; otherwise (no word in time, a root that differs, bytes passed through,
+the file gone) the whole blob is hashed from the file before they go. The
+promise itself is never trusted: it only decides when the hashing is done.
 """
-from twisted.internet.defer import fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
 
@@ -44,6 +53,13 @@ class StreamFailed(Exception):
 #: Bytes at the end of a digest-gated window sent only once the digest matched.
 HOLD = 64 * 1024
 
+#: Seconds a deferred sink (L{BlobSink.defer}) waits at the end for the
+#: promised attestation before it hashes the blob from the file itself.
+ATTEST_WAIT = 5.0
+
+#: L{BlobSink}'s trust while an attestation is promised, not given.
+_PROMISED = "promised"
+
 
 @implementer(IConsumer, IPushProducer)
 class BlobSink:
@@ -64,6 +80,8 @@ class BlobSink:
     @param task_file: the task file the blob comes from (what an attested
         blob is checked against, and where skipped bytes are hashed from).
     @param on_hashed: called with the number of bytes queued for hashing.
+    @param clock: an C{IReactorTime} to wait for a promised attestation
+        with (None: a deferred sink does not wait).
 
     A pull producer (one chunk per C{resumeProducing}) is driven here
     directly -- one chunk asked for after each chunk written, none while the
@@ -73,7 +91,7 @@ class BlobSink:
 
     def __init__(self, request, digest, length, first=0, last=None, on_bytes=None,
                  whole=True, known_good=False, runner=None, sender=None, parts=None,
-                 task_file=None, on_hashed=None):
+                 task_file=None, on_hashed=None, clock=None):
         algo, _, self.expected = digest.partition(":")
         self.whole = whole
         self.gated = whole and not known_good
@@ -100,6 +118,8 @@ class BlobSink:
         self._trust = None        # the attested pieces root: nothing hashed meanwhile
         self._hashed_to = 0       # bytes [0, _hashed_to) of the blob fed to the hasher
         self._on_hashed = on_hashed or (lambda n: None)
+        self._clock = clock
+        self._waiting = None      # the end's wait for a promised attestation
         self._fd = None
         #: Held pieces as file ranges (see L{dragonfly.peer.stream}), or None.
         self.send_file = self._send_file if sender is not None else None
@@ -212,6 +232,31 @@ class BlobSink:
         C{root}, matched the digest whole. Nothing more is hashed here."""
         if self._hasher is not None and not self.closed and root is not None:
             self._trust = root
+            self._stop_waiting()
+
+    def defer(self):
+        """The supernode promised to attest the blob once its check passes:
+        hash nothing until the end, then wait for the word (L{check})."""
+        if self._hasher is not None and not self.closed and self._trust is None \
+                and self._hashed_to == 0:
+            self._trust = _PROMISED
+
+    def _await_attestation(self):
+        """A Deferred firing once the attestation came, the sink closed, or
+        L{ATTEST_WAIT} seconds passed."""
+        d = self._waiting = Deferred()
+        call = self._clock.callLater(ATTEST_WAIT, self._stop_waiting)
+
+        def done(result):
+            if call.active():
+                call.cancel()
+            return result
+        return d.addBoth(done)
+
+    def _stop_waiting(self):
+        d, self._waiting = self._waiting, None
+        if d is not None:
+            d.callback(None)
 
     def _hash_bytes(self, data, start):
         if self._trust is not None and self._in_store(start, len(data)):
@@ -244,7 +289,7 @@ class BlobSink:
         """Do the task file's own piece digests give the attested root? (It
         must hold every piece, and be sealed and unchanged.)"""
         tf = self._task_file
-        if tf is None or tf.length != self.length or getattr(tf, "removed", False) \
+        if tf is None or self._trust is _PROMISED or tf.length != self.length or getattr(tf, "removed", False) \
                 or not tf.is_complete or not tf.intact():
             return False
         return pieces_root(tf.digest(i) for i in range(tf.piece_count)) == self._trust
@@ -309,6 +354,14 @@ class BlobSink:
             return succeed(False)
         if self._hasher is None:
             return succeed(True)
+        if self._trust is _PROMISED and self._clock is not None:
+            return self._await_attestation().addCallback(lambda _: self._verdict())
+        return self._verdict()
+
+    def _verdict(self):
+        """check() for a complete gated whole blob: attested, else hashed."""
+        if self.closed:
+            return succeed(False)     # the client left while we waited
         if self._trust is not None:
             if self._attested():
                 return succeed(True)
@@ -336,6 +389,7 @@ class BlobSink:
         if self.closed:
             return
         self.closed = True
+        self._stop_waiting()
         producer, self.producer = self.producer, None
         self.unregisterProducer()
         if self._sender is not None:

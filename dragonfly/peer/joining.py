@@ -91,6 +91,9 @@ class Download:
         #: matched the task's content digest whole (None: none came).
         self.verified = None
         self._on_verified = []
+        #: The supernode said it will attest the task once its running check
+        #: passes (C{attests}): a stream may wait a while for the word.
+        self.promised = False
 
     # -- callers ---------------------------------------------------------------
 
@@ -199,6 +202,15 @@ class Download:
         hooks, self._on_verified = self._on_verified, []
         for cb in hooks:
             cb(root)
+
+    def promise(self, attests):
+        """A supernode's answer said C{attests}: see L{promised}."""
+        if attests:
+            self.promised = True
+
+    def awaits_attestation(self):
+        """Does someone wait for an attestation that was promised and has not come?"""
+        return self.promised and self.verified is None and bool(self._on_verified)
 
     def on_verified(self, cb):
         """Call C{cb(root)} when the attestation comes (now if it came); a

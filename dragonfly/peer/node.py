@@ -229,6 +229,12 @@ class PeerNode:
             return lambda: None
         return dl.on_verified(callback)
 
+    def attests(self, task_id):
+        """Did the supernode promise to attest C{task_id} (being downloaded
+        here) once its running check of the whole content passes?"""
+        dl = self._downloads.get(task_id)
+        return dl is not None and dl.promised
+
     def leave(self, task_id):
         """Tell the supernode we no longer serve C{task_id} (best effort)."""
         return self._supernodes.leave(task_id, self.peer_info.peer_id)

@@ -17,6 +17,7 @@ accepted only if the registration answer says it names a piece of the task.
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -89,6 +90,7 @@ async def register(client, dl, peer, prefer=None):
         raise SupernodeUnavailable(f"the supernode answered for task {info.task_id}, "
                                    f"not {dl.task_id}")
     dl.attest(info.verified)   # before the task file is handed to the streams
+    dl.promise(info.attests)
     return addr, info
 
 
@@ -101,6 +103,10 @@ def _prepare(store, dl, info):
     dl.set_task_file(tf)
     return tf
 
+
+#: Seconds a finished session keeps asking for a promised attestation a
+#: stream waits for (see SwarmSession._follow_attestation).
+ATTEST_FOLLOW = 4.5
 
 #: Pieces a busy session gathers before a report-only call (see SwarmSession._report_now).
 REPORT_BATCH = 2
@@ -177,6 +183,24 @@ class SwarmSession:
             except Exception as e:
                 self.log.debug("final report for {task} failed: {why}",
                                task=self.dl.task_id, why=describe(e))
+        await self._follow_attestation()
+
+    async def _follow_attestation(self):
+        """The supernode promised to attest the task and a stream waits for
+        it, but the final answer did not bring it (its check of the last
+        piece may end just after our report): ask again a few times, report
+        only, for at most about L{ATTEST_FOLLOW} seconds in all."""
+        delay, spent = 0.1, 0.0
+        while self.dl.awaits_attestation() and self.tf.is_complete and spent < ATTEST_FOLLOW:
+            await deferLater(self.clock, delay, lambda: None)
+            spent += delay
+            delay = min(delay * 2, 1.0)
+            try:
+                await self._schedule(0, 0)
+            except Exception as e:
+                self.log.debug("attestation follow-up for {task} failed: {why}",
+                               task=self.dl.task_id, why=describe(e))
+                return
 
     async def _loop(self):
         settings = self.settings
@@ -311,6 +335,7 @@ class SwarmSession:
             self.fetched = fetched + self.fetched
             raise
         self.dl.attest(answer.verified)   # the supernode's check passed since
+        self.dl.promise(answer.attests)
         return answer
 
     def _accept(self, answer):

@@ -354,7 +354,7 @@ class SupernodeAPI:
             token = self.signer.issue(task_id, peer.peer_id)
         return json_body(request, 200, RegisterAnswer(
             task_id, tf.length, tf.piece_size, tf.piece_count, seed, DIGEST_ALGORITHM, secret,
-            token, self.admission.keys(), self.cdn.verified_root(task_id)).to_json(), compact=True)
+            token, self.admission.keys(), **self.cdn.attestation(task_id)).to_json(), compact=True)
 
     def _bind_address(self, request, peer):
         """C{peer} at the request's source address (unless advertised ones are trusted)."""
@@ -412,7 +412,7 @@ class SupernodeAPI:
                 self.metrics.assignments.labels(source=kind).inc()
         return json_body(request, 200, ScheduleAnswer(  # verified: once the check passed
             tuple(assignments), done, token=self.signer.issue(task_id, peer_id),
-            verified=self.cdn.verified_root(task_id)).to_json(), compact=True)
+            **self.cdn.attestation(task_id)).to_json(), compact=True)
 
     def _raise_cdn_failure(self, task_id):
         e = self.cdn.failure(task_id)

@@ -177,6 +177,17 @@ class CDN:
             return None
         return job.root
 
+    def attestation(self, task_id):
+        """What the answers to a peer say of C{task_id}'s content check:
+        C{verified} (L{verified_root}) and C{attests}, True while the task
+        is named by a digest and its fetch, which checks the whole content
+        before the job is done, runs: the attestation is to be expected."""
+        root = self.verified_root(task_id)
+        job = self._jobs.get(task_id)
+        attests = root is None and job is not None and job.digest is not None \
+            and job.state in ("pending", "running")
+        return {"verified": root, "attests": attests}
+
     def task_ids(self):
         """The ids of the tasks with a job (running, done, or failed recently)."""
         return list(self._jobs)

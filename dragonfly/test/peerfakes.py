@@ -50,6 +50,7 @@ class FakeSupernode:
         self.held_polls = []          # (body, Deferred)
         self.assigned_from = {}       # index -> source peer id
         self.verified = None          # the attestation (pieces root) answers carry, if any
+        self.attests = False          # registration answers promise it (while no verified)
         self._turn = 0
 
     def resource(self):
@@ -75,7 +76,8 @@ class FakeSupernode:
             "task_id": body["task_id"], "length": len(self.data),
             "piece_size": self.piece_size, "piece_count": len(self.pieces),
             "seed": self.seed.to_json(), "piece_digest": ALGORITHM},
-            **({"verified": self.verified} if self.verified else {})))
+            **({"verified": self.verified} if self.verified else
+               {"attests": True} if self.attests else {})))
 
     @app.route("/api/v1/tasks/<task_id>/schedule", methods=["POST"])
     def schedule(self, request, task_id):

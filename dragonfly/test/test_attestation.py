@@ -37,6 +37,7 @@ class CDNAttestationTests(CDNTestMixin, SynchronousTestCase):
             if not runner.calls:
                 break
             self.assertIsNone(self.cdn.verified_root(GOOD))
+            self.assertEqual(self.cdn.attestation(GOOD), {"verified": None, "attests": True})
             stats = self.scheduler.task_stats(GOOD) if self.scheduler.has_task(GOOD) else None
             if stats and stats["seeded"] == 6:
                 published_unverified = True
@@ -48,16 +49,25 @@ class CDNAttestationTests(CDNTestMixin, SynchronousTestCase):
         self.assertEqual(self.cdn.verified_root(GOOD),
                          pieces_root(tf.digest(i) for i in range(tf.piece_count)))
         self.assertEqual(self.cdn.verified_root(GOOD), ROOT)
+        self.assertEqual(self.cdn.attestation(GOOD), {"verified": ROOT, "attests": False})
 
     def test_never_on_mismatch(self):
-        """Content that does not match the digest naming its task is never attested."""
+        """Content that does not match the digest naming its task is never
+        attested, nor promised once the check failed."""
         wrong = "sha256:" + "0" * 64
         self.failureResultOf(self.cdn.ensure_complete(wrong, URL))
         self.assertIsNone(self.cdn.verified_root(wrong))
+        self.assertEqual(self.cdn.attestation(wrong), {"verified": None, "attests": False})
 
     def test_only_digest_named_tasks(self):
-        """A task not named by a content digest has nothing to attest."""
-        self.successResultOf(self.cdn.ensure_complete(TASK, URL))
+        """A task not named by a content digest has nothing to attest, or promise."""
+        runner = DeferredRunner()
+        self.start(runner)
+        d = self.cdn.ensure_complete(TASK, URL)
+        self.assertEqual(self.cdn.attestation(TASK), {"verified": None, "attests": False})
+        while runner.calls:
+            runner.run_all()
+        self.successResultOf(d)
         self.assertIsNone(self.cdn.verified_root(TASK))
 
     def test_gone_with_the_copy(self):
@@ -117,6 +127,17 @@ class APIAttestationTests(APITestBase):
         self.patch(self.cdn, "verified_root", lambda task_id: None)
         self.assertNotIn("verified", self.register_digest())
 
+    def test_promise_while_checking(self):
+        """While the check runs, both answers carry C{attests} (and no C{verified})."""
+        self.patch(self.cdn, "attestation",
+                   lambda task_id: {"verified": None, "attests": True})
+        obj = self.register_digest()
+        self.assertNotIn("verified", obj)
+        self.assertIs(obj["attests"], True)
+        obj = self.call("POST", f"/api/v1/tasks/{API_GOOD}/schedule",
+                        {"peer_id": PEER["peer_id"], "want": 0})
+        self.assertIs(obj["attests"], True)
+
 
 class MessageTests(SynchronousTestCase):
     SEED = PeerInfo("supernode-x", "127.0.0.1", 1)
@@ -130,6 +151,16 @@ class MessageTests(SynchronousTestCase):
         self.assertEqual(ScheduleAnswer.parse(ScheduleAnswer(verified=ROOT).to_json()).verified,
                          ROOT)
         self.assertNotIn("verified", ScheduleAnswer().to_json())
+
+    def test_attests_round_trip(self):
+        """C{attests} survives both answers' JSON; absent is False, and not sent."""
+        a = RegisterAnswer("t" * 64, 10, 4, 3, self.SEED, attests=True)
+        self.assertIs(RegisterAnswer.parse(a.to_json()).attests, True)
+        self.assertNotIn("attests", RegisterAnswer("t" * 64, 10, 4, 3, self.SEED).to_json())
+        self.assertIs(ScheduleAnswer.parse(ScheduleAnswer(attests=True).to_json()).attests, True)
+        self.assertIs(ScheduleAnswer.parse(ScheduleAnswer().to_json()).attests, False)
+        with self.assertRaises(MessageError):
+            ScheduleAnswer.parse({"assignments": [], "done": False, "attests": "yes"})
 
     def test_bad_value_refused(self):
         """A C{verified} that is not a hex digest is refused."""
@@ -178,3 +209,51 @@ class PeerAttestationTests(NodeMixin, SynchronousTestCase):
         seen = []
         node.on_verified("u" * 64, seen.append)()
         self.assertEqual(seen, [])
+
+    def test_promise_known_at_start(self):
+        """A promise in the registration answer is known before the task
+        file is handed out; none without it."""
+        node = self.make()
+        self.supernode.attests = True
+        seen = []
+        self.successResultOf(node.download(
+            PEER_URL, on_start=lambda tf: seen.append(node.attests(tf.task_id))))
+        self.assertEqual(seen, [True])
+        self.assertFalse(node.attests("u" * 64))
+
+    def test_follow_up_brings_the_promised_word(self):
+        """The supernode promised, a stream waits, and the final report's
+        answer has no word yet: the finished session asks again (report only)
+        until it comes, then stops."""
+        node = self.make()
+        self.supernode.attests = True
+        seen = []
+        d = node.download(PEER_URL, on_start=lambda tf: node.on_verified(tf.task_id, seen.append))
+        self.assertNoResult(d)
+        calls = len(self.supernode.schedules)
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.supernode.schedules), calls + 1)
+        self.assertEqual(self.supernode.schedules[-1]["want"], 0)
+        self.supernode.verified = PEER_ROOT
+        self.clock.advance(0.2)
+        self.successResultOf(d)
+        self.assertEqual(seen, [PEER_ROOT])
+        self.assertEqual(len(self.supernode.schedules), calls + 2)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_follow_up_bounded(self):
+        """A promised word that never comes: the follow-up gives up in time."""
+        node = self.make()
+        self.supernode.attests = True
+        seen = []
+        d = node.download(PEER_URL, on_start=lambda tf: node.on_verified(tf.task_id, seen.append))
+        for _ in range(40):
+            self.clock.advance(0.5)
+        self.successResultOf(d)
+        self.assertEqual(seen, [])
+
+    def test_no_follow_up_without_a_waiter(self):
+        """Nobody waits for the word: no follow-up call, the download ends at once."""
+        node = self.make()
+        self.supernode.attests = True
+        self.successResultOf(node.download(PEER_URL))
