@@ -10,7 +10,11 @@ reactor stops reading it, and for each piece in turn a thread of its own
 moves the bytes with C{splice(2)} socket -> pipe -> data file (one kernel
 copy), then reads the piece back from the file in 1 MiB reads and hashes
 them: the piece's BLAKE3 and, when it is next in order, the whole file's
-content hash (L{dragonfly.ingest.contenthash}). So every piece digest is
+content hash (L{dragonfly.ingest.contenthash}). The next piece's thread,
+started beforehand and waiting, takes the socket as soon as the bytes are
+in the file, so the hashing of one piece overlaps the splicing of the next
+and no trip through the reactor separates them (L{DEPTH} pieces in flight;
+one when the content hash is fed in order: it must see the pieces in turn). So every piece digest is
 computed from exactly the bytes stored, as before; the piece is marked held
 and announced only after that. The thread waits for the socket with
 C{poll} (a thread per piece, not a runner thread: a slow origin must not
@@ -20,13 +24,15 @@ HTTP parser never saw the body, so it cannot go back to the pool.
 
 Anything else (chunked, TLS, a limiter, small bodies, held pieces in the
 range, a reactor without threads) takes the ordinary path
-(L{dragonfly.ingest.cutter}). Memory: a pipe and a 1 MiB buffer per body.
+(L{dragonfly.ingest.cutter}). Memory: a pipe and a 1 MiB read-back buffer
+per piece in flight, per body.
 """
 import fcntl
 import os
 import select
 import socket
 import threading
+from collections import deque
 
 from twisted.internet import tcp
 from twisted.internet.defer import CancelledError, Deferred
@@ -44,6 +50,8 @@ SPLICE_MIN = 64 << 20
 #: Bytes per splice into the pipe (its size), and per read-back for hashing.
 PIPE_BYTES = 1 << 20
 READ_BACK = 1 << 20
+#: Pieces spliced and hashed at once (without an in-order content hash).
+DEPTH = 2
 #: The waiting thread looks at its stop flag this often (ms).
 POLL_MS = 250
 _F_SETPIPE_SZ = 1031
@@ -124,7 +132,7 @@ class RawBody:
         self.sock = -1
         self.sockobj = None
         self._pipe = None
-        self._buf = bytearray(READ_BACK)
+        self._bufs = {}
 
     def settle(self):
         """The body's first bytes, which the parser read with the headers.
@@ -142,6 +150,13 @@ class RawBody:
 
     def run(self, f, *args):
         return _in_thread(self._reactor, f, *args)
+
+    def buffer(self, slot):
+        """Read-back buffer C{slot} (one per piece in flight), made on first use."""
+        buf = self._bufs.get(slot)
+        if buf is None:
+            buf = self._bufs[slot] = bytearray(READ_BACK)
+        return buf
 
     def pipe(self):
         """The (read, write) pipe, made on first use (in the thread)."""
@@ -196,8 +211,50 @@ def _wait(raw, poller, idle):
     return idle
 
 
-def _splice_piece(raw, head, content, fd, offset, length, lock):
-    """Thread: write one piece (C{head}, then spliced bytes), hash it back."""
+class _Turn:
+    """The socket's turn, handed from one piece's thread to the next's once
+    the earlier piece's bytes are all in the file (thread to thread: no trip
+    through the reactor between two pieces)."""
+    __slots__ = ("_done", "ok")
+
+    def __init__(self):
+        self._done = threading.Event()
+        self.ok = False
+
+    def pass_on(self, ok):
+        self.ok = ok
+        self._done.set()
+
+    def wait(self, raw):
+        """Block until the earlier piece is spliced; raise when it failed or we stop."""
+        while not self._done.wait(POLL_MS / 1000):
+            if raw.stopping:
+                raise CancelledError()
+        if not self.ok:
+            raise _Ended("an earlier piece of the body failed")
+
+
+def _splice_piece(raw, head, content, buf, prev, mine, fd, offset, length, lock):
+    """Thread: write one piece (C{head}, then spliced bytes), hash it back.
+
+    The socket is ours once C{prev} (the previous piece's L{_Turn}, or None)
+    is passed on; C{mine} is passed on as soon as this piece's bytes are in
+    the file, before the read-back and hashing, which then overlap the next
+    piece's splicing. C{buf}: this thread's read-back buffer.
+    """
+    try:
+        if prev is not None:
+            prev.wait(raw)
+        _splice_bytes(raw, head, fd, offset, length, lock)
+    except BaseException:
+        mine.pass_on(False)
+        raise
+    mine.pass_on(True)
+    return _hash_back(buf, fd, offset, length, content)
+
+
+def _splice_bytes(raw, head, fd, offset, length, lock):
+    """Write C{head}, then the piece's other bytes spliced from the socket."""
     if raw.sock < 0:
         raise _Ended("connection lost")
     r, w = raw.pipe()
@@ -232,7 +289,6 @@ def _splice_piece(raw, head, content, fd, offset, length, lock):
             while n:
                 m = os.splice(r, fd, n, offset_dst=pos)
                 pos, n, left = pos + m, n - m, left - m
-    return _hash_back(raw._buf, fd, offset, length, content)
 
 
 def _hash_back(buf, fd, offset, length, content):
@@ -261,15 +317,27 @@ async def splice_into(raw, tf, first, stop, events, track, content=None):
     stopper = Deferred(lambda _: raw.stop())
     stopper.addErrback(lambda f: f.trap(CancelledError) and None)
     track(stopper)
+    # Pieces in flight: the next piece's thread splices while this one's
+    # hashes. With a content hash fed in order (inline), one at a time.
+    depth = 1 if content is not None else DEPTH
+    pending = deque()   # (index, size, Deferred of the digest, inline hash)
     try:
         head = await raw.settle()
-        for index in range(first, stop):
-            size = tf.piece_range(index)[1]
-            part, head = head[:size], head[size:]
-            h = content.inline(index) if content is not None else None
+        index, prev = first, None
+        while index < stop or pending:
+            while index < stop and len(pending) < depth:
+                size = tf.piece_range(index)[1]
+                part, head = head[:size], head[size:]
+                h = content.inline(index) if content is not None else None
+                mine, buf = _Turn(), raw.buffer(index % depth)
+                d = tf.fill_new_piece(
+                    index, lambda *a, part=part, h=h, buf=buf, prev=prev, mine=mine:
+                    _splice_piece(raw, part, h, buf, prev, mine, *a), raw.run)
+                pending.append((index, size, d, h))
+                index, prev = index + 1, mine
+            done, size, d, h = pending.popleft()
             try:
-                digest = await tf.fill_new_piece(
-                    index, lambda *a, part=part, h=h: _splice_piece(raw, part, h, *a), raw.run)
+                digest = await d
             except BaseException:
                 if h is not None:
                     content.inline_done(False)
@@ -278,11 +346,28 @@ async def splice_into(raw, tf, first, stop, events, track, content=None):
                 content.inline_done(True)
             events.received(size)
             raw.counted(size)
-            events.stored(tf, index, size, digest)
+            events.stored(tf, done, size, digest)
     except _Ended as e:
         raise raw.broken(str(e))
     finally:
+        await _drain(raw, content, pending)
         track(None)
         raw.close()
     if not stopper.called:
         stopper.callback(None)
+
+
+async def _drain(raw, content, pending):
+    """After a failure: stop the pieces still in flight and wait for their
+    threads (the pipe and the socket are closed only after that)."""
+    if not pending:
+        return
+    raw.stop()
+    while pending:
+        _, _, d, h = pending.popleft()
+        try:
+            await d
+        except BaseException:
+            pass
+        if h is not None:
+            content.inline_done(False)

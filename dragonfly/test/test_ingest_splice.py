@@ -2,6 +2,7 @@
 import errno
 import hashlib
 import os
+import threading
 
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
@@ -99,6 +100,31 @@ class SpliceTests(TestCase):
         # the whole file's hash was fed as the pieces landed: nothing read back
         self.assertEqual(await content.digest(), "sha256:" + hashlib.sha256(DATA).hexdigest())
         self.assertEqual(content.read_back, 0)
+
+    async def test_next_piece_spliced_while_one_hashes(self):
+        # Without an in-order content hash, piece 1's bytes go into the file
+        # while piece 0 is still being read back and hashed (its own thread).
+        one_in = threading.Event()
+        real_bytes, real_hash = splice._splice_bytes, splice._hash_back
+        overlapped = []
+
+        def splice_bytes(raw, head, fd, offset, *args):
+            real_bytes(raw, head, fd, offset, *args)
+            if offset == PIECE:
+                one_in.set()
+
+        def hash_back(buf, fd, offset, *args):
+            if offset == 0:
+                overlapped.append(one_in.wait(30))   # a deadline, not a sleep
+            return real_hash(buf, fd, offset, *args)
+        self.patch(splice, "_splice_bytes", splice_bytes)
+        self.patch(splice, "_hash_back", hash_back)
+        resp = await self.client.get(self.url("/o/f"))
+        await stream_into(resp, self.tf, self.runner, self.events, splice=True)
+        self.assertEqual(overlapped, [True])
+        self.assertPieces(range(self.tf.piece_count))
+        self.assertTrue(self.tf.is_complete)
+        self.assertEqual([i for i, _, _ in self.events.stored_pieces], list(range(13)))
 
     async def test_range_spliced(self):
         resp = await self.client.get(self.url("/o/f"), offset=4 * PIECE, end=8 * PIECE - 1)
