@@ -14,6 +14,7 @@ whole file as before.
 """
 import hashlib
 import os
+from collections import deque
 
 from twisted.internet.defer import Deferred, succeed
 
@@ -59,6 +60,7 @@ class ContentHash:
         self.broken = False
         self.read_back = 0          # bytes read back from the file (out of order)
         self._tail = succeed(None)  # the last queued step; never fails
+        self._inline = deque()      # one Deferred per inline piece out, in order
 
     def follow(self, index, written, chunks):
         """Piece C{index} is being written (C{written}: its Deferred); hash
@@ -95,22 +97,28 @@ class ContentHash:
     def inline(self, index):
         """The hash object to feed piece C{index}'s bytes to where they are
         written (a writer's thread, L{dragonfly.ingest.splice}), when it is the
-        next piece in order and no step is queued; None otherwise (the piece
+        next piece in order and no step is queued (inline pieces out before it
+        are fine: the writer feeds them in order); None otherwise (the piece
         is then read back later, like any out of order). After a non-None
-        answer the caller must call L{inline_done} before anything else here."""
-        if self.broken or index != self.hashed or not self._tail.called:
+        answer the caller must call L{inline_done} for each inline piece, in
+        order, before anything else here."""
+        if self.broken or index != self.hashed or not (self._tail.called or self._inline):
             return None
         self.hashed = index + 1
         self._tail = Deferred()
+        self._inline.append(self._tail)
         return self._h
 
     def inline_done(self, landed):
-        """The piece given by L{inline} was hashed and written (C{landed}), or
-        not: then the hash may hold part of it and cannot be trusted."""
+        """The oldest piece given by L{inline} was hashed and written
+        (C{landed}), or not: then the hash may hold part of it and cannot be
+        trusted."""
         if not landed:
             self.broken = True
-        tail, self._tail = self._tail, succeed(None)
-        tail.callback(None)
+        done = self._inline.popleft()
+        if not self._inline:
+            self._tail = succeed(None)
+        done.callback(None)
 
     def _queue(self, fn, *args):
         prev, done = self._tail, Deferred()

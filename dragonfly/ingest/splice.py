@@ -14,7 +14,8 @@ content hash (L{dragonfly.ingest.contenthash}). The next piece's thread,
 started beforehand and waiting, takes the socket as soon as the bytes are
 in the file, so the hashing of one piece overlaps the splicing of the next
 and no trip through the reactor separates them (L{DEPTH} pieces in flight;
-one when the content hash is fed in order: it must see the pieces in turn). So every piece digest is
+a content hash fed in order takes them in turn: a piece's thread hashes only
+after the previous piece's has). So every piece digest is
 computed from exactly the bytes stored, as before; the piece is marked held
 and announced only after that. The thread waits for the socket with
 C{poll} (a thread per piece, not a runner thread: a slow origin must not
@@ -50,7 +51,7 @@ SPLICE_MIN = 64 << 20
 #: Bytes per splice into the pipe (its size), and per read-back for hashing.
 PIPE_BYTES = 1 << 20
 READ_BACK = 1 << 20
-#: Pieces spliced and hashed at once (without an in-order content hash).
+#: Pieces spliced and hashed at once.
 DEPTH = 2
 #: The waiting thread looks at its stop flag this often (ms).
 POLL_MS = 250
@@ -234,23 +235,36 @@ class _Turn:
             raise _Ended("an earlier piece of the body failed")
 
 
-def _splice_piece(raw, head, content, buf, prev, mine, fd, offset, length, lock):
+def _splice_piece(raw, head, content, buf, prev, mine, turns, fd, offset, length, lock):
     """Thread: write one piece (C{head}, then spliced bytes), hash it back.
 
     The socket is ours once C{prev} (the previous piece's L{_Turn}, or None)
     is passed on; C{mine} is passed on as soon as this piece's bytes are in
     the file, before the read-back and hashing, which then overlap the next
-    piece's splicing. C{buf}: this thread's read-back buffer.
+    piece's splicing. C{buf}: this thread's read-back buffer. C{turns}: with
+    a content hash (C{content}), the previous inline piece's hashing turn (or
+    None) and this piece's: the content hash sees the pieces in order.
     """
+    ctx_prev, ctx_mine = turns
     try:
-        if prev is not None:
-            prev.wait(raw)
-        _splice_bytes(raw, head, fd, offset, length, lock)
+        try:
+            if prev is not None:
+                prev.wait(raw)
+            _splice_bytes(raw, head, fd, offset, length, lock)
+        except BaseException:
+            mine.pass_on(False)
+            raise
+        mine.pass_on(True)
+        if ctx_prev is not None:
+            ctx_prev.wait(raw)
+        digest = _hash_back(buf, fd, offset, length, content)
     except BaseException:
-        mine.pass_on(False)
+        if ctx_mine is not None:
+            ctx_mine.pass_on(False)
         raise
-    mine.pass_on(True)
-    return _hash_back(buf, fd, offset, length, content)
+    if ctx_mine is not None:
+        ctx_mine.pass_on(True)
+    return digest
 
 
 def _splice_bytes(raw, head, fd, offset, length, lock):
@@ -318,23 +332,24 @@ async def splice_into(raw, tf, first, stop, events, track, content=None):
     stopper.addErrback(lambda f: f.trap(CancelledError) and None)
     track(stopper)
     # Pieces in flight: the next piece's thread splices while this one's
-    # hashes. With a content hash fed in order (inline), one at a time.
-    depth = 1 if content is not None else DEPTH
+    # hashes; a content hash fed in order (inline) takes the pieces in turn.
+    depth = DEPTH
     pending = deque()   # (index, size, Deferred of the digest, inline hash)
     try:
         head = await raw.settle()
-        index, prev = first, None
+        index, prev, ctx = first, None, None
         while index < stop or pending:
             while index < stop and len(pending) < depth:
                 size = tf.piece_range(index)[1]
                 part, head = head[:size], head[size:]
                 h = content.inline(index) if content is not None else None
                 mine, buf = _Turn(), raw.buffer(index % depth)
+                turns = (ctx, _Turn()) if h is not None else (None, None)
                 d = tf.fill_new_piece(
-                    index, lambda *a, part=part, h=h, buf=buf, prev=prev, mine=mine:
-                    _splice_piece(raw, part, h, buf, prev, mine, *a), raw.run)
+                    index, lambda *a, part=part, h=h, buf=buf, prev=prev, mine=mine, turns=turns:
+                    _splice_piece(raw, part, h, buf, prev, mine, turns, *a), raw.run)
                 pending.append((index, size, d, h))
-                index, prev = index + 1, mine
+                index, prev, ctx = index + 1, mine, turns[1]
             done, size, d, h = pending.popleft()
             try:
                 digest = await d

@@ -2,7 +2,7 @@
 import hashlib
 import os
 
-from twisted.internet.defer import fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from dragonfly.ingest.contenthash import ContentHash
@@ -100,20 +100,40 @@ class ContentHashTests(SynchronousTestCase):
         self.assertEqual(self.content.read_back, 0)
 
     def test_inline_only_next_and_idle(self):
-        """Not offered for a piece after a hole, nor while an inline piece is
-        out; what was not offered is read back by digest()."""
-        self.assertIsNotNone(self.content.inline(0))
-        self.assertIsNone(self.content.inline(1))     # piece 0 still out
-        for c in self.tf.land(0):
-            self.content._h.update(c)
+        """Offered for the next piece in order, also while earlier inline
+        pieces are out (their writers feed the hash in turn), not for a piece
+        after a hole, nor while a queued step is out; what was not offered is
+        read back by digest()."""
+        h0 = self.content.inline(0)
+        self.assertIsNotNone(h0)
+        self.assertIs(self.content.inline(1), h0)     # piece 0 still out: chained
+        for i in (0, 1):
+            for c in self.tf.land(i):
+                h0.update(c)
         self.content.inline_done(True)
-        self.assertFalse(self.inline(2))               # 1 is missing
-        self.feed(1)
-        self.tf.land(3)
+        self.assertIsNone(self.content.inline(0))     # not the next one
+        self.content.inline_done(True)
+        self.assertFalse(self.inline(3))               # 2 is missing
+        written = Deferred()
+        self.content.follow(2, written, [DATA[2 * PIECE:3 * PIECE]])
+        self.assertIsNone(self.content.inline(3))     # a queued step is out
+        self.tf.land(2)
+        written.callback(None)
         self.tf.land(4)
-        self.assertTrue(self.inline(2))
+        self.assertTrue(self.inline(3))
         self.assertEqual(self.successResultOf(self.content.digest()), WHOLE)
-        self.assertEqual(self.content.read_back, PIECE + 3)
+        self.assertEqual(self.content.read_back, len(DATA) - 4 * PIECE)
+
+    def test_inline_failed_in_a_chain_unusable(self):
+        """When the first of two chained inline pieces did not land, the hash
+        is unusable even though the second did."""
+        self.assertIsNotNone(self.content.inline(0))
+        self.assertIsNotNone(self.content.inline(1))
+        self.content.inline_done(False)
+        self.content.inline_done(True)
+        for i in range(5):
+            self.tf.land(i)
+        self.assertIsNone(self.successResultOf(self.content.digest()))
 
     def test_inline_failed_unusable(self):
         """A piece that did not land after inline() makes the hash unusable."""

@@ -126,6 +126,35 @@ class SpliceTests(TestCase):
         self.assertTrue(self.tf.is_complete)
         self.assertEqual([i for i, _, _ in self.events.stored_pieces], list(range(13)))
 
+    async def test_overlap_with_the_content_hash_in_order(self):
+        # With an in-order content hash too, piece 1 is spliced while piece 0
+        # is hashed, yet the content hash sees piece 0 before piece 1 (piece
+        # 1's thread waits for piece 0's hashing): right digest, nothing read back.
+        one_in = threading.Event()
+        real_bytes, real_hash = splice._splice_bytes, splice._hash_back
+        overlapped, order = [], []
+
+        def splice_bytes(raw, head, fd, offset, *args):
+            real_bytes(raw, head, fd, offset, *args)
+            if offset == PIECE:
+                one_in.set()
+
+        def hash_back(buf, fd, offset, *args):
+            if offset == 0:
+                overlapped.append(one_in.wait(30))   # a deadline, not a sleep
+            order.append(offset // PIECE)
+            return real_hash(buf, fd, offset, *args)
+        self.patch(splice, "_splice_bytes", splice_bytes)
+        self.patch(splice, "_hash_back", hash_back)
+        content = ContentHash(self.tf, self.runner)
+        resp = await self.client.get(self.url("/o/f"))
+        await stream_into(resp, self.tf, self.runner, self.events, content=content, splice=True)
+        self.assertEqual(overlapped, [True])
+        self.assertEqual(order, list(range(13)))
+        self.assertPieces(range(self.tf.piece_count))
+        self.assertEqual(await content.digest(), "sha256:" + hashlib.sha256(DATA).hexdigest())
+        self.assertEqual(content.read_back, 0)
+
     async def test_range_spliced(self):
         resp = await self.client.get(self.url("/o/f"), offset=4 * PIECE, end=8 * PIECE - 1)
         self.assertEqual(resp.status, 206)
