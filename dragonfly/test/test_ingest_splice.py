@@ -45,16 +45,45 @@ class _Stalls(Resource):
         return NOT_DONE_YET
 
 
+def _spy_on_splicing(case):
+    """Splice bodies from PIECE bytes up, and record each body spliced (the list returned)."""
+    case.patch(splice, "SPLICE_MIN", PIECE)
+    spliced = []
+    real = pipeline.splice_into
+
+    def spy(raw, *args, **kwargs):
+        spliced.append(raw)
+        return real(raw, *args, **kwargs)
+    case.patch(pipeline, "splice_into", spy)
+    return spliced
+
+
+def _probe_overlap(case):
+    """Piece 0's hashing waits (with a deadline, not a sleep) until piece 1's
+    bytes are in the file. Returns (overlapped, order): whether that happened
+    before the deadline, and the pieces in the order they were hashed."""
+    one_in = threading.Event()
+    real_bytes, real_hash = splice._splice_bytes, splice._hash_back
+    overlapped, order = [], []
+
+    def splice_bytes(raw, head, fd, offset, *args):
+        real_bytes(raw, head, fd, offset, *args)
+        if offset == PIECE:
+            one_in.set()
+
+    def hash_back(buf, fd, offset, *args):
+        if offset == 0:
+            overlapped.append(one_in.wait(30))
+        order.append(offset // PIECE)
+        return real_hash(buf, fd, offset, *args)
+    case.patch(splice, "_splice_bytes", splice_bytes)
+    case.patch(splice, "_hash_back", hash_back)
+    return overlapped, order
+
+
 class SpliceTests(TestCase):
     def setUp(self):
-        self.patch(splice, "SPLICE_MIN", PIECE)
-        self.spliced = []
-        real = pipeline.splice_into
-
-        def spy(raw, *args, **kwargs):
-            self.spliced.append(raw)
-            return real(raw, *args, **kwargs)
-        self.patch(pipeline, "splice_into", spy)
+        self.spliced = _spy_on_splicing(self)
         self.origin = FakeOrigin()
         self.origin.add("/o/f", DATA)
         self.stalls = _Stalls(PIECE + PIECE // 2)
@@ -104,21 +133,7 @@ class SpliceTests(TestCase):
     async def test_next_piece_spliced_while_one_hashes(self):
         # Without an in-order content hash, piece 1's bytes go into the file
         # while piece 0 is still being read back and hashed (its own thread).
-        one_in = threading.Event()
-        real_bytes, real_hash = splice._splice_bytes, splice._hash_back
-        overlapped = []
-
-        def splice_bytes(raw, head, fd, offset, *args):
-            real_bytes(raw, head, fd, offset, *args)
-            if offset == PIECE:
-                one_in.set()
-
-        def hash_back(buf, fd, offset, *args):
-            if offset == 0:
-                overlapped.append(one_in.wait(30))   # a deadline, not a sleep
-            return real_hash(buf, fd, offset, *args)
-        self.patch(splice, "_splice_bytes", splice_bytes)
-        self.patch(splice, "_hash_back", hash_back)
+        overlapped, _ = _probe_overlap(self)
         resp = await self.client.get(self.url("/o/f"))
         await stream_into(resp, self.tf, self.runner, self.events, splice=True)
         self.assertEqual(overlapped, [True])
@@ -130,22 +145,7 @@ class SpliceTests(TestCase):
         # With an in-order content hash too, piece 1 is spliced while piece 0
         # is hashed, yet the content hash sees piece 0 before piece 1 (piece
         # 1's thread waits for piece 0's hashing): right digest, nothing read back.
-        one_in = threading.Event()
-        real_bytes, real_hash = splice._splice_bytes, splice._hash_back
-        overlapped, order = [], []
-
-        def splice_bytes(raw, head, fd, offset, *args):
-            real_bytes(raw, head, fd, offset, *args)
-            if offset == PIECE:
-                one_in.set()
-
-        def hash_back(buf, fd, offset, *args):
-            if offset == 0:
-                overlapped.append(one_in.wait(30))   # a deadline, not a sleep
-            order.append(offset // PIECE)
-            return real_hash(buf, fd, offset, *args)
-        self.patch(splice, "_splice_bytes", splice_bytes)
-        self.patch(splice, "_hash_back", hash_back)
+        overlapped, order = _probe_overlap(self)
         content = ContentHash(self.tf, self.runner)
         resp = await self.client.get(self.url("/o/f"))
         await stream_into(resp, self.tf, self.runner, self.events, content=content, splice=True)
@@ -271,14 +271,7 @@ class SplicedCDNTests(TestCase):
         from dragonfly.metrics import SupernodeMetrics
         from dragonfly.supernode.cdn import CDN
         from dragonfly.supernode.scheduler import Scheduler
-        self.patch(splice, "SPLICE_MIN", PIECE)
-        self.spliced = []
-        real = pipeline.splice_into
-
-        def spy(raw, *args, **kwargs):
-            self.spliced.append(raw)
-            return real(raw, *args, **kwargs)
-        self.patch(pipeline, "splice_into", spy)
+        self.spliced = _spy_on_splicing(self)
         origin = FakeOrigin()
         origin.add("/f", DATA)
         self.port = reactor.listenTCP(0, Site(origin), interface="127.0.0.1")
