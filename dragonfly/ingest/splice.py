@@ -333,17 +333,16 @@ async def splice_into(raw, tf, first, stop, events, track, content=None):
     track(stopper)
     # Pieces in flight: the next piece's thread splices while this one's
     # hashes; a content hash fed in order (inline) takes the pieces in turn.
-    depth = DEPTH
     pending = deque()   # (index, size, Deferred of the digest, inline hash)
     try:
         head = await raw.settle()
         index, prev, ctx = first, None, None
         while index < stop or pending:
-            while index < stop and len(pending) < depth:
+            while index < stop and len(pending) < DEPTH:
                 size = tf.piece_range(index)[1]
                 part, head = head[:size], head[size:]
                 h = content.inline(index) if content is not None else None
-                mine, buf = _Turn(), raw.buffer(index % depth)
+                mine, buf = _Turn(), raw.buffer(index % DEPTH)
                 turns = (ctx, _Turn()) if h is not None else (None, None)
                 d = tf.fill_new_piece(
                     index, lambda *a, part=part, h=h, buf=buf, prev=prev, mine=mine, turns=turns:
