@@ -2,7 +2,6 @@
 file ranges through BlobSink and FileSender (sendfile), gated by the digest."""
 import hashlib
 import os
-import tempfile
 
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
@@ -17,27 +16,23 @@ from dragonfly.interfaces import IDownloader
 from dragonfly.metrics import PeerMetrics
 from dragonfly.peer.stream import OrderedPushProducer
 from dragonfly.runtime.threads import SyncRunner
+from dragonfly.test.test_mirror_blobsink import _Task
 
 PIECE = 1024 * 1024
 BLOB = os.urandom(5 * PIECE + 4321)     # several sendfile waits on loopback
 DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
 
 
-class _HeldTask:
+class _HeldTask(_Task):
     """A task held complete in a real file, as the ordered stream reads it."""
 
     is_complete = True
 
     def __init__(self, data):
-        f = tempfile.NamedTemporaryFile(delete=False)
-        f.write(data)
-        f.close()
-        self.path = f.name
-        self.fd = os.open(f.name, os.O_RDONLY)
+        _Task.__init__(self, data)
         self.task_id = DIGEST
         self.length = len(data)
         self.piece_size = PIECE
-        self.pins = 0
 
     def piece_range(self, index):
         off = index * PIECE
@@ -53,20 +48,6 @@ class _HeldTask:
 
     def intact(self):
         return True
-
-    def pin(self):
-        self.pins += 1
-
-    def unpin(self):
-        self.pins -= 1
-
-    def fileno(self):
-        assert self.pins > 0
-        return self.fd
-
-    def close(self):
-        os.close(self.fd)
-        os.unlink(self.path)
 
 
 @implementer(IDownloader)
