@@ -64,7 +64,26 @@ def sequential(task, a, cursor, want, wanted, need):
     keeps the rest; for C{want} 1, every other assignment (C{seq_turn})
     unless the stream is blocked: the lowest piece from the cursor on
     that C{a} lacks is not in flight, which always gets the slot.
+
+    But the leading pieces of the window that are as rare as the rarest
+    piece in C{need} are rarest-first choices already: those all go in
+    order (up to C{want}). A stream whose next pieces are as rare as any
+    it needs (one warm source holding the whole file, or a seed alone)
+    then gets them in order and nothing lands ahead of its cursor to wait
+    there, while a rarer piece elsewhere still gets its half of the slots.
     """
+    size = max(_WINDOW_FACTOR * want, _MIN_WINDOW)
+    window = [cursor + i for i in lowest_bits(wanted >> cursor, size)
+              if need >> (cursor + i) & 1]
+    if not window:
+        return (), 0
+    key = task.key
+    rarest_key = _lowest_key(task, need)
+    lead = 0
+    for i in window:
+        if lead >= want or key[i] != rarest_key:
+            break
+        lead += 1
     if want >= 2:
         quota = want // 2
     elif a.seq_turn:
@@ -74,12 +93,18 @@ def sequential(task, a, cursor, want, wanted, need):
         low = lacking & -lacking
         blocked = bool(low) and not a.fetch_mask >> (cursor + low.bit_length() - 1) & 1
         quota = 1 if blocked else 0
-    if not quota:
-        return (), 0
-    size = max(_WINDOW_FACTOR * want, _MIN_WINDOW)
-    window = [cursor + i for i in lowest_bits(wanted >> cursor, size)
-              if need >> (cursor + i) & 1]
-    return window, quota
+    quota = max(quota, lead)
+    return (window, quota) if quota else ((), 0)
+
+
+def _lowest_key(task, need):
+    """The rarity key of the rarest piece in C{need} (non-empty), or None."""
+    buckets = task.buckets
+    for k in task.keys:
+        m = buckets.get(k)
+        if m is not None and m & need:
+            return k
+    return None
 
 
 def rarest(task, need, rng):

@@ -407,8 +407,9 @@ class PolicyFunctionTests(SynchronousTestCase):
 
     def test_sequential_quota(self):
         """An asker wanting several pieces gets half of them in order; wanting one,
-        every other time unless its next piece is not in flight."""
-        task, peers = _swarm(8, [(1, [])])
+        every other time unless its next piece is not in flight (while some
+        piece it needs is rarer than its next ones: here 0 and 1)."""
+        task, peers = _swarm(8, [(1, []), (2, [2, 3, 4, 5, 6, 7])])
         a = peers[1]
         window, quota = policy.sequential(task, a, 2, 4, task.full, task.full)
         self.assertEqual((window, quota), ([2, 3, 4, 5, 6, 7], 2))
@@ -417,6 +418,25 @@ class PolicyFunctionTests(SynchronousTestCase):
         self.assertEqual(policy.sequential(task, a, 2, 1, task.full, task.full), ((), 0))
         a.fetch_mask = 0
         self.assertEqual(policy.sequential(task, a, 2, 1, task.full, task.full)[1], 1)
+
+    def test_sequential_as_rare_as_any(self):
+        """When the next pieces from the cursor are as rare as the rarest piece
+        the asker needs, all of its want goes in order: the leading run of
+        such pieces, up to want, whatever its turn."""
+        task, peers = _swarm(8, [(1, []), (2, list(range(8)))])
+        a = peers[1]
+        self.assertEqual(policy.sequential(task, a, 2, 4, task.full, task.full),
+                         ([2, 3, 4, 5, 6, 7], 4))
+        a.seq_turn = False
+        a.fetch_mask = 0b100
+        self.assertEqual(policy.sequential(task, a, 2, 1, task.full, task.full), ([2, 3, 4, 5], 1))
+        # Piece 4 is held twice: more common than 0-3 and 5-7. The run stops at it.
+        task, peers = _swarm(8, [(1, []), (2, list(range(8))), (3, [4])])
+        self.assertEqual(policy.sequential(task, peers[1], 2, 4, task.full, task.full),
+                         ([2, 3, 4, 5, 6, 7], 2))
+        # And a rarer piece anywhere in need keeps the half for rarest-first.
+        task, peers = _swarm(8, [(1, []), (2, list(range(7)))])
+        self.assertEqual(policy.sequential(task, peers[1], 2, 4, task.full, task.full)[1], 2)
 
     def test_pick_source(self):
         """pick_source() prefers a free holder, else None while holders are busy,
