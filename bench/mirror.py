@@ -310,8 +310,8 @@ def curl_get(url, out, log, timeout, watch=None):
 
     ``watch``: {name: (counter, target)} -- ``counter()`` is polled (every
     0.1 s) while curl runs; the result's ``reached`` says when, in seconds
-    from curl's start, each counter first reached its target (None: not
-    while curl ran). Used to tell the swarm's download time from the time the
+    from curl's start, each counter first reached its target (curl's own
+    time when that was after the last poll; None: not while curl ran). Used to tell the swarm's download time from the time the
     mirror took to hand the bytes to the client.
     """
     argv = ["curl", "-sS", "-f", "-o", out, "-w",
@@ -327,6 +327,10 @@ def curl_get(url, out, log, timeout, watch=None):
             if reached[k] is None and counter() >= target:
                 reached[k] = time.monotonic() - p.started
         time.sleep(0.1 if watch else 0.02)
+    for k, (counter, target) in (watch or {}).items():
+        if reached[k] is None and counter() >= target:
+            # Reached after the last poll: no later than the client's end.
+            reached[k] = p.elapsed
     rc = p.popen.returncode
     if rc != 0:
         raise BenchError("curl %s exited %s:\n%s" % (url, rc, p.tail()))
