@@ -92,6 +92,19 @@ class StreamingTests(SchedulerMixin, SynchronousTestCase):
         got = self.indices(s.assign(T, "peer-9", 4))
         self.assertTrue(all(i >= 8 for i in got), got)
 
+    def test_equally_rare_all_in_order(self):
+        """When the pieces a streaming peer needs are all equally rare (one peer
+        holds the whole file: a warm mirror), its whole want goes in order, so
+        nothing lands ahead of its cursor."""
+        s = self.make(pieces=32, max_uploads_per_peer=8)
+        self.join(1, 2)
+        self.give(1, *range(32))
+        self.assertEqual(self.indices(s.assign(T, "peer-2", 4, cursor=0)), [0, 1, 2, 3])
+        s.report(T, "peer-2", have=[0, 1])
+        self.assertEqual(self.indices(s.assign(T, "peer-2", 2, cursor=2)), [4, 5])
+        self.assertEqual(self.indices(s.assign(T, "peer-2", 1, cursor=2)), [6])
+        self.assertEqual(self.indices(s.assign(T, "peer-2", 1, cursor=2)), [7])
+
     def test_window_exhausted(self):
         """When no source can serve the pieces in the window (busy holders), the
         in-order slots go to rarest-first instead of waiting or using the seed."""
