@@ -24,9 +24,8 @@ Policy (docs/design.md "Scheduler"):
     tie-break;
   - an asker that streams the file in order passes a C{cursor} (it holds
     every piece below it): part of its slots go to the lowest pieces from
-    the cursor on that it still needs (a small window), in order, the rest
-    stay rarest-first so the swarm keeps spreading pieces (all of them go in
-    order while those next pieces are as rare as any it needs);
+    the cursor on that it still needs, in order (all while those are as rare
+    as any it needs), the rest rarest-first so the swarm keeps spreading;
   - the source is the least-loaded eligible holder peer under its upload limit;
     eligible = alive, not marked bad, not reported failing by this asker for
     this piece;
