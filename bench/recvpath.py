@@ -1,0 +1,297 @@
+"""The receiving peer's data path alone: CPU seconds per GiB of two ways to take
+piece bodies from a socket into a task file (issue 20, branch psplice).
+
+A sender process pushes a file over loopback TCP with ``sendfile``; a fresh
+receiver process per run takes it as pieces and reports its own CPU (user +
+sys, ``getrusage``) from the accepted connection to the last piece stored and
+hashed. Every piece digest is checked against the source's afterwards.
+
+- ``now``: what a peer does today (``protocol/client.py``, ``storage/fileio.py``):
+  Twisted's reactor reads 512 KiB per read with the receive low-water mark set
+  to what the piece still owes, keeps the body as the bytes ``recv`` gave, and
+  each whole piece is hashed (BLAKE3) and written in 256 KiB ``pwrite``\\ s in the
+  reactor's thread pool (4 threads); the transport is paused while 4 pieces
+  wait (the peer's 16 MiB).
+- ``splice``: the supernode's origin ingest (``ingest/splice.py``) applied to
+  piece bodies: per piece, a thread moves the bytes with ``splice(2)`` socket
+  -> pipe (1 MiB) -> task file at the piece's offset, then reads the piece back
+  in 1 MiB ``preadv``\\ s and hashes it.
+- ``raw``: ``now`` without Twisted (a ``poll``/``recv`` loop, the same runner
+  threads): how much of ``now`` is the reactor.
+
+    python -m bench.recvpath                          # 1 GiB, 4M/2M/1M, 5 rounds
+    python -m bench.recvpath --size 64M --pieces 4M --rounds 1   # smoke run
+
+Runs alternate (now, splice, raw, now, ...). Wall time is not reported: on
+loopback it says nothing about either side alone.
+"""
+import argparse
+import json
+import os
+import resource
+import select
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+
+from bench.procs import make_file
+
+MODES = ("now", "splice", "raw")
+READ = 512 * 1024      # protocol/client.py READ_SIZE
+WAITING = 4            # pieces received but not yet written (16 MiB of 4 MiB pieces)
+
+SENDER = r"""
+import os, socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+fd = os.open(sys.argv[2], os.O_RDONLY)
+size, off = os.fstat(fd).st_size, 0
+while off < size:
+    off += os.sendfile(s.fileno(), fd, off, size - off)
+s.close()
+"""
+
+
+def _size(text):
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(text[:-1]) * units[text[-1].upper()] if text[-1].upper() in units else int(text)
+
+
+def _digests(path, piece):
+    from dragonfly.digest import piece_digest
+    out = []
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(piece)
+            if not b:
+                return out
+            out.append(piece_digest(b))
+
+
+# -- the receiver (a child process per run) ----------------------------------
+
+def _now(start_sender, fd, size, piece):
+    from twisted.internet import reactor, threads
+    from twisted.internet.protocol import Factory, Protocol
+
+    from dragonfly.runtime.tuning import tune_receiver
+    from dragonfly.storage import fileio
+
+    reactor.suggestThreadPoolSize(4)
+    lock = threading.Lock()
+    count = -(-size // piece)
+    digests = {}
+
+    class Receiver(Protocol):
+        def connectionMade(self):
+            self.lowat = tune_receiver(self.transport, READ)
+            self.off, self.parts, self.got = 0, [], 0
+            self.want = min(piece, size)
+            self.waiting, self.paused = 0, False
+            self.lowat.set(min(self.want, READ))
+
+        def dataReceived(self, data):
+            view = memoryview(data)
+            while view:
+                n = min(len(view), self.want - self.got)
+                self.parts.append(view[:n])
+                view, self.got = view[n:], self.got + n
+                if self.got == self.want:
+                    self._piece_done()
+            if self.want:
+                self.lowat.set(min(self.want - self.got, READ) or 1)
+
+        def _piece_done(self):
+            parts, off = self.parts, self.off
+            self.off += self.got
+            self.parts, self.got = [], 0
+            self.want = min(piece, size - self.off)
+            self.waiting += 1
+            d = threads.deferToThread(fileio.hash_and_write, fd, fileio.as_views(parts), off, lock)
+            d.addCallback(self._written, off // piece)
+            if self.waiting >= WAITING:
+                self.paused = True
+                self.transport.pauseProducing()
+
+        def _written(self, digest, index):
+            digests[index] = digest
+            self.waiting -= 1
+            if self.paused:
+                self.paused = False
+                self.transport.resumeProducing()
+            if len(digests) == count:
+                reactor.stop()
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Receiver), interface="127.0.0.1")
+    start_sender(port.getHost().port)
+    reactor.run()
+    return [digests[i] for i in range(count)]
+
+
+def _accept(start_sender):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    start_sender(listener.getsockname()[1])
+    sock, _ = listener.accept()
+    listener.close()
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _raw(start_sender, fd, size, piece):
+    import queue
+
+    from dragonfly.storage import fileio
+
+    sock = _accept(start_sender)
+    jobs, room, lock, digests = queue.Queue(), threading.Semaphore(WAITING), threading.Lock(), {}
+
+    def runner():
+        for parts, off in iter(jobs.get, None):
+            digests[off // piece] = fileio.hash_and_write(fd, fileio.as_views(parts), off, lock)
+            room.release()
+
+    workers = [threading.Thread(target=runner) for _ in range(4)]
+    for w in workers:
+        w.start()
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    off, lowat, carry = 0, 1, None
+    while off < size:
+        room.acquire()
+        want, parts, got = min(piece, size - off), [], 0
+        while got < want:
+            if carry is None:
+                n = min(want - got, READ)
+                if n != lowat:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
+                    lowat = n
+                poller.poll()
+                data = sock.recv(READ)
+                if not data:
+                    raise SystemExit("the sender closed early")
+                carry = memoryview(data)
+            n = min(len(carry), want - got)
+            parts.append(carry[:n])
+            carry, got = carry[n:] or None, got + n
+        jobs.put((parts, off))
+        off += want
+    for _ in workers:
+        jobs.put(None)
+    for w in workers:
+        w.join()
+    return [digests[i] for i in range(len(digests))]
+
+
+class _Raw:
+    """What L{dragonfly.ingest.splice}'s piece functions read of a RawBody."""
+
+    stopping = False
+    idle_timeout = 30
+
+    def __init__(self, sock, pipe):
+        self.sockobj, self.sock, self._pipe = sock, sock.fileno(), pipe
+
+    def pipe(self):
+        return self._pipe
+
+
+def _splice(start_sender, fd, size, piece):
+    import fcntl
+
+    from dragonfly.ingest import splice
+
+    sock = _accept(start_sender)
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    fcntl.fcntl(w, 1031, splice.PIPE_BYTES)   # F_SETPIPE_SZ
+    raw, lock, buf = _Raw(sock, (r, w)), threading.Lock(), bytearray(splice.READ_BACK)
+    digests = []
+
+    def one(off, length):
+        splice._splice_bytes(raw, b"", fd, off, length, lock)
+        digests.append(splice._hash_back(buf, fd, off, length, None))
+
+    for off in range(0, size, piece):
+        t = threading.Thread(target=one, args=(off, min(piece, size - off)))
+        t.start()
+        t.join()
+    return digests
+
+
+def receive(mode, piece, src, dst):
+    """One run in this process: {"mode", "piece", "user_s", "sys_s", "digests"}."""
+    from dragonfly.runtime.tuning import tune_allocator
+    tune_allocator()   # as the peer's piece client pool does
+    size = os.path.getsize(src)
+    fd = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.ftruncate(fd, size)
+    started = []
+
+    def start_sender(port):
+        started.append(subprocess.Popen([sys.executable, "-c", SENDER, str(port), src]))
+        started.append(resource.getrusage(resource.RUSAGE_SELF))
+    try:
+        digests = {"now": _now, "splice": _splice, "raw": _raw}[mode](start_sender, fd, size, piece)
+        end = resource.getrusage(resource.RUSAGE_SELF)
+        started[0].wait()
+    finally:
+        os.close(fd)
+        os.unlink(dst)
+    begin = started[1]
+    return {"mode": mode, "piece": piece, "user_s": end.ru_utime - begin.ru_utime,
+            "sys_s": end.ru_stime - begin.ru_stime, "digests": digests}
+
+
+# -- the driver ----------------------------------------------------------------
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m bench.recvpath", description=__doc__.split("\n")[0])
+    ap.add_argument("--size", default="1G", help="bytes sent per run (default 1G)")
+    ap.add_argument("--pieces", default="4M,2M,1M", help="piece sizes (default 4M,2M,1M)")
+    ap.add_argument("--rounds", type=int, default=5, help="runs per mode and piece size")
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--workdir", default="/var/tmp/dragonfly-bench")
+    ap.add_argument("--results", help="write every run's figures there as JSON")
+    ap.add_argument("--receive", nargs=4, metavar=("MODE", "PIECE", "SRC", "DST"),
+                    help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.receive:
+        mode, piece, src, dst = args.receive
+        print(json.dumps(receive(mode, int(piece), src, dst)))
+        return 0
+    size = _size(args.size)
+    src = make_file(os.path.join(args.workdir, "files", "recvpath-%d.bin" % size), size, seed=7)
+    dst = os.path.join(args.workdir, "recvpath-out.bin")
+    runs = []
+    for piece in (_size(p) for p in args.pieces.split(",")):
+        want = _digests(src, piece)
+        for i in range(args.rounds):
+            for mode in args.modes.split(","):
+                out = subprocess.run([sys.executable, "-m", "bench.recvpath", "--receive", mode,
+                                      str(piece), src, dst], check=True, capture_output=True)
+                run = json.loads(out.stdout)
+                if run.pop("digests") != want:
+                    raise SystemExit("%s %d: the stored pieces differ from the source" % (mode, piece))
+                run["cpu_s_per_gib"] = (run["user_s"] + run["sys_s"]) * (1 << 30) / size
+                run["load"] = os.getloadavg()[0]
+                runs.append(run)
+                print("%-6s %2d MiB pieces: user %.3f sys %.3f -> %.3f CPU-s/GiB (load %.1f)" % (
+                    mode, piece >> 20, run["user_s"], run["sys_s"], run["cpu_s_per_gib"],
+                    run["load"]), flush=True)
+    print("\nmedian CPU-s per GiB")
+    for piece in sorted({r["piece"] for r in runs}, reverse=True):
+        cells = ["%s %.3f" % (m, statistics.median(
+            [r["cpu_s_per_gib"] for r in runs if r["piece"] == piece and r["mode"] == m]))
+            for m in args.modes.split(",")]
+        print("  %2d MiB: %s" % (piece >> 20, ", ".join(cells)))
+    if args.results:
+        with open(args.results, "w") as f:
+            json.dump({"file_bytes": size, "runs": runs}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
