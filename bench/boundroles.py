@@ -141,13 +141,18 @@ class Recv:
         return buf
 
     def finish(self, offset, length, buf, check, sha):
-        view = buf[:length]
-        check(blake3(view).digest())
-        if sha is not None:
-            sha.update(view)
-        pos = 0
-        while pos < length:
-            pos += os.pwrite(self.fd, view[pos:pos + WRITE_SLICE], offset + pos)
+        try:
+            view = buf[:length]
+            check(blake3(view).digest())
+            if sha is not None:
+                sha.update(view)
+            pos = 0
+            while pos < length:
+                pos += os.pwrite(self.fd, view[pos:pos + WRITE_SLICE], offset + pos)
+        finally:
+            self.release(buf)
+
+    def release(self, buf):
         self.free.put(buf)
 
 
@@ -177,6 +182,9 @@ class Splice:
                 pos += m
                 n -= m
         return None
+
+    def release(self, _unused):
+        pass
 
     def finish(self, offset, length, _unused, check, sha):
         buf = self.free.get()
@@ -291,11 +299,13 @@ class Pipeline:
             item = self.work.get()
             if item is None:
                 return
-            if self.error is None:
-                try:
-                    self._finish(*item)
-                except Exception as e:   # noqa: BLE001 - raised again by run()
-                    self.error = e
+            if self.error is not None:
+                self.t.release(item[3])     # the taker must not wait for a buffer
+                continue
+            try:
+                self._finish(*item)
+            except Exception as e:   # noqa: BLE001 - raised again by run()
+                self.error = e
 
     def _finish(self, i, offset, length, held, expected):
         got = []
