@@ -41,8 +41,9 @@ is checked (BLAKE3 of the whole file, outside the timed part). Also, from
 CPU alone (``cpu_ceiling``, an estimate that load hardly moves): the
 reference's busiest process's CPU-s (its wall time when that process is busy
 throughout, as curl is on an idle machine: branch cached measured 0.56-0.58
-CPU-s in a 0.586 s run) over the pipeline's CPU-s spread over every core (a
-lower bound of the pipeline's wall time): the pipeline cannot beat it
+CPU-s in a 0.586 s run) over the larger of the pipeline's CPU-s spread over
+every core and its busiest thread's CPU-s (each a lower bound of the
+pipeline's wall time; ``cpu_floor_s_per_gib``): the pipeline cannot beat it
 unless the reference was waiting rather than working.
 
 Environment: ``DFBENCH_BOUND_BYTES`` (file size, default 1 GiB; ``--quick``
@@ -222,8 +223,9 @@ class _Lab:
         return wall, out
 
     @staticmethod
-    def _role_cpu(name, res, cpu, sys_):
+    def _role_cpu(name, res, cpu, sys_, threads):
         cpu[name], sys_[name] = res["cpu_s"], res["cpu_sys_s"]
+        threads.update(("%s.%s" % (name, t), v) for t, v in res["thread_cpu_s"].items())
 
     # -- the runs -------------------------------------------------------
     def reference(self, kind):
@@ -240,7 +242,7 @@ class _Lab:
         return getattr(self, "_" + name)(take)
 
     def _single(self, take, upstream, extra, seed=None):
-        cpu, sys_ = {}, {}
+        cpu, sys_, threads = {}, {}, {}
         go = self._path("go")
         os.mkfifo(go)
         peer = self._role("peer", take, ["--upstream", upstream, "--size", str(self.size), "--go", go] + extra)
@@ -251,13 +253,13 @@ class _Lab:
         res = self._finish(peer, "peer")
         client.wait(10)
         if seed is not None:
-            self._role_cpu("seed", self._finish(seed, "seed"), cpu, sys_)
+            self._role_cpu("seed", self._finish(seed, "seed"), cpu, sys_, threads)
             drop_file(seed["store"])
         cpu["nginx"], sys_["nginx"] = self._delta(self._cpu(self.nginx.proc), before)
-        self._role_cpu("peer", res, cpu, sys_)
+        self._role_cpu("peer", res, cpu, sys_, threads)
         drop_file(go)
         self._check(peer["store"], self.single_whole, "peer's stored file")
-        return {"wall_s": res["t_done"] - t_go, "cpu_s": cpu, "cpu_sys_s": sys_,
+        return {"wall_s": res["t_done"] - t_go, "cpu_s": cpu, "cpu_sys_s": sys_, "thread_cpu_s": threads,
                 "first_request_s": res["t_request"] - t_go}
 
     def _single_warm(self, take):
@@ -268,18 +270,18 @@ class _Lab:
         return self._single(take, "seed:127.0.0.1:%d" % seed["port"], [], seed=seed)
 
     def _mirror(self, take, upstream, extra, origin_proc, origin_name, seed=None):
-        cpu, sys_ = {}, {}
+        cpu, sys_, threads = {}, {}, {}
         dfd = self._role("peer", take, ["--upstream", upstream, "--size", str(self.size), "--serve",
                                         "--out", self.out] + extra)
         wall, out = self._curl("http://127.0.0.1:%d/v2/blob" % dfd["port"], origin_proc, origin_name, cpu, sys_)
         res = self._finish(dfd, "dfdaemon")
         if seed is not None:
-            self._role_cpu("seed", self._finish(seed, "seed"), cpu, sys_)
+            self._role_cpu("seed", self._finish(seed, "seed"), cpu, sys_, threads)
             drop_file(seed["store"])
-        self._role_cpu("dfdaemon", res, cpu, sys_)
+        self._role_cpu("dfdaemon", res, cpu, sys_, threads)
         drop_file(dfd["store"])
         self._check(out, self.layer_whole, "curl's file from the dfdaemon")
-        return {"wall_s": wall, "cpu_s": cpu, "cpu_sys_s": sys_}
+        return {"wall_s": wall, "cpu_s": cpu, "cpu_sys_s": sys_, "thread_cpu_s": threads}
 
     def _mirror_warm(self, take):
         return self._mirror(take, self.layer_url, ["--digests", self.layer_digests], self.nginx.proc, "nginx")
@@ -369,6 +371,7 @@ def _summ(runs, size):
             "rounds": [r.get("round") for r in runs],
             "cpu_s_per_gib": _per_gib(runs, "cpu_s", size),
             "cpu_sys_s_per_gib": _per_gib(runs, "cpu_sys_s", size),
+            "thread_cpu_s_per_gib": _per_gib([r for r in runs if "thread_cpu_s" in r], "thread_cpu_s", size),
             "cpu_s_all": [r["cpu_s"] for r in runs]}
 
 
@@ -388,10 +391,12 @@ def _summarise(raw, size, pipelines):
             s["ratio_to_reference"] = refs[kind]["median_s"] / s["median_s"]
             s["cpu_total_s_per_gib"] = round(sum(s["cpu_s_per_gib"].values()), 3)
             # From CPU alone: the reference's wall time taken as its busiest process's CPU
-            # (busy throughout on an idle machine), the pipeline's at least its processes'
-            # CPU spread over every core.
-            if ref_cpu and s["cpu_total_s_per_gib"]:
-                s["cpu_ceiling"] = round(max(ref_cpu.values()) / (s["cpu_total_s_per_gib"] / CORES), 3)
+            # (busy throughout on an idle machine); the pipeline's is at least its processes'
+            # CPU spread over every core, and at least its busiest thread's CPU.
+            floor = max([s["cpu_total_s_per_gib"] / CORES] + list(s["thread_cpu_s_per_gib"].values()))
+            if ref_cpu and floor:
+                s["cpu_floor_s_per_gib"] = round(floor, 3)
+                s["cpu_ceiling"] = round(max(ref_cpu.values()) / floor, 3)
             # the same round's reference against each run
             s["ratios_per_round"] = [round(ref_runs[r["round"]]["wall_s"] / r["wall_s"], 3) for r in runs
                                      if r["round"] < len(ref_runs)]

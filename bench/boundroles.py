@@ -34,7 +34,8 @@ product. What each role still does is what the Rules require:
   in a second thread, so the next piece comes in while one is hashed.
 
 Sending downstream is always in a thread of its own. Each process reports
-its own CPU (``getrusage``, all threads) from the moment it is set up
+its own CPU (``getrusage``, all threads; and each thread's own,
+``thread_cpu_s``) from the moment it is set up
 (listening, buffers allocated) to its last byte, and ``time.monotonic()``
 (CLOCK_MONOTONIC, one clock for every process) when it was done, in
 ``--result`` (JSON).
@@ -66,6 +67,10 @@ WRITE_SLICE = 4 << 20
 #: --out copy: bytes per read and send.
 COPY_BYTES = 256 << 10
 _F_SETPIPE_SZ = 1031
+
+
+#: CPU seconds of each thread that ended (``time.thread_time()`` at its end), by name.
+THREAD_CPU = {}
 
 
 class Failed(Exception):
@@ -238,6 +243,8 @@ class Sender(threading.Thread):
                     self._copy(offset, length)
         except Exception as e:   # noqa: BLE001 - reported by the main thread
             self.error = e
+        finally:
+            THREAD_CPU["sender"] = time.thread_time()
 
     def _copy(self, offset, length):
         end = offset + length
@@ -295,6 +302,12 @@ class Pipeline:
             raise self.error
 
     def _work(self):
+        try:
+            self._work_on()
+        finally:
+            THREAD_CPU["hash"] = time.thread_time()
+
+    def _work_on(self):
         while True:
             item = self.work.get()
             if item is None:
@@ -326,10 +339,12 @@ class Meter:
     def __init__(self):
         self.r0 = resource.getrusage(resource.RUSAGE_SELF)
         self.t0 = time.monotonic()
+        self.main0 = time.thread_time()
 
     def write(self, path, **extra):
         r1 = resource.getrusage(resource.RUSAGE_SELF)
-        out = dict(extra, t_ready=self.t0, t_done=time.monotonic(),
+        threads = dict(THREAD_CPU, main=time.thread_time() - self.main0)
+        out = dict(extra, t_ready=self.t0, t_done=time.monotonic(), thread_cpu_s=threads,
                    cpu_user_s=r1.ru_utime - self.r0.ru_utime, cpu_sys_s=r1.ru_stime - self.r0.ru_stime,
                    voluntary_switches=r1.ru_nvcsw - self.r0.ru_nvcsw)
         out["cpu_s"] = out["cpu_user_s"] + out["cpu_sys_s"]

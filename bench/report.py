@@ -354,8 +354,8 @@ def _bound_section(b):
     L += ["", "Each pipeline is the least work issue 20's Rules allow (every piece's BLAKE3 checked before "
           "it is used, the blob's sha256 before its last piece leaves the supernode), with no dragonfly "
           "code: the ceiling for the matching target on this machine. \"From CPU alone\": the reference's "
-          "busiest process's CPU-s over the pipeline's CPU-s spread over every core (the pipeline "
-          "cannot beat it unless the reference was waiting, not working; load hardly moves it). "
+          "busiest process's CPU-s over the larger of the pipeline's CPU-s spread over every core and "
+          "its busiest thread's CPU-s (the pipeline cannot beat it unless the reference was waiting, not working; load hardly moves it). "
           "See bench/README.md.", ""]
     return L
 
