@@ -115,8 +115,9 @@ def targets(res):
     if bound:
         out.append(("(context) Ceiling under the Rules, least-work pipeline x its reference "
                     "(bench/bound.py, best variant)",
-                    ", ".join("%s %.2fx (target %.1fx)" % (k, v["ceiling"]["ratio"], v["target"])
-                              for k, v in bound.items()), None))
+                    ", ".join("%s %.2fx (from CPU %s; target %.1fx)" % (
+                        k, bound[k]["ceiling"]["ratio"], _f(bound[k]["ceiling"].get("cpu_ceiling"), "%.2fx"),
+                        bound[k]["target"]) for k in _BOUND_ORDER if k in bound), None))
     lazy = res.get("lazy")
     if lazy and lazy.get("cold") and lazy.get("warm"):
         for kind in ("warm", "cold"):
@@ -328,6 +329,9 @@ def markdown(res, results_dir):
     return "\n".join(L) + "\n"
 
 
+_BOUND_ORDER = ("single_warm", "single_cold", "mirror_warm", "mirror_cold")
+
+
 def _bound_section(b):
     """bench/bound.py: each reference and the least-work pipelines under issue 20's Rules."""
     if not (b and b.get("pipelines")):
@@ -340,7 +344,8 @@ def _bound_section(b):
 
     def cpu(v):
         return ", ".join("%s %.2f" % kv for kv in sorted(v.get("cpu_s_per_gib", {}).items()))
-    for name, p in b["pipelines"].items():
+    for name in [k for k in _BOUND_ORDER if k in b["pipelines"]]:
+        p = b["pipelines"][name]
         ref = refs.get(name.split("_")[0], {})
         for take, v in sorted(p["variants"].items(), key=lambda kv: -kv[1]["ratio_to_reference"]):
             best = take == p["ceiling"]["variant"]
