@@ -111,6 +111,13 @@ def targets(res):
         out.append(("Control plane, %d peers: p99 schedule < 100 ms, supernode RSS < 300 MiB"
                     % load.get("simulated_peers", 0), "%.1f ms, %.0f MiB" % (p99, rss / MiB),
                     p99 < 100 and rss < 300 * MiB))
+    bound = (res.get("bound") or {}).get("pipelines")
+    if bound:
+        out.append(("(context) Ceiling under the Rules, least-work pipeline x its reference "
+                    "(bench/bound.py, best variant)",
+                    ", ".join("%s %.2fx (from CPU %s; target %.1fx)" % (
+                        k, bound[k]["ceiling"]["ratio"], _f(bound[k]["ceiling"].get("cpu_ceiling"), "%.2fx"),
+                        bound[k]["target"]) for k in _BOUND_ORDER if k in bound), None))
     lazy = res.get("lazy")
     if lazy and lazy.get("cold") and lazy.get("warm"):
         for kind in ("warm", "cold"):
@@ -318,7 +325,44 @@ def markdown(res, results_dir):
                                            _f(w.get("first_body_s"), "%.3f")))
         L += ["", "Registry bytes per cycle: %s" % ", ".join(
             "%s %d" % kv for kv in lazy.get("registry_bytes", {}).items()), ""]
+    L += _bound_section(res.get("bound"))
     return "\n".join(L) + "\n"
+
+
+_BOUND_ORDER = ("single_warm", "single_cold", "mirror_warm", "mirror_cold")
+
+
+def _bound_section(b):
+    """bench/bound.py: each reference and the least-work pipelines under issue 20's Rules."""
+    if not (b and b.get("pipelines")):
+        return []
+    refs = b.get("references", {})
+    L = ["## Ceilings under the Rules (bench/bound.py, loopback, %s, %s pieces, %d rounds)"
+         % (_size(b["file_bytes"]), _size(b["piece_bytes"]), b["rounds"]), "",
+         "| pipeline | reference s | variant | median s | x reference (per round) | target "
+         "| from CPU alone, x reference at most | CPU-s / GiB per process |", "|---|---|---|---|---|---|---|---|"]
+
+    def cpu(v):
+        return ", ".join("%s %.2f" % kv for kv in sorted(v.get("cpu_s_per_gib", {}).items()))
+    for name in [k for k in _BOUND_ORDER if k in b["pipelines"]]:
+        p = b["pipelines"][name]
+        ref = refs.get(name.split("_")[0], {})
+        for take, v in sorted(p["variants"].items(), key=lambda kv: -kv[1]["ratio_to_reference"]):
+            best = take == p["ceiling"]["variant"]
+            L.append("| %s | %s | %s%s | %.3f | %s%.2f%s (%s) | %.1f | %s | %s |" % (
+                name, _f(ref.get("median_s"), "%.3f"), take, " (best)" if best else "", v["median_s"],
+                "**" if best else "", v["ratio_to_reference"], "**" if best else "",
+                ", ".join("%.2f" % x for x in v.get("ratios_per_round", [])), p["target"],
+                _f(v.get("cpu_ceiling")), cpu(v)))
+    for kind, ref in sorted(refs.items()):
+        L.append("| reference %s | %.3f | - | - | - | - | - | %s |" % (kind, ref["median_s"], cpu(ref)))
+    L += ["", "Each pipeline is the least work issue 20's Rules allow (every piece's BLAKE3 checked before "
+          "it is used, the blob's sha256 before its last piece leaves the supernode), with no dragonfly "
+          "code: the ceiling for the matching target on this machine. \"From CPU alone\": the reference's "
+          "busiest process's CPU-s over the larger of the pipeline's CPU-s spread over every core and "
+          "its busiest thread's CPU-s (the pipeline cannot beat it unless the reference was waiting, not working; load hardly moves it). "
+          "See bench/README.md.", ""]
+    return L
 
 
 def plots(res, results_dir):
@@ -370,7 +414,7 @@ def plots(res, results_dir):
 
 def write(results_dir):
     res = {}
-    for name in ("single", "swarm", "memory", "control", "sim", "mirror", "lazy"):
+    for name in ("single", "swarm", "memory", "control", "sim", "mirror", "lazy", "bound"):
         r = _load(results_dir, name)
         if r is not None:
             res[name] = r

@@ -1,6 +1,6 @@
 """Run the dragonfly benchmarks: ``python -m bench.run [--only a,b] [--quick]``.
 
-Benches: single, swarm, memory, control, sim, mirror, lazy. Results go to bench/results/
+Benches: single, swarm, memory, control, sim, mirror, lazy, bound. Results go to bench/results/
 (bench/results/quick/ for --quick): <name>.json per bench, summary.md, PNG
 plots. Every process and network namespace the run creates is removed on
 every exit path, Ctrl-C and SIGTERM included.
@@ -22,7 +22,7 @@ import traceback
 
 from bench import netns, procs, report
 
-BENCHES = ("single", "swarm", "memory", "control", "sim", "mirror", "lazy")
+BENCHES = ("single", "swarm", "memory", "control", "sim", "mirror", "lazy", "bound")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -263,6 +263,9 @@ def _run_one(name, ctx, args):
     if name == "lazy":
         from bench import lazy
         return lazy.run(ctx)
+    if name == "bound":
+        from bench import bound
+        return bound.run(ctx)
     raise ValueError(name)
 
 
