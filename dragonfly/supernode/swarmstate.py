@@ -94,14 +94,19 @@ SEED = _Seed()
 
 
 class Fetch:
-    """One in-flight assignment: asker fetches C{index} from C{source}."""
+    """One in-flight assignment: asker fetches C{index} from C{source}.
 
-    __slots__ = ("index", "source", "deadline")
+    C{fetched}: the asker said the bytes arrived (not yet verified and
+    written): the source's upload slot is free again (L{mark_fetched}).
+    """
+
+    __slots__ = ("index", "source", "deadline", "fetched")
 
     def __init__(self, index, source, deadline):
         self.index = index
         self.source = source        # Peer or SEED
         self.deadline = deadline
+        self.fetched = False
 
 
 class Peer:
@@ -491,11 +496,41 @@ def release(task, asker, f, max_uploads, seed_copies, rekey=True):
         task.move(i, -1)
     src = f.source
     if src is SEED:
-        asker.seed_fetches -= 1
-        task.seed_uploads -= 1
+        if not f.fetched:
+            asker.seed_fetches -= 1
+            task.seed_uploads -= 1
         task.seed_inflight[i] -= 1
         if task.seed_inflight[i] < seed_copies:
             task.seed_busy &= ~(1 << i)
+        return task.seed_mask
+    if f.fetched:
+        return 0    # its slot was freed when the bytes arrived (mark_fetched)
+    if src.alive:
+        src.uploads -= 1
+        free_add(task, src, max_uploads)
+        if not src.bad:
+            return src.have
+    return 0
+
+
+def mark_fetched(task, asker, f, max_uploads):
+    """C{asker} received the bytes of in-flight assignment C{f} (not yet
+    verified): free its source's upload slot, keep the assignment.
+
+    The piece stays in C{asker.fetching} (never assigned to it again) and out
+    of C{asker.have} (never handed out with it as a source) until a report
+    says held or failed, or the assignment times out (L{release}). Returns the
+    pieces the freed source can serve. The asker's word frees a slot of the
+    scheduler's own count only: no trust decision rests on it (a source caps
+    its uploads itself, and answers BUSY beyond that).
+    """
+    if f.fetched:
+        return 0
+    f.fetched = True
+    src = f.source
+    if src is SEED:
+        asker.seed_fetches -= 1
+        task.seed_uploads -= 1
         return task.seed_mask
     if src.alive:
         src.uploads -= 1

@@ -1,4 +1,5 @@
 """The swarm session: fetch slots, verified pieces, reports, long-polls, giving up."""
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from dragonfly.control.messages import RegisterAnswer, parse_assignment
@@ -175,9 +176,12 @@ class ScheduleFailureTests(NodeMixin, SynchronousTestCase):
 
 class LongPollTests(NodeMixin, SynchronousTestCase):
 
-    def start(self, concurrency, per_source_limit=None, polls=True):
-        """A download from PEER_A whose fetches wait for pool.release()."""
+    def start(self, concurrency, per_source_limit=None, polls=True, prepare=None):
+        """A download from PEER_A whose fetches wait for pool.release()
+        (C{prepare}: called before it starts)."""
         node = self.make(sources=(PEER_A,), concurrency=concurrency, queue_depth=0)
+        if prepare is not None:
+            prepare()
         self.pool.manual = True
         self.supernode.per_source_limit = per_source_limit
         self.supernode.defer_polls = polls
@@ -192,19 +196,25 @@ class LongPollTests(NodeMixin, SynchronousTestCase):
         self.assertEqual(self.clock.seconds(), 0)
 
     def test_reports_while_long_polling(self):
-        """When a piece lands while the node's long-poll is outstanding, the node reports
-        it at once in a separate call (want 0, wait 0), which lets the supernode answer
-        the poll: the download never waits for a poll to time out."""
+        """When a piece's bytes arrive while the node's long-poll is outstanding, the
+        node reports them fetched at once in a separate call (want 0, wait 0), before
+        the piece is hashed and written, which lets the supernode answer the poll: the
+        download never waits for a poll to time out. The piece is reported held later."""
         d = self.start(concurrency=2, per_source_limit=1)
         self.assertEqual(len(self.pool.held), 1)
         self.assertEqual(len(self.supernode.held_polls), 1)
         n = len(self.supernode.schedules)
         self.pool.release(1)
         report = self.supernode.schedules[n]
-        self.assertEqual((report["want"], report["wait"], report["have"]), (0, 0, [0]))
+        self.assertEqual((report["want"], report["wait"], report["have"], report["fetched"]),
+                         (0, 0, [], [0]))
         self.hosts.flush()
         self.assertEqual(len(self.pool.held), 1)
         self.finish(d)
+        have = [i for body in self.supernode.schedules[n + 1:] for i in body["have"]]
+        self.assertIn(0, have)
+        later = self.supernode.schedules[n + 1 + have.index(0):]
+        self.assertNotIn(0, [i for body in later for i in body.get("fetched", ())])
 
     def test_reports_pairs_while_busy(self):
         """With more pieces in flight, a lone landed piece waits for the next one:
@@ -219,7 +229,8 @@ class LongPollTests(NodeMixin, SynchronousTestCase):
         self.pool.release(1)
         report = self.supernode.schedules[n]
         self.assertEqual((report["want"], report["wait"]), (0, 0))
-        self.assertEqual(len(report["have"]), 2)
+        # (the first piece was written meanwhile: held, no longer fetched)
+        self.assertEqual((len(report["fetched"]), len(report["have"])), (1, 1))
         self.finish(d)
 
     def test_gathers_without_a_poll(self):
@@ -232,8 +243,51 @@ class LongPollTests(NodeMixin, SynchronousTestCase):
         self.assertEqual(len(self.supernode.schedules), n)
         self.pool.release(1)
         self.assertEqual(len(self.supernode.schedules), n + 1)
-        self.assertEqual(len(self.supernode.schedules[n]["have"]), 2)
+        body = self.supernode.schedules[n]
+        self.assertEqual((len(body["fetched"]), len(body["have"])), (1, 1))
         self.finish(d)
+
+    def test_successors_queued_while_pieces_land(self):
+        """Two pieces' bytes arrived (not yet written): the call reports them fetched
+        and asks for two successors, which wait queued, not fetched, until the two
+        land: the piece bytes in memory stay within the fetch slots."""
+        writing = []   # (Deferred, write): the piece writes, held until released
+
+        def prepare():
+            orig_create = self.store.create
+
+            def create(*a, **kw):
+                tf = orig_create(*a, **kw)
+                real = tf.write_verified_piece
+
+                def write(*args):
+                    d = Deferred()
+                    writing.append((d, lambda: real(*args)))
+                    return d
+                tf.write_verified_piece = write
+                return tf
+            self.store.create = create
+        d = self.start(concurrency=4, per_source_limit=4, polls=False, prepare=prepare)
+        self.assertEqual(len(self.pool.held), 4)
+        n = len(self.supernode.schedules)
+        self.pool.release(2)
+        body = self.supernode.schedules[n]
+        self.assertEqual((sorted(body["fetched"]), body["have"], body["want"]), ([0, 1], [], 2))
+        self.assertEqual(len(self.pool.fetches), 4)   # successors queued, not started
+        self.assertEqual(len(writing), 2)
+        wd, write = writing.pop(0)
+        write().chainDeferred(wd)                     # one piece lands: one successor starts
+        self.assertEqual(len(self.pool.fetches), 5)
+        while not d.called:
+            while writing:
+                wd, write = writing.pop(0)
+                write().chainDeferred(wd)
+            self.pool.release()
+            self.hosts.flush()
+            self.assertLessEqual(len(self.pool.held) + len(writing), 4)
+        self.assertEqual(self.read_all(self.successResultOf(d)), DATA)
+        have = [i for body in self.supernode.schedules for i in body["have"]]
+        self.assertEqual(sorted(set(have)), list(range(len(self.supernode.pieces))))
 
 
 class AssignmentCheckTests(SynchronousTestCase):
