@@ -170,12 +170,12 @@ class SwarmSession:
             await self._loop()
         finally:
             forget()
+            self.queue.clear()   # (before the cancels: a fetch ending starts the queued)
             if self.reporting is not None:
                 self.reporting.cancel()
             for a, d in list(self.in_flight.values()):
                 d.cancel()
             self.in_flight.clear()
-            self.queue.clear()
         # Tell the supernode what we hold now (best effort): it makes us a source.
         if self.have or self.failed:
             try:
@@ -449,6 +449,12 @@ class SwarmSession:
                 self._after_piece()
 
     def _after_piece(self):
+        """A fetch ended (landed or failed): its slot is free. A queued
+        assignment starts now, not when the loop next runs: the loop may be
+        waiting on a long-poll, which the supernode may answer only once
+        this queued piece arrives (its source's slots are all ours)."""
+        if self.fatal is None:
+            self._start_fetches()
         self.event.fire()
         self._report_now()
 
