@@ -46,7 +46,7 @@ def apply_report(task, p, have, failed, fetched, limits, now):
         if f is not None:
             rekey = bool(p.have >> i & 1)   # else in flight -> held: same key
             offered |= release(task, p, f, max_uploads, copies, rekey)
-            opportunities += not f.fetched  # (a fetched one freed its slot before)
+            opportunities += 1   # (a fetched one: the asker's own share, see release)
             if add_have(task, p, i, max_uploads, rekey):
                 new |= 1 << i
         elif add_have(task, p, i, max_uploads):

@@ -485,7 +485,10 @@ def release(task, asker, f, max_uploads, seed_copies, rekey=True):
     """End in-flight assignment C{f} of C{asker}: free its slot.
 
     Returns the pieces the freed source can serve. C{rekey} false leaves the
-    piece's rarity key alone (see L{add_have}).
+    piece's rarity key alone (see L{add_have}). A fetched assignment freed
+    its source's slot before (L{mark_fetched}); ending it frees the asker's
+    fair share, so it returns the source's pieces as well: the asker, whose
+    long-poll may wait on exactly that, is among the waiters they wake.
     """
     i = f.index
     del asker.fetching[i]
@@ -503,14 +506,12 @@ def release(task, asker, f, max_uploads, seed_copies, rekey=True):
         if task.seed_inflight[i] < seed_copies:
             task.seed_busy &= ~(1 << i)
         return task.seed_mask
-    if f.fetched:
-        return 0    # its slot was freed when the bytes arrived (mark_fetched)
-    if src.alive:
+    if not src.alive:
+        return 0
+    if not f.fetched:   # (else its slot was freed when the bytes arrived)
         src.uploads -= 1
         free_add(task, src, max_uploads)
-        if not src.bad:
-            return src.have
-    return 0
+    return 0 if src.bad else src.have
 
 
 def mark_fetched(task, asker, f, max_uploads):
