@@ -513,12 +513,10 @@ class SwarmSession:
         answers with one assignment) and one otherwise. Pairs halve that.
         The arrivals set the pace (they free the slots); the pieces held
         since go along with them. Failures, two arrivals, or a pipeline
-        about to run dry (fewer than two pieces still to arrive: on the
-        wire or queued; the pieces being hashed and written bring no
-        arrival): report now.
+        about to run dry: report now.
         """
-        coming = len(self.in_flight) - len(self.checking) + len(self.queue)
-        return not self.failed and len(self.fetched) < REPORT_BATCH and coming > 1
+        return (not self.failed and len(self.fetched) < REPORT_BATCH
+                and len(self.in_flight) + len(self.queue) > 1)
 
     def _failed(self, a, reason, why):
         self.metrics.piece_failures.labels(reason=reason).inc()
