@@ -78,8 +78,9 @@ class IScheduler(Interface):
         order and holds every piece below that index (None: no preference);
         C{seed_only}: from the seed only, never from other peers."""
 
-    def report(task_id, peer_id, have=(), failed=()):
-        """Record finished pieces and failed sources."""
+    def report(task_id, peer_id, have=(), failed=(), fetched=()):
+        """Record finished pieces, failed sources and pieces whose bytes
+        arrived (C{fetched}: their sources' slots are free again)."""
 
 
 class IOrigin(Interface):

@@ -265,6 +265,9 @@ class ScheduleRequest(_Message):
     below it (None: no preference). A report alone has C{want} 0.
     C{seed_only}: assign pieces from the supernode's seed only, never from
     other peers (dfget C{--pattern cdn}).
+    C{fetched}: pieces whose bytes arrived, not yet verified and written (the
+    supernode frees their sources' upload slots now; a later report says
+    C{have} or C{failed}). Absent from older peers: nothing is freed early.
     """
 
     peer_id: str
@@ -275,6 +278,7 @@ class ScheduleRequest(_Message):
     cursor: int = None
     secret: str = None
     seed_only: bool = False
+    fetched: tuple = ()
 
     def to_json(self):
         out = {"peer_id": self.peer_id, "have": list(self.have),
@@ -284,6 +288,8 @@ class ScheduleRequest(_Message):
             out["cursor"] = self.cursor
         if self.seed_only:
             out["seed_only"] = True
+        if self.fetched:
+            out["fetched"] = list(self.fetched)
         return _with_secret(out, self.secret)
 
     @classmethod
@@ -295,6 +301,12 @@ class ScheduleRequest(_Message):
             raise MessageError("have", f"have must be a list of at most {MAX_LIST} piece indexes")
         for i in have:
             integer(i, "have entries", 0, MAX_INDEX, "have")
+        fetched = obj.get("fetched", [])
+        if not isinstance(fetched, list) or len(fetched) > MAX_LIST:
+            raise MessageError("fetched",
+                               f"fetched must be a list of at most {MAX_LIST} piece indexes")
+        for i in fetched:
+            integer(i, "fetched entries", 0, MAX_INDEX, "fetched")
         failed_in = obj.get("failed", [])
         if not isinstance(failed_in, list) or len(failed_in) > MAX_LIST:
             raise MessageError("failed", f"failed must be a list of at most {MAX_LIST} entries")
@@ -317,7 +329,7 @@ class ScheduleRequest(_Message):
         if not isinstance(seed_only, bool):
             raise MessageError("seed_only", "seed_only must be true or false")
         return cls(peer_id, tuple(have), tuple(failed), want, wait, cursor,
-                   check_secret(obj.get("secret")), seed_only)
+                   check_secret(obj.get("secret")), seed_only, tuple(fetched))
 
 
 def parse_assignment(obj):

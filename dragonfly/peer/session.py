@@ -144,6 +144,8 @@ class SwarmSession:
         self.queue = []              # Assignments not started yet
         self.have = list(tf.completed())
         self.failed = []             # (index, source peer id)
+        self.fetched = []            # bytes arrived, not yet reported (see _bytes_arrived)
+        self.checking = set()        # in_flight pieces whose bytes arrived (hash and write)
         self.failures = {}           # index -> count
         self.fatal = None
         self.event = Signal(self.clock)
@@ -168,12 +170,12 @@ class SwarmSession:
             await self._loop()
         finally:
             forget()
+            self.queue.clear()   # (before the cancels: a fetch ending starts the queued)
             if self.reporting is not None:
                 self.reporting.cancel()
             for a, d in list(self.in_flight.values()):
                 d.cancel()
             self.in_flight.clear()
-            self.queue.clear()
         # Tell the supernode what we hold now (best effort): it makes us a source.
         if self.have or self.failed:
             try:
@@ -208,15 +210,10 @@ class SwarmSession:
             if self._complete():
                 return
             self._start_fetches()
-            want = max(0, self.slots + settings.queue_depth - len(self.in_flight) - len(self.queue))
-            # Never ask for more than is left unassigned: with everything in
-            # flight, a long-poll would only delay our reports and our end.
-            unassigned = (self.tf.piece_count - len(self.tf.completed())
-                          - len(self.in_flight) - len(self.queue))
-            want = min(want, max(0, unassigned))
+            want = self._want()
             if not want and not self.in_flight and self.tf.pass_full():
                 want = 1   # what the streams wait for is not among those queued
-            nothing_to_say = want == 0 and not self.have and not self.failed
+            nothing_to_say = want == 0 and not (self.have or self.failed or self.fetched)
             if nothing_to_say or (want < REPORT_BATCH and self._may_gather()):
                 await self.event.wait(self.settings.stall_timeout)
                 self._check_stall()
@@ -269,6 +266,21 @@ class SwarmSession:
             if elapsed < settings.min_poll_interval:
                 await self.event.wait(settings.min_poll_interval - elapsed)
 
+    def _want(self):
+        """Assignments to ask for: a fetch slot each (and C{queue_depth} more).
+
+        A piece being hashed and written holds its fetch slot (its bytes are
+        in memory) but is off the wire: its successor is asked for now and
+        waits queued, started as the piece lands (L{_start_fetches}).
+        """
+        receiving = len(self.in_flight) - len(self.checking)
+        want = max(0, self.slots + self.settings.queue_depth - receiving - len(self.queue))
+        # Never ask for more than is left unassigned: with everything in
+        # flight, a long-poll would only delay our reports and our end.
+        unassigned = (self.tf.piece_count - len(self.tf.completed())
+                      - len(self.in_flight) - len(self.queue))
+        return min(want, max(0, unassigned))
+
     def _check_stall(self):
         if self.in_flight or self.tf.pass_full():   # (waiting for a stream to drain it)
             return
@@ -295,11 +307,15 @@ class SwarmSession:
         # (e.g. a copy it dropped as corrupt): not news about its sources now.
         self.have = list(self.tf.completed())
         self.failed = []
+        self.fetched = []
         self.queue.clear()
 
     async def _schedule(self, want, wait):
         have, self.have = self.have, []
         failed, self.failed = self.failed, []
+        fetched, self.fetched = self.fetched, []
+        done = set(have).union(f.index for f in failed)
+        fetched = [i for i in fetched if i not in done]
         cursor = None
         if self.dl.readers:
             # Someone streams this task in order: the lowest piece a stream
@@ -307,7 +323,8 @@ class SwarmSession:
             cursor = min(r.cursor for r in self.dl.readers)
         try:
             request = ScheduleRequest(self.me().peer_id, tuple(have), tuple(failed),
-                                      want, wait, cursor, seed_only=self.dl.pattern == "cdn")
+                                      want, wait, cursor, seed_only=self.dl.pattern == "cdn",
+                                      fetched=tuple(fetched))
             answer = await self.client.schedule(self.addr, self.dl.task_id, request)
         except NotRegistered:
             raise
@@ -315,6 +332,7 @@ class SwarmSession:
             # Not delivered (as far as we know), or refused: send again next time.
             self.have = have + self.have
             self.failed = failed + self.failed
+            self.fetched = fetched + self.fetched
             raise
         self.dl.attest(answer.verified)   # the supernode's check passed since
         self.dl.promise(answer.attests)
@@ -387,6 +405,7 @@ class SwarmSession:
             if size != a.size:
                 reason = "short"
                 raise ValueError(f"got {size} bytes, want {a.size}")
+            self._bytes_arrived(a.index)
             try:
                 if fetch_piece is not None:
                     await tf.write_verified_piece(a.index, data, a.digest)
@@ -420,6 +439,7 @@ class SwarmSession:
             self._failed(a, reason or "fetch", describe(e))
         finally:
             self.in_flight.pop(a.index, None)
+            self.checking.discard(a.index)
             if self.failed and self.clock is not None:
                 # Fetches failing together (one stalled source, or several
                 # timed out at once) go in one report: the supernode must not
@@ -429,6 +449,25 @@ class SwarmSession:
                 self._after_piece()
 
     def _after_piece(self):
+        """A fetch ended (landed or failed): its slot is free. A queued
+        assignment starts now, not when the loop next runs: the loop may be
+        waiting on a long-poll, which the supernode may answer only once
+        this queued piece arrives (its source's slots are all ours)."""
+        if self.fatal is None:
+            self._start_fetches()
+        self.event.fire()
+        self._report_now()
+
+    def _bytes_arrived(self, index):
+        """Piece C{index}'s bytes are in (hash and write next): tell the
+        supernode in the next call, which frees the source's upload slot, so
+        the next assignment from it is queued here before this one lands.
+
+        The schedule calls follow the arrivals (L{_may_gather} counts them);
+        the pieces held since the last call go along with them.
+        """
+        self.checking.add(index)
+        self.fetched.append(index)
         self.event.fire()
         self._report_now()
 
@@ -447,7 +486,8 @@ class SwarmSession:
         The supernode may be waiting for exactly this report (a source freed,
         a piece we now hold) before it can answer the long-poll.
         """
-        if not self.polling or self.reporting is not None or not (self.have or self.failed):
+        if not self.polling or self.reporting is not None \
+                or not (self.have or self.failed or self.fetched):
             return
         if self._may_gather():
             return
@@ -466,14 +506,16 @@ class SwarmSession:
         d.addBoth(done)
 
     def _may_gather(self):
-        """True when the news so far (one piece landed) can wait for the next.
+        """True when the news so far (one piece's bytes arrived) can wait for the next.
 
         Reporting each piece alone costs two round trips per piece while a
         long-poll is out (the report frees one source slot, then the poll
         answers with one assignment) and one otherwise. Pairs halve that.
-        Failures, two pieces, or a pipeline about to run dry: report now.
+        The arrivals set the pace (they free the slots); the pieces held
+        since go along with them. Failures, two arrivals, or a pipeline
+        about to run dry: report now.
         """
-        return (not self.failed and len(self.have) < REPORT_BATCH
+        return (not self.failed and len(self.fetched) < REPORT_BATCH
                 and len(self.in_flight) + len(self.queue) > 1)
 
     def _failed(self, a, reason, why):

@@ -385,8 +385,8 @@ class SupernodeAPI:
         if cursor is not None and cursor > self.scheduler.piece_count(task_id):
             raise ApiError(400, "cursor is beyond the last piece")
         try:
-            self.scheduler.report(task_id, peer_id, have=list(req.have),
-                                  failed=[tuple(f) for f in req.failed])
+            self.scheduler.report(task_id, peer_id, list(req.have), [tuple(f) for f in req.failed],
+                                  fetched=list(req.fetched))
         except ValueError as e:
             raise ApiError(400, str(e))
         deadline = self.clock.seconds() + wait

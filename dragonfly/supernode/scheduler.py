@@ -41,8 +41,11 @@ Policy (docs/design.md "Scheduler"):
   - pieces become assignable from the seed as the CDN reports them
     (L{Scheduler.seed_has}), so peers start before the origin fetch ends;
   - in-flight assignments hold one upload slot of their source until the
-    asker reports the piece (C{have}) or its failure (C{failed}), or until
-    C{assignment_timeout} passes; peers silent for C{peer_timeout} are dropped;
+    asker reports the piece's bytes arrived (C{fetched}), held (C{have}) or
+    failed (C{failed}), and stay in flight (never re-assigned to the asker,
+    which is no source of it yet) until held, failed, or C{assignment_timeout}
+    passes (L{dragonfly.supernode.reports}); peers silent for C{peer_timeout}
+    are dropped;
   - failure reports count only for the reporter's own in-flight assignment
     of that piece from that source (others are ignored, and counted): an
     asker that saw a source fail avoids it for every piece for
@@ -60,10 +63,10 @@ from dragonfly.interfaces import IScheduler, PeerInfo
 from dragonfly.supernode.bitset import bits
 from dragonfly.supernode.policy import MAX_MISSES, by_load, candidates, pick_source, rarest, sequential
 from dragonfly.supernode import swarmview
+from dragonfly.supernode.reports import apply_report
 from dragonfly.supernode.swarmstate import (
-    INF, SEED, Peer, PieceSizes, Task, TooManyPeers, UnknownPeer, UnknownTask, add_have,
-    expire_assignments, forgive, host_left, mark_bad, record_failure, release, remove_peer,
-    restore_due, source_id, start)
+    INF, SEED, Peer, PieceSizes, Task, TooManyPeers, UnknownPeer, UnknownTask,
+    expire_assignments, forgive, host_left, mark_bad, remove_peer, restore_due, start)
 
 __all__ = ["Scheduler", "TooManyPeers", "UnknownTask", "UnknownPeer"]
 
@@ -283,50 +286,29 @@ class Scheduler:
 
     # -- reports -----------------------------------------------------------
 
-    def report(self, task_id, peer_id, have=(), failed=()):
+    def report(self, task_id, peer_id, have=(), failed=(), fetched=()):
         """C{peer_id} now holds the pieces in C{have}; C{failed} lists
         C{(index, source_peer_id)} or C{(index, source_peer_id, reason)}
-        fetches that failed (reason C{"digest"}: the piece failed verification).
+        fetches that failed (reason C{"digest"}: the piece failed verification);
+        C{fetched}: pieces whose bytes arrived, not yet verified and written.
 
-        Both free the upload slot of the matching in-flight assignment. A
-        failure that names no in-flight assignment of C{peer_id} (that piece
-        from that source) is ignored: it is counted in C{task_stats}'s
+        Each frees the upload slot of the matching in-flight assignment; a
+        fetched one stays in flight until reported held or failed (or timed
+        out). A failure that names no in-flight assignment of C{peer_id} (that
+        piece from that source) is ignored: it is counted in C{task_stats}'s
         C{ignored_failures}, and counts against nobody.
         """
         task = self._task(task_id)
         p = self._peer(task, peer_id)
         n = task.n
         have = [i if type(i) is int and 0 <= i < n else self._index(task, i) for i in have]
+        fetched = [self._index(task, i) for i in fetched]
         failed = [(self._index(task, f[0]), f[1], f[2] if len(f) > 2 else None) for f in failed]
         for _i, s, _r in failed:
             if not isinstance(s, str):
                 raise ValueError("failed source must be a peer id")
         now = p.last_seen = self.clock.seconds()
-        max_uploads, copies = self.max_uploads_per_peer, self.seed_piece_copies
-        opportunities = 0
-        offered = 0     # pieces that freed slots or new holders can now serve
-        for i, s, reason in failed:
-            f = p.fetching.get(i)
-            if f is None or source_id(task, f.source) != s:
-                task.ignored += 1
-                continue
-            offered |= release(task, p, f, max_uploads, copies)
-            opportunities += 1
-            record_failure(task, p, i, s, self, now, reason)
-        new = 0
-        for i in have:
-            f = p.fetching.get(i)
-            if f is not None:
-                rekey = bool(p.have >> i & 1)   # else in flight -> held: same key
-                offered |= release(task, p, f, max_uploads, copies, rekey)
-                opportunities += 1
-                if add_have(task, p, i, max_uploads, rekey):
-                    new |= 1 << i
-            elif add_have(task, p, i, max_uploads):
-                new |= 1 << i
-        if new and not p.bad:
-            offered |= p.have
-            opportunities += max(0, max_uploads - p.uploads)
+        opportunities, offered = apply_report(task, p, have, failed, fetched, self, now)
         if opportunities:
             self._wake(task, opportunities + 1, offered)
 

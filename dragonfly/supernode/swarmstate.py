@@ -94,14 +94,19 @@ SEED = _Seed()
 
 
 class Fetch:
-    """One in-flight assignment: asker fetches C{index} from C{source}."""
+    """One in-flight assignment: asker fetches C{index} from C{source}.
 
-    __slots__ = ("index", "source", "deadline")
+    C{fetched}: the asker said the bytes arrived (not yet verified and
+    written): the source's upload slot is free again (L{mark_fetched}).
+    """
+
+    __slots__ = ("index", "source", "deadline", "fetched")
 
     def __init__(self, index, source, deadline):
         self.index = index
         self.source = source        # Peer or SEED
         self.deadline = deadline
+        self.fetched = False
 
 
 class Peer:
@@ -480,7 +485,10 @@ def release(task, asker, f, max_uploads, seed_copies, rekey=True):
     """End in-flight assignment C{f} of C{asker}: free its slot.
 
     Returns the pieces the freed source can serve. C{rekey} false leaves the
-    piece's rarity key alone (see L{add_have}).
+    piece's rarity key alone (see L{add_have}). A fetched assignment freed
+    its source's slot before (L{mark_fetched}); ending it frees the asker's
+    fair share, so it returns the source's pieces as well: the asker, whose
+    long-poll may wait on exactly that, is among the waiters they wake.
     """
     i = f.index
     del asker.fetching[i]
@@ -491,11 +499,39 @@ def release(task, asker, f, max_uploads, seed_copies, rekey=True):
         task.move(i, -1)
     src = f.source
     if src is SEED:
-        asker.seed_fetches -= 1
-        task.seed_uploads -= 1
+        if not f.fetched:
+            asker.seed_fetches -= 1
+            task.seed_uploads -= 1
         task.seed_inflight[i] -= 1
         if task.seed_inflight[i] < seed_copies:
             task.seed_busy &= ~(1 << i)
+        return task.seed_mask
+    if not src.alive:
+        return 0
+    if not f.fetched:   # (else its slot was freed when the bytes arrived)
+        src.uploads -= 1
+        free_add(task, src, max_uploads)
+    return 0 if src.bad else src.have
+
+
+def mark_fetched(task, asker, f, max_uploads):
+    """C{asker} received the bytes of in-flight assignment C{f} (not yet
+    verified): free its source's upload slot, keep the assignment.
+
+    The piece stays in C{asker.fetching} (never assigned to it again) and out
+    of C{asker.have} (never handed out with it as a source) until a report
+    says held or failed, or the assignment times out (L{release}). Returns the
+    pieces the freed source can serve. The asker's word frees a slot of the
+    scheduler's own count only: no trust decision rests on it (a source caps
+    its uploads itself, and answers BUSY beyond that).
+    """
+    if f.fetched:
+        return 0
+    f.fetched = True
+    src = f.source
+    if src is SEED:
+        asker.seed_fetches -= 1
+        task.seed_uploads -= 1
         return task.seed_mask
     if src.alive:
         src.uploads -= 1

@@ -96,8 +96,10 @@ class FakeSupernode:
             self.bad.add((f["index"], f["source"]))
             self.assigned.discard(f["index"])
             self.assigned_from.pop(f["index"], None)
+        for i in body.get("fetched", ()):
+            self.assigned_from.pop(i, None)   # the source's slot is free again
         out = self._assign(body)
-        if body["have"] or body["failed"]:
+        if body["have"] or body["failed"] or body.get("fetched"):
             self._wake_polls()
         if not out and self.defer_polls and body["wait"] > 0:
             from twisted.internet.defer import Deferred

@@ -89,9 +89,11 @@ def verify(s, task_id):
             mask |= 1 << i
             inflight[i] += 1
             if f.source is swarmstate.SEED:
-                seed_uploads += 1
-                seed_fetches += 1
+                seed_uploads += not f.fetched   # (fetched: its slot is free again)
+                seed_fetches += not f.fetched
                 seed_inflight[i] += 1
+            elif f.fetched:
+                assert f.source is not p
             elif f.source.alive:
                 assert f.source is not p
                 uploads[f.source.id] = uploads.get(f.source.id, 0) + 1

@@ -31,6 +31,7 @@ EXAMPLES = [
     m.ScheduleRequest("p-1", (0, 2), (m.FailedPiece(1, "q-2"),), 5, 2.5, 1),
     m.ScheduleRequest("p-1"),
     m.ScheduleRequest("p-1", want=2, seed_only=True),
+    m.ScheduleRequest("p-1", (0,), (), 2, 2.0, fetched=(3, 5)),
     m.ScheduleAnswer((ASSIGNMENT,), False),
     m.ScheduleAnswer((), True),
     m.ScheduleAnswer((), False, token="eyJ9." + "A" * 86),
@@ -71,6 +72,9 @@ class RoundTripTests(SynchronousTestCase):
         self.assertEqual(req.serialize(), b'{"peer_id":"p-1","have":[0],"failed":'
                          b'[{"index":1,"source":"q-2"}],"want":3,"wait":20.0}')
         self.assertEqual(m.ScheduleRequest("p", cursor=0).to_json()["cursor"], 0)
+        # "fetched" only when there are any: an older supernode sees what it always saw
+        self.assertEqual(m.ScheduleRequest("p", fetched=(4,)).to_json()["fetched"], [4])
+        self.assertNotIn("fetched", m.ScheduleRequest("p", have=(4,)).to_json())
         self.assertEqual(list(EXAMPLES[0].to_json()), ["task_id", "url", "headers", "peer"])
         self.assertEqual(list(EXAMPLES[2].to_json()), [
             "task_id", "length", "piece_size", "piece_count", "seed", "piece_digest"])
@@ -197,6 +201,10 @@ MALFORMED = [
     (_bad(m.ScheduleRequest, SCH, have="x"), "have"),
     (_bad(m.ScheduleRequest, SCH, have=[-1]), "have"),
     (_bad(m.ScheduleRequest, SCH, have=[1.5]), "have"),
+    (_bad(m.ScheduleRequest, SCH, fetched="x"), "fetched"),
+    (_bad(m.ScheduleRequest, SCH, fetched=[-1]), "fetched"),
+    (_bad(m.ScheduleRequest, SCH, fetched=[True]), "fetched"),
+    (_bad(m.ScheduleRequest, SCH, fetched=[0] * (m.MAX_LIST + 1)), "fetched"),
     (_bad(m.ScheduleRequest, SCH, have=[0] * (m.MAX_LIST + 1)), "have"),
     (_bad(m.ScheduleRequest, SCH, failed=[{"index": 0}]), "failed source"),
     (_bad(m.ScheduleRequest, SCH, failed=[{"index": -1, "source": "q"}]), "failed"),

@@ -1,4 +1,5 @@
 """The swarm session: fetch slots, verified pieces, reports, long-polls, giving up."""
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from dragonfly.control.messages import RegisterAnswer, parse_assignment
@@ -175,9 +176,12 @@ class ScheduleFailureTests(NodeMixin, SynchronousTestCase):
 
 class LongPollTests(NodeMixin, SynchronousTestCase):
 
-    def start(self, concurrency, per_source_limit=None, polls=True):
-        """A download from PEER_A whose fetches wait for pool.release()."""
-        node = self.make(sources=(PEER_A,), concurrency=concurrency, queue_depth=0)
+    def start(self, concurrency, per_source_limit=None, polls=True, prepare=None, data=DATA):
+        """A download of C{data} from PEER_A whose fetches wait for pool.release()
+        (C{prepare}: called before it starts)."""
+        node = self.make(data, sources=(PEER_A,), concurrency=concurrency, queue_depth=0)
+        if prepare is not None:
+            prepare()
         self.pool.manual = True
         self.supernode.per_source_limit = per_source_limit
         self.supernode.defer_polls = polls
@@ -192,19 +196,25 @@ class LongPollTests(NodeMixin, SynchronousTestCase):
         self.assertEqual(self.clock.seconds(), 0)
 
     def test_reports_while_long_polling(self):
-        """When a piece lands while the node's long-poll is outstanding, the node reports
-        it at once in a separate call (want 0, wait 0), which lets the supernode answer
-        the poll: the download never waits for a poll to time out."""
+        """When a piece's bytes arrive while the node's long-poll is outstanding, the
+        node reports them fetched at once in a separate call (want 0, wait 0), before
+        the piece is hashed and written, which lets the supernode answer the poll: the
+        download never waits for a poll to time out. The piece is reported held later."""
         d = self.start(concurrency=2, per_source_limit=1)
         self.assertEqual(len(self.pool.held), 1)
         self.assertEqual(len(self.supernode.held_polls), 1)
         n = len(self.supernode.schedules)
         self.pool.release(1)
         report = self.supernode.schedules[n]
-        self.assertEqual((report["want"], report["wait"], report["have"]), (0, 0, [0]))
+        self.assertEqual((report["want"], report["wait"], report["have"], report["fetched"]),
+                         (0, 0, [], [0]))
         self.hosts.flush()
         self.assertEqual(len(self.pool.held), 1)
         self.finish(d)
+        have = [i for body in self.supernode.schedules[n + 1:] for i in body["have"]]
+        self.assertIn(0, have)
+        later = self.supernode.schedules[n + 1 + have.index(0):]
+        self.assertNotIn(0, [i for body in later for i in body.get("fetched", ())])
 
     def test_reports_pairs_while_busy(self):
         """With more pieces in flight, a lone landed piece waits for the next one:
@@ -219,7 +229,8 @@ class LongPollTests(NodeMixin, SynchronousTestCase):
         self.pool.release(1)
         report = self.supernode.schedules[n]
         self.assertEqual((report["want"], report["wait"]), (0, 0))
-        self.assertEqual(len(report["have"]), 2)
+        # (the first piece was written meanwhile: held, no longer fetched)
+        self.assertEqual((len(report["fetched"]), len(report["have"])), (1, 1))
         self.finish(d)
 
     def test_gathers_without_a_poll(self):
@@ -232,8 +243,90 @@ class LongPollTests(NodeMixin, SynchronousTestCase):
         self.assertEqual(len(self.supernode.schedules), n)
         self.pool.release(1)
         self.assertEqual(len(self.supernode.schedules), n + 1)
-        self.assertEqual(len(self.supernode.schedules[n]["have"]), 2)
+        body = self.supernode.schedules[n]
+        self.assertEqual((len(body["fetched"]), len(body["have"])), (1, 1))
         self.finish(d)
+
+    def hold_writes(self, writing):
+        """Make the task file's piece writes wait: each appends C{(Deferred, write)}
+        to the list C{writing}; L{land} ends them."""
+        orig_create = self.store.create
+
+        def create(*a, **kw):
+            tf = orig_create(*a, **kw)
+            real = tf.write_verified_piece
+
+            def write(*args):
+                d = Deferred()
+                writing.append((d, lambda: real(*args)))
+                return d
+            tf.write_verified_piece = write
+            return tf
+        self.store.create = create
+
+    @staticmethod
+    def land(writing, n=None):
+        """End the first C{n} (all) held piece writes, in order."""
+        for _ in range(len(writing) if n is None else n):
+            wd, write = writing.pop(0)
+            write().chainDeferred(wd)
+
+    def test_successors_queued_while_pieces_land(self):
+        """Two pieces' bytes arrived (not yet written): the call reports them fetched
+        and asks for two successors, which wait queued, not fetched, until the two
+        land: the piece bytes in memory stay within the fetch slots."""
+        writing = []   # (Deferred, write): the piece writes, held until released
+        d = self.start(concurrency=4, per_source_limit=4, polls=False,
+                       prepare=lambda: self.hold_writes(writing))
+        self.assertEqual(len(self.pool.held), 4)
+        n = len(self.supernode.schedules)
+        self.pool.release(2)
+        body = self.supernode.schedules[n]
+        self.assertEqual((sorted(body["fetched"]), body["have"], body["want"]), ([0, 1], [], 2))
+        self.assertEqual(len(self.pool.fetches), 4)   # successors queued, not started
+        self.assertEqual(len(writing), 2)
+        self.land(writing, 1)                         # one piece lands: one successor starts
+        self.assertEqual(len(self.pool.fetches), 5)
+        while not d.called:
+            self.land(writing)
+            self.pool.release()
+            self.hosts.flush()
+            self.assertLessEqual(len(self.pool.held) + len(writing), 4)
+        self.assertEqual(self.read_all(self.successResultOf(d)), DATA)
+        have = [i for body in self.supernode.schedules for i in body["have"]]
+        self.assertEqual(sorted(set(have)), list(range(len(self.supernode.pieces))))
+
+    def test_more_slots_than_the_source_serves(self):
+        """Eight fetch slots against a source serving four at once (e.g. 2 MiB
+        pieces in 16 MiB buffered): when all eight pieces hash and write, the
+        source's four next pieces wait queued while a long-poll asks for more.
+        Pieces landing start the queued ones at once, the long-poll
+        notwithstanding, and the download ends without any poll timing out
+        (the clock never moves). Once, the queued pieces waited for the poll's
+        timeout (busy_wait, 2 s) and the pieces written waited to be reported
+        with an arrival that only those queued pieces could bring."""
+        writing = []
+        data = bytes(range(256)) * 8   # 32 pieces
+        d = self.start(concurrency=8, per_source_limit=4,
+                       prepare=lambda: self.hold_writes(writing), data=data)
+        self.assertEqual(len(self.pool.held), 4)
+        for _ in range(4):          # two arrive, the source's next two come each time
+            self.pool.release(2)
+            self.hosts.flush()
+        self.assertEqual((len(writing), len(self.pool.held)), (8, 0))
+        self.assertEqual(len(self.pool.fetches), 8)   # four more wait queued
+        self.assertEqual(len(self.supernode.held_polls), 1)   # asking for more
+        self.land(writing)
+        self.assertEqual(len(self.pool.fetches), 12)  # the pieces landed: they start
+        for _ in range(len(self.supernode.pieces)):
+            if d.called:
+                break
+            self.land(writing)
+            self.pool.release(2)
+            self.hosts.flush()
+            self.assertLessEqual(len(self.pool.held) + len(writing), 8)
+        self.assertEqual(self.read_all(self.successResultOf(d)), data)
+        self.assertEqual(self.clock.seconds(), 0)
 
 
 class AssignmentCheckTests(SynchronousTestCase):

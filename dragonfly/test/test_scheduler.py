@@ -266,6 +266,106 @@ class TimeoutTests(SchedulerMixin, SynchronousTestCase):
         self.assertEqual(s.stats()["seed_inflight"], 0)
 
 
+class FetchedTests(SchedulerMixin, SynchronousTestCase):
+    """Pieces reported fetched (bytes arrived, not yet verified and written)."""
+
+    def peers_only(self, pieces=1, **kw):
+        """A scheduler whose task's pieces only peers hold (the seed has none)."""
+        self.clock = Clock()
+        s = self.s = Scheduler(self.clock, rng=random.Random(7), **kw)
+        s.add_task(T, [100] * pieces, SEED, digests=[digest(i) for i in range(pieces)])
+        return s
+
+    def test_fetched_frees_the_source_slot(self):
+        """When an asker reports a piece fetched, its source's upload slot is free
+        at once: the next assignment from that source fits beside the fetched one."""
+        s = self.make(pieces=3, max_uploads_per_peer=1)
+        self.join(1, 2, 3)
+        self.give(1, 0, 1, 2)
+        [a] = s.assign(T, "peer-2", 1)
+        self.assertEqual(a.source, peer(1))
+        self.assertEqual(s.assign(T, "peer-3", 1), [])     # peer-1's one slot is taken
+        s.report(T, "peer-2", fetched=[a.index])
+        [b] = s.assign(T, "peer-3", 1)
+        self.assertEqual(b.source, peer(1))
+        self.assertEqual(s.stats()["inflight"], 2)          # the fetched one is still in flight
+
+    def test_fetched_piece_not_reassigned_nor_a_source(self):
+        """A fetched piece is neither assigned to its asker again nor handed out with
+        the asker as its source, until reported held; then the asker serves it."""
+        s = self.peers_only()
+        self.join(1, 2, 3)
+        self.give(1, 0)
+        [a] = s.assign(T, "peer-2", 1)
+        s.report(T, "peer-2", fetched=[0])
+        self.assertEqual(s.assign(T, "peer-2", 1), [])
+        self.assertEqual(s.holds(T, "peer-2"), [])
+        for _ in range(3):
+            got = s.assign(T, "peer-3", 1)
+            self.assertTrue(all(b.source != peer(2) for b in got))
+            for b in got:
+                s.report(T, "peer-3", failed=[(b.index, b.source.peer_id, "busy")])
+        s.report(T, "peer-2", have=[0])
+        self.assertEqual(s.holds(T, "peer-2"), [0])
+        self.assertEqual(s.stats()["inflight"], 0)
+        self.assertEqual(self.s._tasks[T].peers["peer-1"].uploads, 0)   # freed once only
+
+    def test_failed_after_fetched(self):
+        """A fetched piece that then fails verification is wanted again (from another
+        source), and the failure counts against its source as any other."""
+        s = self.peers_only()
+        self.join(1, 2, 3)
+        self.give(1, 0)
+        self.give(3, 0)
+        [a] = s.assign(T, "peer-2", 1)
+        s.report(T, "peer-2", fetched=[0])
+        s.report(T, "peer-2", failed=[(0, a.source.peer_id, "digest")])
+        self.assertEqual(s.task_stats(T)["bad_pieces"], 1)
+        [b] = s.assign(T, "peer-2", 1)
+        self.assertEqual(b.index, 0)
+        self.assertNotEqual(b.source, a.source)
+        self.assertEqual(s.stats()["inflight"], 1)
+
+    def test_fetched_never_reported_times_out(self):
+        """A fetched piece never reported held nor failed is released by the
+        assignment timeout: it is wanted again, its source's slot not freed twice."""
+        s = self.peers_only(max_uploads_per_peer=1, assignment_timeout=10)
+        self.join(1, 2)
+        self.give(1, 0)
+        s.assign(T, "peer-2", 1)
+        s.report(T, "peer-2", fetched=[0])
+        self.assertEqual(s.assign(T, "peer-2", 1), [])
+        self.clock.advance(10)
+        s.expire()
+        self.assertEqual(s.task_stats(T)["expired"], 1)
+        self.assertEqual(self.s._tasks[T].peers["peer-1"].uploads, 0)
+        [a] = s.assign(T, "peer-2", 1)
+        self.assertEqual((a.index, a.source), (0, peer(1)))
+
+    def test_fetched_from_the_seed(self):
+        """A piece fetched from the seed frees one of the seed's upload slots."""
+        s = self.make(pieces=2, seed_max_uploads=1)
+        self.join(1, 2)
+        [a] = s.assign(T, "peer-1", 1)
+        self.assertEqual(a.source, SEED)
+        self.assertEqual(s.assign(T, "peer-2", 1), [])
+        s.report(T, "peer-1", fetched=[a.index])
+        [b] = s.assign(T, "peer-2", 1)
+        self.assertEqual(b.source, SEED)
+        s.report(T, "peer-1", have=[a.index])
+        s.report(T, "peer-2", have=[b.index])
+        self.assertEqual(self.s._tasks[T].seed_uploads, 0)
+
+    def test_fetched_without_assignment_ignored(self):
+        """A fetched report naming no in-flight assignment of the asker changes
+        nothing; an index out of range is refused like in have."""
+        s = self.make(pieces=1)
+        self.join(1)
+        s.report(T, "peer-1", fetched=[0])
+        self.assertEqual(s.stats()["inflight"], 0)
+        self.assertRaises(ValueError, s.report, T, "peer-1", fetched=[1])
+
+
 class LeaveTests(SchedulerMixin, SynchronousTestCase):
     def test_leave(self):
         """When a peer leaves, its slots are freed and others are no longer sent to it."""
@@ -325,6 +425,7 @@ ops = st.lists(
         st.tuples(st.just("stream"), st.integers(0, 7), st.integers(1, 6)),
         st.tuples(st.just("finish"), st.integers(0, 7), st.integers(0, 100)),
         st.tuples(st.just("fail"), st.integers(0, 7), st.integers(0, 100)),
+        st.tuples(st.just("fetched"), st.integers(0, 7), st.integers(0, 100)),
         st.tuples(st.just("leave"), st.integers(0, 7)),
         st.tuples(st.just("seed"), st.integers(0, 11)),
         st.tuples(st.just("tick"), st.integers(1, 40)),
@@ -361,7 +462,7 @@ class PropertyTests(SynchronousTestCase):
         s.add_task(T, [10] * n, SEED)
         seed_has = set()
         have = {}        # peer id -> set of pieces
-        inflight = {}    # peer id -> {index: (source id, deadline)}
+        inflight = {}    # peer id -> {index: (source id, deadline, bytes arrived)}
         generation = {}  # join count per slot: a left peer never comes back
         r = random.Random(seed)
         for c in range(crowd):
@@ -375,7 +476,7 @@ class PropertyTests(SynchronousTestCase):
             kind = op[0]
             now = clock.seconds()
             for pid, fl in inflight.items():
-                for i in [i for i, (_src, dl) in fl.items() if dl <= now]:
+                for i in [i for i, (_src, dl, _f) in fl.items() if dl <= now]:
                     del fl[i]
             if kind == "join":
                 pid = f"p{op[1]}-{generation.get(op[1], 0)}"
@@ -416,11 +517,11 @@ class PropertyTests(SynchronousTestCase):
                         self.assertIn(a.index, seed_has)
                     else:
                         self.assertIn(a.index, have[src])
-                    inflight[pid][a.index] = (src, clock.seconds() + 50)
+                    inflight[pid][a.index] = (src, clock.seconds() + 50, False)
                 loads = {}
                 for fl in inflight.values():
-                    for src, _dl in fl.values():
-                        if src == SEED.peer_id or src in have:
+                    for src, _dl, fetched in fl.values():
+                        if not fetched and (src == SEED.peer_id or src in have):
                             loads[src] = loads.get(src, 0) + 1
                 for src, load in loads.items():
                     self.assertLessEqual(
@@ -428,7 +529,13 @@ class PropertyTests(SynchronousTestCase):
             elif inflight[pid]:
                 keys = sorted(inflight[pid])
                 i = keys[op[2] % len(keys)]
-                src, _dl = inflight[pid].pop(i)
+                if kind == "fetched":
+                    src, dl, _f = inflight[pid][i]
+                    inflight[pid][i] = (src, dl, True)   # its source's slot is free
+                    s.report(T, pid, fetched=[i])
+                    verify(s, T)
+                    continue
+                src, _dl, _f = inflight[pid].pop(i)
                 if kind == "finish":
                     s.report(T, pid, have=[i])
                     have[pid].add(i)

@@ -364,6 +364,25 @@ class ScheduleTests(APITestBase):
         self.call("POST", f"/api/v1/tasks/{TASK}/leave", {"peer_id": PEER["peer_id"]})
         self.assertEqual(self.scheduler.task_stats(TASK)["peers"], 0)
 
+    def test_fetched_frees_the_seed_slot(self):
+        """A piece reported fetched frees the seed's upload slot at once (another
+        peer gets an assignment beyond the seed's limit) and stays in flight,
+        never held, until reported in have."""
+        self.scheduler.seed_max_uploads = 1
+        other = dict(PEER, peer_id="host-2-abcdef02", port=65001)
+        self.register()
+        self.register(peer=other)
+        pid, pid2 = PEER["peer_id"], other["peer_id"]
+        [a] = self.schedule({"peer_id": pid, "want": 5})["assignments"]
+        self.assertEqual(self.schedule({"peer_id": pid2, "want": 5})["assignments"], [])
+        self.schedule({"peer_id": pid, "fetched": [a["index"]]})
+        [b] = self.schedule({"peer_id": pid2, "want": 5})["assignments"]
+        self.assertEqual(b["source"], SEED.to_json())
+        self.assertEqual(self.scheduler.task_stats(TASK)["inflight"], 2)
+        self.assertEqual(self.scheduler.holds(TASK, pid), [])
+        self.schedule({"peer_id": pid, "have": [a["index"]]})
+        self.assertEqual(self.scheduler.holds(TASK, pid), [a["index"]])
+
     def test_bad_schedule_requests(self):
         """Unknown task or peer -> 404; malformed reports -> 400."""
         self.schedule({"peer_id": PEER["peer_id"], "want": 1}, status=404)

@@ -46,6 +46,23 @@ class ChangedTests(SchedulerMixin, SynchronousTestCase):
         self.successResultOf(d)
         self.assertEqual(len(s.assign(T, "peer-3", 1)), 1)
 
+    def test_woken_when_its_share_frees(self):
+        """When an asker whose fair share is taken by pieces it reported fetched
+        (their sources' slots already free) reports one of them held, its own
+        wait ends: the share that freed is its own, and nobody else's report
+        would tell it. Once, it waited for its poll to time out."""
+        s = self.make(pieces=16)
+        self.join(*range(1, 7))
+        self.give(1, *range(16))                 # five askers of one source
+        got = s.assign(T, "peer-2", 8)
+        self.assertEqual(len(got), 3)            # its fair share
+        s.report(T, "peer-2", fetched=[a.index for a in got])
+        self.assertEqual(s.assign(T, "peer-2", 8), [])
+        d = s.changed(T, "peer-2")
+        s.report(T, "peer-2", have=[got[0].index])
+        self.successResultOf(d)
+        self.assertTrue(s.assign(T, "peer-2", 8))
+
     def test_not_woken_for_nothing(self):
         """When a change offers only pieces a waiter already holds, it keeps waiting."""
         s = self.make(pieces=2, seeded=False)
