@@ -108,8 +108,16 @@ def _prepare(store, dl, info):
 #: stream waits for (see SwarmSession._follow_attestation).
 ATTEST_FOLLOW = 4.5
 
-#: Pieces a busy session gathers before a report-only call (see SwarmSession._report_now).
+#: Pieces a busy session gathers before a report-only call (see SwarmSession._may_gather).
 REPORT_BATCH = 2
+
+#: Seconds a landed piece waits at most for a second one to be reported with
+#: (see SwarmSession._may_gather). Pairs only where pieces land close
+#: together (a fast stream: a few ms apart); on a 100 Mbit swarm they land
+#: ~0.3 s apart, and a lone piece waiting for the next one kept its source's
+#: upload slot and the asker's fetch slot idle that long (bench/README.md,
+#: issue 20 round four).
+GATHER_WAIT = 0.005
 
 
 class SwarmSession:
@@ -143,6 +151,8 @@ class SwarmSession:
         self.in_flight = {}          # index -> (Assignment, Deferred)
         self.queue = []              # Assignments not started yet
         self.have = list(tf.completed())
+        self.have_since = self.clock.seconds()   # when the oldest unreported piece in have came
+        self.gather_call = None      # the delayed report of a lone landed piece (poll out)
         self.failed = []             # (index, source peer id)
         self.failures = {}           # index -> count
         self.fatal = None
@@ -168,6 +178,7 @@ class SwarmSession:
             await self._loop()
         finally:
             forget()
+            self._cancel_gather()
             if self.reporting is not None:
                 self.reporting.cancel()
             for a, d in list(self.in_flight.values()):
@@ -208,18 +219,14 @@ class SwarmSession:
             if self._complete():
                 return
             self._start_fetches()
-            want = max(0, self.slots + settings.queue_depth - len(self.in_flight) - len(self.queue))
-            # Never ask for more than is left unassigned: with everything in
-            # flight, a long-poll would only delay our reports and our end.
-            unassigned = (self.tf.piece_count - len(self.tf.completed())
-                          - len(self.in_flight) - len(self.queue))
-            want = min(want, max(0, unassigned))
-            if not want and not self.in_flight and self.tf.pass_full():
-                want = 1   # what the streams wait for is not among those queued
+            want = self._want()
             nothing_to_say = want == 0 and not self.have and not self.failed
-            if nothing_to_say or (want < REPORT_BATCH and self._may_gather()):
+            if nothing_to_say:
                 await self.event.wait(self.settings.stall_timeout)
                 self._check_stall()
+                continue
+            if want < REPORT_BATCH and self._may_gather():
+                await self.event.wait(self._gather_left())
                 continue
             if want == 0:
                 wait = 0
@@ -269,6 +276,19 @@ class SwarmSession:
             if elapsed < settings.min_poll_interval:
                 await self.event.wait(settings.min_poll_interval - elapsed)
 
+    def _want(self):
+        """How many assignments to ask for now: the free fetch slots plus the queue."""
+        want = max(0, self.slots + self.settings.queue_depth - len(self.in_flight)
+                   - len(self.queue))
+        # Never ask for more than is left unassigned: with everything in
+        # flight, a long-poll would only delay our reports and our end.
+        unassigned = (self.tf.piece_count - len(self.tf.completed())
+                      - len(self.in_flight) - len(self.queue))
+        want = min(want, max(0, unassigned))
+        if not want and not self.in_flight and self.tf.pass_full():
+            want = 1   # what the streams wait for is not among those queued
+        return want
+
     def _check_stall(self):
         if self.in_flight or self.tf.pass_full():   # (waiting for a stream to drain it)
             return
@@ -294,10 +314,13 @@ class SwarmSession:
         # failures we had not reported were about the registration it forgot
         # (e.g. a copy it dropped as corrupt): not news about its sources now.
         self.have = list(self.tf.completed())
+        self.have_since = self.clock.seconds()
         self.failed = []
         self.queue.clear()
 
     async def _schedule(self, want, wait):
+        self._cancel_gather()
+        since = self.have_since
         have, self.have = self.have, []
         failed, self.failed = self.failed, []
         cursor = None
@@ -313,6 +336,8 @@ class SwarmSession:
             raise
         except BaseException:
             # Not delivered (as far as we know), or refused: send again next time.
+            if have:
+                self.have_since = since
             self.have = have + self.have
             self.failed = failed + self.failed
             raise
@@ -335,7 +360,7 @@ class SwarmSession:
                               task=self.dl.task_id, why=str(e))
                 continue
             if tf.delivered(a.index):
-                self.have.append(a.index)
+                self._news(a.index)
                 continue
             if a.index in taken:
                 continue
@@ -408,7 +433,7 @@ class SwarmSession:
                 max(0.0, self.clock.seconds() - started))
             # (reported even when passed through: the supernode frees its source's
             # slot; an uncached task leaves the swarm at its end, see join_swarm)
-            self.have.append(a.index)
+            self._news(a.index)
             self.last_progress = self.clock.seconds()
             self.registrations = 1
             self.dl.piece_arrived(a.index, size, source)
@@ -427,6 +452,12 @@ class SwarmSession:
                 self.clock.callLater(0, self._after_piece)
             else:
                 self._after_piece()
+
+    def _news(self, index):
+        """Piece C{index} is ours now: it goes in the next report."""
+        if not self.have:
+            self.have_since = self.clock.seconds()
+        self.have.append(index)
 
     def _after_piece(self):
         self.event.fire()
@@ -450,6 +481,8 @@ class SwarmSession:
         if not self.polling or self.reporting is not None or not (self.have or self.failed):
             return
         if self._may_gather():
+            if self.gather_call is None:
+                self.gather_call = self.clock.callLater(self._gather_left(), self._gathered)
             return
         d = self.reporting = Deferred.fromCoroutine(self._schedule(0, 0))
 
@@ -465,16 +498,36 @@ class SwarmSession:
             return None
         d.addBoth(done)
 
+    def _gathered(self):
+        self.gather_call = None
+        self._report_now()
+
+    def _cancel_gather(self):
+        if self.gather_call is not None:
+            if self.gather_call.active():
+                self.gather_call.cancel()
+            self.gather_call = None
+
+    def _gather_left(self):
+        """Seconds the landed piece in C{have} may still wait for a second one."""
+        return max(0.0, self.have_since + GATHER_WAIT - self.clock.seconds())
+
     def _may_gather(self):
         """True when the news so far (one piece landed) can wait for the next.
 
         Reporting each piece alone costs two round trips per piece while a
         long-poll is out (the report frees one source slot, then the poll
-        answers with one assignment) and one otherwise. Pairs halve that.
-        Failures, two pieces, or a pipeline about to run dry: report now.
+        answers with one assignment) and one otherwise. Pairs halve that
+        where pieces land close together, so the wait is short: at most
+        L{GATHER_WAIT} after the first landed. Until the report, the source
+        keeps the slot and we keep the fetch slot, both idle, so a piece
+        that lands alone (a swarm on slow links) is reported on its own.
+        Nothing landed yet (a free fetch slot only), failures, two pieces,
+        or a pipeline about to run dry: ask or report now.
         """
-        return (not self.failed and len(self.have) < REPORT_BATCH
-                and len(self.in_flight) + len(self.queue) > 1)
+        return (not self.failed and 0 < len(self.have) < REPORT_BATCH
+                and len(self.in_flight) + len(self.queue) > 1
+                and self._gather_left() > 0)
 
     def _failed(self, a, reason, why):
         self.metrics.piece_failures.labels(reason=reason).inc()

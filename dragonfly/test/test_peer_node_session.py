@@ -4,6 +4,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from dragonfly.control.messages import RegisterAnswer, parse_assignment
 from dragonfly.digest import piece_digest
 from dragonfly.metrics import sample
+from dragonfly.peer.session import GATHER_WAIT
 from dragonfly.test.peerfakes import PEER_A, PEER_B, SEED
 from dragonfly.test.peernodes import DATA, PIECE, URL, NodeMixin
 
@@ -233,6 +234,55 @@ class LongPollTests(NodeMixin, SynchronousTestCase):
         self.pool.release(1)
         self.assertEqual(len(self.supernode.schedules), n + 1)
         self.assertEqual(len(self.supernode.schedules[n]["have"]), 2)
+        self.finish(d)
+
+    def finish_in_time(self, d):
+        """Release every fetch, moving the clock by GATHER_WAIT between them."""
+        while not d.called:
+            self.pool.release()
+            self.hosts.flush()
+            self.clock.advance(GATHER_WAIT)
+            self.hosts.flush()
+        self.assertEqual(self.read_all(self.successResultOf(d)), DATA)
+
+    def test_lone_piece_reported_after_gather_wait(self):
+        """A lone landed piece waits GATHER_WAIT at most for a second one: then
+        the report-only call carries it alone (its source's slot is freed
+        without waiting for the next piece to land)."""
+        d = self.start(concurrency=8, per_source_limit=4)
+        self.assertEqual(len(self.pool.held), 4)
+        self.assertEqual(len(self.supernode.held_polls), 1)
+        n = len(self.supernode.schedules)
+        self.pool.release(1)
+        self.clock.advance(GATHER_WAIT / 2)
+        self.assertEqual(len(self.supernode.schedules), n)   # still waiting for a second
+        self.clock.advance(GATHER_WAIT / 2)
+        self.hosts.flush()
+        report = self.supernode.schedules[n]
+        self.assertEqual((report["want"], report["wait"], len(report["have"])), (0, 0, 1))
+        self.finish_in_time(d)
+
+    def test_lone_piece_without_a_poll_after_gather_wait(self):
+        """Without a long-poll out (every slot taken) too, a lone landed piece
+        is reported (and its successor asked for) once GATHER_WAIT has passed."""
+        d = self.start(concurrency=4, polls=False)
+        self.assertEqual(len(self.pool.held), 4)
+        n = len(self.supernode.schedules)
+        self.pool.release(1)
+        self.assertEqual(len(self.supernode.schedules), n)
+        self.clock.advance(GATHER_WAIT)
+        self.hosts.flush()
+        self.assertEqual(len(self.supernode.schedules), n + 1)
+        self.assertEqual((self.supernode.schedules[n]["want"],
+                          len(self.supernode.schedules[n]["have"])), (1, 1))
+        self.finish_in_time(d)
+
+    def test_free_slot_asked_for_at_once(self):
+        """A fetch slot the last answer left free is asked for at once (a
+        long-poll for one piece), not only when a fetch in flight lands."""
+        d = self.start(concurrency=4, per_source_limit=3)
+        self.assertEqual(len(self.pool.held), 3)
+        self.assertEqual([body["want"] for body, _ in self.supernode.held_polls], [1])
         self.finish(d)
 
 
