@@ -111,14 +111,6 @@ ATTEST_FOLLOW = 4.5
 #: Pieces a busy session gathers before a report-only call (see SwarmSession._may_gather).
 REPORT_BATCH = 2
 
-#: Seconds a landed piece waits at most for a second one to be reported with
-#: (see SwarmSession._may_gather). Pairs only where pieces land close
-#: together (a fast stream: a few ms apart); on a 100 Mbit swarm they land
-#: ~0.3 s apart, and a lone piece waiting for the next one kept its source's
-#: upload slot and the asker's fetch slot idle that long (bench/README.md,
-#: issue 20 round four).
-GATHER_WAIT = 0.005
-
 
 class SwarmSession:
     """One task's swarm download after registration: schedule, fetch, report.
@@ -151,8 +143,7 @@ class SwarmSession:
         self.in_flight = {}          # index -> (Assignment, Deferred)
         self.queue = []              # Assignments not started yet
         self.have = list(tf.completed())
-        self.have_since = self.clock.seconds()   # when the oldest unreported piece in have came
-        self.gather_call = None      # the delayed report of a lone landed piece (poll out)
+        self.have_from = None        # the source of have[0] when it is a piece just fetched
         self.failed = []             # (index, source peer id)
         self.failures = {}           # index -> count
         self.fatal = None
@@ -178,7 +169,6 @@ class SwarmSession:
             await self._loop()
         finally:
             forget()
-            self._cancel_gather()
             if self.reporting is not None:
                 self.reporting.cancel()
             for a, d in list(self.in_flight.values()):
@@ -221,12 +211,9 @@ class SwarmSession:
             self._start_fetches()
             want = self._want()
             nothing_to_say = want == 0 and not self.have and not self.failed
-            if nothing_to_say:
+            if nothing_to_say or (want < REPORT_BATCH and self._may_gather()):
                 await self.event.wait(self.settings.stall_timeout)
                 self._check_stall()
-                continue
-            if want < REPORT_BATCH and self._may_gather():
-                await self.event.wait(self._gather_left())
                 continue
             if want == 0:
                 wait = 0
@@ -314,13 +301,11 @@ class SwarmSession:
         # failures we had not reported were about the registration it forgot
         # (e.g. a copy it dropped as corrupt): not news about its sources now.
         self.have = list(self.tf.completed())
-        self.have_since = self.clock.seconds()
+        self.have_from = None
         self.failed = []
         self.queue.clear()
 
     async def _schedule(self, want, wait):
-        self._cancel_gather()
-        since = self.have_since
         have, self.have = self.have, []
         failed, self.failed = self.failed, []
         cursor = None
@@ -337,7 +322,7 @@ class SwarmSession:
         except BaseException:
             # Not delivered (as far as we know), or refused: send again next time.
             if have:
-                self.have_since = since
+                self.have_from = None   # (news that waited: no more gathering)
             self.have = have + self.have
             self.failed = failed + self.failed
             raise
@@ -433,7 +418,7 @@ class SwarmSession:
                 max(0.0, self.clock.seconds() - started))
             # (reported even when passed through: the supernode frees its source's
             # slot; an uncached task leaves the swarm at its end, see join_swarm)
-            self._news(a.index)
+            self._news(a.index, a.source.peer_id)
             self.last_progress = self.clock.seconds()
             self.registrations = 1
             self.dl.piece_arrived(a.index, size, source)
@@ -453,10 +438,10 @@ class SwarmSession:
             else:
                 self._after_piece()
 
-    def _news(self, index):
-        """Piece C{index} is ours now: it goes in the next report."""
+    def _news(self, index, source=None):
+        """Piece C{index} is ours now (fetched from C{source}): it goes in the next report."""
         if not self.have:
-            self.have_since = self.clock.seconds()
+            self.have_from = source
         self.have.append(index)
 
     def _after_piece(self):
@@ -481,8 +466,6 @@ class SwarmSession:
         if not self.polling or self.reporting is not None or not (self.have or self.failed):
             return
         if self._may_gather():
-            if self.gather_call is None:
-                self.gather_call = self.clock.callLater(self._gather_left(), self._gathered)
             return
         d = self.reporting = Deferred.fromCoroutine(self._schedule(0, 0))
 
@@ -498,36 +481,27 @@ class SwarmSession:
             return None
         d.addBoth(done)
 
-    def _gathered(self):
-        self.gather_call = None
-        self._report_now()
-
-    def _cancel_gather(self):
-        if self.gather_call is not None:
-            if self.gather_call.active():
-                self.gather_call.cancel()
-            self.gather_call = None
-
-    def _gather_left(self):
-        """Seconds the landed piece in C{have} may still wait for a second one."""
-        return max(0.0, self.have_since + GATHER_WAIT - self.clock.seconds())
-
     def _may_gather(self):
         """True when the news so far (one piece landed) can wait for the next.
 
         Reporting each piece alone costs two round trips per piece while a
         long-poll is out (the report frees one source slot, then the poll
-        answers with one assignment) and one otherwise. Pairs halve that
-        where pieces land close together, so the wait is short: at most
-        L{GATHER_WAIT} after the first landed. Until the report, the source
-        keeps the slot and we keep the fetch slot, both idle, so a piece
-        that lands alone (a swarm on slow links) is reported on its own.
+        answers with one assignment) and one otherwise. Pairs halve that,
+        but only where waiting costs nobody: while the landed piece's source
+        is still sending us another piece (a stream from one source: its
+        uplink stays busy with us, and its next piece lands soon). Anywhere
+        else (a swarm: every source sends us one piece; on 100 Mbit links the
+        next lands ~0.3 s later) the source would keep an upload slot, and
+        we a fetch slot, carrying nothing until then: report at once.
         Nothing landed yet (a free fetch slot only), failures, two pieces,
         or a pipeline about to run dry: ask or report now.
         """
-        return (not self.failed and 0 < len(self.have) < REPORT_BATCH
-                and len(self.in_flight) + len(self.queue) > 1
-                and self._gather_left() > 0)
+        if self.failed or not 0 < len(self.have) < REPORT_BATCH:
+            return False
+        if len(self.in_flight) + len(self.queue) <= 1 or self.have_from is None:
+            return False
+        source = self.have_from
+        return any(a.source.peer_id == source for a, _d in self.in_flight.values())
 
     def _failed(self, a, reason, why):
         self.metrics.piece_failures.labels(reason=reason).inc()

@@ -4,7 +4,6 @@ from twisted.trial.unittest import SynchronousTestCase
 from dragonfly.control.messages import RegisterAnswer, parse_assignment
 from dragonfly.digest import piece_digest
 from dragonfly.metrics import sample
-from dragonfly.peer.session import GATHER_WAIT
 from dragonfly.test.peerfakes import PEER_A, PEER_B, SEED
 from dragonfly.test.peernodes import DATA, PIECE, URL, NodeMixin
 
@@ -208,9 +207,10 @@ class LongPollTests(NodeMixin, SynchronousTestCase):
         self.finish(d)
 
     def test_reports_pairs_while_busy(self):
-        """With more pieces in flight, a lone landed piece waits for the next one:
-        the report-only call carries two pieces (half the round trips), and the
-        download still never waits for a poll to time out."""
+        """With more pieces in flight from the landed piece's source, a lone
+        landed piece waits for the next one: the report-only call carries two
+        pieces (half the round trips), and the download still never waits for
+        a poll to time out."""
         d = self.start(concurrency=8, per_source_limit=4)
         self.assertEqual(len(self.pool.held), 4)
         self.assertEqual(len(self.supernode.held_polls), 1)
@@ -225,7 +225,8 @@ class LongPollTests(NodeMixin, SynchronousTestCase):
 
     def test_gathers_without_a_poll(self):
         """Without a long-poll out (every slot taken), one landed piece also waits
-        for a second before the next schedule call; the end is not delayed."""
+        for a second (its source sends us more) before the next schedule call;
+        the end is not delayed."""
         d = self.start(concurrency=4, polls=False)
         self.assertEqual(len(self.pool.held), 4)
         n = len(self.supernode.schedules)
@@ -236,46 +237,40 @@ class LongPollTests(NodeMixin, SynchronousTestCase):
         self.assertEqual(len(self.supernode.schedules[n]["have"]), 2)
         self.finish(d)
 
-    def finish_in_time(self, d):
-        """Release every fetch, moving the clock by GATHER_WAIT between them."""
-        while not d.called:
-            self.pool.release()
-            self.hosts.flush()
-            self.clock.advance(GATHER_WAIT)
-            self.hosts.flush()
-        self.assertEqual(self.read_all(self.successResultOf(d)), DATA)
+    def start_spread(self, concurrency, polls=True):
+        """A download whose fetches (one per source at a time, each held
+        until pool.release()) come from PEER_A, PEER_B and SEED, in turn."""
+        node = self.make(sources=(PEER_A, PEER_B, SEED), concurrency=concurrency, queue_depth=0)
+        self.pool.manual = True
+        self.supernode.per_source_limit = 1
+        self.supernode.defer_polls = polls
+        return node.download(URL)
 
-    def test_lone_piece_reported_after_gather_wait(self):
-        """A lone landed piece waits GATHER_WAIT at most for a second one: then
-        the report-only call carries it alone (its source's slot is freed
-        without waiting for the next piece to land)."""
-        d = self.start(concurrency=8, per_source_limit=4)
-        self.assertEqual(len(self.pool.held), 4)
+    def test_lone_piece_reported_at_once(self):
+        """A landed piece whose source sends us nothing else is reported at
+        once, in a report-only call beside the poll: waiting for the next
+        piece to land would keep that source's upload slot, and our fetch
+        slot, idle until then."""
+        d = self.start_spread(concurrency=4)
+        self.assertEqual(len(self.pool.held), 3)
         self.assertEqual(len(self.supernode.held_polls), 1)
         n = len(self.supernode.schedules)
         self.pool.release(1)
-        self.clock.advance(GATHER_WAIT / 2)
-        self.assertEqual(len(self.supernode.schedules), n)   # still waiting for a second
-        self.clock.advance(GATHER_WAIT / 2)
-        self.hosts.flush()
         report = self.supernode.schedules[n]
-        self.assertEqual((report["want"], report["wait"], len(report["have"])), (0, 0, 1))
-        self.finish_in_time(d)
+        self.assertEqual((report["want"], report["wait"], report["have"]), (0, 0, [0]))
+        self.finish(d)
 
-    def test_lone_piece_without_a_poll_after_gather_wait(self):
-        """Without a long-poll out (every slot taken) too, a lone landed piece
-        is reported (and its successor asked for) once GATHER_WAIT has passed."""
-        d = self.start(concurrency=4, polls=False)
-        self.assertEqual(len(self.pool.held), 4)
+    def test_lone_piece_without_a_poll_reported_at_once(self):
+        """Without a long-poll out (every slot taken) too: the lone piece goes
+        in the next schedule call at once, which asks for its successor."""
+        d = self.start_spread(concurrency=3, polls=False)
+        self.assertEqual(len(self.pool.held), 3)
         n = len(self.supernode.schedules)
         self.pool.release(1)
-        self.assertEqual(len(self.supernode.schedules), n)
-        self.clock.advance(GATHER_WAIT)
-        self.hosts.flush()
         self.assertEqual(len(self.supernode.schedules), n + 1)
         self.assertEqual((self.supernode.schedules[n]["want"],
-                          len(self.supernode.schedules[n]["have"])), (1, 1))
-        self.finish_in_time(d)
+                          self.supernode.schedules[n]["have"]), (1, [0]))
+        self.finish(d)
 
     def test_free_slot_asked_for_at_once(self):
         """A fetch slot the last answer left free is asked for at once (a
