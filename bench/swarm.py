@@ -18,6 +18,7 @@ import threading
 import time
 
 from bench import netns
+from bench.links import LinkSampler, link_summary
 from bench.cluster import Peer, Supernode, curl
 from bench.nginx import Nginx
 from bench.procs import BenchError, Profiler, cpu_times, cpu_usage, drop_file, make_file, metric, sha256_file
@@ -180,7 +181,8 @@ class _Swarm:
             prof = Profiler(self.work, {"supernode": sn.proc, "peer0": peers[0].proc},
                             enabled=self.ctx.profile and n == self.max_n)
             timeline = _Timeline(sn, t0, peers=[p.proc for p in peers])
-            with prof, timeline:
+            links = self.link_sampler(sn, peers, t0)
+            with prof, timeline, links:
                 procs = [p.dfget(self.url, outs[i], log=os.path.join(self.work, "dfget-%d.log" % i))
                          for i, p in enumerate(peers)]
                 secs = _wait_all(procs, self.timeout(n, size), "dfget")
@@ -209,6 +211,7 @@ class _Swarm:
                 "supernode_cpu_s": (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None,
                 "supernode_rss_bytes": sn.proc.hwm_bytes(),
                 "wall_s": wall,
+                "t0_monotonic": t0,
                 "api_requests": reqs,
                 "api_requests_per_s": sum(reqs.values()) / wall if wall else None,
                 "profiles": prof.summary or None,
@@ -218,11 +221,27 @@ class _Swarm:
                 "origin_done_s": timeline.first_at(0, size),
                 "peer_timeline": timeline.peer_samples,
                 "peer_progress": _progress(timeline, size, link=self.link),
+                "link_timeline": links.samples or None,
+                "links": link_summary(links.samples, ["origin", "supernode"]
+                                      + ["peer%d" % i for i in range(n)],
+                                      [None, None] + [t + s - t0 for t, s in zip(
+                                          [pr.started for pr in procs], secs)],
+                                      self.link) if links.samples else None,
             }
         finally:
             for p in peers:
                 p.close()
             sn.close()
+
+
+class _NoLinks:
+    samples = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
 
 
 class _Timeline:
@@ -348,6 +367,10 @@ class _NetnsSwarm(_Swarm):
 
     upload_limit = 0
 
+    def link_sampler(self, sn, peers, t0):
+        """Every host's eth0 counters (bench.links), origin and supernode first."""
+        return LinkSampler([self.nginx.proc.pid, sn.proc.pid] + [p.proc.pid for p in peers], t0)
+
     def supernode_limits(self):
         return self._upload_limit()
 
@@ -386,6 +409,9 @@ class _LoopSwarm(_Swarm):
 
     def host(self, role, i=0):
         return None, "127.0.0.1"
+
+    def link_sampler(self, sn, peers, t0):
+        return _NoLinks()     # one namespace: no per-host link
 
     def supernode_limits(self):
         return ["--upload-limit", str(int(self.link)), "--origin-limit", str(int(self.link))]

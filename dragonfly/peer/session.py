@@ -108,7 +108,7 @@ def _prepare(store, dl, info):
 #: stream waits for (see SwarmSession._follow_attestation).
 ATTEST_FOLLOW = 4.5
 
-#: Pieces a busy session gathers before a report-only call (see SwarmSession._report_now).
+#: Pieces a busy session gathers before a report-only call (see SwarmSession._may_gather).
 REPORT_BATCH = 2
 
 
@@ -143,6 +143,7 @@ class SwarmSession:
         self.in_flight = {}          # index -> (Assignment, Deferred)
         self.queue = []              # Assignments not started yet
         self.have = list(tf.completed())
+        self.news_from = None        # the source of the first piece in fetched/have, if fetched
         self.failed = []             # (index, source peer id)
         self.fetched = []            # bytes arrived, not yet reported (see _bytes_arrived)
         self.checking = set()        # in_flight pieces whose bytes arrived (hash and write)
@@ -211,8 +212,6 @@ class SwarmSession:
                 return
             self._start_fetches()
             want = self._want()
-            if not want and not self.in_flight and self.tf.pass_full():
-                want = 1   # what the streams wait for is not among those queued
             nothing_to_say = want == 0 and not (self.have or self.failed or self.fetched)
             if nothing_to_say or (want < REPORT_BATCH and self._may_gather()):
                 await self.event.wait(self.settings.stall_timeout)
@@ -279,7 +278,10 @@ class SwarmSession:
         # flight, a long-poll would only delay our reports and our end.
         unassigned = (self.tf.piece_count - len(self.tf.completed())
                       - len(self.in_flight) - len(self.queue))
-        return min(want, max(0, unassigned))
+        want = min(want, max(0, unassigned))
+        if not want and not self.in_flight and self.tf.pass_full():
+            want = 1   # what the streams wait for is not among those queued
+        return want
 
     def _check_stall(self):
         if self.in_flight or self.tf.pass_full():   # (waiting for a stream to drain it)
@@ -306,6 +308,7 @@ class SwarmSession:
         # failures we had not reported were about the registration it forgot
         # (e.g. a copy it dropped as corrupt): not news about its sources now.
         self.have = list(self.tf.completed())
+        self.news_from = None
         self.failed = []
         self.fetched = []
         self.queue.clear()
@@ -330,6 +333,8 @@ class SwarmSession:
             raise
         except BaseException:
             # Not delivered (as far as we know), or refused: send again next time.
+            if have or fetched:
+                self.news_from = None   # (news that waited: no more gathering)
             self.have = have + self.have
             self.failed = failed + self.failed
             self.fetched = fetched + self.fetched
@@ -353,7 +358,7 @@ class SwarmSession:
                               task=self.dl.task_id, why=str(e))
                 continue
             if tf.delivered(a.index):
-                self.have.append(a.index)
+                self._news(a.index)
                 continue
             if a.index in taken:
                 continue
@@ -405,7 +410,7 @@ class SwarmSession:
             if size != a.size:
                 reason = "short"
                 raise ValueError(f"got {size} bytes, want {a.size}")
-            self._bytes_arrived(a.index)
+            self._bytes_arrived(a.index, a.source.peer_id)
             try:
                 if fetch_piece is not None:
                     await tf.write_verified_piece(a.index, data, a.digest)
@@ -427,7 +432,7 @@ class SwarmSession:
                 max(0.0, self.clock.seconds() - started))
             # (reported even when passed through: the supernode frees its source's
             # slot; an uncached task leaves the swarm at its end, see join_swarm)
-            self.have.append(a.index)
+            self._news(a.index, a.source.peer_id)
             self.last_progress = self.clock.seconds()
             self.registrations = 1
             self.dl.piece_arrived(a.index, size, source)
@@ -448,6 +453,12 @@ class SwarmSession:
             else:
                 self._after_piece()
 
+    def _news(self, index, source=None):
+        """Piece C{index} is ours now (fetched from C{source}): it goes in the next report."""
+        if not (self.have or self.fetched):
+            self.news_from = source
+        self.have.append(index)
+
     def _after_piece(self):
         """A fetch ended (landed or failed): its slot is free. A queued
         assignment starts now, not when the loop next runs: the loop may be
@@ -458,7 +469,7 @@ class SwarmSession:
         self.event.fire()
         self._report_now()
 
-    def _bytes_arrived(self, index):
+    def _bytes_arrived(self, index, source):
         """Piece C{index}'s bytes are in (hash and write next): tell the
         supernode in the next call, which frees the source's upload slot, so
         the next assignment from it is queued here before this one lands.
@@ -467,6 +478,8 @@ class SwarmSession:
         the pieces held since the last call go along with them.
         """
         self.checking.add(index)
+        if not (self.have or self.fetched):
+            self.news_from = source
         self.fetched.append(index)
         self.event.fire()
         self._report_now()
@@ -510,13 +523,26 @@ class SwarmSession:
 
         Reporting each piece alone costs two round trips per piece while a
         long-poll is out (the report frees one source slot, then the poll
-        answers with one assignment) and one otherwise. Pairs halve that.
-        The arrivals set the pace (they free the slots); the pieces held
-        since go along with them. Failures, two arrivals, or a pipeline
-        about to run dry: report now.
+        answers with one assignment) and one otherwise. Pairs halve that,
+        but only where waiting costs nobody: while the source of the first
+        piece waiting to be told is still sending us another piece (a stream
+        from one source: its uplink stays busy with us, and its next piece
+        lands soon). The arrivals set the pace (they free the slots); the
+        pieces held since go along with them. Anywhere else (a swarm: every
+        source sends us one piece; on 100 Mbit links the next lands ~0.3 s
+        later) the source would keep an upload slot, and the others would
+        not learn we hold the piece, until then: report at once. Nothing
+        landed yet (a free fetch slot only), failures, two arrivals, or a
+        pipeline about to run dry: ask or report now.
         """
-        return (not self.failed and len(self.fetched) < REPORT_BATCH
-                and len(self.in_flight) + len(self.queue) > 1)
+        if self.failed or len(self.fetched) >= REPORT_BATCH:
+            return False
+        if not (self.fetched or self.have) or self.news_from is None:
+            return False
+        if len(self.in_flight) + len(self.queue) <= 1:
+            return False
+        return any(a.source.peer_id == self.news_from
+                   for index, (a, _d) in self.in_flight.items() if index not in self.checking)
 
     def _failed(self, a, reason, why):
         self.metrics.piece_failures.labels(reason=reason).inc()

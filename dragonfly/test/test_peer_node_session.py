@@ -217,9 +217,10 @@ class LongPollTests(NodeMixin, SynchronousTestCase):
         self.assertNotIn(0, [i for body in later for i in body.get("fetched", ())])
 
     def test_reports_pairs_while_busy(self):
-        """With more pieces in flight, a lone landed piece waits for the next one:
-        the report-only call carries two pieces (half the round trips), and the
-        download still never waits for a poll to time out."""
+        """With more pieces in flight from the landed piece's source, a lone
+        landed piece waits for the next one: the report-only call carries two
+        pieces (half the round trips), and the download still never waits for
+        a poll to time out."""
         d = self.start(concurrency=8, per_source_limit=4)
         self.assertEqual(len(self.pool.held), 4)
         self.assertEqual(len(self.supernode.held_polls), 1)
@@ -235,7 +236,8 @@ class LongPollTests(NodeMixin, SynchronousTestCase):
 
     def test_gathers_without_a_poll(self):
         """Without a long-poll out (every slot taken), one landed piece also waits
-        for a second before the next schedule call; the end is not delayed."""
+        for a second (its source sends us more) before the next schedule call;
+        the end is not delayed."""
         d = self.start(concurrency=4, polls=False)
         self.assertEqual(len(self.pool.held), 4)
         n = len(self.supernode.schedules)
@@ -327,6 +329,51 @@ class LongPollTests(NodeMixin, SynchronousTestCase):
             self.assertLessEqual(len(self.pool.held) + len(writing), 8)
         self.assertEqual(self.read_all(self.successResultOf(d)), data)
         self.assertEqual(self.clock.seconds(), 0)
+    def start_spread(self, concurrency, polls=True):
+        """A download whose fetches (one per source at a time, each held
+        until pool.release()) come from PEER_A, PEER_B and SEED, in turn."""
+        node = self.make(sources=(PEER_A, PEER_B, SEED), concurrency=concurrency, queue_depth=0)
+        self.pool.manual = True
+        self.supernode.per_source_limit = 1
+        self.supernode.defer_polls = polls
+        return node.download(URL)
+
+    def test_lone_piece_reported_at_once(self):
+        """A piece whose bytes arrived from a source that sends us nothing else
+        is reported (fetched) at once, in a report-only call beside the poll,
+        and held once written: waiting for the next piece to land would keep
+        that source's upload slot idle, and the others from fetching it from
+        us, until then."""
+        d = self.start_spread(concurrency=4)
+        self.assertEqual(len(self.pool.held), 3)
+        self.assertEqual(len(self.supernode.held_polls), 1)
+        n = len(self.supernode.schedules)
+        self.pool.release(1)
+        report = self.supernode.schedules[n]
+        self.assertEqual((report["want"], report["wait"], report.get("fetched")), (0, 0, [0]))
+        # and once written, held: told at once too, with no other piece landing
+        self.assertIn(0, [i for body in self.supernode.schedules[n + 1:] for i in body["have"]])
+        self.finish(d)
+
+    def test_lone_piece_without_a_poll_reported_at_once(self):
+        """Without a long-poll out (every slot taken) too: the lone piece goes
+        in the next schedule call at once, which asks for its successor."""
+        d = self.start_spread(concurrency=3, polls=False)
+        self.assertEqual(len(self.pool.held), 3)
+        n = len(self.supernode.schedules)
+        self.pool.release(1)
+        self.assertEqual(len(self.supernode.schedules), n + 1)
+        self.assertEqual((self.supernode.schedules[n]["want"],
+                          self.supernode.schedules[n].get("fetched")), (1, [0]))
+        self.finish(d)
+
+    def test_free_slot_asked_for_at_once(self):
+        """A fetch slot the last answer left free is asked for at once (a
+        long-poll for one piece), not only when a fetch in flight lands."""
+        d = self.start(concurrency=4, per_source_limit=3)
+        self.assertEqual(len(self.pool.held), 3)
+        self.assertEqual([body["want"] for body, _ in self.supernode.held_polls], [1])
+        self.finish(d)
 
 
 class AssignmentCheckTests(SynchronousTestCase):

@@ -1,0 +1,191 @@
+"""Per-host link counters of the netns swarm: how busy each uplink and downlink was.
+
+Every host of the lab has one interface, ``eth0``, whose transmit bytes are
+its uplink and receive bytes its downlink (the tbf of each direction sits on
+that port). ``/proc/PID/net/dev`` shows the interfaces of PID's network
+namespace, so reading it for one process per host (the origin's nginx, the
+supernode, each peer) samples every link with no subprocess and no
+namespace switch: cheap enough for a 0.1 s interval.
+
+The counters are frame bytes (TCP/IP and Ethernet headers included), the
+unit the tbf limits: a full link moves 12.5 MB/s of frames at 100 Mbit, of
+which ~95.6% is payload with a 1500-byte MTU (1448 of 1514 bytes); curl alone
+gets 11.9 MB/s. So a link fraction here is of the wire, and the swarm's
+``link_fractions`` (payload) cannot pass ~0.956.
+"""
+import threading
+import time
+
+__all__ = ["LinkSampler", "link_summary", "rate_table", "read_dev"]
+
+#: A sampling interval below this fraction of the link's rate counts as idle.
+IDLE_FRACTION = 0.1
+
+
+def read_dev(pid, dev="eth0"):
+    """(tx_bytes, rx_bytes) of C{dev} in PID's network namespace, or None."""
+    try:
+        with open("/proc/%d/net/dev" % pid) as f:
+            for line in f:
+                name, sep, rest = line.partition(":")
+                if sep and name.strip() == dev:
+                    fields = rest.split()
+                    return int(fields[8]), int(fields[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class LinkSampler:
+    """Samples (tx, rx) of every host's eth0 about every C{interval} seconds
+    while the block runs: C{samples}, [t, [[tx, rx] or None per pid]] from t0."""
+
+    def __init__(self, pids, t0, interval=0.1):
+        self.pids = list(pids)
+        self.t0 = t0
+        self.interval = interval
+        self.samples = []
+        self._stop = threading.Event()
+        self._thread = None
+
+    def __enter__(self):
+        self._sample()
+        self._thread = threading.Thread(target=self._run, name="links", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(30)
+        self._sample()
+
+    def _sample(self):
+        row = []
+        for pid in self.pids:
+            v = read_dev(pid)
+            row.append(list(v) if v is not None else None)
+        self.samples.append([round(time.monotonic() - self.t0, 3), row])
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+
+def _series(samples, k, col):
+    return [(t, row[k][col]) for t, row in samples if row[k] is not None]
+
+
+def _busy(series, start, end, link):
+    """Over [start, end]: (wire bytes / (link * seconds), idle seconds): the
+    sampled intervals inside it in which the link moved under IDLE_FRACTION
+    of its rate."""
+    moved = 0
+    span = 0.0
+    idle = 0.0
+    for (t0, b0), (t1, b1) in zip(series, series[1:]):
+        if t0 < start or t1 > end or t1 <= t0:
+            continue
+        moved += b1 - b0
+        span += t1 - t0
+        if b1 - b0 < IDLE_FRACTION * link * (t1 - t0):
+            idle += t1 - t0
+    return (moved / (link * span) if span else None), round(idle, 2)
+
+
+def link_summary(samples, names, done, link):
+    """Per host (C{names}, in the samplers' pid order): its uplink's and
+    downlink's use, from C{samples} of L{LinkSampler}.
+
+    C{done}: per host, when it finished (None: the origin and the supernode,
+    or unknown). A peer's downlink is judged from its first received byte to
+    its own end; every uplink from the first peer byte anywhere to the last
+    peer's end (the window in which it could have served what it held).
+    ``up_use`` / ``down_use``: wire bytes over the link's capacity in that
+    window; ``up_idle_s`` / ``down_idle_s``: sampled seconds under
+    IDLE_FRACTION of the link in it. ``swarm``: every uplink's bytes together
+    over (hosts x window), the supernode's included, the origin's not.
+    """
+    if len(samples) < 2:
+        return None
+    ends = [d for d in done if d is not None]
+    end = max(ends) if ends else samples[-1][0]
+    firsts = []
+    out = []
+    for k, name in enumerate(names):
+        down = _series(samples, k, 1)
+        first = next((t for (t, b), (_, b0) in zip(down[1:], down) if b > b0 + 65536), None)
+        if done[k] is not None and first is not None:
+            firsts.append(first)
+        out.append({"host": name, "first_rx_s": first})
+    start = min(firsts) if firsts else samples[0][0]
+    up_bytes = 0
+    up_links = 0
+    for k, row in enumerate(out):
+        up = _series(samples, k, 0)
+        row["up_use"], row["up_idle_s"] = _busy(up, start, end, link)
+        if row["host"] != "origin":
+            up_bytes += _moved(up, start, end)
+            up_links += 1
+        if done[k] is not None and row["first_rx_s"] is not None:
+            down = _series(samples, k, 1)
+            row["down_use"], row["down_idle_s"] = _busy(down, row["first_rx_s"], done[k], link)
+    span = end - start
+    return {"window_s": [round(start, 2), round(end, 2)],
+            "swarm_up_use": up_bytes / (link * span * up_links) if span > 0 and up_links else None,
+            "hosts": out}
+
+
+def _moved(series, start, end):
+    inside = [b for t, b in series if start <= t <= end]
+    return inside[-1] - inside[0] if len(inside) > 1 else 0
+
+
+def rate_table(run, step=1.0, link=None):
+    """Lines: every C{step} seconds of a swarm run's C{link_timeline}, the
+    origin's uplink, the supernode's uplink and downlink, and the peers'
+    uplinks and downlinks (mean and lowest), as fractions of the link."""
+    samples = run.get("link_timeline") or []
+    link = link or run.get("link_bytes_s") or 12.5e6
+    lines = ["   t   origin  sn up  sn down | peers up mean  min | down mean  min"]
+    prev = None
+    for s in samples:
+        if prev is None:
+            prev = s
+            continue
+        if s[0] - prev[0] < step:
+            continue
+        dt = s[0] - prev[0]
+
+        def rate(k, col):
+            a, b = prev[1][k], s[1][k]
+            return None if a is None or b is None else (b[col] - a[col]) / dt / link
+        ups = [r for r in (rate(k, 0) for k in range(2, len(s[1]))) if r is not None]
+        downs = [r for r in (rate(k, 1) for k in range(2, len(s[1]))) if r is not None]
+        if ups and downs:
+            lines.append("%5.1f  %5.2f  %5.2f  %5.2f   |     %5.2f  %5.2f |     %5.2f  %5.2f" % (
+                s[0], rate(0, 0) or 0, rate(1, 0) or 0, rate(1, 1) or 0,
+                sum(ups) / len(ups), min(ups), sum(downs) / len(downs), min(downs)))
+        prev = s
+    return lines
+
+
+def main(argv):
+    """python -m bench.links RESULTS/swarm.json [STEP]: each p2p run's link table."""
+    import json
+    with open(argv[0]) as f:
+        result = json.load(f)
+    step = float(argv[1]) if len(argv) > 1 else 1.0
+    for run in result.get("runs", []):
+        if not run.get("link_timeline"):
+            continue
+        summary = run.get("links") or {}
+        print("%s N=%d: mean %.0f%% of link; uplinks busy %.0f%% of %s s (swarm_up_use)" % (
+            run["kind"], run["n"], 100 * run["mean_link_fraction"],
+            100 * (summary.get("swarm_up_use") or 0), summary.get("window_s")))
+        print("\n".join(rate_table(run, step, result.get("link_bytes_s"))))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main(sys.argv[1:]))
