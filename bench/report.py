@@ -97,6 +97,10 @@ def targets(res):
             if r.get("bound_ratio") is not None and r.get("n") == 16:
                 out.append(("Simulator N=16, 256 MiB at 100 Mbit within 1.08x of lower bound",
                             "%.2fx" % r["bound_ratio"], r["bound_ratio"] <= 1.08))
+        for r in sim.get("small_swarm_pipeline") or ():
+            if r.get("bound_ratio") is not None and r.get("n") == 16:
+                out.append(("Simulator N=16, same, --swarm-uploads 1 (pipelined), within 1.08x",
+                            "%.2fx" % r["bound_ratio"], r["bound_ratio"] <= 1.08))
         eg = [r for r in sim["runs"] if r.get("supernode_egress_ratio") is not None]
         if eg:
             out.append(("Simulator supernode egress < 3x file, N=100..10,000",

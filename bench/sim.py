@@ -20,6 +20,8 @@ import sys
 COUNTS = (100, 1000, 10000)
 SCENARIO_HOSTS = 1000
 SMALL_SWARM = {"hosts": (8, 16), "file_bytes": 256 << 20, "link": 12.5e6}
+# The same swarm with the supernode's --swarm-uploads 1 (pipelined whole pieces).
+PIPELINE = {"scheduler_args": {"max_uploads_per_peer": 1, "seed_swarm_uploads": 1}}
 SCENARIOS = {
     "kill_owner": {"supernodes": 3, "kill_owner_at": 0.25},
     "churn": {"churn": 0.2},
@@ -101,6 +103,14 @@ def run(ctx):
         r = normalise(n, doc, SMALL_SWARM["file_bytes"])
         small.append(r)
         ctx.log("sim N=%d, 256 MiB at 100 Mbit/s: %.2fx the bound" % (n, r["bound_ratio"] or 0))
+    pipelined = []
+    for n in SMALL_SWARM["hosts"]:
+        doc = raw["pipeline-%d" % n] = _simulate(ctx, n, SMALL_SWARM["file_bytes"], SMALL_SWARM["link"],
+                                                 PIPELINE)
+        r = normalise(n, doc, SMALL_SWARM["file_bytes"])
+        pipelined.append(r)
+        ctx.log("sim N=%d, 256 MiB at 100 Mbit/s, --swarm-uploads 1: %.2fx the bound"
+                % (n, r["bound_ratio"] or 0))
     scenarios = {}
     for name, kw in SCENARIOS.items():
         ctx.log("sim scenario %s: %d hosts %s" % (name, SCENARIO_HOSTS, kw))
@@ -109,5 +119,6 @@ def run(ctx):
         ctx.log("sim %s: completion %.1fs (%.2fx bound), %s/%s hosts, origin egress %.2fx file" % (
             name, r["completion_s"] or 0, r["bound_ratio"] or 0, r["completed"], r["expected"],
             r["origin_egress_ratio"] or 0))
-    return {"runs": runs, "small_swarm": small, "scenarios": scenarios, "raw": raw,
+    return {"runs": runs, "small_swarm": small, "small_swarm_pipeline": pipelined,
+            "scenarios": scenarios, "raw": raw,
             "file_bytes": file_bytes, "link_bytes_s": link}

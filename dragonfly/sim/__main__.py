@@ -14,6 +14,8 @@ when the swarm has a quarter of its bytes (peers move to the next supernode,
 which fetches from the origin again); --churn 0.2 makes a fifth of the hosts
 leave at random times; --slow 0.2 gives a fifth of the hosts a tenth of the
 link. "done" counts hosts that completed against those that did not leave.
+--join-over S staggers the joins over S seconds. --swarm-uploads 1 is the
+supernode's pipelining setting (one piece per link in a swarm).
 --progress prints, every 2**20 events, the transfers so far, the simulated
 time and the CPU seconds to stderr (for the long runs: 100,000 hosts).
 """
@@ -65,6 +67,11 @@ class Options(usage.Options):
         ["concurrency", None, 4, "Pieces each peer downloads at once.", int],
         ["max-uploads", None, 4, "Scheduler: uploads per peer.", int],
         ["seed-slots", None, 8, "Scheduler: uploads of the seed.", int],
+        ["swarm-uploads", None, None, "Scheduler: as the supernode's --swarm-uploads (uploads "
+         "per peer, and the seed's and each asker's cap in a swarm; default 4); sets "
+         "--max-uploads too.", int],
+        ["join-over", None, 0.0, "Hosts join at random times over this many seconds "
+         "(0: all at once).", float],
         ["seed", None, 1, "Random seed.", int],
         ["supernodes", None, 1, "Supernodes in the cluster (the task's owner by rendezvous hash).", int],
         ["kill-owner-at", None, None, "Kill the task's owner when the swarm holds this share "
@@ -94,15 +101,26 @@ class Options(usage.Options):
             raise usage.UsageError("--size and --piece-size must be positive")
         if min(self["uplink"], self["downlink"], self["seed-link"]) <= 0:
             raise usage.UsageError("link rates must be positive")
-        for k in ("concurrency", "max-uploads", "seed-slots", "supernodes"):
-            if self[k] < 1:
+        if self["swarm-uploads"] is not None:
+            self["max-uploads"] = self["swarm-uploads"]
+        for k in ("concurrency", "max-uploads", "seed-slots", "supernodes", "swarm-uploads"):
+            if self[k] is not None and self[k] < 1:
                 raise usage.UsageError(f"--{k} must be at least 1")
+        if self["join-over"] < 0:
+            raise usage.UsageError("--join-over must not be negative")
         for k in ("churn", "slow"):
             if not 0 <= self[k] <= 1:
                 raise usage.UsageError(f"--{k} must be between 0 and 1")
         kill = self["kill-owner-at"]
         if kill is not None and (not 0 < kill < 1 or self["supernodes"] < 2):
             raise usage.UsageError("--kill-owner-at wants a share in (0, 1) and --supernodes 2 or more")
+
+
+def _scheduler_args(opts):
+    args = {"max_uploads_per_peer": opts["max-uploads"], "seed_max_uploads": opts["seed-slots"]}
+    if opts["swarm-uploads"] is not None:
+        args["seed_swarm_uploads"] = opts["swarm-uploads"]
+    return args
 
 
 def _progress(err):
@@ -132,9 +150,8 @@ def main(argv=None, out=sys.stdout, err=sys.stderr):
             origin_rate=opts["origin"], concurrency=opts["concurrency"],
             seed=opts["seed"], supernodes=opts["supernodes"],
             kill_owner_at=opts["kill-owner-at"], churn=opts["churn"], slow=opts["slow"],
-            progress=_progress(err) if opts["progress"] else None,
-            scheduler_args={"max_uploads_per_peer": opts["max-uploads"],
-                            "seed_max_uploads": opts["seed-slots"]})
+            progress=_progress(err) if opts["progress"] else None, join_over=opts["join-over"],
+            scheduler_args=_scheduler_args(opts))
         results.append(dict(r))
         print(f"{n:>7} {r['max_time']:>8.3f} {r['median_time']:>9.3f} {r['lower_bound']:>8.3f} "
               f"{r['ratio_max']:>9.3f} {r['ratio_median']:>9.3f} {r['hop_bound']:>11.3f} "
@@ -144,6 +161,9 @@ def main(argv=None, out=sys.stdout, err=sys.stderr):
         if r["slow"]:
             print(f"  fast hosts: max {r['max_time_fast']:.3f}s, bound {r['lower_bound_fast']:.3f}s "
                   f"({r['max_time_fast'] / r['lower_bound_fast']:.3f}x)", file=out)
+        if r["join_over"]:
+            print(f"  staggered joins over {r['join_over']:.3f}s: longest join-to-done "
+                  f"{r['max_span']:.3f}s", file=out)
         if r["completed"] != r["expected"]:
             print(f"  only {r['completed']} of {r['expected']} staying hosts completed", file=out)
     if opts["json"]:

@@ -19,8 +19,11 @@ Model
   transfer starts or ends at one of the hosts involved.
 - The control plane is instant: a peer reports a finished piece and asks for
   more in the same step (like one C{/schedule} round trip with no latency);
-  a peer with nothing to do waits on C{LongPollScheduler.watch}, with a long-poll
-  timeout like the API's, then asks again.
+  a peer with fewer pieces than it wants waits on C{LongPollScheduler.watch},
+  with a long-poll timeout like the API's, then asks again. A wake-up is
+  answered at once, inside the change that caused it, as the API's waiting
+  coroutine resumes inside the Deferred's callback: the peers that waited
+  choose before the peer whose report freed the slot.
 
 Failure (all off by default):
 
@@ -40,6 +43,9 @@ Failure (all off by default):
   scheduler forgets it and its pieces. A host that leaves before completing
   is not waited for.
 - C{slow}: this share of the hosts has a tenth of the peer uplink and downlink.
+- C{join_over}: the hosts join at uniformly random times from 0 to this many
+  seconds instead of all at 0 (a staggered start); C{max_span} is the longest
+  time from a host's join to its completion.
 
 Time is a L{twisted.internet.task.Clock} that the scheduler reads; the
 simulator advances it from its own event heap (C{Clock.callLater} keeps a
@@ -56,24 +62,16 @@ from twisted.internet.task import Clock
 
 from dragonfly.interfaces import PeerInfo
 from dragonfly.sim.bounds import hop_bound, mixed_bound, rendezvous_order
+from dragonfly.sim.rates import DONE as _DONE, FluidRates
 from dragonfly.supernode.wakeups import LongPollScheduler
 
 TASK = "sim-task"
 
-# event kinds
-_DONE, _POLL, _ORIGIN, _LEAVE = 0, 1, 2, 3
+# event kinds (_DONE, 0: a transfer completes; dragonfly.sim.rates)
+_POLL, _ORIGIN, _LEAVE, _JOIN = 1, 2, 3, 4
 # the progress callback runs every 2**20 events
 _PROGRESS_MASK = (1 << 20) - 1
 DIGEST = "0" * 64
-
-
-# A transfer at or above this share of its receiver's old downlink share was
-# (up to rounding) held back by it.
-_CAP_SLACK = 1 - 1e-9
-
-
-def _first(pair):
-    return pair[0]
 
 
 class _Host:
@@ -81,7 +79,7 @@ class _Host:
                  "uploaded", "downloaded",
                  "waiter", "done_at", "pieces", "is_seed", "pending_have",
                  "pending_failed", "scheduled_poll", "wait_deadline",
-                 "timeout_pending", "held", "gone", "dirty", "woke")
+                 "timeout_pending", "held", "gone", "dirty", "woke", "joined_at")
 
     def __init__(self, hid, up, down, info, is_seed=False):
         self.hid = hid
@@ -105,6 +103,7 @@ class _Host:
         self.gone = False
         self.dirty = False  # its uploads' rates are due for recomputation
         self.woke = None    # called when its long-poll wait ends
+        self.joined_at = None
 
 
 class _Transfer:
@@ -135,7 +134,7 @@ def _bits(mask):
         i += 1
 
 
-class Swarm:
+class Swarm(FluidRates):
     """One simulated download of one file by C{hosts} peers.
 
     @param hosts: number of peer hosts.
@@ -154,16 +153,19 @@ class Swarm:
     @param churn: share of hosts that leave at a random time.
     @param slow: share of hosts at a tenth of the peer link.
     @param progress: None, or called with the swarm every 2**20 events.
+    @param join_over: hosts join at random times in [0, join_over] seconds.
     """
 
     def __init__(self, hosts, size, piece_size=4 * 1024 * 1024, up=125e6,
                  down=None, seed_up=None, origin_rate=0, concurrency=4,
                  poll_wait=30.0, scheduler_args=None, seed=0, max_time=None,
-                 supernodes=1, kill_owner_at=None, churn=0.0, slow=0.0, progress=None):
+                 supernodes=1, kill_owner_at=None, churn=0.0, slow=0.0, progress=None,
+                 join_over=0.0):
         if hosts < 1 or size < 1 or piece_size < 1:
             raise ValueError("hosts, size and piece_size must be positive")
-        if supernodes < 1 or not 0 <= churn <= 1 or not 0 <= slow <= 1:
-            raise ValueError("supernodes must be positive, churn and slow in [0, 1]")
+        if supernodes < 1 or not 0 <= churn <= 1 or not 0 <= slow <= 1 or join_over < 0:
+            raise ValueError("supernodes must be positive, churn and slow in [0, 1], "
+                             "join_over not negative")
         if kill_owner_at is not None and (supernodes < 2 or not 0 < kill_owner_at < 1):
             raise ValueError("kill_owner_at needs two supernodes and a share in (0, 1)")
         self.n_hosts = hosts
@@ -211,6 +213,7 @@ class Swarm:
             self.hosts.append(host)
             self.by_id[info.peer_id] = host
         self.churned = self.rng.sample(range(hosts), round(hosts * churn))
+        self.join_over = float(join_over)
 
     def _new_seed(self):
         name = self.members[self.epoch]
@@ -222,86 +225,6 @@ class Swarm:
     def _push(self, t, kind, obj, version=0):
         self._seq += 1
         heapq.heappush(self._heap, (t, self._seq, kind, obj, version))
-
-    # -- rates --------------------------------------------------------------
-
-    def _waterfill(self, sender, now):
-        """Recompute the rates of C{sender}'s uploads; reschedule changed ones."""
-        ups = sender.uploads
-        n = len(ups)
-        if not n:
-            return
-        share = sender.up / n
-        caps = []
-        limited = False
-        for t in ups:
-            r = t.dst
-            cap = r.down / len(r.downloads)
-            caps.append(cap)
-            if cap < share:
-                limited = True
-        if not limited:
-            # no upload is held back by its receiver: equal shares
-            for t in ups:
-                if t.rate != share:
-                    self._set_rate(t, share, now)
-            return
-        left = sender.up
-        for cap, t in sorted(zip(caps, ups), key=_first):
-            share = left / n
-            rate = cap if cap < share else share
-            left -= rate
-            n -= 1
-            if t.rate != rate:
-                self._set_rate(t, rate, now)
-
-    def _set_rate(self, t, rate, now):
-        if rate == t.rate:
-            return
-        if t.rate:
-            t.remaining -= t.rate * (now - t.last)
-            if t.remaining < 0:
-                t.remaining = 0.0
-        t.last = now
-        t.rate = rate
-        t.version += 1
-        self._push(now + t.remaining / rate, _DONE, t, t.version)
-
-    def _mark(self, sender):
-        """C{sender}'s upload rates are recomputed before the clock moves on."""
-        if not sender.dirty:
-            sender.dirty = True
-            self._dirty.append(sender)
-
-    def _flush(self, now):
-        """Recompute the rates of every sender marked since the clock last moved.
-
-        Changes at one instant (a piece ends, its receiver asks for the next
-        one at once) are settled together: a rate that would hold for no time
-        at all is never set, and its completion never scheduled.
-        """
-        dirty, self._dirty = self._dirty, []
-        for s in dirty:
-            s.dirty = False
-            self._waterfill(s, now)
-
-    def _touch(self, src, dst):
-        """A transfer from C{src} to C{dst} ended: mark the senders it affects.
-
-        C{src}'s remaining uploads share its uplink anew. C{dst}'s other
-        downloads may now take more (its downlink share grew), but only those
-        that were held back by that share: a transfer below its receiver's
-        old share runs at its sender's water level, which a higher cap does
-        not change, so its sender is left alone.
-        """
-        self._mark(src)
-        downloads = dst.downloads
-        if not downloads:
-            return
-        old_cap = dst.down / (len(downloads) + 1) * _CAP_SLACK
-        for t in downloads:
-            if t.rate >= old_cap:
-                self._mark(t.src)
 
     # -- peers --------------------------------------------------------------
 
@@ -359,8 +282,13 @@ class Swarm:
             self._push(host.wait_deadline, _POLL, host, 0)
 
     def _woke(self, host):
+        # The API's long-poll resumes inside the change's Deferred.callback:
+        # a woken waiter asks at once, before the peer whose report (or the
+        # origin piece, expiry, leave) woke it asks for itself. A host with a
+        # poll already due asks then.
         host.waiter = None
-        self._schedule_poll(host)
+        if not host.scheduled_poll:
+            self._poll(host)
 
     def _schedule_poll(self, host):
         if not host.scheduled_poll:
@@ -451,7 +379,7 @@ class Swarm:
         self._start_origin(now)
         live = []
         for h in self.hosts:
-            if h.gone:
+            if h.gone or h.joined_at is None:
                 continue
             if h.waiter is not None:
                 w, h.waiter = h.waiter, None
@@ -489,12 +417,17 @@ class Swarm:
         wall = time.perf_counter()
         sched = self.scheduler
         self._start_origin(0.0)
-        for host in self.hosts:
-            sched.join(TASK, host.info)
-        order = list(self.hosts)
-        self.rng.shuffle(order)
-        for host in order:
-            self._poll(host)
+        if self.join_over:
+            for host in self.hosts:
+                self._push(self.rng.uniform(0, self.join_over), _JOIN, host)
+        else:
+            for host in self.hosts:
+                host.joined_at = 0.0
+                sched.join(TASK, host.info)
+            order = list(self.hosts)
+            self.rng.shuffle(order)
+            for host in order:
+                self._poll(host)
         if self.churned:
             horizon = self._bound()
             for h in self.churned:
@@ -525,6 +458,11 @@ class Swarm:
                 if version == self.epoch:
                     self.origin_bytes += self.piece_sizes[obj]
                     self.scheduler.seed_has(TASK, obj, DIGEST)
+            elif kind == _JOIN:
+                if not obj.gone:
+                    obj.joined_at = when
+                    self.scheduler.join(TASK, obj.info)
+                    self._poll(obj)
             else:
                 self._leave(obj, when)
         return self._result(time.perf_counter() - wall)
@@ -566,6 +504,9 @@ class Swarm:
             concurrency=self.concurrency,
             completed=len(done),
             max_time=max(done) if done else math.inf,
+            max_span=max((h.done_at - h.joined_at for h in self.hosts if h.done_at is not None),
+                         default=math.inf),
+            join_over=self.join_over,
             median_time=statistics.median(done) if done else math.inf,
             lower_bound=lb,
             seed_egress=self.seed_uploaded + self.seed.uploaded,

@@ -44,7 +44,9 @@ def build_supernode(reactor, c):
                        clock=reactor, runner=runner)
     metrics.watch_store(store)
     scheduler = LongPollScheduler(reactor, seed_max_uploads=c.max_uploads,
-                                  max_peers_per_address=c.max_peers_per_address)
+                                  max_peers_per_address=c.max_peers_per_address,
+                                  max_uploads_per_peer=c.swarm_uploads,
+                                  seed_swarm_uploads=c.swarm_uploads)
 
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 4

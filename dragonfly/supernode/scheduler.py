@@ -76,7 +76,7 @@ MAX_PEERS_PER_ADDRESS = 1024
 
 
 @implementer(IScheduler)
-class Scheduler:
+class Scheduler(swarmview.SchedulerViews):
     """Assigns pieces of each task to the peers downloading it.
 
     Every change that creates assignment chances calls L{_wake}, and removing
@@ -394,6 +394,7 @@ class Scheduler:
             raise ValueError(f"cursor out of range: {cursor!r}")
         now = self.clock.seconds()
         a.last_seen = now
+        a.streaming = cursor is not None
         if task.expiry and task.expiry[0][0] <= now:
             self._expire_due(task, now)
         if task.cooling and task.cooling[0][0] <= now:
@@ -552,31 +553,3 @@ class Scheduler:
         offered = restore_due(task, now, self.max_uploads_per_peer)
         if offered:
             self._wake(task, self.max_uploads_per_peer + 1, offered)
-
-    def stats(self):
-        """Counters for metrics: tasks, peers, assignments by source kind
-        (L{swarmview.scheduler_stats})."""
-        return swarmview.scheduler_stats(self._tasks.values(), self._removed_assigned)
-
-    def task_stats(self, task_id):
-        """One task's state: C{seeded} pieces at the seed, peers, done peers
-        (L{swarmview.task_stats})."""
-        return swarmview.task_stats(self._task(task_id))
-
-    # -- read-only views (the dashboard) -------------------------------------
-
-    def task_ids(self):
-        """The ids of the tasks scheduled now."""
-        return list(self._tasks)
-
-    def swarm_summary(self, task_id):
-        """L{swarmview.task_summary} of C{task_id}."""
-        return swarmview.task_summary(self._task(task_id))
-
-    def swarm_grid(self, task_id):
-        """L{swarmview.swarm_grid} of C{task_id}: its pieces x peers."""
-        return swarmview.swarm_grid(self._task(task_id), self.clock.seconds())
-
-    def peer_activity(self):
-        """L{swarmview.peer_activity} over every task."""
-        return swarmview.peer_activity(self._tasks.values(), self.clock.seconds())

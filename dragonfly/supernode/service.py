@@ -41,6 +41,7 @@ class SupernodeConfig(NodeConfig):
     piece_size: int = 4 << 20
     origin_limit: int = 0
     max_peers_per_address: int = 1024
+    swarm_uploads: int = 4
     expire_interval: float = 5.0
     cluster_interval: float = 5.0
     drain_timeout: float = 60.0

@@ -114,7 +114,8 @@ class Peer:
 
     __slots__ = ("info", "id", "have", "fetching", "fetch_mask", "uploads",
                  "seed_fetches", "seed_got", "free_pos", "last_seen", "failed", "failed_mask",
-                 "fail_reporters", "bad", "alive", "joined", "seq_turn", "avoid", "avoid_next",
+                 "fail_reporters", "bad", "alive", "joined", "seq_turn", "streaming", "waiter", "avoid",
+                 "avoid_next",
                  "bad_pieces", "bad_until")
 
     def __init__(self, info, now):
@@ -135,6 +136,8 @@ class Peer:
         self.alive = True
         self.joined = now
         self.seq_turn = True            # streaming, want 1: in-order next (else rarest)
+        self.streaming = False          # its last assign() had a cursor (no swarm cap)
+        self.waiter = None              # its latest long-poll waiter (wakeups), maybe gone
         self.avoid = {}                 # source id -> until: sources that failed us
         self.avoid_next = INF           # the earliest until in avoid
         self.bad_pieces = set()         # askers that got a bad piece from us

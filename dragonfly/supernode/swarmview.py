@@ -16,7 +16,7 @@ from dragonfly.supernode.bitset import bits
 from dragonfly.supernode.swarmstate import SEED, PieceSizes
 
 __all__ = ["task_summary", "swarm_grid", "peer_activity", "scheduler_stats", "task_stats",
-           "MAX_COLUMNS", "MAX_ROWS"]
+           "SchedulerViews", "MAX_COLUMNS", "MAX_ROWS"]
 
 #: At most this many grid columns (a column covers several pieces above that).
 MAX_COLUMNS = 256
@@ -196,3 +196,37 @@ def task_stats(task):
         "failures": task.failures, "expired": task.expired,
         "ignored_failures": task.ignored, "bad_pieces": task.bad_pieces,
     }
+
+
+class SchedulerViews:
+    """The L{dragonfly.supernode.scheduler.Scheduler}'s read-only views
+    (metrics, the dashboard), over its C{_tasks} and C{_removed_assigned};
+    C{_task(task_id)} raises for an unknown task."""
+
+    def stats(self):
+        """Counters for metrics: tasks, peers, assignments by source kind
+        (L{scheduler_stats})."""
+        return scheduler_stats(self._tasks.values(), self._removed_assigned)
+
+    def task_stats(self, task_id):
+        """One task's state: C{seeded} pieces at the seed, peers, done peers
+        (L{task_stats})."""
+        return task_stats(self._task(task_id))
+
+    # -- read-only views (the dashboard) -------------------------------------
+
+    def task_ids(self):
+        """The ids of the tasks scheduled now."""
+        return list(self._tasks)
+
+    def swarm_summary(self, task_id):
+        """L{task_summary} of C{task_id}."""
+        return task_summary(self._task(task_id))
+
+    def swarm_grid(self, task_id):
+        """L{swarm_grid} of C{task_id}: its pieces x peers."""
+        return swarm_grid(self._task(task_id), self.clock.seconds())
+
+    def peer_activity(self):
+        """L{peer_activity} over every task."""
+        return peer_activity(self._tasks.values(), self.clock.seconds())

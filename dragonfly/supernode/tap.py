@@ -47,6 +47,10 @@ class Options(EgressFlags, ConfigOptions):
         PORT_FILE,
         ["max-uploads", None, "32", "Pieces the seed serves at once (to a swarm of more than "
          "4 downloaders at most 4 at once, so each piece reaches it sooner)."],
+        ["swarm-uploads", None, "4", "In a swarm of more than this many downloaders, the pieces "
+         "each peer uploads, the seed serves and each peer fetches at once (the "
+         "scheduler's plan); 1 pipelines whole pieces (one per link, at full rate: "
+         "docs/operations.md, \"Swarm pipelining\")."],
         ["max-peers-per-address", None, "1024",
          "Peers one source address may have in one task (0 = no cap)."],
         ["cluster-check-interval", None, "5", "Seconds between cluster health checks."],
@@ -87,6 +91,7 @@ class Options(EgressFlags, ConfigOptions):
             raise usage.UsageError("--cache-size is smaller than one piece")
         c.cache_ttl = flag_seconds("cache-ttl", self["cache-ttl"])
         c.max_file_size = check_max_file_size(self["max-file-size"])
+        c.swarm_uploads = flag_int("swarm-uploads", self["swarm-uploads"], 1, 64)
         c.max_peers_per_address = flag_int("max-peers-per-address",
                                            self["max-peers-per-address"], 0, 1 << 20)
         c.log_format = check_log_format(self["log-format"])

@@ -47,7 +47,24 @@ class LongPollScheduler(Scheduler):
 
         d = defer.Deferred(cancel)
         waiters[d] = peer
+        if peer is not None:
+            peer.waiter = d
         return d
+
+    def report(self, task_id, peer_id, have=(), failed=()):
+        """L{Scheduler.report}; then the reporter's own long-poll, if one is
+        out and the report left it room under its cap (L{_swarm_cap}), is
+        woken too: a peer reports in a separate call while its long-poll
+        waits, and a fetch slot it just freed is its own to fill, whatever
+        the older waiters the report woke."""
+        super().report(task_id, peer_id, have, failed)
+        task = self._tasks[task_id]
+        p = task.peers[peer_id]
+        d = p.waiter
+        waiters = self._waiters.get(task_id)
+        if (d is not None and waiters and d in waiters and len(p.fetching) < self._swarm_cap(task)
+                and task.avail & ~p.have & ~p.fetch_mask):
+            self._fire(waiters, [d])
 
     def abandoned(self, task_id, peer_id):
         """The client of C{peer_id}'s long-poll went away before the answer:
@@ -76,6 +93,8 @@ class LongPollScheduler(Scheduler):
         waiters, peer = self._waiting(task_id, peer_id)
         w = _Watch(waiters, fire)
         waiters[w] = peer
+        if peer is not None:
+            peer.waiter = w
         return w
 
     def _waiting(self, task_id, peer_id):
@@ -109,17 +128,38 @@ class LongPollScheduler(Scheduler):
             offered &= task.avail
             if not offered:
                 return
+            cap = self._swarm_cap(task)
+            capped = []
             budget = max(32, 8 * count)
             for d, p in waiters.items():
-                if (p is None or not p.alive
-                        or offered & ~p.have & ~p.fetch_mask):
+                if p is None or not p.alive:
                     ds.append(d)
-                    if len(ds) >= count:
-                        break
+                elif offered & ~p.have & ~p.fetch_mask:
+                    if len(p.fetching) < cap or p.streaming:
+                        ds.append(d)
+                    else:
+                        capped.append(d)
+                if len(ds) >= count:
+                    break
                 budget -= 1
                 if not budget:
                     break
+            for d in capped:
+                waiters.move_to_end(d)
         self._fire(waiters, ds)
+
+    def _swarm_cap(self, task):
+        """The in-flight fetches a waiter of C{task} may hold and still get one
+        more: C{seed_swarm_uploads} while more peers than that download (the
+        scheduler's cap on a non-streaming asker), else no cap. A waiter at the
+        cap gets nothing from a slot freed elsewhere: waking it would spend the
+        wake-up (the change's chances) on it instead of on an idle waiter, and
+        it goes to the back of the queue so the budget of a wake-up is not spent
+        walking over it again. Its own report (an in-flight piece done) frees it.
+        """
+        if len(task.peers) - task.done > self.seed_swarm_uploads:
+            return self.seed_swarm_uploads
+        return 1 << 62
 
     def _fire(self, waiters, ds):
         for d in ds:

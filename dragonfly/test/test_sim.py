@@ -6,7 +6,7 @@ import os
 from twisted.trial.unittest import SynchronousTestCase
 
 from dragonfly.sim import Swarm, hop_bound, lower_bound, mixed_bound, simulate
-from dragonfly.sim.swarm import rendezvous_order
+from dragonfly.sim.swarm import DIGEST, TASK, rendezvous_order
 from dragonfly.supernode.cluster import _score
 from dragonfly.sim.__main__ import main, parse_link
 from dragonfly.supernode.scheduler import Scheduler
@@ -102,6 +102,33 @@ class SwarmTests(SynchronousTestCase):
         self.assertRaises(ValueError, Swarm, 0, 100)
         self.assertRaises(ValueError, Swarm, 1, 0)
 
+    def test_woken_waiter_asks_at_once(self):
+        """When a change wakes a waiting host, it asks inside that change, as
+        the API's long-poll resumes inside the Deferred's callback (before the
+        peer whose report woke it asks for itself)."""
+        sw = Swarm(2, 4 * MiB, piece_size=MiB, up=LINK, origin_rate=LINK)
+        sw._start_origin(0.0)
+        for h in sw.hosts:
+            sw.scheduler.join(TASK, h.info)
+            sw._poll(h)
+        self.assertTrue(all(h.waiter is not None and not h.downloads for h in sw.hosts))
+        sw.scheduler.seed_has(TASK, 0, DIGEST)
+        self.assertEqual(sum(len(h.downloads) for h in sw.hosts), 1)
+
+    def test_staggered_joins(self):
+        """With join_over, hosts join at random times over that span: all
+        complete, none before it joined, and the longest join-to-done span is
+        shorter than the last completion."""
+        sw = Swarm(12, 32 * MiB, piece_size=MiB, up=LINK, seed=4, join_over=0.5)
+        r = sw.run()
+        self.assertEqual(r["completed"], 12)
+        joins = [h.joined_at for h in sw.hosts]
+        self.assertTrue(all(0 <= j <= 0.5 for j in joins))
+        self.assertGreater(max(joins), 0.1)
+        self.assertTrue(all(h.done_at > h.joined_at for h in sw.hosts))
+        self.assertLess(r["max_span"], r["max_time"])
+        self.assertEqual(r["max_span"], max(h.done_at - h.joined_at for h in sw.hosts))
+
 
 class FailureTests(SynchronousTestCase):
     """The failure scenarios on a 50-host swarm."""
@@ -181,6 +208,7 @@ class FailureTests(SynchronousTestCase):
         self.assertRaises(ValueError, Swarm, 5, 100, churn=2)
         self.assertRaises(ValueError, Swarm, 5, 100, slow=-0.1)
         self.assertRaises(ValueError, Swarm, 5, 100, supernodes=0)
+        self.assertRaises(ValueError, Swarm, 5, 100, join_over=-1)
 
 
 class CLITests(SynchronousTestCase):
@@ -223,6 +251,23 @@ class CLITests(SynchronousTestCase):
         self.assertEqual(r["completed"], r["expected"])
         self.assertIn("origin egress", out.getvalue())
         self.assertIn("fast hosts", out.getvalue())
+
+    def test_main_pipeline_flags(self):
+        """--swarm-uploads sets the scheduler's uploads per peer and swarm cap,
+        --join-over staggers the joins; the table says how long the longest
+        host took from its join."""
+        path = self.mktemp()
+        out = io.StringIO()
+        rc = main(["--hosts", "6", "--size", "16M", "--piece-size", "1M", "--swarm-uploads", "1",
+                   "--join-over", "0.05", "--json", path], out=out)
+        self.assertEqual(rc, 0)
+        with open(path) as f:
+            (r,) = json.load(f)["results"]
+        self.assertEqual((r["completed"], r["join_over"]), (6, 0.05))
+        self.assertIn("longest join-to-done", out.getvalue())
+        err = io.StringIO()
+        self.assertEqual(main(["--swarm-uploads", "0"], out=io.StringIO(), err=err), 2)
+        self.assertIn("--swarm-uploads", err.getvalue())
 
     def test_main_progress(self):
         """--progress prints the swarm's progress to stderr as it runs."""

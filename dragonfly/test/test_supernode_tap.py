@@ -74,6 +74,14 @@ class OptionsTests(SynchronousTestCase):
         self.assertUsage("--max-file-size", "0", match="--max-file-size")
         self.assertUsage("--max-file-size", "huge", match="--max-file-size")
 
+    def test_swarm_uploads(self):
+        """--swarm-uploads defaults to 4 and sets both the uploads per peer and
+        the swarm cap of the scheduler; 0 or junk is refused naming the flag."""
+        self.assertEqual(self.parse().swarm_uploads, 4)
+        self.assertEqual(self.parse("--swarm-uploads", "1").swarm_uploads, 1)
+        self.assertUsage("--swarm-uploads", "0", match="--swarm-uploads")
+        self.assertUsage("--swarm-uploads", "few", match="--swarm-uploads")
+
     def test_max_peers_per_address(self):
         """--max-peers-per-address defaults to 1024; 0 turns the cap off."""
         self.assertEqual(self.parse().max_peers_per_address, 1024)
@@ -129,6 +137,14 @@ class MakeServiceTests(SynchronousTestCase):
             self.assertIs(c.clock, self.reactor)
         self.assertEqual(self.reactor.tcpServers, [])
         self.assertEqual(s.cdn.piece_size, 4 << 20)
+
+    def test_swarm_uploads(self):
+        """--swarm-uploads reaches the scheduler: its uploads per peer and its
+        swarm cap; the defaults stay 4 and 4."""
+        s = self.make()
+        self.assertEqual((s.scheduler.max_uploads_per_peer, s.scheduler.seed_swarm_uploads), (4, 4))
+        s = self.make("--swarm-uploads", "1")
+        self.assertEqual((s.scheduler.max_uploads_per_peer, s.scheduler.seed_swarm_uploads), (1, 1))
 
     def test_cluster_adds_health_timer(self):
         """With --cluster, a cluster health TimerService is added."""

@@ -85,6 +85,33 @@ class ChangedTests(SchedulerMixin, SynchronousTestCase):
         self.assertLess(sum(fired), 10)
         self.assertEqual(fired, sorted(fired, reverse=True))
 
+    def test_capped_waiter_not_woken(self):
+        """When a waiter already fetches as many pieces as a swarm allows
+        (seed_swarm_uploads), a slot freed elsewhere wakes the idle waiters
+        behind it instead."""
+        s = self.make(pieces=8, max_uploads_per_peer=1, seed_swarm_uploads=1)
+        self.join(*range(2, 8))
+        (a,) = s.assign(T, "peer-2", 4)     # at its cap: one fetch in a swarm of 6
+        d2, d3, d5 = (s.changed(T, f"peer-{n}") for n in (2, 3, 5))
+        self.give(4, (a.index + 1) % 8)     # a new holder: two chances
+        self.assertNoResult(d2)
+        self.successResultOf(d3)
+        self.successResultOf(d5)
+
+    def test_own_waiter_woken_by_its_report(self):
+        """When a peer at its cap reports its piece in a separate call while
+        its long-poll waits behind older waiters, that long-poll is woken: the
+        fetch slot it freed is its own to fill."""
+        s = self.make(pieces=8, max_uploads_per_peer=1, seed_swarm_uploads=1)
+        self.join(*range(2, 9))
+        (a,) = s.assign(T, "peer-2", 4)
+        older = [s.changed(T, f"peer-{n}") for n in range(3, 9)]
+        d2 = s.changed(T, "peer-2")
+        self.give(2, a.index)
+        self.assertLess(sum(d.called for d in older), len(older))   # not every older one
+        self.successResultOf(d2)
+        self.assertEqual(len(s.assign(T, "peer-2", 4)), 1)
+
     def test_cancel(self):
         """When a waiter is cancelled, it is forgotten (no leak)."""
         s = self.make()
