@@ -51,13 +51,13 @@ class LongPollScheduler(Scheduler):
             peer.waiter = d
         return d
 
-    def report(self, task_id, peer_id, have=(), failed=()):
+    def report(self, task_id, peer_id, have=(), failed=(), fetched=()):
         """L{Scheduler.report}; then the reporter's own long-poll, if one is
         out and the report left it room under its cap (L{_swarm_cap}), is
         woken too: a peer reports in a separate call while its long-poll
         waits, and a fetch slot it just freed is its own to fill, whatever
         the older waiters the report woke."""
-        super().report(task_id, peer_id, have, failed)
+        super().report(task_id, peer_id, have, failed, fetched)
         task = self._tasks[task_id]
         p = task.peers[peer_id]
         d = p.waiter
