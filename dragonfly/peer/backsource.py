@@ -4,12 +4,12 @@ When no supernode can serve a task (or the caller asked for
 C{pattern="source"}), L{BackSource.fetch} gets the file from its origin (an
 L{dragonfly.interfaces.IOrigin}), resuming after the pieces already held, and
 runs the body through the shared ingest pipeline (L{dragonfly.ingest}): a body
-with a length streams straight into the store (C{stream_into}: a bounded
-window of piece writes, the origin connection paused at the limit); a body
-without one is spooled to a temporary file first (C{spool_into}), then cut
-into pieces. L{OriginEvents} tells the download of every piece stored
-(L{dragonfly.peer.joining.Download}), counts origin bytes and words the
-pipeline's errors as L{DownloadError}s.
+with a length, or the rest of a task held, streams straight into the store
+(C{stream_into}: a bounded window of piece writes, the origin connection
+paused at the limit); a whole body without one is spooled to a temporary file
+first (C{spool_into}), then cut into pieces. L{OriginEvents} tells the
+download of every piece stored (L{dragonfly.peer.joining.Download}), counts
+origin bytes and words the pipeline's errors as L{DownloadError}s.
 """
 import tempfile
 
@@ -148,9 +148,12 @@ class BackSource:
         except ValueError as e:
             raise DownloadError(f"bad request for the origin: {e}")
         response.pace_also(dl.pace)   # the callers' --limit, if any
-        if response.length is None:
+        if response.length is None and response.offset == 0:
             return await self._spool(dl, response)
-        length = response.length
+        # A 206 to our Range without the file's length ("bytes N-M/*") is the
+        # rest of the file we hold part of: its length is ours. (Spooled, it
+        # would become a file of its own: the tail alone, taken for the whole.)
+        length = response.length if response.length is not None else tf.length
         check_size(length, self._settings.max_file_size, store, lambda: response.discard())
         if tf is None or tf.length != length:
             # Nothing usable held: start afresh. (Held pieces of a file of the

@@ -92,6 +92,31 @@ class BackSourceTests(NodeMixin, SynchronousTestCase):
         self.assertEqual(sample(self.metrics, "dragonfly_peer_download_bytes_total",
                                 {"source": "origin"}), len(DATA))
 
+    def test_resumed_range_without_total_length(self):
+        """When the pieces held of a task are resumed with a Range the origin
+        answers 206 without the file's length ("bytes N-M/*"), the body is the
+        rest of that file: the task keeps its length and gets every byte, not a
+        new task made of the tail alone."""
+        origin = FakeOrigin(DATA, unknown_length=True)
+        real = origin.get
+
+        def star_range(*a, **kw):
+            def total_unknown(r):
+                r.body_length = len(DATA) - r.offset   # as OriginClient says for "/*"
+                return r
+            return real(*a, **kw).addCallback(total_unknown)
+        origin.get = star_range
+        node = self.make(client=_RefusingClient(), origin=origin)
+        held = 3
+        tf = self.store.create(task_id_for_url(URL), URL, len(DATA), PIECE, etag='"e1"')
+        for i in range(held):
+            self.successResultOf(tf.write_new_piece(i, DATA[i * PIECE:(i + 1) * PIECE]))
+        got = self.successResultOf(node.download(URL))
+        self.assertEqual([offset for _, _, offset in origin.calls], [held * PIECE])
+        self.assertEqual(got.length, len(DATA))
+        self.assertEqual(self.read_all(got), DATA)
+        self.assertTrue(got.is_complete)
+
     def test_origin_short_body(self):
         """When the origin's body ends early, the download fails and is not complete."""
         origin = FakeOrigin(DATA)

@@ -176,13 +176,15 @@ def sha256_file(path):
     return h.hexdigest()
 
 
-def make_random_file(path, size):
-    """Write ``size`` random bytes to ``path``; return their sha256 hex."""
+def make_random_file(path, size, randbytes=os.urandom):
+    """Write ``size`` random bytes (from ``randbytes(n)``) to ``path``; return
+    their sha256 hex. No ``<`` among them: the origin's ``/chunked/`` sends the
+    file as it is (L{nginx.ssi_verbatim})."""
     h = hashlib.sha256()
     with open(path, "wb") as f:
         left = size
         while left:
-            chunk = os.urandom(min(left, MiB))
+            chunk = nginx.ssi_verbatim(randbytes(min(left, MiB)))
             f.write(chunk)
             h.update(chunk)
             left -= len(chunk)

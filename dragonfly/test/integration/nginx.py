@@ -17,7 +17,7 @@ import os
 import shutil
 
 __all__ = ["BIND_FAILED", "LOG_FORMAT", "binary", "config", "origin_locations",
-           "read_access_log"]
+           "read_access_log", "ssi_verbatim"]
 
 #: What nginx's error log says when its port was taken meanwhile.
 BIND_FAILED = "could not bind()"
@@ -69,7 +69,8 @@ def origin_locations(root, auth_token="x"):
     ``/auth/NAME`` only with ``Authorization: Bearer <auth_token>`` (401 with a
     JSON error otherwise); ``/chunked/NAME`` through the SSI filter, which
     drops Content-Length, ETag and Last-Modified: a body sent chunked, its
-    length unknown until the end."""
+    length unknown until the end. The filter passes a file unchanged only when
+    it holds no ``<`` (see L{ssi_verbatim})."""
     return f"""\
         location / {{ }}
         location /auth/ {{
@@ -81,6 +82,18 @@ def origin_locations(root, auth_token="x"):
         }}
         location /chunked/ {{ alias {root}/; ssi on; ssi_types *; }}
 """
+
+
+def ssi_verbatim(data):
+    """``data`` with every ``<`` made ``>``: bytes nginx's SSI filter
+    (``/chunked/``) sends exactly as they are.
+
+    The filter parses every ``<``: ``<!--#...-->`` is a command, replaced by
+    its output or an error message, and a body that ends inside ``<!--``
+    (``<``, ``<!``, ``<!-``, ``<!--`` as its last bytes) loses those bytes,
+    sent as a well-formed chunked body that is short. One random file in 256
+    ends in ``<``: it would come through ``/chunked/`` a byte short."""
+    return data.replace(b"<", b">")
 
 
 def config(tmp, host, port, root, locations="        location / { }\n", limit_rate=0):
