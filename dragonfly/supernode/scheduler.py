@@ -411,12 +411,20 @@ class Scheduler(swarmview.SchedulerViews):
         active = max(1, len(task.peers) - task.done)
         slots = task.sources * self.max_uploads_per_peer + self.seed_max_uploads
         share = max(1, -(-slots // active))
-        if cursor is None and active > self.seed_swarm_uploads:
-            share = min(share, self.seed_swarm_uploads)
+        if cursor is None:
+            share = min(share, self._swarm_cap(task))
         want = min(want, share - len(a.fetching))
         if want <= 0:
             return []
         return self._choose(task, a, want, cursor, need, active, now)
+
+    def _swarm_cap(self, task):
+        """The in-flight fetches a non-streaming asker of C{task} may hold:
+        C{seed_swarm_uploads} while more peers than that download (see the
+        module docstring), else no cap."""
+        if len(task.peers) - task.done > self.seed_swarm_uploads:
+            return self.seed_swarm_uploads
+        return 1 << 62
 
     def _seed_slots(self, active):
         """The seed's upload slots while C{active} peers download (see the

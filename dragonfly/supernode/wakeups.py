@@ -128,6 +128,11 @@ class LongPollScheduler(Scheduler):
             offered &= task.avail
             if not offered:
                 return
+            # A waiter at its swarm cap (L{Scheduler._swarm_cap}) gets nothing
+            # from a slot freed elsewhere: waking it would spend the wake-up on
+            # it instead of on an idle waiter; it goes to the back of the queue
+            # so the budget of a wake-up is not spent walking over it again.
+            # Its own report (an in-flight piece done) frees it (L{report}).
             cap = self._swarm_cap(task)
             capped = []
             budget = max(32, 8 * count)
@@ -147,19 +152,6 @@ class LongPollScheduler(Scheduler):
             for d in capped:
                 waiters.move_to_end(d)
         self._fire(waiters, ds)
-
-    def _swarm_cap(self, task):
-        """The in-flight fetches a waiter of C{task} may hold and still get one
-        more: C{seed_swarm_uploads} while more peers than that download (the
-        scheduler's cap on a non-streaming asker), else no cap. A waiter at the
-        cap gets nothing from a slot freed elsewhere: waking it would spend the
-        wake-up (the change's chances) on it instead of on an idle waiter, and
-        it goes to the back of the queue so the budget of a wake-up is not spent
-        walking over it again. Its own report (an in-flight piece done) frees it.
-        """
-        if len(task.peers) - task.done > self.seed_swarm_uploads:
-            return self.seed_swarm_uploads
-        return 1 << 62
 
     def _fire(self, waiters, ds):
         for d in ds:
