@@ -34,6 +34,7 @@ import select
 import socket
 import threading
 from collections import deque
+from contextlib import contextmanager
 
 from twisted.internet import tcp
 from twisted.internet.defer import CancelledError, Deferred
@@ -212,6 +213,21 @@ def _wait(raw, poller, idle):
     return idle
 
 
+@contextmanager
+def _settles(settle):
+    """Call C{settle(True)} after the block, or C{settle(False)} if it
+    raised (and re-raise); C{settle} None: nothing."""
+    if settle is None:
+        yield
+        return
+    try:
+        yield
+    except BaseException:
+        settle(False)
+        raise
+    settle(True)
+
+
 class _Turn:
     """The socket's turn, handed from one piece's thread to the next's once
     the earlier piece's bytes are all in the file (thread to thread: no trip
@@ -246,25 +262,14 @@ def _splice_piece(raw, head, content, buf, prev, mine, turns, fd, offset, length
     None) and this piece's: the content hash sees the pieces in order.
     """
     ctx_prev, ctx_mine = turns
-    try:
-        try:
+    with _settles(ctx_mine.pass_on if ctx_mine is not None else None):
+        with _settles(mine.pass_on):
             if prev is not None:
                 prev.wait(raw)
             _splice_bytes(raw, head, fd, offset, length, lock)
-        except BaseException:
-            mine.pass_on(False)
-            raise
-        mine.pass_on(True)
         if ctx_prev is not None:
             ctx_prev.wait(raw)
-        digest = _hash_back(buf, fd, offset, length, content)
-    except BaseException:
-        if ctx_mine is not None:
-            ctx_mine.pass_on(False)
-        raise
-    if ctx_mine is not None:
-        ctx_mine.pass_on(True)
-    return digest
+        return _hash_back(buf, fd, offset, length, content)
 
 
 def _splice_bytes(raw, head, fd, offset, length, lock):
@@ -350,14 +355,8 @@ async def splice_into(raw, tf, first, stop, events, track, content=None):
                 pending.append((index, size, d, h))
                 index, prev, ctx = index + 1, mine, turns[1]
             done, size, d, h = pending.popleft()
-            try:
+            with _settles(content.inline_done if h is not None else None):
                 digest = await d
-            except BaseException:
-                if h is not None:
-                    content.inline_done(False)
-                raise
-            if h is not None:
-                content.inline_done(True)
             events.received(size)
             raw.counted(size)
             events.stored(tf, done, size, digest)
