@@ -53,7 +53,10 @@ Policy (docs/design.md "Scheduler"):
     C{bad_peer_failures} different askers is used by nobody for that long;
   - a piece that failed verification (reason C{"digest"}) counts against its
     source: the asker never uses it again, and once C{bad_piece_askers}
-    different askers got a bad piece from it nobody does in that task.
+    different askers got a bad piece from it nobody does in that task;
+  - any other failure has the source's piece port checked (C{liveness}, when
+    set); a peer found dead is no source and its assignments end
+    (L{dragonfly.supernode.unreachable}) until its next call.
 """
 import random
 
@@ -67,6 +70,7 @@ from dragonfly.supernode.reports import apply_report
 from dragonfly.supernode.swarmstate import (
     INF, SEED, Peer, PieceSizes, Task, TooManyPeers, UnknownPeer, UnknownTask,
     expire_assignments, forgive, host_left, mark_bad, remove_peer, restore_due, start)
+from dragonfly.supernode.unreachable import mark_down, revive, suspects
 
 __all__ = ["Scheduler", "TooManyPeers", "UnknownTask", "UnknownPeer"]
 
@@ -126,6 +130,9 @@ class Scheduler(swarmview.SchedulerViews):
         self.bad_piece_askers = bad_piece_askers
         self._tasks = {}
         self._removed_assigned = {"peer": 0, "supernode": 0}
+        #: None, or what checks a source reported failing: C{check(PeerInfo)}
+        #: (L{dragonfly.supernode.liveness.LivenessCheck}), which calls L{unreachable}.
+        self.liveness = None
 
     # -- change hooks ------------------------------------------------------
 
@@ -249,6 +256,8 @@ class Scheduler(swarmview.SchedulerViews):
                 task.hosts[peer.host] = task.hosts.get(peer.host, 0) + 1
             p.info = peer
             p.last_seen = now
+            if p.down is not None:
+                self._revive(task, p)
             return
         n = task.hosts.get(peer.host, 0)
         if self.max_peers_per_address and n >= self.max_peers_per_address:
@@ -270,6 +279,8 @@ class Scheduler(swarmview.SchedulerViews):
         if p is None:
             return False
         p.last_seen = self.clock.seconds()
+        if p.down is not None:
+            self._revive(task, p)
         return True
 
     def leave(self, task_id, peer_id):
@@ -308,9 +319,34 @@ class Scheduler(swarmview.SchedulerViews):
             if not isinstance(s, str):
                 raise ValueError("failed source must be a peer id")
         now = p.last_seen = self.clock.seconds()
+        if p.down is not None:
+            self._revive(task, p)
+        check = suspects(p, failed) if failed and self.liveness is not None else ()
         opportunities, offered = apply_report(task, p, have, failed, fetched, self, now)
         if opportunities:
             self._wake(task, opportunities + 1, offered)
+        for info in check:
+            self.liveness.check(info)
+
+    def unreachable(self, peer_id, info, since):
+        """Peer C{peer_id} at C{info} (a L{PeerInfo}) refused the supernode's
+        check of its piece port, begun at C{since}: marked down (L{mark_down})
+        in each task where it is that peer, silent since. Returns how many."""
+        n = 0
+        for task in list(self._tasks.values()):
+            p = task.peers.get(peer_id)
+            if p is None or p.info != info or p.last_seen > since or p.down is not None:
+                continue
+            n += 1
+            released, offered = mark_down(task, p, self.clock.seconds() + self.peer_timeout,
+                                          self.max_uploads_per_peer, self.seed_piece_copies)
+            self._wake(task, released + self.seed_piece_copies + 1, offered)
+        return n
+
+    def _revive(self, task, p):
+        offered = revive(task, p, self.max_uploads_per_peer)
+        if offered:
+            self._wake(task, self.max_uploads_per_peer + 1, offered)
 
     # -- assignment --------------------------------------------------------
 

@@ -115,8 +115,7 @@ class Peer:
     __slots__ = ("info", "id", "have", "fetching", "fetch_mask", "uploads",
                  "seed_fetches", "seed_got", "free_pos", "last_seen", "failed", "failed_mask",
                  "fail_reporters", "bad", "alive", "joined", "seq_turn", "streaming", "waiter", "avoid",
-                 "avoid_next",
-                 "bad_pieces", "bad_until")
+                 "avoid_next", "bad_pieces", "bad_until", "down")
 
     def __init__(self, info, now):
         self.info = info
@@ -142,6 +141,7 @@ class Peer:
         self.avoid_next = INF           # the earliest until in avoid
         self.bad_pieces = set()         # askers that got a bad piece from us
         self.bad_until = None           # while bad: end of the cool-down (INF: for good)
+        self.down = None                # refused the supernode's check: bad_until it set
 
 
 class _Unset:
@@ -419,19 +419,23 @@ def restore_due(task, now, max_uploads):
     offered = 0
     while q and q[0][0] <= now:
         until, p = q.popleft()
-        if not (p.alive and p.bad and p.bad_until == until):
-            continue
-        p.bad = False
-        p.bad_until = None
-        p.fail_reporters.clear()
-        if p.have:
-            task.sources += 1
-        for j in bits(p.have):
-            task.count_good[j] += 1
-        task.held_good |= p.have
-        free_add(task, p, max_uploads)
-        offered |= p.have
+        if p.alive and p.bad and p.bad_until == until:
+            offered |= restore(task, p, max_uploads)
     return offered
+
+
+def restore(task, p, max_uploads):
+    """Bad peer C{p} serves again (its cool-down ended): the pieces it offers."""
+    p.bad = False
+    p.bad_until = p.down = None
+    p.fail_reporters.clear()
+    if p.have:
+        task.sources += 1
+    for j in bits(p.have):
+        task.count_good[j] += 1
+    task.held_good |= p.have
+    free_add(task, p, max_uploads)
+    return p.have
 
 
 def forgive(asker, now):

@@ -106,7 +106,8 @@ def _peer_row(task, p, columns, now, held_bytes):
         "held": p.have.bit_count(), "held_bytes": held_bytes(p.have),
         "fetching": fetching, "uploads": p.uploads, "from_supernode": p.seed_got,
         "failed_pieces": sorted(bits(p.failed_mask & ~p.have))[:32],
-        "banned": p.bad, "reported_failing_by": len(p.fail_reporters),
+        "banned": p.bad, "down": p.down is not None,
+        "reported_failing_by": len(p.fail_reporters),
         "last_seen": round(max(0.0, now - p.last_seen), 1),
     }
 
@@ -218,6 +219,13 @@ class SchedulerViews:
     def task_ids(self):
         """The ids of the tasks scheduled now."""
         return list(self._tasks)
+
+    def fetching_peer(self, task_id, peer_id):
+        """The L{PeerInfo} of C{peer_id} in C{task_id} while it has assignments
+        in flight and is not marked down (a peer worth a liveness check), else None."""
+        task = self._tasks.get(task_id)
+        p = task.peers.get(peer_id) if task is not None else None
+        return p.info if p is not None and p.fetching and p.down is None else None
 
     def swarm_summary(self, task_id):
         """L{task_summary} of C{task_id}."""

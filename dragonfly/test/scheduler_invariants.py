@@ -138,4 +138,6 @@ def verify(s, task_id):
         assert in_free == bool(p.have and not p.bad and p.uploads < s.max_uploads_per_peer)
         if in_free:
             assert task.free[p.free_pos] is p
+        if p.down is not None:   # marked down (unreachable): bad until then
+            assert p.bad and p.bad_until == p.down, (p.id, p.bad, p.bad_until, p.down)
     assert len(task.free) == sum(1 for p in task.peers.values() if p.free_pos >= 0)
