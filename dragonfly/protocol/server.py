@@ -100,6 +100,8 @@ class PieceServerProtocol(Protocol):
             self._current.stopProducing()
             self._current = None
         self.factory._connection_lost(self)
+        if self.peer_id is not None and not self.factory.shutting_down:
+            self.factory.on_lost(self.task_id, self.peer_id)
         self.lost.callback(None)
 
     def dataReceived(self, data):
@@ -315,6 +317,9 @@ class PieceServerFactory(Factory):
         upload limiter, at most half the limiter's rate shared by the uploads).
     @param slot_wait: seconds a request may wait for an upload slot before
         BUSY (0: BUSY at once).
+    @param on_lost: called with C{(task_id, peer_id)} when an admitted
+        client's connection ends, unless the server is shutting down (the
+        supernode checks whether that peer died).
     """
 
     protocol = PieceServerProtocol
@@ -328,8 +333,9 @@ class PieceServerFactory(Factory):
                  max_frame=codec.MAX_FRAME, max_queue=MAX_QUEUE,
                  max_per_address=MAX_PER_ADDRESS, stall_interval=STALL_INTERVAL,
                  min_upload_rate=MIN_UPLOAD_RATE, slot_wait=SLOT_WAIT, kernel_pacing=True, *,
-                 admission):
+                 admission, on_lost=lambda task_id, peer_id: None):
         self.store = store
+        self.on_lost = on_lost
         self.admission = admission
         self.clock = clock
         self.upload_limiter = upload_limiter

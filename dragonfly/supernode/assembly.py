@@ -23,6 +23,7 @@ from dragonfly.supernode.api import SupernodeAPI, api_site
 from dragonfly.supernode.cdn import CDN
 from dragonfly.supernode.cluster import Cluster
 from dragonfly.supernode.handover import HandOver
+from dragonfly.supernode.liveness import LivenessCheck
 from dragonfly.supernode.preheat import Preheater
 from dragonfly.supernode.wakeups import LongPollScheduler
 from dragonfly.supernode.service import SupernodeService
@@ -47,6 +48,7 @@ def build_supernode(reactor, c):
                                   max_peers_per_address=c.max_peers_per_address,
                                   max_uploads_per_peer=c.swarm_uploads,
                                   seed_swarm_uploads=c.swarm_uploads)
+    scheduler.liveness = LivenessCheck(scheduler, reactor)   # sources reported failing
 
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 4
@@ -79,7 +81,8 @@ def build_supernode(reactor, c):
     upload_limiter = TokenBucket(reactor, c.upload_limit) if c.upload_limit > 0 else None
     piece_factory = PieceServerFactory(store, reactor, upload_limiter=upload_limiter,
                                        max_uploads=c.max_uploads,
-                                       on_upload=metrics.upload_bytes.inc, admission=admission)
+                                       on_upload=metrics.upload_bytes.inc, admission=admission,
+                                       on_lost=scheduler.liveness.lost)
     observer = json_observer_for(reactor, c)
     api_endpoint = server_endpoint(reactor, c.listen)
     piece_endpoint = server_endpoint(reactor, c.piece_listen)

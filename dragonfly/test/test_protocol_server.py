@@ -244,6 +244,23 @@ class ServerServingTests(ServerTestMixin, SynchronousTestCase):
         self.assertEqual((self.task.pins, factory.active_uploads), (0, 0))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_on_lost(self):
+        """When an admitted client's connection ends, on_lost hears its task
+        and peer; not for a connection that never said Hello, nor while the
+        server shuts down."""
+        lost = []
+        factory = self.make_factory(on_lost=lambda *a: lost.append(a))
+        proto, tr = self.connect(factory)
+        proto.connectionLost(Failure(ConnectionLost()))
+        proto, tr = self.connect(factory, hello=False)
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(lost, [(TASK, "peer-1")])
+        proto, tr = self.connect(factory)
+        d = factory.close()
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(d)
+        self.assertEqual(lost, [(TASK, "peer-1")])
+
     def test_stalled_upload_times_out(self):
         """When the client stops reading mid-piece for idle_timeout seconds, the connection is aborted."""
         factory = self.make_factory(idle_timeout=30, stall_interval=0)
