@@ -155,10 +155,13 @@ class ImagePreheatTests(unittest.TestCase):
         return rf, http, self.swarm
 
     async def anonymous_registry(self, rf, swarm):
-        registry = rf.Registry(swarm.path("registry"))
-        self.addCleanup(registry.stop, reactor)
-        await registry.start(reactor)
-        return registry
+        from dragonfly.test.integration import registry_setup as rs
+        return await rs.start_registry(self, reactor, swarm.path("registry"))
+
+    async def push(self, swarm, target, **kw):
+        """The layout C{swarm.path("image")}, tag v1, pushed to C{target}."""
+        from dragonfly.test.integration import registry_setup as rs
+        await rs.push_layout(self, reactor, swarm.workdir, swarm.path("image"), "v1", target, **kw)
 
     @with_logs()
     async def test_preheat_image_then_pull(self):
@@ -167,10 +170,7 @@ class ImagePreheatTests(unittest.TestCase):
         rf, http, swarm = self.registry_swarm()
         registry = await self.anonymous_registry(rf, swarm)
         info = rf.build_oci_layout(swarm.path("image"), (300_000, 1_500_000, 3_000_000))
-        code, out, err = await rf.skopeo(reactor, swarm.workdir, "skopeo-push", [
-            "copy", "--dest-tls-verify=false", f"oci:{swarm.path('image')}:v1",
-            f"docker://{registry.hostport}/team/app:v1"])
-        self.assertEqual(code, 0, err)
+        await self.push(swarm, f"{registry.hostport}/team/app:v1")
         await swarm.start_supernode(piece_size="1M")
         dfdaemon = await rf.start_dfdaemon(swarm, registry)
 
@@ -207,10 +207,7 @@ class ImagePreheatTests(unittest.TestCase):
         rf, http, swarm = self.registry_swarm()
         registry = await self.anonymous_registry(rf, swarm)
         layout = rf.build_multiarch_layout(swarm.path("image"))
-        code, out, err = await rf.skopeo(reactor, swarm.workdir, "skopeo-push", [
-            "copy", "--all", "--dest-tls-verify=false", f"oci:{swarm.path('image')}:v1",
-            f"docker://{registry.hostport}/team/multi:v1"])
-        self.assertEqual(code, 0, err)
+        await self.push(swarm, f"{registry.hostport}/team/multi:v1", all_images=True)
         await swarm.start_supernode(piece_size="1M")
 
         proc = Proc("dfctl-multi", [sys.executable, "-m", "dragonfly.dfctl", "preheat",
@@ -243,10 +240,8 @@ class ImagePreheatTests(unittest.TestCase):
         registry, tokens = await rf.start_token_registry(
             self, reactor, swarm.workdir, {user: password})
         layout = rf.build_multiarch_layout(swarm.path("image"))
-        code, out, err = await rf.skopeo(reactor, swarm.workdir, "skopeo-push", [
-            "copy", "--all", "--dest-tls-verify=false", "--dest-creds", f"{user}:{password}",
-            f"oci:{swarm.path('image')}:v1", f"docker://{registry.hostport}/{repo}:v1"])
-        self.assertEqual(code, 0, err)
+        await self.push(swarm, f"{registry.hostport}/{repo}:v1", all_images=True,
+                        creds=(user, password))
         await swarm.start_supernode(piece_size="1M")
         dfdaemon = await rf.start_dfdaemon(swarm, registry)
 

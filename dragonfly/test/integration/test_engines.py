@@ -30,6 +30,7 @@ from twisted.trial import unittest
 
 from dragonfly.test import source_file
 from dragonfly.test.integration import registry_fixtures as rf
+from dragonfly.test.integration import registry_setup as rs
 from dragonfly.test.integration.harness import HTTP, Swarm, metric, with_logs
 
 REPO = "dragonfly/engine-test"
@@ -118,9 +119,7 @@ class _EngineTest(unittest.TestCase):
         self.log_sources = [self.swarm, self.extra]
 
     async def start_registry(self, name="registry"):
-        registry = rf.Registry(os.path.join(self.workdir, name))
-        self.addCleanup(registry.stop, reactor)
-        await registry.start(reactor)
+        registry = await rs.start_registry(self, reactor, os.path.join(self.workdir, name))
         self.extra.sources.append(registry)
         return registry
 
@@ -129,10 +128,8 @@ class _EngineTest(unittest.TestCase):
         layout = os.path.join(self.workdir, "image")
         if not os.path.exists(layout):
             self.info = rf.build_oci_layout(layout, LAYERS, tag=TAG)
-        code, out, err = await rf.skopeo(reactor, self.workdir, "skopeo-push", [
-            "copy", "--dest-tls-verify=false",
-            f"oci:{layout}:{TAG}", f"docker://{registry.hostport}/{repo}:{TAG}"])
-        self.assertEqual(code, 0, f"skopeo push failed: {err}")
+        await rs.push_layout(self, reactor, self.workdir, layout, TAG,
+                             f"{registry.hostport}/{repo}:{TAG}")
         return self.info
 
     async def start_mirror(self, repo):

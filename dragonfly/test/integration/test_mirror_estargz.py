@@ -24,6 +24,7 @@ from twisted.internet import reactor
 from twisted.trial import unittest
 
 from dragonfly.test.integration import registry_fixtures as rf
+from dragonfly.test.integration import registry_setup as rs
 from dragonfly.test.integration.harness import HTTP, Swarm, with_logs
 
 SOURCE, TARGET, TAG = "dragonfly/plain", "dragonfly/estargz", "v1"
@@ -108,15 +109,12 @@ class EStargzTests(unittest.TestCase):
     async def convert(self, files):
         """Push the plain image, convert it to eStargz with ctr-remote in a
         private containerd, push that: the eStargz image's manifest."""
-        self.registry = rf.Registry(os.path.join(self.workdir, "registry"))
-        self.addCleanup(self.registry.stop, reactor)
-        await self.registry.start(reactor)
+        self.registry = await rs.start_registry(
+            self, reactor, os.path.join(self.workdir, "registry"))
         layout = os.path.join(self.workdir, "image")
         build_layout(layout, files)
-        code, out, err = await rf.skopeo(reactor, self.workdir, "skopeo-push", [
-            "copy", "--dest-tls-verify=false",
-            f"oci:{layout}:{TAG}", f"docker://{self.registry.hostport}/{SOURCE}:{TAG}"])
-        self.assertEqual(code, 0, f"skopeo push failed: {err}")
+        await rs.push_layout(self, reactor, self.workdir, layout, TAG,
+                             f"{self.registry.hostport}/{SOURCE}:{TAG}")
         ctd = rf.Containerd(self.workdir, ctr=rf.which("ctr-remote", "/usr/bin/ctr-remote"))
         self.addCleanup(ctd.stop, reactor)
         await ctd.start(reactor)

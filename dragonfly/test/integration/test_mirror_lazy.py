@@ -8,6 +8,7 @@ from twisted.internet import reactor
 from twisted.trial import unittest
 
 from dragonfly.test.integration import registry_fixtures as rf
+from dragonfly.test.integration import registry_setup as rs
 from dragonfly.test.integration.harness import HTTP, Swarm, metric, with_logs
 
 REPO = "dragonfly/lazy"
@@ -30,15 +31,12 @@ class LazyPullTests(unittest.TestCase):
         self.addCleanup(self.swarm.stop)
 
     async def start_registry(self):
-        self.registry = rf.Registry(os.path.join(self.workdir, "registry"))
-        self.addCleanup(self.registry.stop, reactor)
-        await self.registry.start(reactor)
+        self.registry = await rs.start_registry(
+            self, reactor, os.path.join(self.workdir, "registry"))
         layout = os.path.join(self.workdir, "image")
         info = rf.build_oci_layout(layout, (LAYER,), tag=TAG)
-        code, out, err = await rf.skopeo(reactor, self.workdir, "skopeo-push", [
-            "copy", "--dest-tls-verify=false",
-            f"oci:{layout}:{TAG}", f"docker://{self.registry.hostport}/{REPO}:{TAG}"])
-        self.assertEqual(code, 0, f"skopeo push failed: {err}")
+        await rs.push_layout(self, reactor, self.workdir, layout, TAG,
+                             f"{self.registry.hostport}/{REPO}:{TAG}")
         [(digest, size)] = info["layers"]
         return digest, rf.layout_blobs(layout)[digest]
 

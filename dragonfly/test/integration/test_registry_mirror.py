@@ -20,6 +20,7 @@ from twisted.trial import unittest
 
 from dragonfly.test import source_file
 from dragonfly.test.integration import registry_fixtures as rf
+from dragonfly.test.integration import registry_setup as rs
 from dragonfly.test.integration.harness import (
     HTTP, LOOPBACK, Swarm, metric, poll_until, with_logs)
 
@@ -88,10 +89,8 @@ class RegistryMirrorTests(unittest.TestCase):
             self, reactor, self.workdir, {USER: PASSWORD})
         layout = os.path.join(self.workdir, "image")
         info = rf.build_oci_layout(layout, LAYERS, tag=TAG)
-        code, out, err = await rf.skopeo(reactor, self.workdir, "skopeo-push", [
-            "copy", "--dest-tls-verify=false", "--dest-creds", f"{USER}:{PASSWORD}",
-            f"oci:{layout}:{TAG}", f"docker://{self.registry.hostport}/{REPO}:{TAG}"])
-        self.assertEqual(code, 0, f"skopeo push failed: {err}")
+        await rs.push_layout(self, reactor, self.workdir, layout, TAG,
+                             f"{self.registry.hostport}/{REPO}:{TAG}", creds=(USER, PASSWORD))
         return info
 
     async def start_swarm(self, dfdaemons):

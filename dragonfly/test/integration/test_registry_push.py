@@ -16,6 +16,7 @@ from twisted.trial import unittest
 
 from dragonfly.test import source_file
 from dragonfly.test.integration import registry_fixtures as rf
+from dragonfly.test.integration import registry_setup as rs
 from dragonfly.test.integration.harness import HTTP, Swarm, metric, with_logs
 
 USER, PASSWORD = "alice", "wonderland-42"
@@ -122,10 +123,9 @@ class RegistryPushTests(unittest.TestCase):
         biggest = max(size for _, size in info["layers"])
 
         before = peak_rss(d1.pid)
-        code, out, err = await rf.skopeo(reactor, self.workdir, "skopeo-push", [
-            "copy", "--dest-tls-verify=false", "--dest-creds", f"{USER}:{PASSWORD}",
-            f"oci:{layout}:{TAG}", f"docker://{d1.mirror_hostport}/{REPO}:{TAG}"])
-        self.assertEqual(code, 0, f"skopeo push through the mirror failed: {err}")
+        await rs.push_layout(self, reactor, self.workdir, layout, TAG,
+                             f"{d1.mirror_hostport}/{REPO}:{TAG}", creds=(USER, PASSWORD),
+                             failed="skopeo push through the mirror failed")
         grown = peak_rss(d1.pid) - before
         self.assertLess(grown, biggest // 3,
                         f"the dfdaemon's peak memory grew by {grown} bytes during the push "
@@ -198,9 +198,7 @@ class _EnginePushTest(unittest.TestCase):
     async def start(self, engine):
         """The registry, supernode and dfdaemon, the engine started, the test
         image's OCI layout built; returns (registry, dfdaemon, layout, info)."""
-        registry = rf.Registry(os.path.join(self.workdir, "registry"))
-        self.addCleanup(registry.stop, reactor)
-        await registry.start(reactor)
+        registry = await rs.start_registry(self, reactor, os.path.join(self.workdir, "registry"))
         await self.swarm.start_supernode(piece_size="1M")
         node = await rf.start_dfdaemon(self.swarm, registry)
         self.addCleanup(engine.stop, reactor)
