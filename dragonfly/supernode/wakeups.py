@@ -74,10 +74,15 @@ class LongPollScheduler(Scheduler):
         (a vanished peer holding every slot of a task's only peer holder
         stalled newcomers that long: the seed does not serve pieces a busy
         live peer holds). The peer stays a member: what it reports later
-        still counts."""
+        still counts. Its piece port is checked too (C{liveness}, when set):
+        a dead peer is then no source for anyone either."""
         task = self._tasks.get(task_id)
         p = task.peers.get(peer_id) if task is not None else None
-        if p is None or not p.fetching:
+        if p is None:
+            return
+        if self.liveness is not None and p.down is None:
+            self.liveness.check(p.info)
+        if not p.fetching:
             return
         offered = 0
         fetches = list(p.fetching.values())

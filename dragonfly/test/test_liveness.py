@@ -171,6 +171,16 @@ class UnreachableTests(SchedulerMixin, SynchronousTestCase):
         self.assertEqual(asked, [peer(2)])
 
 
+    def test_abandoned_long_poll_checks(self):
+        """When a peer's long-poll is abandoned (its client went away), its
+        port is checked too, with or without assignments in flight."""
+        self.s.abandoned(T, "peer-3")
+        self.seed_piece_of(2)
+        self.s.abandoned(T, "peer-2")
+        self.s.abandoned(T, "peer-9")
+        self.assertEqual(self.checks.asked, ["peer-3", "peer-2"])
+
+
 class LivenessCheckTests(SynchronousTestCase):
     """The check: a refused connection is the only verdict; rate limits."""
 

@@ -13,9 +13,9 @@ and hands it out to nobody, before anyone else even asks: the next peers
 complete at once, from the swarm.
 
 A victim that fetched from peers only (one of them held the whole file
-first) has no connection to the supernode's piece server: there the first
-peer sent to it for one of its pieces reports the failure, which has the
-supernode check it.
+first, and stops once the victim is killed) has no connection to the
+supernode's piece server: there the first peer sent to it for one of its
+pieces reports the failure, which has the supernode check it.
 """
 import os
 
@@ -112,6 +112,9 @@ class DeadPeerTests(SwarmMixin, TestCase):
         vproc.kill_now()
         await victim.wait(reactor, 10)
         await vproc.wait(reactor, 10)
+        # The holder leaves (a clean stop): the victim is the only peer
+        # holding its pieces, so the next askers are sent to it.
+        await holder.stop(reactor)
         procs = [swarm.start_dfget(url, peer=p) for p in others]
 
         async def released():
