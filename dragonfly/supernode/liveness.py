@@ -9,8 +9,9 @@ connection (nothing listens there: the process is gone) counts, through
 L{dragonfly.supernode.scheduler.Scheduler.unreachable}, which also requires
 the peer to have made no call since the check began. A connection that
 succeeds, times out or fails otherwise proves nothing and changes nothing.
-Checks begin on an asker's failure report (L{check}, through the scheduler)
-and when a connection of a peer with assignments in flight to our own piece
+Checks begin on an asker's failure report (L{check}, through the scheduler),
+on a long-poll whose client went away (C{LongPollScheduler.abandoned}), and
+when a connection of a peer with assignments in flight to our own piece
 server ends (L{lost}: a peer killed while it fetched from the seed, which
 nobody may ever report as a source).
 

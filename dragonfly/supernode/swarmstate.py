@@ -425,7 +425,8 @@ def restore_due(task, now, max_uploads):
 
 
 def restore(task, p, max_uploads):
-    """Bad peer C{p} serves again (its cool-down ended): the pieces it offers."""
+    """Bad peer C{p} serves again (its cool-down ended, or it called after it
+    was found unreachable): the pieces it offers."""
     p.bad = False
     p.bad_until = p.down = None
     p.fail_reporters.clear()
