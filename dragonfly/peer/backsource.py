@@ -7,7 +7,8 @@ runs the body through the shared ingest pipeline (L{dragonfly.ingest}): a body
 with a length, or the rest of a task held, streams straight into the store
 (C{stream_into}: a bounded window of piece writes, the origin connection
 paused at the limit); a whole body without one is spooled to a temporary file
-first (C{spool_into}), then cut into pieces. L{OriginEvents} tells the
+first (C{spool_into}), then cut into pieces. A whole body (200) that is not
+provably the version of the pieces held replaces them (L{_keeps_held}). L{OriginEvents} tells the
 download of every piece stored (L{dragonfly.peer.joining.Download}), counts
 origin bytes and words the pipeline's errors as L{DownloadError}s.
 """
@@ -36,6 +37,25 @@ def check_size(length, max_file_size, store, discard=None):
     if discard is not None:
         discard()
     raise DownloadError(why)
+
+
+def _keeps_held(tf, response):
+    """May the pieces C{tf} holds stay, with C{response}'s body written around them?
+
+    A 206 is the rest of the file we asked for (C{If-Range} kept it to our
+    version when we knew one). A 200 is the whole file again, and it is the
+    authority: its version may not be the one the held pieces came from (a
+    file changed since an earlier, broken download, or since the swarm's
+    copy was fetched). Only an equal strong ETag says it is the same bytes;
+    without one (no validators, a weak or another ETag, Last-Modified alone,
+    which cannot tell two versions of the same second apart) the task starts
+    afresh from this body, which brings every byte anyway, so the file is
+    one version, all of it, never held pieces of one with the rest of another.
+    """
+    if response.offset > 0 or not tf.completed_bytes:
+        return True
+    etag = tf.etag
+    return bool(etag) and not etag.startswith("W/") and response.etag == etag
 
 
 class OriginEvents(IngestEvents):
@@ -155,10 +175,10 @@ class BackSource:
         # would become a file of its own: the tail alone, taken for the whole.)
         length = response.length if response.length is not None else tf.length
         check_size(length, self._settings.max_file_size, store, lambda: response.discard())
-        if tf is None or tf.length != length:
+        if tf is None or tf.length != length or not _keeps_held(tf, response):
             # Nothing usable held: start afresh. (Held pieces of a file of the
-            # same length are kept; a 200 to our Range restarts the body at 0
-            # and the writer skips the pieces already held.)
+            # same length are kept for a 206, or a 200 of the same version:
+            # the writer then skips them.)
             tf = store.create(dl.task_id, dl.url, length,
                               tf.piece_size if tf is not None else self._settings.piece_size,
                               etag=response.etag, last_modified=response.last_modified)
