@@ -181,6 +181,32 @@ class BackSourceTests(NodeMixin, SynchronousTestCase):
         self.assertEqual(sample(self.metrics, "dragonfly_peer_download_bytes_total",
                                 {"source": "origin"}), len(DATA))
 
+    def test_resume_without_validators_asks_whole_file(self):
+        """When pieces held from an earlier download have no validators (no
+        strong ETag, no Last-Modified: nothing for If-Range), the origin is
+        asked for the whole file, not the rest by Range (a 206 could be the
+        rest of another version); the whole body replaces the held pieces."""
+        v2 = bytes(b ^ 0x5A for b in DATA)
+        origin = FakeOrigin(v2)
+        node = self.make(client=_RefusingClient(), origin=origin)
+        self.hold_v1([0, 1, 2])
+        got = self.successResultOf(node.download(URL, pattern="source"))
+        self.assertEqual([offset for _, _, offset in origin.calls], [0])
+        self.assertEqual(self.read_all(got), v2)
+
+    def test_resume_with_validator_asks_the_rest(self):
+        """Pieces held from an earlier download under a strong ETag or a
+        Last-Modified are resumed with a Range (the origin checks If-Range)."""
+        for validators in ({"etag": '"e1"'}, {"last_modified": "Mon, 01 Jan 2024 00:00:00 GMT"}):
+            origin = FakeOrigin(DATA)
+            node = self.make(client=_RefusingClient(), origin=origin)
+            tf = self.store.create(task_id_for_url(URL), URL, len(DATA), PIECE, **validators)
+            for i in range(3):
+                self.successResultOf(tf.write_new_piece(i, DATA[i * PIECE:(i + 1) * PIECE]))
+            got = self.successResultOf(node.download(URL, pattern="source"))
+            self.assertEqual([offset for _, _, offset in origin.calls], [3 * PIECE], validators)
+            self.assertEqual(self.read_all(got), DATA)
+
     def test_origin_short_body(self):
         """When the origin's body ends early, the download fails and is not complete."""
         origin = FakeOrigin(DATA)

@@ -12,9 +12,12 @@ told. Every answer is ``200`` to a ``GET`` whatever its ``Range``, with no
 - ``/clean/<name>``: the same, then a clean close (FIN);
 - ``/flip/<name>``: ``Content-Length: --size``; the first request gets the
   first ``--cut`` bytes of version 1 and a clean close (a body cut short),
-  every later one the whole of version 2.
+  every later one the whole of version 2;
+- ``/flip-lm/<name>``: the same, each version with its own ``Last-Modified``
+  (and still no ``ETag``).
 
-``GET /__log`` answers the requests so far as JSON ``[{"path", "range"}, ...]``.
+``GET /__log`` answers the requests so far as JSON ``[{"path", "range",
+"if_range"}, ...]``.
 Once listening it writes ``{"port": N}`` to the port file (temp name, then
 rename); SIGTERM ends it with status 0.
 """
@@ -31,7 +34,11 @@ import termios
 import threading
 import time
 
-__all__ = ["body_of"]
+__all__ = ["body_of", "LAST_MODIFIED"]
+
+#: The Last-Modified of each version of a /flip-lm/ file.
+LAST_MODIFIED = {1: b"Last-Modified: Mon, 01 Jan 2024 00:00:00 GMT\r\n",
+                 2: b"Last-Modified: Tue, 02 Jan 2024 00:00:00 GMT\r\n"}
 
 
 def body_of(path, version, size):
@@ -57,15 +64,17 @@ class _Origin:
                 head += data
             lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
             path = lines[0].split(" ")[1] if len(lines[0].split(" ")) > 1 else "/"
-            rng = next((line.split(":", 1)[1].strip() for line in lines[1:]
-                        if line.lower().startswith("range:")), None)
-            self.answer(conn, path.split("?")[0], rng)
+            headers = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            self.answer(conn, path.split("?")[0], headers.get("range"), headers.get("if-range"))
         except OSError:
             pass
         finally:
             conn.close()
 
-    def answer(self, conn, path, rng):
+    def answer(self, conn, path, rng, if_range):
         if path == "/__log":
             with self.lock:
                 body = json.dumps(self.log).encode()
@@ -74,12 +83,14 @@ class _Origin:
             conn.shutdown(socket.SHUT_WR)
             return
         with self.lock:
-            self.log.append({"path": path, "range": rng})
+            self.log.append({"path": path, "range": rng, "if_range": if_range})
             nth = self.seen[path] = self.seen.get(path, 0) + 1
         head = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n"
-        if path.startswith("/flip/"):
+        if path.startswith(("/flip/", "/flip-lm/")):
             body = body_of(path, 1, self.size)[:self.cut] if nth == 1 \
                 else body_of(path, 2, self.size)
+            if path.startswith("/flip-lm/"):
+                head += LAST_MODIFIED[min(nth, 2)]
             conn.sendall(head + b"Content-Length: %d\r\n\r\n" % self.size + body)
             conn.shutdown(socket.SHUT_WR)
             return

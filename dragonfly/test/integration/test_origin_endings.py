@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 
 from dragonfly.test.integration.harness import (
     LOOPBACK, MiB, Service, SwarmMixin, sha256_file, with_logs)
-from dragonfly.test.integration.rough_origin import body_of
+from dragonfly.test.integration.rough_origin import LAST_MODIFIED, body_of
 
 SIZE = 10 * MiB + 123
 CUT = 9 * MiB        # the first /flip/ answer stops here: two 4 MiB pieces held
@@ -85,14 +85,11 @@ class OriginEndingTests(SwarmMixin, TestCase):
             self.assertEqual(r.code, 0, r)
             self.assertEqual(sha256_file(r.output), sha_of(name, 1))
 
-    @with_logs()
-    async def test_changed_without_validators_back_to_source(self):
-        """Version 1 breaks off after two pieces; the resume (Range) is answered
-        200 with version 2, no validators: the peer's back-to-source writes
-        version 2, all of it, not its held pieces of version 1 with the rest
-        of version 2."""
+    async def break_then_change(self, name):
+        """dfget --pattern source of C{name} twice: version 1 breaks off after
+        two pieces (non-zero, no file); the next gets version 2 whole, with
+        200 (the answer to any request). The origin's log of C{name}."""
         peer = await self.start()
-        name = "/flip/bs.bin"
         url = self.swarm.origin.url(name)
         r = await self.swarm.dfget(url, peer=peer, args=["--pattern", "source"])
         self.assertNotEqual(r.code, 0, r)
@@ -100,8 +97,27 @@ class OriginEndingTests(SwarmMixin, TestCase):
         r = await self.swarm.dfget(url, peer=peer, args=["--pattern", "source"])
         self.assertEqual(r.code, 0, r)
         self.assertEqual(sha256_file(r.output), sha_of(name, 2))
-        log = [e for e in await self.origin_log() if e["path"] == name]
-        self.assertEqual([e["range"] for e in log], [None, f"bytes={8 * MiB}-"])
+        return [e for e in await self.origin_log() if e["path"] == name]
+
+    @with_logs()
+    async def test_changed_without_validators_back_to_source(self):
+        """Version 1 breaks off after two pieces; without validators the peer
+        cannot have the origin check its version, so it asks for the whole
+        file again (no Range), which is version 2 (200, no validators): the
+        back-to-source writes version 2, all of it, not its held pieces of
+        version 1 with the rest of version 2."""
+        log = await self.break_then_change("/flip/bs.bin")
+        self.assertEqual([e["range"] for e in log], [None, None])
+
+    @with_logs()
+    async def test_changed_resume_answered_200_back_to_source(self):
+        """Version 1 (Last-Modified, no ETag) breaks off after two pieces; the
+        resume (Range + If-Range) is answered 200 with version 2, under
+        another Last-Modified: the back-to-source writes version 2, all of
+        it, not its held pieces of version 1 with the rest of version 2."""
+        log = await self.break_then_change("/flip-lm/bs.bin")
+        self.assertEqual([(e["range"], e["if_range"]) for e in log],
+                         [(None, None), (f"bytes={8 * MiB}-", LAST_MODIFIED[1][15:-2].decode())])
 
     @with_logs()
     async def test_changed_without_validators_through_supernode(self):
