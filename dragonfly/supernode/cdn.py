@@ -513,8 +513,12 @@ class CDN:
     async def _in_order(self, job, tf):
         """Fetch in L{FetchOrder}: the wanted range's pieces first (a new task:
         its length comes with them), then the rest in bounded ranges. False
-        when the origin cannot (no Range, a range past the end): the plain
-        path then takes the job."""
+        when the origin cannot (no Range, a range past the end), or when the
+        pieces held are an earlier job's and the origin cannot check their
+        version (no If-Range): the plain path then takes the job."""
+        if tf is not None and job.tf is not tf and tf.completed_bytes and not _checkable(tf):
+            job.want = job.order = None
+            return False
         if tf is None:
             ps = self.piece_size
             first, last = job.want[0] // ps, job.want[1] // ps
