@@ -49,7 +49,8 @@ def _checkable(tf):
     Range only then: a 206 without C{If-Range} could be the rest of another
     version. Otherwise the whole file is asked for, and replaces them (see
     L{_keeps_held}). The pieces this very download took from its swarm just
-    before falling back are resumed with a Range as before, although their
+    before falling back (and the pieces held from before that the swarm's
+    digests confirmed) are resumed with a Range as before, although their
     task file has no validators (the supernode does not pass the CDN's on):
     a known gap, see docs/design.md."""
     etag = tf.etag
@@ -170,7 +171,7 @@ class BackSource:
             if not missing:
                 dl.set_task_file(tf)
                 return tf
-            if dl.tf is tf or _checkable(tf):
+            if (dl.tf is tf and not dl.unconfirmed) or _checkable(tf):
                 offset = tf.piece_range(missing[0])[0]
         self.log.info("fetching {task} from its origin ({why})", task=dl.task_id,
                       why=redact_text(why))

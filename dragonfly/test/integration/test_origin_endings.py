@@ -44,12 +44,27 @@ def sha_of(path, version):
 class OriginEndingTests(SwarmMixin, TestCase):
     timeout = 300
 
-    async def start(self):
+    async def start(self, piece_size="1M"):
         swarm = self.swarm
         swarm.origin = RoughOrigin(swarm.workdir)
         await swarm.origin.wait_ports(swarm.clock, ["port"])
-        await swarm.start_supernode(piece_size="1M")
+        await swarm.start_supernode(piece_size=piece_size)
         return await swarm.start_peer()
+
+    async def until_whole(self, url, name, peer, tries=3):
+        """dfget C{url} up to C{tries} times: each fails leaving no file, or
+        gives version 2 of C{name}, all of it; the last one must succeed."""
+        codes = []
+        for _ in range(tries):
+            r = await self.swarm.dfget(url, peer=peer)
+            codes.append(r.code)
+            if r.code != 0:
+                self.assertFalse(os.path.exists(r.output), r)
+                continue
+            self.assertEqual(sha256_file(r.output), sha_of(name, 2), r)
+            break
+        self.assertEqual(codes[-1], 0, codes)
+        return codes
 
     async def origin_log(self):
         code, _, raw = await self.http.request("GET", self.swarm.origin.url("/__log"))
@@ -126,14 +141,20 @@ class OriginEndingTests(SwarmMixin, TestCase):
         one leaves no file, and a later one gets version 2, all of it."""
         peer = await self.start()
         name = "/flip/cdn.bin"
+        await self.until_whole(self.swarm.origin.url(name), name, peer)
+
+    @with_logs()
+    async def test_held_pieces_of_another_version_met_in_swarm(self):
+        """The peer holds pieces of version 1 from a broken back-to-source;
+        the supernode's copy is version 2 (same length and piece size, no
+        validators): the peer's held pieces are checked against the swarm's
+        piece digests, so the download fails and drops them (or gives version
+        2 whole), and the next gives version 2, all of it, never a mix."""
+        peer = await self.start(piece_size="4M")
+        name = "/flip/held.bin"
         url = self.swarm.origin.url(name)
-        codes = []
-        for _ in range(3):
-            r = await self.swarm.dfget(url, peer=peer)
-            codes.append(r.code)
-            if r.code != 0:
-                self.assertFalse(os.path.exists(r.output), r)
-                continue
-            self.assertEqual(sha256_file(r.output), sha_of(name, 2), r)
-            break
-        self.assertEqual(codes[-1], 0, codes)
+        r = await self.swarm.dfget(url, peer=peer, args=["--pattern", "source"])
+        self.assertNotEqual(r.code, 0, r)
+        codes = await self.until_whole(url, name, peer)
+        if codes[0] != 0:
+            self.assertEqual(len(codes), 2, codes)
