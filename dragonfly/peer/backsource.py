@@ -201,6 +201,7 @@ class BackSource:
             tf = store.create(dl.task_id, dl.url, length,
                               tf.piece_size if tf is not None else self._settings.piece_size,
                               etag=response.etag, last_modified=response.last_modified)
+            dl.unconfirmed.clear()
         dl.set_task_file(tf)
         try:
             await stream_into(response, tf, self._deps.runner,
@@ -223,6 +224,7 @@ class BackSource:
             check_size(length, self._settings.max_file_size, store)
             tf = store.create(dl.task_id, dl.url, length, self._settings.piece_size,
                               etag=response.etag, last_modified=response.last_modified)
+            dl.unconfirmed.clear()
             dl.set_task_file(tf)
             return tf
 
