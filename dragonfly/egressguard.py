@@ -162,9 +162,14 @@ class GuardedEndpointFactory:
 
 def guarded_agent(reactor, policy, tls_policy=None, pool=None, connect_timeout=30):
     """An C{Agent} that connects only where the L{dragonfly.egress.EgressPolicy}
-    C{policy} allows (give it a pool no unguarded agent shares)."""
+    C{policy} allows (give it a pool no unguarded agent shares).
+
+    Its connections are witnessed (L{dragonfly.connwitness}): a body without
+    a length read through it ends only at a clean close, never at a reset."""
     from twisted.web.client import Agent
+
+    from dragonfly.connwitness import WitnessEndpointFactory
 
     factory = GuardedEndpointFactory(reactor, EgressGuard(reactor, policy), tls_policy,
                                      connect_timeout)
-    return Agent.usingEndpointFactory(reactor, factory, pool=pool)
+    return Agent.usingEndpointFactory(reactor, WitnessEndpointFactory(factory), pool=pool)

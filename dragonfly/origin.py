@@ -128,6 +128,9 @@ def make_http_client(reactor, pool=None, context_factory=None, egress=None):
     C{egress} (an L{dragonfly.egress.EgressPolicy}) every connection, redirect
     hops included, goes only to addresses the policy allows (see
     L{dragonfly.egressguard}); never share that pool with an unguarded client.
+    Those connections are also witnessed (L{dragonfly.connwitness}), so a
+    body without a length that ends in a reset is a broken body: build every
+    origin client with C{egress}.
     """
     from http.cookiejar import CookieJar, DefaultCookiePolicy
 
@@ -249,8 +252,11 @@ class OriginResponse:
 
         Returns a Deferred firing with the byte count once the body ended
         cleanly, or failing with L{OriginError} (status None) when the
-        connection broke, stalled, or carried a different length. Cancelling
-        it drops the connection.
+        connection broke, stalled, or carried a different length. A body
+        without a length ends cleanly only where the origin closed the
+        connection cleanly (a reset breaks it: L{dragonfly.connwitness},
+        with the egress-guarded clients L{make_http_client} builds).
+        Cancelling it drops the connection.
         """
         if self._delivered:
             raise RuntimeError("body already delivered")

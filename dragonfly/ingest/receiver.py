@@ -6,6 +6,10 @@ rate limiter's wait) is pending, the transport is paused and later chunks
 queue in order, so memory stays bounded by what the consumer holds plus one
 socket read. It also checks the announced length, fails a body idle for too
 long, and drops the connection when the consumer fails or the caller cancels.
+A body without a length ends only where its connection was closed cleanly:
+Twisted's HTTP client says C{PotentialDataLoss} for a reset too, so the
+receiver asks the connection's witness (L{dragonfly.connwitness}) how it
+ended, and a reset or any other loss is a broken body, not the end.
 It knows nothing of what the body is for; L{dragonfly.origin} wraps it.
 """
 from collections import deque
@@ -17,6 +21,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
+from dragonfly.connwitness import connection_end
 from dragonfly.runtime.idle import IdleTimer
 
 __all__ = ["BodyError", "BodyReceiver", "READ_SIZE"]
@@ -67,6 +72,7 @@ class BodyReceiver(Protocol):
         self._lost = None
         self._failed = False
         self._idle = IdleTimer(clock, self._idled)
+        self._end = None      # the connection's ConnectionEnd, when witnessed
         self.received = 0
         self.done = Deferred(self._cancel)
 
@@ -80,6 +86,10 @@ class BodyReceiver(Protocol):
         tcp = getattr(self.transport, "_producer", None)
         if isinstance(getattr(tcp, "bufferSize", None), int):
             tcp.bufferSize = max(tcp.bufferSize, READ_SIZE)
+        # Taken now, while the proxy still leads to the connection (the body
+        # cannot have ended before: the client pauses the connection from the
+        # headers until the body is delivered).
+        self._end = connection_end(self.transport)
         self._arm_idle()
 
     def dataReceived(self, data):
@@ -166,6 +176,15 @@ class BodyReceiver(Protocol):
 
     def _finish(self):
         reason = self._lost
+        if reason.check(PotentialDataLoss) and self._expected is None and self._end is not None \
+                and not self._end.clean:
+            # No length: the body ends with the connection, but this one
+            # was reset (or given up), not closed: the body is cut short.
+            why = self._end.reason
+            self._fail(self._broken(
+                f"connection lost after {self.received} bytes of a body without a length"
+                + ("" if why is not None else " (not closed by the origin)"), why), abort=False)
+            return
         if reason.check(ResponseDone) or (reason.check(PotentialDataLoss) and self._expected is None):
             if self._expected is not None and self.received != self._expected:
                 self._fail(self._broken(

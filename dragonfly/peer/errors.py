@@ -9,7 +9,7 @@ Failure into a short reason for logs and error messages.
 """
 from dragonfly.httpio import describe
 
-__all__ = ["DownloadError", "OriginNotAllowed", "StreamStopped", "describe"]
+__all__ = ["DownloadError", "OriginNotAllowed", "StalePieces", "StreamStopped", "describe"]
 
 
 class DownloadError(Exception):
@@ -19,6 +19,11 @@ class DownloadError(Exception):
 class OriginNotAllowed(DownloadError):
     """The egress policy (ours or the supernode's) forbids the origin; C{str()}
     starts with C{origin not allowed: }. The local API answers it with 403."""
+
+
+class StalePieces(DownloadError):
+    """Pieces held from an earlier download are not the swarm's version of
+    the task (another piece digest): the task's copy is dropped."""
 
 
 class StreamStopped(Exception):

@@ -73,6 +73,10 @@ class Download:
         self.pattern = pattern
         self.back_source = back_source
         self.tf = None
+        #: Pieces its task file held from an earlier download, not yet found
+        #: to be the swarm's (same piece digest): never reported or trusted
+        #: as held until then (L{dragonfly.peer.session}).
+        self.unconfirmed = set()
         self.pinned = False
         self.progress_hooks = []  # on_progress callables
         self.ready = []          # on_start callables / Deferreds waiting for the TaskFile

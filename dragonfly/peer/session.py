@@ -7,7 +7,9 @@ got and the sources that failed it, asking for as many assignments as it has
 free fetch slots plus a small queue), fetches assigned pieces concurrently
 through the piece pool, checks each piece's digest I{before} it is written
 (a mismatch is never written and is reported as a failure of its source),
-and registers again when the supernode forgot it. It raises
+and registers again when the supernode forgot it. Pieces held from an
+earlier download are confirmed, not trusted: reported only once an
+assignment's digest matches them (L{StalePieces} when one does not). It raises
 L{SupernodeUnavailable} when the swarm cannot finish the task (the caller
 then goes to the origin) and L{DownloadError} on a supernode's verdict about
 the task (L{TaskRefused}: final, the origin is not asked either). Requests
@@ -26,7 +28,7 @@ from dragonfly.control.client import (
 from dragonfly.control.messages import FailedPiece, MessageError, RegisterRequest, ScheduleRequest
 from dragonfly.digest import piece_digest
 from dragonfly.peer.backsource import check_size
-from dragonfly.peer.errors import DownloadError, OriginNotAllowed, describe
+from dragonfly.peer.errors import DownloadError, OriginNotAllowed, StalePieces, describe
 from dragonfly.peer.wakeup import Signal
 from dragonfly.protocol import codec
 from dragonfly.storage.errors import DigestMismatch
@@ -51,6 +53,10 @@ async def join_swarm(dl, deps, settings, client, me):
     addr, info = await register(client, dl, me())
     check_size(info.length, settings.max_file_size, deps.store)
     tf = _prepare(deps.store, dl, info)
+    if not tf.is_complete:
+        # Held from an earlier download, perhaps of another version of the
+        # file: each piece stays only once the swarm's digest of it matches.
+        dl.unconfirmed.update(tf.completed())
     session = SwarmSession(dl, tf, addr, info, client=client, me=me, pool=deps.piece_pool,
                            runner=deps.runner, metrics=deps.metrics, clock=deps.clock,
                            settings=settings)
@@ -60,9 +66,11 @@ async def join_swarm(dl, deps, settings, client, me):
     except BaseException as e:
         # We failed or were stopped: stop being listed as a source.
         client.leave(dl.task_id, me().peer_id)
-        if isinstance(e, DownloadError) and not tf.is_complete and deps.store.get(dl.task_id) is tf:
+        if isinstance(e, DownloadError) and deps.store.get(dl.task_id) is tf \
+                and (not tf.is_complete or isinstance(e, StalePieces)):
             # A verdict on the task (its content does not match its digest, the
-            # origin refused it): keep none of its pieces for a later download.
+            # origin refused it, pieces held of another version): keep none of
+            # its pieces for a later download.
             deps.store.remove(dl.task_id)
         raise
     if tf.uncached:
@@ -142,7 +150,7 @@ class SwarmSession:
         self.settings = settings
         self.in_flight = {}          # index -> (Assignment, Deferred)
         self.queue = []              # Assignments not started yet
-        self.have = list(tf.completed())
+        self.have = self._held()
         self.news_from = None        # the source of the first piece in fetched/have, if fetched
         self.failed = []             # (index, source peer id)
         self.fetched = []            # bytes arrived, not yet reported (see _bytes_arrived)
@@ -163,7 +171,24 @@ class SwarmSession:
             self.slots = max(1, min(self.slots, settings.max_buffered // max(1, tf.piece_size)))
 
     def _complete(self):
-        return self.tf.is_delivered   # held, or passed through when the cache is full
+        # Held (or passed through when the cache is full), each held piece the swarm's.
+        return self.tf.is_delivered and not self.dl.unconfirmed
+
+    def _held(self):
+        """The pieces held that may be reported: not those still unconfirmed."""
+        return [i for i in self.tf.completed() if i not in self.dl.unconfirmed]
+
+    def _confirm(self, a):
+        """Assignment C{a} names a piece held from an earlier download: it is
+        ours if it is the swarm's (same digest); else the whole copy goes."""
+        if self.tf.digest(a.index) != a.digest:
+            self.fatal = StalePieces(
+                f"the pieces held of task {self.dl.task_id} from an earlier download are "
+                f"another version of the file (piece {a.index} differs): dropped, "
+                "download it again")
+            return
+        self.dl.unconfirmed.discard(a.index)
+        self._news(a.index)
 
     async def run(self):
         forget = self.tf.on_drained(self.event.fire)   # passed-through memory freed
@@ -276,7 +301,7 @@ class SwarmSession:
         want = max(0, self.slots + self.settings.queue_depth - receiving - len(self.queue))
         # Never ask for more than is left unassigned: with everything in
         # flight, a long-poll would only delay our reports and our end.
-        unassigned = (self.tf.piece_count - len(self.tf.completed())
+        unassigned = (self.tf.piece_count - len(self.tf.completed()) + len(self.dl.unconfirmed)
                       - len(self.in_flight) - len(self.queue))
         want = min(want, max(0, unassigned))
         if not want and not self.in_flight and self.tf.pass_full():
@@ -307,7 +332,7 @@ class SwarmSession:
         # Everything we hold is news to a (possibly different) supernode; the
         # failures we had not reported were about the registration it forgot
         # (e.g. a copy it dropped as corrupt): not news about its sources now.
-        self.have = list(self.tf.completed())
+        self.have = self._held()
         self.news_from = None
         self.failed = []
         self.fetched = []
@@ -358,7 +383,11 @@ class SwarmSession:
                               task=self.dl.task_id, why=str(e))
                 continue
             if tf.delivered(a.index):
-                self._news(a.index)
+                if a.index in self.dl.unconfirmed:
+                    self._confirm(a)
+                    added += 1   # progress: ask for the next at once
+                else:
+                    self._news(a.index)
                 continue
             if a.index in taken:
                 continue

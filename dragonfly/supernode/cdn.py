@@ -16,7 +16,8 @@ Life of a job (see docs/design.md, "CDN"):
      with If-None-Match / If-Modified-Since. 304 -> reuse; 200 -> the file
      changed: replace it with this very response;
   2. the store holds some pieces (a previous run, or a failed job): resume with
-     ``Range: bytes=<first missing piece>-`` (+ If-Range). A 200 restarts from
+     ``Range: bytes=<first missing piece>-`` (+ If-Range; pieces of an earlier
+     job without a validator for it: the whole file instead). A 200 restarts from
      byte 0: pieces already held are re-hashed and must match, else the origin
      changed under us and the task fails (L{ContentChanged});
   3. otherwise a plain GET. Without Content-Length the body is spooled to a
@@ -44,7 +45,7 @@ from dragonfly.redact import redact_text, redact_url
 from dragonfly.storage.errors import StoreFull
 from dragonfly.supernode.cdnjob import (
     CacheFull, CDNError, ContentChanged, NotReady, TooLarge, TooManyTasks, _Job, _JobEvents,
-    _piece_sizes, _prefix_pieces, _same_entity)
+    _checkable, _piece_sizes, _prefix_pieces, _same_entity)
 from dragonfly.supernode.fetchorder import SPAN_BYTES, FetchOrder, covering_pieces, span_end
 from dragonfly.supernode.recheck import ContentMismatch, Rechecker, check_content
 
@@ -460,8 +461,11 @@ class CDN:
             await self._stream(job, resp, None)
             return
         if tf is not None and tf.completed_bytes > 0:
-            start = _prefix_pieces(tf) * tf.piece_size
-            resp = await self._request(job, start, tf.etag, tf.last_modified)
+            # Pieces of an earlier job: the rest by Range only if the origin
+            # can check their version (If-Range); else the whole file again.
+            start = _prefix_pieces(tf) * tf.piece_size if job.tf is tf or _checkable(tf) else 0
+            validators = (tf.etag, tf.last_modified) if start else (None, None)
+            resp = await self._request(job, start, *validators)
             if resp.status == 206 and resp.length in (None, tf.length):
                 await self._stream(job, resp, tf)
                 return
@@ -509,8 +513,12 @@ class CDN:
     async def _in_order(self, job, tf):
         """Fetch in L{FetchOrder}: the wanted range's pieces first (a new task:
         its length comes with them), then the rest in bounded ranges. False
-        when the origin cannot (no Range, a range past the end): the plain
-        path then takes the job."""
+        when the origin cannot (no Range, a range past the end), or when the
+        pieces held are an earlier job's and the origin cannot check their
+        version (no If-Range): the plain path then takes the job."""
+        if tf is not None and job.tf is not tf and tf.completed_bytes and not _checkable(tf):
+            job.want = job.order = None
+            return False
         if tf is None:
             ps = self.piece_size
             first, last = job.want[0] // ps, job.want[1] // ps

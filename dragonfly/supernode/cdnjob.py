@@ -61,6 +61,14 @@ def _prefix_pieces(tf):
     return n
 
 
+def _checkable(tf):
+    """Can the origin tell whether it still has the version of C{tf}'s pieces
+    (C{If-Range}: a strong ETag, else Last-Modified)? Without, a 206 could be
+    the rest of another version."""
+    etag = tf.etag
+    return bool(etag and not etag.startswith("W/")) or bool(tf.last_modified)
+
+
 def _same_entity(tf, resp):
     """Could C{resp} (a 200) be the same file as C{tf}?"""
     if resp.length is not None and resp.length != tf.length:

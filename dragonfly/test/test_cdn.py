@@ -322,6 +322,54 @@ class CDNRestartTests(CDNTestMixin, SynchronousTestCase):
         self.assertIsNone(self.store.get(TASK))
         self.assertFalse(self.scheduler.has_task(TASK))
 
+    def test_earlier_job_without_validators_not_resumed_by_range(self):
+        """When pieces left by an earlier, failed job have no validators, the
+        next job asks for the whole file, not the rest by Range (a 206 could
+        be the rest of another version): the held pieces are re-hashed against
+        it, a changed file fails with ContentChanged and keeps nothing, and
+        the next ensure() seeds the new version, all of it."""
+        from dragonfly.supernode.cdn import ContentChanged
+        self.origin.etags.clear()
+        self.origin.last_modified.clear()
+        self.origin.breaks["/f"] = [2 * PIECE + 10]
+        self.start(max_retries=0, max_body_retries=0)
+        self.failureResultOf(self.cdn.ensure_complete(TASK, URL, {}), OriginError)
+        self.assertEqual(self.store.get(TASK).completed(), [0, 1])
+        v2 = os.urandom(len(DATA))
+        self.origin.add("/f", v2)
+        self.store.flush()
+        self.start()
+        self.assertEqual(self.store.get(TASK).completed(), [0, 1])
+        self.failureResultOf(self.cdn.ensure_complete(TASK, URL, {}), ContentChanged)
+        self.assertNotIn("range", self.origin.gets("/f")[-1][2])
+        self.assertIsNone(self.store.get(TASK))
+        self.successResultOf(self.cdn.ensure_complete(TASK, URL, {}))
+        self.assertSeeded(v2)
+
+    def test_whole_body_without_validators_never_mixed(self):
+        """When an origin without validators (no ETag, no Last-Modified) breaks
+        off version 1 and answers the resume with 200 and version 2 (Range
+        ignored), the held pieces are re-hashed against the new body: the job
+        fails with ContentChanged, nothing of the task is kept or published,
+        and the next ensure() seeds version 2, all of it."""
+        from dragonfly.supernode.cdn import ContentChanged
+        self.origin.etags.clear()
+        self.origin.last_modified.clear()
+        self.origin.breaks["/f"] = [2 * PIECE + 10]
+        self.successResultOf(self.cdn.ensure(TASK, URL, {}))
+        done = self.cdn.ensure_complete(TASK, URL, {})
+        self.assertEqual(self.store.get(TASK).completed(), [0, 1])
+        self.assertIsNone(self.store.get(TASK).etag)
+        v2 = os.urandom(len(DATA))
+        self.origin.add("/f", v2)
+        self.origin.no_range.add("/f")
+        self.clock.advance(self.cdn.retry_delay)
+        self.failureResultOf(done, ContentChanged)
+        self.assertIsNone(self.store.get(TASK))
+        self.assertFalse(self.scheduler.has_task(TASK))
+        self.successResultOf(self.cdn.ensure_complete(TASK, URL, {}))
+        self.assertSeeded(v2)
+
 
 class CDNForgetTests(CDNTestMixin, SynchronousTestCase):
     def test_forget_missing(self):

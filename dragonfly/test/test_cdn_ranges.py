@@ -124,3 +124,31 @@ class ColdRangeTests(CDNTestMixin, SynchronousTestCase):
         self.assertEqual(self.ranges()[1], f"bytes=0-{PIECE * 4 - 1}")
         self.assertIsNone(self.store.get(GOOD))
         self.assertFalse(self.scheduler.has_task(GOOD))
+
+    def test_earlier_job_without_validators_not_fetched_in_ranges(self):
+        """When pieces left by an earlier, failed job have no validators, a
+        job wanting a range asks for the whole file instead of ranges (which
+        could be the rest of another version): a changed file fails with
+        ContentChanged and keeps nothing; the next job seeds it whole."""
+        import os
+
+        from dragonfly.origin import OriginError
+        from dragonfly.supernode.cdn import ContentChanged
+        from dragonfly.test.test_cdn import TASK
+        self.origin.etags.clear()
+        self.origin.last_modified.clear()
+        self.origin.breaks["/f"] = [2 * PIECE + 10]
+        self.start(max_retries=0, max_body_retries=0)
+        self.failureResultOf(self.cdn.ensure_complete(TASK, URL), OriginError)
+        self.assertEqual(self.store.get(TASK).completed(), [0, 1])
+        v2 = os.urandom(len(DATA))
+        self.origin.add("/f", v2)
+        self.store.flush()
+        self.start()
+        before = len(self.origin.gets("/f"))
+        self.cdn.ensure(TASK, URL, want=(PIECE * 4, PIECE * 4)).addErrback(lambda f: None)
+        self.assertIsInstance(self.cdn.failure(TASK), ContentChanged)
+        self.assertEqual(self.ranges()[before:], [None])
+        self.assertIsNone(self.store.get(TASK))
+        self.successResultOf(self.complete(TASK, (PIECE * 4, PIECE * 4)))
+        self.assertSeeded(v2)

@@ -1,4 +1,5 @@
 """Back-to-source: the origin body cut into pieces in the store (or spooled first)."""
+from twisted.internet.defer import succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from dragonfly.metrics import sample
@@ -116,6 +117,95 @@ class BackSourceTests(NodeMixin, SynchronousTestCase):
         self.assertEqual(got.length, len(DATA))
         self.assertEqual(self.read_all(got), DATA)
         self.assertTrue(got.is_complete)
+
+    def whole_body_origin(self, data, validator):
+        """A FakeOrigin over C{data} that answers every request, Range or not,
+        with 200 and the whole body under the ETag C{validator} (None: none)."""
+        from dragonfly.test.peerfakes import _FakeOriginResponse
+        origin = FakeOrigin(data)
+
+        def whole(url, headers=None, offset=0, etag=None, last_modified=None):
+            origin.calls.append((url, dict(headers or {}), offset))
+            r = _FakeOriginResponse(data, 0, origin.chunk)
+            r.etag = validator
+            return succeed(r)
+        origin.get = whole
+        return origin
+
+    def hold_v1(self, pieces, etag=None):
+        """A task of DATA's length holding C{pieces} of DATA (version 1)."""
+        tf = self.store.create(task_id_for_url(URL), URL, len(DATA), PIECE, etag=etag)
+        for i in pieces:
+            self.successResultOf(tf.write_new_piece(i, DATA[i * PIECE:(i + 1) * PIECE]))
+        return tf
+
+    def test_whole_body_without_validators_replaces_held(self):
+        """When a resumed back-to-source is answered 200 (the whole body again)
+        by an origin without validators, the new body is the file: the pieces
+        held from the earlier download are replaced, never mixed with the rest
+        of another version."""
+        v2 = bytes(b ^ 0x5A for b in DATA)
+        node = self.make(client=_RefusingClient(), origin=self.whole_body_origin(v2, None))
+        self.hold_v1([0, 1, 2])
+        got = self.successResultOf(node.download(URL, pattern="source"))
+        self.assertEqual(self.read_all(got), v2)
+        self.assertTrue(got.is_complete)
+
+    def test_whole_body_held_pieces_not_a_prefix(self):
+        """Held pieces after a missing first piece (from the swarm, say) are
+        replaced too when a 200 without validators brings the whole body."""
+        v2 = bytes(b ^ 0x5A for b in DATA)
+        node = self.make(client=_RefusingClient(), origin=self.whole_body_origin(v2, None))
+        self.hold_v1([2, 5])
+        got = self.successResultOf(node.download(URL, pattern="source"))
+        self.assertEqual(self.read_all(got), v2)
+
+    def test_whole_body_other_or_weak_etag_replaces_held(self):
+        """A 200 under another ETag, or a weak one, replaces the held pieces."""
+        v2 = bytes(b ^ 0x5A for b in DATA)
+        for held, answered in (('"v1"', '"v2"'), ('W/"v1"', 'W/"v1"')):
+            node = self.make(client=_RefusingClient(),
+                             origin=self.whole_body_origin(v2, answered))
+            self.hold_v1([0, 1], etag=held)
+            got = self.successResultOf(node.download(URL, pattern="source"))
+            self.assertEqual(self.read_all(got), v2, (held, answered))
+
+    def test_whole_body_same_strong_etag_keeps_held(self):
+        """A 200 under the strong ETag the held pieces came with is the same
+        bytes: the held pieces stay (skipped, not rewritten)."""
+        node = self.make(client=_RefusingClient(), origin=self.whole_body_origin(DATA, '"v1"'))
+        tf = self.hold_v1([0, 1, 2], etag='"v1"')
+        got = self.successResultOf(node.download(URL, pattern="source"))
+        self.assertIs(got, tf)
+        self.assertEqual(self.read_all(got), DATA)
+        self.assertEqual(sample(self.metrics, "dragonfly_peer_download_bytes_total",
+                                {"source": "origin"}), len(DATA))
+
+    def test_resume_without_validators_asks_whole_file(self):
+        """When pieces held from an earlier download have no validators (no
+        strong ETag, no Last-Modified: nothing for If-Range), the origin is
+        asked for the whole file, not the rest by Range (a 206 could be the
+        rest of another version); the whole body replaces the held pieces."""
+        v2 = bytes(b ^ 0x5A for b in DATA)
+        origin = FakeOrigin(v2)
+        node = self.make(client=_RefusingClient(), origin=origin)
+        self.hold_v1([0, 1, 2])
+        got = self.successResultOf(node.download(URL, pattern="source"))
+        self.assertEqual([offset for _, _, offset in origin.calls], [0])
+        self.assertEqual(self.read_all(got), v2)
+
+    def test_resume_with_validator_asks_the_rest(self):
+        """Pieces held from an earlier download under a strong ETag or a
+        Last-Modified are resumed with a Range (the origin checks If-Range)."""
+        for validators in ({"etag": '"e1"'}, {"last_modified": "Mon, 01 Jan 2024 00:00:00 GMT"}):
+            origin = FakeOrigin(DATA)
+            node = self.make(client=_RefusingClient(), origin=origin)
+            tf = self.store.create(task_id_for_url(URL), URL, len(DATA), PIECE, **validators)
+            for i in range(3):
+                self.successResultOf(tf.write_new_piece(i, DATA[i * PIECE:(i + 1) * PIECE]))
+            got = self.successResultOf(node.download(URL, pattern="source"))
+            self.assertEqual([offset for _, _, offset in origin.calls], [3 * PIECE], validators)
+            self.assertEqual(self.read_all(got), DATA)
 
     def test_origin_short_body(self):
         """When the origin's body ends early, the download fails and is not complete."""

@@ -9,6 +9,44 @@ from dragonfly.test.peerfakes import PEER_A, PEER_B, SEED
 from dragonfly.test.peernodes import DATA, PIECE, URL, NodeMixin
 
 
+class HeldBeforeTests(NodeMixin, SynchronousTestCase):
+    """Pieces a peer held from an earlier download, met by the swarm again."""
+
+    def hold(self, data, pieces):
+        from dragonfly.taskid import task_id_for_url
+        tf = self.store.create(task_id_for_url(URL), URL, len(DATA), PIECE)
+        for i in pieces:
+            self.successResultOf(tf.write_new_piece(i, data[i * PIECE:(i + 1) * PIECE]))
+        return tf
+
+    def test_held_pieces_of_the_swarm_kept(self):
+        """Pieces held from an earlier download that are the swarm's (same
+        digest as the assignment's) are kept and reported, never fetched."""
+        node = self.make()
+        self.hold(DATA, [0, 1, 2])
+        tf = self.successResultOf(node.download(URL))
+        self.assertEqual(self.read_all(tf), DATA)
+        self.assertNotIn(0, [i for _, _, i in self.pool.fetches])
+        self.assertEqual(sorted(i for _, _, i in self.pool.fetches),
+                         list(range(3, tf.piece_count)))
+        self.assertEqual(self.supernode.schedules[0]["have"], [])
+
+    def test_held_pieces_of_another_version_dropped(self):
+        """When pieces held from an earlier download are another version of
+        the file than the swarm's (a piece digest differs), the download fails
+        saying so and keeps nothing of the task, never a mix of the two; the
+        next download gets the swarm's version whole."""
+        from dragonfly.peer.errors import StalePieces
+        from dragonfly.taskid import task_id_for_url
+        node = self.make()
+        self.hold(bytes(b ^ 0x5A for b in DATA), [1, 2])
+        f = self.failureResultOf(node.download(URL), StalePieces)
+        self.assertIn("another version", str(f.value))
+        self.assertIsNone(self.store.get(task_id_for_url(URL)))
+        tf = self.successResultOf(node.download(URL))
+        self.assertEqual(self.read_all(tf), DATA)
+
+
 class FetchTests(NodeMixin, SynchronousTestCase):
 
     def test_want_bounded_by_slots(self):
