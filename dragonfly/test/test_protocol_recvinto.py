@@ -5,7 +5,7 @@ bytes itself, and whole transfers over real TCP (plain: the new path; mutual
 TLS: today's path, explicitly)."""
 import gc
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, task
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -319,9 +319,11 @@ class RealTCPTests(TestCase):
 class _Scripted(protocol.Protocol):
     """A piece server that answers the Hello with C{script} (bytes), whatever is asked."""
 
-    def __init__(self, script, close=False):
+    def __init__(self, script, close=False, made=None):
         self.script, self.close = script, close
         self.seen = b""
+        if made is not None:
+            made.append(self)
 
     def dataReceived(self, data):
         self.seen += data
@@ -341,6 +343,40 @@ class ScriptedServerTests(TestCase):
         from twisted.internet import reactor
 
         self.reactor = reactor
+
+    async def until(self, check, what):
+        """Poll C{check()} on the reactor until it is true (10 s deadline)."""
+        deadline = self.reactor.seconds() + 10
+        while not check():
+            if self.reactor.seconds() > deadline:
+                self.fail("gave up waiting for " + what)
+            await task.deferLater(self.reactor, 0.005, lambda: None)
+
+    async def test_cancelled_mid_body(self):
+        """A piece cancelled while its body is read into its buffer: the rest
+        of its body is read and dropped, the next piece arrives intact."""
+        made = []
+        factory = protocol.Factory.forProtocol(
+            lambda: _Scripted(self.ack() + codec.encode(codec.Piece(0, 1000)) + b"x" * 400,
+                              made=made))
+        port = self.reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        pool = PieceClientPool(self.reactor, "me-1", piece_timeout=10)
+        self.addCleanup(pool.close)
+        source = PeerInfo("seed-1", "127.0.0.1", port.getHost().port)
+        d0 = pool.fetch_piece(source, TASK, 0, 1000)
+        d1 = pool.fetch_piece(source, TASK, 1, 1000)
+        requests = pool._conns[(source, TASK)].requests
+        # (the first 400 body bytes wait in the socket: the low-water mark is
+        # the body's 1000)
+        await self.until(lambda: requests.body_target() is not None, "piece 0's header")
+        d0.cancel()
+        self.assertIsNone(requests.body_target())
+        body = pattern(1000, seed=4)
+        made[0].transport.write(b"y" * 600 + codec.encode(codec.Piece(1, 1000)) + body)
+        got = await d1
+        self.assertEqual(bytes(got.chunks[0]), body)
+        self.failureResultOf(d0, defer.CancelledError)
 
     async def run_script(self, script, close=False, n=2, length=1000):
         factory = protocol.Factory.forProtocol(lambda: _Scripted(script, close))
