@@ -27,6 +27,8 @@ hashed. Every piece digest is checked against the source's afterwards.
   from a pool of 6 reused once nothing else holds them, one runner call per
   piece hashing the single buffer and writing it.
 - ``into512``: ``into`` with every ``recv_into`` capped at 512 KiB.
+- ``intoon``: ``into`` with the body's first ``recv_into`` right after the
+  header's read, in the same ``doRead``, instead of after the next poll.
 
     python -m bench.recvpath                          # 1 GiB, 4M/2M/1M, 5 rounds
     python -m bench.recvpath --size 64M --pieces 4M --rounds 1   # smoke run
@@ -47,7 +49,7 @@ import threading
 
 from bench.procs import make_file
 
-MODES = ("now", "splice", "raw", "into", "into512")
+MODES = ("now", "splice", "raw", "into", "into512", "intoon")
 READ = 512 * 1024      # protocol/client.py READ_SIZE
 WAITING = 4            # pieces received but not yet written (16 MiB of 4 MiB pieces)
 
@@ -138,7 +140,7 @@ def _now(start_sender, fd, size, piece):
     return [digests[i] for i in range(count)]
 
 
-def _into(start_sender, fd, size, piece, cap=None):
+def _into(start_sender, fd, size, piece, cap=None, straight_on=False):
     from errno import EWOULDBLOCK
 
     from twisted.internet import main, reactor, threads
@@ -182,11 +184,19 @@ def _into(start_sender, fd, size, piece, cap=None):
             try:
                 if got < 13:   # the header's read
                     data = self.sock.recv(13 - got)
+                    if not data:
+                        return main.CONNECTION_DONE
                     n = len(data)
                     self.view[got:got + n] = data
-                else:
-                    end = want if cap is None else min(want, got + cap)
-                    n = self.sock.recv_into(self.view[got:end])
+                    self.got = got = got + n
+                    if got < 13:
+                        return None
+                    self.lowat.set(min(want - got, READ))
+                    if not straight_on:
+                        return None
+                    # the body's first read at once, not after another poll
+                end = want if cap is None else min(want, got + cap)
+                n = self.sock.recv_into(self.view[got:end])
             except OSError as e:
                 return None if e.args[0] == EWOULDBLOCK else main.CONNECTION_LOST
             if not n:
@@ -194,7 +204,7 @@ def _into(start_sender, fd, size, piece, cap=None):
             self.got = got = got + n
             if got == want:
                 self._piece_done()
-            elif got >= 13:   # inside the body: what it still owes, as the product
+            else:
                 n = min(want - got, READ)
                 if n != self.lowat.value:
                     self.lowat.set(n)
@@ -335,7 +345,8 @@ def receive(mode, piece, src, dst):
         started.append(resource.getrusage(resource.RUSAGE_SELF))
     try:
         modes = {"now": _now, "splice": _splice, "raw": _raw, "into": _into,
-                 "into512": lambda *a: _into(*a, cap=READ)}
+                 "into512": lambda *a: _into(*a, cap=READ),
+                 "intoon": lambda *a: _into(*a, straight_on=True)}
         digests = modes[mode](start_sender, fd, size, piece)
         end = resource.getrusage(resource.RUSAGE_SELF)
         started[0].wait()

@@ -161,21 +161,24 @@ class PieceClientProtocol(Protocol):
         in progress (or with the transport's read size inside a body not
         buffered) and goes through L{dataReceived} as before."""
         requests = self.requests
+        sock = self._sock
         target = requests.body_target()
         try:
             if target is None:
                 decoder = self._decoder
-                n = self.transport.bufferSize if decoder.in_piece else decoder.frame_left()
-                data = self._sock.recv(n)
-            else:
-                n = self._sock.recv_into(target)
+                data = sock.recv(self.transport.bufferSize if decoder.in_piece
+                                 else decoder.frame_left())
+                if not data:
+                    return main.CONNECTION_DONE
+                self.dataReceived(data)
+                target = requests.body_target()
+                if target is None or self._paused:
+                    return None
+                # A buffered body just began, and the source sends its bytes
+                # right behind the header: read them now, not after another poll.
+            n = sock.recv_into(target)
         except OSError as e:
             return None if e.args[0] == EWOULDBLOCK else main.CONNECTION_LOST
-        if target is None:
-            if not data:
-                return main.CONNECTION_DONE
-            self.dataReceived(data)
-            return None
         if not n:
             return main.CONNECTION_DONE
         self._consume(n)
