@@ -365,7 +365,8 @@ def main(argv=None):
     ap.add_argument("--size", default="1G", help="bytes sent per run (default 1G)")
     ap.add_argument("--pieces", default="4M,2M,1M", help="piece sizes (default 4M,2M,1M)")
     ap.add_argument("--rounds", type=int, default=5, help="runs per mode and piece size")
-    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--modes", default="now,splice,raw,into,intoon",
+                    help="of %s (default: all but into512)" % ",".join(MODES))
     ap.add_argument("--workdir", default="/var/tmp/dragonfly-bench")
     ap.add_argument("--results", help="write every run's figures there as JSON")
     ap.add_argument("--receive", nargs=4, metavar=("MODE", "PIECE", "SRC", "DST"),
