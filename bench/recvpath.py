@@ -18,11 +18,22 @@ hashed. Every piece digest is checked against the source's afterwards.
   in 1 MiB ``preadv``\\ s and hashes it.
 - ``raw``: ``now`` without Twisted (a ``poll``/``recv`` loop, the same runner
   threads): how much of ``now`` is the reactor.
+- ``into`` (issue 20, round five, branch recvinto): ``now`` with the
+  transport's ``doRead`` replaced while a body is owed: ``recv_into`` straight
+  into a piece-sized buffer (at most what the body still owes, so possibly
+  more than 512 KiB a read; the same low-water mark), the first 13 bytes of
+  each piece through a plain ``recv`` with the low-water mark at 1 (as a
+  Piece header would be), buffers
+  from a pool of 6 reused once nothing else holds them, one runner call per
+  piece hashing the single buffer and writing it.
+- ``into512``: ``into`` with every ``recv_into`` capped at 512 KiB.
+- ``intoon``: ``into`` with the body's first ``recv_into`` right after the
+  header's read, in the same ``doRead``, instead of after the next poll.
 
     python -m bench.recvpath                          # 1 GiB, 4M/2M/1M, 5 rounds
     python -m bench.recvpath --size 64M --pieces 4M --rounds 1   # smoke run
 
-Runs alternate (now, splice, raw, now, ...). Wall time is not reported: on
+Runs alternate (now, splice, raw, now, ...; ``--modes now,into``). Wall time is not reported: on
 loopback it says nothing about either side alone.
 """
 import argparse
@@ -38,7 +49,7 @@ import threading
 
 from bench.procs import make_file
 
-MODES = ("now", "splice", "raw")
+MODES = ("now", "splice", "raw", "into", "into512", "intoon")
 READ = 512 * 1024      # protocol/client.py READ_SIZE
 WAITING = 4            # pieces received but not yet written (16 MiB of 4 MiB pieces)
 
@@ -110,6 +121,105 @@ def _now(start_sender, fd, size, piece):
             self.waiting += 1
             d = threads.deferToThread(fileio.hash_and_write, fd, fileio.as_views(parts), off, lock)
             d.addCallback(self._written, off // piece)
+            if self.waiting >= WAITING:
+                self.paused = True
+                self.transport.pauseProducing()
+
+        def _written(self, digest, index):
+            digests[index] = digest
+            self.waiting -= 1
+            if self.paused:
+                self.paused = False
+                self.transport.resumeProducing()
+            if len(digests) == count:
+                reactor.stop()
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Receiver), interface="127.0.0.1")
+    start_sender(port.getHost().port)
+    reactor.run()
+    return [digests[i] for i in range(count)]
+
+
+def _into(start_sender, fd, size, piece, cap=None, straight_on=False):
+    from errno import EWOULDBLOCK
+
+    from twisted.internet import main, reactor, threads
+    from twisted.internet.protocol import Factory, Protocol
+
+    from dragonfly.runtime.tuning import tune_receiver
+    from dragonfly.storage import fileio
+
+    reactor.suggestThreadPoolSize(4)
+    lock = threading.Lock()
+    count = -(-size // piece)
+    digests = {}
+    pool = []
+
+    def take(n):
+        for i in range(len(pool)):
+            if sys.getrefcount(pool[i]) == 2 and len(pool[i]) >= n:   # the list + the argument
+                return pool[i]
+        buf = bytearray(piece)
+        if len(pool) < 6:
+            pool.append(buf)
+        return buf
+
+    class Receiver(Protocol):
+        def connectionMade(self):
+            self.lowat = tune_receiver(self.transport, READ)
+            self.sock = self.transport.socket
+            self.transport.doRead = self.doRead
+            self.off = 0
+            self.waiting, self.paused = 0, False
+            self._next()
+
+        def _next(self):
+            self.want = min(piece, size - self.off)
+            self.got = 0
+            self.view = memoryview(take(self.want))[:self.want] if self.want else None
+            self.lowat.set(1)   # as between frames: any byte of the next header
+
+        def doRead(self):
+            got, want = self.got, self.want
+            try:
+                if got < 13:   # the header's read
+                    data = self.sock.recv(13 - got)
+                    if not data:
+                        return main.CONNECTION_DONE
+                    n = len(data)
+                    self.view[got:got + n] = data
+                    self.got = got = got + n
+                    if got < 13:
+                        return None
+                    self.lowat.set(min(want - got, READ))
+                    if not straight_on:
+                        return None
+                    # the body's first read at once, not after another poll
+                end = want if cap is None else min(want, got + cap)
+                n = self.sock.recv_into(self.view[got:end])
+            except OSError as e:
+                return None if e.args[0] == EWOULDBLOCK else main.CONNECTION_LOST
+            if not n:
+                return main.CONNECTION_DONE
+            self.got = got = got + n
+            if got == want:
+                self._piece_done()
+            else:
+                n = min(want - got, READ)
+                if n != self.lowat.value:
+                    self.lowat.set(n)
+            return None
+
+        def _piece_done(self):
+            view, off = self.view, self.off
+            self.view = None
+            self.off += self.want
+            self.waiting += 1
+            d = threads.deferToThread(fileio.hash_and_write, fd, [view], off, lock)
+            del view
+            d.addCallback(self._written, off // piece)
+            if self.off < size:
+                self._next()
             if self.waiting >= WAITING:
                 self.paused = True
                 self.transport.pauseProducing()
@@ -234,7 +344,10 @@ def receive(mode, piece, src, dst):
         started.append(subprocess.Popen([sys.executable, "-c", SENDER, str(port), src]))
         started.append(resource.getrusage(resource.RUSAGE_SELF))
     try:
-        digests = {"now": _now, "splice": _splice, "raw": _raw}[mode](start_sender, fd, size, piece)
+        modes = {"now": _now, "splice": _splice, "raw": _raw, "into": _into,
+                 "into512": lambda *a: _into(*a, cap=READ),
+                 "intoon": lambda *a: _into(*a, straight_on=True)}
+        digests = modes[mode](start_sender, fd, size, piece)
         end = resource.getrusage(resource.RUSAGE_SELF)
         started[0].wait()
     finally:
@@ -252,7 +365,8 @@ def main(argv=None):
     ap.add_argument("--size", default="1G", help="bytes sent per run (default 1G)")
     ap.add_argument("--pieces", default="4M,2M,1M", help="piece sizes (default 4M,2M,1M)")
     ap.add_argument("--rounds", type=int, default=5, help="runs per mode and piece size")
-    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--modes", default="now,splice,raw,into,intoon",
+                    help="of %s (default: all but into512)" % ",".join(MODES))
     ap.add_argument("--workdir", default="/var/tmp/dragonfly-bench")
     ap.add_argument("--results", help="write every run's figures there as JSON")
     ap.add_argument("--receive", nargs=4, metavar=("MODE", "PIECE", "SRC", "DST"),
@@ -286,6 +400,15 @@ def main(argv=None):
         cells = ["%s %.3f" % (m, statistics.median(
             [r["cpu_s_per_gib"] for r in runs if r["piece"] == piece and r["mode"] == m]))
             for m in args.modes.split(",")]
+        print("  %2d MiB: %s" % (piece >> 20, ", ".join(cells)))
+    print("median user / sys CPU-s per GiB")
+    for piece in sorted({r["piece"] for r in runs}, reverse=True):
+        cells = []
+        for m in args.modes.split(","):
+            mine = [r for r in runs if r["piece"] == piece and r["mode"] == m]
+            cells.append("%s %.3f / %.3f" % (m, statistics.median(
+                [r["user_s"] * (1 << 30) / size for r in mine]), statistics.median(
+                [r["sys_s"] * (1 << 30) / size for r in mine])))
         print("  %2d MiB: %s" % (piece >> 20, ", ".join(cells)))
     if args.results:
         with open(args.results, "w") as f:

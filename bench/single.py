@@ -18,16 +18,20 @@ from bench.tlsfiles import BenchPKI
 MB = 1e6
 
 
-def _timed(proc, timeout, cpu=None, daemon=None):
+def _timed(proc, timeout, cpu=None, daemon=None, cpu_sys=None):
     """Wall time of C{proc}; with C{daemon} (a Proc) its CPU seconds
-    (user+sys) while C{proc} ran go to the list C{cpu}."""
-    before = daemon.cpu_seconds() if daemon is not None else None
+    (user+sys) while C{proc} ran go to the list C{cpu}, and its system
+    seconds alone to C{cpu_sys} when given."""
+    before = daemon.cpu_times() if daemon is not None else None
     rc = proc.wait(timeout)
     if rc != 0:
         raise BenchError("%s exited %s:\n%s" % (proc.name, rc, proc.tail()))
     if daemon is not None:
-        after = daemon.cpu_seconds()
-        cpu.append(None if after is None or before is None else after - before)
+        after = daemon.cpu_times()
+        gone = after is None or before is None
+        cpu.append(None if gone else sum(after) - sum(before))
+        if cpu_sys is not None:
+            cpu_sys.append(None if gone else after[1] - before[1])
     return proc.elapsed
 
 
@@ -111,6 +115,7 @@ class _Rounds:
         cold, warm, cached, sources, profiles = [], [], [], [], None
         warmup = {}
         self.cpu = {"cold": [], "warm": [], "cached": []}   # the receiving peer's CPU-s
+        self.cpu["warm_sys"] = []   # ... peer B's system seconds alone in the warm run
         self.cpu["cold_supernode"] = []   # the supernode's CPU-s in the cold run
         tag = "-tls" if self.tls is not None else ""
         for i in range(self.repeats + 1):
@@ -152,7 +157,8 @@ class _Rounds:
         origin = self.nginx.bytes_sent(since=off)
         _settle()
         with Profiler(self.work, {"peerA_serving": a.proc, "peerB": b.proc}, enabled=profile) as p2:
-            got["warm"] = _timed(b.dfget(self.url, self.out), self.timeout, self.cpu["warm"], b.proc)
+            got["warm"] = _timed(b.dfget(self.url, self.out), self.timeout, self.cpu["warm"], b.proc,
+                                 self.cpu["warm_sys"])
         self.check("dfget warm")
         if profile:
             got["profiles"] = {"cold": p1.summary, "warm": p2.summary}
@@ -177,6 +183,11 @@ def _add_runs(ctx, result, size, named, cpu, warmup):
         if peer_cpu:
             result["runs"][name]["peer_cpu_s"] = peer_cpu
             result["runs"][name]["peer_cpu_s_per_gib"] = statistics.median(peer_cpu) * (1 << 30) / size
+        peer_sys = [c for c in cpu.get(kind + "_sys", ()) if c is not None]
+        if peer_sys:   # (the receiving peer's system share: issue 20, round five)
+            result["runs"][name]["peer_cpu_sys_s"] = peer_sys
+            result["runs"][name]["peer_cpu_sys_s_per_gib"] = (
+                statistics.median(peer_sys) * (1 << 30) / size)
         sn_cpu = [c for c in cpu.get(kind + "_supernode", ()) if c is not None]
         if sn_cpu:
             result["runs"][name]["supernode_cpu_s"] = sn_cpu

@@ -9,8 +9,21 @@ timer, the first-byte deadline (a source that has not begun to answer
 the request at the head within it is dropped), back-pressure from the download limiter (the transport is paused until
 the debt is paid) and the socket's receive low-water mark. The pool that
 opens these connections is L{dragonfly.protocol.pool}.
+
+On a plain TCP connection (Twisted's own C{tcp} transport delivering to this
+protocol directly; never under TLS, whose transport decrypts in memory and has
+no socket to read from) the protocol reads the socket itself: it replaces the
+transport's C{doRead} with L{PieceClientProtocol._read}, which reads frame
+headers with small C{recv}s (never past the frame the header starts) and a
+chunked request's body with C{recv_into} straight into a piece-sized buffer
+from the pool's L{dragonfly.protocol.recvbuf.RecvBuffers}: no bytes object per
+read, no decoder pass over body bytes, one view per piece (issue 20, round
+five; bench/README.md).
 """
-from twisted.internet import defer
+from errno import EWOULDBLOCK
+
+from twisted.internet import defer, main, tcp
+from twisted.internet.endpoints import _WrappingProtocol
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -56,6 +69,7 @@ class PieceClientProtocol(Protocol):
         self._resume_call = None
         self._paused = False
         self._lowat = None       # the socket's ReceiveLowWater, where it has one
+        self._sock = None        # the socket L{_read} reads, on plain TCP
         self._gone = []
 
     @property
@@ -89,6 +103,12 @@ class PieceClientProtocol(Protocol):
             self.transport.abortConnection()
             return
         self._lowat = tune_receiver(self.transport, READ_SIZE)
+        sock = plain_socket(self.transport, self)
+        buffers = getattr(self.pool, "recv_buffers", None)
+        if sock is not None and buffers is not None:
+            self._sock = sock
+            self.requests.buffers = buffers
+            self.transport.doRead = self._read
         self.transport.write(self.requests.hello())
 
     def connect_failed(self, failure):
@@ -112,13 +132,7 @@ class PieceClientProtocol(Protocol):
         requests = self.requests
         if requests.closed:
             return
-        limiter = self.pool.download_limiter
-        if limiter is not None:
-            delay = limiter.consume(len(data))
-            if delay > 0 and not self._paused:
-                self._paused = True
-                self.transport.pauseProducing()
-                self._resume_call = self.pool.clock.callLater(delay, self._resume)
+        self._consume(len(data))
         decoder = self._decoder
         try:
             for event in decoder.feed(data):
@@ -140,6 +154,54 @@ class PieceClientProtocol(Protocol):
             self.log.info("dropping piece connection to {source}: {error}",
                           source=self.source, error=e)
             self._shutdown(f"protocol error: {e}")
+
+    def _read(self):
+        """The transport's C{doRead} on plain TCP: a chunked body goes from the
+        socket into its buffer; anything else is read no further than the frame
+        in progress (or with the transport's read size inside a body not
+        buffered) and goes through L{dataReceived} as before."""
+        requests = self.requests
+        sock = self._sock
+        target = requests.body_target()
+        try:
+            if target is None:
+                decoder = self._decoder
+                data = sock.recv(self.transport.bufferSize if decoder.in_piece
+                                 else decoder.frame_left())
+                if not data:
+                    return main.CONNECTION_DONE
+                self.dataReceived(data)
+                target = requests.body_target()
+                if target is None or self._paused:
+                    return None
+                # A buffered body just began, and the source sends its bytes
+                # right behind the header: read them now, not after another poll.
+            n = sock.recv_into(target)
+        except OSError as e:
+            return None if e.args[0] == EWOULDBLOCK else main.CONNECTION_LOST
+        if not n:
+            return main.CONNECTION_DONE
+        self._consume(n)
+        decoder = self._decoder
+        actions = requests.body_filled(n, decoder.body_consumed(n))
+        if actions is not None:
+            self._apply(actions)
+        lowat = self._lowat
+        if lowat is not None and not requests.closed:
+            n = min(decoder.body_left, READ_SIZE) or 1
+            if n != lowat.value:
+                lowat.set(n)
+        return None
+
+    def _consume(self, nbytes):
+        """Charge C{nbytes} to the download limiter; pause reading while in debt."""
+        limiter = self.pool.download_limiter
+        if limiter is not None:
+            delay = limiter.consume(nbytes)
+            if delay > 0 and not self._paused:
+                self._paused = True
+                self.transport.pauseProducing()
+                self._resume_call = self.pool.clock.callLater(delay, self._resume)
 
     def _resume(self):
         self._resume_call = None
@@ -247,3 +309,22 @@ class PieceClientProtocol(Protocol):
         self._idle_call = None
         if not self.requests.outstanding:
             self._shutdown("idle")
+
+
+def plain_socket(transport, protocol):
+    """The socket under C{transport} when it is Twisted's own TCP transport
+    delivering C{protocol} the bytes as read (so a reader may take them off
+    the socket itself), else None: under TLS (a C{TLSMemoryBIOProtocol}, which
+    forwards attribute lookups to the TCP transport below it but whose bytes
+    must be decrypted first), in-memory test transports, or any wrapper other
+    than the endpoints' own, which passes the bytes on unchanged."""
+    if not isinstance(transport, tcp.Connection) or getattr(transport, "TLS", False):
+        return None
+    if type(transport).doRead is not tcp.Connection.doRead:
+        return None
+    below = getattr(transport, "protocol", None)
+    while below is not protocol:
+        if type(below) is not _WrappingProtocol:
+            return None
+        below = below._wrappedProtocol
+    return transport.socket

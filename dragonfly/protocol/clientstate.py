@@ -153,6 +153,10 @@ class RequestQueue:
     """
 
     def __init__(self, source, task_id, peer_id, max_pipeline, token=None):
+        #: Where a chunked request's body goes when set (a
+        #: L{dragonfly.protocol.recvbuf.RecvBuffers}; the glue sets it on plain
+        #: TCP connections, whose reader fills L{body_target} itself).
+        self.buffers = None
         self.source = source
         self.task_id = task_id
         self.peer_id = peer_id
@@ -168,6 +172,8 @@ class RequestQueue:
         self._recv = None        # the PieceRequest whose body is arriving
         self._parts = []         # its body so far: slices of what the socket gave us
         self._small = bytearray()  # small slices, coalesced
+        self._into = None        # ... or its buffer (a memoryview of its length)
+        self._got = 0            # ... and the bytes in it so far
 
     # -- state ----------------------------------------------------------------
 
@@ -214,6 +220,7 @@ class RequestQueue:
             req.state = _DISCARDING   # read the rest of its body and drop it
             self._parts = []
             self._small = bytearray()
+            self._into = None
         elif state is _SENT:
             if self._owed_before(req):
                 # Still queued at the server: it will drop it without an answer.
@@ -295,10 +302,33 @@ class RequestQueue:
                     req, f"server sent {msg.length} bytes, expected {req.length}"))]
                 return out + self.close(f"piece {msg.index} length mismatch")
             req.state = _RECEIVING
+            if req.chunks and self.buffers is not None and msg.length:
+                self._into = self.buffers.take(msg.length)
+                self._got = 0
         else:
             req.state = _DISCARDING
         self._recv = req
         return []
+
+    def body_target(self):
+        """The part of the current body's buffer still to fill (a writable
+        memoryview), or None when no body is being received into a buffer."""
+        into = self._into
+        if into is None:
+            return None
+        return into[self._got:]
+
+    def body_filled(self, n, last):
+        """The reader put C{n} more body bytes into L{body_target}; C{last}
+        when that ended the body. None until the last, then the actions."""
+        req = self._recv
+        got = self._got
+        if req.hasher is not None:
+            req.hasher.update(self._into[got:got + n])
+        self._got = got + n
+        if not last:
+            return None
+        return self._body_done(req)
 
     def body(self, event):
         """A slice of the current piece's body (a L{codec.PieceData}).
@@ -316,7 +346,13 @@ class RequestQueue:
             data = event.data
             if req.hasher is not None:
                 req.hasher.update(data)
-            if len(data) >= MIN_PART:
+            into = self._into
+            if into is not None:
+                # (bytes the decoder saw before the reader took over)
+                got = self._got
+                self._got = got + len(data)
+                into[got:self._got] = data
+            elif len(data) >= MIN_PART:
                 if self._small:
                     self._parts.append(self._small)
                     self._small = bytearray()
@@ -337,6 +373,9 @@ class RequestQueue:
         if req.state is not _RECEIVING:
             req.state = _DONE
             return self._send_more([])
+        if self._into is not None:
+            self._parts = [self._into]
+            self._into = None
         if self._small:
             self._parts.append(self._small)
             self._small = bytearray()
@@ -405,6 +444,7 @@ class RequestQueue:
         self._recv = None
         self._parts = []
         self._small = bytearray()
+        self._into = None
         out = []
         for req in reqs:
             if req.state not in _FINISHED:

@@ -419,6 +419,23 @@ class FrameDecoder:
         """Bytes of an incomplete frame held until more data arrives."""
         return len(self._buf)
 
+    def frame_left(self):
+        """Outside a body: bytes that end the frame in progress as far as its
+        header tells (a whole Piece header when nothing is buffered), so a
+        reader that asks for no more never takes bytes of a body after it."""
+        if self._buf:
+            return max(self._need - len(self._buf), 1)
+        return HEADER_SIZE + _PIECE.size
+
+    def body_consumed(self, n):
+        """The caller took C{n} bytes of the current body off the wire itself
+        (not through L{feed}); True when that ended the body."""
+        left = self._body_left
+        if not 0 < n <= left or self._buf:
+            raise ValueError(f"{n} body bytes consumed with {left} owed")
+        self._body_left = left - n
+        return left == n
+
     def _fail(self, reason):
         self._failed = reason
         self._buf = bytearray()

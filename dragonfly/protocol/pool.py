@@ -8,7 +8,10 @@ connection exists, and hands every connection the shared download limiter
 and timeouts. Fetched pieces come as bytes (L{PieceClientPool.fetch}) or as
 the slices the socket delivered with their digest
 (L{PieceClientPool.fetch_piece}), so the caller can verify and write a piece
-without joining or copying it; failures are L{PieceFetchError}.
+without joining or copying it; failures are L{PieceFetchError}. On plain TCP
+connections the latter arrive as one view of a pooled buffer the body was
+read into (L{dragonfly.protocol.recvbuf}): the pool keeps those buffers while
+it has connections.
 """
 from twisted.internet import defer
 from twisted.internet.abstract import isIPv6Address
@@ -21,6 +24,7 @@ from dragonfly.interfaces import IPieceSource
 from dragonfly.protocol import codec
 from dragonfly.protocol.client import MAX_PIPELINE, PieceClientProtocol
 from dragonfly.protocol.clientstate import PieceFetchError
+from dragonfly.protocol.recvbuf import RecvBuffers
 from dragonfly.runtime.tuning import tune_allocator
 
 #: Seconds a source due to serve a piece has to begin its answer.
@@ -93,6 +97,9 @@ class PieceClientPool:
                 return default_endpoint(reactor, host, port, connect_timeout)
         self._endpoint_factory = endpoint_factory
         self._tokens = tokens
+        #: Buffers chunked piece bodies are read into on plain TCP (None: the
+        #: slices Twisted's reads delivered, as under TLS).
+        self.recv_buffers = RecvBuffers()
         self._conns = {}
         self._all = set()
         self._closed = False
@@ -149,6 +156,8 @@ class PieceClientPool:
             del self._conns[key]
         if proto.transport is None and proto.connecting is None and proto.closed:
             self._all.discard(proto)
+        if not self._conns and self.recv_buffers is not None:
+            self.recv_buffers.clear()   # (idle: those still in use go with their views)
 
     @property
     def connections(self):
