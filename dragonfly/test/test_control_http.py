@@ -6,10 +6,13 @@ from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import URI
+from twisted.web.error import SchemeNotSupported
 from twisted.web.resource import Resource
 
 from dragonfly.control.client import SupernodeClient
-from dragonfly.control.http import BytesProducer, ControlHTTP, make_control_client
+from dragonfly.control.http import (
+    BytesProducer, ControlHTTP, SupernodeEndpoints, make_control_client)
 from dragonfly.control.messages import RegisterRequest, ScheduleRequest
 from dragonfly.interfaces import PeerInfo
 from dragonfly.metrics import SupernodeMetrics
@@ -135,12 +138,54 @@ class ControlHTTPTests(SynchronousTestCase):
         self.assertEqual(written, [b"abc"])
 
     def test_make_control_client(self):
-        """make_control_client: a ControlHTTP whose fallback is treq on the same agent."""
+        """make_control_client: a ControlHTTP whose fallback is treq on the same
+        agent, which takes its endpoints from SupernodeEndpoints."""
         from treq.client import HTTPClient
         http = make_control_client(Clock())
         self.assertIsInstance(http, ControlHTTP)
         self.assertIsInstance(http._fallback, HTTPClient)
         self.assertIs(http._fallback._agent, http._agent)
+        self.assertIsInstance(http._agent._endpointFactory, SupernodeEndpoints)
+
+
+class _Policy:
+    """An IPolicyForHTTPS handing out a new creator per call, counting them."""
+
+    def __init__(self):
+        self.asked = []
+
+    def creatorForNetloc(self, host, port):
+        self.asked.append((host, port))
+        return object()
+
+
+class SupernodeEndpointsTests(SynchronousTestCase):
+
+    def test_plain_kept(self):
+        """A plain endpoint is made once per host and port, to that host and port."""
+        eps = SupernodeEndpoints(Clock(), _Policy())
+        one = eps.endpointForURI(URI.fromBytes(b"http://sn1.test:8002/api/v1/heartbeat"))
+        self.assertIs(eps.endpointForURI(URI.fromBytes(b"http://sn1.test:8002/other")), one)
+        other = eps.endpointForURI(URI.fromBytes(b"http://sn1.test:8003/api"))
+        self.assertIsNot(other, one)
+        self.assertEqual((one._hostText, one._port), ("sn1.test", 8002))
+        v6 = eps.endpointForURI(URI.fromBytes(b"http://[::1]:8002/api"))
+        self.assertEqual((v6._hostText, v6._port), ("::1", 8002))
+
+    def test_tls_fresh(self):
+        """An HTTPS endpoint is made per request, with the creator the policy
+        gives at that moment (certificates reload)."""
+        policy = _Policy()
+        eps = SupernodeEndpoints(Clock(), policy)
+        uri = URI.fromBytes(b"https://sn1.test:8002/api/v1/heartbeat")
+        first, second = eps.endpointForURI(uri), eps.endpointForURI(uri)
+        self.assertIsNot(first, second)
+        self.assertEqual(policy.asked, [(b"sn1.test", 8002)] * 2)
+
+    def test_other_schemes(self):
+        eps = SupernodeEndpoints(Clock(), _Policy())
+        self.assertRaises(SchemeNotSupported, eps.endpointForURI,
+                          URI.fromBytes(b"ftp://sn1.test:21/x"))
 
 
 class RealSupernodeTests(SynchronousTestCase):
