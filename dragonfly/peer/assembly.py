@@ -169,7 +169,7 @@ def _runtime(reactor, c, runner, http_client, origin_http):
         runner = ThreadRunner(reactor, max_threads=c.threads, name="peer-io")
     closers = []
     if http_client is None:
-        http_client = _own_http_client(reactor, closers, context_factory=tls)
+        http_client = _own_http_client(reactor, closers, context_factory=tls, control=True)
     if origin_http is None:
         from dragonfly.egress import EgressPolicy
         origin_http = _own_http_client(reactor, closers,
@@ -177,7 +177,9 @@ def _runtime(reactor, c, runner, http_client, origin_http):
     return tls, runner, closers, http_client, origin_http
 
 
-def _own_http_client(reactor, closers, egress=None, context_factory=None):
+def _own_http_client(reactor, closers, egress=None, context_factory=None, control=False):
+    """An HTTP client over a pool of its own (closed by C{closers}); with
+    C{control}, the supernode calls' (L{dragonfly.control.http})."""
     from twisted.web.client import HTTPConnectionPool
 
     from dragonfly.origin import make_http_client
@@ -185,6 +187,9 @@ def _own_http_client(reactor, closers, egress=None, context_factory=None):
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.retryAutomatically = False
     closers.append(pool.closeCachedConnections)
+    if control:
+        from dragonfly.control.http import make_control_client
+        return make_control_client(reactor, pool, context_factory=context_factory)
     return make_http_client(reactor, pool, egress=egress, context_factory=context_factory)
 
 

@@ -4,6 +4,7 @@ import os
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from dragonfly.control.http import ControlHTTP
 from dragonfly.peer.assembly import PeerConfig, build_peer, ephemeral_listen
 from dragonfly.peer.node import PeerNode
 from dragonfly.peer.service import PeerService
@@ -31,6 +32,8 @@ class BuildPeerTests(SynchronousTestCase):
         self.assertIsNotNone(peer.api_site)
         self.assertEqual(len(peer.closers), 2)
         self.assertIsNot(peer.node.deps.origin._http, peer.node.deps.http)
+        # The supernode calls go straight on the Agent (dragonfly.control.http).
+        self.assertIsInstance(peer.node.deps.http, ControlHTTP)
         svc = peer.service()
         self.assertIsInstance(svc, PeerService)
         svc.startService()
