@@ -128,7 +128,7 @@ def clean_headers(headers):
 class _DownloadEndpoints:
     """An C{Agent}'s endpoints as its standard ones (TCP, plus TLS for https
     under C{tls_policy}, default browser-like and verified), each connection
-    marked as a download (L{dragonfly.runtime.tuning.mark_download})."""
+    marked as a download (L{dragonfly.runtime.tuning.prioritise})."""
 
     def __init__(self, reactor, tls_policy=None):
         self._reactor = reactor
@@ -149,7 +149,7 @@ class _DownloadEndpoints:
 
 def make_http_client(reactor, pool=None, context_factory=None, egress=None):
     """A treq HTTPClient over a plain Agent (HTTPS verified by default), its
-    connections marked as downloads (L{dragonfly.runtime.tuning.mark_download}).
+    connections marked as downloads (L{dragonfly.runtime.tuning.prioritise}).
 
     Pass your own C{HTTPConnectionPool} so its lifetime is yours to end. With
     C{egress} (an L{dragonfly.egress.EgressPolicy}) every connection, redirect

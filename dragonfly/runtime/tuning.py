@@ -1,9 +1,9 @@
 """Process and socket tuning for the data path: the glibc allocator thresholds
 (L{tune_allocator}, once per process), the per-connection socket settings of a
 bulk receiver (L{tune_receiver}: no Nagle, a bigger read size, and
-L{mark_download}), a socket's receive low-water mark that follows how much of
+L{prioritise}), a socket's receive low-water mark that follows how much of
 a body is still owed (L{ReceiveLowWater}), and the priority of the
-connections a node opens (L{mark_download}, L{DownloadEndpoint}). Every call
+connections a node opens (L{prioritise}, L{DownloadEndpoint}). Every call
 degrades to a no-op where the platform or the transport does not support it."""
 import ctypes
 import platform
@@ -38,9 +38,10 @@ def tune_allocator():
     mallopt(m_trim_threshold, 128 * 1024 * 1024)
 
 
-#: SO_PRIORITY of every connection a node opens: TC_PRIO_INTERACTIVE, the
-#: first band of Linux's pfifo_fast (and of prio-style qdiscs mapping it).
-DOWNLOAD_PRIORITY = 6
+#: SO_PRIORITY of the connections a node opens and of the supernode's API:
+#: TC_PRIO_INTERACTIVE, the first band of Linux's pfifo_fast (and of
+#: prio-style qdiscs mapping it).
+HIGH_PRIORITY = 6
 
 
 def _socket_of(transport):
@@ -55,10 +56,12 @@ def _socket_of(transport):
     return None
 
 
-def mark_download(transport):
-    """Give a connection this node opened (a piece fetch, an origin fetch, a
-    call to the supernode: what comes back is what we download) the host's
-    higher priority (SO_PRIORITY L{DOWNLOAD_PRIORITY}).
+def prioritise(transport):
+    """Give C{transport}'s connection the host's higher priority (SO_PRIORITY
+    L{HIGH_PRIORITY}): every connection a node opens (a piece fetch, an
+    origin fetch, a call to the supernode: what comes back is what it
+    downloads) and the supernode's API (L{dragonfly.httpsite.ControlChannel}:
+    small answers a peer's next fetch waits for).
 
     A node uploads and downloads at once, and both leave through one uplink:
     our uploads' data, and the ACKs and requests of our downloads. Where
@@ -70,20 +73,22 @@ def mark_download(transport):
     is configured; flow-queueing qdiscs such as fq_codel separate them
     anyway). Only accepted connections carry our uploads, so they keep the
     default: the bulk data never jumps the queue. Local to this host (no
-    DSCP on the wire); the values 0-6 need no privilege.
+    DSCP on the wire); the values 0-6 need no privilege. Sharing the band,
+    the prioritised traffic is FIFO among itself: a node's downloads are
+    ACKs and requests, small next to its uploads.
     """
     sock = _socket_of(transport)
     if sock is None or not hasattr(socket, "SO_PRIORITY"):
         return
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY, DOWNLOAD_PRIORITY)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY, HIGH_PRIORITY)
     except OSError:
         pass   # (not a socket that takes it, or not this platform's)
 
 
 @implementer(IStreamClientEndpoint)
 class DownloadEndpoint:
-    """C{endpoint}, whose connections get L{mark_download}."""
+    """C{endpoint}, whose connections get L{prioritise}."""
 
     def __init__(self, endpoint):
         self._endpoint = endpoint
@@ -93,7 +98,7 @@ class DownloadEndpoint:
 
     def connect(self, protocol_factory):
         def marked(protocol):
-            mark_download(getattr(protocol, "transport", None))
+            prioritise(getattr(protocol, "transport", None))
             return protocol
         return self._endpoint.connect(protocol_factory).addCallback(marked)
 
@@ -105,7 +110,7 @@ def tune_receiver(transport, read_size):
     @return: a L{ReceiveLowWater} for its socket, or None where the
         transport has no socket or the platform no SO_RCVLOWAT.
     """
-    mark_download(transport)
+    prioritise(transport)
     nodelay = getattr(transport, "setTcpNoDelay", None)
     if nodelay is not None:
         try:

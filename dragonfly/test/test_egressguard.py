@@ -14,7 +14,7 @@ from zope.interface.verify import verifyObject
 from dragonfly.egress import EgressPolicy
 from dragonfly.egressguard import EgressGuard, GuardedEndpointFactory
 from dragonfly.origin import OriginClient, OriginError, OriginRefused, make_http_client
-from dragonfly.runtime.tuning import DOWNLOAD_PRIORITY
+from dragonfly.runtime.tuning import HIGH_PRIORITY
 
 
 @implementer(IHostnameResolver)
@@ -146,7 +146,7 @@ class GuardedAgentTests(SynchronousTestCase):
 
 class DownloadPriorityTests(SynchronousTestCase):
     """The connections of make_http_client's agents, guarded or not, are marked
-    as downloads (dragonfly.runtime.tuning.mark_download)."""
+    as downloads (dragonfly.runtime.tuning.prioritise)."""
 
     def setUp(self):
         if not hasattr(socket, "SO_PRIORITY"):
@@ -169,12 +169,12 @@ class DownloadPriorityTests(SynchronousTestCase):
 
     def test_guarded(self):
         """When an origin connection of a guarded agent is made, it is marked."""
-        self.assertEqual(self.connect(EgressPolicy()), DOWNLOAD_PRIORITY)
+        self.assertEqual(self.connect(EgressPolicy()), HIGH_PRIORITY)
 
     def test_plain(self):
         """When a connection of an unguarded agent (the supernode client) is
         made, it is marked."""
-        self.assertEqual(self.connect(None), DOWNLOAD_PRIORITY)
+        self.assertEqual(self.connect(None), HIGH_PRIORITY)
 
     def test_plain_schemes(self):
         """The unguarded agent's endpoints: https through TLS for the URL's host

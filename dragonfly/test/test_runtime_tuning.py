@@ -7,7 +7,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from dragonfly.runtime.tuning import (
-    DOWNLOAD_PRIORITY, DownloadEndpoint, ReceiveLowWater, mark_download, tune_allocator,
+    HIGH_PRIORITY, DownloadEndpoint, ReceiveLowWater, prioritise, tune_allocator,
     tune_receiver)
 
 
@@ -46,34 +46,34 @@ class MarkDownloadTests(SynchronousTestCase):
             raise self.skipTest("no SO_PRIORITY here")
 
     def test_socket(self):
-        """When the transport has a socket, its priority becomes DOWNLOAD_PRIORITY."""
+        """When the transport has a socket, its priority becomes HIGH_PRIORITY."""
         sock = _tcp_socket(self)
         self.assertEqual(_priority(sock), 0)
-        mark_download(_SocketTransport(sock))
-        self.assertEqual(_priority(sock), DOWNLOAD_PRIORITY)
+        prioritise(_SocketTransport(sock))
+        self.assertEqual(_priority(sock), HIGH_PRIORITY)
 
     def test_under_a_wrapper(self):
         """When the socket is under a wrapping transport (TLS), it is found and marked."""
         sock = _tcp_socket(self)
-        mark_download(_Wrapper(_SocketTransport(sock)))
-        self.assertEqual(_priority(sock), DOWNLOAD_PRIORITY)
+        prioritise(_Wrapper(_SocketTransport(sock)))
+        self.assertEqual(_priority(sock), HIGH_PRIORITY)
 
     def test_no_socket(self):
         """When there is no socket (a memory transport, None), nothing happens."""
-        mark_download(StringTransport())
-        mark_download(None)
+        prioritise(StringTransport())
+        prioritise(None)
 
     def test_refused(self):
         """When the socket refuses the option, the error is swallowed."""
         sock = _tcp_socket(self)
         sock.close()
-        mark_download(_SocketTransport(sock))
+        prioritise(_SocketTransport(sock))
 
     def test_tune_receiver_marks(self):
         """When a piece connection is tuned, it is marked as a download too."""
         sock = _tcp_socket(self)
         tune_receiver(_SocketTransport(sock), 1024)
-        self.assertEqual(_priority(sock), DOWNLOAD_PRIORITY)
+        self.assertEqual(_priority(sock), HIGH_PRIORITY)
 
     def test_endpoint(self):
         """When a DownloadEndpoint connects, the protocol's socket is marked
@@ -88,7 +88,7 @@ class MarkDownloadTests(SynchronousTestCase):
 
         got = self.successResultOf(DownloadEndpoint(Inner()).connect(Factory()))
         self.assertIs(got, proto)
-        self.assertEqual(_priority(sock), DOWNLOAD_PRIORITY)
+        self.assertEqual(_priority(sock), HIGH_PRIORITY)
 
 
 class TuneReceiverTests(SynchronousTestCase):
