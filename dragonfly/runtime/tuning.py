@@ -66,9 +66,9 @@ def prioritise(transport):
     A node uploads and downloads at once, and both leave through one uplink:
     our uploads' data, and the ACKs and requests of our downloads. Where
     that uplink queues in a single FIFO, an upload burst holds our ACKs
-    (measured in the shaped swarm: the origin's sender, starved of ACKs,
-    ran at 10.0-10.3 MB/s against 11.9 alone, 2.5-3 s of a 256 MiB
-    fetch). With the priority the host's own qdisc sends them first where
+    (measured in the shaped swarm: the origin's sender, short of ACKs,
+    ran at 10.4-11.2 MB/s against 11.9 alone, 1.5-3.4 s more for a
+    256 MiB fetch). With the priority the host's own qdisc sends them first where
     it has priority bands (Linux's pfifo_fast, the default where no other
     is configured; flow-queueing qdiscs such as fq_codel separate them
     anyway). Only accepted connections carry our uploads, so they keep the
