@@ -127,6 +127,7 @@ class ControlChannelTests(SynchronousTestCase):
         channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
         transport = SocketTransport()
         channel.makeConnection(transport)
+        self.addCleanup(channel.connectionLost, None)   # (its idle timer)
         self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY), HIGH_PRIORITY)
         channel.dataReceived(b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK"))
