@@ -67,7 +67,7 @@ def prioritise(transport):
     our uploads' data, and the ACKs and requests of our downloads. Where
     that uplink queues in a single FIFO, an upload burst holds our ACKs
     (measured in the shaped swarm: the origin's sender, short of ACKs,
-    ran at 10.4-11.2 MB/s against 11.9 alone, 1.5-3.4 s more for a
+    ran at 10.3-11.2 MB/s against 11.9 alone, 1.5-3.5 s more for a
     256 MiB fetch). With the priority the host's own qdisc sends them first where
     it has priority bands (Linux's pfifo_fast, the default where no other
     is configured; flow-queueing qdiscs such as fq_codel separate them
