@@ -13,10 +13,11 @@ which ~95.6% is payload with a 1500-byte MTU (1448 of 1514 bytes); curl alone
 gets 11.9 MB/s. So a link fraction here is of the wire, and the swarm's
 ``link_fractions`` (payload) cannot pass ~0.956.
 """
+import os
 import threading
 import time
 
-__all__ = ["LinkSampler", "link_summary", "rate_table", "read_dev"]
+__all__ = ["LinkSampler", "cpu_table", "link_summary", "rate_table", "read_dev", "read_schedstat"]
 
 #: A sampling interval below this fraction of the link's rate counts as idle.
 IDLE_FRACTION = 0.1
@@ -36,15 +37,41 @@ def read_dev(pid, dev="eth0"):
     return None
 
 
+def read_schedstat(pid):
+    """(on-CPU ns, run-queue wait ns) of every thread of PID together, or None.
+
+    ``/proc/PID/task/TID/schedstat``: time spent running and time spent
+    runnable but waiting for a CPU. The wait is what a CPU-starved process
+    looks like: a link idle while its process waits here is the machine,
+    not the protocol."""
+    run = wait = 0
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open("/proc/%d/task/%s/schedstat" % (pid, tid)) as f:
+                fields = f.read().split()
+            run += int(fields[0])
+            wait += int(fields[1])
+        except (OSError, ValueError, IndexError):
+            continue   # (a thread that ended between the listing and the read)
+    return run, wait
+
+
 class LinkSampler:
     """Samples (tx, rx) of every host's eth0 about every C{interval} seconds
-    while the block runs: C{samples}, [t, [[tx, rx] or None per pid]] from t0."""
+    while the block runs: C{samples}, [t, [[tx, rx] or None per pid]] from t0;
+    and each pid's scheduler times (L{read_schedstat}): C{cpu_samples},
+    [t, [[run_ns, wait_ns] or None per pid]]."""
 
     def __init__(self, pids, t0, interval=0.1):
         self.pids = list(pids)
         self.t0 = t0
         self.interval = interval
         self.samples = []
+        self.cpu_samples = []
         self._stop = threading.Event()
         self._thread = None
 
@@ -64,7 +91,13 @@ class LinkSampler:
         for pid in self.pids:
             v = read_dev(pid)
             row.append(list(v) if v is not None else None)
-        self.samples.append([round(time.monotonic() - self.t0, 3), row])
+        t = round(time.monotonic() - self.t0, 3)
+        self.samples.append([t, row])
+        cpu = []
+        for pid in self.pids:
+            v = read_schedstat(pid)
+            cpu.append(list(v) if v is not None else None)
+        self.cpu_samples.append([t, cpu])
 
     def _run(self):
         while not self._stop.wait(self.interval):
@@ -169,8 +202,37 @@ def rate_table(run, step=1.0, link=None):
     return lines
 
 
+def cpu_table(run, step=1.0):
+    """Lines: every C{step} seconds of a swarm run's C{cpu_timeline}, the
+    share of a core the supernode ran and waited runnable for a CPU, and the
+    peers' (mean and highest): a process starved of CPU shows as wait."""
+    samples = run.get("cpu_timeline") or []
+    lines = ["   t   sn run  sn wait | peers run mean  max | wait mean  max"]
+    prev = None
+    for s in samples:
+        if prev is None:
+            prev = s
+            continue
+        if s[0] - prev[0] < step:
+            continue
+        dt = (s[0] - prev[0]) * 1e9
+
+        def share(k, col):
+            a, b = prev[1][k], s[1][k]
+            return None if a is None or b is None else (b[col] - a[col]) / dt
+        runs = [r for r in (share(k, 0) for k in range(2, len(s[1]))) if r is not None]
+        waits = [r for r in (share(k, 1) for k in range(2, len(s[1]))) if r is not None]
+        if runs and waits:
+            lines.append("%5.1f  %5.2f   %5.2f   |     %5.2f  %5.2f |     %5.2f  %5.2f" % (
+                s[0], share(1, 0) or 0, share(1, 1) or 0, sum(runs) / len(runs), max(runs),
+                sum(waits) / len(waits), max(waits)))
+        prev = s
+    return lines
+
+
 def main(argv):
-    """python -m bench.links RESULTS/swarm.json [STEP]: each p2p run's link table."""
+    """python -m bench.links RESULTS/swarm.json [STEP]: each p2p run's link table
+    and, when recorded, its CPU table (run and run-queue wait per process)."""
     import json
     with open(argv[0]) as f:
         result = json.load(f)
@@ -183,6 +245,9 @@ def main(argv):
             run["kind"], run["n"], 100 * run["mean_link_fraction"],
             100 * (summary.get("swarm_up_use") or 0), summary.get("window_s")))
         print("\n".join(rate_table(run, step, result.get("link_bytes_s"))))
+        if run.get("cpu_timeline"):
+            print("CPU (share of one core; wait = runnable, no CPU free):")
+            print("\n".join(cpu_table(run, step)))
     return 0
 
 

@@ -59,13 +59,14 @@ def available():
 class NetLab:
     """``hosts`` namespaces on one bridge, each link limited to ``rate_mbit``."""
 
-    def __init__(self, hosts, rate_mbit=100, prefix="dfb", subnet="10.201.0", burst="256k"):
+    def __init__(self, hosts, rate_mbit=100, prefix="dfb", subnet="10.201.0", burst="256k", child=""):
         if hosts > 250:
             raise ValueError("at most 250 hosts")
         self.prefix = prefix
         self.subnet = subnet
         self.rate_mbit = rate_mbit
         self.burst = burst
+        self.child = child      # a qdisc under each tbf (e.g. fq_codel); "" = tbf's FIFO
         self.count = hosts
         self.bridge_ns = "%s-br" % prefix
         self.hosts = ["%s-h%d" % (prefix, i) for i in range(hosts)]
@@ -122,9 +123,12 @@ class NetLab:
         self.created.append(ns)
 
     def _tbf(self, ns, dev):
-        out = subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf",
-                              "rate", "%dmbit" % self.rate_mbit, "burst", self.burst,
+        out = subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root",
+                              "handle", "1:", "tbf", "rate", "%dmbit" % self.rate_mbit, "burst", self.burst,
                               "latency", "100ms"], capture_output=True, text=True)
+        if out.returncode == 0 and self.child:
+            out = subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev,
+                                  "parent", "1:1", self.child], capture_output=True, text=True)
         if out.returncode != 0:
             raise NetnsError("tc on %s/%s: %s" % (ns, dev, out.stderr.strip()))
 

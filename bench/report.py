@@ -243,8 +243,9 @@ def markdown(res, results_dir):
     if w and w.get("runs"):
         L += ["## 2. Swarm (%s mode, %.0f MiB file, %d Mbit/s links; lower bound %.1fs%s)" % (
             w["mode"], w["file_bytes"] / MiB, w["link_mbit"], w["lower_bound_s"],
-            "; every node --upload-limit %d" % w["upload_limit_bytes_s"]
-            if w.get("upload_limit_bytes_s") else ""), "",
+            ("; every node --upload-limit %d" % w["upload_limit_bytes_s"]
+             if w.get("upload_limit_bytes_s") else "")
+            + ("; %s under each tbf" % w["qdisc"] if w.get("qdisc", "fifo") != "fifo" else "")), "",
             "| kind | N | max s | median s | mean rate / link | origin x file | supernode upload x file "
             "| p2p share | supernode has the file at s | supernode CPU s | peers CPU s | API req/s "
             "| machine busy |",

@@ -131,6 +131,10 @@ def main(argv=None):
     ap.add_argument("--swarm-upload-limit", type=float, default=0.0, metavar="FRACTION",
                     help="netns swarm: every node's --upload-limit at this fraction of its link, "
                          "e.g. 0.92 (default 0: none)")
+    ap.add_argument("--swarm-qdisc", default="", metavar="QDISC",
+                    help="netns swarm: a qdisc under each link's tbf instead of its FIFO, e.g. "
+                         "fq_codel (every flow its own queue: ACKs no longer wait behind "
+                         "uploads); a network model, not a product setting (default: FIFO)")
     ap.add_argument("--swarm-kinds", default="direct,p2p,p2p-tls",
                     help="direct,p2p,p2p-tls (default: all three; p2p-tls = P2P with mutual TLS)")
     ap.add_argument("--no-tls", action="store_true",
@@ -247,7 +251,7 @@ def _run_one(name, ctx, args):
             from dragonfly.config import parse_size
             size = parse_size(args.swarm_size)
         return swarm.run(ctx, mode=mode, counts=counts, kinds=kinds, size=size, rate_mbit=args.link_mbit,
-                         upload_fraction=args.swarm_upload_limit)
+                         upload_fraction=args.swarm_upload_limit, qdisc=args.swarm_qdisc)
     if name == "memory":
         from bench import memory
         return memory.run(ctx)

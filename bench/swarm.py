@@ -29,10 +29,12 @@ MB = 1e6
 KINDS = ("direct", "p2p", "p2p-tls")
 
 
-def run(ctx, mode=None, counts=None, size=None, kinds=KINDS, rate_mbit=100, upload_fraction=0.0):
+def run(ctx, mode=None, counts=None, size=None, kinds=KINDS, rate_mbit=100, upload_fraction=0.0,
+        qdisc=""):
     """``upload_fraction``: in netns mode, every node (supernode and peers)
     runs with ``--upload-limit`` at this fraction of its link (0: none), as
-    an operator sets it a little under a known uplink."""
+    an operator sets it a little under a known uplink. ``qdisc``: in netns
+    mode, the qdisc under each link's tbf (default its FIFO)."""
     if mode is None:
         ok, why = netns.available()
         mode = "netns" if ok else "loopback"
@@ -49,6 +51,8 @@ def run(ctx, mode=None, counts=None, size=None, kinds=KINDS, rate_mbit=100, uplo
               "lower_bound_s": size / link, "runs": []}
     work = ctx.tempdir("swarm")
     swarm = (_NetnsSwarm if mode == "netns" else _LoopSwarm)(ctx, work, max(counts), rate_mbit)
+    swarm.qdisc = qdisc
+    result["qdisc"] = qdisc or "fifo"
     if mode == "netns" and upload_fraction > 0:
         swarm.upload_limit = int(upload_fraction * link)
     result["upload_limit_bytes_s"] = getattr(swarm, "upload_limit", 0)
@@ -222,6 +226,7 @@ class _Swarm:
                 "peer_timeline": timeline.peer_samples,
                 "peer_progress": _progress(timeline, size, link=self.link),
                 "link_timeline": links.samples or None,
+                "cpu_timeline": getattr(links, "cpu_samples", None) or None,
                 "links": link_summary(links.samples, ["origin", "supernode"]
                                       + ["peer%d" % i for i in range(n)],
                                       [None, None] + [t + s - t0 for t, s in zip(
@@ -352,7 +357,8 @@ class _NetnsSwarm(_Swarm):
     """h0 origin, h1 supernode, h2.. peers; every link tbf-limited both ways."""
 
     def setup(self, src):
-        self.lab = netns.NetLab(2 + self.max_n, rate_mbit=self.rate_mbit).create()
+        self.lab = netns.NetLab(2 + self.max_n, rate_mbit=self.rate_mbit,
+                                child=getattr(self, "qdisc", "")).create()
         self.ctx.on_close(self.lab.close)
         self.nginx = Nginx(os.path.dirname(src), host=self.lab.addr(0), ns=self.lab.hosts[0],
                            workdir=self.work).start()

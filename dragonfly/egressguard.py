@@ -21,6 +21,7 @@ from zope.interface import implementer
 
 from dragonfly.egress import literal_address, normalize_host
 from dragonfly.origin import OriginRefused
+from dragonfly.runtime.tuning import DownloadEndpoint
 
 __all__ = ["EgressGuard", "GuardedEndpointFactory", "guarded_agent"]
 
@@ -121,7 +122,7 @@ class _GuardedTCPEndpoint:
             endpoint = kind(self._reactor, address, self._port, timeout=self._timeout,
                             bindAddress=self._bind)
             try:
-                return await endpoint.connect(protocol_factory)
+                return await DownloadEndpoint(endpoint).connect(protocol_factory)
             except CancelledError:
                 raise
             except Exception as e:

@@ -8,15 +8,18 @@ many or too large headers) with the house JSON error ``{"error": ...}`` and
 status 400 instead of Twisted's empty 400. L{redacted_log_formatter} writes
 the combined access-log line with the request URI and the Referer passed
 through L{dragonfly.redact.redact_url}, so query strings and userinfo never
-reach the access log. Imports no role.
+reach the access log. L{ControlChannel} is the channel of a control API
+whose callers wait on every answer (the supernode's). Imports no role.
 """
 import json
 
 from twisted.web.http import HTTPChannel, combinedLogFormatter
 
 from dragonfly.redact import redact_url
+from dragonfly.runtime.tuning import prioritise
 
-__all__ = ["JSONErrorChannel", "redacted_log_formatter", "harden_site", "bad_request_bytes"]
+__all__ = ["JSONErrorChannel", "ControlChannel", "redacted_log_formatter", "harden_site",
+           "bad_request_bytes"]
 
 
 def bad_request_bytes(message):
@@ -50,6 +53,18 @@ class JSONErrorChannel(HTTPChannel):
         self._bad_request_reason = None
         self.transport.write(bad_request_bytes(f"bad request: {reason}"))
         self.loseConnection()
+
+
+class ControlChannel(JSONErrorChannel):
+    """A L{JSONErrorChannel} whose connection has the host's higher priority
+    (L{dragonfly.runtime.tuning.prioritise}): the supernode's answers are a
+    few hundred bytes that a peer's next fetch waits for, and they leave
+    through the same uplink as the supernode's piece uploads; with the
+    priority they go ahead of them where the host's qdisc has bands."""
+
+    def connectionMade(self):
+        prioritise(self.transport)
+        JSONErrorChannel.connectionMade(self)
 
 
 class _Shown:

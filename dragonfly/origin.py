@@ -26,8 +26,10 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent
-from twisted.web.iweb import UNKNOWN_LENGTH
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
+from twisted.web.error import SchemeNotSupported
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory
 from zope.interface import implementer
 
 from hyperlink import EncodedURL
@@ -38,6 +40,7 @@ from dragonfly.ingest.receiver import BodyReceiver
 from dragonfly.ingest.splice import take_body
 from dragonfly.redact import has_userinfo, redact_text, redact_url, userinfo_error
 from dragonfly.runtime.ratelimit import all_of
+from dragonfly.runtime.tuning import DownloadEndpoint
 
 __all__ = ["OriginError", "OriginRefused", "BodyBroken", "OriginResponse", "OriginClient",
            "Probe",
@@ -121,8 +124,32 @@ def clean_headers(headers):
     return out
 
 
+@implementer(IAgentEndpointFactory)
+class _DownloadEndpoints:
+    """An C{Agent}'s endpoints as its standard ones (TCP, plus TLS for https
+    under C{tls_policy}, default browser-like and verified), each connection
+    marked as a download (L{dragonfly.runtime.tuning.prioritise})."""
+
+    def __init__(self, reactor, tls_policy=None):
+        self._reactor = reactor
+        self._tls = tls_policy if tls_policy is not None else BrowserLikePolicyForHTTPS()
+
+    def endpointForURI(self, uri):
+        try:
+            host = uri.host.decode("ascii")
+        except UnicodeDecodeError:
+            raise ValueError(f"the host of {uri.toBytes()!r} is not ASCII")
+        endpoint = DownloadEndpoint(HostnameEndpoint(self._reactor, host, uri.port))
+        if uri.scheme == b"http":
+            return endpoint
+        if uri.scheme == b"https":
+            return wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
+        raise SchemeNotSupported(f"unsupported scheme: {uri.scheme!r}")
+
+
 def make_http_client(reactor, pool=None, context_factory=None, egress=None):
-    """A treq HTTPClient over a plain Agent (HTTPS verified by default).
+    """A treq HTTPClient over a plain Agent (HTTPS verified by default), its
+    connections marked as downloads (L{dragonfly.runtime.tuning.prioritise}).
 
     Pass your own C{HTTPConnectionPool} so its lifetime is yours to end. With
     C{egress} (an L{dragonfly.egress.EgressPolicy}) every connection, redirect
@@ -139,10 +166,9 @@ def make_http_client(reactor, pool=None, context_factory=None, egress=None):
     if egress is not None:
         from dragonfly.egressguard import guarded_agent
         agent = guarded_agent(reactor, egress, context_factory, pool)
-    elif context_factory is None:
-        agent = Agent(reactor, pool=pool)
     else:
-        agent = Agent(reactor, contextFactory=context_factory, pool=pool)
+        agent = Agent.usingEndpointFactory(reactor, _DownloadEndpoints(reactor, context_factory),
+                                           pool=pool)
     # One origin client fetches for many users: never keep or replay cookies.
     jar = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
     return HTTPClient(agent, cookiejar=jar)

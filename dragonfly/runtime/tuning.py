@@ -1,12 +1,16 @@
 """Process and socket tuning for the data path: the glibc allocator thresholds
 (L{tune_allocator}, once per process), the per-connection socket settings of a
-bulk receiver (L{tune_receiver}: no Nagle, a bigger read size) and a socket's
-receive low-water mark that follows how much of a body is still owed
-(L{ReceiveLowWater}). Every call degrades to a no-op where the platform or the
-transport does not support it."""
+bulk receiver (L{tune_receiver}: no Nagle, a bigger read size, and
+L{prioritise}), a socket's receive low-water mark that follows how much of
+a body is still owed (L{ReceiveLowWater}), and the priority of the
+connections a node opens (L{prioritise}, L{DownloadEndpoint}). Every call
+degrades to a no-op where the platform or the transport does not support it."""
 import ctypes
 import platform
 import socket
+
+from twisted.internet.interfaces import IStreamClientEndpoint
+from zope.interface import implementer
 
 _allocator_tuned = False
 
@@ -34,6 +38,71 @@ def tune_allocator():
     mallopt(m_trim_threshold, 128 * 1024 * 1024)
 
 
+#: SO_PRIORITY of the connections a node opens and of the supernode's API:
+#: TC_PRIO_INTERACTIVE, the first band of Linux's pfifo_fast (and of
+#: prio-style qdiscs mapping it).
+HIGH_PRIORITY = 6
+
+
+def _socket_of(transport):
+    """The socket under C{transport} (through TLS wrappers), or None."""
+    for _ in range(4):
+        handle = getattr(transport, "getHandle", lambda: None)()
+        if isinstance(handle, socket.socket):
+            return handle
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            return None
+    return None
+
+
+def prioritise(transport):
+    """Give C{transport}'s connection the host's higher priority (SO_PRIORITY
+    L{HIGH_PRIORITY}): every connection a node opens (a piece fetch, an
+    origin fetch, a call to the supernode: what comes back is what it
+    downloads) and the supernode's API (L{dragonfly.httpsite.ControlChannel}:
+    small answers a peer's next fetch waits for).
+
+    A node uploads and downloads at once, and both leave through one uplink:
+    our uploads' data, and the ACKs and requests of our downloads. Where
+    that uplink queues in a single FIFO, an upload burst holds our ACKs
+    (measured in the shaped swarm: the origin's sender, short of ACKs,
+    ran at 10.3-11.2 MB/s against 11.9 alone, 1.5-3.5 s more for a
+    256 MiB fetch). With the priority the host's own qdisc sends them first where
+    it has priority bands (Linux's pfifo_fast, the default where no other
+    is configured; flow-queueing qdiscs such as fq_codel separate them
+    anyway). Only accepted connections carry our uploads, so they keep the
+    default: the bulk data never jumps the queue. Local to this host (no
+    DSCP on the wire); the values 0-6 need no privilege. Sharing the band,
+    the prioritised traffic is FIFO among itself: a node's downloads are
+    ACKs and requests, small next to its uploads.
+    """
+    sock = _socket_of(transport)
+    if sock is None or not hasattr(socket, "SO_PRIORITY"):
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY, HIGH_PRIORITY)
+    except OSError:
+        pass   # (not a socket that takes it, or not this platform's)
+
+
+@implementer(IStreamClientEndpoint)
+class DownloadEndpoint:
+    """C{endpoint}, whose connections get L{prioritise}."""
+
+    def __init__(self, endpoint):
+        self._endpoint = endpoint
+
+    def __repr__(self):
+        return f"<DownloadEndpoint {self._endpoint!r}>"
+
+    def connect(self, protocol_factory):
+        def marked(protocol):
+            prioritise(getattr(protocol, "transport", None))
+            return protocol
+        return self._endpoint.connect(protocol_factory).addCallback(marked)
+
+
 def tune_receiver(transport, read_size):
     """Set up a freshly connected bulk-receiving C{transport}: TCP_NODELAY
     (our small requests go out at once) and C{read_size} bytes per read.
@@ -41,6 +110,7 @@ def tune_receiver(transport, read_size):
     @return: a L{ReceiveLowWater} for its socket, or None where the
         transport has no socket or the platform no SO_RCVLOWAT.
     """
+    prioritise(transport)
     nodelay = getattr(transport, "setTcpNoDelay", None)
     if nodelay is not None:
         try:

@@ -23,7 +23,7 @@ from dragonfly.control.messages import (
     RegisterAnswer, RegisterRequest, ScheduleAnswer, ScheduleRequest, TaskInfo, check_task_id)
 from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
 from dragonfly.httpio import error_body, json_body
-from dragonfly.httpsite import harden_site
+from dragonfly.httpsite import ControlChannel, harden_site
 from dragonfly.interfaces import PeerInfo
 from dragonfly.origin import OriginError, OriginRefused
 from dragonfly.redact import redact_text, redact_url
@@ -93,7 +93,7 @@ def api_site(api, max_body=MAX_BODY):
     site = ApiSite(api.resource(), parsePOSTFormSubmission=False)
     site.requestFactory = _Request
     site.displayTracebacks = False
-    return harden_site(site)
+    return harden_site(site, ControlChannel)
 
 
 class ApiSite(server.Site):

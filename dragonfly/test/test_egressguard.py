@@ -1,4 +1,6 @@
 """EgressGuard and GuardedEndpointFactory: the policy at connect time, redirects included."""
+import socket
+
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import DNSLookupError
 from twisted.internet.interfaces import IHostnameResolver
@@ -12,6 +14,7 @@ from zope.interface.verify import verifyObject
 from dragonfly.egress import EgressPolicy
 from dragonfly.egressguard import EgressGuard, GuardedEndpointFactory
 from dragonfly.origin import OriginClient, OriginError, OriginRefused, make_http_client
+from dragonfly.runtime.tuning import HIGH_PRIORITY
 
 
 @implementer(IHostnameResolver)
@@ -139,3 +142,56 @@ class GuardedAgentTests(SynchronousTestCase):
         f = self.failureResultOf(d, OriginRefused)
         self.assertIn("169.254.169.254 (cloud metadata address)", f.value.message)
         self.assertEqual(len(reactor.tcpClients), 1)
+
+
+class DownloadPriorityTests(SynchronousTestCase):
+    """The connections of make_http_client's agents, guarded or not, are marked
+    as downloads (dragonfly.runtime.tuning.prioritise)."""
+
+    def setUp(self):
+        if not hasattr(socket, "SO_PRIORITY"):
+            raise self.skipTest("no SO_PRIORITY here")
+
+    def connect(self, egress):
+        reactor = _reactor({"origin.test": ["93.184.216.34"]})
+        origin = OriginClient(reactor, make_http_client(reactor, egress=egress))
+        origin.get("http://origin.test:8080/f")
+        self.assertEqual(len(reactor.tcpClients), 1)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(sock.close)
+
+        class SocketTransport(StringTransport):
+            def getHandle(self):
+                return sock
+        protocol = reactor.tcpClients[0][2].buildProtocol(None)
+        protocol.makeConnection(SocketTransport())
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY)
+
+    def test_guarded(self):
+        """When an origin connection of a guarded agent is made, it is marked."""
+        self.assertEqual(self.connect(EgressPolicy()), HIGH_PRIORITY)
+
+    def test_plain(self):
+        """When a connection of an unguarded agent (the supernode client) is
+        made, it is marked."""
+        self.assertEqual(self.connect(None), HIGH_PRIORITY)
+
+    def test_plain_schemes(self):
+        """The unguarded agent's endpoints: https through TLS for the URL's host
+        name, other schemes refused."""
+        from twisted.web.error import SchemeNotSupported
+
+        from dragonfly.origin import _DownloadEndpoints
+        names = []
+
+        class Policy:
+            def creatorForNetloc(self, hostname, port):
+                names.append((hostname, port))
+                from twisted.internet.ssl import optionsForClientTLS
+                return optionsForClientTLS(hostname.decode("ascii"))
+        factory = _DownloadEndpoints(_reactor(), Policy())
+        verifyObject(IAgentEndpointFactory, factory)
+        factory.endpointForURI(URI.fromBytes(b"https://origin.test/f"))
+        self.assertEqual(names, [(b"origin.test", 443)])
+        self.assertRaises(SchemeNotSupported, factory.endpointForURI,
+                          URI.fromBytes(b"ftp://origin.test/f"))

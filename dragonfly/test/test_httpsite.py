@@ -105,3 +105,39 @@ class AccessLogTests(SynchronousTestCase):
         self.assertNotIn("sig=abc", line)
         self.assertIn('"GET http://<redacted>@h.test/f?<redacted> HTTP/1.1" 200 5', line)
         self.assertIn('"http://h.test/?<redacted>" "ua"', line)
+
+
+class ControlChannelTests(SynchronousTestCase):
+    def test_prioritised(self):
+        """When a ControlChannel's connection is made, its socket gets the
+        host's higher priority, and it still answers as its parent."""
+        import socket
+
+        from dragonfly.httpsite import ControlChannel
+        from dragonfly.runtime.tuning import HIGH_PRIORITY
+        if not hasattr(socket, "SO_PRIORITY"):
+            raise self.skipTest("no SO_PRIORITY here")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(sock.close)
+
+        class SocketTransport(StringTransport):
+            def getHandle(self):
+                return sock
+        site = harden_site(Site(_Hello()), ControlChannel)
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
+        transport = SocketTransport()
+        channel.makeConnection(transport)
+        self.addCleanup(channel.connectionLost, None)   # (its idle timer)
+        self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY), HIGH_PRIORITY)
+        channel.dataReceived(b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK"))
+
+    def test_supernode_api(self):
+        """The supernode's API site uses the ControlChannel."""
+        from dragonfly.httpsite import ControlChannel
+        from dragonfly.supernode.api import api_site
+
+        class Api:
+            def resource(self):
+                return _Hello()
+        self.assertIs(api_site(Api()).protocol, ControlChannel)
