@@ -41,6 +41,7 @@ and the whole machine's busy time (``machine_user_s``, ``machine_sys_s``:
     python -m bench.recvpath                          # 1 GiB, 4M/2M/1M, 5 rounds
     python -m bench.recvpath --size 64M --pieces 4M --rounds 1   # smoke run
     python -m bench.recvpath --modes now --alloc sparse,falloc,keep   # preallocation
+    python -m bench.recvpath --modes now --alloc sparse,falloc --perf /tmp/rp-perf   # and where it goes
 
 Runs alternate (now, splice, raw, now, ..., each allocation in turn). Wall
 time is not reported: on loopback it says nothing about either side alone.
@@ -342,13 +343,18 @@ def receive(mode, piece, src, dst, alloc="sparse"):
             "alloc_cpu_s": alloc_cpu_s, "digests": digests}
 
 
-def _one_run(mode, piece, src, dst, alloc):
-    """A receiver process and the writeback of its file; the run's figures."""
+def _one_run(mode, piece, src, dst, alloc, perf=None):
+    """A receiver process and the writeback of its file; the run's figures.
+    C{perf}: record the receiver (and its sender) with C{perf record -g} there."""
+    argv = [sys.executable, "-m", "bench.recvpath", "--receive", mode, str(piece), src, dst, alloc]
+    if perf:
+        os.makedirs(perf, exist_ok=True)
+        name = "%s-%s-%d-%d.data" % (mode, alloc, piece >> 20, len(os.listdir(perf)))
+        argv = ["perf", "record", "-q", "-g", "-F", "999", "-o", os.path.join(perf, name), "--"] + argv
     os.sync()
     k0, m0 = kthread_cpu(), cpu_times()
     try:
-        out = subprocess.run([sys.executable, "-m", "bench.recvpath", "--receive", mode,
-                              str(piece), src, dst, alloc], check=True, capture_output=True)
+        out = subprocess.run(argv, check=True, capture_output=True)
         t0 = time.perf_counter()
         os.sync()   # the file's writeback, in the kernel's flusher threads
         sync_s = time.perf_counter() - t0
@@ -377,6 +383,8 @@ def main(argv=None):
                     help="how the task file is made, any of %s (default sparse)" % ",".join(ALLOCS))
     ap.add_argument("--workdir", default="/var/tmp/dragonfly-bench")
     ap.add_argument("--results", help="write every run's figures there as JSON")
+    ap.add_argument("--perf", metavar="DIR", help="run each receiver under `perf record -g`, "
+                    "one file per run in DIR (its CPU figures then include perf's own overhead)")
     ap.add_argument("--receive", nargs=5, metavar=("MODE", "PIECE", "SRC", "DST", "ALLOC"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -398,7 +406,7 @@ def main(argv=None):
         for i in range(args.rounds):
             for mode in args.modes.split(","):
                 for alloc in allocs:
-                    run = _one_run(mode, piece, src, dst, alloc)
+                    run = _one_run(mode, piece, src, dst, alloc, args.perf)
                     if run.pop("digests") != want:
                         raise SystemExit("%s %s %d: the stored pieces differ from the source" % (
                             mode, alloc, piece))
