@@ -29,12 +29,34 @@ hashed. Every piece digest is checked against the source's afterwards.
 - ``into512``: ``into`` with every ``recv_into`` capped at 512 KiB.
 - ``intoon``: ``into`` with the body's first ``recv_into`` right after the
   header's read, in the same ``doRead``, instead of after the next poll.
+- ``write``: the store's write alone, no socket: each piece read from the
+  (cached) source, then ``fileio.pwrite_all`` (256 KiB ``pwrite``\ s); the CPU
+  counted is the writing thread's around ``pwrite_all`` only (``RUSAGE_THREAD``).
+
+How the task file is made before the first piece (``--alloc``, issue 20 round
+five, branch prealloc): ``sparse`` (today's ``storage/fileio.create_data``:
+``ftruncate``), ``falloc`` (``ftruncate`` then ``fallocate(2)`` mode 0 over the
+whole length: every block reserved as an unwritten extent, no delayed
+allocation at write time, the extents converted to written after writeback),
+``keep`` (``fallocate(FALLOC_FL_KEEP_SIZE)`` first, then ``ftruncate``).
+
+The writeback is counted too: the driver runs ``sync`` before each run and
+again after it (the receiver leaves its file in place, so its dirty pages are
+written out rather than dropped by the unlink), and records the CPU the
+kernel's own threads used meanwhile (``kthread_s``: kworkers doing the
+flush, ext4's block allocation at writeback and the unwritten-extent
+conversion, jbd2, ksoftirqd; from ``/proc/*/stat`` of every ``PF_KTHREAD``)
+and the whole machine's busy time (``machine_user_s``, ``machine_sys_s``:
+``/proc/stat``, so it includes other processes on a shared machine).
 
     python -m bench.recvpath                          # 1 GiB, 4M/2M/1M, 5 rounds
     python -m bench.recvpath --size 64M --pieces 4M --rounds 1   # smoke run
+    python -m bench.recvpath --modes now --alloc sparse,falloc,keep   # preallocation
+    python -m bench.recvpath --modes now --alloc sparse,falloc --perf /tmp/rp-perf   # and where it goes
 
-Runs alternate (now, splice, raw, now, ...; ``--modes now,into``). Wall time is not reported: on
-loopback it says nothing about either side alone.
+Runs alternate (now, splice, raw, now, ..., each allocation in turn; ``--modes
+now,into``). Wall time is not reported: on loopback it says nothing about
+either side alone.
 """
 import argparse
 import json
@@ -46,10 +68,16 @@ import statistics
 import subprocess
 import sys
 import threading
+import time
 
-from bench.procs import make_file
+from bench.procs import cpu_times, make_file
 
 MODES = ("now", "splice", "raw", "into", "into512", "intoon")
+EXTRA_MODES = ("write",)
+ALLOCS = ("sparse", "falloc", "keep")
+FALLOC_FL_KEEP_SIZE = 1
+PF_KTHREAD = 0x00200000
+HZ = os.sysconf("SC_CLK_TCK")
 READ = 512 * 1024      # protocol/client.py READ_SIZE
 WAITING = 4            # pieces received but not yet written (16 MiB of 4 MiB pieces)
 
@@ -331,13 +359,84 @@ def _splice(start_sender, fd, size, piece):
     return digests
 
 
-def receive(mode, piece, src, dst):
-    """One run in this process: {"mode", "piece", "user_s", "sys_s", "digests"}."""
+def _fallocate(fd, mode, length):
+    """fallocate(2) through libc (the os module has only posix_fallocate,
+    which glibc emulates by writing where the filesystem lacks it)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    call = libc.fallocate64
+    call.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    if call(fd, mode, 0, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def make_target(dst, size, alloc):
+    """The task file as C{alloc} says; (fd, seconds and CPU-s the making took)."""
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    fd = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    if alloc == "keep":
+        _fallocate(fd, FALLOC_FL_KEEP_SIZE, size)
+    os.ftruncate(fd, size)
+    if alloc == "falloc":
+        _fallocate(fd, 0, size)
+    t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+    return fd, t1 - t0, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+
+
+def kthread_cpu():
+    """CPU seconds used so far by the kernel's threads, by name (the part before '/' or digits)."""
+    out = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % pid) as f:
+                text = f.read()
+        except OSError:
+            continue
+        comm, rest = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
+        if int(rest[6]) & PF_KTHREAD:
+            name = comm.split("/")[0].rstrip("0123456789-")
+            out[name] = out.get(name, 0) + (int(rest[11]) + int(rest[12])) / HZ
+    return out
+
+
+def _write(src, fd, size, piece):
+    """Mode C{write}: (digests, user, sys) of the writing thread inside pwrite_all."""
+    from dragonfly.digest import piece_digest
+    from dragonfly.storage import fileio
+
+    lock, digests, user, system = threading.Lock(), [], 0.0, 0.0
+    sfd = os.open(src, os.O_RDONLY)
+    try:
+        for off in range(0, size, piece):
+            data = os.pread(sfd, min(piece, size - off), off)
+            digests.append(piece_digest(data))
+            r0 = resource.getrusage(resource.RUSAGE_THREAD)
+            fileio.pwrite_all(fd, data, off, lock)
+            r1 = resource.getrusage(resource.RUSAGE_THREAD)
+            user += r1.ru_utime - r0.ru_utime
+            system += r1.ru_stime - r0.ru_stime
+    finally:
+        os.close(sfd)
+    return digests, user, system
+
+
+def receive(mode, piece, src, dst, alloc="sparse"):
+    """One run in this process: {"mode", "piece", "alloc", "user_s", "sys_s",
+    "alloc_s", "alloc_cpu_s", "digests"}. The file stays (the driver syncs it)."""
     from dragonfly.runtime.tuning import tune_allocator
     tune_allocator()   # as the peer's piece client pool does
     size = os.path.getsize(src)
-    fd = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.ftruncate(fd, size)
+    fd, alloc_s, alloc_cpu_s = make_target(dst, size, alloc)
+    if mode == "write":
+        try:
+            digests, user, system = _write(src, fd, size, piece)
+        finally:
+            os.close(fd)
+        return {"mode": mode, "piece": piece, "alloc": alloc, "user_s": user, "sys_s": system,
+                "alloc_s": alloc_s, "alloc_cpu_s": alloc_cpu_s, "digests": digests}
     started = []
 
     def start_sender(port):
@@ -352,10 +451,37 @@ def receive(mode, piece, src, dst):
         started[0].wait()
     finally:
         os.close(fd)
-        os.unlink(dst)
     begin = started[1]
-    return {"mode": mode, "piece": piece, "user_s": end.ru_utime - begin.ru_utime,
-            "sys_s": end.ru_stime - begin.ru_stime, "digests": digests}
+    return {"mode": mode, "piece": piece, "alloc": alloc, "user_s": end.ru_utime - begin.ru_utime,
+            "sys_s": end.ru_stime - begin.ru_stime, "alloc_s": alloc_s,
+            "alloc_cpu_s": alloc_cpu_s, "digests": digests}
+
+
+def _one_run(mode, piece, src, dst, alloc, perf=None):
+    """A receiver process and the writeback of its file; the run's figures.
+    C{perf}: record the receiver (and its sender) with C{perf record -g} there."""
+    argv = [sys.executable, "-m", "bench.recvpath", "--receive", mode, str(piece), src, dst, alloc]
+    if perf:
+        os.makedirs(perf, exist_ok=True)
+        name = "%s-%s-%d-%d.data" % (mode, alloc, piece >> 20, len(os.listdir(perf)))
+        argv = ["perf", "record", "-q", "-g", "-F", "999", "-o", os.path.join(perf, name), "--"] + argv
+    os.sync()
+    k0, m0 = kthread_cpu(), cpu_times()
+    try:
+        out = subprocess.run(argv, check=True, capture_output=True)
+        t0 = time.perf_counter()
+        os.sync()   # the file's writeback, in the kernel's flusher threads
+        sync_s = time.perf_counter() - t0
+        k1, m1 = kthread_cpu(), cpu_times()
+    finally:
+        if os.path.exists(dst):
+            os.unlink(dst)
+    run = json.loads(out.stdout)
+    kthreads = {k: round(v - k0.get(k, 0), 3) for k, v in k1.items() if v - k0.get(k, 0) > 0}
+    run.update(sync_s=sync_s, kthread_s=sum(kthreads.values()), kthreads=kthreads,
+               machine_user_s=(m1["user"] + m1["nice"] - m0["user"] - m0["nice"]) / HZ,
+               machine_sys_s=sum(m1[k] - m0[k] for k in ("system", "irq", "softirq")) / HZ)
+    return run
 
 
 # -- the driver ----------------------------------------------------------------
@@ -366,16 +492,26 @@ def main(argv=None):
     ap.add_argument("--pieces", default="4M,2M,1M", help="piece sizes (default 4M,2M,1M)")
     ap.add_argument("--rounds", type=int, default=5, help="runs per mode and piece size")
     ap.add_argument("--modes", default="now,splice,raw,into,intoon",
-                    help="of %s (default: all but into512)" % ",".join(MODES))
+                    help="any of %s (default: all but into512 and write)"
+                    % ",".join(MODES + EXTRA_MODES))
+    ap.add_argument("--alloc", default="sparse",
+                    help="how the task file is made, any of %s (default sparse)" % ",".join(ALLOCS))
     ap.add_argument("--workdir", default="/var/tmp/dragonfly-bench")
     ap.add_argument("--results", help="write every run's figures there as JSON")
-    ap.add_argument("--receive", nargs=4, metavar=("MODE", "PIECE", "SRC", "DST"),
+    ap.add_argument("--perf", metavar="DIR", help="run each receiver under `perf record -g`, "
+                    "one file per run in DIR (its CPU figures then include perf's own overhead)")
+    ap.add_argument("--receive", nargs=5, metavar=("MODE", "PIECE", "SRC", "DST", "ALLOC"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.receive:
-        mode, piece, src, dst = args.receive
-        print(json.dumps(receive(mode, int(piece), src, dst)))
+        mode, piece, src, dst, alloc = args.receive
+        print(json.dumps(receive(mode, int(piece), src, dst, alloc)))
         return 0
+    allocs = args.alloc.split(",")
+    if set(allocs) - set(ALLOCS):
+        ap.error("--alloc: one of %s" % ",".join(ALLOCS))
+    if set(args.modes.split(",")) - set(MODES + EXTRA_MODES):
+        ap.error("--modes: any of %s" % ",".join(MODES + EXTRA_MODES))
     size = _size(args.size)
     src = make_file(os.path.join(args.workdir, "files", "recvpath-%d.bin" % size), size, seed=7)
     dst = os.path.join(args.workdir, "recvpath-out.bin")
@@ -384,22 +520,32 @@ def main(argv=None):
         want = _digests(src, piece)
         for i in range(args.rounds):
             for mode in args.modes.split(","):
-                out = subprocess.run([sys.executable, "-m", "bench.recvpath", "--receive", mode,
-                                      str(piece), src, dst], check=True, capture_output=True)
-                run = json.loads(out.stdout)
-                if run.pop("digests") != want:
-                    raise SystemExit("%s %d: the stored pieces differ from the source" % (mode, piece))
-                run["cpu_s_per_gib"] = (run["user_s"] + run["sys_s"]) * (1 << 30) / size
-                run["load"] = os.getloadavg()[0]
-                runs.append(run)
-                print("%-6s %2d MiB pieces: user %.3f sys %.3f -> %.3f CPU-s/GiB (load %.1f)" % (
-                    mode, piece >> 20, run["user_s"], run["sys_s"], run["cpu_s_per_gib"],
-                    run["load"]), flush=True)
-    print("\nmedian CPU-s per GiB")
+                for alloc in allocs:
+                    run = _one_run(mode, piece, src, dst, alloc, args.perf)
+                    if run.pop("digests") != want:
+                        raise SystemExit("%s %s %d: the stored pieces differ from the source" % (
+                            mode, alloc, piece))
+                    gib = (1 << 30) / size
+                    run["cpu_s_per_gib"] = (run["user_s"] + run["sys_s"]) * gib
+                    run["kthread_s_per_gib"] = run["kthread_s"] * gib
+                    run["load"] = os.getloadavg()[0]
+                    runs.append(run)
+                    print("%-6s %-6s %2d MiB pieces: user %.3f sys %.3f -> %.3f CPU-s/GiB; "
+                          "kernel threads %.3f; machine user %.2f sys %.2f; alloc %.4f s; "
+                          "sync %.2f s (load %.1f)" % (
+                              mode, alloc, piece >> 20, run["user_s"], run["sys_s"],
+                              run["cpu_s_per_gib"], run["kthread_s"], run["machine_user_s"],
+                              run["machine_sys_s"], run["alloc_s"], run["sync_s"], run["load"]),
+                          flush=True)
+    print("\nmedian CPU-s per GiB: receiver (kernel threads)")
     for piece in sorted({r["piece"] for r in runs}, reverse=True):
-        cells = ["%s %.3f" % (m, statistics.median(
-            [r["cpu_s_per_gib"] for r in runs if r["piece"] == piece and r["mode"] == m]))
-            for m in args.modes.split(",")]
+        cells = []
+        for m in args.modes.split(","):
+            for a in allocs:
+                sel = [r for r in runs if r["piece"] == piece and r["mode"] == m and r["alloc"] == a]
+                cells.append("%s/%s %.3f (%.3f)" % (
+                    m, a, statistics.median(r["cpu_s_per_gib"] for r in sel),
+                    statistics.median(r["kthread_s_per_gib"] for r in sel)))
         print("  %2d MiB: %s" % (piece >> 20, ", ".join(cells)))
     print("median user / sys CPU-s per GiB")
     for piece in sorted({r["piece"] for r in runs}, reverse=True):

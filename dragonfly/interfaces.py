@@ -59,6 +59,10 @@ class IPieceStore(Interface):
     def fits(length):
         """True if a file of C{length} bytes could fit the quota at all (evicts nothing)."""
 
+    def fits_disk(length):
+        """False if a file of C{length} bytes could not fit on the disk even
+        with every task evicted (evicts and reserves nothing)."""
+
     def gc():
         """Evict expired then least-recently-used unpinned tasks; return bytes freed."""
 

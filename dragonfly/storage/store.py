@@ -291,6 +291,21 @@ class PieceStore:
         """True if a file of C{length} bytes could fit the quota at all; evicts nothing."""
         return self.quota <= 0 or length <= self.quota
 
+    def fits_disk(self, length):
+        """False if a file of C{length} bytes could not fit on the store's
+        filesystem even with every task evicted: more than its free bytes
+        (less C{min_free}) and every byte the store holds together.
+
+        Evicts and reserves nothing (a length announced by an origin is
+        unverified, see fits()); room it cannot know about counts as room:
+        free space unknown, or evicted entries still being deleted. Tasks
+        written at the same time can still run out of room later (their
+        pieces then fail with ENOSPC and StoreFull, as before)."""
+        free = self.space.free()
+        if free is None or self._deleting:
+            return True
+        return length <= free - self.min_free + self._used
+
     def charged(self, task, nbytes):
         """C{task} now holds C{nbytes} more (a piece was written): charge
         them, evicting other tasks (LRU) while usage is over the quota."""

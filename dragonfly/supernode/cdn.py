@@ -372,6 +372,9 @@ class CDN:
         if not self.store.fits(length):
             # Refused without evicting anything for an unverified length.
             raise CacheFull(f"{length} bytes do not fit in the cache")
+        if not self.store.fits_disk(length):
+            # Not even with every task evicted: fail now, not after fetching most of it.
+            raise CacheFull(f"{length} bytes do not fit on the cache's disk")
         tf = self.store.create(job.task_id, job.url, length, self.piece_size,
                                etag=resp.etag, last_modified=resp.last_modified)
         self._pin(job, tf)

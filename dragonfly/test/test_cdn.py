@@ -233,6 +233,28 @@ class CDNLimitTests(CDNTestMixin, SynchronousTestCase):
         self.assertTrue(tf.is_complete)
         self.assertEqual(self.store.usage(), PIECE * 2)
 
+    def test_too_large_for_disk_refused_at_once(self):
+        """When the announced length could not fit on the store's disk even
+        with every task evicted, ensure() fails with CacheFull before any of
+        the body is stored, and nothing is evicted; with room it succeeds."""
+        self.origin.add("/small", DATA[:PIECE])
+        self.successResultOf(self.cdn.ensure("s" * 64, "http://origin.test/small", {}))
+        free = [len(DATA) - PIECE + self.store.min_free - 1]
+
+        def statvfs(path):
+            return os.statvfs_result((1, 1, 1 << 30, free[0], free[0], 0, 0, 0, 0, 255))
+        self.store.space.statvfs = statvfs
+        self.store.space.refresh()
+        f = self.failureResultOf(self.cdn.ensure(TASK, URL, {}), CacheFull)
+        self.assertIn("disk", str(f.value))
+        self.assertIsNone(self.store.get(TASK))
+        self.assertIsNotNone(self.store.get("s" * 64))
+        self.assertEqual((self.store.evictions, self.origin_bytes()), (0, PIECE))
+        free[0] += 1
+        self.store.space.refresh()
+        self.clock.advance(60)   # past the failed job's memory
+        self.assertTrue(self.successResultOf(self.cdn.ensure_complete(TASK, URL, {})).is_complete)
+
 
     def test_too_many_tasks_held(self):
         """When the store holds max_tasks tasks, a new task is refused with

@@ -196,6 +196,41 @@ class StoreDiskPressureTests(StoreMixin, SynchronousTestCase):
         self.assertEqual(store.health(), ["disk full", "quota exceeded"])
         t.unpin()
 
+    def test_fits_disk(self):
+        """fits_disk() refuses a length larger than the free bytes (less
+        min_free) and every held byte together, and evicts nothing."""
+        store = self.store_with()
+        self.fill(store, "old")                   # 400 bytes held
+        self.fs.free = 1000
+        self.clock.advance(5)
+        self.assertTrue(store.fits_disk(1000 - 100 + 400))
+        self.assertFalse(store.fits_disk(1000 - 100 + 400 + 1))
+        self.assertIsNotNone(store.get("old"))
+        self.assertEqual(store.evictions, 0)
+
+    def test_fits_disk_counts_unknown_room_as_room(self):
+        """Free space unknown (statvfs failing), or evicted entries still
+        being deleted: fits_disk() does not refuse."""
+        runner = ManualRunner()
+        store = self.store_with(runner=runner)
+        old = store.create("old", "u", 400, 400)
+        d = old.write_trusted_piece(0, b"x" * 400, pdigest(b"x" * 400))
+        runner.run_all()
+        self.successResultOf(d)
+        self.fs.free = 0
+        self.clock.advance(5)
+        self.assertFalse(store.fits_disk(1000))
+        store.remove("old")                       # its deletion waits in the runner
+        self.assertTrue(store.fits_disk(1000))
+        runner.run_all()
+        self.assertFalse(store.fits_disk(1000))
+
+        def failing(path):
+            raise OSError(5, "Input/output error")
+        store.space.statvfs = failing
+        self.clock.advance(5)
+        self.assertTrue(store.fits_disk(1000))
+
     def test_create_on_full_disk(self):
         """When the metadata of a new task cannot be written on a full disk,
         create() raises StoreFull (and leaves nothing behind)."""

@@ -583,6 +583,23 @@ class ScheduleTests(APITestBase):
         self.assertIsNone(self.store.get(TASK))
         self.assertIn("disk full", self.store.health())
 
+    def test_cdn_file_larger_than_disk(self):
+        """When the origin announces more than the supernode's disk could hold
+        even with its cache evicted, registration and every waiting peer's
+        schedule answer the same 507 at once, and not a byte is stored."""
+        def statvfs(path):
+            free = len(DATA) + self.store.min_free - 1
+            return os.statvfs_result((1, 1, 1 << 30, free, free, 0, 0, 0, 0, 255))
+        self.store.space.statvfs = statvfs
+        self.store.space.refresh()
+        obj = self.call("POST", "/api/v1/tasks",
+                        {"task_id": TASK, "url": URL, "headers": {}, "peer": PEER}, status=507)
+        self.assertEqual(obj["error"], f"{len(DATA)} bytes do not fit on the cache's disk")
+        obj = self.schedule({"peer_id": PEER["peer_id"], "want": 3, "wait": 5}, status=507)
+        self.assertIn("cache is full", obj["error"])
+        self.assertIsNone(self.store.get(TASK))
+        self.assertEqual(self.store.errors, 0)
+
 
 class HeartbeatTests(APITestBase):
     def test_heartbeat_keeps_a_finished_peer(self):

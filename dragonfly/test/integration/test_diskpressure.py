@@ -15,7 +15,8 @@ for the wrong disk would:
 - a supernode: two files that together exceed its disk, the first complete
   and unpinned: the second succeeds after the first is evicted; with the first
   still being fetched (pinned), the second fails there at once with a 507 to
-  every waiting peer, which go back to the origin.
+  every waiting peer, which go back to the origin; a file announced larger
+  than its whole disk is refused with a 507 before any of it is stored.
 """
 import json
 import os
@@ -178,17 +179,25 @@ class DiskPressureTests(unittest.TestCase):
 
     @with_logs()
     async def test_supernode_full_of_a_running_fetch(self):
-        """When the supernode's disk is taken by a task still being fetched
-        (pinned), a second file fails there at once: every waiting peer gets the
-        507, goes back to the origin with the reason in its log, and each dfget
-        still succeeds and verifies."""
+        """A file announced larger than the supernode's whole disk is refused
+        with a 507 before any of it is stored. When the disk is taken by a
+        task still being fetched (pinned), a second file fails there at once:
+        every waiting peer gets the 507, goes back to the origin with the
+        reason in its log, and each dfget still succeeds and verifies."""
         swarm, http, disk = await self.make_swarm({"b.bin": 24 * MiB})
         sn = await swarm.start_supernode(piece_size="1M",
                                          extra=("--data-dir", disk, "--cache-size", "1G"))
-        url = await self.stalling_origin(80 * MiB, 56 * MiB)
-        body = json.dumps({"task_id": task_id_for_url(url), "url": url}).encode()
-        code, _, raw = await http.request("POST", sn.api + "/api/v1/tasks", data=body,
-                                          headers={"Content-Type": ["application/json"]})
+
+        async def register(url):
+            body = json.dumps({"task_id": task_id_for_url(url), "url": url}).encode()
+            return await http.request("POST", sn.api + "/api/v1/tasks", data=body,
+                                      headers={"Content-Type": ["application/json"]})
+        code, _, raw = await register(await self.stalling_origin(80 * MiB, 8 * MiB))
+        self.assertEqual(code, 507, raw)
+        self.assertIn(b"do not fit on the cache's disk", raw)
+        self.assertGreater(free_bytes(disk), DISK - MiB)
+        url = await self.stalling_origin(60 * MiB, 56 * MiB)
+        code, _, raw = await register(url)
         self.assertEqual(code, 200, raw)
 
         async def stalled():
