@@ -110,6 +110,29 @@ def _digests(path, piece):
 
 # -- the receiver (a child process per run) ----------------------------------
 
+def _stored(reactor, digests, count):
+    """A Receiver's C{_written(digest, index)}: a piece stored; the transport
+    resumed if it waited on the runner; the reactor stopped after the last."""
+    def _written(self, digest, index):
+        digests[index] = digest
+        self.waiting -= 1
+        if self.paused:
+            self.paused = False
+            self.transport.resumeProducing()
+        if len(digests) == count:
+            reactor.stop()
+    return _written
+
+
+def _serve(reactor, factory, start_sender, digests, count):
+    """Listen with C{factory}, start the sender, run until every piece is
+    stored: the pieces' digests in order."""
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    start_sender(port.getHost().port)
+    reactor.run()
+    return [digests[i] for i in range(count)]
+
+
 def _now(start_sender, fd, size, piece):
     from twisted.internet import reactor, threads
     from twisted.internet.protocol import Factory, Protocol
@@ -153,19 +176,9 @@ def _now(start_sender, fd, size, piece):
                 self.paused = True
                 self.transport.pauseProducing()
 
-        def _written(self, digest, index):
-            digests[index] = digest
-            self.waiting -= 1
-            if self.paused:
-                self.paused = False
-                self.transport.resumeProducing()
-            if len(digests) == count:
-                reactor.stop()
+        _written = _stored(reactor, digests, count)
 
-    port = reactor.listenTCP(0, Factory.forProtocol(Receiver), interface="127.0.0.1")
-    start_sender(port.getHost().port)
-    reactor.run()
-    return [digests[i] for i in range(count)]
+    return _serve(reactor, Factory.forProtocol(Receiver), start_sender, digests, count)
 
 
 def _into(start_sender, fd, size, piece, cap=None, straight_on=False):
@@ -252,19 +265,9 @@ def _into(start_sender, fd, size, piece, cap=None, straight_on=False):
                 self.paused = True
                 self.transport.pauseProducing()
 
-        def _written(self, digest, index):
-            digests[index] = digest
-            self.waiting -= 1
-            if self.paused:
-                self.paused = False
-                self.transport.resumeProducing()
-            if len(digests) == count:
-                reactor.stop()
+        _written = _stored(reactor, digests, count)
 
-    port = reactor.listenTCP(0, Factory.forProtocol(Receiver), interface="127.0.0.1")
-    start_sender(port.getHost().port)
-    reactor.run()
-    return [digests[i] for i in range(count)]
+    return _serve(reactor, Factory.forProtocol(Receiver), start_sender, digests, count)
 
 
 def _accept(start_sender):
