@@ -60,12 +60,13 @@ class Dfget:
         if self._http is None:
             from twisted.web.client import HTTPConnectionPool
 
-            from dragonfly.origin import make_http_client
+            from dragonfly.control.http import make_control_client
 
             pool = HTTPConnectionPool(self.reactor, persistent=True)
             pool.retryAutomatically = False
             self._cleanups.append(pool.closeCachedConnections)
-            self._http = make_http_client(self.reactor, pool)
+            # The embedded peer's supernode calls, as a daemon peer makes them.
+            self._http = make_control_client(self.reactor, pool)
         return self._http
 
     def _progress(self, completed, length):

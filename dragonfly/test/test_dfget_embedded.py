@@ -113,3 +113,20 @@ class EmbeddedTests(RunMixin, SynchronousTestCase):
         self.assertEqual(f.value.code, 1)
         self.assertEqual(self.stderr.getvalue(), "dfget: error: timed out after 5 seconds\n")
         self.assertEqual(self.listing(), [])
+
+
+class EmbeddedHTTPTests(SynchronousTestCase):
+
+    def test_supernode_calls_on_the_control_client(self):
+        """The embedded peer's own supernode client is the one a daemon peer
+        uses (L{dragonfly.control.http.ControlHTTP}), over a pool closed at
+        the end of the run."""
+        from twisted.internet.testing import MemoryReactorClock
+
+        from dragonfly.control.http import ControlHTTP
+
+        run = embedded.Dfget(MemoryReactorClock(), parse(["http://o.test/f", "--daemon", "none"]),
+                             environ={})
+        self.assertIsInstance(run.http, ControlHTTP)
+        self.assertIs(run.http, run.http)
+        self.assertEqual(len(run._cleanups), 1)
