@@ -173,13 +173,9 @@ def _moved(series, start, end):
     return inside[-1] - inside[0] if len(inside) > 1 else 0
 
 
-def rate_table(run, step=1.0, link=None):
-    """Lines: every C{step} seconds of a swarm run's C{link_timeline}, the
-    origin's uplink, the supernode's uplink and downlink, and the peers'
-    uplinks and downlinks (mean and lowest), as fractions of the link."""
-    samples = run.get("link_timeline") or []
-    link = link or run.get("link_bytes_s") or 12.5e6
-    lines = ["   t   origin  sn up  sn down | peers up mean  min | down mean  min"]
+def _intervals(samples, step):
+    """(earlier, later) pairs of consecutive kept samples, at least C{step}
+    seconds apart, in order."""
     prev = None
     for s in samples:
         if prev is None:
@@ -187,18 +183,36 @@ def rate_table(run, step=1.0, link=None):
             continue
         if s[0] - prev[0] < step:
             continue
-        dt = s[0] - prev[0]
+        yield prev, s
+        prev = s
 
-        def rate(k, col):
-            a, b = prev[1][k], s[1][k]
-            return None if a is None or b is None else (b[col] - a[col]) / dt / link
-        ups = [r for r in (rate(k, 0) for k in range(2, len(s[1]))) if r is not None]
-        downs = [r for r in (rate(k, 1) for k in range(2, len(s[1]))) if r is not None]
+
+def _deltas(prev, s, col, per):
+    """Each process's counter C{col} moved from sample C{prev} to C{s},
+    divided by C{per} (None where either sample lacks it)."""
+    return [None if a is None or b is None else (b[col] - a[col]) / per
+            for a, b in zip(prev[1], s[1])]
+
+
+def _known(values):
+    return [v for v in values if v is not None]
+
+
+def rate_table(run, step=1.0, link=None):
+    """Lines: every C{step} seconds of a swarm run's C{link_timeline}, the
+    origin's uplink, the supernode's uplink and downlink, and the peers'
+    uplinks and downlinks (mean and lowest), as fractions of the link."""
+    samples = run.get("link_timeline") or []
+    link = link or run.get("link_bytes_s") or 12.5e6
+    lines = ["   t   origin  sn up  sn down | peers up mean  min | down mean  min"]
+    for prev, s in _intervals(samples, step):
+        per = (s[0] - prev[0]) * link
+        up, down = _deltas(prev, s, 0, per), _deltas(prev, s, 1, per)
+        ups, downs = _known(up[2:]), _known(down[2:])
         if ups and downs:
             lines.append("%5.1f  %5.2f  %5.2f  %5.2f   |     %5.2f  %5.2f |     %5.2f  %5.2f" % (
-                s[0], rate(0, 0) or 0, rate(1, 0) or 0, rate(1, 1) or 0,
+                s[0], up[0] or 0, up[1] or 0, down[1] or 0,
                 sum(ups) / len(ups), min(ups), sum(downs) / len(downs), min(downs)))
-        prev = s
     return lines
 
 
@@ -208,25 +222,14 @@ def cpu_table(run, step=1.0):
     peers' (mean and highest): a process starved of CPU shows as wait."""
     samples = run.get("cpu_timeline") or []
     lines = ["   t   sn run  sn wait | peers run mean  max | wait mean  max"]
-    prev = None
-    for s in samples:
-        if prev is None:
-            prev = s
-            continue
-        if s[0] - prev[0] < step:
-            continue
-        dt = (s[0] - prev[0]) * 1e9
-
-        def share(k, col):
-            a, b = prev[1][k], s[1][k]
-            return None if a is None or b is None else (b[col] - a[col]) / dt
-        runs = [r for r in (share(k, 0) for k in range(2, len(s[1]))) if r is not None]
-        waits = [r for r in (share(k, 1) for k in range(2, len(s[1]))) if r is not None]
+    for prev, s in _intervals(samples, step):
+        per = (s[0] - prev[0]) * 1e9
+        run_, wait = _deltas(prev, s, 0, per), _deltas(prev, s, 1, per)
+        runs, waits = _known(run_[2:]), _known(wait[2:])
         if runs and waits:
             lines.append("%5.1f  %5.2f   %5.2f   |     %5.2f  %5.2f |     %5.2f  %5.2f" % (
-                s[0], share(1, 0) or 0, share(1, 1) or 0, sum(runs) / len(runs), max(runs),
+                s[0], run_[1] or 0, wait[1] or 0, sum(runs) / len(runs), max(runs),
                 sum(waits) / len(waits), max(waits)))
-        prev = s
     return lines
 
 
