@@ -9,7 +9,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from dragonfly.admission import AdmissionKeys, AdmissionSigner
+from dragonfly.admission import AdmissionKeys, AdmissionSigner, PeerAdmission
 from dragonfly.interfaces import IServedStore, IServedTask, PeerInfo
 from dragonfly.protocol import codec
 from dragonfly.protocol.clientstate import PieceFetchError
@@ -94,6 +94,18 @@ def decode(data, max_piece=codec.MAX_PIECE):
     if body is not None:
         out.append((body[0], b"".join(body[1]), "incomplete"))
     return out
+
+
+def peer_admission(reactor, task_ids, peer_id="me-1"):
+    """A L{PeerAdmission} that serves as both sides of a real connection:
+    it knows a fresh signer's keys (a server's check) and holds that
+    signer's token for C{peer_id} on each of C{task_ids} (a client's)."""
+    signer = AdmissionSigner.generate(reactor)
+    admission = PeerAdmission(reactor)
+    admission.add_all(signer.keys())
+    for task_id in task_ids:
+        admission.admit(task_id, signer.issue(task_id, peer_id))
+    return admission
 
 
 class ServerTestMixin:

@@ -11,7 +11,7 @@ from twisted.test import iosim
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from dragonfly.admission import AdmissionSigner, PeerAdmission
+from dragonfly.admission import PeerAdmission
 from dragonfly.interfaces import IPieceSource, PeerInfo
 from dragonfly.protocol import codec
 from dragonfly.protocol.clientstate import PieceFetchError
@@ -21,6 +21,7 @@ from dragonfly.protocol.uplink import UplinkPacer, pacing_option
 from dragonfly.runtime.ratelimit import TokenBucket
 from dragonfly.test.protocolfakes import (
     OTHER_TASK, SOURCE, TASK, ClientTestMixin, FakeEndpoint, FakeStore, ServerTestMixin, pattern,
+    peer_admission,
 )
 
 
@@ -196,11 +197,7 @@ class RealTCPTests(TestCase):
 
     async def transfer(self, **server_kw):
         uploaded = []
-        signer = AdmissionSigner.generate(self.reactor)
-        admission = PeerAdmission(self.reactor)
-        admission.add_all(signer.keys())
-        for task_id in (TASK, OTHER_TASK):
-            admission.admit(task_id, signer.issue(task_id, "me-1"))
+        admission = peer_admission(self.reactor, (TASK, OTHER_TASK))
         factory = PieceServerFactory(self.store, self.reactor, on_upload=uploaded.append,
                                      admission=admission, **server_kw)
         port = self.reactor.listenTCP(0, factory, interface="127.0.0.1")

@@ -9,7 +9,6 @@ from twisted.internet import defer, protocol, task
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from dragonfly.admission import AdmissionSigner, PeerAdmission
 from dragonfly.digest import piece_digest
 from dragonfly.interfaces import PeerInfo
 from dragonfly.protocol import codec
@@ -21,7 +20,7 @@ from dragonfly.protocol.pool import PieceClientPool
 from dragonfly.protocol.recvbuf import RecvBuffers
 from dragonfly.protocol.server import PieceServerFactory
 from dragonfly.runtime.ratelimit import TokenBucket
-from dragonfly.test.protocolfakes import SOURCE, TASK, FakeStore, pattern
+from dragonfly.test.protocolfakes import SOURCE, TASK, FakeStore, pattern, peer_admission
 
 
 class RecvBuffersTests(SynchronousTestCase):
@@ -203,10 +202,7 @@ class RealTCPTests(TestCase):
         self.piece_size = 1024 * 1024
         self.data = pattern(6 * 1024 * 1024 + 12345, seed=5)
         self.task = self.store.add(TASK, self.data, self.piece_size)
-        signer = AdmissionSigner.generate(reactor)
-        self.admission = PeerAdmission(reactor)
-        self.admission.add_all(signer.keys())
-        self.admission.admit(TASK, signer.issue(TASK, "me-1"))
+        self.admission = peer_admission(reactor, (TASK,))
 
     async def serve(self, server_factory=None, **pool_kw):
         """(pool, source), torn down after the test."""
