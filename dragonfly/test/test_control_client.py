@@ -91,19 +91,25 @@ class _Scripted(Resource):
         return body if isinstance(body, bytes) else json.dumps(body).encode()
 
 
+def real_api(case, clock):
+    """(the real L{SupernodeAPI}, its L{Scheduler}) over a CDN on a store in
+    C{case}'s temp dir, whose origin serves L{DATA} at /f in L{PIECE}s."""
+    origin = FakeOrigin()
+    origin.add("/f", DATA)
+    store = PieceStore(case.mktemp(), clock=clock, runner=SyncRunner())
+    scheduler = Scheduler(clock)
+    metrics = SupernodeMetrics()
+    cdn = CDN(clock, store, OriginClient(clock, StubTreq(origin)), scheduler,
+              PIECE, metrics, SyncRunner(), seed=SEED)
+    return SupernodeAPI(clock, cdn, scheduler, metrics), scheduler
+
+
 class RealSupernodeTests(SynchronousTestCase):
     """The client against the real supernode API resource."""
 
     def setUp(self):
         self.clock = Clock()
-        origin = FakeOrigin()
-        origin.add("/f", DATA)
-        store = PieceStore(self.mktemp(), clock=self.clock, runner=SyncRunner())
-        self.scheduler = Scheduler(self.clock)
-        metrics = SupernodeMetrics()
-        cdn = CDN(self.clock, store, OriginClient(self.clock, StubTreq(origin)), self.scheduler,
-                  PIECE, metrics, SyncRunner(), seed=SEED)
-        self.api = SupernodeAPI(self.clock, cdn, self.scheduler, metrics)
+        self.api, self.scheduler = real_api(self, self.clock)
         self.hosts = _Hosts({"sn1.test:8002": self.api.resource()})
         self.client = SupernodeClient(self.clock, self.hosts, [SN1])
 

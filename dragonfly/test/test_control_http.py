@@ -1,6 +1,5 @@
 """Tests for dragonfly.control.http: the supernode calls' POST on a bare Agent."""
 import json
-import os
 
 from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.defer import Deferred
@@ -15,21 +14,9 @@ from dragonfly.control.http import (
     BytesProducer, ControlHTTP, SupernodeEndpoints, make_control_client)
 from dragonfly.control.messages import RegisterRequest, ScheduleRequest
 from dragonfly.interfaces import PeerInfo
-from dragonfly.metrics import SupernodeMetrics
-from dragonfly.origin import OriginClient, collect_capped
-from dragonfly.runtime.threads import SyncRunner
-from dragonfly.storage.store import PieceStore
-from dragonfly.supernode.api import SupernodeAPI
-from dragonfly.supernode.cdn import CDN
-from dragonfly.supernode.scheduler import Scheduler
-from dragonfly.taskid import task_id_for_url
-from dragonfly.test.fakeorigin import FakeOrigin
+from dragonfly.origin import collect_capped
+from dragonfly.test.test_control_client import DATA, PIECE, TASK, URL, real_api
 
-PIECE = 4096
-DATA = os.urandom(PIECE * 2 + 10)
-URL = "http://origin.test/f"
-TASK = task_id_for_url(URL)
-SEED = PeerInfo("supernode-127.0.0.1:8001", "127.0.0.1", 8001)
 ME = PeerInfo("me-1-00000000", "127.0.0.1", 65000)
 SN = ("sn1.test", 8002)
 
@@ -193,14 +180,7 @@ class RealSupernodeTests(SynchronousTestCase):
 
     def setUp(self):
         self.clock = Clock()
-        origin = FakeOrigin()
-        origin.add("/f", DATA)
-        store = PieceStore(self.mktemp(), clock=self.clock, runner=SyncRunner())
-        scheduler = Scheduler(self.clock)
-        metrics = SupernodeMetrics()
-        cdn = CDN(self.clock, store, OriginClient(self.clock, StubTreq(origin)), scheduler,
-                  PIECE, metrics, SyncRunner(), seed=SEED)
-        api = SupernodeAPI(self.clock, cdn, scheduler, metrics)
+        api, _ = real_api(self, self.clock)
         self.agent = RequestTraversalAgent(api.resource())
         http = ControlHTTP(self.agent, StubTreq(api.resource()))
         self.client = SupernodeClient(self.clock, http, [SN])
