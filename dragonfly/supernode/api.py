@@ -2,7 +2,8 @@
 
 Every answer is JSON; every error is C{{"error": "..."}} with a 4xx/5xx status
 (never an HTML page or a traceback). Request bodies are JSON objects of at
-most C{max_body} bytes: L{LimitedRequest} (the request factory of L{api_site})
+most C{max_body} bytes: L{LimitedRequest} (the request factory of L{api_site},
+both in L{dragonfly.supernode.apisite} with the checks every route shares)
 stops storing a body as soon as it passes the cap, and the handlers refuse it
 with 413 before parsing; under other sites (StubTreq in tests) the cap is
 enforced on Content-Length and on the bytes read.
@@ -11,22 +12,22 @@ import json
 
 from klein import Klein
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from twisted.internet.defer import CancelledError, FailureGroup, TimeoutError, race
+from twisted.internet.defer import CancelledError, TimeoutError, race
 from twisted.logger import Logger
-from twisted.web import server
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from dragonfly.admission import AdmissionKeys, AdmissionSigner
 from dragonfly.control.messages import (
     CorruptReport, ErrorAnswer, HeartbeatAnswer, HeartbeatRequest, LeaveAnswer, LeaveRequest,
-    MessageError,
-    RegisterAnswer, RegisterRequest, ScheduleAnswer, ScheduleRequest, TaskInfo, check_task_id)
+    RegisterAnswer, RegisterRequest, ScheduleAnswer, ScheduleRequest, TaskInfo)
 from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
 from dragonfly.httpio import error_body, json_body
-from dragonfly.httpsite import ControlChannel, harden_site
 from dragonfly.interfaces import PeerInfo
 from dragonfly.origin import OriginError, OriginRefused
 from dragonfly.redact import redact_text, redact_url
+from dragonfly.supernode.apisite import (
+    MAX_BODY, ApiError, ApiSite, LimitedRequest, api_site, cancelled, check_identity, parse,
+    task_id_of)
 from dragonfly.supernode.privateaccess import PrivateAccess
 from dragonfly.supernode.cdn import (
     CacheFull, CDNError, ContentMismatch, NotReady, TooLarge, TooManyTasks)
@@ -35,111 +36,10 @@ from dragonfly.supernode.handover import HandOver
 from dragonfly.supernode.peerkeys import PeerKeys, WrongSecret
 from dragonfly.supernode.scheduler import TooManyPeers, UnknownPeer, UnknownTask
 from dragonfly.storage.errors import StoreFull
-from dragonfly.tls import peer_id_allowed, peer_names
 
-__all__ = ["SupernodeAPI", "ApiError", "LimitedRequest", "api_site"]
+__all__ = ["SupernodeAPI", "ApiError", "ApiSite", "LimitedRequest", "api_site"]
 
-MAX_BODY = 1 << 20
 MAX_WAIT = 30.0
-
-
-class ApiError(Exception):
-    """An answer other than 200: C{status} and C{{"error": message, **extra}}."""
-
-    def __init__(self, status, message, headers=None, **extra):
-        Exception.__init__(self, message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
-        self.extra = extra
-
-
-class LimitedRequest(server.Request):
-    """A Request that stops keeping its body once it passes C{max_body} bytes.
-
-    The connection keeps reading (HTTP framing) but nothing more is stored;
-    C{body_too_large} tells the handler to answer 413.
-    """
-
-    max_body = MAX_BODY
-    body_too_large = False
-    _body_seen = 0
-
-    def gotLength(self, length):
-        if length is not None and length > self.max_body:
-            self.body_too_large = True
-            length = 0  # a BytesIO, which we will never fill
-        server.Request.gotLength(self, length)
-
-    def handleContentChunk(self, data):
-        if self.body_too_large:
-            return
-        self._body_seen += len(data)
-        if self._body_seen > self.max_body:
-            self.body_too_large = True
-            self.content.seek(0)
-            self.content.truncate()
-            return
-        server.Request.handleContentChunk(self, data)
-
-
-def api_site(api, max_body=MAX_BODY):
-    """A Site serving C{api} whose requests cap their bodies at C{max_body}."""
-
-    class _Request(LimitedRequest):
-        pass
-
-    _Request.max_body = max_body
-    site = ApiSite(api.resource(), parsePOSTFormSubmission=False)
-    site.requestFactory = _Request
-    site.displayTracebacks = False
-    return harden_site(site, ControlChannel)
-
-
-class ApiSite(server.Site):
-    """The supernode API's Site.
-
-    Bodies are JSON, never forms: Twisted's form parsing (a MIME parse of every
-    POST's Content-Type) is switched off. Successful schedule calls, the bulk
-    of the traffic (every peer, every few pieces), stay out of the access log;
-    everything else, and every error, is logged.
-    """
-
-    def log(self, request):
-        if request.code < 400 and (request.path.endswith(b"/schedule")
-                                   or request.path.startswith(b"/api/v1/dashboard")):
-            return
-        server.Site.log(self, request)
-
-
-def _cancelled(failure):
-    """race() reports its cancellation as a FailureGroup: say CancelledError."""
-    failure.trap(FailureGroup)
-    raise CancelledError()
-
-
-def _check_identity(request, peer_id):
-    """With mutual TLS, a peer registers only under an id its certificate
-    carries (L{peer_id_allowed}); 403 otherwise. Plain TCP: no check."""
-    names = peer_names(getattr(request, "transport", None))
-    if names is not None and not peer_id_allowed(peer_id, names):
-        raise ApiError(403, f"peer_id {peer_id!r} is not one of this certificate's names "
-                       f"({', '.join(names)}) nor starts with one and '-'")
-
-
-def _parse(message, obj):
-    """C{message.parse(obj)}; a body that does not follow the schema is a 400."""
-    try:
-        return message.parse(obj)
-    except MessageError as e:
-        raise ApiError(400, str(e))
-
-
-def _task_id(value):
-    try:
-        return check_task_id(value)
-    except MessageError as e:
-        raise ApiError(400, str(e))
 
 
 class SupernodeAPI:
@@ -334,7 +234,7 @@ class SupernodeAPI:
     async def register(self, request):
         """Register a peer for a task; start (or reuse) the CDN fetch."""
         self._count("register")
-        req = _parse(RegisterRequest, self.read_json(request))
+        req = parse(RegisterRequest, self.read_json(request))
         task_id, peer = req.task_id, req.peer
         self._redirect_if_not_owner(request, task_id, req.redirected, "/api/v1/tasks")
         check = self.private_access.needs_check(req)
@@ -348,7 +248,7 @@ class SupernodeAPI:
         if peer is not None:
             if peer.peer_id == seed.peer_id:
                 raise ApiError(400, "peer_id is the supernode's own")
-            _check_identity(request, peer.peer_id)
+            check_identity(request, peer.peer_id)
             secret = self.keys.register(peer.peer_id, req.secret)
             self.scheduler.join(task_id, self._bind_address(request, peer))
             token = self.signer.issue(task_id, peer.peer_id)
@@ -371,8 +271,8 @@ class SupernodeAPI:
     async def schedule(self, request, task_id):
         """Batched reports plus a request for up to C{want} assignments (long-poll)."""
         self._count("schedule")
-        task_id = _task_id(task_id)
-        req = _parse(ScheduleRequest, self.read_json(request))
+        task_id = task_id_of(task_id)
+        req = parse(ScheduleRequest, self.read_json(request))
         peer_id, want, cursor = req.peer_id, req.want, req.cursor
         wait = min(float(req.wait), self.max_wait)
         # A streaming peer holds every piece below its cursor and wants the
@@ -441,7 +341,7 @@ class SupernodeAPI:
         # stopping supernode moving its peers (503 "moved").
         ends = [e for e in (ended, self.handover.draining and self.handover.moved()) if e]
         if ends:
-            d = race([d] + ends).addCallback(lambda _: None).addErrback(_cancelled)
+            d = race([d] + ends).addCallback(lambda _: None).addErrback(cancelled)
         d.addTimeout(timeout, self.clock)
 
         def gone(f):
@@ -463,8 +363,8 @@ class SupernodeAPI:
     def leave(self, request, task_id):
         """A peer is done with the task (idempotent)."""
         self._count("leave")
-        task_id = _task_id(task_id)
-        req = _parse(LeaveRequest, self.read_json(request))
+        task_id = task_id_of(task_id)
+        req = parse(LeaveRequest, self.read_json(request))
         if self.keys.check(req.peer_id, req.secret):
             self.scheduler.leave(task_id, req.peer_id)
         return json_body(request, 200, LeaveAnswer().to_json(), compact=True)
@@ -474,8 +374,8 @@ class SupernodeAPI:
         """A holder found the complete task's content wrong: re-verify our copy
         (in the background; it is dropped and fetched again when wrong)."""
         self._count("corrupt")
-        task_id = _task_id(task_id)
-        req = _parse(CorruptReport, self.read_json(request))
+        task_id = task_id_of(task_id)
+        req = parse(CorruptReport, self.read_json(request))
         self.log.info("peer {peer} reports task {task} corrupt: {why}", peer=req.peer_id,
                       task=task_id, why=req.reason)
         self.cdn.rechecker.recheck(task_id, req.reason).addErrback(
@@ -487,7 +387,7 @@ class SupernodeAPI:
         """A peer still serves these tasks: ``{"peer_id", "tasks": [ids]}`` ->
         ``{"unknown": [ids]}`` (tasks it is no longer a member of here)."""
         self._count("heartbeat")
-        req = _parse(HeartbeatRequest, self.read_json(request))
+        req = parse(HeartbeatRequest, self.read_json(request))
         if self.keys.check(req.peer_id, req.secret) is None:
             unknown = tuple(req.tasks)      # registered nowhere here (or long ago)
         else:
@@ -498,7 +398,7 @@ class SupernodeAPI:
     @app.route("/api/v1/tasks/<task_id>", methods=["GET"])
     def task_info(self, request, task_id):
         self._count("task")
-        task_id = _task_id(task_id)
+        task_id = task_id_of(task_id)
         status = self.cdn.status(task_id)
         tf = self.cdn.store.get(task_id)
         stats = self.scheduler.task_stats(task_id) if self.scheduler.has_task(task_id) else None
@@ -523,7 +423,7 @@ class SupernodeAPI:
         self._count("preheat")
         if self.preheater is None:
             raise ApiError(404, "preheat is not enabled")
-        spec = _parse(self.preheater, self.read_json(request))
+        spec = parse(self.preheater, self.read_json(request))
         if spec.task_id is not None:
             self._redirect_if_not_owner(request, spec.task_id, spec.redirected, "/api/v1/preheat")
         await self.preheater.check(spec)
@@ -559,7 +459,7 @@ class SupernodeAPI:
 
     @app.route("/api/v1/dashboard/tasks/<task_id>", methods=["GET"])
     def dashboard_task(self, request, task_id):
-        view = self.dashboard.task(_task_id(task_id))
+        view = self.dashboard.task(task_id_of(task_id))
         if view is None:
             raise ApiError(404, f"unknown task {task_id!r}")
         return json_body(request, 200, view, compact=True)

@@ -284,7 +284,7 @@ class IdentityTests(SynchronousTestCase):
         outside the certificate's names."""
         from twisted.internet.testing import StringTransport
 
-        from dragonfly.supernode.api import ApiError, _check_identity
+        from dragonfly.supernode.apisite import ApiError, check_identity as _check_identity
 
         class Request:
             transport = StringTransport()
