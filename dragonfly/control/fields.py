@@ -15,7 +15,8 @@ from dragonfly.taskid import content_digest, derive_task_id, validate_peer_id, v
 
 __all__ = ["MessageError", "check_task_id", "check_peer_id", "check_url", "check_headers",
            "MAX_URL", "MAX_HEADERS", "MAX_HEADER_BYTES", "MAX_INDEX", "MAX_PIECE_SIZE",
-           "MAX_LENGTH", "check_secret", "TaskIdentity", "task_identity", "byte_range"]
+           "MAX_LENGTH", "check_secret", "TaskIdentity", "task_identity", "byte_range",
+           "origin_validators", "sendable_validators", "MAX_VALIDATOR"]
 
 MAX_URL = 8192
 MAX_HEADERS = 64
@@ -26,6 +27,8 @@ MAX_LENGTH = (1 << 63) - 1
 MAX_TAG = 1024
 MAX_FILTERS = 64
 HEX_RE = re.compile(r"\A[0-9a-f]{%d}\Z" % HEX_LENGTH)
+MAX_VALIDATOR = 1024
+_VALIDATOR_RE = re.compile(r"\A[\x20-\x7e]+\Z")    # one printable header value
 
 
 class MessageError(ValueError):
@@ -73,6 +76,35 @@ def string(value, name, max_len=MAX_URL, optional=False):
     if not isinstance(value, str) or len(value) > max_len:
         raise MessageError(name, f"{name} must be a string of at most {max_len} characters")
     return value
+
+
+def origin_validators(obj):
+    """The optional C{etag} and C{last_modified} of C{obj}: the origin's
+    validators of the content a task's pieces are (a peer sends them back to
+    that origin in C{If-Range}), each None or one printable header value of
+    at most L{MAX_VALIDATOR} characters (no CR, LF or other control byte: it
+    goes into a request header)."""
+    out = []
+    for name in ("etag", "last_modified"):
+        value = obj.get(name)
+        if value is not None and (not isinstance(value, str) or len(value) > MAX_VALIDATOR
+                                  or not _VALIDATOR_RE.match(value)):
+            raise MessageError(name, f"{name} must be one printable header value of at most "
+                               f"{MAX_VALIDATOR} characters")
+        out.append(value)
+    return tuple(out)
+
+
+def sendable_validators(etag, last_modified):
+    """C{{"etag": ..., "last_modified": ...}} for an answer: a strong ETag
+    only (a weak one cannot go in C{If-Range}), and only values that
+    L{origin_validators} accepts (one odd origin header must not make the
+    whole answer unreadable); None for the rest."""
+    def ok(value):
+        return isinstance(value, str) and len(value) <= MAX_VALIDATOR \
+            and bool(_VALIDATOR_RE.match(value))
+    return {"etag": etag if ok(etag) and not etag.startswith("W/") else None,
+            "last_modified": last_modified if ok(last_modified) else None}
 
 
 def boolean(obj, name, default=False):

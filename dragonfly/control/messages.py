@@ -19,7 +19,8 @@ from typing import NamedTuple
 from dragonfly.control.fields import (
     HEX_RE, MAX_INDEX, MAX_LENGTH, MAX_PIECE_SIZE, MAX_URL, MessageError, boolean, byte_range,
     check_headers, check_peer_id, check_secret, check_task_id, check_url, integer, object_of,
-    optional_integer, peer_info, string, task_identity, task_ids)
+    optional_integer, origin_validators, peer_info, sendable_validators, string, task_identity,
+    task_ids)
 from dragonfly.admission import KEY_ID_RE, MAX_KEYS, MAX_TOKEN, PUBLIC_KEY_RE, TOKEN_RE
 from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
 from dragonfly.digest import HEX_LENGTH
@@ -34,7 +35,7 @@ __all__ = [
     "TaskInfo", "ErrorAnswer", "parse_assignment", "MAX_WANT", "MAX_LIST", "MAX_HEARTBEAT_TASKS", "FAILURE_REASONS",
     "check_secret",
     # the field checks, for the supernode's own path segments and preheat
-    "check_task_id", "check_url", "check_headers",
+    "check_task_id", "check_url", "check_headers", "sendable_validators",
 ]
 
 MAX_WANT = 256              # assignments one schedule call may ask for
@@ -188,6 +189,11 @@ class RegisterAnswer(_Message):
     supernode's fetch of it, which checks the whole content, is under way:
     C{verified} follows in a schedule answer once that check passed (a
     promise to wait for a while, never a verdict).
+    C{etag} (strong only) and C{last_modified}: the origin's validators of
+    the supernode's copy, as its CDN recorded them; a peer that falls back
+    to the origin mid-download resumes with C{If-Range} on them, so a file
+    changed at the origin since never meets the swarm's pieces. Absent (an
+    older supernode, an origin without them): the peer resumes as before.
     """
 
     task_id: str
@@ -201,13 +207,19 @@ class RegisterAnswer(_Message):
     keys: dict = None            # key id -> public key the supernodes sign tokens with
     verified: str = None         # pieces root of the copy that matched the task's digest
     attests: bool = False        # verified follows once the running check passed
+    etag: str = None             # the origin's strong ETag of the supernode's copy
+    last_modified: str = None    # and its Last-Modified
 
     def to_json(self):
-        return _with_verified(_with_admission(_with_secret({
+        out = _with_verified(_with_admission(_with_secret({
             "task_id": self.task_id, "length": self.length, "piece_size": self.piece_size,
             "piece_count": self.piece_count, "seed": self.seed.to_json(),
             "piece_digest": self.piece_digest}, self.secret), self.token, self.keys),
             self.verified, self.attests)
+        for name, value in (("etag", self.etag), ("last_modified", self.last_modified)):
+            if value is not None:
+                out[name] = value
+        return out
 
     @classmethod
     def parse(cls, obj):
@@ -223,9 +235,10 @@ class RegisterAnswer(_Message):
         string(algorithm, "piece_digest", 64)
         seed = peer_info(obj.get("seed"), "seed")
         secret = check_secret(obj.get("secret"))
+        etag, last_modified = origin_validators(obj)
         return cls(task_id, length, piece_size, expected, seed, algorithm, secret=secret,
                    token=_token(obj), keys=_keys(obj), verified=_verified(obj),
-                   attests=_attests(obj))
+                   attests=_attests(obj), etag=etag, last_modified=last_modified)
 
     def check_assignment(self, assignment):
         """C{assignment} if it names a piece of this task with that piece's size,

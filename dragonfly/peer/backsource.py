@@ -50,9 +50,12 @@ def _checkable(tf):
     version. Otherwise the whole file is asked for, and replaces them (see
     L{_keeps_held}). The pieces this very download took from its swarm just
     before falling back (and the pieces held from before that the swarm's
-    digests confirmed) are resumed with a Range as before, although their
-    task file has no validators (the supernode does not pass the CDN's on):
-    a known gap, see docs/design.md."""
+    digests confirmed) carry the validators of the supernode's copy (its
+    registration answer: L{dragonfly.peer.session}), so they are resumed
+    with C{If-Range} on that version: a file changed at the origin since
+    answers 200, which replaces them. From an older supernode, or for an
+    origin without validators, they come without any and are resumed with a
+    plain Range, as they always were (see docs/design.md)."""
     etag = tf.etag
     return bool(etag and not etag.startswith("W/")) or bool(tf.last_modified)
 

@@ -103,11 +103,17 @@ async def register(client, dl, peer, prefer=None):
 
 
 def _prepare(store, dl, info):
+    version = (getattr(info, "etag", None), getattr(info, "last_modified", None))
     tf = store.get(dl.task_id)
     if tf is None or tf.uncached or tf.length != info.length or tf.piece_size != info.piece_size:
         if tf is not None and not tf.uncached:
             _log.info("task {task} changed shape; starting it afresh", task=dl.task_id)
-        tf = store.create(dl.task_id, dl.url, info.length, info.piece_size)
+        tf = store.create(dl.task_id, dl.url, info.length, info.piece_size, *version)
+    elif any(version) and (tf.etag, tf.last_modified) != version:
+        # The pieces this download keeps are the swarm's (held ones only once
+        # confirmed): a fallback to the origin resumes them with If-Range on
+        # the version of the supernode's copy (backsource._checkable).
+        tf.set_validators(*version)
     dl.set_task_file(tf)
     return tf
 

@@ -19,7 +19,8 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from dragonfly.admission import AdmissionKeys, AdmissionSigner
 from dragonfly.control.messages import (
     CorruptReport, ErrorAnswer, HeartbeatAnswer, HeartbeatRequest, LeaveAnswer, LeaveRequest,
-    RegisterAnswer, RegisterRequest, ScheduleAnswer, ScheduleRequest, TaskInfo)
+    RegisterAnswer, RegisterRequest, ScheduleAnswer, ScheduleRequest, TaskInfo,
+    sendable_validators)
 from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
 from dragonfly.httpio import error_body, json_body
 from dragonfly.interfaces import PeerInfo
@@ -254,7 +255,14 @@ class SupernodeAPI:
             token = self.signer.issue(task_id, peer.peer_id)
         return json_body(request, 200, RegisterAnswer(
             task_id, tf.length, tf.piece_size, tf.piece_count, seed, DIGEST_ALGORITHM, secret,
-            token, self.admission.keys(), **self.cdn.attestation(task_id)).to_json(), compact=True)
+            token, self.admission.keys(), **self.cdn.attestation(task_id),
+            **self._version_of(tf)).to_json(), compact=True)
+
+    @staticmethod
+    def _version_of(tf):
+        """The origin's validators of C{tf}'s content, for a peer's If-Range
+        should it fall back to the origin mid-download (RegisterAnswer)."""
+        return sendable_validators(getattr(tf, "etag", None), getattr(tf, "last_modified", None))
 
     def _bind_address(self, request, peer):
         """C{peer} at the request's source address (unless advertised ones are trusted)."""

@@ -51,6 +51,7 @@ class FakeSupernode:
         self.assigned_from = {}       # index -> source peer id
         self.verified = None          # the attestation (pieces root) answers carry, if any
         self.attests = False          # registration answers promise it (while no verified)
+        self.validators = {}          # the copy's etag/last_modified registration answers name
         self._turn = 0
 
     def resource(self):
@@ -77,7 +78,7 @@ class FakeSupernode:
             "piece_size": self.piece_size, "piece_count": len(self.pieces),
             "seed": self.seed.to_json(), "piece_digest": ALGORITHM},
             **({"verified": self.verified} if self.verified else
-               {"attests": True} if self.attests else {})))
+               {"attests": True} if self.attests else {}), **self.validators))
 
     @app.route("/api/v1/tasks/<task_id>/schedule", methods=["POST"])
     def schedule(self, request, task_id):
@@ -249,11 +250,20 @@ class FakeOrigin:
         status = self.allowed(url, headers or {}) if self.allowed else 200
         return succeed(Probe(status, len(self.data), '"e1"'))
 
+    #: The ETag of the version it serves: a resume whose If-Range names
+    #: another one gets the whole file (200), as an HTTP origin answers.
+    etag = '"e1"'
+
     def get(self, url, headers=None, offset=0, etag=None, last_modified=None):
         self.calls.append((url, dict(headers or {}), offset))
+        self.validators = getattr(self, "validators", [])
+        self.validators.append((etag, last_modified))
         if self.error is not None:
             return fail(self.error)
+        if offset and etag is not None and not etag.startswith("W/") and etag != self.etag:
+            offset = 0
         r = _FakeOriginResponse(self.data, offset, self.chunk)
+        r.etag = self.etag
         if self.unknown_length:
             r.length = r.body_length = None
         return succeed(r)

@@ -37,6 +37,9 @@ EXAMPLES = [
     m.ScheduleAnswer((), False, token="eyJ9." + "A" * 86),
     m.RegisterAnswer(TASK, 10, 4, 3, SEED, "blake3", secret="s" * 22, token="eyJ9." + "A" * 86,
                      keys={"0123456789abcdef": "A" * 43}),
+    m.RegisterAnswer(TASK, 10, 4, 3, SEED, etag='"v1-abc"',
+                     last_modified="Sat, 05 Dec 2026 10:00:00 GMT"),
+    m.RegisterAnswer(TASK, 10, 4, 3, SEED, last_modified="Sat, 05 Dec 2026 10:00:00 GMT"),
     m.HeartbeatRequest("p-1", (TASK, "other")),
     m.HeartbeatAnswer(("other",)),
     m.HeartbeatAnswer((), {"0123456789abcdef": "A" * 43}),
@@ -97,6 +100,34 @@ class RoundTripTests(SynchronousTestCase):
         req = m.RegisterRequest.parse({"task_id": task_id_for_url("http://o/f"),
                                        "url": "http://o/f"})
         self.assertEqual((req.headers, req.peer, req.redirected), ({}, None, False))
+
+    def test_validators_optional(self):
+        """A registration answer names the origin's validators of the
+        supernode's copy only when it has them: an older supernode's answer
+        (none) parses with both None, and an answer without them has neither
+        field."""
+        answer = m.RegisterAnswer.parse({"task_id": TASK, "length": 9, "piece_size": 4,
+                                         "seed": SEED.to_json()})
+        self.assertEqual((answer.etag, answer.last_modified), (None, None))
+        out = m.RegisterAnswer(TASK, 9, 4, 3, SEED).to_json()
+        self.assertNotIn("etag", out)
+        self.assertNotIn("last_modified", out)
+
+    def test_sendable_validators(self):
+        """The supernode sends a strong ETag and a Last-Modified the peer will
+        accept; a weak ETag (no use in If-Range) or a value the peer would
+        refuse (a control byte, too long) is left out, not the whole answer
+        made unreadable."""
+        lm = "Sat, 05 Dec 2026 10:00:00 GMT"
+        self.assertEqual(m.sendable_validators('"x"', lm), {"etag": '"x"', "last_modified": lm})
+        self.assertEqual(m.sendable_validators('W/"x"', lm), {"etag": None, "last_modified": lm})
+        self.assertEqual(m.sendable_validators('"x\ny"', "a" * 2000),
+                         {"etag": None, "last_modified": None})
+        self.assertEqual(m.sendable_validators(None, None), {"etag": None, "last_modified": None})
+        for etag, last_modified in (('"x"', lm), ('W/"x"', "\x01")):
+            out = m.RegisterAnswer(TASK, 9, 4, 3, SEED,
+                                   **m.sendable_validators(etag, last_modified)).to_json()
+            m.RegisterAnswer.parse(json.loads(json.dumps(out)))   # the peer reads it
 
     def test_headers_cleaned(self):
         """Hop-by-hop headers of a registration are dropped, others kept."""
@@ -197,6 +228,12 @@ MALFORMED = [
     (_bad(m.RegisterAnswer, ANS, piece_count=4), "piece_count"),
     (_bad(m.RegisterAnswer, ANS, piece_digest=7), "piece_digest"),
     (_bad(m.RegisterAnswer, ANS, seed=None), "seed"),
+    (_bad(m.RegisterAnswer, ANS, etag='"a"\r\nX-Injected: 1'), "etag"),
+    (_bad(m.RegisterAnswer, ANS, etag=5), "etag"),
+    (_bad(m.RegisterAnswer, ANS, etag=""), "etag"),
+    (_bad(m.RegisterAnswer, ANS, etag='"' + "a" * 1100 + '"'), "etag"),
+    (_bad(m.RegisterAnswer, ANS, last_modified="Sat,\x0005 Dec"), "last_modified"),
+    (_bad(m.RegisterAnswer, ANS, last_modified=["x"]), "last_modified"),
     (_bad(m.ScheduleRequest, SCH, peer_id=None), "peer_id"),
     (_bad(m.ScheduleRequest, SCH, have="x"), "have"),
     (_bad(m.ScheduleRequest, SCH, have=[-1]), "have"),

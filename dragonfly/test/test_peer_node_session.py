@@ -197,6 +197,60 @@ class ScheduleFailureTests(NodeMixin, SynchronousTestCase):
         self.assertEqual(len(self.origin.calls), 1)
         self.assertGreater(self.origin.calls[0][2], 0)
 
+    def fall_back(self, node, held=2):
+        """Download with C{held} pieces from the swarm, then the supernode
+        fails every call: the Deferred of the download, which the origin ends."""
+        self.pool.manual = True
+        d = node.download(URL)
+        self.pool.release(held)
+        self.supernode.schedule_answer = (503, {"error": "overloaded"})
+        self.supernode.register_answer = (503, {"error": "overloaded"})
+        while not d.called:
+            self.pool.release()
+            self.clock.advance(10)
+        return d
+
+    def test_fallback_resumes_with_if_range(self):
+        """When the supernode named its copy's validators, a peer falling back
+        to the origin mid-download resumes the pieces it lacks with them
+        (If-Range): the origin still has that version, so its 206 completes
+        the file."""
+        node = self.make()
+        self.supernode.validators = {"etag": '"e1"', "last_modified": "Sat, 05 Dec 2026 10:00:00 GMT"}
+        tf = self.successResultOf(self.fall_back(node))
+        self.assertEqual(self.read_all(tf), DATA)
+        self.assertEqual(len(self.origin.calls), 1)
+        self.assertGreater(self.origin.calls[0][2], 0)
+        self.assertEqual(self.origin.validators,
+                         [('"e1"', "Sat, 05 Dec 2026 10:00:00 GMT")])
+
+    def test_fallback_after_the_origin_changed(self):
+        """When the file changed at the origin since the supernode's copy
+        (the If-Range of the resume names another ETag), the origin sends the
+        whole new version (200) and the peer starts the task afresh from it:
+        the file is the new version, all of it, never the swarm's pieces of
+        the old one with the rest of the new one."""
+        from dragonfly.test.peerfakes import FakeOrigin
+        new = bytes(b ^ 0x5A for b in DATA)
+        origin = FakeOrigin(new)
+        origin.etag = '"e2"'
+        node = self.make(origin=origin)
+        self.supernode.validators = {"etag": '"e1"'}
+        tf = self.successResultOf(self.fall_back(node))
+        self.assertEqual(self.read_all(tf), new)
+        self.assertEqual(tf.etag, '"e2"')
+        self.assertGreater(origin.calls[0][2], 0)
+        self.assertEqual(origin.validators, [('"e1"', None)])
+
+    def test_fallback_without_validators(self):
+        """An older supernode names no validators: the fallback resumes with a
+        plain Range, as before."""
+        node = self.make()
+        tf = self.successResultOf(self.fall_back(node))
+        self.assertEqual(self.read_all(tf), DATA)
+        self.assertGreater(self.origin.calls[0][2], 0)
+        self.assertEqual(self.origin.validators, [(None, None)])
+
     def test_stall_goes_to_origin(self):
         """When the supernode keeps answering no assignments, the node polls no faster
         than its minimum interval and after the stall timeout goes to the origin."""

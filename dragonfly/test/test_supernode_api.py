@@ -96,16 +96,32 @@ class RegisterTests(APITestBase):
     def test_register(self):
         """When a peer registers a task, the answer carries the length, piece
         geometry, the seed and the piece digest algorithm, an admission token for
-        the task and the verifying keys, and the peer joins the swarm."""
+        the task and the verifying keys, the origin's validators of the copy
+        (its strong ETag here), and the peer joins the swarm."""
         obj = self.register()
         token, keys = obj.pop("token"), obj.pop("keys")
         self.assertEqual(keys, self.api.signer.keys())
         self.assertTrue(self.api.admission.verify(token, TASK, PEER["peer_id"]))
         self.assertEqual(obj, {"task_id": TASK, "length": len(DATA), "piece_size": PIECE,
                                "piece_count": 3, "seed": SEED.to_json(),
-                               "piece_digest": "blake3", "secret": SECRET})
+                               "piece_digest": "blake3", "secret": SECRET, "etag": '"v1"'})
         self.assertEqual(self.scheduler.task_stats(TASK)["peers"], 1)
         self.assertEqual(len(self.origin.gets("/f")), 1)
+
+    def test_register_names_the_copys_version(self):
+        """The registration answer names the validators the CDN recorded for
+        its copy (a strong ETag and Last-Modified), which a peer falling back
+        to the origin sends in If-Range; a weak ETag is left out (If-Range
+        cannot use it), and so are validators the origin did not send."""
+        lm = "Sat, 05 Dec 2026 10:00:00 GMT"
+        cases = (("/lm", {"etag": '"v2"', "last_modified": lm}, {"etag": '"v2"', "last_modified": lm}),
+                 ("/weak", {"etag": 'W/"v3"', "last_modified": lm}, {"last_modified": lm}),
+                 ("/none", {}, {}))
+        for path, validators, expected in cases:
+            self.origin.add(path, DATA, **validators)
+            url = "http://origin.test" + path
+            obj = self.register(task=task_id_for_url(url), url=url)
+            self.assertEqual({k: obj[k] for k in ("etag", "last_modified") if k in obj}, expected)
 
     def test_register_with_a_range(self):
         """A registration naming the bytes it wants first (C{"range"}) makes a
