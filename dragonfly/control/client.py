@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from dragonfly.admission import PeerAdmission
 from dragonfly.control.messages import (
     CorruptReport, ErrorAnswer, HeartbeatAnswer, HeartbeatRequest, LeaveRequest, MessageError,
-    RegisterAnswer, ScheduleAnswer, ScheduleRequest)
+    RegisterAnswer, ScheduleAnswer, ScheduleRequest, UploadCut)
 from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
 from dragonfly.egress import REFUSAL_PREFIX
 from dragonfly.origin import collect_capped
@@ -48,6 +48,10 @@ __all__ = ["SupernodeClient", "SupernodeUnavailable", "SourceFailed", "NotRegist
 MAX_ANSWER = 1024 * 1024
 #: Owner redirects one registration follows at one supernode of the list.
 MAX_REDIRECTS = 4
+#: Seconds between two cut reports of one receiver of one task (report_cut),
+#: and the (task, receiver) pairs remembered before the old ones are dropped.
+CUT_INTERVAL = 5.0
+MAX_CUTS = 4096
 
 
 class SupernodeUnavailable(Exception):
@@ -151,6 +155,7 @@ class SupernodeClient:
         self.admission = admission if admission is not None else PeerAdmission(clock)
         self._preferred = 0        # index of the supernode that answered last
         self._leaving = set()      # leave calls not answered yet
+        self._cuts = {}            # (task_id, receiver) -> when its cut was last reported
 
     # -- one call ----------------------------------------------------------------
 
@@ -381,6 +386,31 @@ class SupernodeClient:
             f.trap(DeferredTimeoutError)
             self.log.info("leave calls unanswered after {t} s: stopping anyway", t=timeout)
         return d.addCallbacks(lambda _: None, late)
+
+    def report_cut(self, task_id, peer_id, receiver_id):
+        """Tell the supernode that counts us in C{task_id}'s swarm that our
+        upload to C{receiver_id} was cut (best effort, L{UploadCut}): a
+        Deferred that never fails (None at once when we are no member, or
+        when this receiver of this task was reported within
+        L{CUT_INTERVAL} seconds: a receiver that keeps cutting its
+        connections makes us call at that rate at most)."""
+        addr = self.members.get(task_id)
+        now = self._clock.seconds()
+        key = (task_id, receiver_id)
+        last = self._cuts.get(key)
+        if addr is None or last is not None and now - last < CUT_INTERVAL:
+            return succeed(None)
+        if len(self._cuts) >= MAX_CUTS:
+            self._cuts = {k: t for k, t in self._cuts.items() if now - t < CUT_INTERVAL}
+        self._cuts[key] = now
+        body = UploadCut(peer_id, receiver_id, self.secrets.get(addr, self.secret)).to_json()
+        d = Deferred.fromCoroutine(self.call(addr, f"/api/v1/tasks/{task_id}/cut", body,
+                                             self.api_timeout))
+
+        def failed(f):
+            self.log.debug("cut report for {task} to {sn} failed: {why}", task=task_id,
+                           sn=_name(addr), why=_describe(f))
+        return d.addCallbacks(lambda _: None, failed)
 
     def report_corrupt(self, task_id, peer_id, reason, addr=None):
         """Tell the supernode at C{addr} (None: every supernode of the list) that

@@ -31,7 +31,7 @@ from dragonfly.units import BadValue, parse_hostport
 __all__ = [
     "MessageError", "RegisterRequest", "RegisterAnswer", "ScheduleRequest", "FailedPiece",
     "ScheduleAnswer", "HeartbeatRequest", "HeartbeatAnswer", "LeaveRequest", "LeaveAnswer",
-    "CorruptReport",
+    "CorruptReport", "UploadCut",
     "TaskInfo", "ErrorAnswer", "parse_assignment", "MAX_WANT", "MAX_LIST", "MAX_HEARTBEAT_TASKS", "FAILURE_REASONS",
     "check_secret",
     # the field checks, for the supernode's own path segments and preheat
@@ -449,6 +449,27 @@ class LeaveRequest(_Message):
     def parse(cls, obj):
         obj = object_of(obj, "a leave request")
         return cls(check_peer_id(obj.get("peer_id")), check_secret(obj.get("secret")))
+
+
+@dataclass(frozen=True)
+class UploadCut(_Message):
+    """C{POST /api/v1/tasks/<id>/cut}: the peer C{peer_id} (its C{secret})
+    was uploading to C{receiver} when that connection ended: the supernode
+    checks whether C{receiver} died (L{dragonfly.supernode.liveness}).
+    Answered by a L{LeaveAnswer} (202). An older supernode answers 404."""
+
+    peer_id: str
+    receiver: str
+    secret: str = None
+
+    def to_json(self):
+        return _with_secret({"peer_id": self.peer_id, "receiver": self.receiver}, self.secret)
+
+    @classmethod
+    def parse(cls, obj):
+        obj = object_of(obj, "an upload cut report")
+        return cls(check_peer_id(obj.get("peer_id")), check_peer_id(obj.get("receiver"), "receiver"),
+                   check_secret(obj.get("secret")))
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,8 @@ def build_peer(reactor, config, *, runner=None, http_client=None, origin_http=No
                                  supernode_scheme="http" if tls is None else "https"))
     piece_factory = PieceServerFactory(store, reactor, upload_limiter=upload_limiter,
                                        max_uploads=c.max_uploads,
-                                       on_upload=metrics.upload_bytes.inc, admission=admission)
+                                       on_upload=metrics.upload_bytes.inc, admission=admission,
+                                       on_cut=node.upload_cut)
     piece_endpoint = server_endpoint(reactor, c.piece_listen)
     if tls is not None:
         piece_endpoint = tls.wrap_server(piece_endpoint)

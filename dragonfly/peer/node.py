@@ -239,6 +239,15 @@ class PeerNode:
         """Tell the supernode we no longer serve C{task_id} (best effort)."""
         return self._supernodes.leave(task_id, self.peer_info.peer_id)
 
+    def upload_cut(self, task_id, receiver_id):
+        """Our piece server's upload of C{task_id} to C{receiver_id} ended
+        mid-piece: tell the supernode of that swarm, which checks whether
+        the receiver died (its fetches hold our upload slots there until
+        then). Best effort; nothing when we are no member of the swarm."""
+        self.log.debug("upload of {task} to {peer} cut; telling the supernode", task=task_id,
+                      peer=receiver_id)
+        self._supernodes.report_cut(task_id, self.peer_info.peer_id, receiver_id)
+
     async def heartbeat(self):
         """Tell each supernode which of its tasks we still hold and serve.
 

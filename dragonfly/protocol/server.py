@@ -29,6 +29,7 @@ import os
 from collections import deque
 
 from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
@@ -50,6 +51,9 @@ SLOT_WAIT = 2.0
 #: a reader that takes less than 16 KiB/s over a whole interval loses its slot.
 STALL_INTERVAL = 5.0
 MIN_UPLOAD_RATE = 16 * 1024
+#: A connection ending this many seconds after its last request is a cut
+#: upload (PieceServerFactory on_cut); the client pool's idle timeout is 30 s.
+CUT_RECENT = 25.0
 
 
 def _count_down(counts, key):
@@ -70,6 +74,7 @@ class PieceServerProtocol(Protocol):
         self.factory = factory
         self.source_host = None
         self.kernel_paced = False   # the running upload's socket paced by the kernel
+        self.last_request = None    # when the last Request came (clock seconds)
         self.task_id = None
         self.peer_id = None
         self.version = None
@@ -95,6 +100,7 @@ class PieceServerProtocol(Protocol):
     def connectionLost(self, reason):
         self._closing = True
         self.timer.stop()
+        cut = self._cut(reason)
         self._queue.clear()
         if self._current is not None:
             self._current.stopProducing()
@@ -102,7 +108,20 @@ class PieceServerProtocol(Protocol):
         self.factory._connection_lost(self)
         if self.peer_id is not None and not self.factory.shutting_down:
             self.factory.on_lost(self.task_id, self.peer_id)
+            if cut and not self._draining:
+                self.factory.on_cut(self.task_id, self.peer_id)
         self.lost.callback(None)
+
+    def _cut(self, reason):
+        """Did the connection end with a piece owed or just sent (see
+        C{on_cut})? A piece sent whole may still sit in the kernel's buffers
+        when the receiver dies, so a close within C{cut_recent} seconds of
+        its last request counts too; a client pool closing an idle
+        connection (after 30 s without a request) does not."""
+        if self._current is not None or self._queue or not reason.check(ConnectionDone):
+            return True
+        last = self.last_request
+        return last is not None and self.factory.clock.seconds() - last < self.factory.cut_recent
 
     def dataReceived(self, data):
         if self._closing:
@@ -136,6 +155,7 @@ class PieceServerProtocol(Protocol):
             return
         self.timer.touch()
         if kind is codec.Request:
+            self.last_request = self.factory.clock.seconds()
             if len(self._queue) >= self.factory.max_queue:
                 raise codec.ProtocolError(
                     f"more than {self.factory.max_queue} requests queued")
@@ -320,6 +340,15 @@ class PieceServerFactory(Factory):
     @param on_lost: called with C{(task_id, peer_id)} when an admitted
         client's connection ends, unless the server is shutting down (the
         supernode checks whether that peer died).
+    @param on_cut: called with C{(task_id, peer_id)} when an admitted
+        client's connection ends while a piece it asked for was being sent or
+        waited in its queue, without a clean close (a reset), or within
+        C{cut_recent} seconds of its last request (a piece sent whole may
+        still be in the kernel's buffers), unless the server is shutting
+        down: a peer tells its supernode, which checks whether that receiver
+        died (its fetches hold this node's upload slots there).
+    @param cut_recent: see C{on_cut}; under the client pool's idle timeout
+        (30 s), so a pool closing an idle connection is no cut.
     """
 
     protocol = PieceServerProtocol
@@ -333,9 +362,12 @@ class PieceServerFactory(Factory):
                  max_frame=codec.MAX_FRAME, max_queue=MAX_QUEUE,
                  max_per_address=MAX_PER_ADDRESS, stall_interval=STALL_INTERVAL,
                  min_upload_rate=MIN_UPLOAD_RATE, slot_wait=SLOT_WAIT, kernel_pacing=True, *,
-                 admission, on_lost=lambda task_id, peer_id: None):
+                 admission, on_lost=lambda task_id, peer_id: None,
+                 on_cut=lambda task_id, peer_id: None, cut_recent=CUT_RECENT):
         self.store = store
         self.on_lost = on_lost
+        self.on_cut = on_cut
+        self.cut_recent = cut_recent
         self.admission = admission
         self.clock = clock
         self.upload_limiter = upload_limiter

@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from dragonfly.admission import AdmissionKeys, AdmissionSigner
 from dragonfly.control.messages import (
     CorruptReport, ErrorAnswer, HeartbeatAnswer, HeartbeatRequest, LeaveAnswer, LeaveRequest,
-    RegisterAnswer, RegisterRequest, ScheduleAnswer, ScheduleRequest, TaskInfo,
+    RegisterAnswer, RegisterRequest, ScheduleAnswer, ScheduleRequest, TaskInfo, UploadCut,
     sendable_validators)
 from dragonfly.digest import ALGORITHM as DIGEST_ALGORITHM
 from dragonfly.httpio import error_body, json_body
@@ -376,6 +376,19 @@ class SupernodeAPI:
         if self.keys.check(req.peer_id, req.secret):
             self.scheduler.leave(task_id, req.peer_id)
         return json_body(request, 200, LeaveAnswer().to_json(), compact=True)
+
+    @app.route("/api/v1/tasks/<task_id>/cut", methods=["POST"])
+    def cut(self, request, task_id):
+        """A peer's upload to a receiver ended mid-piece: check whether the
+        receiver died (L{dragonfly.supernode.liveness.LivenessCheck.cut}),
+        which frees the upload slots its fetches hold once its port refuses."""
+        self._count("cut")
+        task_id = task_id_of(task_id)
+        req = parse(UploadCut, self.read_json(request))
+        liveness = getattr(self.scheduler, "liveness", None)
+        if self.keys.check(req.peer_id, req.secret) is not None and liveness is not None:
+            liveness.cut(task_id, req.peer_id, req.receiver)
+        return json_body(request, 202, LeaveAnswer().to_json(), compact=True)
 
     @app.route("/api/v1/tasks/<task_id>/corrupt", methods=["POST"])
     def corrupt(self, request, task_id):

@@ -220,12 +220,18 @@ class SchedulerViews:
         """The ids of the tasks scheduled now."""
         return list(self._tasks)
 
-    def fetching_peer(self, task_id, peer_id):
+    def fetching_peer(self, task_id, peer_id, source_id=None):
         """The L{PeerInfo} of C{peer_id} in C{task_id} while it has assignments
-        in flight and is not marked down (a peer worth a liveness check), else None."""
+        in flight (one from the peer C{source_id}, when given) and is not
+        marked down (a peer worth a liveness check), else None."""
         task = self._tasks.get(task_id)
         p = task.peers.get(peer_id) if task is not None else None
-        return p.info if p is not None and p.fetching and p.down is None else None
+        if p is None or not p.fetching or p.down is not None:
+            return None
+        if source_id is not None and not any(
+                f.source is not SEED and f.source.id == source_id for f in p.fetching.values()):
+            return None
+        return p.info
 
     def swarm_summary(self, task_id):
         """L{task_summary} of C{task_id}."""

@@ -544,6 +544,28 @@ class ScheduleTests(SynchronousTestCase):
         self.hosts.flush()
         self.assertIsNone(self.successResultOf(d))
 
+    def test_report_cut(self):
+        """report_cut() posts an UploadCut (with our secret) to the supernode
+        that counts us in the task's swarm, at most once per receiver per
+        CUT_INTERVAL; nothing for a task we are no member of; it never fails
+        (an older supernode's 404 is ignored)."""
+        from dragonfly.control.client import CUT_INTERVAL
+        from dragonfly.control.messages import UploadCut
+        self.sn.answers["cut"] = [(404, {"error": "no such endpoint"}), (202, {}), (202, {})]
+        self.assertIsNone(self.successResultOf(self.client.report_cut(TASK, ME.peer_id, "r-1")))
+        self.assertEqual(self.sn.requests, [])
+        self.client.joined(TASK, SN1)
+        for receiver in ("r-1", "r-1", "r-2"):
+            d = self.client.report_cut(TASK, ME.peer_id, receiver)
+            self.hosts.flush()
+            self.assertIsNone(self.successResultOf(d))
+        self.clock.advance(CUT_INTERVAL)
+        d = self.client.report_cut(TASK, ME.peer_id, "r-1")
+        self.hosts.flush()
+        self.assertIsNone(self.successResultOf(d))
+        body = [UploadCut(ME.peer_id, r, self.client.secret).to_json() for r in ("r-1", "r-2", "r-1")]
+        self.assertEqual(self.sn.requests, [(f"/api/v1/tasks/{TASK}/cut", b) for b in body])
+
     def test_leaves_done(self):
         """leaves_done fires at once with no leave in flight, else once every
         leave sent is answered; a hanging one is cancelled after the timeout."""

@@ -171,6 +171,83 @@ class UnreachableTests(SchedulerMixin, SynchronousTestCase):
         self.assertEqual(asked, [peer(2)])
 
 
+    def test_cut_upload_checks_its_receiver(self):
+        """When an uploader says its upload to a receiver was cut, the
+        receiver is checked (after the cut delay) only while it has an
+        assignment in flight from that very uploader: not one fetching from
+        the seed or another peer only, not one with nothing in flight, not
+        one marked down already, not twice while a check of it waits."""
+        s = self.s
+        live = LivenessCheck(s, self.clock, connect=lambda host, port: defer.Deferred(),
+                             cut_delay=0.5)
+        asked = []
+        live.check = asked.append
+        live.cut(T, "peer-1", "peer-2")          # nothing in flight
+        self.seed_piece_of(3)
+        live.cut(T, "peer-1", "peer-3")          # fetching from the seed only
+        live.cut(T, "peer-3", "peer-1")          # peer-1 fetches nothing
+        self.clock.advance(1)
+        self.assertEqual(asked, [])
+        self.from_peer1(2)
+        live.cut(T, "peer-3", "peer-2")          # a liar: peer-2 fetches nothing from it
+        live.cut("other-task", "peer-1", "peer-2")
+        live.cut(T, "peer-1", "peer-2")
+        live.cut(T, "peer-1", "peer-2")          # one check waits already
+        self.clock.advance(0.4)
+        self.assertEqual(asked, [])
+        self.clock.advance(0.1)
+        self.assertEqual(asked, [peer(2)])
+        s.unreachable("peer-2", peer(2), self.clock.seconds())
+        live.cut(T, "peer-1", "peer-2")          # marked down: its assignments ended
+        self.clock.advance(1)
+        self.assertEqual(asked, [peer(2)])
+
+    def test_cut_frees_the_uploaders_slots(self):
+        """When a receiver fetching from one peer only dies and the uploader's
+        cut report has the supernode find its port refusing, its assignments
+        end and the uploader's slots are free for the others at once; a live
+        receiver (its port answers) keeps them."""
+        s = self.s
+        connects = []
+
+        def connect(host, port):
+            d = defer.Deferred()
+            connects.append(d)
+            return d
+        live = LivenessCheck(s, self.clock, connect=connect, cut_delay=0.5)
+        self.from_peer1(2)
+        task = s._tasks[T]
+        self.assertEqual(task.peers["peer-1"].uploads, 1)
+        live.cut(T, "peer-1", "peer-2")
+        self.clock.advance(0.5)
+        connects[0].callback(None)               # alive: the kernel answered
+        self.assertEqual(task.peers["peer-1"].uploads, 1)
+        self.assertIn(0, task.peers["peer-2"].fetching)
+        self.clock.advance(10)                   # the next check of that address
+        live.cut(T, "peer-1", "peer-2")
+        self.clock.advance(0.5)
+        connects[1].errback(ConnectionRefusedError())
+        self.assertEqual(task.peers["peer-1"].uploads, 0)
+        self.assertEqual(task.peers["peer-2"].fetching, {})
+        self.assertEqual([a.source.peer_id for a in s.assign(T, "peer-3", 4) if a.index == 0],
+                         ["peer-1"])
+
+    def test_cut_checks_bounded(self):
+        """At most max_checks cut checks wait at once: a flood of reports
+        schedules no more."""
+        s = self.s
+        live = LivenessCheck(s, self.clock, connect=lambda host, port: defer.Deferred(),
+                             max_checks=1, cut_delay=0.5)
+        asked = []
+        live.check = asked.append
+        self.from_peer1(2)
+        self.from_peer1(3)
+        live.cut(T, "peer-1", "peer-2")
+        live.cut(T, "peer-1", "peer-3")
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(0.5)
+        self.assertEqual(asked, [peer(2)])
+
     def test_abandoned_long_poll_checks(self):
         """When a peer's long-poll is abandoned (its client went away), its
         port is checked too, with or without assignments in flight."""

@@ -261,6 +261,48 @@ class ServerServingTests(ServerTestMixin, SynchronousTestCase):
         self.successResultOf(d)
         self.assertEqual(lost, [(TASK, "peer-1")])
 
+    def test_on_cut(self):
+        """When an admitted client's connection ends with a piece owed (being
+        sent or queued), without a clean close (a reset), or within
+        cut_recent seconds of its last request, on_cut hears its task and
+        peer: a receiver that died holds this node's slot at the supernode.
+        Not for a clean close long after the last request (a pool closing an
+        idle connection), nor before a Hello, nor while shutting down."""
+        cuts = []
+        factory = self.make_factory(on_cut=lambda *a: cuts.append(a), cut_recent=25)
+
+        def served(request=True):
+            proto, tr = self.connect(factory)
+            if request:
+                proto.dataReceived(encode(Request(0)))
+                self.drain(tr)
+            return proto, tr
+        proto, tr = self.connect(factory)
+        proto.dataReceived(encode(Request(0)) + encode(Request(1)))
+        proto.connectionLost(Failure(ConnectionDone()))        # owed
+        self.assertEqual(cuts, [(TASK, "peer-1")])
+        proto, tr = served(request=False)
+        proto.connectionLost(Failure(ConnectionLost()))        # a reset
+        self.assertEqual(len(cuts), 2)
+        proto, tr = served()
+        self.clock.advance(24)
+        proto.connectionLost(Failure(ConnectionDone()))        # recent
+        self.assertEqual(len(cuts), 3)
+        proto, tr = served()
+        self.clock.advance(25)
+        proto.connectionLost(Failure(ConnectionDone()))        # idle: no cut
+        proto, tr = served(request=False)
+        proto.connectionLost(Failure(ConnectionDone()))        # never asked
+        proto, tr = self.connect(factory, hello=False)
+        proto.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(len(cuts), 3)
+        proto, tr = self.connect(factory)
+        proto.dataReceived(encode(Request(0)))
+        d = factory.close()
+        proto.connectionLost(Failure(ConnectionLost()))
+        self.successResultOf(d)
+        self.assertEqual(len(cuts), 3)
+
     def test_stalled_upload_times_out(self):
         """When the client stops reading mid-piece for idle_timeout seconds, the connection is aborted."""
         factory = self.make_factory(idle_timeout=30, stall_interval=0)

@@ -638,6 +638,35 @@ class HeartbeatTests(APITestBase):
             self.assertIn("error", self.call("POST", "/api/v1/heartbeat", bad, status=400))
 
 
+class UploadCutTests(APITestBase):
+    def test_cut_report(self):
+        """POST /tasks/<id>/cut (an uploader's connection to a receiver ended)
+        answers 202 and hands the uploader (as its secret proves) and the
+        receiver to the liveness check; a wrong secret gets 403 and an
+        unregistered uploader or a supernode without a check nothing;
+        a malformed report gets 400."""
+        cuts = []
+
+        class Live:
+            def cut(self, task_id, uploader, receiver):
+                cuts.append((task_id, uploader, receiver))
+        self.register()
+        path = f"/api/v1/tasks/{TASK}/cut"
+        body = {"peer_id": PEER["peer_id"], "receiver": "host-2-abcdef02", "secret": SECRET}
+        self.call("POST", path, body, status=202)
+        self.assertEqual(cuts, [])                           # no liveness check here
+        self.scheduler.liveness = Live()
+        self.call("POST", path, body, status=202)
+        self.assertEqual(cuts, [(TASK, PEER["peer_id"], "host-2-abcdef02")])
+        self.call("POST", path, dict(body, secret="x" * 22), status=403)
+        self.call("POST", path, dict(body, peer_id="host-9-abcdef09"), status=202)
+        for bad in ({"peer_id": PEER["peer_id"], "secret": SECRET},
+                    dict(body, receiver="../x"), dict(body, receiver=5)):
+            self.call("POST", path, bad, status=400)
+        self.call("POST", "/api/v1/tasks/..x/cut", body, status=400)
+        self.assertEqual(len(cuts), 1)
+
+
 class PreheatTests(APITestBase):
     def test_preheat_file(self):
         """POST /api/v1/preheat answers 202 with an id; the job fetches the

@@ -16,6 +16,12 @@ A victim that fetched from peers only (one of them held the whole file
 first, and stops once the victim is killed) has no connection to the
 supernode's piece server: there the first peer sent to it for one of its
 pieces reports the failure, which has the supernode check it.
+
+The same victim with its holder staying and nobody else asking: nobody is
+sent to the victim, so nobody reports it, and its assignment held the
+holder's upload slot busy in the scheduler for the whole 60 s. The holder
+sees its upload to the victim cut and says so (``/cut``), which has the
+supernode check the victim.
 """
 import os
 
@@ -127,3 +133,44 @@ class DeadPeerTests(SwarmMixin, TestCase):
             result = await swarm.wait_dfget(proc, timeout=120)
             self.assertEqual(result.code, 0, f"dfget failed: {result!r}")
             self.assertEqual(sha256_file(result.output), digest, "downloaded bytes differ")
+
+    @with_logs()
+    async def test_killed_receiver_reported_by_uploader(self):
+        """When a peer that fetched from another peer only is SIGKILLed
+        between schedule calls and nobody is sent to it afterwards, its
+        uploader reports the cut upload, the supernode finds the victim's
+        port refusing connections and ends its assignment, so the uploader's
+        slot is free long before the assignment timeout; the uploader stays
+        a live source."""
+        swarm = self.swarm
+        await swarm.start_origin({"f.bin": SIZE})
+        supernode = await swarm.start_supernode()
+        holder = await swarm.start_peer()
+        url = swarm.origin_url("f.bin")
+        task_id = task_id_for_url(url)
+        first = await swarm.dfget(url, peer=holder)
+        self.assertEqual(first.code, 0, f"dfget failed: {first!r}")
+        victim = await swarm.start_peer(extra=["--concurrency", "1"])
+        vproc = swarm.start_dfget(url, peer=victim, args=["--limit", "256K"])
+
+        async def fetching():
+            row = await self.victim_row(supernode, task_id, victim.piece_port)
+            return row is not None and row["held"] >= 1 and row["fetching"]
+        await poll_until(reactor, fetching, 60, "the victim to hold a piece and fetch one")
+        row = await self.victim_row(supernode, task_id, victim.piece_port)
+        self.assertEqual(row["from_supernode"], 0, "the victim fetched from the supernode")
+        victim.kill_now()
+        vproc.kill_now()
+        await victim.wait(reactor, 10)
+        await vproc.wait(reactor, 10)
+
+        async def released():
+            row = await self.victim_row(supernode, task_id, victim.piece_port)
+            return row is not None and not row["fetching"] and row.get("down")
+        await poll_until(reactor, released, RELEASED_WITHIN,
+                         "the dead victim's assignment to end and it to be marked down")
+        row = await self.victim_row(supernode, task_id, holder.piece_port)
+        self.assertFalse(row.get("down"), "the live uploader was marked down")
+        m = await supernode.metrics(self.http)
+        self.assertGreaterEqual(metric(m, "dragonfly_supernode_api_requests_total", missing=0,
+                                       endpoint="cut"), 1)
