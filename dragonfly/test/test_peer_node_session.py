@@ -47,6 +47,24 @@ class HeldBeforeTests(NodeMixin, SynchronousTestCase):
         self.assertEqual(self.read_all(tf), DATA)
 
 
+    def test_held_pieces_take_the_swarms_version(self):
+        """Held pieces kept for the swarm's (same digests) take the validators
+        the supernode named for its copy, not those of the earlier download:
+        a fallback resumes them with If-Range on the swarm's version. An
+        older supernode's answer (none) leaves them as they were."""
+        node = self.make()
+        tf = self.hold(DATA, [0, 1])
+        tf.set_validators('"old"', None)
+        self.supernode.validators = {"etag": '"e1"', "last_modified": "Sat, 05 Dec 2026 10:00:00 GMT"}
+        tf = self.successResultOf(node.download(URL))
+        self.assertEqual((tf.etag, tf.last_modified), ('"e1"', "Sat, 05 Dec 2026 10:00:00 GMT"))
+        node = self.make()
+        tf = self.hold(DATA, [0, 1])
+        tf.set_validators('"old"', None)
+        tf = self.successResultOf(node.download(URL))
+        self.assertEqual((tf.etag, tf.last_modified), ('"old"', None))
+
+
 class FetchTests(NodeMixin, SynchronousTestCase):
 
     def test_want_bounded_by_slots(self):
