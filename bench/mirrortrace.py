@@ -30,7 +30,7 @@ import time
 from bench.cluster import Supernode
 from bench.links import read_schedstat
 from bench.mirror import DfDaemon, Registry, curl_get, make_layer
-from bench.mirrorcpu import _size, proc_stat
+from bench.mirrorcpu import _size
 from bench.procs import BenchError, cleanup, drop_file, sha256_file
 
 GiB = 1 << 30
