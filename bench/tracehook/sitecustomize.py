@@ -5,6 +5,10 @@ DFTRACE_OUT names a file: wraps a few methods of the peer's session, the
 piece client, the store's writes, the ordered stream and the mirror's file
 sender to record (monotonic seconds, event, value) in memory, and writes
 them as JSON lines to DFTRACE_OUT at exit. Never loaded by the product.
+
+Experiment switches (round six, bench/README.md): DFTRACE_SLOTS=N (N fetch
+slots), DFTRACE_NOGATHER=1 (every arrival reported alone), DFTRACE_QUEUE=1
+(a streamed task asks for its slots again beyond the free ones).
 """
 import atexit
 import json
@@ -129,8 +133,28 @@ def _nogather():
     session.SwarmSession._may_gather = lambda self: False
 
 
+def _queue():
+    """While a stream reads the task, ask for C{slots} assignments beyond the
+    free slots (round six's "Q": the peer's half of keeping the wire full)."""
+    from dragonfly.peer import session
+    orig = session.SwarmSession._want
+
+    def want(self):
+        if not self.dl.readers:
+            return orig(self)
+        tf, dl = self.tf, self.dl
+        receiving = len(self.in_flight) - len(self.checking)
+        w = max(0, 2 * self.slots + self.settings.queue_depth - receiving - len(self.queue))
+        left = (tf.piece_count - len(tf.completed()) + len(dl.unconfirmed)
+                - len(self.in_flight) - len(self.queue))
+        return min(w, max(0, left))
+    session.SwarmSession._want = want
+
+
 if _OUT:
     try:
+        if os.environ.get("DFTRACE_QUEUE"):
+            _queue()
         if os.environ.get("DFTRACE_SLOTS"):
             _slots()
         if os.environ.get("DFTRACE_NOGATHER"):
