@@ -403,8 +403,18 @@ class SwarmSession:
         self._start_fetches()
         return added
 
+    def _room(self):
+        """A fetch may start: a slot each, held until the piece lands. For a
+        streamed task only the pieces on the wire hold one, those being
+        hashed and written one more (at most twice C{max_buffered}): its
+        client waits for the next piece, not for our runner."""
+        if self.dl.readers:
+            return len(self.in_flight) - len(self.checking) < self.slots \
+                and len(self.in_flight) < 2 * self.slots
+        return len(self.in_flight) < self.slots
+
     def _start_fetches(self):
-        while self.queue and len(self.in_flight) < self.slots:
+        while self.queue and self._room():
             # (with the cache full, only the pieces streams wait for: see pass_wants)
             a = next((a for a in self.queue if self.tf.pass_wants(a.index)), None)
             if a is None:

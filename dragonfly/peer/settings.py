@@ -40,7 +40,8 @@ class NodeSettings:
     @ivar max_piece_failures: failed fetches of one piece before giving up on the swarm.
     @ivar max_registrations: registrations without progress before giving up on the swarm.
     @ivar max_buffered: piece bytes a download may hold in memory; caps the
-        fetches in flight at C{max_buffered // piece size} (0 = no cap).
+        fetches in flight at C{max_buffered // piece size} (0 = no cap);
+        twice that for a streamed task, half of them hashed and written.
     @ivar max_file_size: largest file accepted (--max-file-size); a larger
         one is refused before anything is reserved for it.
     @ivar spool_dir: where an origin body without a length is spooled

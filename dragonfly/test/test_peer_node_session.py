@@ -408,6 +408,38 @@ class LongPollTests(NodeMixin, SynchronousTestCase):
         have = [i for body in self.supernode.schedules for i in body["have"]]
         self.assertEqual(sorted(set(have)), list(range(len(self.supernode.pieces))))
 
+    def test_streamed_successors_start_while_pieces_land(self):
+        """When a stream reads the task in order, pieces being hashed and
+        written free their fetch slots for the wire: the two successors start
+        at once instead of waiting queued for the runner, and the piece bytes
+        in memory stay within twice the fetch slots (received plus landing)."""
+        writing = []
+        d = self.start(concurrency=4, per_source_limit=4, polls=False,
+                       prepare=lambda: self.hold_writes(writing))
+        (dl,) = self.node._downloads.values()
+        dl.readers.add(_Reader())
+        self.assertEqual(len(self.pool.held), 4)
+        n = len(self.supernode.schedules)
+        self.pool.release(2)
+        body = self.supernode.schedules[n]
+        self.assertEqual((sorted(body["fetched"]), body["want"]), ([0, 1], 2))
+        self.assertEqual(len(self.pool.fetches), 6)   # started, not queued
+        self.assertEqual((len(writing), len(self.pool.held)), (2, 4))
+        for _ in range(3):   # more arrive while none lands: at most 8 pieces in all
+            self.pool.release(2)
+            self.hosts.flush()
+        self.assertEqual((len(writing), len(self.pool.held)), (8, 0))
+        self.assertEqual(len(self.pool.fetches), 8)
+        self.land(writing, 1)                         # one lands: one more starts
+        self.assertEqual(len(self.pool.fetches), 9)
+        while not d.called:
+            self.land(writing)
+            self.pool.release()
+            self.hosts.flush()
+            self.assertLessEqual(len(self.pool.held), 4)
+            self.assertLessEqual(len(self.pool.held) + len(writing), 8)
+        self.assertEqual(self.read_all(self.successResultOf(d)), DATA)
+
     def test_more_slots_than_the_source_serves(self):
         """Eight fetch slots against a source serving four at once (e.g. 2 MiB
         pieces in 16 MiB buffered): when all eight pieces hash and write, the
@@ -484,6 +516,11 @@ class LongPollTests(NodeMixin, SynchronousTestCase):
         self.assertEqual(len(self.pool.held), 3)
         self.assertEqual([body["want"] for body, _ in self.supernode.held_polls], [1])
         self.finish(d)
+
+
+class _Reader:
+    """A stream reading the task in order (all the session asks of one: its cursor)."""
+    cursor = 0
 
 
 class AssignmentCheckTests(SynchronousTestCase):
