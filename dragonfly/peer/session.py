@@ -24,18 +24,18 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dragonfly.control.client import (
-    EgressRefused, Moved, NotRegistered, SourceFailed, SupernodeUnavailable, TaskRefused)
-from dragonfly.control.messages import FailedPiece, MessageError, RegisterRequest, ScheduleRequest
+    Moved, NotRegistered, SourceFailed, SupernodeUnavailable, TaskRefused)
+from dragonfly.control.messages import FailedPiece, MessageError, ScheduleRequest
 from dragonfly.digest import piece_digest
 from dragonfly.peer.backsource import check_size
-from dragonfly.peer.errors import DownloadError, OriginNotAllowed, StalePieces, describe
+from dragonfly.peer.errors import DownloadError, StalePieces, describe
+from dragonfly.peer.register import prepare_task_file, register
 from dragonfly.peer.wakeup import Signal
 from dragonfly.protocol import codec
 from dragonfly.storage.errors import DigestMismatch
 
 __all__ = ["join_swarm", "SwarmSession", "REPORT_BATCH"]
 
-_log = Logger()
 
 
 async def join_swarm(dl, deps, settings, client, me):
@@ -52,7 +52,7 @@ async def join_swarm(dl, deps, settings, client, me):
         await client.leave(dl.task_id, me().peer_id)
     addr, info = await register(client, dl, me())
     check_size(info.length, settings.max_file_size, deps.store)
-    tf = _prepare(deps.store, dl, info)
+    tf = prepare_task_file(deps.store, dl, info)
     if not tf.is_complete:
         # Held from an earlier download, perhaps of another version of the
         # file: each piece stays only once the swarm's digest of it matches.
@@ -76,45 +76,6 @@ async def join_swarm(dl, deps, settings, client, me):
     if tf.uncached:
         # Passed through (the cache was full): this host does not share it.
         client.leave(dl.task_id, me().peer_id)
-    return tf
-
-
-async def register(client, dl, peer, prefer=None):
-    """Register C{dl}'s task as C{peer}: (addr, L{RegisterAnswer}); at C{prefer}
-    (a stopping supernode's next owner) first when given.
-
-    A supernode's verdict about the task (L{TaskRefused}) is final: L{DownloadError}.
-    """
-    request = RegisterRequest(dl.task_id, dl.url, dl.headers, peer, filters=dl.filters,
-                              tag=dl.tag, digest=dl.digest, want=dl.want)
-    try:
-        addr, info = await client.register(request, prefer)
-    except EgressRefused as e:
-        raise OriginNotAllowed(str(e)) from e
-    except TaskRefused as e:
-        raise DownloadError(str(e)) from e
-    if info.task_id != dl.task_id:
-        # Never take pieces of another task for this one.
-        raise SupernodeUnavailable(f"the supernode answered for task {info.task_id}, "
-                                   f"not {dl.task_id}")
-    dl.attest(info.verified)   # before the task file is handed to the streams
-    dl.promise(info.attests)
-    return addr, info
-
-
-def _prepare(store, dl, info):
-    version = (getattr(info, "etag", None), getattr(info, "last_modified", None))
-    tf = store.get(dl.task_id)
-    if tf is None or tf.uncached or tf.length != info.length or tf.piece_size != info.piece_size:
-        if tf is not None and not tf.uncached:
-            _log.info("task {task} changed shape; starting it afresh", task=dl.task_id)
-        tf = store.create(dl.task_id, dl.url, info.length, info.piece_size, *version)
-    elif any(version) and (tf.etag, tf.last_modified) != version:
-        # The pieces this download keeps are the swarm's (held ones only once
-        # confirmed): a fallback to the origin resumes them with If-Range on
-        # the version of the supernode's copy (backsource._checkable).
-        tf.set_validators(*version)
-    dl.set_task_file(tf)
     return tf
 
 
