@@ -141,3 +141,9 @@ class OptionTests(SynchronousTestCase):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              check=True).stdout
         self.assertEqual(out.strip(), "[]")
+        code = ("import sys; from dragonfly.dfget.options import parse; "
+                "parse(['http://h/f', '--allow-origin', '127.0.0.1']); "
+                "print('dragonfly.egress' in sys.modules, 'dataclasses' in sys.modules)")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True).stdout
+        self.assertEqual(out.split(), ["True", "False"])   # (its values are plain classes)
