@@ -22,7 +22,8 @@ handed to the runner, written, reported) and the end. Printed per round:
 - per piece medians, schedule calls and their round trip, B's CPU and dfget's.
 
 ``--tree DIR`` (repeatable): the dragonfly tree the processes import (default
-this one; the tree's ``twisted/plugins`` too), alternated per round. The
+this one; the tree's ``twisted/plugins`` too), alternated per round, each
+byte-compiled first as bench.run does. The
 traced processes pay the tracer (~1 µs an event); compare trees with it on
 both sides. ``--json FILE`` keeps every figure.
 """
@@ -37,7 +38,7 @@ import time
 from bench import cluster
 from bench.cluster import Peer, Supernode
 from bench.nginx import Nginx
-from bench.procs import drop_file, make_file
+from bench.procs import compile_bytecode, drop_file, make_file
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SITE = os.path.join(HERE, "warmtrace_site")
@@ -186,6 +187,8 @@ def main(argv=None):
     src = make_file(os.path.join(files, "single-%d.bin" % size), size, seed=1)
     nginx = Nginx(files, workdir=work).start()
     base_env = dict(cluster.ENV)
+    for tree in trees:   # (as bench.run does: an installed dfget has its bytecode)
+        compile_bytecode(env=dict(base_env, PYTHONPATH=tree))
     results = []
     try:
         url = nginx.url(os.path.basename(src))
