@@ -477,7 +477,10 @@ def compile_bytecode(env=None, log=print):
     ~20-30 ms of each one's start-up that no installed dfget pays (issue 20,
     round six). Returns that package's directory, or None when it could not
     be done (logged; the benches run anyway)."""
-    code = ("import compileall, os, dragonfly; d = os.path.dirname(dragonfly.__file__); "
+    # (sys.path[0] of "-c" is the current directory: not where the started
+    # processes, console scripts, look)
+    code = ("import sys; sys.path.pop(0); "
+            "import compileall, os, dragonfly; d = os.path.dirname(dragonfly.__file__); "
             "print(d if compileall.compile_dir(d, quiet=2) else '')")
     try:
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,

@@ -122,6 +122,8 @@ def one_round(tree, size_path, url, work, tag, sn_args, base_env):
     env = cluster.ENV
     plain = dict(base_env, PYTHONPATH=tree)
     trace = os.path.join(work, "%s.trace" % tag)
+    if os.path.exists(trace):
+        os.unlink(trace)   # (an earlier run's)
     out = os.path.join(work, "out.bin")
     env.clear()
     env.update(plain)
