@@ -182,6 +182,8 @@ def main(argv=None):
         held.enter()
     ctx.warm_memory = None
     try:
+        from bench.cluster import ENV
+        ctx.bytecode = procs.compile_bytecode(env=ENV, log=ctx.log)
         if not args.no_warm_memory:
             ctx.warm_memory = procs.warm_page_cache(args.workdir, log=ctx.log)
         for name in only:
@@ -204,6 +206,7 @@ def main(argv=None):
             result["loadavg_after"] = os.getloadavg()
             result["warm_memory"] = ctx.warm_memory
             result["held_memory"] = held.record
+            result["bytecode"] = ctx.bytecode
             ctx.save(name, result)
             procs.cleanup()
             netns.cleanup()

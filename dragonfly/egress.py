@@ -22,7 +22,6 @@ redirect hop) is L{dragonfly.egressguard}'s job. Imports no role.
 """
 import ipaddress
 import re
-from dataclasses import dataclass
 
 __all__ = ["EgressPolicy", "Entry", "Verdict", "BadEntry", "REFUSAL_PREFIX", "parse_entries",
            "literal_address", "normalize_host"]
@@ -125,14 +124,43 @@ def _show(address, port=None):
     return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One parsed entry: a host name or a network, with an optional port."""
+class _Frozen:
+    """A value: its fields set once, compared, hashed and shown by value (what
+    a frozen dataclass gives, without importing dataclasses, which dfget's
+    option parser would pay at start-up for --allow-origin: issue 20, round six)."""
 
-    text: str
-    host: str = None          # a host name entry (normalized)
-    network: object = None    # an ip_network entry
-    port: int = None
+    __slots__ = ()
+
+    def __init__(self, *args, **kw):
+        names = self.__slots__
+        values = dict(zip(names, args), **kw)
+        for name in names:
+            object.__setattr__(self, name, values.get(name, self._defaults.get(name)))
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def _fields(self):
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other):
+        return type(other) is type(self) and other._fields() == self._fields()
+
+    def __hash__(self):
+        return hash(self._fields())
+
+    def __repr__(self):
+        shown = ", ".join(f"{n}={v!r}" for n, v in zip(self.__slots__, self._fields()))
+        return f"{type(self).__name__}({shown})"
+
+
+class Entry(_Frozen):
+    """One parsed entry: a host name or a network, with an optional port:
+    C{text}, C{host} (a host name entry, normalized), C{network} (an
+    ip_network entry), C{port}."""
+
+    __slots__ = ("text", "host", "network", "port")
+    _defaults = {}
 
     def matches(self, host, address, port):
         if self.port is not None and self.port != port:
@@ -195,13 +223,13 @@ def parse_entries(values):
     return out
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """Whether one address may be connected to, and why (a short reason)."""
+class Verdict(_Frozen):
+    """Whether one address may be connected to (C{allowed}), and why (a
+    short C{reason}); C{explicit}: decided by an --allow-origin /
+    --deny-origin entry."""
 
-    allowed: bool
-    reason: str
-    explicit: bool = False     # decided by an --allow-origin / --deny-origin entry
+    __slots__ = ("allowed", "reason", "explicit")
+    _defaults = {"explicit": False}
 
 
 class EgressPolicy:

@@ -6,7 +6,6 @@ wraps them to raise C{usage.UsageError} for the twistd plugins.
 """
 import ipaddress
 import re
-from fractions import Fraction
 
 __all__ = ["BadValue", "parse_size", "parse_rate", "parse_hostport", "parse_hostports"]
 
@@ -38,7 +37,12 @@ def parse_size(value):
     m = _SIZE_RE.match(str(value))
     if not m:
         raise BadValue(f"not a size: {value!r} (use e.g. 4M, 512K, 1G)")
-    return int(Fraction(m.group(1)) * _UNITS[(m.group(2) or "").upper()])
+    number, unit = m.group(1), _UNITS[(m.group(2) or "").upper()]
+    if number.isdigit():
+        return int(number) * unit
+    # (imported here: dfget's start-up parses its sizes, whole numbers, without it)
+    from fractions import Fraction
+    return int(Fraction(number) * unit)
 
 
 def parse_rate(value):

@@ -34,7 +34,6 @@ from urllib.parse import urlsplit
 
 from dragonfly.dfget import daemontrust, files
 from dragonfly.dfget.options import DfgetError, default_output
-from dragonfly.egress import REFUSAL_PREFIX
 from dragonfly.dfget.progress import ProgressBar
 from dragonfly.taskid import validate_task_id
 
@@ -148,7 +147,7 @@ class DaemonClient:
         try:
             if response.status != 200:
                 error = _error_of(response)
-                if response.status == 403 and error and error.startswith(REFUSAL_PREFIX):
+                if response.status == 403 and error and _egress_refusal(error):
                     raise DfgetError(error)   # the egress policy's own line
                 raise DfgetError("the peer daemon refused the download: "
                                  f"{error or response.status}")
@@ -212,6 +211,13 @@ def _final_line(response, on_progress, on_uncached=lambda obj: None):
         elif obj.get("uncached") is True:
             on_uncached(obj)
     return final
+
+
+def _egress_refusal(error):
+    """Is C{error} the daemon's egress policy refusing the origin? (The egress
+    module, with its dataclass, is imported only then: dfget's start-up.)"""
+    from dragonfly.egress import REFUSAL_PREFIX
+    return error.startswith(REFUSAL_PREFIX)
 
 
 def _error_of(response):

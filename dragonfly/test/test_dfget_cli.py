@@ -61,3 +61,36 @@ class ProcessTests(RunMixin, TestCase):
         code, err = await self.wait(proc)
         self.assertEqual((code, err), (130, "dfget: error: interrupted\n"))
         self.assertEqual(self.listing(), [])
+
+
+class QuickExitTests(TestCase):
+    """The console entry point skips the interpreter's finalization on the
+    daemon path (no Twisted imported), its output flushed and its status kept;
+    with Twisted imported (the embedded peer) it ends the usual way."""
+
+    def entry(self, argv, before=""):
+        import sys
+
+        code = ("import atexit, sys; atexit.register(lambda: print('finalized', file=sys.stderr)); "
+                f"{before}sys.argv = ['dfget'] + {argv!r}; "
+                "from dragonfly.dfget.cli import run; run()")
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=60)
+
+    def test_daemon_path(self):
+        """Stdout (a pipe: block-buffered) arrives whole, the status is kept,
+        and nothing runs at exit."""
+        done = self.entry(["--version"])
+        self.assertEqual((done.returncode, done.stderr), (0, ""))
+        self.assertIn("dfget", done.stdout)
+        bad = self.entry(["--no-such-flag"])
+        self.assertEqual(bad.returncode, 2)
+        self.assertTrue(bad.stderr.startswith("dfget: "), bad.stderr)
+        self.assertNotIn("finalized", bad.stderr)
+
+    def test_with_twisted(self):
+        """Twisted imported: the usual exit, atexit hooks and all."""
+        done = self.entry(["--version"], before="import twisted.internet; ")
+        self.assertEqual(done.returncode, 0)
+        self.assertIn("dfget", done.stdout)
+        self.assertEqual(done.stderr, "finalized\n")

@@ -37,6 +37,27 @@ class ParseTests(SynchronousTestCase):
         [(local, _, state, uid)] = daemontrust.parse_proc_net(TCP6)
         self.assertEqual((str(local[0]), local[1], state, uid), ("::1", 8080, "0A", 0))
 
+    def test_one_connection(self):
+        """Asked for one connection's ports, only established rows with both
+        ports are parsed (the others' addresses never are), and the rows that
+        match the ports come back for the caller to compare addresses."""
+        if sys.byteorder != "little":
+            raise self.skipTest("the sample rows are little-endian")
+        header, row = TCP.splitlines()
+        other = row.replace(":9C40", ":9C41")
+        listening = row.replace(" 01 ", " 0A ")
+        elsewhere = row.replace("0100007F:9C40", "0200007F:9C40")
+        text = "\n".join([header] + [other] * 1000 + [listening, elsewhere, row]) + "\n"
+        parsed = []
+        real = daemontrust._address
+        self.patch(daemontrust, "_address", lambda field: parsed.append(field) or real(field))
+        rows = daemontrust.parse_proc_net(text, ports=(8080, 40000))
+        self.assertEqual([(str(rem[0]), rem[1]) for _, rem, _, _ in rows],
+                         [("127.0.0.2", 40000), ("127.0.0.1", 40000)])
+        self.assertEqual([uid for _, _, _, uid in rows], [1000, 1000])
+        self.assertEqual(len(parsed), 4)
+        self.assertEqual(len(daemontrust.parse_proc_net(text)), 1003)
+
     def test_garbage_rows_skipped(self):
         """Lines that do not parse are skipped."""
         self.assertEqual(daemontrust.parse_proc_net("header\nnonsense\n 0: zz:zz zz:zz 01 a b c d\n"),

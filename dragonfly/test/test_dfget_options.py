@@ -127,3 +127,23 @@ class OptionTests(SynchronousTestCase):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              check=True).stdout
         self.assertEqual(out.strip(), "[]")
+
+    def test_lean_daemon_path(self):
+        """Nor what only an error or an option not given needs: traceback (a crash
+        under --verbose), the egress module (--allow-origin, a refused origin),
+        fractions (a size with a decimal point): each costs dfget's start-up
+        milliseconds of a warm download's ~1 s (bench/README.md, round six)."""
+        code = ("import sys; import dragonfly.dfget.cli, dragonfly.dfget.viadaemon; "
+                "from dragonfly.dfget.options import parse; parse(['http://h/f']); "
+                "parse(['http://h/f', '--limit', '10M']); "
+                "print(sorted(m for m in ('traceback', 'dragonfly.egress', 'fractions', "
+                "'dataclasses') if m in sys.modules))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True).stdout
+        self.assertEqual(out.strip(), "[]")
+        code = ("import sys; from dragonfly.dfget.options import parse; "
+                "parse(['http://h/f', '--allow-origin', '127.0.0.1']); "
+                "print('dragonfly.egress' in sys.modules, 'dataclasses' in sys.modules)")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True).stdout
+        self.assertEqual(out.split(), ["True", "False"])   # (its values are plain classes)

@@ -2,6 +2,7 @@
 PeerAPI and against scripted daemons over loopback sockets, and what is left on
 disk on success and failure."""
 import hashlib
+import json
 import os
 
 from treq.testing import StubTreq
@@ -325,6 +326,23 @@ class ScriptedDaemonTests(DaemonMixin, TestCase):
         self.assertEqual(line, "dfget: error: the peer daemon refused the download: "
                                "url must be http(s)")
         self.assertEqual(self.listing(), [])
+
+    def forbid(self, error):
+        def refuse(request):
+            request.setResponseCode(403)
+            return json.dumps({"error": error}).encode()
+        return self.serve(**{"/api/v1/download": refuse})
+
+    async def test_origin_refused(self):
+        """A 403 whose error is the egress policy's own line is printed as it is."""
+        line = await self.fails(self.forbid("origin not allowed: h:80"), URL, "-O", self.out)
+        self.assertEqual(line, "dfget: error: origin not allowed: h:80")
+        self.assertEqual(self.listing(), [])
+
+    async def test_forbidden(self):
+        """Another 403 is the daemon refusing the download."""
+        line = await self.fails(self.forbid("forbidden"), URL, "-O", self.out)
+        self.assertEqual(line, "dfget: error: the peer daemon refused the download: forbidden")
 
     async def test_garbage(self):
         """A line that is not JSON fails the download."""
