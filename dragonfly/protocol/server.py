@@ -317,9 +317,6 @@ class PieceServerFactory(Factory):
         upload limiter, at most half the limiter's rate shared by the uploads).
     @param slot_wait: seconds a request may wait for an upload slot before
         BUSY (0: BUSY at once).
-    @param ingest_pacing: optional L{dragonfly.protocol.ingestpace.IngestPacing}:
-        without an upload limit, the uploads of a task still being fetched
-        from its origin are paced at that task's ingest rate.
     @param on_lost: called with C{(task_id, peer_id)} when an admitted
         client's connection ends, unless the server is shutting down (the
         supernode checks whether that peer died).
@@ -336,7 +333,7 @@ class PieceServerFactory(Factory):
                  max_frame=codec.MAX_FRAME, max_queue=MAX_QUEUE,
                  max_per_address=MAX_PER_ADDRESS, stall_interval=STALL_INTERVAL,
                  min_upload_rate=MIN_UPLOAD_RATE, slot_wait=SLOT_WAIT, kernel_pacing=True, *,
-                 admission, on_lost=lambda task_id, peer_id: None, ingest_pacing=None):
+                 admission, on_lost=lambda task_id, peer_id: None):
         self.store = store
         self.on_lost = on_lost
         self.admission = admission
@@ -344,7 +341,6 @@ class PieceServerFactory(Factory):
         self.upload_limiter = upload_limiter
         rate = getattr(upload_limiter, "rate", 0)
         self.pacer = UplinkPacer(rate) if kernel_pacing and rate > 0 else None
-        self.ingest_pacing = ingest_pacing if kernel_pacing and self.pacer is None else None
         self.max_uploads = max_uploads
         self.on_upload = on_upload
         self.idle_timeout = idle_timeout
@@ -386,8 +382,6 @@ class PieceServerFactory(Factory):
 
     def _connection_lost(self, proto):
         self._waiting.pop(proto, None)
-        if self.ingest_pacing is not None:
-            self.ingest_pacing.forget(proto)
         if proto in self.connections:
             self.connections.discard(proto)
             _count_down(self._per_address, proto.source_host)
@@ -398,8 +392,6 @@ class PieceServerFactory(Factory):
         """C{proto} took an upload slot."""
         self.active_uploads += 1
         proto.kernel_paced = self.pacer is not None and self.pacer.add(proto, proto.transport)
-        if self.ingest_pacing is not None:
-            self.ingest_pacing.add(proto, proto.task_id, proto.transport)
         host = proto.source_host
         self._uploads_by_address[host] = self._uploads_by_address.get(host, 0) + 1
         self.watch_uploads()
@@ -409,8 +401,6 @@ class PieceServerFactory(Factory):
         self.active_uploads -= 1
         if self.pacer is not None:
             self.pacer.remove(proto)
-        if self.ingest_pacing is not None:
-            self.ingest_pacing.remove(proto)
         _count_down(self._uploads_by_address, proto.source_host)
         if self._waiting and not self.shutting_down:
             by_address = self._uploads_by_address

@@ -14,7 +14,6 @@ from dragonfly.metrics import SupernodeMetrics
 from dragonfly.egressguard import EgressGuard
 from dragonfly.origin import OriginClient, make_http_client
 from dragonfly.runtime.tuning import tune_allocator
-from dragonfly.protocol.ingestpace import IngestPacing
 from dragonfly.protocol.server import PieceServerFactory
 from dragonfly.runtime.daemon import server_endpoint
 from dragonfly.runtime.ratelimit import TokenBucket
@@ -80,14 +79,10 @@ def build_supernode(reactor, c):
     site = api_site(api)
 
     upload_limiter = TokenBucket(reactor, c.upload_limit) if c.upload_limit > 0 else None
-    # No upload limit configured: a task's uploads are paced at its own
-    # ingest rate while its origin body arrives (protocol/ingestpace.py).
-    ingest_pacing = IngestPacing(reactor, fetching=cdn.fetching) if upload_limiter is None else None
-    cdn.ingest_meter = ingest_pacing
     piece_factory = PieceServerFactory(store, reactor, upload_limiter=upload_limiter,
                                        max_uploads=c.max_uploads,
                                        on_upload=metrics.upload_bytes.inc, admission=admission,
-                                       on_lost=scheduler.liveness.lost, ingest_pacing=ingest_pacing)
+                                       on_lost=scheduler.liveness.lost)
     observer = json_observer_for(reactor, c)
     api_endpoint = server_endpoint(reactor, c.listen)
     piece_endpoint = server_endpoint(reactor, c.piece_listen)

@@ -103,7 +103,6 @@ class CDN:
         self.rechecker = Rechecker(reactor, store, runner, self._job_running, self._drop_corrupt)
         self._stopping = False
         self.failure_ttl = 600.0
-        self.ingest_meter = None   # has received(task_id, nbytes): IngestPacing
 
     def set_seed(self, seed):
         self.seed = seed
@@ -224,10 +223,6 @@ class CDN:
             if job.state == "failed" and now - job.finished >= self.failure_ttl:
                 del self._jobs[task_id]
         return dropped
-
-    def fetching(self, task_id):
-        """True while a fetch of C{task_id} from its origin is pending or running."""
-        return self._job_running(task_id)
 
     def _job_running(self, task_id):
         return getattr(self._jobs.get(task_id), "state", None) in ("pending", "running")

@@ -127,9 +127,6 @@ class _JobEvents(IngestEvents):
 
     def received(self, nbytes):
         self._cdn._count_bytes(nbytes)
-        meter = self._cdn.ingest_meter
-        if meter is not None:
-            meter.received(self._job.task_id, nbytes)
 
     def stored(self, tf, index, size, digest):
         self._cdn._piece_done(self._job, tf, index, digest)
