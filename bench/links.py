@@ -296,7 +296,8 @@ def main(argv):
             run["kind"], run["n"], 100 * run["mean_link_fraction"],
             100 * (summary.get("swarm_up_use") or 0), summary.get("window_s")))
         print("\n".join(rate_table(run, step, result.get("link_bytes_s"))))
-        print("\n".join(account(run, result.get("file_bytes") or 0, result.get("link_bytes_s") or 12.5e6)))
+        for line in account(run, result.get("file_bytes") or 0, result.get("link_bytes_s") or 12.5e6):
+            print(line)
         if run.get("cpu_timeline"):
             print("CPU (share of one core; wait = runnable, no CPU free):")
             print("\n".join(cpu_table(run, step)))
