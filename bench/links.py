@@ -17,7 +17,7 @@ import os
 import threading
 import time
 
-__all__ = ["LinkSampler", "cpu_table", "link_summary", "rate_table", "read_dev", "read_schedstat"]
+__all__ = ["LinkSampler", "account", "cpu_table", "link_summary", "rate_table", "read_dev", "read_schedstat"]
 
 #: A sampling interval below this fraction of the link's rate counts as idle.
 IDLE_FRACTION = 0.1
@@ -233,6 +233,54 @@ def cpu_table(run, step=1.0):
     return lines
 
 
+#: A peer's link counts as full in a sample at this fraction of the link.
+FULL_FRACTION = 0.8
+
+
+def account(run, file_bytes, link):
+    """Lines: where a p2p run stood when its origin fetch ended, and how the
+    peers' uplinks and downlinks were used together until then.
+
+    The origin fetch: its first body byte at the supernode, its end, its
+    rate; the seed's backlog (file bytes it had not yet uploaded) and the
+    peers' mean lag (bytes behind the origin) at that end. Then every 0.1 s
+    sample of every peer from the moment every peer had its first byte to
+    the origin's end, counted by which of its two directions ran at least
+    L{FULL_FRACTION} of the link: both, only the uplink, only the downlink,
+    neither. Under a FIFO queue on each port a node's uploads delay its own
+    downloads' ACKs and the other way round, which shows as "only one"."""
+    tl = run.get("supernode_timeline") or []
+    done = run.get("origin_done_s")
+    first = next((t for t, got, _ in tl if got > 0), None)
+    if first is None or done is None or done <= first:
+        return []
+    sent = max((up for t, _, up in tl if t <= done), default=0)
+    lags = [p["lag_at_origin_done"] for p in run.get("peer_progress") or [] if p.get("lag_at_origin_done") is not None]
+    mib = float(1 << 20)
+    lines = ["origin: first byte %.2f s, done %.2f s, %.2f MiB/s; at its end the seed's backlog %.0f MiB, "
+             "the peers' mean lag %.0f MiB" % (first, done, file_bytes / mib / (done - first),
+                                               (file_bytes - sent) / mib, sum(lags) / mib / max(1, len(lags)))]
+    starts = [h.get("first_rx_s") for h in (run.get("links") or {}).get("hosts", [])[2:]]
+    start = max([t for t in starts if t is not None], default=None)
+    counts = {"both": 0, "up only": 0, "down only": 0, "neither": 0}
+    for prev, s in _intervals(run.get("link_timeline") or [], 0.0):
+        if start is None or prev[0] < start or s[0] > done:
+            continue
+        per = (s[0] - prev[0]) * link
+        up, down = _deltas(prev, s, 0, per), _deltas(prev, s, 1, per)
+        for u, d in zip(up[2:], down[2:]):
+            if u is None or d is None:
+                continue
+            key = ("both" if d >= FULL_FRACTION else "up only") if u >= FULL_FRACTION else \
+                ("down only" if d >= FULL_FRACTION else "neither")
+            counts[key] += 1
+    total = sum(counts.values())
+    if total:
+        lines.append("peer samples %.1f-%.1f s, link >= %.0f%%: " % (start, done, 100 * FULL_FRACTION) +
+                     ", ".join("%s %.0f%%" % (k, 100.0 * v / total) for k, v in counts.items()))
+    return lines
+
+
 def main(argv):
     """python -m bench.links RESULTS/swarm.json [STEP]: each p2p run's link table
     and, when recorded, its CPU table (run and run-queue wait per process)."""
@@ -248,6 +296,8 @@ def main(argv):
             run["kind"], run["n"], 100 * run["mean_link_fraction"],
             100 * (summary.get("swarm_up_use") or 0), summary.get("window_s")))
         print("\n".join(rate_table(run, step, result.get("link_bytes_s"))))
+        for line in account(run, result.get("file_bytes") or 0, result.get("link_bytes_s") or 12.5e6):
+            print(line)
         if run.get("cpu_timeline"):
             print("CPU (share of one core; wait = runnable, no CPU free):")
             print("\n".join(cpu_table(run, step)))
