@@ -6,7 +6,8 @@ and a runner thread copied it again into the page cache with C{pwrite}. For
 a body of known length (Content-Length, not chunked) of at least
 L{SPLICE_MIN} bytes from a plain TCP origin with no rate limit, the
 pipeline takes the socket instead, once Twisted parsed the headers: the
-reactor stops reading it, and for each piece in turn a thread of its own
+reactor stops reading it, and for each piece in turn one of the body's
+threads (L{DEPTH}, kept for the body: L{_Workers})
 moves the bytes with C{splice(2)} socket -> pipe -> data file (one kernel
 copy), then reads the piece back from the file in 1 MiB reads and hashes
 them: the piece's BLAKE3 and, when it is next in order, the whole file's
@@ -18,7 +19,7 @@ a content hash fed in order takes them in turn: a piece's thread hashes only
 after the previous piece's has). So every piece digest is
 computed from exactly the bytes stored, as before; the piece is marked held
 and announced only after that. The thread waits for the socket with
-C{poll} (a thread per piece, not a runner thread: a slow origin must not
+C{poll} (the body's own threads, not runner threads: a slow origin must not
 hold the store's threads), with C{SO_RCVLOWAT} set to the bytes it wants
 next (up to 1 MiB), so each wake-up moves a large run. The connection is closed after the body: its
 HTTP parser never saw the body, so it cannot go back to the pool.
@@ -30,6 +31,7 @@ per piece in flight, per body.
 """
 import fcntl
 import os
+import queue
 import select
 import socket
 import threading
@@ -101,19 +103,61 @@ def take_body(response, length, reactor, idle_timeout, on_bytes, broken):
     return RawBody(conn, grab, length, reactor, idle_timeout, on_bytes, broken)
 
 
-def _in_thread(reactor, f, *args):
-    """C{f(*args)} in a new daemon thread; a Deferred of its result."""
-    d = Deferred()
+class _Workers:
+    """The threads of one spliced body: up to C{count}, each started on first
+    need and kept until L{close}; a piece's work is handed over a queue.
 
-    def work():
+    Not a thread per piece: C{Thread.start} blocks its caller (the reactor)
+    until the new thread runs, and with both cores busy (the cold mirror's
+    steady state) that took ms per piece: 27% of the supernode reactor's busy
+    time in a 1 GiB cold mirror pull (py-spy, issue 20 round six), a stall
+    for every piece served and every long-poll answered meanwhile.
+    """
+
+    def __init__(self, reactor, count):
+        self._reactor = reactor
+        self._count = count
+        self._jobs = queue.SimpleQueue()
+        self._threads = 0
+        self._busy = 0
+
+    def run(self, f, *args):
+        """C{f(*args)} in one of the threads; a Deferred of its result."""
+        d = Deferred()
+        self._busy += 1
+        if self._busy > self._threads and self._threads < self._count:
+            self._threads += 1
+            threading.Thread(target=self._work, name="dragonfly-splice", daemon=True).start()
+        self._jobs.put((d, f, args))
+        d.addBoth(self._idle)
+        return d
+
+    def _idle(self, result):
+        self._busy -= 1
+        return result
+
+    def _work(self):
+        while self._one(self._jobs.get()):
+            pass
+
+    def _one(self, job):
+        """Run one job (a thread's loop; the job's references die with this
+        call); False for the end marker."""
+        if job is None:
+            return False
+        d, f, args = job
         try:
             result = f(*args)
         except BaseException:
-            reactor.callFromThread(d.errback, Failure())
+            self._reactor.callFromThread(d.errback, Failure())
         else:
-            reactor.callFromThread(d.callback, result)
-    threading.Thread(target=work, name="dragonfly-splice", daemon=True).start()
-    return d
+            self._reactor.callFromThread(d.callback, result)
+        return True
+
+    def close(self):
+        """Let every thread end once the jobs before are done."""
+        for _ in range(self._threads):
+            self._jobs.put(None)
 
 
 class RawBody:
@@ -135,6 +179,7 @@ class RawBody:
         self.sockobj = None
         self._pipe = None
         self._bufs = {}
+        self._workers = _Workers(reactor, DEPTH)
 
     def settle(self):
         """The body's first bytes, which the parser read with the headers.
@@ -151,7 +196,7 @@ class RawBody:
         return b"".join(self._grab.head)
 
     def run(self, f, *args):
-        return _in_thread(self._reactor, f, *args)
+        return self._workers.run(f, *args)
 
     def buffer(self, slot):
         """Read-back buffer C{slot} (one per piece in flight), made on first use."""
@@ -188,6 +233,7 @@ class RawBody:
             for fd in self._pipe:
                 os.close(fd)
             self._pipe = None
+        self._workers.close()
         self._conn.abortConnection()
 
 

@@ -6,6 +6,7 @@ import threading
 
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
@@ -154,6 +155,30 @@ class SpliceTests(TestCase):
         self.assertPieces(range(self.tf.piece_count))
         self.assertEqual(await content.digest(), "sha256:" + hashlib.sha256(DATA).hexdigest())
         self.assertEqual(content.read_back, 0)
+
+    async def test_a_few_threads_per_body(self):
+        # The pieces run in DEPTH threads kept for the body, not one thread
+        # started per piece (a start blocks the reactor until the thread runs).
+        threads = []   # the Thread objects (held: identities are never reused)
+        real_bytes = splice._splice_bytes
+
+        def splice_bytes(*args):
+            me = threading.current_thread()
+            if not any(t is me for t in threads):
+                threads.append(me)
+            return real_bytes(*args)
+        self.patch(splice, "_splice_bytes", splice_bytes)
+        content = ContentHash(self.tf, self.runner)
+        resp = await self.client.get(self.url("/o/f"))
+        await stream_into(resp, self.tf, self.runner, self.events, content=content, splice=True)
+        self.assertPieces(range(self.tf.piece_count))
+        self.assertGreaterEqual(len(threads), 1)
+        self.assertLessEqual(len(threads), splice.DEPTH)
+        # and they end with the body
+        deadline = reactor.seconds() + 30
+        while reactor.seconds() < deadline and any(t.is_alive() for t in threads):
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual([t for t in threads if t.is_alive()], [])
 
     async def test_range_spliced(self):
         resp = await self.client.get(self.url("/o/f"), offset=4 * PIECE, end=8 * PIECE - 1)
