@@ -110,19 +110,21 @@ def thread_delta(pid, before, after, per_gib):
             "others_sum": [round(sum(c[0] for c in others), 3), round(sum(c[1] for c in others), 3)]}
 
 
-def run(args):
+def warm_lab(args, name, repo):
+    """A registry holding a layer of C{args.size} in C{repo}, a supernode and
+    dfdaemon 1 that pulled it once (cold) through its mirror, in a fresh
+    directory C{name} under C{args.workdir}: (lab, registry, sn, d1, blob
+    path, digest, the output file, size). Close with L{close_lab}."""
     work = args.workdir
     os.makedirs(work, exist_ok=True)
-    files = os.path.join(work, "files")
     size = _size(args.size)
-    layer, digest = make_layer(os.path.join(files, "mirror-layer-%d.tar" % size), size)
-    lab = os.path.join(work, "mirrorcpu")
+    layer, digest = make_layer(os.path.join(work, "files", "mirror-layer-%d.tar" % size), size)
+    lab = os.path.join(work, name)
     shutil.rmtree(lab, ignore_errors=True)
     os.makedirs(lab)
     out = os.path.join(lab, "out.bin")
     registry = Registry(os.path.join(lab, "registry"))
     registry.start()
-    repo = "bench/cpu"
     registry.push_image(repo, layer, digest)
     blob_path = "/v2/%s/blobs/%s" % (repo, digest)
     extra_sn = args.supernode_args.split() if args.supernode_args else []
@@ -134,6 +136,18 @@ def run(args):
     if sha256_file(out) != digest.partition(":")[2]:
         raise BenchError("cold output does not match")
     drop_file(out)
+    return lab, registry, sn, d1, blob_path, digest, out, size
+
+
+def close_lab(registry, sn, d1):
+    """Stop what L{warm_lab} started."""
+    for p in (d1, sn):
+        p.close()
+    registry.close()
+
+
+def run(args):
+    lab, registry, sn, d1, blob_path, digest, out, size = warm_lab(args, "mirrorcpu", "bench/cpu")
     per_gib = GiB / size
     results = []
     kinds = args.kinds.split(",")
@@ -142,9 +156,7 @@ def run(args):
             results.append(one_round(args, lab, sn, d1, registry, blob_path, digest, out, kind,
                                      "%s%d" % (kind, r), per_gib))
             print(json.dumps(results[-1]), flush=True)
-    for p in (d1, sn):
-        p.close()
-    registry.close()
+    close_lab(registry, sn, d1)
     return results
 
 

@@ -21,16 +21,14 @@ and where the stream waited, all in the processes' own clocks.
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
 import time
 
-from bench.cluster import Supernode
 from bench.links import read_schedstat
-from bench.mirror import DfDaemon, Registry, curl_get, make_layer
-from bench.mirrorcpu import _size
+from bench.mirror import DfDaemon
+from bench.mirrorcpu import _size, close_lab, warm_lab
 from bench.procs import BenchError, cleanup, drop_file, sha256_file
 
 GiB = 1 << 30
@@ -210,28 +208,7 @@ def cpu_account(samples, names, cores, size):
 
 
 def run(args):
-    work = args.workdir
-    os.makedirs(work, exist_ok=True)
-    size = _size(args.size)
-    layer, digest = make_layer(os.path.join(work, "files", "mirror-layer-%d.tar" % size), size)
-    lab = os.path.join(work, "mirrortrace")
-    shutil.rmtree(lab, ignore_errors=True)
-    os.makedirs(lab)
-    out = os.path.join(lab, "out.bin")
-    registry = Registry(os.path.join(lab, "registry"))
-    registry.start()
-    repo = "bench/trace"
-    registry.push_image(repo, layer, digest)
-    blob = "/v2/%s/blobs/%s" % (repo, digest)
-    extra_sn = args.supernode_args.split() if args.supernode_args else []
-    extra = args.peer_args.split() if args.peer_args else []
-    sn = Supernode(lab, extra=extra_sn).start()
-    d1 = DfDaemon(lab, sn.address, registry, extra=extra, name="dfdaemon1").start()
-    d1.wait_ready()
-    curl_get(d1.base_url + blob, out, os.path.join(lab, "curl-cold.log"), 600)
-    if sha256_file(out) != digest.partition(":")[2]:
-        raise BenchError("cold output does not match")
-    drop_file(out)
+    lab, registry, sn, d1, blob, digest, out, size = warm_lab(args, "mirrortrace", "bench/trace")
     piece = _size(args.piece_size)
     trees = {"a": args.tree_a, "b": args.tree_b, "c": args.tree_c}
     results = []
@@ -242,9 +219,7 @@ def run(args):
             res["tree"] = trees[kind]
             results.append(res)
             print(json.dumps(res), flush=True)
-    for p in (d1, sn):
-        p.close()
-    registry.close()
+    close_lab(registry, sn, d1)
     return results
 
 
