@@ -45,6 +45,43 @@ class DeadPeerTests(SwarmMixin, TestCase):
         rows = [r for r in grid["grid"]["peers"] if r["port"] == port]
         return rows[0] if rows else None
 
+    async def wait_released(self, supernode, task_id, victim, what):
+        """Poll until the dead C{victim}'s assignments ended and it is marked down."""
+        async def released():
+            row = await self.victim_row(supernode, task_id, victim.piece_port)
+            return row is not None and not row["fetching"] and row.get("down")
+        await poll_until(reactor, released, RELEASED_WITHIN,
+                         f"the dead victim's {what} to end and it to be marked down")
+
+    async def kill_peer_fed_victim(self, others=0):
+        """A holder downloads the file first; a victim (one fetch at a time,
+        paced) takes pieces from it only and is SIGKILLed, with its dfget,
+        while it holds a piece and fetches the next: (supernode, holder,
+        victim, url, task id, the C{others} peers started beside it)."""
+        swarm = self.swarm
+        await swarm.start_origin({"f.bin": SIZE})
+        supernode = await swarm.start_supernode()
+        holder = await swarm.start_peer()
+        url = swarm.origin_url("f.bin")
+        task_id = task_id_for_url(url)
+        first = await swarm.dfget(url, peer=holder)
+        self.assertEqual(first.code, 0, f"dfget failed: {first!r}")
+        victim = await swarm.start_peer(extra=["--concurrency", "1"])
+        started = [await swarm.start_peer() for _ in range(others)]
+        vproc = swarm.start_dfget(url, peer=victim, args=["--limit", "256K"])
+
+        async def fetching():
+            row = await self.victim_row(supernode, task_id, victim.piece_port)
+            return row is not None and row["held"] >= 1 and row["fetching"]
+        await poll_until(reactor, fetching, 60, "the victim to hold a piece and fetch one")
+        row = await self.victim_row(supernode, task_id, victim.piece_port)
+        self.assertEqual(row["from_supernode"], 0, "the victim fetched from the supernode")
+        victim.kill_now()
+        vproc.kill_now()
+        await victim.wait(reactor, 10)
+        await vproc.wait(reactor, 10)
+        return supernode, holder, victim, url, task_id, started
+
     @with_logs()
     async def test_killed_downloader_released(self):
         """When a peer is SIGKILLed between schedule calls while it fetches a
@@ -73,11 +110,7 @@ class DeadPeerTests(SwarmMixin, TestCase):
         await victim.wait(reactor, 10)
         await vproc.wait(reactor, 10)
 
-        async def released():
-            row = await self.victim_row(supernode, task_id, victim.piece_port)
-            return row is not None and not row["fetching"] and row.get("down")
-        await poll_until(reactor, released, RELEASED_WITHIN,
-                         "the dead victim's assignments to end and it to be marked down")
+        await self.wait_released(supernode, task_id, victim, "assignments")
         procs = [swarm.start_dfget(url, peer=p) for p in others]
         _, digest = swarm.files["f.bin"]
         for proc in procs:
@@ -97,37 +130,13 @@ class DeadPeerTests(SwarmMixin, TestCase):
         supernode finds its port refusing connections, ends its assignment
         and hands it out to nobody more; everyone completes from the swarm."""
         swarm = self.swarm
-        await swarm.start_origin({"f.bin": SIZE})
-        supernode = await swarm.start_supernode()
-        holder = await swarm.start_peer()
-        url = swarm.origin_url("f.bin")
-        task_id = task_id_for_url(url)
-        first = await swarm.dfget(url, peer=holder)
-        self.assertEqual(first.code, 0, f"dfget failed: {first!r}")
-        victim = await swarm.start_peer(extra=["--concurrency", "1"])
-        others = [await swarm.start_peer(), await swarm.start_peer()]
-        vproc = swarm.start_dfget(url, peer=victim, args=["--limit", "256K"])
-
-        async def fetching():
-            row = await self.victim_row(supernode, task_id, victim.piece_port)
-            return row is not None and row["held"] >= 1 and row["fetching"]
-        await poll_until(reactor, fetching, 60, "the victim to hold a piece and fetch one")
-        row = await self.victim_row(supernode, task_id, victim.piece_port)
-        self.assertEqual(row["from_supernode"], 0, "the victim fetched from the supernode")
-        victim.kill_now()
-        vproc.kill_now()
-        await victim.wait(reactor, 10)
-        await vproc.wait(reactor, 10)
+        supernode, holder, victim, url, task_id, others = await self.kill_peer_fed_victim(2)
         # The holder leaves (a clean stop): the victim is the only peer
         # holding its pieces, so the next askers are sent to it.
         await holder.stop(reactor)
         procs = [swarm.start_dfget(url, peer=p) for p in others]
 
-        async def released():
-            row = await self.victim_row(supernode, task_id, victim.piece_port)
-            return row is not None and not row["fetching"] and row.get("down")
-        await poll_until(reactor, released, RELEASED_WITHIN,
-                         "the dead victim's assignment to end and it to be marked down")
+        await self.wait_released(supernode, task_id, victim, "assignment")
         _, digest = swarm.files["f.bin"]
         for proc in procs:
             result = await swarm.wait_dfget(proc, timeout=120)
@@ -142,33 +151,8 @@ class DeadPeerTests(SwarmMixin, TestCase):
         port refusing connections and ends its assignment, so the uploader's
         slot is free long before the assignment timeout; the uploader stays
         a live source."""
-        swarm = self.swarm
-        await swarm.start_origin({"f.bin": SIZE})
-        supernode = await swarm.start_supernode()
-        holder = await swarm.start_peer()
-        url = swarm.origin_url("f.bin")
-        task_id = task_id_for_url(url)
-        first = await swarm.dfget(url, peer=holder)
-        self.assertEqual(first.code, 0, f"dfget failed: {first!r}")
-        victim = await swarm.start_peer(extra=["--concurrency", "1"])
-        vproc = swarm.start_dfget(url, peer=victim, args=["--limit", "256K"])
-
-        async def fetching():
-            row = await self.victim_row(supernode, task_id, victim.piece_port)
-            return row is not None and row["held"] >= 1 and row["fetching"]
-        await poll_until(reactor, fetching, 60, "the victim to hold a piece and fetch one")
-        row = await self.victim_row(supernode, task_id, victim.piece_port)
-        self.assertEqual(row["from_supernode"], 0, "the victim fetched from the supernode")
-        victim.kill_now()
-        vproc.kill_now()
-        await victim.wait(reactor, 10)
-        await vproc.wait(reactor, 10)
-
-        async def released():
-            row = await self.victim_row(supernode, task_id, victim.piece_port)
-            return row is not None and not row["fetching"] and row.get("down")
-        await poll_until(reactor, released, RELEASED_WITHIN,
-                         "the dead victim's assignment to end and it to be marked down")
+        supernode, holder, victim, _, task_id, _ = await self.kill_peer_fed_victim()
+        await self.wait_released(supernode, task_id, victim, "assignment")
         row = await self.victim_row(supernode, task_id, holder.piece_port)
         self.assertFalse(row.get("down"), "the live uploader was marked down")
         m = await supernode.metrics(self.http)
