@@ -124,8 +124,7 @@ class OptionTests(SynchronousTestCase):
                 "from dragonfly.dfget.options import parse; parse(['http://h/f']); "
                 "print(sorted(m for m in sys.modules if m.split('.')[0] in "
                 "('twisted', 'treq', 'klein', 'zope')))")
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             check=True).stdout
+        out = _run_python(code)
         self.assertEqual(out.strip(), "[]")
 
     def test_lean_daemon_path(self):
@@ -138,12 +137,16 @@ class OptionTests(SynchronousTestCase):
                 "parse(['http://h/f', '--limit', '10M']); "
                 "print(sorted(m for m in ('traceback', 'dragonfly.egress', 'fractions', "
                 "'dataclasses') if m in sys.modules))")
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             check=True).stdout
+        out = _run_python(code)
         self.assertEqual(out.strip(), "[]")
         code = ("import sys; from dragonfly.dfget.options import parse; "
                 "parse(['http://h/f', '--allow-origin', '127.0.0.1']); "
                 "print('dragonfly.egress' in sys.modules, 'dataclasses' in sys.modules)")
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             check=True).stdout
+        out = _run_python(code)
         self.assertEqual(out.split(), ["True", "False"])   # (its values are plain classes)
+
+
+def _run_python(code):
+    """What a fresh interpreter running C{code} prints."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout
