@@ -264,8 +264,9 @@ class SwarmSession:
         in memory) but is off the wire: its successor is asked for now and
         waits queued, started as the piece lands (L{_start_fetches}). While
         a stream reads the task, C{slots} more: the supernode queues them at
-        busy sources (the request's C{queue}), and each starts as soon as a
-        piece on the wire is in, not a control round trip later.
+        their sources (the request's C{queue}; an older one gives none), and
+        each starts as soon as a piece on the wire is in, not a control round
+        trip later.
         """
         receiving = len(self.in_flight) - len(self.checking)
         depth = self.slots + self.settings.queue_depth + (self.slots if self.dl.readers else 0)
