@@ -77,10 +77,11 @@ class IRunner(Interface):
 class IScheduler(Interface):
     """Decides which peer fetches which piece from whom."""
 
-    def assign(task_id, peer_id, want, cursor=None, seed_only=False):
+    def assign(task_id, peer_id, want, cursor=None, seed_only=False, queue=False):
         """Up to C{want} Assignments for C{peer_id}; C{cursor}: it streams in
         order and holds every piece below that index (None: no preference);
-        C{seed_only}: from the seed only, never from other peers."""
+        C{seed_only}: from the seed only, never from other peers; C{queue}
+        (with a cursor): a reader waits, queue more at its sources."""
 
     def report(task_id, peer_id, have=(), failed=(), fetched=()):
         """Record finished pieces, failed sources and pieces whose bytes

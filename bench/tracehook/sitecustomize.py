@@ -8,7 +8,8 @@ them as JSON lines to DFTRACE_OUT at exit. Never loaded by the product.
 
 Experiment switches (round six, bench/README.md): DFTRACE_SLOTS=N (N fetch
 slots), DFTRACE_NOGATHER=1 (every arrival reported alone), DFTRACE_QUEUE=1
-(a streamed task asks for its slots again beyond the free ones).
+(a streamed task asks for its slots again beyond the free ones; the product's
+own behaviour from branch mirq6 on, with the supernode's queue: a no-op there).
 """
 import atexit
 import json

@@ -277,7 +277,8 @@ class ScheduleRequest(_Message):
     C{cursor}: the sender streams the task in order and holds every piece
     below it (None: no preference). A report alone has C{want} 0.
     C{seed_only}: assign pieces from the supernode's seed only, never from
-    other peers (dfget C{--pattern cdn}).
+    other peers (dfget C{--pattern cdn}). C{queue}: with a C{cursor}, a reader
+    waits on the bytes in order: queue more at busy sources (absent: no).
     C{fetched}: pieces whose bytes arrived, not yet verified and written (the
     supernode frees their sources' upload slots now; a later report says
     C{have} or C{failed}). Absent from older peers: nothing is freed early.
@@ -292,6 +293,7 @@ class ScheduleRequest(_Message):
     secret: str = None
     seed_only: bool = False
     fetched: tuple = ()
+    queue: bool = False
 
     def to_json(self):
         out = {"peer_id": self.peer_id, "have": list(self.have),
@@ -303,6 +305,8 @@ class ScheduleRequest(_Message):
             out["seed_only"] = True
         if self.fetched:
             out["fetched"] = list(self.fetched)
+        if self.queue:
+            out["queue"] = True
         return _with_secret(out, self.secret)
 
     @classmethod
@@ -338,11 +342,9 @@ class ScheduleRequest(_Message):
                 or not math.isfinite(wait) or wait < 0:
             raise MessageError("wait", "wait must be a non-negative number of seconds")
         cursor = optional_integer(obj, "cursor", 0, MAX_INDEX)
-        seed_only = obj.get("seed_only", False)
-        if not isinstance(seed_only, bool):
-            raise MessageError("seed_only", "seed_only must be true or false")
         return cls(peer_id, tuple(have), tuple(failed), want, wait, cursor,
-                   check_secret(obj.get("secret")), seed_only, tuple(fetched))
+                   check_secret(obj.get("secret")), boolean(obj, "seed_only"), tuple(fetched),
+                   boolean(obj, "queue"))
 
 
 def parse_assignment(obj):

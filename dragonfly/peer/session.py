@@ -262,10 +262,15 @@ class SwarmSession:
 
         A piece being hashed and written holds its fetch slot (its bytes are
         in memory) but is off the wire: its successor is asked for now and
-        waits queued, started as the piece lands (L{_start_fetches}).
+        waits queued, started as the piece lands (L{_start_fetches}). While
+        a stream reads the task, C{slots} more: the supernode queues them at
+        their sources (the request's C{queue}; an older one gives none), and
+        each starts as soon as a piece on the wire is in, not a control round
+        trip later.
         """
         receiving = len(self.in_flight) - len(self.checking)
-        want = max(0, self.slots + self.settings.queue_depth - receiving - len(self.queue))
+        depth = self.slots + self.settings.queue_depth + (self.slots if self.dl.readers else 0)
+        want = max(0, depth - receiving - len(self.queue))
         # Never ask for more than is left unassigned: with everything in
         # flight, a long-poll would only delay our reports and our end.
         unassigned = (self.tf.piece_count - len(self.tf.completed()) + len(self.dl.unconfirmed)
@@ -312,14 +317,15 @@ class SwarmSession:
         done = set(have).union(f.index for f in failed)
         fetched = [i for i in fetched if i not in done]
         cursor = None
-        if self.dl.readers:
+        queue = bool(self.dl.readers)
+        if queue:
             # Someone streams this task in order: the lowest piece a stream
             # waits for; the supernode hands out the next pieces from there first.
             cursor = min(r.cursor for r in self.dl.readers)
         try:
             request = ScheduleRequest(self.me().peer_id, tuple(have), tuple(failed),
                                       want, wait, cursor, seed_only=self.dl.pattern == "cdn",
-                                      fetched=tuple(fetched))
+                                      fetched=tuple(fetched), queue=queue)
             answer = await self.client.schedule(self.addr, self.dl.task_id, request)
         except NotRegistered:
             raise

@@ -306,7 +306,7 @@ class SupernodeAPI:
                 raise ApiError(503, "supernode stopping", moved=True,
                                owner=self.handover.next_owner(task_id))
             assignments = self.scheduler.assign(task_id, peer_id, want, cursor=cursor,
-                                                seed_only=req.seed_only)
+                                                seed_only=req.seed_only, queue=req.queue)
             done = self.scheduler.is_done(task_id, peer_id)
             remaining = deadline - self.clock.seconds()
             if assignments or done or want == 0 or remaining <= 0:

@@ -13,6 +13,7 @@ from collections import defaultdict, deque
 
 from dragonfly.interfaces import Assignment
 from dragonfly.supernode.bitset import bits
+from dragonfly.supernode.piecesizes import PieceSizes
 
 __all__ = ["UnknownTask", "UnknownPeer", "SEED", "SCAN_HOLDERS", "DIGEST", "Fetch", "Peer",
            "PieceSizes", "Task", "TooManyPeers"]
@@ -46,44 +47,6 @@ BUSY = "busy"
 BUSY_REST = 2.0
 
 
-class PieceSizes:
-    """The piece sizes of a file of C{length} bytes cut every C{piece_size}
-    bytes, as a read-only sequence of constant size (no per-piece list)."""
-
-    __slots__ = ("length", "piece_size", "n")
-
-    def __init__(self, length, piece_size):
-        if length < 0 or piece_size <= 0:
-            raise ValueError("bad length or piece size")
-        self.length = length
-        self.piece_size = piece_size
-        self.n = -(-length // piece_size)
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        if i < 0:
-            i += self.n
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        return self.piece_size if i < self.n - 1 else self.length - i * self.piece_size
-
-    def __eq__(self, other):
-        if isinstance(other, PieceSizes):
-            return self.length == other.length and (
-                self.piece_size == other.piece_size or self.n <= 1 and other.n <= 1)
-        try:
-            return len(other) == self.n and all(a == b for a, b in zip(self, other))
-        except TypeError:
-            return NotImplemented
-
-    __hash__ = None
-
-    def __repr__(self):
-        return f"PieceSizes({self.length}, {self.piece_size})"
-
-
 class _Seed:
     """Marker for the supernode's own copy as a source."""
 
@@ -98,15 +61,18 @@ class Fetch:
 
     C{fetched}: the asker said the bytes arrived (not yet verified and
     written): the source's upload slot is free again (L{mark_fetched}).
+    C{queued}: it holds a place in its source's queue, not an upload slot
+    (L{dragonfly.supernode.queueing}); freed the same way.
     """
 
-    __slots__ = ("index", "source", "deadline", "fetched")
+    __slots__ = ("index", "source", "deadline", "fetched", "queued")
 
     def __init__(self, index, source, deadline):
         self.index = index
         self.source = source        # Peer or SEED
         self.deadline = deadline
         self.fetched = False
+        self.queued = False
 
 
 class Peer:
@@ -115,7 +81,7 @@ class Peer:
     __slots__ = ("info", "id", "have", "fetching", "fetch_mask", "uploads",
                  "seed_fetches", "seed_got", "free_pos", "last_seen", "failed", "failed_mask",
                  "fail_reporters", "bad", "alive", "joined", "seq_turn", "streaming", "waiter", "avoid",
-                 "avoid_next", "bad_pieces", "bad_until", "down")
+                 "avoid_next", "bad_pieces", "bad_until", "down", "queued")
 
     def __init__(self, info, now):
         self.info = info
@@ -124,6 +90,7 @@ class Peer:
         self.fetching = {}              # index -> Fetch
         self.fetch_mask = 0
         self.uploads = 0                # in-flight assignments with us as source
+        self.queued = 0                 # more, queued beyond our slots (queueing)
         self.seed_fetches = 0           # our in-flight assignments from the seed
         self.seed_got = 0               # assignments from the seed so far
         self.free_pos = -1              # index in Task.free, -1 when absent
@@ -516,7 +483,9 @@ def release(task, asker, f, max_uploads, seed_copies, rekey=True):
         return task.seed_mask
     if not src.alive:
         return 0
-    if not f.fetched:   # (else its slot was freed when the bytes arrived)
+    if f.queued and not f.fetched:   # (a place in its queue, no slot)
+        src.queued -= 1
+    elif not f.fetched:   # (else its slot was freed when the bytes arrived)
         src.uploads -= 1
         free_add(task, src, max_uploads)
     return 0 if src.bad else src.have
@@ -542,15 +511,19 @@ def mark_fetched(task, asker, f, max_uploads):
         task.seed_uploads -= 1
         return task.seed_mask
     if src.alive:
-        src.uploads -= 1
-        free_add(task, src, max_uploads)
+        if f.queued:    # (a place in its queue, no slot: it holds one again)
+            src.queued -= 1
+        else:
+            src.uploads -= 1
+            free_add(task, src, max_uploads)
         if not src.bad:
             return src.have
     return 0
 
 
-def start(task, a, i, src, deadline, max_uploads, seed_copies):
-    """C{a} fetches piece C{i} from C{src} until C{deadline}: its L{Assignment}."""
+def start(task, a, i, src, deadline, max_uploads, seed_copies, queued=False):
+    """C{a} fetches piece C{i} from C{src} until C{deadline}: its L{Assignment}.
+    C{queued}: in a place of peer C{src}'s queue, not one of its upload slots."""
     f = Fetch(i, src, deadline)
     a.fetching[i] = f
     a.fetch_mask |= 1 << i
@@ -573,6 +546,11 @@ def start(task, a, i, src, deadline, max_uploads, seed_copies):
             task.seed_busy |= 1 << i
         task.assigned["supernode"] += 1
         info = task.seed
+    elif queued:
+        f.queued = True
+        src.queued += 1
+        task.assigned["peer"] += 1
+        info = src.info
     else:
         src.uploads += 1
         if src.uploads >= max_uploads:

@@ -46,6 +46,7 @@ class FakeSupernode:
         self.schedule_script = []     # one-shot (code, body) answers, first first
         self.hold = False             # schedule answers nothing (as if long-polling)
         self.per_source_limit = None  # pieces one source serves us at once
+        self.queue_limit = 0          # more of them while we ask for a queue (streaming)
         self.defer_polls = False      # hold empty answers to wait>0 polls until news
         self.held_polls = []          # (body, Deferred)
         self.assigned_from = {}       # index -> source peer id
@@ -137,7 +138,7 @@ class FakeSupernode:
                     break
                 if i in self.have or i in self.assigned:
                     continue
-                src = self._pick(i)
+                src = self._pick(i, self.queue_limit if body.get("queue") else 0)
                 if src is None:
                     continue
                 self.assigned.add(i)
@@ -147,11 +148,11 @@ class FakeSupernode:
                             "source": src.to_json()})
         return out
 
-    def _pick(self, index):
+    def _pick(self, index, queue=0):
         for k in range(len(self.sources)):
             src = self.sources[(self._turn + k) % len(self.sources)]
             busy = sum(1 for s in self.assigned_from.values() if s == src.peer_id)
-            if self.per_source_limit is not None and busy >= self.per_source_limit:
+            if self.per_source_limit is not None and busy >= self.per_source_limit + queue:
                 continue
             if (index, src.peer_id) not in self.bad:
                 self._turn += 1

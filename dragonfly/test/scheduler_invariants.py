@@ -69,6 +69,7 @@ def verify(s, task_id):
     inflight = [0] * n
     seed_inflight = [0] * n
     uploads = {}
+    queued = {}     # source id -> its queued places taken (no slot: see queueing)
     seed_uploads = 0
     done = sources = seed_given = 0
     for pid, p in task.peers.items():
@@ -96,7 +97,8 @@ def verify(s, task_id):
                 assert f.source is not p
             elif f.source.alive:
                 assert f.source is not p
-                uploads[f.source.id] = uploads.get(f.source.id, 0) + 1
+                book = queued if f.queued else uploads
+                book[f.source.id] = book.get(f.source.id, 0) + 1
         assert mask == p.fetch_mask
         assert seed_fetches == p.seed_fetches
     assert (done, sources, seed_given) == (task.done, task.sources, task.seed_given)
@@ -134,6 +136,7 @@ def verify(s, task_id):
     assert allbits == task.full
     for p in task.peers.values():
         assert p.uploads == uploads.get(p.id, 0) <= s.max_uploads_per_peer
+        assert p.queued == queued.get(p.id, 0) <= s.stream_queue
         in_free = p.free_pos >= 0
         assert in_free == bool(p.have and not p.bad and p.uploads < s.max_uploads_per_peer)
         if in_free:

@@ -32,6 +32,7 @@ EXAMPLES = [
     m.ScheduleRequest("p-1"),
     m.ScheduleRequest("p-1", want=2, seed_only=True),
     m.ScheduleRequest("p-1", (0,), (), 2, 2.0, fetched=(3, 5)),
+    m.ScheduleRequest("p-1", (), (), 8, 2.0, 3, queue=True),
     m.ScheduleAnswer((ASSIGNMENT,), False),
     m.ScheduleAnswer((), True),
     m.ScheduleAnswer((), False, token="eyJ9." + "A" * 86),
@@ -80,6 +81,10 @@ class RoundTripTests(SynchronousTestCase):
         # "fetched" only when there are any: an older supernode sees what it always saw
         self.assertEqual(m.ScheduleRequest("p", fetched=(4,)).to_json()["fetched"], [4])
         self.assertNotIn("fetched", m.ScheduleRequest("p", have=(4,)).to_json())
+        # "queue" only when asked for; absent (an older peer) reads as no queue
+        self.assertIs(m.ScheduleRequest("p", cursor=2, queue=True).to_json()["queue"], True)
+        self.assertNotIn("queue", m.ScheduleRequest("p", cursor=2).to_json())
+        self.assertIs(m.ScheduleRequest.parse({"peer_id": "p", "cursor": 2}).queue, False)
         self.assertEqual(list(EXAMPLES[0].to_json()), ["task_id", "url", "headers", "peer"])
         self.assertEqual(list(EXAMPLES[2].to_json()), [
             "task_id", "length", "piece_size", "piece_count", "seed", "piece_digest"])
@@ -310,6 +315,7 @@ MALFORMED = [
     (_bad(pm.PreheatStatus, EXAMPLES[-1].to_json(), tasks=["x"]), "tasks"),
     (_bad(pm.PreheatStatus, EXAMPLES[-1].to_json(), length=-1), "length"),
     ((m.ScheduleRequest, {"peer_id": "p", "seed_only": "yes"}), "seed_only"),
+    ((m.ScheduleRequest, {"peer_id": "p", "cursor": 0, "queue": 1}), "queue"),
 ]
 
 

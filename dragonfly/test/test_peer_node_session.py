@@ -421,8 +421,11 @@ class LongPollTests(NodeMixin, SynchronousTestCase):
         self.assertEqual(len(self.pool.held), 4)
         n = len(self.supernode.schedules)
         self.pool.release(2)
-        body = self.supernode.schedules[n]
-        self.assertEqual((sorted(body["fetched"]), body["want"]), ([0, 1], 2))
+        # (a streamed task asks for its slots again beyond the free ones, so
+        # each arrival is reported at once; the supernode here queues none)
+        calls = self.supernode.schedules[n:]
+        self.assertEqual(sorted(i for body in calls for i in body.get("fetched", ())), [0, 1])
+        self.assertTrue(all(body["queue"] for body in calls))
         self.assertEqual(len(self.pool.fetches), 6)   # started, not queued
         self.assertEqual((len(writing), len(self.pool.held)), (2, 4))
         for _ in range(3):   # more arrive while none lands: at most 8 pieces in all
@@ -439,6 +442,30 @@ class LongPollTests(NodeMixin, SynchronousTestCase):
             self.assertLessEqual(len(self.pool.held), 4)
             self.assertLessEqual(len(self.pool.held) + len(writing), 8)
         self.assertEqual(self.read_all(self.successResultOf(d)), DATA)
+
+    def test_streamed_task_keeps_a_queue_at_its_source(self):
+        """While a stream reads the task, the session asks for its fetch slots
+        again beyond the free ones, with C{queue}: a supernode that queues
+        them at the busy source lets each piece's successor start as soon as
+        the piece is in, with no schedule answer in between (here the
+        supernode answers nothing meanwhile), never more on the wire than
+        the fetch slots."""
+        d = self.start(concurrency=4, per_source_limit=4, polls=False)
+        self.supernode.queue_limit = 4
+        (dl,) = self.node._downloads.values()
+        dl.readers.add(_Reader())
+        n = len(self.supernode.schedules)
+        self.pool.release(1)
+        body = self.supernode.schedules[n]
+        self.assertEqual((body["fetched"], body["want"], body["queue"]), ([0], 5, True))
+        self.assertEqual(len(self.pool.fetches), 5)   # one slot's successor on the wire
+        self.assertEqual(len(self.pool.held), 4)      # and four waiting queued
+        self.supernode.hold = True                    # no more answers: the queue goes on
+        for k in range(1, 5):
+            self.pool.release(1)
+            self.assertEqual((len(self.pool.fetches), len(self.pool.held)), (5 + k, 4))
+        self.supernode.hold = False
+        self.finish(d)
 
     def test_more_slots_than_the_source_serves(self):
         """Eight fetch slots against a source serving four at once (e.g. 2 MiB

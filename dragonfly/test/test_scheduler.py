@@ -506,7 +506,8 @@ class PropertyTests(SynchronousTestCase):
                 cursor = None
                 if kind == "stream":
                     cursor = min(set(range(n)) - have[pid], default=n)
-                got = s.assign(T, pid, op[2], cursor=cursor)
+                # (odd peers stream to a reader: a queue at their sources)
+                got = s.assign(T, pid, op[2], cursor=cursor, queue=op[1] % 2 == 1)
                 self.assertLessEqual(len(got), op[2])
                 for a in got:
                     src = a.source.peer_id
@@ -523,9 +524,9 @@ class PropertyTests(SynchronousTestCase):
                     for src, _dl, fetched in fl.values():
                         if not fetched and (src == SEED.peer_id or src in have):
                             loads[src] = loads.get(src, 0) + 1
-                for src, load in loads.items():
+                for src, load in loads.items():   # (verify: slots and queue apart)
                     self.assertLessEqual(
-                        load, seed_limit if src == SEED.peer_id else limit)
+                        load, seed_limit if src == SEED.peer_id else limit + s.stream_queue)
             elif inflight[pid]:
                 keys = sorted(inflight[pid])
                 i = keys[op[2] % len(keys)]

@@ -436,6 +436,21 @@ class ScheduleTests(APITestBase):
         obj = self.schedule({"peer_id": pid, "have": [0, 2], "want": 0, "cursor": 3})
         self.assertEqual(self.admitted(obj), {"assignments": [], "done": True})
 
+    def test_queue(self):
+        """A streaming peer that asks for a queue gets assignments queued at a
+        busy source beyond its upload slots; without the field, the slots only."""
+        self.scheduler.max_uploads_per_peer = self.scheduler.stream_queue = 1
+        holder = dict(PEER, peer_id="host-2-abcdef02", port=65001)
+        self.register()
+        self.register(peer=holder)
+        pid = PEER["peer_id"]
+        self.schedule({"peer_id": holder["peer_id"], "have": [0, 1, 2]})
+        obj = self.schedule({"peer_id": pid, "want": 3, "cursor": 0})
+        self.assertEqual([a["index"] for a in obj["assignments"]], [0])
+        obj = self.schedule({"peer_id": pid, "want": 3, "cursor": 0, "queue": True})
+        self.assertEqual([(a["index"], a["source"]["peer_id"]) for a in obj["assignments"]],
+                         [(1, holder["peer_id"])])
+
     def test_bad_cursor(self):
         """When the cursor is not an integer from 0 to the piece count, schedule
         answers 400 and records nothing of the request's report."""
