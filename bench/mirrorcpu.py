@@ -282,6 +282,12 @@ def main(argv=None):
     for d in (args.strace, args.pyspy, args.perf, args.cprofile):
         if d:
             os.makedirs(d, exist_ok=True)
+    return run_and_save(run, args)
+
+
+def run_and_save(run, args):
+    """C{run(args)} with every process it started stopped afterwards, its
+    results written as JSON to C{args.results} when given: exit status 0."""
     try:
         results = run(args)
     finally:

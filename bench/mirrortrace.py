@@ -28,8 +28,8 @@ import time
 
 from bench.links import read_schedstat
 from bench.mirror import DfDaemon
-from bench.mirrorcpu import _size, close_lab, warm_lab
-from bench.procs import BenchError, cleanup, drop_file, sha256_file
+from bench.mirrorcpu import _size, close_lab, run_and_save, warm_lab
+from bench.procs import BenchError, drop_file, sha256_file
 
 GiB = 1 << 30
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -283,14 +283,7 @@ def main(argv=None):
     ap.add_argument("--keep", action="store_true", help="keep the CPU samples and traces")
     ap.add_argument("--results", metavar="FILE")
     args = ap.parse_args(argv)
-    try:
-        results = run(args)
-    finally:
-        cleanup()
-    if args.results:
-        with open(args.results, "w") as f:
-            json.dump(results, f, indent=1)
-    return 0
+    return run_and_save(run, args)
 
 
 if __name__ == "__main__":
