@@ -85,10 +85,15 @@ class StoreDiskPressureTests(StoreMixin, SynchronousTestCase):
         kw.setdefault("min_free", 100)
         return self.make_store(**kw)
 
-    def fill(self, store, task_id, n=4, size=100):
+    def fill(self, store, task_id, n=4, size=100, runner=None):
+        """Task C{task_id} of C{n} pieces of C{size} bytes, all written (through
+        C{runner}, run at once, when the store has a manual one)."""
         t = store.create(task_id, "u", n * size, size)
         for i in range(n):
-            self.successResultOf(t.write_trusted_piece(i, b"x" * size, pdigest(b"x" * size)))
+            d = t.write_trusted_piece(i, b"x" * size, pdigest(b"x" * size))
+            if runner is not None:
+                runner.run_all()
+            self.successResultOf(d)
         return t
 
     def test_evicts_lru_for_free_space(self):
@@ -139,10 +144,7 @@ class StoreDiskPressureTests(StoreMixin, SynchronousTestCase):
         stays ok."""
         runner = ManualRunner()
         store = self.store_with(runner=runner)
-        old = store.create("old", "u", 100, 100)
-        d = old.write_trusted_piece(0, b"x" * 100, pdigest(b"x" * 100))
-        runner.run_all()
-        self.successResultOf(d)
+        self.fill(store, "old", n=1, size=100, runner=runner)
         c = store.create("c", "u", 100, 100)
         d = c.write_trusted_piece(0, b"y" * 100, pdigest(b"y" * 100))
         f, args, kw, rd = runner.pending.pop()
@@ -213,10 +215,7 @@ class StoreDiskPressureTests(StoreMixin, SynchronousTestCase):
         being deleted: fits_disk() does not refuse."""
         runner = ManualRunner()
         store = self.store_with(runner=runner)
-        old = store.create("old", "u", 400, 400)
-        d = old.write_trusted_piece(0, b"x" * 400, pdigest(b"x" * 400))
-        runner.run_all()
-        self.successResultOf(d)
+        self.fill(store, "old", n=1, size=400, runner=runner)
         self.fs.free = 0
         self.clock.advance(5)
         self.assertFalse(store.fits_disk(1000))
@@ -280,10 +279,7 @@ class StoreDiskPressureTests(StoreMixin, SynchronousTestCase):
         being deleted (nothing left to evict), it is tried again once they are done."""
         runner = ManualRunner()
         store = self.store_with(runner=runner)
-        old = store.create("old", "u", 100, 100)
-        d = old.write_trusted_piece(0, b"x" * 100, pdigest(b"x" * 100))
-        runner.run_all()
-        self.successResultOf(d)
+        self.fill(store, "old", n=1, size=100, runner=runner)
         store.remove("old")                      # its deletion waits in the runner
         c = store.create("c", "u", 100, 100)
         d = c.write_trusted_piece(0, b"y" * 100, pdigest(b"y" * 100))
