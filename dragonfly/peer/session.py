@@ -37,7 +37,6 @@ from dragonfly.storage.errors import DigestMismatch
 __all__ = ["join_swarm", "SwarmSession", "REPORT_BATCH"]
 
 
-
 async def join_swarm(dl, deps, settings, client, me):
     """Download C{dl} through its swarm: the complete task file.
 
